@@ -1,0 +1,3 @@
+fn main() {
+    lora_core::hello();
+}

@@ -1,0 +1,149 @@
+//! Multi-head self-attention with grouped-query heads, rotary positions, optional q/k norms (Qwen3)
+//! and biases (Qwen2, some Llamas): the one attention of every supported architecture.
+//!
+//! Reference: transformers `LlamaAttention` / `Qwen3Attention` (eager path).
+
+use burn::module::Module;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, Device, Tensor};
+
+use crate::config::ModelConfig;
+use crate::error::Result;
+use crate::kv_cache::LayerCache;
+use crate::linear::Linear;
+use crate::norm::RmsNorm;
+use crate::rope::apply_rope;
+use crate::weights::Weights;
+
+/// Which keys each query may see.
+#[derive(Debug, Clone)]
+pub enum AttentionMask {
+    /// Every query sees every key (one new token against a cache).
+    Full,
+    /// Query i sees keys 0..=i (no padding, no cache).
+    Causal,
+    /// An explicit mask, `true` where attention is forbidden: `[batch, heads, q, k]`.
+    Explicit(Tensor<4, Bool>),
+}
+
+/// `self_attn` of a decoder layer.
+#[derive(Module, Debug)]
+pub struct Attention {
+    /// `q_proj`: hidden -> heads · head_dim.
+    pub q_proj: Linear,
+    /// `k_proj`: hidden -> kv_heads · head_dim.
+    pub k_proj: Linear,
+    /// `v_proj`: hidden -> kv_heads · head_dim.
+    pub v_proj: Linear,
+    /// `o_proj`: heads · head_dim -> hidden.
+    pub o_proj: Linear,
+    /// `q_norm` (Qwen3): RMSNorm over each query head.
+    pub q_norm: Option<RmsNorm>,
+    /// `k_norm` (Qwen3): RMSNorm over each key head.
+    pub k_norm: Option<RmsNorm>,
+    /// Query heads.
+    pub num_heads: usize,
+    /// Key/value heads.
+    pub num_kv_heads: usize,
+    /// Width of a head.
+    pub head_dim: usize,
+}
+
+impl Attention {
+    /// Loads `{prefix}.{q,k,v,o}_proj` and, for Qwen3, `{prefix}.{q,k}_norm`.
+    pub fn load(w: &Weights, prefix: &str, cfg: &ModelConfig, device: &Device) -> Result<Self> {
+        let (h, hd) = (cfg.hidden_size, cfg.head_dim);
+        let (q, kv) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
+        let norm = |name: &str| -> Result<Option<RmsNorm>> {
+            if cfg.qk_norm {
+                Ok(Some(RmsNorm::load(
+                    w,
+                    &format!("{prefix}.{name}"),
+                    hd,
+                    cfg.rms_norm_eps,
+                    device,
+                )?))
+            } else {
+                Ok(None)
+            }
+        };
+        Ok(Self {
+            q_proj: Linear::load(w, &format!("{prefix}.q_proj"), h, q, cfg.qkv_bias, device)?,
+            k_proj: Linear::load(w, &format!("{prefix}.k_proj"), h, kv, cfg.qkv_bias, device)?,
+            v_proj: Linear::load(w, &format!("{prefix}.v_proj"), h, kv, cfg.qkv_bias, device)?,
+            o_proj: Linear::load(w, &format!("{prefix}.o_proj"), q, h, cfg.o_bias, device)?,
+            q_norm: norm("q_norm")?,
+            k_norm: norm("k_norm")?,
+            num_heads: cfg.num_attention_heads,
+            num_kv_heads: cfg.num_key_value_heads,
+            head_dim: hd,
+        })
+    }
+
+    /// # Shapes
+    /// - x: `[batch, seq, hidden]`
+    /// - cos, sin: `[batch, 1, seq, head_dim]`
+    /// - cache (when given): keys/values of earlier positions, `[batch, kv_heads, past, head_dim]`,
+    ///   extended in place with this call's keys and values
+    /// - output: `[batch, seq, hidden]`
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        cos: &Tensor<4>,
+        sin: &Tensor<4>,
+        mask: &AttentionMask,
+        cache: Option<&mut LayerCache>,
+    ) -> Tensor<3> {
+        let [b, t, _] = x.dims();
+        let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let q = self.q_proj.forward(x.clone()).reshape([b, t, nh, hd]);
+        let k = self.k_proj.forward(x.clone()).reshape([b, t, nkv, hd]);
+        let v = self.v_proj.forward(x).reshape([b, t, nkv, hd]);
+        let q = match &self.q_norm {
+            Some(n) => n.forward(q),
+            None => q,
+        };
+        let k = match &self.k_norm {
+            Some(n) => n.forward(k),
+            None => k,
+        };
+        let q = apply_rope(q.swap_dims(1, 2), cos, sin); // [b, nh, t, hd]
+        let k = apply_rope(k.swap_dims(1, 2), cos, sin); // [b, nkv, t, hd]
+        let v = v.swap_dims(1, 2); // [b, nkv, t, hd]
+        let (k, v) = match cache {
+            Some(c) => c.append(k, v), // [b, nkv, past + t, hd]
+            None => (k, v),
+        };
+        let k = repeat_kv(k, nh / nkv); // [b, nh, tk, hd]
+        let v = repeat_kv(v, nh / nkv);
+        let (mask, is_causal) = match mask {
+            AttentionMask::Full => (None, false),
+            AttentionMask::Causal => (None, true),
+            AttentionMask::Explicit(m) => (Some(m.clone()), false),
+        };
+        let options = AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal,
+        };
+        let out = attention(q, k, v, mask, None, options); // [b, nh, t, hd]
+        self.o_proj
+            .forward(out.swap_dims(1, 2).reshape([b, t, nh * hd]))
+    }
+}
+
+/// Repeats each key/value head `n_rep` times so that every query head has its own.
+///
+/// # Shapes
+/// - x: `[batch, kv_heads, seq, head_dim]`
+/// - output: `[batch, kv_heads · n_rep, seq, head_dim]`
+fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
+    if n_rep == 1 {
+        return x;
+    }
+    let [b, nkv, t, hd] = x.dims();
+    x.unsqueeze_dim::<5>(2)
+        .expand([b, nkv, n_rep, t, hd])
+        .reshape([b, nkv * n_rep, t, hd])
+}

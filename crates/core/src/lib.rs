@@ -1,0 +1,37 @@
+//! lora-core: the Llama family (Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3) on burn, loading Hugging Face
+//! model folders and giving the numbers transformers gives.
+//!
+//! Layout: one concept per file. [`config`] reads `config.json`; [`weights`] and [`safetensors_file`]
+//! read the weights by memory map; [`model`] holds the network, built from [`decoder_layer`],
+//! [`attention`], [`mlp`], [`norm`], [`linear`] and [`rope`]; [`kv_cache`] and [`generate`] do
+//! incremental decoding; [`tokenizer`] wraps `tokenizer.json`; [`backend`] picks the device.
+#![warn(missing_docs)]
+
+pub mod attention;
+pub mod backend;
+pub mod config;
+pub mod decoder_layer;
+pub mod error;
+pub mod eval;
+pub mod generate;
+pub mod host;
+pub mod kv_cache;
+pub mod linear;
+pub mod loss;
+pub mod mlp;
+pub mod model;
+pub mod norm;
+pub mod rope;
+pub mod safetensors_file;
+pub mod tokenizer;
+pub mod weights;
+
+pub use backend::{Backend, default_device};
+pub use config::{Architecture, ModelConfig};
+pub use error::{CoreError, Result};
+pub use generate::{GenerateOptions, SamplingParams, generate};
+pub use model::{CausalLm, TokenBatch};
+pub use tokenizer::Tokenizer;
+
+/// Re-exported so that dependants use the same burn.
+pub use burn;

@@ -1,0 +1,307 @@
+//! The decoder-only causal language model shared by Llama, Mistral, Qwen2 and Qwen3:
+//! `model.embed_tokens` -> `model.layers.*` -> `model.norm` -> `lm_head`.
+//!
+//! Architectures differ only in data ([`ModelConfig`]: biases, q/k norms, tied head, rope schedule),
+//! so one struct serves them all.
+
+use std::path::Path;
+
+use burn::module::{Module, Param};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+
+use crate::attention::AttentionMask;
+use crate::config::ModelConfig;
+use crate::decoder_layer::DecoderLayer;
+use crate::error::{CoreError, Result};
+use crate::kv_cache::KvCache;
+use crate::linear::Linear;
+use crate::norm::RmsNorm;
+use crate::rope::Rope;
+use crate::weights::Weights;
+
+/// `model`: the transformer body.
+#[derive(Module, Debug)]
+pub struct DecoderStack {
+    /// `embed_tokens.weight`: [vocab, hidden].
+    pub embed_tokens: Param<Tensor<2>>,
+    /// `layers`.
+    pub layers: Vec<DecoderLayer>,
+    /// `norm`: the final RMSNorm.
+    pub norm: RmsNorm,
+}
+
+/// A causal language model (`*ForCausalLM`).
+#[derive(Module, Debug)]
+pub struct CausalLm {
+    /// `model`.
+    pub model: DecoderStack,
+    /// `lm_head`: hidden -> vocab; shares `embed_tokens` when the config ties them.
+    pub lm_head: Linear,
+    /// The resolved configuration.
+    #[module(skip)]
+    pub config: ModelConfig,
+    /// Rotary frequency table.
+    #[module(skip)]
+    pub rope: Rope,
+}
+
+/// A batch of token ids, rectangular, with the padding mask (`true` = real token).
+#[derive(Debug, Clone)]
+pub struct TokenBatch {
+    /// `[batch][seq]` ids.
+    pub ids: Vec<Vec<u32>>,
+    /// `[batch][seq]`; `None` means no padding.
+    pub mask: Option<Vec<Vec<bool>>>,
+}
+
+impl TokenBatch {
+    /// One unpadded sequence.
+    pub fn single(ids: Vec<u32>) -> Self {
+        Self {
+            ids: vec![ids],
+            mask: None,
+        }
+    }
+
+    /// Pads sequences on the left with `pad_id` (the side generation needs).
+    pub fn left_padded(seqs: &[Vec<u32>], pad_id: u32) -> Self {
+        let t = seqs.iter().map(Vec::len).max().unwrap_or(0);
+        let mut ids = Vec::with_capacity(seqs.len());
+        let mut mask = Vec::with_capacity(seqs.len());
+        for s in seqs {
+            let pad = t - s.len();
+            ids.push(
+                std::iter::repeat_n(pad_id, pad)
+                    .chain(s.iter().copied())
+                    .collect(),
+            );
+            mask.push(
+                std::iter::repeat_n(false, pad)
+                    .chain(std::iter::repeat_n(true, s.len()))
+                    .collect(),
+            );
+        }
+        Self {
+            ids,
+            mask: Some(mask),
+        }
+    }
+}
+
+/// What a forward pass returns.
+#[derive(Debug)]
+pub struct ForwardOutput {
+    /// `[batch, seq, vocab]` logits.
+    pub logits: Tensor<3>,
+    /// When asked for: the embeddings, then each layer's output; the last entry has the final norm
+    /// applied (transformers' `output_hidden_states` convention). Each `[batch, seq, hidden]`.
+    pub hidden_states: Option<Vec<Tensor<3>>>,
+}
+
+impl CausalLm {
+    /// Loads a Hugging Face model folder (`config.json` + safetensors weights).
+    pub fn load_dir(dir: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        let dir = dir.as_ref();
+        let config = ModelConfig::from_file(dir.join("config.json"))?;
+        let weights = Weights::open_dir(dir)?;
+        Self::load(&weights, config, device)
+    }
+
+    /// Builds the model from opened weights. Every tensor must be used: a leftover tensor means the
+    /// config does not describe these weights.
+    pub fn load(w: &Weights, config: ModelConfig, device: &Device) -> Result<Self> {
+        let cfg = &config;
+        let embed = w.tensor(
+            "model.embed_tokens.weight",
+            [cfg.vocab_size, cfg.hidden_size],
+            device,
+        )?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::load(w, &format!("model.layers.{i}"), cfg, device))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::load(w, "model.norm", cfg.hidden_size, cfg.rms_norm_eps, device)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            Linear::from_weight(embed.clone())
+        } else {
+            Linear::load(w, "lm_head", cfg.hidden_size, cfg.vocab_size, false, device)?
+        };
+        // Some tied checkpoints still carry a copy of the head; it is the same matrix.
+        let ignore: &[&str] = if cfg.tie_word_embeddings {
+            &["lm_head.weight"]
+        } else {
+            &[]
+        };
+        w.check_all_taken(ignore)?;
+        Ok(Self {
+            model: DecoderStack {
+                embed_tokens: Param::from_tensor(embed),
+                layers,
+                norm,
+            },
+            lm_head,
+            rope: Rope::new(cfg),
+            config,
+        })
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> Device {
+        self.model.embed_tokens.val().device()
+    }
+
+    /// Logits for a batch; with a cache, the batch continues the cached sequences and the cache grows.
+    pub fn forward(&self, batch: &TokenBatch, cache: Option<&mut KvCache>) -> Result<Tensor<3>> {
+        Ok(self.forward_with(batch, cache, false)?.logits)
+    }
+
+    /// Forward pass with optional per-layer hidden states.
+    pub fn forward_with(
+        &self,
+        batch: &TokenBatch,
+        mut cache: Option<&mut KvCache>,
+        hidden_states: bool,
+    ) -> Result<ForwardOutput> {
+        let device = self.device();
+        let b = batch.ids.len();
+        let t = batch.ids.first().map_or(0, Vec::len);
+        if b == 0 || t == 0 || batch.ids.iter().any(|r| r.len() != t) {
+            return Err(CoreError::Invalid(
+                "a batch needs at least one token and rows of equal length".into(),
+            ));
+        }
+        if let Some(m) = &batch.mask
+            && (m.len() != b || m.iter().any(|r| r.len() != t))
+        {
+            return Err(CoreError::Invalid(
+                "the padding mask must have the shape of the ids".into(),
+            ));
+        }
+        let vocab = self.config.vocab_size;
+        if let Some(bad) = batch.ids.iter().flatten().find(|&&id| id as usize >= vocab) {
+            return Err(CoreError::Invalid(format!(
+                "token id {bad} is outside the vocabulary of {vocab}"
+            )));
+        }
+
+        // Validity of every key position: cached ones, then this batch.
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        if let Some(c) = cache.as_ref()
+            && past > 0
+            && c.valid.len() != b
+        {
+            return Err(CoreError::Invalid(
+                "batch size differs from the cached batch".into(),
+            ));
+        }
+        let mut valid: Vec<Vec<bool>> = match cache.as_ref() {
+            Some(c) if past > 0 => c.valid.clone(),
+            _ => vec![Vec::new(); b],
+        };
+        for (r, row) in valid.iter_mut().enumerate() {
+            match &batch.mask {
+                Some(m) => row.extend_from_slice(&m[r]),
+                None => row.extend(std::iter::repeat_n(true, t)),
+            }
+        }
+        let total = past + t;
+        if let Some(window) = self.config.sliding_window
+            && total > window
+        {
+            return Err(CoreError::Invalid(format!(
+                "sequence of {total} tokens exceeds the sliding window of {window}; sliding-window attention \
+                 over longer sequences is not supported"
+            )));
+        }
+
+        // Position of each new token = number of real tokens before it in its row, so that left padding
+        // shifts nothing (transformers' generate: cumsum(attention_mask) - 1). Padding gets position 0.
+        let positions: Vec<Vec<usize>> = valid
+            .iter()
+            .map(|row| {
+                let mut seen = 0usize;
+                let all: Vec<usize> = row
+                    .iter()
+                    .map(|&v| {
+                        let p = if v { seen } else { 0 };
+                        seen += usize::from(v);
+                        p
+                    })
+                    .collect();
+                all[past..].to_vec()
+            })
+            .collect();
+        let (cos, sin) = self.rope.tables(&positions, &device);
+        let mask = build_mask(&valid, past, t, self.config.num_attention_heads, &device);
+
+        let ids: Vec<i64> = batch.ids.iter().flatten().map(|&i| i as i64).collect();
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, t]), &device);
+        let mut x = burn::tensor::module::embedding(self.model.embed_tokens.val(), ids); // [b, t, h]
+        let mut states = hidden_states.then(Vec::new);
+        if let Some(c) = cache.as_deref_mut()
+            && c.layers.len() != self.model.layers.len()
+        {
+            *c = KvCache::new(self.model.layers.len());
+        }
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            if let Some(s) = states.as_mut() {
+                s.push(x.clone());
+            }
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = layer.forward(x, &cos, &sin, &mask, layer_cache);
+        }
+        let x = self.model.norm.forward(x);
+        if let Some(s) = states.as_mut() {
+            s.push(x.clone());
+        }
+        if let Some(c) = cache {
+            c.valid = valid;
+        }
+        Ok(ForwardOutput {
+            logits: self.lm_head.forward(x),
+            hidden_states: states,
+        })
+    }
+}
+
+/// The attention mask for `t` new queries after `past` cached positions.
+///
+/// Query i (absolute position past + i) may see key j when j ≤ past + i and key j is a real token.
+/// A padding query would then see nothing, and a softmax over nothing is NaN that would leak into
+/// later layers through 0 · NaN; so every query always sees itself. Padding rows produce garbage
+/// that nothing reads.
+fn build_mask(
+    valid: &[Vec<bool>],
+    past: usize,
+    t: usize,
+    heads: usize,
+    device: &Device,
+) -> AttentionMask {
+    let padded = valid.iter().any(|r| r.iter().any(|v| !v));
+    if !padded {
+        if past == 0 {
+            return AttentionMask::Causal;
+        }
+        if t == 1 {
+            return AttentionMask::Full;
+        }
+    }
+    let b = valid.len();
+    let tk = past + t;
+    let mut data = Vec::with_capacity(b * heads * t * tk);
+    for row in valid {
+        let mut one_head = Vec::with_capacity(t * tk);
+        for i in 0..t {
+            let q = past + i;
+            for (j, &v) in row.iter().enumerate() {
+                one_head.push(j > q || (!v && j != q));
+            }
+        }
+        for _ in 0..heads {
+            data.extend_from_slice(&one_head);
+        }
+    }
+    AttentionMask::Explicit(Tensor::<4, Bool>::from_data(
+        TensorData::new(data, [b, heads, t, tk]),
+        device,
+    ))
+}

@@ -1,0 +1,192 @@
+//! The tokenizer of a model folder: `tokenizer.json` through the `tokenizers` crate, with the special
+//! ids and chat template gathered from `config.json`, `generation_config.json` and
+//! `tokenizer_config.json` the way transformers resolves them.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::config::{ModelConfig, TokenIds};
+use crate::error::{CoreError, Result};
+
+/// A loaded tokenizer with its special tokens.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    path: PathBuf,
+    /// Beginning-of-sequence id.
+    pub bos_token_id: Option<u32>,
+    /// Ids that end generation (generation_config.json, else config.json, else tokenizer_config.json).
+    pub eos_token_ids: Vec<u32>,
+    /// Padding id (tokenizer_config.json, else config.json, else the first EOS id).
+    pub pad_token_id: Option<u32>,
+    /// The Jinja chat template (`chat_template` of tokenizer_config.json, or `chat_template.jinja`).
+    pub chat_template: Option<String>,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("path", &self.path)
+            .field("bos_token_id", &self.bos_token_id)
+            .field("eos_token_ids", &self.eos_token_ids)
+            .field("pad_token_id", &self.pad_token_id)
+            .finish()
+    }
+}
+
+fn read_json(path: &Path) -> Result<Option<Value>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| CoreError::io(path, e))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| CoreError::Json {
+            path: path.to_path_buf(),
+            source: e,
+        })
+}
+
+/// A special token in tokenizer_config.json: a string or `{"content": ...}`.
+fn token_string(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("content").and_then(Value::as_str).map(str::to_string),
+        _ => None,
+    }
+}
+
+fn ids_field(v: Option<&Value>) -> Vec<u32> {
+    v.and_then(|v| serde_json::from_value::<TokenIds>(v.clone()).ok())
+        .map(|t| t.to_vec())
+        .unwrap_or_default()
+}
+
+impl Tokenizer {
+    /// Loads the tokenizer of a model folder.
+    pub fn load_dir(dir: impl AsRef<Path>, config: &ModelConfig) -> Result<Self> {
+        let dir = dir.as_ref();
+        let path = dir.join("tokenizer.json");
+        if !path.is_file() {
+            return Err(CoreError::Tokenizer {
+                path,
+                message: "not found; lora needs a tokenizer.json (the fast-tokenizer file)".into(),
+            });
+        }
+        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| CoreError::Tokenizer {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let tok_cfg = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
+        let gen_cfg = read_json(&dir.join("generation_config.json"))?.unwrap_or(Value::Null);
+        let id_of = |key: &str| token_string(tok_cfg.get(key)).and_then(|t| inner.token_to_id(&t));
+
+        let bos_token_id = ids_field(gen_cfg.get("bos_token_id"))
+            .first()
+            .copied()
+            .or(config.bos_token_id)
+            .or(id_of("bos_token"));
+        let mut eos_token_ids = ids_field(gen_cfg.get("eos_token_id"));
+        if eos_token_ids.is_empty() {
+            eos_token_ids = config.eos_token_ids.clone();
+        }
+        if eos_token_ids.is_empty() {
+            eos_token_ids.extend(id_of("eos_token"));
+        }
+        let pad_token_id = id_of("pad_token")
+            .or(config.pad_token_id)
+            .or(ids_field(gen_cfg.get("pad_token_id")).first().copied())
+            .or(eos_token_ids.first().copied());
+        let chat_template = match tok_cfg.get("chat_template") {
+            Some(Value::String(s)) => Some(s.clone()),
+            // A list of named templates: the one called "default".
+            Some(Value::Array(list)) => list
+                .iter()
+                .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+                .and_then(|t| t.get("template").and_then(Value::as_str))
+                .map(str::to_string),
+            _ => None,
+        };
+        let chat_template = match chat_template {
+            Some(t) => Some(t),
+            None => {
+                let jinja = dir.join("chat_template.jinja");
+                if jinja.is_file() {
+                    Some(std::fs::read_to_string(&jinja).map_err(|e| CoreError::io(&jinja, e))?)
+                } else {
+                    None
+                }
+            }
+        };
+        Ok(Self {
+            inner,
+            path,
+            bos_token_id,
+            eos_token_ids,
+            pad_token_id,
+            chat_template,
+        })
+    }
+
+    /// Encodes text; `add_special_tokens` applies the tokenizer's post-processor (e.g. BOS).
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        self.inner
+            .encode(text, add_special_tokens)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| CoreError::Tokenizer {
+                path: self.path.clone(),
+                message: e.to_string(),
+            })
+    }
+
+    /// Decodes ids to text.
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| CoreError::Tokenizer {
+                path: self.path.clone(),
+                message: e.to_string(),
+            })
+    }
+
+    /// The id of a token string.
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// Vocabulary size including added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// The underlying `tokenizers` tokenizer.
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+}
+
+/// Turns a growing list of ids into text pieces as they become printable: a piece is released only
+/// once it does not end in a partial UTF-8 sequence (byte-fallback and byte-level tokens split
+/// characters across tokens).
+#[derive(Debug, Default)]
+pub struct TextStream {
+    ids: Vec<u32>,
+    printed: usize,
+}
+
+impl TextStream {
+    /// Adds one id and returns the new text it completes, if any.
+    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<Option<String>> {
+        self.ids.push(id);
+        let text = tok.decode(&self.ids, true)?;
+        if text.ends_with('\u{FFFD}')
+            || text.len() <= self.printed
+            || !text.is_char_boundary(self.printed)
+        {
+            return Ok(None);
+        }
+        let piece = text[self.printed..].to_string();
+        self.printed = text.len();
+        Ok(Some(piece))
+    }
+}

@@ -1,0 +1,185 @@
+//! The weights of a Hugging Face model folder: `model.safetensors`, or shards listed by
+//! `model.safetensors.index.json`. Tensors are read one at a time from memory maps, so loading never
+//! holds the file bytes and the model at once beyond a single tensor.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::Deserialize;
+
+use crate::error::{CoreError, Result};
+use crate::safetensors_file::SafetensorsFile;
+
+/// `model.safetensors.index.json`.
+#[derive(Debug, Deserialize)]
+struct ShardIndex {
+    weight_map: BTreeMap<String, String>,
+}
+
+/// All weight files of one model, with a record of which tensors the model took.
+#[derive(Debug)]
+pub struct Weights {
+    dir: PathBuf,
+    files: Vec<SafetensorsFile>,
+    /// Tensor name -> index into `files`.
+    location: HashMap<String, usize>,
+    taken: RefCell<BTreeSet<String>>,
+}
+
+impl Weights {
+    /// Opens the weights of the model folder `dir`.
+    pub fn open_dir(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        if single.is_file() {
+            return Self::from_files(dir, vec![single]);
+        }
+        if index.is_file() {
+            let text = std::fs::read_to_string(&index).map_err(|e| CoreError::io(&index, e))?;
+            let parsed: ShardIndex = serde_json::from_str(&text).map_err(|e| CoreError::Json {
+                path: index.clone(),
+                source: e,
+            })?;
+            let shards: BTreeSet<&String> = parsed.weight_map.values().collect();
+            let files = shards.into_iter().map(|s| dir.join(s)).collect();
+            let weights = Self::from_files(dir, files)?;
+            // The index must agree with the shards it names.
+            for (name, shard) in &parsed.weight_map {
+                match weights.location.get(name) {
+                    Some(&i) if weights.files[i].path().ends_with(shard) => {}
+                    _ => {
+                        return Err(CoreError::Safetensors {
+                            path: index,
+                            message: format!(
+                                "index maps '{name}' to '{shard}', which does not hold it"
+                            ),
+                        });
+                    }
+                }
+            }
+            return Ok(weights);
+        }
+        if dir.join("pytorch_model.bin").exists()
+            || dir.join("pytorch_model.bin.index.json").exists()
+        {
+            return Err(CoreError::config(
+                dir,
+                "only pickle weights (pytorch_model.bin) found; lora reads safetensors only \
+                 (convert with transformers: model.save_pretrained(dir, safe_serialization=True))",
+            ));
+        }
+        Err(CoreError::config(
+            dir,
+            "no model.safetensors or model.safetensors.index.json in this folder",
+        ))
+    }
+
+    /// Uses explicit files (a single `.safetensors` path, or shards).
+    pub fn from_files(dir: impl AsRef<Path>, paths: Vec<PathBuf>) -> Result<Self> {
+        let mut files = Vec::with_capacity(paths.len());
+        let mut location = HashMap::new();
+        for (i, p) in paths.into_iter().enumerate() {
+            let f = SafetensorsFile::open(&p)?;
+            for name in f.tensors().keys() {
+                if location.insert(name.clone(), i).is_some() {
+                    return Err(CoreError::Safetensors {
+                        path: p.clone(),
+                        message: format!("tensor '{name}' appears in more than one shard"),
+                    });
+                }
+            }
+            files.push(f);
+        }
+        Ok(Self {
+            dir: dir.as_ref().to_path_buf(),
+            files,
+            location,
+            taken: RefCell::default(),
+        })
+    }
+
+    /// The folder the weights come from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The weight files.
+    pub fn files(&self) -> &[SafetensorsFile] {
+        &self.files
+    }
+
+    /// Whether a tensor of this name exists.
+    pub fn contains(&self, name: &str) -> bool {
+        self.location.contains_key(name)
+    }
+
+    /// All tensor names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.location.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Reads tensor `name` as f32 on `device`, checking that its shape is `expected`.
+    pub fn tensor<const D: usize>(
+        &self,
+        name: &str,
+        expected: [usize; D],
+        device: &Device,
+    ) -> Result<Tensor<D>> {
+        let (values, shape) = self.read_f32(name, &expected)?;
+        Ok(Tensor::from_data(TensorData::new(values, shape), device))
+    }
+
+    /// Reads tensor `name` as f32 values, checking its shape.
+    pub fn read_f32(&self, name: &str, expected: &[usize]) -> Result<(Vec<f32>, Vec<usize>)> {
+        let Some(&i) = self.location.get(name) else {
+            return Err(CoreError::MissingTensor {
+                dir: self.dir.clone(),
+                name: name.to_string(),
+                expected: expected.to_vec(),
+            });
+        };
+        let file = &self.files[i];
+        let found = &file.info(name).expect("located tensors exist").shape;
+        if found.as_slice() != expected {
+            return Err(CoreError::ShapeMismatch {
+                path: file.path().to_path_buf(),
+                name: name.to_string(),
+                expected: expected.to_vec(),
+                found: found.clone(),
+            });
+        }
+        self.taken.borrow_mut().insert(name.to_string());
+        file.to_f32(name)
+    }
+
+    /// Fails if any tensor in the files was not taken by the model (`ignore` lists names that may stay).
+    pub fn check_all_taken(&self, ignore: &[&str]) -> Result<()> {
+        let taken = self.taken.borrow();
+        let mut unused: Vec<String> = self
+            .location
+            .keys()
+            .filter(|n| {
+                !taken.contains(*n) && !ignore.iter().any(|i| n.as_str() == *i || is_ignorable(n))
+            })
+            .cloned()
+            .collect();
+        if unused.is_empty() {
+            return Ok(());
+        }
+        unused.sort();
+        Err(CoreError::UnexpectedTensors {
+            dir: self.dir.clone(),
+            names: unused,
+        })
+    }
+}
+
+/// Buffers some checkpoints carry that hold no learned value.
+fn is_ignorable(name: &str) -> bool {
+    name.ends_with("rotary_emb.inv_freq")
+}

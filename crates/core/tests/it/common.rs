@@ -1,0 +1,51 @@
+//! Fixture paths and helpers.
+
+use std::path::PathBuf;
+
+use lora_core::safetensors_file::SafetensorsFile;
+
+/// `tests/fixtures` at the workspace root.
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+/// A model folder under `tests/fixtures/models`.
+pub fn model_dir(name: &str) -> PathBuf {
+    fixtures().join("models").join(name)
+}
+
+/// A golden tensor as f32 values with its shape.
+pub fn golden_f32(file: &SafetensorsFile, name: &str) -> (Vec<f32>, Vec<usize>) {
+    file.to_f32(name)
+        .unwrap_or_else(|e| panic!("golden tensor {name}: {e}"))
+}
+
+/// A golden I64 tensor.
+pub fn golden_i64(file: &SafetensorsFile, name: &str) -> (Vec<i64>, Vec<usize>) {
+    let info = file
+        .info(name)
+        .unwrap_or_else(|| panic!("golden tensor {name} missing"));
+    let bytes = file.bytes(name).unwrap();
+    let v = bytes
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    (v, info.shape.clone())
+}
+
+/// Largest absolute difference.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// A fresh temporary folder.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("lora-core-test-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}

@@ -1,0 +1,210 @@
+//! Loading: half-precision weights, and every kind of bad input as a clear error.
+
+use std::path::Path;
+
+use lora_core::model::CausalLm;
+use lora_core::safetensors_file::SafetensorsFile;
+use lora_core::weights::Weights;
+use lora_core::{CoreError, ModelConfig, default_device};
+
+use crate::common::*;
+
+/// bf16 and f16 checkpoints written by transformers load to exactly the f32 values transformers
+/// upcasts them to.
+#[test]
+fn half_precision_weights_load_exactly() {
+    for label in ["bf16", "f16"] {
+        let w = Weights::open_dir(model_dir(&format!("llama-{label}"))).unwrap();
+        let upcast = SafetensorsFile::open(
+            fixtures().join(format!("golden/llama-{label}-upcast.safetensors")),
+        )
+        .unwrap();
+        let mut n = 0;
+        for (name, info) in upcast.tensors() {
+            let (ours, _) = w.read_f32(name, &info.shape).unwrap();
+            let (reference, _) = upcast.to_f32(name).unwrap();
+            assert_eq!(ours, reference, "{label}: {name}");
+            n += 1;
+        }
+        assert!(n > 20, "{label}: only {n} tensors compared");
+        // And the whole model loads from them.
+        CausalLm::load_dir(model_dir(&format!("llama-{label}")), &default_device()).unwrap();
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+fn load_err(dir: &Path) -> String {
+    match CausalLm::load_dir(dir, &default_device()) {
+        Ok(_) => panic!("loading {} should fail", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn truncated_safetensors_is_an_error() {
+    let d = temp_dir("truncated");
+    copy_dir(&model_dir("llama"), &d);
+    let f = d.join("model.safetensors");
+    let bytes = std::fs::read(&f).unwrap();
+    std::fs::write(&f, &bytes[..bytes.len() - 100]).unwrap();
+    let msg = load_err(&d);
+    assert!(
+        msg.contains("model.safetensors") && msg.contains("truncated"),
+        "{msg}"
+    );
+    std::fs::write(&f, &bytes[..5]).unwrap();
+    let msg = load_err(&d);
+    assert!(msg.contains("too short"), "{msg}");
+}
+
+#[test]
+fn header_lying_about_offsets_is_an_error() {
+    let d = temp_dir("lying");
+    copy_dir(&model_dir("llama"), &d);
+    let f = d.join("model.safetensors");
+    let mut bytes = std::fs::read(&f).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = String::from_utf8(bytes[8..8 + n].to_vec()).unwrap();
+    // Shift the first tensor's end offset: same header length, offsets no longer tile the data.
+    let pos = header
+        .find("\"data_offsets\":[0,")
+        .expect("a tensor starts at 0");
+    let digit = pos + "\"data_offsets\":[0,".len();
+    let mut h = header.into_bytes();
+    h[digit] = if h[digit] == b'9' { b'1' } else { h[digit] + 1 };
+    bytes[8..8 + n].copy_from_slice(&h);
+    std::fs::write(&f, &bytes).unwrap();
+    let msg = load_err(&d);
+    assert!(msg.contains("not a valid safetensors file"), "{msg}");
+}
+
+#[test]
+fn unknown_architecture_is_an_error() {
+    let d = temp_dir("arch");
+    copy_dir(&model_dir("llama"), &d);
+    let cfg = std::fs::read_to_string(d.join("config.json"))
+        .unwrap()
+        .replace("LlamaForCausalLM", "GPT2LMHeadModel");
+    std::fs::write(d.join("config.json"), cfg).unwrap();
+    let msg = load_err(&d);
+    assert!(
+        msg.contains("unsupported architecture 'GPT2LMHeadModel'")
+            && msg.contains("Qwen3ForCausalLM"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn unsupported_rope_type_is_an_error() {
+    let d = temp_dir("rope");
+    copy_dir(&model_dir("llama"), &d);
+    let cfg = std::fs::read_to_string(d.join("config.json"))
+        .unwrap()
+        .replace("\"llama3\"", "\"yarn\"");
+    std::fs::write(d.join("config.json"), cfg).unwrap();
+    let msg = load_err(&d);
+    assert!(msg.contains("rope type 'yarn' is not supported"), "{msg}");
+}
+
+#[test]
+fn missing_and_misshapen_tensors_are_named() {
+    // A config with more layers than the weights: the first missing tensor is named.
+    let d = temp_dir("missing");
+    copy_dir(&model_dir("llama"), &d);
+    let cfg = std::fs::read_to_string(d.join("config.json"))
+        .unwrap()
+        .replace("\"num_hidden_layers\": 3", "\"num_hidden_layers\": 4");
+    std::fs::write(d.join("config.json"), cfg).unwrap();
+    let msg = load_err(&d);
+    assert!(
+        msg.contains("missing tensor 'model.layers.3.input_layernorm.weight'"),
+        "{msg}"
+    );
+
+    // Fewer layers: the leftover tensors are refused.
+    let cfg = std::fs::read_to_string(d.join("config.json"))
+        .unwrap()
+        .replace("\"num_hidden_layers\": 4", "\"num_hidden_layers\": 2");
+    std::fs::write(d.join("config.json"), cfg).unwrap();
+    let msg = load_err(&d);
+    assert!(
+        msg.contains("unexpected tensor") && msg.contains("model.layers.2."),
+        "{msg}"
+    );
+
+    // A wider intermediate size: the shape error names the tensor and both shapes.
+    let cfg = std::fs::read_to_string(d.join("config.json"))
+        .unwrap()
+        .replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3")
+        .replace("\"intermediate_size\": 48", "\"intermediate_size\": 50");
+    std::fs::write(d.join("config.json"), cfg).unwrap();
+    let msg = load_err(&d);
+    assert!(
+        msg.contains(
+            "'model.layers.0.mlp.gate_proj.weight' has shape [48, 32], the config implies [50, 32]"
+        ),
+        "{msg}"
+    );
+}
+
+#[test]
+fn missing_folder_and_bad_json_are_errors() {
+    let msg = load_err(Path::new("/nonexistent/model"));
+    assert!(msg.contains("/nonexistent/model/config.json"), "{msg}");
+    let d = temp_dir("badjson");
+    copy_dir(&model_dir("llama"), &d);
+    std::fs::write(
+        d.join("config.json"),
+        "{\"architectures\": [\"LlamaForCausalLM\"],\n \"vocab_size\": \"big\"}",
+    )
+    .unwrap();
+    let msg = load_err(&d);
+    assert!(
+        msg.contains("config.json") && msg.contains("line 2"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn config_forms_resolve_alike() {
+    // Hub form (qwen2 fixture) and transformers-5 form give the same rope theta.
+    let hub = ModelConfig::from_file(model_dir("qwen2").join("config.json")).unwrap();
+    let t5 = ModelConfig::from_file(model_dir("mistral").join("config.json")).unwrap();
+    assert_eq!(hub.rope_theta, 1_000_000.0);
+    assert_eq!(t5.rope_theta, 1_000_000.0);
+    assert!(hub.qkv_bias && !hub.o_bias && hub.tie_word_embeddings);
+    let llama = ModelConfig::from_file(model_dir("llama").join("config.json")).unwrap();
+    assert_eq!(llama.head_dim, 16);
+    assert_eq!(llama.eos_token_ids, vec![3, 1]);
+    assert!(matches!(
+        llama.rope_scaling,
+        lora_core::config::RopeScaling::Llama3 { factor: 8.0, .. }
+    ));
+    // Parameter count equals the number of values in the weights file.
+    let w = Weights::open_dir(model_dir("llama")).unwrap();
+    let total: usize = w
+        .files()
+        .iter()
+        .flat_map(|f| f.tensors().values())
+        .map(|i| i.shape.iter().product::<usize>())
+        .sum();
+    assert_eq!(llama.num_parameters(), total);
+}
+
+#[test]
+fn pickle_only_folder_is_refused_by_name() {
+    let d = temp_dir("pickle");
+    copy_dir(&model_dir("llama"), &d);
+    std::fs::remove_file(d.join("model.safetensors")).unwrap();
+    std::fs::write(d.join("pytorch_model.bin"), b"not read").unwrap();
+    let msg = load_err(&d);
+    assert!(msg.contains("pickle"), "{msg}");
+    let _ = CoreError::Invalid(String::new());
+}

@@ -1,0 +1,5 @@
+//! Integration tests of lora-core (one binary: see the workspace README).
+
+mod common;
+mod loading;
+mod parity;

@@ -1,0 +1,244 @@
+//! Equality with transformers on the golden fixtures of scripts/make_model_fixtures.py:
+//! logits and every hidden state within 1e-4, greedy generations token for token, eval loss.
+
+use lora_core::eval::evaluate_texts;
+use lora_core::host::to_f32_vec;
+use lora_core::model::{CausalLm, TokenBatch};
+use lora_core::safetensors_file::SafetensorsFile;
+use lora_core::{GenerateOptions, SamplingParams, Tokenizer, default_device, generate};
+use serde_json::Value;
+
+use crate::common::*;
+
+const TOL: f32 = 1e-4;
+
+fn check_architecture(name: &str) {
+    let device = default_device();
+    let dir = model_dir(name);
+    let model = CausalLm::load_dir(&dir, &device).unwrap();
+    let tok = Tokenizer::load_dir(&dir, &model.config).unwrap();
+    let golden =
+        SafetensorsFile::open(fixtures().join(format!("golden/{name}.safetensors"))).unwrap();
+    let meta: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join(format!("golden/{name}.json"))).unwrap(),
+    )
+    .unwrap();
+
+    // 1) Tokenization and left padding equal the reference batch.
+    let prompts: Vec<String> = meta["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    let seqs: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| tok.encode(p, true).unwrap())
+        .collect();
+    let batch = TokenBatch::left_padded(&seqs, tok.pad_token_id.unwrap());
+    let (ref_ids, ids_shape) = golden_i64(&golden, "input_ids");
+    let (ref_mask, _) = golden_i64(&golden, "attention_mask");
+    let ours: Vec<i64> = batch.ids.iter().flatten().map(|&i| i as i64).collect();
+    assert_eq!(ours, ref_ids, "{name}: token ids differ from transformers'");
+    let mask = batch.mask.clone().unwrap();
+    assert_eq!(
+        mask.iter().flatten().map(|&m| m as i64).collect::<Vec<_>>(),
+        ref_mask
+    );
+    assert!(
+        ref_mask.contains(&0),
+        "the golden batch must contain padding"
+    );
+
+    // 2) Logits and hidden states at real positions.
+    let out = model.forward_with(&batch, None, true).unwrap();
+    let (b, t) = (ids_shape[0], ids_shape[1]);
+    let compare = |ours: Vec<f32>, reference: Vec<f32>, width: usize, what: &str| {
+        let mut worst = 0.0f32;
+        for r in 0..b {
+            for p in 0..t {
+                if !mask[r][p] {
+                    continue;
+                }
+                let s = (r * t + p) * width;
+                worst = worst.max(max_abs_diff(&ours[s..s + width], &reference[s..s + width]));
+            }
+        }
+        assert!(worst <= TOL, "{name}: {what} max |Δ| = {worst:e} > {TOL:e}");
+        worst
+    };
+    let (ref_logits, _) = golden_f32(&golden, "logits");
+    let vocab = model.config.vocab_size;
+    compare(to_f32_vec(out.logits).unwrap(), ref_logits, vocab, "logits");
+    let states = out.hidden_states.unwrap();
+    assert_eq!(
+        states.len() as u64,
+        meta["num_hidden_states"].as_u64().unwrap()
+    );
+    for (i, s) in states.into_iter().enumerate() {
+        let (r, _) = golden_f32(&golden, &format!("hidden_states.{i}"));
+        compare(
+            to_f32_vec(s).unwrap(),
+            r,
+            model.config.hidden_size,
+            &format!("hidden_states.{i}"),
+        );
+    }
+
+    // 3) Greedy generation, cached and uncached, token for token.
+    for g in meta["greedy"].as_array().unwrap() {
+        let prompt: Vec<u32> = g["prompt_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        let expected: Vec<u32> = g["generated_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(
+            tok.encode(g["prompt"].as_str().unwrap(), true).unwrap(),
+            prompt
+        );
+        for use_cache in [true, false] {
+            let opts = GenerateOptions {
+                max_new_tokens: 12,
+                sampling: SamplingParams::default(),
+                stop_ids: tok.eos_token_ids.clone(),
+                use_cache,
+            };
+            let mut streamed = Vec::new();
+            let got = generate(&model, &prompt, &opts, |id| {
+                streamed.push(id);
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(
+                got, expected,
+                "{name}: greedy generation (cache: {use_cache})"
+            );
+            assert_eq!(streamed, got);
+        }
+    }
+
+    // 4) Mean loss per predicted token.
+    let texts: Vec<String> = meta["eval_texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    let report = evaluate_texts(&model, &tok, &texts).unwrap();
+    let expected = meta["eval"]["mean_loss"].as_f64().unwrap();
+    assert_eq!(
+        report.predicted_tokens as u64,
+        meta["eval"]["predicted_tokens"].as_u64().unwrap()
+    );
+    assert!(
+        (report.mean_loss - expected).abs() < 1e-4,
+        "{name}: loss {} vs {expected}",
+        report.mean_loss
+    );
+}
+
+#[test]
+fn llama_matches_transformers() {
+    check_architecture("llama");
+}
+
+#[test]
+fn llama_tied_matches_transformers() {
+    check_architecture("llama-tied");
+}
+
+#[test]
+fn mistral_sharded_matches_transformers() {
+    check_architecture("mistral");
+}
+
+#[test]
+fn qwen2_hub_config_matches_transformers() {
+    check_architecture("qwen2");
+}
+
+#[test]
+fn qwen3_matches_transformers() {
+    check_architecture("qwen3");
+}
+
+/// A left-padded batch decoded with the cache gives each row the tokens it gets alone.
+#[test]
+fn padded_cached_decoding_equals_single_rows() {
+    let device = default_device();
+    let dir = model_dir("llama");
+    let model = CausalLm::load_dir(&dir, &device).unwrap();
+    let tok = Tokenizer::load_dir(&dir, &model.config).unwrap();
+    let seqs = vec![
+        tok.encode("The quick brown fox jumps", true).unwrap(),
+        tok.encode("Hello", true).unwrap(),
+    ];
+    let mut cache = lora_core::kv_cache::KvCache::new(model.config.num_hidden_layers);
+    let batch = TokenBatch::left_padded(&seqs, tok.pad_token_id.unwrap());
+    let mut logits = model.forward(&batch, Some(&mut cache)).unwrap();
+    let mut rows: Vec<Vec<u32>> = vec![Vec::new(); 2];
+    for _ in 0..5 {
+        let [b, t, v] = logits.dims();
+        let host = to_f32_vec(logits.slice([0..b, t - 1..t, 0..v])).unwrap();
+        let next: Vec<u32> = (0..b)
+            .map(|r| lora_core::generate::argmax(&host[r * v..(r + 1) * v]))
+            .collect();
+        for (r, id) in next.iter().enumerate() {
+            rows[r].push(*id);
+        }
+        let step = TokenBatch {
+            ids: next.iter().map(|&i| vec![i]).collect(),
+            mask: None,
+        };
+        logits = model.forward(&step, Some(&mut cache)).unwrap();
+    }
+    for (r, seq) in seqs.iter().enumerate() {
+        let opts = GenerateOptions {
+            max_new_tokens: 5,
+            sampling: SamplingParams::default(),
+            stop_ids: vec![],
+            use_cache: true,
+        };
+        let alone = generate(&model, seq, &opts, |_| Ok(())).unwrap();
+        assert_eq!(rows[r], alone, "row {r}");
+    }
+}
+
+/// Sampling is reproducible for a seed and changes with it.
+#[test]
+fn seeded_sampling_is_reproducible() {
+    let device = default_device();
+    let dir = model_dir("qwen3");
+    let model = CausalLm::load_dir(&dir, &device).unwrap();
+    let tok = Tokenizer::load_dir(&dir, &model.config).unwrap();
+    let prompt = tok.encode("Hello", true).unwrap();
+    let run = |seed| {
+        let sampling = SamplingParams {
+            temperature: 1.5,
+            top_k: Some(50),
+            top_p: Some(0.95),
+            seed,
+        };
+        let opts = GenerateOptions {
+            max_new_tokens: 16,
+            sampling,
+            stop_ids: vec![],
+            use_cache: true,
+        };
+        generate(&model, &prompt, &opts, |_| Ok(())).unwrap()
+    };
+    let a = run(7);
+    assert_eq!(a, run(7));
+    assert_ne!(
+        a,
+        run(8),
+        "different seeds should give different samples at temperature 1.5"
+    );
+}
