@@ -1,3 +1,69 @@
-fn main() {
-    lora_core::hello();
+//! `lora`: LoRA fine-tuning and adapter merging for open-weight language models.
+//!
+//! A thin binary: `main` parses arguments, runs one subcommand from `commands/`, and prints the error
+//! chain once. Every failure exits with code 2 and one message; nothing prints a backtrace.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod commands;
+mod device;
+
+/// LoRA fine-tuning and adapter merging for open-weight language models, on your own hardware.
+#[derive(Parser, Debug)]
+#[command(name = "lora", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show what a model folder or a .safetensors file holds: architecture, parameters, dtypes, tensors.
+    Inspect(commands::inspect::Args),
+    /// Generate text from a prompt, streaming tokens as they come (greedy by default).
+    Generate(commands::generate::Args),
+    /// Mean loss per predicted token and perplexity of a model on a JSONL file of {"text": ...} lines.
+    Eval(commands::eval::Args),
+}
+
+fn main() -> ExitCode {
+    // A panic is a bug in lora or a dependency: say so in one line instead of a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!("error: internal error{at}: {msg} (please report this)");
+    }));
+    let cli = Cli::parse();
+    let result = std::panic::catch_unwind(|| match cli.command {
+        Command::Inspect(a) => commands::inspect::run(a),
+        Command::Generate(a) => commands::generate::run(a),
+        Command::Eval(a) => commands::eval::run(a),
+    });
+    match result {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        // `lora inspect ... | head` closes the pipe early: not an error.
+        Ok(Err(e)) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+        Err(_) => ExitCode::from(101),
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }

@@ -102,6 +102,15 @@ impl CausalLm {
     /// Loads a Hugging Face model folder (`config.json` + safetensors weights).
     pub fn load_dir(dir: impl AsRef<Path>, device: &Device) -> Result<Self> {
         let dir = dir.as_ref();
+        if !dir.is_dir() {
+            return Err(CoreError::config(
+                dir,
+                "not a folder; a model folder holds config.json and safetensors weights",
+            ));
+        }
+        if !dir.join("config.json").is_file() {
+            return Err(CoreError::config(dir, "no config.json in this folder"));
+        }
         let config = ModelConfig::from_file(dir.join("config.json"))?;
         let weights = Weights::open_dir(dir)?;
         Self::load(&weights, config, device)

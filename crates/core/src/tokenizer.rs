@@ -189,4 +189,16 @@ impl TextStream {
         self.printed = text.len();
         Ok(Some(piece))
     }
+
+    /// Whatever text is still held back (a trailing partial character), at the end of generation.
+    pub fn finish(&mut self, tok: &Tokenizer) -> Result<String> {
+        let text = tok.decode(&self.ids, true)?;
+        let rest = if text.is_char_boundary(self.printed) && text.len() > self.printed {
+            text[self.printed..].to_string()
+        } else {
+            String::new()
+        };
+        self.printed = text.len();
+        Ok(rest)
+    }
 }

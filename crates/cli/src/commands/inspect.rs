@@ -1,0 +1,162 @@
+//! `lora inspect`: what a model folder or safetensors file holds.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+use lora_core::ModelConfig;
+use lora_core::safetensors_file::SafetensorsFile;
+use lora_core::weights::Weights;
+use serde_json::json;
+
+/// Arguments of `lora inspect`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// A model folder or a .safetensors file.
+    path: PathBuf,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+struct Row {
+    name: String,
+    shape: Vec<usize>,
+    dtype: String,
+}
+
+/// Runs `lora inspect`.
+pub fn run(a: Args) -> Result<()> {
+    let path = &a.path;
+    if !path.exists() {
+        bail!("{}: no such file or folder", path.display());
+    }
+    let (files, config) = if path.is_dir() {
+        let w = Weights::open_dir(path)?;
+        let files: Vec<PathBuf> = w.files().iter().map(|f| f.path().to_path_buf()).collect();
+        let cfg_path = path.join("config.json");
+        let config = cfg_path
+            .is_file()
+            .then(|| ModelConfig::from_file(&cfg_path));
+        (files, config)
+    } else {
+        (vec![path.clone()], None)
+    };
+    let mut rows = Vec::new();
+    for f in &files {
+        let st = SafetensorsFile::open(f)?;
+        for (name, info) in st.tensors() {
+            rows.push(Row {
+                name: name.clone(),
+                shape: info.shape.clone(),
+                dtype: format!("{:?}", info.dtype),
+            });
+        }
+    }
+    rows.sort_by(|a, b| natural_key(&a.name).cmp(&natural_key(&b.name)));
+    let params: usize = rows.iter().map(|r| r.shape.iter().product::<usize>()).sum();
+    let mut dtypes: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in &rows {
+        *dtypes.entry(r.dtype.as_str()).or_default() += 1;
+    }
+    let arch = match &config {
+        Some(Ok(c)) => Some(format!(
+            "{} ({} layers, hidden {}, heads {}/{} kv, head_dim {}, intermediate {}, vocab {}{})",
+            c.architecture.hf_name(),
+            c.num_hidden_layers,
+            c.hidden_size,
+            c.num_attention_heads,
+            c.num_key_value_heads,
+            c.head_dim,
+            c.intermediate_size,
+            c.vocab_size,
+            if c.tie_word_embeddings {
+                ", tied embeddings"
+            } else {
+                ""
+            }
+        )),
+        Some(Err(e)) => Some(format!("not loadable by lora: {e}")),
+        None => None,
+    };
+    if a.json {
+        let v = json!({
+            "path": path,
+            "architecture": arch,
+            "parameters": params,
+            "dtypes": dtypes,
+            "files": files,
+            "tensors": rows.iter().map(|r| json!({"name": r.name, "shape": r.shape, "dtype": r.dtype})).collect::<Vec<_>>(),
+        });
+        return emit(&format!("{}\n", serde_json::to_string_pretty(&v)?));
+    }
+    let mut o = String::new();
+    let _ = writeln!(o, "path:         {}", path.display());
+    if let Some(arch) = arch {
+        let _ = writeln!(o, "architecture: {arch}");
+    }
+    let _ = writeln!(o, "parameters:   {} ({})", group(params), human(params));
+    let d: Vec<String> = dtypes
+        .iter()
+        .map(|(k, v)| format!("{k} ({v} tensors)"))
+        .collect();
+    let _ = writeln!(o, "dtypes:       {}", d.join(", "));
+    let names: Vec<String> = files.iter().map(|f| file_name(f)).collect();
+    let _ = writeln!(o, "files:        {}", names.join(", "));
+    let w = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
+    let _ = writeln!(o, "\n{:<w$}  {:<16}  dtype", "name", "shape");
+    for r in &rows {
+        let _ = writeln!(
+            o,
+            "{:<w$}  {:<16}  {}",
+            r.name,
+            format!("{:?}", r.shape),
+            r.dtype
+        );
+    }
+    emit(&o)
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Sorts `layers.10` after `layers.9`.
+fn natural_key(name: &str) -> Vec<(u64, String)> {
+    name.split('.')
+        .map(|part| (part.parse::<u64>().unwrap_or(u64::MAX), part.to_string()))
+        .collect()
+}
+
+fn group(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn human(n: usize) -> String {
+    match n {
+        n if n >= 1_000_000_000 => format!("{:.2}B", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.2}M", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.2}K", n as f64 / 1e3),
+        n => n.to_string(),
+    }
+}
+
+/// Writes to stdout, returning (rather than panicking on) a closed pipe.
+fn emit(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,3 @@
+//! End-to-end tests of the `lora` binary (one test binary for the crate).
+
+mod core_commands;
