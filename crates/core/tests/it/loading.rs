@@ -43,8 +43,19 @@ fn copy_dir(from: &Path, to: &Path) {
 fn load_err(dir: &Path) -> String {
     match CausalLm::load_dir(dir, &default_device()) {
         Ok(_) => panic!("loading {} should fail", dir.display()),
-        Err(e) => e.to_string(),
+        Err(e) => chain(&e),
     }
+}
+
+/// The message with its sources, as the CLI prints it.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s += &format!(": {c}");
+        cur = c.source();
+    }
+    s
 }
 
 #[test]
@@ -157,7 +168,7 @@ fn missing_and_misshapen_tensors_are_named() {
 #[test]
 fn missing_folder_and_bad_json_are_errors() {
     let msg = load_err(Path::new("/nonexistent/model"));
-    assert!(msg.contains("/nonexistent/model/config.json"), "{msg}");
+    assert!(msg.contains("/nonexistent/model: not a folder"), "{msg}");
     let d = temp_dir("badjson");
     copy_dir(&model_dir("llama"), &d);
     std::fs::write(
