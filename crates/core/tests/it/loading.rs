@@ -219,3 +219,33 @@ fn pickle_only_folder_is_refused_by_name() {
     assert!(msg.contains("pickle"), "{msg}");
     let _ = CoreError::Invalid(String::new());
 }
+
+#[test]
+fn sequence_longer_than_sliding_window_is_refused() {
+    let d = temp_dir("window");
+    copy_dir(&model_dir("mistral"), &d);
+    let cfg = std::fs::read_to_string(d.join("config.json"))
+        .unwrap()
+        .replace("\"sliding_window\": 4096", "\"sliding_window\": 8");
+    std::fs::write(d.join("config.json"), cfg).unwrap();
+    let model = CausalLm::load_dir(&d, &default_device()).unwrap();
+    assert_eq!(model.config.sliding_window, Some(8));
+    // Within the window: fine. Beyond it, by prompt or by cached growth: a clear error.
+    model
+        .forward(&lora_core::TokenBatch::single(vec![5; 8]), None)
+        .unwrap();
+    let err = model
+        .forward(&lora_core::TokenBatch::single(vec![5; 9]), None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("exceeds the sliding window of 8"), "{err}");
+    let mut cache = lora_core::kv_cache::KvCache::new(model.config.num_hidden_layers);
+    model
+        .forward(&lora_core::TokenBatch::single(vec![5; 8]), Some(&mut cache))
+        .unwrap();
+    assert!(
+        model
+            .forward(&lora_core::TokenBatch::single(vec![5]), Some(&mut cache))
+            .is_err()
+    );
+}
