@@ -7,6 +7,7 @@
 //! incremental decoding; [`tokenizer`] wraps `tokenizer.json`; [`backend`] picks the device.
 #![warn(missing_docs)]
 
+pub mod adapter;
 pub mod attention;
 pub mod backend;
 pub mod config;
@@ -17,12 +18,15 @@ pub mod generate;
 pub mod host;
 pub mod kv_cache;
 pub mod linear;
+pub mod lora;
 pub mod loss;
 pub mod mlp;
 pub mod model;
 pub mod norm;
+pub mod peft_config;
 pub mod rope;
 pub mod safetensors_file;
+pub mod safetensors_write;
 pub mod tokenizer;
 pub mod weights;
 

@@ -1,0 +1,81 @@
+//! Writing safetensors files atomically (temporary name in the same folder, then rename).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype, TensorView};
+
+use crate::error::{CoreError, Result};
+
+/// Element type of stored tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredDtype {
+    /// 32-bit float.
+    F32,
+    /// bfloat16.
+    BF16,
+    /// float16.
+    F16,
+}
+
+impl StoredDtype {
+    /// Parses `f32` / `bf16` / `f16` (and transformers' `float32` / `bfloat16` / `float16`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "f32" | "float32" => Some(Self::F32),
+            "bf16" | "bfloat16" => Some(Self::BF16),
+            "f16" | "float16" => Some(Self::F16),
+            _ => None,
+        }
+    }
+}
+
+fn encode(values: &[f32], dtype: StoredDtype) -> Vec<u8> {
+    match dtype {
+        StoredDtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        StoredDtype::BF16 => values.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
+        StoredDtype::F16 => values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = tmp_path(path);
+    std::fs::write(&tmp, bytes).map_err(|e| CoreError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| CoreError::io(path, e))
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(format!(".tmp-{}", std::process::id()));
+    path.with_file_name(name)
+}
+
+/// Writes named f32 tensors, converted to `dtype`, as one safetensors file. Tensors are stored in
+/// name order (safetensors sorts them), so equal inputs give byte-identical files.
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    dtype: StoredDtype,
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
+    let st_dtype = match dtype {
+        StoredDtype::F32 => Dtype::F32,
+        StoredDtype::BF16 => Dtype::BF16,
+        StoredDtype::F16 => Dtype::F16,
+    };
+    let encoded: Vec<(String, Vec<usize>, Vec<u8>)> =
+        tensors.iter().map(|(n, s, v)| (n.clone(), s.clone(), encode(v, dtype))).collect();
+    let views = encoded
+        .iter()
+        .map(|(n, s, b)| {
+            TensorView::new(st_dtype, s.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| CoreError::Invalid(format!("tensor '{n}': {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let meta: HashMap<String, String> = metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let bytes = safetensors::serialize(views, Some(meta))
+        .map_err(|e| CoreError::Safetensors { path: path.to_path_buf(), message: e.to_string() })?;
+    write_atomic(path, &bytes)
+}

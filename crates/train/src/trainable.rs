@@ -1,0 +1,43 @@
+//! The trainable tensors of a model with adapters: every lora_A and lora_B, in module order.
+
+use lora_core::CausalLm;
+use lora_core::burn::tensor::Tensor;
+
+/// The adapter tensors of `model` in a fixed order (module path order, A before B).
+pub fn adapter_tensors(model: &CausalLm) -> Vec<Tensor<2>> {
+    let mut out = Vec::new();
+    for (_, lin) in model.linear_modules() {
+        for a in &lin.lora {
+            out.push(a.lora_a.clone());
+            out.push(a.lora_b.clone());
+        }
+    }
+    out
+}
+
+/// Replaces the adapter tensors with `values` (same order as [`adapter_tensors`]), as new autodiff
+/// leaves that require gradients.
+pub fn set_adapter_tensors(model: &mut CausalLm, values: Vec<Tensor<2>>) {
+    let mut it = values.into_iter();
+    for (_, lin) in model.linear_modules_mut() {
+        for a in lin.lora.iter_mut() {
+            a.lora_a = it.next().expect("one value per tensor").autodiff().require_grad();
+            a.lora_b = it.next().expect("one value per tensor").autodiff().require_grad();
+        }
+    }
+    assert!(it.next().is_none(), "more values than adapter tensors");
+}
+
+/// Switches dropout of every adapter on (training) or off (evaluation).
+pub fn set_training(model: &mut CausalLm, training: bool) {
+    for (_, lin) in model.linear_modules_mut() {
+        for a in lin.lora.iter_mut() {
+            a.training = training;
+        }
+    }
+}
+
+/// Number of trainable values.
+pub fn trainable_parameters(model: &CausalLm) -> usize {
+    adapter_tensors(model).iter().map(|t| t.dims().iter().product::<usize>()).sum()
+}

@@ -1,0 +1,4 @@
+//! Integration tests of lora-train (one binary).
+
+mod common;
+mod replay;

@@ -1,0 +1,109 @@
+//! PEFT parity: adapter logits, merged == unmerged, and a 20-step AdamW replay of PEFT + PyTorch.
+
+use lora_core::adapter::{load_adapter, merge_into_base};
+use lora_core::host::to_f32_vec;
+use lora_core::loss::shifted_cross_entropy_sum;
+use lora_core::model::{CausalLm, TokenBatch};
+use lora_core::safetensors_file::SafetensorsFile;
+use lora_core::default_device;
+use lora_train::optimizer::{AdamW, AdamWConfig};
+use lora_train::trainable::{adapter_tensors, set_adapter_tensors};
+use serde_json::Value;
+
+use crate::common::*;
+
+fn golden() -> SafetensorsFile {
+    SafetensorsFile::open(fixtures().join("lora/golden.safetensors")).unwrap()
+}
+
+fn batch(g: &SafetensorsFile) -> TokenBatch {
+    let info = g.info("input_ids").unwrap().clone();
+    let bytes = g.bytes("input_ids").unwrap();
+    let ids: Vec<u32> = bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect();
+    let t = info.shape[1];
+    TokenBatch { ids: ids.chunks(t).map(<[u32]>::to_vec).collect(), mask: None }
+}
+
+fn max_abs(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn base() -> CausalLm {
+    CausalLm::load_dir(fixtures().join("models/llama"), &default_device()).unwrap()
+}
+
+#[test]
+fn peft_adapters_give_peft_logits() {
+    let g = golden();
+    let b = batch(&g);
+    for name in ["adapter-qv", "adapter-rslora"] {
+        let mut model = base();
+        load_adapter(&mut model, &fixtures().join("lora").join(name), 1.0, false).unwrap();
+        let ours = to_f32_vec(model.forward(&b, None).unwrap()).unwrap();
+        let (reference, _) = g.to_f32(&format!("logits.{name}")).unwrap();
+        let d = max_abs(&ours, &reference);
+        assert!(d <= 1e-4, "{name}: max |Δ| {d:e}");
+        // The adapter really changes the output.
+        let plain = to_f32_vec(base().forward(&b, None).unwrap()).unwrap();
+        assert!(max_abs(&plain, &reference) > 1e-2, "{name}: adapter has no effect");
+    }
+}
+
+#[test]
+fn merged_equals_unmerged() {
+    let g = golden();
+    let b = batch(&g);
+    let mut model = base();
+    load_adapter(&mut model, &fixtures().join("lora/adapter-qv"), 1.0, false).unwrap();
+    let unmerged = to_f32_vec(model.forward(&b, None).unwrap()).unwrap();
+    merge_into_base(&mut model);
+    assert!(model.linear_modules().iter().all(|(_, l)| l.lora.is_empty()));
+    let merged = to_f32_vec(model.forward(&b, None).unwrap()).unwrap();
+    assert!(max_abs(&unmerged, &merged) <= 1e-4);
+    let (peft_merged, _) = g.to_f32("logits.adapter-qv.merged").unwrap();
+    assert!(max_abs(&merged, &peft_merged) <= 1e-4);
+}
+
+#[test]
+fn adamw_replay_matches_peft() {
+    let g = golden();
+    let b = batch(&g);
+    let labels_raw = g.bytes("labels").unwrap();
+    let labels_flat: Vec<i64> = labels_raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
+    let t = b.ids[0].len();
+    let labels: Vec<Vec<Option<u32>>> =
+        labels_flat.chunks(t).map(|r| r.iter().map(|&l| (l >= 0).then_some(l as u32)).collect()).collect();
+    let meta: Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("lora/golden.json")).unwrap()).unwrap();
+    let expected: Vec<f64> = meta["replay"]["losses"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+
+    let mut model = base();
+    load_adapter(&mut model, &fixtures().join("lora/adapter-init"), 1.0, true).unwrap();
+    let base_before = to_f32_vec(model.model.layers[0].self_attn.q_proj.weight.val()).unwrap();
+    let mut opt = AdamW::new(AdamWConfig::default(), &adapter_tensors(&model));
+    for (step, want) in expected.iter().enumerate() {
+        let logits = model.forward(&b, None).unwrap();
+        let (sum, count) = shifted_cross_entropy_sum(logits, &labels);
+        let loss = sum / count as f64;
+        let got = to_f32_vec(loss.clone().inner()).unwrap()[0] as f64;
+        assert!(((got - want) / want).abs() <= 1e-4, "step {step}: loss {got} vs PEFT {want}");
+        let grads = loss.backward();
+        let params = adapter_tensors(&model);
+        let gs = params.iter().map(|p| p.grad(&grads).unwrap_or_else(|| p.zeros_like().inner())).collect();
+        let new = opt.update(params, gs, 1e-3);
+        set_adapter_tensors(&mut model, new);
+    }
+    // The final adapter equals PEFT's.
+    let trained = SafetensorsFile::open(fixtures().join("lora/adapter-trained/adapter_model.safetensors")).unwrap();
+    let mut reference = base();
+    load_adapter(&mut reference, &fixtures().join("lora/adapter-trained"), 1.0, false).unwrap();
+    let ours = adapter_tensors(&model);
+    let theirs = adapter_tensors(&reference);
+    assert_eq!(ours.len(), trained.tensors().len());
+    for (o, r) in ours.into_iter().zip(theirs) {
+        let d = max_abs(&to_f32_vec(o.inner()).unwrap(), &to_f32_vec(r).unwrap());
+        assert!(d <= 1e-4, "final adapter max |Δ| {d:e}");
+    }
+    // The base is untouched, bit for bit.
+    assert_eq!(to_f32_vec(model.model.layers[0].self_attn.q_proj.weight.val()).unwrap(), base_before);
+}
