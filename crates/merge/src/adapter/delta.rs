@@ -1,0 +1,84 @@
+//! A low-rank update ΔW = c·B·A held as two small f32 factors, added to any slice of a weight.
+
+/// `c · B·A` for one module, laid out as `L [rows, r] · R [r, cols]` in the target tensor's own
+/// orientation, so adding it to a row-major slice of the weight is a sum of contiguous axpys.
+#[derive(Debug, Clone)]
+pub struct LoraDelta {
+    /// `[rows, r]`
+    left: Vec<f32>,
+    /// `[r, cols]`
+    right: Vec<f32>,
+    rank: usize,
+    rows: usize,
+    cols: usize,
+    coef: f32,
+}
+
+impl LoraDelta {
+    /// From PEFT's factors `a: [r, in]` and `b: [out, r]`, scaled by `coef`. With `transposed`, the
+    /// target is stored `[in, out]` (embeddings, Conv1D) and receives `(B·A)ᵀ`.
+    pub fn from_factors(a: &[f32], b: &[f32], r: usize, inp: usize, out: usize, coef: f32, transposed: bool) -> Self {
+        assert_eq!(a.len(), r * inp);
+        assert_eq!(b.len(), out * r);
+        if transposed {
+            // (B·A)ᵀ = Aᵀ·Bᵀ: left = Aᵀ [in, r], right = Bᵀ [r, out]
+            let left = transpose(a, r, inp);
+            let right = transpose(b, out, r);
+            Self { left, right, rank: r, rows: inp, cols: out, coef }
+        } else {
+            Self { left: b.to_vec(), right: a.to_vec(), rank: r, rows: out, cols: inp, coef }
+        }
+    }
+
+    /// The target tensor's shape `[rows, cols]`.
+    pub fn shape(&self) -> [usize; 2] {
+        [self.rows, self.cols]
+    }
+
+    /// Adds the update to `out`, which holds elements `start..start + out.len()` of the flattened
+    /// `[rows, cols]` target.
+    ///
+    /// Each element is `(Σₖ L[p,k]·R[k,q]) · c`, summed over k in order and scaled after, which is
+    /// PEFT's `(B @ A) * scaling` up to the matmul's summation order.
+    pub fn add_to(&self, start: usize, out: &mut [f32]) {
+        let mut acc = vec![0f32; self.cols.min(out.len())];
+        let mut pos = start;
+        let end = start + out.len();
+        while pos < end {
+            let (p, q0) = (pos / self.cols, pos % self.cols);
+            let q1 = self.cols.min(q0 + (end - pos));
+            let n = q1 - q0;
+            let acc = &mut acc[..n];
+            acc.fill(0.0);
+            for k in 0..self.rank {
+                let l = self.left[p * self.rank + k];
+                let r = &self.right[k * self.cols + q0..k * self.cols + q1];
+                for (a, &x) in acc.iter_mut().zip(r) {
+                    *a += l * x;
+                }
+            }
+            let o = &mut out[pos - start..pos - start + n];
+            for (o, &a) in o.iter_mut().zip(acc.iter()) {
+                *o += a * self.coef;
+            }
+            pos += n;
+        }
+    }
+
+    /// The dense update `[rows, cols]` (for tests and extraction).
+    pub fn to_dense(&self) -> Vec<f32> {
+        let mut d = vec![0f32; self.rows * self.cols];
+        self.add_to(0, &mut d);
+        d
+    }
+}
+
+fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; x.len()];
+    for i in 0..rows {
+        for j in 0..cols {
+            t[j * rows + i] = x[i * cols + j];
+        }
+    }
+    t
+}

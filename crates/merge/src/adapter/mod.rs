@@ -1,0 +1,9 @@
+//! PEFT LoRA adapters: the config, the weights by module, and the low-rank update they apply.
+
+mod config;
+mod delta;
+mod weights;
+
+pub use config::*;
+pub use delta::*;
+pub use weights::*;

@@ -1,0 +1,174 @@
+//! A PEFT adapter folder: `adapter_config.json` plus `adapter_model.safetensors`, indexed by module.
+//!
+//! PEFT saves each adapted module `M` as `base_model.model.M.lora_A.weight` (`[r, in]`) and
+//! `base_model.model.M.lora_B.weight` (`[out, r]`); embeddings as `M.lora_embedding_A` (`[r, vocab]`)
+//! and `M.lora_embedding_B` (`[dim, r]`). Any other tensor (a `modules_to_save` copy such as
+//! `lm_head.weight`, or a trained bias) replaces the base tensor of the same name.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::adapter::{AdapterConfig, LoraDelta};
+use crate::dtype::{DType, decode_f32};
+use crate::error::{MergeError, Result};
+use crate::safetensors::{SafetensorsFile, TensorInfo};
+
+/// The prefix PEFT puts before module names in saved adapters.
+pub const PEFT_PREFIX: &str = "base_model.model.";
+
+/// One adapted module: its two factors and what they update.
+#[derive(Debug, Clone)]
+pub struct LoraModule {
+    /// Module name in the base model (`model.layers.0.self_attn.q_proj`).
+    pub module: String,
+    /// The base tensor updated (`<module>.weight`).
+    pub target: String,
+    /// `lora_A`: `[r, in]`.
+    pub a: TensorInfo,
+    /// `lora_B`: `[out, r]`.
+    pub b: TensorInfo,
+    /// Rank (rows of A).
+    pub rank: usize,
+    /// Update scale `alpha / r` (or `alpha / sqrt(r)`).
+    pub scale: f64,
+    /// Whether the base weight is stored `[in, out]` (embeddings, `fan_in_fan_out`): ΔW is transposed.
+    pub transposed: bool,
+}
+
+impl LoraModule {
+    /// The shape of the base tensor this module updates.
+    pub fn target_shape(&self) -> Vec<usize> {
+        let (out, inp) = (self.b.shape[0], self.a.shape[1]);
+        if self.transposed { vec![inp, out] } else { vec![out, inp] }
+    }
+}
+
+/// A PEFT LoRA adapter, memory-mapped.
+#[derive(Debug)]
+pub struct Adapter {
+    dir: PathBuf,
+    /// Its `adapter_config.json`.
+    pub config: AdapterConfig,
+    file: SafetensorsFile,
+    /// Adapted modules, by module name.
+    pub modules: BTreeMap<String, LoraModule>,
+    /// Tensors saved whole, by base tensor name.
+    pub replacements: BTreeMap<String, TensorInfo>,
+}
+
+impl Adapter {
+    /// Opens an adapter folder.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        let config_path = dir.join("adapter_config.json");
+        if !config_path.is_file() {
+            return Err(MergeError::folder(&dir, "not a PEFT adapter folder: no adapter_config.json"));
+        }
+        let config = AdapterConfig::load(&config_path)?;
+        let weights = dir.join("adapter_model.safetensors");
+        if !weights.is_file() {
+            return Err(MergeError::folder(
+                &dir,
+                "no adapter_model.safetensors (adapter_model.bin pickles are not read; re-save with safe_serialization=True)",
+            ));
+        }
+        let file = SafetensorsFile::open(&weights)?;
+        let mut a_of: BTreeMap<String, (TensorInfo, bool)> = BTreeMap::new();
+        let mut b_of: BTreeMap<String, (TensorInfo, bool)> = BTreeMap::new();
+        let mut replacements = BTreeMap::new();
+        for (key, info) in file.tensors() {
+            let name = key.strip_prefix(PEFT_PREFIX).unwrap_or(key);
+            let name = name.replace(".default.", ".");
+            let name = name.strip_suffix(".default").unwrap_or(&name).to_string();
+            let bad = |m: String| MergeError::safetensors(&weights, format!("tensor '{key}': {m}"));
+            if !info.dtype.is_float() {
+                return Err(bad(format!("{:?} factors; expected a float type", info.dtype)));
+            }
+            if name.contains("lora_magnitude_vector") {
+                return Err(bad("DoRA magnitude vectors are not supported".into()));
+            }
+            let (slot, module, embedding) = if let Some(m) = name.strip_suffix(".lora_A.weight") {
+                (&mut a_of, m, false)
+            } else if let Some(m) = name.strip_suffix(".lora_B.weight") {
+                (&mut b_of, m, false)
+            } else if let Some(m) = name.strip_suffix(".lora_embedding_A") {
+                (&mut a_of, m, true)
+            } else if let Some(m) = name.strip_suffix(".lora_embedding_B") {
+                (&mut b_of, m, true)
+            } else {
+                replacements.insert(name.replace(".modules_to_save.", "."), info.clone());
+                continue;
+            };
+            if info.shape.len() != 2 {
+                return Err(bad(format!("shape {:?}; LoRA factors are 2-D", info.shape)));
+            }
+            slot.insert(module.to_string(), (info.clone(), embedding));
+        }
+        let mut modules = BTreeMap::new();
+        for (module, (a, embedding)) in a_of {
+            let (b, _) = b_of.remove(&module).ok_or_else(|| {
+                MergeError::safetensors(&weights, format!("module '{module}' has lora_A but no lora_B"))
+            })?;
+            let rank = a.shape[0];
+            if b.shape[1] != rank {
+                return Err(MergeError::safetensors(
+                    &weights,
+                    format!("module '{module}': lora_A is {:?} and lora_B is {:?}; their ranks differ", a.shape, b.shape),
+                ));
+            }
+            let transposed = embedding || config.fan_in_fan_out;
+            let scale = config.scale_for(&module, rank);
+            let target = format!("{module}.weight");
+            modules.insert(module.clone(), LoraModule { module, target, a, b, rank, scale, transposed });
+        }
+        if let Some(module) = b_of.keys().next() {
+            return Err(MergeError::safetensors(&weights, format!("module '{module}' has lora_B but no lora_A")));
+        }
+        Ok(Self { dir, config, file, modules, replacements })
+    }
+
+    /// The adapter folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The weights file.
+    pub fn file(&self) -> &SafetensorsFile {
+        &self.file
+    }
+
+    /// Number of trainable parameters in the factors.
+    pub fn num_parameters(&self) -> usize {
+        self.modules.values().map(|m| m.a.numel() + m.b.numel()).sum()
+    }
+
+    /// Decodes a tensor of the adapter to f32.
+    pub fn tensor_f32(&self, info: &TensorInfo) -> Vec<f32> {
+        let mut v = vec![0f32; info.numel()];
+        decode_f32(self.file.bytes(info), info.dtype, &mut v);
+        v
+    }
+
+    /// The update of `module` times `weight`, ready to add to the base tensor.
+    pub fn delta(&self, module: &LoraModule, weight: f64) -> LoraDelta {
+        LoraDelta::from_factors(
+            &self.tensor_f32(&module.a),
+            &self.tensor_f32(&module.b),
+            module.rank,
+            module.a.shape[1],
+            module.b.shape[0],
+            (weight * module.scale) as f32,
+            module.transposed,
+        )
+    }
+
+    /// Finds the module whose update targets base tensor `name`.
+    pub fn module_for_target(&self, name: &str) -> Option<&LoraModule> {
+        self.modules.get(name.strip_suffix(".weight")?)
+    }
+
+    /// The element type of the factors (of the first module).
+    pub fn dtype(&self) -> Option<DType> {
+        self.modules.values().next().map(|m| m.a.dtype)
+    }
+}

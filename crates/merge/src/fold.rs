@@ -1,0 +1,258 @@
+//! Folding PEFT adapters into their base: W ← W + Σᵢ wᵢ·sᵢ·Bᵢ·Aᵢ, tensor by tensor, in f32.
+//!
+//! Reference: PEFT's `merge_and_unload` (`peft/tuners/lora/layer.py`, `Linear.merge`), which adds
+//! `(B @ A) * scaling` to the weight. Several adapters are summed, each with its own scale and the
+//! user's weight, as PEFT's `add_weighted_adapter(combination_type="linear")` followed by a merge does
+//! for adapters of equal rank, but without its cross terms (see `merge_adapters`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::adapter::Adapter;
+use crate::card;
+use crate::dtype::DType;
+use crate::error::{MergeError, Result};
+use crate::model_dir::{ModelDir, TensorRef};
+use crate::output_dir::OutputDir;
+use crate::safetensors::{PlannedTensor, ShardedWriter};
+use crate::source::Source;
+use crate::stream;
+
+/// Options of `lora merge BASE ADAPTER...`.
+#[derive(Debug, Clone)]
+pub struct FoldOptions {
+    /// One weight per adapter (default 1 each).
+    pub weights: Option<Vec<f64>>,
+    /// Output element type (default: the base's).
+    pub dtype: Option<DType>,
+    /// Largest shard in bytes.
+    pub shard_size: u64,
+    /// Write NaN/inf results instead of failing.
+    pub allow_nonfinite: bool,
+    /// Replace an existing output folder.
+    pub force: bool,
+}
+
+impl Default for FoldOptions {
+    fn default() -> Self {
+        Self { weights: None, dtype: None, shard_size: 5_000_000_000, allow_nonfinite: false, force: false }
+    }
+}
+
+/// What a fold did.
+#[derive(Debug, Clone)]
+pub struct FoldReport {
+    /// The output folder.
+    pub out: PathBuf,
+    /// Tensors written.
+    pub tensors: usize,
+    /// Base tensors that received at least one update.
+    pub updated: usize,
+    /// Base tensors replaced by an adapter's saved copy (`modules_to_save`).
+    pub replaced: usize,
+    /// Output dtype of the float tensors.
+    pub dtype: DType,
+    /// Bytes of input tensor data.
+    pub bytes_read: u64,
+}
+
+/// Adapters checked against a base, ready to produce folded tensors.
+#[derive(Debug)]
+pub struct FoldPlan<'a> {
+    base: &'a ModelDir,
+    adapters: Vec<(&'a Adapter, f64)>,
+    /// Base tensor → (adapter index, module name) of every update to it.
+    updates: BTreeMap<String, Vec<(usize, String)>>,
+    /// Base tensor → adapter index whose saved copy replaces it.
+    replaced: BTreeMap<String, usize>,
+}
+
+impl<'a> FoldPlan<'a> {
+    /// Checks that every adapter module targets a base tensor of the right shape, and every saved
+    /// tensor replaces one of the same shape; errors name the adapter and the module.
+    pub fn new(base: &'a ModelDir, adapters: Vec<(&'a Adapter, f64)>) -> Result<Self> {
+        let mut updates: BTreeMap<String, Vec<(usize, String)>> = BTreeMap::new();
+        let mut replaced = BTreeMap::new();
+        for (k, (adapter, _)) in adapters.iter().enumerate() {
+            for m in adapter.modules.values() {
+                let t = base.get(&m.target).ok_or_else(|| {
+                    MergeError::Mismatch(format!(
+                        "{}: module '{}' is not in the base model {} (no tensor '{}'); was the adapter trained on another model?",
+                        adapter.dir().display(),
+                        m.module,
+                        base.path().display(),
+                        m.target
+                    ))
+                })?;
+                if t.info.shape != m.target_shape() {
+                    return Err(MergeError::Mismatch(format!(
+                        "{}: module '{}' updates a {:?} weight but the base's '{}' is {:?} (lora_A {:?}, lora_B {:?})",
+                        adapter.dir().display(),
+                        m.module,
+                        m.target_shape(),
+                        m.target,
+                        t.info.shape,
+                        m.a.shape,
+                        m.b.shape
+                    )));
+                }
+                if !t.info.dtype.is_float() {
+                    return Err(MergeError::Mismatch(format!("base tensor '{}' is not a float tensor", m.target)));
+                }
+                updates.entry(m.target.clone()).or_default().push((k, m.module.clone()));
+            }
+            for (name, info) in &adapter.replacements {
+                let t = base.get(name).ok_or_else(|| {
+                    MergeError::Mismatch(format!(
+                        "{}: saved tensor '{name}' is not in the base model {}",
+                        adapter.dir().display(),
+                        base.path().display()
+                    ))
+                })?;
+                if t.info.shape != info.shape {
+                    return Err(MergeError::Mismatch(format!(
+                        "{}: saved tensor '{name}' is {:?} but the base's is {:?}",
+                        adapter.dir().display(),
+                        info.shape,
+                        t.info.shape
+                    )));
+                }
+                if let Some(prev) = replaced.insert(name.clone(), k) {
+                    return Err(MergeError::Mismatch(format!(
+                        "tensor '{name}' is saved whole by two adapters ({} and {}); lora cannot fold both",
+                        adapters[prev].0.dir().display(),
+                        adapter.dir().display()
+                    )));
+                }
+            }
+        }
+        for name in replaced.keys() {
+            if updates.contains_key(name) {
+                return Err(MergeError::Mismatch(format!(
+                    "tensor '{name}' is both saved whole and updated by LoRA factors; the adapters disagree"
+                )));
+            }
+        }
+        Ok(Self { base, adapters, updates, replaced })
+    }
+
+    /// The input for base tensor `name`: the base's tensor, an adapter's saved copy, or the base
+    /// with its updates folded in.
+    pub fn source(&self, name: &str) -> Result<Source<'a>> {
+        if let Some(&k) = self.replaced.get(name) {
+            let adapter = self.adapters[k].0;
+            let info = &adapter.replacements[name];
+            return Ok(Source::Mapped(TensorRef { file: adapter.file(), info }));
+        }
+        let base = self.base.require(name)?;
+        match self.updates.get(name) {
+            None => Ok(Source::Mapped(base)),
+            Some(mods) => {
+                let deltas = mods
+                    .iter()
+                    .map(|(k, m)| {
+                        let (adapter, w) = self.adapters[*k];
+                        adapter.delta(&adapter.modules[m], w)
+                    })
+                    .collect();
+                Ok(Source::Folded { base, deltas })
+            }
+        }
+    }
+
+    /// Whether `name` changes in the fold.
+    pub fn touches(&self, name: &str) -> bool {
+        self.updates.contains_key(name) || self.replaced.contains_key(name)
+    }
+}
+
+/// The float dtype most of a model's float tensors have (its "model dtype").
+pub fn model_dtype(model: &ModelDir) -> DType {
+    let mut counts: BTreeMap<&str, (usize, DType)> = BTreeMap::new();
+    for name in model.names() {
+        let t = model.get(name).expect("listed");
+        if t.info.dtype.is_float() {
+            counts.entry(t.info.dtype.safetensors_name()).or_insert((0, t.info.dtype)).0 += t.info.numel();
+        }
+    }
+    counts.values().max_by_key(|(n, _)| *n).map_or(DType::F32, |(_, d)| *d)
+}
+
+/// `lora merge BASE ADAPTER... -o OUT`: folds `adapters` into `base` and writes a complete model folder.
+pub fn fold_adapters(base: &Path, adapters: &[PathBuf], out: &Path, opts: &FoldOptions) -> Result<FoldReport> {
+    let base_model = ModelDir::open(base)?;
+    let loaded = adapters.iter().map(Adapter::open).collect::<Result<Vec<_>>>()?;
+    let weights = match &opts.weights {
+        Some(w) if w.len() != loaded.len() => {
+            return Err(MergeError::Parameter(format!(
+                "--weights has {} values for {} adapters",
+                w.len(),
+                loaded.len()
+            )));
+        }
+        Some(w) => w.clone(),
+        None => vec![1.0; loaded.len()],
+    };
+    let plan = FoldPlan::new(&base_model, loaded.iter().zip(weights.iter().copied()).collect())?;
+    let out_dir = OutputDir::create(out, opts.force)?;
+    let dtype = opts.dtype.unwrap_or_else(|| model_dtype(&base_model));
+    let names: Vec<&str> = base_model.names().collect();
+    let planned: Vec<PlannedTensor> = names
+        .iter()
+        .map(|n| {
+            let t = base_model.get(n).expect("listed");
+            let d = if t.info.dtype.is_float() { dtype } else { t.info.dtype };
+            PlannedTensor { name: n.to_string(), dtype: d, shape: t.info.shape.clone() }
+        })
+        .collect();
+    let writer = ShardedWriter::create(out_dir.path(), &planned, opts.shard_size)?;
+    let mut bytes_read = 0u64;
+    for (i, p) in planned.iter().enumerate() {
+        let src = plan.source(&p.name)?;
+        let t = base_model.get(&p.name).expect("listed");
+        bytes_read += (t.info.end - t.info.begin) as u64;
+        if !plan.touches(&p.name) && t.info.dtype == p.dtype {
+            stream::copy_tensor(&writer, i, t.bytes())?;
+        } else {
+            stream::write_tensor(&writer, i, p, opts.allow_nonfinite, &|start, out| src.read(start, out))?;
+        }
+        src.release();
+    }
+    writer.finish()?;
+    out_dir.copy_side_files(base)?;
+    if let Some(config) = base_model.config() {
+        out_dir.write_config(config, dtype)?;
+    }
+    let lines: Vec<String> = adapters
+        .iter()
+        .zip(&weights)
+        .zip(&loaded)
+        .map(|((p, w), a)| {
+            format!(
+                "- `{}` (weight {w}, rank {}, alpha {}, {} modules)",
+                p.display(),
+                a.config.r,
+                a.config.lora_alpha,
+                a.modules.len()
+            )
+        })
+        .collect();
+    out_dir.write_text(
+        "README.md",
+        &card::model_card(
+            &base.display().to_string(),
+            "LoRA adapters folded into their base with `lora merge`: W ← W + Σᵢ wᵢ·sᵢ·Bᵢ·Aᵢ, computed in f32.",
+            &format!("## Adapters\n\n{}\n\nOutput dtype: {}.\n", lines.join("\n"), dtype.torch_name()),
+        ),
+    )?;
+    let report = FoldReport {
+        out: out.to_path_buf(),
+        tensors: planned.len(),
+        updated: plan.updates.len(),
+        replaced: plan.replaced.len(),
+        dtype,
+        bytes_read,
+    };
+    out_dir.commit()?;
+    Ok(report)
+}

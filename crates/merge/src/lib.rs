@@ -1,0 +1,35 @@
+//! `lora-merge`: streaming merges of safetensors models and PEFT LoRA adapters.
+//!
+//! Works on safetensors files directly (no model code): inputs are memory-mapped, every output tensor
+//! is computed in f32 chunk by chunk on all cores and written to its planned offset, so memory stays
+//! bounded by a few chunks per thread whatever the model size. What is here:
+//!
+//! - [`fold_adapters`]: `lora merge BASE ADAPTER...`, PEFT adapters folded into their base.
+//! - [`merge_models`]: `lora merge --config merge.toml`, mergekit's methods (linear, task arithmetic,
+//!   TIES, DARE, breadcrumbs, DELLA, SLERP, model stock) from mergekit's configuration in TOML.
+//! - [`adapter`]: PEFT's on-disk adapter format, for the rest of lora to reuse.
+#![warn(missing_docs)]
+
+pub mod adapter;
+mod card;
+pub mod dtype;
+pub mod error;
+mod fold;
+mod merge;
+pub mod methods;
+pub mod model_dir;
+pub mod recipe;
+mod rng;
+mod output_dir;
+pub mod safetensors;
+pub mod source;
+pub mod stream;
+
+pub use adapter::{Adapter, AdapterConfig, LoraDelta, LoraModule};
+pub use dtype::DType;
+pub use error::{MergeError, Result};
+pub use fold::{FoldOptions, FoldPlan, FoldReport, fold_adapters, model_dtype};
+pub use merge::{MergeOptions, MergeReport, merge_models, merge_with_config};
+pub use model_dir::ModelDir;
+pub use recipe::MergeConfig;
+pub use output_dir::OutputDir;

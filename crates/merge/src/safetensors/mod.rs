@@ -1,0 +1,7 @@
+//! Reading and writing safetensors files, without loading them whole.
+
+mod reader;
+mod writer;
+
+pub use reader::*;
+pub use writer::*;

@@ -1,0 +1,7 @@
+//! Integration tests of lora-merge (one test binary for the crate).
+
+mod common;
+mod fold;
+mod methods_mergekit;
+mod properties;
+mod safetensors_io;
