@@ -52,3 +52,52 @@ pub fn write_config(dir: &Path, text: &str) -> PathBuf {
     std::fs::write(&p, text).unwrap();
     p
 }
+
+/// Writes a safetensors file of f32 tensors by hand (the format, not our writer, so corrupt variants
+/// can be made from it).
+pub fn write_f32_safetensors(path: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) {
+    let (header, data) = f32_safetensors_parts(tensors);
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(&data);
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// The JSON header and the data section of a safetensors file of f32 tensors.
+pub fn f32_safetensors_parts(tensors: &[(&str, Vec<usize>, Vec<f32>)]) -> (String, Vec<u8>) {
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for (name, shape, values) in tensors {
+        let begin = data.len();
+        for v in values {
+            data.extend_from_slice(&v.to_le_bytes());
+        }
+        header.insert(
+            name.to_string(),
+            serde_json::json!({ "dtype": "F32", "shape": shape, "data_offsets": [begin, data.len()] }),
+        );
+    }
+    (serde_json::Value::Object(header).to_string(), data)
+}
+
+/// A copy of fixture model `name` in `dir`, with its tensors passed through `edit` first.
+pub fn edited_copy(name: &str, dir: &Path, edit: impl Fn(&mut BTreeMap<String, Vec<f32>>)) -> PathBuf {
+    let src = merge_fixtures().join(name);
+    let dst = dir.join(format!("{name}-edited"));
+    std::fs::create_dir_all(&dst).unwrap();
+    std::fs::copy(src.join("config.json"), dst.join("config.json")).unwrap();
+    let m = ModelDir::open(&src).unwrap();
+    let shapes: BTreeMap<String, Vec<usize>> =
+        m.names().map(|n| (n.to_string(), m.get(n).unwrap().info.shape.clone())).collect();
+    let mut all = load_all(&src);
+    edit(&mut all);
+    let list: Vec<(&str, Vec<usize>, Vec<f32>)> = all
+        .iter()
+        .map(|(k, v)| {
+            let shape = shapes.get(k).cloned().filter(|s| s.iter().product::<usize>() == v.len()).unwrap_or(vec![v.len()]);
+            (k.as_str(), shape, v.clone())
+        })
+        .collect();
+    write_f32_safetensors(&dst.join("model.safetensors"), &list);
+    dst
+}

@@ -1,0 +1,74 @@
+//! Adapter folds: PEFT's merge_and_unload, weights, dtypes, and adapters that do not fit.
+
+use lora_merge::{Adapter, FoldOptions, MergeError, fold_adapters};
+
+use crate::common::*;
+
+#[test]
+fn adapter_config_and_modules() {
+    let a = Adapter::open(merge_fixtures().join("adapters/a2")).unwrap();
+    assert!(a.config.use_rslora);
+    assert_eq!(a.modules.len(), 3 * 3);
+    let m = &a.modules["model.layers.0.self_attn.q_proj"];
+    assert_eq!(m.rank, 8);
+    assert!((m.scale - 4.0 / 8f64.sqrt()).abs() < 1e-12, "rsLoRA scale alpha/sqrt(r)");
+    let a1 = Adapter::open(merge_fixtures().join("adapters/a1")).unwrap();
+    assert_eq!(a1.modules["model.layers.2.mlp.down_proj"].scale, 2.0);
+    // Unknown keys PEFT writes are kept.
+    assert!(a1.config.extra.contains_key("peft_version"));
+}
+
+#[test]
+fn fold_matches_peft_and_weights_scale_the_update() {
+    let fx = fixtures();
+    let dir = temp_dir("fold");
+    let base = fx.join("models/llama");
+    let adapters = [merge_fixtures().join("adapters/a1"), merge_fixtures().join("adapters/a2")];
+    fold_adapters(&base, &adapters, &dir.join("both"), &FoldOptions::default()).unwrap();
+    let ours = load_all(&dir.join("both"));
+    let peft = load_all(&merge_fixtures().join("expected/fold.safetensors"));
+    for (k, v) in peft.iter().filter(|(k, _)| k.ends_with("weight")) {
+        let d = max_diff(&ours[k], v);
+        assert!(d < 1e-5, "{k}: {d}");
+    }
+    // W + 0.5·ΔW is halfway between W and W + ΔW.
+    let half = FoldOptions { weights: Some(vec![0.5]), ..Default::default() };
+    fold_adapters(&base, &adapters[..1], &dir.join("half"), &half).unwrap();
+    fold_adapters(&base, &adapters[..1], &dir.join("full"), &FoldOptions::default()).unwrap();
+    let (h, f, b) = (load_all(&dir.join("half")), load_all(&dir.join("full")), load_all(&base));
+    for k in b.keys() {
+        let mid: Vec<f32> = b[k].iter().zip(&f[k]).map(|(x, y)| (x + y) / 2.0).collect();
+        assert!(max_diff(&h[k], &mid) < 1e-5, "{k}");
+    }
+    // Wrong number of weights.
+    let bad = FoldOptions { weights: Some(vec![1.0, 2.0]), ..Default::default() };
+    let e = fold_adapters(&base, &adapters[..1], &dir.join("x"), &bad).unwrap_err();
+    assert!(e.to_string().contains("2 values for 1 adapters"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn adapter_targets_missing_from_the_base_are_refused() {
+    let dir = temp_dir("fold-bad");
+    // Copy a1 and rename one module so it targets nothing in the base.
+    let src = merge_fixtures().join("adapters/a1");
+    let bad = dir.join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::copy(src.join("adapter_config.json"), bad.join("adapter_config.json")).unwrap();
+    let mut tensors = load_all(&src.join("adapter_model.safetensors"));
+    let a = tensors.remove("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight").unwrap();
+    let b = tensors.remove("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight").unwrap();
+    let list = vec![
+        ("base_model.model.model.layers.0.self_attn.qq_proj.lora_A.weight", vec![4, 32], a),
+        ("base_model.model.model.layers.0.self_attn.qq_proj.lora_B.weight", vec![64, 4], b),
+    ];
+    write_f32_safetensors(&bad.join("adapter_model.safetensors"), &list);
+    let e = fold_adapters(&fixtures().join("models/llama"), &[bad.clone()], &dir.join("o"), &FoldOptions::default()).unwrap_err();
+    assert!(matches!(e, MergeError::Mismatch(_)));
+    assert!(e.to_string().contains("module 'model.layers.0.self_attn.qq_proj' is not in the base model"), "{e}");
+    assert!(!dir.join("o").exists());
+    // No adapter_config.json at all.
+    let e = fold_adapters(&fixtures().join("models/llama"), &[dir.clone()], &dir.join("o"), &FoldOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("no adapter_config.json"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,5 +1,6 @@
 //! Integration tests of lora-merge (one test binary for the crate).
 
+
 mod common;
 mod fold;
 mod methods_mergekit;
