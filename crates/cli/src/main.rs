@@ -26,6 +26,8 @@ enum Command {
     Generate(commands::generate::Args),
     /// Mean loss per predicted token and perplexity of a model on a JSONL file of {"text": ...} lines.
     Eval(commands::eval::Args),
+    /// Fold PEFT adapters into their base model, or merge models from a configuration (TIES, DARE, SLERP, ...).
+    Merge(commands::merge::Args),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Generate(a) => commands::generate::run(a),
         Command::Eval(a) => commands::eval::run(a),
+        Command::Merge(a) => commands::merge::run(a),
     });
     match result {
         Ok(Ok(())) => ExitCode::SUCCESS,

@@ -1,3 +1,4 @@
 //! End-to-end tests of the `lora` binary (one test binary for the crate).
 
 mod core_commands;
+mod merge_commands;

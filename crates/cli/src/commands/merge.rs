@@ -1,0 +1,97 @@
+//! `lora merge`: fold PEFT adapters into their base, or run a model merge from a mergekit-style
+//! configuration written in TOML.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use lora_merge::safetensors::parse_size;
+use lora_merge::{DType, FoldOptions, MergeOptions, fold_adapters, merge_models};
+
+/// Arguments of `lora merge`.
+#[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Examples:\n  lora merge BASE ADAPTER1 ADAPTER2 --weights 1,0.5 -o OUT\n  lora merge --config merge.toml -o OUT"
+)]
+pub struct Args {
+    /// The base model folder, then one or more PEFT adapter folders to fold into it.
+    #[arg(value_name = "BASE ADAPTER...")]
+    paths: Vec<PathBuf>,
+    /// A model merge: mergekit's configuration keys in TOML (merge_method, base_model, [[models]], ...).
+    #[arg(long, conflicts_with_all = ["weights"])]
+    config: Option<PathBuf>,
+    /// The output folder (written beside as a temporary folder, then renamed).
+    #[arg(short, long)]
+    out: PathBuf,
+    /// One weight per adapter, comma-separated (default 1 each).
+    #[arg(long, value_delimiter = ',')]
+    weights: Option<Vec<f64>>,
+    /// Output dtype of the float tensors: f32, f16 or bf16 (default: the base's).
+    #[arg(long)]
+    dtype: Option<String>,
+    /// Largest shard, e.g. 5GB, 500MB (more than one shard adds model.safetensors.index.json).
+    #[arg(long, default_value = "5GB")]
+    shard_size: String,
+    /// Replace OUT if it exists.
+    #[arg(long)]
+    force: bool,
+    /// Write NaN/inf results instead of failing on them.
+    #[arg(long)]
+    allow_nonfinite: bool,
+    /// Seed of the random methods (DARE, DELLA); overrides the configuration's random_seed.
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+/// Runs `lora merge`.
+pub fn run(a: Args) -> Result<()> {
+    let shard_size = parse_size(&a.shard_size)
+        .with_context(|| format!("--shard-size '{}': expected a size such as 5GB or 500MB", a.shard_size))?;
+    let started = Instant::now();
+    if let Some(config) = &a.config {
+        if !a.paths.is_empty() {
+            bail!("--config takes no BASE/ADAPTER arguments (the models are listed in {})", config.display());
+        }
+        if a.dtype.is_some() {
+            bail!("with --config, set the output dtype with `out_dtype` in {}", config.display());
+        }
+        let opts = MergeOptions { shard_size, force: a.force, allow_nonfinite: a.allow_nonfinite, seed: a.seed };
+        let r = merge_models(config, &a.out, &opts)?;
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "{}: {} merge, {} tensors in {}, {:.2} GB read in {secs:.2} s ({:.2} GB/s)",
+            r.out.display(),
+            r.method,
+            r.tensors,
+            r.dtype.torch_name(),
+            r.bytes_read as f64 / 1e9,
+            r.bytes_read as f64 / 1e9 / secs.max(1e-9)
+        );
+        return Ok(());
+    }
+    let Some((base, adapters)) = a.paths.split_first() else {
+        bail!("give BASE and ADAPTER folders, or --config merge.toml");
+    };
+    if adapters.is_empty() {
+        bail!("give at least one ADAPTER folder after BASE {}", base.display());
+    }
+    let dtype = a
+        .dtype
+        .as_deref()
+        .map(|s| DType::from_user(s).with_context(|| format!("--dtype '{s}': use f32, f16 or bf16")))
+        .transpose()?;
+    let opts = FoldOptions { weights: a.weights, dtype, shard_size, allow_nonfinite: a.allow_nonfinite, force: a.force };
+    let r = fold_adapters(base, adapters, &a.out, &opts)?;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{}: {} adapter(s) folded, {} of {} tensors updated ({} replaced), {}, {:.2} GB read in {secs:.2} s",
+        r.out.display(),
+        adapters.len(),
+        r.updated,
+        r.tensors,
+        r.replaced,
+        r.dtype.torch_name(),
+        r.bytes_read as f64 / 1e9
+    );
+    Ok(())
+}

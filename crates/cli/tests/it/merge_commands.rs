@@ -1,0 +1,149 @@
+//! `lora merge`: adapter folds that transformers' and our model core's numbers agree with, model
+//! merges from a configuration, and the errors of bad inputs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use lora_core::host::to_f32_vec;
+use lora_core::{CausalLm, TokenBatch, default_device};
+use lora_merge::ModelDir;
+use lora_merge::dtype::decode_f32;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn lora(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lora")).args(args).output().expect("run lora")
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("lora-cli-merge-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A user error: exit code 2, one "error:" line naming `needle`, no panic.
+fn assert_user_error(o: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "stderr: {err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    assert!(!err.contains("panicked") && !err.contains("internal error"), "{err}");
+}
+
+fn tensor(path: &Path, name: &str) -> Vec<f32> {
+    let m = ModelDir::open(path).unwrap();
+    let t = m.get(name).unwrap();
+    let mut v = vec![0f32; t.info.numel()];
+    decode_f32(t.bytes(), t.info.dtype, &mut v);
+    v
+}
+
+#[test]
+fn fold_two_adapters_matches_peft_logits() {
+    let fx = fixtures();
+    let dir = temp_dir("fold");
+    let out = dir.join("merged");
+    let o = lora(&[
+        "merge",
+        s(&fx.join("models/llama")),
+        s(&fx.join("merge/adapters/a1")),
+        s(&fx.join("merge/adapters/a2")),
+        "-o",
+        s(&out),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json", "README.md"] {
+        assert!(out.join(f).is_file(), "{f} missing from the output");
+    }
+    let card = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(card.contains("adapters/a1") && card.contains("adapters/a2"), "{card}");
+    // The folded weights equal PEFT's merge_and_unload.
+    let expected = fx.join("merge/expected/fold.safetensors");
+    for name in ModelDir::open(&expected).unwrap().names().filter(|n| n.ends_with("weight")) {
+        let (a, b) = (tensor(&out, name), tensor(&expected, name));
+        let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(d < 1e-5, "{name}: max |ours − PEFT| = {d}");
+    }
+    // Our model core loads the folder and gives PEFT's merged logits.
+    let ids: Vec<u32> = vec![0, 5, 17, 42, 99, 200, 383, 7];
+    let model = CausalLm::load_dir(&out, &default_device()).unwrap();
+    let logits = to_f32_vec(model.forward(&TokenBatch::single(ids), None).unwrap()).unwrap();
+    let reference = tensor(&expected, "logits");
+    let d = logits.iter().zip(&reference).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    assert!(d < 1e-4, "max |logits − PEFT merged logits| = {d}");
+    // An existing OUT is refused without --force, replaced with it.
+    let (base, a1) = (fx.join("models/llama"), fx.join("merge/adapters/a1"));
+    let again = ["merge", s(&base), s(&a1), "-o", s(&out)];
+    assert_user_error(&lora(&again), "exists; pass --force");
+    let mut forced = again.to_vec();
+    forced.push("--force");
+    assert!(lora(&forced).status.success());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn fold_in_f16_with_shards() {
+    let fx = fixtures();
+    let dir = temp_dir("f16");
+    let out = dir.join("m");
+    let o = lora(&[
+        "merge",
+        s(&fx.join("models/llama")),
+        s(&fx.join("merge/adapters/a1")),
+        "--weights",
+        "0.5",
+        "--dtype",
+        "f16",
+        "--shard-size",
+        "50KB",
+        "-o",
+        s(&out),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.join("model.safetensors.index.json").is_file());
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["dtype"], "float16");
+    CausalLm::load_dir(&out, &default_device()).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn merge_config_runs() {
+    let fx = fixtures().join("merge");
+    let dir = temp_dir("cfg");
+    let text = std::fs::read_to_string(fx.join("configs/ties.toml")).unwrap();
+    let text = ["base", "ft1", "ft2", "ft3"]
+        .iter()
+        .fold(text, |t, m| t.replace(&format!("\"{m}\""), &format!("\"{}\"", fx.join(m).display())));
+    std::fs::write(dir.join("m.toml"), text).unwrap();
+    let out = dir.join("out");
+    let o = lora(&["merge", "--config", s(&dir.join("m.toml")), "-o", s(&out)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("ties merge"));
+    // Bad configurations: unknown key, unknown parameter.
+    std::fs::write(dir.join("bad.toml"), "merge_method = \"ties\"\nbase_modle = \"x\"\n").unwrap();
+    assert_user_error(&lora(&["merge", "--config", s(&dir.join("bad.toml")), "-o", s(&dir.join("o2"))]), "base_modle");
+    std::fs::write(dir.join("bad2.toml"), "merge_method = \"linear\"\n[parameters]\ndensity = 0.5\n").unwrap();
+    assert_user_error(&lora(&["merge", "--config", s(&dir.join("bad2.toml")), "-o", s(&dir.join("o3"))]), "'density'");
+    assert!(!dir.join("o2").exists() && !dir.join("o3").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn adapter_for_another_model_is_refused() {
+    let fx = fixtures();
+    let dir = temp_dir("wrongbase");
+    let out = dir.join("m");
+    // a1 was trained on models/llama (hidden 32); merge/base has hidden 16.
+    let o = lora(&["merge", s(&fx.join("merge/base")), s(&fx.join("merge/adapters/a1")), "-o", s(&out)]);
+    assert_user_error(&o, "module 'model.layers.0.mlp.down_proj'");
+    assert!(!out.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
