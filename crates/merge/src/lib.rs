@@ -7,6 +7,8 @@
 //! - [`fold_adapters`]: `lora merge BASE ADAPTER...`, PEFT adapters folded into their base.
 //! - [`merge_models`]: `lora merge --config merge.toml`, mergekit's methods (linear, task arithmetic,
 //!   TIES, DARE, breadcrumbs, DELLA, SLERP, model stock) from mergekit's configuration in TOML.
+//! - [`merge_adapters`] and [`extract_adapter`]: adapters combined into one, and extracted from a
+//!   fine-tune by truncated SVD ([`svd`]).
 //! - [`adapter`]: PEFT's on-disk adapter format, for the rest of lora to reuse.
 #![warn(missing_docs)]
 
@@ -14,8 +16,10 @@ pub mod adapter;
 mod card;
 pub mod dtype;
 pub mod error;
+mod extract;
 mod fold;
 mod merge;
+mod merge_adapters;
 pub mod methods;
 pub mod model_dir;
 pub mod recipe;
@@ -24,12 +28,15 @@ mod output_dir;
 pub mod safetensors;
 pub mod source;
 pub mod stream;
+pub mod svd;
 
 pub use adapter::{Adapter, AdapterConfig, LoraDelta, LoraModule};
 pub use dtype::DType;
 pub use error::{MergeError, Result};
+pub use extract::{ExtractReport, ExtractedModule, extract_adapter};
 pub use fold::{FoldOptions, FoldPlan, FoldReport, fold_adapters, model_dtype};
 pub use merge::{MergeOptions, MergeReport, merge_models, merge_with_config};
+pub use merge_adapters::{AdapterMergeOptions, Combination, ModuleReport, merge_adapters};
 pub use model_dir::ModelDir;
 pub use recipe::MergeConfig;
 pub use output_dir::OutputDir;

@@ -3,7 +3,9 @@
 mod config;
 mod delta;
 mod weights;
+mod writer;
 
 pub use config::*;
 pub use delta::*;
 pub use weights::*;
+pub use writer::*;

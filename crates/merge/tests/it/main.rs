@@ -1,6 +1,7 @@
 //! Integration tests of lora-merge (one test binary for the crate).
 
 
+mod adapters_svd;
 mod common;
 mod fold;
 mod methods_mergekit;
