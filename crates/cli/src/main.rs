@@ -28,6 +28,10 @@ enum Command {
     Eval(commands::eval::Args),
     /// Fold PEFT adapters into their base model, or merge models from a configuration (TIES, DARE, SLERP, ...).
     Merge(commands::merge::Args),
+    /// Combine PEFT adapters into one adapter (cat, svd, ties_svd, dare_svd).
+    MergeAdapters(commands::merge_adapters::Args),
+    /// Extract a LoRA adapter approximating FINETUNED − BASE by truncated SVD.
+    Extract(commands::extract::Args),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +55,8 @@ fn main() -> ExitCode {
         Command::Generate(a) => commands::generate::run(a),
         Command::Eval(a) => commands::eval::run(a),
         Command::Merge(a) => commands::merge::run(a),
+        Command::MergeAdapters(a) => commands::merge_adapters::run(a),
+        Command::Extract(a) => commands::extract::run(a),
     });
     match result {
         Ok(Ok(())) => ExitCode::SUCCESS,

@@ -1,6 +1,8 @@
 //! One module per subcommand.
 
 pub mod eval;
+pub mod extract;
 pub mod generate;
 pub mod inspect;
 pub mod merge;
+pub mod merge_adapters;
