@@ -32,6 +32,10 @@ enum Command {
     MergeAdapters(commands::merge_adapters::Args),
     /// Extract a LoRA adapter approximating FINETUNED − BASE by truncated SVD.
     Extract(commands::extract::Args),
+    /// Fine-tune a LoRA adapter from a TOML recipe; writes a PEFT adapter and a reproducible run folder.
+    Train(commands::train::Args),
+    /// Re-run a training run from its folder and check that it reproduces the adapter byte for byte.
+    Verify(commands::verify::Args),
 }
 
 fn main() -> ExitCode {
@@ -43,10 +47,7 @@ fn main() -> ExitCode {
             .map(|s| s.to_string())
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown panic".into());
-        let at = info
-            .location()
-            .map(|l| format!(" at {}:{}", l.file(), l.line()))
-            .unwrap_or_default();
+        let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
         eprintln!("error: internal error{at}: {msg} (please report this)");
     }));
     let cli = Cli::parse();
@@ -57,11 +58,18 @@ fn main() -> ExitCode {
         Command::Merge(a) => commands::merge::run(a),
         Command::MergeAdapters(a) => commands::merge_adapters::run(a),
         Command::Extract(a) => commands::extract::run(a),
+        Command::Train(a) => commands::train::run_cmd(a),
+        Command::Verify(a) => commands::verify::run(a),
     });
     match result {
         Ok(Ok(())) => ExitCode::SUCCESS,
         // `lora inspect ... | head` closes the pipe early: not an error.
         Ok(Err(e)) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        // A reproducibility check that found a difference: exit 1, as diff does.
+        Ok(Err(e)) if e.chain().any(|c| matches!(c.downcast_ref(), Some(lora_train::TrainError::Verify(_)))) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
         Ok(Err(e)) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
@@ -71,8 +79,5 @@ fn main() -> ExitCode {
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-    })
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
 }

@@ -52,10 +52,7 @@ fn parse() -> Opts {
     let mut i = 0;
     while i < args.len() {
         let v = || args.get(i + 1).cloned().unwrap_or_default();
-        let n = || {
-            v().parse::<usize>()
-                .unwrap_or_else(|_| panic!("{} needs a number", args[i]))
-        };
+        let n = || v().parse::<usize>().unwrap_or_else(|_| panic!("{} needs a number", args[i]));
         match args[i].as_str() {
             "--hidden" => o.hidden = n(),
             "--layers" => o.layers = n(),
@@ -139,68 +136,20 @@ fn write_model(o: &Opts, dir: &PathBuf) {
     let mut seed = 1u64;
     let mut add = |name: String, shape: Vec<usize>, constant: Option<f32>| {
         seed += 1;
-        t.insert(
-            name,
-            RandomTensor {
-                shape,
-                dtype,
-                seed,
-                constant,
-            },
-        );
+        t.insert(name, RandomTensor { shape, dtype, seed, constant });
     };
-    add(
-        "model.embed_tokens.weight".into(),
-        vec![o.vocab, o.hidden],
-        None,
-    );
+    add("model.embed_tokens.weight".into(), vec![o.vocab, o.hidden], None);
     for l in 0..o.layers {
         let p = format!("model.layers.{l}");
-        add(
-            format!("{p}.input_layernorm.weight"),
-            vec![o.hidden],
-            Some(1.0),
-        );
-        add(
-            format!("{p}.post_attention_layernorm.weight"),
-            vec![o.hidden],
-            Some(1.0),
-        );
-        add(
-            format!("{p}.self_attn.q_proj.weight"),
-            vec![o.heads * hd, o.hidden],
-            None,
-        );
-        add(
-            format!("{p}.self_attn.k_proj.weight"),
-            vec![o.kv_heads * hd, o.hidden],
-            None,
-        );
-        add(
-            format!("{p}.self_attn.v_proj.weight"),
-            vec![o.kv_heads * hd, o.hidden],
-            None,
-        );
-        add(
-            format!("{p}.self_attn.o_proj.weight"),
-            vec![o.hidden, o.heads * hd],
-            None,
-        );
-        add(
-            format!("{p}.mlp.gate_proj.weight"),
-            vec![o.inter, o.hidden],
-            None,
-        );
-        add(
-            format!("{p}.mlp.up_proj.weight"),
-            vec![o.inter, o.hidden],
-            None,
-        );
-        add(
-            format!("{p}.mlp.down_proj.weight"),
-            vec![o.hidden, o.inter],
-            None,
-        );
+        add(format!("{p}.input_layernorm.weight"), vec![o.hidden], Some(1.0));
+        add(format!("{p}.post_attention_layernorm.weight"), vec![o.hidden], Some(1.0));
+        add(format!("{p}.self_attn.q_proj.weight"), vec![o.heads * hd, o.hidden], None);
+        add(format!("{p}.self_attn.k_proj.weight"), vec![o.kv_heads * hd, o.hidden], None);
+        add(format!("{p}.self_attn.v_proj.weight"), vec![o.kv_heads * hd, o.hidden], None);
+        add(format!("{p}.self_attn.o_proj.weight"), vec![o.hidden, o.heads * hd], None);
+        add(format!("{p}.mlp.gate_proj.weight"), vec![o.inter, o.hidden], None);
+        add(format!("{p}.mlp.up_proj.weight"), vec![o.inter, o.hidden], None);
+        add(format!("{p}.mlp.down_proj.weight"), vec![o.hidden, o.inter], None);
     }
     add("model.norm.weight".into(), vec![o.hidden], Some(1.0));
     let config = serde_json::json!({
@@ -210,11 +159,7 @@ fn write_model(o: &Opts, dir: &PathBuf) {
         "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 100000.0,
         "tie_word_embeddings": true, "torch_dtype": match dtype { Dtype::BF16 => "bfloat16", Dtype::F16 => "float16", _ => "float32" },
     });
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_string_pretty(&config).unwrap(),
-    )
-    .unwrap();
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config).unwrap()).unwrap();
     let tmp = dir.join("model.safetensors.tmp");
     safetensors::serialize_to_file(t, None, &tmp).unwrap();
     std::fs::rename(tmp, dir.join("model.safetensors")).unwrap();
@@ -239,16 +184,9 @@ fn main() {
     if !dir.join("model.safetensors").is_file() {
         let t = Instant::now();
         write_model(&o, &dir);
-        eprintln!(
-            "wrote {} in {:.1}s",
-            dir.display(),
-            t.elapsed().as_secs_f64()
-        );
+        eprintln!("wrote {} in {:.1}s", dir.display(), t.elapsed().as_secs_f64());
     }
-    let file_mb = std::fs::metadata(dir.join("model.safetensors"))
-        .unwrap()
-        .len() as f64
-        / 1e6;
+    let file_mb = std::fs::metadata(dir.join("model.safetensors")).unwrap().len() as f64 / 1e6;
     let backend: Backend = o.backend.parse().unwrap();
     let device = backend.device().unwrap_or_else(|e| panic!("{e}"));
     let rss0 = status_kb("VmRSS:");
@@ -273,17 +211,11 @@ fn main() {
     if o.load_only {
         return;
     }
-    let ids: Vec<Vec<u32>> = (0..o.batch)
-        .map(|b| {
-            (0..o.seq)
-                .map(|i| ((i * 7919 + b * 104729) % o.vocab) as u32)
-                .collect()
-        })
-        .collect();
+    let ids: Vec<Vec<u32>> =
+        (0..o.batch).map(|b| (0..o.seq).map(|i| ((i * 7919 + b * 104729) % o.vocab) as u32).collect()).collect();
     let batch = TokenBatch { ids, mask: None };
     // Warm-up, then timed iterations; reading one value back forces the computation to finish.
-    let sync =
-        |l: lora_core::burn::tensor::Tensor<3>| to_f32_vec(l.slice([0..1, 0..1, 0..1])).unwrap()[0];
+    let sync = |l: lora_core::burn::tensor::Tensor<3>| to_f32_vec(l.slice([0..1, 0..1, 0..1])).unwrap()[0];
     sync(model.forward(&batch, None).unwrap());
     let t = Instant::now();
     for _ in 0..o.iters {

@@ -148,7 +148,7 @@ fn make_adapter(
         lora_a = lora_a.autodiff().require_grad();
         lora_b = lora_b.autodiff().require_grad();
     }
-    LoraAdapter { lora_a, lora_b, scaling, dropout, training: false }
+    LoraAdapter { lora_a, lora_b, scaling, dropout, training: false, dropout_seed: 0 }
 }
 
 /// Reads an adapter folder and attaches it to `model` with an extra `weight` on its scaling.
@@ -158,7 +158,10 @@ pub fn load_adapter(model: &mut CausalLm, dir: &Path, weight: f64, trainable: bo
     let path = dir.join("adapter_model.safetensors");
     if !path.is_file() {
         if dir.join("adapter_model.bin").is_file() {
-            return Err(CoreError::config(dir, "only adapter_model.bin (pickle) found; lora reads adapter_model.safetensors"));
+            return Err(CoreError::config(
+                dir,
+                "only adapter_model.bin (pickle) found; lora reads adapter_model.safetensors",
+            ));
         }
         return Err(CoreError::config(dir, "no adapter_model.safetensors in this folder"));
     }
@@ -172,12 +175,16 @@ pub fn load_adapter(model: &mut CausalLm, dir: &Path, weight: f64, trainable: bo
             .iter()
             .find_map(|s| inner.strip_suffix(s).map(|m| (m, true)))
             .or_else(|| {
-                [".lora_B.weight", ".lora_B.default.weight"].iter().find_map(|s| inner.strip_suffix(s).map(|m| (m, false)))
+                [".lora_B.weight", ".lora_B.default.weight"]
+                    .iter()
+                    .find_map(|s| inner.strip_suffix(s).map(|m| (m, false)))
             });
         let Some((module, is_a)) = parsed else {
             return Err(CoreError::Safetensors {
                 path: path.clone(),
-                message: format!("tensor '{name}' is not a lora_A/lora_B weight (embedding or DoRA adapters are not supported)"),
+                message: format!(
+                    "tensor '{name}' is not a lora_A/lora_B weight (embedding or DoRA adapters are not supported)"
+                ),
             });
         };
         let entry = modules.entry(module.to_string()).or_default();

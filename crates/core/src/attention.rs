@@ -57,13 +57,7 @@ impl Attention {
         let (q, kv) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
         let norm = |name: &str| -> Result<Option<RmsNorm>> {
             if cfg.qk_norm {
-                Ok(Some(RmsNorm::load(
-                    w,
-                    &format!("{prefix}.{name}"),
-                    hd,
-                    cfg.rms_norm_eps,
-                    device,
-                )?))
+                Ok(Some(RmsNorm::load(w, &format!("{prefix}.{name}"), hd, cfg.rms_norm_eps, device)?))
             } else {
                 Ok(None)
             }
@@ -122,14 +116,9 @@ impl Attention {
             AttentionMask::Causal => (None, true),
             AttentionMask::Explicit(m) => (Some(m.clone()), false),
         };
-        let options = AttentionModuleOptions {
-            scale: None,
-            softcap: None,
-            is_causal,
-        };
+        let options = AttentionModuleOptions { scale: None, softcap: None, is_causal };
         let out = attention(q, k, v, mask, None, options); // [b, nh, t, hd]
-        self.o_proj
-            .forward(out.swap_dims(1, 2).reshape([b, t, nh * hd]))
+        self.o_proj.forward(out.swap_dims(1, 2).reshape([b, t, nh * hd]))
     }
 }
 
@@ -143,7 +132,5 @@ fn repeat_kv(x: Tensor<4>, n_rep: usize) -> Tensor<4> {
         return x;
     }
     let [b, nkv, t, hd] = x.dims();
-    x.unsqueeze_dim::<5>(2)
-        .expand([b, nkv, n_rep, t, hd])
-        .reshape([b, nkv * n_rep, t, hd])
+    x.unsqueeze_dim::<5>(2).expand([b, nkv, n_rep, t, hd]).reshape([b, nkv * n_rep, t, hd])
 }

@@ -31,9 +31,7 @@ impl FromStr for Backend {
             "cpu" | "flex" => Ok(Self::Cpu),
             "ndarray" => Ok(Self::NdArray),
             "cuda" | "gpu" => Ok(Self::Cuda),
-            other => Err(CoreError::Invalid(format!(
-                "unknown device '{other}'; expected cpu, ndarray or cuda"
-            ))),
+            other => Err(CoreError::Invalid(format!("unknown device '{other}'; expected cpu, ndarray or cuda"))),
         }
     }
 }

@@ -38,9 +38,7 @@ impl Architecture {
     }
 
     fn from_hf_name(name: &str) -> Option<Self> {
-        [Self::Llama, Self::Mistral, Self::Qwen2, Self::Qwen3]
-            .into_iter()
-            .find(|a| a.hf_name() == name)
+        [Self::Llama, Self::Mistral, Self::Qwen2, Self::Qwen3].into_iter().find(|a| a.hf_name() == name)
     }
 
     fn from_model_type(t: &str) -> Option<Self> {
@@ -216,37 +214,28 @@ impl ModelConfig {
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| CoreError::io(path, e))?;
-        let hf: HfConfig = serde_json::from_str(&text).map_err(|e| CoreError::Json {
-            path: path.to_path_buf(),
-            source: e,
-        })?;
+        let hf: HfConfig =
+            serde_json::from_str(&text).map_err(|e| CoreError::Json { path: path.to_path_buf(), source: e })?;
         Self::resolve(&hf).map_err(|m| CoreError::config(path, m))
     }
 
     /// Checks an [`HfConfig`] and resolves defaults the way transformers does for each architecture.
     pub fn resolve(hf: &HfConfig) -> std::result::Result<Self, String> {
-        let architecture = match hf.architectures.first() {
-            Some(name) => Architecture::from_hf_name(name).ok_or_else(|| {
-                format!("unsupported architecture '{name}'; lora supports {SUPPORTED}")
-            })?,
-            None => hf
-                .model_type
-                .as_deref()
-                .and_then(Architecture::from_model_type)
-                .ok_or_else(|| {
-                    format!(
-                        "no 'architectures' and no known 'model_type'; lora supports {SUPPORTED}"
-                    )
+        let architecture =
+            match hf.architectures.first() {
+                Some(name) => Architecture::from_hf_name(name)
+                    .ok_or_else(|| format!("unsupported architecture '{name}'; lora supports {SUPPORTED}"))?,
+                None => hf.model_type.as_deref().and_then(Architecture::from_model_type).ok_or_else(|| {
+                    format!("no 'architectures' and no known 'model_type'; lora supports {SUPPORTED}")
                 })?,
-        };
+            };
         if hf.hidden_act != "silu" {
-            return Err(format!(
-                "hidden_act '{}' is not supported; lora supports 'silu'",
-                hf.hidden_act
-            ));
+            return Err(format!("hidden_act '{}' is not supported; lora supports 'silu'", hf.hidden_act));
         }
         if hf.quantization_config.is_some() {
-            return Err("quantized checkpoints (quantization_config) are not supported; use an f32/f16/bf16 model".into());
+            return Err(
+                "quantized checkpoints (quantization_config) are not supported; use an f32/f16/bf16 model".into()
+            );
         }
         if hf.pretraining_tp.unwrap_or(1) != 1 {
             return Err("pretraining_tp other than 1 is not supported".into());
@@ -263,9 +252,7 @@ impl ModelConfig {
         }
         let head_dim = hf.head_dim.unwrap_or(hf.hidden_size / heads);
         if head_dim == 0 || head_dim % 2 != 0 {
-            return Err(format!(
-                "head_dim {head_dim} must be even and positive (rotary embeddings)"
-            ));
+            return Err(format!("head_dim {head_dim} must be even and positive (rotary embeddings)"));
         }
         let (rope_theta, rope_scaling) = resolve_rope(hf)?;
         let attention_bias = hf.attention_bias.unwrap_or(false);
@@ -278,21 +265,11 @@ impl ModelConfig {
         let sliding_window = match architecture {
             Architecture::Mistral => hf.sliding_window,
             Architecture::Qwen2 | Architecture::Qwen3 => {
-                let any_sliding = hf
-                    .layer_types
-                    .as_ref()
-                    .map(|t| t.iter().any(|l| l == "sliding_attention"))
-                    .unwrap_or(false);
+                let any_sliding =
+                    hf.layer_types.as_ref().map(|t| t.iter().any(|l| l == "sliding_attention")).unwrap_or(false);
                 let by_flag = hf.use_sliding_window.unwrap_or(false)
-                    && hf
-                        .max_window_layers
-                        .map(|m| m < hf.num_hidden_layers)
-                        .unwrap_or(true);
-                if any_sliding || by_flag {
-                    hf.sliding_window
-                } else {
-                    None
-                }
+                    && hf.max_window_layers.map(|m| m < hf.num_hidden_layers).unwrap_or(true);
+                if any_sliding || by_flag { hf.sliding_window } else { None }
             }
             Architecture::Llama => None,
         };
@@ -315,19 +292,9 @@ impl ModelConfig {
             qk_norm: architecture == Architecture::Qwen3,
             tie_word_embeddings: hf.tie_word_embeddings.unwrap_or(false),
             sliding_window,
-            bos_token_id: hf
-                .bos_token_id
-                .as_ref()
-                .and_then(|t| t.to_vec().first().copied()),
-            eos_token_ids: hf
-                .eos_token_id
-                .as_ref()
-                .map(TokenIds::to_vec)
-                .unwrap_or_default(),
-            pad_token_id: hf
-                .pad_token_id
-                .as_ref()
-                .and_then(|t| t.to_vec().first().copied()),
+            bos_token_id: hf.bos_token_id.as_ref().and_then(|t| t.to_vec().first().copied()),
+            eos_token_ids: hf.eos_token_id.as_ref().map(TokenIds::to_vec).unwrap_or_default(),
+            pad_token_id: hf.pad_token_id.as_ref().and_then(|t| t.to_vec().first().copied()),
             dtype: hf.dtype.clone().or_else(|| hf.torch_dtype.clone()),
         })
     }
@@ -349,11 +316,7 @@ impl ModelConfig {
         let mlp = 3 * h * i + if self.mlp_bias { 2 * i + h } else { 0 };
         let layer = attn + mlp + 2 * h;
         let embed = self.vocab_size * h;
-        let head = if self.tie_word_embeddings {
-            0
-        } else {
-            self.vocab_size * h
-        };
+        let head = if self.tie_word_embeddings { 0 } else { self.vocab_size * h };
         embed + self.num_hidden_layers * layer + h + head
     }
 }
@@ -365,24 +328,14 @@ fn resolve_rope(hf: &HfConfig) -> std::result::Result<(f64, RopeScaling), String
         (_, Some(s)) if !s.is_null() => Some(s.clone()),
         _ => None,
     };
-    let theta = params
-        .as_ref()
-        .and_then(|p| p.get("rope_theta"))
-        .and_then(Value::as_f64)
-        .or(hf.rope_theta)
-        .unwrap_or(10000.0);
+    let theta =
+        params.as_ref().and_then(|p| p.get("rope_theta")).and_then(Value::as_f64).or(hf.rope_theta).unwrap_or(10000.0);
     let Some(p) = params else {
         return Ok((theta, RopeScaling::Default));
     };
-    let kind = p
-        .get("rope_type")
-        .or_else(|| p.get("type"))
-        .and_then(Value::as_str)
-        .unwrap_or("default");
+    let kind = p.get("rope_type").or_else(|| p.get("type")).and_then(Value::as_str).unwrap_or("default");
     let num = |key: &str| -> std::result::Result<f64, String> {
-        p.get(key)
-            .and_then(Value::as_f64)
-            .ok_or_else(|| format!("rope type '{kind}' needs a numeric '{key}'"))
+        p.get(key).and_then(Value::as_f64).ok_or_else(|| format!("rope type '{kind}' needs a numeric '{key}'"))
     };
     match kind {
         "default" => Ok((theta, RopeScaling::Default)),
@@ -395,8 +348,6 @@ fn resolve_rope(hf: &HfConfig) -> std::result::Result<(f64, RopeScaling), String
                 original_max_position_embeddings: num("original_max_position_embeddings")?,
             },
         )),
-        other => Err(format!(
-            "rope type '{other}' is not supported; lora supports 'default' and 'llama3'"
-        )),
+        other => Err(format!("rope type '{other}' is not supported; lora supports 'default' and 'llama3'")),
     }
 }

@@ -29,21 +29,9 @@ impl DecoderLayer {
     pub fn load(w: &Weights, prefix: &str, cfg: &ModelConfig, device: &Device) -> Result<Self> {
         let (h, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
         Ok(Self {
-            input_layernorm: RmsNorm::load(
-                w,
-                &format!("{prefix}.input_layernorm"),
-                h,
-                eps,
-                device,
-            )?,
+            input_layernorm: RmsNorm::load(w, &format!("{prefix}.input_layernorm"), h, eps, device)?,
             self_attn: Attention::load(w, &format!("{prefix}.self_attn"), cfg, device)?,
-            post_attention_layernorm: RmsNorm::load(
-                w,
-                &format!("{prefix}.post_attention_layernorm"),
-                h,
-                eps,
-                device,
-            )?,
+            post_attention_layernorm: RmsNorm::load(w, &format!("{prefix}.post_attention_layernorm"), h, eps, device)?,
             mlp: Mlp::load(w, &format!("{prefix}.mlp"), cfg, device)?,
         })
     }
@@ -59,10 +47,7 @@ impl DecoderLayer {
         mask: &AttentionMask,
         cache: Option<&mut LayerCache>,
     ) -> Tensor<3> {
-        let h = x.clone()
-            + self
-                .self_attn
-                .forward(self.input_layernorm.forward(x), cos, sin, mask, cache);
+        let h = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), cos, sin, mask, cache);
         h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
     }
 }

@@ -94,11 +94,7 @@ pub enum CoreError {
 
 fn preview(names: &[String]) -> String {
     let shown: Vec<&str> = names.iter().take(5).map(String::as_str).collect();
-    let more = if names.len() > 5 {
-        format!(", ... ({} more)", names.len() - 5)
-    } else {
-        String::new()
-    };
+    let more = if names.len() > 5 { format!(", ... ({} more)", names.len() - 5) } else { String::new() };
     format!("{}{}", shown.join(", "), more)
 }
 
@@ -107,15 +103,9 @@ pub type Result<T, E = CoreError> = std::result::Result<T, E>;
 
 impl CoreError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io {
-            path: path.into(),
-            source,
-        }
+        Self::Io { path: path.into(), source }
     }
     pub(crate) fn config(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        Self::Config {
-            path: path.into(),
-            message: message.into(),
-        }
+        Self::Config { path: path.into(), message: message.into() }
     }
 }

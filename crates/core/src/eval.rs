@@ -21,11 +21,7 @@ pub struct EvalReport {
 }
 
 /// Evaluates `texts`, each encoded with the tokenizer's special tokens, one text at a time.
-pub fn evaluate_texts(
-    model: &CausalLm,
-    tokenizer: &Tokenizer,
-    texts: &[String],
-) -> Result<EvalReport> {
+pub fn evaluate_texts(model: &CausalLm, tokenizer: &Tokenizer, texts: &[String]) -> Result<EvalReport> {
     let mut total = 0.0f64;
     let mut count = 0usize;
     for text in texts {
@@ -40,15 +36,8 @@ pub fn evaluate_texts(
         count += n;
     }
     if count == 0 {
-        return Err(CoreError::Invalid(
-            "no text has two or more tokens; nothing to evaluate".into(),
-        ));
+        return Err(CoreError::Invalid("no text has two or more tokens; nothing to evaluate".into()));
     }
     let mean_loss = total / count as f64;
-    Ok(EvalReport {
-        texts: texts.len(),
-        predicted_tokens: count,
-        mean_loss,
-        perplexity: mean_loss.exp(),
-    })
+    Ok(EvalReport { texts: texts.len(), predicted_tokens: count, mean_loss, perplexity: mean_loss.exp() })
 }

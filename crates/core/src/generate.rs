@@ -26,12 +26,7 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self {
-            temperature: 0.0,
-            top_k: None,
-            top_p: None,
-            seed: 0,
-        }
+        Self { temperature: 0.0, top_k: None, top_p: None, seed: 0 }
     }
 }
 
@@ -59,17 +54,12 @@ impl Sampler {
     /// A sampler seeded from `params.seed`.
     pub fn new(params: SamplingParams) -> Result<Self> {
         if !(params.temperature >= 0.0) || !params.temperature.is_finite() {
-            return Err(CoreError::Invalid(format!(
-                "temperature must be >= 0, got {}",
-                params.temperature
-            )));
+            return Err(CoreError::Invalid(format!("temperature must be >= 0, got {}", params.temperature)));
         }
         if let Some(p) = params.top_p
             && !(p > 0.0 && p <= 1.0)
         {
-            return Err(CoreError::Invalid(format!(
-                "top_p must be in (0, 1], got {p}"
-            )));
+            return Err(CoreError::Invalid(format!("top_p must be in (0, 1], got {p}")));
         }
         if params.top_k == Some(0) {
             return Err(CoreError::Invalid("top_k must be at least 1".into()));
@@ -91,10 +81,7 @@ impl Sampler {
             order.truncate(k.max(1));
         }
         let max = logits[order[0]] / t;
-        let weights: Vec<f64> = order
-            .iter()
-            .map(|&i| ((logits[i] / t - max) as f64).exp())
-            .collect();
+        let weights: Vec<f64> = order.iter().map(|&i| ((logits[i] / t - max) as f64).exp()).collect();
         let total: f64 = weights.iter().sum();
         let mut probs: Vec<f64> = weights.iter().map(|w| w / total).collect();
         if let Some(p) = self.params.top_p {

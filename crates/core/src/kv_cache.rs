@@ -37,10 +37,7 @@ pub struct KvCache {
 impl KvCache {
     /// An empty cache for `num_layers` layers.
     pub fn new(num_layers: usize) -> Self {
-        Self {
-            layers: vec![LayerCache::default(); num_layers],
-            valid: Vec::new(),
-        }
+        Self { layers: vec![LayerCache::default(); num_layers], valid: Vec::new() }
     }
 
     /// Positions already cached.

@@ -23,25 +23,10 @@ pub struct Linear {
 
 impl Linear {
     /// Loads `{prefix}.weight` (and `{prefix}.bias` when `bias`).
-    pub fn load(
-        w: &Weights,
-        prefix: &str,
-        d_in: usize,
-        d_out: usize,
-        bias: bool,
-        device: &Device,
-    ) -> Result<Self> {
-        let weight =
-            Param::from_tensor(w.tensor(&format!("{prefix}.weight"), [d_out, d_in], device)?);
-        let bias = if bias {
-            Some(Param::from_tensor(w.tensor(
-                &format!("{prefix}.bias"),
-                [d_out],
-                device,
-            )?))
-        } else {
-            None
-        };
+    pub fn load(w: &Weights, prefix: &str, d_in: usize, d_out: usize, bias: bool, device: &Device) -> Result<Self> {
+        let weight = Param::from_tensor(w.tensor(&format!("{prefix}.weight"), [d_out, d_in], device)?);
+        let bias =
+            if bias { Some(Param::from_tensor(w.tensor(&format!("{prefix}.bias"), [d_out], device)?)) } else { None };
         Ok(Self { weight, bias, lora: Vec::new() })
     }
 

@@ -7,7 +7,7 @@
 //! while training; [`LoraAdapter::delta`] forms it only for merging.
 
 use burn::module::Module;
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::{Tensor, TensorData};
 
 /// One adapter on one linear layer.
 #[derive(Module, Debug)]
@@ -22,6 +22,9 @@ pub struct LoraAdapter {
     pub dropout: f64,
     /// Dropout is active only while training.
     pub training: bool,
+    /// Seed of this adapter's dropout mask for the next forward pass (set by the trainer per
+    /// micro-batch and module, so that masks are reproducible and independent of any global RNG).
+    pub dropout_seed: u64,
 }
 
 impl LoraAdapter {
@@ -33,9 +36,9 @@ impl LoraAdapter {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let x = if self.training && self.dropout > 0.0 {
             // Inverted dropout as torch.nn.Dropout: keep with probability 1-p, scale by 1/(1-p).
-            // The RNG is the device's, seeded by the trainer before each forward pass.
-            let keep = Tensor::<D>::random(x.shape(), Distribution::Bernoulli(1.0 - self.dropout), &x.device());
-            x * keep / (1.0 - self.dropout)
+            let mask = dropout_mask(x.shape().iter().product(), self.dropout, self.dropout_seed);
+            let keep = Tensor::<D>::from_data(TensorData::new(mask, x.shape()), &x.device());
+            x * keep
         } else {
             x
         };
@@ -57,4 +60,20 @@ impl LoraAdapter {
 /// The scaling PEFT applies: alpha / r, or alpha / √r with rsLoRA (Kalajdzievski, arXiv:2312.03732).
 pub fn lora_scaling(alpha: f64, r: usize, use_rslora: bool) -> f64 {
     if use_rslora { alpha / (r as f64).sqrt() } else { alpha / r as f64 }
+}
+
+/// A dropout mask of `n` values, 0 with probability `p` and 1/(1−p) otherwise, from a counter-based
+/// generator (splitmix64), so that the same seed gives the same mask on any thread.
+pub fn dropout_mask(n: usize, p: f64, seed: u64) -> Vec<f32> {
+    let keep = (1.0 / (1.0 - p)) as f32;
+    let threshold = (p * (1u64 << 53) as f64) as u64;
+    (0..n as u64)
+        .map(|i| {
+            let mut z = seed.wrapping_add(i.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            if (z >> 11) < threshold { 0.0 } else { keep }
+        })
+        .collect()
 }

@@ -14,10 +14,7 @@ use burn::tensor::{DType, Int, Tensor, TensorData};
 /// # Shapes
 /// - logits: `[batch, seq, vocab]`
 /// - output: `[1]`
-pub fn shifted_cross_entropy_sum(
-    logits: Tensor<3>,
-    labels: &[Vec<Option<u32>>],
-) -> (Tensor<1>, usize) {
+pub fn shifted_cross_entropy_sum(logits: Tensor<3>, labels: &[Vec<Option<u32>>]) -> (Tensor<1>, usize) {
     let [b, t, v] = logits.dims();
     let device = logits.device();
     let mut idx = Vec::with_capacity(b * t);

@@ -57,10 +57,7 @@ pub struct TokenBatch {
 impl TokenBatch {
     /// One unpadded sequence.
     pub fn single(ids: Vec<u32>) -> Self {
-        Self {
-            ids: vec![ids],
-            mask: None,
-        }
+        Self { ids: vec![ids], mask: None }
     }
 
     /// Pads sequences on the left with `pad_id` (the side generation needs).
@@ -70,21 +67,10 @@ impl TokenBatch {
         let mut mask = Vec::with_capacity(seqs.len());
         for s in seqs {
             let pad = t - s.len();
-            ids.push(
-                std::iter::repeat_n(pad_id, pad)
-                    .chain(s.iter().copied())
-                    .collect(),
-            );
-            mask.push(
-                std::iter::repeat_n(false, pad)
-                    .chain(std::iter::repeat_n(true, s.len()))
-                    .collect(),
-            );
+            ids.push(std::iter::repeat_n(pad_id, pad).chain(s.iter().copied()).collect());
+            mask.push(std::iter::repeat_n(false, pad).chain(std::iter::repeat_n(true, s.len())).collect());
         }
-        Self {
-            ids,
-            mask: Some(mask),
-        }
+        Self { ids, mask: Some(mask) }
     }
 }
 
@@ -120,11 +106,7 @@ impl CausalLm {
     /// config does not describe these weights.
     pub fn load(w: &Weights, config: ModelConfig, device: &Device) -> Result<Self> {
         let cfg = &config;
-        let embed = w.tensor(
-            "model.embed_tokens.weight",
-            [cfg.vocab_size, cfg.hidden_size],
-            device,
-        )?;
+        let embed = w.tensor("model.embed_tokens.weight", [cfg.vocab_size, cfg.hidden_size], device)?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| DecoderLayer::load(w, &format!("model.layers.{i}"), cfg, device))
             .collect::<Result<Vec<_>>>()?;
@@ -135,18 +117,10 @@ impl CausalLm {
             Linear::load(w, "lm_head", cfg.hidden_size, cfg.vocab_size, false, device)?
         };
         // Some tied checkpoints still carry a copy of the head; it is the same matrix.
-        let ignore: &[&str] = if cfg.tie_word_embeddings {
-            &["lm_head.weight"]
-        } else {
-            &[]
-        };
+        let ignore: &[&str] = if cfg.tie_word_embeddings { &["lm_head.weight"] } else { &[] };
         w.check_all_taken(ignore)?;
         Ok(Self {
-            model: DecoderStack {
-                embed_tokens: Param::from_tensor(embed),
-                layers,
-                norm,
-            },
+            model: DecoderStack { embed_tokens: Param::from_tensor(embed), layers, norm },
             lm_head,
             rope: Rope::new(cfg),
             config,
@@ -218,22 +192,16 @@ impl CausalLm {
         let b = batch.ids.len();
         let t = batch.ids.first().map_or(0, Vec::len);
         if b == 0 || t == 0 || batch.ids.iter().any(|r| r.len() != t) {
-            return Err(CoreError::Invalid(
-                "a batch needs at least one token and rows of equal length".into(),
-            ));
+            return Err(CoreError::Invalid("a batch needs at least one token and rows of equal length".into()));
         }
         if let Some(m) = &batch.mask
             && (m.len() != b || m.iter().any(|r| r.len() != t))
         {
-            return Err(CoreError::Invalid(
-                "the padding mask must have the shape of the ids".into(),
-            ));
+            return Err(CoreError::Invalid("the padding mask must have the shape of the ids".into()));
         }
         let vocab = self.config.vocab_size;
         if let Some(bad) = batch.ids.iter().flatten().find(|&&id| id as usize >= vocab) {
-            return Err(CoreError::Invalid(format!(
-                "token id {bad} is outside the vocabulary of {vocab}"
-            )));
+            return Err(CoreError::Invalid(format!("token id {bad} is outside the vocabulary of {vocab}")));
         }
 
         // Validity of every key position: cached ones, then this batch.
@@ -242,9 +210,7 @@ impl CausalLm {
             && past > 0
             && c.valid.len() != b
         {
-            return Err(CoreError::Invalid(
-                "batch size differs from the cached batch".into(),
-            ));
+            return Err(CoreError::Invalid("batch size differs from the cached batch".into()));
         }
         let mut valid: Vec<Vec<bool>> = match cache.as_ref() {
             Some(c) if past > 0 => c.valid.clone(),
@@ -309,10 +275,7 @@ impl CausalLm {
         if let Some(c) = cache {
             c.valid = valid;
         }
-        Ok(ForwardOutput {
-            logits: self.lm_head.forward(x),
-            hidden_states: states,
-        })
+        Ok(ForwardOutput { logits: self.lm_head.forward(x), hidden_states: states })
     }
 }
 
@@ -322,13 +285,7 @@ impl CausalLm {
 /// A padding query would then see nothing, and a softmax over nothing is NaN that would leak into
 /// later layers through 0 · NaN; so every query always sees itself. Padding rows produce garbage
 /// that nothing reads.
-fn build_mask(
-    valid: &[Vec<bool>],
-    past: usize,
-    t: usize,
-    heads: usize,
-    device: &Device,
-) -> AttentionMask {
+fn build_mask(valid: &[Vec<bool>], past: usize, t: usize, heads: usize, device: &Device) -> AttentionMask {
     let padded = valid.iter().any(|r| r.iter().any(|v| !v));
     if !padded {
         if past == 0 {
@@ -353,8 +310,5 @@ fn build_mask(
             data.extend_from_slice(&one_head);
         }
     }
-    AttentionMask::Explicit(Tensor::<4, Bool>::from_data(
-        TensorData::new(data, [b, heads, t, tk]),
-        device,
-    ))
+    AttentionMask::Explicit(Tensor::<4, Bool>::from_data(TensorData::new(data, [b, heads, t, tk]), device))
 }

@@ -23,10 +23,7 @@ pub struct RmsNorm {
 impl RmsNorm {
     /// Loads `{prefix}.weight`.
     pub fn load(w: &Weights, prefix: &str, dim: usize, eps: f64, device: &Device) -> Result<Self> {
-        Ok(Self {
-            weight: Param::from_tensor(w.tensor(&format!("{prefix}.weight"), [dim], device)?),
-            eps,
-        })
+        Ok(Self { weight: Param::from_tensor(w.tensor(&format!("{prefix}.weight"), [dim], device)?), eps })
     }
 
     /// # Shapes

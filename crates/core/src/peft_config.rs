@@ -120,7 +120,10 @@ impl AdapterConfig {
             return refuse("DoRA adapters (use_dora) are not supported");
         }
         if cfg.bias != "none" {
-            return refuse(&format!("bias '{}' is not supported; lora adapters train no biases (bias = \"none\")", cfg.bias));
+            return refuse(&format!(
+                "bias '{}' is not supported; lora adapters train no biases (bias = \"none\")",
+                cfg.bias
+            ));
         }
         if cfg.fan_in_fan_out {
             return refuse("fan_in_fan_out adapters (GPT-2 Conv1D layers) are not supported");

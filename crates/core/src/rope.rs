@@ -22,17 +22,10 @@ impl Rope {
     /// Builds the frequency table from the config's theta and scaling.
     pub fn new(cfg: &ModelConfig) -> Self {
         let dim = cfg.head_dim;
-        let base: Vec<f64> = (0..dim / 2)
-            .map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f64 / dim as f64))
-            .collect();
+        let base: Vec<f64> = (0..dim / 2).map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f64 / dim as f64)).collect();
         let inv_freq = match cfg.rope_scaling {
             RopeScaling::Default => base,
-            RopeScaling::Llama3 {
-                factor,
-                low_freq_factor,
-                high_freq_factor,
-                original_max_position_embeddings,
-            } => {
+            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
                 // 1) wavelengths longer than the low-frequency bound are stretched by `factor`,
                 // 2) shorter than the high-frequency bound are kept,
                 // 3) in between, interpolated smoothly.
@@ -44,8 +37,7 @@ impl Rope {
                         let scaled = if wavelen > low_wavelen { f / factor } else { f };
                         let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
                         if medium {
-                            let smooth = (original_max_position_embeddings / wavelen
-                                - low_freq_factor)
+                            let smooth = (original_max_position_embeddings / wavelen - low_freq_factor)
                                 / (high_freq_factor - low_freq_factor);
                             (1.0 - smooth) * scaled / factor + smooth * scaled
                         } else {
@@ -55,10 +47,7 @@ impl Rope {
                     .collect()
             }
         };
-        Self {
-            inv_freq: inv_freq.into_iter().map(|f| f as f32).collect(),
-            head_dim: dim,
-        }
+        Self { inv_freq: inv_freq.into_iter().map(|f| f as f32).collect(), head_dim: dim }
     }
 
     /// cos and sin tables for the given positions, one row of positions per batch element.

@@ -26,10 +26,7 @@ pub struct SafetensorsFile {
 
 impl std::fmt::Debug for SafetensorsFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SafetensorsFile")
-            .field("path", &self.path)
-            .field("tensors", &self.tensors.len())
-            .finish()
+        f.debug_struct("SafetensorsFile").field("path", &self.path).field("tensors", &self.tensors.len()).finish()
     }
 }
 
@@ -41,29 +38,11 @@ impl SafetensorsFile {
         // SAFETY: the map is read-only; a file truncated by another process while mapped is the one
         // case memmap cannot guard against, as with every mmap-based loader (PyTorch, candle).
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| CoreError::io(&path, e))?;
-        let (header_len, meta) =
-            SafeTensors::read_metadata(&mmap).map_err(|e| CoreError::Safetensors {
-                path: path.clone(),
-                message: describe(&e, mmap.len()),
-            })?;
-        let tensors = meta
-            .tensors()
-            .into_iter()
-            .map(|(k, v)| (k, v.clone()))
-            .collect();
-        let metadata = meta
-            .metadata()
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
-        Ok(Self {
-            path,
-            mmap,
-            data_start: 8 + header_len,
-            tensors,
-            metadata,
-        })
+        let (header_len, meta) = SafeTensors::read_metadata(&mmap)
+            .map_err(|e| CoreError::Safetensors { path: path.clone(), message: describe(&e, mmap.len()) })?;
+        let tensors = meta.tensors().into_iter().map(|(k, v)| (k, v.clone())).collect();
+        let metadata = meta.metadata().clone().unwrap_or_default().into_iter().collect();
+        Ok(Self { path, mmap, data_start: 8 + header_len, tensors, metadata })
     }
 
     /// The file's path.
@@ -102,12 +81,11 @@ impl SafetensorsFile {
             expected: vec![],
         })?;
         let bytes = self.bytes(name).unwrap_or_default();
-        let values =
-            bytes_to_f32(bytes, info.dtype).ok_or_else(|| CoreError::UnsupportedDtype {
-                path: self.path.clone(),
-                name: name.to_string(),
-                dtype: format!("{:?}", info.dtype),
-            })?;
+        let values = bytes_to_f32(bytes, info.dtype).ok_or_else(|| CoreError::UnsupportedDtype {
+            path: self.path.clone(),
+            name: name.to_string(),
+            dtype: format!("{:?}", info.dtype),
+        })?;
         Ok((values, info.shape.clone()))
     }
 }
@@ -115,18 +93,9 @@ impl SafetensorsFile {
 /// Converts little-endian F32 / F16 / BF16 bytes to f32; `None` for any other dtype.
 pub fn bytes_to_f32(bytes: &[u8], dtype: Dtype) -> Option<Vec<f32>> {
     Some(match dtype {
-        Dtype::F32 => bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Dtype::F16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
+        Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        Dtype::BF16 => bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
         _ => return None,
     })
 }
@@ -135,13 +104,9 @@ fn describe(e: &safetensors::SafeTensorError, file_len: usize) -> String {
     use safetensors::SafeTensorError as E;
     match e {
         E::HeaderTooSmall => format!("file is {file_len} bytes, too short to hold a header"),
-        E::InvalidHeaderLength => {
-            "header length points past the end of the file (truncated?)".into()
-        }
+        E::InvalidHeaderLength => "header length points past the end of the file (truncated?)".into(),
         E::MetadataIncompleteBuffer => {
-            format!(
-                "header offsets do not match the file size of {file_len} bytes (truncated or corrupt)"
-            )
+            format!("header offsets do not match the file size of {file_len} bytes (truncated or corrupt)")
         }
         E::InvalidOffset(name) => {
             format!("tensor '{name}' has invalid or overlapping data offsets")

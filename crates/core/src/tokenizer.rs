@@ -39,12 +39,7 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
         return Ok(None);
     }
     let text = std::fs::read_to_string(path).map_err(|e| CoreError::io(path, e))?;
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| CoreError::Json {
-            path: path.to_path_buf(),
-            source: e,
-        })
+    serde_json::from_str(&text).map(Some).map_err(|e| CoreError::Json { path: path.to_path_buf(), source: e })
 }
 
 /// A special token in tokenizer_config.json: a string or `{"content": ...}`.
@@ -57,9 +52,7 @@ fn token_string(v: Option<&Value>) -> Option<String> {
 }
 
 fn ids_field(v: Option<&Value>) -> Vec<u32> {
-    v.and_then(|v| serde_json::from_value::<TokenIds>(v.clone()).ok())
-        .map(|t| t.to_vec())
-        .unwrap_or_default()
+    v.and_then(|v| serde_json::from_value::<TokenIds>(v.clone()).ok()).map(|t| t.to_vec()).unwrap_or_default()
 }
 
 impl Tokenizer {
@@ -73,19 +66,14 @@ impl Tokenizer {
                 message: "not found; lora needs a tokenizer.json (the fast-tokenizer file)".into(),
             });
         }
-        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| CoreError::Tokenizer {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        let inner = tokenizers::Tokenizer::from_file(&path)
+            .map_err(|e| CoreError::Tokenizer { path: path.clone(), message: e.to_string() })?;
         let tok_cfg = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
         let gen_cfg = read_json(&dir.join("generation_config.json"))?.unwrap_or(Value::Null);
         let id_of = |key: &str| token_string(tok_cfg.get(key)).and_then(|t| inner.token_to_id(&t));
 
-        let bos_token_id = ids_field(gen_cfg.get("bos_token_id"))
-            .first()
-            .copied()
-            .or(config.bos_token_id)
-            .or(id_of("bos_token"));
+        let bos_token_id =
+            ids_field(gen_cfg.get("bos_token_id")).first().copied().or(config.bos_token_id).or(id_of("bos_token"));
         let mut eos_token_ids = ids_field(gen_cfg.get("eos_token_id"));
         if eos_token_ids.is_empty() {
             eos_token_ids = config.eos_token_ids.clone();
@@ -118,14 +106,7 @@ impl Tokenizer {
                 }
             }
         };
-        Ok(Self {
-            inner,
-            path,
-            bos_token_id,
-            eos_token_ids,
-            pad_token_id,
-            chat_template,
-        })
+        Ok(Self { inner, path, bos_token_id, eos_token_ids, pad_token_id, chat_template })
     }
 
     /// Encodes text; `add_special_tokens` applies the tokenizer's post-processor (e.g. BOS).
@@ -133,20 +114,14 @@ impl Tokenizer {
         self.inner
             .encode(text, add_special_tokens)
             .map(|e| e.get_ids().to_vec())
-            .map_err(|e| CoreError::Tokenizer {
-                path: self.path.clone(),
-                message: e.to_string(),
-            })
+            .map_err(|e| CoreError::Tokenizer { path: self.path.clone(), message: e.to_string() })
     }
 
     /// Decodes ids to text.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
         self.inner
             .decode(ids, skip_special_tokens)
-            .map_err(|e| CoreError::Tokenizer {
-                path: self.path.clone(),
-                message: e.to_string(),
-            })
+            .map_err(|e| CoreError::Tokenizer { path: self.path.clone(), message: e.to_string() })
     }
 
     /// The id of a token string.
@@ -179,10 +154,7 @@ impl TextStream {
     pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<Option<String>> {
         self.ids.push(id);
         let text = tok.decode(&self.ids, true)?;
-        if text.ends_with('\u{FFFD}')
-            || text.len() <= self.printed
-            || !text.is_char_boundary(self.printed)
-        {
+        if text.ends_with('\u{FFFD}') || text.len() <= self.printed || !text.is_char_boundary(self.printed) {
             return Ok(None);
         }
         let piece = text[self.printed..].to_string();

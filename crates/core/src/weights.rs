@@ -39,10 +39,8 @@ impl Weights {
         }
         if index.is_file() {
             let text = std::fs::read_to_string(&index).map_err(|e| CoreError::io(&index, e))?;
-            let parsed: ShardIndex = serde_json::from_str(&text).map_err(|e| CoreError::Json {
-                path: index.clone(),
-                source: e,
-            })?;
+            let parsed: ShardIndex =
+                serde_json::from_str(&text).map_err(|e| CoreError::Json { path: index.clone(), source: e })?;
             let shards: BTreeSet<&String> = parsed.weight_map.values().collect();
             let files = shards.into_iter().map(|s| dir.join(s)).collect();
             let weights = Self::from_files(dir, files)?;
@@ -53,28 +51,21 @@ impl Weights {
                     _ => {
                         return Err(CoreError::Safetensors {
                             path: index,
-                            message: format!(
-                                "index maps '{name}' to '{shard}', which does not hold it"
-                            ),
+                            message: format!("index maps '{name}' to '{shard}', which does not hold it"),
                         });
                     }
                 }
             }
             return Ok(weights);
         }
-        if dir.join("pytorch_model.bin").exists()
-            || dir.join("pytorch_model.bin.index.json").exists()
-        {
+        if dir.join("pytorch_model.bin").exists() || dir.join("pytorch_model.bin.index.json").exists() {
             return Err(CoreError::config(
                 dir,
                 "only pickle weights (pytorch_model.bin) found; lora reads safetensors only \
                  (convert with transformers: model.save_pretrained(dir, safe_serialization=True))",
             ));
         }
-        Err(CoreError::config(
-            dir,
-            "no model.safetensors or model.safetensors.index.json in this folder",
-        ))
+        Err(CoreError::config(dir, "no model.safetensors or model.safetensors.index.json in this folder"))
     }
 
     /// Uses explicit files (a single `.safetensors` path, or shards).
@@ -93,12 +84,7 @@ impl Weights {
             }
             files.push(f);
         }
-        Ok(Self {
-            dir: dir.as_ref().to_path_buf(),
-            files,
-            location,
-            taken: RefCell::default(),
-        })
+        Ok(Self { dir: dir.as_ref().to_path_buf(), files, location, taken: RefCell::default() })
     }
 
     /// The folder the weights come from.
@@ -124,12 +110,7 @@ impl Weights {
     }
 
     /// Reads tensor `name` as f32 on `device`, checking that its shape is `expected`.
-    pub fn tensor<const D: usize>(
-        &self,
-        name: &str,
-        expected: [usize; D],
-        device: &Device,
-    ) -> Result<Tensor<D>> {
+    pub fn tensor<const D: usize>(&self, name: &str, expected: [usize; D], device: &Device) -> Result<Tensor<D>> {
         let (values, shape) = self.read_f32(name, &expected)?;
         Ok(Tensor::from_data(TensorData::new(values, shape), device))
     }
@@ -163,19 +144,14 @@ impl Weights {
         let mut unused: Vec<String> = self
             .location
             .keys()
-            .filter(|n| {
-                !taken.contains(*n) && !ignore.iter().any(|i| n.as_str() == *i || is_ignorable(n))
-            })
+            .filter(|n| !taken.contains(*n) && !ignore.iter().any(|i| n.as_str() == *i || is_ignorable(n)))
             .cloned()
             .collect();
         if unused.is_empty() {
             return Ok(());
         }
         unused.sort();
-        Err(CoreError::UnexpectedTensors {
-            dir: self.dir.clone(),
-            names: unused,
-        })
+        Err(CoreError::UnexpectedTensors { dir: self.dir.clone(), names: unused })
     }
 }
 

@@ -1,5 +1,22 @@
-//! lora-train: LoRA fine-tuning on top of lora-core.
+//! lora-train: LoRA fine-tuning on top of lora-core, driven by a TOML recipe.
+//!
+//! [`recipe`] reads and validates the recipe; [`data`] and [`batching`] turn files into
+//! micro-batches; [`trainer`] runs the loop with [`optimizer`] (AdamW as torch) and [`schedule`];
+//! [`checkpoint`] saves and resumes; [`run_files`] writes metrics, the loss curve, the model card
+//! and the manifest that [`verify`] checks.
 #![warn(missing_docs)]
 
+pub mod batching;
+pub mod checkpoint;
+pub mod data;
+pub mod error;
 pub mod optimizer;
+pub mod recipe;
+pub mod run_files;
+pub mod schedule;
 pub mod trainable;
+pub mod trainer;
+pub mod verify;
+
+pub use error::{Result, TrainError};
+pub use recipe::Recipe;

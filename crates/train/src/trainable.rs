@@ -41,3 +41,12 @@ pub fn set_training(model: &mut CausalLm, training: bool) {
 pub fn trainable_parameters(model: &CausalLm) -> usize {
     adapter_tensors(model).iter().map(|t| t.dims().iter().product::<usize>()).sum()
 }
+
+/// Gives every adapter its own dropout seed derived from `seed` (one call per micro-batch).
+pub fn set_dropout_seeds(model: &mut CausalLm, seed: u64) {
+    for (i, (_, lin)) in model.linear_modules_mut().into_iter().enumerate() {
+        for (j, a) in lin.lora.iter_mut().enumerate() {
+            a.dropout_seed = seed ^ ((i as u64) << 32 | j as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93);
+        }
+    }
+}

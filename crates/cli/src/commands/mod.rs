@@ -6,3 +6,5 @@ pub mod generate;
 pub mod inspect;
 pub mod merge;
 pub mod merge_adapters;
+pub mod train;
+pub mod verify;

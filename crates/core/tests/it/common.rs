@@ -16,30 +16,21 @@ pub fn model_dir(name: &str) -> PathBuf {
 
 /// A golden tensor as f32 values with its shape.
 pub fn golden_f32(file: &SafetensorsFile, name: &str) -> (Vec<f32>, Vec<usize>) {
-    file.to_f32(name)
-        .unwrap_or_else(|e| panic!("golden tensor {name}: {e}"))
+    file.to_f32(name).unwrap_or_else(|e| panic!("golden tensor {name}: {e}"))
 }
 
 /// A golden I64 tensor.
 pub fn golden_i64(file: &SafetensorsFile, name: &str) -> (Vec<i64>, Vec<usize>) {
-    let info = file
-        .info(name)
-        .unwrap_or_else(|| panic!("golden tensor {name} missing"));
+    let info = file.info(name).unwrap_or_else(|| panic!("golden tensor {name} missing"));
     let bytes = file.bytes(name).unwrap();
-    let v = bytes
-        .chunks_exact(8)
-        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-        .collect();
+    let v = bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
     (v, info.shape.clone())
 }
 
 /// Largest absolute difference.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 /// A fresh temporary folder.

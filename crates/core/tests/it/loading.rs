@@ -15,10 +15,8 @@ use crate::common::*;
 fn half_precision_weights_load_exactly() {
     for label in ["bf16", "f16"] {
         let w = Weights::open_dir(model_dir(&format!("llama-{label}"))).unwrap();
-        let upcast = SafetensorsFile::open(
-            fixtures().join(format!("golden/llama-{label}-upcast.safetensors")),
-        )
-        .unwrap();
+        let upcast =
+            SafetensorsFile::open(fixtures().join(format!("golden/llama-{label}-upcast.safetensors"))).unwrap();
         let mut n = 0;
         for (name, info) in upcast.tensors() {
             let (ours, _) = w.read_f32(name, &info.shape).unwrap();
@@ -66,10 +64,7 @@ fn truncated_safetensors_is_an_error() {
     let bytes = std::fs::read(&f).unwrap();
     std::fs::write(&f, &bytes[..bytes.len() - 100]).unwrap();
     let msg = load_err(&d);
-    assert!(
-        msg.contains("model.safetensors") && msg.contains("truncated"),
-        "{msg}"
-    );
+    assert!(msg.contains("model.safetensors") && msg.contains("truncated"), "{msg}");
     std::fs::write(&f, &bytes[..5]).unwrap();
     let msg = load_err(&d);
     assert!(msg.contains("too short"), "{msg}");
@@ -84,9 +79,7 @@ fn header_lying_about_offsets_is_an_error() {
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let header = String::from_utf8(bytes[8..8 + n].to_vec()).unwrap();
     // Shift the first tensor's end offset: same header length, offsets no longer tile the data.
-    let pos = header
-        .find("\"data_offsets\":[0,")
-        .expect("a tensor starts at 0");
+    let pos = header.find("\"data_offsets\":[0,").expect("a tensor starts at 0");
     let digit = pos + "\"data_offsets\":[0,".len();
     let mut h = header.into_bytes();
     h[digit] = if h[digit] == b'9' { b'1' } else { h[digit] + 1 };
@@ -100,25 +93,17 @@ fn header_lying_about_offsets_is_an_error() {
 fn unknown_architecture_is_an_error() {
     let d = temp_dir("arch");
     copy_dir(&model_dir("llama"), &d);
-    let cfg = std::fs::read_to_string(d.join("config.json"))
-        .unwrap()
-        .replace("LlamaForCausalLM", "GPT2LMHeadModel");
+    let cfg = std::fs::read_to_string(d.join("config.json")).unwrap().replace("LlamaForCausalLM", "GPT2LMHeadModel");
     std::fs::write(d.join("config.json"), cfg).unwrap();
     let msg = load_err(&d);
-    assert!(
-        msg.contains("unsupported architecture 'GPT2LMHeadModel'")
-            && msg.contains("Qwen3ForCausalLM"),
-        "{msg}"
-    );
+    assert!(msg.contains("unsupported architecture 'GPT2LMHeadModel'") && msg.contains("Qwen3ForCausalLM"), "{msg}");
 }
 
 #[test]
 fn unsupported_rope_type_is_an_error() {
     let d = temp_dir("rope");
     copy_dir(&model_dir("llama"), &d);
-    let cfg = std::fs::read_to_string(d.join("config.json"))
-        .unwrap()
-        .replace("\"llama3\"", "\"yarn\"");
+    let cfg = std::fs::read_to_string(d.join("config.json")).unwrap().replace("\"llama3\"", "\"yarn\"");
     std::fs::write(d.join("config.json"), cfg).unwrap();
     let msg = load_err(&d);
     assert!(msg.contains("rope type 'yarn' is not supported"), "{msg}");
@@ -134,10 +119,7 @@ fn missing_and_misshapen_tensors_are_named() {
         .replace("\"num_hidden_layers\": 3", "\"num_hidden_layers\": 4");
     std::fs::write(d.join("config.json"), cfg).unwrap();
     let msg = load_err(&d);
-    assert!(
-        msg.contains("missing tensor 'model.layers.3.input_layernorm.weight'"),
-        "{msg}"
-    );
+    assert!(msg.contains("missing tensor 'model.layers.3.input_layernorm.weight'"), "{msg}");
 
     // Fewer layers: the leftover tensors are refused.
     let cfg = std::fs::read_to_string(d.join("config.json"))
@@ -145,10 +127,7 @@ fn missing_and_misshapen_tensors_are_named() {
         .replace("\"num_hidden_layers\": 4", "\"num_hidden_layers\": 2");
     std::fs::write(d.join("config.json"), cfg).unwrap();
     let msg = load_err(&d);
-    assert!(
-        msg.contains("unexpected tensor") && msg.contains("model.layers.2."),
-        "{msg}"
-    );
+    assert!(msg.contains("unexpected tensor") && msg.contains("model.layers.2."), "{msg}");
 
     // A wider intermediate size: the shape error names the tensor and both shapes.
     let cfg = std::fs::read_to_string(d.join("config.json"))
@@ -158,9 +137,7 @@ fn missing_and_misshapen_tensors_are_named() {
     std::fs::write(d.join("config.json"), cfg).unwrap();
     let msg = load_err(&d);
     assert!(
-        msg.contains(
-            "'model.layers.0.mlp.gate_proj.weight' has shape [48, 32], the config implies [50, 32]"
-        ),
+        msg.contains("'model.layers.0.mlp.gate_proj.weight' has shape [48, 32], the config implies [50, 32]"),
         "{msg}"
     );
 }
@@ -171,16 +148,10 @@ fn missing_folder_and_bad_json_are_errors() {
     assert!(msg.contains("/nonexistent/model: not a folder"), "{msg}");
     let d = temp_dir("badjson");
     copy_dir(&model_dir("llama"), &d);
-    std::fs::write(
-        d.join("config.json"),
-        "{\"architectures\": [\"LlamaForCausalLM\"],\n \"vocab_size\": \"big\"}",
-    )
-    .unwrap();
+    std::fs::write(d.join("config.json"), "{\"architectures\": [\"LlamaForCausalLM\"],\n \"vocab_size\": \"big\"}")
+        .unwrap();
     let msg = load_err(&d);
-    assert!(
-        msg.contains("config.json") && msg.contains("line 2"),
-        "{msg}"
-    );
+    assert!(msg.contains("config.json") && msg.contains("line 2"), "{msg}");
 }
 
 #[test]
@@ -194,18 +165,11 @@ fn config_forms_resolve_alike() {
     let llama = ModelConfig::from_file(model_dir("llama").join("config.json")).unwrap();
     assert_eq!(llama.head_dim, 16);
     assert_eq!(llama.eos_token_ids, vec![3, 1]);
-    assert!(matches!(
-        llama.rope_scaling,
-        lora_core::config::RopeScaling::Llama3 { factor: 8.0, .. }
-    ));
+    assert!(matches!(llama.rope_scaling, lora_core::config::RopeScaling::Llama3 { factor: 8.0, .. }));
     // Parameter count equals the number of values in the weights file.
     let w = Weights::open_dir(model_dir("llama")).unwrap();
-    let total: usize = w
-        .files()
-        .iter()
-        .flat_map(|f| f.tensors().values())
-        .map(|i| i.shape.iter().product::<usize>())
-        .sum();
+    let total: usize =
+        w.files().iter().flat_map(|f| f.tensors().values()).map(|i| i.shape.iter().product::<usize>()).sum();
     assert_eq!(llama.num_parameters(), total);
 }
 
@@ -231,21 +195,10 @@ fn sequence_longer_than_sliding_window_is_refused() {
     let model = CausalLm::load_dir(&d, &default_device()).unwrap();
     assert_eq!(model.config.sliding_window, Some(8));
     // Within the window: fine. Beyond it, by prompt or by cached growth: a clear error.
-    model
-        .forward(&lora_core::TokenBatch::single(vec![5; 8]), None)
-        .unwrap();
-    let err = model
-        .forward(&lora_core::TokenBatch::single(vec![5; 9]), None)
-        .unwrap_err()
-        .to_string();
+    model.forward(&lora_core::TokenBatch::single(vec![5; 8]), None).unwrap();
+    let err = model.forward(&lora_core::TokenBatch::single(vec![5; 9]), None).unwrap_err().to_string();
     assert!(err.contains("exceeds the sliding window of 8"), "{err}");
     let mut cache = lora_core::kv_cache::KvCache::new(model.config.num_hidden_layers);
-    model
-        .forward(&lora_core::TokenBatch::single(vec![5; 8]), Some(&mut cache))
-        .unwrap();
-    assert!(
-        model
-            .forward(&lora_core::TokenBatch::single(vec![5]), Some(&mut cache))
-            .is_err()
-    );
+    model.forward(&lora_core::TokenBatch::single(vec![5; 8]), Some(&mut cache)).unwrap();
+    assert!(model.forward(&lora_core::TokenBatch::single(vec![5]), Some(&mut cache)).is_err());
 }

@@ -17,38 +17,23 @@ fn check_architecture(name: &str) {
     let dir = model_dir(name);
     let model = CausalLm::load_dir(&dir, &device).unwrap();
     let tok = Tokenizer::load_dir(&dir, &model.config).unwrap();
-    let golden =
-        SafetensorsFile::open(fixtures().join(format!("golden/{name}.safetensors"))).unwrap();
-    let meta: Value = serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join(format!("golden/{name}.json"))).unwrap(),
-    )
-    .unwrap();
+    let golden = SafetensorsFile::open(fixtures().join(format!("golden/{name}.safetensors"))).unwrap();
+    let meta: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join(format!("golden/{name}.json"))).unwrap())
+            .unwrap();
 
     // 1) Tokenization and left padding equal the reference batch.
-    let prompts: Vec<String> = meta["prompts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_str().unwrap().to_string())
-        .collect();
-    let seqs: Vec<Vec<u32>> = prompts
-        .iter()
-        .map(|p| tok.encode(p, true).unwrap())
-        .collect();
+    let prompts: Vec<String> =
+        meta["prompts"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect();
+    let seqs: Vec<Vec<u32>> = prompts.iter().map(|p| tok.encode(p, true).unwrap()).collect();
     let batch = TokenBatch::left_padded(&seqs, tok.pad_token_id.unwrap());
     let (ref_ids, ids_shape) = golden_i64(&golden, "input_ids");
     let (ref_mask, _) = golden_i64(&golden, "attention_mask");
     let ours: Vec<i64> = batch.ids.iter().flatten().map(|&i| i as i64).collect();
     assert_eq!(ours, ref_ids, "{name}: token ids differ from transformers'");
     let mask = batch.mask.clone().unwrap();
-    assert_eq!(
-        mask.iter().flatten().map(|&m| m as i64).collect::<Vec<_>>(),
-        ref_mask
-    );
-    assert!(
-        ref_mask.contains(&0),
-        "the golden batch must contain padding"
-    );
+    assert_eq!(mask.iter().flatten().map(|&m| m as i64).collect::<Vec<_>>(), ref_mask);
+    assert!(ref_mask.contains(&0), "the golden batch must contain padding");
 
     // 2) Logits and hidden states at real positions.
     let out = model.forward_with(&batch, None, true).unwrap();
@@ -71,38 +56,18 @@ fn check_architecture(name: &str) {
     let vocab = model.config.vocab_size;
     compare(to_f32_vec(out.logits).unwrap(), ref_logits, vocab, "logits");
     let states = out.hidden_states.unwrap();
-    assert_eq!(
-        states.len() as u64,
-        meta["num_hidden_states"].as_u64().unwrap()
-    );
+    assert_eq!(states.len() as u64, meta["num_hidden_states"].as_u64().unwrap());
     for (i, s) in states.into_iter().enumerate() {
         let (r, _) = golden_f32(&golden, &format!("hidden_states.{i}"));
-        compare(
-            to_f32_vec(s).unwrap(),
-            r,
-            model.config.hidden_size,
-            &format!("hidden_states.{i}"),
-        );
+        compare(to_f32_vec(s).unwrap(), r, model.config.hidden_size, &format!("hidden_states.{i}"));
     }
 
     // 3) Greedy generation, cached and uncached, token for token.
     for g in meta["greedy"].as_array().unwrap() {
-        let prompt: Vec<u32> = g["prompt_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
-        let expected: Vec<u32> = g["generated_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
-        assert_eq!(
-            tok.encode(g["prompt"].as_str().unwrap(), true).unwrap(),
-            prompt
-        );
+        let prompt: Vec<u32> = g["prompt_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let expected: Vec<u32> =
+            g["generated_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(tok.encode(g["prompt"].as_str().unwrap(), true).unwrap(), prompt);
         for use_cache in [true, false] {
             let opts = GenerateOptions {
                 max_new_tokens: 12,
@@ -116,32 +81,18 @@ fn check_architecture(name: &str) {
                 Ok(())
             })
             .unwrap();
-            assert_eq!(
-                got, expected,
-                "{name}: greedy generation (cache: {use_cache})"
-            );
+            assert_eq!(got, expected, "{name}: greedy generation (cache: {use_cache})");
             assert_eq!(streamed, got);
         }
     }
 
     // 4) Mean loss per predicted token.
-    let texts: Vec<String> = meta["eval_texts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_str().unwrap().to_string())
-        .collect();
+    let texts: Vec<String> =
+        meta["eval_texts"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect();
     let report = evaluate_texts(&model, &tok, &texts).unwrap();
     let expected = meta["eval"]["mean_loss"].as_f64().unwrap();
-    assert_eq!(
-        report.predicted_tokens as u64,
-        meta["eval"]["predicted_tokens"].as_u64().unwrap()
-    );
-    assert!(
-        (report.mean_loss - expected).abs() < 1e-4,
-        "{name}: loss {} vs {expected}",
-        report.mean_loss
-    );
+    assert_eq!(report.predicted_tokens as u64, meta["eval"]["predicted_tokens"].as_u64().unwrap());
+    assert!((report.mean_loss - expected).abs() < 1e-4, "{name}: loss {} vs {expected}", report.mean_loss);
 }
 
 #[test]
@@ -176,10 +127,7 @@ fn padded_cached_decoding_equals_single_rows() {
     let dir = model_dir("llama");
     let model = CausalLm::load_dir(&dir, &device).unwrap();
     let tok = Tokenizer::load_dir(&dir, &model.config).unwrap();
-    let seqs = vec![
-        tok.encode("The quick brown fox jumps", true).unwrap(),
-        tok.encode("Hello", true).unwrap(),
-    ];
+    let seqs = vec![tok.encode("The quick brown fox jumps", true).unwrap(), tok.encode("Hello", true).unwrap()];
     let mut cache = lora_core::kv_cache::KvCache::new(model.config.num_hidden_layers);
     let batch = TokenBatch::left_padded(&seqs, tok.pad_token_id.unwrap());
     let mut logits = model.forward(&batch, Some(&mut cache)).unwrap();
@@ -187,16 +135,11 @@ fn padded_cached_decoding_equals_single_rows() {
     for _ in 0..5 {
         let [b, t, v] = logits.dims();
         let host = to_f32_vec(logits.slice([0..b, t - 1..t, 0..v])).unwrap();
-        let next: Vec<u32> = (0..b)
-            .map(|r| lora_core::generate::argmax(&host[r * v..(r + 1) * v]))
-            .collect();
+        let next: Vec<u32> = (0..b).map(|r| lora_core::generate::argmax(&host[r * v..(r + 1) * v])).collect();
         for (r, id) in next.iter().enumerate() {
             rows[r].push(*id);
         }
-        let step = TokenBatch {
-            ids: next.iter().map(|&i| vec![i]).collect(),
-            mask: None,
-        };
+        let step = TokenBatch { ids: next.iter().map(|&i| vec![i]).collect(), mask: None };
         logits = model.forward(&step, Some(&mut cache)).unwrap();
     }
     for (r, seq) in seqs.iter().enumerate() {
@@ -220,25 +163,11 @@ fn seeded_sampling_is_reproducible() {
     let tok = Tokenizer::load_dir(&dir, &model.config).unwrap();
     let prompt = tok.encode("Hello", true).unwrap();
     let run = |seed| {
-        let sampling = SamplingParams {
-            temperature: 1.5,
-            top_k: Some(50),
-            top_p: Some(0.95),
-            seed,
-        };
-        let opts = GenerateOptions {
-            max_new_tokens: 16,
-            sampling,
-            stop_ids: vec![],
-            use_cache: true,
-        };
+        let sampling = SamplingParams { temperature: 1.5, top_k: Some(50), top_p: Some(0.95), seed };
+        let opts = GenerateOptions { max_new_tokens: 16, sampling, stop_ids: vec![], use_cache: true };
         generate(&model, &prompt, &opts, |_| Ok(())).unwrap()
     };
     let a = run(7);
     assert_eq!(a, run(7));
-    assert_ne!(
-        a,
-        run(8),
-        "different seeds should give different samples at temperature 1.5"
-    );
+    assert_ne!(a, run(8), "different seeds should give different samples at temperature 1.5");
 }

@@ -1,11 +1,11 @@
 //! PEFT parity: adapter logits, merged == unmerged, and a 20-step AdamW replay of PEFT + PyTorch.
 
 use lora_core::adapter::{load_adapter, merge_into_base};
+use lora_core::default_device;
 use lora_core::host::to_f32_vec;
 use lora_core::loss::shifted_cross_entropy_sum;
 use lora_core::model::{CausalLm, TokenBatch};
 use lora_core::safetensors_file::SafetensorsFile;
-use lora_core::default_device;
 use lora_train::optimizer::{AdamW, AdamWConfig};
 use lora_train::trainable::{adapter_tensors, set_adapter_tensors};
 use serde_json::Value;
@@ -74,7 +74,8 @@ fn adamw_replay_matches_peft() {
     let t = b.ids[0].len();
     let labels: Vec<Vec<Option<u32>>> =
         labels_flat.chunks(t).map(|r| r.iter().map(|&l| (l >= 0).then_some(l as u32)).collect()).collect();
-    let meta: Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("lora/golden.json")).unwrap()).unwrap();
+    let meta: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("lora/golden.json")).unwrap()).unwrap();
     let expected: Vec<f64> = meta["replay"]["losses"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
 
     let mut model = base();

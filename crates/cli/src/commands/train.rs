@@ -1,0 +1,141 @@
+//! `lora train RECIPE`: LoRA fine-tuning with a progress bar (plain log lines without a terminal).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Result;
+use indicatif::{ProgressBar, ProgressStyle};
+use lora_train::Recipe;
+use lora_train::trainer::{Event, RunOptions, prepare, run};
+
+/// Arguments of `lora train`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The recipe (TOML).
+    recipe: PathBuf,
+    /// Override a recipe value, e.g. `--set train.lr=2e-4` (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    set: Vec<String>,
+    /// Continue from the newest checkpoint in the output folder.
+    #[arg(long)]
+    resume: bool,
+    /// Replace an existing output folder.
+    #[arg(long, conflicts_with = "resume")]
+    force: bool,
+    /// Validate the recipe, load model and data, print the resolved recipe; train nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// Runs `lora train`.
+pub fn run_cmd(a: Args) -> Result<()> {
+    let recipe = Recipe::load(&a.recipe, &a.set)?;
+    let prepared = prepare(&recipe)?;
+    let trainable = lora_train::trainable::trainable_parameters(&prepared.model);
+    if a.dry_run {
+        print!("{}", recipe.to_toml());
+        println!("\n# adapters on {} modules: {}", prepared.targets.len(), summarize_targets(&prepared.targets));
+        println!("# trainable parameters: {trainable}");
+        let s = &prepared.train_summary;
+        println!(
+            "# training data: {} examples, {} tokens, {} trained tokens, {} truncated",
+            s.examples, s.tokens, s.trained_tokens, s.truncated
+        );
+        if let Some(v) = &prepared.validation_summary {
+            println!("# validation data: {} examples, {} tokens", v.examples, v.tokens);
+        }
+        println!("# optimizer steps: {}", prepared.total_steps());
+        return Ok(());
+    }
+    let interrupt = Arc::new(AtomicBool::new(false));
+    {
+        let flag = interrupt.clone();
+        // Ctrl-C: finish the current step, checkpoint, exit. A failure to install the handler only
+        // loses that convenience.
+        let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+    }
+    let opts = RunOptions { resume: a.resume, force: a.force, interrupt };
+    let tty = std::io::stderr().is_terminal();
+    let mut bar: Option<ProgressBar> = None;
+    let summary = run(prepared, &opts, &mut |e| match e {
+        Event::Start { train, validation, total_steps, first_step, trainable, targets } => {
+            eprintln!(
+                "data: {} examples, {} tokens, {} trained tokens, {} truncated{}",
+                train.examples,
+                train.tokens,
+                train.trained_tokens,
+                train.truncated,
+                validation.map(|v| format!("; validation: {} examples", v.examples)).unwrap_or_default()
+            );
+            eprintln!(
+                "adapters on {} modules ({trainable} trainable parameters): {}",
+                targets.len(),
+                summarize_targets(targets)
+            );
+            if first_step > 0 {
+                eprintln!("resuming at step {first_step} of {total_steps}");
+            }
+            if tty {
+                let pb = ProgressBar::new(total_steps);
+                pb.set_style(
+                    ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]")
+                        .expect("valid template"),
+                );
+                pb.set_position(first_step);
+                bar = Some(pb);
+            }
+        }
+        Event::Step(m, total) => {
+            let eval = m.eval_loss.map(|l| format!(" eval_loss {l:.4}")).unwrap_or_default();
+            let line = format!(
+                "loss {:.4} lr {:.2e} grad_norm {:.3} {:.0} tok/s{eval}",
+                m.loss, m.lr, m.grad_norm, m.tokens_per_s
+            );
+            match &bar {
+                Some(pb) => {
+                    pb.set_message(line);
+                    pb.set_position(m.step);
+                }
+                None => eprintln!("step {}/{total} {line}", m.step),
+            }
+        }
+        Event::Checkpoint(p) => {
+            let msg = format!("checkpoint: {}", p.display());
+            match &bar {
+                Some(pb) => pb.println(msg),
+                None => eprintln!("{msg}"),
+            }
+        }
+        Event::Done(s) => {
+            if let Some(pb) = &bar {
+                pb.finish_and_clear();
+            }
+            eprintln!(
+                "done: {} steps, loss {:.4} -> {:.4}{}",
+                s.steps,
+                s.first_loss,
+                s.last_loss,
+                s.eval_loss
+                    .map(|l| format!(", validation loss {l:.4} (perplexity {:.3})", l.exp()))
+                    .unwrap_or_default()
+            );
+        }
+    })?;
+    println!("{}", summary.dir.display());
+    Ok(())
+}
+
+/// `q_proj, v_proj (layers 0-29)` style summary of module paths.
+fn summarize_targets(paths: &[String]) -> String {
+    let mut names: Vec<&str> = paths.iter().map(|p| p.rsplit('.').next().unwrap_or(p)).collect();
+    names.dedup();
+    let mut uniq: Vec<&str> = Vec::new();
+    for n in names {
+        if !uniq.contains(&n) {
+            uniq.push(n);
+        }
+    }
+    uniq.join(", ")
+}

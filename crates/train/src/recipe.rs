@@ -1,0 +1,556 @@
+//! The TOML training recipe: typed, strict, with errors that name `file:line:col`, the key, and the
+//! closest valid key.
+//!
+//! ```toml
+//! [model]
+//! base = "models/llama"            # relative paths resolve against the recipe's folder
+//! [lora]
+//! r = 8
+//! alpha = 16
+//! targets = ["q_proj", "v_proj"]   # or "all-linear", or a regex over module paths
+//! [data]
+//! train = "data/train.jsonl"
+//! validation_fraction = 0.1
+//! max_seq_len = 256
+//! [train]
+//! max_steps = 100
+//! lr = 2e-4
+//! [output]
+//! dir = "runs/first"
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+
+/// A whole recipe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// The base model.
+    pub model: ModelSection,
+    /// The adapter.
+    #[serde(default)]
+    pub lora: LoraSection,
+    /// The data.
+    pub data: DataSection,
+    /// The optimisation.
+    #[serde(default)]
+    pub train: TrainSection,
+    /// Where results go.
+    pub output: OutputSection,
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// A local model folder (config.json, safetensors weights, tokenizer.json).
+    pub base: PathBuf,
+}
+
+/// `targets`: module names, `"all-linear"`, or a regex.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Targets {
+    /// Names matched as suffixes of module paths, e.g. `["q_proj", "v_proj"]`.
+    Names(Vec<String>),
+    /// `"all-linear"` or a regex matched against whole module paths.
+    Pattern(String),
+}
+
+/// `[lora]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraSection {
+    /// Rank (default 8).
+    #[serde(default = "d_r")]
+    pub r: usize,
+    /// alpha (default 16); the update is scaled by alpha / r.
+    #[serde(default = "d_alpha")]
+    pub alpha: f64,
+    /// Dropout on the adapter input (default 0).
+    #[serde(default)]
+    pub dropout: f64,
+    /// Target modules (default `["q_proj", "v_proj"]`).
+    #[serde(default = "d_targets")]
+    pub targets: Targets,
+    /// rsLoRA scaling alpha / √r (default false).
+    #[serde(default)]
+    pub rslora: bool,
+    /// `"kaiming"` (PEFT's default) or `"gaussian"`.
+    #[serde(default = "d_init")]
+    pub init: String,
+    /// Only these decoder layers (default: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<Vec<usize>>,
+}
+
+fn d_r() -> usize {
+    8
+}
+fn d_alpha() -> f64 {
+    16.0
+}
+fn d_targets() -> Targets {
+    Targets::Names(vec!["q_proj".into(), "v_proj".into()])
+}
+fn d_init() -> String {
+    "kaiming".into()
+}
+
+impl Default for LoraSection {
+    fn default() -> Self {
+        Self {
+            r: d_r(),
+            alpha: d_alpha(),
+            dropout: 0.0,
+            targets: d_targets(),
+            rslora: false,
+            init: d_init(),
+            layers: None,
+        }
+    }
+}
+
+/// One or several files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Files {
+    /// One file.
+    One(PathBuf),
+    /// Several files.
+    Many(Vec<PathBuf>),
+}
+
+impl Files {
+    /// The paths as a list.
+    pub fn to_vec(&self) -> Vec<PathBuf> {
+        match self {
+            Self::One(p) => vec![p.clone()],
+            Self::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// `[data]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// Training file(s), JSONL or JSON arrays.
+    pub train: Files,
+    /// Validation file(s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<Files>,
+    /// Hold out this fraction of the training examples for validation instead (0 < f < 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_fraction: Option<f64>,
+    /// Record format: `"text"` ({"text": ...}) or `"auto"`.
+    #[serde(default = "d_format")]
+    pub format: String,
+    /// Longest sequence in tokens (default 512).
+    #[serde(default = "d_seq")]
+    pub max_seq_len: usize,
+}
+
+fn d_format() -> String {
+    "auto".into()
+}
+fn d_seq() -> usize {
+    512
+}
+
+/// `[train]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    /// Passes over the training data (default 1); `max_steps` wins when set.
+    #[serde(default = "d_epochs")]
+    pub epochs: usize,
+    /// Optimizer steps to take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_steps: Option<u64>,
+    /// Examples per micro-batch (default 4).
+    #[serde(default = "d_batch")]
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step (default 1).
+    #[serde(default = "d_one")]
+    pub grad_accum: usize,
+    /// Peak learning rate (default 2e-4).
+    #[serde(default = "d_lr")]
+    pub lr: f64,
+    /// `"constant"`, `"linear"` or `"cosine"` (default linear).
+    #[serde(default = "d_schedule")]
+    pub schedule: String,
+    /// Steps of linear warm-up from 0.
+    #[serde(default)]
+    pub warmup_steps: u64,
+    /// Decoupled weight decay (default 0).
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this (default 1; 0 disables).
+    #[serde(default = "d_clip")]
+    pub max_grad_norm: f64,
+    /// Seed of initialisation, shuffling and dropout (default 42).
+    #[serde(default = "d_seed")]
+    pub seed: u64,
+    /// Evaluate every this many steps (0: only at the end).
+    #[serde(default)]
+    pub eval_every: u64,
+    /// Checkpoint every this many steps (0: only on interruption).
+    #[serde(default)]
+    pub save_every: u64,
+    /// `"cpu"` or `"cuda"`.
+    #[serde(default = "d_device")]
+    pub device: String,
+    /// Adapter dtype: `"f32"` (default) or `"bf16"`.
+    #[serde(default = "d_dtype")]
+    pub dtype: String,
+}
+
+fn d_epochs() -> usize {
+    1
+}
+fn d_batch() -> usize {
+    4
+}
+fn d_one() -> usize {
+    1
+}
+fn d_lr() -> f64 {
+    2e-4
+}
+fn d_schedule() -> String {
+    "linear".into()
+}
+fn d_clip() -> f64 {
+    1.0
+}
+fn d_seed() -> u64 {
+    42
+}
+fn d_device() -> String {
+    "cpu".into()
+}
+fn d_dtype() -> String {
+    "f32".into()
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        toml::from_str("").expect("all fields have defaults")
+    }
+}
+
+/// `[output]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSection {
+    /// The run folder: adapter files, metrics, checkpoints, manifest.
+    pub dir: PathBuf,
+}
+
+/// Where a recipe came from, for error messages.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// Display name (the path as given).
+    pub name: String,
+    /// Full text.
+    pub text: String,
+}
+
+impl Source {
+    /// 1-based line and column of a byte offset.
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        (line, col)
+    }
+
+    /// The `[section]` that contains a byte offset.
+    fn section_at(&self, offset: usize) -> Option<String> {
+        self.text[..offset.min(self.text.len())]
+            .lines()
+            .rev()
+            .find_map(|l| l.trim().strip_prefix('[').and_then(|r| r.split(']').next()).map(|s| s.trim().to_string()))
+    }
+
+    /// Position of `key = ` inside `[section]`, for errors found after parsing.
+    fn locate(&self, section: &str, key: &str) -> Option<(usize, usize)> {
+        let mut in_section = false;
+        let mut offset = 0;
+        for line in self.text.split_inclusive('\n') {
+            let t = line.trim();
+            if let Some(h) = t.strip_prefix('[') {
+                in_section = h.split(']').next().map(str::trim) == Some(section);
+            } else if in_section && t.split('=').next().map(str::trim) == Some(key) && t.contains('=') {
+                let indent = line.len() - line.trim_start().len();
+                return Some(self.line_col(offset + indent));
+            }
+            offset += line.len();
+        }
+        None
+    }
+}
+
+/// Edit distance, for did-you-mean suggestions.
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Known synonyms users reach for, mapped to our key.
+const SYNONYMS: &[(&str, &str)] = &[
+    ("learning_rate", "lr"),
+    ("lora_alpha", "alpha"),
+    ("lora_r", "r"),
+    ("rank", "r"),
+    ("lora_dropout", "dropout"),
+    ("target_modules", "targets"),
+    ("num_epochs", "epochs"),
+    ("gradient_accumulation_steps", "grad_accum"),
+    ("micro_batch_size", "batch_size"),
+    ("sequence_len", "max_seq_len"),
+    ("lr_scheduler", "schedule"),
+    ("output_dir", "dir"),
+    ("base_model", "base"),
+];
+
+fn suggest(unknown: &str, expected: &[String]) -> Option<String> {
+    if let Some((_, to)) = SYNONYMS.iter().find(|(from, _)| *from == unknown)
+        && expected.iter().any(|e| e == to)
+    {
+        return Some(to.to_string());
+    }
+    expected
+        .iter()
+        .map(|e| (levenshtein(unknown, e), e))
+        .filter(|(d, e)| *d <= 2.max(e.len() / 3))
+        .min()
+        .map(|(_, e)| e.clone())
+}
+
+/// Turns a toml deserialisation error into `file:line:col: message`.
+fn describe(src: &Source, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().to_string();
+    let (pos, section) = match e.span() {
+        Some(span) => (Some(src.line_col(span.start)), src.section_at(span.start)),
+        None => (None, None),
+    };
+    let at = match pos {
+        Some((l, c)) => format!("{}:{l}:{c}", src.name),
+        None => src.name.clone(),
+    };
+    // "unknown field `x`, expected one of `a`, `b`" -> our wording with a suggestion.
+    if let Some(rest) = msg.strip_prefix("unknown field `") {
+        let unknown = rest.split('`').next().unwrap_or_default();
+        let expected: Vec<String> = rest.split('`').skip(2).step_by(2).map(str::to_string).collect();
+        let within = section.map(|s| format!(" in [{s}]")).unwrap_or_default();
+        let hint = match suggest(unknown, &expected) {
+            Some(s) => format!("; did you mean '{s}'?"),
+            None => format!("; expected one of: {}", expected.join(", ")),
+        };
+        return format!("{at}: unknown key '{unknown}'{within}{hint}");
+    }
+    let within = section.map(|s| format!(" (in [{s}])")).unwrap_or_default();
+    format!("{at}: {msg}{within}")
+}
+
+impl Recipe {
+    /// Reads a recipe file, applies `--set key.path=value` overrides, resolves relative paths
+    /// against the recipe's folder and validates every value.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        let src = Source { name: path.display().to_string(), text };
+        let mut recipe = Self::parse(&src)?;
+        recipe = recipe.with_overrides(overrides)?;
+        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        recipe.resolve_paths(&base);
+        recipe.validate(&src)?;
+        Ok(recipe)
+    }
+
+    /// Parses recipe text (no path resolution, no validation).
+    pub fn parse(src: &Source) -> Result<Self> {
+        toml::from_str(&src.text).map_err(|e| TrainError::Recipe(describe(src, &e)))
+    }
+
+    /// Applies `section.key=value` overrides; the value is read as TOML (a bare word is a string).
+    pub fn with_overrides(self, overrides: &[String]) -> Result<Self> {
+        if overrides.is_empty() {
+            return Ok(self);
+        }
+        let mut doc = toml::Table::try_from(&self).expect("a recipe serializes");
+        for o in overrides {
+            let bad = |m: &str| TrainError::Recipe(format!("--set {o}: {m}"));
+            let (key, value) = o.split_once('=').ok_or_else(|| bad("expected section.key=value"))?;
+            let (section, field) = key.trim().split_once('.').ok_or_else(|| bad("expected section.key=value"))?;
+            let parsed: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {}", value.trim())) {
+                Ok(mut t) => t.remove("v").expect("parsed"),
+                Err(_) => toml::Value::String(value.trim().to_string()),
+            };
+            let table = doc
+                .entry(section.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .ok_or_else(|| bad(&format!("'{section}' is not a section")))?;
+            table.insert(field.to_string(), parsed);
+            // Check each override on its own so that the error names it.
+            let text = toml::to_string(&doc).expect("serializes");
+            toml::from_str::<Self>(&text).map_err(|e| {
+                let msg = e.message().trim().to_string();
+                match msg.strip_prefix("unknown field `") {
+                    Some(rest) => {
+                        let expected: Vec<String> = rest.split('`').skip(2).step_by(2).map(str::to_string).collect();
+                        let hint = suggest(field, &expected)
+                            .map(|s| format!("; did you mean '{section}.{s}'?"))
+                            .unwrap_or_default();
+                        bad(&format!("unknown key '{field}' in [{section}]{hint}"))
+                    }
+                    None => bad(&msg),
+                }
+            })?;
+        }
+        Ok(toml::from_str(&toml::to_string(&doc).expect("serializes")).expect("checked above"))
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let cwd = std::env::current_dir().unwrap_or_default();
+        let abs = |p: &Path| normalize(&cwd.join(if p.is_absolute() { p.to_path_buf() } else { base.join(p) }));
+        self.model.base = abs(&self.model.base);
+        self.data.train = Files::Many(self.data.train.to_vec().iter().map(|p| abs(p)).collect());
+        if let Some(v) = &self.data.validation {
+            self.data.validation = Some(Files::Many(v.to_vec().iter().map(|p| abs(p)).collect()));
+        }
+        self.output.dir = abs(&self.output.dir);
+    }
+
+    /// Checks values that parse but cannot work; errors point at the key.
+    pub fn validate(&self, src: &Source) -> Result<()> {
+        let err = |section: &str, key: &str, msg: String| {
+            let at = match src.locate(section, key) {
+                Some((l, c)) => format!("{}:{l}:{c}", src.name),
+                None => src.name.clone(),
+            };
+            Err(TrainError::Recipe(format!("{at}: {section}.{key} {msg}")))
+        };
+        let (l, d, t) = (&self.lora, &self.data, &self.train);
+        if l.r == 0 {
+            return err("lora", "r", "must be at least 1".into());
+        }
+        if !(l.alpha > 0.0 && l.alpha.is_finite()) {
+            return err("lora", "alpha", format!("must be positive, got {}", l.alpha));
+        }
+        if !(0.0..1.0).contains(&l.dropout) {
+            return err("lora", "dropout", format!("must be in [0, 1), got {}", l.dropout));
+        }
+        if !["kaiming", "gaussian"].contains(&l.init.as_str()) {
+            return err("lora", "init", format!("must be \"kaiming\" or \"gaussian\", got \"{}\"", l.init));
+        }
+        if let Targets::Names(n) = &l.targets
+            && n.is_empty()
+        {
+            return err("lora", "targets", "must name at least one module".into());
+        }
+        if l.layers.is_some() && matches!(l.targets, Targets::Pattern(_)) {
+            // PEFT refuses layers_to_transform with a string target_modules; our adapters must load there.
+            return err(
+                "lora",
+                "layers",
+                "cannot be combined with a string `targets` (PEFT refuses it); list module names".into(),
+            );
+        }
+        if !["auto", "text"].contains(&d.format.as_str()) {
+            return err("data", "format", format!("must be \"auto\" or \"text\", got \"{}\"", d.format));
+        }
+        if d.max_seq_len < 2 {
+            return err("data", "max_seq_len", format!("must be at least 2, got {}", d.max_seq_len));
+        }
+        if let Some(f) = d.validation_fraction {
+            if !(f > 0.0 && f < 1.0) {
+                return err("data", "validation_fraction", format!("must be between 0 and 1, got {f}"));
+            }
+            if d.validation.is_some() {
+                return err("data", "validation_fraction", "cannot be combined with `validation` files".into());
+            }
+        }
+        if t.batch_size == 0 {
+            return err("train", "batch_size", "must be at least 1".into());
+        }
+        if t.grad_accum == 0 {
+            return err("train", "grad_accum", "must be at least 1".into());
+        }
+        if !(t.lr > 0.0 && t.lr.is_finite()) {
+            return err("train", "lr", format!("must be positive, got {}", t.lr));
+        }
+        if t.epochs == 0 && t.max_steps.is_none() {
+            return err("train", "epochs", "must be at least 1 (or set max_steps)".into());
+        }
+        if t.max_steps == Some(0) {
+            return err("train", "max_steps", "must be at least 1".into());
+        }
+        if !["constant", "linear", "cosine"].contains(&t.schedule.as_str()) {
+            return err("train", "schedule", format!("must be constant, linear or cosine, got \"{}\"", t.schedule));
+        }
+        if !(t.weight_decay >= 0.0) {
+            return err("train", "weight_decay", format!("must be >= 0, got {}", t.weight_decay));
+        }
+        if !(t.max_grad_norm >= 0.0) {
+            return err("train", "max_grad_norm", format!("must be >= 0, got {}", t.max_grad_norm));
+        }
+        if !["cpu", "cuda"].contains(&t.device.as_str()) {
+            return err("train", "device", format!("must be \"cpu\" or \"cuda\", got \"{}\"", t.device));
+        }
+        if !["f32", "bf16"].contains(&t.dtype.as_str()) {
+            return err("train", "dtype", format!("must be \"f32\" or \"bf16\", got \"{}\"", t.dtype));
+        }
+        if !self.model.base.is_dir() {
+            return err("model", "base", format!("'{}' is not a model folder", self.model.base.display()));
+        }
+        for p in self
+            .data
+            .train
+            .to_vec()
+            .iter()
+            .chain(self.data.validation.iter().flat_map(Files::to_vec).collect::<Vec<_>>().iter())
+        {
+            if !p.is_file() {
+                let key = if self.data.train.to_vec().contains(p) { "train" } else { "validation" };
+                return err("data", key, format!("file '{}' does not exist", p.display()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The recipe as TOML text (resolved paths), as written into the run folder.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a recipe serializes")
+    }
+}
+
+/// Removes `.` and `..` components lexically (the paths need not exist yet).
+fn normalize(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}

@@ -1,0 +1,458 @@
+//! The training loop: micro-batches with gradient accumulation normalised by the number of target
+//! tokens of the whole optimizer step, global-norm clipping, AdamW, warm-up and decay, periodic
+//! evaluation and checkpoints, and a run folder that PEFT reads as an adapter.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use lora_core::adapter::{LoraInit, LoraSpec, attach_new, save_adapter};
+use lora_core::burn::tensor::{Device, Tensor};
+use lora_core::host::to_f32_vec;
+use lora_core::loss::shifted_cross_entropy_sum;
+use lora_core::peft_config::{AdapterConfig, LayerIndices, TargetModules};
+use lora_core::safetensors_write::{StoredDtype, write_atomic};
+use lora_core::{Backend, CausalLm, Tokenizer};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+
+use crate::batching::{collate, micro_batch, micro_batches_per_epoch};
+use crate::checkpoint::{self, CheckpointState};
+use crate::data::{DataSummary, Example, load_examples};
+use crate::error::{Result, TrainError};
+use crate::optimizer::{AdamW, AdamWConfig};
+use crate::recipe::{Recipe, Targets};
+use crate::run_files::{self, Manifest, StepMetrics, sha256_bytes, sha256_file};
+use crate::schedule::Schedule;
+use crate::trainable::{adapter_tensors, set_adapter_tensors, set_dropout_seeds, set_training, trainable_parameters};
+
+/// What happens during a run, for the caller to display; the library itself prints nothing.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// Everything is loaded and validated; training starts at `first_step`.
+    Start {
+        /// Training data counts.
+        train: &'a DataSummary,
+        /// Validation data counts.
+        validation: Option<&'a DataSummary>,
+        /// Steps of the whole run.
+        total_steps: u64,
+        /// Steps already done (resume).
+        first_step: u64,
+        /// Trainable parameters.
+        trainable: usize,
+        /// Module paths with adapters.
+        targets: &'a [String],
+    },
+    /// One optimizer step finished.
+    Step(&'a StepMetrics, u64),
+    /// A checkpoint was written.
+    Checkpoint(&'a Path),
+    /// The run finished.
+    Done(&'a RunSummary),
+}
+
+/// Options of a run that are not part of the recipe.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Continue from the newest checkpoint of the output folder.
+    pub resume: bool,
+    /// Replace an existing output folder.
+    pub force: bool,
+    /// Set (e.g. by Ctrl-C) to stop after the current step with a checkpoint.
+    pub interrupt: Arc<AtomicBool>,
+}
+
+/// The outcome of a finished run.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// The run folder.
+    pub dir: PathBuf,
+    /// Steps taken in total.
+    pub steps: u64,
+    /// Loss of the first step of the run.
+    pub first_loss: f64,
+    /// Loss of the last step.
+    pub last_loss: f64,
+    /// Final validation loss.
+    pub eval_loss: Option<f64>,
+    /// sha256 of the adapter file.
+    pub adapter_sha256: String,
+}
+
+/// Everything a run needs, loaded and validated before anything is written.
+pub struct Prepared {
+    /// The recipe (paths resolved).
+    pub recipe: Recipe,
+    /// The model with freshly initialised, trainable adapters.
+    pub model: CausalLm,
+    /// Its tokenizer.
+    pub tokenizer: Tokenizer,
+    /// Training examples.
+    pub train: Vec<Example>,
+    /// Validation examples.
+    pub validation: Vec<Example>,
+    /// Training data counts.
+    pub train_summary: DataSummary,
+    /// Validation data counts.
+    pub validation_summary: Option<DataSummary>,
+    /// Module paths with adapters.
+    pub targets: Vec<String>,
+    /// The device.
+    pub device: Device,
+    /// The backend.
+    pub backend: Backend,
+}
+
+impl Prepared {
+    /// Optimizer steps of the whole run.
+    pub fn total_steps(&self) -> u64 {
+        let t = &self.recipe.train;
+        let micro = micro_batches_per_epoch(self.train.len(), t.batch_size);
+        t.max_steps.unwrap_or_else(|| (micro * t.epochs as u64).div_ceil(t.grad_accum as u64).max(1))
+    }
+}
+
+/// Loads the model and data of a recipe and attaches the adapters: every error a recipe can cause
+/// surfaces here, before a run folder exists.
+pub fn prepare(recipe: &Recipe) -> Result<Prepared> {
+    let backend: Backend = recipe.train.device.parse()?;
+    let device = backend.device()?;
+    let mut model = CausalLm::load_dir(&recipe.model.base, &device)?;
+    let tokenizer = Tokenizer::load_dir(&recipe.model.base, &model.config)?;
+    let d = &recipe.data;
+    let (mut train, mut train_summary) = load_examples(&d.train.to_vec(), &d.format, &tokenizer, d.max_seq_len)?;
+    let (validation, validation_summary) = match (&d.validation, d.validation_fraction) {
+        (Some(files), _) => {
+            let (v, s) = load_examples(&files.to_vec(), &d.format, &tokenizer, d.max_seq_len)?;
+            (v, Some(s))
+        }
+        (None, Some(frac)) => {
+            // Hold out a seeded random subset.
+            let mut idx: Vec<usize> = (0..train.len()).collect();
+            idx.shuffle(&mut StdRng::seed_from_u64(recipe.train.seed ^ 0x0A11_DA7A));
+            let n_val = ((train.len() as f64) * frac).round().max(1.0) as usize;
+            if n_val >= train.len() {
+                return Err(TrainError::Data(format!(
+                    "validation_fraction {frac} leaves no training examples out of {}",
+                    train.len()
+                )));
+            }
+            let held: std::collections::BTreeSet<usize> = idx[..n_val].iter().copied().collect();
+            let mut keep = Vec::new();
+            let mut val = Vec::new();
+            for (i, e) in train.into_iter().enumerate() {
+                if held.contains(&i) { val.push(e) } else { keep.push(e) }
+            }
+            train = keep;
+            let summarize = |ex: &[Example]| DataSummary {
+                examples: ex.len(),
+                tokens: ex.iter().map(|e| e.ids.len()).sum(),
+                trained_tokens: ex.iter().map(Example::trained_tokens).sum(),
+                truncated: 0,
+            };
+            let truncated = train_summary.truncated;
+            train_summary = DataSummary { truncated, ..summarize(&train) };
+            let vs = summarize(&val);
+            (val, Some(vs))
+        }
+        (None, None) => (Vec::new(), None),
+    };
+    let l = &recipe.lora;
+    let spec = LoraSpec {
+        r: l.r,
+        alpha: l.alpha,
+        dropout: l.dropout,
+        targets: match &l.targets {
+            Targets::Names(n) => TargetModules::Names(n.clone()),
+            Targets::Pattern(p) => TargetModules::Pattern(p.clone()),
+        },
+        use_rslora: l.rslora,
+        init: if l.init == "gaussian" { LoraInit::Gaussian } else { LoraInit::KaimingUniform },
+        layers_to_transform: l.layers.clone(),
+    };
+    let targets = attach_new(&mut model, &spec, recipe.train.seed, true)
+        .map_err(|e| TrainError::Recipe(format!("lora.targets: {e}")))?;
+    Ok(Prepared {
+        recipe: recipe.clone(),
+        model,
+        tokenizer,
+        train,
+        validation,
+        train_summary,
+        validation_summary,
+        targets,
+        device,
+        backend,
+    })
+}
+
+/// The adapter_config.json of a recipe's adapter.
+pub fn adapter_config(recipe: &Recipe) -> AdapterConfig {
+    let l = &recipe.lora;
+    AdapterConfig {
+        peft_type: "LORA".into(),
+        task_type: Some("CAUSAL_LM".into()),
+        base_model_name_or_path: Some(recipe.model.base.display().to_string()),
+        r: l.r,
+        lora_alpha: l.alpha,
+        lora_dropout: l.dropout,
+        target_modules: Some(match &l.targets {
+            Targets::Names(n) => TargetModules::Names(n.clone()),
+            Targets::Pattern(p) => TargetModules::Pattern(p.clone()),
+        }),
+        use_rslora: l.rslora,
+        bias: "none".into(),
+        fan_in_fan_out: false,
+        init_lora_weights: if l.init == "gaussian" { "gaussian".into() } else { true.into() },
+        inference_mode: true,
+        layers_to_transform: l.layers.clone().map(LayerIndices::Many),
+        rank_pattern: Default::default(),
+        alpha_pattern: Default::default(),
+        modules_to_save: None,
+        use_dora: false,
+        peft_version: None,
+    }
+}
+
+/// Names of the trainable tensors, as in the adapter file.
+fn tensor_names(model: &CausalLm) -> Vec<String> {
+    let mut out = Vec::new();
+    for (path, lin) in model.linear_modules() {
+        if !lin.lora.is_empty() {
+            out.push(format!("base_model.model.{path}.lora_A.weight"));
+            out.push(format!("base_model.model.{path}.lora_B.weight"));
+        }
+    }
+    out
+}
+
+/// Mean loss per trained token over examples, without dropout.
+pub fn evaluate(model: &mut CausalLm, examples: &[Example], batch_size: usize, pad_id: u32) -> Result<Option<f64>> {
+    if examples.is_empty() {
+        return Ok(None);
+    }
+    set_training(model, false);
+    let (mut sum, mut count) = (0.0f64, 0usize);
+    for chunk in examples.chunks(batch_size) {
+        let refs: Vec<&Example> = chunk.iter().collect();
+        let (batch, labels) = collate(&refs, pad_id);
+        let logits = model.forward(&batch, None)?;
+        let (s, n) = shifted_cross_entropy_sum(logits, &labels);
+        sum += to_f32_vec(s.inner())?[0] as f64;
+        count += n;
+    }
+    Ok((count > 0).then(|| sum / count as f64))
+}
+
+/// A seed for the dropout masks of one micro-batch: a function of the step, so resumable.
+fn dropout_seed(seed: u64, step: u64, micro: usize) -> u64 {
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ step.wrapping_mul(0xBF58_476D_1CE4_E5B9)
+        ^ (micro as u64).wrapping_mul(0x94D0_49BB_1331_11EB)
+}
+
+/// Runs a prepared recipe to the end (or to an interruption), writing the run folder.
+pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>)) -> Result<RunSummary> {
+    let recipe_text = p.recipe.to_toml();
+    let recipe_sha = sha256_bytes(recipe_text.as_bytes());
+    let dir = p.recipe.output.dir.clone();
+    let t = p.recipe.train.clone();
+    let schedule = Schedule::parse(&t.schedule).expect("validated");
+    let pad_id = p.tokenizer.pad_token_id.or(p.tokenizer.eos_token_ids.first().copied()).unwrap_or(0);
+    let names = tensor_names(&p.model);
+    let mut opt =
+        AdamW::new(AdamWConfig { weight_decay: t.weight_decay, ..AdamWConfig::default() }, &adapter_tensors(&p.model));
+
+    // The run folder: refuse to overwrite, or pick up the newest checkpoint.
+    let mut first_step = 0u64;
+    let mut micro_done = 0u64;
+    if dir.exists() {
+        if opts.resume {
+            let Some(latest) = checkpoint::list(&dir)?.pop() else {
+                return Err(TrainError::Recipe(format!("{}: no checkpoint to resume from", dir.display())));
+            };
+            let (state, params) = checkpoint::load(&latest, &names, &mut opt, &p.device)?;
+            if state.recipe_sha256 != recipe_sha {
+                return Err(TrainError::Recipe(format!(
+                    "{}: the checkpoint was made with another recipe; resume with the recipe of the run ({})",
+                    latest.display(),
+                    dir.join("recipe.toml").display()
+                )));
+            }
+            set_adapter_tensors(&mut p.model, params);
+            first_step = state.step;
+            micro_done = state.micro_batches;
+            run_files::write_metrics(&dir, &run_files::read_metrics(&dir, first_step))?;
+        } else if opts.force {
+            std::fs::remove_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
+        } else {
+            return Err(TrainError::OutputExists(dir));
+        }
+    } else if opts.resume {
+        return Err(TrainError::Recipe(format!("{}: nothing to resume (the folder does not exist)", dir.display())));
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
+    write_atomic(&dir.join("recipe.toml"), recipe_text.as_bytes())?;
+    if first_step == 0 {
+        let _ = std::fs::remove_file(dir.join("metrics.jsonl"));
+    }
+
+    let total = p.total_steps();
+    observe(Event::Start {
+        train: &p.train_summary,
+        validation: p.validation_summary.as_ref(),
+        total_steps: total,
+        first_step,
+        trainable: trainable_parameters(&p.model),
+        targets: &p.targets,
+    });
+
+    let mut first_loss = f64::NAN;
+    let mut last_loss = f64::NAN;
+    let mut eval_loss = None;
+    for step in first_step..total {
+        let started = Instant::now();
+        set_training(&mut p.model, true);
+        // 1) The micro-batches of this step and their target-token count.
+        let micros: Vec<Vec<&Example>> =
+            (0..t.grad_accum as u64).map(|i| micro_batch(&p.train, t.batch_size, t.seed, micro_done + i)).collect();
+        let step_tokens: usize = micros.iter().flatten().map(|e| e.trained_tokens()).sum();
+        let seen_tokens: usize = micros.iter().flatten().map(|e| e.ids.len()).sum();
+        // 2) Forward/backward each; the loss is divided by the whole step's token count, so the
+        //    accumulated gradient is that of the mean over every target token of the step.
+        let params = adapter_tensors(&p.model);
+        let mut grads: Vec<Option<Tensor<2>>> = vec![None; params.len()];
+        let mut loss_sum = 0.0f64;
+        for (i, m) in micros.iter().enumerate() {
+            let (batch, labels) = collate(m, pad_id);
+            set_dropout_seeds(&mut p.model, dropout_seed(t.seed, step, i));
+            let logits = p.model.forward(&batch, None)?;
+            let (sum, _) = shifted_cross_entropy_sum(logits, &labels);
+            loss_sum += to_f32_vec(sum.clone().inner())?[0] as f64;
+            let g = (sum / step_tokens.max(1) as f64).backward();
+            for (acc, param) in grads.iter_mut().zip(&params) {
+                let gi = param.grad(&g).unwrap_or_else(|| param.zeros_like().inner());
+                *acc = Some(match acc.take() {
+                    Some(a) => a + gi,
+                    None => gi,
+                });
+            }
+        }
+        let loss = loss_sum / step_tokens.max(1) as f64;
+        if !loss.is_finite() {
+            return Err(TrainError::NonFinite { step: step + 1, value: loss });
+        }
+        let mut grads: Vec<Tensor<2>> = grads.into_iter().map(|g| g.expect("filled")).collect();
+        // 3) Global-norm clipping, as torch.nn.utils.clip_grad_norm_.
+        let sq: f64 = grads
+            .iter()
+            .map(|g| to_f32_vec(g.clone().square().sum()).map(|v| v[0] as f64))
+            .sum::<lora_core::Result<f64>>()?;
+        let grad_norm = sq.sqrt();
+        if t.max_grad_norm > 0.0 {
+            let coef = t.max_grad_norm / (grad_norm + 1e-6);
+            if coef < 1.0 {
+                grads = grads.into_iter().map(|g| g * coef).collect();
+            }
+        }
+        // 4) AdamW at the scheduled rate.
+        let lr = schedule.lr(t.lr, step, t.warmup_steps, total);
+        let new = opt.update(params, grads, lr);
+        set_adapter_tensors(&mut p.model, new);
+        micro_done += t.grad_accum as u64;
+
+        let done = step + 1;
+        let elapsed = started.elapsed().as_secs_f64();
+        let mut metrics = StepMetrics {
+            step: done,
+            loss,
+            lr,
+            grad_norm,
+            tokens_per_s: seen_tokens as f64 / elapsed.max(1e-9),
+            eval_loss: None,
+        };
+        if (t.eval_every > 0 && done % t.eval_every == 0) || done == total {
+            metrics.eval_loss = evaluate(&mut p.model, &p.validation, t.batch_size, pad_id)?;
+            eval_loss = metrics.eval_loss.or(eval_loss);
+        }
+        if first_loss.is_nan() {
+            first_loss = loss;
+        }
+        last_loss = loss;
+        run_files::append_metrics(&dir, &metrics)?;
+        observe(Event::Step(&metrics, total));
+
+        let interrupted = opts.interrupt.load(Ordering::SeqCst);
+        if (t.save_every > 0 && done % t.save_every == 0 && done < total) || (interrupted && done < total) {
+            let state = CheckpointState {
+                step: done,
+                micro_batches: micro_done,
+                seed: t.seed,
+                recipe_sha256: recipe_sha.clone(),
+            };
+            let ck = checkpoint::save(&dir, &names, &adapter_tensors(&p.model), &opt, &state)?;
+            observe(Event::Checkpoint(&ck));
+            if interrupted {
+                return Err(TrainError::Interrupted { step: done, checkpoint: ck });
+            }
+        }
+    }
+
+    // The adapter, its card, the curve and the manifest.
+    let dtype = StoredDtype::parse(&t.dtype).expect("validated");
+    save_adapter(&p.model, &dir, &adapter_config(&p.recipe), dtype)?;
+    let metrics = run_files::read_metrics(&dir, total);
+    write_atomic(&dir.join("loss.svg"), run_files::loss_svg(&metrics).as_bytes())?;
+    let s = &p.train_summary;
+    let data_desc = format!(
+        "Training files: {}. {} examples, {} tokens, {} trained tokens, {} truncated to {} tokens.{}",
+        p.recipe.data.train.to_vec().iter().map(|f| format!("`{}`", f.display())).collect::<Vec<_>>().join(", "),
+        s.examples,
+        s.tokens,
+        s.trained_tokens,
+        s.truncated,
+        p.recipe.data.max_seq_len,
+        p.validation_summary.as_ref().map(|v| format!(" Validation: {} examples.", v.examples)).unwrap_or_default()
+    );
+    let results = format!(
+        "| steps | final train loss | validation loss | validation perplexity |\n|---|---|---|---|\n| {} | {:.4} | {} | {} |",
+        total,
+        metrics.last().map_or(f64::NAN, |m| m.loss),
+        eval_loss.map_or("-".into(), |l| format!("{l:.4}")),
+        eval_loss.map_or("-".into(), |l| format!("{:.3}", l.exp()))
+    );
+    let card = run_files::model_card(&p.recipe.model.base.display().to_string(), &recipe_text, &data_desc, &results);
+    write_atomic(&dir.join("README.md"), card.as_bytes())?;
+    let adapter_sha256 = sha256_file(&dir.join("adapter_model.safetensors"))?;
+    let manifest = Manifest {
+        tool: "lora".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        backend: p.backend.to_string(),
+        seed: t.seed,
+        inputs: input_hashes(&p.recipe)?,
+        adapter_sha256: adapter_sha256.clone(),
+    };
+    write_atomic(&dir.join("manifest.json"), serde_json::to_string_pretty(&manifest).expect("serializes").as_bytes())?;
+    let _ = std::fs::remove_dir_all(checkpoint::checkpoints_dir(&dir));
+    let summary = RunSummary { dir, steps: total, first_loss, last_loss, eval_loss, adapter_sha256 };
+    observe(Event::Done(&summary));
+    Ok(summary)
+}
+
+/// sha256 of every input of a recipe: base model files and data files.
+pub fn input_hashes(recipe: &Recipe) -> Result<std::collections::BTreeMap<PathBuf, String>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut files = run_files::model_input_files(&recipe.model.base);
+    files.extend(recipe.data.train.to_vec());
+    if let Some(v) = &recipe.data.validation {
+        files.extend(v.to_vec());
+    }
+    for f in files {
+        let h = sha256_file(&f)?;
+        out.insert(f, h);
+    }
+    Ok(out)
+}

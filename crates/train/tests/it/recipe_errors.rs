@@ -1,0 +1,98 @@
+//! Bad recipes: each error names file, line and column, the key, and suggests the fix.
+
+use lora_train::recipe::{Recipe, Source};
+
+use crate::common::*;
+
+const GOOD: &str = r#"
+[model]
+base = "MODEL"
+
+[data]
+train = "DATA"
+
+[train]
+max_steps = 2
+lr = 1e-3
+
+[output]
+dir = "OUT"
+"#;
+
+fn write(tag: &str, text: &str) -> std::path::PathBuf {
+    let d = temp_dir(tag);
+    let text = text
+        .replace("MODEL", &fixtures().join("models/llama").display().to_string())
+        .replace(
+            "DATA",
+            &std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../datasets/tiny-text.jsonl")
+                .display()
+                .to_string(),
+        )
+        .replace("OUT", &d.join("out").display().to_string());
+    let p = d.join("recipe.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn err(tag: &str, text: &str, set: &[&str]) -> String {
+    let p = write(tag, text);
+    let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+    match Recipe::load(&p, &set) {
+        Ok(_) => panic!("recipe {tag} should fail"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn good_recipe_loads_with_defaults() {
+    let r = Recipe::load(&write("good", GOOD), &[]).unwrap();
+    assert_eq!(r.lora.r, 8);
+    assert_eq!(r.train.lr, 1e-3);
+    assert!(r.output.dir.is_absolute());
+    let r =
+        Recipe::load(&write("good2", GOOD), &["train.lr=2e-4".into(), "lora.targets=\"all-linear\"".into()]).unwrap();
+    assert_eq!(r.train.lr, 2e-4);
+}
+
+#[test]
+fn unknown_key_suggests_the_right_one() {
+    let e = err("unknown", &GOOD.replace("lr = 1e-3", "learning_rate = 1e-3"), &[]);
+    assert!(e.contains("recipe.toml:10:1: unknown key 'learning_rate' in [train]; did you mean 'lr'?"), "{e}");
+    let e = err("typo", &GOOD.replace("max_steps", "max_step"), &[]);
+    assert!(e.contains(":9:1: unknown key 'max_step' in [train]; did you mean 'max_steps'?"), "{e}");
+    let e = err("set", GOOD, &["train.learning_rate=1"]);
+    assert!(
+        e.contains("--set train.learning_rate=1: unknown key 'learning_rate' in [train]; did you mean 'train.lr'?"),
+        "{e}"
+    );
+}
+
+#[test]
+fn wrong_types_and_impossible_values_name_the_key() {
+    let e = err("type", &GOOD.replace("max_steps = 2", "max_steps = \"two\""), &[]);
+    assert!(e.contains("recipe.toml:9:") && e.contains("(in [train])"), "{e}");
+    let e = err("lr", &GOOD.replace("lr = 1e-3", "lr = 0.0"), &[]);
+    assert!(e.contains("recipe.toml:10:1: train.lr must be positive, got 0"), "{e}");
+    let e = err("batch", GOOD, &["train.batch_size=0"]);
+    assert!(e.contains("train.batch_size must be at least 1"), "{e}");
+    let e = err("base", &GOOD.replace("base = \"MODEL\"", "base = \"/nonexistent/model\""), &[]);
+    assert!(e.contains("recipe.toml:3:1: model.base '/nonexistent/model' is not a model folder"), "{e}");
+    let e = err("schedule", GOOD, &["train.schedule=\"exponential\""]);
+    assert!(e.contains("train.schedule must be constant, linear or cosine"), "{e}");
+    let e = err("missing", &GOOD.replace("[output]\ndir = \"OUT\"", ""), &[]);
+    assert!(e.contains("missing field `output`"), "{e}");
+}
+
+#[test]
+fn target_that_matches_nothing_lists_modules() {
+    let p = write("targets", GOOD);
+    let r = Recipe::load(&p, &["lora.targets=[\"qkv_proj\"]".into()]).unwrap();
+    let e = match lora_train::trainer::prepare(&r) {
+        Ok(_) => panic!("should fail"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("match no module") && e.contains("q_proj") && e.contains("down_proj"), "{e}");
+    let _ = Source { name: String::new(), text: String::new() };
+}
