@@ -36,14 +36,10 @@ fn read_texts(path: &PathBuf) -> Result<Vec<String>> {
             continue;
         }
         let where_ = || format!("{}:{}", path.display(), n + 1);
-        let v: Value =
-            serde_json::from_str(line).with_context(|| format!("{}: not valid JSON", where_()))?;
+        let v: Value = serde_json::from_str(line).with_context(|| format!("{}: not valid JSON", where_()))?;
         match v.get("text") {
             Some(Value::String(s)) => texts.push(s.clone()),
-            _ => bail!(
-                "{}: expected an object with a string field \"text\"",
-                where_()
-            ),
+            _ => bail!("{}: expected an object with a string field \"text\"", where_()),
         }
     }
     if texts.is_empty() {
@@ -56,8 +52,7 @@ fn read_texts(path: &PathBuf) -> Result<Vec<String>> {
 pub fn run(a: Args) -> Result<()> {
     let texts = read_texts(&a.data)?;
     let device = crate::device::open(&a.device)?;
-    let model = CausalLm::load_dir(&a.model, &device)
-        .with_context(|| format!("loading {}", a.model.display()))?;
+    let model = CausalLm::load_dir(&a.model, &device).with_context(|| format!("loading {}", a.model.display()))?;
     let tok = Tokenizer::load_dir(&a.model, &model.config)?;
     let r = evaluate_texts(&model, &tok, &texts)?;
     if a.json {

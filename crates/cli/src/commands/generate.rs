@@ -40,18 +40,12 @@ pub struct Args {
 /// Runs `lora generate`.
 pub fn run(a: Args) -> Result<()> {
     let device = crate::device::open(&a.device)?;
-    let model = CausalLm::load_dir(&a.model, &device)
-        .with_context(|| format!("loading {}", a.model.display()))?;
+    let model = CausalLm::load_dir(&a.model, &device).with_context(|| format!("loading {}", a.model.display()))?;
     let tok = Tokenizer::load_dir(&a.model, &model.config)?;
     let prompt = tok.encode(&a.prompt, true)?;
     let opts = GenerateOptions {
         max_new_tokens: a.max_new_tokens,
-        sampling: SamplingParams {
-            temperature: a.temperature,
-            top_k: a.top_k,
-            top_p: a.top_p,
-            seed: a.seed,
-        },
+        sampling: SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed },
         stop_ids: tok.eos_token_ids.clone(),
         use_cache: true,
     };

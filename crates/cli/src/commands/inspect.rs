@@ -37,9 +37,7 @@ pub fn run(a: Args) -> Result<()> {
         let w = Weights::open_dir(path)?;
         let files: Vec<PathBuf> = w.files().iter().map(|f| f.path().to_path_buf()).collect();
         let cfg_path = path.join("config.json");
-        let config = cfg_path
-            .is_file()
-            .then(|| ModelConfig::from_file(&cfg_path));
+        let config = cfg_path.is_file().then(|| ModelConfig::from_file(&cfg_path));
         (files, config)
     } else {
         (vec![path.clone()], None)
@@ -48,11 +46,7 @@ pub fn run(a: Args) -> Result<()> {
     for f in &files {
         let st = SafetensorsFile::open(f)?;
         for (name, info) in st.tensors() {
-            rows.push(Row {
-                name: name.clone(),
-                shape: info.shape.clone(),
-                dtype: format!("{:?}", info.dtype),
-            });
+            rows.push(Row { name: name.clone(), shape: info.shape.clone(), dtype: format!("{:?}", info.dtype) });
         }
     }
     rows.sort_by(|a, b| natural_key(&a.name).cmp(&natural_key(&b.name)));
@@ -72,11 +66,7 @@ pub fn run(a: Args) -> Result<()> {
             c.head_dim,
             c.intermediate_size,
             c.vocab_size,
-            if c.tie_word_embeddings {
-                ", tied embeddings"
-            } else {
-                ""
-            }
+            if c.tie_word_embeddings { ", tied embeddings" } else { "" }
         )),
         Some(Err(e)) => Some(format!("not loadable by lora: {e}")),
         None => None,
@@ -98,38 +88,25 @@ pub fn run(a: Args) -> Result<()> {
         let _ = writeln!(o, "architecture: {arch}");
     }
     let _ = writeln!(o, "parameters:   {} ({})", group(params), human(params));
-    let d: Vec<String> = dtypes
-        .iter()
-        .map(|(k, v)| format!("{k} ({v} tensors)"))
-        .collect();
+    let d: Vec<String> = dtypes.iter().map(|(k, v)| format!("{k} ({v} tensors)")).collect();
     let _ = writeln!(o, "dtypes:       {}", d.join(", "));
     let names: Vec<String> = files.iter().map(|f| file_name(f)).collect();
     let _ = writeln!(o, "files:        {}", names.join(", "));
     let w = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
     let _ = writeln!(o, "\n{:<w$}  {:<16}  dtype", "name", "shape");
     for r in &rows {
-        let _ = writeln!(
-            o,
-            "{:<w$}  {:<16}  {}",
-            r.name,
-            format!("{:?}", r.shape),
-            r.dtype
-        );
+        let _ = writeln!(o, "{:<w$}  {:<16}  {}", r.name, format!("{:?}", r.shape), r.dtype);
     }
     emit(&o)
 }
 
 fn file_name(p: &Path) -> String {
-    p.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
+    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 /// Sorts `layers.10` after `layers.9`.
 fn natural_key(name: &str) -> Vec<(u64, String)> {
-    name.split('.')
-        .map(|part| (part.parse::<u64>().unwrap_or(u64::MAX), part.to_string()))
-        .collect()
+    name.split('.').map(|part| (part.parse::<u64>().unwrap_or(u64::MAX), part.to_string())).collect()
 }
 
 fn group(n: usize) -> String {

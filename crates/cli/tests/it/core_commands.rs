@@ -11,10 +11,7 @@ fn fixtures() -> PathBuf {
 }
 
 fn lora(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lora"))
-        .args(args)
-        .output()
-        .expect("run lora")
+    Command::new(env!("CARGO_BIN_EXE_lora")).args(args).output().expect("run lora")
 }
 
 fn stdout(o: &Output) -> String {
@@ -31,12 +28,7 @@ fn assert_user_error(o: &Output, needle: &str) {
     assert_eq!(o.status.code(), Some(2), "stderr: {err}");
     assert!(err.starts_with("error: "), "{err}");
     assert!(err.contains(needle), "expected {needle:?} in: {err}");
-    assert!(
-        !err.contains("panicked")
-            && !err.contains("internal error")
-            && !err.contains("RUST_BACKTRACE"),
-        "{err}"
-    );
+    assert!(!err.contains("panicked") && !err.contains("internal error") && !err.contains("RUST_BACKTRACE"), "{err}");
 }
 
 fn temp_dir(tag: &str) -> PathBuf {
@@ -57,10 +49,7 @@ fn copy_model(name: &str, to: &Path) {
 fn help_and_version() {
     let o = lora(&["--version"]);
     assert!(o.status.success());
-    assert_eq!(
-        stdout(&o).trim(),
-        format!("lora {}", env!("CARGO_PKG_VERSION"))
-    );
+    assert_eq!(stdout(&o).trim(), format!("lora {}", env!("CARGO_PKG_VERSION")));
     let o = lora(&["--help"]);
     assert!(o.status.success());
     for cmd in ["inspect", "generate", "eval"] {
@@ -76,12 +65,7 @@ fn inspect_model_folder_and_file() {
     let o = lora(&["inspect", dir.to_str().unwrap(), "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
-    assert!(
-        v["architecture"]
-            .as_str()
-            .unwrap()
-            .starts_with("MistralForCausalLM (2 layers")
-    );
+    assert!(v["architecture"].as_str().unwrap().starts_with("MistralForCausalLM (2 layers"));
     assert_eq!(v["parameters"], 40_096);
     assert_eq!(v["files"].as_array().unwrap().len(), 4, "four shards");
     assert_eq!(v["tensors"].as_array().unwrap().len(), 21);
@@ -93,14 +77,8 @@ fn inspect_model_folder_and_file() {
     let text = stdout(&o);
     assert!(text.contains("BF16 (51 tensors)"), "{text}");
     assert!(
-        text.lines()
-            .any(|l| l.split_whitespace().collect::<Vec<_>>()
-                == [
-                    "model.layers.2.self_attn.q_proj.weight",
-                    "[64,",
-                    "32]",
-                    "BF16"
-                ]),
+        text.lines().any(|l| l.split_whitespace().collect::<Vec<_>>()
+            == ["model.layers.2.self_attn.q_proj.weight", "[64,", "32]", "BF16"]),
         "{text}"
     );
 }
@@ -108,30 +86,15 @@ fn inspect_model_folder_and_file() {
 #[test]
 fn generate_greedy_equals_transformers() {
     let dir = fixtures().join("models/qwen3");
-    let meta: Value = serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join("golden/qwen3.json")).unwrap(),
-    )
-    .unwrap();
+    let meta: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("golden/qwen3.json")).unwrap()).unwrap();
     let model = CausalLm::load_dir(&dir, &default_device()).unwrap();
     let tok = Tokenizer::load_dir(&dir, &model.config).unwrap();
     for g in meta["greedy"].as_array().unwrap() {
         let prompt = g["prompt"].as_str().unwrap();
-        let ids: Vec<u32> = g["generated_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
+        let ids: Vec<u32> = g["generated_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
         let expected = format!("{prompt}{}\n", tok.decode(&ids, true).unwrap());
-        let o = lora(&[
-            "generate",
-            "--model",
-            dir.to_str().unwrap(),
-            "--prompt",
-            prompt,
-            "--max-new-tokens",
-            "12",
-        ]);
+        let o = lora(&["generate", "--model", dir.to_str().unwrap(), "--prompt", prompt, "--max-new-tokens", "12"]);
         assert!(o.status.success(), "{}", stderr(&o));
         assert_eq!(stdout(&o), expected);
     }
@@ -139,29 +102,16 @@ fn generate_greedy_equals_transformers() {
 
 #[test]
 fn eval_matches_transformers_loss() {
-    let meta: Value = serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join("golden/llama.json")).unwrap(),
-    )
-    .unwrap();
+    let meta: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("golden/llama.json")).unwrap()).unwrap();
     let d = temp_dir("eval");
     let data = d.join("eval.jsonl");
     // Windows line endings, a BOM and no final newline are all accepted.
-    let lines: Vec<String> = meta["eval_texts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| serde_json::json!({ "text": t }).to_string())
-        .collect();
+    let lines: Vec<String> =
+        meta["eval_texts"].as_array().unwrap().iter().map(|t| serde_json::json!({ "text": t }).to_string()).collect();
     std::fs::write(&data, format!("\u{feff}{}", lines.join("\r\n"))).unwrap();
     let dir = fixtures().join("models/llama");
-    let o = lora(&[
-        "eval",
-        "--model",
-        dir.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--json",
-    ]);
+    let o = lora(&["eval", "--model", dir.to_str().unwrap(), "--data", data.to_str().unwrap(), "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
     let expected = meta["eval"]["mean_loss"].as_f64().unwrap();
@@ -171,37 +121,16 @@ fn eval_matches_transformers_loss() {
     assert_eq!(v["predicted_tokens"], meta["eval"]["predicted_tokens"]);
 
     std::fs::write(&data, "{\"text\": \"ok\"}\n{\"txt\": \"typo\"}\n").unwrap();
-    let o = lora(&[
-        "eval",
-        "--model",
-        dir.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-    ]);
-    assert_user_error(
-        &o,
-        "eval.jsonl:2: expected an object with a string field \"text\"",
-    );
+    let o = lora(&["eval", "--model", dir.to_str().unwrap(), "--data", data.to_str().unwrap()]);
+    assert_user_error(&o, "eval.jsonl:2: expected an object with a string field \"text\"");
     std::fs::write(&data, "{\"text\": \"ok\"}\nnot json\n").unwrap();
-    let o = lora(&[
-        "eval",
-        "--model",
-        dir.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-    ]);
+    let o = lora(&["eval", "--model", dir.to_str().unwrap(), "--data", data.to_str().unwrap()]);
     assert_user_error(&o, "eval.jsonl:2: not valid JSON");
 }
 
 #[test]
 fn bad_inputs_exit_2_with_one_message() {
-    let o = lora(&[
-        "generate",
-        "--model",
-        "/nonexistent/model",
-        "--prompt",
-        "hi",
-    ]);
+    let o = lora(&["generate", "--model", "/nonexistent/model", "--prompt", "hi"]);
     assert_user_error(&o, "/nonexistent/model: not a folder");
     let o = lora(&["inspect", "/nonexistent/file.safetensors"]);
     assert_user_error(&o, "no such file or folder");
@@ -227,37 +156,18 @@ fn bad_inputs_exit_2_with_one_message() {
     // Unknown architecture.
     let d = temp_dir("arch");
     copy_model("qwen3", &d);
-    let cfg = std::fs::read_to_string(d.join("config.json"))
-        .unwrap()
-        .replace("Qwen3ForCausalLM", "FalconForCausalLM");
+    let cfg = std::fs::read_to_string(d.join("config.json")).unwrap().replace("Qwen3ForCausalLM", "FalconForCausalLM");
     std::fs::write(d.join("config.json"), cfg).unwrap();
     let o = lora(&["generate", "--model", d.to_str().unwrap(), "--prompt", "hi"]);
     assert_user_error(&o, "unsupported architecture 'FalconForCausalLM'");
 
     // Impossible sampling settings and unavailable devices.
     let m = fixtures().join("models/llama");
-    let o = lora(&[
-        "generate",
-        "--model",
-        m.to_str().unwrap(),
-        "--prompt",
-        "hi",
-        "--top-p",
-        "1.5",
-        "--temperature",
-        "1",
-    ]);
+    let o =
+        lora(&["generate", "--model", m.to_str().unwrap(), "--prompt", "hi", "--top-p", "1.5", "--temperature", "1"]);
     assert_user_error(&o, "top_p must be in (0, 1]");
     if !cfg!(feature = "cuda") {
-        let o = lora(&[
-            "generate",
-            "--model",
-            m.to_str().unwrap(),
-            "--prompt",
-            "hi",
-            "--device",
-            "cuda",
-        ]);
+        let o = lora(&["generate", "--model", m.to_str().unwrap(), "--prompt", "hi", "--device", "cuda"]);
         assert_user_error(&o, "without CUDA support");
     }
 }
