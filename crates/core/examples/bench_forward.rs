@@ -7,14 +7,12 @@
 //! cargo run --release -p lora-core --example bench_forward -- --hidden 576 --layers 30 --heads 9 \
 //!     --kv-heads 3 --inter 1536 --vocab 49152 --batch 1 --seq 128 --iters 5 [--backend ndarray]
 
-use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use lora_core::model::{CausalLm, TokenBatch};
+use lora_core::random_model::{LlamaShape, write_random_llama};
 use lora_core::{Backend, host::to_f32_vec};
-use safetensors::tensor::{Dtype, View};
 
 struct Opts {
     hidden: usize,
@@ -78,93 +76,6 @@ fn parse() -> Opts {
     o
 }
 
-/// A tensor whose bytes are generated when written.
-struct RandomTensor {
-    shape: Vec<usize>,
-    dtype: Dtype,
-    seed: u64,
-    /// Constant value (norm weights) instead of random.
-    constant: Option<f32>,
-}
-
-impl View for RandomTensor {
-    fn dtype(&self) -> Dtype {
-        self.dtype
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> Cow<'_, [u8]> {
-        let n: usize = self.shape.iter().product();
-        let mut state = self.seed;
-        let mut out = Vec::with_capacity(self.data_len());
-        for _ in 0..n {
-            let x = match self.constant {
-                Some(c) => c,
-                None => {
-                    // splitmix64 -> uniform in [-0.05, 0.05)
-                    state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-                    let mut z = state;
-                    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                    z ^= z >> 31;
-                    ((z >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1
-                }
-            };
-            match self.dtype {
-                Dtype::BF16 => out.extend_from_slice(&half::bf16::from_f32(x).to_le_bytes()),
-                Dtype::F16 => out.extend_from_slice(&half::f16::from_f32(x).to_le_bytes()),
-                _ => out.extend_from_slice(&x.to_le_bytes()),
-            }
-        }
-        Cow::Owned(out)
-    }
-    fn data_len(&self) -> usize {
-        self.shape.iter().product::<usize>() * self.dtype.bitsize() / 8
-    }
-}
-
-fn write_model(o: &Opts, dir: &PathBuf) {
-    std::fs::create_dir_all(dir).unwrap();
-    let dtype = match o.dtype.as_str() {
-        "bf16" => Dtype::BF16,
-        "f16" => Dtype::F16,
-        _ => Dtype::F32,
-    };
-    let hd = o.hidden / o.heads;
-    let mut t: BTreeMap<String, RandomTensor> = BTreeMap::new();
-    let mut seed = 1u64;
-    let mut add = |name: String, shape: Vec<usize>, constant: Option<f32>| {
-        seed += 1;
-        t.insert(name, RandomTensor { shape, dtype, seed, constant });
-    };
-    add("model.embed_tokens.weight".into(), vec![o.vocab, o.hidden], None);
-    for l in 0..o.layers {
-        let p = format!("model.layers.{l}");
-        add(format!("{p}.input_layernorm.weight"), vec![o.hidden], Some(1.0));
-        add(format!("{p}.post_attention_layernorm.weight"), vec![o.hidden], Some(1.0));
-        add(format!("{p}.self_attn.q_proj.weight"), vec![o.heads * hd, o.hidden], None);
-        add(format!("{p}.self_attn.k_proj.weight"), vec![o.kv_heads * hd, o.hidden], None);
-        add(format!("{p}.self_attn.v_proj.weight"), vec![o.kv_heads * hd, o.hidden], None);
-        add(format!("{p}.self_attn.o_proj.weight"), vec![o.hidden, o.heads * hd], None);
-        add(format!("{p}.mlp.gate_proj.weight"), vec![o.inter, o.hidden], None);
-        add(format!("{p}.mlp.up_proj.weight"), vec![o.inter, o.hidden], None);
-        add(format!("{p}.mlp.down_proj.weight"), vec![o.hidden, o.inter], None);
-    }
-    add("model.norm.weight".into(), vec![o.hidden], Some(1.0));
-    let config = serde_json::json!({
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "vocab_size": o.vocab, "hidden_size": o.hidden, "intermediate_size": o.inter,
-        "num_hidden_layers": o.layers, "num_attention_heads": o.heads, "num_key_value_heads": o.kv_heads,
-        "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 100000.0,
-        "tie_word_embeddings": true, "torch_dtype": match dtype { Dtype::BF16 => "bfloat16", Dtype::F16 => "float16", _ => "float32" },
-    });
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config).unwrap()).unwrap();
-    let tmp = dir.join("model.safetensors.tmp");
-    safetensors::serialize_to_file(t, None, &tmp).unwrap();
-    std::fs::rename(tmp, dir.join("model.safetensors")).unwrap();
-}
-
 fn status_kb(key: &str) -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     s.lines()
@@ -183,7 +94,15 @@ fn main() {
     let dir = o.dir.join(name);
     if !dir.join("model.safetensors").is_file() {
         let t = Instant::now();
-        write_model(&o, &dir);
+        let shape = LlamaShape {
+            hidden: o.hidden,
+            layers: o.layers,
+            heads: o.heads,
+            kv_heads: o.kv_heads,
+            inter: o.inter,
+            vocab: o.vocab,
+        };
+        write_random_llama(&dir, &shape, &o.dtype).unwrap();
         eprintln!("wrote {} in {:.1}s", dir.display(), t.elapsed().as_secs_f64());
     }
     let file_mb = std::fs::metadata(dir.join("model.safetensors")).unwrap().len() as f64 / 1e6;

@@ -24,6 +24,7 @@ pub mod mlp;
 pub mod model;
 pub mod norm;
 pub mod peft_config;
+pub mod random_model;
 pub mod rope;
 pub mod safetensors_file;
 pub mod safetensors_write;

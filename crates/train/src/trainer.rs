@@ -254,6 +254,66 @@ fn dropout_seed(seed: u64, step: u64, micro: usize) -> u64 {
         ^ (micro as u64).wrapping_mul(0x94D0_49BB_1331_11EB)
 }
 
+/// Loss and gradient norm of one optimizer step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepOutcome {
+    /// Mean loss per target token of the step.
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+}
+
+/// One optimizer step over `batches` (the micro-batches of the step, collated): forward and
+/// backward of each, gradients accumulated with the loss divided by the whole step's target-token
+/// count (so the result is the gradient of the mean over every target token, not a mean of
+/// per-batch means), global-norm clipping as `torch.nn.utils.clip_grad_norm_`, then AdamW.
+#[allow(clippy::too_many_arguments)]
+pub fn train_step(
+    model: &mut CausalLm,
+    opt: &mut AdamW,
+    batches: &[(lora_core::TokenBatch, Vec<Vec<Option<u32>>>)],
+    step_tokens: usize,
+    lr: f64,
+    max_grad_norm: f64,
+    dropout_seed_of: impl Fn(usize) -> u64,
+) -> Result<StepOutcome> {
+    let params = adapter_tensors(model);
+    let mut grads: Vec<Option<Tensor<2>>> = vec![None; params.len()];
+    let mut loss_sum = 0.0f64;
+    for (i, (batch, labels)) in batches.iter().enumerate() {
+        set_dropout_seeds(model, dropout_seed_of(i));
+        let logits = model.forward(batch, None)?;
+        let (sum, _) = shifted_cross_entropy_sum(logits, labels);
+        loss_sum += to_f32_vec(sum.clone().inner())?[0] as f64;
+        let g = (sum / step_tokens.max(1) as f64).backward();
+        for (acc, param) in grads.iter_mut().zip(&params) {
+            let gi = param.grad(&g).unwrap_or_else(|| param.zeros_like().inner());
+            *acc = Some(match acc.take() {
+                Some(a) => a + gi,
+                None => gi,
+            });
+        }
+    }
+    let loss = loss_sum / step_tokens.max(1) as f64;
+    let mut grads: Vec<Tensor<2>> = grads.into_iter().map(|g| g.expect("one per parameter")).collect();
+    let sq: f64 = grads
+        .iter()
+        .map(|g| to_f32_vec(g.clone().square().sum()).map(|v| v[0] as f64))
+        .sum::<lora_core::Result<f64>>()?;
+    let grad_norm = sq.sqrt();
+    if max_grad_norm > 0.0 {
+        let coef = max_grad_norm / (grad_norm + 1e-6);
+        if coef < 1.0 {
+            grads = grads.into_iter().map(|g| g * coef).collect();
+        }
+    }
+    if loss.is_finite() {
+        let new = opt.update(params, grads, lr);
+        set_adapter_tensors(model, new);
+    }
+    Ok(StepOutcome { loss, grad_norm })
+}
+
 /// Runs a prepared recipe to the end (or to an interruption), writing the run folder.
 pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>)) -> Result<RunSummary> {
     let recipe_text = p.recipe.to_toml();
@@ -323,45 +383,15 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
         let seen_tokens: usize = micros.iter().flatten().map(|e| e.ids.len()).sum();
         // 2) Forward/backward each; the loss is divided by the whole step's token count, so the
         //    accumulated gradient is that of the mean over every target token of the step.
-        let params = adapter_tensors(&p.model);
-        let mut grads: Vec<Option<Tensor<2>>> = vec![None; params.len()];
-        let mut loss_sum = 0.0f64;
-        for (i, m) in micros.iter().enumerate() {
-            let (batch, labels) = collate(m, pad_id);
-            set_dropout_seeds(&mut p.model, dropout_seed(t.seed, step, i));
-            let logits = p.model.forward(&batch, None)?;
-            let (sum, _) = shifted_cross_entropy_sum(logits, &labels);
-            loss_sum += to_f32_vec(sum.clone().inner())?[0] as f64;
-            let g = (sum / step_tokens.max(1) as f64).backward();
-            for (acc, param) in grads.iter_mut().zip(&params) {
-                let gi = param.grad(&g).unwrap_or_else(|| param.zeros_like().inner());
-                *acc = Some(match acc.take() {
-                    Some(a) => a + gi,
-                    None => gi,
-                });
-            }
-        }
-        let loss = loss_sum / step_tokens.max(1) as f64;
+        let batches: Vec<_> = micros.iter().map(|m| collate(m, pad_id)).collect();
+        let lr = schedule.lr(t.lr, step, t.warmup_steps, total);
+        let StepOutcome { loss, grad_norm } =
+            train_step(&mut p.model, &mut opt, &batches, step_tokens, lr, t.max_grad_norm, |i| {
+                dropout_seed(t.seed, step, i)
+            })?;
         if !loss.is_finite() {
             return Err(TrainError::NonFinite { step: step + 1, value: loss });
         }
-        let mut grads: Vec<Tensor<2>> = grads.into_iter().map(|g| g.expect("filled")).collect();
-        // 3) Global-norm clipping, as torch.nn.utils.clip_grad_norm_.
-        let sq: f64 = grads
-            .iter()
-            .map(|g| to_f32_vec(g.clone().square().sum()).map(|v| v[0] as f64))
-            .sum::<lora_core::Result<f64>>()?;
-        let grad_norm = sq.sqrt();
-        if t.max_grad_norm > 0.0 {
-            let coef = t.max_grad_norm / (grad_norm + 1e-6);
-            if coef < 1.0 {
-                grads = grads.into_iter().map(|g| g * coef).collect();
-            }
-        }
-        // 4) AdamW at the scheduled rate.
-        let lr = schedule.lr(t.lr, step, t.warmup_steps, total);
-        let new = opt.update(params, grads, lr);
-        set_adapter_tensors(&mut p.model, new);
         micro_done += t.grad_accum as u64;
 
         let done = step + 1;

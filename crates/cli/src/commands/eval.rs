@@ -22,6 +22,8 @@ pub struct Args {
     /// cpu (default), ndarray or cuda.
     #[arg(long, default_value = "cpu")]
     device: String,
+    #[command(flatten)]
+    adapters: crate::adapters::AdapterArgs,
 }
 
 /// Reads `{"text": ...}` lines; errors name the file and line.
@@ -52,7 +54,8 @@ fn read_texts(path: &PathBuf) -> Result<Vec<String>> {
 pub fn run(a: Args) -> Result<()> {
     let texts = read_texts(&a.data)?;
     let device = crate::device::open(&a.device)?;
-    let model = CausalLm::load_dir(&a.model, &device).with_context(|| format!("loading {}", a.model.display()))?;
+    let mut model = CausalLm::load_dir(&a.model, &device).with_context(|| format!("loading {}", a.model.display()))?;
+    a.adapters.apply(&mut model)?;
     let tok = Tokenizer::load_dir(&a.model, &model.config)?;
     let r = evaluate_texts(&model, &tok, &texts)?;
     if a.json {

@@ -35,12 +35,15 @@ pub struct Args {
     /// cpu (default), ndarray or cuda.
     #[arg(long, default_value = "cpu")]
     device: String,
+    #[command(flatten)]
+    adapters: crate::adapters::AdapterArgs,
 }
 
 /// Runs `lora generate`.
 pub fn run(a: Args) -> Result<()> {
     let device = crate::device::open(&a.device)?;
-    let model = CausalLm::load_dir(&a.model, &device).with_context(|| format!("loading {}", a.model.display()))?;
+    let mut model = CausalLm::load_dir(&a.model, &device).with_context(|| format!("loading {}", a.model.display()))?;
+    a.adapters.apply(&mut model)?;
     let tok = Tokenizer::load_dir(&a.model, &model.config)?;
     let prompt = tok.encode(&a.prompt, true)?;
     let opts = GenerateOptions {

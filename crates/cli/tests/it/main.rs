@@ -2,3 +2,4 @@
 
 mod core_commands;
 mod merge_commands;
+mod train_commands;

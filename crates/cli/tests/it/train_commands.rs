@@ -1,0 +1,146 @@
+//! `lora train`, `lora verify` and `--adapter` end to end through the binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn lora(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lora")).args(args).output().expect("run lora")
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("lora-cli-train-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The repo's tiny recipe with its output in `out` (and the data copied to `data`, when given).
+fn train_tiny(out: &Path, extra: &[&str]) -> Output {
+    let recipe = root().join("recipes/tiny.toml");
+    let set = format!("output.dir=\"{}\"", out.display());
+    let mut args = vec!["train", s(&recipe), "--set", &set];
+    for e in extra {
+        args.push("--set");
+        args.push(e);
+    }
+    lora(&args)
+}
+
+#[test]
+fn train_verify_and_use_the_adapter() {
+    let d = temp_dir("main");
+    let run = d.join("run");
+    let o = train_tiny(&run, &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("step 12/12") && err.contains("done: 12 steps"), "plain progress lines without a terminal: {err}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), run.display().to_string());
+
+    // verify passes on an untouched run.
+    let o = lora(&["verify", s(&run)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("reproduced byte for byte"));
+
+    // The adapter changes generation and evaluation; weight 0 is the base again.
+    let model = root().join("tests/fixtures/models/llama");
+    let gen = |extra: &[&str]| {
+        let mut args = vec!["generate", "--model", s(&model), "--prompt", "The quick brown fox", "--max-new-tokens", "8"];
+        args.extend_from_slice(extra);
+        let o = lora(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let plain = gen(&[]);
+    assert_ne!(gen(&["--adapter", s(&run)]), plain);
+    assert_eq!(gen(&["--adapter", s(&run), "--adapter-weights", "0"]), plain);
+
+    let data = root().join("datasets/tiny-text.jsonl");
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["eval", "--model", s(&model), "--data", s(&data), "--json"];
+        args.extend_from_slice(extra);
+        let o = lora(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["mean_loss"].as_f64().unwrap()
+    };
+    let before = eval(&[]);
+    let after = eval(&["--adapter", s(&run)]);
+    assert!(after < before - 0.1, "training data loss {before} -> {after}");
+
+    // Existing output is not overwritten without --force.
+    let o = train_tiny(&run, &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already exists; pass --force"));
+}
+
+#[test]
+fn verify_fails_with_exit_1_when_a_data_byte_changes() {
+    let d = temp_dir("verify");
+    let data = d.join("train.jsonl");
+    std::fs::copy(root().join("datasets/tiny-text.jsonl"), &data).unwrap();
+    let run = d.join("run");
+    let o = train_tiny(&run, &[&format!("data.train=\"{}\"", data.display())]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut bytes = std::fs::read(&data).unwrap();
+    bytes[20] ^= 0x01;
+    std::fs::write(&data, bytes).unwrap();
+    let o = lora(&["verify", s(&run)]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("changed:") && err.contains("train.jsonl"), "{err}");
+}
+
+#[test]
+fn bad_recipes_exit_2_and_create_no_run_folder() {
+    let d = temp_dir("bad");
+    let out = d.join("never");
+    let cases: &[(&[&str], &str)] = &[
+        (&["train.lr=0"], "train.lr must be positive"),
+        (&["train.batch_size=0"], "train.batch_size must be at least 1"),
+        (&["train.learning_rate=1e-3"], "did you mean 'train.lr'?"),
+        (&["model.base=\"/nonexistent\""], "is not a model folder"),
+        (&["lora.targets=[\"nope_proj\"]"], "match no module; available:"),
+        (&["train.max_steps=\"ten\""], "--set train.max_steps=\"ten\""),
+        (&["train.device=\"cuda\""], "without CUDA support"),
+    ];
+    for (set, needle) in cases {
+        if *needle == "without CUDA support" && cfg!(feature = "cuda") {
+            continue;
+        }
+        let o = train_tiny(&out, set);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{set:?}: {err}");
+        assert!(err.starts_with("error: ") && err.contains(needle), "{set:?}: expected {needle:?} in {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(!out.exists(), "{set:?} created the run folder");
+    }
+    // A recipe file with an unknown key: file, line and column.
+    let recipe = d.join("bad.toml");
+    let text = std::fs::read_to_string(root().join("recipes/tiny.toml")).unwrap().replace("lr = 1e-2", "learning_rate = 1e-2");
+    let text = text.replace("../", &format!("{}/", root().display()));
+    std::fs::write(&recipe, text).unwrap();
+    let o = lora(&["train", s(&recipe)]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err.contains("bad.toml:") && err.contains("unknown key 'learning_rate' in [train]; did you mean 'lr'?"), "{err}");
+}
+
+#[test]
+fn dry_run_prints_the_resolved_recipe() {
+    let d = temp_dir("dry");
+    let out = d.join("never");
+    let recipe = root().join("recipes/tiny.toml");
+    let set = format!("output.dir=\"{}\"", out.display());
+    let o = lora(&["train", s(&recipe), "--set", &set, "--dry-run"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("[train]") && text.contains("lr = 0.01") && text.contains("# trainable parameters: 1920"), "{text}");
+    assert!(!out.exists());
+}
