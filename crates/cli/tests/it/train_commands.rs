@@ -51,16 +51,16 @@ fn train_verify_and_use_the_adapter() {
 
     // The adapter changes generation and evaluation; weight 0 is the base again.
     let model = root().join("tests/fixtures/models/llama");
-    let gen = |extra: &[&str]| {
+    let generate = |extra: &[&str]| {
         let mut args = vec!["generate", "--model", s(&model), "--prompt", "The quick brown fox", "--max-new-tokens", "8"];
         args.extend_from_slice(extra);
         let o = lora(&args);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
-    let plain = gen(&[]);
-    assert_ne!(gen(&["--adapter", s(&run)]), plain);
-    assert_eq!(gen(&["--adapter", s(&run), "--adapter-weights", "0"]), plain);
+    let plain = generate(&[]);
+    assert_ne!(generate(&["--adapter", s(&run)]), plain);
+    assert_eq!(generate(&["--adapter", s(&run), "--adapter-weights", "0"]), plain);
 
     let data = root().join("datasets/tiny-text.jsonl");
     let eval = |extra: &[&str]| {
