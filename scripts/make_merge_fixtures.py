@@ -201,6 +201,15 @@ def make_adapters():
                 if "lora_B" in n:
                     p.copy_(torch.randn_like(p) * 0.2)
         m.save_pretrained(os.path.join(OUT, "adapters", name))
+        # Record the base as a repository-relative path, not this machine's absolute one.
+        cfg_path = os.path.join(OUT, "adapters", name, "adapter_config.json")
+        with open(cfg_path) as f:
+            cfg = json.load(f)
+        cfg["base_model_name_or_path"] = "tests/fixtures/models/llama"
+        with open(cfg_path, "w") as f:
+            json.dump(cfg, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.remove(os.path.join(OUT, "adapters", name, "README.md"))
     model = PeftModel.from_pretrained(base, os.path.join(OUT, "adapters/a1"), adapter_name="a1")
     model.load_adapter(os.path.join(OUT, "adapters/a2"), adapter_name="a2")
     merged = model.merge_and_unload(adapter_names=["a1", "a2"])

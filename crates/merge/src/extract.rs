@@ -44,7 +44,14 @@ fn read(m: &ModelDir, name: &str) -> Result<Vec<f32>> {
 }
 
 /// Extracts a rank-`rank` adapter of `finetuned − base` into `out`.
-pub fn extract_adapter(base: &Path, finetuned: &Path, out: &Path, rank: usize, seed: u64, force: bool) -> Result<ExtractReport> {
+pub fn extract_adapter(
+    base: &Path,
+    finetuned: &Path,
+    out: &Path,
+    rank: usize,
+    seed: u64,
+    force: bool,
+) -> Result<ExtractReport> {
     if rank == 0 {
         return Err(MergeError::Parameter("--rank must be at least 1".into()));
     }
@@ -53,9 +60,16 @@ pub fn extract_adapter(base: &Path, finetuned: &Path, out: &Path, rank: usize, s
     let mut report = ExtractReport { modules: vec![], skipped: vec![] };
     let out_dir = OutputDir::create(out, force)?;
     for name in b.names() {
-        let (tb, tf) = (b.require(name)?, f.get(name).ok_or_else(|| {
-            MergeError::Mismatch(format!("tensor '{name}' of {} is missing from {}", base.display(), finetuned.display()))
-        })?);
+        let (tb, tf) = (
+            b.require(name)?,
+            f.get(name).ok_or_else(|| {
+                MergeError::Mismatch(format!(
+                    "tensor '{name}' of {} is missing from {}",
+                    base.display(),
+                    finetuned.display()
+                ))
+            })?,
+        );
         if tb.info.shape != tf.info.shape {
             return Err(MergeError::Mismatch(format!(
                 "tensor '{name}' is {:?} in {} but {:?} in {}",

@@ -228,7 +228,13 @@ pub fn merge_with_config(
             &format!("## Configuration\n\n```toml\n{}\n```\n", recipe_text.trim_end()),
         ),
     )?;
-    let report = MergeReport { out: out.to_path_buf(), method: method.name().to_string(), tensors: planned.len(), dtype, bytes_read };
+    let report = MergeReport {
+        out: out.to_path_buf(),
+        method: method.name().to_string(),
+        tensors: planned.len(),
+        dtype,
+        bytes_read,
+    };
     out_dir.commit()?;
     Ok(report)
 }

@@ -88,7 +88,11 @@ pub fn merge_adapters(adapters: &[PathBuf], out: &Path, opts: &AdapterMergeOptio
     let loaded = adapters.iter().map(Adapter::open).collect::<Result<Vec<_>>>()?;
     let weights = opts.weights.clone().unwrap_or_else(|| vec![1.0; loaded.len()]);
     if weights.len() != loaded.len() {
-        return Err(MergeError::Parameter(format!("--weights has {} values for {} adapters", weights.len(), loaded.len())));
+        return Err(MergeError::Parameter(format!(
+            "--weights has {} values for {} adapters",
+            weights.len(),
+            loaded.len()
+        )));
     }
     for a in &loaded {
         if let Some(name) = a.replacements.keys().next() {
@@ -114,7 +118,12 @@ pub fn merge_adapters(adapters: &[PathBuf], out: &Path, opts: &AdapterMergeOptio
                     e.1
                 )));
             }
-            e.3.push(Part { a: adapter.tensor_f32(&m.a), b: adapter.tensor_f32(&m.b), rank: m.rank, coef: w * m.scale });
+            e.3.push(Part {
+                a: adapter.tensor_f32(&m.a),
+                b: adapter.tensor_f32(&m.b),
+                rank: m.rank,
+                coef: w * m.scale,
+            });
         }
     }
     let max_rank = modules.values().flat_map(|m| m.3.iter().map(|p| p.rank)).max().unwrap_or(1);
@@ -155,12 +164,17 @@ pub fn merge_adapters(adapters: &[PathBuf], out: &Path, opts: &AdapterMergeOptio
     let out_dir = OutputDir::create(out, opts.force)?;
     let dtype = loaded[0].dtype().unwrap_or(crate::DType::F32);
     write_adapter(&out_dir, &loaded[0].config, &factors, dtype)?;
-    let list: Vec<String> = adapters.iter().zip(&weights).map(|(p, w)| format!("- `{}` (weight {w})", p.display())).collect();
+    let list: Vec<String> =
+        adapters.iter().zip(&weights).map(|(p, w)| format!("- `{}` (weight {w})", p.display())).collect();
     out_dir.write_text(
         "README.md",
         &card::model_card(
             loaded[0].config.base_model_name_or_path.as_deref().unwrap_or("(unknown)"),
-            &format!("A LoRA adapter combined from {} adapters with `lora merge-adapters` ({:?}).", loaded.len(), opts.method),
+            &format!(
+                "A LoRA adapter combined from {} adapters with `lora merge-adapters` ({:?}).",
+                loaded.len(),
+                opts.method
+            ),
             &format!("## Adapters\n\n{}\n", list.join("\n")),
         ),
     )?;
@@ -187,7 +201,13 @@ fn cat(module: &str, out: usize, inp: usize, embedding: bool, parts: &[Part]) ->
 
 /// TIES or DARE over the dense updates of one module, with mergekit's combination rule
 /// (weights already inside the coefficients, so each update counts with weight 1 in the divisor).
-fn sparse_combine(module: &str, out: usize, inp: usize, parts: &[Part], opts: &AdapterMergeOptions) -> Result<Vec<f32>> {
+fn sparse_combine(
+    module: &str,
+    out: usize,
+    inp: usize,
+    parts: &[Part],
+    opts: &AdapterMergeOptions,
+) -> Result<Vec<f32>> {
     let n = out * inp;
     let dense: Vec<Vec<f32>> = parts
         .iter()

@@ -60,8 +60,8 @@ impl ModelDir {
         let mut index = BTreeMap::new();
         if index_path.is_file() {
             let text = std::fs::read(&index_path).map_err(|e| MergeError::io(&index_path, e))?;
-            let shard_index: ShardIndex = serde_json::from_slice(&text)
-                .map_err(|e| MergeError::Json { path: index_path.clone(), source: e })?;
+            let shard_index: ShardIndex =
+                serde_json::from_slice(&text).map_err(|e| MergeError::Json { path: index_path.clone(), source: e })?;
             let mut by_file: BTreeMap<String, usize> = BTreeMap::new();
             for (name, file) in &shard_index.weight_map {
                 let k = match by_file.get(file) {
@@ -134,9 +134,7 @@ impl ModelDir {
 
     /// The tensor `name`, or an error naming the folder.
     pub fn require(&self, name: &str) -> Result<TensorRef<'_>> {
-        self.get(name).ok_or_else(|| {
-            MergeError::Mismatch(format!("{}: has no tensor '{name}'", self.path.display()))
-        })
+        self.get(name).ok_or_else(|| MergeError::Mismatch(format!("{}: has no tensor '{name}'", self.path.display())))
     }
 
     /// The number of transformer layers: `num_hidden_layers` of config.json, else one more than the

@@ -116,11 +116,8 @@ impl OutputDir {
             if !self.force {
                 return Err(MergeError::OutputExists { path: self.dest.clone() });
             }
-            let r = if self.dest.is_dir() {
-                std::fs::remove_dir_all(&self.dest)
-            } else {
-                std::fs::remove_file(&self.dest)
-            };
+            let r =
+                if self.dest.is_dir() { std::fs::remove_dir_all(&self.dest) } else { std::fs::remove_file(&self.dest) };
             r.map_err(|e| MergeError::io(&self.dest, e))?;
         }
         std::fs::rename(&self.tmp, &self.dest).map_err(|e| MergeError::io(&self.dest, e))?;

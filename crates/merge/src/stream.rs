@@ -1,6 +1,7 @@
 //! Computes one output tensor chunk by chunk on all cores and writes each chunk where it belongs.
 //!
-//! A chunk is 64 Ki elements (256 KiB of f32): small enough that every in-flight buffer stays in L2
+//! A chunk is 16 Ki elements (64 KiB of f32): small enough that the buffers of a merge of several models
+//! (base, each model, three temporaries) stay in L2
 //! and memory does not depend on the tensor's size, large enough that a chunk costs far more than
 //! its scheduling.
 
@@ -13,7 +14,7 @@ use crate::error::{MergeError, Result};
 use crate::safetensors::{PlannedTensor, ShardedWriter};
 
 /// Elements per chunk.
-pub const CHUNK: usize = 1 << 16;
+pub const CHUNK: usize = 1 << 14;
 
 /// The chunks `[start, end)` covering `n` elements.
 pub fn chunks(n: usize) -> impl IndexedParallelIterator<Item = (usize, usize)> {

@@ -121,7 +121,8 @@ pub fn svd_of_factors(b: &[Vec<f64>], a: &[Vec<f64>]) -> Svd {
     let ra: Vec<Vec<f64>> = a.iter().map(|ar| qa.iter().map(|q| dot(ar, q)).collect()).collect(); // [R][ka]
     let ka = qa.len();
     // columns of C: C[:, j] = Σ_r rb[:, r]·ra[r][j]
-    let core: Vec<Vec<f64>> = (0..ka).map(|j| rb.iter().map(|row| row.iter().zip(&ra).map(|(x, r)| x * r[j]).sum()).collect()).collect();
+    let core: Vec<Vec<f64>> =
+        (0..ka).map(|j| rb.iter().map(|row| row.iter().zip(&ra).map(|(x, r)| x * r[j]).sum()).collect()).collect();
     let small = jacobi_svd(core);
     // ΔW = Q_B·U_c·S·V_cᵀ·Q_Aᵀ
     let lift = |q: &[Vec<f64>], vecs: &[Vec<f64>], len: usize| -> Vec<Vec<f64>> {

@@ -116,8 +116,8 @@ impl AdapterConfig {
     /// Reads `adapter_config.json` at `path`.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read(path).map_err(|e| MergeError::io(path, e))?;
-        let c: Self = serde_json::from_slice(&text)
-            .map_err(|e| MergeError::Json { path: path.to_path_buf(), source: e })?;
+        let c: Self =
+            serde_json::from_slice(&text).map_err(|e| MergeError::Json { path: path.to_path_buf(), source: e })?;
         c.check_supported(path)?;
         Ok(c)
     }
@@ -130,9 +130,8 @@ impl AdapterConfig {
 
     /// Refuses adapters whose weights mean something lora does not compute.
     pub fn check_supported(&self, path: &Path) -> Result<()> {
-        let unsupported = |what: &str| {
-            Err(MergeError::folder(path, format!("{what} adapters are not supported (only plain LoRA)")))
-        };
+        let unsupported =
+            |what: &str| Err(MergeError::folder(path, format!("{what} adapters are not supported (only plain LoRA)")));
         if !self.peft_type.eq_ignore_ascii_case("LORA") {
             return unsupported(&format!("peft_type '{}':", self.peft_type));
         }

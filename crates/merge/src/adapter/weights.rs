@@ -113,7 +113,10 @@ impl Adapter {
             if b.shape[1] != rank {
                 return Err(MergeError::safetensors(
                     &weights,
-                    format!("module '{module}': lora_A is {:?} and lora_B is {:?}; their ranks differ", a.shape, b.shape),
+                    format!(
+                        "module '{module}': lora_A is {:?} and lora_B is {:?}; their ranks differ",
+                        a.shape, b.shape
+                    ),
                 ));
             }
             let transposed = embedding || config.fan_in_fan_out;

@@ -44,7 +44,8 @@ pub fn write_adapter(out_dir: &OutputDir, template: &AdapterConfig, modules: &[F
         config.rank_pattern.insert(m.module.clone(), m.rank);
         config.alpha_pattern.insert(m.module.clone(), m.rank as f64);
     }
-    let mut targets: Vec<String> = modules.iter().map(|m| m.module.rsplit('.').next().unwrap_or(&m.module).to_string()).collect();
+    let mut targets: Vec<String> =
+        modules.iter().map(|m| m.module.rsplit('.').next().unwrap_or(&m.module).to_string()).collect();
     targets.sort();
     targets.dedup();
     config.target_modules = Some(TargetModules::List(targets));

@@ -63,10 +63,13 @@ impl MergeMethod for ModelStock {
                     g
                 })
             })
-            .reduce(|| vec![0f64; m * m], |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                a
-            });
+            .reduce(
+                || vec![0f64; m * m],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                    a
+                },
+            );
         let mut cos = Vec::new();
         for i in 0..m {
             for j in i + 1..m {

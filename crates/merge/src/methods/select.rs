@@ -100,8 +100,7 @@ pub fn top_k(n: usize, k: usize, read: &(dyn Fn(usize, &mut [f32]) + Sync)) -> T
         .flatten_iter()
         .collect();
     // Largest magnitude first, lower index first among equals.
-    let (_, &mut (bits, last_tie), _) =
-        cand.select_nth_unstable_by(need - 1, |a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    let (_, &mut (bits, last_tie), _) = cand.select_nth_unstable_by(need - 1, |a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
     // Every element equal to the threshold with an index below last_tie sorts before it, so it is kept.
     TopK::Threshold { bits, last_tie }
 }

@@ -47,10 +47,7 @@ pub struct SafetensorsFile {
 
 impl std::fmt::Debug for SafetensorsFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SafetensorsFile")
-            .field("path", &self.path)
-            .field("tensors", &self.tensors.len())
-            .finish()
+        f.debug_struct("SafetensorsFile").field("path", &self.path).field("tensors", &self.tensors.len()).finish()
     }
 }
 
@@ -77,7 +74,9 @@ impl SafetensorsFile {
         let bad = |m: String| MergeError::safetensors(&path, m);
         let size = mmap.len();
         if size < 8 {
-            return Err(bad(format!("the file is {size} bytes long, shorter than the 8-byte header length (truncated)")));
+            return Err(bad(format!(
+                "the file is {size} bytes long, shorter than the 8-byte header length (truncated)"
+            )));
         }
         let header_len = u64::from_le_bytes(mmap[..8].try_into().expect("8 bytes"));
         if header_len > MAX_HEADER as u64 || header_len as usize > size - 8 {
@@ -99,11 +98,10 @@ impl SafetensorsFile {
                     .map_err(|e| bad(format!("__metadata__ is not a map of strings: {e}")))?;
                 continue;
             }
-            let e: RawEntry = serde_json::from_value(value)
-                .map_err(|e| bad(format!("tensor '{name}': bad header entry: {e}")))?;
-            let dtype = DType::from_safetensors(&e.dtype).ok_or_else(|| {
-                bad(format!("tensor '{name}': unknown dtype '{}'", e.dtype))
-            })?;
+            let e: RawEntry =
+                serde_json::from_value(value).map_err(|e| bad(format!("tensor '{name}': bad header entry: {e}")))?;
+            let dtype = DType::from_safetensors(&e.dtype)
+                .ok_or_else(|| bad(format!("tensor '{name}': unknown dtype '{}'", e.dtype)))?;
             let (begin, end) = e.data_offsets;
             let numel = e.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
             let expected = numel.and_then(|n| n.checked_mul(dtype.size()));
@@ -124,8 +122,7 @@ impl SafetensorsFile {
             tensors.insert(name, TensorInfo { dtype, shape: e.shape, begin, end });
         }
         // Overlapping ranges would alias two tensors; the format forbids them.
-        let mut ranges: Vec<(&String, &TensorInfo)> =
-            tensors.iter().filter(|(_, t)| t.end > t.begin).collect();
+        let mut ranges: Vec<(&String, &TensorInfo)> = tensors.iter().filter(|(_, t)| t.end > t.begin).collect();
         ranges.sort_by_key(|(_, t)| t.begin);
         for w in ranges.windows(2) {
             if w[1].1.begin < w[0].1.end {
@@ -168,9 +165,7 @@ impl SafetensorsFile {
         }
         // SAFETY: DONTNEED on a read-only private file mapping only drops our page-table entries;
         // a later access reads the same bytes back from the page cache.
-        let _ = unsafe {
-            self.mmap
-                .unchecked_advise_range(UncheckedAdvice::DontNeed, self.data_start + info.begin, len)
-        };
+        let _ =
+            unsafe { self.mmap.unchecked_advise_range(UncheckedAdvice::DontNeed, self.data_start + info.begin, len) };
     }
 }

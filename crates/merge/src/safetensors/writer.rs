@@ -96,11 +96,7 @@ impl ShardedWriter {
         }
         let n = groups.len();
         let file_name = |k: usize| {
-            if n == 1 {
-                "model.safetensors".to_string()
-            } else {
-                format!("model-{:05}-of-{:05}.safetensors", k + 1, n)
-            }
+            if n == 1 { "model.safetensors".to_string() } else { format!("model-{:05}-of-{:05}.safetensors", k + 1, n) }
         };
         // 2) write each shard's header and size the file; data is filled in later
         let mut slots = vec![Slot { shard: 0, offset: 0, len: 0 }; tensors.len()];
@@ -157,10 +153,7 @@ impl ShardedWriter {
         let slot = self.slots[index];
         assert!(at + bytes.len() <= slot.len, "write past tensor '{}'", self.names[index]);
         let shard = &self.shards[slot.shard];
-        shard
-            .file
-            .write_all_at(bytes, slot.offset + at as u64)
-            .map_err(|e| MergeError::io(&shard.path, e))
+        shard.file.write_all_at(bytes, slot.offset + at as u64).map_err(|e| MergeError::io(&shard.path, e))
     }
 
     /// Closes the shards. There is no fsync: the output folder only appears under its final name

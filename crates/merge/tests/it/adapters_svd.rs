@@ -70,7 +70,14 @@ fn cat_and_full_rank_svd_fold_like_the_adapters() {
         }
     }
     // A lower rank loses something, and says how much.
-    let opts = AdapterMergeOptions { method: Combination::Svd, weights: Some(vec![1.0, 0.5]), rank: Some(2), density: 1.0, seed: 0, force: false };
+    let opts = AdapterMergeOptions {
+        method: Combination::Svd,
+        weights: Some(vec![1.0, 0.5]),
+        rank: Some(2),
+        density: 1.0,
+        seed: 0,
+        force: false,
+    };
     let report = merge_adapters(&adapters, &dir.join("low"), &opts).unwrap();
     let q = report.iter().find(|m| m.module == "model.layers.0.self_attn.q_proj").unwrap();
     assert!(q.relative_error > 0.05 && q.relative_error < 1.0, "{q:?}");

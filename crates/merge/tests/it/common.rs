@@ -94,7 +94,8 @@ pub fn edited_copy(name: &str, dir: &Path, edit: impl Fn(&mut BTreeMap<String, V
     let list: Vec<(&str, Vec<usize>, Vec<f32>)> = all
         .iter()
         .map(|(k, v)| {
-            let shape = shapes.get(k).cloned().filter(|s| s.iter().product::<usize>() == v.len()).unwrap_or(vec![v.len()]);
+            let shape =
+                shapes.get(k).cloned().filter(|s| s.iter().product::<usize>() == v.len()).unwrap_or(vec![v.len()]);
             (k.as_str(), shape, v.clone())
         })
         .collect();

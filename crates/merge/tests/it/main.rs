@@ -1,6 +1,5 @@
 //! Integration tests of lora-merge (one test binary for the crate).
 
-
 mod adapters_svd;
 mod common;
 mod fold;

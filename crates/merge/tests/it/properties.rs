@@ -24,10 +24,12 @@ fn assert_same(a: &Path, b: &Path, tol: f32) {
 
 #[test]
 fn linear_of_one_model_is_identity() {
-    let out = run("lin1", "merge_method = \"linear\"\n[[models]]\nmodel = \"ft1\"\nparameters = { weight = 1.0 }\n").unwrap();
+    let out =
+        run("lin1", "merge_method = \"linear\"\n[[models]]\nmodel = \"ft1\"\nparameters = { weight = 1.0 }\n").unwrap();
     assert_same(&out, &merge_fixtures().join("ft1"), 0.0);
     // Any weight: normalised away, up to one rounding.
-    let out = run("lin2", "merge_method = \"linear\"\n[[models]]\nmodel = \"ft1\"\nparameters = { weight = 0.37 }\n").unwrap();
+    let out = run("lin2", "merge_method = \"linear\"\n[[models]]\nmodel = \"ft1\"\nparameters = { weight = 0.37 }\n")
+        .unwrap();
     assert_same(&out, &merge_fixtures().join("ft1"), 1e-6);
 }
 
@@ -113,7 +115,10 @@ fn folder_plus_adapter_input_equals_the_fold() {
 
 const TWO: &str = "merge_method = \"task_arithmetic\"\nbase_model = \"base\"\n[[models]]\nmodel = \"ft1\"\nparameters = { weight = 1.0 }\n[[models]]\nmodel = \"MODEL\"\nparameters = { weight = 1.0 }\n";
 
-fn run_with_edited(tag: &str, edit: impl Fn(&mut std::collections::BTreeMap<String, Vec<f32>>)) -> (PathBuf, Result<PathBuf, MergeError>) {
+fn run_with_edited(
+    tag: &str,
+    edit: impl Fn(&mut std::collections::BTreeMap<String, Vec<f32>>),
+) -> (PathBuf, Result<PathBuf, MergeError>) {
     let dir = temp_dir(tag);
     let m = edited_copy("ft2", &dir, edit);
     let cfg = write_config(&dir, &TWO.replace("MODEL", m.to_str().unwrap()));
@@ -143,7 +148,10 @@ fn nonfinite_results_are_refused_unless_allowed_and_leave_no_output() {
         m.get_mut("model.layers.1.self_attn.o_proj.weight").unwrap()[3] = f32::INFINITY;
     });
     let e = r.unwrap_err();
-    assert!(matches!(&e, MergeError::NonFinite { tensor, count: 1 } if tensor == "model.layers.1.self_attn.o_proj.weight"), "{e}");
+    assert!(
+        matches!(&e, MergeError::NonFinite { tensor, count: 1 } if tensor == "model.layers.1.self_attn.o_proj.weight"),
+        "{e}"
+    );
     // The merge failed half-way: neither OUT nor its temporary folder remain.
     assert!(!dir.join("out").exists());
     assert!(std::fs::read_dir(&dir).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains("partial")));
@@ -161,11 +169,20 @@ fn nonfinite_results_are_refused_unless_allowed_and_leave_no_output() {
 fn bad_configurations_name_the_problem() {
     let e = run("badm", "merge_method = \"frobnicate\"\n[[models]]\nmodel = \"ft1\"\n").unwrap_err().to_string();
     assert!(e.contains("unknown merge_method 'frobnicate'"), "{e}");
-    let e = run("nobase", "merge_method = \"ties\"\n[[models]]\nmodel = \"ft1\"\nparameters = { weight = 1.0 }\n").unwrap_err().to_string();
+    let e = run("nobase", "merge_method = \"ties\"\n[[models]]\nmodel = \"ft1\"\nparameters = { weight = 1.0 }\n")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("needs a base_model"), "{e}");
-    let e = run("noweight", "merge_method = \"ties\"\nbase_model = \"base\"\n[[models]]\nmodel = \"ft1\"\n").unwrap_err().to_string();
+    let e = run("noweight", "merge_method = \"ties\"\nbase_model = \"base\"\n[[models]]\nmodel = \"ft1\"\n")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no value for parameter 'weight'"), "{e}");
-    let e = run("typo", "merge_method = \"ties\"\nbase_model = \"base\"\n[[models]]\nmodel = \"ft1\"\nparameters = { wieght = 1.0 }\n").unwrap_err().to_string();
+    let e = run(
+        "typo",
+        "merge_method = \"ties\"\nbase_model = \"base\"\n[[models]]\nmodel = \"ft1\"\nparameters = { wieght = 1.0 }\n",
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("'wieght'"), "{e}");
     let e = run("toml", "merge_method = \"ties\"\nbase_modle = \"base\"\n").unwrap_err().to_string();
     assert!(e.contains("merge.toml") && e.contains("2:1") && e.contains("base_modle"), "{e}");

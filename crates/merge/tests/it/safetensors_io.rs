@@ -53,9 +53,8 @@ fn corrupt_files_are_errors() {
 #[test]
 fn sharded_writer_round_trips() {
     let dir = temp_dir("shards");
-    let planned: Vec<PlannedTensor> = (0..5)
-        .map(|i| PlannedTensor { name: format!("t{i}"), dtype: DType::BF16, shape: vec![100, 10] })
-        .collect();
+    let planned: Vec<PlannedTensor> =
+        (0..5).map(|i| PlannedTensor { name: format!("t{i}"), dtype: DType::BF16, shape: vec![100, 10] }).collect();
     let w = ShardedWriter::create(&dir, &planned, parse_size("4KB").unwrap()).unwrap();
     for i in 0..5 {
         let mut bytes = vec![0u8; 2000];
