@@ -1,0 +1,106 @@
+//! The Hugging Face cache layout, as huggingface_hub writes and reads it, so that models downloaded
+//! by Python tools are reused and ours are reused by them:
+//!
+//! ```text
+//! $HF_HUB_CACHE/models--org--name/
+//!   refs/main                      the commit sha the branch pointed to (no newline)
+//!   blobs/<etag>                   file contents, named by the Hub's ETag (sha256 for LFS files,
+//!                                  git blob sha1 for the others)
+//!   snapshots/<commit>/<path>      relative symlinks to ../../blobs/<etag>
+//! ```
+//!
+//! Reference: huggingface_hub `file_download.py` (`hf_hub_download`, `_create_symlink`) and
+//! `constants.py` (`REPO_ID_SEPARATOR = "--"`).
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Result, io};
+use crate::reference::RepoId;
+
+/// One repository's folder in the cache.
+#[derive(Debug, Clone)]
+pub struct CacheRepo {
+    /// `$HF_HUB_CACHE/models--org--name`.
+    pub root: PathBuf,
+}
+
+impl CacheRepo {
+    /// The folder of `repo` under `cache_dir` (it need not exist).
+    pub fn new(cache_dir: &Path, repo: &RepoId) -> CacheRepo {
+        CacheRepo { root: cache_dir.join(repo.cache_folder()) }
+    }
+
+    /// `refs/<revision>`.
+    pub fn ref_path(&self, revision: &str) -> PathBuf {
+        self.root.join("refs").join(revision)
+    }
+
+    /// `blobs/<etag>`.
+    pub fn blob_path(&self, etag: &str) -> PathBuf {
+        self.root.join("blobs").join(etag)
+    }
+
+    /// `snapshots/<commit>`.
+    pub fn snapshot_dir(&self, commit: &str) -> PathBuf {
+        self.root.join("snapshots").join(commit)
+    }
+
+    /// The commit a revision names in the cache: a full commit sha names itself (when its snapshot
+    /// exists); a branch or tag is read from `refs/`.
+    pub fn commit_of(&self, revision: &str) -> Option<String> {
+        if is_commit_sha(revision) && self.snapshot_dir(revision).is_dir() {
+            return Some(revision.to_string());
+        }
+        let text = std::fs::read_to_string(self.ref_path(revision)).ok()?;
+        let sha = text.trim();
+        (!sha.is_empty()).then(|| sha.to_string())
+    }
+
+    /// Records that `revision` points at `commit` (nothing to do when the revision is the commit).
+    pub fn write_ref(&self, revision: &str, commit: &str) -> Result<()> {
+        if revision == commit {
+            return Ok(());
+        }
+        let path = self.ref_path(revision);
+        // Branch names may contain '/', which makes sub-folders, as in huggingface_hub.
+        let parent = path.parent().expect("refs/<rev> has a parent");
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+        write_atomic(&path, commit.as_bytes())
+    }
+
+    /// Points `snapshots/<commit>/<file>` at `blobs/<etag>` with a relative symlink (a copy where
+    /// symlinks are unavailable), replacing whatever was there.
+    pub fn link(&self, commit: &str, file: &str, etag: &str) -> Result<PathBuf> {
+        let pointer = self.snapshot_dir(commit).join(file);
+        let parent = pointer.parent().expect("snapshot file has a parent").to_path_buf();
+        std::fs::create_dir_all(&parent).map_err(io(&parent))?;
+        // `file` may have sub-folders: one `..` per level up to `snapshots/`, then `../blobs`.
+        let depth = file.split('/').count() + 1;
+        let mut target = PathBuf::new();
+        for _ in 0..depth {
+            target.push("..");
+        }
+        target.push("blobs");
+        target.push(etag);
+        if pointer.symlink_metadata().is_ok() {
+            std::fs::remove_file(&pointer).map_err(io(&pointer))?;
+        }
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(&target, &pointer).map_err(io(&pointer))?;
+        #[cfg(not(unix))]
+        std::fs::copy(self.blob_path(etag), &pointer).map_err(io(&pointer))?;
+        Ok(pointer)
+    }
+}
+
+/// A full 40-hex-digit git commit sha.
+pub fn is_commit_sha(s: &str) -> bool {
+    s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Writes through a temporary file and a rename, so that readers never see half a file.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
