@@ -17,8 +17,9 @@ mkdir -p "$WORK"
 # KEEP=1 keeps the inputs for another run (and reuses them when present).
 [ "${KEEP:-0}" = 1 ] || trap 'rm -rf "$WORK"' EXIT
 
-cargo build --release -q -p lora-cli
-LORA="${CARGO_TARGET_DIR:-target}/release/lora"
+# The engine's example front end: the same code as `lora merge`, without building burn.
+cargo build --release -q -p lora-merge --example merge
+ENGINE="${CARGO_TARGET_DIR:-target}/release/examples/merge"
 
 if [ ! -f "$WORK/fold.yml" ]; then
   echo "creating inputs in $WORK ..."
@@ -51,9 +52,9 @@ run_case() {
   gb=$(du -cb "${inputs[@]}" | tail -1 | awk '{print $1/1e9}')
   rt=$(read_time "${inputs[@]}")
   if [ "$name" = fold ]; then
-    ours=$(measure "$LORA" merge "$WORK/base" "$WORK/adapter" -o "$WORK/out-lora" --force)
+    ours=$(measure "$ENGINE" fold "$WORK/base" "$WORK/adapter" "$WORK/out-lora")
   else
-    ours=$(measure "$LORA" merge --config "$WORK/$name.toml" -o "$WORK/out-lora" --force)
+    ours=$(measure "$ENGINE" config "$WORK/$name.toml" "$WORK/out-lora")
   fi
   read -r ours_s ours_rss <<< "$ours"
   rm -rf "$WORK/out-lora"

@@ -14,7 +14,7 @@ use crate::error::{MergeError, Result};
 use crate::safetensors::{PlannedTensor, ShardedWriter};
 
 /// Elements per chunk.
-pub const CHUNK: usize = 1 << 14;
+pub const CHUNK: usize = 1 << 16;
 
 /// The chunks `[start, end)` covering `n` elements.
 pub fn chunks(n: usize) -> impl IndexedParallelIterator<Item = (usize, usize)> {
