@@ -13,7 +13,9 @@ import sys
 import safetensors.torch
 import torch
 
-HIDDEN, LAYERS, HEADS, KV, INTER, VOCAB = 1536, 16, 12, 4, 4096, 32000
+HIDDEN, HEADS, KV, INTER, VOCAB = 1536, 12, 4, 4096, 32000
+# BENCH_LAYERS changes the depth only, to show that peak memory does not grow with it.
+LAYERS = int(os.environ.get("BENCH_LAYERS", "16"))
 HEAD_DIM = HIDDEN // HEADS
 RANK = 16
 

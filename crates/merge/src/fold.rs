@@ -212,7 +212,7 @@ pub fn fold_adapters(base: &Path, adapters: &[PathBuf], out: &Path, opts: &FoldO
         let t = base_model.get(&p.name).expect("listed");
         bytes_read += (t.info.end - t.info.begin) as u64;
         if !plan.touches(&p.name) && t.info.dtype == p.dtype {
-            stream::copy_tensor(&writer, i, t.bytes())?;
+            stream::copy_tensor(&writer, i, t)?;
         } else {
             stream::write_tensor(&writer, i, p, opts.allow_nonfinite, &|start, out| src.read(start, out))?;
         }

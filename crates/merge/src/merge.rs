@@ -173,7 +173,7 @@ pub fn merge_with_config(
     for (i, p) in planned.iter().enumerate() {
         let rt = reference.dir.get(&p.name).expect("listed");
         if !rt.info.dtype.is_float() {
-            stream::copy_tensor(&writer, i, rt.bytes())?;
+            stream::copy_tensor(&writer, i, rt)?;
             continue;
         }
         // mergekit: layer tensors at t = layer / (layers − 1), everything else at t = 0

@@ -1,9 +1,16 @@
 //! An input tensor of a merge, read as f32 in chunks: straight from a mapping, or with LoRA updates
 //! folded in on the fly (`folder+adapter` inputs and adapter folds).
 
+use std::cell::RefCell;
+
 use crate::adapter::LoraDelta;
 use crate::dtype::decode_f32;
 use crate::model_dir::TensorRef;
+
+thread_local! {
+    /// The raw bytes of the chunk being decoded on this thread.
+    static BYTES: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
 
 /// One input tensor, never decoded whole.
 #[derive(Debug)]
@@ -40,8 +47,12 @@ impl Source<'_> {
     pub fn read(&self, start: usize, out: &mut [f32]) {
         let t = self.base();
         let size = t.info.dtype.size();
-        let bytes = &t.bytes()[start * size..(start + out.len()) * size];
-        decode_f32(bytes, t.info.dtype, out);
+        BYTES.with(|cell| {
+            let mut bytes = cell.borrow_mut();
+            bytes.resize(out.len() * size, 0);
+            t.file.read_part(t.info, start * size, &mut bytes);
+            decode_f32(&bytes, t.info.dtype, out);
+        });
         if let Source::Folded { deltas, .. } = self {
             for d in deltas {
                 d.add_to(start, out);

@@ -39,6 +39,8 @@ impl TensorInfo {
 pub struct SafetensorsFile {
     path: PathBuf,
     mmap: Mmap,
+    /// The same file, for positioned reads that bypass the mapping (see [`Self::read_part`]).
+    file: File,
     /// Byte offset of the data section (8 + header length).
     data_start: usize,
     tensors: BTreeMap<String, TensorInfo>,
@@ -132,7 +134,7 @@ impl SafetensorsFile {
                 )));
             }
         }
-        Ok(Self { path, mmap, data_start, tensors, metadata })
+        Ok(Self { path, mmap, file, data_start, tensors, metadata })
     }
 
     /// The file's path.
@@ -153,6 +155,25 @@ impl SafetensorsFile {
     /// The raw little-endian bytes of `info` (a tensor of this file).
     pub fn bytes(&self, info: &TensorInfo) -> &[u8] {
         &self.mmap[self.data_start + info.begin..self.data_start + info.end]
+    }
+
+    /// Reads bytes `begin..begin + out.len()` of `info`'s data with a positioned read.
+    ///
+    /// Streaming passes read through here rather than through the mapping: a copy out of the page
+    /// cache costs less than faulting each page into the mapping (and, for tensors read in several
+    /// passes, faulting it again after releasing it), and the resident set stays at the size of the
+    /// buffers whatever the size of the tensor.
+    ///
+    /// # Panics
+    /// If the read fails, which after `open` validated the sizes means the file was truncated or
+    /// the disk failed under the merge; the message names the file.
+    pub fn read_part(&self, info: &TensorInfo, begin: usize, out: &mut [u8]) {
+        use std::os::unix::fs::FileExt;
+        assert!(begin + out.len() <= info.end - info.begin, "read past a tensor");
+        let at = (self.data_start + info.begin + begin) as u64;
+        if let Err(e) = self.file.read_exact_at(out, at) {
+            panic!("reading {} at byte {at}: {e} (was the file changed during the merge?)", self.path.display());
+        }
     }
 
     /// Tells the kernel that this process is done with `info`'s pages, so they leave the resident
