@@ -132,7 +132,7 @@ fn main() {
     }
     let ids: Vec<Vec<u32>> =
         (0..o.batch).map(|b| (0..o.seq).map(|i| ((i * 7919 + b * 104729) % o.vocab) as u32).collect()).collect();
-    let batch = TokenBatch { ids, mask: None };
+    let batch = TokenBatch::rows(ids);
     // Warm-up, then timed iterations; reading one value back forces the computation to finish.
     let sync = |l: lora_core::burn::tensor::Tensor<3>| to_f32_vec(l.slice([0..1, 0..1, 0..1])).unwrap()[0];
     sync(model.forward(&batch, None).unwrap());

@@ -46,18 +46,26 @@ pub struct CausalLm {
 }
 
 /// A batch of token ids, rectangular, with the padding mask (`true` = real token).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct TokenBatch {
     /// `[batch][seq]` ids.
     pub ids: Vec<Vec<u32>>,
     /// `[batch][seq]`; `None` means no padding.
     pub mask: Option<Vec<Vec<bool>>>,
+    /// `[batch][seq]` segment numbers of packed rows: a token attends only to earlier tokens of its
+    /// own segment, and positions restart at 0 in each segment. `None`: one segment per row.
+    pub segments: Option<Vec<Vec<u32>>>,
 }
 
 impl TokenBatch {
     /// One unpadded sequence.
     pub fn single(ids: Vec<u32>) -> Self {
-        Self { ids: vec![ids], mask: None }
+        Self { ids: vec![ids], mask: None, segments: None }
+    }
+
+    /// Unpadded rows of equal length.
+    pub fn rows(ids: Vec<Vec<u32>>) -> Self {
+        Self { ids, mask: None, segments: None }
     }
 
     /// Pads sequences on the left with `pad_id` (the side generation needs).
@@ -70,7 +78,7 @@ impl TokenBatch {
             ids.push(std::iter::repeat_n(pad_id, pad).chain(s.iter().copied()).collect());
             mask.push(std::iter::repeat_n(false, pad).chain(std::iter::repeat_n(true, s.len())).collect());
         }
-        Self { ids, mask: Some(mask) }
+        Self { ids, mask: Some(mask), segments: None }
     }
 }
 
@@ -199,6 +207,14 @@ impl CausalLm {
         {
             return Err(CoreError::Invalid("the padding mask must have the shape of the ids".into()));
         }
+        if let Some(sg) = &batch.segments {
+            if sg.len() != b || sg.iter().any(|r| r.len() != t) {
+                return Err(CoreError::Invalid("the segment ids must have the shape of the ids".into()));
+            }
+            if cache.is_some() {
+                return Err(CoreError::Invalid("packed segments cannot be combined with a KV cache".into()));
+            }
+        }
         let vocab = self.config.vocab_size;
         if let Some(bad) = batch.ids.iter().flatten().find(|&&id| id as usize >= vocab) {
             return Err(CoreError::Invalid(format!("token id {bad} is outside the vocabulary of {vocab}")));
@@ -236,11 +252,21 @@ impl CausalLm {
         // shifts nothing (transformers' generate: cumsum(attention_mask) - 1). Padding gets position 0.
         let positions: Vec<Vec<usize>> = valid
             .iter()
-            .map(|row| {
+            .enumerate()
+            .map(|(r, row)| {
+                let seg = batch.segments.as_ref().map(|s| &s[r]);
                 let mut seen = 0usize;
                 let all: Vec<usize> = row
                     .iter()
-                    .map(|&v| {
+                    .enumerate()
+                    .map(|(j, &v)| {
+                        // A packed row restarts positions at each new segment.
+                        if let Some(seg) = seg
+                            && j > 0
+                            && seg[j] != seg[j - 1]
+                        {
+                            seen = 0;
+                        }
                         let p = if v { seen } else { 0 };
                         seen += usize::from(v);
                         p
@@ -250,7 +276,7 @@ impl CausalLm {
             })
             .collect();
         let (cos, sin) = self.rope.tables(&positions, &device);
-        let mask = build_mask(&valid, past, t, self.config.num_attention_heads, &device);
+        let mask = build_mask(&valid, batch.segments.as_deref(), past, t, self.config.num_attention_heads, &device);
 
         let ids: Vec<i64> = batch.ids.iter().flatten().map(|&i| i as i64).collect();
         let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, t]), &device);
@@ -284,10 +310,18 @@ impl CausalLm {
 /// Query i (absolute position past + i) may see key j when j ≤ past + i and key j is a real token.
 /// A padding query would then see nothing, and a softmax over nothing is NaN that would leak into
 /// later layers through 0 · NaN; so every query always sees itself. Padding rows produce garbage
-/// that nothing reads.
-fn build_mask(valid: &[Vec<bool>], past: usize, t: usize, heads: usize, device: &Device) -> AttentionMask {
+/// that nothing reads. With packed segments, keys of other segments are hidden too
+/// (block-diagonal causal attention).
+fn build_mask(
+    valid: &[Vec<bool>],
+    segments: Option<&[Vec<u32>]>,
+    past: usize,
+    t: usize,
+    heads: usize,
+    device: &Device,
+) -> AttentionMask {
     let padded = valid.iter().any(|r| r.iter().any(|v| !v));
-    if !padded {
+    if !padded && segments.is_none() {
         if past == 0 {
             return AttentionMask::Causal;
         }
@@ -298,12 +332,14 @@ fn build_mask(valid: &[Vec<bool>], past: usize, t: usize, heads: usize, device: 
     let b = valid.len();
     let tk = past + t;
     let mut data = Vec::with_capacity(b * heads * t * tk);
-    for row in valid {
+    for (r, row) in valid.iter().enumerate() {
+        let seg = segments.map(|s| &s[r]);
         let mut one_head = Vec::with_capacity(t * tk);
         for i in 0..t {
             let q = past + i;
             for (j, &v) in row.iter().enumerate() {
-                one_head.push(j > q || (!v && j != q));
+                let other_segment = seg.is_some_and(|s| s[j] != s[q]);
+                one_head.push(j > q || ((!v || other_segment) && j != q));
             }
         }
         for _ in 0..heads {

@@ -58,7 +58,16 @@ fn ids_field(v: Option<&Value>) -> Vec<u32> {
 impl Tokenizer {
     /// Loads the tokenizer of a model folder.
     pub fn load_dir(dir: impl AsRef<Path>, config: &ModelConfig) -> Result<Self> {
-        let dir = dir.as_ref();
+        Self::load(dir.as_ref(), Some(config))
+    }
+
+    /// Loads `tokenizer.json` (and `tokenizer_config.json`, `generation_config.json` beside it) from a
+    /// folder that holds no model.
+    pub fn load_standalone(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::load(dir.as_ref(), None)
+    }
+
+    fn load(dir: &Path, config: Option<&ModelConfig>) -> Result<Self> {
         let path = dir.join("tokenizer.json");
         if !path.is_file() {
             return Err(CoreError::Tokenizer {
@@ -72,17 +81,20 @@ impl Tokenizer {
         let gen_cfg = read_json(&dir.join("generation_config.json"))?.unwrap_or(Value::Null);
         let id_of = |key: &str| token_string(tok_cfg.get(key)).and_then(|t| inner.token_to_id(&t));
 
-        let bos_token_id =
-            ids_field(gen_cfg.get("bos_token_id")).first().copied().or(config.bos_token_id).or(id_of("bos_token"));
+        let bos_token_id = ids_field(gen_cfg.get("bos_token_id"))
+            .first()
+            .copied()
+            .or(config.and_then(|c| c.bos_token_id))
+            .or(id_of("bos_token"));
         let mut eos_token_ids = ids_field(gen_cfg.get("eos_token_id"));
         if eos_token_ids.is_empty() {
-            eos_token_ids = config.eos_token_ids.clone();
+            eos_token_ids = config.map(|c| c.eos_token_ids.clone()).unwrap_or_default();
         }
         if eos_token_ids.is_empty() {
             eos_token_ids.extend(id_of("eos_token"));
         }
         let pad_token_id = id_of("pad_token")
-            .or(config.pad_token_id)
+            .or(config.and_then(|c| c.pad_token_id))
             .or(ids_field(gen_cfg.get("pad_token_id")).first().copied())
             .or(eos_token_ids.first().copied());
         let chat_template = match tok_cfg.get("chat_template") {

@@ -68,7 +68,7 @@ fn main() {
     let ids: Vec<Vec<u32>> =
         (0..batch).map(|b| (0..seq).map(|i| ((i * 7919 + b * 104_729 + 13) % shape.vocab) as u32).collect()).collect();
     let labels: Vec<Vec<Option<u32>>> = ids.iter().map(|r| r.iter().map(|&i| Some(i)).collect()).collect();
-    let batches = vec![(TokenBatch { ids, mask: None }, labels)];
+    let batches = vec![(TokenBatch::rows(ids), labels)];
     let tokens = batch * (seq - 1);
     let mut step = |_: usize| train_step(&mut model, &mut opt, &batches, tokens, 1e-4, 1.0, |_| 0).unwrap().loss;
     for i in 0..2 {

@@ -38,11 +38,18 @@ pub fn collate(examples: &[&Example], pad_id: u32) -> (TokenBatch, Vec<Vec<Optio
     let mut ids = Vec::with_capacity(examples.len());
     let mut mask = Vec::with_capacity(examples.len());
     let mut labels = Vec::with_capacity(examples.len());
+    let packed = examples.iter().any(|e| e.segments.is_some());
+    let mut segments = Vec::with_capacity(examples.len());
     for e in examples {
         let pad = t - e.ids.len();
         ids.push(e.ids.iter().copied().chain(std::iter::repeat_n(pad_id, pad)).collect());
         mask.push(std::iter::repeat_n(true, e.ids.len()).chain(std::iter::repeat_n(false, pad)).collect());
         labels.push(e.labels.iter().copied().chain(std::iter::repeat_n(None, pad)).collect());
+        if packed {
+            let seg = e.segments.clone().unwrap_or_else(|| vec![0; e.ids.len()]);
+            // Padding gets a segment of its own.
+            segments.push(seg.into_iter().chain(std::iter::repeat_n(u32::MAX, pad)).collect());
+        }
     }
-    (TokenBatch { ids, mask: padded.then_some(mask) }, labels)
+    (TokenBatch { ids, mask: padded.then_some(mask), segments: packed.then_some(segments) }, labels)
 }

@@ -115,23 +115,65 @@ impl Default for LoraSection {
     }
 }
 
-/// One or several files.
+/// One or several files, each a path or `{ path = "...", weight = 2.0 }`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Files {
     /// One file.
     One(PathBuf),
     /// Several files.
-    Many(Vec<PathBuf>),
+    Many(Vec<FileEntry>),
+}
+
+/// A data file, optionally weighted (2 repeats its examples twice per epoch, 0.5 keeps a seeded half).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum FileEntry {
+    /// Just the path (weight 1).
+    Path(PathBuf),
+    /// Path and weight.
+    Weighted {
+        /// The file.
+        path: PathBuf,
+        /// Its weight.
+        weight: f64,
+    },
+}
+
+impl FileEntry {
+    fn parts(&self) -> (PathBuf, f64) {
+        match self {
+            Self::Path(p) => (p.clone(), 1.0),
+            Self::Weighted { path, weight } => (path.clone(), *weight),
+        }
+    }
 }
 
 impl Files {
-    /// The paths as a list.
+    /// The paths.
     pub fn to_vec(&self) -> Vec<PathBuf> {
+        self.weighted().into_iter().map(|(p, _)| p).collect()
+    }
+
+    /// The paths with their weights.
+    pub fn weighted(&self) -> Vec<(PathBuf, f64)> {
         match self {
-            Self::One(p) => vec![p.clone()],
-            Self::Many(v) => v.clone(),
+            Self::One(p) => vec![(p.clone(), 1.0)],
+            Self::Many(v) => v.iter().map(FileEntry::parts).collect(),
         }
+    }
+
+    fn map_paths(&self, f: impl Fn(&Path) -> PathBuf) -> Self {
+        Self::Many(
+            self.weighted()
+                .into_iter()
+                .map(
+                    |(p, w)| {
+                        if w == 1.0 { FileEntry::Path(f(&p)) } else { FileEntry::Weighted { path: f(&p), weight: w } }
+                    },
+                )
+                .collect(),
+        )
     }
 }
 
@@ -147,12 +189,31 @@ pub struct DataSection {
     /// Hold out this fraction of the training examples for validation instead (0 < f < 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation_fraction: Option<f64>,
-    /// Record format: `"text"` ({"text": ...}) or `"auto"`.
+    /// Record format: `"auto"` (from the first record), `"text"`, `"completion"`, `"alpaca"` or `"chat"`.
     #[serde(default = "d_format")]
     pub format: String,
     /// Longest sequence in tokens (default 512).
     #[serde(default = "d_seq")]
     pub max_seq_len: usize,
+    /// Longer examples: `"truncate"` (keep the start; default) or `"drop"`.
+    #[serde(default = "d_overflow")]
+    pub overflow: String,
+    /// Train on prompts and user turns too (default false: only completions / assistant turns).
+    #[serde(default)]
+    pub train_on_inputs: bool,
+    /// Skip and count invalid records instead of stopping at the first (default false).
+    #[serde(default)]
+    pub skip_invalid: bool,
+    /// Pack several examples per sequence, without attention between them (default false).
+    #[serde(default)]
+    pub packing: bool,
+    /// A chat template replacing the model's: inline Jinja, or a path to a `.jinja` file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template: Option<String>,
+}
+
+fn d_overflow() -> String {
+    "truncate".into()
 }
 
 fn d_format() -> String {
@@ -429,9 +490,15 @@ impl Recipe {
         let cwd = std::env::current_dir().unwrap_or_default();
         let abs = |p: &Path| normalize(&cwd.join(if p.is_absolute() { p.to_path_buf() } else { base.join(p) }));
         self.model.base = abs(&self.model.base);
-        self.data.train = Files::Many(self.data.train.to_vec().iter().map(|p| abs(p)).collect());
+        self.data.train = self.data.train.map_paths(&abs);
         if let Some(v) = &self.data.validation {
-            self.data.validation = Some(Files::Many(v.to_vec().iter().map(|p| abs(p)).collect()));
+            self.data.validation = Some(v.map_paths(&abs));
+        }
+        if let Some(t) = &self.data.chat_template
+            && t.ends_with(".jinja")
+            && !t.contains("{%")
+        {
+            self.data.chat_template = Some(abs(Path::new(t)).display().to_string());
         }
         self.output.dir = abs(&self.output.dir);
     }
@@ -471,8 +538,22 @@ impl Recipe {
                 "cannot be combined with a string `targets` (PEFT refuses it); list module names".into(),
             );
         }
-        if !["auto", "text"].contains(&d.format.as_str()) {
-            return err("data", "format", format!("must be \"auto\" or \"text\", got \"{}\"", d.format));
+        if !["auto", "text", "completion", "alpaca", "chat"].contains(&d.format.as_str()) {
+            return err(
+                "data",
+                "format",
+                format!("must be auto, text, completion, alpaca or chat, got \"{}\"", d.format),
+            );
+        }
+        if !["truncate", "drop"].contains(&d.overflow.as_str()) {
+            return err("data", "overflow", format!("must be \"truncate\" or \"drop\", got \"{}\"", d.overflow));
+        }
+        for (p, w) in
+            d.train.weighted().iter().chain(d.validation.iter().flat_map(Files::weighted).collect::<Vec<_>>().iter())
+        {
+            if !(*w >= 0.0 && w.is_finite()) {
+                return err("data", "train", format!("weight of '{}' must be >= 0, got {w}", p.display()));
+            }
         }
         if d.max_seq_len < 2 {
             return err("data", "max_seq_len", format!("must be at least 2, got {}", d.max_seq_len));

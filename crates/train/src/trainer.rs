@@ -20,7 +20,8 @@ use rand::seq::SliceRandom;
 
 use crate::batching::{collate, micro_batch, micro_batches_per_epoch};
 use crate::checkpoint::{self, CheckpointState};
-use crate::data::{DataSummary, Example, load_examples};
+use crate::data::chat_template::{ChatTemplate, FIXED_DATE_UNIX};
+use crate::data::{DataOptions, DataSummary, Example, Overflow, load_examples, packing};
 use crate::error::{Result, TrainError};
 use crate::optimizer::{AdamW, AdamWConfig};
 use crate::recipe::{Recipe, Targets};
@@ -123,10 +124,42 @@ pub fn prepare(recipe: &Recipe) -> Result<Prepared> {
     let mut model = CausalLm::load_dir(&recipe.model.base, &device)?;
     let tokenizer = Tokenizer::load_dir(&recipe.model.base, &model.config)?;
     let d = &recipe.data;
-    let (mut train, mut train_summary) = load_examples(&d.train.to_vec(), &d.format, &tokenizer, d.max_seq_len)?;
+    // The chat template: the recipe's (inline or a .jinja file), else the model's.
+    let template_source = match &d.chat_template {
+        Some(t) if !t.contains("{%") && !t.contains("{{") => Some(
+            std::fs::read_to_string(t)
+                .map_err(|e| TrainError::Recipe(format!("data.chat_template: cannot read '{t}': {e}")))?,
+        ),
+        Some(t) => Some(t.clone()),
+        None => tokenizer.chat_template.clone(),
+    };
+    let token_text = |id: Option<u32>| id.and_then(|i| tokenizer.inner().id_to_token(i));
+    let template = template_source
+        .map(|src| {
+            ChatTemplate::new(
+                &src,
+                token_text(tokenizer.bos_token_id),
+                token_text(tokenizer.eos_token_ids.first().copied()),
+                FIXED_DATE_UNIX,
+            )
+        })
+        .transpose()
+        .map_err(|m| TrainError::Recipe(format!("data.chat_template: {m}")))?;
+    let opts = DataOptions {
+        format: &d.format,
+        max_seq_len: d.max_seq_len,
+        overflow: if d.overflow == "drop" { Overflow::Drop } else { Overflow::Truncate },
+        train_on_inputs: d.train_on_inputs,
+        skip_invalid: d.skip_invalid,
+        // Packing happens after the validation split, on the training examples only.
+        packing: false,
+        template: template.as_ref(),
+        seed: recipe.train.seed,
+    };
+    let (mut train, mut train_summary) = load_examples(&d.train.weighted(), &opts, &tokenizer)?;
     let (validation, validation_summary) = match (&d.validation, d.validation_fraction) {
         (Some(files), _) => {
-            let (v, s) = load_examples(&files.to_vec(), &d.format, &tokenizer, d.max_seq_len)?;
+            let (v, s) = load_examples(&files.weighted(), &opts, &tokenizer)?;
             (v, Some(s))
         }
         (None, Some(frac)) => {
@@ -147,19 +180,17 @@ pub fn prepare(recipe: &Recipe) -> Result<Prepared> {
                 if held.contains(&i) { val.push(e) } else { keep.push(e) }
             }
             train = keep;
-            let summarize = |ex: &[Example]| DataSummary {
-                examples: ex.len(),
-                tokens: ex.iter().map(|e| e.ids.len()).sum(),
-                trained_tokens: ex.iter().map(Example::trained_tokens).sum(),
-                truncated: 0,
-            };
-            let truncated = train_summary.truncated;
-            train_summary = DataSummary { truncated, ..summarize(&train) };
-            let vs = summarize(&val);
+            train_summary =
+                DataSummary { examples: train.len(), ..DataSummary::of(&train) }.with_policy(&train_summary);
+            let vs = DataSummary::of(&val);
             (val, Some(vs))
         }
         (None, None) => (Vec::new(), None),
     };
+    if d.packing {
+        train = packing::pack(&train, d.max_seq_len);
+        train_summary.packed_rows = train.len();
+    }
     let l = &recipe.lora;
     let spec = LoraSpec {
         r: l.r,
@@ -438,13 +469,16 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
     write_atomic(&dir.join("loss.svg"), run_files::loss_svg(&metrics).as_bytes())?;
     let s = &p.train_summary;
     let data_desc = format!(
-        "Training files: {}. {} examples, {} tokens, {} trained tokens, {} truncated to {} tokens.{}",
+        "Training files: {} (format {}). {} examples, {} tokens, {} trained tokens; {} truncated and {} dropped at {} tokens; {} invalid skipped.{}",
         p.recipe.data.train.to_vec().iter().map(|f| format!("`{}`", f.display())).collect::<Vec<_>>().join(", "),
+        p.recipe.data.format,
         s.examples,
         s.tokens,
         s.trained_tokens,
         s.truncated,
+        s.dropped,
         p.recipe.data.max_seq_len,
+        s.skipped,
         p.validation_summary.as_ref().map(|v| format!(" Validation: {} examples.", v.examples)).unwrap_or_default()
     );
     let results = format!(

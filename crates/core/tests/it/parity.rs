@@ -139,7 +139,7 @@ fn padded_cached_decoding_equals_single_rows() {
         for (r, id) in next.iter().enumerate() {
             rows[r].push(*id);
         }
-        let step = TokenBatch { ids: next.iter().map(|&i| vec![i]).collect(), mask: None };
+        let step = TokenBatch::rows(next.iter().map(|&i| vec![i]).collect());
         logits = model.forward(&step, Some(&mut cache)).unwrap();
     }
     for (r, seq) in seqs.iter().enumerate() {

@@ -1,6 +1,7 @@
 //! Integration tests of lora-train (one binary).
 
 mod common;
+mod data;
 mod recipe_errors;
 mod replay;
 mod training;

@@ -21,7 +21,7 @@ fn batch(g: &SafetensorsFile) -> TokenBatch {
     let bytes = g.bytes("input_ids").unwrap();
     let ids: Vec<u32> = bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect();
     let t = info.shape[1];
-    TokenBatch { ids: ids.chunks(t).map(<[u32]>::to_vec).collect(), mask: None }
+    TokenBatch::rows(ids.chunks(t).map(<[u32]>::to_vec).collect())
 }
 
 fn max_abs(a: &[f32], b: &[f32]) -> f32 {
