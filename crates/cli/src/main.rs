@@ -37,6 +37,10 @@ enum Command {
     Train(commands::train::Args),
     /// Re-run a training run from its folder and check that it reproduces the adapter byte for byte.
     Verify(commands::verify::Args),
+    /// Fetch a model or adapter from the Hugging Face Hub into the HF cache and print its folder.
+    Download(commands::download::Args),
+    /// Publish an adapter folder to the Hugging Face Hub in one commit and print the commit URL.
+    Publish(commands::publish::Args),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +65,8 @@ fn main() -> ExitCode {
         Command::Extract(a) => commands::extract::run(a),
         Command::Train(a) => commands::train::run_cmd(a),
         Command::Verify(a) => commands::verify::run(a),
+        Command::Download(a) => commands::download::run(a),
+        Command::Publish(a) => commands::publish::run(a),
     });
     match result {
         Ok(Ok(())) => ExitCode::SUCCESS,

@@ -179,7 +179,8 @@ fn fetch_file(
     } else {
         let parent = blob.parent().expect("blob has a parent");
         std::fs::create_dir_all(parent).map_err(io(parent))?;
-        let part = blob.with_file_name(format!("{}.incomplete", meta.etag));
+        // One partial file per process: two downloads of the same blob never write into each other.
+        let part = blob.with_file_name(format!("{}.{}.incomplete", meta.etag, std::process::id()));
         client.retry(|| get_blob(client, &meta, &part, file, progress))?;
         std::fs::rename(&part, &blob).map_err(io(&blob))?;
         progress(Progress::Finish { file });

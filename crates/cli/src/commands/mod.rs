@@ -1,10 +1,12 @@
 //! One module per subcommand.
 
+pub mod download;
 pub mod eval;
 pub mod extract;
 pub mod generate;
 pub mod inspect;
 pub mod merge;
 pub mod merge_adapters;
+pub mod publish;
 pub mod train;
 pub mod verify;

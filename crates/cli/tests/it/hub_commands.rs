@@ -1,0 +1,149 @@
+//! `lora publish` and `lora download` end to end against the loopback fake Hub: train a tiny
+//! adapter, publish it, download it by id into an empty cache, and get the same bytes and the
+//! same generations and losses; offline mode; the token in no output.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use lora_hub::fake_hub::FakeHub;
+
+const TOKEN: &str = "hf_CliTokenThatMustNeverLeak9876543210";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("lora-cli-hub-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Runs `lora` with a Hub environment of its own: `endpoint`, `home` as HF_HOME, and `token`.
+fn lora_hub(args: &[&str], endpoint: &str, home: &Path, token: Option<&str>, outputs: &mut Vec<String>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lora"));
+    cmd.args(args)
+        .env("HF_ENDPOINT", endpoint)
+        .env("HF_HOME", home)
+        .env_remove("HF_HUB_CACHE")
+        .env_remove("HF_HUB_OFFLINE")
+        .env_remove("HF_TOKEN_PATH")
+        .env_remove("HF_TOKEN");
+    if let Some(t) = token {
+        cmd.env("HF_TOKEN", t);
+    }
+    let o = cmd.output().expect("run lora");
+    outputs.push(String::from_utf8_lossy(&o.stdout).into_owned());
+    outputs.push(String::from_utf8_lossy(&o.stderr).into_owned());
+    o
+}
+
+fn ok(o: &Output) -> String {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+fn all_files(dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            all_files(&p, out);
+        } else if let Ok(b) = std::fs::read(&p) {
+            out.push((p, b));
+        }
+    }
+}
+
+#[test]
+fn train_publish_download_and_load_gives_identical_bytes_and_logits() {
+    let d = temp_dir("roundtrip");
+    let mut outputs = Vec::new();
+    let run = d.join("run");
+    let recipe = root().join("recipes/tiny.toml");
+    let set = format!("output.dir=\"{}\"", run.display());
+    let o = Command::new(env!("CARGO_BIN_EXE_lora")).args(["train", s(&recipe), "--set", &set]).output().unwrap();
+    ok(&o);
+
+    let hub = FakeHub::start(TOKEN);
+    let home = d.join("home");
+    // The trained card names the local fixture as its base: publish needs a Hub id for it.
+    let o = lora_hub(&["publish", s(&run), "--repo", "me/tiny-adapter"], &hub.url, &home, Some(TOKEN), &mut outputs);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--base-model"), "{}", String::from_utf8_lossy(&o.stderr));
+    let args = ["publish", s(&run), "--repo", "me/tiny-adapter", "--base-model", "tiny-org/tiny-llama", "-m", "first"];
+    let url = ok(&lora_hub(&args, &hub.url, &home, Some(TOKEN), &mut outputs));
+    let commits = hub.commits("me/tiny-adapter");
+    assert_eq!(url, format!("{}/me/tiny-adapter/commit/{}", hub.url, commits[0].oid));
+    assert_eq!(commits[0].message, "first");
+
+    // Download by id into an empty cache (another HF_HOME), no token needed for a public repo.
+    let fresh = d.join("fresh-home");
+    let path = PathBuf::from(ok(&lora_hub(&["download", "me/tiny-adapter"], &hub.url, &fresh, None, &mut outputs)));
+    assert!(path.starts_with(fresh.join("hub/models--me--tiny-adapter/snapshots")), "{}", path.display());
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        assert_eq!(std::fs::read(path.join(f)).unwrap(), std::fs::read(run.join(f)).unwrap(), "{f} differs");
+    }
+    assert_eq!(std::fs::read(path.join("README.md")).unwrap(), hub.file("me/tiny-adapter", "README.md").unwrap());
+
+    // Loaded from the cache, the adapter gives the same generation and the same loss.
+    let model = root().join("tests/fixtures/models/llama");
+    let data = root().join("datasets/tiny-text.jsonl");
+    for adapter in [&run, &path] {
+        let g = ["generate", "--model", s(&model), "--adapter", s(adapter), "--prompt", "The quick brown fox", "--max-new-tokens", "8"];
+        outputs.push(ok(&Command::new(env!("CARGO_BIN_EXE_lora")).args(g).output().unwrap()));
+        let e = ["eval", "--model", s(&model), "--adapter", s(adapter), "--data", s(&data), "--json"];
+        outputs.push(ok(&Command::new(env!("CARGO_BIN_EXE_lora")).args(e).output().unwrap()));
+    }
+    let n = outputs.len();
+    assert_eq!(outputs[n - 4], outputs[n - 2], "generation differs");
+    assert_eq!(outputs[n - 3], outputs[n - 1], "eval differs");
+
+    // Offline with the populated cache: no server needed.
+    let endpoint = hub.url.clone();
+    drop(hub);
+    let again = ok(&lora_hub(&["download", "me/tiny-adapter", "--offline"], &endpoint, &fresh, None, &mut outputs));
+    assert_eq!(PathBuf::from(again), path);
+    // Offline with an empty cache: the missing files, and where they were looked for.
+    let empty = d.join("empty-home");
+    let o = lora_hub(&["download", "me/tiny-adapter", "--kind", "adapter", "--offline"], &endpoint, &empty, None, &mut outputs);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("missing: adapter_config.json, adapter_model.safetensors") && err.contains("models--me--tiny-adapter"), "{err}");
+    // The server is gone: online, the refused connection is reported after the retries.
+    let o = lora_hub(&["download", "other/model"], &endpoint, &empty, None, &mut outputs);
+    assert_eq!(o.status.code(), Some(2));
+
+    // The token appears in no output and no file.
+    for text in &outputs {
+        assert!(!text.contains(TOKEN), "token printed: {text}");
+    }
+    let mut files = Vec::new();
+    all_files(&d, &mut files);
+    for (p, bytes) in files {
+        assert!(!String::from_utf8_lossy(&bytes).contains(TOKEN), "token written to {}", p.display());
+    }
+}
+
+#[test]
+fn publish_with_a_wrong_token_exits_2_with_a_token_message() {
+    let d = temp_dir("badtoken");
+    let adapter = d.join("adapter");
+    std::fs::create_dir_all(&adapter).unwrap();
+    std::fs::write(adapter.join("adapter_config.json"), br#"{"base_model_name_or_path":"a/b"}"#).unwrap();
+    std::fs::write(adapter.join("adapter_model.safetensors"), b"\0\0").unwrap();
+    let hub = FakeHub::start(TOKEN);
+    let mut outputs = Vec::new();
+    let o = lora_hub(&["publish", s(&adapter), "--repo", "me/x"], &hub.url, &d.join("home"), Some("hf_wrong"), &mut outputs);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.starts_with("error: publishing") && err.contains("HTTP 401") && err.contains("token"), "{err}");
+    // No token at all: said before any request.
+    let o = lora_hub(&["publish", s(&adapter), "--repo", "me/x"], &hub.url, &d.join("home"), None, &mut outputs);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("set HF_TOKEN"));
+    assert!(hub.commits("me/x").is_empty());
+}
