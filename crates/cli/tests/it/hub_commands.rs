@@ -147,3 +147,45 @@ fn publish_with_a_wrong_token_exits_2_with_a_token_message() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("set HF_TOKEN"));
     assert!(hub.commits("me/x").is_empty());
 }
+
+#[test]
+fn a_model_downloaded_by_id_generates_as_the_original_folder() {
+    let d = temp_dir("model");
+    let model = root().join("tests/fixtures/models/llama");
+    let hub = FakeHub::start(TOKEN);
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    for e in std::fs::read_dir(&model).unwrap() {
+        let p = e.unwrap().path();
+        files.push((p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()));
+    }
+    files.push(("pytorch_model.bin".into(), b"never fetched".to_vec()));
+    let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
+    let commit = hub.seed("tiny-org/tiny-llama", false, &refs);
+
+    let mut outputs = Vec::new();
+    let home = d.join("home");
+    let args = ["download", "tiny-org/tiny-llama", "--kind", "model"];
+    let path = PathBuf::from(ok(&lora_hub(&args, &hub.url, &home, None, &mut outputs)));
+    assert_eq!(path, home.join("hub/models--tiny-org--tiny-llama/snapshots").join(&commit));
+    assert!(!path.join("pytorch_model.bin").exists());
+    let generate = |m: &Path| {
+        let g = ["generate", "--model", s(m), "--prompt", "The quick brown fox", "--max-new-tokens", "8"];
+        ok(&Command::new(env!("CARGO_BIN_EXE_lora")).args(g).output().unwrap())
+    };
+    assert_eq!(generate(&path), generate(&model));
+
+    // HF_HUB_CACHE wins over HF_HOME: the same snapshot, found offline from another HF_HOME.
+    drop(hub);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lora"));
+    cmd.args(["download", "tiny-org/tiny-llama@main", "--offline"])
+        .env("HF_HOME", d.join("elsewhere"))
+        .env("HF_HUB_CACHE", home.join("hub"))
+        .env_remove("HF_HUB_OFFLINE");
+    assert_eq!(PathBuf::from(ok(&cmd.output().unwrap())), path);
+    // HF_HUB_OFFLINE=1 does what --offline does.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lora"));
+    cmd.args(["download", "tiny-org/tiny-llama"]).env("HF_HOME", d.join("elsewhere")).env("HF_HUB_OFFLINE", "1");
+    let o = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("missing: config.json, tokenizer.json, model.safetensors"), "{err}");
+}
