@@ -39,7 +39,11 @@ pub struct Snapshot {
 
 /// The snapshot of `repo` in the cache if it holds every file `kind` needs; otherwise the missing
 /// files and the paths looked at. Touches no network.
-pub fn cached(repo: &RepoId, kind: RepoKind, cache_dir: &Path) -> std::result::Result<Snapshot, (Vec<String>, Vec<PathBuf>)> {
+pub fn cached(
+    repo: &RepoId,
+    kind: RepoKind,
+    cache_dir: &Path,
+) -> std::result::Result<Snapshot, (Vec<String>, Vec<PathBuf>)> {
     let cache = CacheRepo::new(cache_dir, repo);
     let Some(commit) = cache.commit_of(&repo.revision) else {
         // No snapshot at all: everything is missing.
@@ -48,11 +52,7 @@ pub fn cached(repo: &RepoId, kind: RepoKind, cache_dir: &Path) -> std::result::R
     };
     let path = cache.snapshot_dir(&commit);
     let missing = files::missing(&path, kind);
-    if missing.is_empty() {
-        Ok(Snapshot { repo: repo.clone(), commit, path })
-    } else {
-        Err((missing, vec![path]))
-    }
+    if missing.is_empty() { Ok(Snapshot { repo: repo.clone(), commit, path }) } else { Err((missing, vec![path])) }
 }
 
 /// Fetches what lora needs of `repo` into the cache (skipping blobs already there) and returns the
@@ -98,7 +98,10 @@ pub fn download(repo: &RepoId, kind: RepoKind, config: &HubConfig, progress: &Pr
             let bytes = std::fs::read(&local).map_err(io(&local))?;
             for shard in files::shards_of_index(&bytes).map_err(repo_err)? {
                 if !listing.contains(&shard) {
-                    return Err(repo_err(format!("{} names shard {shard}, which is not in the repository", files::INDEX)));
+                    return Err(repo_err(format!(
+                        "{} names shard {shard}, which is not in the repository",
+                        files::INDEX
+                    )));
                 }
                 wanted.push(shard);
             }
@@ -127,12 +130,10 @@ fn head(client: &Client, url: &str) -> Result<FileMeta> {
         let status = resp.status().as_u16();
         let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
         let location = header("location");
-        if (300..400).contains(&status) {
-            if let Some(loc) = location.as_ref().filter(|l| l.starts_with('/')) {
-                // A renamed repository: same host, follow with the same credentials.
-                url = format!("{}{loc}", client.endpoint);
-                continue;
-            }
+        if let Some(loc) = location.as_ref().filter(|l| (300..400).contains(&status) && l.starts_with('/')) {
+            // A renamed repository: same host, follow with the same credentials.
+            url = format!("{}{loc}", client.endpoint);
+            continue;
         }
         let resp = client.expect("HEAD", &url, resp, &[301, 302, 303, 307, 308])?;
         let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
@@ -198,7 +199,8 @@ fn get_blob(client: &Client, meta: &FileMeta, part: &Path, file: &str, progress:
                 let Some(loc) = r.headers().get("location").and_then(|v| v.to_str().ok()) else {
                     return Attempt::Fatal(HubError::Protocol { url, message: "a redirect without a Location".into() });
                 };
-                url = if loc.starts_with('/') { format!("{}{loc}", crate::http::origin(&url)) } else { loc.to_string() };
+                url =
+                    if loc.starts_with('/') { format!("{}{loc}", crate::http::origin(&url)) } else { loc.to_string() };
             }
             Attempt::Done(r) => {
                 resp = Some(r);

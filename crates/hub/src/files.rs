@@ -55,8 +55,14 @@ pub fn select(listing: &[String], kind: RepoKind) -> Result<Vec<String>, String>
     if is_adapter {
         for f in ["adapter_config.json", "adapter_model.safetensors"] {
             if !has(f) {
-                let pickles = if has("adapter_model.bin") { " (it has adapter_model.bin: lora reads safetensors only)" } else { "" };
-                return Err(format!("no {f} in the repository; it is not a PEFT adapter in safetensors format{pickles}"));
+                let pickles = if has("adapter_model.bin") {
+                    " (it has adapter_model.bin: lora reads safetensors only)"
+                } else {
+                    ""
+                };
+                return Err(format!(
+                    "no {f} in the repository; it is not a PEFT adapter in safetensors format{pickles}"
+                ));
             }
         }
         wanted.push("adapter_model.safetensors".into());

@@ -231,7 +231,8 @@ pub(crate) fn origin(url: &str) -> String {
     // Drop any userinfo: it is not part of the origin.
     let authority = authority.rsplit('@').next().unwrap_or(authority).to_ascii_lowercase();
     let scheme = scheme.to_ascii_lowercase();
-    let has_port = authority.rsplit_once(':').is_some_and(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()) && !p.is_empty());
+    let has_port =
+        authority.rsplit_once(':').is_some_and(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()) && !p.is_empty());
     if has_port {
         format!("{scheme}://{authority}")
     } else {
@@ -256,4 +257,33 @@ pub(crate) fn encode_revision(rev: &str) -> String {
 /// Percent-encodes a file path for a URL, keeping its `/` separators.
 pub(crate) fn encode_path(path: &str) -> String {
     path.split('/').map(encode_revision).collect::<Vec<_>>().join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_compare_scheme_host_and_port() {
+        assert_eq!(origin("https://huggingface.co/api/x"), "https://huggingface.co:443");
+        assert_eq!(origin("https://huggingface.co:443"), origin("HTTPS://HuggingFace.co/"));
+        assert_ne!(origin("http://127.0.0.1:1234/a"), origin("http://127.0.0.1:1235/a"));
+        assert_ne!(origin("https://huggingface.co"), origin("https://cdn-lfs.huggingface.co/x"));
+        assert_eq!(origin("http://user@127.0.0.1:9/x"), "http://127.0.0.1:9");
+    }
+
+    #[test]
+    fn revisions_and_paths_are_percent_encoded() {
+        assert_eq!(encode_revision("refs/pr/1"), "refs%2Fpr%2F1");
+        assert_eq!(encode_revision("v1.0-rc_2"), "v1.0-rc_2");
+        assert_eq!(encode_path("sub dir/a+b.json"), "sub%20dir/a%2Bb.json");
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let r =
+            RetryPolicy { attempts: 9, base_delay: Duration::from_millis(100), max_delay: Duration::from_millis(350) };
+        let d: Vec<u128> = (1..=4).map(|n| r.delay(n).as_millis()).collect();
+        assert_eq!(d, [100, 200, 350, 350]);
+    }
 }

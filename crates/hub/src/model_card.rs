@@ -25,7 +25,12 @@ struct Entry {
 /// Completes `existing` (None: no README.md). `base_model` overrides the card's; `hint` (the
 /// adapter config's `base_model_name_or_path`) is used when the card has none. Errors say what
 /// to pass.
-pub fn complete(existing: Option<&str>, base_model: Option<&str>, hint: Option<&str>, repo: &str) -> Result<ModelCard, String> {
+pub fn complete(
+    existing: Option<&str>,
+    base_model: Option<&str>,
+    hint: Option<&str>,
+    repo: &str,
+) -> Result<ModelCard, String> {
     let (front, body) = match existing {
         Some(text) => split(text),
         None => (Vec::new(), None),
@@ -40,7 +45,9 @@ pub fn complete(existing: Option<&str>, base_model: Option<&str>, hint: Option<&
         (Some(b), _) => return Err(format!("--base-model '{b}' is not a Hub id (org/name)")),
         (None, Some(c)) if is_id(c) => c.clone(),
         (None, Some(c)) => {
-            return Err(format!("base_model '{c}' is not a Hub id; pass --base-model ORG/NAME (the base model on the Hub)"));
+            return Err(format!(
+                "base_model '{c}' is not a Hub id; pass --base-model ORG/NAME (the base model on the Hub)"
+            ));
         }
         (None, None) => match hint {
             Some(h) if is_id(h) => h.to_string(),
@@ -169,7 +176,12 @@ fn list(entries: &[Entry], key: &str) -> Vec<String> {
     if !inline.is_empty() {
         return vec![unquote(inline)];
     }
-    e.lines[1..].iter().filter_map(|l| l.trim_start().strip_prefix('-')).map(unquote).filter(|s| !s.is_empty()).collect()
+    e.lines[1..]
+        .iter()
+        .filter_map(|l| l.trim_start().strip_prefix('-'))
+        .map(unquote)
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 fn set(entries: &mut Vec<Entry>, key: &str, lines: Vec<String>) {

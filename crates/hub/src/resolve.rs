@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use crate::config::HubConfig;
 use crate::download::{cached, download};
-use crate::error::Result;
+use crate::error::{HubError, Result};
 use crate::files::RepoKind;
 use crate::progress::{ProgressFn, no_progress};
 use crate::reference::Reference;
@@ -69,7 +69,18 @@ pub fn resolve(reference: &str, kind: RepoKind, opts: &ResolveOptions) -> Result
         Reference::Local(path) => Ok(path),
         Reference::Hub(repo) => match cached(&repo, kind, &opts.hub.cache_dir) {
             Ok(snapshot) => Ok(snapshot.path),
-            Err(_) => Ok(download(&repo, kind, &opts.hub, &opts.progress)?.path),
+            Err(_) => match download(&repo, kind, &opts.hub, &opts.progress) {
+                Ok(snapshot) => Ok(snapshot.path),
+                // `runs/tiny` may have been meant as a folder: say that neither exists.
+                Err(HubError::NotFound { method, url, .. }) => Err(HubError::Repo {
+                    repo: repo.id.clone(),
+                    revision: repo.revision.clone(),
+                    message: format!(
+                        "no folder '{reference}', and the Hub has no such repository or revision ({method} {url}: 404)"
+                    ),
+                }),
+                Err(e) => Err(e),
+            },
         },
     }
 }

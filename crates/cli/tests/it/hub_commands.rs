@@ -94,7 +94,17 @@ fn train_publish_download_and_load_gives_identical_bytes_and_logits() {
     let model = root().join("tests/fixtures/models/llama");
     let data = root().join("datasets/tiny-text.jsonl");
     for adapter in [&run, &path] {
-        let g = ["generate", "--model", s(&model), "--adapter", s(adapter), "--prompt", "The quick brown fox", "--max-new-tokens", "8"];
+        let g = [
+            "generate",
+            "--model",
+            s(&model),
+            "--adapter",
+            s(adapter),
+            "--prompt",
+            "The quick brown fox",
+            "--max-new-tokens",
+            "8",
+        ];
         outputs.push(ok(&Command::new(env!("CARGO_BIN_EXE_lora")).args(g).output().unwrap()));
         let e = ["eval", "--model", s(&model), "--adapter", s(adapter), "--data", s(&data), "--json"];
         outputs.push(ok(&Command::new(env!("CARGO_BIN_EXE_lora")).args(e).output().unwrap()));
@@ -110,10 +120,20 @@ fn train_publish_download_and_load_gives_identical_bytes_and_logits() {
     assert_eq!(PathBuf::from(again), path);
     // Offline with an empty cache: the missing files, and where they were looked for.
     let empty = d.join("empty-home");
-    let o = lora_hub(&["download", "me/tiny-adapter", "--kind", "adapter", "--offline"], &endpoint, &empty, None, &mut outputs);
+    let o = lora_hub(
+        &["download", "me/tiny-adapter", "--kind", "adapter", "--offline"],
+        &endpoint,
+        &empty,
+        None,
+        &mut outputs,
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains("missing: adapter_config.json, adapter_model.safetensors") && err.contains("models--me--tiny-adapter"), "{err}");
+    assert!(
+        err.contains("missing: adapter_config.json, adapter_model.safetensors")
+            && err.contains("models--me--tiny-adapter"),
+        "{err}"
+    );
     // The server is gone: online, the refused connection is reported after the retries.
     let o = lora_hub(&["download", "other/model"], &endpoint, &empty, None, &mut outputs);
     assert_eq!(o.status.code(), Some(2));
@@ -138,7 +158,13 @@ fn publish_with_a_wrong_token_exits_2_with_a_token_message() {
     std::fs::write(adapter.join("adapter_model.safetensors"), b"\0\0").unwrap();
     let hub = FakeHub::start(TOKEN);
     let mut outputs = Vec::new();
-    let o = lora_hub(&["publish", s(&adapter), "--repo", "me/x"], &hub.url, &d.join("home"), Some("hf_wrong"), &mut outputs);
+    let o = lora_hub(
+        &["publish", s(&adapter), "--repo", "me/x"],
+        &hub.url,
+        &d.join("home"),
+        Some("hf_wrong"),
+        &mut outputs,
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.starts_with("error: publishing") && err.contains("HTTP 401") && err.contains("token"), "{err}");

@@ -63,7 +63,12 @@ fn require_read(req: &Request, st: &State, repo: &str) -> Result<(), Response> {
 }
 
 /// A JSON object with exactly the keys `required` (+ any of `optional`).
-fn object<'a>(v: &'a Value, required: &[&str], optional: &[&str], what: &str) -> Result<&'a serde_json::Map<String, Value>, Response> {
+fn object<'a>(
+    v: &'a Value,
+    required: &[&str],
+    optional: &[&str],
+    what: &str,
+) -> Result<&'a serde_json::Map<String, Value>, Response> {
     let o = v.as_object().ok_or_else(|| bad(format!("{what}: expected an object")))?;
     for k in required {
         if !o.contains_key(*k) {
@@ -134,7 +139,11 @@ fn preupload(req: &Request, st: &mut State, repo: &str) -> Result<Response, Resp
             .decode(f["sample"].as_str().unwrap_or("?"))
             .map_err(|_| bad(format!("preupload: sample of {path} is not base64")))?;
         if sample.len() as u64 != size.min(512) {
-            return Err(bad(format!("preupload: sample of {path} has {} bytes, expected {}", sample.len(), size.min(512))));
+            return Err(bad(format!(
+                "preupload: sample of {path} has {} bytes, expected {}",
+                sample.len(),
+                size.min(512)
+            )));
         }
         let lfs = path.ends_with(".safetensors") || size > 10 << 20 || sample.contains(&0);
         let mode = if lfs { "lfs" } else { "regular" };
@@ -166,7 +175,10 @@ fn batch(req: &Request, st: &mut State, repo: &str) -> Result<Response, Response
     let mut out = Vec::new();
     for obj in o["objects"].as_array().ok_or_else(|| bad("batch: objects must be a list"))? {
         let obj = object(obj, &["oid", "size"], &[], "batch object")?;
-        let oid = obj["oid"].as_str().filter(|s| is_oid(s)).ok_or_else(|| bad("batch: oid must be 64 lower-case hex digits"))?;
+        let oid = obj["oid"]
+            .as_str()
+            .filter(|s| is_oid(s))
+            .ok_or_else(|| bad("batch: oid must be 64 lower-case hex digits"))?;
         let size = obj["size"].as_u64().ok_or_else(|| bad("batch: size must be an integer"))?;
         if st.objects.get(oid).is_some_and(|b| b.len() as u64 == size) {
             out.push(json!({ "oid": oid, "size": size }));
@@ -231,9 +243,11 @@ fn commit(req: &Request, st: &mut State, repo: &str, rev: &str) -> Result<Respon
         return Err(bad("commit: the first line must be the header"));
     }
     let hv = object(&h["value"], &["summary"], &["description", "parentCommit"], "commit header")?;
-    let summary = hv["summary"].as_str().filter(|s| !s.is_empty()).ok_or_else(|| bad("commit: empty summary"))?.to_string();
+    let summary =
+        hv["summary"].as_str().filter(|s| !s.is_empty()).ok_or_else(|| bad("commit: empty summary"))?.to_string();
     let r = st.repos.get(repo).ok_or_else(|| Response::error(404, "Repository not found"))?;
-    if !r.branches.contains_key(rev) && !(rev == "main" && r.commits.is_empty()) {
+    let first_commit = rev == "main" && r.commits.is_empty();
+    if !first_commit && !r.branches.contains_key(rev) {
         return Err(Response::error(404, format!("Invalid rev id: {rev}").as_str()));
     }
     let mut new_files = BTreeMap::new();
@@ -260,10 +274,14 @@ fn commit(req: &Request, st: &mut State, repo: &str, rev: &str) -> Result<Respon
                 if f["algo"] != "sha256" {
                     return Err(bad("commit: algo must be sha256"));
                 }
-                let oid = f["oid"].as_str().filter(|s| is_oid(s)).ok_or_else(|| bad("commit: bad LFS oid"))?.to_string();
+                let oid =
+                    f["oid"].as_str().filter(|s| is_oid(s)).ok_or_else(|| bad("commit: bad LFS oid"))?.to_string();
                 let size = f["size"].as_u64().ok_or_else(|| bad("commit: size must be an integer"))?;
                 if st.objects.get(&oid).map(|b| b.len() as u64) != Some(size) {
-                    return Err(Response::error(422, &format!("commit: LFS object {oid} ({size} bytes) was never uploaded")));
+                    return Err(Response::error(
+                        422,
+                        &format!("commit: LFS object {oid} ({size} bytes) was never uploaded"),
+                    ));
                 }
                 (f["path"].as_str().unwrap_or("").to_string(), FakeFile::Lfs { oid, size })
             }

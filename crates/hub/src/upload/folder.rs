@@ -87,7 +87,9 @@ pub fn publishable(folder: &Path) -> Result<Vec<String>> {
             continue;
         }
         if [".bin", ".pt", ".pth", ".pkl", ".ckpt"].iter().any(|e| name.ends_with(e)) {
-            return Err(err(format!("{name} is a pickle, which is never published (loading it can run code); remove it")));
+            return Err(err(format!(
+                "{name} is a pickle, which is never published (loading it can run code); remove it"
+            )));
         }
         names.push(name);
     }

@@ -90,7 +90,10 @@ pub fn upload_lfs(client: &Client, repo: &RepoId, files: &[&LocalFile], progress
         };
         if let Some(up) = &actions.upload {
             if up.header.contains_key("chunk_size") {
-                return Err(protocol(format!("{}: multipart transfer asked for, but only 'basic' was offered", f.path)));
+                return Err(protocol(format!(
+                    "{}: multipart transfer asked for, but only 'basic' was offered",
+                    f.path
+                )));
             }
             put(client, up, f, progress)?;
             sent += 1;

@@ -73,7 +73,12 @@ pub struct Published {
 }
 
 /// Publishes the adapter in `folder` to `opts.repo` in one commit. Needs a token in `hub`.
-pub fn publish_folder(folder: &Path, opts: &PublishOptions, hub: &HubConfig, progress: &ProgressFn) -> Result<Published> {
+pub fn publish_folder(
+    folder: &Path,
+    opts: &PublishOptions,
+    hub: &HubConfig,
+    progress: &ProgressFn,
+) -> Result<Published> {
     if hub.offline {
         return Err(HubError::Publish {
             path: folder.to_path_buf(),
@@ -120,14 +125,20 @@ pub fn publish_folder(folder: &Path, opts: &PublishOptions, hub: &HubConfig, pro
         .filter(|f| modes[&f.path] != UploadMode::Ignore)
         .map(|f| (f, modes[&f.path] == UploadMode::Lfs))
         .collect();
-    let message = opts.message.clone().unwrap_or_else(|| format!("Upload LoRA adapter ({} files) with lora", committed.len()));
+    let message =
+        opts.message.clone().unwrap_or_else(|| format!("Upload LoRA adapter ({} files) with lora", committed.len()));
     let commit = commit::commit(&client, &repo, &message, &committed)?;
 
     // Which LFS objects were actually sent is not worth a second round trip: the batch answer
     // already decided it; report the modes.
     let published = files
         .iter()
-        .map(|f| PublishedFile { path: f.path.clone(), size: f.size, mode: modes[&f.path], sent: modes[&f.path] != UploadMode::Ignore })
+        .map(|f| PublishedFile {
+            path: f.path.clone(),
+            size: f.size,
+            mode: modes[&f.path],
+            sent: modes[&f.path] != UploadMode::Ignore,
+        })
         .collect();
     Ok(Published {
         repo_url: format!("{}/{}", client.endpoint, repo.id),

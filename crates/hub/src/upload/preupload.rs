@@ -53,7 +53,10 @@ pub fn upload_modes(client: &Client, repo: &RepoId, files: &[LocalFile]) -> Resu
                 (false, "lfs") => UploadMode::Lfs,
                 (false, "regular") => UploadMode::Regular,
                 (false, other) => {
-                    return Err(HubError::Protocol { url, message: format!("unknown uploadMode '{other}' for {}", a.path) });
+                    return Err(HubError::Protocol {
+                        url,
+                        message: format!("unknown uploadMode '{other}' for {}", a.path),
+                    });
                 }
             };
             modes.insert(a.path, mode);

@@ -50,12 +50,19 @@ fn download_writes_the_huggingface_cache_layout_and_only_what_lora_needs() {
             assert!(!p.exists(), "{name} must not be fetched");
         }
     }
-    assert!(std::fs::read_dir(root.join("blobs")).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains("incomplete")));
+    assert!(
+        std::fs::read_dir(root.join("blobs")).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains("incomplete"))
+    );
 
     // A second download asks the Hub again but moves no blob.
     let before = hub.log().len();
     lora_hub::download(&repo, RepoKind::Model, &cfg, &no_progress()).unwrap();
-    let gets = hub.log()[before..].iter().filter(|l| l.request.method == "GET" && l.request.path.contains("resolve")).count();
+    let gets =
+        hub.log()[before..].iter().filter(|l| l.request.method == "GET" && l.request.path.contains("resolve")).count();
     let storage = hub.log()[before..].iter().filter(|l| l.server == "storage").count();
     assert_eq!((gets, storage), (0, 0));
 }
@@ -86,7 +93,14 @@ fn resolve_uses_a_complete_cache_without_the_network_and_offline_lists_missing_f
     let err = lora_hub::resolve_model("tiny-org/tiny-llama", &opts(&cfg)).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, HubError::OfflineMissing { .. }), "{msg}");
-    for needle in ["tiny-org/tiny-llama@main", "config.json", "tokenizer.json", "model.safetensors", "models--tiny-org--tiny-llama/refs/main", "offline"] {
+    for needle in [
+        "tiny-org/tiny-llama@main",
+        "config.json",
+        "tokenizer.json",
+        "model.safetensors",
+        "models--tiny-org--tiny-llama/refs/main",
+        "offline",
+    ] {
         assert!(msg.contains(needle), "{needle:?} not in {msg}");
     }
 
@@ -113,7 +127,12 @@ fn revisions_adapters_and_refusals() {
     assert_eq!(std::fs::read(new.join("config.json")).unwrap(), br#"{"model_type":"qwen2"}"#);
 
     // An adapter repository.
-    seed(&hub, "o/adapter", false, &[("adapter_config.json", b"{}".to_vec()), ("adapter_model.safetensors", weights(7, 300))]);
+    seed(
+        &hub,
+        "o/adapter",
+        false,
+        &[("adapter_config.json", b"{}".to_vec()), ("adapter_model.safetensors", weights(7, 300))],
+    );
     let a = lora_hub::resolve_adapter("o/adapter", &opts(&cfg)).unwrap();
     assert_eq!(std::fs::read(a.join("adapter_model.safetensors")).unwrap(), weights(7, 300));
     // `Any` sees it is an adapter.
@@ -123,11 +142,14 @@ fn revisions_adapters_and_refusals() {
     // Pickles only: refused with the reason.
     seed(&hub, "o/pickles", false, &[("config.json", b"{}".to_vec()), ("pytorch_model.bin", weights(1, 10))]);
     let msg = lora_hub::resolve_model("o/pickles", &opts(&cfg)).unwrap_err().to_string();
-    assert!(msg.contains("o/pickles@main") && msg.contains("pytorch_model.bin") && msg.contains("safetensors only"), "{msg}");
+    assert!(
+        msg.contains("o/pickles@main") && msg.contains("pytorch_model.bin") && msg.contains("safetensors only"),
+        "{msg}"
+    );
 
     // Unknown repository: a 404 naming the URL.
     let msg = lora_hub::resolve_model("o/nope", &opts(&cfg)).unwrap_err().to_string();
-    assert!(msg.contains("/api/models/o/nope/revision/main") && msg.contains("404"), "{msg}");
+    assert!(msg.contains("no folder 'o/nope'") && msg.contains("/api/models/o/nope/revision/main: 404"), "{msg}");
 
     // A private repository without a token: the error speaks of the token.
     seed(&hub, "o/private", true, &model_files());

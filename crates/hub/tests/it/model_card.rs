@@ -34,6 +34,10 @@ fn a_base_model_override_replaces_a_local_path_and_its_tag() {
 fn no_card_gets_a_generated_one_and_wrong_library_is_refused() {
     let c = complete(None, None, Some("a/b"), "me/x").unwrap();
     assert!(c.text.starts_with("---\nbase_model: a/b\n") && c.text.contains("# x\n"), "{}", c.text);
-    assert!(complete(Some("---\nlibrary_name: transformers\n---\n"), Some("a/b"), None, "me/x").unwrap_err().contains("peft"));
+    assert!(
+        complete(Some("---\nlibrary_name: transformers\n---\n"), Some("a/b"), None, "me/x")
+            .unwrap_err()
+            .contains("peft")
+    );
     assert!(complete(None, None, Some("/local/path"), "me/x").unwrap_err().contains("--base-model"));
 }

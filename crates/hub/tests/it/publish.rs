@@ -113,7 +113,8 @@ fn a_failed_upload_never_commits() {
     let cfg = config(&hub.url, &dir, Some(TOKEN));
     // The storage hangs up mid-body on every attempt.
     hub.fail(Route::Upload, FaultKind::HangUp, 100);
-    let msg = publish_folder(&adapter, &PublishOptions::new("me/broken"), &cfg, &no_progress()).unwrap_err().to_string();
+    let msg =
+        publish_folder(&adapter, &PublishOptions::new("me/broken"), &cfg, &no_progress()).unwrap_err().to_string();
     assert!(msg.contains("/upload/") && msg.contains("after 3 attempts"), "{msg}");
     assert!(hub.commits("me/broken").is_empty(), "a commit was made with a missing file");
     assert!(hub.log().iter().all(|l| !l.request.path.contains("/commit/")));

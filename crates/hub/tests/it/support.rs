@@ -11,7 +11,11 @@ pub const TOKEN: &str = "hf_TestTokenThatMustNeverLeak0123456789";
 /// A fresh, empty temporary folder.
 pub fn temp_dir(tag: &str) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!("lora-hub-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+    let d = std::env::temp_dir().join(format!(
+        "lora-hub-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -19,7 +23,8 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 
 /// A configuration for `endpoint` with a cache in `dir`, the test token, and fast retries.
 pub fn config(endpoint: &str, dir: &Path, token: Option<&str>) -> HubConfig {
-    let mut c = HubConfig::new(endpoint, dir.join("hub"), dir.join("token"), token.and_then(Token::new), false).unwrap();
+    let mut c =
+        HubConfig::new(endpoint, dir.join("hub"), dir.join("token"), token.and_then(Token::new), false).unwrap();
     c.retry = RetryPolicy { attempts: 3, base_delay: Duration::from_millis(5), max_delay: Duration::from_millis(20) };
     c
 }

@@ -19,7 +19,14 @@ fn the_token_never_leaks() {
     let err = publish_folder(&adapter, &PublishOptions::new("me/private"), &bad, &no_progress()).unwrap_err();
 
     // Reports, errors, debug prints of the configuration.
-    for text in [format!("{p:?}"), format!("{opts:?}"), format!("{cfg:?}"), err.to_string(), format!("{err:?}"), format!("{local:?}")] {
+    for text in [
+        format!("{p:?}"),
+        format!("{opts:?}"),
+        format!("{cfg:?}"),
+        err.to_string(),
+        format!("{err:?}"),
+        format!("{local:?}"),
+    ] {
         assert!(!text.contains(TOKEN), "token in {text}");
     }
     // Every file written (cache, adapter folder).
@@ -33,7 +40,12 @@ fn the_token_never_leaks() {
         assert!(!String::from_utf8_lossy(&l.request.body).contains(TOKEN), "token in the body of {}", l.request.path);
         for (k, v) in &l.request.headers {
             if v.contains(TOKEN) {
-                assert!(l.server == "hub" && k == "authorization", "token in header {k} of {} {}", l.server, l.request.path);
+                assert!(
+                    l.server == "hub" && k == "authorization",
+                    "token in header {k} of {} {}",
+                    l.server,
+                    l.request.path
+                );
             }
         }
         if l.server == "storage" {
