@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use lora_core::generate::{GenerateOptions, SamplingParams, generate};
 use lora_core::tokenizer::TextStream;
 use lora_core::{CausalLm, Tokenizer};
+use lora_train::data::chat_template::ChatTemplate;
 
 /// Arguments of `lora generate`.
 #[derive(clap::Args, Debug)]
@@ -14,9 +15,15 @@ pub struct Args {
     /// Model folder (config.json, safetensors weights, tokenizer.json).
     #[arg(long)]
     model: PathBuf,
-    /// The prompt, encoded with the tokenizer's special tokens (BOS).
+    /// The prompt, encoded with the tokenizer's special tokens (BOS); the output repeats it.
+    #[arg(long, required_unless_present = "chat", conflicts_with = "chat")]
+    prompt: Option<String>,
+    /// A user message, rendered with the model's chat template (and --system); prints only the reply.
     #[arg(long)]
-    prompt: String,
+    chat: Option<String>,
+    /// A system message for --chat.
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
     /// Tokens to generate at most.
     #[arg(long, default_value_t = 128)]
     max_new_tokens: usize,
@@ -45,7 +52,29 @@ pub fn run(a: Args) -> Result<()> {
     let mut model = CausalLm::load_dir(&a.model, &device).with_context(|| format!("loading {}", a.model.display()))?;
     a.adapters.apply(&mut model)?;
     let tok = Tokenizer::load_dir(&a.model, &model.config)?;
-    let prompt = tok.encode(&a.prompt, true)?;
+    let (prompt, echo) = match (&a.prompt, &a.chat) {
+        (Some(p), _) => (tok.encode(p, true)?, p.clone()),
+        (None, Some(user)) => {
+            let src = tok.chat_template.as_deref().ok_or_else(|| {
+                anyhow::anyhow!("{}: the model has no chat template; use --prompt", a.model.display())
+            })?;
+            let text = |id: Option<u32>| id.and_then(|i| tok.inner().id_to_token(i));
+            let now =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+            let template =
+                ChatTemplate::new(src, text(tok.bos_token_id), text(tok.eos_token_ids.first().copied()), now)
+                    .map_err(anyhow::Error::msg)?;
+            let mut messages = Vec::new();
+            if let Some(system) = &a.system {
+                messages.push(serde_json::json!({"role": "system", "content": system}));
+            }
+            messages.push(serde_json::json!({"role": "user", "content": user}));
+            let rendered = template.render(&messages, true).map_err(anyhow::Error::msg)?;
+            // The template writes any BOS itself, as apply_chat_template(tokenize=True) does.
+            (tok.encode(&rendered, false)?, String::new())
+        }
+        (None, None) => unreachable!("clap requires one of --prompt and --chat"),
+    };
     let opts = GenerateOptions {
         max_new_tokens: a.max_new_tokens,
         sampling: SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed },
@@ -53,7 +82,7 @@ pub fn run(a: Args) -> Result<()> {
         use_cache: true,
     };
     let mut out = std::io::stdout().lock();
-    write!(out, "{}", a.prompt)?;
+    write!(out, "{echo}")?;
     out.flush()?;
     let mut stream = TextStream::default();
     generate(&model, &prompt, &opts, |id| {
