@@ -209,7 +209,10 @@ unsafe fn f32_to_f16_f16c(src: &[f32], out: &mut [u8]) {
         // SAFETY: i + 8 <= n elements lie inside both slices.
         unsafe {
             let v = _mm256_loadu_ps(src.as_ptr().add(i));
-            _mm_storeu_si128(out.as_mut_ptr().add(2 * i) as *mut __m128i, _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v));
+            _mm_storeu_si128(
+                out.as_mut_ptr().add(2 * i) as *mut __m128i,
+                _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v),
+            );
         }
         i += 8;
     }
@@ -235,11 +238,14 @@ mod tests {
         }
         // f32 values: every f16 value, and the midpoints and neighbours between consecutive ones.
         let mut vals: Vec<f32> = out.iter().copied().filter(|v| v.is_finite()).collect();
-        let mids: Vec<f32> = vals.windows(2).flat_map(|w| {
-            let m = (w[0] as f64 + w[1] as f64) / 2.0;
-            let m = m as f32;
-            [m, f32::from_bits(m.to_bits().wrapping_add(1)), f32::from_bits(m.to_bits().wrapping_sub(1))]
-        }).collect();
+        let mids: Vec<f32> = vals
+            .windows(2)
+            .flat_map(|w| {
+                let m = (w[0] as f64 + w[1] as f64) / 2.0;
+                let m = m as f32;
+                [m, f32::from_bits(m.to_bits().wrapping_add(1)), f32::from_bits(m.to_bits().wrapping_sub(1))]
+            })
+            .collect();
         vals.extend(mids);
         vals.extend([1e6, -1e6, f32::INFINITY, f32::NEG_INFINITY, 65520.0, 65519.99]);
         let mut enc = vec![0u8; vals.len() * 2];

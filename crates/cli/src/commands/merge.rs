@@ -80,7 +80,8 @@ pub fn run(a: Args) -> Result<()> {
         .as_deref()
         .map(|s| DType::from_user(s).with_context(|| format!("--dtype '{s}': use f32, f16 or bf16")))
         .transpose()?;
-    let opts = FoldOptions { weights: a.weights, dtype, shard_size, allow_nonfinite: a.allow_nonfinite, force: a.force };
+    let opts =
+        FoldOptions { weights: a.weights, dtype, shard_size, allow_nonfinite: a.allow_nonfinite, force: a.force };
     let r = fold_adapters(base, adapters, &a.out, &opts)?;
     let secs = started.elapsed().as_secs_f64();
     println!(

@@ -41,7 +41,14 @@ pub fn run(a: Args) -> Result<()> {
     if a.adapters.len() < 2 && method == Combination::Cat {
         bail!("give at least two adapters to combine");
     }
-    let opts = AdapterMergeOptions { method, weights: a.weights, rank: a.rank, density: a.density, seed: a.seed, force: a.force };
+    let opts = AdapterMergeOptions {
+        method,
+        weights: a.weights,
+        rank: a.rank,
+        density: a.density,
+        seed: a.seed,
+        force: a.force,
+    };
     let report = merge_adapters(&a.adapters, &a.out, &opts)?;
     let worst = report.iter().map(|m| m.relative_error).fold(0.0, f64::max);
     for m in &report {

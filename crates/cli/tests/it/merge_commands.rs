@@ -157,12 +157,19 @@ fn merge_adapters_and_extract() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("largest relative error"));
     assert!(dir.join("svd/adapter_model.safetensors").is_file() && dir.join("svd/adapter_config.json").is_file());
-    assert_user_error(&lora(&["merge-adapters", s(&a1), s(&a2), "--method", "mean", "-o", s(&dir.join("x"))]), "--method 'mean'");
+    assert_user_error(
+        &lora(&["merge-adapters", s(&a1), s(&a2), "--method", "mean", "-o", s(&dir.join("x"))]),
+        "--method 'mean'",
+    );
     // Fold a1, then extract it back at its rank: all the energy is captured.
     let base = fx.join("models/llama");
     assert!(lora(&["merge", s(&base), s(&a1), "-o", s(&dir.join("fold"))]).status.success());
     let o = lora(&["extract", s(&base), s(&dir.join("fold")), "--rank", "4", "-o", s(&dir.join("ex"))]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("mean energy captured 1.0000"), "{}", String::from_utf8_lossy(&o.stdout));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("mean energy captured 1.0000"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -16,7 +16,7 @@
 
 use crate::error::Result;
 use crate::methods::{
-    Combine, Job, Keep, TopK, MergeMethod, ParamSpec, Sparse, Sparsification, SparsifyParams, sparsify, with_scratch,
+    Combine, Job, Keep, MergeMethod, ParamSpec, Sparse, Sparsification, SparsifyParams, TopK, sparsify, with_scratch,
 };
 use crate::recipe::Value;
 use crate::rng;
@@ -241,7 +241,8 @@ impl Prepared {
                 sign.iter_mut().for_each(|s| *s = if *s >= 0.0 { 1.0 } else { -1.0 });
                 divisor.fill(0.0);
                 for (d, &w) in deltas.iter().zip(&self.weights) {
-                    for ((mx, dv), (&x, &sg)) in mixed.iter_mut().zip(divisor.iter_mut()).zip(d.iter().zip(sign.iter())) {
+                    for ((mx, dv), (&x, &sg)) in mixed.iter_mut().zip(divisor.iter_mut()).zip(d.iter().zip(sign.iter()))
+                    {
                         // sign(x) == majority, without branches: random signs would mispredict half
                         // the time, which made this loop 4x slower than the arithmetic
                         let keep = ((x > 0.0) & (sg > 0.0)) | ((x < 0.0) & (sg < 0.0));
@@ -298,7 +299,8 @@ fn threshold_mask(outer: &TopK, inner: Option<&TopK>, start: usize, d: &mut [f32
         TopK::None => (u32::MAX, 0, false),
         TopK::Threshold { bits, last_tie } => (bits, last_tie, false),
     };
-    let in_top = |(bits, last, all): (u32, usize, bool), i: usize, b: u32| all | (b > bits) | ((b == bits) & (i <= last));
+    let in_top =
+        |(bits, last, all): (u32, usize, bool), i: usize, b: u32| all | (b > bits) | ((b == bits) & (i <= last));
     let o = bounds(outer);
     let inn = inner.map(bounds);
     for (j, x) in d.iter_mut().enumerate() {

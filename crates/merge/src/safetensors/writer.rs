@@ -121,7 +121,7 @@ impl ShardedWriter {
             total += off as u64;
             let mut hbytes = serde_json::to_vec(&Value::Object(header)).expect("json");
             // Pad with spaces so the data starts 8-byte aligned, as the reference writer does.
-            while (8 + hbytes.len()) % 8 != 0 {
+            while !(8 + hbytes.len()).is_multiple_of(8) {
                 hbytes.push(b' ');
             }
             let path = dir.join(file_name(k));
