@@ -1,7 +1,5 @@
 //! `--adapter DIR` (repeatable) and `--adapter-weights w1,w2,...`, shared by commands that run a model.
 
-use std::path::PathBuf;
-
 use anyhow::{Context, Result, bail};
 use lora_core::CausalLm;
 use lora_core::adapter::load_adapter;
@@ -9,9 +7,9 @@ use lora_core::adapter::load_adapter;
 /// Adapter options.
 #[derive(clap::Args, Debug, Default)]
 pub struct AdapterArgs {
-    /// A PEFT LoRA adapter folder to apply (repeat for several; their updates add up).
-    #[arg(long = "adapter", value_name = "DIR")]
-    pub adapters: Vec<PathBuf>,
+    /// A PEFT LoRA adapter to apply: a folder or a Hub id (repeat for several; their updates add up).
+    #[arg(long = "adapter", value_name = "DIR|ORG/NAME")]
+    pub adapters: Vec<String>,
     /// Weights of the adapters, in order (default 1 each).
     #[arg(long, value_delimiter = ',', value_name = "W1,W2,...")]
     pub adapter_weights: Vec<f64>,
@@ -19,17 +17,14 @@ pub struct AdapterArgs {
 
 impl AdapterArgs {
     /// Attaches the adapters to `model`.
-    pub fn apply(&self, model: &mut CausalLm) -> Result<()> {
+    pub fn apply(&self, model: &mut CausalLm, offline: bool) -> Result<()> {
         if !self.adapter_weights.is_empty() && self.adapter_weights.len() != self.adapters.len() {
-            bail!(
-                "--adapter-weights has {} values for {} adapters",
-                self.adapter_weights.len(),
-                self.adapters.len()
-            );
+            bail!("--adapter-weights has {} values for {} adapters", self.adapter_weights.len(), self.adapters.len());
         }
-        for (i, dir) in self.adapters.iter().enumerate() {
+        for (i, reference) in self.adapters.iter().enumerate() {
             let w = self.adapter_weights.get(i).copied().unwrap_or(1.0);
-            load_adapter(model, dir, w, false).with_context(|| format!("loading adapter {}", dir.display()))?;
+            let dir = crate::hub_refs::adapter(reference, offline)?;
+            load_adapter(model, &dir, w, false).with_context(|| format!("loading adapter {}", dir.display()))?;
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod adapters;
 mod commands;
 mod device;
+mod hub_refs;
 
 /// LoRA fine-tuning and adapter merging for open-weight language models, on your own hardware.
 #[derive(Parser, Debug)]

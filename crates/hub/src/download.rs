@@ -231,7 +231,7 @@ fn get_blob(client: &Client, meta: &FileMeta, part: &Path, file: &str, progress:
             Ok(n) => n,
             Err(e) => {
                 let source = ureq::Error::Io(e);
-                return Attempt::Transient(HubError::Connection { method: "GET", url, attempts: 1, source });
+                return Attempt::Transient(HubError::Connection { method: "GET", url, attempts: 1, error: source });
             }
         };
         if let Err(e) = out.write_all(&buf[..n]) {
@@ -249,7 +249,7 @@ fn get_blob(client: &Client, meta: &FileMeta, part: &Path, file: &str, progress:
         let message = format!("{got} bytes received, {} announced", meta.size);
         return if got < meta.size {
             let source = ureq::Error::Io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, message));
-            Attempt::Transient(HubError::Connection { method: "GET", url, attempts: 1, source })
+            Attempt::Transient(HubError::Connection { method: "GET", url, attempts: 1, error: source })
         } else {
             Attempt::Fatal(HubError::Corrupt { url, message })
         };

@@ -69,8 +69,9 @@ pub enum HubError {
         body: String,
     },
 
-    /// No connection, or one that broke, after all retries.
-    #[error("{method} {url}: {source} (after {attempts} attempts)")]
+    /// No connection, or one that broke, after all retries. The transport error is part of the
+    /// message, not a `source`, so that `{:#}` chains do not repeat it.
+    #[error("{method} {url}: {error} (after {attempts} attempts)")]
     Connection {
         /// HTTP method.
         method: &'static str,
@@ -79,8 +80,7 @@ pub enum HubError {
         /// How many attempts were made.
         attempts: u32,
         /// The last transport error.
-        #[source]
-        source: ureq::Error,
+        error: ureq::Error,
     },
 
     /// A response that does not follow the Hub's protocol.
@@ -139,14 +139,14 @@ pub enum HubError {
         message: String,
     },
 
-    /// A file system error.
-    #[error("{}: {source}", path.display())]
+    /// A file system error. The OS error is part of the message and deliberately not a `source`,
+    /// so that an error chain printed with `{:#}` does not say it twice.
+    #[error("{}: {error}", path.display())]
     Io {
         /// The path.
         path: PathBuf,
         /// The OS error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -156,5 +156,5 @@ pub type Result<T, E = HubError> = std::result::Result<T, E>;
 /// Attaches a path to an io::Error.
 pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> HubError {
     let path = path.into();
-    move |source| HubError::Io { path, source }
+    move |error| HubError::Io { path, error }
 }

@@ -102,9 +102,9 @@ impl Client {
         match sent {
             Err(e) => Attempt::Fatal(HubError::Protocol { url: url.into(), message: format!("bad request: {e}") }),
             Ok(Err(e)) if is_transient(&e) => {
-                Attempt::Transient(HubError::Connection { method, url: url.into(), attempts: 1, source: e })
+                Attempt::Transient(HubError::Connection { method, url: url.into(), attempts: 1, error: e })
             }
-            Ok(Err(e)) => Attempt::Fatal(HubError::Connection { method, url: url.into(), attempts: 1, source: e }),
+            Ok(Err(e)) => Attempt::Fatal(HubError::Connection { method, url: url.into(), attempts: 1, error: e }),
             Ok(Ok(resp)) => {
                 let status = resp.status().as_u16();
                 if status == 429 || status >= 500 {
@@ -138,8 +138,8 @@ impl Client {
                 Attempt::Fatal(e) => return Err(e),
                 Attempt::Transient(e) if n >= attempts => {
                     return Err(match e {
-                        HubError::Connection { method, url, source, .. } => {
-                            HubError::Connection { method, url, attempts: n, source }
+                        HubError::Connection { method, url, error, .. } => {
+                            HubError::Connection { method, url, attempts: n, error }
                         }
                         other => other,
                     });

@@ -79,7 +79,7 @@ impl Reference {
         if looks_like_path {
             return Err(HubError::Io {
                 path: path.to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such folder"),
+                error: std::io::Error::new(std::io::ErrorKind::NotFound, "no such folder"),
             });
         }
         RepoId::parse(s).map(Reference::Hub)

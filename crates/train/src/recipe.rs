@@ -47,8 +47,13 @@ pub struct Recipe {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
-    /// A local model folder (config.json, safetensors weights, tokenizer.json).
+    /// A model folder (config.json, safetensors weights, tokenizer.json), or a Hub id `org/name[@rev]`
+    /// taken from the Hugging Face cache or downloaded into it.
     pub base: PathBuf,
+    /// The base's Hub id, written into adapter_config.json and the model card (set automatically
+    /// when `base` is a Hub id; needed with `output.push_to_hub` when `base` is a folder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub_id: Option<String>,
 }
 
 /// `targets`: module names, `"all-linear"`, or a regex.
@@ -311,6 +316,9 @@ impl Default for TrainSection {
 pub struct OutputSection {
     /// The run folder: adapter files, metrics, checkpoints, manifest.
     pub dir: PathBuf,
+    /// Publish the adapter to this Hub repository (`org/name`) after a successful run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push_to_hub: Option<String>,
 }
 
 /// Where a recipe came from, for error messages.
@@ -432,14 +440,45 @@ impl Recipe {
     /// Reads a recipe file, applies `--set key.path=value` overrides, resolves relative paths
     /// against the recipe's folder and validates every value.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let hub = lora_hub::ResolveOptions::from_env().map_err(|e| TrainError::Recipe(e.to_string()))?;
+        Self::load_with(path, overrides, &hub)
+    }
+
+    /// [`Recipe::load`] with explicit Hub settings (offline mode, progress) for `[model] base` ids.
+    pub fn load_with(path: &Path, overrides: &[String], hub: &lora_hub::ResolveOptions) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
         let src = Source { name: path.display().to_string(), text };
         let mut recipe = Self::parse(&src)?;
         recipe = recipe.with_overrides(overrides)?;
         let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        recipe.resolve_base(&base, hub, &src)?;
         recipe.resolve_paths(&base);
         recipe.validate(&src)?;
         Ok(recipe)
+    }
+
+    /// A `[model] base` that is no folder beside the recipe but reads as a Hub id is fetched (or found
+    /// in the cache) and replaced by its snapshot folder; the id is kept in `hub_id`.
+    fn resolve_base(&mut self, recipe_dir: &Path, hub: &lora_hub::ResolveOptions, src: &Source) -> Result<()> {
+        let raw = self.model.base.clone();
+        if raw.is_absolute() || recipe_dir.join(&raw).is_dir() {
+            return Ok(());
+        }
+        let text = raw.to_string_lossy().into_owned();
+        if !matches!(lora_hub::Reference::parse(&text), Ok(lora_hub::Reference::Hub(_))) {
+            return Ok(()); // a missing folder: validate() reports it
+        }
+        match lora_hub::resolve_model(&text, hub) {
+            Ok(dir) => {
+                self.model.base = dir;
+                self.model.hub_id.get_or_insert(text);
+                Ok(())
+            }
+            Err(e) => {
+                let at = src.locate("model", "base").map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default();
+                Err(TrainError::Recipe(format!("{}{at}: model.base '{text}': {e}", src.name)))
+            }
+        }
     }
 
     /// Parses recipe text (no path resolution, no validation).
@@ -598,6 +637,18 @@ impl Recipe {
         }
         if !self.model.base.is_dir() {
             return err("model", "base", format!("'{}' is not a model folder", self.model.base.display()));
+        }
+        if let Some(repo) = &self.output.push_to_hub {
+            if !matches!(lora_hub::RepoId::parse(repo), Ok(_)) || !repo.contains('/') {
+                return err("output", "push_to_hub", format!("'{repo}' is not a Hub repository id (org/name)"));
+            }
+            if self.model.hub_id.is_none() {
+                return err(
+                    "output",
+                    "push_to_hub",
+                    "needs the base's Hub id for the model card: set model.hub_id = \"org/name\" (or give model.base as a Hub id)".into(),
+                );
+            }
         }
         for p in self
             .data

@@ -226,7 +226,7 @@ pub fn adapter_config(recipe: &Recipe) -> AdapterConfig {
     AdapterConfig {
         peft_type: "LORA".into(),
         task_type: Some("CAUSAL_LM".into()),
-        base_model_name_or_path: Some(recipe.model.base.display().to_string()),
+        base_model_name_or_path: Some(base_model_name(recipe)),
         r: l.r,
         lora_alpha: l.alpha,
         lora_dropout: l.dropout,
@@ -246,6 +246,11 @@ pub fn adapter_config(recipe: &Recipe) -> AdapterConfig {
         use_dora: false,
         peft_version: None,
     }
+}
+
+/// How the adapter names its base: the Hub id when known, else the folder.
+pub fn base_model_name(recipe: &Recipe) -> String {
+    recipe.model.hub_id.clone().unwrap_or_else(|| recipe.model.base.display().to_string())
 }
 
 /// Names of the trainable tensors, as in the adapter file.
@@ -488,7 +493,7 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
         eval_loss.map_or("-".into(), |l| format!("{l:.4}")),
         eval_loss.map_or("-".into(), |l| format!("{:.3}", l.exp()))
     );
-    let card = run_files::model_card(&p.recipe.model.base.display().to_string(), &recipe_text, &data_desc, &results);
+    let card = run_files::model_card(&base_model_name(&p.recipe), &recipe_text, &data_desc, &results);
     write_atomic(&dir.join("README.md"), card.as_bytes())?;
     let adapter_sha256 = sha256_file(&dir.join("adapter_model.safetensors"))?;
     let manifest = Manifest {

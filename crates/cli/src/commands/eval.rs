@@ -10,9 +10,12 @@ use serde_json::Value;
 /// Arguments of `lora eval`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Model folder.
+    /// Model: a folder (config.json, safetensors weights, tokenizer.json) or a Hub id org/name[@rev].
     #[arg(long)]
-    model: PathBuf,
+    model: String,
+    /// Never touch the network: Hub ids must be in the Hugging Face cache (as HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    offline: bool,
     /// JSONL file with one {"text": "..."} object per line.
     #[arg(long)]
     data: PathBuf,
@@ -54,9 +57,10 @@ fn read_texts(path: &PathBuf) -> Result<Vec<String>> {
 pub fn run(a: Args) -> Result<()> {
     let texts = read_texts(&a.data)?;
     let device = crate::device::open(&a.device)?;
-    let mut model = CausalLm::load_dir(&a.model, &device).with_context(|| format!("loading {}", a.model.display()))?;
-    a.adapters.apply(&mut model)?;
-    let tok = Tokenizer::load_dir(&a.model, &model.config)?;
+    let dir = crate::hub_refs::model(&a.model, a.offline)?;
+    let mut model = CausalLm::load_dir(&dir, &device).with_context(|| format!("loading {}", dir.display()))?;
+    a.adapters.apply(&mut model, a.offline)?;
+    let tok = Tokenizer::load_dir(&dir, &model.config)?;
     let r = evaluate_texts(&model, &tok, &texts)?;
     if a.json {
         let v = serde_json::json!({

@@ -1,7 +1,6 @@
 //! `lora generate`: stream a continuation of a prompt.
 
 use std::io::Write;
-use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use lora_core::generate::{GenerateOptions, SamplingParams, generate};
@@ -12,9 +11,12 @@ use lora_train::data::chat_template::ChatTemplate;
 /// Arguments of `lora generate`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Model folder (config.json, safetensors weights, tokenizer.json).
+    /// Model: a folder (config.json, safetensors weights, tokenizer.json) or a Hub id org/name[@rev].
     #[arg(long)]
-    model: PathBuf,
+    model: String,
+    /// Never touch the network: Hub ids must be in the Hugging Face cache (as HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    offline: bool,
     /// The prompt, encoded with the tokenizer's special tokens (BOS); the output repeats it.
     #[arg(long, required_unless_present = "chat", conflicts_with = "chat")]
     prompt: Option<String>,
@@ -49,15 +51,17 @@ pub struct Args {
 /// Runs `lora generate`.
 pub fn run(a: Args) -> Result<()> {
     let device = crate::device::open(&a.device)?;
-    let mut model = CausalLm::load_dir(&a.model, &device).with_context(|| format!("loading {}", a.model.display()))?;
-    a.adapters.apply(&mut model)?;
-    let tok = Tokenizer::load_dir(&a.model, &model.config)?;
+    let dir = crate::hub_refs::model(&a.model, a.offline)?;
+    let mut model = CausalLm::load_dir(&dir, &device).with_context(|| format!("loading {}", dir.display()))?;
+    a.adapters.apply(&mut model, a.offline)?;
+    let tok = Tokenizer::load_dir(&dir, &model.config)?;
     let (prompt, echo) = match (&a.prompt, &a.chat) {
         (Some(p), _) => (tok.encode(p, true)?, p.clone()),
         (None, Some(user)) => {
-            let src = tok.chat_template.as_deref().ok_or_else(|| {
-                anyhow::anyhow!("{}: the model has no chat template; use --prompt", a.model.display())
-            })?;
+            let src = tok
+                .chat_template
+                .as_deref()
+                .ok_or_else(|| anyhow::anyhow!("{}: the model has no chat template; use --prompt", dir.display()))?;
             let text = |id: Option<u32>| id.and_then(|i| tok.inner().id_to_token(i));
             let now =
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);

@@ -39,7 +39,7 @@ pub fn run(a: Args) -> Result<()> {
         message: a.message,
         base_model: a.base_model,
     };
-    let progress = super::download::progress_bars();
+    let progress = crate::hub_refs::progress_bars();
     let published = lora_hub::publish_folder(&a.dir, &opts, &hub, &progress)
         .with_context(|| format!("publishing {} to {}", a.dir.display(), a.repo))?;
     for f in &published.files {

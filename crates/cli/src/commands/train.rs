@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use lora_train::Recipe;
 use lora_train::trainer::{Event, RunOptions, prepare, run};
@@ -27,11 +27,28 @@ pub struct Args {
     /// Validate the recipe, load model and data, print the resolved recipe; train nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Never touch the network: a Hub id as base must be in the Hugging Face cache.
+    #[arg(long)]
+    offline: bool,
 }
 
 /// Runs `lora train`.
 pub fn run_cmd(a: Args) -> Result<()> {
-    let recipe = Recipe::load(&a.recipe, &a.set)?;
+    let recipe = Recipe::load_with(&a.recipe, &a.set, &crate::hub_refs::options(a.offline)?)?;
+    // Publishing needs a token: find out before training, not after.
+    let hub = match &recipe.output.push_to_hub {
+        Some(_) if !a.dry_run => {
+            let hub = lora_hub::HubConfig::from_env()?;
+            if hub.token.is_none() {
+                anyhow::bail!(
+                    "output.push_to_hub needs a Hub token: set HF_TOKEN or write it to {}",
+                    hub.token_file.display()
+                );
+            }
+            Some(hub)
+        }
+        _ => None,
+    };
     let prepared = prepare(&recipe)?;
     let trainable = lora_train::trainable::trainable_parameters(&prepared.model);
     if a.dry_run {
@@ -123,6 +140,13 @@ pub fn run_cmd(a: Args) -> Result<()> {
             );
         }
     })?;
+    if let (Some(repo), Some(hub)) = (&recipe.output.push_to_hub, &hub) {
+        let mut opts = lora_hub::PublishOptions::new(repo.clone());
+        opts.base_model = recipe.model.hub_id.clone();
+        let published = lora_hub::publish_folder(&summary.dir, &opts, hub, &crate::hub_refs::progress_bars())
+            .with_context(|| format!("publishing {} to {repo}", summary.dir.display()))?;
+        eprintln!("published: {}", published.commit.url);
+    }
     println!("{}", summary.dir.display());
     Ok(())
 }

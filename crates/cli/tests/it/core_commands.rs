@@ -131,7 +131,7 @@ fn eval_matches_transformers_loss() {
 #[test]
 fn bad_inputs_exit_2_with_one_message() {
     let o = lora(&["generate", "--model", "/nonexistent/model", "--prompt", "hi"]);
-    assert_user_error(&o, "/nonexistent/model: not a folder");
+    assert_user_error(&o, "/nonexistent/model: no such folder");
     let o = lora(&["inspect", "/nonexistent/file.safetensors"]);
     assert_user_error(&o, "no such file or folder");
 

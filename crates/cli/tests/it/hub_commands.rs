@@ -215,3 +215,61 @@ fn a_model_downloaded_by_id_generates_as_the_original_folder() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("missing: config.json, tokenizer.json, model.safetensors"), "{err}");
 }
+
+#[test]
+fn recipe_with_a_hub_base_trains_and_pushes_to_hub() {
+    let d = temp_dir("push");
+    let model = root().join("tests/fixtures/models/llama");
+    let hub = FakeHub::start(TOKEN);
+    let files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&model)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap())
+        })
+        .collect();
+    let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
+    hub.seed("tiny-org/tiny-llama", false, &refs);
+    let home = d.join("home");
+    let mut outputs = Vec::new();
+
+    // `--model ID` in generate resolves through the cache.
+    let g = ["generate", "--model", "tiny-org/tiny-llama", "--prompt", "The quick brown fox", "--max-new-tokens", "6"];
+    let by_id = ok(&lora_hub(&g, &hub.url, &home, None, &mut outputs));
+    let by_dir = ok(&Command::new(env!("CARGO_BIN_EXE_lora"))
+        .args(["generate", "--model", s(&model), "--prompt", "The quick brown fox", "--max-new-tokens", "6"])
+        .output()
+        .unwrap());
+    assert_eq!(by_id, by_dir);
+
+    // A recipe whose base is the Hub id, published after training.
+    let run = d.join("run");
+    let recipe = root().join("recipes/tiny.toml");
+    let sets = [
+        format!("output.dir=\"{}\"", run.display()),
+        "model.base=\"tiny-org/tiny-llama\"".to_string(),
+        "output.push_to_hub=\"me/pushed\"".to_string(),
+    ];
+    let mut args = vec!["train", s(&recipe)];
+    for x in &sets {
+        args.extend(["--set", x.as_str()]);
+    }
+    // Without a token nothing is trained.
+    let o = lora_hub(&args, &hub.url, &home, None, &mut outputs);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("push_to_hub needs a Hub token"));
+    assert!(!run.exists());
+    let o = lora_hub(&args, &hub.url, &home, Some(TOKEN), &mut outputs);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("published: "), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(hub.commits("me/pushed").len(), 1);
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["base_model_name_or_path"], "tiny-org/tiny-llama");
+    assert!(std::fs::read_to_string(run.join("README.md")).unwrap().contains("base_model: tiny-org/tiny-llama"));
+    // The token is in no output.
+    assert!(outputs.iter().all(|o| !o.contains(TOKEN)));
+    let mut written = Vec::new();
+    all_files(&run, &mut written);
+    assert!(written.iter().all(|(_, b)| !String::from_utf8_lossy(b).contains(TOKEN)));
+}

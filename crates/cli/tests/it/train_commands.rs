@@ -41,7 +41,10 @@ fn train_verify_and_use_the_adapter() {
     let o = train_tiny(&run, &[]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
-    assert!(err.contains("step 12/12") && err.contains("done: 12 steps"), "plain progress lines without a terminal: {err}");
+    assert!(
+        err.contains("step 12/12") && err.contains("done: 12 steps"),
+        "plain progress lines without a terminal: {err}"
+    );
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), run.display().to_string());
 
     // verify passes on an untouched run.
@@ -52,7 +55,8 @@ fn train_verify_and_use_the_adapter() {
     // The adapter changes generation and evaluation; weight 0 is the base again.
     let model = root().join("tests/fixtures/models/llama");
     let generate = |extra: &[&str]| {
-        let mut args = vec!["generate", "--model", s(&model), "--prompt", "The quick brown fox", "--max-new-tokens", "8"];
+        let mut args =
+            vec!["generate", "--model", s(&model), "--prompt", "The quick brown fox", "--max-new-tokens", "8"];
         args.extend_from_slice(extra);
         let o = lora(&args);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -123,13 +127,17 @@ fn bad_recipes_exit_2_and_create_no_run_folder() {
     }
     // A recipe file with an unknown key: file, line and column.
     let recipe = d.join("bad.toml");
-    let text = std::fs::read_to_string(root().join("recipes/tiny.toml")).unwrap().replace("lr = 1e-2", "learning_rate = 1e-2");
+    let text =
+        std::fs::read_to_string(root().join("recipes/tiny.toml")).unwrap().replace("lr = 1e-2", "learning_rate = 1e-2");
     let text = text.replace("../", &format!("{}/", root().display()));
     std::fs::write(&recipe, text).unwrap();
     let o = lora(&["train", s(&recipe)]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2));
-    assert!(err.contains("bad.toml:") && err.contains("unknown key 'learning_rate' in [train]; did you mean 'lr'?"), "{err}");
+    assert!(
+        err.contains("bad.toml:") && err.contains("unknown key 'learning_rate' in [train]; did you mean 'lr'?"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -141,6 +149,9 @@ fn dry_run_prints_the_resolved_recipe() {
     let o = lora(&["train", s(&recipe), "--set", &set, "--dry-run"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let text = String::from_utf8_lossy(&o.stdout);
-    assert!(text.contains("[train]") && text.contains("lr = 0.01") && text.contains("# trainable parameters: 1920"), "{text}");
+    assert!(
+        text.contains("[train]") && text.contains("lr = 0.01") && text.contains("# trainable parameters: 1920"),
+        "{text}"
+    );
     assert!(!out.exists());
 }
