@@ -21,6 +21,8 @@ pub struct Tokenizer {
     pub pad_token_id: Option<u32>,
     /// The Jinja chat template (`chat_template` of tokenizer_config.json, or `chat_template.jinja`).
     pub chat_template: Option<String>,
+    /// `padding_side: "left"` in tokenizer_config.json.
+    pub padding_left: bool,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -118,7 +120,8 @@ impl Tokenizer {
                 }
             }
         };
-        Ok(Self { inner, path, bos_token_id, eos_token_ids, pad_token_id, chat_template })
+        let padding_left = tok_cfg.get("padding_side").and_then(Value::as_str) == Some("left");
+        Ok(Self { inner, path, bos_token_id, eos_token_ids, pad_token_id, chat_template, padding_left })
     }
 
     /// Encodes text; `add_special_tokens` applies the tokenizer's post-processor (e.g. BOS).

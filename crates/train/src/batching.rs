@@ -31,8 +31,9 @@ pub fn micro_batch<'a>(examples: &'a [Example], batch_size: usize, seed: u64, in
     order[start..(start + batch_size).min(order.len())].iter().map(|&i| &examples[i]).collect()
 }
 
-/// Pads examples on the right with `pad_id`; padded positions have no label and are masked.
-pub fn collate(examples: &[&Example], pad_id: u32) -> (TokenBatch, Vec<Vec<Option<u32>>>) {
+/// Pads examples with `pad_id` on the tokenizer's padding side; padded positions have no label and are
+/// masked (positions count real tokens only, so the side changes no number).
+pub fn collate(examples: &[&Example], pad_id: u32, pad_left: bool) -> (TokenBatch, Vec<Vec<Option<u32>>>) {
     let t = examples.iter().map(|e| e.ids.len()).max().unwrap_or(0);
     let padded = examples.iter().any(|e| e.ids.len() < t);
     let mut ids = Vec::with_capacity(examples.len());
@@ -42,13 +43,28 @@ pub fn collate(examples: &[&Example], pad_id: u32) -> (TokenBatch, Vec<Vec<Optio
     let mut segments = Vec::with_capacity(examples.len());
     for e in examples {
         let pad = t - e.ids.len();
-        ids.push(e.ids.iter().copied().chain(std::iter::repeat_n(pad_id, pad)).collect());
-        mask.push(std::iter::repeat_n(true, e.ids.len()).chain(std::iter::repeat_n(false, pad)).collect());
-        labels.push(e.labels.iter().copied().chain(std::iter::repeat_n(None, pad)).collect());
+        // Padding (with its own segment number when packed) before or after the tokens.
+        let seg = e.segments.clone().unwrap_or_else(|| vec![0; e.ids.len()]);
+        let place = |real: Vec<_>, fill| -> Vec<_> {
+            if pad_left {
+                std::iter::repeat_n(fill, pad).chain(real).collect()
+            } else {
+                real.into_iter().chain(std::iter::repeat_n(fill, pad)).collect()
+            }
+        };
+        ids.push(place(e.ids.clone(), pad_id));
+        mask.push(if pad_left {
+            std::iter::repeat_n(false, pad).chain(std::iter::repeat_n(true, e.ids.len())).collect()
+        } else {
+            std::iter::repeat_n(true, e.ids.len()).chain(std::iter::repeat_n(false, pad)).collect()
+        });
+        labels.push(if pad_left {
+            std::iter::repeat_n(None, pad).chain(e.labels.iter().copied()).collect()
+        } else {
+            e.labels.iter().copied().chain(std::iter::repeat_n(None, pad)).collect()
+        });
         if packed {
-            let seg = e.segments.clone().unwrap_or_else(|| vec![0; e.ids.len()]);
-            // Padding gets a segment of its own.
-            segments.push(seg.into_iter().chain(std::iter::repeat_n(u32::MAX, pad)).collect());
+            segments.push(place(seg, u32::MAX));
         }
     }
     (TokenBatch { ids, mask: padded.then_some(mask), segments: packed.then_some(segments) }, labels)

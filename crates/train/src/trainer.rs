@@ -121,8 +121,9 @@ impl Prepared {
 pub fn prepare(recipe: &Recipe) -> Result<Prepared> {
     let backend: Backend = recipe.train.device.parse()?;
     let device = backend.device()?;
-    let mut model = CausalLm::load_dir(&recipe.model.base, &device)?;
-    let tokenizer = Tokenizer::load_dir(&recipe.model.base, &model.config)?;
+    // Config and tokenizer first: bad data is reported before the weights are read.
+    let config = lora_core::ModelConfig::from_file(recipe.model.base.join("config.json"))?;
+    let tokenizer = Tokenizer::load_dir(&recipe.model.base, &config)?;
     let d = &recipe.data;
     // The chat template: the recipe's (inline or a .jinja file), else the model's.
     let template_source = match &d.chat_template {
@@ -191,6 +192,7 @@ pub fn prepare(recipe: &Recipe) -> Result<Prepared> {
         train = packing::pack(&train, d.max_seq_len);
         train_summary.packed_rows = train.len();
     }
+    let mut model = CausalLm::load_dir(&recipe.model.base, &device)?;
     let l = &recipe.lora;
     let spec = LoraSpec {
         r: l.r,
@@ -266,7 +268,13 @@ fn tensor_names(model: &CausalLm) -> Vec<String> {
 }
 
 /// Mean loss per trained token over examples, without dropout.
-pub fn evaluate(model: &mut CausalLm, examples: &[Example], batch_size: usize, pad_id: u32) -> Result<Option<f64>> {
+pub fn evaluate(
+    model: &mut CausalLm,
+    examples: &[Example],
+    batch_size: usize,
+    pad_id: u32,
+    pad_left: bool,
+) -> Result<Option<f64>> {
     if examples.is_empty() {
         return Ok(None);
     }
@@ -274,7 +282,7 @@ pub fn evaluate(model: &mut CausalLm, examples: &[Example], batch_size: usize, p
     let (mut sum, mut count) = (0.0f64, 0usize);
     for chunk in examples.chunks(batch_size) {
         let refs: Vec<&Example> = chunk.iter().collect();
-        let (batch, labels) = collate(&refs, pad_id);
+        let (batch, labels) = collate(&refs, pad_id, pad_left);
         let logits = model.forward(&batch, None)?;
         let (s, n) = shifted_cross_entropy_sum(logits, &labels);
         sum += to_f32_vec(s.inner())?[0] as f64;
@@ -358,6 +366,7 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
     let t = p.recipe.train.clone();
     let schedule = Schedule::parse(&t.schedule).expect("validated");
     let pad_id = p.tokenizer.pad_token_id.or(p.tokenizer.eos_token_ids.first().copied()).unwrap_or(0);
+    let left = p.tokenizer.padding_left;
     let names = tensor_names(&p.model);
     let mut opt =
         AdamW::new(AdamWConfig { weight_decay: t.weight_decay, ..AdamWConfig::default() }, &adapter_tensors(&p.model));
@@ -419,7 +428,7 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
         let seen_tokens: usize = micros.iter().flatten().map(|e| e.ids.len()).sum();
         // 2) Forward/backward each; the loss is divided by the whole step's token count, so the
         //    accumulated gradient is that of the mean over every target token of the step.
-        let batches: Vec<_> = micros.iter().map(|m| collate(m, pad_id)).collect();
+        let batches: Vec<_> = micros.iter().map(|m| collate(m, pad_id, left)).collect();
         let lr = schedule.lr(t.lr, step, t.warmup_steps, total);
         let StepOutcome { loss, grad_norm } =
             train_step(&mut p.model, &mut opt, &batches, step_tokens, lr, t.max_grad_norm, |i| {
@@ -441,7 +450,7 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
             eval_loss: None,
         };
         if (t.eval_every > 0 && done % t.eval_every == 0) || done == total {
-            metrics.eval_loss = evaluate(&mut p.model, &p.validation, t.batch_size, pad_id)?;
+            metrics.eval_loss = evaluate(&mut p.model, &p.validation, t.batch_size, pad_id, left)?;
             eval_loss = metrics.eval_loss.or(eval_loss);
         }
         if first_loss.is_nan() {

@@ -57,8 +57,8 @@ pub fn run_cmd(a: Args) -> Result<()> {
         println!("# trainable parameters: {trainable}");
         let s = &prepared.train_summary;
         println!(
-            "# training data: {} examples, {} tokens, {} trained tokens, {} truncated",
-            s.examples, s.tokens, s.trained_tokens, s.truncated
+            "# training data: {} examples, {} tokens, {} trained tokens, {} truncated, {} dropped, {} invalid skipped",
+            s.examples, s.tokens, s.trained_tokens, s.truncated, s.dropped, s.skipped
         );
         if let Some(v) = &prepared.validation_summary {
             println!("# validation data: {} examples, {} tokens", v.examples, v.tokens);
@@ -79,11 +79,14 @@ pub fn run_cmd(a: Args) -> Result<()> {
     let summary = run(prepared, &opts, &mut |e| match e {
         Event::Start { train, validation, total_steps, first_step, trainable, targets } => {
             eprintln!(
-                "data: {} examples, {} tokens, {} trained tokens, {} truncated{}",
+                "data: {} examples, {} tokens, {} trained tokens, {} truncated, {} dropped, {} invalid skipped{}{}",
                 train.examples,
                 train.tokens,
                 train.trained_tokens,
                 train.truncated,
+                train.dropped,
+                train.skipped,
+                if train.packed_rows > 0 { format!(", packed into {} rows", train.packed_rows) } else { String::new() },
                 validation.map(|v| format!("; validation: {} examples", v.examples)).unwrap_or_default()
             );
             eprintln!(

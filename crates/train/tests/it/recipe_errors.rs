@@ -96,3 +96,27 @@ fn target_that_matches_nothing_lists_modules() {
     assert!(e.contains("match no module") && e.contains("q_proj") && e.contains("down_proj"), "{e}");
     let _ = Source { name: String::new(), text: String::new() };
 }
+
+#[test]
+fn empty_data_is_reported_before_the_weights_are_read() {
+    // Weights that would fail to load, and an empty dataset: the data error comes first.
+    let d = temp_dir("empty-data");
+    let model = d.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for e in std::fs::read_dir(fixtures().join("models/llama")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
+    }
+    std::fs::write(model.join("model.safetensors"), b"not safetensors").unwrap();
+    let data = d.join("empty.jsonl");
+    std::fs::write(&data, "\n").unwrap();
+    let text = GOOD.replace("MODEL", &model.display().to_string()).replace("DATA", &data.display().to_string());
+    let p = d.join("recipe.toml");
+    std::fs::write(&p, text.replace("OUT", &d.join("out").display().to_string())).unwrap();
+    let r = Recipe::load(&p, &[]).unwrap();
+    let e = match lora_train::trainer::prepare(&r) {
+        Ok(_) => panic!("should fail"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("empty.jsonl: no usable examples"), "{e}");
+}
