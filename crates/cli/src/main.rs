@@ -11,6 +11,7 @@ mod adapters;
 mod commands;
 mod device;
 mod hub_refs;
+mod model_args;
 
 /// LoRA fine-tuning and adapter merging for open-weight language models, on your own hardware.
 #[derive(Parser, Debug)]

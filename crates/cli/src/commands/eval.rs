@@ -4,29 +4,27 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use lora_core::eval::evaluate_texts;
-use lora_core::{CausalLm, Tokenizer};
 use serde_json::Value;
 
 /// Arguments of `lora eval`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Model: a folder (config.json, safetensors weights, tokenizer.json) or a Hub id org/name[@rev].
-    #[arg(long)]
-    model: String,
-    /// Never touch the network: Hub ids must be in the Hugging Face cache (as HF_HUB_OFFLINE=1).
-    #[arg(long)]
-    offline: bool,
-    /// JSONL file with one {"text": "..."} object per line.
+    #[command(flatten)]
+    model: crate::model_args::ModelArgs,
+    /// JSONL (or JSON array) data file.
     #[arg(long)]
     data: PathBuf,
+    /// text: {"text"} lines, scored on every token as transformers' model(ids, labels=ids).loss;
+    /// completion, alpaca, chat: scored on the tokens training would train on (answers, assistant
+    /// turns); auto: from the first record.
+    #[arg(long, default_value = "text")]
+    format: String,
+    /// Longest sequence for the completion, alpaca and chat formats.
+    #[arg(long, default_value_t = 2048)]
+    max_seq_len: usize,
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
-    /// cpu (default), ndarray or cuda.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    #[command(flatten)]
-    adapters: crate::adapters::AdapterArgs,
 }
 
 /// Reads `{"text": ...}` lines; errors name the file and line.
@@ -55,12 +53,14 @@ fn read_texts(path: &PathBuf) -> Result<Vec<String>> {
 
 /// Runs `lora eval`.
 pub fn run(a: Args) -> Result<()> {
+    let first = lora_train::data::records::read_records(&a.data)?.into_iter().find_map(|r| r.value.ok());
+    let format = lora_train::data::format::Format::resolve(&a.format, first.as_ref())
+        .map_err(|m| anyhow::anyhow!("{}: {m}", a.data.display()))?;
+    if format != lora_train::data::format::Format::Text {
+        return run_masked(&a);
+    }
     let texts = read_texts(&a.data)?;
-    let device = crate::device::open(&a.device)?;
-    let dir = crate::hub_refs::model(&a.model, a.offline)?;
-    let mut model = CausalLm::load_dir(&dir, &device).with_context(|| format!("loading {}", dir.display()))?;
-    a.adapters.apply(&mut model, a.offline)?;
-    let tok = Tokenizer::load_dir(&dir, &model.config)?;
+    let (model, tok, _) = a.model.load()?;
     let r = evaluate_texts(&model, &tok, &texts)?;
     if a.json {
         let v = serde_json::json!({
@@ -72,6 +72,52 @@ pub fn run(a: Args) -> Result<()> {
         println!(
             "{} texts, {} predicted tokens: mean loss {:.6}, perplexity {:.4}",
             r.texts, r.predicted_tokens, r.mean_loss, r.perplexity
+        );
+    }
+    Ok(())
+}
+
+/// Completion / alpaca / chat data: the loss over the tokens training would train on.
+fn run_masked(a: &Args) -> Result<()> {
+    use lora_train::data::chat_template::{ChatTemplate, FIXED_DATE_UNIX};
+    use lora_train::data::{DataOptions, Overflow, load_examples};
+    let (mut model, tok, _) = a.model.load()?;
+    let text = |id: Option<u32>| id.and_then(|i| tok.inner().id_to_token(i));
+    let template = tok
+        .chat_template
+        .as_deref()
+        .map(|src| {
+            ChatTemplate::new(src, text(tok.bos_token_id), text(tok.eos_token_ids.first().copied()), FIXED_DATE_UNIX)
+        })
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let opts = DataOptions {
+        format: &a.format,
+        max_seq_len: a.max_seq_len,
+        overflow: Overflow::Truncate,
+        train_on_inputs: false,
+        skip_invalid: false,
+        packing: false,
+        template: template.as_ref(),
+        seed: 0,
+    };
+    let (examples, summary) = load_examples(&[(a.data.clone(), 1.0)], &opts, &tok)?;
+    let pad = tok.pad_token_id.or(tok.eos_token_ids.first().copied()).unwrap_or(0);
+    let loss = lora_train::trainer::evaluate(&mut model, &examples, 8, pad, tok.padding_left)?
+        .ok_or_else(|| anyhow::anyhow!("{}: nothing to evaluate", a.data.display()))?;
+    if a.json {
+        let v = serde_json::json!({
+            "examples": summary.examples, "predicted_tokens": summary.trained_tokens,
+            "mean_loss": loss, "perplexity": loss.exp(),
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "{} examples, {} scored tokens: mean loss {:.6}, perplexity {:.4}",
+            summary.examples,
+            summary.trained_tokens,
+            loss,
+            loss.exp()
         );
     }
     Ok(())

@@ -2,21 +2,16 @@
 
 use std::io::Write;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use lora_core::generate::{GenerateOptions, SamplingParams, generate};
 use lora_core::tokenizer::TextStream;
-use lora_core::{CausalLm, Tokenizer};
 use lora_train::data::chat_template::ChatTemplate;
 
 /// Arguments of `lora generate`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Model: a folder (config.json, safetensors weights, tokenizer.json) or a Hub id org/name[@rev].
-    #[arg(long)]
-    model: String,
-    /// Never touch the network: Hub ids must be in the Hugging Face cache (as HF_HUB_OFFLINE=1).
-    #[arg(long)]
-    offline: bool,
+    #[command(flatten)]
+    model: crate::model_args::ModelArgs,
     /// The prompt, encoded with the tokenizer's special tokens (BOS); the output repeats it.
     #[arg(long, required_unless_present = "chat", conflicts_with = "chat")]
     prompt: Option<String>,
@@ -41,20 +36,11 @@ pub struct Args {
     /// Seed of the sampling RNG.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// cpu (default), ndarray or cuda.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    #[command(flatten)]
-    adapters: crate::adapters::AdapterArgs,
 }
 
 /// Runs `lora generate`.
 pub fn run(a: Args) -> Result<()> {
-    let device = crate::device::open(&a.device)?;
-    let dir = crate::hub_refs::model(&a.model, a.offline)?;
-    let mut model = CausalLm::load_dir(&dir, &device).with_context(|| format!("loading {}", dir.display()))?;
-    a.adapters.apply(&mut model, a.offline)?;
-    let tok = Tokenizer::load_dir(&dir, &model.config)?;
+    let (model, tok, dir) = a.model.load()?;
     let (prompt, echo) = match (&a.prompt, &a.chat) {
         (Some(p), _) => (tok.encode(p, true)?, p.clone()),
         (None, Some(user)) => {

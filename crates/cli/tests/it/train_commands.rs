@@ -155,3 +155,25 @@ fn dry_run_prints_the_resolved_recipe() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn eval_scores_chat_data_on_assistant_tokens_only() {
+    let model = root().join("tests/fixtures/models/llama");
+    let data = root().join("datasets/quickstart-chat.jsonl");
+    let run = |format: &str| {
+        let o = lora(&["eval", "--model", s(&model), "--data", s(&data), "--format", format, "--json"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let chat = run("auto");
+    assert_eq!(chat["examples"], 320);
+    let scored = chat["predicted_tokens"].as_u64().unwrap();
+    // Only the assistant answers (and their <|im_end|>) count: far fewer than all tokens.
+    assert!(scored > 320 * 10 && scored < 320 * 100, "{scored}");
+    assert_eq!(run("chat"), chat);
+    // Text data given as chat is refused with the file named.
+    let text = root().join("datasets/tiny-text.jsonl");
+    let o = lora(&["eval", "--model", s(&model), "--data", s(&text), "--format", "chat"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("tiny-text.jsonl:1: missing array field \"messages\""));
+}
