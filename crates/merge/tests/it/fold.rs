@@ -63,14 +63,24 @@ fn adapter_targets_missing_from_the_base_are_refused() {
         ("base_model.model.model.layers.0.self_attn.qq_proj.lora_B.weight", vec![64, 4], b),
     ];
     write_f32_safetensors(&bad.join("adapter_model.safetensors"), &list);
-    let e = fold_adapters(&fixtures().join("models/llama"), std::slice::from_ref(&bad), &dir.join("o"), &FoldOptions::default())
-        .unwrap_err();
+    let e = fold_adapters(
+        &fixtures().join("models/llama"),
+        std::slice::from_ref(&bad),
+        &dir.join("o"),
+        &FoldOptions::default(),
+    )
+    .unwrap_err();
     assert!(matches!(e, MergeError::Mismatch(_)));
     assert!(e.to_string().contains("module 'model.layers.0.self_attn.qq_proj' is not in the base model"), "{e}");
     assert!(!dir.join("o").exists());
     // No adapter_config.json at all.
-    let e = fold_adapters(&fixtures().join("models/llama"), std::slice::from_ref(&dir), &dir.join("o"), &FoldOptions::default())
-        .unwrap_err();
+    let e = fold_adapters(
+        &fixtures().join("models/llama"),
+        std::slice::from_ref(&dir),
+        &dir.join("o"),
+        &FoldOptions::default(),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("no adapter_config.json"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
