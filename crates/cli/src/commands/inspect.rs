@@ -33,6 +33,10 @@ pub fn run(a: Args) -> Result<()> {
     if !path.exists() {
         bail!("{}: no such file or folder", path.display());
     }
+    let adapter_cfg = path.join("adapter_config.json");
+    if path.is_dir() && adapter_cfg.is_file() {
+        return inspect_adapter(path, &adapter_cfg, a.json);
+    }
     let (files, config) = if path.is_dir() {
         let w = Weights::open_dir(path)?;
         let files: Vec<PathBuf> = w.files().iter().map(|f| f.path().to_path_buf()).collect();
@@ -136,4 +140,60 @@ fn emit(text: &str) -> Result<()> {
     out.write_all(text.as_bytes())?;
     out.flush()?;
     Ok(())
+}
+
+/// A PEFT adapter folder: rank, alpha, scaling, targets, modules and parameters.
+fn inspect_adapter(dir: &Path, cfg_path: &Path, json_out: bool) -> Result<()> {
+    let cfg = lora_core::peft_config::AdapterConfig::from_file(cfg_path)?;
+    let weights = dir.join("adapter_model.safetensors");
+    let st = SafetensorsFile::open(&weights)?;
+    let mut modules: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new(); // module -> (r, in, out)
+    let mut params = 0usize;
+    let mut dtypes: BTreeMap<String, usize> = BTreeMap::new();
+    for (name, info) in st.tensors() {
+        params += info.shape.iter().product::<usize>();
+        *dtypes.entry(format!("{:?}", info.dtype)).or_default() += 1;
+        let inner = name.strip_prefix(lora_core::adapter::PEFT_PREFIX).unwrap_or(name);
+        if let Some(m) = inner.strip_suffix(".lora_A.weight") {
+            let e = modules.entry(m.to_string()).or_default();
+            (e.0, e.1) = (info.shape[0], info.shape.get(1).copied().unwrap_or(0));
+        } else if let Some(m) = inner.strip_suffix(".lora_B.weight") {
+            modules.entry(m.to_string()).or_default().2 = info.shape[0];
+        }
+    }
+    let targets = match &cfg.target_modules {
+        Some(lora_core::peft_config::TargetModules::Names(n)) => n.join(", "),
+        Some(lora_core::peft_config::TargetModules::Pattern(p)) => p.clone(),
+        None => "-".into(),
+    };
+    let scaling = lora_core::lora::lora_scaling(cfg.lora_alpha, cfg.r, cfg.use_rslora);
+    if json_out {
+        let v = json!({
+            "path": dir, "kind": "peft-lora-adapter", "base_model": cfg.base_model_name_or_path,
+            "r": cfg.r, "lora_alpha": cfg.lora_alpha, "use_rslora": cfg.use_rslora, "scaling": scaling,
+            "target_modules": targets, "modules": modules.len(), "parameters": params, "dtypes": dtypes,
+        });
+        return emit(&format!("{}\n", serde_json::to_string_pretty(&v)?));
+    }
+    let mut o = String::new();
+    let _ = writeln!(o, "path:         {}", dir.display());
+    let _ = writeln!(o, "kind:         PEFT LoRA adapter ({})", cfg.task_type.as_deref().unwrap_or("-"));
+    let _ = writeln!(o, "base model:   {}", cfg.base_model_name_or_path.as_deref().unwrap_or("-"));
+    let _ = writeln!(
+        o,
+        "rank:         r = {}, alpha = {}{}, scaling {scaling}",
+        cfg.r,
+        cfg.lora_alpha,
+        if cfg.use_rslora { " (rsLoRA)" } else { "" }
+    );
+    let _ = writeln!(o, "targets:      {targets} ({} modules)", modules.len());
+    let _ = writeln!(o, "parameters:   {} ({})", group(params), human(params));
+    let d: Vec<String> = dtypes.iter().map(|(k, v)| format!("{k} ({v} tensors)")).collect();
+    let _ = writeln!(o, "dtypes:       {}", d.join(", "));
+    let w = modules.keys().map(String::len).max().unwrap_or(6).max(6);
+    let _ = writeln!(o, "\n{:<w$}  r    in     out", "module");
+    for (m, (r, i, out)) in &modules {
+        let _ = writeln!(o, "{m:<w$}  {r:<4} {i:<6} {out}");
+    }
+    emit(&o)
 }

@@ -171,3 +171,21 @@ fn bad_inputs_exit_2_with_one_message() {
         assert_user_error(&o, "without CUDA support");
     }
 }
+
+#[test]
+fn inspect_understands_adapters() {
+    let dir = fixtures().join("lora/adapter-rslora");
+    let o = lora(&["inspect", dir.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["kind"], "peft-lora-adapter");
+    assert_eq!(v["r"], 2);
+    assert_eq!(v["use_rslora"], true);
+    // all seven linears in layers 0 and 2
+    assert_eq!(v["modules"], 14);
+    // scaling alpha / sqrt(r) = 4 / sqrt(2)
+    assert!((v["scaling"].as_f64().unwrap() - 4.0 / 2f64.sqrt()).abs() < 1e-12);
+    let o = lora(&["inspect", fixtures().join("lora/adapter-qv").to_str().unwrap()]);
+    let text = stdout(&o);
+    assert!(text.contains("r = 4, alpha = 8, scaling 2") && text.contains("(9 modules)"), "{text}");
+}
