@@ -127,6 +127,12 @@ fn main() {
         hwm as f64 / 1024.0,
         rss0 as f64 / 1024.0
     );
+    println!(
+        "after load: RSS {:.0} MB (anonymous {:.0} MB, file-backed {:.0} MB)",
+        status_kb("VmRSS:") as f64 / 1024.0,
+        status_kb("RssAnon:") as f64 / 1024.0,
+        status_kb("RssFile:") as f64 / 1024.0
+    );
     if o.load_only {
         return;
     }

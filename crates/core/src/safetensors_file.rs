@@ -86,7 +86,29 @@ impl SafetensorsFile {
             name: name.to_string(),
             dtype: format!("{:?}", info.dtype),
         })?;
+        self.release(info);
         Ok((values, info.shape.clone()))
+    }
+
+    /// Drops the pages of a tensor already copied out from this process's resident set, so that a
+    /// loader holds the model plus about one tensor of file bytes, not the model plus the whole file.
+    /// The pages stay in the page cache; a later read faults them back in.
+    fn release(&self, info: &TensorInfo) {
+        #[cfg(unix)]
+        {
+            let (start, end) = info.data_offsets;
+            // SAFETY: the map is read-only and shared with the file, so dropped pages read back with
+            // the same bytes; no borrow of this range outlives the copy the caller made.
+            let _ = unsafe {
+                self.mmap.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    self.data_start + start,
+                    end - start,
+                )
+            };
+        }
+        #[cfg(not(unix))]
+        let _ = info;
     }
 }
 
