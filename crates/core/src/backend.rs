@@ -58,13 +58,46 @@ impl Backend {
                 "this lora was built without the 'ndarray' feature (cargo build --features ndarray)".into(),
             )),
             #[cfg(feature = "cuda")]
-            Self::Cuda => Ok(Device::cuda(0)),
+            Self::Cuda => {
+                // burn-cuda loads the driver on first use and panics when it is missing; look first so
+                // that a machine without an NVIDIA driver gets an error, not a crash.
+                if !cuda_driver_present() {
+                    return Err(CoreError::Invalid(
+                        "no NVIDIA driver found (libcuda.so.1 is not in LD_LIBRARY_PATH or the system library \
+                         folders); install the driver or use --device cpu"
+                            .into(),
+                    ));
+                }
+                Ok(Device::cuda(0))
+            }
             #[cfg(not(feature = "cuda"))]
             Self::Cuda => Err(CoreError::Invalid(
                 "this lora was built without CUDA support; rebuild with `cargo build --release --features cuda`".into(),
             )),
         }
     }
+}
+
+/// Whether the CUDA driver library is where the dynamic loader will look for it.
+#[cfg(feature = "cuda")]
+fn cuda_driver_present() -> bool {
+    let mut dirs: Vec<std::path::PathBuf> = std::env::var("LD_LIBRARY_PATH")
+        .unwrap_or_default()
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(Into::into)
+        .collect();
+    for d in [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib64",
+        "/usr/lib",
+        "/usr/local/nvidia/lib64",
+        "/usr/lib/wsl/lib",
+        "/usr/local/cuda/compat",
+    ] {
+        dirs.push(d.into());
+    }
+    dirs.iter().any(|d| d.join("libcuda.so.1").exists() || d.join("libcuda.so").exists())
 }
 
 /// The default device: the CPU through burn-flex.
