@@ -7,22 +7,9 @@ use std::process::{Command, Output};
 
 use lora_hub::fake_hub::FakeHub;
 
+use crate::common::*;
+
 const TOKEN: &str = "hf_CliTokenThatMustNeverLeak9876543210";
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("lora-cli-hub-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// Runs `lora` with a Hub environment of its own: `endpoint`, `home` as HF_HOME, and `token`.
 fn lora_hub(args: &[&str], endpoint: &str, home: &Path, token: Option<&str>, outputs: &mut Vec<String>) -> Output {

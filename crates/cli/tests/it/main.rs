@@ -1,5 +1,6 @@
 //! End-to-end tests of the `lora` binary (one test binary for the crate).
 
+mod common;
 mod core_commands;
 mod hub_commands;
 mod merge_commands;

@@ -1,41 +1,14 @@
 //! `lora merge`: adapter folds that transformers' and our model core's numbers agree with, model
 //! merges from a configuration, and the errors of bad inputs.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
 use lora_core::host::to_f32_vec;
 use lora_core::{CausalLm, TokenBatch, default_device};
 use lora_merge::ModelDir;
 use lora_merge::dtype::decode_f32;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-fn lora(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lora")).args(args).output().expect("run lora")
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("lora-cli-merge-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// A user error: exit code 2, one "error:" line naming `needle`, no panic.
-fn assert_user_error(o: &Output, needle: &str) {
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "stderr: {err}");
-    assert!(err.starts_with("error: "), "{err}");
-    assert!(err.contains(needle), "expected {needle:?} in: {err}");
-    assert!(!err.contains("panicked") && !err.contains("internal error"), "{err}");
-}
+use crate::common::*;
 
 fn tensor(path: &Path, name: &str) -> Vec<f32> {
     let m = ModelDir::open(path).unwrap();

@@ -1,26 +1,9 @@
 //! `lora train`, `lora verify` and `--adapter` end to end through the binary.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn lora(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lora")).args(args).output().expect("run lora")
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("lora-cli-train-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use crate::common::*;
 
 /// The repo's tiny recipe with its output in `out` (and the data copied to `data`, when given).
 fn train_tiny(out: &Path, extra: &[&str]) -> Output {
