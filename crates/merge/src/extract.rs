@@ -52,6 +52,17 @@ pub fn extract_adapter(
     seed: u64,
     force: bool,
 ) -> Result<ExtractReport> {
+    crate::safetensors::catch_read_failures(|| extract_adapter_inner(base, finetuned, out, rank, seed, force))
+}
+
+fn extract_adapter_inner(
+    base: &Path,
+    finetuned: &Path,
+    out: &Path,
+    rank: usize,
+    seed: u64,
+    force: bool,
+) -> Result<ExtractReport> {
     if rank == 0 {
         return Err(MergeError::Parameter("--rank must be at least 1".into()));
     }

@@ -180,6 +180,10 @@ pub fn model_dtype(model: &ModelDir) -> DType {
 
 /// `lora merge BASE ADAPTER... -o OUT`: folds `adapters` into `base` and writes a complete model folder.
 pub fn fold_adapters(base: &Path, adapters: &[PathBuf], out: &Path, opts: &FoldOptions) -> Result<FoldReport> {
+    crate::safetensors::catch_read_failures(|| fold_adapters_inner(base, adapters, out, opts))
+}
+
+fn fold_adapters_inner(base: &Path, adapters: &[PathBuf], out: &Path, opts: &FoldOptions) -> Result<FoldReport> {
     let base_model = ModelDir::open(base)?;
     let loaded = adapters.iter().map(Adapter::open).collect::<Result<Vec<_>>>()?;
     let weights = match &opts.weights {

@@ -74,6 +74,10 @@ impl Input {
 
 /// Runs the merge described by the TOML file at `config_path` into `out`.
 pub fn merge_models(config_path: &Path, out: &Path, opts: &MergeOptions) -> Result<MergeReport> {
+    crate::safetensors::catch_read_failures(|| merge_models_inner(config_path, out, opts))
+}
+
+fn merge_models_inner(config_path: &Path, out: &Path, opts: &MergeOptions) -> Result<MergeReport> {
     let config = MergeConfig::load(config_path)?;
     let dir = config_path.parent().unwrap_or(Path::new("."));
     merge_with_config(&config, dir, out, opts, &std::fs::read_to_string(config_path).unwrap_or_default())

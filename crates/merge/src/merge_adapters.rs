@@ -85,6 +85,10 @@ struct Part {
 
 /// Combines `adapters` into one adapter at `out`.
 pub fn merge_adapters(adapters: &[PathBuf], out: &Path, opts: &AdapterMergeOptions) -> Result<Vec<ModuleReport>> {
+    crate::safetensors::catch_read_failures(|| merge_adapters_inner(adapters, out, opts))
+}
+
+fn merge_adapters_inner(adapters: &[PathBuf], out: &Path, opts: &AdapterMergeOptions) -> Result<Vec<ModuleReport>> {
     let loaded = adapters.iter().map(Adapter::open).collect::<Result<Vec<_>>>()?;
     let weights = opts.weights.clone().unwrap_or_else(|| vec![1.0; loaded.len()]);
     if weights.len() != loaded.len() {

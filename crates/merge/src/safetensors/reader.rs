@@ -164,15 +164,16 @@ impl SafetensorsFile {
     /// passes, faulting it again after releasing it), and the resident set stays at the size of the
     /// buffers whatever the size of the tensor.
     ///
-    /// # Panics
-    /// If the read fails, which after `open` validated the sizes means the file was truncated or
-    /// the disk failed under the merge; the message names the file.
+    /// A failed read (after `open` validated the sizes, the file was truncated or the disk failed
+    /// under the merge) unwinds with a [`ReadFailure`], deep inside the parallel kernels, without the
+    /// panic hook; [`catch_read_failures`] at each entry point turns it into a [`MergeError::Io`]
+    /// naming the file.
     pub fn read_part(&self, info: &TensorInfo, begin: usize, out: &mut [u8]) {
         use std::os::unix::fs::FileExt;
         assert!(begin + out.len() <= info.end - info.begin, "read past a tensor");
         let at = (self.data_start + info.begin + begin) as u64;
-        if let Err(e) = self.file.read_exact_at(out, at) {
-            panic!("reading {} at byte {at}: {e} (was the file changed during the merge?)", self.path.display());
+        if let Err(error) = self.file.read_exact_at(out, at) {
+            std::panic::resume_unwind(Box::new(ReadFailure { path: self.path.clone(), at, error }));
         }
     }
 
@@ -188,5 +189,34 @@ impl SafetensorsFile {
         // a later access reads the same bytes back from the page cache.
         let _ =
             unsafe { self.mmap.unchecked_advise_range(UncheckedAdvice::DontNeed, self.data_start + info.begin, len) };
+    }
+}
+
+/// The payload of a read that failed in the middle of a merge.
+#[derive(Debug)]
+pub struct ReadFailure {
+    /// The input file.
+    pub path: PathBuf,
+    /// The byte offset of the failed read.
+    pub at: u64,
+    /// What the OS said.
+    pub error: std::io::Error,
+}
+
+/// Runs `f`, turning a [`ReadFailure`] raised by [`SafetensorsFile::read_part`] anywhere inside it
+/// (rayon re-raises a worker's payload in the caller) into an error; other panics stay panics.
+pub fn catch_read_failures<T>(f: impl FnOnce() -> crate::error::Result<T>) -> crate::error::Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => match payload.downcast::<ReadFailure>() {
+            Ok(fail) => Err(crate::error::MergeError::Io {
+                path: fail.path,
+                source: std::io::Error::new(
+                    fail.error.kind(),
+                    format!("reading at byte {}: {} (was the file changed during the merge?)", fail.at, fail.error),
+                ),
+            }),
+            Err(other) => std::panic::resume_unwind(other),
+        },
     }
 }

@@ -76,3 +76,27 @@ fn sharded_writer_round_trips() {
     assert_eq!(parse_size("lots"), None);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A file cut short after it was opened (changed during a merge) is an error naming it, from deep
+/// inside the readers, not a panic.
+#[test]
+fn file_truncated_during_a_merge_is_an_error() {
+    let dir = temp_dir("truncated-mid-merge");
+    let p = dir.join("m.safetensors");
+    let (header, data) = f32_safetensors_parts(&[("a", vec![64], vec![1.0; 64])]);
+    std::fs::write(&p, file_with_header(&header, &data)).unwrap();
+    let f = SafetensorsFile::open(&p).unwrap();
+    let info = f.tensors()["a"].clone();
+    let len = std::fs::metadata(&p).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(len - 100).unwrap();
+    let r: lora_merge::Result<()> = lora_merge::safetensors::catch_read_failures(|| {
+        let mut buf = vec![0u8; 256];
+        f.read_part(&info, 0, &mut buf);
+        Ok(())
+    });
+    let e = r.unwrap_err();
+    assert!(matches!(e, MergeError::Io { .. }), "{e:?}");
+    let chain = format!("{e}: {}", std::error::Error::source(&e).unwrap());
+    assert!(chain.contains("m.safetensors") && chain.contains("changed during the merge"), "{chain}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
