@@ -134,16 +134,8 @@ pub fn prepare(recipe: &Recipe) -> Result<Prepared> {
         Some(t) => Some(t.clone()),
         None => tokenizer.chat_template.clone(),
     };
-    let token_text = |id: Option<u32>| id.and_then(|i| tokenizer.inner().id_to_token(i));
     let template = template_source
-        .map(|src| {
-            ChatTemplate::new(
-                &src,
-                token_text(tokenizer.bos_token_id),
-                token_text(tokenizer.eos_token_ids.first().copied()),
-                FIXED_DATE_UNIX,
-            )
-        })
+        .map(|src| ChatTemplate::for_tokenizer(&src, &tokenizer, FIXED_DATE_UNIX))
         .transpose()
         .map_err(|m| TrainError::Recipe(format!("data.chat_template: {m}")))?;
     let opts = DataOptions {
@@ -365,7 +357,7 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
     let dir = p.recipe.output.dir.clone();
     let t = p.recipe.train.clone();
     let schedule = Schedule::parse(&t.schedule).expect("validated");
-    let pad_id = p.tokenizer.pad_token_id.or(p.tokenizer.eos_token_ids.first().copied()).unwrap_or(0);
+    let pad_id = p.tokenizer.pad_token_id.unwrap_or(0); // the tokenizer already falls back to EOS
     let left = p.tokenizer.padding_left;
     let names = tensor_names(&p.model);
     let mut opt =

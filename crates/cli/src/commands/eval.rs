@@ -1,9 +1,10 @@
 //! `lora eval`: loss and perplexity of a model on a JSONL file of texts.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use lora_core::eval::evaluate_texts;
+use lora_train::data::records::{Record, read_records};
 use serde_json::Value;
 
 /// Arguments of `lora eval`.
@@ -27,22 +28,17 @@ pub struct Args {
     json: bool,
 }
 
-/// Reads `{"text": ...}` lines; errors name the file and line.
-fn read_texts(path: &PathBuf) -> Result<Vec<String>> {
-    let raw = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let text = String::from_utf8_lossy(&raw);
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    let mut texts = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim_end_matches('\r');
-        if line.trim().is_empty() {
-            continue;
-        }
-        let where_ = || format!("{}:{}", path.display(), n + 1);
-        let v: Value = serde_json::from_str(line).with_context(|| format!("{}: not valid JSON", where_()))?;
-        match v.get("text") {
-            Some(Value::String(s)) => texts.push(s.clone()),
-            _ => bail!("{}: expected an object with a string field \"text\"", where_()),
+/// The `text` field of every record; errors name the file and line.
+fn texts_of(records: &[Record], path: &Path) -> Result<Vec<String>> {
+    let mut texts = Vec::with_capacity(records.len());
+    for r in records {
+        let at = || format!("{}:{}", r.file.display(), r.line);
+        match &r.value {
+            Err(reason) => bail!("{}: {reason}", at()),
+            Ok(v) => match v.get("text") {
+                Some(Value::String(s)) => texts.push(s.clone()),
+                _ => bail!("{}: expected an object with a string field \"text\"", at()),
+            },
         }
     }
     if texts.is_empty() {
@@ -53,13 +49,14 @@ fn read_texts(path: &PathBuf) -> Result<Vec<String>> {
 
 /// Runs `lora eval`.
 pub fn run(a: Args) -> Result<()> {
-    let first = lora_train::data::records::read_records(&a.data)?.into_iter().find_map(|r| r.value.ok());
-    let format = lora_train::data::format::Format::resolve(&a.format, first.as_ref())
+    let records = read_records(&a.data)?;
+    let first = records.iter().find_map(|r| r.value.as_ref().ok());
+    let format = lora_train::data::format::Format::resolve(&a.format, first)
         .map_err(|m| anyhow::anyhow!("{}: {m}", a.data.display()))?;
     if format != lora_train::data::format::Format::Text {
         return run_masked(&a);
     }
-    let texts = read_texts(&a.data)?;
+    let texts = texts_of(&records, &a.data)?;
     let (model, tok, _) = a.model.load()?;
     let r = evaluate_texts(&model, &tok, &texts)?;
     if a.json {
@@ -82,13 +79,10 @@ fn run_masked(a: &Args) -> Result<()> {
     use lora_train::data::chat_template::{ChatTemplate, FIXED_DATE_UNIX};
     use lora_train::data::{DataOptions, Overflow, load_examples};
     let (mut model, tok, _) = a.model.load()?;
-    let text = |id: Option<u32>| id.and_then(|i| tok.inner().id_to_token(i));
     let template = tok
         .chat_template
         .as_deref()
-        .map(|src| {
-            ChatTemplate::new(src, text(tok.bos_token_id), text(tok.eos_token_ids.first().copied()), FIXED_DATE_UNIX)
-        })
+        .map(|src| ChatTemplate::for_tokenizer(src, &tok, FIXED_DATE_UNIX))
         .transpose()
         .map_err(anyhow::Error::msg)?;
     let opts = DataOptions {
@@ -102,7 +96,7 @@ fn run_masked(a: &Args) -> Result<()> {
         seed: 0,
     };
     let (examples, summary) = load_examples(&[(a.data.clone(), 1.0)], &opts, &tok)?;
-    let pad = tok.pad_token_id.or(tok.eos_token_ids.first().copied()).unwrap_or(0);
+    let pad = tok.pad_token_id.unwrap_or(0); // the tokenizer already falls back to EOS
     let loss = lora_train::trainer::evaluate(&mut model, &examples, 8, pad, tok.padding_left)?
         .ok_or_else(|| anyhow::anyhow!("{}: nothing to evaluate", a.data.display()))?;
     if a.json {

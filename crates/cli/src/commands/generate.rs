@@ -48,12 +48,9 @@ pub fn run(a: Args) -> Result<()> {
                 .chat_template
                 .as_deref()
                 .ok_or_else(|| anyhow::anyhow!("{}: the model has no chat template; use --prompt", dir.display()))?;
-            let text = |id: Option<u32>| id.and_then(|i| tok.inner().id_to_token(i));
             let now =
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-            let template =
-                ChatTemplate::new(src, text(tok.bos_token_id), text(tok.eos_token_ids.first().copied()), now)
-                    .map_err(anyhow::Error::msg)?;
+            let template = ChatTemplate::for_tokenizer(src, &tok, now).map_err(anyhow::Error::msg)?;
             let mut messages = Vec::new();
             if let Some(system) = &a.system {
                 messages.push(serde_json::json!({"role": "system", "content": system}));

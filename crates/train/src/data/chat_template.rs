@@ -186,6 +186,12 @@ impl ChatTemplate {
         Ok(Self { env, bos: bos.unwrap_or_default(), eos: eos.unwrap_or_default() })
     }
 
+    /// Compiles `source` with the BOS and first EOS token strings of `tok`.
+    pub fn for_tokenizer(source: &str, tok: &lora_core::Tokenizer, now: i64) -> Result<Self, String> {
+        let text = |id: Option<u32>| id.and_then(|i| tok.inner().id_to_token(i));
+        Self::new(source, text(tok.bos_token_id), text(tok.eos_token_ids.first().copied()), now)
+    }
+
     /// Renders messages (JSON objects with at least `role` and `content`).
     pub fn render(&self, messages: &[Value], add_generation_prompt: bool) -> Result<String, String> {
         let tmpl = self.env.get_template("chat").expect("added in new");

@@ -157,8 +157,7 @@ pub fn load_examples(
                 });
             let mut ex = match result {
                 Ok(e) => e,
-                Err(reason) if opts.skip_invalid => {
-                    let _ = reason;
+                Err(_) if opts.skip_invalid => {
                     summary.skipped += 1;
                     continue;
                 }

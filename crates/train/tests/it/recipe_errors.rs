@@ -1,6 +1,6 @@
 //! Bad recipes: each error names file, line and column, the key, and suggests the fix.
 
-use lora_train::recipe::{Recipe, Source};
+use lora_train::recipe::Recipe;
 
 use crate::common::*;
 
@@ -94,7 +94,6 @@ fn target_that_matches_nothing_lists_modules() {
         Err(e) => e.to_string(),
     };
     assert!(e.contains("match no module") && e.contains("q_proj") && e.contains("down_proj"), "{e}");
-    let _ = Source { name: String::new(), text: String::new() };
 }
 
 #[test]
