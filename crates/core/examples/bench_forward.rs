@@ -101,6 +101,7 @@ fn main() {
             kv_heads: o.kv_heads,
             inter: o.inter,
             vocab: o.vocab,
+            tied: true,
         };
         write_random_llama(&dir, &shape, &o.dtype).unwrap();
         eprintln!("wrote {} in {:.1}s", dir.display(), t.elapsed().as_secs_f64());

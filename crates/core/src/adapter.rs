@@ -261,10 +261,12 @@ pub fn merge_into_base(model: &mut CausalLm) {
         if lin.lora.is_empty() {
             continue;
         }
-        let mut w = lin.weight.val();
+        // A bf16 or NF4 base is folded in f32: W' = upcast(W) + Σ s·B·A, kept dense in f32.
+        let device = lin.lora[0].lora_a.device();
+        let mut w = lin.weight.to_f32(&device);
         for a in lin.lora.drain(..) {
             w = w + a.delta().inner();
         }
-        lin.weight = burn::module::Param::from_tensor(w);
+        lin.weight = crate::base_weight::BaseWeight::Dense(w);
     }
 }

@@ -12,6 +12,7 @@ use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::kv_cache::LayerCache;
 use crate::linear::Linear;
+use crate::load_options::LoadOptions;
 use crate::norm::RmsNorm;
 use crate::rope::apply_rope;
 use crate::weights::Weights;
@@ -52,7 +53,7 @@ pub struct Attention {
 
 impl Attention {
     /// Loads `{prefix}.{q,k,v,o}_proj` and, for Qwen3, `{prefix}.{q,k}_norm`.
-    pub fn load(w: &Weights, prefix: &str, cfg: &ModelConfig, device: &Device) -> Result<Self> {
+    pub fn load(w: &Weights, prefix: &str, cfg: &ModelConfig, opts: &LoadOptions, device: &Device) -> Result<Self> {
         let (h, hd) = (cfg.hidden_size, cfg.head_dim);
         let (q, kv) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
         let norm = |name: &str| -> Result<Option<RmsNorm>> {
@@ -63,10 +64,10 @@ impl Attention {
             }
         };
         Ok(Self {
-            q_proj: Linear::load(w, &format!("{prefix}.q_proj"), h, q, cfg.qkv_bias, device)?,
-            k_proj: Linear::load(w, &format!("{prefix}.k_proj"), h, kv, cfg.qkv_bias, device)?,
-            v_proj: Linear::load(w, &format!("{prefix}.v_proj"), h, kv, cfg.qkv_bias, device)?,
-            o_proj: Linear::load(w, &format!("{prefix}.o_proj"), q, h, cfg.o_bias, device)?,
+            q_proj: Linear::load(w, &format!("{prefix}.q_proj"), (h, q), cfg.qkv_bias, opts, true, device)?,
+            k_proj: Linear::load(w, &format!("{prefix}.k_proj"), (h, kv), cfg.qkv_bias, opts, true, device)?,
+            v_proj: Linear::load(w, &format!("{prefix}.v_proj"), (h, kv), cfg.qkv_bias, opts, true, device)?,
+            o_proj: Linear::load(w, &format!("{prefix}.o_proj"), (q, h), cfg.o_bias, opts, true, device)?,
             q_norm: norm("q_norm")?,
             k_norm: norm("k_norm")?,
             num_heads: cfg.num_attention_heads,

@@ -7,6 +7,7 @@ use crate::attention::{Attention, AttentionMask};
 use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::kv_cache::LayerCache;
+use crate::load_options::LoadOptions;
 use crate::mlp::Mlp;
 use crate::norm::RmsNorm;
 use crate::weights::Weights;
@@ -26,13 +27,13 @@ pub struct DecoderLayer {
 
 impl DecoderLayer {
     /// Loads `{prefix}.*`.
-    pub fn load(w: &Weights, prefix: &str, cfg: &ModelConfig, device: &Device) -> Result<Self> {
+    pub fn load(w: &Weights, prefix: &str, cfg: &ModelConfig, opts: &LoadOptions, device: &Device) -> Result<Self> {
         let (h, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
         Ok(Self {
             input_layernorm: RmsNorm::load(w, &format!("{prefix}.input_layernorm"), h, eps, device)?,
-            self_attn: Attention::load(w, &format!("{prefix}.self_attn"), cfg, device)?,
+            self_attn: Attention::load(w, &format!("{prefix}.self_attn"), cfg, opts, device)?,
             post_attention_layernorm: RmsNorm::load(w, &format!("{prefix}.post_attention_layernorm"), h, eps, device)?,
-            mlp: Mlp::load(w, &format!("{prefix}.mlp"), cfg, device)?,
+            mlp: Mlp::load(w, &format!("{prefix}.mlp"), cfg, opts, device)?,
         })
     }
 

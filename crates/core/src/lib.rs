@@ -10,14 +10,18 @@
 pub mod adapter;
 pub mod attention;
 pub mod backend;
+pub mod base_weight;
+pub mod chunked_loss;
 pub mod config;
 pub mod decoder_layer;
 pub mod error;
 pub mod eval;
+pub mod frozen_matmul;
 pub mod generate;
 pub mod host;
 pub mod kv_cache;
 pub mod linear;
+pub mod load_options;
 pub mod lora;
 pub mod loss;
 pub mod mlp;
@@ -35,7 +39,8 @@ pub use backend::{Backend, default_device};
 pub use config::{Architecture, ModelConfig};
 pub use error::{CoreError, Result};
 pub use generate::{GenerateOptions, SamplingParams, generate};
-pub use model::{CausalLm, TokenBatch};
+pub use load_options::{BaseDtype, LoadOptions, Quantize};
+pub use model::{CausalLm, LayerInputs, TokenBatch};
 pub use tokenizer::Tokenizer;
 
 /// Re-exported so that dependants use the same burn.

@@ -1,12 +1,17 @@
 //! A linear layer stored as Hugging Face stores it: `weight` [out, in], optional `bias` [out].
 //!
 //! Keeping PyTorch's layout avoids a transpose of every matrix at load time; burn's CPU and CUDA matmuls
-//! read the transposed view by strides without copying.
+//! read the transposed view by strides without copying. The weight is frozen ([`BaseWeight`]): dense in
+//! the base dtype, or NF4. A dense f32 weight goes through burn's matmul (the exact path); any other goes
+//! through [`frozen_matmul`], which never keeps an f32 copy of the weight between forward and backward.
 
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
 
+use crate::base_weight::BaseWeight;
 use crate::error::Result;
+use crate::frozen_matmul::frozen_matmul;
+use crate::load_options::{LoadOptions, Quantize};
 use crate::lora::LoraAdapter;
 use crate::weights::Weights;
 
@@ -14,7 +19,8 @@ use crate::weights::Weights;
 #[derive(Module, Debug)]
 pub struct Linear {
     /// `weight`: [out, in].
-    pub weight: Param<Tensor<2>>,
+    #[module(skip)]
+    pub weight: BaseWeight,
     /// `bias`: [out].
     pub bias: Option<Param<Tensor<1>>>,
     /// Attached adapters (none for a plain layer; several when adapters are combined at inference).
@@ -22,9 +28,24 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// Loads `{prefix}.weight` (and `{prefix}.bias` when `bias`).
-    pub fn load(w: &Weights, prefix: &str, d_in: usize, d_out: usize, bias: bool, device: &Device) -> Result<Self> {
-        let weight = Param::from_tensor(w.tensor(&format!("{prefix}.weight"), [d_out, d_in], device)?);
+    /// Loads `{prefix}.weight` (and `{prefix}.bias` when `bias`) in the base dtype, quantized when
+    /// `opts` says so (`quantizable` is false for the head, which QLoRA keeps dense).
+    pub fn load(
+        w: &Weights,
+        prefix: &str,
+        (d_in, d_out): (usize, usize),
+        bias: bool,
+        opts: &LoadOptions,
+        quantizable: bool,
+        device: &Device,
+    ) -> Result<Self> {
+        let name = format!("{prefix}.weight");
+        let weight = match opts.quantize {
+            Quantize::Nf4 { double_quant } if quantizable => {
+                BaseWeight::Nf4(std::sync::Arc::new(w.nf4(&name, [d_out, d_in], double_quant)?))
+            }
+            _ => BaseWeight::Dense(w.tensor_as(&name, [d_out, d_in], opts.dtype.dtype(), device)?),
+        };
         let bias =
             if bias { Some(Param::from_tensor(w.tensor(&format!("{prefix}.bias"), [d_out], device)?)) } else { None };
         Ok(Self { weight, bias, lora: Vec::new() })
@@ -32,21 +53,37 @@ impl Linear {
 
     /// Builds a layer from an existing weight (e.g. tied embeddings).
     pub fn from_weight(weight: Tensor<2>) -> Self {
-        Self { weight: Param::from_tensor(weight), bias: None, lora: Vec::new() }
+        Self { weight: BaseWeight::Dense(weight), bias: None, lora: Vec::new() }
     }
 
     /// # Shapes
     /// - x: `[..., in]`
     /// - output: `[..., out]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let base =
-            burn::tensor::module::linear(x.clone(), self.weight.val().transpose(), self.bias.as_ref().map(|b| b.val()));
+        let bias = self.bias.as_ref().map(|b| b.val());
+        let base = match &self.weight {
+            BaseWeight::Dense(w) if self.weight.is_dense_f32() => {
+                burn::tensor::module::linear(x.clone(), w.clone().transpose(), bias)
+            }
+            weight => {
+                let mut shape = x.dims();
+                let d_in = shape[D - 1];
+                let rows = shape.iter().product::<usize>() / d_in.max(1);
+                let y = frozen_matmul(x.clone().reshape([rows, d_in]), weight); // [rows, out]
+                shape[D - 1] = weight.dims()[0];
+                let y = y.reshape(shape);
+                match bias {
+                    Some(b) => y + b.unsqueeze(),
+                    None => y,
+                }
+            }
+        };
         self.lora.iter().fold(base, |y, a| y + a.forward(x.clone()))
     }
 
     /// Input and output widths.
     pub fn dims(&self) -> (usize, usize) {
-        let [out, inp] = self.weight.val().dims();
+        let [out, inp] = self.weight.dims();
         (inp, out)
     }
 }

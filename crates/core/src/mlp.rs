@@ -7,6 +7,7 @@ use burn::tensor::{Device, Tensor};
 use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::linear::Linear;
+use crate::load_options::LoadOptions;
 use crate::weights::Weights;
 
 /// `mlp` of a decoder layer.
@@ -22,12 +23,12 @@ pub struct Mlp {
 
 impl Mlp {
     /// Loads `{prefix}.{gate,up,down}_proj`.
-    pub fn load(w: &Weights, prefix: &str, cfg: &ModelConfig, device: &Device) -> Result<Self> {
+    pub fn load(w: &Weights, prefix: &str, cfg: &ModelConfig, opts: &LoadOptions, device: &Device) -> Result<Self> {
         let (h, i, b) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
         Ok(Self {
-            gate_proj: Linear::load(w, &format!("{prefix}.gate_proj"), h, i, b, device)?,
-            up_proj: Linear::load(w, &format!("{prefix}.up_proj"), h, i, b, device)?,
-            down_proj: Linear::load(w, &format!("{prefix}.down_proj"), i, h, b, device)?,
+            gate_proj: Linear::load(w, &format!("{prefix}.gate_proj"), (h, i), b, opts, true, device)?,
+            up_proj: Linear::load(w, &format!("{prefix}.up_proj"), (h, i), b, opts, true, device)?,
+            down_proj: Linear::load(w, &format!("{prefix}.down_proj"), (i, h), b, opts, true, device)?,
         })
     }
 

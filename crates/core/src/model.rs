@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use burn::module::{Module, Param};
-use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
 
 use crate::attention::AttentionMask;
 use crate::config::ModelConfig;
@@ -15,6 +15,7 @@ use crate::decoder_layer::DecoderLayer;
 use crate::error::{CoreError, Result};
 use crate::kv_cache::KvCache;
 use crate::linear::Linear;
+use crate::load_options::LoadOptions;
 use crate::norm::RmsNorm;
 use crate::rope::Rope;
 use crate::weights::Weights;
@@ -43,6 +44,22 @@ pub struct CausalLm {
     /// Rotary frequency table.
     #[module(skip)]
     pub rope: Rope,
+    /// How the base was loaded (dtype, quantization).
+    #[module(skip)]
+    pub load_options: LoadOptions,
+}
+
+/// What the decoder layers take for one batch: the embedded tokens, the rotary tables and the mask.
+#[derive(Debug, Clone)]
+pub struct LayerInputs {
+    /// `[batch, seq, hidden]` embeddings (f32).
+    pub x: Tensor<3>,
+    /// `[batch, 1, seq, head_dim]`.
+    pub cos: Tensor<4>,
+    /// `[batch, 1, seq, head_dim]`.
+    pub sin: Tensor<4>,
+    /// Which keys each query sees.
+    pub mask: AttentionMask,
 }
 
 /// A batch of token ids, rectangular, with the padding mask (`true` = real token).
@@ -95,6 +112,11 @@ pub struct ForwardOutput {
 impl CausalLm {
     /// Loads a Hugging Face model folder (`config.json` + safetensors weights).
     pub fn load_dir(dir: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        Self::load_dir_with(dir, device, &LoadOptions::default())
+    }
+
+    /// Loads a Hugging Face model folder with the base held as `opts` says (dtype, NF4).
+    pub fn load_dir_with(dir: impl AsRef<Path>, device: &Device, opts: &LoadOptions) -> Result<Self> {
         let dir = dir.as_ref();
         if !dir.is_dir() {
             return Err(CoreError::config(
@@ -107,22 +129,30 @@ impl CausalLm {
         }
         let config = ModelConfig::from_file(dir.join("config.json"))?;
         let weights = Weights::open_dir(dir)?;
-        Self::load(&weights, config, device)
+        Self::load_with(&weights, config, device, opts)
     }
 
     /// Builds the model from opened weights. Every tensor must be used: a leftover tensor means the
     /// config does not describe these weights.
     pub fn load(w: &Weights, config: ModelConfig, device: &Device) -> Result<Self> {
+        Self::load_with(w, config, device, &LoadOptions::default())
+    }
+
+    /// [`Self::load`] with the base held as `opts` says: the embeddings and the head in the base
+    /// dtype (never quantized, as bitsandbytes leaves them), the decoder's linear layers in the base
+    /// dtype or NF4, norms and biases in f32.
+    pub fn load_with(w: &Weights, config: ModelConfig, device: &Device, opts: &LoadOptions) -> Result<Self> {
         let cfg = &config;
-        let embed = w.tensor("model.embed_tokens.weight", [cfg.vocab_size, cfg.hidden_size], device)?;
+        let dtype = opts.dtype.dtype();
+        let embed = w.tensor_as("model.embed_tokens.weight", [cfg.vocab_size, cfg.hidden_size], dtype, device)?;
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| DecoderLayer::load(w, &format!("model.layers.{i}"), cfg, device))
+            .map(|i| DecoderLayer::load(w, &format!("model.layers.{i}"), cfg, opts, device))
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::load(w, "model.norm", cfg.hidden_size, cfg.rms_norm_eps, device)?;
         let lm_head = if cfg.tie_word_embeddings {
             Linear::from_weight(embed.clone())
         } else {
-            Linear::load(w, "lm_head", cfg.hidden_size, cfg.vocab_size, false, device)?
+            Linear::load(w, "lm_head", (cfg.hidden_size, cfg.vocab_size), false, opts, false, device)?
         };
         // Some tied checkpoints still carry a copy of the head; it is the same matrix.
         let ignore: &[&str] = if cfg.tie_word_embeddings { &["lm_head.weight"] } else { &[] };
@@ -132,7 +162,32 @@ impl CausalLm {
             lm_head,
             rope: Rope::new(cfg),
             config,
+            load_options: *opts,
         })
+    }
+
+    /// Bytes the frozen base takes in memory (embeddings, linear weights, norms and biases; a tied
+    /// head counted once).
+    pub fn base_bytes(&self) -> usize {
+        let tensor_bytes = |t: &Tensor<1>| t.dims()[0] * t.dtype().size();
+        let e = self.model.embed_tokens.val();
+        let mut total = e.dims().iter().product::<usize>() * e.dtype().size();
+        for (path, lin) in self.linear_modules() {
+            if path != "lm_head" || !self.config.tie_word_embeddings {
+                total += lin.weight.bytes();
+            }
+            total += lin.bias.as_ref().map_or(0, |b| tensor_bytes(&b.val()));
+        }
+        for l in &self.model.layers {
+            let a = &l.self_attn;
+            for n in [Some(&l.input_layernorm), Some(&l.post_attention_layernorm), a.q_norm.as_ref(), a.k_norm.as_ref()]
+                .into_iter()
+                .flatten()
+            {
+                total += tensor_bytes(&n.weight.val());
+            }
+        }
+        total + tensor_bytes(&self.model.norm.weight.val())
     }
 
     /// Every linear layer with its Hugging Face module path, in PEFT's (named_modules) order.
@@ -196,6 +251,60 @@ impl CausalLm {
         mut cache: Option<&mut KvCache>,
         hidden_states: bool,
     ) -> Result<ForwardOutput> {
+        let (inputs, valid) = self.layer_inputs_with(batch, cache.as_deref())?;
+        let LayerInputs { mut x, cos, sin, mask } = inputs;
+        let mut states = hidden_states.then(Vec::new);
+        if let Some(c) = cache.as_deref_mut()
+            && c.layers.len() != self.model.layers.len()
+        {
+            *c = KvCache::new(self.model.layers.len());
+        }
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            if let Some(s) = states.as_mut() {
+                s.push(x.clone());
+            }
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = layer.forward(x, &cos, &sin, &mask, layer_cache);
+        }
+        let x = self.model.norm.forward(x);
+        if let Some(s) = states.as_mut() {
+            s.push(x.clone());
+        }
+        if let Some(c) = cache {
+            c.valid = valid;
+        }
+        Ok(ForwardOutput { logits: self.lm_head.forward(x), hidden_states: states })
+    }
+
+    /// The inputs of the decoder layers for a batch without a cache (training, evaluation).
+    pub fn layer_inputs(&self, batch: &TokenBatch) -> Result<LayerInputs> {
+        Ok(self.layer_inputs_with(batch, None)?.0)
+    }
+
+    /// The output of the last decoder layer, before the final norm.
+    ///
+    /// # Shapes
+    /// - output: `[batch, seq, hidden]`
+    pub fn last_hidden(&self, batch: &TokenBatch) -> Result<Tensor<3>> {
+        let LayerInputs { mut x, cos, sin, mask } = self.layer_inputs(batch)?;
+        for layer in &self.model.layers {
+            x = layer.forward(x, &cos, &sin, &mask, None);
+        }
+        Ok(x)
+    }
+
+    /// Logits for rows of last-layer hidden states: the final norm, then the head.
+    ///
+    /// # Shapes
+    /// - hidden: `[rows, hidden]`
+    /// - output: `[rows, vocab]`
+    pub fn head(&self, hidden: Tensor<2>) -> Tensor<2> {
+        self.lm_head.forward(self.model.norm.forward(hidden))
+    }
+
+    /// Checks a batch, and builds the embeddings, rotary tables and mask of its new positions, with
+    /// the validity of every key position (cached ones first).
+    fn layer_inputs_with(&self, batch: &TokenBatch, cache: Option<&KvCache>) -> Result<(LayerInputs, Vec<Vec<bool>>)> {
         let device = self.device();
         let b = batch.ids.len();
         let t = batch.ids.first().map_or(0, Vec::len);
@@ -280,28 +389,9 @@ impl CausalLm {
 
         let ids: Vec<i64> = batch.ids.iter().flatten().map(|&i| i as i64).collect();
         let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, t]), &device);
-        let mut x = burn::tensor::module::embedding(self.model.embed_tokens.val(), ids); // [b, t, h]
-        let mut states = hidden_states.then(Vec::new);
-        if let Some(c) = cache.as_deref_mut()
-            && c.layers.len() != self.model.layers.len()
-        {
-            *c = KvCache::new(self.model.layers.len());
-        }
-        for (i, layer) in self.model.layers.iter().enumerate() {
-            if let Some(s) = states.as_mut() {
-                s.push(x.clone());
-            }
-            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = layer.forward(x, &cos, &sin, &mask, layer_cache);
-        }
-        let x = self.model.norm.forward(x);
-        if let Some(s) = states.as_mut() {
-            s.push(x.clone());
-        }
-        if let Some(c) = cache {
-            c.valid = valid;
-        }
-        Ok(ForwardOutput { logits: self.lm_head.forward(x), hidden_states: states })
+        // The table may be held in bf16/f16; activations are f32.
+        let x = burn::tensor::module::embedding(self.model.embed_tokens.val(), ids).cast(DType::F32); // [b, t, h]
+        Ok((LayerInputs { x, cos, sin, mask }, valid))
     }
 }
 

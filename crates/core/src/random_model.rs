@@ -24,6 +24,8 @@ pub struct LlamaShape {
     pub inter: usize,
     /// Vocabulary.
     pub vocab: usize,
+    /// Whether the head shares the embedding matrix (otherwise `lm_head.weight` is written).
+    pub tied: bool,
 }
 
 /// A tensor whose bytes are generated when written.
@@ -75,7 +77,7 @@ impl View for RandomTensor {
     }
 }
 
-/// Writes `config.json` and `model.safetensors` of a random Llama with tied embeddings into `dir`.
+/// Writes `config.json` and `model.safetensors` of a random Llama into `dir`.
 /// `dtype` is "f32", "bf16" or "f16"; values are uniform in [-0.05, 0.05), norms are 1.
 pub fn write_random_llama(dir: &Path, o: &LlamaShape, dtype: &str) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| CoreError::io(dir, e))?;
@@ -105,12 +107,15 @@ pub fn write_random_llama(dir: &Path, o: &LlamaShape, dtype: &str) -> Result<()>
         add(format!("{p}.mlp.down_proj.weight"), vec![o.hidden, o.inter], None);
     }
     add("model.norm.weight".into(), vec![o.hidden], Some(1.0));
+    if !o.tied {
+        add("lm_head.weight".into(), vec![o.vocab, o.hidden], None);
+    }
     let config = serde_json::json!({
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         "vocab_size": o.vocab, "hidden_size": o.hidden, "intermediate_size": o.inter,
         "num_hidden_layers": o.layers, "num_attention_heads": o.heads, "num_key_value_heads": o.kv_heads,
         "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 100000.0,
-        "tie_word_embeddings": true, "torch_dtype": match dtype { Dtype::BF16 => "bfloat16", Dtype::F16 => "float16", _ => "float32" },
+        "tie_word_embeddings": o.tied, "torch_dtype": match dtype { Dtype::BF16 => "bfloat16", Dtype::F16 => "float16", _ => "float32" },
     });
     crate::safetensors_write::write_atomic(
         &dir.join("config.json"),

@@ -6,7 +6,8 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorCreationOptions, TensorData};
+use lora_merge::nf4::Nf4Tensor;
 use serde::Deserialize;
 
 use crate::error::{CoreError, Result};
@@ -113,6 +114,31 @@ impl Weights {
     pub fn tensor<const D: usize>(&self, name: &str, expected: [usize; D], device: &Device) -> Result<Tensor<D>> {
         let (values, shape) = self.read_f32(name, &expected)?;
         Ok(Tensor::from_data(TensorData::new(values, shape), device))
+    }
+
+    /// Reads tensor `name` in `dtype` on `device`, checking that its shape is `expected`. Converting
+    /// from the file's dtype rounds to nearest even, as `torch.Tensor.to` does; a bf16 file read as
+    /// bf16 keeps its exact values.
+    pub fn tensor_as<const D: usize>(
+        &self,
+        name: &str,
+        expected: [usize; D],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor<D>> {
+        let (values, shape) = self.read_f32(name, &expected)?;
+        let data = TensorData::new(values, shape);
+        if dtype == DType::F32 {
+            return Ok(Tensor::from_data(data, device));
+        }
+        Ok(Tensor::from_data(data.convert_dtype(dtype), TensorCreationOptions::new(device.clone()).with_dtype(dtype)))
+    }
+
+    /// Reads tensor `name` and quantizes it to NF4 as bitsandbytes does, one tensor at a time, so that
+    /// the dense model never exists in memory.
+    pub fn nf4(&self, name: &str, expected: [usize; 2], double_quant: bool) -> Result<Nf4Tensor> {
+        let (values, shape) = self.read_f32(name, &expected)?;
+        Ok(Nf4Tensor::quantize(&values, &shape, double_quant))
     }
 
     /// Reads tensor `name` as f32 values, checking its shape.

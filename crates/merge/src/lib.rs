@@ -21,6 +21,7 @@ mod fold;
 mod merge;
 mod merge_adapters;
 pub mod methods;
+pub mod nf4;
 pub mod model_dir;
 mod output_dir;
 pub mod recipe;

@@ -12,11 +12,17 @@ use lora_core::random_model::{LlamaShape, write_random_llama};
 use lora_core::{Backend, CausalLm, TokenBatch};
 use lora_train::optimizer::{AdamW, AdamWConfig};
 use lora_train::trainable::{adapter_tensors, set_training};
-use lora_train::trainer::train_step;
+use lora_core::{BaseDtype, LoadOptions, Quantize};
+use lora_train::step::{StepOptions, train_step};
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn flag(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
 }
 
 fn status_kb(key: &str) -> u64 {
@@ -36,8 +42,16 @@ fn main() {
         kv_heads: arg("--kv-heads", 4),
         inter: arg("--inter", 688),
         vocab: arg("--vocab", 1000),
+        tied: !std::env::args().any(|a| a == "--untied"),
     };
     let (batch, seq, steps, r) = (arg("--batch", 4), arg("--seq", 128), arg("--steps", 10), arg("--r", 8));
+    let checkpointing = std::env::args().any(|a| a == "--checkpointing");
+    let opts = LoadOptions {
+        dtype: flag("--dtype").map_or(BaseDtype::F32, |d| d.parse().unwrap()),
+        quantize: Quantize::parse(&flag("--quantize").unwrap_or("none".into()), false).unwrap(),
+    };
+    let file_dtype = flag("--file-dtype").unwrap_or("f32".into());
+    let warmup = arg("--warmup", 2);
     let backend: Backend = std::env::args()
         .collect::<Vec<_>>()
         .windows(2)
@@ -45,14 +59,25 @@ fn main() {
         .map(|w| w[1].parse().unwrap())
         .unwrap_or_default();
     let dir = std::env::temp_dir().join(format!(
-        "lora-bench-train-h{}-l{}-a{}-kv{}-i{}-v{}",
-        shape.hidden, shape.layers, shape.heads, shape.kv_heads, shape.inter, shape.vocab
+        "lora-bench-train-h{}-l{}-a{}-kv{}-i{}-v{}{}-{file_dtype}",
+        shape.hidden,
+        shape.layers,
+        shape.heads,
+        shape.kv_heads,
+        shape.inter,
+        shape.vocab,
+        if shape.tied { "" } else { "-untied" }
     ));
-    if !dir.join("model.safetensors").is_file() {
-        write_random_llama(&dir, &shape, "f32").unwrap();
+    let dir = flag("--dir").map_or(dir, Into::into);
+    if !dir.join("config.json").is_file() {
+        write_random_llama(&dir, &shape, &file_dtype).unwrap();
     }
     let device = backend.device().unwrap();
-    let mut model = CausalLm::load_dir(&dir, &device).unwrap();
+    let loaded = Instant::now();
+    let mut model = CausalLm::load_dir_with(&dir, &device, &opts).unwrap();
+    let load_s = loaded.elapsed().as_secs_f64();
+    let load_rss = status_kb("VmHWM:") as f64 / 1024.0;
+    let base_mb = model.base_bytes() as f64 / 1e6;
     let spec = LoraSpec {
         r,
         alpha: 16.0,
@@ -70,8 +95,9 @@ fn main() {
     let labels: Vec<Vec<Option<u32>>> = ids.iter().map(|r| r.iter().map(|&i| Some(i)).collect()).collect();
     let batches = vec![(TokenBatch::rows(ids), labels)];
     let tokens = batch * (seq - 1);
-    let mut step = |_: usize| train_step(&mut model, &mut opt, &batches, tokens, 1e-4, 1.0, |_| 0).unwrap().loss;
-    for i in 0..2 {
+    let options = StepOptions { max_grad_norm: 1.0, gradient_checkpointing: checkpointing };
+    let mut step = |_: usize| train_step(&mut model, &mut opt, &batches, tokens, 1e-4, options, |_| 0).unwrap().loss;
+    for i in 0..warmup {
         step(i); // warm-up
     }
     let t = Instant::now();
@@ -81,7 +107,10 @@ fn main() {
     }
     let s = t.elapsed().as_secs_f64() / steps as f64;
     println!(
-        "lora [{backend}] hidden {} layers {} batch {batch} seq {seq} r {r}: {:.3} s/step, {:.0} tokens/s, loss {loss:.4}, peak RSS {:.0} MB",
+        "lora [{backend}] base {} {}{} hidden {} layers {} batch {batch} seq {seq} r {r}: {:.3} s/step, {:.1} tokens/s, loss {loss:.4}, peak RSS {:.0} MB; base {base_mb:.0} MB, load {load_s:.1} s (peak {load_rss:.0} MB)",
+        opts.dtype,
+        opts.quantize,
+        if checkpointing { " +recompute" } else { "" },
         shape.hidden,
         shape.layers,
         s,

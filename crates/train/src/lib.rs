@@ -14,6 +14,7 @@ pub mod optimizer;
 pub mod recipe;
 pub mod run_files;
 pub mod schedule;
+pub mod step;
 pub mod trainable;
 pub mod trainer;
 pub mod verify;

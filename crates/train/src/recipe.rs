@@ -54,6 +54,37 @@ pub struct ModelSection {
     /// when `base` is a Hub id; needed with `output.push_to_hub` when `base` is a folder).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hub_id: Option<String>,
+    /// The dtype the frozen base is held in: `"auto"` (default: f32 on the CPU, bf16 on CUDA), `"f32"`,
+    /// `"bf16"` or `"f16"`. LoRA's A and B, their optimizer state and the activations stay f32.
+    #[serde(default = "d_auto")]
+    pub dtype: String,
+    /// `"none"` (default) or `"nf4"`: the decoder's linear layers stored as 4-bit NormalFloat, as
+    /// bitsandbytes does for QLoRA (embeddings, norms and the head stay in `dtype`).
+    #[serde(default = "d_none")]
+    pub quantize: String,
+    /// With `quantize = "nf4"`: store the scales in 8 bits too (bitsandbytes' double quantization).
+    #[serde(default)]
+    pub double_quant: bool,
+}
+
+fn d_auto() -> String {
+    "auto".into()
+}
+fn d_none() -> String {
+    "none".into()
+}
+
+impl ModelSection {
+    /// The load options for a device (`auto` resolved).
+    pub fn load_options(&self, backend: lora_core::Backend) -> lora_core::LoadOptions {
+        let dtype = match self.dtype.as_str() {
+            "auto" if backend == lora_core::Backend::Cuda => lora_core::BaseDtype::Bf16,
+            "auto" => lora_core::BaseDtype::F32,
+            other => other.parse().unwrap_or_default(),
+        };
+        let quantize = lora_core::Quantize::parse(&self.quantize, self.double_quant).unwrap_or_default();
+        lora_core::LoadOptions { dtype, quantize }
+    }
 }
 
 /// `targets`: module names, `"all-linear"`, or a regex.
@@ -271,9 +302,15 @@ pub struct TrainSection {
     /// `"cpu"` or `"cuda"`.
     #[serde(default = "d_device")]
     pub device: String,
-    /// Adapter dtype: `"f32"` (default) or `"bf16"`.
+    /// The stored dtype of the adapter file: `"f32"` (default) or `"bf16"` (the base's dtype is
+    /// `model.dtype`).
     #[serde(default = "d_dtype")]
     pub dtype: String,
+    /// Keep only each decoder layer's input in the forward pass and recompute the layer in backward
+    /// (default false): activation memory of one layer instead of all, for about one more forward pass.
+    /// The adapter is the same to the bit either way.
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
 }
 
 fn d_epochs() -> usize {
@@ -394,6 +431,12 @@ const SYNONYMS: &[(&str, &str)] = &[
     ("lr_scheduler", "schedule"),
     ("output_dir", "dir"),
     ("base_model", "base"),
+    ("load_in_4bit", "quantize"),
+    ("bnb_4bit_quant_type", "quantize"),
+    ("bnb_4bit_use_double_quant", "double_quant"),
+    ("torch_dtype", "dtype"),
+    ("activation_checkpointing", "gradient_checkpointing"),
+    ("use_gradient_checkpointing", "gradient_checkpointing"),
 ];
 
 fn suggest(unknown: &str, expected: &[String]) -> Option<String> {
@@ -634,6 +677,24 @@ impl Recipe {
         }
         if !["f32", "bf16"].contains(&t.dtype.as_str()) {
             return err("train", "dtype", format!("must be \"f32\" or \"bf16\", got \"{}\"", t.dtype));
+        }
+        if !["auto", "f32", "bf16", "f16"].contains(&self.model.dtype.as_str()) {
+            return err(
+                "model",
+                "dtype",
+                format!("must be \"auto\", \"f32\", \"bf16\" or \"f16\", got \"{}\"", self.model.dtype),
+            );
+        }
+        if !["none", "nf4"].contains(&self.model.quantize.as_str()) {
+            let hint = if self.model.quantize.to_ascii_lowercase().contains('4') { "; did you mean \"nf4\"?" } else { "" };
+            return err(
+                "model",
+                "quantize",
+                format!("must be \"none\" or \"nf4\", got \"{}\"{hint}", self.model.quantize),
+            );
+        }
+        if self.model.double_quant && self.model.quantize != "nf4" {
+            return err("model", "double_quant", "needs quantize = \"nf4\"".into());
         }
         if !self.model.base.is_dir() {
             return err("model", "base", format!("'{}' is not a model folder", self.model.base.display()));

@@ -64,6 +64,13 @@ pub struct Manifest {
     pub inputs: BTreeMap<PathBuf, String>,
     /// sha256 of the produced `adapter_model.safetensors`.
     pub adapter_sha256: String,
+    /// The dtype the frozen base was held in while training (`f32`, `bf16`, `f16`).
+    #[serde(default)]
+    pub base_dtype: String,
+    /// How the base's linear layers were stored (`none`, `nf4`, `nf4-dq`): an NF4-trained adapter
+    /// is evaluated and merged against the NF4 base.
+    #[serde(default)]
+    pub base_quantization: String,
 }
 
 /// Files of the base model that determine the numbers.

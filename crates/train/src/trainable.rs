@@ -50,3 +50,50 @@ pub fn set_dropout_seeds(model: &mut CausalLm, seed: u64) {
         }
     }
 }
+
+/// The decoder layer of each adapter tensor (`None` for the head), in [`adapter_tensors`] order.
+pub fn adapter_layers(model: &CausalLm) -> Vec<Option<usize>> {
+    let mut out = Vec::new();
+    for (path, lin) in model.linear_modules() {
+        let layer = path.strip_prefix("model.layers.").and_then(|p| p.split('.').next()?.parse().ok());
+        for _ in &lin.lora {
+            out.push(layer);
+            out.push(layer);
+        }
+    }
+    out
+}
+
+/// Makes the adapters of the selected layers fresh autodiff leaves that require gradients, leaving the
+/// others as they are; returns the leaves (in [`adapter_tensors`] order, `None` where not selected), to
+/// read their gradients after `backward`.
+pub fn track_adapters(model: &mut CausalLm, select: impl Fn(Option<usize>) -> bool) -> Vec<Option<Tensor<2>>> {
+    let layers = adapter_layers(model);
+    let mut out = Vec::with_capacity(layers.len());
+    let mut k = 0;
+    for (_, lin) in model.linear_modules_mut() {
+        for a in lin.lora.iter_mut() {
+            if select(layers[k]) {
+                a.lora_a = a.lora_a.clone().inner().autodiff().require_grad();
+                a.lora_b = a.lora_b.clone().inner().autodiff().require_grad();
+                out.push(Some(a.lora_a.clone()));
+                out.push(Some(a.lora_b.clone()));
+            } else {
+                out.push(None);
+                out.push(None);
+            }
+            k += 2;
+        }
+    }
+    out
+}
+
+/// Drops the autodiff association of every adapter: a forward pass then records no graph.
+pub fn untrack_adapters(model: &mut CausalLm) {
+    for (_, lin) in model.linear_modules_mut() {
+        for a in lin.lora.iter_mut() {
+            a.lora_a = a.lora_a.clone().inner();
+            a.lora_b = a.lora_b.clone().inner();
+        }
+    }
+}

@@ -8,9 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use lora_core::adapter::{LoraInit, LoraSpec, attach_new, save_adapter};
-use lora_core::burn::tensor::{Device, Tensor};
-use lora_core::host::to_f32_vec;
-use lora_core::loss::shifted_cross_entropy_sum;
+use lora_core::burn::tensor::Device;
+use lora_core::chunked_loss::head_loss;
 use lora_core::peft_config::{AdapterConfig, LayerIndices, TargetModules};
 use lora_core::safetensors_write::{StoredDtype, write_atomic};
 use lora_core::{Backend, CausalLm, Tokenizer};
@@ -27,7 +26,8 @@ use crate::optimizer::{AdamW, AdamWConfig};
 use crate::recipe::{Recipe, Targets};
 use crate::run_files::{self, Manifest, StepMetrics, sha256_bytes, sha256_file};
 use crate::schedule::Schedule;
-use crate::trainable::{adapter_tensors, set_adapter_tensors, set_dropout_seeds, set_training, trainable_parameters};
+pub use crate::step::{StepOptions, StepOutcome, train_step};
+use crate::trainable::{adapter_tensors, set_adapter_tensors, set_training, trainable_parameters, untrack_adapters};
 
 /// What happens during a run, for the caller to display; the library itself prints nothing.
 #[derive(Debug)]
@@ -184,7 +184,7 @@ pub fn prepare(recipe: &Recipe) -> Result<Prepared> {
         train = packing::pack(&train, d.max_seq_len);
         train_summary.packed_rows = train.len();
     }
-    let mut model = CausalLm::load_dir(&recipe.model.base, &device)?;
+    let mut model = CausalLm::load_dir_with(&recipe.model.base, &device, &recipe.model.load_options(backend))?;
     let l = &recipe.lora;
     let spec = LoraSpec {
         r: l.r,
@@ -271,14 +271,15 @@ pub fn evaluate(
         return Ok(None);
     }
     set_training(model, false);
+    untrack_adapters(model);
     let (mut sum, mut count) = (0.0f64, 0usize);
     for chunk in examples.chunks(batch_size) {
         let refs: Vec<&Example> = chunk.iter().collect();
         let (batch, labels) = collate(&refs, pad_id, pad_left);
-        let logits = model.forward(&batch, None)?;
-        let (s, n) = shifted_cross_entropy_sum(logits, &labels);
-        sum += to_f32_vec(s.inner())?[0] as f64;
-        count += n;
+        let hidden = model.last_hidden(&batch)?;
+        let head = head_loss(model, hidden, &labels, None, |_| {})?;
+        sum += head.sum;
+        count += head.count;
     }
     Ok((count > 0).then(|| sum / count as f64))
 }
@@ -288,66 +289,6 @@ fn dropout_seed(seed: u64, step: u64, micro: usize) -> u64 {
     seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
         ^ step.wrapping_mul(0xBF58_476D_1CE4_E5B9)
         ^ (micro as u64).wrapping_mul(0x94D0_49BB_1331_11EB)
-}
-
-/// Loss and gradient norm of one optimizer step.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct StepOutcome {
-    /// Mean loss per target token of the step.
-    pub loss: f64,
-    /// Global gradient norm before clipping.
-    pub grad_norm: f64,
-}
-
-/// One optimizer step over `batches` (the micro-batches of the step, collated): forward and
-/// backward of each, gradients accumulated with the loss divided by the whole step's target-token
-/// count (so the result is the gradient of the mean over every target token, not a mean of
-/// per-batch means), global-norm clipping as `torch.nn.utils.clip_grad_norm_`, then AdamW.
-#[allow(clippy::too_many_arguments)]
-pub fn train_step(
-    model: &mut CausalLm,
-    opt: &mut AdamW,
-    batches: &[(lora_core::TokenBatch, Vec<Vec<Option<u32>>>)],
-    step_tokens: usize,
-    lr: f64,
-    max_grad_norm: f64,
-    dropout_seed_of: impl Fn(usize) -> u64,
-) -> Result<StepOutcome> {
-    let params = adapter_tensors(model);
-    let mut grads: Vec<Option<Tensor<2>>> = vec![None; params.len()];
-    let mut loss_sum = 0.0f64;
-    for (i, (batch, labels)) in batches.iter().enumerate() {
-        set_dropout_seeds(model, dropout_seed_of(i));
-        let logits = model.forward(batch, None)?;
-        let (sum, _) = shifted_cross_entropy_sum(logits, labels);
-        loss_sum += to_f32_vec(sum.clone().inner())?[0] as f64;
-        let g = (sum / step_tokens.max(1) as f64).backward();
-        for (acc, param) in grads.iter_mut().zip(&params) {
-            let gi = param.grad(&g).unwrap_or_else(|| param.zeros_like().inner());
-            *acc = Some(match acc.take() {
-                Some(a) => a + gi,
-                None => gi,
-            });
-        }
-    }
-    let loss = loss_sum / step_tokens.max(1) as f64;
-    let mut grads: Vec<Tensor<2>> = grads.into_iter().map(|g| g.expect("one per parameter")).collect();
-    let sq: f64 = grads
-        .iter()
-        .map(|g| to_f32_vec(g.clone().square().sum()).map(|v| v[0] as f64))
-        .sum::<lora_core::Result<f64>>()?;
-    let grad_norm = sq.sqrt();
-    if max_grad_norm > 0.0 {
-        let coef = max_grad_norm / (grad_norm + 1e-6);
-        if coef < 1.0 {
-            grads = grads.into_iter().map(|g| g * coef).collect();
-        }
-    }
-    if loss.is_finite() {
-        let new = opt.update(params, grads, lr);
-        set_adapter_tensors(model, new);
-    }
-    Ok(StepOutcome { loss, grad_norm })
 }
 
 /// Runs a prepared recipe to the end (or to an interruption), writing the run folder.
@@ -422,10 +363,9 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
         //    accumulated gradient is that of the mean over every target token of the step.
         let batches: Vec<_> = micros.iter().map(|m| collate(m, pad_id, left)).collect();
         let lr = schedule.lr(t.lr, step, t.warmup_steps, total);
+        let options = StepOptions { max_grad_norm: t.max_grad_norm, gradient_checkpointing: t.gradient_checkpointing };
         let StepOutcome { loss, grad_norm } =
-            train_step(&mut p.model, &mut opt, &batches, step_tokens, lr, t.max_grad_norm, |i| {
-                dropout_seed(t.seed, step, i)
-            })?;
+            train_step(&mut p.model, &mut opt, &batches, step_tokens, lr, options, |i| dropout_seed(t.seed, step, i))?;
         if !loss.is_finite() {
             return Err(TrainError::NonFinite { step: step + 1, value: loss });
         }
@@ -487,6 +427,17 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
         s.skipped,
         p.validation_summary.as_ref().map(|v| format!(" Validation: {} examples.", v.examples)).unwrap_or_default()
     );
+    let opts = p.model.load_options;
+    let data_desc = match opts.quantize {
+        lora_core::Quantize::None => format!("{data_desc}\n\nThe base was held in {} while training.", opts.dtype),
+        q => format!(
+            "{data_desc}\n\nTrained as QLoRA: the base's decoder linear layers were stored as {q} (bitsandbytes' \
+             NF4, blocks of 64), the rest in {}. Evaluate on the same base (`lora eval --quantize nf4`, or \
+             transformers with `BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=\"nf4\")`); to merge \
+             into the weights it was trained against, use `lora merge --quantized-base nf4`.",
+            opts.dtype
+        ),
+    };
     let results = format!(
         "| steps | final train loss | validation loss | validation perplexity |\n|---|---|---|---|\n| {} | {:.4} | {} | {} |",
         total,
@@ -504,6 +455,8 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
         seed: t.seed,
         inputs: input_hashes(&p.recipe)?,
         adapter_sha256: adapter_sha256.clone(),
+        base_dtype: p.model.load_options.dtype.to_string(),
+        base_quantization: p.model.load_options.quantize.to_string(),
     };
     write_atomic(&dir.join("manifest.json"), serde_json::to_string_pretty(&manifest).expect("serializes").as_bytes())?;
     let _ = std::fs::remove_dir_all(checkpoint::checkpoints_dir(&dir));

@@ -3,3 +3,4 @@
 mod common;
 mod loading;
 mod parity;
+mod quant;

@@ -80,7 +80,7 @@ fn adamw_replay_matches_peft() {
 
     let mut model = base();
     load_adapter(&mut model, &fixtures().join("lora/adapter-init"), 1.0, true).unwrap();
-    let base_before = to_f32_vec(model.model.layers[0].self_attn.q_proj.weight.val()).unwrap();
+    let base_before = to_f32_vec(model.model.layers[0].self_attn.q_proj.weight.to_f32(&default_device())).unwrap();
     let mut opt = AdamW::new(AdamWConfig::default(), &adapter_tensors(&model));
     for (step, want) in expected.iter().enumerate() {
         let logits = model.forward(&b, None).unwrap();
@@ -106,5 +106,5 @@ fn adamw_replay_matches_peft() {
         assert!(d <= 1e-4, "final adapter max |Δ| {d:e}");
     }
     // The base is untouched, bit for bit.
-    assert_eq!(to_f32_vec(model.model.layers[0].self_attn.q_proj.weight.val()).unwrap(), base_before);
+    assert_eq!(to_f32_vec(model.model.layers[0].self_attn.q_proj.weight.to_f32(&default_device())).unwrap(), base_before);
 }

@@ -1,0 +1,48 @@
+//! How the frozen base holds the weight of a linear layer: a dense tensor in the base dtype (f32, bf16,
+//! f16), or NF4-packed on the host (QLoRA). Only LoRA's A and B are ever trained, so the base weight
+//! is a constant: it needs no gradient and no optimizer state, only a way to be multiplied.
+
+use std::sync::Arc;
+
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use lora_merge::nf4::Nf4Tensor;
+
+/// The stored weight `[out, in]` of a frozen linear layer.
+#[derive(Debug, Clone)]
+pub enum BaseWeight {
+    /// A dense tensor in the dtype the base is held in.
+    Dense(Tensor<2>),
+    /// 4-bit NormalFloat, bitsandbytes' layout, on the host; dequantized block by block when used.
+    Nf4(Arc<Nf4Tensor>),
+}
+
+impl BaseWeight {
+    /// `[out, in]`.
+    pub fn dims(&self) -> [usize; 2] {
+        match self {
+            Self::Dense(t) => t.dims(),
+            Self::Nf4(q) => [q.shape[0], q.shape[1]],
+        }
+    }
+
+    /// Bytes the weight takes in memory.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Self::Dense(t) => t.dims().iter().product::<usize>() * t.dtype().size(),
+            Self::Nf4(q) => q.bytes(),
+        }
+    }
+
+    /// Whether this is a dense f32 tensor (the exact path, multiplied by burn's own matmul).
+    pub fn is_dense_f32(&self) -> bool {
+        matches!(self, Self::Dense(t) if t.dtype() == DType::F32)
+    }
+
+    /// The weight as a dense f32 tensor (dequantized or upcast): for merging and inspection.
+    pub fn to_f32(&self, device: &Device) -> Tensor<2> {
+        match self {
+            Self::Dense(t) => t.clone().cast(DType::F32),
+            Self::Nf4(q) => Tensor::from_data(TensorData::new(q.dequantize(), q.shape.clone()), device),
+        }
+    }
+}

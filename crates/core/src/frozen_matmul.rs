@@ -1,0 +1,207 @@
+//! y = x · Wᵀ for a frozen weight held in bf16 / f16 or packed as NF4: a custom autodiff operation
+//! whose backward materialises W again instead of keeping an f32 copy of it alive.
+//!
+//! Math: y = x·Wᵀ, so ∂L/∂x = ∂L/∂y · W, and W (frozen) gets no gradient. burn's own matmul under
+//! autodiff keeps its operands until backward; with a weight upcast or dequantized for the call,
+//! that would keep an f32 copy of every layer of the base for the whole step — the f32 model again
+//! (burn's `apply_qlora` documents the same for its quantized tensors). Here the saved state is the
+//! stored weight itself (a handle: the bf16 tensor, or the packed NF4 bytes), and the f32 values
+//! exist only inside the call, a block of rows at a time: at most [`BLOCK_VALUES`] values, so even a
+//! 128k-vocabulary head never exists in f32 whole. Nothing of x is saved: W alone gives ∂L/∂x.
+//!
+//! The plain reference is `x.matmul(W.to_f32().transpose())`; the tests check values and
+//! gradients against it.
+
+use std::sync::Arc;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Backend, Dispatch, Flex, Slice, TensorMetadata, backend_extension};
+use burn::tensor::{FloatDType, Tensor, TensorData};
+use lora_merge::nf4::Nf4Tensor;
+
+use crate::base_weight::BaseWeight;
+
+/// Largest block of W materialised in f32 at once (16 Mi values, 64 MiB). A block is a set of whole
+/// rows; a matrix smaller than this is materialised in one piece, which keeps the result equal to a
+/// single matmul.
+pub const BLOCK_VALUES: usize = 16 << 20;
+
+/// The frozen-weight matmul, implemented for the backends lora runs on.
+#[backend_extension(Flex, Cube: cfg(feature = "cuda"), Autodiff)]
+pub trait FrozenMatmulBackend: Backend {
+    /// x · cast(w)ᵀ with `w` a dense constant of any float dtype.
+    ///
+    /// # Shapes
+    /// - x: `[n, in]`, w: `[out, in]`
+    /// - output: `[n, out]`
+    fn frozen_dense_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>, block: usize) -> FloatTensor<Self> {
+        let source = Source::Dense(w, block);
+        forward::<Self>(x, &source)
+    }
+
+    /// x · dequant(w)ᵀ with `w` packed as NF4 on the host.
+    ///
+    /// # Shapes
+    /// - x: `[n, in]`, w: `[out, in]`
+    /// - output: `[n, out]`
+    fn frozen_nf4_matmul(x: FloatTensor<Self>, w: Arc<Nf4Tensor>, block: usize) -> FloatTensor<Self> {
+        let source = Source::Nf4(w, block);
+        forward::<Self>(x, &source)
+    }
+}
+
+impl FrozenMatmulBackend for Flex {}
+
+#[cfg(feature = "cuda")]
+impl FrozenMatmulBackend for burn::backend::Cube {}
+
+/// A frozen weight on backend `B`, with the most values to materialise at once.
+#[derive(Debug, Clone)]
+enum Source<B: Backend> {
+    Dense(FloatTensor<B>, usize),
+    Nf4(Arc<Nf4Tensor>, usize),
+}
+
+impl<B: Backend> Source<B> {
+    fn dims(&self) -> [usize; 2] {
+        match self {
+            Self::Dense(w, _) => {
+                let s = w.shape();
+                [s[0], s[1]]
+            }
+            Self::Nf4(q, _) => [q.shape[0], q.shape[1]],
+        }
+    }
+
+    /// Rows `r0..r1` of W in `dtype` on `device`: `[r1 - r0, in]`.
+    fn rows(&self, r0: usize, r1: usize, dtype: FloatDType, device: &B::Device) -> FloatTensor<B> {
+        let [out, d_in] = self.dims();
+        match self {
+            Self::Dense(w, _) => {
+                let block = if r0 == 0 && r1 == out {
+                    w.clone()
+                } else {
+                    let rows = Slice { start: r0 as isize, end: Some(r1 as isize), step: 1 };
+                    let cols = Slice { start: 0, end: Some(d_in as isize), step: 1 };
+                    B::float_slice(w.clone(), &[rows, cols])
+                };
+                B::float_cast(block, dtype)
+            }
+            Self::Nf4(q, _) => {
+                let mut values = vec![0.0f32; (r1 - r0) * d_in];
+                q.dequantize_into(r0 * d_in, &mut values);
+                let block = B::float_from_data(TensorData::new(values, [r1 - r0, d_in]), device);
+                B::float_cast(block, dtype)
+            }
+        }
+    }
+
+    /// Row ranges of at most the block's values each (at least one row).
+    fn blocks(&self) -> Vec<(usize, usize)> {
+        let [out, d_in] = self.dims();
+        let (Self::Dense(_, block) | Self::Nf4(_, block)) = self;
+        let per = (block / d_in.max(1)).max(1);
+        (0..out).step_by(per).map(|r0| (r0, (r0 + per).min(out))).collect()
+    }
+}
+
+/// y = x · Wᵀ, W materialised a block of rows at a time.
+fn forward<B: Backend>(x: FloatTensor<B>, w: &Source<B>) -> FloatTensor<B> {
+    let dtype: FloatDType = x.dtype().into();
+    let device = x.device();
+    let parts: Vec<FloatTensor<B>> = w
+        .blocks()
+        .into_iter()
+        .map(|(r0, r1)| B::float_matmul(x.clone(), B::float_transpose(w.rows(r0, r1, dtype, &device)))) // [n, rows]
+        .collect();
+    if parts.len() == 1 { parts.into_iter().next().expect("one block") } else { B::float_cat(parts, 1) }
+}
+
+/// ∂L/∂x = ∂L/∂y · W, summed over the row blocks of W.
+fn input_grad<B: Backend>(grad: FloatTensor<B>, w: &Source<B>) -> FloatTensor<B> {
+    let dtype: FloatDType = grad.dtype().into();
+    let device = grad.device();
+    let n = grad.shape()[0];
+    let mut acc: Option<FloatTensor<B>> = None;
+    for (r0, r1) in w.blocks() {
+        let g = if r0 == 0 && r1 == w.dims()[0] {
+            grad.clone()
+        } else {
+            let rows = Slice { start: 0, end: Some(n as isize), step: 1 };
+            let cols = Slice { start: r0 as isize, end: Some(r1 as isize), step: 1 };
+            B::float_slice(grad.clone(), &[rows, cols])
+        };
+        let part = B::float_matmul(g, w.rows(r0, r1, dtype, &device)); // [n, in]
+        acc = Some(match acc {
+            Some(a) => B::float_add(a, part),
+            None => part,
+        });
+    }
+    acc.expect("a weight has at least one row")
+}
+
+#[derive(Debug)]
+struct FrozenMatmulBackward;
+
+impl<B: Backend> Backward<B, 1> for FrozenMatmulBackward {
+    type State = Source<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, input_grad::<B>(grad, &ops.state));
+        }
+    }
+}
+
+impl<B: Backend, C: CheckpointStrategy> FrozenMatmulBackend for Autodiff<B, C> {
+    fn frozen_dense_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>, block: usize) -> FloatTensor<Self> {
+        // The weight is a constant: its inner tensor is all the backward needs.
+        let source = Source::<B>::Dense(w.into_primitive(), block);
+        autodiff_forward::<B, C>(x, source)
+    }
+
+    fn frozen_nf4_matmul(x: FloatTensor<Self>, w: Arc<Nf4Tensor>, block: usize) -> FloatTensor<Self> {
+        autodiff_forward::<B, C>(x, Source::<B>::Nf4(w, block))
+    }
+}
+
+fn autodiff_forward<B: Backend, C: CheckpointStrategy>(
+    x: FloatTensor<Autodiff<B, C>>,
+    source: Source<B>,
+) -> FloatTensor<Autodiff<B, C>> {
+    match FrozenMatmulBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => {
+            let out = forward::<B>(x.into_primitive(), &source);
+            prep.finish(source, out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(forward::<B>(x.into_primitive(), &source)),
+    }
+}
+
+/// x · Wᵀ for a frozen weight that is not dense f32 (those use burn's matmul directly).
+///
+/// # Shapes
+/// - x: `[n, in]`
+/// - output: `[n, out]`
+pub fn frozen_matmul(x: Tensor<2>, w: &BaseWeight) -> Tensor<2> {
+    frozen_matmul_blocked(x, w, BLOCK_VALUES)
+}
+
+/// [`frozen_matmul`] materialising at most `block` values of W at once (whole rows, at least one).
+pub fn frozen_matmul_blocked(x: Tensor<2>, w: &BaseWeight, block: usize) -> Tensor<2> {
+    let out = match w {
+        BaseWeight::Dense(t) => {
+            <Dispatch as FrozenMatmulBackend>::frozen_dense_matmul(x.into_dispatch(), t.clone().into_dispatch(), block)
+        }
+        BaseWeight::Nf4(q) => {
+            <Dispatch as FrozenMatmulBackend>::frozen_nf4_matmul(x.into_dispatch(), q.clone(), block)
+        }
+    };
+    Tensor::from_dispatch(out)
+}

@@ -1,0 +1,157 @@
+//! One optimizer step, back-propagated stage by stage with burn's public autodiff API:
+//!
+//! 1) the decoder body, either as one graph (all activations kept) or, with gradient checkpointing,
+//!    untracked, keeping only each decoder layer's input;
+//! 2) the head and the loss, a chunk of labelled rows at a time ([`head_loss`]): each chunk is
+//!    back-propagated at once, giving ∂L/∂hidden without `[tokens, vocab]` ever existing;
+//! 3) the body's backward from that gradient: `backward()` of `(hidden · ∂L/∂hidden).sum()` over the
+//!    one graph, or, with checkpointing, layer by layer from the last: the layer is re-run tracked from
+//!    its saved input, `(y · ∂L/∂y).sum()` is back-propagated, and the input's gradient goes down to
+//!    the layer below. Only one layer's activations (and, with an NF4 base, no dense weight beyond the
+//!    block being multiplied) exist at a time.
+//!
+//! Both ways run the same operations on the same values in the same order, so the adapter they give
+//! is the same to the bit (a test checks it). The gradients of a micro-batch are accumulated with the
+//! loss divided by the whole step's target-token count, then clipped by global norm as
+//! `torch.nn.utils.clip_grad_norm_`, then AdamW.
+
+use lora_core::burn::tensor::{Gradients, Tensor};
+use lora_core::chunked_loss::head_loss;
+use lora_core::host::to_f32_vec;
+use lora_core::{CausalLm, LayerInputs, TokenBatch};
+
+use crate::error::Result;
+use crate::optimizer::AdamW;
+use crate::trainable::{adapter_layers, adapter_tensors, set_adapter_tensors, set_dropout_seeds, track_adapters, untrack_adapters};
+
+/// Loss and gradient norm of one optimizer step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepOutcome {
+    /// Mean loss per target token of the step.
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+}
+
+/// Settings of a step that are not per step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepOptions {
+    /// Global-norm clipping threshold; 0 disables.
+    pub max_grad_norm: f64,
+    /// Keep only each layer's input and recompute the layer in backward.
+    pub gradient_checkpointing: bool,
+}
+
+/// Adds each tracked leaf's gradient to its accumulator.
+fn collect(leaves: &[Option<Tensor<2>>], grads: &Gradients, acc: &mut [Option<Tensor<2>>]) {
+    for (leaf, slot) in leaves.iter().zip(acc.iter_mut()) {
+        if let Some(g) = leaf.as_ref().and_then(|l| l.grad(grads)) {
+            *slot = Some(match slot.take() {
+                Some(a) => a + g,
+                None => g,
+            });
+        }
+    }
+}
+
+/// Forward, loss and backward of one micro-batch; gradients (of the loss times `scale`) added to
+/// `acc`. Returns the summed loss.
+fn micro_batch(
+    model: &mut CausalLm,
+    batch: &TokenBatch,
+    labels: &[Vec<Option<u32>>],
+    scale: f64,
+    checkpointing: bool,
+    acc: &mut [Option<Tensor<2>>],
+) -> Result<f64> {
+    untrack_adapters(model);
+    let lowest = adapter_layers(model).into_iter().flatten().min();
+    // 1) The body.
+    let LayerInputs { x, cos, sin, mask } = model.layer_inputs(batch)?;
+    let (hidden, body_leaves, saved) = if checkpointing {
+        let mut saved = Vec::with_capacity(model.model.layers.len());
+        let mut x = x;
+        for layer in &model.model.layers {
+            saved.push(x.clone());
+            x = layer.forward(x, &cos, &sin, &mask, None);
+        }
+        (x, Vec::new(), saved)
+    } else {
+        let leaves = track_adapters(model, |l| l.is_some());
+        let mut x = x;
+        for layer in &model.model.layers {
+            x = layer.forward(x, &cos, &sin, &mask, None);
+        }
+        (x, leaves, Vec::new())
+    };
+    // 2) The head and the loss, chunk by chunk.
+    let head_leaves = track_adapters(model, |l| l.is_none());
+    let head = head_loss(model, hidden.clone(), labels, Some(scale), |g| collect(&head_leaves, g, acc))?;
+    let Some(mut grad) = head.grad else { return Ok(head.sum) };
+    // 3) The body's backward.
+    if !checkpointing {
+        if hidden.is_tracked() {
+            let g = (hidden * grad).sum().backward();
+            collect(&body_leaves, &g, acc);
+        }
+    } else if let Some(lowest) = lowest {
+        for i in (lowest..model.model.layers.len()).rev() {
+            let leaves = track_adapters(model, |l| l == Some(i));
+            let input = saved[i].clone().autodiff().require_grad();
+            let y = model.model.layers[i].forward(input.clone(), &cos, &sin, &mask, None);
+            let g = (y * grad).sum().backward();
+            collect(&leaves, &g, acc);
+            if i == lowest {
+                break;
+            }
+            grad = input.grad(&g).expect("the layer input is a leaf of its graph");
+            untrack_adapters(model);
+        }
+    }
+    untrack_adapters(model);
+    Ok(head.sum)
+}
+
+/// One optimizer step over `batches` (the micro-batches of the step, collated): forward and
+/// backward of each, gradients accumulated with the loss divided by the whole step's target-token
+/// count (so the result is the gradient of the mean over every target token, not a mean of
+/// per-batch means), global-norm clipping, then AdamW.
+pub fn train_step(
+    model: &mut CausalLm,
+    opt: &mut AdamW,
+    batches: &[(TokenBatch, Vec<Vec<Option<u32>>>)],
+    step_tokens: usize,
+    lr: f64,
+    options: StepOptions,
+    dropout_seed_of: impl Fn(usize) -> u64,
+) -> Result<StepOutcome> {
+    let n = adapter_layers(model).len();
+    let mut acc: Vec<Option<Tensor<2>>> = vec![None; n];
+    let scale = 1.0 / step_tokens.max(1) as f64;
+    let mut loss_sum = 0.0f64;
+    for (i, (batch, labels)) in batches.iter().enumerate() {
+        set_dropout_seeds(model, dropout_seed_of(i));
+        loss_sum += micro_batch(model, batch, labels, scale, options.gradient_checkpointing, &mut acc)?;
+    }
+    let loss = loss_sum / step_tokens.max(1) as f64;
+    let params = adapter_tensors(model);
+    let mut grads: Vec<Tensor<2>> =
+        acc.into_iter().zip(&params).map(|(g, p)| g.unwrap_or_else(|| p.zeros_like().inner())).collect();
+    let sq: f64 = grads
+        .iter()
+        .map(|g| to_f32_vec(g.clone().square().sum()).map(|v| v[0] as f64))
+        .sum::<lora_core::Result<f64>>()?;
+    let grad_norm = sq.sqrt();
+    if options.max_grad_norm > 0.0 {
+        let coef = options.max_grad_norm / (grad_norm + 1e-6);
+        if coef < 1.0 {
+            grads = grads.into_iter().map(|g| g * coef).collect();
+        }
+    }
+    if loss.is_finite() {
+        let new = opt.update(params, grads, lr);
+        set_adapter_tensors(model, new);
+        untrack_adapters(model);
+    }
+    Ok(StepOutcome { loss, grad_norm })
+}
