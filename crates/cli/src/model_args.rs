@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use lora_core::{CausalLm, Tokenizer};
+use lora_core::{BaseDtype, CausalLm, LoadOptions, Quantize, Tokenizer};
 
 /// `--model`, `--offline`, `--device`, `--adapter`, `--adapter-weights`.
 #[derive(clap::Args, Debug)]
@@ -18,6 +18,13 @@ pub struct ModelArgs {
     /// cpu (default), ndarray or cuda.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// The dtype the base is held in: auto (f32 on the CPU, bf16 on CUDA), f32, bf16 or f16.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "bf16", "f16"])]
+    pub dtype: String,
+    /// Store the decoder's linear layers as NF4, as bitsandbytes (QLoRA) does: evaluate an adapter on the
+    /// base it was trained on. `nf4-dq` also quantizes the scales (double quantization).
+    #[arg(long, default_value = "none", value_parser = ["none", "nf4", "nf4-dq"])]
+    pub quantize: String,
     #[command(flatten)]
     pub adapters: crate::adapters::AdapterArgs,
 }
@@ -27,9 +34,20 @@ impl ModelArgs {
     pub fn load(&self) -> Result<(CausalLm, Tokenizer, PathBuf)> {
         let device = crate::device::open(&self.device)?;
         let dir = crate::hub_refs::model(&self.model, self.offline)?;
-        let mut model = CausalLm::load_dir(&dir, &device).with_context(|| format!("loading {}", dir.display()))?;
+        let mut model = CausalLm::load_dir_with(&dir, &device, &self.load_options()?)
+            .with_context(|| format!("loading {}", dir.display()))?;
         self.adapters.apply(&mut model, self.offline)?;
         let tok = Tokenizer::load_dir(&dir, &model.config)?;
         Ok((model, tok, dir))
+    }
+
+    /// `--dtype` and `--quantize`, with `auto` resolved for the device.
+    pub fn load_options(&self) -> Result<LoadOptions> {
+        let dtype = match self.dtype.as_str() {
+            "auto" if self.device.parse::<lora_core::Backend>()? == lora_core::Backend::Cuda => BaseDtype::Bf16,
+            "auto" => BaseDtype::F32,
+            other => other.parse()?,
+        };
+        Ok(LoadOptions { dtype, quantize: Quantize::parse(&self.quantize, false)? })
     }
 }

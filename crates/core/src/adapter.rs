@@ -57,6 +57,11 @@ fn layer_index(path: &str) -> Option<usize> {
 /// when nothing matches.
 pub fn select_targets(model: &CausalLm, targets: &TargetModules, layers: Option<&[usize]>) -> Result<Vec<String>> {
     let all: Vec<String> = model.linear_modules().into_iter().map(|(p, _)| p).collect();
+    select_paths(&all, targets, layers)
+}
+
+/// [`select_targets`] over module paths (in model order), without a model.
+pub fn select_paths(all: &[String], targets: &TargetModules, layers: Option<&[usize]>) -> Result<Vec<String>> {
     let matches: Box<dyn Fn(&str) -> bool> = match targets {
         TargetModules::Pattern(p) if p == "all-linear" => Box::new(|path: &str| path != "lm_head"),
         TargetModules::Pattern(p) => {

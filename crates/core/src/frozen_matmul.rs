@@ -199,9 +199,7 @@ pub fn frozen_matmul_blocked(x: Tensor<2>, w: &BaseWeight, block: usize) -> Tens
         BaseWeight::Dense(t) => {
             <Dispatch as FrozenMatmulBackend>::frozen_dense_matmul(x.into_dispatch(), t.clone().into_dispatch(), block)
         }
-        BaseWeight::Nf4(q) => {
-            <Dispatch as FrozenMatmulBackend>::frozen_nf4_matmul(x.into_dispatch(), q.clone(), block)
-        }
+        BaseWeight::Nf4(q) => <Dispatch as FrozenMatmulBackend>::frozen_nf4_matmul(x.into_dispatch(), q.clone(), block),
     };
     Tensor::from_dispatch(out)
 }

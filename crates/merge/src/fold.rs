@@ -31,12 +31,41 @@ pub struct FoldOptions {
     pub allow_nonfinite: bool,
     /// Replace an existing output folder.
     pub force: bool,
+    /// Fold into dequant(NF4(W)) instead of W for every linear layer of the decoder: the weights a
+    /// QLoRA adapter was trained against (`Some(double_quant)`), so that the merged model behaves as
+    /// the adapter did on its quantized base. `None` folds into the original weights (PEFT's choice).
+    pub nf4_base: Option<bool>,
 }
 
 impl Default for FoldOptions {
     fn default() -> Self {
-        Self { weights: None, dtype: None, shard_size: 5_000_000_000, allow_nonfinite: false, force: false }
+        Self {
+            weights: None,
+            dtype: None,
+            shard_size: 5_000_000_000,
+            allow_nonfinite: false,
+            force: false,
+            nf4_base: None,
+        }
     }
+}
+
+/// Whether a tensor is the weight of a decoder linear layer, the ones bitsandbytes quantizes
+/// (embeddings, norms and the head stay dense).
+pub fn is_decoder_linear(name: &str) -> bool {
+    const LINEARS: [&str; 7] = [
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+    ];
+    let Some(rest) = name.strip_prefix("model.layers.").and_then(|r| r.strip_suffix(".weight")) else {
+        return false;
+    };
+    rest.split_once('.').is_some_and(|(i, m)| i.parse::<usize>().is_ok() && LINEARS.contains(&m))
 }
 
 /// What a fold did.
@@ -212,10 +241,14 @@ fn fold_adapters_inner(base: &Path, adapters: &[PathBuf], out: &Path, opts: &Fol
     let writer = ShardedWriter::create(out_dir.path(), &planned, opts.shard_size)?;
     let mut bytes_read = 0u64;
     for (i, p) in planned.iter().enumerate() {
-        let src = plan.source(&p.name)?;
+        let mut src = plan.source(&p.name)?;
         let t = base_model.get(&p.name).expect("listed");
         bytes_read += (t.info.end - t.info.begin) as u64;
-        if !plan.touches(&p.name) && t.info.dtype == p.dtype {
+        let requantize = opts.nf4_base.filter(|_| is_decoder_linear(&p.name) && !plan.replaced.contains_key(&p.name));
+        if let Some(double_quant) = requantize {
+            src = src.requantized(double_quant);
+        }
+        if requantize.is_none() && !plan.touches(&p.name) && t.info.dtype == p.dtype {
             stream::copy_tensor(&writer, i, t)?;
         } else {
             stream::write_tensor(&writer, i, p, opts.allow_nonfinite, &|start, out| src.read(start, out))?;
@@ -245,7 +278,15 @@ fn fold_adapters_inner(base: &Path, adapters: &[PathBuf], out: &Path, opts: &Fol
         "README.md",
         &card::model_card(
             &base.display().to_string(),
-            "LoRA adapters folded into their base with `lora merge`: W ← W + Σᵢ wᵢ·sᵢ·Bᵢ·Aᵢ, computed in f32.",
+            &match opts.nf4_base {
+                None => "LoRA adapters folded into their base with `lora merge`: W ← W + Σᵢ wᵢ·sᵢ·Bᵢ·Aᵢ, computed in f32.".to_string(),
+                Some(dq) => format!(
+                    "QLoRA adapters folded with `lora merge --quantized-base nf4`: every decoder linear layer is \
+                     W ← dequant(NF4(W)) + Σᵢ wᵢ·sᵢ·Bᵢ·Aᵢ (bitsandbytes' NF4, blocks of 64{}), the weights the adapters \
+                     were trained against; computed in f32.",
+                    if dq { ", double-quantized scales" } else { "" }
+                ),
+            },
             &format!("## Adapters\n\n{}\n\nOutput dtype: {}.\n", lines.join("\n"), dtype.torch_name()),
         ),
     )?;

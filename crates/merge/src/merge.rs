@@ -245,7 +245,7 @@ pub fn merge_with_config(
 
 fn dtype_size(s: &Source<'_>) -> usize {
     match s {
-        Source::Mapped(t) | Source::Folded { base: t, .. } => t.info.dtype.size(),
+        Source::Mapped(t) | Source::Folded { base: t, .. } | Source::Requantized { base: t, .. } => t.info.dtype.size(),
     }
 }
 

@@ -6,6 +6,7 @@ use std::cell::RefCell;
 use crate::adapter::LoraDelta;
 use crate::dtype::decode_f32;
 use crate::model_dir::TensorRef;
+use crate::nf4::Nf4Tensor;
 
 thread_local! {
     /// The raw bytes of the chunk being decoded on this thread.
@@ -24,6 +25,15 @@ pub enum Source<'a> {
         /// Updates to add, already weighted and scaled.
         deltas: Vec<LoraDelta>,
     },
+    /// A base tensor as a QLoRA adapter saw it, dequant(NF4(W)), plus low-rank updates.
+    Requantized {
+        /// The base tensor.
+        base: TensorRef<'a>,
+        /// Its NF4 form (quantized once, whole: the 64-value blocks run across rows).
+        nf4: Nf4Tensor,
+        /// Updates to add, already weighted and scaled.
+        deltas: Vec<LoraDelta>,
+    },
 }
 
 impl Source<'_> {
@@ -39,12 +49,32 @@ impl Source<'_> {
 
     fn base(&self) -> &TensorRef<'_> {
         match self {
-            Source::Mapped(t) | Source::Folded { base: t, .. } => t,
+            Source::Mapped(t) | Source::Folded { base: t, .. } | Source::Requantized { base: t, .. } => t,
         }
+    }
+
+    /// This source with its base replaced by dequant(NF4(base)), bitsandbytes' NF4 with blocks of 64
+    /// (`double_quant`: the scales quantized too): the weights a QLoRA adapter was trained against.
+    pub fn requantized(self, double_quant: bool) -> Self {
+        let (base, deltas) = match self {
+            Source::Mapped(t) => (t, Vec::new()),
+            Source::Folded { base, deltas } | Source::Requantized { base, deltas, .. } => (base, deltas),
+        };
+        let mut values = vec![0.0f32; base.info.numel()];
+        Source::Mapped(base).read(0, &mut values);
+        let nf4 = Nf4Tensor::quantize(&values, &base.info.shape, double_quant);
+        Source::Requantized { base, nf4, deltas }
     }
 
     /// Fills `out` with elements `start..start + out.len()` (flattened, row-major) as f32.
     pub fn read(&self, start: usize, out: &mut [f32]) {
+        if let Source::Requantized { nf4, deltas, .. } = self {
+            nf4.dequantize_into(start, out);
+            for d in deltas {
+                d.add_to(start, out);
+            }
+            return;
+        }
         let t = self.base();
         let size = t.info.dtype.size();
         BYTES.with(|cell| {

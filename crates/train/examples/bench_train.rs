@@ -10,10 +10,10 @@ use lora_core::adapter::{LoraInit, LoraSpec, attach_new};
 use lora_core::peft_config::TargetModules;
 use lora_core::random_model::{LlamaShape, write_random_llama};
 use lora_core::{Backend, CausalLm, TokenBatch};
-use lora_train::optimizer::{AdamW, AdamWConfig};
-use lora_train::trainable::{adapter_tensors, set_training};
 use lora_core::{BaseDtype, LoadOptions, Quantize};
+use lora_train::optimizer::{AdamW, AdamWConfig};
 use lora_train::step::{StepOptions, train_step};
+use lora_train::trainable::{adapter_tensors, set_training};
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();

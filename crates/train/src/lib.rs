@@ -10,6 +10,7 @@ pub mod batching;
 pub mod checkpoint;
 pub mod data;
 pub mod error;
+pub mod memory_plan;
 pub mod optimizer;
 pub mod recipe;
 pub mod run_files;

@@ -686,7 +686,8 @@ impl Recipe {
             );
         }
         if !["none", "nf4"].contains(&self.model.quantize.as_str()) {
-            let hint = if self.model.quantize.to_ascii_lowercase().contains('4') { "; did you mean \"nf4\"?" } else { "" };
+            let hint =
+                if self.model.quantize.to_ascii_lowercase().contains('4') { "; did you mean \"nf4\"?" } else { "" };
             return err(
                 "model",
                 "quantize",

@@ -1,17 +1,20 @@
 //! One optimizer step, back-propagated stage by stage with burn's public autodiff API:
 //!
-//! 1) the decoder body, either as one graph (all activations kept) or, with gradient checkpointing,
-//!    untracked, keeping only each decoder layer's input;
+//! 1) the decoder body, each layer its own graph from a leaf made of its input (all activations kept)
+//!    or, with gradient checkpointing, untracked, keeping only each decoder layer's input;
 //! 2) the head and the loss, a chunk of labelled rows at a time ([`head_loss`]): each chunk is
 //!    back-propagated at once, giving ∂L/∂hidden without `[tokens, vocab]` ever existing;
-//! 3) the body's backward from that gradient: `backward()` of `(hidden · ∂L/∂hidden).sum()` over the
-//!    one graph, or, with checkpointing, layer by layer from the last: the layer is re-run tracked from
-//!    its saved input, `(y · ∂L/∂y).sum()` is back-propagated, and the input's gradient goes down to
-//!    the layer below. Only one layer's activations (and, with an NF4 base, no dense weight beyond the
-//!    block being multiplied) exist at a time.
+//! 3) the body's backward from that gradient, layer by layer from the last: `(y · ∂L/∂y).sum()` is
+//!    back-propagated through the layer's graph (kept, or with checkpointing re-run tracked from the
+//!    saved input), and the input leaf's gradient goes down to the layer below. With checkpointing only
+//!    one layer's activations (and, with an NF4 base, no dense weight beyond the block being
+//!    multiplied) exist at a time.
 //!
-//! Both ways run the same operations on the same values in the same order, so the adapter they give
-//! is the same to the bit (a test checks it). The gradients of a micro-batch are accumulated with the
+//! Both ways build the same per-layer graphs from the same values: burn runs a backward by depth, and
+//! adds the gradients a node receives in the order it meets them, which depends on the whole graph; so
+//! the layer is the graph in both, and the adapter they give is the same to the bit (a test checks
+//! it). One graph over the whole body would sum the five gradients reaching a normed input in another
+//! order than the per-layer graphs do. The gradients of a micro-batch are accumulated with the
 //! loss divided by the whole step's target-token count, then clipped by global norm as
 //! `torch.nn.utils.clip_grad_norm_`, then AdamW.
 
@@ -22,7 +25,10 @@ use lora_core::{CausalLm, LayerInputs, TokenBatch};
 
 use crate::error::Result;
 use crate::optimizer::AdamW;
-use crate::trainable::{adapter_layers, adapter_tensors, set_adapter_tensors, set_dropout_seeds, track_adapters, untrack_adapters};
+use crate::trainable::{
+    adapter_layers, adapter_tensors, constant_adapters, set_adapter_tensors, set_dropout_seeds, track_adapters,
+    untrack_adapters,
+};
 
 /// Loss and gradient norm of one optimizer step.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -64,48 +70,61 @@ fn micro_batch(
     checkpointing: bool,
     acc: &mut [Option<Tensor<2>>],
 ) -> Result<f64> {
-    untrack_adapters(model);
+    // Every pass runs burn's autodiff operations, tracked or not: the plain backend's attention is
+    // another implementation, and recomputation must see exactly the values the first pass saw.
+    constant_adapters(model);
     let lowest = adapter_layers(model).into_iter().flatten().min();
     // 1) The body.
     let LayerInputs { x, cos, sin, mask } = model.layer_inputs(batch)?;
-    let (hidden, body_leaves, saved) = if checkpointing {
-        let mut saved = Vec::with_capacity(model.model.layers.len());
-        let mut x = x;
-        for layer in &model.model.layers {
-            saved.push(x.clone());
-            x = layer.forward(x, &cos, &sin, &mask, None);
+    let x = x.autodiff();
+    let n_layers = model.model.layers.len();
+    // Per layer: its input (a leaf when tracked) and, without checkpointing, its tracked output.
+    let mut inputs = Vec::with_capacity(n_layers);
+    let mut outputs = Vec::with_capacity(n_layers);
+    let mut body_leaves = Vec::new();
+    let mut x = x;
+    if !checkpointing {
+        body_leaves = track_adapters(model, |l| l.is_some());
+    }
+    for (i, layer) in model.model.layers.iter().enumerate() {
+        let tracked = !checkpointing && lowest.is_some_and(|lo| i >= lo);
+        let input = if tracked { x.inner().autodiff().require_grad() } else { x };
+        let y = layer.forward(input.clone(), &cos, &sin, &mask, None);
+        x = if tracked { y.clone().inner().autodiff() } else { y.clone() };
+        inputs.push(input);
+        if tracked {
+            outputs.push(Some(y));
+        } else {
+            outputs.push(None);
         }
-        (x, Vec::new(), saved)
-    } else {
-        let leaves = track_adapters(model, |l| l.is_some());
-        let mut x = x;
-        for layer in &model.model.layers {
-            x = layer.forward(x, &cos, &sin, &mask, None);
-        }
-        (x, leaves, Vec::new())
-    };
+    }
+    let hidden = x;
     // 2) The head and the loss, chunk by chunk.
     let head_leaves = track_adapters(model, |l| l.is_none());
     let head = head_loss(model, hidden.clone(), labels, Some(scale), |g| collect(&head_leaves, g, acc))?;
     let Some(mut grad) = head.grad else { return Ok(head.sum) };
-    // 3) The body's backward.
-    if !checkpointing {
-        if hidden.is_tracked() {
-            let g = (hidden * grad).sum().backward();
-            collect(&body_leaves, &g, acc);
-        }
-    } else if let Some(lowest) = lowest {
-        for i in (lowest..model.model.layers.len()).rev() {
-            let leaves = track_adapters(model, |l| l == Some(i));
-            let input = saved[i].clone().autodiff().require_grad();
-            let y = model.model.layers[i].forward(input.clone(), &cos, &sin, &mask, None);
+    // 3) The body's backward, layer by layer from the last.
+    if let Some(lowest) = lowest {
+        for i in (lowest..n_layers).rev() {
+            let (input, y, leaves) = match outputs[i].take() {
+                Some(y) => (inputs[i].clone(), y, None),
+                None => {
+                    // Recompute the layer, tracked, from its saved input.
+                    let leaves = track_adapters(model, |l| l == Some(i));
+                    let input = inputs[i].clone().autodiff().require_grad();
+                    let y = model.model.layers[i].forward(input.clone(), &cos, &sin, &mask, None);
+                    (input, y, Some(leaves))
+                }
+            };
             let g = (y * grad).sum().backward();
-            collect(&leaves, &g, acc);
+            collect(leaves.as_deref().unwrap_or(&body_leaves), &g, acc);
             if i == lowest {
                 break;
             }
             grad = input.grad(&g).expect("the layer input is a leaf of its graph");
-            untrack_adapters(model);
+            if leaves.is_some() {
+                constant_adapters(model);
+            }
         }
     }
     untrack_adapters(model);

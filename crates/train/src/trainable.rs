@@ -97,3 +97,15 @@ pub fn untrack_adapters(model: &mut CausalLm) {
         }
     }
 }
+
+/// Makes every adapter an autodiff constant: a forward pass then runs burn's autodiff operations
+/// (whose attention, for one, is composed of other operations than the plain backend's) without
+/// recording a graph, so that an untracked pass computes the same values as a tracked one.
+pub fn constant_adapters(model: &mut CausalLm) {
+    for (_, lin) in model.linear_modules_mut() {
+        for a in lin.lora.iter_mut() {
+            a.lora_a = a.lora_a.clone().inner().autodiff();
+            a.lora_b = a.lora_b.clone().inner().autodiff();
+        }
+    }
+}

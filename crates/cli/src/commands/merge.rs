@@ -38,6 +38,11 @@ pub struct Args {
     /// Write NaN/inf results instead of failing on them.
     #[arg(long)]
     allow_nonfinite: bool,
+    /// Fold into the weights a QLoRA adapter was trained against: every decoder linear layer becomes
+    /// dequant(NF4(W)) + ΔW (bitsandbytes' NF4; nf4-dq: double-quantized scales). Without it, adapters
+    /// fold into the original weights, as PEFT's merge_and_unload does.
+    #[arg(long, value_parser = ["nf4", "nf4-dq"], conflicts_with = "config")]
+    quantized_base: Option<String>,
     /// Seed of the random methods (DARE, DELLA); overrides the configuration's random_seed.
     #[arg(long)]
     seed: Option<u64>,
@@ -80,8 +85,14 @@ pub fn run(a: Args) -> Result<()> {
         .as_deref()
         .map(|s| DType::from_user(s).with_context(|| format!("--dtype '{s}': use f32, f16 or bf16")))
         .transpose()?;
-    let opts =
-        FoldOptions { weights: a.weights, dtype, shard_size, allow_nonfinite: a.allow_nonfinite, force: a.force };
+    let opts = FoldOptions {
+        weights: a.weights,
+        dtype,
+        shard_size,
+        allow_nonfinite: a.allow_nonfinite,
+        force: a.force,
+        nf4_base: a.quantized_base.as_deref().map(|q| q == "nf4-dq"),
+    };
     let r = fold_adapters(base, adapters, &a.out, &opts)?;
     let secs = started.elapsed().as_secs_f64();
     println!(

@@ -49,6 +49,36 @@ pub fn run_cmd(a: Args) -> Result<()> {
         }
         _ => None,
     };
+    if a.dry_run {
+        // The memory plan comes from config.json and the recipe alone, before any weight is read.
+        let config = lora_core::ModelConfig::from_file(recipe.model.base.join("config.json"))?;
+        let backend: lora_core::Backend = recipe.train.device.parse()?;
+        let opts = recipe.model.load_options(backend);
+        let p = lora_train::memory_plan::plan(&recipe, &config, &opts)?;
+        let gb = |b: u64| match b {
+            b if b >= 1_000_000_000 => format!("{:.2} GB", b as f64 / 1e9),
+            b if b >= 1_000_000 => format!("{:.1} MB", b as f64 / 1e6),
+            b => format!("{:.1} KB", b as f64 / 1e3),
+        };
+        println!(
+            "# memory plan: base {} ({} {}), adapter + gradients + AdamW {}, activations ~{} \
+             (batch {} x {} tokens, recomputation {}), head chunk {}; total ~{}",
+            gb(p.base),
+            opts.dtype,
+            if opts.quantize == lora_core::Quantize::None {
+                "dense".to_string()
+            } else {
+                format!("{} linears", opts.quantize)
+            },
+            gb(p.adapter),
+            gb(p.activations),
+            recipe.train.batch_size,
+            recipe.data.max_seq_len,
+            if recipe.train.gradient_checkpointing { "on" } else { "off" },
+            gb(p.head_chunk),
+            gb(p.total())
+        );
+    }
     let prepared = prepare(&recipe)?;
     let trainable = lora_train::trainable::trainable_parameters(&prepared.model);
     if a.dry_run {

@@ -146,3 +146,52 @@ fn merge_adapters_and_extract() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// QLoRA: `--quantized-base nf4` folds into dequant(NF4(W)), so the merged folder gives what
+/// transformers + bitsandbytes + PEFT give with the adapter on the NF4 base; the plain fold does not.
+/// `eval --quantize nf4 --adapter` scores the unmerged adapter on that base to the same loss.
+#[test]
+fn quantized_base_fold_matches_bitsandbytes_peft_and_eval_on_nf4() {
+    let fx = fixtures();
+    let dir = temp_dir("qlora-fold");
+    let golden = lora_core::safetensors_file::SafetensorsFile::open(fx.join("qlora/golden.safetensors")).unwrap();
+    let (want, _) = golden.to_f32("logits.nf4.adapter-qv").unwrap();
+    let ids: Vec<u32> =
+        golden.bytes("input_ids").unwrap().chunks_exact(8).map(|c| c[0] as u32 | (c[1] as u32) << 8).collect();
+    let batch = TokenBatch::rows(ids.chunks(16).map(<[u32]>::to_vec).collect());
+    let mut diffs = Vec::new();
+    for (tag, extra) in [("nf4", vec!["--quantized-base", "nf4"]), ("plain", vec![])] {
+        let out = dir.join(tag);
+        let (base, adapter) = (fx.join("models/llama"), fx.join("lora/adapter-qv"));
+        let mut args = vec!["merge", s(&base), s(&adapter), "-o", s(&out)];
+        args.extend(extra);
+        let o = lora(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let model = CausalLm::load_dir(&out, &default_device()).unwrap();
+        let got = to_f32_vec(model.forward(&batch, None).unwrap()).unwrap();
+        diffs.push(got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max));
+    }
+    assert!(diffs[0] <= 1e-4, "nf4 fold vs bitsandbytes+PEFT: {}", diffs[0]);
+    assert!(diffs[1] > 1e-3, "the plain fold should differ from the NF4 model: {}", diffs[1]);
+    let card = std::fs::read_to_string(dir.join("nf4/README.md")).unwrap();
+    assert!(card.contains("dequant(NF4(W))"), "{card}");
+
+    let data = dir.join("eval.jsonl");
+    std::fs::write(&data, "{\"text\": \"In the beginning was the word.\"}\n{\"text\": \"And the light shineth.\"}\n")
+        .unwrap();
+    let eval = |model: &Path, extra: &[&str]| -> f64 {
+        let mut args = vec!["eval", "--model", s(model), "--data", s(&data), "--json"];
+        args.extend_from_slice(extra);
+        let o = lora(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_str::<serde_json::Value>(&stdout(&o)).unwrap()["mean_loss"].as_f64().unwrap()
+    };
+    let merged = eval(&dir.join("nf4"), &[]);
+    let adapter = fx.join("lora/adapter-qv");
+    let on_nf4 = eval(&fx.join("models/llama"), &["--adapter", s(&adapter), "--quantize", "nf4"]);
+    let on_dense = eval(&fx.join("models/llama"), &["--adapter", s(&adapter)]);
+    assert!((merged - on_nf4).abs() < 1e-5, "merged {merged} vs adapter on NF4 {on_nf4}");
+    assert!((on_dense - on_nf4).abs() > 1e-4, "NF4 should change the loss: {on_dense} vs {on_nf4}");
+    let bf16 = eval(&fx.join("models/llama"), &["--adapter", s(&adapter), "--dtype", "bf16"]);
+    assert!((bf16 - on_dense).abs() < 0.05 && bf16 != on_dense, "bf16 base: {bf16} vs f32 {on_dense}");
+}

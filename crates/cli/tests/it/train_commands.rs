@@ -136,6 +136,20 @@ fn dry_run_prints_the_resolved_recipe() {
         text.contains("[train]") && text.contains("lr = 0.01") && text.contains("# trainable parameters: 1920"),
         "{text}"
     );
+    assert!(text.contains("# memory plan: base 231.7 KB (f32 dense)") && text.contains("recomputation off"), "{text}");
+    let o = lora(&[
+        "train",
+        s(&recipe),
+        "--set",
+        &set,
+        "--set",
+        "model.quantize=\"nf4\"",
+        "--set",
+        "train.gradient_checkpointing=true",
+        "--dry-run",
+    ]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("(f32 nf4 linears)") && text.contains("recomputation on"), "{text}");
     assert!(!out.exists());
 }
 

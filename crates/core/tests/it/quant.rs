@@ -65,7 +65,11 @@ fn nf4_equals_bitsandbytes_bit_for_bit() {
             bits(&golden_f32(&g, &format!("{base}.dq.absmax_dequant")).0),
             "{base}: decoded absmax"
         );
-        assert_eq!(bits(&dq.dequantize()), bits(&golden_f32(&g, &format!("{base}.dq.dequant")).0), "{base}: dq dequant");
+        assert_eq!(
+            bits(&dq.dequantize()),
+            bits(&golden_f32(&g, &format!("{base}.dq.dequant")).0),
+            "{base}: dq dequant"
+        );
         checked += 1;
     }
     assert!(checked >= 21 + 15, "only {checked} tensors checked");
@@ -181,12 +185,14 @@ fn frozen_matmul_equals_plain_reference_values_and_gradients() {
         for w in [&bf16, &nf4] {
             let dense = w.to_f32(&device); // [out, in]
             for block in [usize::MAX, 2 * d_in + 5, 1] {
-                let x = Tensor::<2>::from_data(TensorData::new(xv.clone(), [n, d_in]), &device).autodiff().require_grad();
+                let x =
+                    Tensor::<2>::from_data(TensorData::new(xv.clone(), [n, d_in]), &device).autodiff().require_grad();
                 let y = frozen_matmul_blocked(x.clone(), w, block);
                 let grad_y = Tensor::<2>::from_data(TensorData::new(gv.clone(), [n, d_out]), &device);
                 let gx = x.grad(&(y.clone() * grad_y.clone()).sum().backward()).unwrap();
 
-                let xr = Tensor::<2>::from_data(TensorData::new(xv.clone(), [n, d_in]), &device).autodiff().require_grad();
+                let xr =
+                    Tensor::<2>::from_data(TensorData::new(xv.clone(), [n, d_in]), &device).autodiff().require_grad();
                 let yr = xr.clone().matmul(dense.clone().transpose());
                 let gr = xr.grad(&(yr.clone() * grad_y).sum().backward()).unwrap();
 
@@ -212,8 +218,11 @@ fn chunked_loss_equals_full_loss_and_gradients() {
         labels.chunks(t).map(|r| r.iter().map(|&l| (l >= 0).then_some(l as u32)).collect()).collect();
     let mut model = CausalLm::load_dir(model_dir("llama"), &device).unwrap();
     load_adapter(&mut model, &fixtures().join("lora/adapter-qv"), 1.0, true).unwrap();
-    let params: Vec<Tensor<2>> =
-        model.linear_modules().iter().flat_map(|(_, l)| l.lora.iter().flat_map(|a| [a.lora_a.clone(), a.lora_b.clone()])).collect();
+    let params: Vec<Tensor<2>> = model
+        .linear_modules()
+        .iter()
+        .flat_map(|(_, l)| l.lora.iter().flat_map(|a| [a.lora_a.clone(), a.lora_b.clone()]))
+        .collect();
 
     let (full, count) = shifted_cross_entropy_sum(model.forward(&batch, None).unwrap(), &labels);
     let full_value = to_f32_vec(full.clone().inner()).unwrap()[0] as f64;

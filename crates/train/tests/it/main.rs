@@ -4,4 +4,5 @@ mod common;
 mod data;
 mod recipe_errors;
 mod replay;
+mod scale;
 mod training;

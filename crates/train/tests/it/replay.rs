@@ -106,5 +106,8 @@ fn adamw_replay_matches_peft() {
         assert!(d <= 1e-4, "final adapter max |Δ| {d:e}");
     }
     // The base is untouched, bit for bit.
-    assert_eq!(to_f32_vec(model.model.layers[0].self_attn.q_proj.weight.to_f32(&default_device())).unwrap(), base_before);
+    assert_eq!(
+        to_f32_vec(model.model.layers[0].self_attn.q_proj.weight.to_f32(&default_device())).unwrap(),
+        base_before
+    );
 }

@@ -1,0 +1,118 @@
+//! What a run will hold in memory, worked out from `config.json` and the recipe before any weight
+//! is read (`lora train --dry-run`): the frozen base as it will be stored, the adapter with its
+//! gradient and AdamW moments, and an estimate of the activations kept for backward.
+
+use lora_core::adapter::select_paths;
+use lora_core::peft_config::TargetModules;
+use lora_core::{BaseDtype, LoadOptions, ModelConfig, Quantize};
+
+use crate::recipe::{Recipe, Targets};
+
+/// Bytes of each part of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryPlan {
+    /// The frozen base as stored (embeddings, head, linear layers, norms, biases).
+    pub base: u64,
+    /// LoRA values, their gradients and both AdamW moments (f32).
+    pub adapter: u64,
+    /// Activations kept for backward at the recipe's batch size and longest sequence.
+    pub activations: u64,
+    /// One chunk of the head's logits, their log-softmax and gradient.
+    pub head_chunk: u64,
+}
+
+impl MemoryPlan {
+    /// The sum of the parts.
+    pub fn total(&self) -> u64 {
+        self.base + self.adapter + self.activations + self.head_chunk
+    }
+}
+
+/// Every linear module of the model with its (in, out) widths, in PEFT's order.
+pub fn linear_shapes(c: &ModelConfig) -> Vec<(String, usize, usize)> {
+    let (h, i, hd) = (c.hidden_size, c.intermediate_size, c.head_dim);
+    let (q, kv) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
+    let mut out = Vec::new();
+    for l in 0..c.num_hidden_layers {
+        for (name, d_in, d_out) in [
+            ("self_attn.q_proj", h, q),
+            ("self_attn.k_proj", h, kv),
+            ("self_attn.v_proj", h, kv),
+            ("self_attn.o_proj", q, h),
+            ("mlp.gate_proj", h, i),
+            ("mlp.up_proj", h, i),
+            ("mlp.down_proj", i, h),
+        ] {
+            out.push((format!("model.layers.{l}.{name}"), d_in, d_out));
+        }
+    }
+    out.push(("lm_head".into(), h, c.vocab_size));
+    out
+}
+
+fn stored_bytes(values: usize, opts: &LoadOptions, quantizable: bool) -> u64 {
+    let v = values as u64;
+    match opts.quantize {
+        Quantize::Nf4 { double_quant } if quantizable => {
+            let blocks = v.div_ceil(64);
+            v.div_ceil(2) + if double_quant { blocks + 4 * blocks.div_ceil(256) + 4 } else { 4 * blocks }
+        }
+        _ => {
+            v * match opts.dtype {
+                BaseDtype::F32 => 4,
+                BaseDtype::Bf16 | BaseDtype::F16 => 2,
+            }
+        }
+    }
+}
+
+/// The plan of `recipe` on a model of config `c` loaded with `opts`.
+pub fn plan(recipe: &Recipe, c: &ModelConfig, opts: &LoadOptions) -> lora_core::Result<MemoryPlan> {
+    let shapes = linear_shapes(c);
+    let (h, vocab) = (c.hidden_size as u64, c.vocab_size as u64);
+    let mut base = stored_bytes(c.vocab_size * c.hidden_size, opts, false);
+    for (path, d_in, d_out) in &shapes {
+        let head = path == "lm_head";
+        if !(head && c.tie_word_embeddings) {
+            base += stored_bytes(d_in * d_out, opts, !head);
+        }
+    }
+    // Norms (f32): two per layer, the final one, and q/k norms.
+    let norms = (2 * c.num_hidden_layers + 1) * c.hidden_size
+        + if c.qk_norm { 2 * c.num_hidden_layers * c.head_dim } else { 0 };
+    base += 4 * norms as u64;
+    // Biases (f32).
+    let (q, kv) = (c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
+    let biases = usize::from(c.qkv_bias) * (q + 2 * kv)
+        + usize::from(c.o_bias) * c.hidden_size
+        + usize::from(c.mlp_bias) * (2 * c.intermediate_size + c.hidden_size);
+    base += 4 * (biases * c.num_hidden_layers) as u64;
+
+    let all: Vec<String> = shapes.iter().map(|(p, _, _)| p.clone()).collect();
+    let targets = match &recipe.lora.targets {
+        Targets::Names(n) => TargetModules::Names(n.clone()),
+        Targets::Pattern(p) => TargetModules::Pattern(p.clone()),
+    };
+    let selected = select_paths(&all, &targets, recipe.lora.layers.as_deref())?;
+    let r = recipe.lora.r as u64;
+    let params: u64 =
+        shapes.iter().filter(|(p, _, _)| selected.contains(p)).map(|(_, i, o)| r * (*i + *o) as u64).sum();
+    // value, gradient (and its accumulator), two moments.
+    let adapter = 4 * 5 * params;
+
+    let (b, t) = (recipe.train.batch_size as u64, recipe.data.max_seq_len as u64);
+    let tokens = b * t;
+    let (nh, nkv, hd, inter) =
+        (c.num_attention_heads as u64, c.num_key_value_heads as u64, c.head_dim as u64, c.intermediate_size as u64);
+    // What one layer keeps for backward, in f32 values: the residual stream and norms (≈ 6·h per
+    // token), q/k/v before and after rotation and GQA expansion (≈ 3·(nh + 2·nkv)·hd), the MLP's
+    // gate, up, activation and product (4·inter), and the attention scores and probabilities
+    // (2 · heads · seq² per row, burn's autodiff attention builds them from primitive ops).
+    let per_layer = 4 * (tokens * (6 * h + 3 * (nh + 2 * nkv) * hd + 4 * inter) + 2 * b * nh * t * t);
+    let layers = c.num_hidden_layers as u64;
+    let activations =
+        if recipe.train.gradient_checkpointing { 4 * tokens * h * layers + per_layer } else { per_layer * layers };
+    let rows = (lora_core::chunked_loss::chunk_rows(c.vocab_size) as u64).min(tokens);
+    let head_chunk = 4 * 3 * rows * vocab;
+    Ok(MemoryPlan { base, adapter, activations, head_chunk })
+}
