@@ -90,6 +90,14 @@ impl SafetensorsFile {
         Ok((values, info.shape.clone()))
     }
 
+    /// One tensor's bytes copied out (and its pages released), with its shape.
+    pub fn to_bytes(&self, name: &str) -> Option<(Vec<u8>, Vec<usize>)> {
+        let info = self.info(name)?;
+        let bytes = self.bytes(name)?.to_vec();
+        self.release(info);
+        Some((bytes, info.shape.clone()))
+    }
+
     /// Drops the pages of a tensor already copied out from this process's resident set, so that a
     /// loader holds the model plus about one tensor of file bytes, not the model plus the whole file.
     /// The pages stay in the page cache; a later read faults them back in.

@@ -126,6 +126,18 @@ impl Weights {
         dtype: DType,
         device: &Device,
     ) -> Result<Tensor<D>> {
+        // Same 2-byte dtype in the file as asked for: take the bytes as they are, without an f32 copy
+        // (the embeddings and head of an 8B model are 2 GB each in f32).
+        let file_dtype = self.location.get(name).and_then(|&i| self.files[i].info(name)).map(|i| i.dtype);
+        let same = matches!(
+            (file_dtype, dtype),
+            (Some(safetensors::Dtype::BF16), DType::BF16) | (Some(safetensors::Dtype::F16), DType::F16)
+        );
+        if same {
+            let (bytes, shape) = self.read_bytes(name, &expected)?;
+            let data = TensorData::from_bytes_vec(bytes, shape, dtype);
+            return Ok(Tensor::from_data(data, TensorCreationOptions::new(device.clone()).with_dtype(dtype)));
+        }
         let (values, shape) = self.read_f32(name, &expected)?;
         let data = TensorData::new(values, shape);
         if dtype == DType::F32 {
@@ -141,8 +153,14 @@ impl Weights {
         Ok(Nf4Tensor::quantize(&values, &shape, double_quant))
     }
 
-    /// Reads tensor `name` as f32 values, checking its shape.
-    pub fn read_f32(&self, name: &str, expected: &[usize]) -> Result<(Vec<f32>, Vec<usize>)> {
+    /// The raw little-endian bytes of tensor `name`, checking its shape.
+    fn read_bytes(&self, name: &str, expected: &[usize]) -> Result<(Vec<u8>, Vec<usize>)> {
+        let file = self.checked(name, expected)?;
+        Ok(file.to_bytes(name).expect("located tensors exist"))
+    }
+
+    /// The file holding `name`, after checking that it exists with shape `expected`; marks it taken.
+    fn checked(&self, name: &str, expected: &[usize]) -> Result<&SafetensorsFile> {
         let Some(&i) = self.location.get(name) else {
             return Err(CoreError::MissingTensor {
                 dir: self.dir.clone(),
@@ -161,7 +179,12 @@ impl Weights {
             });
         }
         self.taken.borrow_mut().insert(name.to_string());
-        file.to_f32(name)
+        Ok(file)
+    }
+
+    /// Reads tensor `name` as f32 values, checking its shape.
+    pub fn read_f32(&self, name: &str, expected: &[usize]) -> Result<(Vec<f32>, Vec<usize>)> {
+        self.checked(name, expected)?.to_f32(name)
     }
 
     /// Fails if any tensor in the files was not taken by the model (`ignore` lists names that may stay).
