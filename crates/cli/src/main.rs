@@ -35,6 +35,8 @@ enum Command {
     MergeAdapters(commands::merge_adapters::Args),
     /// Extract a LoRA adapter approximating FINETUNED − BASE by truncated SVD.
     Extract(commands::extract::Args),
+    /// Export a PEFT adapter as a llama.cpp / Ollama LoRA adapter (GGUF).
+    Export(commands::export::Args),
     /// Fine-tune a LoRA adapter from a TOML recipe; writes a PEFT adapter and a reproducible run folder.
     Train(commands::train::Args),
     /// Re-run a training run from its folder and check that it reproduces the adapter byte for byte.
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
         Command::Merge(a) => commands::merge::run(a),
         Command::MergeAdapters(a) => commands::merge_adapters::run(a),
         Command::Extract(a) => commands::extract::run(a),
+        Command::Export(a) => commands::export::run(a),
         Command::Train(a) => commands::train::run_cmd(a),
         Command::Verify(a) => commands::verify::run(a),
         Command::Download(a) => commands::download::run(a),

@@ -1,7 +1,7 @@
 //! The options every command that runs a model shares: the model reference, offline mode, the
 //! device, and adapters.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use lora_core::{BaseDtype, CausalLm, LoadOptions, Quantize, Tokenizer};
@@ -33,15 +33,17 @@ impl ModelArgs {
     /// Resolves the reference, loads the model with its adapters, and its tokenizer.
     pub fn load(&self) -> Result<(CausalLm, Tokenizer, PathBuf)> {
         let device = crate::device::open(&self.device)?;
-        let dir = crate::hub_refs::model(&self.model, self.offline)?;
+        let gguf = is_gguf_file(Path::new(&self.model));
+        let dir = if gguf { PathBuf::from(&self.model) } else { crate::hub_refs::model(&self.model, self.offline)? };
         let mut model = CausalLm::load_dir_with(&dir, &device, &self.load_options()?)
             .with_context(|| format!("loading {}", dir.display()))?;
         self.adapters.apply(&mut model, self.offline)?;
-        let tok = Tokenizer::load_dir(&dir, &model.config)?;
+        let tok = if gguf { gguf_tokenizer(&dir, &model)? } else { Tokenizer::load_dir(&dir, &model.config)? };
         Ok((model, tok, dir))
     }
 
     /// `--dtype` and `--quantize`, with `auto` resolved for the device.
+    #[allow(clippy::wrong_self_convention)]
     pub fn load_options(&self) -> Result<LoadOptions> {
         let dtype = match self.dtype.as_str() {
             "auto" if self.device.parse::<lora_core::Backend>()? == lora_core::Backend::Cuda => BaseDtype::Bf16,
@@ -50,4 +52,21 @@ impl ModelArgs {
         };
         Ok(LoadOptions { dtype, quantize: Quantize::parse(&self.quantize, false)? })
     }
+}
+
+/// Whether a model reference is a GGUF file (llama.cpp, Ollama).
+pub fn is_gguf_file(p: &Path) -> bool {
+    p.is_file() && p.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
+/// The tokenizer of a GGUF model: a `tokenizer.json` beside the file when there is one (said on
+/// stderr), else the one the file carries.
+pub fn gguf_tokenizer(path: &Path, model: &CausalLm) -> Result<Tokenizer> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    if dir.join("tokenizer.json").is_file() {
+        eprintln!("tokenizer: {} (beside the GGUF file)", dir.join("tokenizer.json").display());
+        return Ok(Tokenizer::load_dir(dir, &model.config)?);
+    }
+    let file = lora_merge::gguf::GgufFile::open(path)?;
+    Ok(Tokenizer::from_gguf(&file)?)
 }

@@ -33,11 +33,6 @@ impl BaseWeight {
         }
     }
 
-    /// Whether this is a dense f32 tensor (the exact path, multiplied by burn's own matmul).
-    pub fn is_dense_f32(&self) -> bool {
-        matches!(self, Self::Dense(t) if t.dtype() == DType::F32)
-    }
-
     /// The weight as a dense f32 tensor (dequantized or upcast): for merging and inspection.
     pub fn to_f32(&self, device: &Device) -> Tensor<2> {
         match self {

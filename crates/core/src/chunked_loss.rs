@@ -20,9 +20,9 @@ use crate::error::Result;
 use crate::host::to_f32_vec;
 use crate::model::CausalLm;
 
-/// Logit values per chunk (64 Mi, 256 MiB in f32): 441 rows of a 152k vocabulary, 4096 rows (the
-/// cap) of a 16k one. A chunk's logits, their log-softmax and their gradient exist at once.
-pub const CHUNK_LOGITS: usize = 64 << 20;
+/// Logit values per chunk (16 Mi, 64 MiB in f32): 110 rows of a 152k vocabulary, 1024 rows of a
+/// 16k one, 4096 (the cap) below. A chunk's logits, their log-softmax and their gradient exist at once.
+pub const CHUNK_LOGITS: usize = 16 << 20;
 
 /// Most rows in one chunk, whatever the vocabulary.
 pub const MAX_CHUNK_ROWS: usize = 4096;
@@ -70,7 +70,7 @@ pub struct HeadLoss {
 /// # Shapes
 /// - hidden: `[batch, seq, hidden]`
 pub fn head_loss(
-    model: &CausalLm,
+    model: &mut CausalLm,
     hidden: Tensor<3>,
     labels: &[Vec<Option<u32>>],
     grad_scale: Option<f64>,
@@ -81,7 +81,7 @@ pub fn head_loss(
 
 /// [`head_loss`] with `per` labelled rows per chunk.
 pub fn head_loss_chunked(
-    model: &CausalLm,
+    model: &mut CausalLm,
     hidden: Tensor<3>,
     labels: &[Vec<Option<u32>>],
     grad_scale: Option<f64>,
@@ -95,7 +95,13 @@ pub fn head_loss_chunked(
     let mut grad = grad_scale.map(|_| Tensor::<2>::zeros([b * t, h], &device));
     let mut sum = 0.0f64;
     let per = per.max(1);
-    for (rows, targets) in rows.chunks(per).zip(targets.chunks(per)) {
+    // Adapters on the head draw their dropout masks per call: give each chunk its own seed, so that
+    // chunks do not repeat one mask.
+    let seeds: Vec<u64> = model.lm_head.lora.iter().map(|a| a.dropout_seed).collect();
+    for (k, (rows, targets)) in rows.chunks(per).zip(targets.chunks(per)).enumerate() {
+        for (a, &seed) in model.lm_head.lora.iter_mut().zip(&seeds) {
+            a.dropout_seed = seed ^ (k as u64).wrapping_mul(0xA24B_AED4_963E_E407);
+        }
         let n = rows.len();
         let idx = Tensor::<1, Int>::from_data(TensorData::new(rows.to_vec(), [n]), &device);
         let x = flat.clone().select(0, idx.clone()); // [n, h]
@@ -111,6 +117,9 @@ pub fn head_loss_chunked(
             let gx = x.grad(&g).unwrap_or_else(|| Tensor::zeros([n, h], &device)); // [n, h]
             grad = Some(acc.select_assign(0, idx, gx, IndexingUpdateOp::Add));
         }
+    }
+    for (a, seed) in model.lm_head.lora.iter_mut().zip(seeds) {
+        a.dropout_seed = seed;
     }
     Ok(HeadLoss { sum, count: rows.len(), grad: grad.map(|g| g.reshape([b, t, h])) })
 }

@@ -158,6 +158,9 @@ pub enum RopeScaling {
         /// The context length of pre-training.
         original_max_position_embeddings: f64,
     },
+    /// Divisors of each inverse frequency, as GGUF files store Llama 3.1's schedule
+    /// (`rope_freqs.weight`, one per pair of channels).
+    Factors(Vec<f32>),
 }
 
 /// The resolved configuration the model is built from.

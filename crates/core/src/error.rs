@@ -87,6 +87,10 @@ pub enum CoreError {
         /// The tokenizers crate's message.
         message: String,
     },
+    /// A GGUF file is malformed, or describes what lora does not support (its message names the file,
+    /// key or tensor).
+    #[error("{0}")]
+    Gguf(String),
     /// A request the model cannot serve (empty prompt, sequence longer than the model allows, ...).
     #[error("{0}")]
     Invalid(String),

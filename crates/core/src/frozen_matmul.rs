@@ -10,7 +10,8 @@
 //! 128k-vocabulary head never exists in f32 whole. Nothing of x is saved: W alone gives ∂L/∂x.
 //!
 //! The plain reference is `x.matmul(W.to_f32().transpose())`; the tests check values and
-//! gradients against it.
+//! gradients against it. Every base weight goes through here, f32 included: saving nothing of x
+//! also makes the f32 path lighter than burn's own matmul under autodiff.
 
 use std::sync::Arc;
 
@@ -31,7 +32,7 @@ use crate::base_weight::BaseWeight;
 pub const BLOCK_VALUES: usize = 16 << 20;
 
 /// The frozen-weight matmul, implemented for the backends lora runs on.
-#[backend_extension(Flex, Cube: cfg(feature = "cuda"), Autodiff)]
+#[backend_extension(Flex, NdArray: cfg(feature = "ndarray"), Cube: cfg(feature = "cuda"), Autodiff)]
 pub trait FrozenMatmulBackend: Backend {
     /// x · cast(w)ᵀ with `w` a dense constant of any float dtype.
     ///
@@ -55,6 +56,10 @@ pub trait FrozenMatmulBackend: Backend {
 }
 
 impl FrozenMatmulBackend for Flex {}
+
+#[cfg(feature = "ndarray")]
+#[allow(deprecated)]
+impl FrozenMatmulBackend for burn::backend::NdArray {}
 
 #[cfg(feature = "cuda")]
 impl FrozenMatmulBackend for burn::backend::Cube {}
@@ -113,6 +118,9 @@ impl<B: Backend> Source<B> {
 fn forward<B: Backend>(x: FloatTensor<B>, w: &Source<B>) -> FloatTensor<B> {
     let dtype: FloatDType = x.dtype().into();
     let device = x.device();
+    if w.dims()[0] == 0 {
+        return B::float_zeros([x.shape()[0], 0].into(), &device, dtype);
+    }
     let parts: Vec<FloatTensor<B>> = w
         .blocks()
         .into_iter()
@@ -126,9 +134,13 @@ fn input_grad<B: Backend>(grad: FloatTensor<B>, w: &Source<B>) -> FloatTensor<B>
     let dtype: FloatDType = grad.dtype().into();
     let device = grad.device();
     let n = grad.shape()[0];
+    let [out, d_in] = w.dims();
+    if out == 0 {
+        return B::float_zeros([n, d_in].into(), &device, dtype);
+    }
     let mut acc: Option<FloatTensor<B>> = None;
     for (r0, r1) in w.blocks() {
-        let g = if r0 == 0 && r1 == w.dims()[0] {
+        let g = if r0 == 0 && r1 == out {
             grad.clone()
         } else {
             let rows = Slice { start: 0, end: Some(n as isize), step: 1 };

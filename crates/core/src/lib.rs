@@ -18,6 +18,8 @@ pub mod error;
 pub mod eval;
 pub mod frozen_matmul;
 pub mod generate;
+pub mod gguf_model;
+pub mod gguf_tokenizer;
 pub mod host;
 pub mod kv_cache;
 pub mod linear;

@@ -118,6 +118,9 @@ impl CausalLm {
     /// Loads a Hugging Face model folder with the base held as `opts` says (dtype, NF4).
     pub fn load_dir_with(dir: impl AsRef<Path>, device: &Device, opts: &LoadOptions) -> Result<Self> {
         let dir = dir.as_ref();
+        if dir.is_file() && dir.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+            return Self::load_gguf(dir, device, opts);
+        }
         if !dir.is_dir() {
             return Err(CoreError::config(
                 dir,
@@ -129,6 +132,15 @@ impl CausalLm {
         }
         let config = ModelConfig::from_file(dir.join("config.json"))?;
         let weights = Weights::open_dir(dir)?;
+        Self::load_with(&weights, config, device, opts)
+    }
+
+    /// Loads a GGUF model file (llama.cpp, Ollama): its configuration from the `{arch}.*` keys, its
+    /// tensors dequantized to the base dtype (or NF4) one at a time.
+    pub fn load_gguf(path: &Path, device: &Device, opts: &LoadOptions) -> Result<Self> {
+        let file = lora_merge::gguf::GgufFile::open(path).map_err(|e| CoreError::Gguf(e.to_string()))?;
+        let config = crate::gguf_model::config(&file)?;
+        let weights = Weights::open_gguf(file, &config)?;
         Self::load_with(&weights, config, device, opts)
     }
 

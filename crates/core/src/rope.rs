@@ -23,9 +23,10 @@ impl Rope {
     pub fn new(cfg: &ModelConfig) -> Self {
         let dim = cfg.head_dim;
         let base: Vec<f64> = (0..dim / 2).map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f64 / dim as f64)).collect();
-        let inv_freq = match cfg.rope_scaling {
+        let inv_freq = match &cfg.rope_scaling {
             RopeScaling::Default => base,
-            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
+            RopeScaling::Factors(f) => base.iter().zip(f).map(|(b, &f)| b / f as f64).collect(),
+            &RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
                 // 1) wavelengths longer than the low-frequency bound are stretched by `factor`,
                 // 2) shorter than the high-frequency bound are kept,
                 // 3) in between, interpolated smoothly.

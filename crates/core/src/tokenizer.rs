@@ -3,6 +3,7 @@
 //! `tokenizer_config.json` the way transformers resolves them.
 
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use serde_json::Value;
 
@@ -122,6 +123,25 @@ impl Tokenizer {
         };
         let padding_left = tok_cfg.get("padding_side").and_then(Value::as_str) == Some("left");
         Ok(Self { inner, path, bos_token_id, eos_token_ids, pad_token_id, chat_template, padding_left })
+    }
+
+    /// The tokenizer a GGUF file carries (`tokenizer.ggml.*`): byte-level BPE (`gpt2`) with the
+    /// pre-tokenizer its `tokenizer.ggml.pre` names, control and user-defined tokens as special
+    /// tokens, BOS added as `add_bos_token` says, and `tokenizer.chat_template`.
+    pub fn from_gguf(g: &lora_merge::gguf::GgufFile) -> Result<Self> {
+        let path = g.path().to_path_buf();
+        let err = |m: String| CoreError::Tokenizer { path: path.clone(), message: m };
+        let (json, bos, eos, pad, template) = crate::gguf_tokenizer::tokenizer_json(g).map_err(err)?;
+        let inner = tokenizers::Tokenizer::from_str(&json.to_string()).map_err(|e| err(e.to_string()))?;
+        Ok(Self {
+            inner,
+            path,
+            bos_token_id: bos,
+            eos_token_ids: eos.into_iter().collect(),
+            pad_token_id: pad.or(eos),
+            chat_template: template,
+            padding_left: false,
+        })
     }
 
     /// Encodes text; `add_special_tokens` applies the tokenizer's post-processor (e.g. BOS).

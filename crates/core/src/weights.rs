@@ -1,12 +1,15 @@
 //! The weights of a Hugging Face model folder: `model.safetensors`, or shards listed by
-//! `model.safetensors.index.json`. Tensors are read one at a time from memory maps, so loading never
-//! holds the file bytes and the model at once beyond a single tensor.
+//! `model.safetensors.index.json`; or of a GGUF file, read under the same Hugging Face names
+//! (dequantized, and with the q/k rows of `llama` files put back in Hugging Face's order). Tensors are
+//! read one at a time from memory maps, so loading never holds the file bytes and the model at once
+//! beyond a single tensor.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{DType, Device, Tensor, TensorCreationOptions, TensorData};
+use lora_merge::gguf::GgufFile;
 use lora_merge::nf4::Nf4Tensor;
 use serde::Deserialize;
 
@@ -26,7 +29,17 @@ pub struct Weights {
     files: Vec<SafetensorsFile>,
     /// Tensor name -> index into `files`.
     location: HashMap<String, usize>,
+    /// A GGUF file instead of safetensors files.
+    gguf: Option<GgufSource>,
     taken: RefCell<BTreeSet<String>>,
+}
+
+/// A GGUF model file and how its q/k rows are laid out.
+#[derive(Debug)]
+struct GgufSource {
+    file: GgufFile,
+    /// (query heads, key/value heads) when the converter permuted q/k rows (`llama` files).
+    permuted: Option<(usize, usize)>,
 }
 
 impl Weights {
@@ -85,7 +98,26 @@ impl Weights {
             }
             files.push(f);
         }
-        Ok(Self { dir: dir.as_ref().to_path_buf(), files, location, taken: RefCell::default() })
+        Ok(Self { dir: dir.as_ref().to_path_buf(), files, location, gguf: None, taken: RefCell::default() })
+    }
+
+    /// Opens a GGUF model file; `config` is the configuration read from it.
+    pub fn open_gguf(file: GgufFile, config: &crate::config::ModelConfig) -> Result<Self> {
+        let arch = crate::gguf_model::architecture(&file)?;
+        let permuted =
+            crate::gguf_model::permutes_qk(&arch).then_some((config.num_attention_heads, config.num_key_value_heads));
+        Ok(Self {
+            dir: file.path().to_path_buf(),
+            files: Vec::new(),
+            location: HashMap::new(),
+            gguf: Some(GgufSource { file, permuted }),
+            taken: RefCell::default(),
+        })
+    }
+
+    /// The GGUF file, when the weights come from one.
+    pub fn gguf(&self) -> Option<&GgufFile> {
+        self.gguf.as_ref().map(|g| &g.file)
     }
 
     /// The folder the weights come from.
@@ -100,6 +132,9 @@ impl Weights {
 
     /// Whether a tensor of this name exists.
     pub fn contains(&self, name: &str) -> bool {
+        if let Some(g) = &self.gguf {
+            return crate::gguf_model::gguf_name(name).is_some_and(|n| g.file.tensor(&n).is_some());
+        }
         self.location.contains_key(name)
     }
 
@@ -139,6 +174,14 @@ impl Weights {
             return Ok(Tensor::from_data(data, TensorCreationOptions::new(device.clone()).with_dtype(dtype)));
         }
         let (values, shape) = self.read_f32(name, &expected)?;
+        if dtype == DType::F16
+            && let Some(v) = values.iter().find(|v| v.is_finite() && v.abs() > 65504.0)
+        {
+            return Err(CoreError::Invalid(format!(
+                "{}: tensor '{name}' holds {v}, beyond f16's range (65504); hold the base in bf16 or f32",
+                self.dir.display()
+            )));
+        }
         let data = TensorData::new(values, shape);
         if dtype == DType::F32 {
             return Ok(Tensor::from_data(data, device));
@@ -147,9 +190,15 @@ impl Weights {
     }
 
     /// Reads tensor `name` and quantizes it to NF4 as bitsandbytes does, one tensor at a time, so that
-    /// the dense model never exists in memory.
-    pub fn nf4(&self, name: &str, expected: [usize; 2], double_quant: bool) -> Result<Nf4Tensor> {
-        let (values, shape) = self.read_f32(name, &expected)?;
+    /// the dense model never exists in memory. The values are first rounded to `dtype`, as
+    /// transformers quantizes weights already cast to the model's `torch_dtype`.
+    pub fn nf4(&self, name: &str, expected: [usize; 2], double_quant: bool, dtype: DType) -> Result<Nf4Tensor> {
+        let (mut values, shape) = self.read_f32(name, &expected)?;
+        match dtype {
+            DType::BF16 => values.iter_mut().for_each(|v| *v = half::bf16::from_f32(*v).to_f32()),
+            DType::F16 => values.iter_mut().for_each(|v| *v = half::f16::from_f32(*v).to_f32()),
+            _ => {}
+        }
         Ok(Nf4Tensor::quantize(&values, &shape, double_quant))
     }
 
@@ -184,12 +233,55 @@ impl Weights {
 
     /// Reads tensor `name` as f32 values, checking its shape.
     pub fn read_f32(&self, name: &str, expected: &[usize]) -> Result<(Vec<f32>, Vec<usize>)> {
+        if let Some(g) = &self.gguf {
+            return self.read_gguf(g, name, expected);
+        }
         self.checked(name, expected)?.to_f32(name)
+    }
+
+    fn read_gguf(&self, g: &GgufSource, name: &str, expected: &[usize]) -> Result<(Vec<f32>, Vec<usize>)> {
+        let missing =
+            || CoreError::MissingTensor { dir: self.dir.clone(), name: name.to_string(), expected: expected.to_vec() };
+        let gname = crate::gguf_model::gguf_name(name).ok_or_else(missing)?;
+        let t = g.file.tensor(&gname).ok_or_else(missing)?;
+        let shape = t.shape();
+        if shape.as_slice() != expected {
+            return Err(CoreError::ShapeMismatch {
+                path: self.dir.clone(),
+                name: format!("{gname} ({name})"),
+                expected: expected.to_vec(),
+                found: shape,
+            });
+        }
+        let mut values = g.file.to_f32(t).map_err(|e| CoreError::Gguf(e.to_string()))?;
+        let qk = name.contains("self_attn.q_proj.") || name.contains("self_attn.k_proj.");
+        if let (Some((heads, kv_heads)), true) = (g.permuted, qk) {
+            let heads = if name.contains("q_proj") { heads } else { kv_heads };
+            let cols = if shape.len() == 2 { shape[1] } else { 1 };
+            values = crate::gguf_model::unpermute_rows(&values, shape[0], cols, heads);
+        }
+        self.taken.borrow_mut().insert(gname);
+        Ok((values, shape))
     }
 
     /// Fails if any tensor in the files was not taken by the model (`ignore` lists names that may stay).
     pub fn check_all_taken(&self, ignore: &[&str]) -> Result<()> {
         let taken = self.taken.borrow();
+        if let Some(g) = &self.gguf {
+            // rope_freqs went into the configuration.
+            let ignore: Vec<String> = ignore.iter().filter_map(|n| crate::gguf_model::gguf_name(n)).collect();
+            let unused: Vec<String> = g
+                .file
+                .tensors
+                .iter()
+                .map(|t| t.name.clone())
+                .filter(|n| !taken.contains(n) && n != "rope_freqs.weight" && !ignore.contains(n))
+                .collect();
+            if unused.is_empty() {
+                return Ok(());
+            }
+            return Err(CoreError::UnexpectedTensors { dir: self.dir.clone(), names: unused });
+        }
         let mut unused: Vec<String> = self
             .location
             .keys()

@@ -39,6 +39,14 @@ pub enum MergeError {
         /// What is wrong with it.
         message: String,
     },
+    /// A GGUF file is malformed or holds what lora cannot read.
+    #[error("{path}: {message}")]
+    Gguf {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the key or tensor.
+        message: String,
+    },
     /// A folder is not a model or adapter folder lora can read.
     #[error("{path}: {message}")]
     Folder {
@@ -84,6 +92,11 @@ impl MergeError {
     /// A malformed safetensors file.
     pub fn safetensors(path: impl AsRef<Path>, message: impl Into<String>) -> Self {
         Self::Safetensors { path: path.as_ref().to_path_buf(), message: message.into() }
+    }
+
+    /// A malformed GGUF file.
+    pub fn gguf(path: impl AsRef<Path>, message: impl Into<String>) -> Self {
+        Self::Gguf { path: path.as_ref().to_path_buf(), message: message.into() }
     }
 
     /// A folder that is not what the command needs.

@@ -114,11 +114,9 @@ pub struct Nf4Tensor {
     pub shape: Vec<usize>,
     /// Two 4-bit code indices per byte, the first value in the high nibble.
     pub packed: Vec<u8>,
-    /// The per-block scales.
+    /// The per-block scales (decoded block by block when used, so that double quantization saves
+    /// the memory it promises).
     pub absmax: Absmax,
-    /// The f32 scales, decoded once when double-quantized (4 bytes per 64 values, 6% of the packed
-    /// size) so that dequantization is one multiply per value.
-    scales: Vec<f32>,
 }
 
 impl Nf4Tensor {
@@ -152,8 +150,7 @@ impl Nf4Tensor {
             *last = last.max(ABSMAX_FLOOR);
         }
         let absmax = if double_quant { double_quantize(&absmax) } else { Absmax::F32(absmax) };
-        let scales = absmax.decode();
-        Self { shape: shape.to_vec(), packed, absmax, scales }
+        Self { shape: shape.to_vec(), packed, absmax }
     }
 
     /// Rebuilds a tensor from stored parts (e.g. bitsandbytes' own output), checking their sizes.
@@ -170,8 +167,7 @@ impl Nf4Tensor {
         {
             return Err(format!("{} second-level scales for {} blocks", absmax.len(), quantized.len()));
         }
-        let scales = absmax.decode();
-        Ok(Self { shape, packed, absmax, scales })
+        Ok(Self { shape, packed, absmax })
     }
 
     /// Number of values.
@@ -212,11 +208,24 @@ impl Nf4Tensor {
     }
 
     fn dequantize_serial(&self, start: usize, out: &mut [f32]) {
+        let code = matches!(self.absmax, Absmax::Double { .. }).then(dynamic_map);
+        let scale = |b: usize| match &self.absmax {
+            Absmax::F32(v) => v[b],
+            Absmax::Double { quantized, absmax, offset } => {
+                code.as_ref().expect("double")[quantized[b] as usize] * absmax[b / DOUBLE_BLOCK] + offset
+            }
+        };
+        let mut block = usize::MAX;
+        let mut s = 0.0f32;
         for (k, o) in out.iter_mut().enumerate() {
             let i = start + k;
+            if i / BLOCK != block {
+                block = i / BLOCK;
+                s = scale(block);
+            }
             let byte = self.packed[i / 2];
             let idx = if i % 2 == 0 { byte >> 4 } else { byte & 0x0F };
-            *o = CODE[idx as usize] * self.scales[i / BLOCK];
+            *o = CODE[idx as usize] * s;
         }
     }
 }

@@ -109,9 +109,18 @@ pub fn plan(recipe: &Recipe, c: &ModelConfig, opts: &LoadOptions) -> lora_core::
     // gate, up, activation and product (4·inter), and the attention scores and probabilities
     // (2 · heads · seq² per row, burn's autodiff attention builds them from primitive ops).
     let per_layer = 4 * (tokens * (6 * h + 3 * (nh + 2 * nkv) * hd + 4 * inter) + 2 * b * nh * t * t);
-    let layers = c.num_hidden_layers as u64;
-    let activations =
-        if recipe.train.gradient_checkpointing { 4 * tokens * h * layers + per_layer } else { per_layer * layers };
+    // Layers below the lowest adapted one need no backward and keep nothing.
+    let lowest = selected
+        .iter()
+        .filter_map(|p| p.strip_prefix("model.layers.")?.split('.').next()?.parse::<usize>().ok())
+        .min()
+        .unwrap_or(c.num_hidden_layers);
+    let layers = (c.num_hidden_layers - lowest) as u64;
+    let activations = if recipe.train.gradient_checkpointing {
+        4 * tokens * h * layers + per_layer.min(per_layer * layers)
+    } else {
+        per_layer * layers
+    };
     let rows = (lora_core::chunked_loss::chunk_rows(c.vocab_size) as u64).min(tokens);
     let head_chunk = 4 * 3 * rows * vocab;
     Ok(MemoryPlan { base, adapter, activations, head_chunk })

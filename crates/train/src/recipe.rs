@@ -678,14 +678,14 @@ impl Recipe {
         if !["f32", "bf16"].contains(&t.dtype.as_str()) {
             return err("train", "dtype", format!("must be \"f32\" or \"bf16\", got \"{}\"", t.dtype));
         }
-        if !["auto", "f32", "bf16", "f16"].contains(&self.model.dtype.as_str()) {
+        if self.model.dtype != "auto" && self.model.dtype.parse::<lora_core::BaseDtype>().is_err() {
             return err(
                 "model",
                 "dtype",
                 format!("must be \"auto\", \"f32\", \"bf16\" or \"f16\", got \"{}\"", self.model.dtype),
             );
         }
-        if !["none", "nf4"].contains(&self.model.quantize.as_str()) {
+        if lora_core::Quantize::parse(&self.model.quantize, false).is_err() {
             let hint =
                 if self.model.quantize.to_ascii_lowercase().contains('4') { "; did you mean \"nf4\"?" } else { "" };
             return err(
@@ -694,11 +694,17 @@ impl Recipe {
                 format!("must be \"none\" or \"nf4\", got \"{}\"{hint}", self.model.quantize),
             );
         }
-        if self.model.double_quant && self.model.quantize != "nf4" {
+        if self.model.double_quant && !self.model.quantize.to_ascii_lowercase().starts_with("nf4") {
             return err("model", "double_quant", "needs quantize = \"nf4\"".into());
         }
-        if !self.model.base.is_dir() {
-            return err("model", "base", format!("'{}' is not a model folder", self.model.base.display()));
+        let gguf =
+            self.model.base.is_file() && self.model.base.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+        if !self.model.base.is_dir() && !gguf {
+            return err(
+                "model",
+                "base",
+                format!("'{}' is not a model folder or a .gguf file", self.model.base.display()),
+            );
         }
         if let Some(repo) = &self.output.push_to_hub {
             if !matches!(lora_hub::RepoId::parse(repo), Ok(_)) || !repo.contains('/') {

@@ -75,6 +75,13 @@ pub struct Manifest {
 
 /// Files of the base model that determine the numbers.
 pub fn model_input_files(dir: &Path) -> Vec<PathBuf> {
+    if dir.is_file() {
+        // A GGUF model file, and a tokenizer.json beside it when training uses that one.
+        let mut files = vec![dir.to_path_buf()];
+        let tok = dir.parent().map(|p| p.join("tokenizer.json"));
+        files.extend(tok.filter(|t| t.is_file()));
+        return files;
+    }
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(|e| e.ok().map(|e| e.path()))

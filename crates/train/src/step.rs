@@ -78,7 +78,8 @@ fn micro_batch(
     let LayerInputs { x, cos, sin, mask } = model.layer_inputs(batch)?;
     let x = x.autodiff();
     let n_layers = model.model.layers.len();
-    // Per layer: its input (a leaf when tracked) and, without checkpointing, its tracked output.
+    // Per layer from the lowest with an adapter: its input (a leaf when tracked) and, without
+    // checkpointing, its tracked output. Layers below get no gradient and keep nothing.
     let mut inputs = Vec::with_capacity(n_layers);
     let mut outputs = Vec::with_capacity(n_layers);
     let mut body_leaves = Vec::new();
@@ -91,7 +92,7 @@ fn micro_batch(
         let input = if tracked { x.inner().autodiff().require_grad() } else { x };
         let y = layer.forward(input.clone(), &cos, &sin, &mask, None);
         x = if tracked { y.clone().inner().autodiff() } else { y.clone() };
-        inputs.push(input);
+        inputs.push(lowest.is_some_and(|lo| i >= lo).then_some(input));
         if tracked {
             outputs.push(Some(y));
         } else {
@@ -106,12 +107,13 @@ fn micro_batch(
     // 3) The body's backward, layer by layer from the last.
     if let Some(lowest) = lowest {
         for i in (lowest..n_layers).rev() {
+            let saved = inputs[i].take().expect("inputs are kept from the lowest adapted layer up");
             let (input, y, leaves) = match outputs[i].take() {
-                Some(y) => (inputs[i].clone(), y, None),
+                Some(y) => (saved, y, None),
                 None => {
                     // Recompute the layer, tracked, from its saved input.
                     let leaves = track_adapters(model, |l| l == Some(i));
-                    let input = inputs[i].clone().autodiff().require_grad();
+                    let input = saved.require_grad();
                     let y = model.model.layers[i].forward(input.clone(), &cos, &sin, &mask, None);
                     (input, y, Some(leaves))
                 }

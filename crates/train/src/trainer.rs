@@ -122,8 +122,24 @@ pub fn prepare(recipe: &Recipe) -> Result<Prepared> {
     let backend: Backend = recipe.train.device.parse()?;
     let device = backend.device()?;
     // Config and tokenizer first: bad data is reported before the weights are read.
-    let config = lora_core::ModelConfig::from_file(recipe.model.base.join("config.json"))?;
-    let tokenizer = Tokenizer::load_dir(&recipe.model.base, &config)?;
+    let base = &recipe.model.base;
+    let (_config, tokenizer) = if base.is_file() {
+        // A GGUF file: its own configuration; a tokenizer.json beside it, else the one it carries.
+        let file =
+            lora_merge::gguf::GgufFile::open(base).map_err(|e| TrainError::Recipe(format!("model.base: {e}")))?;
+        let config = lora_core::gguf_model::config(&file)?;
+        let dir = base.parent().unwrap_or(std::path::Path::new("."));
+        let tokenizer = if dir.join("tokenizer.json").is_file() {
+            Tokenizer::load_dir(dir, &config)?
+        } else {
+            Tokenizer::from_gguf(&file)?
+        };
+        (config, tokenizer)
+    } else {
+        let config = lora_core::ModelConfig::from_file(base.join("config.json"))?;
+        let tokenizer = Tokenizer::load_dir(base, &config)?;
+        (config, tokenizer)
+    };
     let d = &recipe.data;
     // The chat template: the recipe's (inline or a .jinja file), else the model's.
     let template_source = match &d.chat_template {
@@ -432,10 +448,15 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
         lora_core::Quantize::None => format!("{data_desc}\n\nThe base was held in {} while training.", opts.dtype),
         q => format!(
             "{data_desc}\n\nTrained as QLoRA: the base's decoder linear layers were stored as {q} (bitsandbytes' \
-             NF4, blocks of 64), the rest in {}. Evaluate on the same base (`lora eval --quantize nf4`, or \
-             transformers with `BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=\"nf4\")`); to merge \
-             into the weights it was trained against, use `lora merge --quantized-base nf4`.",
-            opts.dtype
+             NF4, blocks of 64), the rest in {}. Evaluate on the same base (`lora eval --quantize {q}`, or \
+             transformers with `BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=\"nf4\"{})`); to merge \
+             into the weights it was trained against, use `lora merge --quantized-base {q}`.",
+            opts.dtype,
+            if matches!(q, lora_core::Quantize::Nf4 { double_quant: true }) {
+                ", bnb_4bit_use_double_quant=True"
+            } else {
+                ""
+            }
         ),
     };
     let results = format!(

@@ -14,7 +14,7 @@ use serde_json::json;
 /// Arguments of `lora inspect`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A model folder or a .safetensors file.
+    /// A model folder, a .safetensors file, a .gguf file, or a PEFT adapter folder.
     path: PathBuf,
     /// Print one JSON object instead of a table.
     #[arg(long)]
@@ -32,6 +32,9 @@ pub fn run(a: Args) -> Result<()> {
     let path = &a.path;
     if !path.exists() {
         bail!("{}: no such file or folder", path.display());
+    }
+    if crate::model_args::is_gguf_file(path) {
+        return inspect_gguf(path, a.json);
     }
     let adapter_cfg = path.join("adapter_config.json");
     if path.is_dir() && adapter_cfg.is_file() {
@@ -60,18 +63,7 @@ pub fn run(a: Args) -> Result<()> {
         *dtypes.entry(r.dtype.as_str()).or_default() += 1;
     }
     let arch = match &config {
-        Some(Ok(c)) => Some(format!(
-            "{} ({} layers, hidden {}, heads {}/{} kv, head_dim {}, intermediate {}, vocab {}{})",
-            c.architecture.hf_name(),
-            c.num_hidden_layers,
-            c.hidden_size,
-            c.num_attention_heads,
-            c.num_key_value_heads,
-            c.head_dim,
-            c.intermediate_size,
-            c.vocab_size,
-            if c.tie_word_embeddings { ", tied embeddings" } else { "" }
-        )),
+        Some(Ok(c)) => Some(describe(c)),
         Some(Err(e)) => Some(format!("not loadable by lora: {e}")),
         None => None,
     };
@@ -102,6 +94,81 @@ pub fn run(a: Args) -> Result<()> {
         let _ = writeln!(o, "{:<w$}  {:<16}  {}", r.name, format!("{:?}", r.shape), r.dtype);
     }
     emit(&o)
+}
+
+/// A GGUF file: its metadata (arrays summarised), what lora makes of it, and its tensors.
+fn inspect_gguf(path: &Path, as_json: bool) -> Result<()> {
+    let g = lora_merge::gguf::GgufFile::open(path)?;
+    let arch = match g.get("general.type").and_then(lora_merge::gguf::Value::as_str) {
+        Some("adapter") => Ok("a LoRA adapter (general.type = adapter)".to_string()),
+        _ => lora_core::gguf_model::config(&g).map(|c| describe(&c)),
+    };
+    let arch = arch.unwrap_or_else(|e| format!("not loadable by lora: {e}"));
+    let params: u64 = g.tensors.iter().map(|t| t.numel()).sum();
+    let mut types: BTreeMap<String, usize> = BTreeMap::new();
+    for t in &g.tensors {
+        *types.entry(lora_merge::gguf::GgmlType::name_of_id(t.type_id)).or_default() += 1;
+    }
+    if as_json {
+        let meta: serde_json::Map<String, serde_json::Value> =
+            g.metadata.iter().map(|(k, v)| (k.clone(), json!(v.to_string()))).collect();
+        let v = json!({
+            "path": path,
+            "format": format!("GGUF v{}", g.version),
+            "architecture": arch,
+            "parameters": params,
+            "types": types,
+            "metadata": meta,
+            "tensors": g.tensors.iter().map(|t| json!({
+                "name": t.name, "shape": t.shape(), "type": lora_merge::gguf::GgmlType::name_of_id(t.type_id)
+            })).collect::<Vec<_>>(),
+        });
+        return emit(&format!("{}\n", serde_json::to_string_pretty(&v)?));
+    }
+    let mut o = String::new();
+    let _ = writeln!(o, "path:         {} (GGUF v{})", path.display(), g.version);
+    let _ = writeln!(o, "architecture: {arch}");
+    let _ = writeln!(o, "parameters:   {} ({})", group(params as usize), human(params as usize));
+    let d: Vec<String> = types.iter().map(|(k, v)| format!("{k} ({v} tensors)")).collect();
+    let _ = writeln!(o, "types:        {}", d.join(", "));
+    let _ = writeln!(o, "\nmetadata:");
+    for (k, v) in &g.metadata {
+        let text = v.to_string();
+        let text = if text.len() > 100 {
+            format!("{}... ({} bytes)", &text[..text.floor_char_boundary(100)], text.len())
+        } else {
+            text
+        };
+        let _ = writeln!(o, "  {k} = {}", text.replace('\n', "\\n"));
+    }
+    let w = g.tensors.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
+    let _ = writeln!(o, "\n{:<w$}  {:<16}  type", "name", "shape");
+    for t in &g.tensors {
+        let _ = writeln!(
+            o,
+            "{:<w$}  {:<16}  {}",
+            t.name,
+            format!("{:?}", t.shape()),
+            lora_merge::gguf::GgmlType::name_of_id(t.type_id)
+        );
+    }
+    emit(&o)
+}
+
+/// One line about a configuration.
+fn describe(c: &ModelConfig) -> String {
+    format!(
+        "{} ({} layers, hidden {}, heads {}/{} kv, head_dim {}, intermediate {}, vocab {}{})",
+        c.architecture.hf_name(),
+        c.num_hidden_layers,
+        c.hidden_size,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.head_dim,
+        c.intermediate_size,
+        c.vocab_size,
+        if c.tie_word_embeddings { ", tied embeddings" } else { "" }
+    )
 }
 
 fn file_name(p: &Path) -> String {

@@ -2,6 +2,7 @@
 
 pub mod download;
 pub mod eval;
+pub mod export;
 pub mod extract;
 pub mod generate;
 pub mod inspect;

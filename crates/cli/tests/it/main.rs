@@ -2,6 +2,7 @@
 
 mod common;
 mod core_commands;
+mod gguf_commands;
 mod hub_commands;
 mod merge_commands;
 mod train_commands;

@@ -231,7 +231,7 @@ fn chunked_loss_equals_full_loss_and_gradients() {
 
     for per in [1, 3, 4096] {
         let hidden = model.last_hidden(&batch).unwrap();
-        let head = head_loss_chunked(&model, hidden.clone(), &labels, Some(1.0), per, |_| {}).unwrap();
+        let head = head_loss_chunked(&mut model, hidden.clone(), &labels, Some(1.0), per, |_| {}).unwrap();
         assert_eq!(head.count, count);
         assert!(((head.sum - full_value) / full_value).abs() <= 1e-6, "chunks of {per}: {} vs {full_value}", head.sum);
         let g = (hidden * head.grad.unwrap()).sum().backward();
@@ -243,7 +243,7 @@ fn chunked_loss_equals_full_loss_and_gradients() {
         }
         // Without gradients: the same sum.
         let hidden = model.last_hidden(&batch).unwrap();
-        let eval = head_loss_chunked(&model, hidden, &labels, None, per, |_| {}).unwrap();
+        let eval = head_loss_chunked(&mut model, hidden, &labels, None, per, |_| {}).unwrap();
         assert!(eval.grad.is_none());
         assert!(((eval.sum - full_value) / full_value).abs() <= 1e-6);
     }

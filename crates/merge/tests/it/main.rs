@@ -3,6 +3,7 @@
 mod adapters_svd;
 mod common;
 mod fold;
+mod gguf;
 mod methods_mergekit;
 mod properties;
 mod safetensors_io;

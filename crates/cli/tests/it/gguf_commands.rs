@@ -1,0 +1,70 @@
+//! GGUF on the command line: inspect, generate, eval and train on a `.gguf` model as on its folder,
+//! and `lora export` of an adapter for llama.cpp.
+
+use crate::common::*;
+
+fn gguf(name: &str) -> std::path::PathBuf {
+    fixtures().join("gguf").join(name)
+}
+
+#[test]
+fn inspect_generate_and_eval_on_a_gguf_model_as_on_its_folder() {
+    let file = gguf("llama-f32.gguf");
+    let o = lora(&["inspect", s(&file)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("GGUF v3") && text.contains("LlamaForCausalLM (3 layers, hidden 32"), "{text}");
+    assert!(text.contains("tokenizer.ggml.model = \"gpt2\"") && text.contains("rope_freqs.weight"), "{text}");
+
+    let folder = fixtures().join("models/llama");
+    let run = |model: &std::path::Path| {
+        let o = lora(&["generate", "--model", s(model), "--prompt", "In the beginning", "--max-new-tokens", "10"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    assert_eq!(run(&file), run(&folder), "greedy generation differs between the GGUF file and its folder");
+
+    let d = temp_dir("gguf-eval");
+    let data = d.join("eval.jsonl");
+    std::fs::write(&data, "{\"text\": \"And God said, Let there be light.\"}\n{\"text\": \"unicode é 🦙\"}\n").unwrap();
+    let eval = |model: &std::path::Path| -> f64 {
+        let o = lora(&["eval", "--model", s(model), "--data", s(&data), "--json"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_str::<serde_json::Value>(&stdout(&o)).unwrap()["mean_loss"].as_f64().unwrap()
+    };
+    let (a, b) = (eval(&file), eval(&folder));
+    assert!((a - b).abs() < 1e-4, "eval loss {a} (GGUF) vs {b} (folder)");
+}
+
+#[test]
+fn train_on_a_gguf_base_and_export_the_adapter_for_llama_cpp() {
+    let d = temp_dir("gguf-train");
+    let recipe = root().join("recipes/tiny.toml");
+    let out = d.join("run");
+    let o = lora(&[
+        "train",
+        s(&recipe),
+        "--set",
+        &format!("output.dir=\"{}\"", out.display()),
+        "--set",
+        &format!("model.base=\"{}\"", gguf("llama-f32.gguf").display()),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let manifest = std::fs::read_to_string(out.join("manifest.json")).unwrap();
+    assert!(manifest.contains("llama-f32.gguf"), "{manifest}");
+
+    let file = d.join("run.gguf");
+    let o = lora(&["export", s(&out), "--base", s(&fixtures().join("models/llama")), "-o", s(&file)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("6 modules as F16"), "{}", stdout(&o));
+    let o = lora(&["inspect", s(&file)]);
+    assert!(stdout(&o).contains("a LoRA adapter") && stdout(&o).contains("adapter.lora.alpha = 8"), "{}", stdout(&o));
+    let o = lora(&["export", s(&out), "--base", s(&gguf("llama-f32.gguf")), "-o", s(&file)]);
+    assert_user_error(&o, "pass --force");
+    let o =
+        lora(&["export", s(&out), "--base", s(&gguf("llama-f32.gguf")), "-o", s(&file), "--force", "--type", "q8_0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = lora(&["export", s(&out), "--base", s(&d), "-o", s(&d.join("x.gguf"))]);
+    assert_user_error(&o, "config.json");
+    assert!(!d.join("x.gguf").exists() && !d.join(".x.gguf.partial").exists());
+}

@@ -1,0 +1,159 @@
+//! Models in GGUF files (llama.cpp, Ollama): the configuration from the `{arch}.*` keys and the tensors
+//! under their Hugging Face names, so that a `.gguf` file loads wherever a model folder does.
+//!
+//! References: llama.cpp `convert_hf_to_gguf.py` (what it writes) and `gguf-py/gguf/tensor_mapping.py`
+//! (the names). Its `llama` converter permutes the rows of `attn_q` / `attn_k` (weights and biases)
+//! from Hugging Face's rotate-half layout to ggml's interleaved rotary layout; [`unpermute_rows`]
+//! undoes it. `qwen2` and `qwen3` files keep Hugging Face's layout.
+
+use lora_merge::gguf::{GgufFile, Value};
+use serde_json::{Value as Json, json};
+
+use crate::config::{HfConfig, ModelConfig, RopeScaling};
+use crate::error::{CoreError, Result};
+
+/// The architectures lora reads from GGUF files, with the `architectures` entry they become.
+const ARCHITECTURES: [(&str, &str); 3] =
+    [("llama", "LlamaForCausalLM"), ("qwen2", "Qwen2ForCausalLM"), ("qwen3", "Qwen3ForCausalLM")];
+
+/// The GGUF name of a Hugging Face tensor name, or `None` for a name GGUF files do not hold.
+pub fn gguf_name(hf: &str) -> Option<String> {
+    let fixed = match hf {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, module) = rest.split_once('.')?;
+    layer.parse::<usize>().ok()?;
+    let (module, kind) = module.rsplit_once('.')?;
+    let g = match module {
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "self_attn.q_norm" => "attn_q_norm",
+        "self_attn.k_norm" => "attn_k_norm",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{g}.{kind}"))
+}
+
+/// The GGUF architecture of a file (`general.architecture`).
+pub fn architecture(g: &GgufFile) -> Result<String> {
+    let arch = g
+        .get("general.architecture")
+        .and_then(Value::as_str)
+        .ok_or_else(|| CoreError::Gguf(format!("{}: no general.architecture key", g.path().display())))?;
+    if !ARCHITECTURES.iter().any(|(a, _)| *a == arch) {
+        return Err(CoreError::Gguf(format!(
+            "{}: architecture '{arch}' is not supported; lora reads GGUF models of the llama (Llama, Mistral), \
+             qwen2 and qwen3 architectures",
+            g.path().display()
+        )));
+    }
+    Ok(arch.to_string())
+}
+
+/// Whether the file's converter permuted the q/k rows (the `llama` architecture).
+pub fn permutes_qk(arch: &str) -> bool {
+    arch == "llama"
+}
+
+/// The configuration of a GGUF model, resolved as a `config.json` of the same model would be.
+pub fn config(g: &GgufFile) -> Result<ModelConfig> {
+    let arch = architecture(g)?;
+    let path = g.path().display().to_string();
+    let key = |k: &str| format!("{arch}.{k}");
+    let int = |k: &str| -> Result<Option<u64>> {
+        match g.get(&key(k)) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| CoreError::Gguf(format!("{path}: {} must be an integer, found {v}", key(k)))),
+        }
+    };
+    let need =
+        |k: &str| -> Result<u64> { int(k)?.ok_or_else(|| CoreError::Gguf(format!("{path}: missing key {}", key(k)))) };
+    let float = |k: &str| -> Result<Option<f64>> {
+        match g.get(&key(k)) {
+            None => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| CoreError::Gguf(format!("{path}: {} must be a number, found {v}", key(k)))),
+        }
+    };
+    if let Some(t) = g.get(&key("rope.scaling.type")).and_then(Value::as_str)
+        && t != "none"
+    {
+        return Err(CoreError::Gguf(format!("{path}: {} = '{t}' is not supported", key("rope.scaling.type"))));
+    }
+    let embed =
+        g.tensor("token_embd.weight").ok_or_else(|| CoreError::Gguf(format!("{path}: no token_embd.weight tensor")))?;
+    let vocab = embed.dims.get(1).copied().unwrap_or(0);
+    let heads = need("attention.head_count")?;
+    let hidden = need("embedding_length")?;
+    let hf_arch = ARCHITECTURES.iter().find(|(a, _)| *a == arch).map(|(_, h)| *h).expect("checked");
+    let token = |k: &str| g.get(&format!("tokenizer.ggml.{k}")).and_then(Value::as_u64);
+    let mut cfg = json!({
+        "architectures": [hf_arch],
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": need("feed_forward_length")?,
+        "num_hidden_layers": need("block_count")?,
+        "num_attention_heads": heads,
+        "num_key_value_heads": int("attention.head_count_kv")?.unwrap_or(heads),
+        "rms_norm_eps": float("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5),
+        "rope_theta": float("rope.freq_base")?.unwrap_or(10000.0),
+        "max_position_embeddings": int("context_length")?.unwrap_or(2048),
+        "tie_word_embeddings": g.tensor("output.weight").is_none(),
+        "attention_bias": g.tensor("blk.0.attn_output.bias").is_some(),
+        "mlp_bias": g.tensor("blk.0.ffn_gate.bias").is_some(),
+    });
+    let obj = cfg.as_object_mut().expect("an object");
+    if let Some(hd) = int("attention.key_length")? {
+        obj.insert("head_dim".into(), Json::from(hd));
+    }
+    for (k, name) in
+        [("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"), ("pad_token_id", "padding_token_id")]
+    {
+        if let Some(id) = token(name) {
+            obj.insert(k.into(), Json::from(id));
+        }
+    }
+    let hf: HfConfig = serde_json::from_value(cfg).map_err(|e| CoreError::Gguf(format!("{path}: {e}")))?;
+    let mut config = ModelConfig::resolve(&hf).map_err(|m| CoreError::Gguf(format!("{path}: {m}")))?;
+    if let Some(t) = g.tensor("rope_freqs.weight") {
+        // Llama 3.1-style scaling is stored as llama.cpp's per-frequency divisors; the original
+        // parameters are gone, and the divisors are what llama.cpp computes with.
+        let factors = g.to_f32(t).map_err(|e| CoreError::Gguf(e.to_string()))?;
+        if factors.len() != config.head_dim / 2 {
+            return Err(CoreError::Gguf(format!(
+                "{path}: rope_freqs.weight has {} values; head_dim {} needs {}",
+                factors.len(),
+                config.head_dim,
+                config.head_dim / 2
+            )));
+        }
+        config.rope_scaling = RopeScaling::Factors(factors);
+    }
+    Ok(config)
+}
+
+/// Undoes the converter's permutation of q/k rows: the GGUF row `h·hd + 2j + s` holds the Hugging Face
+/// row `h·hd + s·hd/2 + j` (head h, j < hd/2, s ∈ {0, 1}). `values` is row-major with `rows` rows of
+/// `cols` values (a bias is one column).
+pub fn unpermute_rows(values: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+    lora_merge::rotary_rows(values, rows, cols, heads, false)
+}

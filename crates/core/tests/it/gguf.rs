@@ -1,0 +1,103 @@
+//! GGUF model files (llama.cpp's `convert_hf_to_gguf.py` output of the fixture models, from
+//! scripts/make_gguf_fixtures.py) load as the Hugging Face folders they came from: same
+//! configuration, same logits, q/k rows of `llama` files put back in order, NF4 from either equal.
+
+use lora_core::host::to_f32_vec;
+use lora_core::model::{CausalLm, TokenBatch};
+use lora_core::{BaseDtype, LoadOptions, Quantize, default_device};
+use lora_merge::gguf::{TensorOut, Value, write};
+
+use crate::common::*;
+
+fn batch() -> TokenBatch {
+    TokenBatch::left_padded(&[vec![0, 17, 250, 33, 100, 7, 301, 45], vec![5, 300, 21, 9, 44]], 4)
+}
+
+#[test]
+fn gguf_models_equal_their_hugging_face_folders() {
+    let device = default_device();
+    for name in ["llama", "qwen2", "qwen3"] {
+        let gguf = fixtures().join(format!("gguf/{name}-f32.gguf"));
+        let ours = CausalLm::load_dir(&gguf, &device).unwrap();
+        let hf = CausalLm::load_dir(model_dir(name), &device).unwrap();
+        let (a, b) = (&ours.config, &hf.config);
+        assert_eq!(
+            (a.architecture, a.vocab_size, a.hidden_size, a.intermediate_size, a.num_hidden_layers),
+            (b.architecture, b.vocab_size, b.hidden_size, b.intermediate_size, b.num_hidden_layers),
+            "{name}"
+        );
+        assert_eq!(
+            (a.num_attention_heads, a.num_key_value_heads, a.head_dim, a.qkv_bias, a.o_bias, a.mlp_bias, a.qk_norm),
+            (b.num_attention_heads, b.num_key_value_heads, b.head_dim, b.qkv_bias, b.o_bias, b.mlp_bias, b.qk_norm),
+            "{name}"
+        );
+        assert_eq!(a.tie_word_embeddings, b.tie_word_embeddings, "{name}");
+        let x = to_f32_vec(ours.forward(&batch(), None).unwrap()).unwrap();
+        let y = to_f32_vec(hf.forward(&batch(), None).unwrap()).unwrap();
+        let d = max_abs_diff(&x, &y);
+        assert!(d <= 1e-4, "{name}: GGUF vs folder logits max |Δ| {d:e}");
+    }
+}
+
+/// The q/k rows are restored exactly, so NF4 blocks (which run across rows) come out the same.
+#[test]
+fn nf4_from_gguf_equals_nf4_from_the_folder() {
+    let device = default_device();
+    let opts = LoadOptions { dtype: BaseDtype::F32, quantize: Quantize::Nf4 { double_quant: false } };
+    let ours = CausalLm::load_dir_with(fixtures().join("gguf/llama-f32.gguf"), &device, &opts).unwrap();
+    let hf = CausalLm::load_dir_with(model_dir("llama"), &device, &opts).unwrap();
+    for ((p, a), (_, b)) in ours.linear_modules().iter().zip(hf.linear_modules().iter()) {
+        assert_eq!(a.weight.bytes(), b.weight.bytes(), "{p}");
+        let wa = to_f32_vec(a.weight.to_f32(&device)).unwrap();
+        let wb = to_f32_vec(b.weight.to_f32(&device)).unwrap();
+        assert!(wa == wb, "{p}: weights differ");
+    }
+}
+
+#[test]
+fn unsupported_gguf_models_are_named() {
+    let d = temp_dir("gguf-arch");
+    let p = d.join("gemma.gguf");
+    let meta = vec![("general.architecture".to_string(), Value::String("gemma".into()))];
+    let t = TensorOut {
+        name: "token_embd.weight".into(),
+        dims: vec![4, 2],
+        ggml_type: lora_merge::gguf::GgmlType::F32,
+        data: vec![0; 32],
+    };
+    write(&p, &meta, &[t], false).unwrap();
+    let e = CausalLm::load_dir(&p, &default_device()).unwrap_err().to_string();
+    assert!(e.contains("architecture 'gemma' is not supported") && e.contains("gemma.gguf"), "{e}");
+    let p = d.join("nokeys.gguf");
+    write(&p, &[("general.architecture".to_string(), Value::String("llama".into()))], &[], false).unwrap();
+    let e = CausalLm::load_dir(&p, &default_device()).unwrap_err().to_string();
+    assert!(e.contains("token_embd.weight") || e.contains("missing key llama."), "{e}");
+}
+
+/// The tokenizer built from `tokenizer.ggml.*` encodes and decodes as the folder's tokenizer.json.
+#[test]
+fn gguf_tokenizer_equals_the_folders_tokenizer_json() {
+    let g = lora_merge::gguf::GgufFile::open(fixtures().join("gguf/llama-f32.gguf")).unwrap();
+    let ours = lora_core::Tokenizer::from_gguf(&g).unwrap();
+    let hf_model = CausalLm::load_dir(model_dir("llama"), &default_device()).unwrap();
+    let hf = lora_core::Tokenizer::load_dir(model_dir("llama"), &hf_model.config).unwrap();
+    let texts = [
+        "",
+        "a",
+        "In the beginning God created the heaven and the earth.",
+        "  spaces   and\ttabs\nnew lines\r\n",
+        "unicode: héllo wörld 🦙 中文 123456789",
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
+        "don't won't I'll they've",
+    ];
+    for text in texts {
+        for special in [true, false] {
+            let (a, b) = (ours.encode(text, special).unwrap(), hf.encode(text, special).unwrap());
+            assert_eq!(a, b, "{text:?} (special tokens {special})");
+            assert_eq!(ours.decode(&a, false).unwrap(), hf.decode(&b, false).unwrap(), "{text:?}");
+        }
+    }
+    assert_eq!((ours.bos_token_id, ours.pad_token_id), (Some(0), Some(4)));
+    assert_eq!(ours.eos_token_ids, vec![3]);
+    assert!(ours.chat_template.as_deref().is_some_and(|t| t.contains("<|im_start|>")));
+}

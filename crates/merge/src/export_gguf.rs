@@ -1,0 +1,226 @@
+//! `lora export`: a PEFT LoRA adapter as a llama.cpp LoRA adapter (GGUF), the file
+//! `convert_lora_to_gguf.py` writes, so that llama.cpp and Ollama apply it without Python.
+//!
+//! - Metadata: `general.type = "adapter"`, `adapter.type = "lora"`, `adapter.lora.alpha` (FLOAT32) and
+//!   the base's `general.architecture`.
+//! - Tensors `<gguf module>.weight.lora_a` / `.lora_b` hold PEFT's A `[r, in]` and B `[out, r]` as they
+//!   are: ggml lists dimensions innermost first, so they read as `[in, r]` and `[r, out]` there.
+//! - llama.cpp scales every module by `alpha / r` with one alpha; a module whose own scale differs
+//!   (rsLoRA, `alpha_pattern`, `rank_pattern`) has the difference folded into its B, so that every
+//!   module gets exactly PEFT's scale.
+//! - For the `llama` architecture the rows of B for q and k are permuted as the converter permutes the
+//!   base's q/k rows (Hugging Face's rotate-half layout to ggml's interleaved one).
+
+use std::path::{Path, PathBuf};
+
+use crate::adapter::Adapter;
+use crate::error::{MergeError, Result};
+use crate::gguf::{GgmlType, GgufFile, TensorOut, Value, encode_values};
+
+/// What the export needs to know about the base.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseInfo {
+    /// `general.architecture`: `llama`, `qwen2` or `qwen3`.
+    pub architecture: String,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+}
+
+impl BaseInfo {
+    /// From a model folder's `config.json` or a GGUF model file.
+    pub fn of(base: &Path) -> Result<Self> {
+        if base.is_file() {
+            let g = GgufFile::open(base)?;
+            let arch = g
+                .get("general.architecture")
+                .and_then(Value::as_str)
+                .ok_or_else(|| MergeError::gguf(base, "no general.architecture key"))?
+                .to_string();
+            let int = |k: &str| g.get(&format!("{arch}.{k}")).and_then(Value::as_u64).map(|v| v as usize);
+            let heads = int("attention.head_count").ok_or_else(|| MergeError::gguf(base, "no attention.head_count"))?;
+            let kv_heads = int("attention.head_count_kv").unwrap_or(heads);
+            return Self::checked(base, arch, heads, kv_heads);
+        }
+        let path = base.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| MergeError::io(&path, e))?;
+        let cfg: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| MergeError::Json { path: path.clone(), source: e })?;
+        let model_type = cfg["model_type"].as_str().unwrap_or_default();
+        let arch = match model_type {
+            // llama.cpp runs Mistral (and Llama-architecture fine-tunes) as `llama`.
+            "llama" | "mistral" => "llama",
+            "qwen2" => "qwen2",
+            "qwen3" => "qwen3",
+            other => {
+                return Err(MergeError::folder(
+                    base,
+                    format!(
+                        "model_type '{other}' has no llama.cpp architecture lora can export to (llama, mistral, qwen2, qwen3)"
+                    ),
+                ));
+            }
+        };
+        let heads = cfg["num_attention_heads"]
+            .as_u64()
+            .ok_or_else(|| MergeError::folder(&path, "no num_attention_heads"))? as usize;
+        let kv_heads = cfg["num_key_value_heads"].as_u64().map_or(heads, |v| v as usize);
+        Self::checked(base, arch.to_string(), heads, kv_heads)
+    }
+
+    fn checked(base: &Path, architecture: String, heads: usize, kv_heads: usize) -> Result<Self> {
+        if !["llama", "qwen2", "qwen3"].contains(&architecture.as_str()) {
+            return Err(MergeError::gguf(
+                base,
+                format!("architecture '{architecture}' is not supported (llama, qwen2, qwen3)"),
+            ));
+        }
+        if heads == 0 || kv_heads == 0 {
+            return Err(MergeError::folder(base, "attention head counts must be positive"));
+        }
+        Ok(Self { architecture, heads, kv_heads })
+    }
+}
+
+/// The llama.cpp tensor of a PEFT module path, or `None` when llama.cpp has no such weight.
+pub fn gguf_module(module: &str) -> Option<String> {
+    if module == "lm_head" {
+        return Some("output".into());
+    }
+    let rest = module.strip_prefix("model.layers.")?;
+    let (layer, m) = rest.split_once('.')?;
+    layer.parse::<usize>().ok()?;
+    let g = match m {
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{g}"))
+}
+
+/// What an export wrote.
+#[derive(Debug, Clone)]
+pub struct ExportReport {
+    /// The output file.
+    pub out: PathBuf,
+    /// Modules exported.
+    pub modules: usize,
+    /// The alpha written (`adapter.lora.alpha`).
+    pub alpha: f32,
+    /// Modules whose scale was folded into B.
+    pub folded: usize,
+    /// Tensors written in another type than asked (Q8_0 needs rows of 32 values; they fall back to F16).
+    pub fallbacks: Vec<String>,
+}
+
+/// Exports the PEFT adapter in `adapter_dir`, trained on `base`, to `out` as `ggml_type`.
+pub fn export_adapter_gguf(
+    adapter_dir: &Path,
+    base: &Path,
+    out: &Path,
+    ggml_type: GgmlType,
+    force: bool,
+) -> Result<ExportReport> {
+    crate::safetensors::catch_read_failures(|| export_inner(adapter_dir, base, out, ggml_type, force))
+}
+
+fn export_inner(adapter_dir: &Path, base: &Path, out: &Path, ggml_type: GgmlType, force: bool) -> Result<ExportReport> {
+    if out.exists() && !force {
+        return Err(MergeError::OutputExists { path: out.to_path_buf() });
+    }
+    let info = BaseInfo::of(base)?;
+    let adapter = Adapter::open(adapter_dir)?;
+    if !adapter.replacements.is_empty() {
+        let names: Vec<&String> = adapter.replacements.keys().collect();
+        return Err(MergeError::Mismatch(format!(
+            "{}: modules_to_save tensors {names:?} cannot go into a llama.cpp LoRA adapter",
+            adapter_dir.display()
+        )));
+    }
+    let unmapped: Vec<&str> =
+        adapter.modules.values().filter(|m| gguf_module(&m.module).is_none()).map(|m| m.module.as_str()).collect();
+    if !unmapped.is_empty() {
+        return Err(MergeError::Mismatch(format!(
+            "{}: llama.cpp cannot apply LoRA to {}",
+            adapter_dir.display(),
+            unmapped.join(", ")
+        )));
+    }
+    // One alpha for the file: the one that gives the default rank its own scale.
+    let r = adapter.config.r.max(1);
+    let alpha = (adapter.config.scale_for("", r) * r as f64) as f32;
+    let mut tensors = Vec::new();
+    let (mut folded, mut fallbacks) = (0usize, Vec::new());
+    for m in adapter.modules.values() {
+        let name = gguf_module(&m.module).expect("checked");
+        let a = adapter.tensor_f32(&m.a); // [r, in]
+        let mut b = adapter.tensor_f32(&m.b); // [out, r]
+        let (rank, d_in, d_out) = (m.rank, m.a.shape[1], m.b.shape[0]);
+        if m.transposed {
+            return Err(MergeError::Mismatch(format!("{}: fan_in_fan_out modules cannot be exported", m.module)));
+        }
+        let wanted = m.scale as f32;
+        let llama = alpha / rank as f32;
+        if (wanted / llama - 1.0).abs() > 1e-6 {
+            let k = wanted / llama;
+            b.iter_mut().for_each(|v| *v *= k);
+            folded += 1;
+        }
+        let is_q = m.module.ends_with("self_attn.q_proj");
+        if info.architecture == "llama" && (is_q || m.module.ends_with("self_attn.k_proj")) {
+            let heads = if is_q { info.heads } else { info.kv_heads };
+            b = permute_rows(&b, d_out, rank, heads);
+        }
+        for (suffix, values, dims) in
+            [("lora_a", a, [d_in as u64, rank as u64]), ("lora_b", b, [rank as u64, d_out as u64])]
+        {
+            let tname = format!("{name}.weight.{suffix}");
+            let (t, data) = match encode_values(&values, ggml_type) {
+                Ok(d) if ggml_type != GgmlType::Q8_0 || dims[0] % 32 == 0 => (ggml_type, d),
+                _ => {
+                    fallbacks.push(tname.clone());
+                    (GgmlType::F16, encode_values(&values, GgmlType::F16)?)
+                }
+            };
+            tensors.push(TensorOut { name: tname, dims: dims.to_vec(), ggml_type: t, data });
+        }
+    }
+    let metadata = vec![
+        ("general.architecture".to_string(), Value::String(info.architecture.clone())),
+        ("general.type".to_string(), Value::String("adapter".into())),
+        ("adapter.type".to_string(), Value::String("lora".into())),
+        ("adapter.lora.alpha".to_string(), Value::F32(alpha)),
+    ];
+    crate::gguf::write(out, &metadata, &tensors, force)?;
+    Ok(ExportReport { out: out.to_path_buf(), modules: adapter.modules.len(), alpha, folded, fallbacks })
+}
+
+/// The converter's permutation of q/k rows: Hugging Face row `h·hd + s·hd/2 + j` goes to row
+/// `h·hd + 2j + s` (head h, j < hd/2, s ∈ {0, 1}); `values` has `rows` rows of `cols` values.
+pub fn permute_rows(values: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+    rotary_rows(values, rows, cols, heads, true)
+}
+
+/// llama.cpp's rotary row order and back: `to_gguf` moves Hugging Face's split halves of each head
+/// (row `h·hd + s·hd/2 + j`) to adjacent pairs (row `h·hd + 2j + s`); `false` undoes it.
+pub fn rotary_rows(values: &[f32], rows: usize, cols: usize, heads: usize, to_gguf: bool) -> Vec<f32> {
+    let hd = rows / heads.max(1);
+    let half = hd / 2;
+    let mut out = values.to_vec();
+    for h in 0..heads {
+        for j in 0..half {
+            for s in 0..2 {
+                let (hf, gguf) = (h * hd + s * half + j, h * hd + 2 * j + s);
+                let (from, to) = if to_gguf { (hf, gguf) } else { (gguf, hf) };
+                out[to * cols..(to + 1) * cols].copy_from_slice(&values[from * cols..(from + 1) * cols]);
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,15 @@
+//! GGUF, llama.cpp's and Ollama's file format: reading (header, metadata, tensors, dequantization
+//! of the common quantized types) and writing. The model and tokenizer mapping lives with the model code; this
+//! layer knows only the file.
+
+mod dequant;
+mod ggml_type;
+mod reader;
+mod value;
+mod writer;
+
+pub use dequant::dequantize;
+pub use ggml_type::GgmlType;
+pub use reader::{DEFAULT_ALIGNMENT, GgufFile, TensorInfo};
+pub use value::Value;
+pub use writer::{TensorOut, encode, encode_values, write};
