@@ -29,7 +29,7 @@ for shape in $shapes; do
   declare -n args=$shape
   echo "== $shape ${args[*]}"
   file_dtype=f32
-  configs=("f32 none" "f32 none ckpt" "bf16 none" "bf16 none ckpt" "f32 nf4" "f32 nf4 ckpt")
+  configs=("f32 none" "f32 none ckpt" "bf16 none" "bf16 none ckpt" "bf16 nf4" "bf16 nf4 ckpt")
   if [ "$shape" = llama8b ]; then
     # f32 would need 32 GB; the 8B model is trained from a bf16 folder, as published.
     file_dtype=bf16

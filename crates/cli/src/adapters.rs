@@ -7,8 +7,9 @@ use lora_core::adapter::load_adapter;
 /// Adapter options.
 #[derive(clap::Args, Debug, Default)]
 pub struct AdapterArgs {
-    /// A PEFT LoRA adapter to apply: a folder or a Hub id (repeat for several; their updates add up).
-    #[arg(long = "adapter", value_name = "DIR|ORG/NAME")]
+    /// A LoRA adapter to apply: a PEFT folder, a Hub id, or a llama.cpp adapter .gguf (repeat for several;
+    /// their updates add up).
+    #[arg(long = "adapter", value_name = "DIR|ORG/NAME|FILE.gguf")]
     pub adapters: Vec<String>,
     /// Weights of the adapters, in order (default 1 each).
     #[arg(long, value_delimiter = ',', value_name = "W1,W2,...")]
@@ -23,7 +24,13 @@ impl AdapterArgs {
         }
         for (i, reference) in self.adapters.iter().enumerate() {
             let w = self.adapter_weights.get(i).copied().unwrap_or(1.0);
-            let dir = crate::hub_refs::adapter(reference, offline)?;
+            let path = std::path::Path::new(reference);
+            // A llama.cpp adapter file, or a PEFT folder / Hub id.
+            let dir = if crate::model_args::is_gguf_file(path) {
+                path.to_path_buf()
+            } else {
+                crate::hub_refs::adapter(reference, offline)?
+            };
             load_adapter(model, &dir, w, false).with_context(|| format!("loading adapter {}", dir.display()))?;
         }
         Ok(())

@@ -159,6 +159,9 @@ fn make_adapter(
 /// Reads an adapter folder and attaches it to `model` with an extra `weight` on its scaling.
 /// Every tensor of the file must find its module and fit its shape.
 pub fn load_adapter(model: &mut CausalLm, dir: &Path, weight: f64, trainable: bool) -> Result<AdapterConfig> {
+    if dir.is_file() && dir.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+        return load_gguf_adapter(model, dir, weight, trainable);
+    }
     let cfg = AdapterConfig::from_file(&dir.join("adapter_config.json"))?;
     let path = dir.join("adapter_model.safetensors");
     if !path.is_file() {
@@ -231,6 +234,60 @@ pub fn load_adapter(model: &mut CausalLm, dir: &Path, weight: f64, trainable: bo
         lin.lora.push(make_adapter(a, b, r, d_in, d_out, scaling, cfg.lora_dropout, &device, trainable));
     }
     Ok(cfg)
+}
+
+/// Attaches a llama.cpp LoRA adapter (GGUF, as `lora export` or `convert_lora_to_gguf.py` write it):
+/// scale `alpha / r` per module, as llama.cpp applies it. Returns the equivalent PEFT configuration.
+pub fn load_gguf_adapter(model: &mut CausalLm, path: &Path, weight: f64, trainable: bool) -> Result<AdapterConfig> {
+    let g = lora_merge::gguf::GgufFile::open(path).map_err(|e| CoreError::Gguf(e.to_string()))?;
+    let (heads, kv_heads) = (model.config.num_attention_heads, model.config.num_key_value_heads);
+    let (alpha, modules) = crate::gguf_model::read_lora_adapter(&g, heads, kv_heads)?;
+    let device = model.device();
+    let r = modules.first().map_or(1, |m| m.r);
+    let mut linears = model.linear_modules_mut();
+    let mut names = Vec::new();
+    for m in modules {
+        let Some((_, lin)) = linears.iter_mut().find(|(p, _)| *p == m.module) else {
+            return Err(CoreError::Invalid(format!(
+                "{}: adapter module '{}' does not exist in the base model",
+                path.display(),
+                m.module
+            )));
+        };
+        if lin.dims() != (m.d_in, m.d_out) {
+            return Err(CoreError::ShapeMismatch {
+                path: path.to_path_buf(),
+                name: m.module.clone(),
+                expected: vec![lin.dims().1, lin.dims().0],
+                found: vec![m.d_out, m.d_in],
+            });
+        }
+        let scaling = alpha as f64 / m.r as f64 * weight;
+        lin.lora.push(make_adapter(m.a, m.b, m.r, m.d_in, m.d_out, scaling, 0.0, &device, trainable));
+        names.push(m.module.rsplit('.').next().unwrap_or_default().to_string());
+    }
+    names.sort();
+    names.dedup();
+    Ok(AdapterConfig {
+        peft_type: "LORA".into(),
+        task_type: Some("CAUSAL_LM".into()),
+        base_model_name_or_path: None,
+        r,
+        lora_alpha: alpha as f64,
+        lora_dropout: 0.0,
+        target_modules: Some(TargetModules::Names(names)),
+        use_rslora: false,
+        bias: "none".into(),
+        fan_in_fan_out: false,
+        init_lora_weights: true.into(),
+        inference_mode: true,
+        layers_to_transform: None,
+        rank_pattern: Default::default(),
+        alpha_pattern: Default::default(),
+        modules_to_save: None,
+        use_dora: false,
+        peft_version: None,
+    })
 }
 
 /// Writes the adapters attached to `model` (the first adapter of each layer) as a PEFT folder.

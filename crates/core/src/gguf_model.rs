@@ -157,3 +157,87 @@ pub fn config(g: &GgufFile) -> Result<ModelConfig> {
 pub fn unpermute_rows(values: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
     lora_merge::rotary_rows(values, rows, cols, heads, false)
 }
+
+/// The Hugging Face module path of a llama.cpp weight name (`blk.3.attn_q.weight` →
+/// `model.layers.3.self_attn.q_proj`, `output.weight` → `lm_head`).
+pub fn hf_module(gguf_weight: &str) -> Option<String> {
+    if gguf_weight == "output.weight" {
+        return Some("lm_head".into());
+    }
+    let rest = gguf_weight.strip_prefix("blk.")?.strip_suffix(".weight")?;
+    let (layer, m) = rest.split_once('.')?;
+    layer.parse::<usize>().ok()?;
+    let hf = match m {
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf}"))
+}
+
+/// One module of a llama.cpp LoRA adapter, in PEFT's layout.
+#[derive(Debug, Clone)]
+pub struct GgufLoraModule {
+    /// The Hugging Face module path.
+    pub module: String,
+    /// A `[r, in]` row-major.
+    pub a: Vec<f32>,
+    /// B `[out, r]` row-major, q/k rows back in Hugging Face's order.
+    pub b: Vec<f32>,
+    /// Rank.
+    pub r: usize,
+    /// Input width.
+    pub d_in: usize,
+    /// Output width.
+    pub d_out: usize,
+}
+
+/// A llama.cpp LoRA adapter (`general.type = adapter`, `adapter.type = lora`): its alpha and modules.
+pub fn read_lora_adapter(g: &GgufFile, heads: usize, kv_heads: usize) -> Result<(f32, Vec<GgufLoraModule>)> {
+    let path = g.path().display().to_string();
+    let s = |k: &str| g.get(k).and_then(Value::as_str);
+    if s("general.type") != Some("adapter") || s("adapter.type") != Some("lora") {
+        return Err(CoreError::Gguf(format!(
+            "{path}: not a LoRA adapter (general.type = {:?}, adapter.type = {:?})",
+            s("general.type"),
+            s("adapter.type")
+        )));
+    }
+    let alpha = g
+        .get("adapter.lora.alpha")
+        .and_then(Value::as_f64)
+        .ok_or_else(|| CoreError::Gguf(format!("{path}: no adapter.lora.alpha")))? as f32;
+    let permuted = s("general.architecture").is_some_and(permutes_qk);
+    let mut modules = Vec::new();
+    for t in &g.tensors {
+        let Some(base) = t.name.strip_suffix(".lora_a") else { continue };
+        let module = hf_module(base)
+            .ok_or_else(|| CoreError::Gguf(format!("{path}: tensor '{}' adapts no module lora knows", t.name)))?;
+        let b_name = format!("{base}.lora_b");
+        let tb = g.tensor(&b_name).ok_or_else(|| CoreError::Gguf(format!("{path}: '{}' has no {b_name}", t.name)))?;
+        let (&[d_in, r], &[r_b, d_out]) = (t.dims.as_slice(), tb.dims.as_slice()) else {
+            return Err(CoreError::Gguf(format!("{path}: '{}' / '{b_name}' are not matrices", t.name)));
+        };
+        if r != r_b || r == 0 {
+            return Err(CoreError::Gguf(format!("{path}: ranks of '{}' ({r}) and '{b_name}' ({r_b}) differ", t.name)));
+        }
+        let (d_in, r, d_out) = (d_in as usize, r as usize, d_out as usize);
+        let read = |t| g.to_f32(t).map_err(|e| CoreError::Gguf(e.to_string()));
+        let a = read(t)?;
+        let mut b = read(tb)?;
+        let is_q = module.ends_with("self_attn.q_proj");
+        if permuted && (is_q || module.ends_with("self_attn.k_proj")) {
+            b = unpermute_rows(&b, d_out, r, if is_q { heads } else { kv_heads });
+        }
+        modules.push(GgufLoraModule { module, a, b, r, d_in, d_out });
+    }
+    if modules.is_empty() {
+        return Err(CoreError::Gguf(format!("{path}: holds no .lora_a / .lora_b tensors")));
+    }
+    Ok((alpha, modules))
+}

@@ -1,6 +1,6 @@
 //! `lora export`: a PEFT adapter as a llama.cpp / Ollama LoRA adapter (GGUF).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use lora_merge::export_adapter_gguf;
@@ -24,9 +24,12 @@ pub struct Args {
     /// Tensor type: f32, f16, bf16 or q8_0 (tensors whose rows are not whole Q8_0 blocks stay f16).
     #[arg(long = "type", default_value = "f16", value_parser = ["f32", "f16", "bf16", "q8_0"])]
     ggml_type: String,
-    /// Replace OUT if it exists.
+    /// Replace OUT (and its Modelfile) if they exist.
     #[arg(long)]
     force: bool,
+    /// Skip the check that the written file gives the adapter's logits.
+    #[arg(long)]
+    no_check: bool,
 }
 
 /// Runs `lora export`.
@@ -48,6 +51,18 @@ pub fn run(a: Args) -> Result<()> {
         _ => GgmlType::F16,
     };
     let r = export_adapter_gguf(&a.adapter, &base, &a.out, t, a.force)?;
+    if !a.no_check {
+        match check(&a.adapter, &base, &a.out, t) {
+            Ok(line) => println!("{line}"),
+            Err(e) => {
+                let _ = std::fs::remove_file(&a.out);
+                return Err(
+                    e.context(format!("{}: the export does not behave as the adapter; removed", a.out.display()))
+                );
+            }
+        }
+    }
+    let modelfile = write_modelfile(&base, &a.out, a.force)?;
     for f in &r.fallbacks {
         println!("{f}: rows are not whole Q8_0 blocks of 32 values; written as F16");
     }
@@ -63,5 +78,68 @@ pub fn run(a: Args) -> Result<()> {
             String::new()
         }
     );
+    if let Some(m) = modelfile {
+        let name = a.out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        println!(
+            "Ollama: ollama create {name} -f {}    (llama.cpp: llama-cli -m BASE.gguf --lora {})",
+            m.display(),
+            a.out.display()
+        );
+    }
     Ok(())
+}
+
+/// Runs fixed probe sequences through the base with the PEFT adapter and with the written GGUF read
+/// back by lora's own reader; the largest logit difference must stay within what the tensor type
+/// allows, relative to the logits' size.
+fn check(adapter: &Path, base: &Path, out: &Path, t: GgmlType) -> Result<String> {
+    let device = lora_core::default_device();
+    let logits = |with: &Path| -> Result<Vec<f32>> {
+        let mut model = lora_core::CausalLm::load_dir(base, &device)?;
+        lora_core::adapter::load_adapter(&mut model, with, 1.0, false)?;
+        let vocab = model.config.vocab_size;
+        let rows: Vec<Vec<u32>> =
+            (0..2).map(|k| (0..16).map(|i| ((i * 7919 + k * 104_729 + 13) % vocab) as u32).collect()).collect();
+        Ok(lora_core::host::to_f32_vec(model.forward(&lora_core::TokenBatch::rows(rows), None)?)?)
+    };
+    let (want, got) = (logits(adapter)?, logits(out)?);
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    let diff = want.iter().zip(&got).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let tol = match t {
+        GgmlType::F32 => 1e-5,
+        GgmlType::F16 => 2e-3,
+        GgmlType::Bf16 => 1e-2,
+        _ => 2e-2,
+    };
+    let vocab = want.len() / 32;
+    let argmax = |v: &[f32]| -> Vec<usize> {
+        v.chunks(vocab)
+            .map(|r| r.iter().enumerate().fold((0, f32::MIN), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0)
+            .collect()
+    };
+    let same = argmax(&want) == argmax(&got);
+    anyhow::ensure!(diff <= tol * scale, "max |Δ logits| {diff:.3e} exceeds {tol:.1e} of the logits' size {scale:.3}");
+    Ok(format!(
+        "check: base + GGUF adapter vs base + PEFT adapter on 2 probe sequences: max |Δ logits| {diff:.3e}, greedy tokens {}",
+        if same { "agree" } else { "differ (within tolerance)" }
+    ))
+}
+
+/// An Ollama Modelfile beside the adapter: `FROM` the base, `ADAPTER` the file.
+fn write_modelfile(base: &Path, out: &Path, force: bool) -> Result<Option<PathBuf>> {
+    let stem = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "adapter".into());
+    let path = out.with_file_name(format!("{stem}.Modelfile"));
+    if path.exists() && !force {
+        println!("{}: exists; not replaced (pass --force)", path.display());
+        return Ok(None);
+    }
+    let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let text = format!(
+        "# Ollama: ollama create {stem} -f {}\n# FROM is the base the adapter was trained on (a GGUF file, or a safetensors folder Ollama can import).\nFROM {}\nADAPTER {}\n",
+        path.display(),
+        abs(base).display(),
+        abs(out).display()
+    );
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(Some(path))
 }

@@ -56,7 +56,30 @@ fn train_on_a_gguf_base_and_export_the_adapter_for_llama_cpp() {
     let file = d.join("run.gguf");
     let o = lora(&["export", s(&out), "--base", s(&fixtures().join("models/llama")), "-o", s(&file)]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stdout(&o).contains("6 modules as F16"), "{}", stdout(&o));
+    let text = stdout(&o);
+    assert!(text.contains("6 modules as F16") && text.contains("greedy tokens agree"), "{text}");
+    let modelfile = std::fs::read_to_string(d.join("run.Modelfile")).unwrap();
+    assert!(
+        modelfile.contains("\nFROM /") && modelfile.contains("\nADAPTER /") && modelfile.contains("run.gguf"),
+        "{modelfile}"
+    );
+    // The exported file applies as the folder does.
+    let continuation = |adapter: &std::path::Path| {
+        let o = lora(&[
+            "generate",
+            "--model",
+            s(&fixtures().join("models/llama")),
+            "--adapter",
+            s(adapter),
+            "--prompt",
+            "In the beginning",
+            "--max-new-tokens",
+            "8",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    assert_eq!(continuation(&file), continuation(&out));
     let o = lora(&["inspect", s(&file)]);
     assert!(stdout(&o).contains("a LoRA adapter") && stdout(&o).contains("adapter.lora.alpha = 8"), "{}", stdout(&o));
     let o = lora(&["export", s(&out), "--base", s(&gguf("llama-f32.gguf")), "-o", s(&file)]);
