@@ -32,9 +32,10 @@ pre-tokenizer by the sha256 of the token ids it gives for a fixed check text (Te
 tiny fixture tokenizer (384-token byte-level BPE trained for these fixtures) is not in its table, and the
 converter raises NotImplementedError("BPE pre-tokenizer was not recognized"). The converter is therefore run
 through a small in-process runner (RUNNER below) that wraps TextModel.get_vocab_base_pre: the original is called,
-and only when it raises NotImplementedError is PRE_FALLBACK ("gpt2") returned. "gpt2" is the honest name: the
+and only when it raises NotImplementedError is PRE_FALLBACK ("gpt-2") returned. "gpt-2" is the honest name (the
+spelling llama.cpp's loader accepts; "gpt2" is refused as an unknown pre-tokenizer): the
 fixture tokenizer's pre-tokenizer is ByteLevel(use_regex=True), i.e. the GPT-2 split regex, which is what
-llama.cpp's "gpt2" pre-tokenizer type implements. The unrecognised hash is recorded in models.json.
+llama.cpp's GPT-2 pre-tokenizer type implements. The unrecognised hash is recorded in models.json.
 Second workaround, qwen2 only: transformers 5.24 lists "qwen2" in
 transformers.models.auto.tokenization_auto.MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS, so AutoTokenizer ignores the
 fixture's tokenizer_config.json ("tokenizer_class": "PreTrainedTokenizerFast") and builds a Qwen2Tokenizer, whose
@@ -74,7 +75,7 @@ LLAMACPP = os.path.join(LLAMACPP_SRC, "vendor", "llama.cpp")
 MODELS = ["llama", "qwen2", "qwen3"]          # tests/fixtures/models/<name> -> <name>-f32.gguf
 ADAPTER = "adapter-qv"                         # tests/fixtures/lora/<name>, base tests/fixtures/models/llama
 OUTTYPE = "f32"
-PRE_FALLBACK = "gpt2"
+PRE_FALLBACK = "gpt-2"
 # model types for which transformers 5.x ignores tokenizer_config.json's tokenizer_class (see the docstring)
 HONOUR_TOKENIZER_CLASS = ["qwen2"]
 QUANT_SHAPE = (4, 512)                         # numpy shape (rows, row length); GGUF dims [512, 4]

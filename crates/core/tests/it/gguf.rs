@@ -101,3 +101,27 @@ fn gguf_tokenizer_equals_the_folders_tokenizer_json() {
     assert_eq!(ours.eos_token_ids, vec![3]);
     assert!(ours.chat_template.as_deref().is_some_and(|t| t.contains("<|im_start|>")));
 }
+
+/// llama.cpp itself (through llama-cpp-python, scripts/make_llama_cpp_fixtures.py): lora's reading of
+/// the converted GGUF model, and of the converted LoRA adapter on it, gives llama.cpp's logits.
+#[test]
+fn gguf_model_and_adapter_give_llama_cpps_logits() {
+    let golden = fixtures().join("gguf/llama_cpp.safetensors");
+    let g = lora_core::safetensors_file::SafetensorsFile::open(&golden).unwrap();
+    let (ids, _) = golden_i64(&g, "input_ids");
+    let batch = TokenBatch::single(ids.iter().map(|&i| i as u32).collect());
+    let device = default_device();
+    let mut model = CausalLm::load_dir(fixtures().join("gguf/llama-f32.gguf"), &device).unwrap();
+    let ours = to_f32_vec(model.forward(&batch, None).unwrap()).unwrap();
+    let d = max_abs_diff(&ours, &golden_f32(&g, "logits.llama-f32").0);
+    assert!(d <= 1e-4, "base: max |Δ| vs llama.cpp {d:e}");
+    lora_core::adapter::load_adapter(&mut model, &fixtures().join("gguf/adapter-qv.gguf"), 1.0, false).unwrap();
+    let ours = to_f32_vec(model.forward(&batch, None).unwrap()).unwrap();
+    let d = max_abs_diff(&ours, &golden_f32(&g, "logits.llama-f32+adapter-qv").0);
+    assert!(d <= 1e-4, "base + adapter: max |Δ| vs llama.cpp {d:e}");
+    // The PEFT folder on the Hugging Face model gives the same numbers.
+    let mut hf = CausalLm::load_dir(model_dir("llama"), &device).unwrap();
+    lora_core::adapter::load_adapter(&mut hf, &fixtures().join("lora/adapter-qv"), 1.0, false).unwrap();
+    let theirs = to_f32_vec(hf.forward(&batch, None).unwrap()).unwrap();
+    assert!(max_abs_diff(&theirs, &golden_f32(&g, "logits.llama-f32+adapter-qv").0) <= 1e-4);
+}
