@@ -23,8 +23,9 @@ pub enum MergeError {
         #[source]
         source: serde_json::Error,
     },
-    /// A merge configuration (TOML) is malformed or has unknown keys.
-    #[error("{path}: {message}")]
+    /// A merge configuration (TOML) is malformed or has unknown keys. A message that starts with
+    /// `line:col:` is joined to the path as a recipe's is (`merge.toml:3:9: ...`).
+    #[error("{}{}{}", .path.display(), if .message.starts_with(|c: char| c.is_ascii_digit()) { ":" } else { ": " }, .message)]
     Config {
         /// The configuration file.
         path: PathBuf,

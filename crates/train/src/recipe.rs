@@ -475,8 +475,19 @@ fn describe(src: &Source, e: &toml::de::Error) -> String {
         };
         return format!("{at}: unknown key '{unknown}'{within}{hint}");
     }
-    let within = section.map(|s| format!(" (in [{s}])")).unwrap_or_default();
-    format!("{at}: {msg}{within}")
+    // A value of the wrong type or range: name the key of the line it sits on.
+    let key = e.span().and_then(|span| {
+        let line_start = src.text[..span.start].rfind('\n').map_or(0, |i| i + 1);
+        let line = src.text[line_start..].lines().next()?;
+        let (k, _) = line.split_once('=')?;
+        let k = k.trim().trim_matches('"');
+        (!k.is_empty() && !k.contains(char::is_whitespace)).then(|| k.to_string())
+    });
+    match (key, section) {
+        (Some(k), Some(s)) => format!("{at}: {s}.{k}: {msg}"),
+        (Some(k), None) => format!("{at}: {k}: {msg}"),
+        (None, s) => format!("{at}: {msg}{}", s.map(|s| format!(" (in [{s}])")).unwrap_or_default()),
+    }
 }
 
 impl Recipe {

@@ -195,3 +195,67 @@ fn quantized_base_fold_matches_bitsandbytes_peft_and_eval_on_nf4() {
     let bf16 = eval(&fx.join("models/llama"), &["--adapter", s(&adapter), "--dtype", "bf16"]);
     assert!((bf16 - on_dense).abs() < 0.05 && bf16 != on_dense, "bf16 base: {bf16} vs f32 {on_dense}");
 }
+
+/// What the model core would refuse, a merge refuses too, before writing anything.
+#[test]
+fn merges_refuse_bases_and_adapters_the_model_core_refuses() {
+    let fx = fixtures();
+    let d = temp_dir("merge-validate");
+    let copy = |name: &str, edit: &dyn Fn(&mut serde_json::Value)| -> std::path::PathBuf {
+        let dir = d.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in std::fs::read_dir(fx.join("models/llama")).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+        }
+        let mut cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+        edit(&mut cfg);
+        std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+        dir
+    };
+    let adapter = fx.join("lora/adapter-qv");
+    let run = |base: &std::path::Path, adapter: &std::path::Path, out: &str| {
+        lora(&["merge", s(base), s(adapter), "-o", s(&d.join(out))])
+    };
+    let heads = copy("heads", &|c| c["num_attention_heads"] = 5.into());
+    assert_user_error(&run(&heads, &adapter, "o1"), "config.json");
+    let arch = copy("arch", &|c| c["architectures"] = serde_json::json!(["GPT2LMHeadModel"]));
+    assert_user_error(&run(&arch, &adapter, "o2"), "unsupported architecture 'GPT2LMHeadModel'");
+    let none = copy("noconfig", &|_| {});
+    std::fs::remove_file(none.join("config.json")).unwrap();
+    assert_user_error(&run(&none, &adapter, "o3"), "no config.json");
+    let r0 = d.join("r0");
+    std::fs::create_dir_all(&r0).unwrap();
+    for f in ["adapter_model.safetensors", "adapter_config.json"] {
+        std::fs::copy(adapter.join(f), r0.join(f)).unwrap();
+    }
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(r0.join("adapter_config.json")).unwrap()).unwrap();
+    cfg["r"] = 0.into();
+    std::fs::write(r0.join("adapter_config.json"), cfg.to_string()).unwrap();
+    assert_user_error(&run(&fx.join("models/llama"), &r0, "o4"), "adapter_config.json: r must be at least 1");
+    for o in ["o1", "o2", "o3", "o4"] {
+        assert!(!d.join(o).exists(), "{o} was written");
+    }
+
+    // mergekit's density is a fraction in (0, 1].
+    let toml = d.join("merge.toml");
+    let base = fx.join("models/llama");
+    std::fs::write(
+        &toml,
+        format!(
+            "merge_method = \"ties\"\nbase_model = \"{b}\"\n\n[[models]]\nmodel = \"{b}+{a}\"\nparameters = {{ weight = 1.0, density = 1.5 }}\n",
+            b = base.display(),
+            a = adapter.display()
+        ),
+    )
+    .unwrap();
+    let o = lora(&["merge", "--config", s(&toml), "-o", s(&d.join("o5"))]);
+    assert_user_error(&o, "density 1.5 of model 1 is outside (0, 1]");
+    assert!(!d.join("o5").exists());
+    // A syntax error is located as a recipe's is: FILE:LINE:COL.
+    std::fs::write(&toml, "merge_method = \"ties\"\nbase_model = \"x\"\n[[models]\n").unwrap();
+    let o = lora(&["merge", "--config", s(&toml), "-o", s(&d.join("o6"))]);
+    assert_user_error(&o, "merge.toml:3:");
+}

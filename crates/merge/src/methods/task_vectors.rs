@@ -14,7 +14,7 @@
 //! Everything is computed in f32 in mergekit's operation order, so merges of f32 models match it
 //! bit for bit up to the summation order of the rescaling norms.
 
-use crate::error::Result;
+use crate::error::{MergeError, Result};
 use crate::methods::{
     Combine, Job, Keep, MergeMethod, ParamSpec, Sparse, Sparsification, SparsifyParams, TopK, sparsify, with_scratch,
 };
@@ -168,8 +168,17 @@ impl MergeMethod for TaskVectors {
                 None => Sparse { keep: Keep::All, scale: 1.0 },
                 Some(method) => {
                     let has = |k: &str| self.params().iter().any(|p| p.name == k);
+                    let density = job.params.model_number(i, "density");
+                    if !(density > 0.0 && density <= 1.0) {
+                        return Err(MergeError::Parameter(format!(
+                            "tensor '{}': density {density} of model {} is outside (0, 1]; density is the fraction \
+                             of the task vector kept, as in mergekit",
+                            job.tensor,
+                            i + 1
+                        )));
+                    }
                     let p = SparsifyParams {
-                        density: job.params.model_number(i, "density"),
+                        density,
                         gamma: if has("gamma") { job.params.model_number(i, "gamma") } else { 0.0 },
                         epsilon: if has("epsilon") { job.params.model_number(i, "epsilon") } else { 0.0 },
                         rescale,

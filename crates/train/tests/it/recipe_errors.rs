@@ -72,7 +72,9 @@ fn unknown_key_suggests_the_right_one() {
 #[test]
 fn wrong_types_and_impossible_values_name_the_key() {
     let e = err("type", &GOOD.replace("max_steps = 2", "max_steps = \"two\""), &[]);
-    assert!(e.contains("recipe.toml:9:") && e.contains("(in [train])"), "{e}");
+    assert!(e.contains("recipe.toml:9:") && e.contains(": train.max_steps: invalid type"), "{e}");
+    let e = err("negative", &GOOD.replace("max_steps = 2", "max_steps = -5"), &[]);
+    assert!(e.contains("recipe.toml:9:") && e.contains("train.max_steps: invalid value: integer `-5`"), "{e}");
     let e = err("lr", &GOOD.replace("lr = 1e-3", "lr = 0.0"), &[]);
     assert!(e.contains("recipe.toml:10:1: train.lr must be positive, got 0"), "{e}");
     let e = err("batch", GOOD, &["train.batch_size=0"]);
