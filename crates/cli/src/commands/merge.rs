@@ -80,6 +80,13 @@ pub fn run(a: Args) -> Result<()> {
     if adapters.is_empty() {
         bail!("give at least one ADAPTER folder after BASE {}", base.display());
     }
+    if crate::model_args::is_gguf_file(base) {
+        bail!(
+            "{}: merging into a GGUF base is not supported yet; merge into the Hugging Face folder it came \
+             from, or keep the adapter separate for llama.cpp / Ollama with `lora export`",
+            base.display()
+        );
+    }
     // The model core's checks of the base's configuration, so that a merge refuses what no command
     // could load (a missing or inconsistent config.json, an architecture lora does not run).
     let config = base.join("config.json");
