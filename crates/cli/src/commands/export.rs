@@ -12,7 +12,8 @@ use lora_merge::gguf::GgmlType;
     after_help = "Example:\n  lora export runs/my-run --base models/llama -o my-run.gguf\n  llama-cli -m base.gguf --lora my-run.gguf"
 )]
 pub struct Args {
-    /// The PEFT adapter folder (adapter_config.json, adapter_model.safetensors).
+    /// A PEFT adapter folder (adapter_config.json, adapter_model.safetensors), or a Hugging Face model
+    /// folder (config.json, safetensors, tokenizer.json) to write as a whole GGUF model.
     adapter: PathBuf,
     /// The base the adapter was trained on: a model folder (config.json) or a GGUF model file; default:
     /// the adapter's base_model_name_or_path when it is a local folder.
@@ -34,6 +35,9 @@ pub struct Args {
 
 /// Runs `lora export`.
 pub fn run(a: Args) -> Result<()> {
+    if !a.adapter.join("adapter_config.json").is_file() && a.adapter.join("config.json").is_file() {
+        return export_model(&a);
+    }
     let base = match a.base {
         Some(b) => b,
         None => {
@@ -86,6 +90,93 @@ pub fn run(a: Args) -> Result<()> {
             a.out.display()
         );
     }
+    Ok(())
+}
+
+fn ggml_type(name: &str) -> GgmlType {
+    match name {
+        "f32" => GgmlType::F32,
+        "bf16" => GgmlType::Bf16,
+        "q8_0" => GgmlType::Q8_0,
+        _ => GgmlType::F16,
+    }
+}
+
+/// Allowed drift of logits relative to their size, per tensor type.
+fn tolerance(t: GgmlType) -> f32 {
+    match t {
+        GgmlType::F32 => 1e-5,
+        GgmlType::F16 => 2e-3,
+        GgmlType::Bf16 => 1e-2,
+        _ => 2e-2,
+    }
+}
+
+/// The largest logit difference on the probe sequences, relative scale, and greedy agreement.
+fn compare(a: &lora_core::CausalLm, b: &lora_core::CausalLm) -> Result<(f32, f32, bool)> {
+    let vocab = a.config.vocab_size;
+    let rows: Vec<Vec<u32>> =
+        (0..2).map(|k| (0..16).map(|i| ((i * 7919 + k * 104_729 + 13) % vocab) as u32).collect()).collect();
+    let batch = lora_core::TokenBatch::rows(rows);
+    let want = lora_core::host::to_f32_vec(a.forward(&batch, None)?)?;
+    let got = lora_core::host::to_f32_vec(b.forward(&batch, None)?)?;
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    let diff = want.iter().zip(&got).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    let argmax = |v: &[f32]| -> Vec<usize> {
+        v.chunks(vocab)
+            .map(|r| r.iter().enumerate().fold((0, f32::MIN), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0)
+            .collect()
+    };
+    Ok((diff, scale, argmax(&want) == argmax(&got)))
+}
+
+/// `lora export MODEL_DIR -o model.gguf`: the whole model, checked against the folder.
+fn export_model(a: &Args) -> Result<()> {
+    let t = ggml_type(&a.ggml_type);
+    let r = lora_merge::export_model_gguf(&a.adapter, &a.out, t, a.force)?;
+    if !a.no_check {
+        let device = lora_core::default_device();
+        let check = || -> Result<(f32, f32, bool)> {
+            let folder = lora_core::CausalLm::load_dir(&a.adapter, &device)?;
+            let file = lora_core::CausalLm::load_dir(&a.out, &device)?;
+            compare(&folder, &file)
+        };
+        match check() {
+            Ok((diff, scale, same)) if diff <= tolerance(t) * scale => println!(
+                "check: GGUF vs folder on 2 probe sequences: max |Δ logits| {diff:.3e}, greedy tokens {}",
+                if same { "agree" } else { "differ (within tolerance)" }
+            ),
+            other => {
+                let _ = std::fs::remove_file(&a.out);
+                let why = match other {
+                    Ok((diff, scale, _)) => {
+                        format!("max |Δ logits| {diff:.3e} exceeds {:.1e} of {scale:.3}", tolerance(t))
+                    }
+                    Err(e) => format!("{e:#}"),
+                };
+                anyhow::bail!("{}: the exported model does not behave as the folder ({why}); removed", a.out.display());
+            }
+        }
+    }
+    let stem = a.out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    let modelfile = a.out.with_file_name(format!("{stem}.Modelfile"));
+    if !modelfile.exists() || a.force {
+        let abs = std::fs::canonicalize(&a.out).unwrap_or_else(|_| a.out.clone());
+        std::fs::write(
+            &modelfile,
+            format!("# Ollama: ollama create {stem} -f {}\nFROM {}\n", modelfile.display(), abs.display()),
+        )
+        .with_context(|| format!("writing {}", modelfile.display()))?;
+    }
+    println!(
+        "{}: {} model, {} tensors as {} (pre-tokenizer {}); Ollama: ollama create {stem} -f {}",
+        r.out.display(),
+        r.architecture,
+        r.tensors,
+        t.name(),
+        r.pre,
+        modelfile.display()
+    );
     Ok(())
 }
 

@@ -91,3 +91,23 @@ fn train_on_a_gguf_base_and_export_the_adapter_for_llama_cpp() {
     assert_user_error(&o, "config.json");
     assert!(!d.join("x.gguf").exists() && !d.join(".x.gguf.partial").exists());
 }
+
+#[test]
+fn export_a_model_folder_to_gguf_and_run_it() {
+    let d = temp_dir("gguf-model");
+    let folder = fixtures().join("models/qwen2");
+    let file = d.join("qwen2.gguf");
+    let o = lora(&["export", s(&folder), "-o", s(&file), "--type", "f32"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("qwen2 model") && text.contains("greedy tokens agree"), "{text}");
+    assert!(std::fs::read_to_string(d.join("qwen2.Modelfile")).unwrap().contains("FROM /"));
+    let run = |model: &std::path::Path| {
+        let o = lora(&["generate", "--model", s(model), "--prompt", "In the beginning", "--max-new-tokens", "8"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    assert_eq!(run(&file), run(&folder));
+    let o = lora(&["export", s(&folder), "-o", s(&file)]);
+    assert_user_error(&o, "--force");
+}

@@ -12,4 +12,4 @@ pub use dequant::dequantize;
 pub use ggml_type::GgmlType;
 pub use reader::{DEFAULT_ALIGNMENT, GgufFile, TensorInfo};
 pub use value::Value;
-pub use writer::{TensorOut, encode, encode_values, write};
+pub use writer::{HeaderPlan, TensorOut, encode, encode_header, encode_values, write};

@@ -53,8 +53,31 @@ fn put_value(out: &mut Vec<u8>, v: &Value) {
     }
 }
 
+/// A planned header: its bytes (padded to the start of the data), each tensor's offset in the data
+/// section, and the data section's padded length.
+#[derive(Debug, Clone)]
+pub struct HeaderPlan {
+    /// The header, padded to the alignment.
+    pub bytes: Vec<u8>,
+    /// Offsets of the tensors relative to the data section.
+    pub offsets: Vec<u64>,
+    /// Length of the data section, padded to the alignment.
+    pub data_len: u64,
+}
+
+/// The header of a GGUF v3 file for tensors of the given sizes (their `data` only gives the length),
+/// so that the data can be streamed after it.
+pub fn encode_header(metadata: &[(String, Value)], tensors: &[TensorOut]) -> Result<HeaderPlan> {
+    let full = encode_impl(metadata, tensors, false)?;
+    Ok(full)
+}
+
 /// The bytes of a GGUF v3 file, header and data.
 pub fn encode(metadata: &[(String, Value)], tensors: &[TensorOut]) -> Result<Vec<u8>> {
+    Ok(encode_impl(metadata, tensors, true)?.bytes)
+}
+
+fn encode_impl(metadata: &[(String, Value)], tensors: &[TensorOut], with_data: bool) -> Result<HeaderPlan> {
     let alignment = metadata
         .iter()
         .find(|(k, _)| k == "general.alignment")
@@ -98,13 +121,17 @@ pub fn encode(metadata: &[(String, Value)], tensors: &[TensorOut]) -> Result<Vec
         out.resize(target as usize, 0);
     };
     pad(&mut out);
+    let data_len = offset;
+    if !with_data {
+        return Ok(HeaderPlan { bytes: out, offsets, data_len });
+    }
     let data_start = out.len();
-    for (t, off) in tensors.iter().zip(offsets) {
-        out.resize(data_start + off as usize, 0);
+    for (t, off) in tensors.iter().zip(&offsets) {
+        out.resize(data_start + *off as usize, 0);
         out.extend_from_slice(&t.data);
     }
     pad(&mut out);
-    Ok(out)
+    Ok(HeaderPlan { bytes: out, offsets, data_len })
 }
 
 /// Writes a GGUF file at `path` (temporary name, then rename); refuses to replace a file unless

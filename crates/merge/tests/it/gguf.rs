@@ -256,3 +256,40 @@ fn rslora_scale_is_folded_into_b_and_permutation_inverts() {
     sorted.sort_by(f32::total_cmp);
     assert_eq!(sorted, v);
 }
+
+/// `lora export MODEL_DIR` writes the GGUF model `convert_hf_to_gguf.py` writes: the same metadata
+/// keys with the same values, the same tensors (q/k permuted, rope_freqs), streamed.
+#[test]
+fn model_export_equals_convert_hf_to_gguf() {
+    let d = temp_dir("gguf-model-export");
+    for (name, theirs) in [("llama", "llama-f32.gguf"), ("qwen2", "qwen2-f32.gguf"), ("qwen3", "qwen3-f32.gguf")] {
+        let out = d.join(format!("{name}.gguf"));
+        let r =
+            lora_merge::export_model_gguf(&fixtures().join("models").join(name), &out, GgmlType::F32, false).unwrap();
+        assert_eq!(r.pre, "gpt-2");
+        let ours = GgufFile::open(&out).unwrap();
+        let theirs = GgufFile::open(gguf_fixtures().join(theirs)).unwrap();
+        for (k, v) in &theirs.metadata {
+            if ["general.name", "general.size_label", "tokenizer.ggml.add_sep_token"].contains(&k.as_str()) {
+                continue;
+            }
+            let o = ours.get(k).unwrap_or_else(|| panic!("{name}: key {k} missing"));
+            match (o, v) {
+                (Value::F32(a), Value::F32(b)) => assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{name}: {k}"),
+                _ => assert_eq!(o, v, "{name}: {k}"),
+            }
+        }
+        assert_eq!(ours.tensors.len(), theirs.tensors.len(), "{name}");
+        for t in &theirs.tensors {
+            let o = ours.tensor(&t.name).unwrap_or_else(|| panic!("{name}: {} missing", t.name));
+            assert_eq!((&o.dims, o.type_id), (&t.dims, t.type_id), "{name}: {}", t.name);
+            let (a, b) = (ours.to_f32(o).unwrap(), theirs.to_f32(t).unwrap());
+            let diff = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(diff <= 1e-6, "{name}: {} differs by {diff}", t.name);
+        }
+    }
+    let e =
+        lora_merge::export_model_gguf(&fixtures().join("models/llama"), &d.join("llama.gguf"), GgmlType::F32, false)
+            .unwrap_err();
+    assert!(e.to_string().contains("--force"), "{e}");
+}

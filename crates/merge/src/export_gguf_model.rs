@@ -1,0 +1,366 @@
+//! `lora export MODEL_DIR -o model.gguf`: a Hugging Face folder (a `lora merge` output, say) as a GGUF
+//! model for llama.cpp and Ollama, as `convert_hf_to_gguf.py` writes it: the `{arch}.*` keys, the
+//! byte-level BPE tokenizer (`tokenizer.ggml.*`: tokens, types, merges, the pre-tokenizer's name) and
+//! chat template, Llama 3.1's `rope_freqs`, GGUF tensor names, and the `llama` architecture's q/k rows
+//! permuted. Tensors stream one at a time: the header is planned from the shapes, then each tensor is
+//! read, converted and written, so memory stays at about one tensor.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde_json::Value as Json;
+
+use crate::error::{MergeError, Result};
+use crate::export_gguf::permute_rows;
+use crate::gguf::{GgmlType, TensorOut, Value, encode_values};
+use crate::model_dir::ModelDir;
+use crate::source::Source;
+
+/// What a model export wrote.
+#[derive(Debug, Clone)]
+pub struct ModelExportReport {
+    /// The output file.
+    pub out: PathBuf,
+    /// `general.architecture`.
+    pub architecture: String,
+    /// Tensors written.
+    pub tensors: usize,
+    /// The pre-tokenizer name written.
+    pub pre: String,
+}
+
+/// The GGUF name of a Hugging Face tensor (the inverse of llama.cpp's `tensor_mapping.py` for the
+/// architectures lora exports).
+pub fn gguf_tensor_name(hf: &str) -> Option<String> {
+    match hf {
+        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
+        "model.norm.weight" => return Some("output_norm.weight".into()),
+        "lm_head.weight" => return Some("output.weight".into()),
+        _ => {}
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, module) = rest.split_once('.')?;
+    layer.parse::<usize>().ok()?;
+    let (module, kind) = module.rsplit_once('.')?;
+    let g = match module {
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "self_attn.q_norm" => "attn_q_norm",
+        "self_attn.k_norm" => "attn_k_norm",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{g}.{kind}"))
+}
+
+/// llama.cpp's name for a `tokenizer.json` pre-tokenizer, recognised by its structure.
+fn pre_name(pre: &Json) -> Option<&'static str> {
+    let byte_level = |j: &Json| j["type"] == "ByteLevel";
+    match pre["type"].as_str()? {
+        "ByteLevel" if pre["use_regex"].as_bool().unwrap_or(true) => Some("gpt-2"),
+        "Sequence" => {
+            let parts = pre["pretokenizers"].as_array()?;
+            match parts.as_slice() {
+                [d, b] if d["type"] == "Digits" && d["individual_digits"] == true && byte_level(b) => Some("smollm"),
+                [s, b] if s["type"] == "Split" && byte_level(b) => {
+                    let re = s["pattern"]["Regex"].as_str()?;
+                    if re.contains(r"\p{N}{1,3}") {
+                        Some("llama-bpe")
+                    } else if re.contains(r"|\p{N}|") || re.contains(r"|\p{N}| ") {
+                        Some("qwen2")
+                    } else {
+                        None
+                    }
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+fn read_json(path: &Path) -> Result<Option<Json>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| MergeError::io(path, e))?;
+    serde_json::from_str(&text).map(Some).map_err(|e| MergeError::Json { path: path.to_path_buf(), source: e })
+}
+
+/// The `tokenizer.*` metadata of a folder's `tokenizer.json` and `tokenizer_config.json`.
+fn tokenizer_metadata(dir: &Path, cfg: &Json, vocab_size: usize) -> Result<(Vec<(String, Value)>, String)> {
+    let path = dir.join("tokenizer.json");
+    let tok = read_json(&path)?
+        .ok_or_else(|| MergeError::folder(dir, "no tokenizer.json; a GGUF model carries its tokenizer"))?;
+    let bad = |m: String| MergeError::folder(&path, m);
+    if tok["model"]["type"] != "BPE" || tok["model"]["byte_fallback"] == true {
+        return Err(bad(format!(
+            "the tokenizer is {} (byte_fallback {}); lora exports byte-level BPE tokenizers only",
+            tok["model"]["type"], tok["model"]["byte_fallback"]
+        )));
+    }
+    let pre = pre_name(&tok["pre_tokenizer"]).ok_or_else(|| {
+        bad(format!("unknown pre-tokenizer {}; lora knows gpt-2, smollm, llama-bpe and qwen2", tok["pre_tokenizer"]))
+    })?;
+    let mut tokens: Vec<Option<String>> = vec![None; vocab_size];
+    let mut types = vec![1i32; vocab_size];
+    let vocab = tok["model"]["vocab"].as_object().ok_or_else(|| bad("model.vocab is not an object".into()))?;
+    let mut put = |id: usize, t: &str, ty: i32| -> Result<()> {
+        let slot =
+            tokens.get_mut(id).ok_or_else(|| bad(format!("token id {id} is outside vocab_size {vocab_size}")))?;
+        *slot = Some(t.to_string());
+        types[id] = ty;
+        Ok(())
+    };
+    for (t, id) in vocab {
+        put(id.as_u64().unwrap_or(u64::MAX) as usize, t, 1)?;
+    }
+    for a in tok["added_tokens"].as_array().into_iter().flatten() {
+        let ty = if a["special"] == true { 3 } else { 4 };
+        put(a["id"].as_u64().unwrap_or(u64::MAX) as usize, a["content"].as_str().unwrap_or_default(), ty)?;
+    }
+    // Ids the tokenizer does not use are padding, as the converter writes them.
+    let tokens: Vec<Value> =
+        tokens.into_iter().enumerate().map(|(i, t)| Value::String(t.unwrap_or_else(|| format!("[PAD{i}]")))).collect();
+    for (i, t) in tokens.iter().enumerate() {
+        if t.as_str().is_some_and(|s| s == format!("[PAD{i}]")) {
+            types[i] = 5; // unused
+        }
+    }
+    let merges: Vec<Value> = tok["model"]["merges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| match m {
+            Json::String(s) => Value::String(s.clone()),
+            Json::Array(p) => Value::String(format!("{} {}", p[0].as_str().unwrap_or(""), p[1].as_str().unwrap_or(""))),
+            _ => Value::String(String::new()),
+        })
+        .collect();
+    let tcfg = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Json::Null);
+    let id_of = |key: &str| -> Option<u32> {
+        let content = match &tcfg[key] {
+            Json::String(s) => Some(s.clone()),
+            Json::Object(o) => o.get("content").and_then(Json::as_str).map(str::to_string),
+            _ => None,
+        }?;
+        vocab.get(&content).and_then(Json::as_u64).map(|v| v as u32).or_else(|| {
+            tok["added_tokens"].as_array()?.iter().find(|a| a["content"] == content.as_str())?["id"]
+                .as_u64()
+                .map(|v| v as u32)
+        })
+    };
+    let first = |v: &Json| v.as_u64().or_else(|| v.as_array()?.first()?.as_u64()).map(|v| v as u32);
+    let bos = first(&cfg["bos_token_id"]).or_else(|| id_of("bos_token"));
+    let eos = id_of("eos_token").or_else(|| first(&cfg["eos_token_id"]));
+    let pad = id_of("pad_token").or_else(|| first(&cfg["pad_token_id"]));
+    let add_bos = tcfg["add_bos_token"].as_bool().unwrap_or_else(|| {
+        tok["post_processor"]["single"].as_array().is_some_and(|s| s.iter().any(|p| p.get("SpecialToken").is_some()))
+    });
+    let mut kv = vec![
+        ("tokenizer.ggml.model".to_string(), Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre".to_string(), Value::String(pre.into())),
+        ("tokenizer.ggml.tokens".to_string(), Value::Array(8, tokens)),
+        ("tokenizer.ggml.token_type".to_string(), Value::Array(5, types.into_iter().map(Value::I32).collect())),
+        ("tokenizer.ggml.merges".to_string(), Value::Array(8, merges)),
+    ];
+    for (k, v) in [("bos_token_id", bos), ("eos_token_id", eos), ("padding_token_id", pad)] {
+        if let Some(v) = v {
+            kv.push((format!("tokenizer.ggml.{k}"), Value::U32(v)));
+        }
+    }
+    kv.push(("tokenizer.ggml.add_bos_token".into(), Value::Bool(add_bos)));
+    if let Some(t) = tcfg["chat_template"].as_str() {
+        kv.push(("tokenizer.chat_template".into(), Value::String(t.into())));
+    } else if let Ok(t) = std::fs::read_to_string(dir.join("chat_template.jinja")) {
+        kv.push(("tokenizer.chat_template".into(), Value::String(t)));
+    }
+    Ok((kv, pre.to_string()))
+}
+
+/// llama.cpp's per-frequency divisors for Llama 3.1's rotary schedule (`rope_freqs.weight`).
+fn llama3_rope_factors(cfg: &Json, rope: &Json, head_dim: usize) -> Option<Vec<f32>> {
+    let kind = rope.get("rope_type").or_else(|| rope.get("type")).and_then(Json::as_str)?;
+    if kind != "llama3" {
+        return None;
+    }
+    let num = |k: &str| rope[k].as_f64();
+    let theta = rope["rope_theta"].as_f64().or(cfg["rope_theta"].as_f64()).unwrap_or(10000.0);
+    let (factor, low, high, old) =
+        (num("factor")?, num("low_freq_factor")?, num("high_freq_factor")?, num("original_max_position_embeddings")?);
+    let (low_wavelen, high_wavelen) = (old / low, old / high);
+    Some(
+        (0..head_dim / 2)
+            .map(|i| {
+                let freq = 1.0 / theta.powf((2 * i) as f64 / head_dim as f64);
+                let wavelen = 2.0 * std::f64::consts::PI / freq;
+                let f = if wavelen < high_wavelen {
+                    1.0
+                } else if wavelen > low_wavelen {
+                    factor
+                } else {
+                    let smooth = (old / wavelen - low) / (high - low);
+                    1.0 / ((1.0 - smooth) / factor + smooth)
+                };
+                f as f32
+            })
+            .collect(),
+    )
+}
+
+/// Exports the model folder `dir` to `out` with 2-D weights as `ggml_type` (norms, biases and
+/// `rope_freqs` stay F32, as the converter writes them).
+pub fn export_model_gguf(dir: &Path, out: &Path, ggml_type: GgmlType, force: bool) -> Result<ModelExportReport> {
+    crate::safetensors::catch_read_failures(|| export_inner(dir, out, ggml_type, force))
+}
+
+fn export_inner(dir: &Path, out: &Path, ggml_type: GgmlType, force: bool) -> Result<ModelExportReport> {
+    if out.exists() && !force {
+        return Err(MergeError::OutputExists { path: out.to_path_buf() });
+    }
+    let model = ModelDir::open(dir)?;
+    let cfg = model.config().cloned().ok_or_else(|| MergeError::folder(dir, "no config.json"))?;
+    let arch = match cfg["model_type"].as_str().unwrap_or_default() {
+        "llama" | "mistral" => "llama",
+        "qwen2" => "qwen2",
+        "qwen3" => "qwen3",
+        other => {
+            return Err(MergeError::folder(
+                dir,
+                format!("model_type '{other}' cannot be exported (llama, mistral, qwen2, qwen3)"),
+            ));
+        }
+    };
+    let int =
+        |k: &str| cfg[k].as_u64().ok_or_else(|| MergeError::folder(dir, format!("config.json has no integer '{k}'")));
+    let (hidden, heads, layers, vocab) =
+        (int("hidden_size")?, int("num_attention_heads")?, int("num_hidden_layers")?, int("vocab_size")?);
+    let kv_heads = cfg["num_key_value_heads"].as_u64().unwrap_or(heads);
+    let head_dim = cfg["head_dim"].as_u64().unwrap_or(hidden / heads.max(1));
+    let rope = cfg
+        .get("rope_parameters")
+        .filter(|v| !v.is_null())
+        .or_else(|| cfg.get("rope_scaling").filter(|v| !v.is_null()));
+    let theta = rope.and_then(|r| r["rope_theta"].as_f64()).or(cfg["rope_theta"].as_f64()).unwrap_or(10000.0);
+    let file_type = match ggml_type {
+        GgmlType::F32 => 0,
+        GgmlType::F16 => 1,
+        GgmlType::Q8_0 => 7,
+        GgmlType::Bf16 => 32,
+        other => return Err(MergeError::Parameter(format!("exporting {} models is not supported", other.name()))),
+    };
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    let key = |k: &str| format!("{arch}.{k}");
+    let mut meta = vec![
+        ("general.architecture".to_string(), Value::String(arch.into())),
+        ("general.type".to_string(), Value::String("model".into())),
+        ("general.name".to_string(), Value::String(name)),
+        (key("block_count"), Value::U32(layers as u32)),
+        (key("context_length"), Value::U32(cfg["max_position_embeddings"].as_u64().unwrap_or(2048) as u32)),
+        (key("embedding_length"), Value::U32(hidden as u32)),
+        (key("feed_forward_length"), Value::U32(int("intermediate_size")? as u32)),
+        (key("attention.head_count"), Value::U32(heads as u32)),
+        (key("attention.head_count_kv"), Value::U32(kv_heads as u32)),
+        (key("rope.freq_base"), Value::F32(theta as f32)),
+        (key("attention.layer_norm_rms_epsilon"), Value::F32(cfg["rms_norm_eps"].as_f64().unwrap_or(1e-6) as f32)),
+    ];
+    if arch == "llama" {
+        // The converter writes these two for llama only.
+        meta.push((key("vocab_size"), Value::U32(vocab as u32)));
+        meta.push((key("rope.dimension_count"), Value::U32(head_dim as u32)));
+    }
+    if head_dim != hidden / heads.max(1) {
+        meta.push((key("attention.key_length"), Value::U32(head_dim as u32)));
+        meta.push((key("attention.value_length"), Value::U32(head_dim as u32)));
+    }
+    meta.push(("general.file_type".into(), Value::U32(file_type)));
+    meta.push(("general.quantization_version".into(), Value::U32(2)));
+    let (tok, pre) = tokenizer_metadata(dir, &cfg, vocab as usize)?;
+    meta.extend(tok);
+
+    // The tensors, planned: (GGUF name, HF name or none for rope_freqs, dims, type).
+    let tied = cfg["tie_word_embeddings"].as_bool().unwrap_or(false);
+    let mut plan: Vec<(String, Option<String>, Vec<u64>, GgmlType)> = Vec::new();
+    let factors = rope.and_then(|r| llama3_rope_factors(&cfg, r, head_dim as usize));
+    if let Some(f) = &factors {
+        plan.push(("rope_freqs.weight".into(), None, vec![f.len() as u64], GgmlType::F32));
+    }
+    for hf in model.names() {
+        if hf.ends_with("rotary_emb.inv_freq") || (tied && hf == "lm_head.weight") {
+            continue;
+        }
+        let g = gguf_tensor_name(hf)
+            .ok_or_else(|| MergeError::Mismatch(format!("{}: tensor '{hf}' has no GGUF name", dir.display())))?;
+        let info = model.require(hf)?.info;
+        let dims: Vec<u64> = info.shape.iter().rev().map(|&d| d as u64).collect();
+        let t = if dims.len() < 2 || (ggml_type == GgmlType::Q8_0 && dims[0] % 32 != 0) {
+            if dims.len() < 2 { GgmlType::F32 } else { GgmlType::F16 }
+        } else {
+            ggml_type
+        };
+        plan.push((g, Some(hf.to_string()), dims, t));
+    }
+    // Header with every offset known from the shapes, then the data tensor by tensor.
+    let outs: Vec<TensorOut> = plan
+        .iter()
+        .map(|(n, _, dims, t)| {
+            let numel: u64 = dims.iter().product();
+            TensorOut {
+                name: n.clone(),
+                dims: dims.clone(),
+                ggml_type: *t,
+                data: vec![0; t.bytes_of(numel as usize).unwrap_or(0)],
+            }
+        })
+        .collect();
+    let header_only = crate::gguf::encode_header(&meta, &outs)?;
+    let tmp = out.with_file_name(format!(
+        ".{}.partial",
+        out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    ));
+    let write = || -> Result<()> {
+        let f = File::create(&tmp).map_err(|e| MergeError::io(&tmp, e))?;
+        let mut w = BufWriter::new(f);
+        let io = |e| MergeError::io(&tmp, e);
+        w.write_all(&header_only.bytes).map_err(io)?;
+        let mut written = 0u64;
+        for ((gname, hf, dims, t), offset) in plan.iter().zip(&header_only.offsets) {
+            w.write_all(&vec![0u8; (offset - written) as usize]).map_err(io)?;
+            let mut values = match hf {
+                None => factors.clone().expect("planned"),
+                Some(hf) => {
+                    let src = Source::Mapped(model.require(hf)?);
+                    let mut v = vec![0f32; src.numel()];
+                    src.read(0, &mut v);
+                    src.release();
+                    v
+                }
+            };
+            if arch == "llama" && (gname.contains(".attn_q.") || gname.contains(".attn_k.")) {
+                let n = if gname.contains(".attn_q.") { heads } else { kv_heads } as usize;
+                let rows = *dims.last().expect("a dimension") as usize;
+                let cols = if dims.len() == 2 { dims[0] as usize } else { 1 };
+                values = permute_rows(&values, rows, cols, n);
+            }
+            let data = encode_values(&values, *t)?;
+            w.write_all(&data).map_err(io)?;
+            written = offset + data.len() as u64;
+        }
+        let end = header_only.data_len;
+        w.write_all(&vec![0u8; (end - written) as usize]).map_err(io)?;
+        w.into_inner().map_err(|e| io(e.into_error()))?.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, out).map_err(|e| MergeError::io(out, e))
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(ModelExportReport { out: out.to_path_buf(), architecture: arch.into(), tensors: plan.len(), pre })
+}
