@@ -71,6 +71,30 @@ pub fn permutes_qk(arch: &str) -> bool {
 
 /// The configuration of a GGUF model, resolved as a `config.json` of the same model would be.
 pub fn config(g: &GgufFile) -> Result<ModelConfig> {
+    let path = g.path().display().to_string();
+    let cfg = config_json(g)?;
+    let hf: HfConfig = serde_json::from_value(cfg).map_err(|e| CoreError::Gguf(format!("{path}: {e}")))?;
+    let mut config = ModelConfig::resolve(&hf).map_err(|m| CoreError::Gguf(format!("{path}: {m}")))?;
+    if let Some(t) = g.tensor("rope_freqs.weight") {
+        // Llama 3.1-style scaling is stored as llama.cpp's per-frequency divisors; the original
+        // parameters are gone, and the divisors are what llama.cpp computes with.
+        let factors = g.to_f32(t).map_err(|e| CoreError::Gguf(e.to_string()))?;
+        if factors.len() != config.head_dim / 2 {
+            return Err(CoreError::Gguf(format!(
+                "{path}: rope_freqs.weight has {} values; head_dim {} needs {}",
+                factors.len(),
+                config.head_dim,
+                config.head_dim / 2
+            )));
+        }
+        config.rope_scaling = RopeScaling::Factors(factors);
+    }
+    Ok(config)
+}
+
+/// The `config.json` (Hugging Face's keys) of a GGUF model, without `rope_freqs` (which config.json
+/// cannot express).
+pub fn config_json(g: &GgufFile) -> Result<Json> {
     let arch = architecture(g)?;
     let path = g.path().display().to_string();
     let key = |k: &str| format!("{arch}.{k}");
@@ -132,23 +156,7 @@ pub fn config(g: &GgufFile) -> Result<ModelConfig> {
             obj.insert(k.into(), Json::from(id));
         }
     }
-    let hf: HfConfig = serde_json::from_value(cfg).map_err(|e| CoreError::Gguf(format!("{path}: {e}")))?;
-    let mut config = ModelConfig::resolve(&hf).map_err(|m| CoreError::Gguf(format!("{path}: {m}")))?;
-    if let Some(t) = g.tensor("rope_freqs.weight") {
-        // Llama 3.1-style scaling is stored as llama.cpp's per-frequency divisors; the original
-        // parameters are gone, and the divisors are what llama.cpp computes with.
-        let factors = g.to_f32(t).map_err(|e| CoreError::Gguf(e.to_string()))?;
-        if factors.len() != config.head_dim / 2 {
-            return Err(CoreError::Gguf(format!(
-                "{path}: rope_freqs.weight has {} values; head_dim {} needs {}",
-                factors.len(),
-                config.head_dim,
-                config.head_dim / 2
-            )));
-        }
-        config.rope_scaling = RopeScaling::Factors(factors);
-    }
-    Ok(config)
+    Ok(cfg)
 }
 
 /// Undoes the converter's permutation of q/k rows: the GGUF row `h·hd + 2j + s` holds the Hugging Face

@@ -19,6 +19,7 @@ pub mod eval;
 pub mod frozen_matmul;
 pub mod generate;
 pub mod gguf_model;
+pub mod gguf_to_folder;
 pub mod gguf_tokenizer;
 pub mod host;
 pub mod kv_cache;

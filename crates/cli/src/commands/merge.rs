@@ -80,13 +80,31 @@ pub fn run(a: Args) -> Result<()> {
     if adapters.is_empty() {
         bail!("give at least one ADAPTER folder after BASE {}", base.display());
     }
-    if crate::model_args::is_gguf_file(base) {
-        bail!(
-            "{}: merging into a GGUF base is not supported yet; merge into the Hugging Face folder it came \
-             from, or keep the adapter separate for llama.cpp / Ollama with `lora export`",
-            base.display()
-        );
+    // A GGUF base is written out as a Hugging Face folder (f32, dequantized) beside OUT, folded into,
+    // and removed.
+    let gguf_tmp = crate::model_args::is_gguf_file(base).then(|| {
+        let name = a.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        a.out.with_file_name(format!(".{name}.gguf-base"))
+    });
+    if let Some(tmp) = &gguf_tmp {
+        if a.out.exists() && !a.force {
+            bail!("{}: the output folder exists; pass --force to replace it", a.out.display());
+        }
+        let _ = std::fs::remove_dir_all(tmp);
+        if let Err(e) = lora_core::gguf_to_folder::gguf_to_folder(base, tmp) {
+            let _ = std::fs::remove_dir_all(tmp);
+            return Err(e.into());
+        }
+        eprintln!("base: {} read as a Hugging Face folder (dequantized to f32) for the fold", base.display());
     }
+    let result = fold_into(&a, gguf_tmp.as_deref().unwrap_or(base), adapters, shard_size, started);
+    if let Some(tmp) = &gguf_tmp {
+        let _ = std::fs::remove_dir_all(tmp);
+    }
+    result
+}
+
+fn fold_into(a: &Args, base: &std::path::Path, adapters: &[PathBuf], shard_size: u64, started: Instant) -> Result<()> {
     // The model core's checks of the base's configuration, so that a merge refuses what no command
     // could load (a missing or inconsistent config.json, an architecture lora does not run).
     let config = base.join("config.json");
@@ -109,7 +127,7 @@ pub fn run(a: Args) -> Result<()> {
         .map(|s| DType::from_user(s).with_context(|| format!("--dtype '{s}': use f32, f16 or bf16")))
         .transpose()?;
     let opts = FoldOptions {
-        weights: a.weights,
+        weights: a.weights.clone(),
         dtype,
         shard_size,
         allow_nonfinite: a.allow_nonfinite,

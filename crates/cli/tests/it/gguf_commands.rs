@@ -111,3 +111,44 @@ fn export_a_model_folder_to_gguf_and_run_it() {
     let o = lora(&["export", s(&folder), "-o", s(&file)]);
     assert_user_error(&o, "--force");
 }
+
+/// A GGUF base merges as the folder it came from: the folded weights are the same.
+#[test]
+fn merge_into_a_gguf_base_equals_merging_into_its_folder() {
+    let d = temp_dir("gguf-merge");
+    let recipe = root().join("recipes/tiny.toml");
+    let run = d.join("run");
+    let folder = fixtures().join("models/qwen2");
+    let o = lora(&[
+        "train",
+        s(&recipe),
+        "--set",
+        &format!("output.dir=\"{}\"", run.display()),
+        "--set",
+        &format!("model.base=\"{}\"", folder.display()),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (a, b) = (d.join("from-gguf"), d.join("from-folder"));
+    let o = lora(&["merge", s(&gguf("qwen2-f32.gguf")), s(&run), "-o", s(&a)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!d.join(".from-gguf.gguf-base").exists(), "the temporary folder stays behind");
+    let o = lora(&["merge", s(&folder), s(&run), "-o", s(&b), "--dtype", "f32"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (ma, mb) = (lora_merge::ModelDir::open(&a).unwrap(), lora_merge::ModelDir::open(&b).unwrap());
+    let names: Vec<&str> = mb.names().collect();
+    assert_eq!(ma.names().collect::<Vec<_>>(), names);
+    for n in names {
+        let (ta, tb) = (ma.get(n).unwrap(), mb.get(n).unwrap());
+        let decode = |t: &lora_merge::model_dir::TensorRef<'_>| {
+            let mut v = vec![0f32; t.info.numel()];
+            lora_merge::dtype::decode_f32(t.bytes(), t.info.dtype, &mut v);
+            v
+        };
+        let (va, vb) = (decode(&ta), decode(&tb));
+        let diff = va.iter().zip(&vb).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(diff <= 1e-6, "{n}: {diff}");
+    }
+    // The merged folder runs.
+    let o = lora(&["generate", "--model", s(&a), "--prompt", "In the beginning", "--max-new-tokens", "4"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}

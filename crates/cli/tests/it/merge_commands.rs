@@ -236,7 +236,7 @@ fn merges_refuse_bases_and_adapters_the_model_core_refuses() {
     std::fs::write(r0.join("adapter_config.json"), cfg.to_string()).unwrap();
     assert_user_error(&run(&fx.join("models/llama"), &r0, "o4"), "adapter_config.json: r must be at least 1");
     let gguf = fx.join("gguf/llama-f32.gguf");
-    assert_user_error(&run(&gguf, &adapter, "o7"), "merging into a GGUF base is not supported yet");
+    assert_user_error(&run(&gguf, &adapter, "o7"), "rope_freqs, which config.json cannot express");
     for o in ["o1", "o2", "o3", "o4", "o7"] {
         assert!(!d.join(o).exists(), "{o} was written");
     }
