@@ -13,6 +13,10 @@
 //! gradients against it. Every base weight goes through here, f32 included: saving nothing of x
 //! also makes the f32 path lighter than burn's own matmul under autodiff.
 
+// burn-ndarray (the `ndarray` feature, kept for benchmarks) is deprecated in burn 0.22; the extension
+// still routes to it so that that feature keeps working.
+#![allow(deprecated)]
+
 use std::sync::Arc;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
