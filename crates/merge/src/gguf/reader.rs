@@ -141,7 +141,8 @@ impl<'a> Cursor<'a> {
                 if n > (self.bytes.len() - self.at) as u64 {
                     return Err(format!("{}: an array of {n} elements cannot fit in the file", what()));
                 }
-                let mut items = Vec::with_capacity(n as usize);
+                // Capacity grows with what is actually read, not with the claimed count.
+                let mut items = Vec::with_capacity((n as usize).min(1 << 16));
                 for _ in 0..n {
                     items.push(self.value(elem, depth + 1, what)?);
                 }
@@ -188,7 +189,7 @@ impl GgufFile {
                 "header claims {n_tensors} tensors and {n_kv} metadata entries; the file is too small"
             ));
         }
-        let mut metadata = Vec::with_capacity(n_kv as usize);
+        let mut metadata = Vec::with_capacity((n_kv as usize).min(1 << 12));
         let mut seen = std::collections::BTreeSet::new();
         for i in 0..n_kv {
             let key = c.string(&|| format!("the key of metadata entry {i}"))?;
@@ -207,7 +208,7 @@ impl GgufFile {
                 _ => return Err(format!("general.alignment must be a power of two, found {v}")),
             },
         };
-        let mut tensors = Vec::with_capacity(n_tensors as usize);
+        let mut tensors = Vec::with_capacity((n_tensors as usize).min(1 << 12));
         for i in 0..n_tensors {
             let name = c.string(&|| format!("the name of tensor {i}"))?;
             let what = || format!("tensor '{name}'");

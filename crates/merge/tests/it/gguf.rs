@@ -293,3 +293,57 @@ fn model_export_equals_convert_hf_to_gguf() {
             .unwrap_err();
     assert!(e.to_string().contains("--force"), "{e}");
 }
+
+/// Seeded random corruption of real files (flipped bytes, truncation, huge counts): opening and
+/// reading every tensor returns an error or values, never a panic.
+#[test]
+fn corrupted_gguf_files_never_panic() {
+    let d = temp_dir("gguf-corrupt");
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state >> 33
+    };
+    let mut opened = 0;
+    for name in ["aligned.gguf", "quants.gguf", "adapter-qv.gguf"] {
+        let original = std::fs::read(gguf_fixtures().join(name)).unwrap();
+        for case in 0..300 {
+            let mut bytes = original.clone();
+            match case % 3 {
+                0 => {
+                    // A few random bytes anywhere, most often in the header.
+                    for _ in 0..1 + next() % 4 {
+                        let limit = if next() % 4 == 0 { bytes.len() } else { bytes.len().min(2048) };
+                        let i = next() as usize % limit;
+                        bytes[i] = next() as u8;
+                    }
+                }
+                1 => bytes.truncate(next() as usize % bytes.len()),
+                _ => {
+                    // A count or length field set to something huge.
+                    let i = 8 + (next() as usize % 64) * 8 % bytes.len().min(1024);
+                    let end = (i + 8).min(bytes.len());
+                    bytes[i..end].copy_from_slice(&u64::MAX.to_le_bytes()[..end - i]);
+                }
+            }
+            let p = d.join("x.gguf");
+            std::fs::write(&p, &bytes).unwrap();
+            let result = std::panic::catch_unwind(|| {
+                if let Ok(g) = GgufFile::open(&p) {
+                    for t in &g.tensors {
+                        let _ = g.to_f32(t);
+                    }
+                    true
+                } else {
+                    false
+                }
+            });
+            match result {
+                Ok(true) => opened += 1,
+                Ok(false) => {}
+                Err(_) => panic!("{name} case {case}: reading a corrupted file panicked"),
+            }
+        }
+    }
+    assert!(opened > 0, "some corruptions (in tensor data) still open");
+}
