@@ -92,9 +92,20 @@ pub fn gguf_to_folder(path: &Path, dir: &Path) -> Result<()> {
                 lora_merge::gguf::GgmlType::name_of_id(t.type_id)
             )));
         }
-        let hf = hf_name(&t.name).ok_or_else(|| {
-            CoreError::Gguf(format!("{}: tensor '{}' has no Hugging Face name", path.display(), t.name))
-        })?;
+        let hf = hf_name(&t.name)
+            .filter(|hf| crate::gguf_model::gguf_name(hf).as_deref() == Some(t.name.as_str()))
+            .ok_or_else(|| {
+                CoreError::Gguf(format!("{}: tensor '{}' has no Hugging Face name", path.display(), t.name))
+            })?;
+        let qk = t.name.contains(".attn_q.") || t.name.contains(".attn_k.");
+        if t.dims.is_empty() || (qk && t.name.ends_with(".weight") && t.dims.len() != 2) {
+            return Err(CoreError::Gguf(format!(
+                "{}: tensor '{}' has dimensions {:?}",
+                path.display(),
+                t.name,
+                t.dims
+            )));
+        }
         names.push((hf, t.shape()));
     }
     let weights = Weights::open_gguf(file, &config)?;

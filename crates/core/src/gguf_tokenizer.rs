@@ -53,7 +53,11 @@ pub fn tokenizer_json(g: &GgufFile) -> Result<(Json, Option<u32>, Option<u32>, O
              model's tokenizer.json beside the file"
         ));
     }
-    let pre = pre_tokenizer(s("tokenizer.ggml.pre").unwrap_or("default"))?;
+    let pre_name = s("tokenizer.ggml.pre").unwrap_or("default");
+    let pre = pre_tokenizer(pre_name)?;
+    // Llama 3's tokenizer looks whole words up before merging (tokenizer.json `ignore_merges`), and
+    // llama.cpp adds BOS for it when the file does not say.
+    let llama3 = ["llama-bpe", "llama3", "smaug-bpe"].contains(&pre_name);
     let tokens: Vec<&str> = g
         .get("tokenizer.ggml.tokens")
         .and_then(Value::as_array)
@@ -66,10 +70,10 @@ pub fn tokenizer_json(g: &GgufFile) -> Result<(Json, Option<u32>, Option<u32>, O
         None => vec![1; tokens.len()],
     };
     let merges: Vec<&str> = match g.get("tokenizer.ggml.merges").and_then(Value::as_array) {
-        Some(m) => {
+        Some(m) if !m.is_empty() => {
             m.iter().map(|v| v.as_str().ok_or("tokenizer.ggml.merges holds a non-string")).collect::<Result<_, _>>()?
         }
-        None => Vec::new(),
+        _ => return Err("no tokenizer.ggml.merges (a BPE tokenizer needs them, as llama.cpp says too)".into()),
     };
     let id = |k: &str| g.get(&format!("tokenizer.ggml.{k}")).and_then(Value::as_u64).map(|v| v as u32);
     let (bos, eos, pad) = (id("bos_token_id"), id("eos_token_id"), id("padding_token_id"));
@@ -84,7 +88,7 @@ pub fn tokenizer_json(g: &GgufFile) -> Result<(Json, Option<u32>, Option<u32>, O
                                "normalized": false, "special": ty == 3 }));
         }
     }
-    let add_bos = g.get("tokenizer.ggml.add_bos_token").and_then(Value::as_bool).unwrap_or(false);
+    let add_bos = g.get("tokenizer.ggml.add_bos_token").and_then(Value::as_bool).unwrap_or(llama3);
     let post = match (add_bos, bos) {
         (true, Some(b)) => {
             let b_tok = tokens.get(b as usize).ok_or_else(|| format!("bos_token_id {b} is outside the vocabulary"))?;
@@ -106,7 +110,7 @@ pub fn tokenizer_json(g: &GgufFile) -> Result<(Json, Option<u32>, Option<u32>, O
         "post_processor": post,
         "decoder": { "type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true },
         "model": { "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-                   "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                   "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": llama3,
                    "vocab": vocab, "merges": merges },
     });
     let template = s("tokenizer.chat_template").map(str::to_string);

@@ -136,14 +136,19 @@ fn tokenizer_metadata(dir: &Path, cfg: &Json, vocab_size: usize) -> Result<(Vec<
     }
     let merges: Vec<Value> = tok["model"]["merges"]
         .as_array()
-        .into_iter()
-        .flatten()
-        .map(|m| match m {
-            Json::String(s) => Value::String(s.clone()),
-            Json::Array(p) => Value::String(format!("{} {}", p[0].as_str().unwrap_or(""), p[1].as_str().unwrap_or(""))),
-            _ => Value::String(String::new()),
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| bad("model.merges is missing or empty; a BPE tokenizer needs its merges".into()))?
+        .iter()
+        .enumerate()
+        .map(|(i, m)| match m {
+            Json::String(s) => Ok(Value::String(s.clone())),
+            Json::Array(p) => match p.as_slice() {
+                [Json::String(a), Json::String(b)] => Ok(Value::String(format!("{a} {b}"))),
+                _ => Err(bad(format!("model.merges[{i}] is not a pair of strings"))),
+            },
+            _ => Err(bad(format!("model.merges[{i}] is neither a string nor a pair"))),
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let tcfg = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Json::Null);
     let id_of = |key: &str| -> Option<u32> {
         let content = match &tcfg[key] {
@@ -288,7 +293,21 @@ fn export_inner(dir: &Path, out: &Path, ggml_type: GgmlType, force: bool) -> Res
     // The tensors, planned: (GGUF name, HF name or none for rope_freqs, dims, type).
     let tied = cfg["tie_word_embeddings"].as_bool().unwrap_or(false);
     let mut plan: Vec<(String, Option<String>, Vec<u64>, GgmlType)> = Vec::new();
+    if let Some(r) = rope {
+        let kind = r.get("rope_type").or_else(|| r.get("type")).and_then(Json::as_str).unwrap_or("default");
+        if !["default", "llama3"].contains(&kind) {
+            return Err(MergeError::folder(dir, format!("rope type '{kind}' cannot be exported (default, llama3)")));
+        }
+    }
     let factors = rope.and_then(|r| llama3_rope_factors(&cfg, r, head_dim as usize));
+    if rope.is_some_and(|r| r.get("rope_type").or_else(|| r.get("type")).and_then(Json::as_str) == Some("llama3"))
+        && factors.is_none()
+    {
+        return Err(MergeError::folder(
+            dir,
+            "llama3 rope scaling lacks factor, low/high_freq_factor or original_max_position_embeddings",
+        ));
+    }
     if let Some(f) = &factors {
         plan.push(("rope_freqs.weight".into(), None, vec![f.len() as u64], GgmlType::F32));
     }
@@ -350,6 +369,13 @@ fn export_inner(dir: &Path, out: &Path, ggml_type: GgmlType, force: bool) -> Res
                 values = permute_rows(&values, rows, cols, n);
             }
             let data = encode_values(&values, *t)?;
+            let planned = t.bytes_of(dims.iter().product::<u64>() as usize);
+            if planned != Some(data.len()) || *offset < written {
+                return Err(MergeError::Mismatch(format!(
+                    "tensor '{gname}': {} bytes encoded, {planned:?} planned",
+                    data.len()
+                )));
+            }
             w.write_all(&data).map_err(io)?;
             written = offset + data.len() as u64;
         }
@@ -358,7 +384,8 @@ fn export_inner(dir: &Path, out: &Path, ggml_type: GgmlType, force: bool) -> Res
         w.into_inner().map_err(|e| io(e.into_error()))?.sync_all().map_err(io)?;
         std::fs::rename(&tmp, out).map_err(|e| MergeError::io(out, e))
     };
-    if let Err(e) = write() {
+    // A read failure inside a tensor surfaces as a panic caught here, so the partial file is removed too.
+    if let Err(e) = crate::safetensors::catch_read_failures(write) {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }

@@ -86,6 +86,16 @@ pub fn run(a: Args) -> Result<()> {
         let name = a.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         a.out.with_file_name(format!(".{name}.gguf-base"))
     });
+    // Removes the temporary folder however the merge ends (errors and panics included).
+    struct Cleanup(Option<PathBuf>);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            if let Some(p) = &self.0 {
+                let _ = std::fs::remove_dir_all(p);
+            }
+        }
+    }
+    let _cleanup = Cleanup(gguf_tmp.clone());
     if let Some(tmp) = &gguf_tmp {
         if a.out.exists() && !a.force {
             bail!("{}: the output folder exists; pass --force to replace it", a.out.display());
@@ -97,14 +107,33 @@ pub fn run(a: Args) -> Result<()> {
         }
         eprintln!("base: {} read as a Hugging Face folder (dequantized to f32) for the fold", base.display());
     }
-    let result = fold_into(&a, gguf_tmp.as_deref().unwrap_or(base), adapters, shard_size, started);
+    // The merged folder of a GGUF base defaults to the file's own precision (f32 for F32 files, f16 for
+    // F16, bf16 for BF16 and quantized ones), not to the f32 of the dequantized dump.
+    let gguf_dtype = gguf_tmp.as_ref().map(|_| {
+        let file_type = lora_merge::gguf::GgufFile::open(base)
+            .ok()
+            .and_then(|g| g.get("general.file_type").and_then(lora_merge::gguf::Value::as_u64));
+        match file_type {
+            Some(0) => DType::F32,
+            Some(1) => DType::F16,
+            _ => DType::BF16,
+        }
+    });
+    let result = fold_into(&a, gguf_tmp.as_deref().unwrap_or(base), adapters, shard_size, started, gguf_dtype);
     if let Some(tmp) = &gguf_tmp {
         let _ = std::fs::remove_dir_all(tmp);
     }
     result
 }
 
-fn fold_into(a: &Args, base: &std::path::Path, adapters: &[PathBuf], shard_size: u64, started: Instant) -> Result<()> {
+fn fold_into(
+    a: &Args,
+    base: &std::path::Path,
+    adapters: &[PathBuf],
+    shard_size: u64,
+    started: Instant,
+    default_dtype: Option<DType>,
+) -> Result<()> {
     // The model core's checks of the base's configuration, so that a merge refuses what no command
     // could load (a missing or inconsistent config.json, an architecture lora does not run).
     let config = base.join("config.json");
@@ -125,7 +154,8 @@ fn fold_into(a: &Args, base: &std::path::Path, adapters: &[PathBuf], shard_size:
         .dtype
         .as_deref()
         .map(|s| DType::from_user(s).with_context(|| format!("--dtype '{s}': use f32, f16 or bf16")))
-        .transpose()?;
+        .transpose()?
+        .or(default_dtype);
     let opts = FoldOptions {
         weights: a.weights.clone(),
         dtype,

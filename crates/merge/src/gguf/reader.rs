@@ -222,6 +222,11 @@ impl GgufFile {
             tensors.push(TensorInfo { name, dims, type_id, offset });
         }
         let data_start = (c.at as u64).div_ceil(alignment) * alignment;
+        if data_start > room && !tensors.is_empty() {
+            return Err(format!(
+                "the data section starts at byte {data_start}, past the end of the file ({room} bytes; truncated?)"
+            ));
+        }
         let data_len = room.saturating_sub(data_start);
         let mut names = std::collections::BTreeSet::new();
         for t in &tensors {
@@ -287,7 +292,9 @@ impl GgufFile {
         })?;
         let size = ty.bytes_of(t.numel() as usize).expect("checked in open");
         let start = (self.data_start + t.offset) as usize;
-        Ok(&self.mmap[start..start + size])
+        self.mmap
+            .get(start..start + size)
+            .ok_or_else(|| MergeError::gguf(&self.path, format!("tensor '{}' lies outside the file", t.name)))
     }
 
     /// A tensor dequantized to f32 (row-major, outermost dimension first).
