@@ -207,6 +207,16 @@ pub struct GgufLoraModule {
 
 /// A llama.cpp LoRA adapter (`general.type = adapter`, `adapter.type = lora`): its alpha and modules.
 pub fn read_lora_adapter(g: &GgufFile, heads: usize, kv_heads: usize) -> Result<(f32, Vec<GgufLoraModule>)> {
+    read_lora_adapter_for(g, heads, kv_heads, None)
+}
+
+/// [`read_lora_adapter`], checking that the adapter was made for the `base_arch` GGUF architecture.
+pub fn read_lora_adapter_for(
+    g: &GgufFile,
+    heads: usize,
+    kv_heads: usize,
+    base_arch: Option<&str>,
+) -> Result<(f32, Vec<GgufLoraModule>)> {
     let path = g.path().display().to_string();
     let s = |k: &str| g.get(k).and_then(Value::as_str);
     if s("general.type") != Some("adapter") || s("adapter.type") != Some("lora") {
@@ -220,7 +230,14 @@ pub fn read_lora_adapter(g: &GgufFile, heads: usize, kv_heads: usize) -> Result<
         .get("adapter.lora.alpha")
         .and_then(Value::as_f64)
         .ok_or_else(|| CoreError::Gguf(format!("{path}: no adapter.lora.alpha")))? as f32;
-    let permuted = s("general.architecture").is_some_and(permutes_qk);
+    let arch =
+        s("general.architecture").ok_or_else(|| CoreError::Gguf(format!("{path}: no general.architecture key")))?;
+    if let Some(base) = base_arch
+        && base != arch
+    {
+        return Err(CoreError::Gguf(format!("{path}: an adapter for '{arch}' models, not for this '{base}' model")));
+    }
+    let permuted = permutes_qk(arch);
     let mut modules = Vec::new();
     for t in &g.tensors {
         let Some(base) = t.name.strip_suffix(".lora_a") else { continue };

@@ -26,6 +26,8 @@ pub struct BaseInfo {
     pub heads: usize,
     /// Key/value heads.
     pub kv_heads: usize,
+    /// The head shares the embedding matrix (llama.cpp then has no `output.weight` to adapt).
+    pub tied: bool,
 }
 
 impl BaseInfo {
@@ -41,7 +43,8 @@ impl BaseInfo {
             let int = |k: &str| g.get(&format!("{arch}.{k}")).and_then(Value::as_u64).map(|v| v as usize);
             let heads = int("attention.head_count").ok_or_else(|| MergeError::gguf(base, "no attention.head_count"))?;
             let kv_heads = int("attention.head_count_kv").unwrap_or(heads);
-            return Self::checked(base, arch, heads, kv_heads);
+            let tied = g.tensor("output.weight").is_none();
+            return Self::checked(base, arch, heads, kv_heads, tied);
         }
         let path = base.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(|e| MergeError::io(&path, e))?;
@@ -66,10 +69,11 @@ impl BaseInfo {
             .as_u64()
             .ok_or_else(|| MergeError::folder(&path, "no num_attention_heads"))? as usize;
         let kv_heads = cfg["num_key_value_heads"].as_u64().map_or(heads, |v| v as usize);
-        Self::checked(base, arch.to_string(), heads, kv_heads)
+        let tied = cfg["tie_word_embeddings"].as_bool().unwrap_or(false);
+        Self::checked(base, arch.to_string(), heads, kv_heads, tied)
     }
 
-    fn checked(base: &Path, architecture: String, heads: usize, kv_heads: usize) -> Result<Self> {
+    fn checked(base: &Path, architecture: String, heads: usize, kv_heads: usize, tied: bool) -> Result<Self> {
         if !["llama", "qwen2", "qwen3"].contains(&architecture.as_str()) {
             return Err(MergeError::gguf(
                 base,
@@ -79,7 +83,7 @@ impl BaseInfo {
         if heads == 0 || kv_heads == 0 {
             return Err(MergeError::folder(base, "attention head counts must be positive"));
         }
-        Ok(Self { architecture, heads, kv_heads })
+        Ok(Self { architecture, heads, kv_heads, tied })
     }
 }
 
@@ -143,8 +147,13 @@ fn export_inner(adapter_dir: &Path, base: &Path, out: &Path, ggml_type: GgmlType
             adapter_dir.display()
         )));
     }
-    let unmapped: Vec<&str> =
-        adapter.modules.values().filter(|m| gguf_module(&m.module).is_none()).map(|m| m.module.as_str()).collect();
+    // A tied head is the embedding matrix in llama.cpp: there is no `output.weight` to adapt.
+    let unmapped: Vec<&str> = adapter
+        .modules
+        .values()
+        .filter(|m| gguf_module(&m.module).is_none() || (info.tied && m.module == "lm_head"))
+        .map(|m| m.module.as_str())
+        .collect();
     if !unmapped.is_empty() {
         return Err(MergeError::Mismatch(format!(
             "{}: llama.cpp cannot apply LoRA to {}",

@@ -125,3 +125,12 @@ fn gguf_model_and_adapter_give_llama_cpps_logits() {
     let theirs = to_f32_vec(hf.forward(&batch, None).unwrap()).unwrap();
     assert!(max_abs_diff(&theirs, &golden_f32(&g, "logits.llama-f32+adapter-qv").0) <= 1e-4);
 }
+
+#[test]
+fn a_gguf_adapter_for_another_architecture_is_refused() {
+    let mut qwen = CausalLm::load_dir(model_dir("qwen2"), &default_device()).unwrap();
+    let e = lora_core::adapter::load_adapter(&mut qwen, &fixtures().join("gguf/adapter-qv.gguf"), 1.0, false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("an adapter for 'llama' models, not for this 'qwen2' model"), "{e}");
+}
