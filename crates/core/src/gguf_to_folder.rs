@@ -130,6 +130,18 @@ pub fn gguf_to_folder(path: &Path, dir: &Path) -> Result<()> {
     });
     cfg_json["torch_dtype"] = json!("float32");
     write("config.json", &cfg_json)?;
+    // The tokenizer the model is used with elsewhere (training, generate): a tokenizer.json beside the
+    // file when there is one, else the file's own.
+    let beside = path.parent().unwrap_or(Path::new("."));
+    if beside.join("tokenizer.json").is_file() {
+        for name in ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"] {
+            let from = beside.join(name);
+            if from.is_file() {
+                std::fs::copy(&from, dir.join(name)).map_err(|e| CoreError::io(&from, e))?;
+            }
+        }
+        return Ok(());
+    }
     write("tokenizer.json", &tok_json)?;
     let token = |id: Option<u32>| id.and_then(|i| tokens.get(i as usize)).cloned();
     let mut tcfg = json!({ "tokenizer_class": "PreTrainedTokenizerFast" });
