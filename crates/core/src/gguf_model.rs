@@ -17,36 +17,7 @@ const ARCHITECTURES: [(&str, &str); 3] =
     [("llama", "LlamaForCausalLM"), ("qwen2", "Qwen2ForCausalLM"), ("qwen3", "Qwen3ForCausalLM")];
 
 /// The GGUF name of a Hugging Face tensor name, or `None` for a name GGUF files do not hold.
-pub fn gguf_name(hf: &str) -> Option<String> {
-    let fixed = match hf {
-        "model.embed_tokens.weight" => Some("token_embd.weight"),
-        "model.norm.weight" => Some("output_norm.weight"),
-        "lm_head.weight" => Some("output.weight"),
-        _ => None,
-    };
-    if let Some(f) = fixed {
-        return Some(f.to_string());
-    }
-    let rest = hf.strip_prefix("model.layers.")?;
-    let (layer, module) = rest.split_once('.')?;
-    layer.parse::<usize>().ok()?;
-    let (module, kind) = module.rsplit_once('.')?;
-    let g = match module {
-        "input_layernorm" => "attn_norm",
-        "post_attention_layernorm" => "ffn_norm",
-        "self_attn.q_proj" => "attn_q",
-        "self_attn.k_proj" => "attn_k",
-        "self_attn.v_proj" => "attn_v",
-        "self_attn.o_proj" => "attn_output",
-        "self_attn.q_norm" => "attn_q_norm",
-        "self_attn.k_norm" => "attn_k_norm",
-        "mlp.gate_proj" => "ffn_gate",
-        "mlp.up_proj" => "ffn_up",
-        "mlp.down_proj" => "ffn_down",
-        _ => return None,
-    };
-    Some(format!("blk.{layer}.{g}.{kind}"))
-}
+pub use lora_merge::gguf::gguf_tensor_name as gguf_name;
 
 /// The GGUF architecture of a file (`general.architecture`).
 pub fn architecture(g: &GgufFile) -> Result<String> {
@@ -166,28 +137,6 @@ pub fn unpermute_rows(values: &[f32], rows: usize, cols: usize, heads: usize) ->
     lora_merge::rotary_rows(values, rows, cols, heads, false)
 }
 
-/// The Hugging Face module path of a llama.cpp weight name (`blk.3.attn_q.weight` →
-/// `model.layers.3.self_attn.q_proj`, `output.weight` → `lm_head`).
-pub fn hf_module(gguf_weight: &str) -> Option<String> {
-    if gguf_weight == "output.weight" {
-        return Some("lm_head".into());
-    }
-    let rest = gguf_weight.strip_prefix("blk.")?.strip_suffix(".weight")?;
-    let (layer, m) = rest.split_once('.')?;
-    layer.parse::<usize>().ok()?;
-    let hf = match m {
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        _ => return None,
-    };
-    Some(format!("model.layers.{layer}.{hf}"))
-}
-
 /// One module of a llama.cpp LoRA adapter, in PEFT's layout.
 #[derive(Debug, Clone)]
 pub struct GgufLoraModule {
@@ -241,7 +190,9 @@ pub fn read_lora_adapter_for(
     let mut modules = Vec::new();
     for t in &g.tensors {
         let Some(base) = t.name.strip_suffix(".lora_a") else { continue };
-        let module = hf_module(base)
+        let module = lora_merge::gguf::hf_tensor_name(base)
+            .and_then(|n| n.strip_suffix(".weight").map(str::to_string))
+            .filter(|m| lora_merge::gguf::is_linear_module(m))
             .ok_or_else(|| CoreError::Gguf(format!("{path}: tensor '{}' adapts no module lora knows", t.name)))?;
         let b_name = format!("{base}.lora_b");
         let tb = g.tensor(&b_name).ok_or_else(|| CoreError::Gguf(format!("{path}: '{}' has no {b_name}", t.name)))?;

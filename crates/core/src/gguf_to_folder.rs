@@ -37,29 +37,6 @@ impl View for Lazy<'_> {
     }
 }
 
-/// The Hugging Face name of a GGUF tensor name.
-fn hf_name(gguf: &str) -> Option<String> {
-    match gguf {
-        "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
-        "output_norm.weight" => return Some("model.norm.weight".into()),
-        "output.weight" => return Some("lm_head.weight".into()),
-        _ => {}
-    }
-    let rest = gguf.strip_prefix("blk.")?;
-    let (layer, m) = rest.split_once('.')?;
-    let (module, kind) = m.rsplit_once('.')?;
-    let hf = match module {
-        "attn_norm" => "input_layernorm",
-        "ffn_norm" => "post_attention_layernorm",
-        "attn_q_norm" => "self_attn.q_norm",
-        "attn_k_norm" => "self_attn.k_norm",
-        other => {
-            return crate::gguf_model::hf_module(&format!("blk.{layer}.{other}.weight")).map(|p| format!("{p}.{kind}"));
-        }
-    };
-    Some(format!("model.layers.{layer}.{hf}.{kind}"))
-}
-
 /// Writes the GGUF model at `path` as a Hugging Face folder `dir` (created; must not exist).
 pub fn gguf_to_folder(path: &Path, dir: &Path) -> Result<()> {
     let file = GgufFile::open(path).map_err(|e| CoreError::Gguf(e.to_string()))?;
@@ -92,11 +69,9 @@ pub fn gguf_to_folder(path: &Path, dir: &Path) -> Result<()> {
                 lora_merge::gguf::GgmlType::name_of_id(t.type_id)
             )));
         }
-        let hf = hf_name(&t.name)
-            .filter(|hf| crate::gguf_model::gguf_name(hf).as_deref() == Some(t.name.as_str()))
-            .ok_or_else(|| {
-                CoreError::Gguf(format!("{}: tensor '{}' has no Hugging Face name", path.display(), t.name))
-            })?;
+        let hf = lora_merge::gguf::hf_tensor_name(&t.name).ok_or_else(|| {
+            CoreError::Gguf(format!("{}: tensor '{}' has no Hugging Face name", path.display(), t.name))
+        })?;
         let qk = t.name.contains(".attn_q.") || t.name.contains(".attn_k.");
         if t.dims.is_empty() || (qk && t.name.ends_with(".weight") && t.dims.len() != 2) {
             return Err(CoreError::Gguf(format!(

@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 
 use crate::adapter::Adapter;
 use crate::error::{MergeError, Result};
-use crate::gguf::{GgmlType, GgufFile, TensorOut, Value, encode_values};
+use crate::gguf::{
+    GgmlType, GgufFile, TensorOut, Value, encode_values, gguf_architecture, gguf_module, is_linear_module,
+};
 
 /// What the export needs to know about the base.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,20 +53,12 @@ impl BaseInfo {
         let cfg: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| MergeError::Json { path: path.clone(), source: e })?;
         let model_type = cfg["model_type"].as_str().unwrap_or_default();
-        let arch = match model_type {
-            // llama.cpp runs Mistral (and Llama-architecture fine-tunes) as `llama`.
-            "llama" | "mistral" => "llama",
-            "qwen2" => "qwen2",
-            "qwen3" => "qwen3",
-            other => {
-                return Err(MergeError::folder(
-                    base,
-                    format!(
-                        "model_type '{other}' has no llama.cpp architecture lora can export to (llama, mistral, qwen2, qwen3)"
-                    ),
-                ));
-            }
-        };
+        let arch = gguf_architecture(model_type).ok_or_else(|| {
+            MergeError::folder(
+                base,
+                format!("model_type '{model_type}' has no llama.cpp architecture lora can export to (llama, mistral, qwen2, qwen3)"),
+            )
+        })?;
         let heads = cfg["num_attention_heads"]
             .as_u64()
             .ok_or_else(|| MergeError::folder(&path, "no num_attention_heads"))? as usize;
@@ -85,27 +79,6 @@ impl BaseInfo {
         }
         Ok(Self { architecture, heads, kv_heads, tied })
     }
-}
-
-/// The llama.cpp tensor of a PEFT module path, or `None` when llama.cpp has no such weight.
-pub fn gguf_module(module: &str) -> Option<String> {
-    if module == "lm_head" {
-        return Some("output".into());
-    }
-    let rest = module.strip_prefix("model.layers.")?;
-    let (layer, m) = rest.split_once('.')?;
-    layer.parse::<usize>().ok()?;
-    let g = match m {
-        "self_attn.q_proj" => "attn_q",
-        "self_attn.k_proj" => "attn_k",
-        "self_attn.v_proj" => "attn_v",
-        "self_attn.o_proj" => "attn_output",
-        "mlp.gate_proj" => "ffn_gate",
-        "mlp.up_proj" => "ffn_up",
-        "mlp.down_proj" => "ffn_down",
-        _ => return None,
-    };
-    Some(format!("blk.{layer}.{g}"))
 }
 
 /// What an export wrote.
@@ -151,7 +124,9 @@ fn export_inner(adapter_dir: &Path, base: &Path, out: &Path, ggml_type: GgmlType
     let unmapped: Vec<&str> = adapter
         .modules
         .values()
-        .filter(|m| gguf_module(&m.module).is_none() || (info.tied && m.module == "lm_head"))
+        .filter(|m| {
+            !is_linear_module(&m.module) || gguf_module(&m.module).is_none() || (info.tied && m.module == "lm_head")
+        })
         .map(|m| m.module.as_str())
         .collect();
     if !unmapped.is_empty() {

@@ -13,7 +13,7 @@ use serde_json::Value as Json;
 
 use crate::error::{MergeError, Result};
 use crate::export_gguf::permute_rows;
-use crate::gguf::{GgmlType, TensorOut, Value, encode_values};
+use crate::gguf::{GgmlType, TensorOut, Value, encode_values, gguf_architecture, gguf_tensor_name};
 use crate::model_dir::ModelDir;
 use crate::source::Source;
 
@@ -28,36 +28,6 @@ pub struct ModelExportReport {
     pub tensors: usize,
     /// The pre-tokenizer name written.
     pub pre: String,
-}
-
-/// The GGUF name of a Hugging Face tensor (the inverse of llama.cpp's `tensor_mapping.py` for the
-/// architectures lora exports).
-pub fn gguf_tensor_name(hf: &str) -> Option<String> {
-    match hf {
-        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
-        "model.norm.weight" => return Some("output_norm.weight".into()),
-        "lm_head.weight" => return Some("output.weight".into()),
-        _ => {}
-    }
-    let rest = hf.strip_prefix("model.layers.")?;
-    let (layer, module) = rest.split_once('.')?;
-    layer.parse::<usize>().ok()?;
-    let (module, kind) = module.rsplit_once('.')?;
-    let g = match module {
-        "input_layernorm" => "attn_norm",
-        "post_attention_layernorm" => "ffn_norm",
-        "self_attn.q_proj" => "attn_q",
-        "self_attn.k_proj" => "attn_k",
-        "self_attn.v_proj" => "attn_v",
-        "self_attn.o_proj" => "attn_output",
-        "self_attn.q_norm" => "attn_q_norm",
-        "self_attn.k_norm" => "attn_k_norm",
-        "mlp.gate_proj" => "ffn_gate",
-        "mlp.up_proj" => "ffn_up",
-        "mlp.down_proj" => "ffn_down",
-        _ => return None,
-    };
-    Some(format!("blk.{layer}.{g}.{kind}"))
 }
 
 /// llama.cpp's name for a `tokenizer.json` pre-tokenizer, recognised by its structure.
@@ -232,17 +202,10 @@ fn export_inner(dir: &Path, out: &Path, ggml_type: GgmlType, force: bool) -> Res
     }
     let model = ModelDir::open(dir)?;
     let cfg = model.config().cloned().ok_or_else(|| MergeError::folder(dir, "no config.json"))?;
-    let arch = match cfg["model_type"].as_str().unwrap_or_default() {
-        "llama" | "mistral" => "llama",
-        "qwen2" => "qwen2",
-        "qwen3" => "qwen3",
-        other => {
-            return Err(MergeError::folder(
-                dir,
-                format!("model_type '{other}' cannot be exported (llama, mistral, qwen2, qwen3)"),
-            ));
-        }
-    };
+    let model_type = cfg["model_type"].as_str().unwrap_or_default();
+    let arch = gguf_architecture(model_type).ok_or_else(|| {
+        MergeError::folder(dir, format!("model_type '{model_type}' cannot be exported (llama, mistral, qwen2, qwen3)"))
+    })?;
     let int =
         |k: &str| cfg[k].as_u64().ok_or_else(|| MergeError::folder(dir, format!("config.json has no integer '{k}'")));
     let (hidden, heads, layers, vocab) =

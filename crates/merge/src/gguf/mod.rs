@@ -4,12 +4,16 @@
 
 mod dequant;
 mod ggml_type;
+mod names;
 mod reader;
 mod value;
 mod writer;
 
 pub use dequant::dequantize;
 pub use ggml_type::GgmlType;
+pub use names::{
+    gguf_architecture, gguf_module, gguf_tensor_name, hf_module, hf_tensor_name, is_gguf_file, is_linear_module,
+};
 pub use reader::{DEFAULT_ALIGNMENT, GgufFile, TensorInfo};
 pub use value::Value;
 pub use writer::{HeaderPlan, TensorOut, encode, encode_header, encode_values, write};

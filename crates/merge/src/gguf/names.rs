@@ -1,0 +1,81 @@
+//! Hugging Face ↔ llama.cpp names of the tensors of the architectures lora reads and writes
+//! (llama.cpp's `gguf-py/gguf/tensor_mapping.py`), in one table used both ways, and the other
+//! names the two sides spell differently.
+
+use std::path::Path;
+
+/// Whole-model modules.
+const MODEL: [(&str, &str); 3] =
+    [("model.embed_tokens", "token_embd"), ("model.norm", "output_norm"), ("lm_head", "output")];
+
+/// Modules of decoder layer N (`model.layers.N.<hf>` ↔ `blk.N.<gguf>`).
+const LAYER: [(&str, &str); 11] = [
+    ("input_layernorm", "attn_norm"),
+    ("post_attention_layernorm", "ffn_norm"),
+    ("self_attn.q_proj", "attn_q"),
+    ("self_attn.k_proj", "attn_k"),
+    ("self_attn.v_proj", "attn_v"),
+    ("self_attn.o_proj", "attn_output"),
+    ("self_attn.q_norm", "attn_q_norm"),
+    ("self_attn.k_norm", "attn_k_norm"),
+    ("mlp.gate_proj", "ffn_gate"),
+    ("mlp.up_proj", "ffn_up"),
+    ("mlp.down_proj", "ffn_down"),
+];
+
+/// The linear layers a LoRA adapter can adapt, by Hugging Face module path.
+pub fn is_linear_module(hf_module: &str) -> bool {
+    hf_module == "lm_head"
+        || hf_module.strip_prefix("model.layers.").and_then(|r| r.split_once('.')).is_some_and(|(i, m)| {
+            i.parse::<usize>().is_ok() && (m.starts_with("self_attn.") && m.ends_with("_proj") || m.starts_with("mlp."))
+        })
+}
+
+/// `model.layers.3.self_attn.q_proj` → `blk.3.attn_q`, `lm_head` → `output`.
+pub fn gguf_module(hf_module: &str) -> Option<String> {
+    if let Some((_, g)) = MODEL.iter().find(|(h, _)| *h == hf_module) {
+        return Some(g.to_string());
+    }
+    let (layer, m) = hf_module.strip_prefix("model.layers.")?.split_once('.')?;
+    layer.parse::<usize>().ok()?;
+    let (_, g) = LAYER.iter().find(|(h, _)| *h == m)?;
+    Some(format!("blk.{layer}.{g}"))
+}
+
+/// `blk.3.attn_q` → `model.layers.3.self_attn.q_proj`, `output` → `lm_head`.
+pub fn hf_module(gguf_module: &str) -> Option<String> {
+    if let Some((h, _)) = MODEL.iter().find(|(_, g)| *g == gguf_module) {
+        return Some(h.to_string());
+    }
+    let (layer, m) = gguf_module.strip_prefix("blk.")?.split_once('.')?;
+    layer.parse::<usize>().ok()?;
+    let (h, _) = LAYER.iter().find(|(_, g)| *g == m)?;
+    Some(format!("model.layers.{layer}.{h}"))
+}
+
+/// A tensor name (`<module>.weight` / `.bias`) in GGUF's spelling.
+pub fn gguf_tensor_name(hf: &str) -> Option<String> {
+    let (module, kind) = hf.rsplit_once('.')?;
+    Some(format!("{}.{kind}", gguf_module(module)?))
+}
+
+/// A GGUF tensor name in Hugging Face's spelling.
+pub fn hf_tensor_name(gguf: &str) -> Option<String> {
+    let (module, kind) = gguf.rsplit_once('.')?;
+    Some(format!("{}.{kind}", hf_module(module)?))
+}
+
+/// llama.cpp's `general.architecture` for a `config.json` `model_type` (it runs Mistral as `llama`).
+pub fn gguf_architecture(model_type: &str) -> Option<&'static str> {
+    match model_type {
+        "llama" | "mistral" => Some("llama"),
+        "qwen2" => Some("qwen2"),
+        "qwen3" => Some("qwen3"),
+        _ => None,
+    }
+}
+
+/// Whether a path is a GGUF file (an existing file ending in `.gguf`).
+pub fn is_gguf_file(path: &Path) -> bool {
+    path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
