@@ -55,9 +55,7 @@ impl ModelArgs {
 }
 
 /// Whether a model reference is a GGUF file (llama.cpp, Ollama).
-pub fn is_gguf_file(p: &Path) -> bool {
-    p.is_file() && p.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-}
+pub use lora_merge::gguf::is_gguf_file;
 
 /// The tokenizer of a GGUF model: a `tokenizer.json` beside the file when there is one (said on
 /// stderr), else the one the file carries.

@@ -159,7 +159,7 @@ fn make_adapter(
 /// Reads an adapter folder and attaches it to `model` with an extra `weight` on its scaling.
 /// Every tensor of the file must find its module and fit its shape.
 pub fn load_adapter(model: &mut CausalLm, dir: &Path, weight: f64, trainable: bool) -> Result<AdapterConfig> {
-    if dir.is_file() && dir.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+    if lora_merge::gguf::is_gguf_file(dir) {
         return load_gguf_adapter(model, dir, weight, trainable);
     }
     let cfg = AdapterConfig::from_file(&dir.join("adapter_config.json"))?;

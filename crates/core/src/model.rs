@@ -118,7 +118,7 @@ impl CausalLm {
     /// Loads a Hugging Face model folder with the base held as `opts` says (dtype, NF4).
     pub fn load_dir_with(dir: impl AsRef<Path>, device: &Device, opts: &LoadOptions) -> Result<Self> {
         let dir = dir.as_ref();
-        if dir.is_file() && dir.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+        if lora_merge::gguf::is_gguf_file(dir) {
             return Self::load_gguf(dir, device, opts);
         }
         if !dir.is_dir() {

@@ -708,8 +708,7 @@ impl Recipe {
         if self.model.double_quant && !self.model.quantize.to_ascii_lowercase().starts_with("nf4") {
             return err("model", "double_quant", "needs quantize = \"nf4\"".into());
         }
-        let gguf =
-            self.model.base.is_file() && self.model.base.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+        let gguf = lora_merge::gguf::is_gguf_file(&self.model.base);
         if !self.model.base.is_dir() && !gguf {
             return err(
                 "model",
