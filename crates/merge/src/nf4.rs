@@ -83,19 +83,20 @@ impl Absmax {
         self.len() == 0
     }
 
-    /// The f32 scale of every block.
-    pub fn decode(&self) -> Vec<f32> {
+    /// The f32 scale of block `b` (`DYNAMIC[q] * absmax2 + offset` when double-quantized, two f32
+    /// roundings as bitsandbytes).
+    pub fn scale(&self, b: usize) -> f32 {
         match self {
-            Self::F32(v) => v.clone(),
+            Self::F32(v) => v[b],
             Self::Double { quantized, absmax, offset } => {
-                let code = dynamic_map();
-                quantized
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &q)| code[q as usize] * absmax[i / DOUBLE_BLOCK] + offset)
-                    .collect()
+                f32::from_bits(DYNAMIC_BITS[quantized[b] as usize]) * absmax[b / DOUBLE_BLOCK] + offset
             }
         }
+    }
+
+    /// The f32 scale of every block.
+    pub fn decode(&self) -> Vec<f32> {
+        (0..self.len()).map(|b| self.scale(b)).collect()
     }
 
     /// Bytes held.
@@ -208,20 +209,13 @@ impl Nf4Tensor {
     }
 
     fn dequantize_serial(&self, start: usize, out: &mut [f32]) {
-        let code = matches!(self.absmax, Absmax::Double { .. }).then(dynamic_map);
-        let scale = |b: usize| match &self.absmax {
-            Absmax::F32(v) => v[b],
-            Absmax::Double { quantized, absmax, offset } => {
-                code.as_ref().expect("double")[quantized[b] as usize] * absmax[b / DOUBLE_BLOCK] + offset
-            }
-        };
         let mut block = usize::MAX;
         let mut s = 0.0f32;
         for (k, o) in out.iter_mut().enumerate() {
             let i = start + k;
             if i / BLOCK != block {
                 block = i / BLOCK;
-                s = scale(block);
+                s = self.absmax.scale(block);
             }
             let byte = self.packed[i / 2];
             let idx = if i % 2 == 0 { byte >> 4 } else { byte & 0x0F };
