@@ -48,12 +48,7 @@ pub fn run(a: Args) -> Result<()> {
             })?
         }
     };
-    let t = match a.ggml_type.as_str() {
-        "f32" => GgmlType::F32,
-        "bf16" => GgmlType::Bf16,
-        "q8_0" => GgmlType::Q8_0,
-        _ => GgmlType::F16,
-    };
+    let t = ggml_type(&a.ggml_type);
     let r = export_adapter_gguf(&a.adapter, &base, &a.out, t, a.force)?;
     if !a.no_check {
         match check(&a.adapter, &base, &a.out, t) {
@@ -112,22 +107,32 @@ fn tolerance(t: GgmlType) -> f32 {
     }
 }
 
-/// The largest logit difference on the probe sequences, relative scale, and greedy agreement.
-fn compare(a: &lora_core::CausalLm, b: &lora_core::CausalLm) -> Result<(f32, f32, bool)> {
-    let vocab = a.config.vocab_size;
+/// The logits of fixed probe sequences (two rows of 16 ids spread over the vocabulary).
+fn probe_logits(model: &lora_core::CausalLm) -> Result<Vec<f32>> {
+    let vocab = model.config.vocab_size;
     let rows: Vec<Vec<u32>> =
         (0..2).map(|k| (0..16).map(|i| ((i * 7919 + k * 104_729 + 13) % vocab) as u32).collect()).collect();
-    let batch = lora_core::TokenBatch::rows(rows);
-    let want = lora_core::host::to_f32_vec(a.forward(&batch, None)?)?;
-    let got = lora_core::host::to_f32_vec(b.forward(&batch, None)?)?;
+    Ok(lora_core::host::to_f32_vec(model.forward(&lora_core::TokenBatch::rows(rows), None)?)?)
+}
+
+/// Compares the probe logits of the source (`want`) and of the written file (`got`): an error when
+/// the largest difference exceeds the type's tolerance relative to the logits' size, else a line
+/// with that difference and whether greedy tokens agree.
+fn judge(what: &str, want: &[f32], got: &[f32], vocab: usize, t: GgmlType) -> Result<String> {
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-    let diff = want.iter().zip(&got).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    let diff = want.iter().zip(got).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
     let argmax = |v: &[f32]| -> Vec<usize> {
         v.chunks(vocab)
             .map(|r| r.iter().enumerate().fold((0, f32::MIN), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0)
             .collect()
     };
-    Ok((diff, scale, argmax(&want) == argmax(&got)))
+    let same = argmax(want) == argmax(got);
+    let tol = tolerance(t);
+    anyhow::ensure!(diff <= tol * scale, "max |Δ logits| {diff:.3e} exceeds {tol:.1e} of the logits' size {scale:.3}");
+    Ok(format!(
+        "check: {what} on 2 probe sequences: max |Δ logits| {diff:.3e}, greedy tokens {}",
+        if same { "agree" } else { "differ (within tolerance)" }
+    ))
 }
 
 /// `lora export MODEL_DIR -o model.gguf`: the whole model, checked against the folder.
@@ -136,25 +141,19 @@ fn export_model(a: &Args) -> Result<()> {
     let r = lora_merge::export_model_gguf(&a.adapter, &a.out, t, a.force)?;
     if !a.no_check {
         let device = lora_core::default_device();
-        let check = || -> Result<(f32, f32, bool)> {
+        let check = || -> Result<String> {
             let folder = lora_core::CausalLm::load_dir(&a.adapter, &device)?;
-            let file = lora_core::CausalLm::load_dir(&a.out, &device)?;
-            compare(&folder, &file)
+            let vocab = folder.config.vocab_size;
+            let want = probe_logits(&folder)?;
+            drop(folder);
+            let got = probe_logits(&lora_core::CausalLm::load_dir(&a.out, &device)?)?;
+            judge("GGUF vs folder", &want, &got, vocab, t)
         };
         match check() {
-            Ok((diff, scale, same)) if diff <= tolerance(t) * scale => println!(
-                "check: GGUF vs folder on 2 probe sequences: max |Δ logits| {diff:.3e}, greedy tokens {}",
-                if same { "agree" } else { "differ (within tolerance)" }
-            ),
-            other => {
+            Ok(line) => println!("{line}"),
+            Err(e) => {
                 let _ = std::fs::remove_file(&a.out);
-                let why = match other {
-                    Ok((diff, scale, _)) => {
-                        format!("max |Δ logits| {diff:.3e} exceeds {:.1e} of {scale:.3}", tolerance(t))
-                    }
-                    Err(e) => format!("{e:#}"),
-                };
-                anyhow::bail!("{}: the exported model does not behave as the folder ({why}); removed", a.out.display());
+                anyhow::bail!("{}: the exported model does not behave as the folder ({e:#}); removed", a.out.display());
             }
         }
     }
@@ -185,35 +184,14 @@ fn export_model(a: &Args) -> Result<()> {
 /// allows, relative to the logits' size.
 fn check(adapter: &Path, base: &Path, out: &Path, t: GgmlType) -> Result<String> {
     let device = lora_core::default_device();
-    let logits = |with: &Path| -> Result<Vec<f32>> {
+    // One model at a time: the base is loaded again for the second adapter.
+    let logits = |with: &Path| -> Result<(Vec<f32>, usize)> {
         let mut model = lora_core::CausalLm::load_dir(base, &device)?;
         lora_core::adapter::load_adapter(&mut model, with, 1.0, false)?;
-        let vocab = model.config.vocab_size;
-        let rows: Vec<Vec<u32>> =
-            (0..2).map(|k| (0..16).map(|i| ((i * 7919 + k * 104_729 + 13) % vocab) as u32).collect()).collect();
-        Ok(lora_core::host::to_f32_vec(model.forward(&lora_core::TokenBatch::rows(rows), None)?)?)
+        Ok((probe_logits(&model)?, model.config.vocab_size))
     };
-    let (want, got) = (logits(adapter)?, logits(out)?);
-    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-    let diff = want.iter().zip(&got).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    let tol = match t {
-        GgmlType::F32 => 1e-5,
-        GgmlType::F16 => 2e-3,
-        GgmlType::Bf16 => 1e-2,
-        _ => 2e-2,
-    };
-    let vocab = want.len() / 32;
-    let argmax = |v: &[f32]| -> Vec<usize> {
-        v.chunks(vocab)
-            .map(|r| r.iter().enumerate().fold((0, f32::MIN), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0)
-            .collect()
-    };
-    let same = argmax(&want) == argmax(&got);
-    anyhow::ensure!(diff <= tol * scale, "max |Δ logits| {diff:.3e} exceeds {tol:.1e} of the logits' size {scale:.3}");
-    Ok(format!(
-        "check: base + GGUF adapter vs base + PEFT adapter on 2 probe sequences: max |Δ logits| {diff:.3e}, greedy tokens {}",
-        if same { "agree" } else { "differ (within tolerance)" }
-    ))
+    let ((want, vocab), (got, _)) = (logits(adapter)?, logits(out)?);
+    judge("base + GGUF adapter vs base + PEFT adapter", &want, &got, vocab, t)
 }
 
 /// An Ollama Modelfile beside the adapter: `FROM` the base, `ADAPTER` the file.
