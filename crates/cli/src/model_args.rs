@@ -60,11 +60,10 @@ pub use lora_merge::gguf::is_gguf_file;
 /// The tokenizer of a GGUF model: a `tokenizer.json` beside the file when there is one (said on
 /// stderr), else the one the file carries.
 pub fn gguf_tokenizer(path: &Path, model: &CausalLm) -> Result<Tokenizer> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    if dir.join("tokenizer.json").is_file() {
-        eprintln!("tokenizer: {} (beside the GGUF file)", dir.join("tokenizer.json").display());
-        return Ok(Tokenizer::load_dir(dir, &model.config)?);
-    }
     let file = lora_merge::gguf::GgufFile::open(path)?;
-    Ok(Tokenizer::from_gguf(&file)?)
+    let (tok, beside) = Tokenizer::load_gguf(path, &file, &model.config)?;
+    if let Some(json) = beside {
+        eprintln!("tokenizer: {} (beside the GGUF file)", json.display());
+    }
+    Ok(tok)
 }

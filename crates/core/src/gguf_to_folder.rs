@@ -107,8 +107,7 @@ pub fn gguf_to_folder(path: &Path, dir: &Path) -> Result<()> {
     write("config.json", &cfg_json)?;
     // The tokenizer the model is used with elsewhere (training, generate): a tokenizer.json beside the
     // file when there is one, else the file's own.
-    let beside = path.parent().unwrap_or(Path::new("."));
-    if beside.join("tokenizer.json").is_file() {
+    if let Some(beside) = crate::tokenizer::gguf_side_dir(path) {
         for name in ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"] {
             let from = beside.join(name);
             if from.is_file() {

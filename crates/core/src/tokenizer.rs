@@ -125,6 +125,20 @@ impl Tokenizer {
         Ok(Self { inner, path, bos_token_id, eos_token_ids, pad_token_id, chat_template, padding_left })
     }
 
+    /// The tokenizer of the GGUF model at `path`: the folder's `tokenizer.json` when one sits beside
+    /// the file (see [`gguf_side_dir`]), else the one `file` carries. Returns which `tokenizer.json`
+    /// was used, if any, for the caller to say.
+    pub fn load_gguf(
+        path: &Path,
+        file: &lora_merge::gguf::GgufFile,
+        config: &ModelConfig,
+    ) -> Result<(Self, Option<PathBuf>)> {
+        match gguf_side_dir(path) {
+            Some(dir) => Ok((Self::load_dir(dir, config)?, Some(dir.join("tokenizer.json")))),
+            None => Ok((Self::from_gguf(file)?, None)),
+        }
+    }
+
     /// The tokenizer a GGUF file carries (`tokenizer.ggml.*`): byte-level BPE (`gpt2`) with the
     /// pre-tokenizer its `tokenizer.ggml.pre` names, control and user-defined tokens as special
     /// tokens, BOS added as `add_bos_token` says, and `tokenizer.chat_template`.
@@ -173,6 +187,13 @@ impl Tokenizer {
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
     }
+}
+
+/// The folder of a GGUF file when a `tokenizer.json` sits beside it: that tokenizer is the model's,
+/// over the one the file carries (training, generation and merges all follow this rule).
+pub fn gguf_side_dir(path: &Path) -> Option<&Path> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    dir.join("tokenizer.json").is_file().then_some(dir)
 }
 
 /// Turns a growing list of ids into text pieces as they become printable: a piece is released only

@@ -128,12 +128,7 @@ pub fn prepare(recipe: &Recipe) -> Result<Prepared> {
         let file =
             lora_merge::gguf::GgufFile::open(base).map_err(|e| TrainError::Recipe(format!("model.base: {e}")))?;
         let config = lora_core::gguf_model::config(&file)?;
-        let dir = base.parent().unwrap_or(std::path::Path::new("."));
-        let tokenizer = if dir.join("tokenizer.json").is_file() {
-            Tokenizer::load_dir(dir, &config)?
-        } else {
-            Tokenizer::from_gguf(&file)?
-        };
+        let (tokenizer, _) = Tokenizer::load_gguf(base, &file, &config)?;
         (config, tokenizer)
     } else {
         let config = lora_core::ModelConfig::from_file(base.join("config.json"))?;
