@@ -45,11 +45,7 @@ impl ModelArgs {
     /// `--dtype` and `--quantize`, with `auto` resolved for the device.
     #[allow(clippy::wrong_self_convention)]
     pub fn load_options(&self) -> Result<LoadOptions> {
-        let dtype = match self.dtype.as_str() {
-            "auto" if self.device.parse::<lora_core::Backend>()? == lora_core::Backend::Cuda => BaseDtype::Bf16,
-            "auto" => BaseDtype::F32,
-            other => other.parse()?,
-        };
+        let dtype = BaseDtype::resolve(&self.dtype, self.device.parse()?)?;
         Ok(LoadOptions { dtype, quantize: Quantize::parse(&self.quantize, false)? })
     }
 }

@@ -241,13 +241,8 @@ pub fn load_adapter(model: &mut CausalLm, dir: &Path, weight: f64, trainable: bo
 pub fn load_gguf_adapter(model: &mut CausalLm, path: &Path, weight: f64, trainable: bool) -> Result<AdapterConfig> {
     let g = lora_merge::gguf::GgufFile::open(path).map_err(|e| CoreError::Gguf(e.to_string()))?;
     let (heads, kv_heads) = (model.config.num_attention_heads, model.config.num_key_value_heads);
-    // llama.cpp runs Mistral as `llama`.
-    let base_arch = match model.config.architecture {
-        crate::config::Architecture::Llama | crate::config::Architecture::Mistral => "llama",
-        crate::config::Architecture::Qwen2 => "qwen2",
-        crate::config::Architecture::Qwen3 => "qwen3",
-    };
-    let (alpha, modules) = crate::gguf_model::read_lora_adapter_for(&g, heads, kv_heads, Some(base_arch))?;
+    let base_arch = lora_merge::gguf::gguf_architecture(model.config.architecture.model_type());
+    let (alpha, modules) = crate::gguf_model::read_lora_adapter_for(&g, heads, kv_heads, base_arch)?;
     let device = model.device();
     let r = modules.first().map_or(1, |m| m.r);
     let mut linears = model.linear_modules_mut();

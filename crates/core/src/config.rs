@@ -42,12 +42,16 @@ impl Architecture {
     }
 
     fn from_model_type(t: &str) -> Option<Self> {
-        match t {
-            "llama" => Some(Self::Llama),
-            "mistral" => Some(Self::Mistral),
-            "qwen2" => Some(Self::Qwen2),
-            "qwen3" => Some(Self::Qwen3),
-            _ => None,
+        [Self::Llama, Self::Mistral, Self::Qwen2, Self::Qwen3].into_iter().find(|a| a.model_type() == t)
+    }
+
+    /// The `model_type` of its config.json.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Self::Llama => "llama",
+            Self::Mistral => "mistral",
+            Self::Qwen2 => "qwen2",
+            Self::Qwen3 => "qwen3",
         }
     }
 }

@@ -97,12 +97,7 @@ pub fn gguf_to_folder(path: &Path, dir: &Path) -> Result<()> {
         )
     };
     let mut cfg_json = cfg_json;
-    cfg_json["model_type"] = json!(match config.architecture {
-        crate::config::Architecture::Qwen2 => "qwen2",
-        crate::config::Architecture::Qwen3 => "qwen3",
-        crate::config::Architecture::Mistral => "mistral",
-        crate::config::Architecture::Llama => "llama",
-    });
+    cfg_json["model_type"] = json!(config.architecture.model_type());
     cfg_json["torch_dtype"] = json!("float32");
     write("config.json", &cfg_json)?;
     // The tokenizer the model is used with elsewhere (training, generate): a tokenizer.json beside the

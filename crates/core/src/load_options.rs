@@ -43,6 +43,17 @@ impl BaseDtype {
     }
 }
 
+impl BaseDtype {
+    /// A recipe's or flag's dtype, with `auto` resolved for the backend: bf16 on CUDA, f32 elsewhere.
+    pub fn resolve(name: &str, backend: crate::Backend) -> Result<Self> {
+        match name {
+            "auto" if backend == crate::Backend::Cuda => Ok(Self::Bf16),
+            "auto" => Ok(Self::F32),
+            other => other.parse(),
+        }
+    }
+}
+
 impl FromStr for BaseDtype {
     type Err = CoreError;
     fn from_str(s: &str) -> Result<Self> {

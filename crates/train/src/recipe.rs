@@ -77,11 +77,8 @@ fn d_none() -> String {
 impl ModelSection {
     /// The load options for a device (`auto` resolved).
     pub fn load_options(&self, backend: lora_core::Backend) -> lora_core::LoadOptions {
-        let dtype = match self.dtype.as_str() {
-            "auto" if backend == lora_core::Backend::Cuda => lora_core::BaseDtype::Bf16,
-            "auto" => lora_core::BaseDtype::F32,
-            other => other.parse().unwrap_or_default(),
-        };
+        // Validated before: the fallbacks are never taken.
+        let dtype = lora_core::BaseDtype::resolve(&self.dtype, backend).unwrap_or_default();
         let quantize = lora_core::Quantize::parse(&self.quantize, self.double_quant).unwrap_or_default();
         lora_core::LoadOptions { dtype, quantize }
     }
