@@ -13,7 +13,7 @@ use serde_json::Value as Json;
 
 use crate::error::{MergeError, Result};
 use crate::export_gguf::permute_rows;
-use crate::gguf::{GgmlType, TensorOut, Value, encode_values, gguf_architecture, gguf_tensor_name};
+use crate::gguf::{GgmlType, TensorPlan, Value, encode_values, gguf_architecture, gguf_tensor_name};
 use crate::model_dir::ModelDir;
 use crate::source::Source;
 
@@ -290,19 +290,9 @@ fn export_inner(dir: &Path, out: &Path, ggml_type: GgmlType, force: bool) -> Res
         plan.push((g, Some(hf.to_string()), dims, t));
     }
     // Header with every offset known from the shapes, then the data tensor by tensor.
-    let outs: Vec<TensorOut> = plan
-        .iter()
-        .map(|(n, _, dims, t)| {
-            let numel: u64 = dims.iter().product();
-            TensorOut {
-                name: n.clone(),
-                dims: dims.clone(),
-                ggml_type: *t,
-                data: vec![0; t.bytes_of(numel as usize).unwrap_or(0)],
-            }
-        })
-        .collect();
-    let header_only = crate::gguf::encode_header(&meta, &outs)?;
+    let entries: Vec<TensorPlan> =
+        plan.iter().map(|(n, _, dims, t)| TensorPlan { name: n.clone(), dims: dims.clone(), ggml_type: *t }).collect();
+    let header_only = crate::gguf::encode_header(&meta, &entries)?;
     let tmp = out.with_file_name(format!(
         ".{}.partial",
         out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()

@@ -16,4 +16,4 @@ pub use names::{
 };
 pub use reader::{DEFAULT_ALIGNMENT, GgufFile, TensorInfo};
 pub use value::Value;
-pub use writer::{HeaderPlan, TensorOut, encode, encode_header, encode_values, write};
+pub use writer::{HeaderPlan, TensorOut, TensorPlan, encode, encode_header, encode_values, write};

@@ -65,19 +65,27 @@ pub struct HeaderPlan {
     pub data_len: u64,
 }
 
-/// The header of a GGUF v3 file for tensors of the given sizes (their `data` only gives the length),
-/// so that the data can be streamed after it.
-pub fn encode_header(metadata: &[(String, Value)], tensors: &[TensorOut]) -> Result<HeaderPlan> {
-    let full = encode_impl(metadata, tensors, false)?;
-    Ok(full)
+/// A tensor's entry in the header: name, dimensions (innermost first) and type; its byte size follows
+/// from them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorPlan {
+    /// Name.
+    pub name: String,
+    /// Dimensions, innermost first.
+    pub dims: Vec<u64>,
+    /// Element type.
+    pub ggml_type: GgmlType,
 }
 
-/// The bytes of a GGUF v3 file, header and data.
-pub fn encode(metadata: &[(String, Value)], tensors: &[TensorOut]) -> Result<Vec<u8>> {
-    Ok(encode_impl(metadata, tensors, true)?.bytes)
+impl TensorPlan {
+    /// Bytes of the data, or `None` when the dimensions are not whole blocks of the type.
+    pub fn bytes(&self) -> Option<usize> {
+        self.ggml_type.bytes_of(self.dims.iter().product::<u64>() as usize)
+    }
 }
 
-fn encode_impl(metadata: &[(String, Value)], tensors: &[TensorOut], with_data: bool) -> Result<HeaderPlan> {
+/// The header of a GGUF v3 file for the planned tensors, so that their data can be streamed after it.
+pub fn encode_header(metadata: &[(String, Value)], tensors: &[TensorPlan]) -> Result<HeaderPlan> {
     let alignment = metadata
         .iter()
         .find(|(k, _)| k == "general.alignment")
@@ -96,16 +104,14 @@ fn encode_impl(metadata: &[(String, Value)], tensors: &[TensorOut], with_data: b
     let mut offset = 0u64;
     let mut offsets = Vec::with_capacity(tensors.len());
     for t in tensors {
-        let numel: u64 = t.dims.iter().product();
-        if t.ggml_type.bytes_of(numel as usize) != Some(t.data.len()) {
-            return Err(MergeError::Parameter(format!(
-                "tensor '{}': {} bytes of {} for dimensions {:?}",
+        let size = t.bytes().ok_or_else(|| {
+            MergeError::Parameter(format!(
+                "tensor '{}': dimensions {:?} are not whole {} blocks",
                 t.name,
-                t.data.len(),
-                t.ggml_type.name(),
-                t.dims
-            )));
-        }
+                t.dims,
+                t.ggml_type.name()
+            ))
+        })?;
         put_string(&mut out, &t.name);
         out.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
         for d in &t.dims {
@@ -114,24 +120,39 @@ fn encode_impl(metadata: &[(String, Value)], tensors: &[TensorOut], with_data: b
         out.extend_from_slice(&t.ggml_type.id().to_le_bytes());
         out.extend_from_slice(&offset.to_le_bytes());
         offsets.push(offset);
-        offset = (offset + t.data.len() as u64).div_ceil(alignment) * alignment;
+        offset = (offset + size as u64).div_ceil(alignment) * alignment;
     }
-    let pad = |out: &mut Vec<u8>| {
-        let target = (out.len() as u64).div_ceil(alignment) * alignment;
-        out.resize(target as usize, 0);
-    };
-    pad(&mut out);
-    let data_len = offset;
-    if !with_data {
-        return Ok(HeaderPlan { bytes: out, offsets, data_len });
+    let target = (out.len() as u64).div_ceil(alignment) * alignment;
+    out.resize(target as usize, 0);
+    Ok(HeaderPlan { bytes: out, offsets, data_len: offset })
+}
+
+/// The bytes of a GGUF v3 file, header and data.
+pub fn encode(metadata: &[(String, Value)], tensors: &[TensorOut]) -> Result<Vec<u8>> {
+    let plans: Vec<TensorPlan> = tensors
+        .iter()
+        .map(|t| TensorPlan { name: t.name.clone(), dims: t.dims.clone(), ggml_type: t.ggml_type })
+        .collect();
+    for (t, p) in tensors.iter().zip(&plans) {
+        if p.bytes() != Some(t.data.len()) {
+            return Err(MergeError::Parameter(format!(
+                "tensor '{}': {} bytes of {} for dimensions {:?}",
+                t.name,
+                t.data.len(),
+                t.ggml_type.name(),
+                t.dims
+            )));
+        }
     }
+    let header = encode_header(metadata, &plans)?;
+    let mut out = header.bytes;
     let data_start = out.len();
-    for (t, off) in tensors.iter().zip(&offsets) {
+    for (t, off) in tensors.iter().zip(&header.offsets) {
         out.resize(data_start + *off as usize, 0);
         out.extend_from_slice(&t.data);
     }
-    pad(&mut out);
-    Ok(HeaderPlan { bytes: out, offsets, data_len })
+    out.resize(data_start + header.data_len as usize, 0);
+    Ok(out)
 }
 
 /// Writes a GGUF file at `path` (temporary name, then rename); refuses to replace a file unless
