@@ -18,7 +18,7 @@ use crate::fold::{FoldPlan, model_dtype};
 use crate::methods::{self, Job, Resolved};
 use crate::model_dir::{ModelDir, layer_index};
 use crate::output_dir::OutputDir;
-use crate::recipe::{MergeConfig, ModelRef, Setting};
+use crate::recipe::{MergeConfig, ModelRef, Setting, Syntax};
 use crate::safetensors::{PlannedTensor, ShardedWriter};
 use crate::source::Source;
 use crate::stream;
@@ -80,17 +80,19 @@ pub fn merge_models(config_path: &Path, out: &Path, opts: &MergeOptions) -> Resu
 fn merge_models_inner(config_path: &Path, out: &Path, opts: &MergeOptions) -> Result<MergeReport> {
     let config = MergeConfig::load(config_path)?;
     let dir = config_path.parent().unwrap_or(Path::new("."));
-    merge_with_config(&config, dir, out, opts, &std::fs::read_to_string(config_path).unwrap_or_default())
+    let text = std::fs::read_to_string(config_path).unwrap_or_default();
+    merge_with_config(&config, dir, out, opts, (Syntax::of(config_path), &text))
 }
 
 /// Runs the merge described by `config` (relative paths resolved against `config_dir` when they do
-/// not exist from the working directory) into `out`; `recipe_text` goes into the model card.
+/// not exist from the working directory) into `out`; the recipe's text (in its syntax) is kept
+/// beside the output and goes into the model card.
 pub fn merge_with_config(
     config: &MergeConfig,
     config_dir: &Path,
     out: &Path,
     opts: &MergeOptions,
-    recipe_text: &str,
+    (syntax, recipe_text): (Syntax, &str),
 ) -> Result<MergeReport> {
     let method = methods::method(&config.merge_method).ok_or_else(|| {
         MergeError::Parameter(format!(
@@ -149,6 +151,19 @@ pub fn merge_with_config(
     // 2) same tensors, same shapes
     for m in base.iter().chain(models.iter()) {
         check_same_tensors(reference, m)?;
+    }
+    // A slice source must span every layer: lora merges whole models.
+    let layers = reference.dir.num_layers();
+    for m in &config.models {
+        if let Some([start, end]) = m.layer_range
+            && (start != 0 || end != layers)
+        {
+            return Err(MergeError::Parameter(format!(
+                "model '{}': layer_range [{start}, {end}] is not every layer ([0, {layers}]); lora merges \
+                 whole models, not layer slices",
+                m.model
+            )));
+        }
     }
     // 3) plan the output
     let dtype_name = config.out_dtype.as_deref().or(config.dtype.as_deref());
@@ -222,14 +237,14 @@ pub fn merge_with_config(
     if let Some(c) = reference.dir.config() {
         out_dir.write_config(c, dtype)?;
     }
-    out_dir.write_text("merge.toml", recipe_text)?;
+    out_dir.write_text(syntax.saved_name(), recipe_text)?;
     let base_label = base.as_ref().map_or("(none)".to_string(), |b| b.label.clone());
     out_dir.write_text(
         "README.md",
         &card::model_card(
             &base_label,
             &format!("A `{}` merge made with `lora merge --config`.", method.name()),
-            &format!("## Configuration\n\n```toml\n{}\n```\n", recipe_text.trim_end()),
+            &format!("## Configuration\n\n```{}\n{}\n```\n", syntax.fence(), recipe_text.trim_end()),
         ),
     )?;
     let report = MergeReport {

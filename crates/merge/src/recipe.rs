@@ -1,4 +1,5 @@
-//! `merge.toml`: mergekit's merge configuration, key for key, written in TOML.
+//! A merge configuration: mergekit's, key for key, as mergekit's own YAML (`.yml`, `.yaml`: a
+//! published recipe runs as it is) or written in TOML (any other name).
 //!
 //! ```toml
 //! merge_method = "ties"
@@ -13,6 +14,10 @@
 //! model = "models/base+adapters/code"      # a base with an adapter folded in while streaming
 //! parameters = { weight = [0.0, 0.5, 1.0], density = [{ filter = "mlp", value = 0.3 }, { value = 0.6 }] }
 //! ```
+//!
+//! mergekit's `slices:` form is read too when it is one slice whose sources each span every layer
+//! (the usual shape of slerp recipes); it is then the same as `models:`. Several slices, or a
+//! `layer_range` that leaves layers out (layer-stacking "frankenmerges"), are refused by name.
 //!
 //! A parameter is a number or bool, a list of numbers interpolated across the layers (a "gradient"),
 //! or a list of `{ filter, value }` rows where the first row whose filter is a substring of the tensor
@@ -38,8 +43,12 @@ pub struct MergeConfig {
     /// The models merged, with their parameters.
     #[serde(default)]
     pub models: Vec<ModelEntry>,
-    /// Parameters for every tensor and (as fallbacks) every model.
+    /// mergekit's other way of listing the models: one slice of every layer (see the module docs).
+    /// Folded into `models` by [`MergeConfig::parse_as`].
     #[serde(default)]
+    pub slices: Vec<Slice>,
+    /// Parameters for every tensor and (as fallbacks) every model.
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub parameters: BTreeMap<String, Setting>,
     /// mergekit's compute dtype; lora always computes in f32 and writes this dtype unless `out_dtype`.
     #[serde(default)]
@@ -61,9 +70,75 @@ pub struct MergeConfig {
 pub struct ModelEntry {
     /// A folder, or `folder+adapter_folder`.
     pub model: String,
-    /// Parameters of this model.
-    #[serde(default)]
+    /// Parameters of this model (YAML's empty `parameters:` is none).
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub parameters: BTreeMap<String, Setting>,
+    /// The layers `[start, end)` this model contributes, from a slice source; the merge checks
+    /// that it is every layer.
+    #[serde(default, skip)]
+    pub layer_range: Option<[usize; 2]>,
+}
+
+/// One of mergekit's `slices:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Slice {
+    /// The models of this slice.
+    pub sources: Vec<SliceSource>,
+}
+
+/// One source of a slice.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SliceSource {
+    /// A folder, or `folder+adapter_folder`.
+    pub model: String,
+    /// The layers `[start, end)` taken from it.
+    pub layer_range: [usize; 2],
+    /// Parameters of this model.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub parameters: BTreeMap<String, Setting>,
+}
+
+/// YAML writes an empty mapping as `parameters:`, which is null.
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<BTreeMap<String, Setting>, D::Error> {
+    Ok(Option::<BTreeMap<String, Setting>>::deserialize(d)?.unwrap_or_default())
+}
+
+/// The language a configuration is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Syntax {
+    /// TOML (`merge.toml`).
+    Toml,
+    /// YAML, mergekit's own (`merge.yml`, `mergekit_config.yml`).
+    Yaml,
+}
+
+impl Syntax {
+    /// YAML for `.yml` / `.yaml` files, TOML for any other name.
+    pub fn of(path: &Path) -> Self {
+        match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+            Some("yml" | "yaml") => Self::Yaml,
+            _ => Self::Toml,
+        }
+    }
+
+    /// The file name the configuration is kept under in a merged folder (mergekit keeps its YAML
+    /// as `mergekit_config.yml`).
+    pub fn saved_name(self) -> &'static str {
+        match self {
+            Self::Toml => "merge.toml",
+            Self::Yaml => "mergekit_config.yml",
+        }
+    }
+
+    /// The code-fence language of the model card.
+    pub fn fence(self) -> &'static str {
+        match self {
+            Self::Toml => "toml",
+            Self::Yaml => "yaml",
+        }
+    }
 }
 
 /// A parameter's value.
@@ -151,22 +226,64 @@ impl ModelRef {
 }
 
 impl MergeConfig {
-    /// Reads a TOML configuration; errors carry the file, line and column and name unknown keys.
+    /// Reads a configuration, YAML or TOML by its extension ([`Syntax::of`]); errors carry the
+    /// file, line and column and name unknown keys.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| MergeError::io(path, e))?;
-        Self::parse(&text).map_err(|message| MergeError::Config { path: path.to_path_buf(), message })
+        Self::parse_as(&text, Syntax::of(path))
+            .map_err(|message| MergeError::Config { path: path.to_path_buf(), message })
     }
 
     /// Parses TOML text.
     pub fn parse(text: &str) -> std::result::Result<Self, String> {
-        toml::from_str(text).map_err(|e| {
-            let mut msg = e.message().to_string();
-            if let Some(span) = e.span() {
-                let line = text[..span.start].matches('\n').count() + 1;
-                let col = span.start - text[..span.start].rfind('\n').map_or(0, |i| i + 1) + 1;
-                msg = format!("{line}:{col}: {msg}");
-            }
-            msg
-        })
+        Self::parse_as(text, Syntax::Toml)
+    }
+
+    /// Parses text in `syntax`, then folds a `slices:` list into `models`.
+    pub fn parse_as(text: &str, syntax: Syntax) -> std::result::Result<Self, String> {
+        let config: Self = match syntax {
+            Syntax::Toml => toml::from_str(text).map_err(|e| {
+                let mut msg = e.message().to_string();
+                if let Some(span) = e.span() {
+                    let line = text[..span.start].matches('\n').count() + 1;
+                    let col = span.start - text[..span.start].rfind('\n').map_or(0, |i| i + 1) + 1;
+                    msg = format!("{line}:{col}: {msg}");
+                }
+                msg
+            })?,
+            // serde_norway's message already ends in "at line L column C"; lead with it as TOML does.
+            Syntax::Yaml => serde_norway::from_str(text).map_err(|e| match e.location() {
+                Some(l) => {
+                    let msg = e.to_string();
+                    let suffix = format!(" at line {} column {}", l.line(), l.column());
+                    format!("{}:{}: {}", l.line(), l.column(), msg.replacen(&suffix, "", 1))
+                }
+                None => e.to_string(),
+            })?,
+        };
+        config.fold_slices()
+    }
+
+    fn fold_slices(mut self) -> std::result::Result<Self, String> {
+        if self.slices.is_empty() {
+            return Ok(self);
+        }
+        if !self.models.is_empty() {
+            return Err("give the models either as `models` or as `slices`, not both".into());
+        }
+        if self.slices.len() > 1 {
+            return Err(format!(
+                "{} slices: stacking layers of several slices (a \"frankenmerge\") is not supported; \
+                 lora merges whole models (one slice whose sources span every layer, or `models`)",
+                self.slices.len()
+            ));
+        }
+        let slice = self.slices.remove(0);
+        self.models = slice
+            .sources
+            .into_iter()
+            .map(|s| ModelEntry { model: s.model, parameters: s.parameters, layer_range: Some(s.layer_range) })
+            .collect();
+        Ok(self)
     }
 }

@@ -1,5 +1,5 @@
-//! `lora merge`: fold PEFT adapters into their base, or run a model merge from a mergekit-style
-//! configuration written in TOML.
+//! `lora merge`: fold PEFT adapters into their base, or run a model merge from a mergekit
+//! configuration (mergekit's YAML, or the same keys in TOML).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -11,13 +11,14 @@ use lora_merge::{DType, FoldOptions, MergeOptions, fold_adapters, merge_models};
 /// Arguments of `lora merge`.
 #[derive(clap::Args, Debug)]
 #[command(
-    after_help = "Examples:\n  lora merge BASE ADAPTER1 ADAPTER2 --weights 1,0.5 -o OUT\n  lora merge --config merge.toml -o OUT"
+    after_help = "Examples:\n  lora merge BASE ADAPTER1 ADAPTER2 --weights 1,0.5 -o OUT\n  lora merge --config mergekit_config.yml -o OUT"
 )]
 pub struct Args {
     /// The base model folder, then one or more PEFT adapter folders to fold into it.
     #[arg(value_name = "BASE ADAPTER...")]
     paths: Vec<PathBuf>,
-    /// A model merge: mergekit's configuration keys in TOML (merge_method, base_model, [[models]], ...).
+    /// A model merge: mergekit's configuration (merge_method, base_model, models, ...), as mergekit's
+    /// YAML (.yml, .yaml) or in TOML.
     #[arg(long, conflicts_with_all = ["weights"])]
     config: Option<PathBuf>,
     /// The output folder (written beside as a temporary folder, then renamed).
