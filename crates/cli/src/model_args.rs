@@ -15,7 +15,7 @@ pub struct ModelArgs {
     /// Never touch the network: Hub ids must be in the Hugging Face cache (as HF_HUB_OFFLINE=1).
     #[arg(long)]
     pub offline: bool,
-    /// cpu (default), ndarray or cuda.
+    /// cpu (default), ndarray, cuda or wgpu.
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// The dtype the base is held in: auto (f32 on the CPU, bf16 on CUDA), f32, bf16 or f16.

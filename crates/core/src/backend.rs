@@ -3,7 +3,8 @@
 //! burn 0.22 picks the backend at run time from the device. lora's default is burn's `flex` CPU backend,
 //! measured fastest on CPU for this workload (forward+backward of a small Llama: ~1,870 tokens/s on flex
 //! against ~1,430 on ndarray, which also lacks bf16/f16). `ndarray` is compiled only with the cargo
-//! feature of that name, for benchmarks; `cuda` only with the `cuda` feature.
+//! feature of that name, for benchmarks; `cuda` only with the `cuda` feature; `wgpu` (Vulkan, Metal,
+//! DX12: AMD, Intel and Apple GPUs) only with the `wgpu` feature.
 
 use std::fmt;
 use std::str::FromStr;
@@ -22,6 +23,8 @@ pub enum Backend {
     NdArray,
     /// burn-cuda on an NVIDIA GPU (feature `cuda`).
     Cuda,
+    /// burn-wgpu on any Vulkan / Metal / DX12 adapter (feature `wgpu`).
+    Wgpu,
 }
 
 impl FromStr for Backend {
@@ -31,7 +34,8 @@ impl FromStr for Backend {
             "cpu" | "flex" => Ok(Self::Cpu),
             "ndarray" => Ok(Self::NdArray),
             "cuda" | "gpu" => Ok(Self::Cuda),
-            other => Err(CoreError::Invalid(format!("unknown device '{other}'; expected cpu, ndarray or cuda"))),
+            "wgpu" => Ok(Self::Wgpu),
+            other => Err(CoreError::Invalid(format!("unknown device '{other}'; expected cpu, ndarray, cuda or wgpu"))),
         }
     }
 }
@@ -42,6 +46,7 @@ impl fmt::Display for Backend {
             Self::Cpu => "cpu (burn-flex)",
             Self::NdArray => "ndarray (burn-ndarray)",
             Self::Cuda => "cuda (burn-cuda)",
+            Self::Wgpu => "wgpu (burn-wgpu)",
         })
     }
 }
@@ -74,8 +79,34 @@ impl Backend {
             Self::Cuda => Err(CoreError::Invalid(
                 "this lora was built without CUDA support; rebuild with `cargo build --release --features cuda`".into(),
             )),
+            #[cfg(feature = "wgpu")]
+            Self::Wgpu => wgpu_device(),
+            #[cfg(not(feature = "wgpu"))]
+            Self::Wgpu => Err(CoreError::Invalid(
+                "this lora was built without wgpu support; rebuild with `cargo build --release --features wgpu`".into(),
+            )),
         }
     }
+}
+
+/// The wgpu device, acquired once per process.
+///
+/// burn's lazy `Device::wgpu` panics on the first tensor when no adapter exists (no Vulkan driver,
+/// no GPU); `init` reports it instead, and may run only once, so its outcome is kept.
+#[cfg(feature = "wgpu")]
+fn wgpu_device() -> Result<Device> {
+    static DEVICE: std::sync::OnceLock<std::result::Result<Device, String>> = std::sync::OnceLock::new();
+    DEVICE
+        .get_or_init(|| {
+            Device::wgpu_options().init().map_err(|e| {
+                format!(
+                    "no usable wgpu adapter ({e}); install a Vulkan driver (on Debian/Ubuntu `mesa-vulkan-drivers` \
+                     also gives a CPU one, lavapipe) or use --device cpu"
+                )
+            })
+        })
+        .clone()
+        .map_err(CoreError::Invalid)
 }
 
 /// Whether the CUDA driver library is where the dynamic loader will look for it.

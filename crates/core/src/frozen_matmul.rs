@@ -36,7 +36,7 @@ use crate::base_weight::BaseWeight;
 pub const BLOCK_VALUES: usize = 16 << 20;
 
 /// The frozen-weight matmul, implemented for the backends lora runs on.
-#[backend_extension(Flex, NdArray: cfg(feature = "ndarray"), Cube: cfg(feature = "cuda"), Autodiff)]
+#[backend_extension(Flex, NdArray: cfg(feature = "ndarray"), Cube: cfg(any(feature = "cuda", feature = "wgpu")), Autodiff)]
 pub trait FrozenMatmulBackend: Backend {
     /// x · cast(w)ᵀ with `w` a dense constant of any float dtype.
     ///
@@ -65,7 +65,7 @@ impl FrozenMatmulBackend for Flex {}
 #[allow(deprecated)]
 impl FrozenMatmulBackend for burn::backend::NdArray {}
 
-#[cfg(feature = "cuda")]
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
 impl FrozenMatmulBackend for burn::backend::Cube {}
 
 /// A frozen weight on backend `B`, with the most values to materialise at once.

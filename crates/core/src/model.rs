@@ -156,6 +156,19 @@ impl CausalLm {
     pub fn load_with(w: &Weights, config: ModelConfig, device: &Device, opts: &LoadOptions) -> Result<Self> {
         let cfg = &config;
         let dtype = opts.dtype.dtype();
+        // A GPU backend may lack a reduced precision (WGSL has no bf16, and f16 only with the
+        // shader-f16 extension); computing in it there gives garbage, not an error, so ask first.
+        if !device.supports_dtype(dtype) {
+            return Err(CoreError::Invalid(format!(
+                "this device cannot compute in {}: set the base dtype ([model] dtype, --dtype) to \"f32\"{}",
+                opts.dtype,
+                if opts.dtype != crate::BaseDtype::F16 && device.supports_dtype(DType::F16) {
+                    " or \"f16\""
+                } else {
+                    ""
+                }
+            )));
+        }
         let embed = w.tensor_as("model.embed_tokens.weight", [cfg.vocab_size, cfg.hidden_size], dtype, device)?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| DecoderLayer::load(w, &format!("model.layers.{i}"), cfg, opts, device))

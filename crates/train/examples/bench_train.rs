@@ -106,8 +106,12 @@ fn main() {
         loss = step(i);
     }
     let s = t.elapsed().as_secs_f64() / steps as f64;
+    let tflops = model_flops_per_token(&shape, seq, r) * (batch * seq) as f64 / s / 1e12;
+    let mfu = flag("--peak-tflops")
+        .and_then(|p| p.parse::<f64>().ok())
+        .map_or(String::new(), |peak| format!(", MFU {:.1}% of {peak} TFLOP/s", 100.0 * tflops / peak));
     println!(
-        "lora [{backend}] base {} {}{} hidden {} layers {} batch {batch} seq {seq} r {r}: {:.3} s/step, {:.1} tokens/s, loss {loss:.4}, peak RSS {:.0} MB; base {base_mb:.0} MB, load {load_s:.1} s (peak {load_rss:.0} MB)",
+        "lora [{backend}] base {} {}{} hidden {} layers {} batch {batch} seq {seq} r {r}: {:.3} s/step, {:.1} tokens/s, {tflops:.2} model TFLOP/s{mfu}, loss {loss:.4}, peak RSS {:.0} MB; base {base_mb:.0} MB, load {load_s:.1} s (peak {load_rss:.0} MB)",
         opts.dtype,
         opts.quantize,
         if checkpointing { " +recompute" } else { "" },
@@ -117,4 +121,17 @@ fn main() {
         (batch * seq) as f64 / s,
         status_kb("VmHWM:") as f64 / 1024.0
     );
+}
+
+/// Model FLOPs of one trained token, the work a LoRA step needs (recomputation not counted):
+/// the frozen matmuls forward and their input gradients (2 + 2 per weight), the adapters forward,
+/// input and weight gradients (2 + 2 + 2 per weight), and attention's QKᵀ and AV, forward (4·T·h
+/// per layer) and backward (twice that), over the full T×T square as PaLM's MFU counts it.
+fn model_flops_per_token(shape: &LlamaShape, seq: usize, r: usize) -> f64 {
+    let (h, l) = (shape.hidden as f64, shape.layers as f64);
+    let kv = h / shape.heads as f64 * shape.kv_heads as f64;
+    let per_layer = h * (2.0 * h + 2.0 * kv) + 3.0 * h * shape.inter as f64;
+    let frozen = l * per_layer + shape.vocab as f64 * h;
+    let lora = l * r as f64 * ((h + h) + (h + kv)); // q_proj and v_proj
+    4.0 * frozen + 6.0 * lora + 12.0 * l * h * seq as f64
 }

@@ -296,7 +296,7 @@ pub struct TrainSection {
     /// Checkpoint every this many steps (0: only on interruption).
     #[serde(default)]
     pub save_every: u64,
-    /// `"cpu"` or `"cuda"`.
+    /// `"cpu"`, `"cuda"` or `"wgpu"`.
     #[serde(default = "d_device")]
     pub device: String,
     /// The stored dtype of the adapter file: `"f32"` (default) or `"bf16"` (the base's dtype is
@@ -680,8 +680,8 @@ impl Recipe {
         if !(t.max_grad_norm >= 0.0) {
             return err("train", "max_grad_norm", format!("must be >= 0, got {}", t.max_grad_norm));
         }
-        if !["cpu", "cuda"].contains(&t.device.as_str()) {
-            return err("train", "device", format!("must be \"cpu\" or \"cuda\", got \"{}\"", t.device));
+        if !["cpu", "cuda", "wgpu"].contains(&t.device.as_str()) {
+            return err("train", "device", format!("must be \"cpu\", \"cuda\" or \"wgpu\", got \"{}\"", t.device));
         }
         if !["f32", "bf16"].contains(&t.dtype.as_str()) {
             return err("train", "dtype", format!("must be \"f32\" or \"bf16\", got \"{}\"", t.dtype));

@@ -3,6 +3,7 @@
 mod common;
 mod core_commands;
 mod gguf_commands;
+mod gpu_commands;
 mod hub_commands;
 mod merge_commands;
 mod train_commands;

@@ -4,9 +4,12 @@ use std::path::PathBuf;
 
 use lora_core::safetensors_file::SafetensorsFile;
 
-/// `tests/fixtures` at the workspace root.
+/// `tests/fixtures` at the workspace root: the build's checkout, or `LORA_REPO` (a test binary
+/// carried to another machine by scripts/gpu_check.sh).
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+    let repo = std::env::var_os("LORA_REPO")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."), PathBuf::from);
+    repo.join("tests/fixtures")
 }
 
 /// A model folder under `tests/fixtures/models`.
@@ -39,4 +42,13 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// The GPU device the GPU tests run on, named by `LORA_TEST_GPU` (`wgpu` or `cuda`); `None` when it
+/// is unset, and those tests then return at once. Set, it must work: CI sets `LORA_TEST_GPU=wgpu`
+/// over lavapipe, where a device that fails to come up is a failure, not a skip.
+pub fn gpu_device() -> Option<burn::tensor::Device> {
+    let name = std::env::var("LORA_TEST_GPU").ok().filter(|s| !s.is_empty())?;
+    let backend: lora_core::Backend = name.parse().unwrap_or_else(|e| panic!("LORA_TEST_GPU={name}: {e}"));
+    Some(backend.device().unwrap_or_else(|e| panic!("LORA_TEST_GPU={name}: {e}")))
 }

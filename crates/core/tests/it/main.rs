@@ -2,6 +2,7 @@
 
 mod common;
 mod gguf;
+mod gpu;
 mod loading;
 mod parity;
 mod quant;

@@ -1,6 +1,7 @@
 //! Equality with transformers on the golden fixtures of scripts/make_model_fixtures.py:
 //! logits and every hidden state within 1e-4, greedy generations token for token, eval loss.
 
+use burn::tensor::Device;
 use lora_core::eval::evaluate_texts;
 use lora_core::host::to_f32_vec;
 use lora_core::model::{CausalLm, TokenBatch};
@@ -13,9 +14,14 @@ use crate::common::*;
 const TOL: f32 = 1e-4;
 
 fn check_architecture(name: &str) {
-    let device = default_device();
+    check_architecture_on(name, &default_device(), TOL);
+}
+
+/// Every check of the golden fixtures of one architecture, on `device`, with logits, hidden states
+/// and the eval loss within `tol`.
+pub fn check_architecture_on(name: &str, device: &Device, tol: f32) {
     let dir = model_dir(name);
-    let model = CausalLm::load_dir(&dir, &device).unwrap();
+    let model = CausalLm::load_dir(&dir, device).unwrap();
     let tok = Tokenizer::load_dir(&dir, &model.config).unwrap();
     let golden = SafetensorsFile::open(fixtures().join(format!("golden/{name}.safetensors"))).unwrap();
     let meta: Value =
@@ -49,7 +55,7 @@ fn check_architecture(name: &str) {
                 worst = worst.max(max_abs_diff(&ours[s..s + width], &reference[s..s + width]));
             }
         }
-        assert!(worst <= TOL, "{name}: {what} max |Δ| = {worst:e} > {TOL:e}");
+        assert!(worst <= tol, "{name}: {what} max |Δ| = {worst:e} > {tol:e}");
         worst
     };
     let (ref_logits, _) = golden_f32(&golden, "logits");
@@ -92,7 +98,7 @@ fn check_architecture(name: &str) {
     let report = evaluate_texts(&model, &tok, &texts).unwrap();
     let expected = meta["eval"]["mean_loss"].as_f64().unwrap();
     assert_eq!(report.predicted_tokens as u64, meta["eval"]["predicted_tokens"].as_u64().unwrap());
-    assert!((report.mean_loss - expected).abs() < 1e-4, "{name}: loss {} vs {expected}", report.mean_loss);
+    assert!((report.mean_loss - expected).abs() < tol as f64, "{name}: loss {} vs {expected}", report.mean_loss);
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! PEFT parity: adapter logits, merged == unmerged, and a 20-step AdamW replay of PEFT + PyTorch.
 
 use lora_core::adapter::{load_adapter, merge_into_base};
+use lora_core::burn::tensor::Device;
 use lora_core::default_device;
 use lora_core::host::to_f32_vec;
 use lora_core::loss::shifted_cross_entropy_sum;
@@ -30,7 +31,11 @@ fn max_abs(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn base() -> CausalLm {
-    CausalLm::load_dir(fixtures().join("models/llama"), &default_device()).unwrap()
+    base_on(&default_device())
+}
+
+fn base_on(device: &Device) -> CausalLm {
+    CausalLm::load_dir(fixtures().join("models/llama"), device).unwrap()
 }
 
 #[test]
@@ -67,6 +72,20 @@ fn merged_equals_unmerged() {
 
 #[test]
 fn adamw_replay_matches_peft() {
+    adamw_replay_on(&default_device());
+}
+
+/// The replay on a GPU (`LORA_TEST_GPU=wgpu|cuda`), against the same PEFT goldens and tolerances:
+/// every value is f32 there too, and only the order of sums differs.
+#[test]
+fn gpu_adamw_replay_matches_peft() {
+    let Some(device) = gpu_device() else { return };
+    adamw_replay_on(&device);
+}
+
+/// 20 AdamW steps of the full forward and backward from PEFT's initial adapter: every loss within
+/// 1e-4 relative of PEFT's, the final adapter within 1e-4, the base untouched.
+fn adamw_replay_on(device: &Device) {
     let g = golden();
     let b = batch(&g);
     let labels_raw = g.bytes("labels").unwrap();
@@ -78,9 +97,9 @@ fn adamw_replay_matches_peft() {
         serde_json::from_str(&std::fs::read_to_string(fixtures().join("lora/golden.json")).unwrap()).unwrap();
     let expected: Vec<f64> = meta["replay"]["losses"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
 
-    let mut model = base();
+    let mut model = base_on(device);
     load_adapter(&mut model, &fixtures().join("lora/adapter-init"), 1.0, true).unwrap();
-    let base_before = to_f32_vec(model.model.layers[0].self_attn.q_proj.weight.to_f32(&default_device())).unwrap();
+    let base_before = to_f32_vec(model.model.layers[0].self_attn.q_proj.weight.to_f32(device)).unwrap();
     let mut opt = AdamW::new(AdamWConfig::default(), &adapter_tensors(&model));
     for (step, want) in expected.iter().enumerate() {
         let logits = model.forward(&b, None).unwrap();
@@ -96,7 +115,7 @@ fn adamw_replay_matches_peft() {
     }
     // The final adapter equals PEFT's.
     let trained = SafetensorsFile::open(fixtures().join("lora/adapter-trained/adapter_model.safetensors")).unwrap();
-    let mut reference = base();
+    let mut reference = base_on(device);
     load_adapter(&mut reference, &fixtures().join("lora/adapter-trained"), 1.0, false).unwrap();
     let ours = adapter_tensors(&model);
     let theirs = adapter_tensors(&reference);
@@ -106,8 +125,5 @@ fn adamw_replay_matches_peft() {
         assert!(d <= 1e-4, "final adapter max |Δ| {d:e}");
     }
     // The base is untouched, bit for bit.
-    assert_eq!(
-        to_f32_vec(model.model.layers[0].self_attn.q_proj.weight.to_f32(&default_device())).unwrap(),
-        base_before
-    );
+    assert_eq!(to_f32_vec(model.model.layers[0].self_attn.q_proj.weight.to_f32(device)).unwrap(), base_before);
 }

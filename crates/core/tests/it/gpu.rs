@@ -1,0 +1,61 @@
+//! The golden checks again on a GPU (`LORA_TEST_GPU=wgpu|cuda`; see `common::gpu_device`): the
+//! CubeCL kernels, fusion and autodiff that burn's GPU backends share, against the same
+//! transformers and bitsandbytes goldens as the CPU.
+//!
+//! Tolerance: 1e-4, the CPU's. The models are f32 end to end on the GPU as on the CPU; only the
+//! order of the sums inside matmuls and reductions differs, which at these sizes moves logits by
+//! far less than 1e-4.
+
+use lora_core::adapter::load_adapter;
+use lora_core::host::to_f32_vec;
+use lora_core::model::{CausalLm, TokenBatch};
+use lora_core::safetensors_file::SafetensorsFile;
+use lora_core::{BaseDtype, LoadOptions, Quantize};
+
+use crate::common::*;
+use crate::parity::check_architecture_on;
+
+const TOL: f32 = 1e-4;
+
+#[test]
+fn gpu_every_architecture_matches_transformers() {
+    let Some(device) = gpu_device() else { return };
+    for name in ["llama", "llama-tied", "mistral", "qwen2", "qwen3"] {
+        check_architecture_on(name, &device, TOL);
+    }
+}
+
+/// The NF4 base (dequantized on the host a block of rows at a time, then uploaded) and bf16 storage
+/// on the GPU, against bitsandbytes' logits and the f32 load.
+#[test]
+fn gpu_nf4_and_bf16_bases_match_their_references() {
+    let Some(device) = gpu_device() else { return };
+    let g = SafetensorsFile::open(fixtures().join("qlora/golden.safetensors")).unwrap();
+    let (ids, shape) = golden_i64(&g, "input_ids");
+    let batch = TokenBatch::rows(ids.chunks(shape[1]).map(|r| r.iter().map(|&i| i as u32).collect()).collect());
+    let opts = LoadOptions { dtype: BaseDtype::F32, quantize: Quantize::Nf4 { double_quant: true } };
+    let mut model = CausalLm::load_dir_with(model_dir("llama"), &device, &opts).unwrap();
+    let d =
+        max_abs_diff(&to_f32_vec(model.forward(&batch, None).unwrap()).unwrap(), &golden_f32(&g, "logits.nf4-dq").0);
+    assert!(d <= TOL, "nf4-dq on the GPU: max |Δ| {d:e}");
+    load_adapter(&mut model, &fixtures().join("lora/adapter-qv"), 1.0, false).unwrap();
+    let ours = to_f32_vec(model.forward(&batch, None).unwrap()).unwrap();
+    let d = max_abs_diff(&ours, &golden_f32(&g, "logits.nf4-dq.adapter-qv").0);
+    assert!(d <= TOL, "nf4-dq + adapter on the GPU: max |Δ| {d:e}");
+
+    // bf16 and f16 storage where the device has them (the bf16 file's values are exact in f16);
+    // where it has not (WGSL has no bf16), loading says so instead of computing garbage.
+    let f32_model = CausalLm::load_dir(model_dir("llama-bf16"), &device).unwrap();
+    let a = to_f32_vec(f32_model.forward(&batch, None).unwrap()).unwrap();
+    for dtype in [BaseDtype::Bf16, BaseDtype::F16] {
+        let opts = LoadOptions { dtype, quantize: Quantize::None };
+        if device.supports_dtype(dtype.dtype()) {
+            let model = CausalLm::load_dir_with(model_dir("llama-bf16"), &device, &opts).unwrap();
+            let b = to_f32_vec(model.forward(&batch, None).unwrap()).unwrap();
+            assert!(max_abs_diff(&a, &b) <= 1e-5, "{dtype} storage on the GPU: max |Δ| {:e}", max_abs_diff(&a, &b));
+        } else {
+            let e = CausalLm::load_dir_with(model_dir("llama-bf16"), &device, &opts).err().expect("refused");
+            assert!(e.to_string().contains(&format!("cannot compute in {dtype}")), "{e}");
+        }
+    }
+}

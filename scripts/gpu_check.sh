@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The GPU check, in one go, on a machine with one GPU, no network and no Rust toolchain. It needs
+# only the working tree and gpu-check/bundle.tar.xz from scripts/package_gpu_check.sh (built on
+# another machine; the device tool carries it with `carry: ["gpu-check"]`).
+#
+#   scripts/gpu_check.sh [DEVICE] [SHAPES]
+#     DEVICE  cuda (default), wgpu, or cpu: the same run on the CPU, to prove the script and the bundle
+#     SHAPES  default "llama1b llama8b" (seq 2048); "tiny" runs a small shape in seconds
+#   env: PEAK_TFLOPS (default 989, an H200's dense bf16 peak), STEPS (default 3), GPU_CHECK_DIR
+#
+# It runs, and stops at the first failure:
+#  1. the parity fixtures on DEVICE: every architecture's logits, hidden states, greedy generation
+#     and eval loss against transformers; the nf4 base against bitsandbytes; bf16 storage;
+#  2. a training replay on DEVICE: 20 AdamW steps against PEFT + PyTorch's losses and adapter,
+#     and `lora generate` on DEVICE against the CPU, token for token;
+#  3. the training benchmark (LoRA r8 on q/v, batch 1, bf16 and nf4 bases, recomputation on), one
+#     table: tokens/s, model TFLOP/s, MFU against PEAK_TFLOPS, peak GPU memory (nvidia-smi's
+#     highest `memory.used` of the run, polled every 0.2 s; burn's memory pool included) and peak RSS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+device="${1:-cuda}"
+shapes="${2:-llama1b llama8b}"
+peak="${PEAK_TFLOPS:-989}"
+steps="${STEPS:-3}"
+work="${GPU_CHECK_DIR:-/tmp/lora-gpu-check}"
+bundle=gpu-check/bundle.tar.xz
+[ -f "$bundle" ] || { echo "error: $bundle not found: run scripts/package_gpu_check.sh first" >&2; exit 2; }
+mkdir -p "$work/bin" "$work/models"
+xz -dc "$bundle" | tar -C "$work/bin" -xf -
+echo "bundle: $(cat "$work/bin/BUILD"); device: $device"
+if [ "$device" = cuda ] && command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+fi
+export LORA_REPO="$PWD" LORA_TEST_GPU="$device"
+
+echo "== 1-2. golden checks on $device"
+"$work/bin/core-it" gpu_ --test-threads 1
+"$work/bin/train-it" gpu_ --test-threads 1
+for arch in llama qwen3; do
+  m=tests/fixtures/models/$arch
+  a=$("$work/bin/lora" generate --model "$m" --prompt "The quick brown fox" --max-new-tokens 12 --device cpu)
+  b=$("$work/bin/lora" generate --model "$m" --prompt "The quick brown fox" --max-new-tokens 12 --device "$device")
+  [ "$a" = "$b" ] || { echo "error: lora generate on $device differs from the CPU for $arch: '$b' vs '$a'" >&2; exit 1; }
+  echo "lora generate $arch: $device equals cpu token for token"
+done
+
+echo "== 3. training benchmark on $device"
+tiny=(--hidden 256 --layers 4 --heads 4 --kv-heads 4 --inter 688 --vocab 1000 --seq 256)
+llama1b=(--hidden 2048 --layers 16 --heads 32 --kv-heads 8 --inter 8192 --vocab 128256 --seq 2048)
+llama8b=(--hidden 4096 --layers 32 --heads 32 --kv-heads 8 --inter 14336 --vocab 128256 --seq 2048 --untied)
+gpu_mem() { # polls nvidia-smi into $1 until killed
+  while true; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits >>"$1" 2>/dev/null || true; sleep 0.2; done
+}
+table=$(mktemp)
+printf '| shape | base | tokens/s | model TFLOP/s | MFU | peak GPU memory | peak RSS |\n|---|---|---|---|---|---|---|\n' >"$table"
+for shape in $shapes; do
+  declare -n args=$shape
+  for quant in none nf4; do
+    log=$(mktemp) mem=$(mktemp)
+    poller=
+    if [ "$device" = cuda ] && command -v nvidia-smi >/dev/null; then gpu_mem "$mem" & poller=$!; fi
+    out=$(/usr/bin/time -v "$work/bin/bench_train" "${args[@]}" --batch 1 --steps "$steps" --warmup 1 \
+      --backend "$device" --dtype bf16 --quantize "$quant" --file-dtype bf16 --checkpointing \
+      --peak-tflops "$peak" --dir "$work/models/$shape" 2>"$log") || { cat "$log" >&2; exit 1; }
+    [ -n "$poller" ] && kill "$poller" 2>/dev/null && wait "$poller" 2>/dev/null || true
+    echo "$out"
+    tps=$(grep -o '[0-9.]* tokens/s' <<<"$out" | cut -d' ' -f1)
+    tf=$(grep -o '[0-9.]* model TFLOP/s' <<<"$out" | cut -d' ' -f1)
+    mfu=$(grep -o 'MFU [0-9.]*%' <<<"$out" | cut -d' ' -f2)
+    gmem=$(sort -n "$mem" | tail -n 1)
+    rss=$(grep "Maximum resident" "$log" | awk '{ printf "%.2f GB", $6 / 1048576 }')
+    base=bf16; [ "$quant" = nf4 ] && base="nf4 (bf16 file)"
+    printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$shape" "$base" "$tps" "$tf" "$mfu" \
+      "${gmem:+$(awk -v m="$gmem" 'BEGIN { printf "%.1f GiB", m / 1024 }')}" "$rss" >>"$table"
+    rm -f "$log" "$mem"
+  done
+done
+echo
+echo "LoRA r8 on q_proj, v_proj, batch 1, recomputation on, $steps timed steps after 1 warm-up, device $device"
+cat "$table"
+rm -f "$table"

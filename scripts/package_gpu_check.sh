@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Builds, here, the binaries scripts/gpu_check.sh runs on a GPU machine that has no network and no
+# Rust toolchain, and packs them into gpu-check/bundle.tar.xz (ignored by git). The device tool
+# carries ignored files only when named, at most 64 MiB: `carry: ["gpu-check"]`.
+#
+#   scripts/package_gpu_check.sh [cuda|wgpu|none]     # the backend feature (default cuda)
+#
+# The bundle: `lora`, the test binaries of lora-core and lora-train (their `gpu_` tests run the
+# golden checks on the device named by LORA_TEST_GPU) and the training benchmark, stripped.
+# For `cuda` the offline LLVM of scripts/offline-llvm.sh is used (apt-get install llvm-22-dev).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+feature="${1:-cuda}"
+target="${CARGO_TARGET_DIR:-target}"
+features=()
+case "$feature" in
+  cuda) eval "$(scripts/offline-llvm.sh "$target/offline-llvm")"; features=(--features lora-core/cuda) ;;
+  wgpu) features=(--features lora-core/wgpu) ;;
+  none) ;;
+  *) echo "error: unknown backend feature '$feature' (cuda, wgpu or none)" >&2; exit 2 ;;
+esac
+# One cargo invocation, so that the binaries share one build of burn with one feature set.
+json=$(cargo test --release -p lora-core -p lora-train -p lora-cli "${features[@]}" --no-run \
+  --message-format=json-render-diagnostics)
+exe() { # the executable of target `$2` of kind `$3` whose source lies under `$1`
+  jq -r --arg d "/$1/" --arg n "$2" --arg k "$3" \
+    'select(.reason == "compiler-artifact" and .executable != null and .target.name == $n
+      and (.target.kind | index($k)) and (.target.src_path | contains($d))) | .executable' <<<"$json" | tail -n 1
+}
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+cp "$(exe crates/cli lora bin)" "$stage/lora"
+cp "$(exe crates/core it test)" "$stage/core-it"
+cp "$(exe crates/train it test)" "$stage/train-it"
+cp "$(exe crates/train bench_train example)" "$stage/bench_train"
+strip "$stage"/*
+echo "$feature $(git rev-parse --short HEAD)$(git diff --quiet || echo -dirty)" >"$stage/BUILD"
+mkdir -p gpu-check
+tar -C "$stage" -cf - . | xz -T0 -6 >gpu-check/bundle.tar.xz.tmp
+mv gpu-check/bundle.tar.xz.tmp gpu-check/bundle.tar.xz
+ls -l "$stage"
+echo "gpu-check/bundle.tar.xz: $(du -h gpu-check/bundle.tar.xz | cut -f1) ($feature)"
