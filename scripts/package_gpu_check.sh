@@ -14,7 +14,14 @@ feature="${1:-cuda}"
 target="${CARGO_TARGET_DIR:-target}"
 features=()
 case "$feature" in
-  cuda) eval "$(scripts/offline-llvm.sh "$target/offline-llvm")"; features=(--features lora-core/cuda) ;;
+  cuda)
+    if ! ls /usr/lib/llvm-22/lib/libPolly.a >/dev/null 2>&1; then
+      echo "error: the cuda link needs Debian's libpolly-22-dev and libzstd-dev besides llvm-22-dev" >&2
+      exit 2
+    fi
+    eval "$(scripts/offline-llvm.sh "$target/offline-llvm")"
+    features=(--features lora-core/cuda)
+    ;;
   wgpu) features=(--features lora-core/wgpu) ;;
   none) ;;
   *) echo "error: unknown backend feature '$feature' (cuda, wgpu or none)" >&2; exit 2 ;;
@@ -25,7 +32,8 @@ json=$(cargo test --release -p lora-core -p lora-train -p lora-cli "${features[@
 exe() { # the executable of target `$2` of kind `$3` whose source lies under `$1`
   jq -r --arg d "/$1/" --arg n "$2" --arg k "$3" \
     'select(.reason == "compiler-artifact" and .executable != null and .target.name == $n
-      and (.target.kind | index($k)) and (.target.src_path | contains($d))) | .executable' <<<"$json" | tail -n 1
+      and (.target.kind | index($k)) and (.target.src_path | contains($d))
+      and (.profile.test == ($k == "test"))) | .executable' <<<"$json" | tail -n 1
 }
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
