@@ -49,3 +49,22 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// `lora train` of the repo's tiny recipe with its output in `out` and each of `sets` as a
+/// `--set SECTION.KEY=VALUE` override.
+pub fn train_tiny(out: &Path, sets: &[&str]) -> Output {
+    let recipe = root().join("recipes/tiny.toml");
+    let set = format!("output.dir=\"{}\"", out.display());
+    let mut args = vec!["train", s(&recipe), "--set", &set];
+    for e in sets {
+        args.push("--set");
+        args.push(e);
+    }
+    lora(&args)
+}
+
+/// Largest absolute difference of two equally long slices.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}

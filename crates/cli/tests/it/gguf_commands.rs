@@ -39,16 +39,8 @@ fn inspect_generate_and_eval_on_a_gguf_model_as_on_its_folder() {
 #[test]
 fn train_on_a_gguf_base_and_export_the_adapter_for_llama_cpp() {
     let d = temp_dir("gguf-train");
-    let recipe = root().join("recipes/tiny.toml");
     let out = d.join("run");
-    let o = lora(&[
-        "train",
-        s(&recipe),
-        "--set",
-        &format!("output.dir=\"{}\"", out.display()),
-        "--set",
-        &format!("model.base=\"{}\"", gguf("llama-f32.gguf").display()),
-    ]);
+    let o = train_tiny(&out, &[&format!("model.base=\"{}\"", gguf("llama-f32.gguf").display())]);
     assert!(o.status.success(), "{}", stderr(&o));
     let manifest = std::fs::read_to_string(out.join("manifest.json")).unwrap();
     assert!(manifest.contains("llama-f32.gguf"), "{manifest}");
@@ -116,17 +108,9 @@ fn export_a_model_folder_to_gguf_and_run_it() {
 #[test]
 fn merge_into_a_gguf_base_equals_merging_into_its_folder() {
     let d = temp_dir("gguf-merge");
-    let recipe = root().join("recipes/tiny.toml");
     let run = d.join("run");
     let folder = fixtures().join("models/qwen2");
-    let o = lora(&[
-        "train",
-        s(&recipe),
-        "--set",
-        &format!("output.dir=\"{}\"", run.display()),
-        "--set",
-        &format!("model.base=\"{}\"", folder.display()),
-    ]);
+    let o = train_tiny(&run, &[&format!("model.base=\"{}\"", folder.display())]);
     assert!(o.status.success(), "{}", stderr(&o));
     let (a, b) = (d.join("from-gguf"), d.join("from-folder"));
     let o = lora(&["merge", s(&gguf("qwen2-f32.gguf")), s(&run), "-o", s(&a)]);
@@ -145,7 +129,7 @@ fn merge_into_a_gguf_base_equals_merging_into_its_folder() {
             v
         };
         let (va, vb) = (decode(&ta), decode(&tb));
-        let diff = va.iter().zip(&vb).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        let diff = max_abs_diff(&va, &vb);
         assert!(diff <= 1e-6, "{n}: {diff}");
     }
     // The merged folder runs.

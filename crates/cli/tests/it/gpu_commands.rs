@@ -34,17 +34,9 @@ fn gpu_generate_matches_the_cpu_token_for_token() {
 fn gpu_training_run_matches_the_cpu_run() {
     let Some(gpu) = gpu() else { return };
     let d = temp_dir("gpu-train");
-    let recipe = root().join("recipes/tiny.toml");
     let train = |device: &str| {
         let out = d.join(device);
-        let o = lora(&[
-            "train",
-            s(&recipe),
-            "--set",
-            &format!("output.dir=\"{}\"", out.display()),
-            "--set",
-            &format!("train.device=\"{device}\""),
-        ]);
+        let o = train_tiny(&out, &[&format!("train.device=\"{device}\"")]);
         assert!(o.status.success(), "train on {device}: {}", stderr(&o));
         SafetensorsFile::open(out.join("adapter_model.safetensors")).unwrap()
     };
@@ -56,7 +48,7 @@ fn gpu_training_run_matches_the_cpu_run() {
     for name in &names {
         let (a, _) = cpu.to_f32(name).unwrap();
         let (b, _) = gpu_run.to_f32(name).unwrap();
-        let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+        let d = max_abs_diff(&a, &b);
         assert!(d <= 1e-3, "{name}: max |Δ| {d:e} between the CPU and {gpu} runs");
         moved = moved.max(b.iter().map(|v| v.abs()).fold(0.0, f32::max));
     }

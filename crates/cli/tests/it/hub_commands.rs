@@ -51,10 +51,7 @@ fn train_publish_download_and_load_gives_identical_bytes_and_logits() {
     let d = temp_dir("roundtrip");
     let mut outputs = Vec::new();
     let run = d.join("run");
-    let recipe = root().join("recipes/tiny.toml");
-    let set = format!("output.dir=\"{}\"", run.display());
-    let o = Command::new(env!("CARGO_BIN_EXE_lora")).args(["train", s(&recipe), "--set", &set]).output().unwrap();
-    ok(&o);
+    ok(&train_tiny(&run, &[]));
 
     let hub = FakeHub::start(TOKEN);
     let home = d.join("home");

@@ -41,7 +41,7 @@ fn fold_two_adapters_matches_peft_logits() {
     let expected = fx.join("merge/expected/fold.safetensors");
     for name in ModelDir::open(&expected).unwrap().names().filter(|n| n.ends_with("weight")) {
         let (a, b) = (tensor(&out, name), tensor(&expected, name));
-        let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        let d = max_abs_diff(&a, &b);
         assert!(d < 1e-5, "{name}: max |ours − PEFT| = {d}");
     }
     // Our model core loads the folder and gives PEFT's merged logits.
@@ -49,7 +49,7 @@ fn fold_two_adapters_matches_peft_logits() {
     let model = CausalLm::load_dir(&out, &default_device()).unwrap();
     let logits = to_f32_vec(model.forward(&TokenBatch::single(ids), None).unwrap()).unwrap();
     let reference = tensor(&expected, "logits");
-    let d = logits.iter().zip(&reference).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let d = max_abs_diff(&logits, &reference);
     assert!(d < 1e-4, "max |logits − PEFT merged logits| = {d}");
     // An existing OUT is refused without --force, replaced with it.
     let (base, a1) = (fx.join("models/llama"), fx.join("merge/adapters/a1"));
@@ -169,7 +169,7 @@ fn quantized_base_fold_matches_bitsandbytes_peft_and_eval_on_nf4() {
         assert!(o.status.success(), "{}", stderr(&o));
         let model = CausalLm::load_dir(&out, &default_device()).unwrap();
         let got = to_f32_vec(model.forward(&batch, None).unwrap()).unwrap();
-        diffs.push(got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max));
+        diffs.push(max_abs_diff(&got, &want));
     }
     assert!(diffs[0] <= 1e-4, "nf4 fold vs bitsandbytes+PEFT: {}", diffs[0]);
     assert!(diffs[1] > 1e-3, "the plain fold should differ from the NF4 model: {}", diffs[1]);

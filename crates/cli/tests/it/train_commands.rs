@@ -1,21 +1,6 @@
 //! `lora train`, `lora verify` and `--adapter` end to end through the binary.
 
-use std::path::Path;
-use std::process::Output;
-
 use crate::common::*;
-
-/// The repo's tiny recipe with its output in `out` (and the data copied to `data`, when given).
-fn train_tiny(out: &Path, extra: &[&str]) -> Output {
-    let recipe = root().join("recipes/tiny.toml");
-    let set = format!("output.dir=\"{}\"", out.display());
-    let mut args = vec!["train", s(&recipe), "--set", &set];
-    for e in extra {
-        args.push("--set");
-        args.push(e);
-    }
-    lora(&args)
-}
 
 #[test]
 fn train_verify_and_use_the_adapter() {
