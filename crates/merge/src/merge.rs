@@ -78,9 +78,8 @@ pub fn merge_models(config_path: &Path, out: &Path, opts: &MergeOptions) -> Resu
 }
 
 fn merge_models_inner(config_path: &Path, out: &Path, opts: &MergeOptions) -> Result<MergeReport> {
-    let config = MergeConfig::load(config_path)?;
+    let (config, text) = MergeConfig::load(config_path)?;
     let dir = config_path.parent().unwrap_or(Path::new("."));
-    let text = std::fs::read_to_string(config_path).unwrap_or_default();
     merge_with_config(&config, dir, out, opts, (Syntax::of(config_path), &text))
 }
 

@@ -75,7 +75,7 @@ pub struct ModelEntry {
     pub parameters: BTreeMap<String, Setting>,
     /// The layers `[start, end)` this model contributes, from a slice source; the merge checks
     /// that it is every layer.
-    #[serde(default, skip)]
+    #[serde(skip)]
     pub layer_range: Option<[usize; 2]>,
 }
 
@@ -226,17 +226,13 @@ impl ModelRef {
 }
 
 impl MergeConfig {
-    /// Reads a configuration, YAML or TOML by its extension ([`Syntax::of`]); errors carry the
-    /// file, line and column and name unknown keys.
-    pub fn load(path: &Path) -> Result<Self> {
+    /// Reads a configuration, YAML or TOML by its extension ([`Syntax::of`]), with its text (kept
+    /// beside the merged model); errors carry the file, line and column and name unknown keys.
+    pub fn load(path: &Path) -> Result<(Self, String)> {
         let text = std::fs::read_to_string(path).map_err(|e| MergeError::io(path, e))?;
-        Self::parse_as(&text, Syntax::of(path))
-            .map_err(|message| MergeError::Config { path: path.to_path_buf(), message })
-    }
-
-    /// Parses TOML text.
-    pub fn parse(text: &str) -> std::result::Result<Self, String> {
-        Self::parse_as(text, Syntax::Toml)
+        let config = Self::parse_as(&text, Syntax::of(path))
+            .map_err(|message| MergeError::Config { path: path.to_path_buf(), message })?;
+        Ok((config, text))
     }
 
     /// Parses text in `syntax`, then folds a `slices:` list into `models`.
@@ -251,7 +247,7 @@ impl MergeConfig {
                 }
                 msg
             })?,
-            // serde_norway's message already ends in "at line L column C"; lead with it as TOML does.
+            // serde_norway's message holds "at line L column C"; lead with it instead, as TOML errors do.
             Syntax::Yaml => serde_norway::from_str(text).map_err(|e| match e.location() {
                 Some(l) => {
                     let msg = e.to_string();
