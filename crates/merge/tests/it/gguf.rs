@@ -3,11 +3,11 @@
 //! type lora reads bit for bit, malformed files named, and `lora export` against
 //! `convert_lora_to_gguf.py`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use lora_merge::gguf::{GgmlType, GgufFile, Value, encode};
 use lora_merge::safetensors::SafetensorsFile;
-use lora_merge::{export_adapter_gguf, permute_rows};
+use lora_merge::{ExportReport, export_adapter_gguf, permute_rows};
 use serde_json::Value as Json;
 
 use crate::common::*;
@@ -177,20 +177,18 @@ fn writer_round_trips_and_malformed_files_are_named() {
     assert!(e.contains("metadata 'big'") && e.contains("cannot fit"), "{e}");
 }
 
+/// `export_adapter_gguf` of the fixture adapter `lora/<name>` on the llama fixture base.
+fn export_fixture(name: &str, out: &Path, ggml_type: GgmlType, force: bool) -> lora_merge::Result<ExportReport> {
+    export_adapter_gguf(&fixtures().join("lora").join(name), &fixtures().join("models/llama"), out, ggml_type, force)
+}
+
 /// `lora export` writes what `convert_lora_to_gguf.py` writes for the same PEFT adapter: the same
 /// metadata that llama.cpp reads, the same tensor names, dimensions and values (q's B permuted).
 #[test]
 fn export_equals_convert_lora_to_gguf() {
     let d = temp_dir("gguf-export");
     let out = d.join("adapter.gguf");
-    let r = export_adapter_gguf(
-        &fixtures().join("lora/adapter-qv"),
-        &fixtures().join("models/llama"),
-        &out,
-        GgmlType::F32,
-        false,
-    )
-    .unwrap();
+    let r = export_fixture("adapter-qv", &out, GgmlType::F32, false).unwrap();
     assert_eq!((r.modules, r.alpha, r.folded), (9, 8.0, 0));
     let ours = GgufFile::open(&out).unwrap();
     let theirs = GgufFile::open(gguf_fixtures().join("adapter-qv.gguf")).unwrap();
@@ -204,23 +202,9 @@ fn export_equals_convert_lora_to_gguf() {
         assert_eq!(ours.to_f32(o).unwrap(), theirs.to_f32(t).unwrap(), "{}", t.name);
     }
     // No overwrite without force; f16 and q8_0 (with its fallback for rows of 4) write too.
-    let e = export_adapter_gguf(
-        &fixtures().join("lora/adapter-qv"),
-        &fixtures().join("models/llama"),
-        &out,
-        GgmlType::F32,
-        false,
-    )
-    .unwrap_err();
+    let e = export_fixture("adapter-qv", &out, GgmlType::F32, false).unwrap_err();
     assert!(e.to_string().contains("--force"), "{e}");
-    let q8 = export_adapter_gguf(
-        &fixtures().join("lora/adapter-qv"),
-        &fixtures().join("models/llama"),
-        &out,
-        GgmlType::Q8_0,
-        true,
-    )
-    .unwrap();
+    let q8 = export_fixture("adapter-qv", &out, GgmlType::Q8_0, true).unwrap();
     // Rows of 4 (every B) and of 48 (down_proj's A) are not whole blocks of 32; q's and v's A are.
     assert_eq!(q8.fallbacks.len(), 9 + 3, "{:?}", q8.fallbacks);
     assert!(!q8.fallbacks.iter().any(|n| n.ends_with("attn_q.weight.lora_a")), "{:?}", q8.fallbacks);
@@ -237,14 +221,7 @@ fn export_equals_convert_lora_to_gguf() {
 fn rslora_scale_is_folded_into_b_and_permutation_inverts() {
     let d = temp_dir("gguf-rslora");
     let out = d.join("rs.gguf");
-    let r = export_adapter_gguf(
-        &fixtures().join("lora/adapter-rslora"),
-        &fixtures().join("models/llama"),
-        &out,
-        GgmlType::F32,
-        false,
-    )
-    .unwrap();
+    let r = export_fixture("adapter-rslora", &out, GgmlType::F32, false).unwrap();
     // alpha / r with r = 2 must give alpha / sqrt(2): alpha' = 4 · sqrt(2).
     assert!((r.alpha - 4.0 * 2f32.sqrt()).abs() < 1e-6, "{}", r.alpha);
     assert_eq!(r.folded, 0);
