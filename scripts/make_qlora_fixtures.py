@@ -577,6 +577,22 @@ def save_adapter(model, name):
         os.remove(readme)
 
 
+def adamw_replay(model, ids, labels):
+    """REPLAY_STEPS AdamW steps (lr 1e-3, betas 0.9/0.999, eps 1e-8, weight decay 0.01) of the
+    model's trainable parameters in train mode; the loss before each step."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, betas=(0.9, 0.999),
+                            eps=1e-8, weight_decay=0.01)
+    model.train()
+    losses = []
+    for _ in range(REPLAY_STEPS):
+        opt.zero_grad()
+        loss = model(ids, labels=labels).loss
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
 def main():
     shutil.rmtree(OUT, ignore_errors=True)
     os.makedirs(OUT)
@@ -716,17 +732,8 @@ def main():
     m = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
                                         lora_dropout=0.0, task_type="CAUSAL_LM"))
     save_adapter(m, "adapter-init")
-    trainable = [p for p in m.parameters() if p.requires_grad]
-    check(all(p.dtype == torch.float32 for p in trainable), "LoRA parameters are not f32")
-    opt = torch.optim.AdamW(trainable, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
-    m.train()
-    losses = []
-    for _ in range(REPLAY_STEPS):
-        opt.zero_grad()
-        loss = m(ids, labels=labels).loss
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
+    check(all(p.dtype == torch.float32 for p in m.parameters() if p.requires_grad), "LoRA parameters are not f32")
+    losses = adamw_replay(m, ids, labels)
     m.eval()
     save_adapter(m, "adapter-trained")
     meta["replay"] = {"base": "nf4 (no double quant), compute dtype float32", "steps": REPLAY_STEPS, "lr": 1e-3,
@@ -736,16 +743,7 @@ def main():
     # the same replay on the f32 model holding the dequantized weights, from the same adapter-init
     ref_base = dequantized_f32_model(load_nf4(False))
     ref = PeftModel.from_pretrained(ref_base, os.path.join(OUT, "adapter-init"), is_trainable=True)
-    ref_opt = torch.optim.AdamW([p for p in ref.parameters() if p.requires_grad], lr=1e-3, betas=(0.9, 0.999),
-                                eps=1e-8, weight_decay=0.01)
-    ref.train()
-    ref_losses = []
-    for _ in range(REPLAY_STEPS):
-        ref_opt.zero_grad()
-        loss = ref(ids, labels=labels).loss
-        loss.backward()
-        ref_opt.step()
-        ref_losses.append(float(loss.detach()))
+    ref_losses = adamw_replay(ref, ids, labels)
     meta["replay"]["losses_f32_model_with_dequantized_weights"] = ref_losses
     meta["replay"]["max_abs_loss_diff_vs_f32_dequantized"] = max(abs(a - b) for a, b in zip(losses, ref_losses))
 
