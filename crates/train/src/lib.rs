@@ -12,6 +12,7 @@ pub mod data;
 pub mod error;
 pub mod memory_plan;
 pub mod optimizer;
+pub mod preview;
 pub mod recipe;
 pub mod run_files;
 pub mod schedule;

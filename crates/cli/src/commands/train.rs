@@ -27,6 +27,10 @@ pub struct Args {
     /// Validate the recipe, load model and data, print the resolved recipe; train nothing.
     #[arg(long)]
     dry_run: bool,
+    /// With --dry-run: print the first N training examples with their trained tokens marked
+    /// (green on a terminal, [[...]] otherwise) and their token counts.
+    #[arg(long, value_name = "N", requires = "dry_run")]
+    show: Option<usize>,
     /// Never touch the network: a Hub id as base must be in the Hugging Face cache.
     #[arg(long)]
     offline: bool,
@@ -85,6 +89,16 @@ pub fn run_cmd(a: Args) -> Result<()> {
     }
     let prepared = prepare(&recipe)?;
     let trainable = lora_train::trainable::trainable_parameters(&prepared.model);
+    for w in lora_train::preview::warnings(
+        &prepared.train,
+        &prepared.tokenizer.eos_token_ids,
+        prepared.tokenizer.pad_token_id,
+        &prepared.targets,
+        prepared.model.config.num_hidden_layers,
+        recipe.lora.layers.is_some(),
+    ) {
+        eprintln!("warning: {w}");
+    }
     if a.dry_run {
         print!("{}", recipe.to_toml());
         println!("\n# adapters on {} modules: {}", prepared.targets.len(), summarize_targets(&prepared.targets));
@@ -98,6 +112,20 @@ pub fn run_cmd(a: Args) -> Result<()> {
             println!("# validation data: {} examples, {} tokens", v.examples, v.tokens);
         }
         println!("# optimizer steps: {}", prepared.total_steps());
+        if let Some(n) = a.show {
+            use lora_train::preview::{Marks, render_example};
+            let marks = if std::io::stdout().is_terminal() { Marks::Color } else { Marks::Brackets };
+            for (i, ex) in prepared.train.iter().take(n).enumerate() {
+                println!(
+                    "\n# example {} of {}: {} tokens, {} trained",
+                    i + 1,
+                    prepared.train.len(),
+                    ex.ids.len(),
+                    ex.trained_tokens()
+                );
+                println!("{}", render_example(&prepared.tokenizer, ex, marks)?);
+            }
+        }
         return Ok(());
     }
     let interrupt = Arc::new(AtomicBool::new(false));

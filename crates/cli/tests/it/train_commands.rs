@@ -159,3 +159,34 @@ fn eval_scores_chat_data_on_assistant_tokens_only() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("tiny-text.jsonl:1: missing array field \"messages\""));
 }
+
+/// `--dry-run --show N` renders the first N examples with the trained tokens in [[...]] (no
+/// terminal here): the user turn untrained, the assistant answer and its end-of-turn trained.
+#[test]
+fn dry_run_show_marks_the_trained_tokens() {
+    let d = temp_dir("show");
+    let data = root().join("datasets/quickstart-chat.jsonl");
+    let recipe = root().join("recipes/tiny.toml");
+    let sets = [
+        format!("output.dir=\"{}\"", d.join("run").display()),
+        format!("data.train=\"{}\"", data.display()),
+        "data.format=\"chat\"".to_string(),
+        "data.max_seq_len=96".to_string(),
+    ];
+    let mut args = vec!["train", s(&recipe), "--dry-run", "--show", "2"];
+    for set in &sets {
+        args.extend(["--set", set.as_str()]);
+    }
+    let o = lora(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert_eq!(out.matches("\n# example ").count(), 2, "{out}");
+    let first = out.split("\n# example 1 of ").nth(1).unwrap();
+    let (head, body) = first.split_once('\n').unwrap();
+    assert!(head.contains(" tokens, ") && head.ends_with(" trained"), "{head}");
+    let (prompt, rest) = body.split_once("[[").expect("a trained span");
+    assert!(prompt.contains("What is the shepherd?") && !prompt.contains("Hear me"), "{body}");
+    let trained = rest.split("]]").next().unwrap();
+    assert!(trained.contains("Hear me, friend") && trained.contains("<|im_end|>"), "{body}");
+    assert!(!d.join("run").exists());
+}

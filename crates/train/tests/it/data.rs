@@ -264,3 +264,38 @@ fn packing_gives_the_same_loss_as_separate_examples() {
     assert!((separate.0 - packed.0).abs() / separate.0 < 1e-4, "separate {} packed {}", separate.0, packed.0);
     assert!((separate.0 - padded.0).abs() / separate.0 < 1e-4, "separate {} padded {}", separate.0, padded.0);
 }
+
+/// The dry-run warnings fire on the mistakes they name, and only on them.
+#[test]
+fn preview_warnings_name_untrained_eos_empty_examples_and_partial_targets() {
+    use lora_train::data::Example;
+    use lora_train::preview::warnings;
+    let eos = 9u32;
+    // A masked prompt (positions 1-2), an answer (3-4) without EOS.
+    let no_eos = Example { ids: vec![1, 5, 6, 7, 8], labels: vec![None, None, None, Some(7), Some(8)], segments: None };
+    let with_eos = Example { ids: vec![1, 5, 7, 9], labels: vec![None, None, Some(7), Some(9)], segments: None };
+    let nothing = Example { ids: vec![1, 5, 6], labels: vec![None, None, None], segments: None };
+    let all = |layers: usize| (0..layers).map(|l| format!("model.layers.{l}.self_attn.q_proj")).collect::<Vec<_>>();
+
+    let w = warnings(&[no_eos.clone()], &[eos], Some(eos), &all(2), 2, false);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("no example trains an end-of-sequence token (id 9)") && w[0].contains("pad id equals EOS"),
+        "{w:?}"
+    );
+    assert!(warnings(&[no_eos.clone(), with_eos.clone()], &[eos], None, &all(2), 2, false).is_empty());
+    // Plain text (nothing masked) without EOS is not a mistake.
+    let text = Example { ids: vec![1, 5, 6], labels: vec![Some(1), Some(5), Some(6)], segments: None };
+    assert!(warnings(&[text], &[eos], None, &all(2), 2, false).is_empty());
+
+    let w = warnings(&[with_eos.clone(), nothing.clone(), nothing], &[eos], None, &all(2), 2, false);
+    assert_eq!(w, vec!["2 of 3 examples have no trained token (the first is example 2): they cost time and teach nothing; check the prompt/answer masking and max_seq_len".to_string()]);
+
+    let w = warnings(&[with_eos.clone()], &[eos], None, &all(1), 4, false);
+    assert_eq!(
+        w,
+        vec!["target 'q_proj' matches 1 of the model's 4 layers; list it by name to cover every layer".to_string()]
+    );
+    // Layers chosen on purpose ([lora] layers) are not warned about.
+    assert!(warnings(&[with_eos], &[eos], None, &all(1), 4, true).is_empty());
+}
