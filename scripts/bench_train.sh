@@ -22,8 +22,8 @@ for shape in small smol; do
   if "$py" -c "import torch, peft" 2>/dev/null; then
     ref=$("$py" scripts/bench_train_peft.py "${args[@]}" --threads "$threads" --steps "${STEPS:-10}")
     echo "$ref"
-    a=$(echo "$ours" | grep -o '[0-9]* tokens/s' | cut -d' ' -f1)
-    b=$(echo "$ref" | grep -o '[0-9]* tokens/s' | cut -d' ' -f1)
+    a=$(echo "$ours" | grep -o '[0-9.]* tokens/s' | cut -d' ' -f1)
+    b=$(echo "$ref" | grep -o '[0-9.]* tokens/s' | cut -d' ' -f1)
     awk -v a="$a" -v b="$b" 'BEGIN { printf "ratio lora / peft: %.2fx\n", a / b }'
   else
     echo "(no torch+peft in $py: reference skipped)"
