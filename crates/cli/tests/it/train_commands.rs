@@ -190,3 +190,100 @@ fn dry_run_show_marks_the_trained_tokens() {
     assert!(trained.contains("Hear me, friend") && trained.contains("<|im_end|>"), "{body}");
     assert!(!d.join("run").exists());
 }
+
+/// Starts the tiny recipe for `steps` steps (a checkpoint every `save_every`) and returns the
+/// child once its stderr has printed a line containing `wait_for`, with a thread collecting the
+/// rest of its stderr.
+fn start_training_until(
+    out: &std::path::Path,
+    steps: u64,
+    save_every: u64,
+    wait_for: &str,
+) -> (std::process::Child, std::thread::JoinHandle<String>) {
+    use std::io::{BufRead, BufReader};
+    let recipe = root().join("recipes/tiny.toml");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_lora"));
+    cmd.args(["train", s(&recipe)]);
+    for set in run_sets(out, steps, save_every) {
+        cmd.args(["--set", &set]);
+    }
+    let mut child = cmd.stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    loop {
+        let line = lines.next().expect("training ended before the awaited line").unwrap();
+        if line.contains(wait_for) {
+            break;
+        }
+    }
+    // Keep draining stderr so that the child never blocks on a full pipe.
+    let rest = std::thread::spawn(move || lines.map_while(|l| l.ok()).collect::<Vec<_>>().join("\n"));
+    (child, rest)
+}
+
+fn run_sets(out: &std::path::Path, steps: u64, save_every: u64) -> [String; 3] {
+    [
+        format!("output.dir=\"{}\"", out.display()),
+        format!("train.max_steps={steps}"),
+        format!("train.save_every={save_every}"),
+    ]
+}
+
+/// `lora train --resume` of the run in `out`.
+fn resume(out: &std::path::Path, steps: u64, save_every: u64) -> std::process::Output {
+    let recipe = root().join("recipes/tiny.toml");
+    let sets = run_sets(out, steps, save_every);
+    let mut args = vec!["train", s(&recipe), "--resume"];
+    for set in &sets {
+        args.extend(["--set", set.as_str()]);
+    }
+    lora(&args)
+}
+
+/// `--resume` on `out` completes; then `lora verify` re-runs the recipe from scratch and must find
+/// the adapter identical byte for byte.
+fn resume_and_verify(out: &std::path::Path, steps: u64, save_every: u64) {
+    let o = resume(out, steps, save_every);
+    assert!(o.status.success(), "resume: {}", stderr(&o));
+    assert!(stderr(&o).contains("resuming at step"), "{}", stderr(&o));
+    let o = lora(&["verify", s(out)]);
+    assert!(o.status.success(), "verify after resume: {}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("reproduced byte for byte"), "{}", stdout(&o));
+}
+
+/// Ctrl-C (SIGINT) during training: the step finishes, a checkpoint is written, the exit is
+/// non-zero with a message naming --resume; resuming gives the uninterrupted run's adapter.
+#[test]
+fn sigint_checkpoints_and_resume_reproduces_the_run() {
+    let d = temp_dir("sigint");
+    let out = d.join("run");
+    let (mut child, rest) = start_training_until(&out, 60, 0, "step 3/60");
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let status = child.wait().unwrap();
+    let err = rest.join().unwrap();
+    assert!(!status.success(), "interrupted training must exit non-zero: {err}");
+    assert!(err.contains("interrupted at step") && err.contains("continue with --resume"), "{err}");
+    assert!(!out.join("adapter_model.safetensors").exists(), "an interrupted run wrote a final adapter");
+    assert_eq!(std::fs::read_dir(out.join("checkpoints")).unwrap().count(), 1, "one checkpoint at the interruption");
+    resume_and_verify(&out, 60, 0);
+}
+
+/// `kill -9` mid-run: nothing but the checkpoints survives (no final adapter), and `--resume`
+/// continues from the last one to the uninterrupted run's adapter; killed before any checkpoint,
+/// `--resume` is a clear error.
+#[test]
+fn kill_9_then_resume_reproduces_the_run() {
+    let d = temp_dir("kill9");
+    let out = d.join("run");
+    let (mut child, _) = start_training_until(&out, 60, 5, "checkpoint: ");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!out.join("adapter_model.safetensors").exists());
+    resume_and_verify(&out, 60, 5);
+
+    let early = d.join("early");
+    let (mut child, _) = start_training_until(&early, 60, 50, "step 1/60");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_user_error(&resume(&early, 60, 50), "to resume");
+}
