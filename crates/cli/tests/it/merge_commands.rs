@@ -261,3 +261,40 @@ fn merges_refuse_bases_and_adapters_the_model_core_refuses() {
     let o = lora(&["merge", "--config", s(&toml), "-o", s(&d.join("o6"))]);
     assert_user_error(&o, "merge.toml:3:");
 }
+
+/// A full disk (a 4 KiB tmpfs as the output's filesystem, where this test may mount one; it returns
+/// at once elsewhere): `lora merge` and `lora export` fail naming the path, and leave nothing behind.
+#[test]
+fn full_disk_is_an_error_naming_the_path_and_leaves_nothing() {
+    struct Mount(std::path::PathBuf);
+    impl Drop for Mount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let d = temp_dir("full-disk");
+    let mnt = d.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4k", "tmpfs", s(&mnt)])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|st| st.success());
+    if !mounted {
+        eprintln!("full_disk test: cannot mount a tmpfs here (not root?); nothing checked");
+        return;
+    }
+    let _guard = Mount(mnt.clone());
+    let fx = fixtures();
+    let (base, adapter) = (fx.join("models/llama"), fx.join("lora/adapter-qv"));
+    let out = mnt.join("merged");
+    let o = lora(&["merge", s(&base), s(&adapter), "-o", s(&out)]);
+    assert_user_error(&o, "No space left on device");
+    assert!(stderr(&o).contains(s(&mnt)), "{}", stderr(&o));
+    let gguf = mnt.join("adapter.gguf");
+    let o = lora(&["export", s(&adapter), "--base", s(&base), "-o", s(&gguf)]);
+    assert_user_error(&o, "No space left on device");
+    assert!(stderr(&o).contains(s(&mnt)), "{}", stderr(&o));
+    let left: Vec<_> = std::fs::read_dir(&mnt).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "left behind on the full disk: {left:?}");
+}
