@@ -261,7 +261,7 @@ fn sigint_checkpoints_and_resume_reproduces_the_run() {
     assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
     let status = child.wait().unwrap();
     let err = rest.join().unwrap();
-    assert!(!status.success(), "interrupted training must exit non-zero: {err}");
+    assert_eq!(status.code(), Some(2), "interrupted training must exit with status 2: {err}");
     assert!(err.contains("interrupted at step") && err.contains("continue with --resume"), "{err}");
     assert!(!out.join("adapter_model.safetensors").exists(), "an interrupted run wrote a final adapter");
     assert_eq!(std::fs::read_dir(out.join("checkpoints")).unwrap().count(), 1, "one checkpoint at the interruption");
