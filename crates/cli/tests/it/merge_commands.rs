@@ -298,3 +298,60 @@ fn full_disk_is_an_error_naming_the_path_and_leaves_nothing() {
     let left: Vec<_> = std::fs::read_dir(&mnt).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(left.is_empty(), "left behind on the full disk: {left:?}");
 }
+
+/// `kill -9` of `lora merge` at moments spread over a merge of a ~100 MB model: OUT never exists
+/// after a kill (the work happens in `.OUT.partial`), and the next run, which clears the stale
+/// partial folder, completes.
+#[test]
+fn kill_9_during_a_merge_never_leaves_out() {
+    use lora_core::random_model::{LlamaShape, write_random_llama};
+    let d = temp_dir("kill9-merge");
+    let model = d.join("model");
+    let shape = LlamaShape { hidden: 512, layers: 8, heads: 8, kv_heads: 8, inter: 1536, vocab: 8192, tied: false };
+    write_random_llama(&model, &shape, "f32").unwrap();
+    let cfg = d.join("merge.toml");
+    let m = model.display();
+    std::fs::write(
+        &cfg,
+        format!(
+            "merge_method = \"linear\"\n[[models]]\nmodel = \"{m}\"\nparameters = {{ weight = 0.5 }}\n\
+             [[models]]\nmodel = \"{m}\"\nparameters = {{ weight = 0.5 }}\n"
+        ),
+    )
+    .unwrap();
+    let out = d.join("out");
+    let start = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_lora"))
+            .args(["merge", "--config", s(&cfg), "-o", s(&out)])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // How long a whole merge takes here, then kills at fractions of it.
+    let t = std::time::Instant::now();
+    assert!(start().wait().unwrap().success());
+    let whole = t.elapsed();
+    std::fs::remove_dir_all(&out).unwrap();
+    let mut killed = 0;
+    for frac in [0.05, 0.2, 0.4, 0.6, 0.8, 0.95] {
+        let mut child = start();
+        std::thread::sleep(whole.mul_f64(frac));
+        let finished = child.try_wait().unwrap().is_some();
+        child.kill().unwrap_or(());
+        child.wait().unwrap();
+        if finished || out.exists() {
+            // The merge won the race: it must then be complete; start over.
+            assert!(out.join("model.safetensors").exists() || out.join("model.safetensors.index.json").exists());
+            std::fs::remove_dir_all(&out).unwrap();
+            continue;
+        }
+        killed += 1;
+        assert!(!out.exists(), "kill at {frac} of the merge left {}", out.display());
+    }
+    assert!(killed >= 3, "only {killed} kills landed during the merge");
+    assert!(start().wait().unwrap().success(), "the merge after the kills");
+    assert!(!d.join(".out.partial").exists());
+    assert!(out.join("config.json").exists());
+    std::fs::remove_dir_all(&d).unwrap();
+}
