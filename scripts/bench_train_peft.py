@@ -18,8 +18,20 @@ ap = argparse.ArgumentParser()
 for k, v in dict(hidden=256, layers=4, heads=4, kv_heads=4, inter=688, vocab=1000, batch=4, seq=128, steps=10,
                  threads=2, r=8).items():
     ap.add_argument(f"--{k.replace('_', '-')}", type=int, default=v)
+ap.add_argument("--peak-tflops", type=float, default=0.0, help="the machine's fp32 GEMM peak, for the MFU")
+ap.add_argument("--measure-peak", action="store_true", help="only print torch's 2048^3 sgemm rate")
 a = ap.parse_args()
 torch.set_num_threads(a.threads)
+if a.measure_peak:
+    x, y = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    for _ in range(3):
+        x @ y
+    t, n = time.perf_counter(), 0
+    while time.perf_counter() - t < 2.0:
+        x @ y
+        n += 1
+    print(f"torch sgemm 2048^3, {a.threads} threads: {2 * 2048 ** 3 * n / (time.perf_counter() - t) / 1e9:.1f} GFLOP/s")
+    raise SystemExit(0)
 torch.manual_seed(0)
 cfg = LlamaConfig(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.inter, num_hidden_layers=a.layers,
                   num_attention_heads=a.heads, num_key_value_heads=a.kv_heads, tie_word_embeddings=True,
@@ -47,6 +59,12 @@ for _ in range(a.steps):
     loss = step()
 s = (time.perf_counter() - t) / a.steps
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# Model FLOPs per trained token, counted as bench_train.rs counts them.
+h, L, kv = a.hidden, a.layers, a.hidden // a.heads * a.kv_heads
+frozen = L * (h * (2 * h + 2 * kv) + 3 * h * a.inter) + a.vocab * h
+lora = L * a.r * ((h + h) + (h + kv))
+tflops = (4 * frozen + 6 * lora + 12 * L * h * a.seq) * a.batch * a.seq / s / 1e12
+mfu = f", MFU {100 * tflops / a.peak_tflops:.1f}% of {a.peak_tflops} TFLOP/s" if a.peak_tflops else ""
 print(f"peft [torch {torch.__version__}, peft {peft.__version__}, {a.threads} threads] hidden {a.hidden} layers {a.layers} "
-      f"batch {a.batch} seq {a.seq} r {a.r}: {s:.3f} s/step, {a.batch * a.seq / s:.0f} tokens/s, loss {loss:.4f}, "
+      f"batch {a.batch} seq {a.seq} r {a.r}: {s:.3f} s/step, {a.batch * a.seq / s:.1f} tokens/s, {tflops:.3f} model TFLOP/s{mfu}, loss {loss:.4f}, "
       f"peak RSS {rss:.0f} MB")

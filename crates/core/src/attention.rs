@@ -10,6 +10,8 @@ use burn::tensor::{Bool, Device, Tensor};
 
 use crate::config::ModelConfig;
 use crate::error::Result;
+use crate::fused_attention::{KeyMask, fused_attention};
+use crate::fused_rope::rope_bthd;
 use crate::kv_cache::LayerCache;
 use crate::linear::Linear;
 use crate::load_options::LoadOptions;
@@ -103,6 +105,13 @@ impl Attention {
             Some(n) => n.forward(k),
             None => k,
         };
+        if cache.is_none() && crate::cpu_kernel::use_fused(&q) {
+            // The CPU kernels work in this [b, t, heads, hd] layout: no transposed copies.
+            let q = rope_bthd(q, cos, sin);
+            let k = rope_bthd(k, cos, sin);
+            let out = fused_attention(q, k, v, key_mask(mask, b)); // [b, t, nh, hd]
+            return self.o_proj.forward(out.reshape([b, t, nh * hd]));
+        }
         let q = apply_rope(q.swap_dims(1, 2), cos, sin); // [b, nh, t, hd]
         let k = apply_rope(k.swap_dims(1, 2), cos, sin); // [b, nkv, t, hd]
         let v = v.swap_dims(1, 2); // [b, nkv, t, hd]
@@ -120,6 +129,19 @@ impl Attention {
         let options = AttentionModuleOptions { scale: None, softcap: None, is_causal };
         let out = attention(q, k, v, mask, None, options); // [b, nh, t, hd]
         self.o_proj.forward(out.swap_dims(1, 2).reshape([b, t, nh * hd]))
+    }
+}
+
+/// The mask for the fused kernel: an explicit mask is the same for every head, so head 0's is read.
+fn key_mask(mask: &AttentionMask, b: usize) -> KeyMask {
+    match mask {
+        AttentionMask::Full => KeyMask::Full,
+        AttentionMask::Causal => KeyMask::Causal { past: 0 },
+        AttentionMask::Explicit(m) => {
+            let [_, _, t, tk] = m.dims();
+            let head0 = m.clone().slice([0..b, 0..1, 0..t, 0..tk]).into_data();
+            KeyMask::Forbidden(std::sync::Arc::new(head0.iter::<bool>().collect()))
+        }
     }
 }
 

@@ -94,6 +94,12 @@ pub fn head_loss_chunked(
     let device = hidden.device();
     let flat = hidden.inner().reshape([b * t, h]); // [b·t, h]
     let (rows, targets) = labelled_rows(labels, t);
+    let vocab = model.config.vocab_size;
+    if let Some(bad) = targets.iter().find(|&&id| id < 0 || id as usize >= vocab) {
+        return Err(crate::error::CoreError::Invalid(format!(
+            "label {bad} is outside the vocabulary of {vocab}"
+        )));
+    }
     let mut grad = grad_scale.map(|_| Tensor::<2>::zeros([b * t, h], &device));
     let mut sum = 0.0f64;
     let per = per.max(1);
@@ -109,9 +115,14 @@ pub fn head_loss_chunked(
         let x = flat.clone().select(0, idx.clone()); // [n, h]
         let x = if grad_scale.is_some() { x.autodiff().require_grad() } else { x };
         let logits = model.head(x.clone()); // [n, vocab]
-        let logp = log_softmax(logits.cast(DType::F32), 1); // [n, vocab]
-        let target = Tensor::<2, Int>::from_data(TensorData::new(targets.to_vec(), [n, 1]), &device);
-        let chunk = logp.gather(1, target).sum().neg(); // [1]
+        let logits = logits.cast(DType::F32);
+        let chunk = if crate::cpu_kernel::use_fused(&logits) {
+            crate::fused_cross_entropy::cross_entropy_sum(logits, targets.iter().map(|&t| t as u32).collect())
+        } else {
+            let logp = log_softmax(logits, 1); // [n, vocab]
+            let target = Tensor::<2, Int>::from_data(TensorData::new(targets.to_vec(), [n, 1]), &device);
+            logp.gather(1, target).sum().neg() // [1]
+        };
         sum += to_f32_vec(chunk.clone().inner())?[0] as f64;
         if let (Some(scale), Some(acc)) = (grad_scale, grad.take()) {
             let g = (chunk * scale).backward();

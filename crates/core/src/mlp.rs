@@ -1,11 +1,11 @@
 //! The gated MLP of Llama-family layers: down(silu(gate(x)) · up(x)) (SwiGLU, arXiv:2002.05202).
 
 use burn::module::Module;
-use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 
 use crate::config::ModelConfig;
 use crate::error::Result;
+use crate::fused_swiglu::swiglu;
 use crate::linear::Linear;
 use crate::load_options::LoadOptions;
 use crate::weights::Weights;
@@ -36,7 +36,7 @@ impl Mlp {
     /// - x: `[batch, seq, hidden]`
     /// - output: `[batch, seq, hidden]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gate = silu(self.gate_proj.forward(x.clone())); // [b, t, inter]
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        let gate = self.gate_proj.forward(x.clone()); // [b, t, inter]
+        self.down_proj.forward(swiglu(gate, self.up_proj.forward(x)))
     }
 }

@@ -30,6 +30,26 @@ impl RmsNorm {
     /// - x: `[..., dim]`
     /// - output: `[..., dim]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let weight = self.weight.val();
+        if crate::cpu_kernel::use_fused(&x) && weight.dtype() == DType::F32 {
+            use crate::fused_rms_norm::RmsNormBackend;
+            let y = <burn::backend::Dispatch as RmsNormBackend>::rms_norm(
+                x.into_dispatch(),
+                weight.into_dispatch(),
+                self.eps,
+            );
+            return Tensor::from_dispatch(y);
+        }
+        self.forward_reference(x)
+    }
+
+    /// The plain composition of burn operations, the reference of the fused CPU kernel
+    /// ([`crate::fused_rms_norm`]) and the path of the other backends.
+    ///
+    /// # Shapes
+    /// - x: `[..., dim]`
+    /// - output: `[..., dim]`
+    pub fn forward_reference<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let dtype = x.dtype();
         let x32 = x.cast(DType::F32);
         let rms = (x32.clone().square().mean_dim(D - 1) + self.eps).sqrt(); // [..., 1]

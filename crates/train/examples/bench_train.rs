@@ -34,7 +34,35 @@ fn status_kb(key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The fp32 GEMM rate of burn-flex's matmul on this machine: a 2048³ product, 2 s.
+fn measure_peak() {
+    let device = lora_core::default_device();
+    let n: usize = 2048;
+    let x = lora_core::burn::tensor::Tensor::<2>::random(
+        [n, n],
+        lora_core::burn::tensor::Distribution::Default,
+        &device,
+    );
+    let run = || lora_core::host::to_f32_vec(x.clone().matmul(x.clone()).slice([0..1, 0..1])).unwrap()[0];
+    for _ in 0..3 {
+        run();
+    }
+    let (t, mut k) = (Instant::now(), 0);
+    while t.elapsed().as_secs_f64() < 2.0 {
+        run();
+        k += 1;
+    }
+    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
+    println!(
+        "lora sgemm 2048^3 (burn-flex, gemm), {threads} threads: {:.1} GFLOP/s",
+        2.0 * (n * n * n) as f64 * k as f64 / t.elapsed().as_secs_f64() / 1e9
+    );
+}
+
 fn main() {
+    if std::env::args().any(|a| a == "--measure-peak") {
+        return measure_peak();
+    }
     let shape = LlamaShape {
         hidden: arg("--hidden", 256),
         layers: arg("--layers", 4),
@@ -111,7 +139,7 @@ fn main() {
         .and_then(|p| p.parse::<f64>().ok())
         .map_or(String::new(), |peak| format!(", MFU {:.1}% of {peak} TFLOP/s", 100.0 * tflops / peak));
     println!(
-        "lora [{backend}] base {} {}{} hidden {} layers {} batch {batch} seq {seq} r {r}: {:.3} s/step, {:.1} tokens/s, {tflops:.2} model TFLOP/s{mfu}, loss {loss:.4}, peak RSS {:.0} MB; base {base_mb:.0} MB, load {load_s:.1} s (peak {load_rss:.0} MB)",
+        "lora [{backend}] base {} {}{} hidden {} layers {} batch {batch} seq {seq} r {r}: {:.3} s/step, {:.1} tokens/s, {tflops:.3} model TFLOP/s{mfu}, loss {loss:.4}, peak RSS {:.0} MB; base {base_mb:.0} MB, load {load_s:.1} s (peak {load_rss:.0} MB)",
         opts.dtype,
         opts.quantize,
         if checkpointing { " +recompute" } else { "" },

@@ -71,6 +71,10 @@ pub struct Manifest {
     /// is evaluated and merged against the NF4 base.
     #[serde(default)]
     pub base_quantization: String,
+    /// Worker threads of the run (`RAYON_NUM_THREADS`, or the cores): on the CPU the adapter is
+    /// reproduced byte for byte with the same thread count, so `lora verify` re-runs with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
 }
 
 /// Files of the base model that determine the numbers.

@@ -473,6 +473,7 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
         adapter_sha256: adapter_sha256.clone(),
         base_dtype: p.model.load_options.dtype.to_string(),
         base_quantization: p.model.load_options.quantize.to_string(),
+        threads: Some(rayon::current_num_threads()),
     };
     write_atomic(&dir.join("manifest.json"), serde_json::to_string_pretty(&manifest).expect("serializes").as_bytes())?;
     let _ = std::fs::remove_dir_all(checkpoint::checkpoints_dir(&dir));

@@ -18,6 +18,8 @@ pub struct VerifyReport {
     pub inputs: usize,
     /// The reproduced adapter's sha256.
     pub adapter_sha256: String,
+    /// Worker threads the run was reproduced with (the manifest's).
+    pub threads: usize,
 }
 
 /// Verifies a run folder; `Err(TrainError::Verify)` describes any difference.
@@ -55,10 +57,16 @@ pub fn verify(run_dir: &Path) -> Result<VerifyReport> {
     let mut again = recipe.clone();
     again.output.dir = scratch.clone();
     let prepared = prepare(&again)?;
-    let result = run(prepared, &RunOptions::default(), &mut |_| {});
+    // The same thread count as the run, whatever this machine's default.
+    let threads = manifest.threads.unwrap_or_else(rayon::current_num_threads);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| TrainError::Verify(format!("cannot start {threads} worker threads: {e}")))?;
+    let result = pool.install(|| run(prepared, &RunOptions::default(), &mut |_| {}));
     let outcome = result.and_then(|summary| {
         if summary.adapter_sha256 == manifest.adapter_sha256 {
-            return Ok(VerifyReport { inputs: manifest.inputs.len(), adapter_sha256: summary.adapter_sha256 });
+            return Ok(VerifyReport { inputs: manifest.inputs.len(), adapter_sha256: summary.adapter_sha256, threads });
         }
         let detail =
             tensor_diff(&run_dir.join("adapter_model.safetensors"), &scratch.join("adapter_model.safetensors"));

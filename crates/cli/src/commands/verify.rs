@@ -15,8 +15,8 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let report = lora_train::verify::verify(&a.run_dir)?;
     println!(
-        "verified: {} inputs unchanged; adapter reproduced byte for byte (sha256 {})",
-        report.inputs, report.adapter_sha256
+        "verified: {} inputs unchanged; adapter reproduced byte for byte with {} threads (sha256 {})",
+        report.inputs, report.threads, report.adapter_sha256
     );
     Ok(())
 }

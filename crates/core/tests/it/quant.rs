@@ -204,8 +204,10 @@ fn frozen_matmul_equals_plain_reference_values_and_gradients() {
     }
 }
 
-/// The chunked loss over labelled rows equals the full-logits loss, and so do the adapter's
-/// gradients, within 1e-6 relative, for chunks of one, three (uneven) and all rows.
+/// The chunked loss over labelled rows equals the full-logits loss within 1e-6 relative, and so do
+/// the adapter's gradients within 5e-6 (on the CPU the chunks go through the fused cross-entropy
+/// kernel, the full loss through burn's log-softmax: two roundings of the same sum), for chunks of
+/// one, three (uneven) and all rows.
 #[test]
 fn chunked_loss_equals_full_loss_and_gradients() {
     let device = default_device();
@@ -239,7 +241,7 @@ fn chunked_loss_equals_full_loss_and_gradients() {
             let got = to_f32_vec(p.grad(&g).unwrap()).unwrap();
             let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
             let d = max_abs_diff(&got, want);
-            assert!(d <= 1e-6 * scale.max(1e-3), "chunks of {per}: gradient max |Δ| {d:e} (scale {scale:e})");
+            assert!(d <= 5e-6 * scale.max(1e-3), "chunks of {per}: gradient max |Δ| {d:e} (scale {scale:e})");
         }
         // Without gradients: the same sum.
         let hidden = model.last_hidden(&batch).unwrap();

@@ -1,0 +1,173 @@
+//! What the hand-written CPU kernels (`fused_*`) share: reading and making burn-flex tensors, a
+//! vectorisable `exp`, a per-CPU compilation of a loop (AVX-512 / AVX2 chosen at run time), and the
+//! rule that decides when a fused kernel replaces the plain burn composition.
+//!
+//! Results do not depend on the thread count nor on the instruction set chosen: work is split into
+//! independent pieces whose reductions run in a fixed order, and no compiler contracts `a·b + c`
+//! into an FMA (Rust does not reassociate or fuse floating-point operations), so the AVX-512, AVX2
+//! and scalar builds of a loop compute the same bits.
+
+use burn::backend::flex::FlexTensor;
+use burn::tensor::{DType, Device, Tensor, TensorData};
+
+/// Whether the fused CPU kernels replace burn's composed operations for a tensor: on burn-flex, in
+/// f32, unless `LORA_REFERENCE_KERNELS=1` asks for the plain path (kept for comparison, e.g. by
+/// `scripts/bench_train.sh`).
+pub fn use_fused<const D: usize>(x: &Tensor<D>) -> bool {
+    static REFERENCE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let reference = *REFERENCE.get_or_init(|| std::env::var("LORA_REFERENCE_KERNELS").is_ok_and(|v| v == "1"));
+    !reference && x.dtype() == DType::F32 && x.device().inner() == Device::flex()
+}
+
+/// The values of an f32 tensor in row-major order, copied only when its layout is not contiguous.
+pub fn f32_values(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
+    match t.layout().contiguous_offsets() {
+        Some((start, end)) => std::borrow::Cow::Borrowed(&t.storage::<f32>()[start..end]),
+        None => std::borrow::Cow::Owned(t.to_contiguous().storage::<f32>().to_vec()),
+    }
+}
+
+/// A contiguous f32 tensor from its values.
+pub fn f32_tensor(values: Vec<f32>, shape: &[usize]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape.to_vec()))
+}
+
+/// A raw pointer that may be sent to the threads of a parallel loop which write disjoint parts of
+/// one buffer.
+#[derive(Clone, Copy)]
+pub struct SendPtr(pub *mut f32);
+// SAFETY: only used by loops whose iterations write disjoint elements.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// e^x in f32, branch-free so that loops over it vectorise: x = n·ln2 + r with |r| ≤ ln2/2
+/// (Cody–Waite split of ln2), e^r by its Taylor polynomial of degree 7 (relative error < 2e-8,
+/// below f32's half ulp), 2^n built in the exponent bits. Underflows to 0 below −87.3 (where f32's
+/// normal range ends) and saturates at e^88.37.
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // 1.5·2²³: adding and subtracting it rounds to the nearest integer, with no call to `round`.
+    const ROUND: f32 = 12_582_912.0;
+    let xc = x.clamp(-87.3, 88.37);
+    let n = (xc * LOG2E + ROUND) - ROUND;
+    let r = (xc - n * LN2_HI) - n * LN2_LO;
+    let mut p = 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    if x < -87.3 { 0.0 } else { p * scale }
+}
+
+/// Lanes of the fixed-order accumulators: a sum over a row is kept as 16 partial sums (element i
+/// goes to lane i mod 16) added up in a fixed order at the end, which vectorises without letting the
+/// compiler reorder anything.
+pub const LANES: usize = 16;
+
+/// Σ values, in the fixed 16-lane order.
+#[inline(always)]
+pub fn sum_f32(values: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let mut chunks = values.chunks_exact(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            acc[l] += c[l];
+        }
+    }
+    for (l, &v) in chunks.remainder().iter().enumerate() {
+        acc[l] += v;
+    }
+    fold_lanes(acc)
+}
+
+/// Σ a·b, in the fixed 16-lane order.
+#[inline(always)]
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let mut ca = a.chunks_exact(LANES);
+    let mut cb = b.chunks_exact(LANES);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..LANES {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    for (l, (&x, &y)) in ca.remainder().iter().zip(cb.remainder()).enumerate() {
+        acc[l] += x * y;
+    }
+    fold_lanes(acc)
+}
+
+/// max of the values (−∞ for none), in the fixed 16-lane order.
+#[inline(always)]
+pub fn max_f32(values: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let mut chunks = values.chunks_exact(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            acc[l] = if c[l] > acc[l] { c[l] } else { acc[l] };
+        }
+    }
+    for (l, &v) in chunks.remainder().iter().enumerate() {
+        acc[l] = if v > acc[l] { v } else { acc[l] };
+    }
+    acc.into_iter().fold(f32::NEG_INFINITY, |m, v| if v > m { v } else { m })
+}
+
+#[inline(always)]
+fn fold_lanes(acc: [f32; LANES]) -> f32 {
+    // A pairwise tree, always the same.
+    let mut a = acc;
+    let mut w = LANES / 2;
+    while w > 0 {
+        for l in 0..w {
+            a[l] += a[l + w];
+        }
+        w /= 2;
+    }
+    a[0]
+}
+
+/// Defines `fn name(args) -> ret` whose body is compiled three times, for AVX-512, for AVX2 + FMA
+/// and for the baseline, the best the CPU has being chosen at run time (what `is_x86_feature_detected`
+/// reports). Everything the body calls must be `#[inline(always)]` to be compiled with it.
+macro_rules! multiversion {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn body($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn v4($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn v3($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
+                if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vl") {
+                    // SAFETY: the CPU has the features v4 is compiled for.
+                    return unsafe { v4($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU has the features v3 is compiled for.
+                    return unsafe { v3($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+pub(crate) use multiversion;
+
+/// Elements per task of the elementwise kernels: large enough that a task outweighs its scheduling,
+/// small enough that two cores share a 128 × 576 activation.
+pub const ELEMENTWISE_CHUNK: usize = 16 * 1024;

@@ -1,0 +1,351 @@
+//! Scaled dot-product attention as one CPU kernel with a hand-written backward, flash-style per head:
+//! the `[seq, seq]` scores and probabilities of a head exist only inside its task (never
+//! `[batch, heads, seq, seq]` for the layer), grouped-query heads read their shared key/value head
+//! in place (no `repeat_kv` copies), and every matrix is read by strides in the `[batch, seq, heads,
+//! head_dim]` layout the projections give, so nothing is transposed.
+//!
+//! burn 0.22's autodiff always builds attention from primitive operations (`attention_fallback`),
+//! keeping the scores, their softmax and the repeated keys and values of every head.
+//!
+//! Math, per head, with scale σ = 1/√head_dim and masked scores at −∞:
+//! S = σ·Q·Kᵀ, P = softmax(S) (rows), O = P·V, kept: O and the row log-sum-exps L.
+//! Backward recomputes P = exp(σ·Q·Kᵀ − L), then with D = rowsum(∂O ∘ O):
+//! ∂V = Pᵀ·∂O, ∂P = ∂O·Vᵀ, ∂S = P ∘ (∂P − D), ∂Q = σ·∂S·K, ∂K = σ·∂Sᵀ·Q
+//! (FlashAttention-2, Dao 2023, Algorithm 2, at the granularity of a whole head).
+//! ∂K and ∂V of a key/value head sum over the query heads of its group, always in the same order.
+//!
+//! The plain reference is burn's `attention` on `[batch, heads, seq, head_dim]` with repeated
+//! keys and values; the tests compare values and gradients.
+
+use std::sync::Arc;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
+use burn::tensor::Tensor;
+use rayon::prelude::*;
+
+use crate::cpu_kernel::{LANES, SendPtr, exp_f32, f32_tensor, f32_values, max_f32, multiversion};
+
+/// Which keys a query sees, for the fused kernel.
+#[derive(Debug, Clone)]
+pub enum KeyMask {
+    /// Every key.
+    Full,
+    /// Keys up to the query's own position (`past` cached keys come first).
+    Causal {
+        /// Keys before the first query.
+        past: usize,
+    },
+    /// `true` where attention is forbidden: `[batch, q, k]`, the same for every head.
+    Forbidden(Arc<Vec<bool>>),
+}
+
+impl KeyMask {
+    /// Whether query i of batch row b may see key j.
+    #[inline(always)]
+    fn allows(&self, b: usize, i: usize, j: usize, t: usize, tk: usize) -> bool {
+        match self {
+            Self::Full => true,
+            Self::Causal { past } => j <= past + i,
+            Self::Forbidden(m) => !m[(b * t + i) * tk + j],
+        }
+    }
+}
+
+/// The fused attention, on the backends that have it.
+#[backend_extension(Flex, Autodiff)]
+pub trait AttentionBackend: Backend {
+    /// softmax(Q·Kᵀ/√head_dim, masked)·V with `heads / kv_heads` query heads per key/value head.
+    ///
+    /// # Shapes
+    /// - q: `[batch, seq, heads, head_dim]`
+    /// - k, v: `[batch, keys, kv_heads, head_dim]`
+    /// - output: `[batch, seq, heads, head_dim]`
+    fn fused_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        mask: KeyMask,
+    ) -> FloatTensor<Self>;
+}
+
+impl AttentionBackend for Flex {
+    fn fused_attention(q: FlexTensor, k: FlexTensor, v: FlexTensor, mask: KeyMask) -> FlexTensor {
+        forward(&q, &k, &v, &mask).0
+    }
+}
+
+/// Sizes of one call.
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    b: usize,
+    t: usize,
+    tk: usize,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+}
+
+impl Dims {
+    fn of(q: &FlexTensor, k: &FlexTensor) -> Self {
+        let (qs, ks) = (q.layout().shape(), k.layout().shape());
+        Self { b: qs[0], t: qs[1], nh: qs[2], hd: qs[3], tk: ks[1], nkv: ks[2] }
+    }
+    fn scale(&self) -> f32 {
+        1.0 / (self.hd as f32).sqrt()
+    }
+}
+
+/// dst = alpha·dst + beta·lhs·rhs (only `beta·lhs·rhs` when `accumulate` is false), single-threaded:
+/// the tasks are the parallelism. Strides are (row, column) in elements.
+///
+/// # Safety
+/// The pointers must cover the matrices their strides describe.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm(
+    [m, n, k]: [usize; 3],
+    dst: (*mut f32, isize, isize),
+    lhs: (*const f32, isize, isize),
+    rhs: (*const f32, isize, isize),
+    accumulate: bool,
+    beta: f32,
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.0,
+            dst.2,
+            dst.1,
+            accumulate,
+            lhs.0,
+            lhs.2,
+            lhs.1,
+            rhs.0,
+            rhs.2,
+            rhs.1,
+            1.0f32,
+            beta,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+multiversion! {
+    /// Softmax of each row of `s` in place under the mask, returning log-sum-exps in `lse`.
+    fn softmax_rows(s: &mut [f32], lse: &mut [f32], mask: &KeyMask, b: usize, t: usize, tk: usize) {
+        for (i, row) in s.chunks_exact_mut(tk).enumerate() {
+            for (j, v) in row.iter_mut().enumerate() {
+                if !mask.allows(b, i, j, t, tk) {
+                    *v = f32::NEG_INFINITY;
+                }
+            }
+            let m = max_f32(row);
+            let mut acc = [0.0f32; LANES];
+            for (j, v) in row.iter_mut().enumerate() {
+                // exp(−∞ − m) is 0 through exp_f32's underflow.
+                let e = if *v == f32::NEG_INFINITY { 0.0 } else { exp_f32(*v - m) };
+                *v = e;
+                acc[j % LANES] += e;
+            }
+            let l = crate::cpu_kernel::sum_f32(&acc);
+            let inv = 1.0 / l;
+            for v in row.iter_mut() {
+                *v *= inv;
+            }
+            lse[i] = m + l.ln();
+        }
+    }
+}
+
+multiversion! {
+    /// P from the scores and saved log-sum-exps, in place, under the mask.
+    fn probabilities(s: &mut [f32], lse: &[f32], mask: &KeyMask, b: usize, t: usize, tk: usize) {
+        for (i, row) in s.chunks_exact_mut(tk).enumerate() {
+            let l = lse[i];
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = if mask.allows(b, i, j, t, tk) { exp_f32(*v - l) } else { 0.0 };
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// dP ← P ∘ (dP − D) with D_i = Σ_d dO[i, d]·O[i, d] (dO, O rows strided by `row`).
+    fn score_grad(dp: &mut [f32], p: &[f32], d_o: &[f32], o: &[f32], row: usize, hd: usize, tk: usize) {
+        for (i, (dp, p)) in dp.chunks_exact_mut(tk).zip(p.chunks_exact(tk)).enumerate() {
+            let d = crate::cpu_kernel::dot_f32(&d_o[i * row..i * row + hd], &o[i * row..i * row + hd]);
+            for j in 0..tk {
+                dp[j] = p[j] * (dp[j] - d);
+            }
+        }
+    }
+}
+
+/// O and the log-sum-exps `[batch, heads, seq]`.
+fn forward(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor, mask: &KeyMask) -> (FlexTensor, Vec<f32>) {
+    let dims = Dims::of(q, k);
+    let Dims { b, t, tk, nh, nkv, hd } = dims;
+    let (qs, ks, vs) = (f32_values(q), f32_values(k), f32_values(v));
+    let rep = nh / nkv;
+    let scale = dims.scale();
+    let mut o = vec![0.0f32; b * t * nh * hd];
+    let mut lse = vec![0.0f32; b * nh * t];
+    let (o_ptr, lse_ptr) = (SendPtr(o.as_mut_ptr()), SendPtr(lse.as_mut_ptr()));
+    (0..b * nh).into_par_iter().for_each(|task| {
+        let (bi, h) = (task / nh, task % nh);
+        let g = h / rep;
+        let mut s = vec![0.0f32; t * tk];
+        let (qrow, krow) = ((nh * hd) as isize, (nkv * hd) as isize);
+        let q0 = qs[bi * t * nh * hd + h * hd..].as_ptr();
+        let k0 = ks[bi * tk * nkv * hd + g * hd..].as_ptr();
+        let v0 = vs[bi * tk * nkv * hd + g * hd..].as_ptr();
+        let (op, lp) = (o_ptr, lse_ptr);
+        // SAFETY: the strides stay inside q, k, v and s; task (bi, h) alone writes head h of row bi
+        // of o and its log-sum-exps.
+        unsafe {
+            // S = σ·Q·Kᵀ: Kᵀ is K read with its strides swapped.
+            gemm([t, tk, hd], (s.as_mut_ptr(), tk as isize, 1), (q0, qrow, 1), (k0, 1, krow), false, scale);
+            let lse = std::slice::from_raw_parts_mut(lp.0.add((bi * nh + h) * t), t);
+            softmax_rows(&mut s, lse, mask, bi, t, tk);
+            // O = P·V
+            let o0 = op.0.add(bi * t * nh * hd + h * hd);
+            gemm([t, hd, tk], (o0, qrow, 1), (s.as_ptr(), tk as isize, 1), (v0, krow, 1), false, 1.0);
+        }
+    });
+    (f32_tensor(o, &[b, t, nh, hd]), lse)
+}
+
+/// ∂Q, ∂K, ∂V from ∂O.
+fn backward(
+    q: &FlexTensor,
+    k: &FlexTensor,
+    v: &FlexTensor,
+    o: &FlexTensor,
+    lse: &[f32],
+    mask: &KeyMask,
+    d_o: &FlexTensor,
+) -> (FlexTensor, FlexTensor, FlexTensor) {
+    let dims = Dims::of(q, k);
+    let Dims { b, t, tk, nh, nkv, hd } = dims;
+    let (qs, ks, vs, os, dos) = (f32_values(q), f32_values(k), f32_values(v), f32_values(o), f32_values(d_o));
+    let rep = nh / nkv;
+    let scale = dims.scale();
+    let mut dq = vec![0.0f32; qs.len()];
+    let mut dk = vec![0.0f32; ks.len()];
+    let mut dv = vec![0.0f32; vs.len()];
+    let ptrs = (SendPtr(dq.as_mut_ptr()), SendPtr(dk.as_mut_ptr()), SendPtr(dv.as_mut_ptr()));
+    // One task per key/value head: its query heads, in order, add to its ∂K and ∂V.
+    (0..b * nkv).into_par_iter().for_each(|task| {
+        let (bi, g) = (task / nkv, task % nkv);
+        let mut s = vec![0.0f32; t * tk];
+        let mut dp = vec![0.0f32; t * tk];
+        let (qrow, krow) = ((nh * hd) as isize, (nkv * hd) as isize);
+        let kv_off = bi * tk * nkv * hd + g * hd;
+        let (k0, v0) = (ks[kv_off..].as_ptr(), vs[kv_off..].as_ptr());
+        let (dqp, dkp, dvp) = ptrs;
+        for h in g * rep..(g + 1) * rep {
+            let q_off = bi * t * nh * hd + h * hd;
+            let (q0, do0) = (qs[q_off..].as_ptr(), dos[q_off..].as_ptr());
+            let first = h == g * rep;
+            // SAFETY: the strides stay inside the buffers; task (bi, g) alone writes the ∂Q of its
+            // query heads and the ∂K, ∂V of head g of row bi.
+            unsafe {
+                gemm([t, tk, hd], (s.as_mut_ptr(), tk as isize, 1), (q0, qrow, 1), (k0, 1, krow), false, scale);
+                probabilities(&mut s, &lse[(bi * nh + h) * t..(bi * nh + h + 1) * t], mask, bi, t, tk);
+                // ∂V (+)= Pᵀ·∂O
+                let dv0 = dvp.0.add(kv_off);
+                gemm([tk, hd, t], (dv0, krow, 1), (s.as_ptr(), 1, tk as isize), (do0, qrow, 1), !first, 1.0);
+                // ∂P = ∂O·Vᵀ, then ∂S = P ∘ (∂P − D)
+                gemm([t, tk, hd], (dp.as_mut_ptr(), tk as isize, 1), (do0, qrow, 1), (v0, 1, krow), false, 1.0);
+                score_grad(&mut dp, &s, &dos[q_off..], &os[q_off..], nh * hd, hd, tk);
+                // ∂Q = σ·∂S·K
+                let dq0 = dqp.0.add(q_off);
+                gemm([t, hd, tk], (dq0, qrow, 1), (dp.as_ptr(), tk as isize, 1), (k0, krow, 1), false, scale);
+                // ∂K (+)= σ·∂Sᵀ·Q
+                let dk0 = dkp.0.add(kv_off);
+                gemm([tk, hd, t], (dk0, krow, 1), (dp.as_ptr(), 1, tk as isize), (q0, qrow, 1), !first, scale);
+            }
+        }
+    });
+    (f32_tensor(dq, &[b, t, nh, hd]), f32_tensor(dk, &[b, tk, nkv, hd]), f32_tensor(dv, &[b, tk, nkv, hd]))
+}
+
+#[derive(Debug)]
+struct AttentionBackward;
+
+/// What the backward needs: the inputs, the output, the log-sum-exps and the mask.
+#[derive(Debug, Clone)]
+struct Saved {
+    q: FlexTensor,
+    k: FlexTensor,
+    v: FlexTensor,
+    o: FlexTensor,
+    lse: Arc<Vec<f32>>,
+    mask: KeyMask,
+}
+
+impl Backward<Flex, 3> for AttentionBackward {
+    type State = Saved;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let [node_q, node_k, node_v] = ops.parents;
+        let d_o = grads.consume::<Flex>(&ops.node);
+        let Saved { q, k, v, o, lse, mask } = ops.state;
+        let (dq, dk, dv) = backward(&q, &k, &v, &o, &lse, &mask, &d_o);
+        for (node, grad) in [(node_q, dq), (node_k, dk), (node_v, dv)] {
+            if let Some(node) = node {
+                grads.register::<Flex>(node.id, grad);
+            }
+        }
+    }
+}
+
+impl<C: CheckpointStrategy> AttentionBackend for Autodiff<Flex, C> {
+    fn fused_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        mask: KeyMask,
+    ) -> FloatTensor<Self> {
+        match AttentionBackward.prepare::<C>([q.node(), k.node(), v.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let (q, k, v) = (q.into_primitive(), k.into_primitive(), v.into_primitive());
+                let (o, lse) = forward(&q, &k, &v, &mask);
+                let saved = Saved { q, k, v, o: o.clone(), lse: Arc::new(lse), mask };
+                prep.finish(saved, o)
+            }
+            OpsKind::UnTracked(prep) => {
+                let (o, _) = forward(&q.into_primitive(), &k.into_primitive(), &v.into_primitive(), &mask);
+                prep.finish(o)
+            }
+        }
+    }
+}
+
+/// Fused attention on `[batch, seq, heads, head_dim]` queries and `[batch, keys, kv_heads,
+/// head_dim]` keys and values (the CPU kernel: call only where [`crate::cpu_kernel::use_fused`]).
+///
+/// # Shapes
+/// - q: `[batch, seq, heads, head_dim]`
+/// - k, v: `[batch, keys, kv_heads, head_dim]`
+/// - output: `[batch, seq, heads, head_dim]`
+pub fn fused_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: KeyMask) -> Tensor<4> {
+    let o = <Dispatch as AttentionBackend>::fused_attention(
+        q.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        mask,
+    );
+    Tensor::from_dispatch(o)
+}

@@ -1,0 +1,214 @@
+//! The fused CPU kernels against the plain burn compositions they replace: values and every input
+//! gradient within 1e-5 (relative to the largest reference value), on odd shapes, grouped-query
+//! heads, causal, full and explicit masks; and the same bits whatever the thread count.
+
+use std::sync::Arc;
+
+use lora_core::burn::tensor::activation::log_softmax;
+use lora_core::burn::tensor::module::attention;
+use lora_core::burn::tensor::ops::AttentionModuleOptions;
+use lora_core::burn::tensor::{Bool, Int, Tensor, TensorData};
+use lora_core::default_device;
+use lora_core::fused_attention::{KeyMask, fused_attention};
+use lora_core::fused_cross_entropy::cross_entropy_sum;
+use lora_core::fused_rope::rope_bthd;
+use lora_core::fused_swiglu::{swiglu, swiglu_reference};
+use lora_core::host::to_f32_vec;
+use lora_core::norm::RmsNorm;
+use lora_core::rope::apply_rope;
+
+fn lcg(seed: u64, n: usize, amp: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_add(0x9E37_79B9);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * amp
+        })
+        .collect()
+}
+
+fn leaf<const D: usize>(v: &[f32], shape: [usize; D]) -> Tensor<D> {
+    Tensor::<D>::from_data(TensorData::new(v.to_vec(), shape), &default_device()).autodiff().require_grad()
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    to_f32_vec(t.inner()).unwrap()
+}
+
+/// Asserts a ≈ b within 1e-5 of b's largest magnitude (at least 1).
+fn close(what: &str, a: &[f32], b: &[f32]) {
+    assert_eq!(a.len(), b.len(), "{what}: length");
+    let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+    let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    assert!(d <= 1e-5 * scale, "{what}: max |Δ| {d:e} (scale {scale})");
+    assert!(a.iter().all(|v| v.is_finite()), "{what}: non-finite values");
+}
+
+#[test]
+fn fused_swiglu_equals_reference_values_and_gradients() {
+    for (n, amp) in [(7usize, 1.0f32), (3 * 16 * 1024 + 5, 12.0)] {
+        let (g, u, dy) = (lcg(1, n, amp), lcg(2, n, amp), lcg(3, n, 1.0));
+        let run = |fused: bool| {
+            let (gl, ul) = (leaf(&g, [n]), leaf(&u, [n]));
+            let y = if fused { swiglu(gl.clone(), ul.clone()) } else { swiglu_reference(gl.clone(), ul.clone()) };
+            let grads = (y.clone() * Tensor::<1>::from_data(TensorData::new(dy.clone(), [n]), &default_device()))
+                .sum()
+                .backward();
+            (values(y), values(gl.grad(&grads).unwrap()), values(ul.grad(&grads).unwrap()))
+        };
+        let (a, b) = (run(true), run(false));
+        close("swiglu y", &a.0, &b.0);
+        close("swiglu ∂gate", &a.1, &b.1);
+        close("swiglu ∂up", &a.2, &b.2);
+    }
+}
+
+#[test]
+fn fused_rms_norm_equals_reference_values_and_gradients() {
+    for (rows, d) in [(5usize, 37usize), (40, 64)] {
+        let (x, w, dy) = (lcg(4, rows * d, 3.0), lcg(5, d, 1.5), lcg(6, rows * d, 1.0));
+        let run = |fused: bool| {
+            let norm = RmsNorm {
+                weight: lora_core::burn::module::Param::from_tensor(leaf(&w, [d])),
+                eps: 1e-6,
+            };
+            let xl = leaf(&x, [rows, d]);
+            let y = if fused { norm.forward(xl.clone()) } else { norm.forward_reference(xl.clone()) };
+            let grads = (y.clone() * Tensor::<2>::from_data(TensorData::new(dy.clone(), [rows, d]), &default_device()))
+                .sum()
+                .backward();
+            let gw = norm.weight.val().grad(&grads).map(values);
+            (values(y), values(xl.grad(&grads).unwrap()), gw)
+        };
+        let (a, b) = (run(true), run(false));
+        close("rms_norm y", &a.0, &b.0);
+        close("rms_norm ∂x", &a.1, &b.1);
+        close("rms_norm ∂weight", &a.2.expect("fused ∂w"), &b.2.expect("reference ∂w"));
+    }
+}
+
+#[test]
+fn fused_rope_equals_reference_values_and_gradients() {
+    let (b, t, h, hd) = (2usize, 5usize, 3usize, 8usize);
+    let (x, dy) = (lcg(7, b * t * h * hd, 2.0), lcg(8, b * t * h * hd, 1.0));
+    let angles = lcg(9, b * t * hd, 3.0);
+    let cos: Vec<f32> = angles.iter().map(|a| a.cos()).collect();
+    let sin: Vec<f32> = angles.iter().map(|a| a.sin()).collect();
+    let table = |v: &Vec<f32>| Tensor::<4>::from_data(TensorData::new(v.clone(), [b, 1, t, hd]), &default_device());
+    let (cos, sin) = (table(&cos), table(&sin));
+    let run = |fused: bool| {
+        let xl = leaf(&x, [b, t, h, hd]);
+        let y = if fused {
+            rope_bthd(xl.clone(), &cos, &sin)
+        } else {
+            apply_rope(xl.clone().swap_dims(1, 2), &cos, &sin).swap_dims(1, 2)
+        };
+        let grads = (y.clone() * Tensor::<4>::from_data(TensorData::new(dy.clone(), [b, t, h, hd]), &default_device()))
+            .sum()
+            .backward();
+        (values(y), values(xl.grad(&grads).unwrap()))
+    };
+    let (a, r) = (run(true), run(false));
+    close("rope y", &a.0, &r.0);
+    close("rope ∂x", &a.1, &r.1);
+}
+
+/// burn's attention on `[b, heads, t, hd]` with repeated key/value heads: the reference.
+fn reference_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: Option<Tensor<4, Bool>>, causal: bool) -> Tensor<4> {
+    let [b, _, nh, hd] = q.dims();
+    let [_, tk, nkv, _] = k.dims();
+    let rep = |x: Tensor<4>| {
+        x.swap_dims(1, 2).unsqueeze_dim::<5>(2).expand([b, nkv, nh / nkv, tk, hd]).reshape([b, nh, tk, hd])
+    };
+    let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: causal };
+    attention(q.swap_dims(1, 2), rep(k), rep(v), mask, None, options).swap_dims(1, 2)
+}
+
+#[test]
+fn fused_attention_equals_reference_values_and_gradients() {
+    // (batch, seq, heads, kv heads, head_dim): plain, grouped-query (3 per group), odd sizes.
+    for (b, t, nh, nkv, hd) in [(2usize, 9usize, 2usize, 2usize, 8usize), (1, 33, 6, 2, 16), (3, 4, 3, 1, 5)] {
+        let (q, k, v) = (lcg(10, b * t * nh * hd, 1.5), lcg(11, b * t * nkv * hd, 1.5), lcg(12, b * t * nkv * hd, 1.0));
+        let dy = lcg(13, b * t * nh * hd, 1.0);
+        // An explicit mask: causal, a padded first key in row 0, every query sees itself.
+        let forbidden: Vec<bool> = (0..b)
+            .flat_map(|r| (0..t).flat_map(move |i| (0..t).map(move |j| j > i || (r == 0 && j == 0 && i != 0))))
+            .collect();
+        let full_mask: Vec<bool> = (0..b)
+            .flat_map(|r| {
+                let row = forbidden[r * t * t..(r + 1) * t * t].to_vec();
+                std::iter::repeat_n(row, nh).flatten()
+            })
+            .collect();
+        let masks = [
+            ("full", KeyMask::Full, None, false),
+            ("causal", KeyMask::Causal { past: 0 }, None, true),
+            (
+                "explicit",
+                KeyMask::Forbidden(Arc::new(forbidden.clone())),
+                Some(Tensor::<4, Bool>::from_data(TensorData::new(full_mask, [b, nh, t, t]), &default_device())),
+                false,
+            ),
+        ];
+        for (name, key_mask, tensor_mask, causal) in masks {
+            let run = |fused: bool| {
+                let (ql, kl, vl) = (leaf(&q, [b, t, nh, hd]), leaf(&k, [b, t, nkv, hd]), leaf(&v, [b, t, nkv, hd]));
+                let y = if fused {
+                    fused_attention(ql.clone(), kl.clone(), vl.clone(), key_mask.clone())
+                } else {
+                    reference_attention(ql.clone(), kl.clone(), vl.clone(), tensor_mask.clone(), causal)
+                };
+                let g = Tensor::<4>::from_data(TensorData::new(dy.clone(), [b, t, nh, hd]), &default_device());
+                let grads = (y.clone() * g).sum().backward();
+                [values(y), values(ql.grad(&grads).unwrap()), values(kl.grad(&grads).unwrap()), values(vl.grad(&grads).unwrap())]
+            };
+            let (a, r) = (run(true), run(false));
+            for (i, what) in ["o", "∂q", "∂k", "∂v"].iter().enumerate() {
+                close(&format!("attention {name} [{b},{t},{nh}/{nkv},{hd}] {what}"), &a[i], &r[i]);
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_cross_entropy_equals_log_softmax_gather_values_and_gradients() {
+    let (n, vocab) = (6usize, 1003usize);
+    let z = lcg(14, n * vocab, 8.0);
+    let targets: Vec<u32> = (0..n).map(|i| ((i * 389 + 7) % vocab) as u32).collect();
+    let run = |fused: bool| {
+        let zl = leaf(&z, [n, vocab]);
+        let loss = if fused {
+            cross_entropy_sum(zl.clone(), targets.clone())
+        } else {
+            let ids: Vec<i64> = targets.iter().map(|&t| t as i64).collect();
+            let idx = Tensor::<2, Int>::from_data(TensorData::new(ids, [n, 1]), &default_device());
+            log_softmax(zl.clone(), 1).gather(1, idx).sum().neg()
+        };
+        let grads = (loss.clone() * 0.25).backward();
+        (values(loss), values(zl.grad(&grads).unwrap()))
+    };
+    let (a, r) = (run(true), run(false));
+    close("cross-entropy sum", &a.0, &r.0);
+    close("cross-entropy ∂logits", &a.1, &r.1);
+}
+
+/// The kernels split work by rows and heads and reduce in a fixed order: one thread and many give
+/// the same bits.
+#[test]
+fn fused_kernels_give_the_same_bits_on_one_thread_and_many() {
+    let (b, t, nh, nkv, hd) = (2usize, 40usize, 4usize, 2usize, 16usize);
+    let (q, k, v) = (lcg(20, b * t * nh * hd, 1.0), lcg(21, b * t * nkv * hd, 1.0), lcg(22, b * t * nkv * hd, 1.0));
+    let run = || {
+        let (ql, kl, vl) = (leaf(&q, [b, t, nh, hd]), leaf(&k, [b, t, nkv, hd]), leaf(&v, [b, t, nkv, hd]));
+        let y = fused_attention(ql.clone(), kl.clone(), vl.clone(), KeyMask::Causal { past: 0 });
+        let y = swiglu(y.clone(), y);
+        let grads = y.clone().sum().backward();
+        [values(y), values(ql.grad(&grads).unwrap()), values(kl.grad(&grads).unwrap())]
+    };
+    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(run);
+    let many = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap().install(run);
+    for i in 0..3 {
+        let bits = |v: &Vec<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&one[i]), bits(&many[i]), "output {i} differs between 1 and 4 threads");
+    }
+}
