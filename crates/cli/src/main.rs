@@ -48,6 +48,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    lora_core::cpu_kernel::keep_freed_memory();
     // A panic is a bug in lora or a dependency: say so in one line instead of a backtrace.
     std::panic::set_hook(Box::new(|info| {
         let msg = info

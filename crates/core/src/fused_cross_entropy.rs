@@ -63,6 +63,16 @@ multiversion! {
     }
 }
 
+multiversion! {
+    /// [`row_grad`] overwriting the row's logits.
+    fn row_grad_in_place(z: &mut [f32], lse: f32, target: usize, scale: f32) {
+        for v in z.iter_mut() {
+            *v = scale * exp_f32(*v - lse);
+        }
+        z[target] -= scale;
+    }
+}
+
 /// The summed loss and each row's log-sum-exp.
 fn forward(logits: &FlexTensor, targets: &[u32]) -> (FlexTensor, Vec<f32>) {
     let vocab = logits.layout().shape()[1];
@@ -73,11 +83,20 @@ fn forward(logits: &FlexTensor, targets: &[u32]) -> (FlexTensor, Vec<f32>) {
     (f32_tensor(vec![sum as f32], &[1]), lse)
 }
 
-fn backward(logits: &FlexTensor, targets: &[u32], lse: &[f32], d_loss: &FlexTensor) -> FlexTensor {
+fn backward(mut logits: FlexTensor, targets: &[u32], lse: &[f32], d_loss: &FlexTensor) -> FlexTensor {
     let shape = logits.layout().shape().to_vec();
     let vocab = shape[1];
-    let z = f32_values(logits);
     let scale = f32_values(d_loss)[0];
+    // The logits are needed no more: when nothing else holds them, their buffer becomes the
+    // gradient (a 49k-vocabulary chunk is 100 MB that need not be allocated and faulted in again).
+    let in_place = logits.layout().contiguous_offsets() == Some((0, shape[0] * vocab));
+    if let Some(z) = in_place.then(|| logits.try_storage_mut::<f32>()).flatten() {
+        z.par_chunks_mut(vocab.max(1)).enumerate().for_each(|(r, z)| {
+            row_grad_in_place(z, lse[r], targets[r] as usize, scale);
+        });
+        return logits;
+    }
+    let z = f32_values(&logits);
     let mut dz = vec![0.0f32; z.len()];
     dz.par_chunks_mut(vocab.max(1)).enumerate().for_each(|(r, dz)| {
         row_grad(&z[r * vocab..(r + 1) * vocab], lse[r], targets[r] as usize, scale, dz);
@@ -96,7 +115,7 @@ impl Backward<Flex, 1> for CrossEntropyBackward {
         let d_loss = grads.consume::<Flex>(&ops.node);
         if let Some(node) = node {
             let (logits, targets, lse) = ops.state;
-            grads.register::<Flex>(node.id, backward(&logits, &targets, &lse, &d_loss));
+            grads.register::<Flex>(node.id, backward(logits, &targets, &lse, &d_loss));
         }
     }
 }

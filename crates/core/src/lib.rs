@@ -20,6 +20,7 @@ pub mod eval;
 pub mod frozen_matmul;
 pub mod fused_attention;
 pub mod fused_cross_entropy;
+pub mod fused_lora_linear;
 pub mod fused_rms_norm;
 pub mod fused_rope;
 pub mod fused_swiglu;

@@ -46,6 +46,11 @@ impl LoraAdapter {
         burn::tensor::module::linear(down, self.lora_b.clone().transpose(), None) * self.scaling // [..., out]
     }
 
+    /// The inverted-dropout mask of this forward pass over `n` inputs, or none when dropout is off.
+    pub fn dropout_keep(&self, n: usize) -> Option<Vec<f32>> {
+        (self.training && self.dropout > 0.0).then(|| dropout_mask(n, self.dropout, self.dropout_seed))
+    }
+
     /// The dense update s·B·A: [out, in].
     pub fn delta(&self) -> Tensor<2> {
         self.lora_b.clone().matmul(self.lora_a.clone()) * self.scaling

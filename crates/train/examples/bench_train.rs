@@ -60,6 +60,9 @@ fn measure_peak() {
 }
 
 fn main() {
+    if std::env::var("LORA_SYSTEM_ALLOCATOR").as_deref() != Ok("1") {
+        lora_core::cpu_kernel::keep_freed_memory();
+    }
     if std::env::args().any(|a| a == "--measure-peak") {
         return measure_peak();
     }

@@ -14,6 +14,8 @@ use lora_core::fused_cross_entropy::cross_entropy_sum;
 use lora_core::fused_rope::rope_bthd;
 use lora_core::fused_swiglu::{swiglu, swiglu_reference};
 use lora_core::host::to_f32_vec;
+use lora_core::linear::Linear;
+use lora_core::lora::LoraAdapter;
 use lora_core::norm::RmsNorm;
 use lora_core::rope::apply_rope;
 
@@ -208,6 +210,52 @@ fn fused_kernels_give_the_same_bits_on_one_thread_and_many() {
     let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(run);
     let many = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap().install(run);
     for i in 0..3 {
+        let bits = |v: &Vec<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&one[i]), bits(&many[i]), "output {i} differs between 1 and 4 threads");
+    }
+}
+
+/// A linear layer with one adapter, fused and plain, with and without dropout: y, ∂x, ∂A, ∂B.
+fn lora_layer_run(fused: bool, n: usize, d_in: usize, d_out: usize, r: usize, dropout: f64) -> [Vec<f32>; 4] {
+    let (w, a, b) = (lcg(30, d_out * d_in, 0.5), lcg(31, r * d_in, 0.5), lcg(32, d_out * r, 0.5));
+    let (x, dy) = (lcg(33, n * d_in, 1.0), lcg(34, n * d_out, 1.0));
+    let device = default_device();
+    let weight = Tensor::<2>::from_data(TensorData::new(w, [d_out, d_in]), &device.clone().autodiff());
+    let mut layer = Linear::from_weight(weight);
+    let (al, bl) = (leaf(&a, [r, d_in]), leaf(&b, [d_out, r]));
+    layer.lora.push(LoraAdapter {
+        lora_a: al.clone(),
+        lora_b: bl.clone(),
+        scaling: 2.0,
+        dropout,
+        training: true,
+        dropout_seed: 77,
+    });
+    let xl = leaf(&x, [n, d_in]);
+    let y = if fused { layer.forward(xl.clone()) } else { layer.forward_reference(xl.clone()) };
+    let grads = (y.clone() * Tensor::<2>::from_data(TensorData::new(dy, [n, d_out]), &device)).sum().backward();
+    [values(y), values(xl.grad(&grads).unwrap()), values(al.grad(&grads).unwrap()), values(bl.grad(&grads).unwrap())]
+}
+
+#[test]
+fn fused_lora_linear_equals_reference_values_and_gradients() {
+    // Small (one thread) and large enough that the products are split over threads.
+    for (n, d_in, d_out, r) in [(5usize, 37usize, 19usize, 3usize), (130, 96, 80, 8)] {
+        for dropout in [0.0, 0.1] {
+            let (a, b) = (lora_layer_run(true, n, d_in, d_out, r, dropout), lora_layer_run(false, n, d_in, d_out, r, dropout));
+            for (i, what) in ["y", "∂x", "∂A", "∂B"].iter().enumerate() {
+                close(&format!("lora linear [{n}x{d_in}]→{d_out} r{r} dropout {dropout} {what}"), &a[i], &b[i]);
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_lora_linear_gives_the_same_bits_on_one_thread_and_many() {
+    let run = || lora_layer_run(true, 300, 128, 96, 8, 0.0);
+    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(run);
+    let many = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap().install(run);
+    for i in 0..4 {
         let bits = |v: &Vec<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&one[i]), bits(&many[i]), "output {i} differs between 1 and 4 threads");
     }
