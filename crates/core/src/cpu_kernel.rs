@@ -188,3 +188,55 @@ pub fn keep_freed_memory() {
         libc::mallopt(libc::M_TOP_PAD, 16 << 20);
     }
 }
+
+/// Products with at least this many multiply-adds are split over the threads by [`gemm_f32`] when
+/// allowed (64³): burn-flex waits for 192³, which leaves our thin adapter products and a 512-token
+/// step's smaller projections on one core.
+pub const PARALLEL_MACS: usize = 64 * 64 * 64;
+
+/// dst = [dst +] beta·lhs·rhs, f32, for matrices given as (pointer, row stride, column stride) in
+/// elements; `m × k` times `k × n`. Split over the threads when `threads` and the product is at
+/// least [`PARALLEL_MACS`] (the split is over output blocks, each reduced in the same order, so the
+/// bits do not depend on the thread count).
+///
+/// # Safety
+/// The pointers must cover the matrices their strides describe, and dst must not overlap lhs or rhs.
+pub unsafe fn gemm_f32(
+    [m, n, k]: [usize; 3],
+    dst: (*mut f32, usize, usize),
+    lhs: (*const f32, usize, usize),
+    rhs: (*const f32, usize, usize),
+    accumulate: bool,
+    beta: f32,
+    threads: bool,
+) {
+    let parallelism = if threads && m * n * k >= PARALLEL_MACS {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.0,
+            dst.2 as isize,
+            dst.1 as isize,
+            accumulate,
+            lhs.0,
+            lhs.2 as isize,
+            lhs.1 as isize,
+            rhs.0,
+            rhs.2 as isize,
+            rhs.1 as isize,
+            1.0f32,
+            beta,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}

@@ -31,6 +31,24 @@ use rayon::prelude::*;
 
 use crate::cpu_kernel::{LANES, SendPtr, exp_f32, f32_tensor, f32_values, max_f32, multiversion};
 
+/// One task's product, on its own thread: the tasks are the parallelism.
+///
+/// # Safety
+/// As [`crate::cpu_kernel::gemm_f32`].
+unsafe fn gemm(
+    mnk: [usize; 3],
+    dst: (*mut f32, isize, isize),
+    lhs: (*const f32, isize, isize),
+    rhs: (*const f32, isize, isize),
+    accumulate: bool,
+    beta: f32,
+) {
+    let u = |(p, r, c): (*const f32, isize, isize)| (p, r as usize, c as usize);
+    let d = (dst.0, dst.1 as usize, dst.2 as usize);
+    // SAFETY: forwarded from the caller.
+    unsafe { crate::cpu_kernel::gemm_f32(mnk, d, u(lhs), u(rhs), accumulate, beta, false) }
+}
+
 /// Which keys a query sees, for the fused kernel.
 #[derive(Debug, Clone)]
 pub enum KeyMask {
@@ -98,46 +116,6 @@ impl Dims {
     }
     fn scale(&self) -> f32 {
         1.0 / (self.hd as f32).sqrt()
-    }
-}
-
-/// dst = alpha·dst + beta·lhs·rhs (only `beta·lhs·rhs` when `accumulate` is false), single-threaded:
-/// the tasks are the parallelism. Strides are (row, column) in elements.
-///
-/// # Safety
-/// The pointers must cover the matrices their strides describe.
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm(
-    [m, n, k]: [usize; 3],
-    dst: (*mut f32, isize, isize),
-    lhs: (*const f32, isize, isize),
-    rhs: (*const f32, isize, isize),
-    accumulate: bool,
-    beta: f32,
-) {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.0,
-            dst.2,
-            dst.1,
-            accumulate,
-            lhs.0,
-            lhs.2,
-            lhs.1,
-            rhs.0,
-            rhs.2,
-            rhs.1,
-            1.0f32,
-            beta,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
     }
 }
 

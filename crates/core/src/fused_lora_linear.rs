@@ -24,10 +24,6 @@ use burn::tensor::Tensor;
 
 use crate::cpu_kernel::{f32_tensor, f32_values};
 
-/// Products with at least this many multiply-adds are split over the threads (64³): our shapes'
-/// thin adapter products are far below burn-flex's 192³ and still pay for two threads.
-const PARALLEL_MACS: usize = 64 * 64 * 64;
-
 /// The fused layer, on the backends that have it.
 #[backend_extension(Flex, Autodiff)]
 pub trait LoraLinearBackend: Backend {
@@ -59,44 +55,20 @@ impl LoraLinearBackend for Flex {
     }
 }
 
-/// dst = [dst +] beta·lhs·rhs for row-major operands given by (pointer, row stride, column stride).
+/// A product split over the threads when large enough.
 ///
 /// # Safety
-/// The pointers must cover the matrices their strides describe.
+/// As [`crate::cpu_kernel::gemm_f32`].
 unsafe fn gemm(
-    [m, n, k]: [usize; 3],
+    mnk: [usize; 3],
     dst: (*mut f32, usize, usize),
     lhs: (*const f32, usize, usize),
     rhs: (*const f32, usize, usize),
     accumulate: bool,
     beta: f32,
 ) {
-    let parallelism =
-        if m * n * k >= PARALLEL_MACS { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
     // SAFETY: forwarded from the caller.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.0,
-            dst.2 as isize,
-            dst.1 as isize,
-            accumulate,
-            lhs.0,
-            lhs.2 as isize,
-            lhs.1 as isize,
-            rhs.0,
-            rhs.2 as isize,
-            rhs.1 as isize,
-            1.0f32,
-            beta,
-            false,
-            false,
-            false,
-            parallelism,
-        )
-    }
+    unsafe { crate::cpu_kernel::gemm_f32(mnk, dst, lhs, rhs, accumulate, beta, true) }
 }
 
 /// x∘keep, or x itself.

@@ -18,6 +18,7 @@ pub mod decoder_layer;
 pub mod error;
 pub mod eval;
 pub mod frozen_matmul;
+mod frozen_matmul_cpu;
 pub mod fused_attention;
 pub mod fused_cross_entropy;
 pub mod fused_lora_linear;

@@ -159,7 +159,8 @@ fn bf16_base_equals_f32_load_of_the_same_file() {
     assert!(bf16_model.base_bytes() * 10 < f32_model.base_bytes() * 6, "bf16 holds about half the bytes");
 }
 
-/// Values and input gradients of the frozen matmul equal x·Wᵀ with the upcast / dequantized W,
+/// Values and input gradients of the frozen matmul equal x·Wᵀ with the upcast / dequantized W (and
+/// with an f32 W, whose products the CPU computes directly),
 /// over odd shapes, one row, and blocks that split the rows unevenly.
 #[test]
 fn frozen_matmul_equals_plain_reference_values_and_gradients() {
@@ -182,7 +183,9 @@ fn frozen_matmul_equals_plain_reference_values_and_gradients() {
             TensorCreationOptions::new(device.clone()).with_dtype(DType::BF16),
         ));
         let nf4 = BaseWeight::Nf4(Arc::new(Nf4Tensor::quantize(&wv, &[d_out, d_in], false)));
-        for w in [&bf16, &nf4] {
+        // f32 goes through the direct CPU products (frozen_matmul_cpu.rs).
+        let f32w = BaseWeight::Dense(Tensor::<2>::from_data(TensorData::new(wv.clone(), [d_out, d_in]), &device));
+        for w in [&bf16, &nf4, &f32w] {
             let dense = w.to_f32(&device); // [out, in]
             for block in [usize::MAX, 2 * d_in + 5, 1] {
                 let x =

@@ -1,0 +1,72 @@
+//! The frozen matmul's products for a dense f32 weight on burn-flex, written straight into their
+//! output by the `gemm` crate: burn-flex allocates each matmul output as bytes and then copies it into
+//! a re-aligned allocation (`Bytes::from_bytes_vec`), which for a 152k-vocabulary head is 0.27 GB
+//! written twice per chunk of the loss, every page faulted in fresh; it also keeps products below
+//! 192³ multiply-adds on one thread.
+//!
+//! The plain reference is burn's matmul in [`crate::frozen_matmul`], the path of every other case;
+//! the frozen-matmul test compares both on f32 weights.
+
+use std::any::Any;
+
+use burn::backend::Backend;
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::tensor::DType;
+
+use crate::cpu_kernel::{f32_tensor, f32_values, gemm_f32};
+
+/// The burn-flex tensor behind a backend primitive, when it is one and holds f32.
+fn flex_f32<B: Backend>(t: &FloatTensor<B>) -> Option<&FlexTensor> {
+    (t as &dyn Any).downcast_ref::<FlexTensor>().filter(|t| t.dtype() == DType::F32 && t.layout().num_dims() == 2)
+}
+
+/// A burn-flex tensor as the primitive of `B` (which is burn-flex: `flex_f32` returned a tensor).
+fn to_primitive<B: Backend>(t: FlexTensor) -> FloatTensor<B> {
+    *(Box::new(t) as Box<dyn Any>).downcast::<FloatTensor<B>>().expect("B is burn-flex")
+}
+
+/// x·Wᵀ when both are f32 on burn-flex.
+///
+/// # Shapes
+/// - x: `[n, in]`, w: `[out, in]`
+/// - output: `[n, out]`
+pub(crate) fn matmul_nt<B: Backend>(x: &FloatTensor<B>, w: &FloatTensor<B>) -> Option<FloatTensor<B>> {
+    let (xf, wf) = (flex_f32::<B>(x)?, flex_f32::<B>(w)?);
+    let ([n, d_in], [out, d_w]) = (dims(xf), dims(wf));
+    if d_in != d_w {
+        return None;
+    }
+    let (xs, ws) = (f32_values(xf), f32_values(wf));
+    let mut y = vec![0.0f32; n * out];
+    // SAFETY: contiguous matrices with the strides given; Wᵀ is W read with its strides swapped.
+    unsafe {
+        gemm_f32([n, out, d_in], (y.as_mut_ptr(), out, 1), (xs.as_ptr(), d_in, 1), (ws.as_ptr(), 1, d_in), false, 1.0, true);
+    }
+    Some(to_primitive::<B>(f32_tensor(y, &[n, out])))
+}
+
+/// g·W when both are f32 on burn-flex.
+///
+/// # Shapes
+/// - g: `[n, out]`, w: `[out, in]`
+/// - output: `[n, in]`
+pub(crate) fn matmul_nn<B: Backend>(g: &FloatTensor<B>, w: &FloatTensor<B>) -> Option<FloatTensor<B>> {
+    let (gf, wf) = (flex_f32::<B>(g)?, flex_f32::<B>(w)?);
+    let ([n, out], [out_w, d_in]) = (dims(gf), dims(wf));
+    if out != out_w {
+        return None;
+    }
+    let (gs, ws) = (f32_values(gf), f32_values(wf));
+    let mut dx = vec![0.0f32; n * d_in];
+    // SAFETY: contiguous matrices with the strides given.
+    unsafe {
+        gemm_f32([n, d_in, out], (dx.as_mut_ptr(), d_in, 1), (gs.as_ptr(), out, 1), (ws.as_ptr(), d_in, 1), false, 1.0, true);
+    }
+    Some(to_primitive::<B>(f32_tensor(dx, &[n, d_in])))
+}
+
+fn dims(t: &FlexTensor) -> [usize; 2] {
+    let s = t.layout().shape();
+    [s[0], s[1]]
+}
