@@ -240,3 +240,33 @@ pub unsafe fn gemm_f32(
         )
     }
 }
+
+/// A buffer of f32 values not yet written, for outputs that a product writes whole: allocating it
+/// zeroed would cost a pass over memory (a `memset` on the calling thread, while the workers wait)
+/// that the product overwrites at once.
+pub struct Unwritten(Vec<std::mem::MaybeUninit<f32>>);
+
+impl Unwritten {
+    /// Room for `n` values.
+    pub fn new(n: usize) -> Self {
+        let mut v = Vec::with_capacity(n);
+        // SAFETY: MaybeUninit values need no initialisation.
+        unsafe { v.set_len(n) };
+        Self(v)
+    }
+
+    /// Where the values go.
+    pub fn ptr(&mut self) -> *mut f32 {
+        self.0.as_mut_ptr().cast()
+    }
+
+    /// The values.
+    ///
+    /// # Safety
+    /// Every value must have been written.
+    pub unsafe fn assume_written(self) -> Vec<f32> {
+        let mut v = std::mem::ManuallyDrop::new(self.0);
+        // SAFETY: MaybeUninit<f32> has f32's layout, and the caller vouches that every value is written.
+        unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast(), v.len(), v.capacity()) }
+    }
+}

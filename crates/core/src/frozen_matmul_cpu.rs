@@ -14,7 +14,7 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::tensor::DType;
 
-use crate::cpu_kernel::{f32_tensor, f32_values, gemm_f32};
+use crate::cpu_kernel::{Unwritten, f32_tensor, f32_values, gemm_f32};
 
 /// The burn-flex tensor behind a backend primitive, when it is one and holds f32.
 fn flex_f32<B: Backend>(t: &FloatTensor<B>) -> Option<&FlexTensor> {
@@ -38,11 +38,13 @@ pub(crate) fn matmul_nt<B: Backend>(x: &FloatTensor<B>, w: &FloatTensor<B>) -> O
         return None;
     }
     let (xs, ws) = (f32_values(xf), f32_values(wf));
-    let mut y = vec![0.0f32; n * out];
-    // SAFETY: contiguous matrices with the strides given; Wᵀ is W read with its strides swapped.
-    unsafe {
-        gemm_f32([n, out, d_in], (y.as_mut_ptr(), out, 1), (xs.as_ptr(), d_in, 1), (ws.as_ptr(), 1, d_in), false, 1.0, true);
-    }
+    let mut y = Unwritten::new(n * out);
+    // SAFETY: contiguous matrices with the strides given; Wᵀ is W read with its strides swapped; the
+    // product writes all of y.
+    let y = unsafe {
+        gemm_f32([n, out, d_in], (y.ptr(), out, 1), (xs.as_ptr(), d_in, 1), (ws.as_ptr(), 1, d_in), false, 1.0, true);
+        y.assume_written()
+    };
     Some(to_primitive::<B>(f32_tensor(y, &[n, out])))
 }
 
@@ -58,11 +60,12 @@ pub(crate) fn matmul_nn<B: Backend>(g: &FloatTensor<B>, w: &FloatTensor<B>) -> O
         return None;
     }
     let (gs, ws) = (f32_values(gf), f32_values(wf));
-    let mut dx = vec![0.0f32; n * d_in];
-    // SAFETY: contiguous matrices with the strides given.
-    unsafe {
-        gemm_f32([n, d_in, out], (dx.as_mut_ptr(), d_in, 1), (gs.as_ptr(), out, 1), (ws.as_ptr(), d_in, 1), false, 1.0, true);
-    }
+    let mut dx = Unwritten::new(n * d_in);
+    // SAFETY: contiguous matrices with the strides given; the product writes all of dx.
+    let dx = unsafe {
+        gemm_f32([n, d_in, out], (dx.ptr(), d_in, 1), (gs.as_ptr(), out, 1), (ws.as_ptr(), d_in, 1), false, 1.0, true);
+        dx.assume_written()
+    };
     Some(to_primitive::<B>(f32_tensor(dx, &[n, d_in])))
 }
 

@@ -29,7 +29,7 @@ use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 
-use crate::cpu_kernel::{LANES, SendPtr, exp_f32, f32_tensor, f32_values, max_f32, multiversion};
+use crate::cpu_kernel::{LANES, SendPtr, Unwritten, exp_f32, f32_tensor, f32_values, max_f32, multiversion};
 
 /// One task's product, on its own thread: the tasks are the parallelism.
 ///
@@ -177,13 +177,13 @@ fn forward(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor, mask: &KeyMask) -> (F
     let (qs, ks, vs) = (f32_values(q), f32_values(k), f32_values(v));
     let rep = nh / nkv;
     let scale = dims.scale();
-    let mut o = vec![0.0f32; b * t * nh * hd];
+    let mut o = Unwritten::new(b * t * nh * hd);
     let mut lse = vec![0.0f32; b * nh * t];
-    let (o_ptr, lse_ptr) = (SendPtr(o.as_mut_ptr()), SendPtr(lse.as_mut_ptr()));
+    let (o_ptr, lse_ptr) = (SendPtr(o.ptr()), SendPtr(lse.as_mut_ptr()));
     (0..b * nh).into_par_iter().for_each(|task| {
         let (bi, h) = (task / nh, task % nh);
         let g = h / rep;
-        let mut s = vec![0.0f32; t * tk];
+        let mut s = Unwritten::new(t * tk);
         let (qrow, krow) = ((nh * hd) as isize, (nkv * hd) as isize);
         let q0 = qs[bi * t * nh * hd + h * hd..].as_ptr();
         let k0 = ks[bi * tk * nkv * hd + g * hd..].as_ptr();
@@ -193,7 +193,8 @@ fn forward(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor, mask: &KeyMask) -> (F
         // of o and its log-sum-exps.
         unsafe {
             // S = σ·Q·Kᵀ: Kᵀ is K read with its strides swapped.
-            gemm([t, tk, hd], (s.as_mut_ptr(), tk as isize, 1), (q0, qrow, 1), (k0, 1, krow), false, scale);
+            gemm([t, tk, hd], (s.ptr(), tk as isize, 1), (q0, qrow, 1), (k0, 1, krow), false, scale);
+            let mut s = s.assume_written();
             let lse = std::slice::from_raw_parts_mut(lp.0.add((bi * nh + h) * t), t);
             softmax_rows(&mut s, lse, mask, bi, t, tk);
             // O = P·V
@@ -201,7 +202,8 @@ fn forward(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor, mask: &KeyMask) -> (F
             gemm([t, hd, tk], (o0, qrow, 1), (s.as_ptr(), tk as isize, 1), (v0, krow, 1), false, 1.0);
         }
     });
-    (f32_tensor(o, &[b, t, nh, hd]), lse)
+    // SAFETY: the tasks wrote every head of every row.
+    (f32_tensor(unsafe { o.assume_written() }, &[b, t, nh, hd]), lse)
 }
 
 /// ∂Q, ∂K, ∂V from ∂O.
@@ -219,15 +221,14 @@ fn backward(
     let (qs, ks, vs, os, dos) = (f32_values(q), f32_values(k), f32_values(v), f32_values(o), f32_values(d_o));
     let rep = nh / nkv;
     let scale = dims.scale();
-    let mut dq = vec![0.0f32; qs.len()];
-    let mut dk = vec![0.0f32; ks.len()];
-    let mut dv = vec![0.0f32; vs.len()];
-    let ptrs = (SendPtr(dq.as_mut_ptr()), SendPtr(dk.as_mut_ptr()), SendPtr(dv.as_mut_ptr()));
+    let (mut dq, mut dk, mut dv) = (Unwritten::new(qs.len()), Unwritten::new(ks.len()), Unwritten::new(vs.len()));
+    let ptrs = (SendPtr(dq.ptr()), SendPtr(dk.ptr()), SendPtr(dv.ptr()));
     // One task per key/value head: its query heads, in order, add to its ∂K and ∂V.
     (0..b * nkv).into_par_iter().for_each(|task| {
         let (bi, g) = (task / nkv, task % nkv);
-        let mut s = vec![0.0f32; t * tk];
-        let mut dp = vec![0.0f32; t * tk];
+        // Scratch, written whole by its first product for every head.
+        let (mut s, mut dp) = (Unwritten::new(t * tk), Unwritten::new(t * tk));
+        let (sp, dpp) = (s.ptr(), dp.ptr());
         let (qrow, krow) = ((nh * hd) as isize, (nkv * hd) as isize);
         let kv_off = bi * tk * nkv * hd + g * hd;
         let (k0, v0) = (ks[kv_off..].as_ptr(), vs[kv_off..].as_ptr());
@@ -239,14 +240,16 @@ fn backward(
             // SAFETY: the strides stay inside the buffers; task (bi, g) alone writes the ∂Q of its
             // query heads and the ∂K, ∂V of head g of row bi.
             unsafe {
-                gemm([t, tk, hd], (s.as_mut_ptr(), tk as isize, 1), (q0, qrow, 1), (k0, 1, krow), false, scale);
-                probabilities(&mut s, &lse[(bi * nh + h) * t..(bi * nh + h + 1) * t], mask, bi, t, tk);
+                gemm([t, tk, hd], (sp, tk as isize, 1), (q0, qrow, 1), (k0, 1, krow), false, scale);
+                let s = std::slice::from_raw_parts_mut(sp, t * tk);
+                probabilities(s, &lse[(bi * nh + h) * t..(bi * nh + h + 1) * t], mask, bi, t, tk);
                 // ∂V (+)= Pᵀ·∂O
                 let dv0 = dvp.0.add(kv_off);
                 gemm([tk, hd, t], (dv0, krow, 1), (s.as_ptr(), 1, tk as isize), (do0, qrow, 1), !first, 1.0);
                 // ∂P = ∂O·Vᵀ, then ∂S = P ∘ (∂P − D)
-                gemm([t, tk, hd], (dp.as_mut_ptr(), tk as isize, 1), (do0, qrow, 1), (v0, 1, krow), false, 1.0);
-                score_grad(&mut dp, &s, &dos[q_off..], &os[q_off..], nh * hd, hd, tk);
+                gemm([t, tk, hd], (dpp, tk as isize, 1), (do0, qrow, 1), (v0, 1, krow), false, 1.0);
+                let dp = std::slice::from_raw_parts_mut(dpp, t * tk);
+                score_grad(dp, s, &dos[q_off..], &os[q_off..], nh * hd, hd, tk);
                 // ∂Q = σ·∂S·K
                 let dq0 = dqp.0.add(q_off);
                 gemm([t, hd, tk], (dq0, qrow, 1), (dp.as_ptr(), tk as isize, 1), (k0, krow, 1), false, scale);
@@ -256,6 +259,9 @@ fn backward(
             }
         }
     });
+    // SAFETY: every query head's ∂Q and every key/value head's ∂K, ∂V were written (their first
+    // product does not accumulate).
+    let (dq, dk, dv) = unsafe { (dq.assume_written(), dk.assume_written(), dv.assume_written()) };
     (f32_tensor(dq, &[b, t, nh, hd]), f32_tensor(dk, &[b, tk, nkv, hd]), f32_tensor(dv, &[b, tk, nkv, hd]))
 }
 

@@ -22,7 +22,7 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::Tensor;
 
-use crate::cpu_kernel::{f32_tensor, f32_values};
+use crate::cpu_kernel::{Unwritten, f32_tensor, f32_values};
 
 /// The fused layer, on the backends that have it.
 #[backend_extension(Flex, Autodiff)]
@@ -92,17 +92,19 @@ fn forward(
     let (out, r) = (w.layout().shape()[0], a.layout().shape()[0]);
     let (xs, ws, as_, bs) = (f32_values(x), f32_values(w), f32_values(a), f32_values(b));
     let xd = dropped(&xs, keep);
-    let mut y = vec![0.0f32; n * out];
-    let mut h = vec![0.0f32; n * r];
-    // SAFETY: every matrix is contiguous with the strides given.
-    unsafe {
+    let (mut y, mut h) = (Unwritten::new(n * out), Unwritten::new(n * r));
+    // SAFETY: every matrix is contiguous with the strides given; the first products write all of y
+    // and h.
+    let (y, h) = unsafe {
         // y = x·Wᵀ; Wᵀ is W read with its strides swapped.
-        gemm([n, out, d_in], (y.as_mut_ptr(), out, 1), (xs.as_ptr(), d_in, 1), (ws.as_ptr(), 1, d_in), false, 1.0);
+        gemm([n, out, d_in], (y.ptr(), out, 1), (xs.as_ptr(), d_in, 1), (ws.as_ptr(), 1, d_in), false, 1.0);
         // h = (x∘m)·Aᵀ
-        gemm([n, r, d_in], (h.as_mut_ptr(), r, 1), (xd.as_ptr(), d_in, 1), (as_.as_ptr(), 1, d_in), false, 1.0);
+        gemm([n, r, d_in], (h.ptr(), r, 1), (xd.as_ptr(), d_in, 1), (as_.as_ptr(), 1, d_in), false, 1.0);
+        let (mut y, h) = (y.assume_written(), h.assume_written());
         // y += s·h·Bᵀ
         gemm([n, out, r], (y.as_mut_ptr(), out, 1), (h.as_ptr(), r, 1), (bs.as_ptr(), 1, r), true, scale);
-    }
+        (y, h)
+    };
     (f32_tensor(y, &[n, out]), h)
 }
 
@@ -118,36 +120,40 @@ fn backward(
     let (out, r) = (w.layout().shape()[0], a.layout().shape()[0]);
     let (xs, ws, as_, bs, dys) = (f32_values(x), f32_values(w), f32_values(a), f32_values(b), f32_values(dy));
     let keep = keep.as_deref().map(Vec::as_slice);
-    let mut dh = vec![0.0f32; n * r];
     let (mut dx, mut da, mut db) = (None, None, None);
-    // SAFETY: every matrix is contiguous with the strides given.
+    // SAFETY: every matrix is contiguous with the strides given; each buffer is written whole by the
+    // first product into it.
     unsafe {
         // ∂h = s·∂y·B
-        gemm([n, r, out], (dh.as_mut_ptr(), r, 1), (dys.as_ptr(), out, 1), (bs.as_ptr(), r, 1), false, *scale);
+        let mut dh = Unwritten::new(n * r);
+        gemm([n, r, out], (dh.ptr(), r, 1), (dys.as_ptr(), out, 1), (bs.as_ptr(), r, 1), false, *scale);
+        let dh = dh.assume_written();
         if want[2] {
             // ∂B = s·∂yᵀ·h
-            let mut g = vec![0.0f32; out * r];
-            gemm([out, r, n], (g.as_mut_ptr(), r, 1), (dys.as_ptr(), 1, out), (h.as_ptr(), r, 1), false, *scale);
-            db = Some(f32_tensor(g, &[out, r]));
+            let mut g = Unwritten::new(out * r);
+            gemm([out, r, n], (g.ptr(), r, 1), (dys.as_ptr(), 1, out), (h.as_ptr(), r, 1), false, *scale);
+            db = Some(f32_tensor(g.assume_written(), &[out, r]));
         }
         if want[1] {
             // ∂A = ∂hᵀ·(x∘m)
             let xd = dropped(&xs, keep);
-            let mut g = vec![0.0f32; r * d_in];
-            gemm([r, d_in, n], (g.as_mut_ptr(), d_in, 1), (dh.as_ptr(), 1, r), (xd.as_ptr(), d_in, 1), false, 1.0);
-            da = Some(f32_tensor(g, &[r, d_in]));
+            let mut g = Unwritten::new(r * d_in);
+            gemm([r, d_in, n], (g.ptr(), d_in, 1), (dh.as_ptr(), 1, r), (xd.as_ptr(), d_in, 1), false, 1.0);
+            da = Some(f32_tensor(g.assume_written(), &[r, d_in]));
         }
         if want[0] {
             // ∂x = ∂y·W + (∂h·A)∘m
-            let mut g = vec![0.0f32; n * d_in];
-            gemm([n, d_in, out], (g.as_mut_ptr(), d_in, 1), (dys.as_ptr(), out, 1), (ws.as_ptr(), d_in, 1), false, 1.0);
+            let mut g = Unwritten::new(n * d_in);
+            gemm([n, d_in, out], (g.ptr(), d_in, 1), (dys.as_ptr(), out, 1), (ws.as_ptr(), d_in, 1), false, 1.0);
+            let mut g = g.assume_written();
             match keep {
                 None => {
                     gemm([n, d_in, r], (g.as_mut_ptr(), d_in, 1), (dh.as_ptr(), r, 1), (as_.as_ptr(), d_in, 1), true, 1.0)
                 }
                 Some(k) => {
-                    let mut t = vec![0.0f32; n * d_in];
-                    gemm([n, d_in, r], (t.as_mut_ptr(), d_in, 1), (dh.as_ptr(), r, 1), (as_.as_ptr(), d_in, 1), false, 1.0);
+                    let mut t = Unwritten::new(n * d_in);
+                    gemm([n, d_in, r], (t.ptr(), d_in, 1), (dh.as_ptr(), r, 1), (as_.as_ptr(), d_in, 1), false, 1.0);
+                    let t = t.assume_written();
                     for ((g, t), k) in g.iter_mut().zip(&t).zip(k) {
                         *g += t * k;
                     }
