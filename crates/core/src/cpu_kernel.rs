@@ -104,6 +104,58 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     fold_lanes(acc)
 }
 
+/// Σ e^(v − shift) over the values, in the fixed 16-lane order.
+#[inline(always)]
+pub fn sum_exp_f32(values: &[f32], shift: f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let mut chunks = values.chunks_exact(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            acc[l] += exp_f32(c[l] - shift);
+        }
+    }
+    for (l, &v) in chunks.remainder().iter().enumerate() {
+        acc[l] += exp_f32(v - shift);
+    }
+    fold_lanes(acc)
+}
+
+/// values ← e^(values − shift), returning their sum in the fixed 16-lane order.
+#[inline(always)]
+pub fn exp_in_place_sum_f32(values: &mut [f32], shift: f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let mut chunks = values.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            c[l] = exp_f32(c[l] - shift);
+            acc[l] += c[l];
+        }
+    }
+    for (l, v) in chunks.into_remainder().iter_mut().enumerate() {
+        *v = exp_f32(*v - shift);
+        acc[l] += *v;
+    }
+    fold_lanes(acc)
+}
+
+/// Σ a·b·c, in the fixed 16-lane order.
+#[inline(always)]
+pub fn dot3_f32(a: &[f32], b: &[f32], c: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let n = a.len().min(b.len()).min(c.len());
+    let full = n / LANES * LANES;
+    for i in (0..full).step_by(LANES) {
+        let (x, y, z) = (&a[i..i + LANES], &b[i..i + LANES], &c[i..i + LANES]);
+        for l in 0..LANES {
+            acc[l] += x[l] * y[l] * z[l];
+        }
+    }
+    for i in full..n {
+        acc[i - full] += a[i] * b[i] * c[i];
+    }
+    fold_lanes(acc)
+}
+
 /// max of the values (−∞ for none), in the fixed 16-lane order.
 #[inline(always)]
 pub fn max_f32(values: &[f32]) -> f32 {

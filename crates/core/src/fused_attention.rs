@@ -29,7 +29,7 @@ use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 
-use crate::cpu_kernel::{LANES, SendPtr, Unwritten, exp_f32, f32_tensor, f32_values, max_f32, multiversion};
+use crate::cpu_kernel::{SendPtr, Unwritten, exp_f32, f32_tensor, f32_values, max_f32, multiversion};
 
 /// One task's product, on its own thread: the tasks are the parallelism.
 ///
@@ -61,18 +61,6 @@ pub enum KeyMask {
     },
     /// `true` where attention is forbidden: `[batch, q, k]`, the same for every head.
     Forbidden(Arc<Vec<bool>>),
-}
-
-impl KeyMask {
-    /// Whether query i of batch row b may see key j.
-    #[inline(always)]
-    fn allows(&self, b: usize, i: usize, j: usize, t: usize, tk: usize) -> bool {
-        match self {
-            Self::Full => true,
-            Self::Causal { past } => j <= past + i,
-            Self::Forbidden(m) => !m[(b * t + i) * tk + j],
-        }
-    }
 }
 
 /// The fused attention, on the backends that have it.
@@ -119,24 +107,37 @@ impl Dims {
     }
 }
 
+impl KeyMask {
+    /// Sets the keys row i of batch row b may not see to `value`.
+    #[inline(always)]
+    fn hide(&self, row: &mut [f32], b: usize, i: usize, t: usize, value: f32) {
+        let tk = row.len();
+        match self {
+            Self::Full => {}
+            Self::Causal { past } => {
+                let first_hidden = (past + i + 1).min(tk);
+                row[first_hidden..].fill(value);
+            }
+            Self::Forbidden(m) => {
+                let forbidden = &m[(b * t + i) * tk..(b * t + i + 1) * tk];
+                for (v, &f) in row.iter_mut().zip(forbidden) {
+                    if f {
+                        *v = value;
+                    }
+                }
+            }
+        }
+    }
+}
+
 multiversion! {
     /// Softmax of each row of `s` in place under the mask, returning log-sum-exps in `lse`.
     fn softmax_rows(s: &mut [f32], lse: &mut [f32], mask: &KeyMask, b: usize, t: usize, tk: usize) {
         for (i, row) in s.chunks_exact_mut(tk).enumerate() {
-            for (j, v) in row.iter_mut().enumerate() {
-                if !mask.allows(b, i, j, t, tk) {
-                    *v = f32::NEG_INFINITY;
-                }
-            }
+            mask.hide(row, b, i, t, f32::NEG_INFINITY);
             let m = max_f32(row);
-            let mut acc = [0.0f32; LANES];
-            for (j, v) in row.iter_mut().enumerate() {
-                // exp(−∞ − m) is 0 through exp_f32's underflow.
-                let e = if *v == f32::NEG_INFINITY { 0.0 } else { exp_f32(*v - m) };
-                *v = e;
-                acc[j % LANES] += e;
-            }
-            let l = crate::cpu_kernel::sum_f32(&acc);
+            // e^(−∞ − m) is 0 (exp_f32 underflows to 0).
+            let l = crate::cpu_kernel::exp_in_place_sum_f32(row, m);
             let inv = 1.0 / l;
             for v in row.iter_mut() {
                 *v *= inv;
@@ -151,9 +152,10 @@ multiversion! {
     fn probabilities(s: &mut [f32], lse: &[f32], mask: &KeyMask, b: usize, t: usize, tk: usize) {
         for (i, row) in s.chunks_exact_mut(tk).enumerate() {
             let l = lse[i];
-            for (j, v) in row.iter_mut().enumerate() {
-                *v = if mask.allows(b, i, j, t, tk) { exp_f32(*v - l) } else { 0.0 };
+            for v in row.iter_mut() {
+                *v = exp_f32(*v - l);
             }
+            mask.hide(row, b, i, t, 0.0);
         }
     }
 }

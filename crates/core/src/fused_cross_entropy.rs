@@ -22,7 +22,7 @@ use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 
-use crate::cpu_kernel::{LANES, exp_f32, f32_tensor, f32_values, max_f32, multiversion, sum_f32};
+use crate::cpu_kernel::{exp_f32, f32_tensor, f32_values, max_f32, multiversion, sum_exp_f32};
 
 /// The fused loss, on the backends that have it.
 #[backend_extension(Flex, Autodiff)]
@@ -45,11 +45,7 @@ multiversion! {
     /// log Σ e^z of one row.
     fn log_sum_exp(z: &[f32]) -> f32 {
         let m = max_f32(z);
-        let mut acc = [0.0f32; LANES];
-        for (j, &v) in z.iter().enumerate() {
-            acc[j % LANES] += exp_f32(v - m);
-        }
-        m + sum_f32(&acc).ln()
+        m + sum_exp_f32(z, m).ln()
     }
 }
 

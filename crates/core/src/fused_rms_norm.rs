@@ -60,11 +60,7 @@ multiversion! {
         for ((x, dy), dx) in x.chunks_exact(d).zip(dy.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
             let r = 1.0 / (dot_f32(x, x) / d as f32 + eps).sqrt();
             // mean(g·x̂) = r · Σ dy·w·x / d
-            let mut gx = [0.0f32; crate::cpu_kernel::LANES];
-            for i in 0..d {
-                gx[i % crate::cpu_kernel::LANES] += dy[i] * w[i] * x[i];
-            }
-            let m = crate::cpu_kernel::sum_f32(&gx) * r / d as f32;
+            let m = crate::cpu_kernel::dot3_f32(dy, w, x) * r / d as f32;
             for i in 0..d {
                 dx[i] = r * (dy[i] * w[i] - x[i] * r * m);
             }
