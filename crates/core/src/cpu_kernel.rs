@@ -229,7 +229,7 @@ pub const ELEMENTWISE_CHUNK: usize = 16 * 1024;
 /// (hundreds of MB for a 49k-vocabulary head), and with glibc's defaults each one comes back as
 /// fresh pages, every page faulted in and zeroed by the kernel again (7% of a small model's step,
 /// measured with `scripts/bench_train.sh`). Blocks up to 32 MiB (glibc's cap) come from the heap,
-/// and up to 1 GiB of free heap is kept. A process-wide setting, so binaries call it, not the
+/// up to 1 GiB of free heap is kept. A process-wide setting, so binaries call it, not the
 /// library; a no-op on other C libraries.
 pub fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

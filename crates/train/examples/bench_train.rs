@@ -128,15 +128,18 @@ fn main() {
     let tokens = batch * (seq - 1);
     let options = StepOptions { max_grad_norm: 1.0, gradient_checkpointing: checkpointing };
     let mut step = |_: usize| train_step(&mut model, &mut opt, &batches, tokens, 1e-4, options, |_| 0).unwrap().loss;
-    for i in 0..warmup {
-        step(i); // warm-up
-    }
-    let t = Instant::now();
-    let mut loss = 0.0;
-    for i in 0..steps {
-        loss = step(i);
-    }
-    let s = t.elapsed().as_secs_f64() / steps as f64;
+    // The steps run on a worker of the pool, as `lora train` runs them (lora_train::trainer::run_on_pool).
+    let (loss, s) = lora_train::trainer::run_on_pool(|| {
+        for i in 0..warmup {
+            step(i); // warm-up
+        }
+        let t = Instant::now();
+        let mut loss = 0.0;
+        for i in 0..steps {
+            loss = step(i);
+        }
+        (loss, t.elapsed().as_secs_f64() / steps as f64)
+    });
     let tflops = model_flops_per_token(&shape, seq, r) * (batch * seq) as f64 / s / 1e12;
     let mfu = flag("--peak-tflops")
         .and_then(|p| p.parse::<f64>().ok())
