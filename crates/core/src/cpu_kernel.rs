@@ -312,6 +312,11 @@ impl Unwritten {
         self.0.as_mut_ptr().cast()
     }
 
+    /// The values' slots, to be written by a kernel.
+    pub fn slots(&mut self) -> &mut [std::mem::MaybeUninit<f32>] {
+        &mut self.0
+    }
+
     /// The values.
     ///
     /// # Safety

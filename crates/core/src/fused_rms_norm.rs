@@ -20,7 +20,9 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Flex, backend_extension};
 use rayon::prelude::*;
 
-use crate::cpu_kernel::{SendPtr, dot_f32, f32_tensor, f32_values, multiversion};
+use std::mem::MaybeUninit;
+
+use crate::cpu_kernel::{Unwritten, dot_f32, f32_tensor, f32_values, multiversion};
 
 /// Rows per parallel task.
 const ROWS_PER_TASK: usize = 16;
@@ -43,26 +45,26 @@ impl RmsNormBackend for Flex {
 }
 
 multiversion! {
-    fn norm_rows(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) {
+    fn norm_rows(x: &[f32], w: &[f32], eps: f32, y: &mut [MaybeUninit<f32>]) {
         let d = w.len();
         for (x, y) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
             let r = 1.0 / (dot_f32(x, x) / d as f32 + eps).sqrt();
             for i in 0..d {
-                y[i] = x[i] * r * w[i];
+                y[i].write(x[i] * r * w[i]);
             }
         }
     }
 }
 
 multiversion! {
-    fn norm_rows_backward(x: &[f32], w: &[f32], eps: f32, dy: &[f32], dx: &mut [f32]) {
+    fn norm_rows_backward(x: &[f32], w: &[f32], eps: f32, dy: &[f32], dx: &mut [MaybeUninit<f32>]) {
         let d = w.len();
         for ((x, dy), dx) in x.chunks_exact(d).zip(dy.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
             let r = 1.0 / (dot_f32(x, x) / d as f32 + eps).sqrt();
             // mean(g·x̂) = r · Σ dy·w·x / d
             let m = crate::cpu_kernel::dot3_f32(dy, w, x) * r / d as f32;
             for i in 0..d {
-                dx[i] = r * (dy[i] * w[i] - x[i] * r * m);
+                dx[i].write(r * (dy[i] * w[i] - x[i] * r * m));
             }
         }
     }
@@ -72,12 +74,13 @@ fn forward(x: &FlexTensor, weight: &FlexTensor, eps: f64) -> FlexTensor {
     let shape = x.layout().shape().to_vec();
     let (xs, w) = (f32_values(x), f32_values(weight));
     let d = w.len();
-    let mut y = vec![0.0f32; xs.len()];
-    y.par_chunks_mut(ROWS_PER_TASK * d).enumerate().for_each(|(c, y)| {
+    let mut y = Unwritten::new(xs.len());
+    y.slots().par_chunks_mut(ROWS_PER_TASK * d).enumerate().for_each(|(c, y)| {
         let start = c * ROWS_PER_TASK * d;
         norm_rows(&xs[start..start + y.len()], &w, eps as f32, y);
     });
-    f32_tensor(y, &shape)
+    // SAFETY: the chunks are whole rows covering y, each value written.
+    f32_tensor(unsafe { y.assume_written() }, &shape)
 }
 
 /// ∂L/∂x, and ∂L/∂w when asked (rows summed in order, on one thread: the norm's weight is frozen in
@@ -86,16 +89,13 @@ fn backward(x: &FlexTensor, weight: &FlexTensor, eps: f64, dy: &FlexTensor, want
     let shape = x.layout().shape().to_vec();
     let (xs, w, dys) = (f32_values(x), f32_values(weight), f32_values(dy));
     let d = w.len();
-    let mut dx = vec![0.0f32; xs.len()];
-    let ptr = SendPtr(dx.as_mut_ptr());
-    let rows = xs.len() / d.max(1);
-    (0..rows.div_ceil(ROWS_PER_TASK)).into_par_iter().for_each(|c| {
-        let (r0, r1) = (c * ROWS_PER_TASK, ((c + 1) * ROWS_PER_TASK).min(rows));
-        let p = ptr;
-        // SAFETY: rows r0..r1 of dx are written by this task alone.
-        let dx = unsafe { std::slice::from_raw_parts_mut(p.0.add(r0 * d), (r1 - r0) * d) };
-        norm_rows_backward(&xs[r0 * d..r1 * d], &w, eps as f32, &dys[r0 * d..r1 * d], dx);
+    let mut dx = Unwritten::new(xs.len());
+    dx.slots().par_chunks_mut(ROWS_PER_TASK * d).enumerate().for_each(|(c, dx)| {
+        let (start, end) = (c * ROWS_PER_TASK * d, c * ROWS_PER_TASK * d + dx.len());
+        norm_rows_backward(&xs[start..end], &w, eps as f32, &dys[start..end], dx);
     });
+    // SAFETY: the chunks are whole rows covering dx, each value written.
+    let dx = unsafe { dx.assume_written() };
     let dw = want_dw.then(|| {
         let mut dw = vec![0.0f32; d];
         for (x, dy) in xs.chunks_exact(d).zip(dys.chunks_exact(d)) {

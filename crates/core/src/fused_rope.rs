@@ -19,7 +19,9 @@ use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 
-use crate::cpu_kernel::{f32_tensor, f32_values, multiversion, use_fused};
+use std::mem::MaybeUninit;
+
+use crate::cpu_kernel::{Unwritten, f32_tensor, f32_values, multiversion, use_fused};
 
 /// The fused rotation, on the backends that have it.
 #[backend_extension(Flex, Autodiff)]
@@ -42,19 +44,19 @@ impl RopeBackend for Flex {
 multiversion! {
     /// One position: `heads` heads of x (`[heads, hd]`) rotated by its tables (`[hd]`), forward or
     /// transposed (backward).
-    fn rotate_position(x: &[f32], c: &[f32], s: &[f32], transposed: bool, y: &mut [f32]) {
+    fn rotate_position(x: &[f32], c: &[f32], s: &[f32], transposed: bool, y: &mut [MaybeUninit<f32>]) {
         let hd = c.len();
         let half = hd / 2;
         for (x, y) in x.chunks_exact(hd).zip(y.chunks_exact_mut(hd)) {
             if transposed {
                 for i in 0..half {
-                    y[i] = x[i] * c[i] + x[i + half] * s[i + half];
-                    y[i + half] = x[i + half] * c[i + half] - x[i] * s[i];
+                    y[i].write(x[i] * c[i] + x[i + half] * s[i + half]);
+                    y[i + half].write(x[i + half] * c[i + half] - x[i] * s[i]);
                 }
             } else {
                 for i in 0..half {
-                    y[i] = x[i] * c[i] + -x[i + half] * s[i];
-                    y[i + half] = x[i + half] * c[i + half] + x[i] * s[i + half];
+                    y[i].write(x[i] * c[i] + -x[i + half] * s[i]);
+                    y[i + half].write(x[i + half] * c[i + half] + x[i] * s[i + half]);
                 }
             }
         }
@@ -66,13 +68,14 @@ fn rotate(x: &FlexTensor, cos: &FlexTensor, sin: &FlexTensor, transposed: bool) 
     let shape = x.layout().shape().to_vec();
     let [_, _, heads, hd] = [shape[0], shape[1], shape[2], shape[3]];
     let (xs, c, s) = (f32_values(x), f32_values(cos), f32_values(sin));
-    let mut y = vec![0.0f32; xs.len()];
+    let mut y = Unwritten::new(xs.len());
     // One task per position of one row: cos/sin row p (of b·t) applies to x's rows p·heads..
-    y.par_chunks_mut(heads * hd).enumerate().for_each(|(p, y)| {
+    y.slots().par_chunks_mut(heads * hd).enumerate().for_each(|(p, y)| {
         let x = &xs[p * heads * hd..(p + 1) * heads * hd];
         rotate_position(x, &c[p * hd..(p + 1) * hd], &s[p * hd..(p + 1) * hd], transposed, y);
     });
-    f32_tensor(y, &shape)
+    // SAFETY: every head of every position is written (head_dim is even: both halves are).
+    f32_tensor(unsafe { y.assume_written() }, &shape)
 }
 
 #[derive(Debug)]

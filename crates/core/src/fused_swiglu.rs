@@ -19,7 +19,9 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::silu;
 use rayon::prelude::*;
 
-use crate::cpu_kernel::{ELEMENTWISE_CHUNK, SendPtr, exp_f32, f32_tensor, f32_values, multiversion, use_fused};
+use std::mem::MaybeUninit;
+
+use crate::cpu_kernel::{ELEMENTWISE_CHUNK, Unwritten, exp_f32, f32_tensor, f32_values, multiversion, use_fused};
 
 /// The fused gating, on the backends that have it.
 #[backend_extension(Flex, Autodiff)]
@@ -39,20 +41,20 @@ impl SwigluBackend for Flex {
 }
 
 multiversion! {
-    fn forward_chunk(g: &[f32], u: &[f32], y: &mut [f32]) {
+    fn forward_chunk(g: &[f32], u: &[f32], y: &mut [MaybeUninit<f32>]) {
         for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
-            *y = g / (1.0 + exp_f32(-g)) * u;
+            y.write(g / (1.0 + exp_f32(-g)) * u);
         }
     }
 }
 
 multiversion! {
-    fn backward_chunk(g: &[f32], u: &[f32], dy: &[f32], dg: &mut [f32], du: &mut [f32]) {
+    fn backward_chunk(g: &[f32], u: &[f32], dy: &[f32], dg: &mut [MaybeUninit<f32>], du: &mut [MaybeUninit<f32>]) {
         for i in 0..g.len() {
             let s = 1.0 / (1.0 + exp_f32(-g[i]));
             let silu = g[i] * s;
-            du[i] = dy[i] * silu;
-            dg[i] = dy[i] * u[i] * (s * (1.0 + g[i] * (1.0 - s)));
+            du[i].write(dy[i] * silu);
+            dg[i].write(dy[i] * u[i] * (s * (1.0 + g[i] * (1.0 - s))));
         }
     }
 }
@@ -60,29 +62,28 @@ multiversion! {
 fn forward(gate: &FlexTensor, up: &FlexTensor) -> FlexTensor {
     let shape = gate.layout().shape().to_vec();
     let (g, u) = (f32_values(gate), f32_values(up));
-    let mut y = vec![0.0f32; g.len()];
-    y.par_chunks_mut(ELEMENTWISE_CHUNK).enumerate().for_each(|(c, y)| {
+    let mut y = Unwritten::new(g.len());
+    y.slots().par_chunks_mut(ELEMENTWISE_CHUNK).enumerate().for_each(|(c, y)| {
         let r = c * ELEMENTWISE_CHUNK..c * ELEMENTWISE_CHUNK + y.len();
         forward_chunk(&g[r.clone()], &u[r], y);
     });
-    f32_tensor(y, &shape)
+    // SAFETY: the chunks cover y and the kernel writes each value of its chunk.
+    f32_tensor(unsafe { y.assume_written() }, &shape)
 }
 
 fn backward(gate: &FlexTensor, up: &FlexTensor, dy: &FlexTensor) -> (FlexTensor, FlexTensor) {
     let shape = gate.layout().shape().to_vec();
     let (g, u, dy) = (f32_values(gate), f32_values(up), f32_values(dy));
     let n = g.len();
-    let mut dg = vec![0.0f32; n];
-    let mut du = vec![0.0f32; n];
-    let du_ptr = SendPtr(du.as_mut_ptr());
-    dg.par_chunks_mut(ELEMENTWISE_CHUNK).enumerate().for_each(|(c, dg)| {
-        let start = c * ELEMENTWISE_CHUNK;
-        let r = start..start + dg.len();
-        let ptr = du_ptr;
-        // SAFETY: chunk c of du is the range r, written by this task alone.
-        let du = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(start), dg.len()) };
-        backward_chunk(&g[r.clone()], &u[r.clone()], &dy[r], dg, du);
-    });
+    let (mut dg, mut du) = (Unwritten::new(n), Unwritten::new(n));
+    dg.slots().par_chunks_mut(ELEMENTWISE_CHUNK).zip(du.slots().par_chunks_mut(ELEMENTWISE_CHUNK)).enumerate().for_each(
+        |(c, (dg, du))| {
+            let r = c * ELEMENTWISE_CHUNK..c * ELEMENTWISE_CHUNK + dg.len();
+            backward_chunk(&g[r.clone()], &u[r.clone()], &dy[r], dg, du);
+        },
+    );
+    // SAFETY: the chunks cover dg and du and the kernel writes each value of its chunk.
+    let (dg, du) = unsafe { (dg.assume_written(), du.assume_written()) };
     (f32_tensor(dg, &shape), f32_tensor(du, &shape))
 }
 
