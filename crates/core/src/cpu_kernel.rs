@@ -14,9 +14,13 @@ use burn::tensor::{DType, Device, Tensor, TensorData};
 /// f32, unless `LORA_REFERENCE_KERNELS=1` asks for the plain path (kept for comparison, e.g. by
 /// `scripts/bench_train.sh`).
 pub fn use_fused<const D: usize>(x: &Tensor<D>) -> bool {
+    !reference_kernels() && x.dtype() == DType::F32 && x.device().inner() == Device::flex()
+}
+
+/// `LORA_REFERENCE_KERNELS=1`: every CPU operation takes burn's plain path.
+pub fn reference_kernels() -> bool {
     static REFERENCE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let reference = *REFERENCE.get_or_init(|| std::env::var("LORA_REFERENCE_KERNELS").is_ok_and(|v| v == "1"));
-    !reference && x.dtype() == DType::F32 && x.device().inner() == Device::flex()
+    *REFERENCE.get_or_init(|| std::env::var("LORA_REFERENCE_KERNELS").is_ok_and(|v| v == "1"))
 }
 
 /// The values of an f32 tensor in row-major order, copied only when its layout is not contiguous.

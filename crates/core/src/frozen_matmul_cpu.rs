@@ -16,8 +16,12 @@ use burn::tensor::DType;
 
 use crate::cpu_kernel::{Unwritten, f32_tensor, f32_values, gemm_f32};
 
-/// The burn-flex tensor behind a backend primitive, when it is one and holds f32.
+/// The burn-flex tensor behind a backend primitive, when it is one and holds f32 (and the plain
+/// path is not asked for).
 fn flex_f32<B: Backend>(t: &FloatTensor<B>) -> Option<&FlexTensor> {
+    if crate::cpu_kernel::reference_kernels() {
+        return None;
+    }
     (t as &dyn Any).downcast_ref::<FlexTensor>().filter(|t| t.dtype() == DType::F32 && t.layout().num_dims() == 2)
 }
 
