@@ -89,7 +89,15 @@ fn micro_batch(
     }
     for (i, layer) in model.model.layers.iter().enumerate() {
         let tracked = !checkpointing && lowest.is_some_and(|lo| i >= lo);
-        let input = if tracked { x.inner().autodiff().require_grad() } else { x };
+        // The lowest adapted layer's input needs no gradient (nothing below learns): left untracked,
+        // its backward skips the products that would give ∂L/∂input.
+        let input = if tracked && lowest != Some(i) {
+            x.inner().autodiff().require_grad()
+        } else if tracked {
+            x.inner().autodiff()
+        } else {
+            x
+        };
         let y = layer.forward(input.clone(), &cos, &sin, &mask, None);
         x = if tracked { y.clone().inner().autodiff() } else { y.clone() };
         inputs.push(lowest.is_some_and(|lo| i >= lo).then_some(input));
@@ -113,7 +121,7 @@ fn micro_batch(
                 None => {
                     // Recompute the layer, tracked, from its saved input.
                     let leaves = track_adapters(model, |l| l == Some(i));
-                    let input = saved.require_grad();
+                    let input = if i == lowest { saved } else { saved.require_grad() };
                     let y = model.model.layers[i].forward(input.clone(), &cos, &sin, &mask, None);
                     (input, y, Some(leaves))
                 }
