@@ -245,14 +245,18 @@ pub fn keep_freed_memory() {
     }
 }
 
-/// Products with at least this many multiply-adds are split over the threads by [`gemm_f32`] when
-/// allowed (64³): burn-flex waits for 192³, which leaves our thin adapter products and a 512-token
-/// step's smaller projections on one core.
-pub const PARALLEL_MACS: usize = 64 * 64 * 64;
+/// Products with at least this many multiply-adds (160³) and an output at least
+/// [`PARALLEL_MIN_COLUMNS`] wide are split over the threads by [`gemm_f32`] when allowed. Measured
+/// with 2 threads (gemm 0.19): a thin adapter product, 512×896 by 896×8 or 512×8 by 8×896, is up to
+/// twice as slow split; 512×8 by 8×4864 (20M) and 512×256 by 256×256 (33M) gain 1.5x.
+pub const PARALLEL_MACS: usize = 160 * 160 * 160;
+
+/// See [`PARALLEL_MACS`]: gemm splits the output's columns, and a rank-wide output does not split.
+pub const PARALLEL_MIN_COLUMNS: usize = 64;
 
 /// dst = [dst +] beta·lhs·rhs, f32, for matrices given as (pointer, row stride, column stride) in
-/// elements; `m × k` times `k × n`. Split over the threads when `threads` and the product is at
-/// least [`PARALLEL_MACS`] (the split is over output blocks, each reduced in the same order, so the
+/// elements; `m × k` times `k × n`. Split over the threads when `threads` and the product is large
+/// enough ([`PARALLEL_MACS`]; the split is over output blocks, each reduced in the same order, so the
 /// bits do not depend on the thread count).
 ///
 /// # Safety
@@ -266,7 +270,7 @@ pub unsafe fn gemm_f32(
     beta: f32,
     threads: bool,
 ) {
-    let parallelism = if threads && m * n * k >= PARALLEL_MACS {
+    let parallelism = if threads && n >= PARALLEL_MIN_COLUMNS && m * n * k >= PARALLEL_MACS {
         gemm::Parallelism::Rayon(0)
     } else {
         gemm::Parallelism::None
