@@ -91,6 +91,11 @@ impl<B: Backend> Source<B> {
         let [out, d_in] = self.dims();
         match self {
             Self::Dense(w, _) => {
+                if dtype == FloatDType::F32
+                    && let Some(block) = crate::frozen_matmul_cpu::upcast_rows::<B>(w, r0, r1)
+                {
+                    return block;
+                }
                 let block = if r0 == 0 && r1 == out {
                     w.clone()
                 } else {
@@ -133,15 +138,16 @@ fn forward<B: Backend>(x: FloatTensor<B>, w: &Source<B>) -> FloatTensor<B> {
     if w.dims()[0] == 0 {
         return B::float_zeros([x.shape()[0], 0].into(), &device, dtype);
     }
-    if let Source::Dense(wd, _) = w
-        && let Some(y) = crate::frozen_matmul_cpu::matmul_nt::<B>(&x, wd)
-    {
-        return y;
-    }
+    // Each block (in the compute dtype: the stored f32 weight itself, or a block upcast or
+    // dequantized) goes to the direct CPU product when it can (frozen_matmul_cpu.rs).
     let parts: Vec<FloatTensor<B>> = w
         .blocks(dtype)
         .into_iter()
-        .map(|(r0, r1)| B::float_matmul(x.clone(), B::float_transpose(w.rows(r0, r1, dtype, &device)))) // [n, rows]
+        .map(|(r0, r1)| {
+            let block = w.rows(r0, r1, dtype, &device); // [rows, in]
+            crate::frozen_matmul_cpu::matmul_nt::<B>(&x, &block)
+                .unwrap_or_else(|| B::float_matmul(x.clone(), B::float_transpose(block))) // [n, rows]
+        })
         .collect();
     if parts.len() == 1 { parts.into_iter().next().expect("one block") } else { B::float_cat(parts, 1) }
 }
@@ -155,11 +161,6 @@ fn input_grad<B: Backend>(grad: FloatTensor<B>, w: &Source<B>) -> FloatTensor<B>
     if out == 0 {
         return B::float_zeros([n, d_in].into(), &device, dtype);
     }
-    if let Source::Dense(wd, _) = w
-        && let Some(dx) = crate::frozen_matmul_cpu::matmul_nn::<B>(&grad, wd)
-    {
-        return dx;
-    }
     let mut acc: Option<FloatTensor<B>> = None;
     for (r0, r1) in w.blocks(dtype) {
         let g = if r0 == 0 && r1 == out {
@@ -169,7 +170,8 @@ fn input_grad<B: Backend>(grad: FloatTensor<B>, w: &Source<B>) -> FloatTensor<B>
             let cols = Slice { start: r0 as isize, end: Some(r1 as isize), step: 1 };
             B::float_slice(grad.clone(), &[rows, cols])
         };
-        let part = B::float_matmul(g, w.rows(r0, r1, dtype, &device)); // [n, in]
+        let block = w.rows(r0, r1, dtype, &device); // [rows, in]
+        let part = crate::frozen_matmul_cpu::matmul_nn::<B>(&g, &block).unwrap_or_else(|| B::float_matmul(g, block)); // [n, in]
         acc = Some(match acc {
             Some(a) => B::float_add(a, part),
             None => part,
