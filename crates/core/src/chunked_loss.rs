@@ -96,9 +96,7 @@ pub fn head_loss_chunked(
     let (rows, targets) = labelled_rows(labels, t);
     let vocab = model.config.vocab_size;
     if let Some(bad) = targets.iter().find(|&&id| id < 0 || id as usize >= vocab) {
-        return Err(crate::error::CoreError::Invalid(format!(
-            "label {bad} is outside the vocabulary of {vocab}"
-        )));
+        return Err(crate::error::CoreError::Invalid(format!("label {bad} is outside the vocabulary of {vocab}")));
     }
     let mut grad = grad_scale.map(|_| Tensor::<2>::zeros([b * t, h], &device));
     let mut sum = 0.0f64;

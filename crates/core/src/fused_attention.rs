@@ -272,17 +272,38 @@ fn backward(
                 // SAFETY: the strides stay inside the buffers; task (bi, g) alone writes the ∂Q of its
                 // query heads and the ∂K, ∂V of head g of row bi.
                 unsafe {
-                    gemm([rows, keys, hd], (s.as_mut_ptr(), keys as isize, 1), (qb, qrow, 1), (k0, 1, krow), false, scale);
+                    gemm(
+                        [rows, keys, hd],
+                        (s.as_mut_ptr(), keys as isize, 1),
+                        (qb, qrow, 1),
+                        (k0, 1, krow),
+                        false,
+                        scale,
+                    );
                     probabilities(s, lse, mask, bi, i0, t, keys);
                     // ∂V += Pᵀ·∂O
                     let dv0 = dvp.0.add(kv_off);
                     gemm([keys, hd, rows], (dv0, krow, 1), (s.as_ptr(), 1, keys as isize), (dob, qrow, 1), true, 1.0);
                     // ∂P = ∂O·Vᵀ, then ∂S = P ∘ (∂P − D)
-                    gemm([rows, keys, hd], (dp.as_mut_ptr(), keys as isize, 1), (dob, qrow, 1), (v0, 1, krow), false, 1.0);
+                    gemm(
+                        [rows, keys, hd],
+                        (dp.as_mut_ptr(), keys as isize, 1),
+                        (dob, qrow, 1),
+                        (v0, 1, krow),
+                        false,
+                        1.0,
+                    );
                     score_grad(dp, s, &dos[b_off..], &os[b_off..], nh * hd, hd, keys);
                     // ∂Q = σ·∂S·K
                     let dq0 = dqp.0.add(b_off);
-                    gemm([rows, hd, keys], (dq0, qrow, 1), (dp.as_ptr(), keys as isize, 1), (k0, krow, 1), false, scale);
+                    gemm(
+                        [rows, hd, keys],
+                        (dq0, qrow, 1),
+                        (dp.as_ptr(), keys as isize, 1),
+                        (k0, krow, 1),
+                        false,
+                        scale,
+                    );
                     // ∂K += σ·∂Sᵀ·Q
                     let dk0 = dkp.0.add(kv_off);
                     gemm([keys, hd, rows], (dk0, krow, 1), (dp.as_ptr(), 1, keys as isize), (qb, qrow, 1), true, scale);
@@ -355,11 +376,7 @@ impl<C: CheckpointStrategy> AttentionBackend for Autodiff<Flex, C> {
 /// - k, v: `[batch, keys, kv_heads, head_dim]`
 /// - output: `[batch, seq, heads, head_dim]`
 pub fn fused_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: KeyMask) -> Tensor<4> {
-    let o = <Dispatch as AttentionBackend>::fused_attention(
-        q.into_dispatch(),
-        k.into_dispatch(),
-        v.into_dispatch(),
-        mask,
-    );
+    let o =
+        <Dispatch as AttentionBackend>::fused_attention(q.into_dispatch(), k.into_dispatch(), v.into_dispatch(), mask);
     Tensor::from_dispatch(o)
 }

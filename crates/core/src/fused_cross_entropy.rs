@@ -75,7 +75,8 @@ fn forward(logits: &FlexTensor, targets: &[u32]) -> (FlexTensor, Vec<f32>) {
     let z = f32_values(logits);
     let lse: Vec<f32> = z.par_chunks(vocab.max(1)).map(log_sum_exp).collect();
     // Rows summed in order, in f64, whatever the threads.
-    let sum: f64 = lse.iter().zip(targets).enumerate().map(|(r, (&l, &t))| (l - z[r * vocab + t as usize]) as f64).sum();
+    let sum: f64 =
+        lse.iter().zip(targets).enumerate().map(|(r, (&l, &t))| (l - z[r * vocab + t as usize]) as f64).sum();
     (f32_tensor(vec![sum as f32], &[1]), lse)
 }
 

@@ -147,9 +147,14 @@ fn backward(
             gemm([n, d_in, out], (g.ptr(), d_in, 1), (dys.as_ptr(), out, 1), (ws.as_ptr(), d_in, 1), false, 1.0);
             let mut g = g.assume_written();
             match keep {
-                None => {
-                    gemm([n, d_in, r], (g.as_mut_ptr(), d_in, 1), (dh.as_ptr(), r, 1), (as_.as_ptr(), d_in, 1), true, 1.0)
-                }
+                None => gemm(
+                    [n, d_in, r],
+                    (g.as_mut_ptr(), d_in, 1),
+                    (dh.as_ptr(), r, 1),
+                    (as_.as_ptr(), d_in, 1),
+                    true,
+                    1.0,
+                ),
                 Some(k) => {
                     let mut t = Unwritten::new(n * d_in);
                     gemm([n, d_in, r], (t.ptr(), d_in, 1), (dh.as_ptr(), r, 1), (as_.as_ptr(), d_in, 1), false, 1.0);

@@ -85,7 +85,13 @@ fn forward(x: &FlexTensor, weight: &FlexTensor, eps: f64) -> FlexTensor {
 
 /// ∂L/∂x, and ∂L/∂w when asked (rows summed in order, on one thread: the norm's weight is frozen in
 /// LoRA training, so this is rarely needed).
-fn backward(x: &FlexTensor, weight: &FlexTensor, eps: f64, dy: &FlexTensor, want_dw: bool) -> (FlexTensor, Option<FlexTensor>) {
+fn backward(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    eps: f64,
+    dy: &FlexTensor,
+    want_dw: bool,
+) -> (FlexTensor, Option<FlexTensor>) {
     let shape = x.layout().shape().to_vec();
     let (xs, w, dys) = (f32_values(x), f32_values(weight), f32_values(dy));
     let d = w.len();

@@ -76,12 +76,14 @@ fn backward(gate: &FlexTensor, up: &FlexTensor, dy: &FlexTensor) -> (FlexTensor,
     let (g, u, dy) = (f32_values(gate), f32_values(up), f32_values(dy));
     let n = g.len();
     let (mut dg, mut du) = (Unwritten::new(n), Unwritten::new(n));
-    dg.slots().par_chunks_mut(ELEMENTWISE_CHUNK).zip(du.slots().par_chunks_mut(ELEMENTWISE_CHUNK)).enumerate().for_each(
-        |(c, (dg, du))| {
+    dg.slots()
+        .par_chunks_mut(ELEMENTWISE_CHUNK)
+        .zip(du.slots().par_chunks_mut(ELEMENTWISE_CHUNK))
+        .enumerate()
+        .for_each(|(c, (dg, du))| {
             let r = c * ELEMENTWISE_CHUNK..c * ELEMENTWISE_CHUNK + dg.len();
             backward_chunk(&g[r.clone()], &u[r.clone()], &dy[r], dg, du);
-        },
-    );
+        });
     // SAFETY: the chunks cover dg and du and the kernel writes each value of its chunk.
     let (dg, du) = unsafe { (dg.assume_written(), du.assume_written()) };
     (f32_tensor(dg, &shape), f32_tensor(du, &shape))

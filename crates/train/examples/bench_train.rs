@@ -38,11 +38,8 @@ fn status_kb(key: &str) -> u64 {
 fn measure_peak() {
     let device = lora_core::default_device();
     let n: usize = 2048;
-    let x = lora_core::burn::tensor::Tensor::<2>::random(
-        [n, n],
-        lora_core::burn::tensor::Distribution::Default,
-        &device,
-    );
+    let x =
+        lora_core::burn::tensor::Tensor::<2>::random([n, n], lora_core::burn::tensor::Distribution::Default, &device);
     let run = || lora_core::host::to_f32_vec(x.clone().matmul(x.clone()).slice([0..1, 0..1])).unwrap()[0];
     for _ in 0..3 {
         run();

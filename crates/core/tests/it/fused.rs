@@ -70,10 +70,7 @@ fn fused_rms_norm_equals_reference_values_and_gradients() {
     for (rows, d) in [(5usize, 37usize), (40, 64)] {
         let (x, w, dy) = (lcg(4, rows * d, 3.0), lcg(5, d, 1.5), lcg(6, rows * d, 1.0));
         let run = |fused: bool| {
-            let norm = RmsNorm {
-                weight: lora_core::burn::module::Param::from_tensor(leaf(&w, [d])),
-                eps: 1e-6,
-            };
+            let norm = RmsNorm { weight: lora_core::burn::module::Param::from_tensor(leaf(&w, [d])), eps: 1e-6 };
             let xl = leaf(&x, [rows, d]);
             let y = if fused { norm.forward(xl.clone()) } else { norm.forward_reference(xl.clone()) };
             let grads = (y.clone() * Tensor::<2>::from_data(TensorData::new(dy.clone(), [rows, d]), &default_device()))
@@ -116,7 +113,13 @@ fn fused_rope_equals_reference_values_and_gradients() {
 }
 
 /// burn's attention on `[b, heads, t, hd]` with repeated key/value heads: the reference.
-fn reference_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: Option<Tensor<4, Bool>>, causal: bool) -> Tensor<4> {
+fn reference_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: Option<Tensor<4, Bool>>,
+    causal: bool,
+) -> Tensor<4> {
     let [b, _, nh, hd] = q.dims();
     let [_, tk, nkv, _] = k.dims();
     let rep = |x: Tensor<4>| {
@@ -130,7 +133,9 @@ fn reference_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: Option<Te
 fn fused_attention_equals_reference_values_and_gradients() {
     // (batch, seq, heads, kv heads, head_dim): plain, grouped-query (3 per group), odd sizes.
     // 150 queries: three blocks of the kernel (64, 64, 22), the causal ones seeing growing key prefixes.
-    for (b, t, nh, nkv, hd) in [(2usize, 9usize, 2usize, 2usize, 8usize), (1, 33, 6, 2, 16), (3, 4, 3, 1, 5), (2, 150, 4, 2, 8)] {
+    for (b, t, nh, nkv, hd) in
+        [(2usize, 9usize, 2usize, 2usize, 8usize), (1, 33, 6, 2, 16), (3, 4, 3, 1, 5), (2, 150, 4, 2, 8)]
+    {
         let (q, k, v) = (lcg(10, b * t * nh * hd, 1.5), lcg(11, b * t * nkv * hd, 1.5), lcg(12, b * t * nkv * hd, 1.0));
         let dy = lcg(13, b * t * nh * hd, 1.0);
         // An explicit mask: causal, a padded first key in row 0, every query sees itself.
@@ -163,7 +168,12 @@ fn fused_attention_equals_reference_values_and_gradients() {
                 };
                 let g = Tensor::<4>::from_data(TensorData::new(dy.clone(), [b, t, nh, hd]), &default_device());
                 let grads = (y.clone() * g).sum().backward();
-                [values(y), values(ql.grad(&grads).unwrap()), values(kl.grad(&grads).unwrap()), values(vl.grad(&grads).unwrap())]
+                [
+                    values(y),
+                    values(ql.grad(&grads).unwrap()),
+                    values(kl.grad(&grads).unwrap()),
+                    values(vl.grad(&grads).unwrap()),
+                ]
             };
             let (a, r) = (run(true), run(false));
             for (i, what) in ["o", "∂q", "∂k", "∂v"].iter().enumerate() {
@@ -243,7 +253,8 @@ fn fused_lora_linear_equals_reference_values_and_gradients() {
     // Small (one thread) and large enough that the products are split over threads.
     for (n, d_in, d_out, r) in [(5usize, 37usize, 19usize, 3usize), (400, 160, 128, 8)] {
         for dropout in [0.0, 0.1] {
-            let (a, b) = (lora_layer_run(true, n, d_in, d_out, r, dropout), lora_layer_run(false, n, d_in, d_out, r, dropout));
+            let (a, b) =
+                (lora_layer_run(true, n, d_in, d_out, r, dropout), lora_layer_run(false, n, d_in, d_out, r, dropout));
             for (i, what) in ["y", "∂x", "∂A", "∂B"].iter().enumerate() {
                 close(&format!("lora linear [{n}x{d_in}]→{d_out} r{r} dropout {dropout} {what}"), &a[i], &b[i]);
             }
