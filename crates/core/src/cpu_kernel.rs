@@ -75,22 +75,6 @@ pub fn exp_f32(x: f32) -> f32 {
 /// compiler reorder anything.
 pub const LANES: usize = 16;
 
-/// Σ values, in the fixed 16-lane order.
-#[inline(always)]
-pub fn sum_f32(values: &[f32]) -> f32 {
-    let mut acc = [0.0f32; LANES];
-    let mut chunks = values.chunks_exact(LANES);
-    for c in &mut chunks {
-        for l in 0..LANES {
-            acc[l] += c[l];
-        }
-    }
-    for (l, &v) in chunks.remainder().iter().enumerate() {
-        acc[l] += v;
-    }
-    fold_lanes(acc)
-}
-
 /// Σ a·b, in the fixed 16-lane order.
 #[inline(always)]
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {

@@ -36,20 +36,7 @@ fn to_primitive<B: Backend>(t: FlexTensor) -> FloatTensor<B> {
 /// - x: `[n, in]`, w: `[out, in]`
 /// - output: `[n, out]`
 pub(crate) fn matmul_nt<B: Backend>(x: &FloatTensor<B>, w: &FloatTensor<B>) -> Option<FloatTensor<B>> {
-    let (xf, wf) = (flex_f32::<B>(x)?, flex_f32::<B>(w)?);
-    let ([n, d_in], [out, d_w]) = (dims(xf), dims(wf));
-    if d_in != d_w {
-        return None;
-    }
-    let (xs, ws) = (f32_values(xf), f32_values(wf));
-    let mut y = Unwritten::new(n * out);
-    // SAFETY: contiguous matrices with the strides given; Wᵀ is W read with its strides swapped; the
-    // product writes all of y.
-    let y = unsafe {
-        gemm_f32([n, out, d_in], (y.ptr(), out, 1), (xs.as_ptr(), d_in, 1), (ws.as_ptr(), 1, d_in), false, 1.0, true);
-        y.assume_written()
-    };
-    Some(to_primitive::<B>(f32_tensor(y, &[n, out])))
+    matmul::<B>(x, w, true)
 }
 
 /// g·W when both are f32 on burn-flex.
@@ -58,19 +45,28 @@ pub(crate) fn matmul_nt<B: Backend>(x: &FloatTensor<B>, w: &FloatTensor<B>) -> O
 /// - g: `[n, out]`, w: `[out, in]`
 /// - output: `[n, in]`
 pub(crate) fn matmul_nn<B: Backend>(g: &FloatTensor<B>, w: &FloatTensor<B>) -> Option<FloatTensor<B>> {
-    let (gf, wf) = (flex_f32::<B>(g)?, flex_f32::<B>(w)?);
-    let ([n, out], [out_w, d_in]) = (dims(gf), dims(wf));
-    if out != out_w {
+    matmul::<B>(g, w, false)
+}
+
+/// a·Wᵀ (`transposed`) or a·W, both f32 on burn-flex; none when either is not, or the shapes do not
+/// chain.
+fn matmul<B: Backend>(a: &FloatTensor<B>, w: &FloatTensor<B>, transposed: bool) -> Option<FloatTensor<B>> {
+    let (af, wf) = (flex_f32::<B>(a)?, flex_f32::<B>(w)?);
+    let ([n, k], [w0, w1]) = (dims(af), dims(wf));
+    // W is [out, in]: Wᵀ is W read with its strides swapped.
+    let (k_w, m_out, rhs_strides) = if transposed { (w1, w0, (1, w1)) } else { (w0, w1, (w1, 1)) };
+    if k != k_w {
         return None;
     }
-    let (gs, ws) = (f32_values(gf), f32_values(wf));
-    let mut dx = Unwritten::new(n * d_in);
-    // SAFETY: contiguous matrices with the strides given; the product writes all of dx.
-    let dx = unsafe {
-        gemm_f32([n, d_in, out], (dx.ptr(), d_in, 1), (gs.as_ptr(), out, 1), (ws.as_ptr(), d_in, 1), false, 1.0, true);
-        dx.assume_written()
+    let (avs, wvs) = (f32_values(af), f32_values(wf));
+    let mut y = Unwritten::new(n * m_out);
+    // SAFETY: contiguous matrices with the strides given; the product writes all of y.
+    let y = unsafe {
+        let rhs = (wvs.as_ptr(), rhs_strides.0, rhs_strides.1);
+        gemm_f32([n, m_out, k], (y.ptr(), m_out, 1), (avs.as_ptr(), k, 1), rhs, false, 1.0, true);
+        y.assume_written()
     };
-    Some(to_primitive::<B>(f32_tensor(dx, &[n, d_in])))
+    Some(to_primitive::<B>(f32_tensor(y, &[n, m_out])))
 }
 
 fn dims(t: &FlexTensor) -> [usize; 2] {

@@ -32,25 +32,7 @@ use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 
-use crate::cpu_kernel::{SendPtr, Unwritten, exp_f32, f32_tensor, f32_values, max_f32, multiversion};
-
-/// One task's product, on its own thread: the tasks are the parallelism.
-///
-/// # Safety
-/// As [`crate::cpu_kernel::gemm_f32`].
-unsafe fn gemm(
-    mnk: [usize; 3],
-    dst: (*mut f32, isize, isize),
-    lhs: (*const f32, isize, isize),
-    rhs: (*const f32, isize, isize),
-    accumulate: bool,
-    beta: f32,
-) {
-    let u = |(p, r, c): (*const f32, isize, isize)| (p, r as usize, c as usize);
-    let d = (dst.0, dst.1 as usize, dst.2 as usize);
-    // SAFETY: forwarded from the caller.
-    unsafe { crate::cpu_kernel::gemm_f32(mnk, d, u(lhs), u(rhs), accumulate, beta, false) }
-}
+use crate::cpu_kernel::{SendPtr, Unwritten, exp_f32, f32_tensor, f32_values, gemm_f32, max_f32, multiversion};
 
 /// Which keys a query sees, for the fused kernel.
 #[derive(Debug, Clone)]
@@ -131,14 +113,7 @@ impl KeyMask {
             }
         }
     }
-}
 
-/// Query rows per block: a block of rows is multiplied only with the keys one of them may see (with
-/// a causal mask, rows `i0..i1` see keys `..past + i1`), which halves a long causal sequence's
-/// attention work. 64 rows fill the AVX-512 microkernel's 64-row tile.
-const QUERY_BLOCK: usize = 64;
-
-impl KeyMask {
     /// Keys that some query of rows `..i1` may see: a prefix of the keys.
     fn visible(&self, i1: usize, tk: usize) -> usize {
         match self {
@@ -147,6 +122,11 @@ impl KeyMask {
         }
     }
 }
+
+/// Query rows per block: a block of rows is multiplied only with the keys one of them may see (with
+/// a causal mask, rows `i0..i1` see keys `..past + i1`), which halves a long causal sequence's
+/// attention work. 64 rows fill the AVX-512 microkernel's 64-row tile.
+const QUERY_BLOCK: usize = 64;
 
 multiversion! {
     /// Softmax in place of each row (`width` keys) of a block of queries starting at row `i0`, under
@@ -191,6 +171,24 @@ multiversion! {
     }
 }
 
+/// S = σ·Q·Kᵀ for a block of `rows` queries and the first `keys` keys, into `s` (`[rows, keys]`);
+/// Q and K are read by their row strides, Kᵀ as K with its strides swapped. One task's product, on
+/// its own thread: the tasks are the parallelism.
+///
+/// # Safety
+/// `q` and `k` must cover `rows` and `keys` rows of `hd` values at those strides.
+unsafe fn scores(
+    s: &mut [f32],
+    q: *const f32,
+    k: *const f32,
+    [rows, keys, hd]: [usize; 3],
+    (qrow, krow): (usize, usize),
+    scale: f32,
+) {
+    // SAFETY: forwarded from the caller; s holds rows · keys values.
+    unsafe { gemm_f32([rows, keys, hd], (s.as_mut_ptr(), keys, 1), (q, qrow, 1), (k, 1, krow), false, scale, false) }
+}
+
 /// O and the log-sum-exps `[batch, heads, seq]`.
 fn forward(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor, mask: &KeyMask) -> (FlexTensor, Vec<f32>) {
     let dims = Dims::of(q, k);
@@ -201,11 +199,12 @@ fn forward(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor, mask: &KeyMask) -> (F
     let mut o = Unwritten::new(b * t * nh * hd);
     let mut lse = vec![0.0f32; b * nh * t];
     let (o_ptr, lse_ptr) = (SendPtr(o.ptr()), SendPtr(lse.as_mut_ptr()));
+    // One task per (row, head); its products run on its own thread (the tasks are the parallelism).
     (0..b * nh).into_par_iter().for_each(|task| {
         let (bi, h) = (task / nh, task % nh);
         let g = h / rep;
         let mut s = vec![0.0f32; QUERY_BLOCK.min(t) * tk];
-        let (qrow, krow) = ((nh * hd) as isize, (nkv * hd) as isize);
+        let (qrow, krow) = (nh * hd, nkv * hd);
         let q0 = qs[bi * t * nh * hd + h * hd..].as_ptr();
         let k0 = ks[bi * tk * nkv * hd + g * hd..].as_ptr();
         let v0 = vs[bi * tk * nkv * hd + g * hd..].as_ptr();
@@ -217,14 +216,12 @@ fn forward(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor, mask: &KeyMask) -> (F
             // SAFETY: the strides stay inside q, k, v and s; task (bi, h) alone writes head h of row
             // bi of o and its log-sum-exps.
             unsafe {
-                // S = σ·Q·Kᵀ over the visible keys: Kᵀ is K read with its strides swapped.
-                let qb = q0.offset(i0 as isize * qrow);
-                gemm([rows, keys, hd], (s.as_mut_ptr(), keys as isize, 1), (qb, qrow, 1), (k0, 1, krow), false, scale);
+                scores(s, q0.add(i0 * qrow), k0, [rows, keys, hd], (qrow, krow), scale);
                 let lse = std::slice::from_raw_parts_mut(lp.0.add((bi * nh + h) * t + i0), rows);
                 softmax_rows(s, lse, mask, bi, i0, t, keys);
                 // O = P·V
-                let ob = op.0.add(bi * t * nh * hd + h * hd).offset(i0 as isize * qrow);
-                gemm([rows, hd, keys], (ob, qrow, 1), (s.as_ptr(), keys as isize, 1), (v0, krow, 1), false, 1.0);
+                let ob = op.0.add(bi * t * nh * hd + h * hd).add(i0 * qrow);
+                gemm_f32([rows, hd, keys], (ob, qrow, 1), (s.as_ptr(), keys, 1), (v0, krow, 1), false, 1.0, false);
             }
         }
     });
@@ -256,7 +253,7 @@ fn backward(
     (0..b * nkv).into_par_iter().for_each(|task| {
         let (bi, g) = (task / nkv, task % nkv);
         let (mut s, mut dp) = (vec![0.0f32; QUERY_BLOCK.min(t) * tk], vec![0.0f32; QUERY_BLOCK.min(t) * tk]);
-        let (qrow, krow) = ((nh * hd) as isize, (nkv * hd) as isize);
+        let (qrow, krow) = (nh * hd, nkv * hd);
         let kv_off = bi * tk * nkv * hd + g * hd;
         let (k0, v0) = (ks[kv_off..].as_ptr(), vs[kv_off..].as_ptr());
         let (dqp, dkp, dvp) = ptrs;
@@ -272,41 +269,45 @@ fn backward(
                 // SAFETY: the strides stay inside the buffers; task (bi, g) alone writes the ∂Q of its
                 // query heads and the ∂K, ∂V of head g of row bi.
                 unsafe {
-                    gemm(
-                        [rows, keys, hd],
-                        (s.as_mut_ptr(), keys as isize, 1),
-                        (qb, qrow, 1),
-                        (k0, 1, krow),
-                        false,
-                        scale,
-                    );
+                    // The forward's scores again (only the log-sum-exps were kept).
+                    scores(s, qb, k0, [rows, keys, hd], (qrow, krow), scale);
                     probabilities(s, lse, mask, bi, i0, t, keys);
                     // ∂V += Pᵀ·∂O
                     let dv0 = dvp.0.add(kv_off);
-                    gemm([keys, hd, rows], (dv0, krow, 1), (s.as_ptr(), 1, keys as isize), (dob, qrow, 1), true, 1.0);
+                    gemm_f32([keys, hd, rows], (dv0, krow, 1), (s.as_ptr(), 1, keys), (dob, qrow, 1), true, 1.0, false);
                     // ∂P = ∂O·Vᵀ, then ∂S = P ∘ (∂P − D)
-                    gemm(
+                    gemm_f32(
                         [rows, keys, hd],
-                        (dp.as_mut_ptr(), keys as isize, 1),
+                        (dp.as_mut_ptr(), keys, 1),
                         (dob, qrow, 1),
                         (v0, 1, krow),
                         false,
                         1.0,
+                        false,
                     );
                     score_grad(dp, s, &dos[b_off..], &os[b_off..], nh * hd, hd, keys);
                     // ∂Q = σ·∂S·K
                     let dq0 = dqp.0.add(b_off);
-                    gemm(
+                    gemm_f32(
                         [rows, hd, keys],
                         (dq0, qrow, 1),
-                        (dp.as_ptr(), keys as isize, 1),
+                        (dp.as_ptr(), keys, 1),
                         (k0, krow, 1),
                         false,
                         scale,
+                        false,
                     );
                     // ∂K += σ·∂Sᵀ·Q
                     let dk0 = dkp.0.add(kv_off);
-                    gemm([keys, hd, rows], (dk0, krow, 1), (dp.as_ptr(), 1, keys as isize), (qb, qrow, 1), true, scale);
+                    gemm_f32(
+                        [keys, hd, rows],
+                        (dk0, krow, 1),
+                        (dp.as_ptr(), 1, keys),
+                        (qb, qrow, 1),
+                        true,
+                        scale,
+                        false,
+                    );
                 }
             }
         }

@@ -50,17 +50,7 @@ multiversion! {
 }
 
 multiversion! {
-    /// ∂(scale · loss)/∂z of one row: scale · (e^{z − L} − [j = target]).
-    fn row_grad(z: &[f32], lse: f32, target: usize, scale: f32, dz: &mut [f32]) {
-        for (d, &v) in dz.iter_mut().zip(z) {
-            *d = scale * exp_f32(v - lse);
-        }
-        dz[target] -= scale;
-    }
-}
-
-multiversion! {
-    /// [`row_grad`] overwriting the row's logits.
+    /// ∂(scale · loss)/∂z of one row, scale · (e^{z − L} − [j = target]), over the row's logits.
     fn row_grad_in_place(z: &mut [f32], lse: f32, target: usize, scale: f32) {
         for v in z.iter_mut() {
             *v = scale * exp_f32(*v - lse);
@@ -85,20 +75,16 @@ fn backward(mut logits: FlexTensor, targets: &[u32], lse: &[f32], d_loss: &FlexT
     let vocab = shape[1];
     let scale = f32_values(d_loss)[0];
     // The logits are needed no more: when nothing else holds them, their buffer becomes the
-    // gradient (a 49k-vocabulary chunk is 100 MB that need not be allocated and faulted in again).
-    let in_place = logits.layout().contiguous_offsets() == Some((0, shape[0] * vocab));
-    if let Some(z) = in_place.then(|| logits.try_storage_mut::<f32>()).flatten() {
-        z.par_chunks_mut(vocab.max(1)).enumerate().for_each(|(r, z)| {
-            row_grad_in_place(z, lse[r], targets[r] as usize, scale);
-        });
-        return logits;
-    }
-    let z = f32_values(&logits);
-    let mut dz = vec![0.0f32; z.len()];
-    dz.par_chunks_mut(vocab.max(1)).enumerate().for_each(|(r, dz)| {
-        row_grad(&z[r * vocab..(r + 1) * vocab], lse[r], targets[r] as usize, scale, dz);
+    // gradient (a 49k-vocabulary chunk is 100 MB that need not be allocated and faulted in again);
+    // otherwise a copy of them does.
+    let in_place = logits.layout().contiguous_offsets() == Some((0, shape[0] * vocab))
+        && logits.try_storage_mut::<f32>().is_some();
+    let mut dz = if in_place { logits } else { f32_tensor(f32_values(&logits).into_owned(), &shape) };
+    let z = &mut dz.try_storage_mut::<f32>().expect("held by this call alone")[..shape[0] * vocab];
+    z.par_chunks_mut(vocab.max(1)).enumerate().for_each(|(r, z)| {
+        row_grad_in_place(z, lse[r], targets[r] as usize, scale);
     });
-    f32_tensor(dz, &shape)
+    dz
 }
 
 #[derive(Debug)]

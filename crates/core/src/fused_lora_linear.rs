@@ -22,7 +22,7 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::Tensor;
 
-use crate::cpu_kernel::{Unwritten, f32_tensor, f32_values};
+use crate::cpu_kernel::{Unwritten, f32_tensor, f32_values, gemm_f32};
 
 /// The fused layer, on the backends that have it.
 #[backend_extension(Flex, Autodiff)]
@@ -55,22 +55,6 @@ impl LoraLinearBackend for Flex {
     }
 }
 
-/// A product split over the threads when large enough.
-///
-/// # Safety
-/// As [`crate::cpu_kernel::gemm_f32`].
-unsafe fn gemm(
-    mnk: [usize; 3],
-    dst: (*mut f32, usize, usize),
-    lhs: (*const f32, usize, usize),
-    rhs: (*const f32, usize, usize),
-    accumulate: bool,
-    beta: f32,
-) {
-    // SAFETY: forwarded from the caller.
-    unsafe { crate::cpu_kernel::gemm_f32(mnk, dst, lhs, rhs, accumulate, beta, true) }
-}
-
 /// x∘keep, or x itself.
 fn dropped<'a>(x: &'a [f32], keep: Option<&[f32]>) -> std::borrow::Cow<'a, [f32]> {
     match keep {
@@ -97,12 +81,12 @@ fn forward(
     // and h.
     let (y, h) = unsafe {
         // y = x·Wᵀ; Wᵀ is W read with its strides swapped.
-        gemm([n, out, d_in], (y.ptr(), out, 1), (xs.as_ptr(), d_in, 1), (ws.as_ptr(), 1, d_in), false, 1.0);
+        gemm_f32([n, out, d_in], (y.ptr(), out, 1), (xs.as_ptr(), d_in, 1), (ws.as_ptr(), 1, d_in), false, 1.0, true);
         // h = (x∘m)·Aᵀ
-        gemm([n, r, d_in], (h.ptr(), r, 1), (xd.as_ptr(), d_in, 1), (as_.as_ptr(), 1, d_in), false, 1.0);
+        gemm_f32([n, r, d_in], (h.ptr(), r, 1), (xd.as_ptr(), d_in, 1), (as_.as_ptr(), 1, d_in), false, 1.0, true);
         let (mut y, h) = (y.assume_written(), h.assume_written());
         // y += s·h·Bᵀ
-        gemm([n, out, r], (y.as_mut_ptr(), out, 1), (h.as_ptr(), r, 1), (bs.as_ptr(), 1, r), true, scale);
+        gemm_f32([n, out, r], (y.as_mut_ptr(), out, 1), (h.as_ptr(), r, 1), (bs.as_ptr(), 1, r), true, scale, true);
         (y, h)
     };
     (f32_tensor(y, &[n, out]), h)
@@ -126,38 +110,55 @@ fn backward(
     unsafe {
         // ∂h = s·∂y·B
         let mut dh = Unwritten::new(n * r);
-        gemm([n, r, out], (dh.ptr(), r, 1), (dys.as_ptr(), out, 1), (bs.as_ptr(), r, 1), false, *scale);
+        gemm_f32([n, r, out], (dh.ptr(), r, 1), (dys.as_ptr(), out, 1), (bs.as_ptr(), r, 1), false, *scale, true);
         let dh = dh.assume_written();
         if want[2] {
             // ∂B = s·∂yᵀ·h
             let mut g = Unwritten::new(out * r);
-            gemm([out, r, n], (g.ptr(), r, 1), (dys.as_ptr(), 1, out), (h.as_ptr(), r, 1), false, *scale);
+            gemm_f32([out, r, n], (g.ptr(), r, 1), (dys.as_ptr(), 1, out), (h.as_ptr(), r, 1), false, *scale, true);
             db = Some(f32_tensor(g.assume_written(), &[out, r]));
         }
         if want[1] {
             // ∂A = ∂hᵀ·(x∘m)
             let xd = dropped(&xs, keep);
             let mut g = Unwritten::new(r * d_in);
-            gemm([r, d_in, n], (g.ptr(), d_in, 1), (dh.as_ptr(), 1, r), (xd.as_ptr(), d_in, 1), false, 1.0);
+            gemm_f32([r, d_in, n], (g.ptr(), d_in, 1), (dh.as_ptr(), 1, r), (xd.as_ptr(), d_in, 1), false, 1.0, true);
             da = Some(f32_tensor(g.assume_written(), &[r, d_in]));
         }
         if want[0] {
             // ∂x = ∂y·W + (∂h·A)∘m
             let mut g = Unwritten::new(n * d_in);
-            gemm([n, d_in, out], (g.ptr(), d_in, 1), (dys.as_ptr(), out, 1), (ws.as_ptr(), d_in, 1), false, 1.0);
+            gemm_f32(
+                [n, d_in, out],
+                (g.ptr(), d_in, 1),
+                (dys.as_ptr(), out, 1),
+                (ws.as_ptr(), d_in, 1),
+                false,
+                1.0,
+                true,
+            );
             let mut g = g.assume_written();
             match keep {
-                None => gemm(
+                None => gemm_f32(
                     [n, d_in, r],
                     (g.as_mut_ptr(), d_in, 1),
                     (dh.as_ptr(), r, 1),
                     (as_.as_ptr(), d_in, 1),
                     true,
                     1.0,
+                    true,
                 ),
                 Some(k) => {
                     let mut t = Unwritten::new(n * d_in);
-                    gemm([n, d_in, r], (t.ptr(), d_in, 1), (dh.as_ptr(), r, 1), (as_.as_ptr(), d_in, 1), false, 1.0);
+                    gemm_f32(
+                        [n, d_in, r],
+                        (t.ptr(), d_in, 1),
+                        (dh.as_ptr(), r, 1),
+                        (as_.as_ptr(), d_in, 1),
+                        false,
+                        1.0,
+                        true,
+                    );
                     let t = t.assume_written();
                     for ((g, t), k) in g.iter_mut().zip(&t).zip(k) {
                         *g += t * k;

@@ -64,6 +64,9 @@ pub struct RunOptions {
     pub force: bool,
     /// Set (e.g. by Ctrl-C) to stop after the current step with a checkpoint.
     pub interrupt: Arc<AtomicBool>,
+    /// Worker threads; none: as many as the current rayon pool (`RAYON_NUM_THREADS`, or the
+    /// cores). `lora verify` asks for the manifest's count, and gets an error if it cannot have it.
+    pub threads: Option<usize>,
 }
 
 /// The outcome of a finished run.
@@ -310,13 +313,12 @@ fn dropout_seed(seed: u64, step: u64, micro: usize) -> u64 {
 /// Falls back to running `f` here if the pool cannot be built. [`run`] runs its steps and
 /// evaluations this way.
 pub fn run_on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    on_pool(worker_pool().as_ref(), f)
+    on_pool(worker_pool(rayon::current_num_threads()).ok().as_ref(), f)
 }
 
-/// A pool of as many threads as the current one (the global pool's, or the installing pool's when
-/// called inside one, as `lora verify` does with the manifest's thread count).
-fn worker_pool() -> Option<rayon::ThreadPool> {
-    rayon::ThreadPoolBuilder::new().num_threads(rayon::current_num_threads()).build().ok()
+/// A pool of `threads` workers.
+fn worker_pool(threads: usize) -> std::result::Result<rayon::ThreadPool, rayon::ThreadPoolBuildError> {
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build()
 }
 
 /// `f` on a worker of `pool`, or here without one.
@@ -337,7 +339,14 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
     let pad_id = p.tokenizer.pad_token_id.unwrap_or(0); // the tokenizer already falls back to EOS
     let left = p.tokenizer.padding_left;
     let names = tensor_names(&p.model);
-    let pool = worker_pool();
+    let threads = opts.threads.unwrap_or_else(rayon::current_num_threads);
+    let pool = match worker_pool(threads) {
+        Ok(pool) => Some(pool),
+        Err(e) if opts.threads.is_some() => {
+            return Err(TrainError::Verify(format!("cannot start {threads} worker threads: {e}")));
+        }
+        Err(_) => None,
+    };
     let mut opt =
         AdamW::new(AdamWConfig { weight_decay: t.weight_decay, ..AdamWConfig::default() }, &adapter_tensors(&p.model));
 
@@ -501,7 +510,7 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
         adapter_sha256: adapter_sha256.clone(),
         base_dtype: p.model.load_options.dtype.to_string(),
         base_quantization: p.model.load_options.quantize.to_string(),
-        threads: Some(rayon::current_num_threads()),
+        threads: Some(pool.as_ref().map_or_else(rayon::current_num_threads, rayon::ThreadPool::current_num_threads)),
     };
     write_atomic(&dir.join("manifest.json"), serde_json::to_string_pretty(&manifest).expect("serializes").as_bytes())?;
     let _ = std::fs::remove_dir_all(checkpoint::checkpoints_dir(&dir));

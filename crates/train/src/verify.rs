@@ -59,11 +59,7 @@ pub fn verify(run_dir: &Path) -> Result<VerifyReport> {
     let prepared = prepare(&again)?;
     // The same thread count as the run, whatever this machine's default.
     let threads = manifest.threads.unwrap_or_else(rayon::current_num_threads);
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .map_err(|e| TrainError::Verify(format!("cannot start {threads} worker threads: {e}")))?;
-    let result = pool.install(|| run(prepared, &RunOptions::default(), &mut |_| {}));
+    let result = run(prepared, &RunOptions { threads: Some(threads), ..RunOptions::default() }, &mut |_| {});
     let outcome = result.and_then(|summary| {
         if summary.adapter_sha256 == manifest.adapter_sha256 {
             return Ok(VerifyReport { inputs: manifest.inputs.len(), adapter_sha256: summary.adapter_sha256, threads });

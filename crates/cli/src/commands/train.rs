@@ -135,7 +135,7 @@ pub fn run_cmd(a: Args) -> Result<()> {
         // loses that convenience.
         let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
     }
-    let opts = RunOptions { resume: a.resume, force: a.force, interrupt };
+    let opts = RunOptions { resume: a.resume, force: a.force, interrupt, threads: None };
     let tty = std::io::stderr().is_terminal();
     let mut bar: Option<ProgressBar> = None;
     let summary = run(prepared, &opts, &mut |e| match e {
