@@ -140,8 +140,9 @@ impl Tokenizer {
     }
 
     /// The tokenizer a GGUF file carries (`tokenizer.ggml.*`): byte-level BPE (`gpt2`) with the
-    /// pre-tokenizer its `tokenizer.ggml.pre` names, control and user-defined tokens as special
-    /// tokens, BOS added as `add_bos_token` says, and `tokenizer.chat_template`.
+    /// pre-tokenizer its `tokenizer.ggml.pre` names, or SentencePiece BPE (`llama`) split as llama.cpp
+    /// splits it; control and user-defined tokens as special tokens, BOS and EOS added as
+    /// `add_bos_token` / `add_eos_token` say, and `tokenizer.chat_template`.
     pub fn from_gguf(g: &lora_merge::gguf::GgufFile) -> Result<Self> {
         let path = g.path().to_path_buf();
         let err = |m: String| CoreError::Tokenizer { path: path.clone(), message: m };

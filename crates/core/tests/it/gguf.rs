@@ -102,6 +102,47 @@ fn gguf_tokenizer_equals_the_folders_tokenizer_json() {
     assert!(ours.chat_template.as_deref().is_some_and(|t| t.contains("<|im_start|>")));
 }
 
+/// SentencePiece GGUF vocabularies (`tokenizer.ggml.model = "llama"`) split as llama.cpp splits them:
+/// llama.cpp's own tokenizer test vectors for LLaMA's 32,000 pieces (tests/test-tokenizer-0), and
+/// llama.cpp's ids, with and without BOS, for that vocabulary and for a 512-piece SentencePiece model
+/// through llama.cpp's converter (scripts/make_spm_tokenizer_fixtures.py). Text decodes back.
+#[test]
+fn sentencepiece_gguf_tokenizers_split_as_llama_cpp() {
+    let dir = fixtures().join("gguf/vocab");
+    let open = |name: &str| {
+        let g = lora_merge::gguf::GgufFile::open(dir.join(name)).unwrap();
+        lora_core::Tokenizer::from_gguf(&g).unwrap()
+    };
+    let llama = open("ggml-vocab-llama-spm.gguf");
+    let inp = std::fs::read_to_string(dir.join("ggml-vocab-llama-spm.gguf.inp")).unwrap();
+    let out = std::fs::read_to_string(dir.join("ggml-vocab-llama-spm.gguf.out")).unwrap();
+    let texts: Vec<&str> = inp.split("\n__ggml_vocab_test__\n").collect();
+    let texts = &texts[..texts.len() - 1];
+    assert!(texts.len() >= 30, "{} test vectors", texts.len());
+    for (text, line) in texts.iter().zip(out.split('\n')) {
+        let want: Vec<u32> = line.split_whitespace().map(|x| x.parse().unwrap()).collect();
+        let ids = llama.encode(text, false).unwrap();
+        assert_eq!(ids, want, "{text:?}");
+        assert_eq!(llama.decode(&ids, false).unwrap(), *text, "decoding {text:?}");
+    }
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("spm.json")).unwrap()).unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    };
+    for (tok, name) in [(&llama, "llama-spm"), (&open("spm-tiny.gguf"), "spm-tiny")] {
+        for (i, text) in golden["texts"].as_array().unwrap().iter().enumerate() {
+            let text = text.as_str().unwrap();
+            assert_eq!(tok.encode(text, false).unwrap(), ids(&golden[name]["special"][i]), "{name}: {text:?}");
+            assert_eq!(tok.encode(text, true).unwrap(), ids(&golden[name]["bos_special"][i]), "{name}: BOS {text:?}");
+            if !text.contains('<') {
+                assert_eq!(tok.decode(&tok.encode(text, true).unwrap(), true).unwrap(), text, "{name}: {text:?}");
+            }
+        }
+        assert_eq!((tok.bos_token_id, tok.eos_token_ids.as_slice()), (Some(1), &[2][..]), "{name}");
+    }
+}
+
 /// llama.cpp itself (through llama-cpp-python, scripts/make_llama_cpp_fixtures.py): lora's reading of
 /// the converted GGUF model, and of the converted LoRA adapter on it, gives llama.cpp's logits.
 #[test]

@@ -1,11 +1,12 @@
 //! GGUF, llama.cpp's and Ollama's file format: reading (header, metadata, tensors, dequantization
 //! of the common quantized types) and writing. The model and tokenizer mapping lives with the model code; this
-//! layer knows only the file.
+//! layer knows only the file, and the two written forms of a SentencePiece vocabulary (`sentencepiece`).
 
 mod dequant;
 mod ggml_type;
 mod names;
 mod reader;
+pub mod sentencepiece;
 mod value;
 mod writer;
 
