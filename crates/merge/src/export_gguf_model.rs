@@ -1,7 +1,8 @@
 //! `lora export MODEL_DIR -o model.gguf`: a Hugging Face folder (a `lora merge` output, say) as a GGUF
 //! model for llama.cpp and Ollama, as `convert_hf_to_gguf.py` writes it: the `{arch}.*` keys, the
-//! byte-level BPE tokenizer (`tokenizer.ggml.*`: tokens, types, merges, the pre-tokenizer's name) and
-//! chat template, Llama 3.1's `rope_freqs`, GGUF tensor names, and the `llama` architecture's q/k rows
+//! tokenizer (`tokenizer.ggml.*`: byte-level BPE's tokens, types, merges and pre-tokenizer name, or
+//! SentencePiece BPE's tokens, types and scores, the scores derived from the merges so that
+//! llama.cpp merges as the folder does) and chat template, Llama 3.1's `rope_freqs`, GGUF tensor names, and the `llama` architecture's q/k rows
 //! permuted. Tensors stream one at a time: the header is planned from the shapes, then each tensor is
 //! read, converted and written, so memory stays at about one tensor.
 
@@ -13,6 +14,7 @@ use serde_json::Value as Json;
 
 use crate::error::{MergeError, Result};
 use crate::export_gguf::permute_rows;
+use crate::gguf::sentencepiece::{self, token_type};
 use crate::gguf::{GgmlType, TensorPlan, Value, encode_values, gguf_architecture, gguf_tensor_name};
 use crate::model_dir::ModelDir;
 use crate::source::Source;
@@ -56,6 +58,11 @@ fn pre_name(pre: &Json) -> Option<&'static str> {
     }
 }
 
+/// A SentencePiece byte-fallback piece, `<0xXX>`.
+fn is_byte_piece(t: &str) -> bool {
+    t.len() == 6 && t.starts_with("<0x") && t.ends_with('>') && t[3..5].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 fn read_json(path: &Path) -> Result<Option<Json>> {
     if !path.is_file() {
         return Ok(None);
@@ -70,15 +77,23 @@ fn tokenizer_metadata(dir: &Path, cfg: &Json, vocab_size: usize) -> Result<(Vec<
     let tok = read_json(&path)?
         .ok_or_else(|| MergeError::folder(dir, "no tokenizer.json; a GGUF model carries its tokenizer"))?;
     let bad = |m: String| MergeError::folder(&path, m);
-    if tok["model"]["type"] != "BPE" || tok["model"]["byte_fallback"] == true {
-        return Err(bad(format!(
-            "the tokenizer is {} (byte_fallback {}); lora exports byte-level BPE tokenizers only",
-            tok["model"]["type"], tok["model"]["byte_fallback"]
-        )));
-    }
-    let pre = pre_name(&tok["pre_tokenizer"]).ok_or_else(|| {
-        bad(format!("unknown pre-tokenizer {}; lora knows gpt-2, smollm, llama-bpe and qwen2", tok["pre_tokenizer"]))
-    })?;
+    // SentencePiece BPE (`Some(space prefix)`) or byte-level BPE with a pre-tokenizer llama.cpp names.
+    let sentencepiece = sentencepiece::space_prefix(&tok);
+    let pre = match sentencepiece {
+        Some(_) => "default",
+        None if tok["model"]["type"] != "BPE" || tok["model"]["byte_fallback"] == true => {
+            return Err(bad(format!(
+                "the tokenizer is {} (byte_fallback {}); lora exports byte-level BPE and SentencePiece BPE tokenizers",
+                tok["model"]["type"], tok["model"]["byte_fallback"]
+            )));
+        }
+        None => pre_name(&tok["pre_tokenizer"]).ok_or_else(|| {
+            bad(format!(
+                "unknown pre-tokenizer {}; lora knows gpt-2, smollm, llama-bpe and qwen2",
+                tok["pre_tokenizer"]
+            ))
+        })?,
+    };
     let mut tokens: Vec<Option<String>> = vec![None; vocab_size];
     let mut types = vec![1i32; vocab_size];
     let vocab = tok["model"]["vocab"].as_object().ok_or_else(|| bad("model.vocab is not an object".into()))?;
@@ -89,11 +104,28 @@ fn tokenizer_metadata(dir: &Path, cfg: &Json, vocab_size: usize) -> Result<(Vec<
         types[id] = ty;
         Ok(())
     };
+    let tcfg = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Json::Null);
+    // transformers 5 leaves the model's `unk_token` empty and names it in tokenizer_config.json.
+    let unk = tok["model"]["unk_token"].as_str().or_else(|| match &tcfg["unk_token"] {
+        Json::String(s) => Some(s.as_str()),
+        Json::Object(o) => o.get("content").and_then(Json::as_str),
+        _ => None,
+    });
     for (t, id) in vocab {
-        put(id.as_u64().unwrap_or(u64::MAX) as usize, t, 1)?;
+        // SentencePiece marks its byte-fallback pieces and the unknown token apart.
+        let ty = match sentencepiece {
+            Some(_) if Some(t.as_str()) == unk => token_type::UNKNOWN,
+            Some(_) if is_byte_piece(t) => token_type::BYTE,
+            _ => token_type::NORMAL,
+        };
+        put(id.as_u64().unwrap_or(u64::MAX) as usize, t, ty)?;
     }
     for a in tok["added_tokens"].as_array().into_iter().flatten() {
-        let ty = if a["special"] == true { 3 } else { 4 };
+        let ty = match (a["special"] == true, a["content"].as_str() == unk) {
+            (_, true) => token_type::UNKNOWN,
+            (true, _) => token_type::CONTROL,
+            _ => token_type::USER_DEFINED,
+        };
         put(a["id"].as_u64().unwrap_or(u64::MAX) as usize, a["content"].as_str().unwrap_or_default(), ty)?;
     }
     // Ids the tokenizer does not use are padding, as the converter writes them.
@@ -101,25 +133,27 @@ fn tokenizer_metadata(dir: &Path, cfg: &Json, vocab_size: usize) -> Result<(Vec<
         tokens.into_iter().enumerate().map(|(i, t)| Value::String(t.unwrap_or_else(|| format!("[PAD{i}]")))).collect();
     for (i, t) in tokens.iter().enumerate() {
         if t.as_str().is_some_and(|s| s == format!("[PAD{i}]")) {
-            types[i] = 5; // unused
+            types[i] = token_type::UNUSED;
         }
     }
-    let merges: Vec<Value> = tok["model"]["merges"]
+    let merges: Vec<(String, String)> = tok["model"]["merges"]
         .as_array()
         .filter(|m| !m.is_empty())
         .ok_or_else(|| bad("model.merges is missing or empty; a BPE tokenizer needs its merges".into()))?
         .iter()
         .enumerate()
         .map(|(i, m)| match m {
-            Json::String(s) => Ok(Value::String(s.clone())),
+            Json::String(s) => s
+                .split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| bad(format!("model.merges[{i}] = {s:?} is not two pieces"))),
             Json::Array(p) => match p.as_slice() {
-                [Json::String(a), Json::String(b)] => Ok(Value::String(format!("{a} {b}"))),
+                [Json::String(a), Json::String(b)] => Ok((a.clone(), b.clone())),
                 _ => Err(bad(format!("model.merges[{i}] is not a pair of strings"))),
             },
             _ => Err(bad(format!("model.merges[{i}] is neither a string nor a pair"))),
         })
         .collect::<Result<_>>()?;
-    let tcfg = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Json::Null);
     let id_of = |key: &str| -> Option<u32> {
         let content = match &tcfg[key] {
             Json::String(s) => Some(s.clone()),
@@ -136,22 +170,56 @@ fn tokenizer_metadata(dir: &Path, cfg: &Json, vocab_size: usize) -> Result<(Vec<
     let bos = first(&cfg["bos_token_id"]).or_else(|| id_of("bos_token"));
     let eos = id_of("eos_token").or_else(|| first(&cfg["eos_token_id"]));
     let pad = id_of("pad_token").or_else(|| first(&cfg["pad_token_id"]));
-    let add_bos = tcfg["add_bos_token"].as_bool().unwrap_or_else(|| {
-        tok["post_processor"]["single"].as_array().is_some_and(|s| s.iter().any(|p| p.get("SpecialToken").is_some()))
+    // Without tokenizer_config.json's word, what the post-processor puts around a sequence.
+    let single = tok["post_processor"]["single"].as_array();
+    let is_special = |p: Option<&Json>| p.is_some_and(|p| p.get("SpecialToken").is_some());
+    let add_bos = tcfg["add_bos_token"].as_bool().unwrap_or_else(|| is_special(single.and_then(|s| s.first())));
+    let add_eos = tcfg["add_eos_token"].as_bool().unwrap_or_else(|| {
+        single.is_some_and(|s| {
+            s.len() > 1 && is_special(s.last()) && s.first().is_some_and(|f| f.get("Sequence").is_some())
+        })
     });
+    let model = if sentencepiece.is_some() { "llama" } else { "gpt2" };
     let mut kv = vec![
-        ("tokenizer.ggml.model".to_string(), Value::String("gpt2".into())),
+        ("tokenizer.ggml.model".to_string(), Value::String(model.into())),
         ("tokenizer.ggml.pre".to_string(), Value::String(pre.into())),
-        ("tokenizer.ggml.tokens".to_string(), Value::Array(8, tokens)),
-        ("tokenizer.ggml.token_type".to_string(), Value::Array(5, types.into_iter().map(Value::I32).collect())),
-        ("tokenizer.ggml.merges".to_string(), Value::Array(8, merges)),
     ];
-    for (k, v) in [("bos_token_id", bos), ("eos_token_id", eos), ("padding_token_id", pad)] {
+    match sentencepiece {
+        Some(space_prefix) => {
+            let names: Vec<String> = tokens.iter().map(|t| t.as_str().unwrap_or_default().to_string()).collect();
+            let scores = sentencepiece::scores_from_merges(&names, &types, &merges);
+            kv.push(("tokenizer.ggml.tokens".to_string(), Value::Array(8, tokens)));
+            kv.push((
+                "tokenizer.ggml.scores".to_string(),
+                Value::Array(6, scores.into_iter().map(Value::F32).collect()),
+            ));
+            kv.push((
+                "tokenizer.ggml.token_type".to_string(),
+                Value::Array(5, types.into_iter().map(Value::I32).collect()),
+            ));
+            kv.push(("tokenizer.ggml.add_space_prefix".to_string(), Value::Bool(space_prefix)));
+        }
+        None => {
+            let merges = merges.into_iter().map(|(a, b)| Value::String(format!("{a} {b}"))).collect();
+            kv.push(("tokenizer.ggml.tokens".to_string(), Value::Array(8, tokens)));
+            kv.push((
+                "tokenizer.ggml.token_type".to_string(),
+                Value::Array(5, types.into_iter().map(Value::I32).collect()),
+            ));
+            kv.push(("tokenizer.ggml.merges".to_string(), Value::Array(8, merges)));
+        }
+    }
+    let unk_id =
+        unk.and_then(|u| vocab.get(u)).and_then(Json::as_u64).map(|v| v as u32).filter(|_| sentencepiece.is_some());
+    for (k, v) in
+        [("bos_token_id", bos), ("eos_token_id", eos), ("unknown_token_id", unk_id), ("padding_token_id", pad)]
+    {
         if let Some(v) = v {
             kv.push((format!("tokenizer.ggml.{k}"), Value::U32(v)));
         }
     }
     kv.push(("tokenizer.ggml.add_bos_token".into(), Value::Bool(add_bos)));
+    kv.push(("tokenizer.ggml.add_eos_token".into(), Value::Bool(add_eos)));
     if let Some(t) = tcfg["chat_template"].as_str() {
         kv.push(("tokenizer.chat_template".into(), Value::String(t.into())));
     } else if let Ok(t) = std::fs::read_to_string(dir.join("chat_template.jinja")) {

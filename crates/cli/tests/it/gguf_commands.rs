@@ -104,6 +104,48 @@ fn export_a_model_folder_to_gguf_and_run_it() {
     assert_user_error(&o, "--force");
 }
 
+/// A Mistral/Llama-2-style folder (SentencePiece BPE in tokenizer.json, no tokenizer.model) exports
+/// to a GGUF whose vocabulary is what llama.cpp's converter writes from the SentencePiece model
+/// itself (tokens, scores, types), so llama.cpp splits text as it does for that file
+/// (scripts/make_spm_tokenizer_fixtures.py), and the export checks itself.
+#[test]
+fn export_a_sentencepiece_folder_to_gguf() {
+    use lora_core::random_model::{LlamaShape, write_random_llama};
+    use lora_merge::gguf::{GgufFile, Value};
+    let d = temp_dir("gguf-spm");
+    let model = d.join("spm-model");
+    let shape = LlamaShape { hidden: 32, layers: 1, heads: 4, kv_heads: 2, inter: 64, vocab: 512, tied: false };
+    write_random_llama(&model, &shape, "f32").unwrap();
+    let vocab = gguf("vocab");
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(vocab.join("spm-tiny").join(f), model.join(f)).unwrap();
+    }
+    let file = d.join("spm.gguf");
+    let o = lora(&["export", s(&model), "-o", s(&file), "--type", "f32"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("greedy tokens agree"), "{}", stdout(&o));
+    let (ours, theirs) = (GgufFile::open(&file).unwrap(), GgufFile::open(vocab.join("spm-tiny.gguf")).unwrap());
+    for key in
+        ["model", "tokens", "scores", "token_type", "bos_token_id", "eos_token_id", "unknown_token_id", "add_bos_token"]
+    {
+        let key = format!("tokenizer.ggml.{key}");
+        assert!(
+            ours.get(&key) == theirs.get(&key),
+            "{key}: {:.200?} against {:.200?}",
+            ours.get(&key),
+            theirs.get(&key)
+        );
+    }
+    assert_eq!(ours.get("tokenizer.ggml.add_space_prefix"), Some(&Value::Bool(true)));
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(vocab.join("spm.json")).unwrap()).unwrap();
+    let tok = lora_core::Tokenizer::from_gguf(&ours).unwrap();
+    for (i, text) in golden["texts"].as_array().unwrap().iter().enumerate() {
+        let want: Vec<u32> = serde_json::from_value(golden["spm-tiny"]["bos_special"][i].clone()).unwrap();
+        assert_eq!(tok.encode(text.as_str().unwrap(), true).unwrap(), want, "{text}");
+    }
+}
+
 /// A GGUF base merges as the folder it came from: the folded weights are the same.
 #[test]
 fn merge_into_a_gguf_base_equals_merging_into_its_folder() {
