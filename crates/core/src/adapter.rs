@@ -14,8 +14,8 @@ use crate::error::{CoreError, Result};
 use crate::lora::{LoraAdapter, lora_scaling};
 use crate::model::CausalLm;
 use crate::peft_config::{AdapterConfig, TargetModules};
-use crate::safetensors_file::SafetensorsFile;
 use crate::safetensors_write::{StoredDtype, write_safetensors};
+use lora_formats::safetensors::SafetensorsFile;
 
 /// Prefix PEFT puts before module paths in adapter files.
 pub const PEFT_PREFIX: &str = "base_model.model.";
@@ -162,7 +162,9 @@ pub fn load_adapter(model: &mut CausalLm, dir: &Path, weight: f64, trainable: bo
     if lora_merge::gguf::is_gguf_file(dir) {
         return load_gguf_adapter(model, dir, weight, trainable);
     }
-    let cfg = AdapterConfig::from_file(&dir.join("adapter_config.json"))?;
+    let cfg_path = dir.join("adapter_config.json");
+    let cfg = AdapterConfig::load(&cfg_path)?;
+    cfg.check_loadable(&cfg_path)?;
     let path = dir.join("adapter_model.safetensors");
     if !path.is_file() {
         if dir.join("adapter_model.bin").is_file() {
@@ -188,27 +190,25 @@ pub fn load_adapter(model: &mut CausalLm, dir: &Path, weight: f64, trainable: bo
                     .find_map(|s| inner.strip_suffix(s).map(|m| (m, false)))
             });
         let Some((module, is_a)) = parsed else {
-            return Err(CoreError::Safetensors {
-                path: path.clone(),
-                message: format!(
-                    "tensor '{name}' is not a lora_A/lora_B weight (embedding or DoRA adapters are not supported)"
-                ),
-            });
+            return Err(CoreError::safetensors(
+                path.clone(),
+                format!("tensor '{name}' is not a lora_A/lora_B weight (embedding or DoRA adapters are not supported)"),
+            ));
         };
         let entry = modules.entry(module.to_string()).or_default();
         if is_a { entry.0 = Some(name.clone()) } else { entry.1 = Some(name.clone()) }
     }
     if modules.is_empty() {
-        return Err(CoreError::Safetensors { path, message: "holds no LoRA tensors".into() });
+        return Err(CoreError::safetensors(path, "holds no LoRA tensors"));
     }
     let device = model.device();
     let mut linears = model.linear_modules_mut();
     for (module, (a_name, b_name)) in &modules {
         let (Some(a_name), Some(b_name)) = (a_name, b_name) else {
-            return Err(CoreError::Safetensors {
-                path: path.clone(),
-                message: format!("module '{module}' has only one of lora_A / lora_B"),
-            });
+            return Err(CoreError::safetensors(
+                path.clone(),
+                format!("module '{module}' has only one of lora_A / lora_B"),
+            ));
         };
         let Some((_, lin)) = linears.iter_mut().find(|(p, _)| p == module) else {
             return Err(CoreError::Invalid(format!(
@@ -287,7 +287,7 @@ pub fn load_gguf_adapter(model: &mut CausalLm, path: &Path, weight: f64, trainab
         alpha_pattern: Default::default(),
         modules_to_save: None,
         use_dora: false,
-        peft_version: None,
+        extra: Default::default(),
     })
 }
 

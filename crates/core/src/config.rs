@@ -221,8 +221,7 @@ impl ModelConfig {
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| CoreError::io(path, e))?;
-        let hf: HfConfig =
-            serde_json::from_str(&text).map_err(|e| CoreError::Json { path: path.to_path_buf(), source: e })?;
+        let hf: HfConfig = serde_json::from_str(&text).map_err(|e| CoreError::json(path.to_path_buf(), e))?;
         Self::resolve(&hf).map_err(|m| CoreError::config(path, m))
     }
 

@@ -2,41 +2,21 @@
 
 use std::path::PathBuf;
 
+use lora_formats::FormatError;
+
 /// Everything that can go wrong while reading a model folder or running a model.
 #[derive(Debug, thiserror::Error)]
 pub enum CoreError {
-    /// A file could not be opened or read.
-    #[error("{path}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A JSON file is not valid JSON or does not have the expected fields.
-    #[error("{path}")]
-    Json {
-        /// The file.
-        path: PathBuf,
-        /// The underlying error, with line and column.
-        #[source]
-        source: serde_json::Error,
-    },
+    /// A file is unreadable, malformed or not what lora can use (the file layer's errors:
+    /// I/O, JSON, safetensors, GGUF, adapter configs).
+    #[error(transparent)]
+    Format(#[from] FormatError),
     /// `config.json` is readable but describes something lora does not support.
     #[error("{path}: {message}")]
     Config {
         /// The config file.
         path: PathBuf,
         /// What is wrong, and what is supported.
-        message: String,
-    },
-    /// A safetensors file is malformed (truncated, lying header, unknown dtype).
-    #[error("{path}: not a valid safetensors file: {message}")]
-    Safetensors {
-        /// The weights file.
-        path: PathBuf,
-        /// What is wrong with it.
         message: String,
     },
     /// A tensor the model needs is not in the weight files.
@@ -107,7 +87,13 @@ pub type Result<T, E = CoreError> = std::result::Result<T, E>;
 
 impl CoreError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { path: path.into(), source }
+        FormatError::io(path.into(), source).into()
+    }
+    pub(crate) fn json(path: impl Into<PathBuf>, source: serde_json::Error) -> Self {
+        FormatError::json(path.into(), source).into()
+    }
+    pub(crate) fn safetensors(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        FormatError::safetensors(path.into(), message).into()
     }
     pub(crate) fn config(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
         Self::Config { path: path.into(), message: message.into() }

@@ -1,8 +1,8 @@
 //! lora-core: the Llama family (Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3) on burn, loading Hugging Face
 //! model folders and giving the numbers transformers gives.
 //!
-//! Layout: one concept per file. [`config`] reads `config.json`; [`weights`] and [`safetensors_file`]
-//! read the weights by memory map; [`model`] holds the network, built from [`decoder_layer`],
+//! Layout: one concept per file. [`config`] reads `config.json`; [`weights`] reads the weights by memory
+//! map through `lora_formats`' safetensors and GGUF readers; [`model`] holds the network, built from [`decoder_layer`],
 //! [`attention`], [`mlp`], [`norm`], [`linear`] and [`rope`]; [`kv_cache`] and [`generate`] do
 //! incremental decoding; [`tokenizer`] wraps `tokenizer.json`; [`backend`] picks the device.
 #![warn(missing_docs)]
@@ -41,7 +41,6 @@ pub mod norm;
 pub mod peft_config;
 pub mod random_model;
 pub mod rope;
-pub mod safetensors_file;
 pub mod safetensors_write;
 pub mod tokenizer;
 pub mod weights;

@@ -1,7 +1,7 @@
 //! Writing safetensors files atomically (temporary name in the same folder, then rename).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use safetensors::tensor::{Dtype, TensorView};
 
@@ -38,17 +38,9 @@ fn encode(values: &[f32], dtype: StoredDtype) -> Vec<u8> {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename.
+/// Writes `bytes` to `path` through a temporary file and a rename (the file layer's one way).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = tmp_path(path);
-    std::fs::write(&tmp, bytes).map_err(|e| CoreError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| CoreError::io(path, e))
-}
-
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(format!(".tmp-{}", std::process::id()));
-    path.with_file_name(name)
+    Ok(lora_formats::atomic::write_atomic(path, bytes)?)
 }
 
 /// Writes named f32 tensors, converted to `dtype`, as one safetensors file. Tensors are stored in
@@ -76,6 +68,6 @@ pub fn write_safetensors(
         .collect::<Result<Vec<_>>>()?;
     let meta: HashMap<String, String> = metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let bytes = safetensors::serialize(views, Some(meta))
-        .map_err(|e| CoreError::Safetensors { path: path.to_path_buf(), message: e.to_string() })?;
+        .map_err(|e| CoreError::safetensors(path.to_path_buf(), e.to_string()))?;
     write_atomic(path, &bytes)
 }

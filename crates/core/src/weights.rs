@@ -14,7 +14,7 @@ use lora_merge::nf4::Nf4Tensor;
 use serde::Deserialize;
 
 use crate::error::{CoreError, Result};
-use crate::safetensors_file::SafetensorsFile;
+use lora_formats::safetensors::SafetensorsFile;
 
 /// `model.safetensors.index.json`.
 #[derive(Debug, Deserialize)]
@@ -53,8 +53,7 @@ impl Weights {
         }
         if index.is_file() {
             let text = std::fs::read_to_string(&index).map_err(|e| CoreError::io(&index, e))?;
-            let parsed: ShardIndex =
-                serde_json::from_str(&text).map_err(|e| CoreError::Json { path: index.clone(), source: e })?;
+            let parsed: ShardIndex = serde_json::from_str(&text).map_err(|e| CoreError::json(index.clone(), e))?;
             let shards: BTreeSet<&String> = parsed.weight_map.values().collect();
             let files = shards.into_iter().map(|s| dir.join(s)).collect();
             let weights = Self::from_files(dir, files)?;
@@ -63,10 +62,10 @@ impl Weights {
                 match weights.location.get(name) {
                     Some(&i) if weights.files[i].path().ends_with(shard) => {}
                     _ => {
-                        return Err(CoreError::Safetensors {
-                            path: index,
-                            message: format!("index maps '{name}' to '{shard}', which does not hold it"),
-                        });
+                        return Err(CoreError::safetensors(
+                            index,
+                            format!("index maps '{name}' to '{shard}', which does not hold it"),
+                        ));
                     }
                 }
             }
@@ -90,10 +89,10 @@ impl Weights {
             let f = SafetensorsFile::open(&p)?;
             for name in f.tensors().keys() {
                 if location.insert(name.clone(), i).is_some() {
-                    return Err(CoreError::Safetensors {
-                        path: p.clone(),
-                        message: format!("tensor '{name}' appears in more than one shard"),
-                    });
+                    return Err(CoreError::safetensors(
+                        p.clone(),
+                        format!("tensor '{name}' appears in more than one shard"),
+                    ));
                 }
             }
             files.push(f);
@@ -166,7 +165,7 @@ impl Weights {
         let file_dtype = self.location.get(name).and_then(|&i| self.files[i].info(name)).map(|i| i.dtype);
         let same = matches!(
             (file_dtype, dtype),
-            (Some(safetensors::Dtype::BF16), DType::BF16) | (Some(safetensors::Dtype::F16), DType::F16)
+            (Some(lora_formats::DType::BF16), DType::BF16) | (Some(lora_formats::DType::F16), DType::F16)
         );
         if same {
             let (bytes, shape) = self.read_bytes(name, &expected)?;
@@ -236,7 +235,7 @@ impl Weights {
         if let Some(g) = &self.gguf {
             return self.read_gguf(g, name, expected);
         }
-        self.checked(name, expected)?.to_f32(name)
+        Ok(self.checked(name, expected)?.to_f32(name)?)
     }
 
     fn read_gguf(&self, g: &GgufSource, name: &str, expected: &[usize]) -> Result<(Vec<f32>, Vec<usize>)> {

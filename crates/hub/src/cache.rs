@@ -98,9 +98,11 @@ pub fn is_commit_sha(s: &str) -> bool {
     s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// Writes through a temporary file and a rename, so that readers never see half a file.
+/// Writes through a temporary file and a rename (the file layer's), so that readers never see half a
+/// file.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    lora_formats::atomic::write_atomic(path, bytes).map_err(|e| match e {
+        lora_formats::FormatError::Io { path, source } => io(path)(source),
+        other => io(path)(std::io::Error::other(other.to_string())),
+    })
 }

@@ -68,7 +68,7 @@ fn read_json(path: &Path) -> Result<Option<Json>> {
         return Ok(None);
     }
     let text = std::fs::read_to_string(path).map_err(|e| MergeError::io(path, e))?;
-    serde_json::from_str(&text).map(Some).map_err(|e| MergeError::Json { path: path.to_path_buf(), source: e })
+    serde_json::from_str(&text).map(Some).map_err(|e| MergeError::json(path.to_path_buf(), e))
 }
 
 /// The `tokenizer.*` metadata of a folder's `tokenizer.json` and `tokenizer_config.json`.
@@ -266,7 +266,7 @@ pub fn export_model_gguf(dir: &Path, out: &Path, ggml_type: GgmlType, force: boo
 
 fn export_inner(dir: &Path, out: &Path, ggml_type: GgmlType, force: bool) -> Result<ModelExportReport> {
     if out.exists() && !force {
-        return Err(MergeError::OutputExists { path: out.to_path_buf() });
+        return Err(MergeError::output_exists(out.to_path_buf()));
     }
     let model = ModelDir::open(dir)?;
     let cfg = model.config().cloned().ok_or_else(|| MergeError::folder(dir, "no config.json"))?;

@@ -13,14 +13,13 @@
 #![warn(missing_docs)]
 
 pub mod adapter;
+pub use lora_formats::{dtype, gguf, safetensors};
 mod card;
-pub mod dtype;
 pub mod error;
 mod export_gguf;
 mod export_gguf_model;
 mod extract;
 mod fold;
-pub mod gguf;
 mod merge;
 mod merge_adapters;
 pub mod methods;
@@ -29,7 +28,6 @@ pub mod nf4;
 mod output_dir;
 pub mod recipe;
 mod rng;
-pub mod safetensors;
 pub mod source;
 pub mod stream;
 pub mod svd;

@@ -61,7 +61,7 @@ impl ModelDir {
         if index_path.is_file() {
             let text = std::fs::read(&index_path).map_err(|e| MergeError::io(&index_path, e))?;
             let shard_index: ShardIndex =
-                serde_json::from_slice(&text).map_err(|e| MergeError::Json { path: index_path.clone(), source: e })?;
+                serde_json::from_slice(&text).map_err(|e| MergeError::json(index_path.clone(), e))?;
             let mut by_file: BTreeMap<String, usize> = BTreeMap::new();
             for (name, file) in &shard_index.weight_map {
                 let k = match by_file.get(file) {
@@ -93,7 +93,7 @@ impl ModelDir {
         let config_path = path.join("config.json");
         let config = if config_path.is_file() {
             let text = std::fs::read(&config_path).map_err(|e| MergeError::io(&config_path, e))?;
-            Some(serde_json::from_slice(&text).map_err(|e| MergeError::Json { path: config_path, source: e })?)
+            Some(serde_json::from_slice(&text).map_err(|e| MergeError::json(config_path, e))?)
         } else {
             None
         };

@@ -38,7 +38,7 @@ impl OutputDir {
     pub fn create(dest: impl AsRef<Path>, force: bool) -> Result<Self> {
         let dest = dest.as_ref().to_path_buf();
         if dest.exists() && !force {
-            return Err(MergeError::OutputExists { path: dest });
+            return Err(MergeError::output_exists(dest));
         }
         let name = dest
             .file_name()
@@ -114,7 +114,7 @@ impl OutputDir {
     pub fn commit(mut self) -> Result<PathBuf> {
         if self.dest.exists() {
             if !self.force {
-                return Err(MergeError::OutputExists { path: self.dest.clone() });
+                return Err(MergeError::output_exists(self.dest.clone()));
             }
             let r =
                 if self.dest.is_dir() { std::fs::remove_dir_all(&self.dest) } else { std::fs::remove_file(&self.dest) };

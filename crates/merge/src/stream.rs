@@ -68,5 +68,6 @@ pub fn copy_tensor(writer: &ShardedWriter, index: usize, t: TensorRef<'_>) -> Re
         buf.resize(end - c * BYTES, 0);
         t.file.read_part(t.info, c * BYTES, buf);
         writer.write(index, c * BYTES, buf)
-    })
+    })?;
+    Ok(())
 }

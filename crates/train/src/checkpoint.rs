@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use lora_core::burn::tensor::{Device, Tensor, TensorData};
 use lora_core::host::to_f32_vec;
-use lora_core::safetensors_file::SafetensorsFile;
 use lora_core::safetensors_write::{StoredDtype, write_atomic, write_safetensors};
+use lora_formats::safetensors::SafetensorsFile;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};

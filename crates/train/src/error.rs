@@ -14,6 +14,9 @@ pub enum TrainError {
     /// The model core refused something (loading, shapes, targets).
     #[error(transparent)]
     Core(#[from] lora_core::CoreError),
+    /// A file is unreadable or malformed (the file layer's errors).
+    #[error(transparent)]
+    Format(#[from] lora_formats::FormatError),
     /// A file could not be read or written.
     #[error("{path}")]
     Io {

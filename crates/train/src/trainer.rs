@@ -252,7 +252,7 @@ pub fn adapter_config(recipe: &Recipe) -> AdapterConfig {
         alpha_pattern: Default::default(),
         modules_to_save: None,
         use_dora: false,
-        peft_version: None,
+        extra: Default::default(),
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use lora_core::safetensors_file::SafetensorsFile;
+use lora_formats::safetensors::SafetensorsFile;
 
 use crate::error::{Result, TrainError};
 use crate::recipe::Recipe;

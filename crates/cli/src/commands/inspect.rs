@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use lora_core::ModelConfig;
-use lora_core::safetensors_file::SafetensorsFile;
 use lora_core::weights::Weights;
+use lora_formats::safetensors::SafetensorsFile;
 use serde_json::json;
 
 /// Arguments of `lora inspect`.
@@ -211,7 +211,7 @@ fn emit(text: &str) -> Result<()> {
 
 /// A PEFT adapter folder: rank, alpha, scaling, targets, modules and parameters.
 fn inspect_adapter(dir: &Path, cfg_path: &Path, json_out: bool) -> Result<()> {
-    let cfg = lora_core::peft_config::AdapterConfig::from_file(cfg_path)?;
+    let cfg = lora_core::peft_config::AdapterConfig::load(cfg_path)?;
     let weights = dir.join("adapter_model.safetensors");
     let st = SafetensorsFile::open(&weights)?;
     let mut modules: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new(); // module -> (r, in, out)

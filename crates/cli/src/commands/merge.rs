@@ -145,10 +145,11 @@ fn fold_into(
         lora_core::ModelConfig::from_file(&config)?;
     }
     for adapter in adapters {
-        // The core's reading of adapter_config.json (r ≥ 1, supported options).
+        // The one reading of adapter_config.json (r ≥ 1, supported options), before anything is
+        // written.
         let cfg = adapter.join("adapter_config.json");
         if cfg.is_file() {
-            lora_core::peft_config::AdapterConfig::from_file(&cfg)?;
+            lora_core::peft_config::AdapterConfig::load(&cfg)?;
         }
     }
     let dtype = a

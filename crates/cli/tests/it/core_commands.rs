@@ -120,7 +120,7 @@ fn bad_inputs_exit_2_with_one_message() {
     lying[..8].copy_from_slice(&(bytes.len() as u64 * 4).to_le_bytes());
     std::fs::write(&f, &lying).unwrap();
     let o = lora(&["inspect", f.to_str().unwrap()]);
-    assert_user_error(&o, "header length points past the end of the file");
+    assert_user_error(&o, "after the length (truncated or corrupt)");
 
     // Unknown architecture.
     let d = temp_dir("arch");

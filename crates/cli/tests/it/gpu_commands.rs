@@ -1,7 +1,7 @@
 //! `lora generate` and `lora train` on a GPU (`LORA_TEST_GPU=wgpu|cuda`; unset, these return at
 //! once): the same greedy text as on the CPU, and a training run whose adapter matches the CPU's.
 
-use lora_core::safetensors_file::SafetensorsFile;
+use lora_formats::safetensors::SafetensorsFile;
 
 use crate::common::*;
 

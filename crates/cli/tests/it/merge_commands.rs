@@ -154,10 +154,13 @@ fn merge_adapters_and_extract() {
 fn quantized_base_fold_matches_bitsandbytes_peft_and_eval_on_nf4() {
     let fx = fixtures();
     let dir = temp_dir("qlora-fold");
-    let golden = lora_core::safetensors_file::SafetensorsFile::open(fx.join("qlora/golden.safetensors")).unwrap();
+    let golden = lora_formats::safetensors::SafetensorsFile::open(fx.join("qlora/golden.safetensors")).unwrap();
     let (want, _) = golden.to_f32("logits.nf4.adapter-qv").unwrap();
-    let ids: Vec<u32> =
-        golden.bytes("input_ids").unwrap().chunks_exact(8).map(|c| c[0] as u32 | (c[1] as u32) << 8).collect();
+    let ids: Vec<u32> = golden
+        .bytes(golden.info("input_ids").unwrap())
+        .chunks_exact(8)
+        .map(|c| c[0] as u32 | (c[1] as u32) << 8)
+        .collect();
     let batch = TokenBatch::rows(ids.chunks(16).map(<[u32]>::to_vec).collect());
     let mut diffs = Vec::new();
     for (tag, extra) in [("nf4", vec!["--quantized-base", "nf4"]), ("plain", vec![])] {

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use lora_core::safetensors_file::SafetensorsFile;
+use lora_formats::safetensors::SafetensorsFile;
 
 /// `tests/fixtures` at the workspace root: the build's checkout, or `LORA_REPO` (a test binary
 /// carried to another machine by scripts/gpu_check.sh).
@@ -25,7 +25,7 @@ pub fn golden_f32(file: &SafetensorsFile, name: &str) -> (Vec<f32>, Vec<usize>) 
 /// A golden I64 tensor.
 pub fn golden_i64(file: &SafetensorsFile, name: &str) -> (Vec<i64>, Vec<usize>) {
     let info = file.info(name).unwrap_or_else(|| panic!("golden tensor {name} missing"));
-    let bytes = file.bytes(name).unwrap();
+    let bytes = file.bytes(info);
     let v = bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
     (v, info.shape.clone())
 }

@@ -148,7 +148,7 @@ fn sentencepiece_gguf_tokenizers_split_as_llama_cpp() {
 #[test]
 fn gguf_model_and_adapter_give_llama_cpps_logits() {
     let golden = fixtures().join("gguf/llama_cpp.safetensors");
-    let g = lora_core::safetensors_file::SafetensorsFile::open(&golden).unwrap();
+    let g = lora_formats::safetensors::SafetensorsFile::open(&golden).unwrap();
     let (ids, _) = golden_i64(&g, "input_ids");
     let batch = TokenBatch::single(ids.iter().map(|&i| i as u32).collect());
     let device = default_device();

@@ -9,8 +9,8 @@
 use lora_core::adapter::load_adapter;
 use lora_core::host::to_f32_vec;
 use lora_core::model::{CausalLm, TokenBatch};
-use lora_core::safetensors_file::SafetensorsFile;
 use lora_core::{BaseDtype, LoadOptions, Quantize};
+use lora_formats::safetensors::SafetensorsFile;
 
 use crate::common::*;
 use crate::parity::check_architecture_on;

@@ -3,9 +3,9 @@
 use std::path::Path;
 
 use lora_core::model::CausalLm;
-use lora_core::safetensors_file::SafetensorsFile;
 use lora_core::weights::Weights;
 use lora_core::{ModelConfig, default_device};
+use lora_formats::safetensors::SafetensorsFile;
 
 use crate::common::*;
 
@@ -67,7 +67,7 @@ fn truncated_safetensors_is_an_error() {
     assert!(msg.contains("model.safetensors") && msg.contains("truncated"), "{msg}");
     std::fs::write(&f, &bytes[..5]).unwrap();
     let msg = load_err(&d);
-    assert!(msg.contains("too short"), "{msg}");
+    assert!(msg.contains("shorter than the 8-byte header"), "{msg}");
 }
 
 #[test]

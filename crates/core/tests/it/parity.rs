@@ -5,8 +5,8 @@ use burn::tensor::Device;
 use lora_core::eval::evaluate_texts;
 use lora_core::host::to_f32_vec;
 use lora_core::model::{CausalLm, TokenBatch};
-use lora_core::safetensors_file::SafetensorsFile;
 use lora_core::{GenerateOptions, SamplingParams, Tokenizer, default_device, generate};
+use lora_formats::safetensors::SafetensorsFile;
 use serde_json::Value;
 
 use crate::common::*;

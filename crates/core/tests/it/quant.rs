@@ -12,9 +12,9 @@ use lora_core::frozen_matmul::frozen_matmul_blocked;
 use lora_core::host::to_f32_vec;
 use lora_core::loss::shifted_cross_entropy_sum;
 use lora_core::model::{CausalLm, TokenBatch};
-use lora_core::safetensors_file::SafetensorsFile;
 use lora_core::weights::Weights;
 use lora_core::{BaseDtype, LoadOptions, Quantize, default_device};
+use lora_formats::safetensors::SafetensorsFile;
 use lora_merge::nf4::{Absmax, Nf4Tensor, dynamic_map};
 
 use crate::common::*;
@@ -24,7 +24,7 @@ fn nf4_golden() -> SafetensorsFile {
 }
 
 fn bytes(f: &SafetensorsFile, name: &str) -> Vec<u8> {
-    f.bytes(name).unwrap_or_else(|| panic!("golden tensor {name} missing")).to_vec()
+    f.bytes(f.info(name).unwrap_or_else(|| panic!("golden tensor {name} missing"))).to_vec()
 }
 
 fn bits(v: &[f32]) -> Vec<u32> {

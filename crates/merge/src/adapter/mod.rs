@@ -1,11 +1,11 @@
-//! PEFT LoRA adapters: the config, the weights by module, and the low-rank update they apply.
+//! PEFT LoRA adapters: the config (`lora_formats::peft`), the weights by module, and the low-rank
+//! update they apply.
 
-mod config;
 mod delta;
 mod weights;
 mod writer;
 
-pub use config::*;
 pub use delta::*;
+pub use lora_formats::peft::*;
 pub use weights::*;
 pub use writer::*;

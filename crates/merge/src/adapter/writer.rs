@@ -48,7 +48,7 @@ pub fn write_adapter(out_dir: &OutputDir, template: &AdapterConfig, modules: &[F
         modules.iter().map(|m| m.module.rsplit('.').next().unwrap_or(&m.module).to_string()).collect();
     targets.sort();
     targets.dedup();
-    config.target_modules = Some(TargetModules::List(targets));
+    config.target_modules = Some(TargetModules::Names(targets));
     config.save(&out_dir.path().join("adapter_config.json"))?;
     let key = |m: &Factors, ab: &str| {
         if m.embedding {

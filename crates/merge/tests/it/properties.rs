@@ -161,7 +161,7 @@ fn nonfinite_results_are_refused_unless_allowed_and_leave_no_output() {
     merge_models(&cfg, &dir.join("out"), &opts).unwrap();
     // An existing OUT needs force.
     let e = merge_models(&cfg, &dir.join("out"), &opts).unwrap_err();
-    assert!(matches!(e, MergeError::OutputExists { .. }), "{e}");
+    assert!(matches!(e, MergeError::Format(lora_formats::FormatError::OutputExists { .. })), "{e}");
     merge_models(&cfg, &dir.join("out"), &MergeOptions { force: true, ..opts }).unwrap();
 }
 

@@ -11,7 +11,7 @@ fn open_err(tag: &str, bytes: &[u8]) -> String {
     let p = dir.join("bad.safetensors");
     std::fs::write(&p, bytes).unwrap();
     let e = SafetensorsFile::open(&p).unwrap_err();
-    assert!(matches!(e, MergeError::Safetensors { .. }), "{e:?}");
+    assert!(matches!(e, lora_formats::FormatError::Safetensors { .. }), "{e:?}");
     let msg = e.to_string();
     assert!(msg.contains("bad.safetensors"), "the message must name the file: {msg}");
     std::fs::remove_dir_all(&dir).unwrap();
@@ -95,7 +95,7 @@ fn file_truncated_during_a_merge_is_an_error() {
         Ok(())
     });
     let e = r.unwrap_err();
-    assert!(matches!(e, MergeError::Io { .. }), "{e:?}");
+    assert!(matches!(e, MergeError::Format(lora_formats::FormatError::Io { .. })), "{e:?}");
     let chain = format!("{e}: {}", std::error::Error::source(&e).unwrap());
     assert!(chain.contains("m.safetensors") && chain.contains("changed during the merge"), "{chain}");
     std::fs::remove_dir_all(&dir).unwrap();

@@ -6,7 +6,7 @@ use lora_core::default_device;
 use lora_core::host::to_f32_vec;
 use lora_core::loss::shifted_cross_entropy_sum;
 use lora_core::model::{CausalLm, TokenBatch};
-use lora_core::safetensors_file::SafetensorsFile;
+use lora_formats::safetensors::SafetensorsFile;
 use lora_train::optimizer::{AdamW, AdamWConfig};
 use lora_train::trainable::{adapter_tensors, set_adapter_tensors};
 use serde_json::Value;
@@ -19,7 +19,7 @@ fn golden() -> SafetensorsFile {
 
 fn batch(g: &SafetensorsFile) -> TokenBatch {
     let info = g.info("input_ids").unwrap().clone();
-    let bytes = g.bytes("input_ids").unwrap();
+    let bytes = g.bytes(g.info("input_ids").unwrap());
     let ids: Vec<u32> = bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect();
     let t = info.shape[1];
     TokenBatch::rows(ids.chunks(t).map(<[u32]>::to_vec).collect())
@@ -88,7 +88,7 @@ fn gpu_adamw_replay_matches_peft() {
 fn adamw_replay_on(device: &Device) {
     let g = golden();
     let b = batch(&g);
-    let labels_raw = g.bytes("labels").unwrap();
+    let labels_raw = g.bytes(g.info("labels").unwrap());
     let labels_flat: Vec<i64> = labels_raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
     let t = b.ids[0].len();
     let labels: Vec<Vec<Option<u32>>> =

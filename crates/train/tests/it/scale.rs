@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use lora_core::adapter::load_adapter;
 use lora_core::host::to_f32_vec;
 use lora_core::model::{CausalLm, TokenBatch};
-use lora_core::safetensors_file::SafetensorsFile;
 use lora_core::{BaseDtype, LoadOptions, Quantize, default_device};
+use lora_formats::safetensors::SafetensorsFile;
 use lora_train::optimizer::{AdamW, AdamWConfig};
 use lora_train::recipe::Recipe;
 use lora_train::step::{StepOptions, train_step};
@@ -22,7 +22,7 @@ fn replay_batch(golden: &Path) -> (TokenBatch, Vec<Vec<Option<u32>>>) {
     let g = SafetensorsFile::open(golden).unwrap();
     let i64s = |name: &str| -> (Vec<i64>, usize) {
         let t = g.info(name).unwrap().shape[1];
-        (g.bytes(name).unwrap().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(), t)
+        (g.bytes(g.info(name).unwrap()).chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(), t)
     };
     let (ids, t) = i64s("input_ids");
     let (labels, _) = i64s("labels");

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 
 use crate::dtype::DType;
-use crate::error::{MergeError, Result};
+use crate::error::{FormatError, Result};
 
 /// One tensor of the output, as planned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,12 +125,12 @@ impl ShardedWriter {
                 hbytes.push(b' ');
             }
             let path = dir.join(file_name(k));
-            let file = File::create(&path).map_err(|e| MergeError::io(&path, e))?;
+            let file = File::create(&path).map_err(|e| FormatError::io(&path, e))?;
             let data_start = 8 + hbytes.len() as u64;
             let mut head = (hbytes.len() as u64).to_le_bytes().to_vec();
             head.extend_from_slice(&hbytes);
-            file.write_all_at(&head, 0).map_err(|e| MergeError::io(&path, e))?;
-            file.set_len(data_start + off as u64).map_err(|e| MergeError::io(&path, e))?;
+            file.write_all_at(&head, 0).map_err(|e| FormatError::io(&path, e))?;
+            file.set_len(data_start + off as u64).map_err(|e| FormatError::io(&path, e))?;
             for &i in group {
                 slots[i].offset += data_start;
             }
@@ -140,7 +140,7 @@ impl ShardedWriter {
             let index = json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
             let path = dir.join("model.safetensors.index.json");
             let text = serde_json::to_string_pretty(&index).expect("json");
-            std::fs::write(&path, text + "\n").map_err(|e| MergeError::io(&path, e))?;
+            std::fs::write(&path, text + "\n").map_err(|e| FormatError::io(&path, e))?;
         }
         Ok(Self { shards, slots, names: tensors.iter().map(|t| t.name.clone()).collect() })
     }
@@ -153,11 +153,11 @@ impl ShardedWriter {
         let slot = self.slots[index];
         assert!(at + bytes.len() <= slot.len, "write past tensor '{}'", self.names[index]);
         let shard = &self.shards[slot.shard];
-        shard.file.write_all_at(bytes, slot.offset + at as u64).map_err(|e| MergeError::io(&shard.path, e))
+        shard.file.write_all_at(bytes, slot.offset + at as u64).map_err(|e| FormatError::io(&shard.path, e))
     }
 
     /// Closes the shards. There is no fsync: the output folder only appears under its final name
-    /// once complete (see [`crate::OutputDir`]), which is what protects against interruption; an
+    /// once complete (lora-merge's `OutputDir`), which is what protects against interruption; an
     /// fsync of gigabytes would only add the disk's write time to every merge.
     pub fn finish(self) -> Result<()> {
         drop(self.shards);

@@ -1,25 +1,28 @@
-//! `adapter_config.json`: PEFT's description of a LoRA adapter.
+//! `adapter_config.json`: PEFT's description of a LoRA adapter, read and written the same way by
+//! training, inference, merges and exports.
 //!
 //! The on-disk contract is PEFT's (`peft/tuners/lora/config.py`, `LoraConfig`). PEFT adds keys with
-//! almost every release (`use_dora`, `layer_replication`, `megatron_config`, `eva_config`,
+//! almost every release (`peft_version`, `layer_replication`, `megatron_config`, `eva_config`,
 //! `corda_config`, `trainable_token_indices`, ...), so keys this struct does not name are kept in
 //! [`AdapterConfig::extra`] and written back unchanged rather than rejected: refusing a file PEFT itself
 //! wrote would be a bug. Keys that change what the weights mean and that lora does not implement
-//! (DoRA, layer replication) are refused by [`AdapterConfig::check_supported`].
+//! (DoRA, layer replication, rank 0) are refused by [`AdapterConfig::load`]; what only a loaded
+//! model cannot compute (trained biases, Conv1D layout, fully trained extra modules) by
+//! [`AdapterConfig::check_loadable`].
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{MergeError, Result};
+use crate::error::{FormatError, Result};
 
 /// Which modules carry LoRA factors: a list of name suffixes, or one regex over the full name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum TargetModules {
     /// Module names (or suffixes such as `q_proj`), PEFT's list form.
-    List(Vec<String>),
+    Names(Vec<String>),
     /// A regular expression matched against the full module name (or `all-linear`).
     Pattern(String),
 }
@@ -65,7 +68,7 @@ pub struct AdapterConfig {
     pub inference_mode: bool,
     /// Only these layer indices were adapted (an int or a list).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub layers_to_transform: Option<serde_json::Value>,
+    pub layers_to_transform: Option<LayerIndices>,
     /// Per-module rank overrides, keyed by a name pattern.
     #[serde(default)]
     pub rank_pattern: BTreeMap<String, usize>,
@@ -81,6 +84,26 @@ pub struct AdapterConfig {
     /// Every other key PEFT wrote, kept as is.
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// `layers_to_transform`: one index or a list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LayerIndices {
+    /// One layer.
+    One(usize),
+    /// Several layers.
+    Many(Vec<usize>),
+}
+
+impl LayerIndices {
+    /// The indices as a list.
+    pub fn to_vec(&self) -> Vec<usize> {
+        match self {
+            Self::One(i) => vec![*i],
+            Self::Many(v) => v.clone(),
+        }
+    }
 }
 
 fn default_peft_type() -> String {
@@ -109,29 +132,29 @@ impl AdapterConfig {
         c.r = r;
         c.lora_alpha = alpha;
         c.task_type = Some("CAUSAL_LM".into());
-        c.target_modules = Some(TargetModules::List(targets));
+        c.target_modules = Some(TargetModules::Names(targets));
         c
     }
 
-    /// Reads `adapter_config.json` at `path`.
+    /// Reads `adapter_config.json` at `path` and refuses adapters whose weights mean something lora
+    /// does not compute.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read(path).map_err(|e| MergeError::io(path, e))?;
-        let c: Self =
-            serde_json::from_slice(&text).map_err(|e| MergeError::Json { path: path.to_path_buf(), source: e })?;
+        let text = std::fs::read(path).map_err(|e| FormatError::io(path, e))?;
+        let c: Self = serde_json::from_slice(&text).map_err(|e| FormatError::json(path, e))?;
         c.check_supported(path)?;
         Ok(c)
     }
 
-    /// Writes the config as pretty JSON.
+    /// Writes the config as pretty JSON, atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(self).expect("json");
-        std::fs::write(path, text + "\n").map_err(|e| MergeError::io(path, e))
+        crate::atomic::write_atomic(path, (text + "\n").as_bytes())
     }
 
     /// Refuses adapters whose weights mean something lora does not compute.
     pub fn check_supported(&self, path: &Path) -> Result<()> {
         let unsupported =
-            |what: &str| Err(MergeError::folder(path, format!("{what} adapters are not supported (only plain LoRA)")));
+            |what: &str| Err(FormatError::folder(path, format!("{what} adapters are not supported (only plain LoRA)")));
         if !self.peft_type.eq_ignore_ascii_case("LORA") {
             return unsupported(&format!("peft_type '{}':", self.peft_type));
         }
@@ -140,6 +163,29 @@ impl AdapterConfig {
         }
         if self.extra.get("layer_replication").is_some_and(|v| !v.is_null()) {
             return unsupported("layer_replication");
+        }
+        if self.r == 0 {
+            return Err(FormatError::folder(path, "r must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// Refuses what a loaded model cannot compute, on top of [`Self::check_supported`]: trained
+    /// biases, GPT-2's Conv1D layout, and fully trained extra modules (a merge applies those; a
+    /// model loading the adapter does not).
+    pub fn check_loadable(&self, path: &Path) -> Result<()> {
+        let refuse = |m: String| Err(FormatError::folder(path, m));
+        if self.bias != "none" {
+            return refuse(format!(
+                "bias '{}' is not supported; lora adapters train no biases (bias = \"none\")",
+                self.bias
+            ));
+        }
+        if self.fan_in_fan_out {
+            return refuse("fan_in_fan_out adapters (GPT-2 Conv1D layers) are not supported".into());
+        }
+        if self.modules_to_save.as_ref().is_some_and(|m| !m.is_empty()) {
+            return refuse("adapters with modules_to_save (fully trained extra modules) are not supported".into());
         }
         Ok(())
     }

@@ -18,7 +18,7 @@ use memmap2::Mmap;
 
 use super::ggml_type::GgmlType;
 use super::value::Value;
-use crate::error::{MergeError, Result};
+use crate::error::{FormatError, Result};
 
 /// The default `general.alignment`.
 pub const DEFAULT_ALIGNMENT: u64 = 32;
@@ -160,11 +160,11 @@ impl GgufFile {
     /// Maps `path` and reads its header.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let file = File::open(&path).map_err(|e| MergeError::io(&path, e))?;
+        let file = File::open(&path).map_err(|e| FormatError::io(&path, e))?;
         // SAFETY: read-only map; as with every mmap-based loader, a file truncated by another
         // process while mapped is the one case that cannot be guarded against.
-        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| MergeError::io(&path, e))?;
-        let parsed = Self::parse(&mmap).map_err(|m| MergeError::gguf(&path, m))?;
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| FormatError::io(&path, e))?;
+        let parsed = Self::parse(&mmap).map_err(|m| FormatError::gguf(&path, m))?;
         let (version, metadata, tensors, data_start, alignment) = parsed;
         let by_name = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
         Ok(Self { path, mmap, version, metadata, tensors, by_name, data_start, alignment })
@@ -281,7 +281,7 @@ impl GgufFile {
     /// The raw bytes of a tensor of a type lora reads.
     pub fn bytes(&self, t: &TensorInfo) -> Result<&[u8]> {
         let ty = t.ggml_type().ok_or_else(|| {
-            MergeError::gguf(
+            FormatError::gguf(
                 &self.path,
                 format!(
                     "tensor '{}' has type {}, which lora cannot read (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K)",
@@ -294,7 +294,7 @@ impl GgufFile {
         let start = (self.data_start + t.offset) as usize;
         self.mmap
             .get(start..start + size)
-            .ok_or_else(|| MergeError::gguf(&self.path, format!("tensor '{}' lies outside the file", t.name)))
+            .ok_or_else(|| FormatError::gguf(&self.path, format!("tensor '{}' lies outside the file", t.name)))
     }
 
     /// A tensor dequantized to f32 (row-major, outermost dimension first).

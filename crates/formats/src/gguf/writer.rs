@@ -8,7 +8,7 @@ use std::path::Path;
 use super::ggml_type::GgmlType;
 use super::reader::DEFAULT_ALIGNMENT;
 use super::value::Value;
-use crate::error::{MergeError, Result};
+use crate::error::{FormatError, Result};
 
 /// A tensor to write: its name, its dimensions innermost first (ggml's order: a PyTorch `[out, in]`
 /// matrix is `[in, out]`), its type and its bytes.
@@ -105,7 +105,7 @@ pub fn encode_header(metadata: &[(String, Value)], tensors: &[TensorPlan]) -> Re
     let mut offsets = Vec::with_capacity(tensors.len());
     for t in tensors {
         let size = t.bytes().ok_or_else(|| {
-            MergeError::Parameter(format!(
+            FormatError::Unsupported(format!(
                 "tensor '{}': dimensions {:?} are not whole {} blocks",
                 t.name,
                 t.dims,
@@ -135,7 +135,7 @@ pub fn encode(metadata: &[(String, Value)], tensors: &[TensorOut]) -> Result<Vec
         .collect();
     for (t, p) in tensors.iter().zip(&plans) {
         if p.bytes() != Some(t.data.len()) {
-            return Err(MergeError::Parameter(format!(
+            return Err(FormatError::Unsupported(format!(
                 "tensor '{}': {} bytes of {} for dimensions {:?}",
                 t.name,
                 t.data.len(),
@@ -159,7 +159,7 @@ pub fn encode(metadata: &[(String, Value)], tensors: &[TensorOut]) -> Result<Vec
 /// `force`.
 pub fn write(path: &Path, metadata: &[(String, Value)], tensors: &[TensorOut], force: bool) -> Result<()> {
     if path.exists() && !force {
-        return Err(MergeError::OutputExists { path: path.to_path_buf() });
+        return Err(FormatError::OutputExists { path: path.to_path_buf() });
     }
     let bytes = encode(metadata, tensors)?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -173,7 +173,7 @@ pub fn write(path: &Path, metadata: &[(String, Value)], tensors: &[TensorOut], f
     })();
     result.map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
-        MergeError::io(path, e)
+        FormatError::io(path, e)
     })
 }
 
@@ -187,7 +187,10 @@ pub fn encode_values(values: &[f32], t: GgmlType) -> Result<Vec<u8>> {
         GgmlType::Bf16 => values.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
         GgmlType::Q8_0 => {
             if values.len() % 32 != 0 {
-                return Err(MergeError::Parameter(format!("{} values are not whole Q8_0 blocks of 32", values.len())));
+                return Err(FormatError::Unsupported(format!(
+                    "{} values are not whole Q8_0 blocks of 32",
+                    values.len()
+                )));
             }
             let mut out = Vec::with_capacity(values.len() / 32 * 34);
             for block in values.chunks(32) {
@@ -201,7 +204,7 @@ pub fn encode_values(values: &[f32], t: GgmlType) -> Result<Vec<u8>> {
             }
             out
         }
-        other => return Err(MergeError::Parameter(format!("writing {} tensors is not supported", other.name()))),
+        other => return Err(FormatError::Unsupported(format!("writing {} tensors is not supported", other.name()))),
     })
 }
 

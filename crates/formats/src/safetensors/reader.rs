@@ -13,7 +13,7 @@ use memmap2::{Mmap, UncheckedAdvice};
 use serde::Deserialize;
 
 use crate::dtype::DType;
-use crate::error::{MergeError, Result};
+use crate::error::{FormatError, Result};
 
 /// Where one tensor lives in a safetensors file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,11 +69,11 @@ impl SafetensorsFile {
     /// Maps `path` and validates its header.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let file = File::open(&path).map_err(|e| MergeError::io(&path, e))?;
+        let file = File::open(&path).map_err(|e| FormatError::io(&path, e))?;
         // SAFETY: the file is opened read-only; lora never writes to its inputs, and a concurrent
         // writer truncating the file is outside what any mmap-based reader can guard against.
-        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| MergeError::io(&path, e))?;
-        let bad = |m: String| MergeError::safetensors(&path, m);
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| FormatError::io(&path, e))?;
+        let bad = |m: String| FormatError::safetensors(&path, m);
         let size = mmap.len();
         if size < 8 {
             return Err(bad(format!(
@@ -152,6 +152,36 @@ impl SafetensorsFile {
         &self.metadata
     }
 
+    /// The header entry of tensor `name`.
+    pub fn info(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensors.get(name)
+    }
+
+    /// Tensor `name` converted to f32 (from any float dtype), with its shape. Its pages are released
+    /// after the copy, so that a loader holds the model plus about one tensor of file bytes.
+    pub fn to_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
+        let info =
+            self.info(name).ok_or_else(|| FormatError::safetensors(&self.path, format!("no tensor '{name}'")))?;
+        if !info.dtype.is_float() {
+            return Err(FormatError::safetensors(
+                &self.path,
+                format!("tensor '{name}' has dtype {}, expected F32, F16, BF16 or F64", info.dtype.safetensors_name()),
+            ));
+        }
+        let mut values = vec![0f32; info.numel()];
+        crate::dtype::decode_f32(self.bytes(info), info.dtype, &mut values);
+        self.release(info);
+        Ok((values, info.shape.clone()))
+    }
+
+    /// Tensor `name`'s bytes copied out (its pages released), with its shape.
+    pub fn to_bytes(&self, name: &str) -> Option<(Vec<u8>, Vec<usize>)> {
+        let info = self.info(name)?;
+        let bytes = self.bytes(info).to_vec();
+        self.release(info);
+        Some((bytes, info.shape.clone()))
+    }
+
     /// The raw little-endian bytes of `info` (a tensor of this file).
     pub fn bytes(&self, info: &TensorInfo) -> &[u8] {
         &self.mmap[self.data_start + info.begin..self.data_start + info.end]
@@ -166,7 +196,7 @@ impl SafetensorsFile {
     ///
     /// A failed read (after `open` validated the sizes, the file was truncated or the disk failed
     /// under the merge) unwinds with a [`ReadFailure`], deep inside the parallel kernels, without the
-    /// panic hook; [`catch_read_failures`] at each entry point turns it into a [`MergeError::Io`]
+    /// panic hook; [`catch_read_failures`] at each entry point turns it into a [`FormatError::Io`]
     /// naming the file.
     pub fn read_part(&self, info: &TensorInfo, begin: usize, out: &mut [u8]) {
         use std::os::unix::fs::FileExt;
@@ -205,17 +235,18 @@ pub struct ReadFailure {
 
 /// Runs `f`, turning a [`ReadFailure`] raised by [`SafetensorsFile::read_part`] anywhere inside it
 /// (rayon re-raises a worker's payload in the caller) into an error; other panics stay panics.
-pub fn catch_read_failures<T>(f: impl FnOnce() -> crate::error::Result<T>) -> crate::error::Result<T> {
+pub fn catch_read_failures<T, E: From<FormatError>>(f: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(r) => r,
         Err(payload) => match payload.downcast::<ReadFailure>() {
-            Ok(fail) => Err(crate::error::MergeError::Io {
+            Ok(fail) => Err(FormatError::Io {
                 path: fail.path,
                 source: std::io::Error::new(
                     fail.error.kind(),
                     format!("reading at byte {}: {} (was the file changed during the merge?)", fail.at, fail.error),
                 ),
-            }),
+            }
+            .into()),
             Err(other) => std::panic::resume_unwind(other),
         },
     }

@@ -1,0 +1,15 @@
+//! lora's file formats, in one place and without burn: [`safetensors`] (a validating, memory-mapped
+//! reader and a streaming sharded writer), [`gguf`] (llama.cpp's and Ollama's format: read,
+//! dequantize, write, and SentencePiece vocabularies), [`peft`] (PEFT's `adapter_config.json`),
+//! [`dtype`] (the element types they share) and [`atomic`] writes. `lora-merge` and `lora-core`
+//! both read and write through here, so a file is validated one way whichever command opens it.
+
+pub mod atomic;
+pub mod dtype;
+pub mod error;
+pub mod gguf;
+pub mod peft;
+pub mod safetensors;
+
+pub use dtype::DType;
+pub use error::{FormatError, Result};
