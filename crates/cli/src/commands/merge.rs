@@ -1,12 +1,13 @@
 //! `lora merge`: fold PEFT adapters into their base, or run a model merge from a mergekit
 //! configuration (mergekit's YAML, or the same keys in TOML).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use lora_merge::recipe::Syntax;
 use lora_merge::safetensors::parse_size;
-use lora_merge::{DType, FoldOptions, MergeOptions, fold_adapters, merge_models};
+use lora_merge::{DType, FoldOptions, MergeConfig, MergeOptions, fold_adapters, merge_with_config};
 
 /// Arguments of `lora merge`.
 #[derive(clap::Args, Debug)]
@@ -47,6 +48,10 @@ pub struct Args {
     /// Seed of the random methods (DARE, DELLA); overrides the configuration's random_seed.
     #[arg(long)]
     seed: Option<u64>,
+    /// Never touch the network: Hub ids (as BASE or ADAPTER, or as models of a configuration) must be
+    /// in the Hugging Face cache.
+    #[arg(long)]
+    offline: bool,
 }
 
 /// Runs `lora merge`.
@@ -62,7 +67,13 @@ pub fn run(a: Args) -> Result<()> {
             bail!("with --config, set the output dtype with `out_dtype` in {}", config.display());
         }
         let opts = MergeOptions { shard_size, force: a.force, allow_nonfinite: a.allow_nonfinite, seed: a.seed };
-        let r = merge_models(config, &a.out, &opts)?;
+        let (mut cfg, text) = MergeConfig::load(config)?;
+        let dir = config.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        resolve_hub_models(&mut cfg, dir, a.offline)?;
+        // The configuration is kept beside the output as written (Hub ids and all), as mergekit does.
+        let r = lora_merge::safetensors::catch_read_failures(|| {
+            merge_with_config(&cfg, dir, &a.out, &opts, (Syntax::of(config), &text))
+        })?;
         let secs = started.elapsed().as_secs_f64();
         println!(
             "{}: {} merge, {} tensors in {}, {:.2} GB read in {secs:.2} s ({:.2} GB/s)",
@@ -78,6 +89,16 @@ pub fn run(a: Args) -> Result<()> {
     let Some((base, adapters)) = a.paths.split_first() else {
         bail!("give BASE and ADAPTER folders, or --config merge.toml");
     };
+    // Hub ids (`org/name[@revision]`) where no such folder exists: from the cache, else downloaded.
+    let hub = |p: &PathBuf, model: bool| -> Result<PathBuf> {
+        let text = p.to_string_lossy();
+        if p.exists() || !is_hub_id(&text) {
+            return Ok(p.clone());
+        }
+        if model { crate::hub_refs::model(&text, a.offline) } else { crate::hub_refs::adapter(&text, a.offline) }
+    };
+    let base = &hub(base, true)?;
+    let adapters = &adapters.iter().map(|p| hub(p, false)).collect::<Result<Vec<_>>>()?;
     if adapters.is_empty() {
         bail!("give at least one ADAPTER folder after BASE {}", base.display());
     }
@@ -178,5 +199,50 @@ fn fold_into(
         r.dtype.torch_name(),
         r.bytes_read as f64 / 1e9
     );
+    Ok(())
+}
+
+/// Whether `s` reads as a Hub id (`org/name[@revision]`) rather than a path.
+fn is_hub_id(s: &str) -> bool {
+    matches!(lora_hub::Reference::parse(s), Ok(lora_hub::Reference::Hub(_)))
+}
+
+/// Replaces the Hub ids among a configuration's models (published mergekit recipes name models so)
+/// by their snapshot folders: each model, and the adapter of a `model+adapter` entry, that is no
+/// folder here or beside the configuration but reads as a Hub id, is taken from the Hugging Face
+/// cache or downloaded into it (never with `--offline`).
+fn resolve_hub_models(cfg: &mut MergeConfig, config_dir: &Path, offline: bool) -> Result<()> {
+    let one = |s: &str, model: bool| -> Result<String> {
+        if s.is_empty()
+            || Path::new(s).is_absolute()
+            || Path::new(s).exists()
+            || config_dir.join(s).exists()
+            || !is_hub_id(s)
+        {
+            return Ok(s.to_string());
+        }
+        let dir = if model { crate::hub_refs::model(s, offline)? } else { crate::hub_refs::adapter(s, offline)? };
+        Ok(dir.to_string_lossy().into_owned())
+    };
+    let entry = |s: &str| -> Result<String> {
+        match s.split_once('+') {
+            Some((m, ad)) if !ad.is_empty() => Ok(format!("{}+{}", one(m, true)?, one(ad, false)?)),
+            _ => one(s, true),
+        }
+    };
+    if let Some(b) = &cfg.base_model {
+        cfg.base_model = Some(entry(b)?);
+    }
+    for m in &mut cfg.models {
+        m.model = entry(&m.model)?;
+    }
+    for slice in &mut cfg.slices {
+        for src in &mut slice.sources {
+            src.model = entry(&src.model)?;
+        }
+    }
+    if let Some(t) = &cfg.tokenizer_source {
+        cfg.tokenizer_source = Some(entry(t)?);
+    }
     Ok(())
 }

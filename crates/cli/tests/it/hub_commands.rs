@@ -257,3 +257,48 @@ fn recipe_with_a_hub_base_trains_and_pushes_to_hub() {
     all_files(&run, &mut written);
     assert!(written.iter().all(|(_, b)| !String::from_utf8_lossy(b).contains(TOKEN)));
 }
+
+/// A mergekit recipe that names its models by Hub id (as published recipes do) merges them from the
+/// Hub: the same bytes as the merge of the local folders; the recipe is kept as written; offline
+/// with an empty cache, the error names the model.
+#[test]
+fn a_merge_recipe_with_hub_ids_merges_as_the_local_folders() {
+    let d = temp_dir("merge-hub");
+    let fx = root().join("tests/fixtures/merge");
+    let hub = FakeHub::start(TOKEN);
+    let seed = |id: &str, dir: &Path| {
+        let files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+            .collect();
+        let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
+        hub.seed(id, false, &refs);
+    };
+    seed("merge-org/ft1", &fx.join("ft1"));
+    seed("merge-org/ft2", &fx.join("ft2"));
+    let recipe = |a: &str, b: &str| {
+        format!(
+            "merge_method: linear\ndtype: float32\nmodels:\n  - model: {a}\n    parameters: {{weight: 0.3}}\n  - model: {b}\n    parameters: {{weight: 0.7}}\n"
+        )
+    };
+    let (hub_cfg, local_cfg) = (d.join("hub.yml"), d.join("local.yml"));
+    std::fs::write(&hub_cfg, recipe("merge-org/ft1", "merge-org/ft2")).unwrap();
+    std::fs::write(&local_cfg, recipe(s(&fx.join("ft1")), s(&fx.join("ft2")))).unwrap();
+    let home = d.join("home");
+    let mut outputs = Vec::new();
+    let (from_hub, from_local) = (d.join("from-hub"), d.join("from-local"));
+    ok(&lora_hub(&["merge", "--config", s(&hub_cfg), "-o", s(&from_hub)], &hub.url, &home, None, &mut outputs));
+    ok(&lora(&["merge", "--config", s(&local_cfg), "-o", s(&from_local)]));
+    let bytes = |dir: &Path| std::fs::read(dir.join("model.safetensors")).unwrap();
+    assert_eq!(bytes(&from_hub), bytes(&from_local));
+    let kept = std::fs::read_to_string(from_hub.join("mergekit_config.yml")).unwrap();
+    assert!(kept.contains("model: merge-org/ft1"), "{kept}");
+    // Offline, from an empty cache: refused, naming the model, and nothing written.
+    let out = d.join("offline");
+    let args = ["merge", "--config", s(&hub_cfg), "-o", s(&out), "--offline"];
+    let o = lora_hub(&args, &hub.url, &d.join("empty-home"), None, &mut outputs);
+    assert!(!o.status.success() && !out.exists());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("merge-org/ft1"), "{err}");
+}

@@ -2,6 +2,7 @@
 
 mod common;
 mod core_commands;
+mod fuzz_corpus;
 mod gguf_commands;
 mod gpu_commands;
 mod hub_commands;
