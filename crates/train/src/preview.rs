@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use lora_core::Tokenizer;
 
 use crate::data::Example;
+use crate::data::chat_template::ChatTemplate;
 use crate::error::Result;
 
 /// How trained tokens are marked.
@@ -111,4 +112,34 @@ pub fn warnings(
         }
     }
     w
+}
+
+/// Where the recipe's chat template (`ours`) and the model's own (`own`) render the same probe
+/// conversation differently, as a warning; `None` when they agree. The probe has a system turn
+/// and two exchanges; a template that refuses the system turn is compared without it.
+pub fn template_difference(ours: &ChatTemplate, own: &ChatTemplate) -> Option<String> {
+    let turn = |role: &str, content: &str| serde_json::json!({ "role": role, "content": content });
+    let probe = [
+        turn("system", "You are helpful."),
+        turn("user", "Hello?"),
+        turn("assistant", "Hi."),
+        turn("user", "Bye?"),
+        turn("assistant", "Bye."),
+    ];
+    let render = |t: &ChatTemplate| t.render(&probe, false).or_else(|_| t.render(&probe[1..], false));
+    let (a, b) = (render(ours).ok()?, render(own).ok()?);
+    if a == b {
+        return None;
+    }
+    let at =
+        a.char_indices().zip(b.chars()).find(|((_, x), y)| x != y).map(|((i, _), _)| i).unwrap_or(a.len().min(b.len()));
+    let start = a[..at].char_indices().rev().nth(15).map(|(i, _)| i).unwrap_or(0);
+    let snippet = |s: &str| s.get(start..).unwrap_or("").chars().take(40).collect::<String>();
+    Some(format!(
+        "data.chat_template renders a conversation differently from the model's own chat template \
+         (from byte {at}: {:?} here, {:?} in the model's); the adapter learns this format, so prompts at \
+         inference must use it too (lora generate, llama.cpp and Ollama use the model's)",
+        snippet(&a),
+        snippet(&b)
+    ))
 }

@@ -108,6 +108,9 @@ pub struct Prepared {
     pub device: Device,
     /// The backend.
     pub backend: Backend,
+    /// Set when the recipe's `data.chat_template` renders a conversation differently from the
+    /// model's own template: what differs, for a warning.
+    pub template_differs: Option<String>,
 }
 
 impl Prepared {
@@ -152,6 +155,14 @@ pub fn prepare(recipe: &Recipe) -> Result<Prepared> {
         .map(|src| ChatTemplate::for_tokenizer(&src, &tokenizer, FIXED_DATE_UNIX))
         .transpose()
         .map_err(|m| TrainError::Recipe(format!("data.chat_template: {m}")))?;
+    // A replaced template that the model's own would not reproduce: the adapter learns a format
+    // that inference with the model's template (lora generate, llama.cpp, Ollama) will not send.
+    let template_differs = match (&d.chat_template, &tokenizer.chat_template, &template) {
+        (Some(_), Some(own), Some(ours)) => ChatTemplate::for_tokenizer(own, &tokenizer, FIXED_DATE_UNIX)
+            .ok()
+            .and_then(|own| crate::preview::template_difference(ours, &own)),
+        _ => None,
+    };
     let opts = DataOptions {
         format: &d.format,
         max_seq_len: d.max_seq_len,
@@ -225,6 +236,7 @@ pub fn prepare(recipe: &Recipe) -> Result<Prepared> {
         targets,
         device,
         backend,
+        template_differs,
     })
 }
 

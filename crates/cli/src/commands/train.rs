@@ -99,6 +99,9 @@ pub fn run_cmd(a: Args) -> Result<()> {
     ) {
         eprintln!("warning: {w}");
     }
+    if let Some(w) = &prepared.template_differs {
+        eprintln!("warning: {w}");
+    }
     if a.dry_run {
         print!("{}", recipe.to_toml());
         println!("\n# adapters on {} modules: {}", prepared.targets.len(), summarize_targets(&prepared.targets));

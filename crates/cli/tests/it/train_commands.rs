@@ -191,6 +191,49 @@ fn dry_run_show_marks_the_trained_tokens() {
     assert!(!d.join("run").exists());
 }
 
+/// A recipe whose `data.chat_template` renders conversations differently from the model's own
+/// template is warned about (the adapter would learn a format inference does not send); the model's
+/// own template given in the recipe is not.
+#[test]
+fn a_chat_template_unlike_the_models_own_is_warned_about() {
+    let d = temp_dir("template-warning");
+    let recipe = root().join("recipes/tiny.toml");
+    let run = |template: &std::path::Path| {
+        let sets = [
+            format!("output.dir=\"{}\"", d.join("run").display()),
+            format!("data.train=\"{}\"", root().join("datasets/quickstart-chat.jsonl").display()),
+            "data.format=\"chat\"".to_string(),
+            "data.max_seq_len=160".to_string(),
+            format!("data.chat_template=\"{}\"", template.display()),
+        ];
+        let mut args = vec!["train", s(&recipe), "--dry-run"];
+        for set in &sets {
+            args.extend(["--set", set.as_str()]);
+        }
+        let o = lora(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stderr(&o)
+    };
+    let err = run(&fixtures().join("chat_templates/llama3.jinja"));
+    assert!(err.contains("warning: data.chat_template renders a conversation differently"), "{err}");
+    assert!(err.contains("<|start_header_id|>") && err.contains("<|im_start|>"), "{err}");
+    // The model's own template, as a file: no warning.
+    let base = root().join("recipes").join(
+        std::fs::read_to_string(&recipe)
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("base = "))
+            .unwrap()
+            .trim_matches('"'),
+    );
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(base.join("tokenizer_config.json")).unwrap()).unwrap();
+    let own = d.join("own.jinja");
+    std::fs::write(&own, cfg["chat_template"].as_str().expect("the tiny model has a chat template")).unwrap();
+    let err = run(&own);
+    assert!(!err.contains("renders a conversation differently"), "{err}");
+}
+
 /// Starts the tiny recipe for `steps` steps (a checkpoint every `save_every`) and returns the
 /// child once its stderr has printed a line containing `wait_for`, with a thread collecting the
 /// rest of its stderr.
