@@ -49,25 +49,28 @@ pub fn run(a: Args) -> Result<()> {
         }
     };
     let t = ggml_type(&a.ggml_type);
-    let r = export_adapter_gguf(&a.adapter, &base, &a.out, t, a.force)?;
+    refuse_existing(&a.out, a.force)?;
+    let staged = staging(&a.out);
+    let r = export_adapter_gguf(&a.adapter, &base, &staged, t, true)?;
     if !a.no_check {
-        match check(&a.adapter, &base, &a.out, t) {
+        match check(&a.adapter, &base, &staged, t) {
             Ok(line) => println!("{line}"),
             Err(e) => {
-                let _ = std::fs::remove_file(&a.out);
+                let _ = std::fs::remove_file(&staged);
                 return Err(
                     e.context(format!("{}: the export does not behave as the adapter; removed", a.out.display()))
                 );
             }
         }
     }
+    publish(&staged, &a.out)?;
     let modelfile = write_modelfile(&base, &a.out, a.force)?;
     for f in &r.fallbacks {
         println!("{f}: rows are not whole Q8_0 blocks of 32 values; written as F16");
     }
     println!(
         "{}: {} modules as {}, adapter.lora.alpha = {}{}",
-        r.out.display(),
+        a.out.display(),
         r.modules,
         t.name(),
         r.alpha,
@@ -138,7 +141,9 @@ fn judge(what: &str, want: &[f32], got: &[f32], vocab: usize, t: GgmlType) -> Re
 /// `lora export MODEL_DIR -o model.gguf`: the whole model, checked against the folder.
 fn export_model(a: &Args) -> Result<()> {
     let t = ggml_type(&a.ggml_type);
-    let r = lora_merge::export_model_gguf(&a.adapter, &a.out, t, a.force)?;
+    refuse_existing(&a.out, a.force)?;
+    let staged = staging(&a.out);
+    let r = lora_merge::export_model_gguf(&a.adapter, &staged, t, true)?;
     if !a.no_check {
         let device = lora_core::default_device();
         let check = || -> Result<String> {
@@ -146,17 +151,18 @@ fn export_model(a: &Args) -> Result<()> {
             let vocab = folder.config.vocab_size;
             let want = probe_logits(&folder)?;
             drop(folder);
-            let got = probe_logits(&lora_core::CausalLm::load_dir(&a.out, &device)?)?;
+            let got = probe_logits(&lora_core::CausalLm::load_dir(&staged, &device)?)?;
             judge("GGUF vs folder", &want, &got, vocab, t)
         };
         match check() {
             Ok(line) => println!("{line}"),
             Err(e) => {
-                let _ = std::fs::remove_file(&a.out);
+                let _ = std::fs::remove_file(&staged);
                 anyhow::bail!("{}: the exported model does not behave as the folder ({e:#}); removed", a.out.display());
             }
         }
     }
+    publish(&staged, &a.out)?;
     let stem = a.out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
     let modelfile = a.out.with_file_name(format!("{stem}.Modelfile"));
     if !modelfile.exists() || a.force {
@@ -169,7 +175,7 @@ fn export_model(a: &Args) -> Result<()> {
     }
     println!(
         "{}: {} model, {} tensors as {} (pre-tokenizer {}); Ollama: ollama create {stem} -f {}",
-        r.out.display(),
+        a.out.display(),
         r.architecture,
         r.tensors,
         t.name(),
@@ -177,6 +183,25 @@ fn export_model(a: &Args) -> Result<()> {
         modelfile.display()
     );
     Ok(())
+}
+
+/// OUT exists and `--force` was not given: refused before anything is written.
+fn refuse_existing(out: &Path, force: bool) -> Result<()> {
+    anyhow::ensure!(force || !out.exists(), "{}: the output exists; pass --force to replace it", out.display());
+    Ok(())
+}
+
+/// The hidden name an export is written and checked under (`.NAME.unchecked.gguf` beside OUT), so
+/// that OUT appears only once complete and checked: a failed check, an error or a `kill -9` leaves
+/// at most this file, which the next export replaces.
+fn staging(out: &Path) -> PathBuf {
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    out.with_file_name(format!(".{name}.unchecked.gguf"))
+}
+
+/// Gives the checked file OUT's name (a rename on the same file system: atomic).
+fn publish(staged: &Path, out: &Path) -> Result<()> {
+    std::fs::rename(staged, out).with_context(|| format!("renaming {} to {}", staged.display(), out.display()))
 }
 
 /// Runs fixed probe sequences through the base with the PEFT adapter and with the written GGUF read

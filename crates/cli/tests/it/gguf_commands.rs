@@ -178,3 +178,58 @@ fn merge_into_a_gguf_base_equals_merging_into_its_folder() {
     let o = lora(&["generate", "--model", s(&a), "--prompt", "In the beginning", "--max-new-tokens", "4"]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// `kill -9` of `lora export` at moments spread over the export of a ~100 MB model (writing, then
+/// the self-check): OUT never exists after a kill (the file is written and checked under a hidden
+/// name, and only then renamed), and the next export completes and leaves nothing else behind.
+#[test]
+fn kill_9_during_an_export_never_leaves_out() {
+    use lora_core::random_model::{LlamaShape, write_random_llama};
+    let d = temp_dir("kill9-export");
+    let model = d.join("model");
+    let shape = LlamaShape { hidden: 512, layers: 8, heads: 8, kv_heads: 8, inter: 1536, vocab: 8192, tied: false };
+    write_random_llama(&model, &shape, "f32").unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(gguf("vocab/spm-tiny").join(f), model.join(f)).unwrap();
+    }
+    // The tiny tokenizer has 512 pieces; the model's vocabulary is larger, as padded vocabularies are.
+    let out = d.join("out.gguf");
+    let start = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_lora"))
+            .args(["export", s(&model), "-o", s(&out), "--type", "f16"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let t = std::time::Instant::now();
+    assert!(start().wait().unwrap().success());
+    let whole = t.elapsed();
+    std::fs::remove_file(&out).unwrap();
+    let mut killed = 0;
+    for frac in [0.05, 0.2, 0.4, 0.6, 0.8, 0.95] {
+        let mut child = start();
+        std::thread::sleep(whole.mul_f64(frac));
+        let finished = child.try_wait().unwrap().is_some();
+        child.kill().unwrap_or(());
+        child.wait().unwrap();
+        if finished || out.exists() {
+            // The export won the race: it must then be the whole file.
+            assert!(lora_merge::gguf::GgufFile::open(&out).is_ok());
+            std::fs::remove_file(&out).unwrap();
+            continue;
+        }
+        killed += 1;
+        assert!(!out.exists(), "kill at {frac} of the export left {}", out.display());
+    }
+    assert!(killed >= 3, "only {killed} kills landed during the export");
+    assert!(start().wait().unwrap().success(), "the export after the kills");
+    assert!(lora_merge::gguf::GgufFile::open(&out).is_ok());
+    let left: Vec<String> = std::fs::read_dir(&d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "left beside the output: {left:?}");
+    std::fs::remove_dir_all(&d).unwrap();
+}
