@@ -1,5 +1,7 @@
 //! The TOML training recipe: typed, strict, with errors that name `file:line:col`, the key, and the
-//! closest valid key.
+//! closest valid key. This file holds the schema and the reading (parse, `--set` overrides, paths);
+//! [`source`] locates keys and turns TOML errors into `file:line:col: key: message`, [`suggest`]
+//! finds the key a typo meant, and [`checks`] refuses values that parse but cannot work.
 //!
 //! ```toml
 //! [model]
@@ -24,6 +26,14 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
+
+mod checks;
+mod source;
+mod suggest;
+
+pub use source::Source;
+use source::describe;
+use suggest::suggest;
 
 /// A whole recipe.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -355,138 +365,6 @@ pub struct OutputSection {
     pub push_to_hub: Option<String>,
 }
 
-/// Where a recipe came from, for error messages.
-#[derive(Debug, Clone)]
-pub struct Source {
-    /// Display name (the path as given).
-    pub name: String,
-    /// Full text.
-    pub text: String,
-}
-
-impl Source {
-    /// 1-based line and column of a byte offset.
-    fn line_col(&self, offset: usize) -> (usize, usize) {
-        let before = &self.text[..offset.min(self.text.len())];
-        let line = before.matches('\n').count() + 1;
-        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-        (line, col)
-    }
-
-    /// The `[section]` that contains a byte offset.
-    fn section_at(&self, offset: usize) -> Option<String> {
-        self.text[..offset.min(self.text.len())]
-            .lines()
-            .rev()
-            .find_map(|l| l.trim().strip_prefix('[').and_then(|r| r.split(']').next()).map(|s| s.trim().to_string()))
-    }
-
-    /// Position of `key = ` inside `[section]`, for errors found after parsing.
-    fn locate(&self, section: &str, key: &str) -> Option<(usize, usize)> {
-        let mut in_section = false;
-        let mut offset = 0;
-        for line in self.text.split_inclusive('\n') {
-            let t = line.trim();
-            if let Some(h) = t.strip_prefix('[') {
-                in_section = h.split(']').next().map(str::trim) == Some(section);
-            } else if in_section && t.split('=').next().map(str::trim) == Some(key) && t.contains('=') {
-                let indent = line.len() - line.trim_start().len();
-                return Some(self.line_col(offset + indent));
-            }
-            offset += line.len();
-        }
-        None
-    }
-}
-
-/// Edit distance, for did-you-mean suggestions.
-fn levenshtein(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
-/// Known synonyms users reach for, mapped to our key.
-const SYNONYMS: &[(&str, &str)] = &[
-    ("learning_rate", "lr"),
-    ("lora_alpha", "alpha"),
-    ("lora_r", "r"),
-    ("rank", "r"),
-    ("lora_dropout", "dropout"),
-    ("target_modules", "targets"),
-    ("num_epochs", "epochs"),
-    ("gradient_accumulation_steps", "grad_accum"),
-    ("micro_batch_size", "batch_size"),
-    ("sequence_len", "max_seq_len"),
-    ("lr_scheduler", "schedule"),
-    ("output_dir", "dir"),
-    ("base_model", "base"),
-    ("load_in_4bit", "quantize"),
-    ("bnb_4bit_quant_type", "quantize"),
-    ("bnb_4bit_use_double_quant", "double_quant"),
-    ("torch_dtype", "dtype"),
-    ("activation_checkpointing", "gradient_checkpointing"),
-    ("use_gradient_checkpointing", "gradient_checkpointing"),
-];
-
-fn suggest(unknown: &str, expected: &[String]) -> Option<String> {
-    if let Some((_, to)) = SYNONYMS.iter().find(|(from, _)| *from == unknown)
-        && expected.iter().any(|e| e == to)
-    {
-        return Some(to.to_string());
-    }
-    expected
-        .iter()
-        .map(|e| (levenshtein(unknown, e), e))
-        .filter(|(d, e)| *d <= 2.max(e.len() / 3))
-        .min()
-        .map(|(_, e)| e.clone())
-}
-
-/// Turns a toml deserialisation error into `file:line:col: message`.
-fn describe(src: &Source, e: &toml::de::Error) -> String {
-    let msg = e.message().trim().to_string();
-    let (pos, section) = match e.span() {
-        Some(span) => (Some(src.line_col(span.start)), src.section_at(span.start)),
-        None => (None, None),
-    };
-    let at = match pos {
-        Some((l, c)) => format!("{}:{l}:{c}", src.name),
-        None => src.name.clone(),
-    };
-    // "unknown field `x`, expected one of `a`, `b`" -> our wording with a suggestion.
-    if let Some(rest) = msg.strip_prefix("unknown field `") {
-        let unknown = rest.split('`').next().unwrap_or_default();
-        let expected: Vec<String> = rest.split('`').skip(2).step_by(2).map(str::to_string).collect();
-        let within = section.map(|s| format!(" in [{s}]")).unwrap_or_default();
-        let hint = match suggest(unknown, &expected) {
-            Some(s) => format!("; did you mean '{s}'?"),
-            None => format!("; expected one of: {}", expected.join(", ")),
-        };
-        return format!("{at}: unknown key '{unknown}'{within}{hint}");
-    }
-    // A value of the wrong type or range: name the key of the line it sits on.
-    let key = e.span().and_then(|span| {
-        let line_start = src.text[..span.start].rfind('\n').map_or(0, |i| i + 1);
-        let line = src.text[line_start..].lines().next()?;
-        let (k, _) = line.split_once('=')?;
-        let k = k.trim().trim_matches('"');
-        (!k.is_empty() && !k.contains(char::is_whitespace)).then(|| k.to_string())
-    });
-    match (key, section) {
-        (Some(k), Some(s)) => format!("{at}: {s}.{k}: {msg}"),
-        (Some(k), None) => format!("{at}: {k}: {msg}"),
-        (None, s) => format!("{at}: {msg}{}", s.map(|s| format!(" (in [{s}])")).unwrap_or_default()),
-    }
-}
-
 impl Recipe {
     /// Reads a recipe file, applies `--set key.path=value` overrides, resolves relative paths
     /// against the recipe's folder and validates every value.
@@ -591,153 +469,6 @@ impl Recipe {
             self.data.chat_template = Some(abs(Path::new(t)).display().to_string());
         }
         self.output.dir = abs(&self.output.dir);
-    }
-
-    /// Checks values that parse but cannot work; errors point at the key.
-    pub fn validate(&self, src: &Source) -> Result<()> {
-        let err = |section: &str, key: &str, msg: String| {
-            let at = match src.locate(section, key) {
-                Some((l, c)) => format!("{}:{l}:{c}", src.name),
-                None => src.name.clone(),
-            };
-            Err(TrainError::Recipe(format!("{at}: {section}.{key} {msg}")))
-        };
-        let (l, d, t) = (&self.lora, &self.data, &self.train);
-        if l.r == 0 {
-            return err("lora", "r", "must be at least 1".into());
-        }
-        if !(l.alpha > 0.0 && l.alpha.is_finite()) {
-            return err("lora", "alpha", format!("must be positive, got {}", l.alpha));
-        }
-        if !(0.0..1.0).contains(&l.dropout) {
-            return err("lora", "dropout", format!("must be in [0, 1), got {}", l.dropout));
-        }
-        if !["kaiming", "gaussian"].contains(&l.init.as_str()) {
-            return err("lora", "init", format!("must be \"kaiming\" or \"gaussian\", got \"{}\"", l.init));
-        }
-        if let Targets::Names(n) = &l.targets
-            && n.is_empty()
-        {
-            return err("lora", "targets", "must name at least one module".into());
-        }
-        if l.layers.is_some() && matches!(l.targets, Targets::Pattern(_)) {
-            // PEFT refuses layers_to_transform with a string target_modules; our adapters must load there.
-            return err(
-                "lora",
-                "layers",
-                "cannot be combined with a string `targets` (PEFT refuses it); list module names".into(),
-            );
-        }
-        if !["auto", "text", "completion", "alpaca", "chat"].contains(&d.format.as_str()) {
-            return err(
-                "data",
-                "format",
-                format!("must be auto, text, completion, alpaca or chat, got \"{}\"", d.format),
-            );
-        }
-        if !["truncate", "drop"].contains(&d.overflow.as_str()) {
-            return err("data", "overflow", format!("must be \"truncate\" or \"drop\", got \"{}\"", d.overflow));
-        }
-        for (p, w) in
-            d.train.weighted().iter().chain(d.validation.iter().flat_map(Files::weighted).collect::<Vec<_>>().iter())
-        {
-            if !(*w >= 0.0 && w.is_finite()) {
-                return err("data", "train", format!("weight of '{}' must be >= 0, got {w}", p.display()));
-            }
-        }
-        if d.max_seq_len < 2 {
-            return err("data", "max_seq_len", format!("must be at least 2, got {}", d.max_seq_len));
-        }
-        if let Some(f) = d.validation_fraction {
-            if !(f > 0.0 && f < 1.0) {
-                return err("data", "validation_fraction", format!("must be between 0 and 1, got {f}"));
-            }
-            if d.validation.is_some() {
-                return err("data", "validation_fraction", "cannot be combined with `validation` files".into());
-            }
-        }
-        if t.batch_size == 0 {
-            return err("train", "batch_size", "must be at least 1".into());
-        }
-        if t.grad_accum == 0 {
-            return err("train", "grad_accum", "must be at least 1".into());
-        }
-        if !(t.lr > 0.0 && t.lr.is_finite()) {
-            return err("train", "lr", format!("must be positive, got {}", t.lr));
-        }
-        if t.epochs == 0 && t.max_steps.is_none() {
-            return err("train", "epochs", "must be at least 1 (or set max_steps)".into());
-        }
-        if t.max_steps == Some(0) {
-            return err("train", "max_steps", "must be at least 1".into());
-        }
-        if !["constant", "linear", "cosine"].contains(&t.schedule.as_str()) {
-            return err("train", "schedule", format!("must be constant, linear or cosine, got \"{}\"", t.schedule));
-        }
-        if !(t.weight_decay >= 0.0) {
-            return err("train", "weight_decay", format!("must be >= 0, got {}", t.weight_decay));
-        }
-        if !(t.max_grad_norm >= 0.0) {
-            return err("train", "max_grad_norm", format!("must be >= 0, got {}", t.max_grad_norm));
-        }
-        if !["cpu", "cuda", "wgpu"].contains(&t.device.as_str()) {
-            return err("train", "device", format!("must be \"cpu\", \"cuda\" or \"wgpu\", got \"{}\"", t.device));
-        }
-        if !["f32", "bf16"].contains(&t.dtype.as_str()) {
-            return err("train", "dtype", format!("must be \"f32\" or \"bf16\", got \"{}\"", t.dtype));
-        }
-        if self.model.dtype != "auto" && self.model.dtype.parse::<lora_core::BaseDtype>().is_err() {
-            return err(
-                "model",
-                "dtype",
-                format!("must be \"auto\", \"f32\", \"bf16\" or \"f16\", got \"{}\"", self.model.dtype),
-            );
-        }
-        if lora_core::Quantize::parse(&self.model.quantize, false).is_err() {
-            let hint =
-                if self.model.quantize.to_ascii_lowercase().contains('4') { "; did you mean \"nf4\"?" } else { "" };
-            return err(
-                "model",
-                "quantize",
-                format!("must be \"none\" or \"nf4\", got \"{}\"{hint}", self.model.quantize),
-            );
-        }
-        if self.model.double_quant && !self.model.quantize.to_ascii_lowercase().starts_with("nf4") {
-            return err("model", "double_quant", "needs quantize = \"nf4\"".into());
-        }
-        let gguf = lora_merge::gguf::is_gguf_file(&self.model.base);
-        if !self.model.base.is_dir() && !gguf {
-            return err(
-                "model",
-                "base",
-                format!("'{}' is not a model folder or a .gguf file", self.model.base.display()),
-            );
-        }
-        if let Some(repo) = &self.output.push_to_hub {
-            if !matches!(lora_hub::RepoId::parse(repo), Ok(_)) || !repo.contains('/') {
-                return err("output", "push_to_hub", format!("'{repo}' is not a Hub repository id (org/name)"));
-            }
-            if self.model.hub_id.is_none() {
-                return err(
-                    "output",
-                    "push_to_hub",
-                    "needs the base's Hub id for the model card: set model.hub_id = \"org/name\" (or give model.base as a Hub id)".into(),
-                );
-            }
-        }
-        for p in self
-            .data
-            .train
-            .to_vec()
-            .iter()
-            .chain(self.data.validation.iter().flat_map(Files::to_vec).collect::<Vec<_>>().iter())
-        {
-            if !p.is_file() {
-                let key = if self.data.train.to_vec().contains(p) { "train" } else { "validation" };
-                return err("data", key, format!("file '{}' does not exist", p.display()));
-            }
-        }
-        Ok(())
     }
 
     /// The recipe as TOML text (resolved paths), as written into the run folder.

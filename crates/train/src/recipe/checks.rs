@@ -1,0 +1,154 @@
+//! Values that parse but cannot work (a zero learning rate, a missing data file, a rank of 0, ...),
+//! refused with the key's position.
+
+use super::{Files, Recipe, Source, Targets};
+use crate::error::{Result, TrainError};
+
+impl Recipe {
+    /// Checks values that parse but cannot work; errors point at the key.
+    pub fn validate(&self, src: &Source) -> Result<()> {
+        let err = |section: &str, key: &str, msg: String| {
+            let at = match src.locate(section, key) {
+                Some((l, c)) => format!("{}:{l}:{c}", src.name),
+                None => src.name.clone(),
+            };
+            Err(TrainError::Recipe(format!("{at}: {section}.{key} {msg}")))
+        };
+        let (l, d, t) = (&self.lora, &self.data, &self.train);
+        if l.r == 0 {
+            return err("lora", "r", "must be at least 1".into());
+        }
+        if !(l.alpha > 0.0 && l.alpha.is_finite()) {
+            return err("lora", "alpha", format!("must be positive, got {}", l.alpha));
+        }
+        if !(0.0..1.0).contains(&l.dropout) {
+            return err("lora", "dropout", format!("must be in [0, 1), got {}", l.dropout));
+        }
+        if !["kaiming", "gaussian"].contains(&l.init.as_str()) {
+            return err("lora", "init", format!("must be \"kaiming\" or \"gaussian\", got \"{}\"", l.init));
+        }
+        if let Targets::Names(n) = &l.targets
+            && n.is_empty()
+        {
+            return err("lora", "targets", "must name at least one module".into());
+        }
+        if l.layers.is_some() && matches!(l.targets, Targets::Pattern(_)) {
+            // PEFT refuses layers_to_transform with a string target_modules; our adapters must load there.
+            return err(
+                "lora",
+                "layers",
+                "cannot be combined with a string `targets` (PEFT refuses it); list module names".into(),
+            );
+        }
+        if !["auto", "text", "completion", "alpaca", "chat"].contains(&d.format.as_str()) {
+            return err(
+                "data",
+                "format",
+                format!("must be auto, text, completion, alpaca or chat, got \"{}\"", d.format),
+            );
+        }
+        if !["truncate", "drop"].contains(&d.overflow.as_str()) {
+            return err("data", "overflow", format!("must be \"truncate\" or \"drop\", got \"{}\"", d.overflow));
+        }
+        for (p, w) in
+            d.train.weighted().iter().chain(d.validation.iter().flat_map(Files::weighted).collect::<Vec<_>>().iter())
+        {
+            if !(*w >= 0.0 && w.is_finite()) {
+                return err("data", "train", format!("weight of '{}' must be >= 0, got {w}", p.display()));
+            }
+        }
+        if d.max_seq_len < 2 {
+            return err("data", "max_seq_len", format!("must be at least 2, got {}", d.max_seq_len));
+        }
+        if let Some(f) = d.validation_fraction {
+            if !(f > 0.0 && f < 1.0) {
+                return err("data", "validation_fraction", format!("must be between 0 and 1, got {f}"));
+            }
+            if d.validation.is_some() {
+                return err("data", "validation_fraction", "cannot be combined with `validation` files".into());
+            }
+        }
+        if t.batch_size == 0 {
+            return err("train", "batch_size", "must be at least 1".into());
+        }
+        if t.grad_accum == 0 {
+            return err("train", "grad_accum", "must be at least 1".into());
+        }
+        if !(t.lr > 0.0 && t.lr.is_finite()) {
+            return err("train", "lr", format!("must be positive, got {}", t.lr));
+        }
+        if t.epochs == 0 && t.max_steps.is_none() {
+            return err("train", "epochs", "must be at least 1 (or set max_steps)".into());
+        }
+        if t.max_steps == Some(0) {
+            return err("train", "max_steps", "must be at least 1".into());
+        }
+        if !["constant", "linear", "cosine"].contains(&t.schedule.as_str()) {
+            return err("train", "schedule", format!("must be constant, linear or cosine, got \"{}\"", t.schedule));
+        }
+        if !(t.weight_decay >= 0.0) {
+            return err("train", "weight_decay", format!("must be >= 0, got {}", t.weight_decay));
+        }
+        if !(t.max_grad_norm >= 0.0) {
+            return err("train", "max_grad_norm", format!("must be >= 0, got {}", t.max_grad_norm));
+        }
+        if !["cpu", "cuda", "wgpu"].contains(&t.device.as_str()) {
+            return err("train", "device", format!("must be \"cpu\", \"cuda\" or \"wgpu\", got \"{}\"", t.device));
+        }
+        if !["f32", "bf16"].contains(&t.dtype.as_str()) {
+            return err("train", "dtype", format!("must be \"f32\" or \"bf16\", got \"{}\"", t.dtype));
+        }
+        if self.model.dtype != "auto" && self.model.dtype.parse::<lora_core::BaseDtype>().is_err() {
+            return err(
+                "model",
+                "dtype",
+                format!("must be \"auto\", \"f32\", \"bf16\" or \"f16\", got \"{}\"", self.model.dtype),
+            );
+        }
+        if lora_core::Quantize::parse(&self.model.quantize, false).is_err() {
+            let hint =
+                if self.model.quantize.to_ascii_lowercase().contains('4') { "; did you mean \"nf4\"?" } else { "" };
+            return err(
+                "model",
+                "quantize",
+                format!("must be \"none\" or \"nf4\", got \"{}\"{hint}", self.model.quantize),
+            );
+        }
+        if self.model.double_quant && !self.model.quantize.to_ascii_lowercase().starts_with("nf4") {
+            return err("model", "double_quant", "needs quantize = \"nf4\"".into());
+        }
+        let gguf = lora_merge::gguf::is_gguf_file(&self.model.base);
+        if !self.model.base.is_dir() && !gguf {
+            return err(
+                "model",
+                "base",
+                format!("'{}' is not a model folder or a .gguf file", self.model.base.display()),
+            );
+        }
+        if let Some(repo) = &self.output.push_to_hub {
+            if !matches!(lora_hub::RepoId::parse(repo), Ok(_)) || !repo.contains('/') {
+                return err("output", "push_to_hub", format!("'{repo}' is not a Hub repository id (org/name)"));
+            }
+            if self.model.hub_id.is_none() {
+                return err(
+                    "output",
+                    "push_to_hub",
+                    "needs the base's Hub id for the model card: set model.hub_id = \"org/name\" (or give model.base as a Hub id)".into(),
+                );
+            }
+        }
+        for p in self
+            .data
+            .train
+            .to_vec()
+            .iter()
+            .chain(self.data.validation.iter().flat_map(Files::to_vec).collect::<Vec<_>>().iter())
+        {
+            if !p.is_file() {
+                let key = if self.data.train.to_vec().contains(p) { "train" } else { "validation" };
+                return err("data", key, format!("file '{}' does not exist", p.display()));
+            }
+        }
+        Ok(())
+    }
+}
