@@ -213,6 +213,17 @@ pub fn fold_adapters(base: &Path, adapters: &[PathBuf], out: &Path, opts: &FoldO
 }
 
 fn fold_adapters_inner(base: &Path, adapters: &[PathBuf], out: &Path, opts: &FoldOptions) -> Result<FoldReport> {
+    // The one reading of config.json every command makes: a base that no command could load (no
+    // or an inconsistent configuration, an architecture lora does not run) is refused before
+    // anything is written.
+    let config = base.join("config.json");
+    if base.is_dir() && !config.is_file() {
+        return Err(MergeError::folder(
+            base,
+            "no config.json in the base folder; the merged model needs the base's configuration",
+        ));
+    }
+    lora_formats::hf_config::ModelConfig::from_file(&config)?;
     let base_model = ModelDir::open(base)?;
     let loaded = adapters.iter().map(Adapter::open).collect::<Result<Vec<_>>>()?;
     let weights = match &opts.weights {

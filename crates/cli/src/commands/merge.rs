@@ -156,23 +156,6 @@ fn fold_into(
     started: Instant,
     default_dtype: Option<DType>,
 ) -> Result<()> {
-    // The model core's checks of the base's configuration, so that a merge refuses what no command
-    // could load (a missing or inconsistent config.json, an architecture lora does not run).
-    let config = base.join("config.json");
-    if base.is_dir() && !config.is_file() {
-        bail!("{}: no config.json in the base folder; the merged model needs the base's configuration", base.display());
-    }
-    if config.is_file() {
-        lora_core::ModelConfig::from_file(&config)?;
-    }
-    for adapter in adapters {
-        // The one reading of adapter_config.json (r ≥ 1, supported options), before anything is
-        // written.
-        let cfg = adapter.join("adapter_config.json");
-        if cfg.is_file() {
-            lora_core::peft_config::AdapterConfig::load(&cfg)?;
-        }
-    }
     let dtype = a
         .dtype
         .as_deref()
