@@ -14,14 +14,16 @@ pub enum FormatError {
         #[source]
         source: std::io::Error,
     },
-    /// A JSON file is not valid JSON or lacks the expected fields.
-    #[error("{path}")]
+    /// A JSON file is not valid JSON or lacks the expected fields: `FILE:LINE:COL: message`, as
+    /// recipes and merge configurations report theirs.
+    #[error("{}", json_message(path, key.as_deref(), error))]
     Json {
         /// The file.
         path: PathBuf,
-        /// The underlying error, with line and column.
-        #[source]
-        source: serde_json::Error,
+        /// The key at fault (`rope_scaling.factor`, `target_modules[2]`), when known.
+        key: Option<String>,
+        /// serde_json's error, which knows the line and column.
+        error: serde_json::Error,
     },
     /// A safetensors file is malformed (truncated, lying header, overlapping ranges, unknown dtype).
     #[error("{path}: not a valid safetensors file: {message}")]
@@ -70,8 +72,8 @@ impl FormatError {
     }
 
     /// A JSON error in `path`.
-    pub fn json(path: impl AsRef<Path>, source: serde_json::Error) -> Self {
-        Self::Json { path: path.as_ref().to_path_buf(), source }
+    pub fn json(path: impl AsRef<Path>, error: serde_json::Error) -> Self {
+        Self::Json { path: path.as_ref().to_path_buf(), key: None, error }
     }
 
     /// A malformed safetensors file.
@@ -88,4 +90,28 @@ impl FormatError {
     pub fn folder(path: impl AsRef<Path>, message: impl Into<String>) -> Self {
         Self::Folder { path: path.as_ref().to_path_buf(), message: message.into() }
     }
+}
+
+/// `FILE:LINE:COL: key: message`, without serde_json's own " at line L column C" suffix.
+fn json_message(path: &Path, key: Option<&str>, e: &serde_json::Error) -> String {
+    let full = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    let message = full.strip_suffix(&suffix).unwrap_or(&full);
+    let key = key.filter(|k| !k.is_empty() && *k != "." && *k != "?").map(|k| format!("{k}: ")).unwrap_or_default();
+    if e.line() == 0 {
+        format!("{}: {key}{message}", path.display())
+    } else {
+        format!("{}:{}:{}: {key}{message}", path.display(), e.line(), e.column())
+    }
+}
+
+/// Parses JSON text of `path` into `T`; an error names the file, line, column and key.
+pub fn from_json<T: serde::de::DeserializeOwned>(path: &Path, text: &[u8]) -> Result<T> {
+    let mut de = serde_json::Deserializer::from_slice(text);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let key = e.path().to_string();
+        FormatError::Json { path: path.to_path_buf(), key: Some(key), error: e.into_inner() }
+    })?;
+    de.end().map_err(|e| FormatError::json(path, e))?;
+    Ok(value)
 }

@@ -223,7 +223,7 @@ impl ModelConfig {
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| FormatError::io(path, e))?;
-        let hf: HfConfig = serde_json::from_str(&text).map_err(|e| FormatError::json(path, e))?;
+        let hf: HfConfig = crate::error::from_json(path, text.as_bytes())?;
         Self::resolve(&hf).map_err(|m| FormatError::folder(path, m))
     }
 

@@ -140,7 +140,7 @@ impl AdapterConfig {
     /// does not compute.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read(path).map_err(|e| FormatError::io(path, e))?;
-        let c: Self = serde_json::from_slice(&text).map_err(|e| FormatError::json(path, e))?;
+        let c: Self = crate::error::from_json(path, &text)?;
         c.check_supported(path)?;
         Ok(c)
     }
