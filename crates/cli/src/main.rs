@@ -12,6 +12,7 @@ mod commands;
 mod device;
 mod hub_refs;
 mod model_args;
+mod probe;
 
 /// LoRA fine-tuning and adapter merging for open-weight language models, on your own hardware.
 #[derive(Parser, Debug)]

@@ -6,6 +6,8 @@ use anyhow::{Context, Result};
 use lora_merge::export_adapter_gguf;
 use lora_merge::gguf::GgmlType;
 
+use crate::probe::{judge, probe_logits};
+
 /// Arguments of `lora export`.
 #[derive(clap::Args, Debug)]
 #[command(
@@ -110,34 +112,6 @@ fn tolerance(t: GgmlType) -> f32 {
     }
 }
 
-/// The logits of fixed probe sequences (two rows of 16 ids spread over the vocabulary).
-fn probe_logits(model: &lora_core::CausalLm) -> Result<Vec<f32>> {
-    let vocab = model.config.vocab_size;
-    let rows: Vec<Vec<u32>> =
-        (0..2).map(|k| (0..16).map(|i| ((i * 7919 + k * 104_729 + 13) % vocab) as u32).collect()).collect();
-    Ok(lora_core::host::to_f32_vec(model.forward(&lora_core::TokenBatch::rows(rows), None)?)?)
-}
-
-/// Compares the probe logits of the source (`want`) and of the written file (`got`): an error when
-/// the largest difference exceeds the type's tolerance relative to the logits' size, else a line
-/// with that difference and whether greedy tokens agree.
-fn judge(what: &str, want: &[f32], got: &[f32], vocab: usize, t: GgmlType) -> Result<String> {
-    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-    let diff = want.iter().zip(got).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-    let argmax = |v: &[f32]| -> Vec<usize> {
-        v.chunks(vocab)
-            .map(|r| r.iter().enumerate().fold((0, f32::MIN), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0)
-            .collect()
-    };
-    let same = argmax(want) == argmax(got);
-    let tol = tolerance(t);
-    anyhow::ensure!(diff <= tol * scale, "max |Δ logits| {diff:.3e} exceeds {tol:.1e} of the logits' size {scale:.3}");
-    Ok(format!(
-        "check: {what} on 2 probe sequences: max |Δ logits| {diff:.3e}, greedy tokens {}",
-        if same { "agree" } else { "differ (within tolerance)" }
-    ))
-}
-
 /// `lora export MODEL_DIR -o model.gguf`: the whole model, checked against the folder.
 fn export_model(a: &Args) -> Result<()> {
     let t = ggml_type(&a.ggml_type);
@@ -152,7 +126,7 @@ fn export_model(a: &Args) -> Result<()> {
             let want = probe_logits(&folder)?;
             drop(folder);
             let got = probe_logits(&lora_core::CausalLm::load_dir(&staged, &device)?)?;
-            judge("GGUF vs folder", &want, &got, vocab, t)
+            judge("GGUF vs folder", &want, &got, vocab, tolerance(t))
         };
         match check() {
             Ok(line) => println!("{line}"),
@@ -216,7 +190,7 @@ fn check(adapter: &Path, base: &Path, out: &Path, t: GgmlType) -> Result<String>
         Ok((probe_logits(&model)?, model.config.vocab_size))
     };
     let ((want, vocab), (got, _)) = (logits(adapter)?, logits(out)?);
-    judge("base + GGUF adapter vs base + PEFT adapter", &want, &got, vocab, t)
+    judge("base + GGUF adapter vs base + PEFT adapter", &want, &got, vocab, tolerance(t))
 }
 
 /// An Ollama Modelfile beside the adapter: `FROM` the base, `ADAPTER` the file.

@@ -48,6 +48,11 @@ pub struct Args {
     /// Seed of the random methods (DARE, DELLA); overrides the configuration's random_seed.
     #[arg(long)]
     seed: Option<u64>,
+    /// After writing, run fixed probe sequences through BASE with the adapters attached (unmerged,
+    /// with their weights) and through OUT; print the largest logit difference and whether greedy
+    /// tokens agree. A drift beyond what OUT's dtype explains is an error and OUT is removed.
+    #[arg(long, conflicts_with = "config")]
+    check: bool,
     /// Never touch the network: Hub ids (as BASE or ADAPTER, or as models of a configuration) must be
     /// in the Hugging Face cache.
     #[arg(long)]
@@ -172,6 +177,18 @@ fn fold_into(
     };
     let r = fold_adapters(base, adapters, &a.out, &opts)?;
     let secs = started.elapsed().as_secs_f64();
+    if a.check {
+        match check_fold(a, base, adapters, r.dtype) {
+            Ok(line) => println!("{line}"),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&a.out);
+                bail!(
+                    "{}: the merged model does not behave as the base with its adapters ({e:#}); removed",
+                    a.out.display()
+                );
+            }
+        }
+    }
     println!(
         "{}: {} adapter(s) folded, {} of {} tensors updated ({} replaced), {}, {:.2} GB read in {secs:.2} s",
         r.out.display(),
@@ -228,4 +245,30 @@ fn resolve_hub_models(cfg: &mut MergeConfig, config_dir: &Path, offline: bool) -
         cfg.tokenizer_source = Some(entry(t)?);
     }
     Ok(())
+}
+
+/// `--check`: probe logits of BASE with the adapters attached at their weights (as inference with
+/// the unmerged adapters computes them; with `--quantized-base`, on the NF4 base) against OUT's.
+fn check_fold(a: &Args, base: &Path, adapters: &[PathBuf], dtype: DType) -> Result<String> {
+    let device = lora_core::default_device();
+    let mut opts = lora_core::LoadOptions::default();
+    if let Some(q) = &a.quantized_base {
+        opts.quantize = lora_core::Quantize::Nf4 { double_quant: q == "nf4-dq" };
+    }
+    let mut model = lora_core::CausalLm::load_dir_with(base, &device, &opts)?;
+    let weights = a.weights.clone().unwrap_or_else(|| vec![1.0; adapters.len()]);
+    for (adapter, w) in adapters.iter().zip(weights) {
+        lora_core::adapter::load_adapter(&mut model, adapter, w, false)?;
+    }
+    let vocab = model.config.vocab_size;
+    let want = crate::probe::probe_logits(&model)?;
+    drop(model);
+    let got = crate::probe::probe_logits(&lora_core::CausalLm::load_dir(&a.out, &device)?)?;
+    // The fold is computed in f32; what is left is OUT's rounding.
+    let tol = match dtype {
+        DType::F32 | DType::F64 => 1e-4,
+        DType::F16 => 5e-3,
+        _ => 3e-2,
+    };
+    crate::probe::judge("merged vs base + adapters", &want, &got, vocab, tol)
 }

@@ -147,6 +147,36 @@ fn merge_adapters_and_extract() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `lora merge BASE ADAPTER... --check` compares OUT with the base running the adapters unmerged
+/// (at their weights): in f32 the two agree to rounding and in greedy tokens; a bf16 OUT drifts
+/// more, still within what bf16 explains; with `--quantized-base` the check runs on the NF4 base.
+#[test]
+fn merge_check_compares_out_with_the_unmerged_adapters() {
+    let fx = fixtures();
+    let dir = temp_dir("merge-check");
+    let (base, a, b) = (fx.join("models/llama"), fx.join("lora/adapter-qv"), fx.join("lora/adapter-rslora"));
+    let run = |tag: &str, extra: &[&str]| -> f64 {
+        let out = dir.join(tag);
+        let mut args = vec!["merge", s(&base), s(&a), s(&b), "--weights", "1,0.5", "-o", s(&out), "--check"];
+        args.extend_from_slice(extra);
+        let o = lora(&args);
+        assert!(o.status.success(), "{tag}: {}", stderr(&o));
+        let text = stdout(&o);
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("check: merged vs base + adapters"))
+            .unwrap_or_else(|| panic!("{text}"));
+        // bf16 rounding may flip a near-tie of this random model's flat logits; f32 may not.
+        assert!(tag == "bf16" || line.ends_with("greedy tokens agree"), "{line}");
+        line.split("max |Δ logits| ").nth(1).unwrap().split(',').next().unwrap().parse().unwrap()
+    };
+    let f32_diff = run("f32", &["--dtype", "f32"]);
+    let bf16_diff = run("bf16", &["--dtype", "bf16"]);
+    assert!(f32_diff < 1e-4, "f32: {f32_diff}");
+    assert!(bf16_diff > f32_diff * 10.0, "bf16 rounding should show: {bf16_diff} vs {f32_diff}");
+    assert!(run("nf4", &["--dtype", "f32", "--quantized-base", "nf4"]) < 1e-4);
+}
+
 /// QLoRA: `--quantized-base nf4` folds into dequant(NF4(W)), so the merged folder gives what
 /// transformers + bitsandbytes + PEFT give with the adapter on the NF4 base; the plain fold does not.
 /// `eval --quantize nf4 --adapter` scores the unmerged adapter on that base to the same loss.
