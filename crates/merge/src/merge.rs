@@ -55,6 +55,9 @@ pub struct MergeReport {
     pub dtype: DType,
     /// Bytes of input tensor data read.
     pub bytes_read: u64,
+    /// Per vocabulary tensor of a model whose vocabulary differs from the base's
+    /// (`tokenizer_source: base`): what was dropped or taken from the base.
+    pub vocabulary: Vec<String>,
 }
 
 /// An opened model of the merge.
@@ -139,17 +142,32 @@ pub fn merge_with_config(
             entries.len()
         )));
     }
+    let base_label = config.base_model.as_deref().unwrap_or("base");
     let base = match &base_ref {
-        Some(r) if method.needs_base() => Some(Input::open(r, config.base_model.as_deref().unwrap_or("base"))?),
+        Some(r) if method.needs_base() => Some(Input::open(r, base_label)?),
+        _ => None,
+    };
+    // mergekit's `tokenizer_source: base`: the output has the base's vocabulary, so models with
+    // another vocabulary size are read at the base's rows (opt-in: otherwise a mismatch is an error).
+    let vocab_from_base = config.tokenizer_source.as_deref() == Some("base");
+    let fill = match (&base_ref, vocab_from_base) {
+        (Some(r), true) if base.is_none() => Some(Input::open(r, base_label)?),
+        (None, true) => {
+            return Err(MergeError::Parameter(
+                "tokenizer_source: base needs a base_model (the vocabulary the output keeps)".into(),
+            ));
+        }
         _ => None,
     };
     let models = entries.iter().map(|(m, r)| Input::open(r, &m.model)).collect::<Result<Vec<_>>>()?;
     let base_plan = base.as_ref().map(fold_plan).transpose()?;
+    let fill_plan = fill.as_ref().map(fold_plan).transpose()?;
     let plans = models.iter().map(fold_plan).collect::<Result<Vec<_>>>()?;
-    let reference = base.as_ref().unwrap_or(&models[0]);
-    // 2) same tensors, same shapes
+    let reference = base.as_ref().or(fill.as_ref()).unwrap_or(&models[0]);
+    // 2) same tensors, same shapes (vocabulary rows apart, with tokenizer_source: base)
+    let mut vocabulary = Vec::new();
     for m in base.iter().chain(models.iter()) {
-        check_same_tensors(reference, m)?;
+        vocabulary.extend(check_same_tensors(reference, m, vocab_from_base)?);
     }
     // A slice source must span every layer: lora merges whole models.
     let layers = reference.dir.num_layers();
@@ -202,7 +220,19 @@ pub fn merge_with_config(
         };
         let params = Resolved::resolve(&specs, &config.parameters, &model_settings, &p.name, t)?;
         let base_src = base_plan.as_ref().map(|b| b.source(&p.name)).transpose()?;
-        let srcs = plans.iter().map(|b| b.source(&p.name)).collect::<Result<Vec<_>>>()?;
+        let srcs = plans
+            .iter()
+            .map(|b| {
+                let s = b.source(&p.name)?;
+                if s.shape() == p.shape.as_slice() {
+                    return Ok(s);
+                }
+                // A vocabulary tensor of another size (allowed by check_same_tensors): the base's rows.
+                let fill = base_plan.as_ref().or(fill_plan.as_ref()).expect("a base with tokenizer_source: base");
+                let rows = s.shape()[0];
+                Ok(Source::Resized { inner: Box::new(s), rows, fill: Box::new(fill.source(&p.name)?) })
+            })
+            .collect::<Result<Vec<_>>>()?;
         for s in base_src.iter().chain(srcs.iter()) {
             bytes_read += (s.numel() * dtype_size(s)) as u64;
         }
@@ -223,7 +253,7 @@ pub fn merge_with_config(
     writer.finish()?;
     // 5) config, tokenizer, card
     let tok_from = match config.tokenizer_source.as_deref() {
-        None | Some("base") => base.as_ref().unwrap_or(&models[0]),
+        None | Some("base") => base.as_ref().or(fill.as_ref()).unwrap_or(&models[0]),
         Some(s) => base
             .iter()
             .chain(models.iter())
@@ -252,6 +282,7 @@ pub fn merge_with_config(
         tensors: planned.len(),
         dtype,
         bytes_read,
+        vocabulary,
     };
     out_dir.commit()?;
     Ok(report)
@@ -260,6 +291,7 @@ pub fn merge_with_config(
 fn dtype_size(s: &Source<'_>) -> usize {
     match s {
         Source::Mapped(t) | Source::Folded { base: t, .. } | Source::Requantized { base: t, .. } => t.info.dtype.size(),
+        Source::Resized { inner, .. } => dtype_size(inner),
     }
 }
 
@@ -267,7 +299,16 @@ fn fold_plan(input: &Input) -> Result<FoldPlan<'_>> {
     FoldPlan::new(&input.dir, input.adapter.iter().map(|a| (a, 1.0)).collect())
 }
 
-fn check_same_tensors(reference: &Input, other: &Input) -> Result<()> {
+/// The embedding and head matrices, whose rows are the vocabulary.
+fn is_vocabulary_tensor(name: &str) -> bool {
+    name.ends_with("embed_tokens.weight") || name == "lm_head.weight"
+}
+
+/// Checks that `other` has `reference`'s tensors and shapes. With `vocab_from_base`, a vocabulary
+/// tensor may differ in its row count; each such tensor is returned as a line saying what happens
+/// to its rows.
+fn check_same_tensors(reference: &Input, other: &Input, vocab_from_base: bool) -> Result<Vec<String>> {
+    let mut notes = Vec::new();
     for name in reference.dir.names() {
         let a = reference.dir.get(name).expect("listed");
         let b = other.dir.get(name).ok_or_else(|| {
@@ -276,10 +317,35 @@ fn check_same_tensors(reference: &Input, other: &Input) -> Result<()> {
                 reference.label, other.label
             ))
         })?;
-        if a.info.shape != b.info.shape {
+        let (sa, sb) = (&a.info.shape, &b.info.shape);
+        let rows_only = sa.len() == 2 && sb.len() == 2 && sa[1] == sb[1] && is_vocabulary_tensor(name);
+        if sa != sb && rows_only && vocab_from_base {
+            notes.push(if sb[0] > sa[0] {
+                format!(
+                    "{name}: {} has {} rows, the base {}: the {} rows beyond the base's vocabulary dropped",
+                    other.label,
+                    sb[0],
+                    sa[0],
+                    sb[0] - sa[0]
+                )
+            } else {
+                format!(
+                    "{name}: {} has {} rows, the base {}: the {} missing rows taken from the base",
+                    other.label,
+                    sb[0],
+                    sa[0],
+                    sa[0] - sb[0]
+                )
+            });
+        } else if sa != sb {
+            let hint = if rows_only {
+                "; the vocabularies differ: set tokenizer_source: base to keep the base's (extra rows dropped, missing rows from the base)"
+            } else {
+                ""
+            };
             return Err(MergeError::Mismatch(format!(
-                "tensor '{name}' is {:?} in {} but {:?} in {}",
-                a.info.shape, reference.label, b.info.shape, other.label
+                "tensor '{name}' is {sa:?} in {} but {sb:?} in {}{hint}",
+                reference.label, other.label
             )));
         }
     }
@@ -289,5 +355,5 @@ fn check_same_tensors(reference: &Input, other: &Input) -> Result<()> {
             other.label, reference.label
         )));
     }
-    Ok(())
+    Ok(notes)
 }

@@ -25,6 +25,17 @@ pub enum Source<'a> {
         /// Updates to add, already weighted and scaled.
         deltas: Vec<LoraDelta>,
     },
+    /// A vocabulary tensor (`[vocab, hidden]`) of a model whose vocabulary differs from the base's,
+    /// read at the base's row count (`tokenizer_source: base`): rows beyond the base's are dropped,
+    /// rows the model lacks are the base's.
+    Resized {
+        /// The model's tensor (`rows` rows).
+        inner: Box<Source<'a>>,
+        /// Rows of `inner`.
+        rows: usize,
+        /// The base's tensor, for the rows `inner` lacks.
+        fill: Box<Source<'a>>,
+    },
     /// A base tensor as a QLoRA adapter saw it, dequant(NF4(W)), plus low-rank updates.
     Requantized {
         /// The base tensor.
@@ -47,9 +58,11 @@ impl Source<'_> {
         &self.base().info.shape
     }
 
+    /// The tensor that gives this source its shape (the base's, for a resized one).
     fn base(&self) -> &TensorRef<'_> {
         match self {
             Source::Mapped(t) | Source::Folded { base: t, .. } | Source::Requantized { base: t, .. } => t,
+            Source::Resized { fill, .. } => fill.base(),
         }
     }
 
@@ -59,6 +72,7 @@ impl Source<'_> {
         let (base, deltas) = match self {
             Source::Mapped(t) => (t, Vec::new()),
             Source::Folded { base, deltas } | Source::Requantized { base, deltas, .. } => (base, deltas),
+            resized @ Source::Resized { .. } => return resized,
         };
         let mut values = vec![0.0f32; base.info.numel()];
         Source::Mapped(base).read(0, &mut values);
@@ -68,6 +82,20 @@ impl Source<'_> {
 
     /// Fills `out` with elements `start..start + out.len()` (flattened, row-major) as f32.
     pub fn read(&self, start: usize, out: &mut [f32]) {
+        if let Source::Resized { inner, rows, fill } = self {
+            // Same row width: element i of the output is element i of the model's tensor below the
+            // model's last row, and of the base's above it.
+            let boundary = rows * self.shape()[1..].iter().product::<usize>();
+            let split = boundary.saturating_sub(start).min(out.len());
+            let (own, filled) = out.split_at_mut(split);
+            if !own.is_empty() {
+                inner.read(start, own);
+            }
+            if !filled.is_empty() {
+                fill.read(start + split, filled);
+            }
+            return;
+        }
         if let Source::Requantized { nf4, deltas, .. } = self {
             nf4.dequantize_into(start, out);
             for d in deltas {
@@ -92,6 +120,11 @@ impl Source<'_> {
 
     /// Drops this tensor's pages from the resident set (see [`crate::safetensors::SafetensorsFile::release`]).
     pub fn release(&self) {
+        if let Source::Resized { inner, fill, .. } = self {
+            inner.release();
+            fill.release();
+            return;
+        }
         let t = self.base();
         t.file.release(t.info);
     }

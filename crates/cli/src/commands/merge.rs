@@ -80,6 +80,9 @@ pub fn run(a: Args) -> Result<()> {
             merge_with_config(&cfg, dir, &a.out, &opts, (Syntax::of(config), &text))
         })?;
         let secs = started.elapsed().as_secs_f64();
+        for note in &r.vocabulary {
+            println!("vocabulary: {note}");
+        }
         println!(
             "{}: {} merge, {} tensors in {}, {:.2} GB read in {secs:.2} s ({:.2} GB/s)",
             r.out.display(),

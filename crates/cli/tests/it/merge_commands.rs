@@ -388,3 +388,103 @@ fn kill_9_during_a_merge_never_leaves_out() {
     assert!(out.join("config.json").exists());
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// mergekit's `tokenizer_source: base`: a model with a larger vocabulary (8 rows more) or a smaller
+/// one (8 rows fewer) merges at the base's vocabulary, its extra rows dropped and its missing rows
+/// taken from the base, each vocabulary tensor reported; without the key the mismatch is an error
+/// that names it.
+#[test]
+fn other_vocabulary_sizes_merge_at_the_base_vocabulary_with_tokenizer_source_base() {
+    use lora_core::safetensors_write::{StoredDtype, write_safetensors};
+    use lora_formats::safetensors::SafetensorsFile;
+    let fx = fixtures().join("merge");
+    let d = temp_dir("vocab-merge");
+    let read = |dir: &Path| -> std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+        let f = SafetensorsFile::open(dir.join("model.safetensors")).unwrap();
+        let names: Vec<String> = f.tensors().keys().cloned().collect();
+        names
+            .into_iter()
+            .map(|n| {
+                let (v, s) = f.to_f32(&n).unwrap();
+                (n, (s, v))
+            })
+            .collect()
+    };
+    let (base, ft1) = (read(&fx.join("base")), read(&fx.join("ft1")));
+    let vocab = base["lm_head.weight"].0[0];
+    let hidden = base["lm_head.weight"].0[1];
+    // ft1 with its vocabulary resized to `rows` (extra rows: 0.25).
+    let resized = |name: &str, rows: usize| {
+        let dir = d.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = ft1
+            .iter()
+            .map(|(n, (s, v))| {
+                if n.ends_with("embed_tokens.weight") || n == "lm_head.weight" {
+                    let mut v = v.clone();
+                    v.resize(rows * hidden, 0.25);
+                    (n.clone(), vec![rows, hidden], v)
+                } else {
+                    (n.clone(), s.clone(), v.clone())
+                }
+            })
+            .collect();
+        write_safetensors(&dir.join("model.safetensors"), &tensors, StoredDtype::F32, &Default::default()).unwrap();
+        let cfg = std::fs::read_to_string(fx.join("ft1/config.json")).unwrap();
+        std::fs::write(
+            dir.join("config.json"),
+            cfg.replace(&format!("\"vocab_size\": {vocab}"), &format!("\"vocab_size\": {rows}")),
+        )
+        .unwrap();
+        dir
+    };
+    let (big, small) = (resized("big", vocab + 8), resized("small", vocab - 8));
+    let config = |model: &Path, source: bool| {
+        let path = d.join("merge.yml");
+        let b = fx.join("base");
+        std::fs::write(
+            &path,
+            format!(
+                "merge_method: linear\nbase_model: {}\n{}dtype: float32\nmodels:\n  - model: {}\n    parameters: {{weight: 0.5}}\n  - model: {}\n    parameters: {{weight: 0.5}}\n",
+                b.display(),
+                if source { "tokenizer_source: base\n" } else { "" },
+                b.display(),
+                model.display()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let o = lora(&["merge", "--config", s(&config(&big, false)), "-o", s(&d.join("refused"))]);
+    assert_user_error(&o, "the vocabularies differ: set tokenizer_source: base");
+    assert!(!d.join("refused").exists());
+    for (model, rows_of_ft1) in [(&big, vocab), (&small, vocab - 8)] {
+        let out = d.join(format!("out-{}", model.file_name().unwrap().to_string_lossy()));
+        let o = lora(&["merge", "--config", s(&config(model, true)), "-o", s(&out)]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let text = stdout(&o);
+        let what = if model == &big {
+            "the 8 rows beyond the base's vocabulary dropped"
+        } else {
+            "the 8 missing rows taken from the base"
+        };
+        assert_eq!(text.matches(what).count(), 2, "{text}");
+        let merged = read(&out);
+        for (n, (shape, v)) in &merged {
+            assert_eq!(shape, &base[n].0, "{n}");
+            for (i, x) in v.iter().enumerate() {
+                // Rows of the model beyond its own vocabulary are the base's.
+                let theirs = if i < rows_of_ft1 * hidden
+                    || base[n].0.len() != 2
+                    || !(n.ends_with("embed_tokens.weight") || n == "lm_head.weight")
+                {
+                    ft1[n].1[i]
+                } else {
+                    base[n].1[i]
+                };
+                let want = 0.5 * base[n].1[i] + 0.5 * theirs;
+                assert!((x - want).abs() <= 1e-6, "{n}[{i}]: {x} vs {want}");
+            }
+        }
+    }
+}
