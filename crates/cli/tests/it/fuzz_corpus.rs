@@ -27,9 +27,12 @@ fn seed_corpora_and_fuzz_regressions_read_without_panics() {
             let accepted = read(&std::fs::read(seed).unwrap());
             assert_eq!(accepted, !bad, "{name}: {} accepted = {accepted}", seed.display());
         }
-        // Crashes found by the fuzzers, kept as regressions: reading them must simply return.
+        // Crashes found by the fuzzers, kept as regressions: reading them must return, and those
+        // named `bad-*` must be refused.
         for crash in files(&fuzz.join("regressions").join(name)) {
-            read(&std::fs::read(&crash).unwrap());
+            let accepted = read(&std::fs::read(&crash).unwrap());
+            let bad = crash.file_name().unwrap().to_string_lossy().starts_with("bad-");
+            assert!(!(bad && accepted), "{name}: {} was accepted", crash.display());
         }
     }
 }

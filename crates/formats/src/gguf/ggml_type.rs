@@ -141,8 +141,27 @@ impl GgmlType {
         }
     }
 
-    /// Bytes of `n` values, or `None` when `n` is not a whole number of blocks.
+    /// Bytes of `n` values, or `None` when `n` is not a whole number of blocks or its size does
+    /// not fit in a `usize` (a header may claim any count; found by fuzzing).
     pub fn bytes_of(self, n: usize) -> Option<usize> {
-        (n % self.block_values() == 0).then(|| n / self.block_values() * self.block_bytes())
+        if !n.is_multiple_of(self.block_values()) {
+            return None;
+        }
+        (n / self.block_values()).checked_mul(self.block_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GgmlType;
+
+    /// A count whose size overflows is refused, not wrapped to a small size that a bounds check
+    /// could pass (fuzz/regressions/gguf/bad-size-overflows-usize).
+    #[test]
+    fn sizes_that_overflow_are_refused() {
+        assert_eq!(GgmlType::F32.bytes_of(usize::MAX / 2), None);
+        assert_eq!(GgmlType::Q8_0.bytes_of(usize::MAX / 32 * 32), None);
+        assert_eq!(GgmlType::Q8_0.bytes_of(64), Some(68));
+        assert_eq!(GgmlType::Q8_0.bytes_of(33), None);
     }
 }

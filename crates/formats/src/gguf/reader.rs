@@ -246,7 +246,8 @@ impl GgufFile {
             if let Some(ty) = t.ggml_type() {
                 let size = usize::try_from(numel).ok().and_then(|n| ty.bytes_of(n)).ok_or_else(|| {
                     format!(
-                        "tensor '{}' of type {} has {numel} values, not a multiple of its block of {}",
+                        "tensor '{}' of type {} has {numel} values: not a multiple of its block of {}, or more \
+                         bytes than this machine can address",
                         t.name,
                         ty.name(),
                         ty.block_values()
