@@ -46,7 +46,12 @@ pub fn save(
     std::fs::create_dir_all(&root).map_err(|e| TrainError::io(&root, e))?;
     let final_dir = root.join(format!("step-{:08}", state.step));
     let tmp = root.join(format!(".tmp-step-{:08}-{}", state.step, std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
+    // Half-written checkpoints of killed runs (any process) are never read; clear them.
+    for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with(".tmp-step-") {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
     std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
     let mut tensors = Vec::new();
     for ((name, p), (m, v)) in names.iter().zip(params).zip(&opt.moments) {

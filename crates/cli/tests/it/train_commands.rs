@@ -312,8 +312,9 @@ fn sigint_checkpoints_and_resume_reproduces_the_run() {
 }
 
 /// `kill -9` mid-run: nothing but the checkpoints survives (no final adapter), and `--resume`
-/// continues from the last one to the uninterrupted run's adapter; killed before any checkpoint,
-/// `--resume` is a clear error.
+/// continues from the last one to the uninterrupted run's adapter, also when the kill landed in
+/// the middle of writing the next checkpoint (its half-written temporary folder is ignored, then
+/// cleared); killed before any checkpoint, `--resume` is a clear error.
 #[test]
 fn kill_9_then_resume_reproduces_the_run() {
     let d = temp_dir("kill9");
@@ -322,7 +323,28 @@ fn kill_9_then_resume_reproduces_the_run() {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     assert!(!out.join("adapter_model.safetensors").exists());
+    // What a kill in the middle of the next checkpoint's write leaves: its temporary folder with a
+    // truncated state file and no state.json (written last).
+    let ckpts = out.join("checkpoints");
+    let last = std::fs::read_dir(&ckpts)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("step-"))
+        .max()
+        .unwrap();
+    let torn = ckpts.join(".tmp-step-99999999-4242");
+    std::fs::create_dir_all(&torn).unwrap();
+    let state = std::fs::read(last.join("state.safetensors")).unwrap();
+    std::fs::write(torn.join("state.safetensors"), &state[..state.len() / 2]).unwrap();
     resume_and_verify(&out, 60, 5);
+    // A finished run keeps no checkpoint folder; none of it may survive.
+    let left: Vec<_> = std::fs::read_dir(&ckpts)
+        .into_iter()
+        .flatten()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "half-written checkpoints left: {left:?}");
 
     let early = d.join("early");
     let (mut child, _) = start_training_until(&early, 60, 50, "step 1/60");
