@@ -68,3 +68,43 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
+
+/// Removes a file or folder.
+fn remove(p: &Path) {
+    let _ = if p.is_dir() { std::fs::remove_dir_all(p) } else { std::fs::remove_file(p) };
+}
+
+/// Runs `lora ARGS` (writing `out`) once to time it, then six more times killed with SIGKILL at
+/// 5% to 95% of that time. After each kill `out` must not exist; when the command finished first,
+/// `complete(out)` must hold, and it is removed. Returns how many kills landed mid-run.
+pub fn kill_at_fractions(args: &[&str], out: &Path, complete: &dyn Fn(&Path) -> bool) -> usize {
+    let start = || {
+        Command::new(env!("CARGO_BIN_EXE_lora"))
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let t = std::time::Instant::now();
+    assert!(start().wait().unwrap().success(), "lora {args:?}");
+    let whole = t.elapsed();
+    remove(out);
+    let mut killed = 0;
+    for frac in [0.05, 0.2, 0.4, 0.6, 0.8, 0.95] {
+        let mut child = start();
+        std::thread::sleep(whole.mul_f64(frac));
+        let finished = child.try_wait().unwrap().is_some();
+        child.kill().unwrap_or(());
+        child.wait().unwrap();
+        if finished || out.exists() {
+            // The command won the race: its output must then be whole.
+            assert!(complete(out), "{} exists but is not complete", out.display());
+            remove(out);
+            continue;
+        }
+        killed += 1;
+        assert!(!out.exists(), "a kill at {frac} of the run left {}", out.display());
+    }
+    killed
+}

@@ -194,36 +194,10 @@ fn kill_9_during_an_export_never_leaves_out() {
     }
     // The tiny tokenizer has 512 pieces; the model's vocabulary is larger, as padded vocabularies are.
     let out = d.join("out.gguf");
-    let start = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_lora"))
-            .args(["export", s(&model), "-o", s(&out), "--type", "f16"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    let t = std::time::Instant::now();
-    assert!(start().wait().unwrap().success());
-    let whole = t.elapsed();
-    std::fs::remove_file(&out).unwrap();
-    let mut killed = 0;
-    for frac in [0.05, 0.2, 0.4, 0.6, 0.8, 0.95] {
-        let mut child = start();
-        std::thread::sleep(whole.mul_f64(frac));
-        let finished = child.try_wait().unwrap().is_some();
-        child.kill().unwrap_or(());
-        child.wait().unwrap();
-        if finished || out.exists() {
-            // The export won the race: it must then be the whole file.
-            assert!(lora_merge::gguf::GgufFile::open(&out).is_ok());
-            std::fs::remove_file(&out).unwrap();
-            continue;
-        }
-        killed += 1;
-        assert!(!out.exists(), "kill at {frac} of the export left {}", out.display());
-    }
+    let args = ["export", s(&model), "-o", s(&out), "--type", "f16"];
+    let killed = kill_at_fractions(&args, &out, &|o| lora_merge::gguf::GgufFile::open(o).is_ok());
     assert!(killed >= 3, "only {killed} kills landed during the export");
-    assert!(start().wait().unwrap().success(), "the export after the kills");
+    assert!(lora(&args).status.success(), "the export after the kills");
     assert!(lora_merge::gguf::GgufFile::open(&out).is_ok());
     let left: Vec<String> = std::fs::read_dir(&d)
         .unwrap()

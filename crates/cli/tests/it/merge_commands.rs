@@ -353,37 +353,11 @@ fn kill_9_during_a_merge_never_leaves_out() {
     )
     .unwrap();
     let out = d.join("out");
-    let start = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_lora"))
-            .args(["merge", "--config", s(&cfg), "-o", s(&out)])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    // How long a whole merge takes here, then kills at fractions of it.
-    let t = std::time::Instant::now();
-    assert!(start().wait().unwrap().success());
-    let whole = t.elapsed();
-    std::fs::remove_dir_all(&out).unwrap();
-    let mut killed = 0;
-    for frac in [0.05, 0.2, 0.4, 0.6, 0.8, 0.95] {
-        let mut child = start();
-        std::thread::sleep(whole.mul_f64(frac));
-        let finished = child.try_wait().unwrap().is_some();
-        child.kill().unwrap_or(());
-        child.wait().unwrap();
-        if finished || out.exists() {
-            // The merge won the race: it must then be complete; start over.
-            assert!(out.join("model.safetensors").exists() || out.join("model.safetensors.index.json").exists());
-            std::fs::remove_dir_all(&out).unwrap();
-            continue;
-        }
-        killed += 1;
-        assert!(!out.exists(), "kill at {frac} of the merge left {}", out.display());
-    }
+    let args = ["merge", "--config", s(&cfg), "-o", s(&out)];
+    let complete = |o: &Path| o.join("model.safetensors").exists() || o.join("model.safetensors.index.json").exists();
+    let killed = kill_at_fractions(&args, &out, &complete);
     assert!(killed >= 3, "only {killed} kills landed during the merge");
-    assert!(start().wait().unwrap().success(), "the merge after the kills");
+    assert!(lora(&args).status.success(), "the merge after the kills");
     assert!(!d.join(".out.partial").exists());
     assert!(out.join("config.json").exists());
     std::fs::remove_dir_all(&d).unwrap();
