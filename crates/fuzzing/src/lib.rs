@@ -11,8 +11,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+/// One reader's entry point: arbitrary bytes in, whether the reader accepted them out.
+pub type Target = fn(&[u8]) -> bool;
+
 /// The fuzz targets, by name: the names of `fuzz/fuzz_targets/*.rs` and of the corpus folders.
-pub const TARGETS: &[(&str, fn(&[u8]) -> bool)] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("safetensors", safetensors),
     ("gguf", gguf),
     ("model_config", model_config),
