@@ -258,6 +258,12 @@ impl ModelConfig {
                 "num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv_heads})"
             ));
         }
+        if hf.head_dim.is_none() && !hf.hidden_size.is_multiple_of(heads) {
+            return Err(format!(
+                "hidden_size ({}) is not a multiple of num_attention_heads ({heads}), and no head_dim is given",
+                hf.hidden_size
+            ));
+        }
         let head_dim = hf.head_dim.unwrap_or(hf.hidden_size / heads);
         if head_dim == 0 || head_dim % 2 != 0 {
             return Err(format!("head_dim {head_dim} must be even and positive (rotary embeddings)"));

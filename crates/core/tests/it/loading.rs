@@ -154,6 +154,27 @@ fn missing_folder_and_bad_json_are_errors() {
     assert!(msg.ends_with("config.json:2:20: vocab_size: invalid type: string \"big\", expected usize"), "{msg}");
 }
 
+/// Heads that do not divide hidden_size (and no head_dim) are reported as the config keys at fault,
+/// not as a tensor shape mismatch later.
+#[test]
+fn heads_that_do_not_divide_hidden_size_name_the_keys() {
+    let d = temp_dir("heads");
+    copy_dir(&model_dir("llama"), &d);
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("config.json")).unwrap()).unwrap();
+    let cfg_obj = cfg.as_object_mut().unwrap();
+    cfg_obj.remove("head_dim");
+    cfg_obj.insert("num_attention_heads".into(), 6.into());
+    std::fs::write(d.join("config.json"), cfg.to_string()).unwrap();
+    let msg = load_err(&d);
+    assert!(
+        msg.contains(
+            "config.json: hidden_size (32) is not a multiple of num_attention_heads (6), and no head_dim is given"
+        ),
+        "{msg}"
+    );
+}
+
 #[test]
 fn config_forms_resolve_alike() {
     // Hub form (qwen2 fixture) and transformers-5 form give the same rope theta.
