@@ -81,9 +81,11 @@ pub fn adapter_config(data: &[u8]) -> bool {
 pub fn recipe(data: &[u8]) -> bool {
     static HUB: OnceLock<lora_hub::ResolveOptions> = OnceLock::new();
     let hub = HUB.get_or_init(|| {
-        // SAFETY: set once, before any other thread of this harness reads the environment.
-        unsafe { std::env::set_var("HF_HUB_CACHE", scratch().join("hub-cache")) };
-        lora_hub::ResolveOptions::from_env().expect("hub settings").offline(true)
+        // Explicit settings, not the environment: an empty cache of our own, never the network.
+        let cache = scratch().join("hub-cache");
+        let config = lora_hub::HubConfig::new("https://huggingface.co", &cache, cache.join("token"), None, true)
+            .expect("hub settings");
+        lora_hub::ResolveOptions { hub: config, progress: lora_hub::no_progress() }
     });
     let path = write("recipe.toml", data);
     let _ = lora_train::Recipe::load_with(&path, &[], hub);
