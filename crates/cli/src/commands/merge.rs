@@ -99,11 +99,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     // Hub ids (`org/name[@revision]`) where no such folder exists: from the cache, else downloaded.
     let hub = |p: &PathBuf, model: bool| -> Result<PathBuf> {
-        let text = p.to_string_lossy();
-        if p.exists() || !is_hub_id(&text) {
-            return Ok(p.clone());
-        }
-        if model { crate::hub_refs::model(&text, a.offline) } else { crate::hub_refs::adapter(&text, a.offline) }
+        Ok(PathBuf::from(hub_or_path(&p.to_string_lossy(), None, model, a.offline)?))
     };
     let base = &hub(base, true)?;
     let adapters = &adapters.iter().map(|p| hub(p, false)).collect::<Result<Vec<_>>>()?;
@@ -205,9 +201,16 @@ fn fold_into(
     Ok(())
 }
 
-/// Whether `s` reads as a Hub id (`org/name[@revision]`) rather than a path.
-fn is_hub_id(s: &str) -> bool {
-    matches!(lora_hub::Reference::parse(s), Ok(lora_hub::Reference::Hub(_)))
+/// `s` as given, unless it is no folder here (nor beside the configuration, `config_dir`) and reads
+/// as a Hub id (`org/name[@revision]`): then the snapshot folder of that model (`model`) or adapter,
+/// from the Hugging Face cache or downloaded into it (never with `offline`).
+fn hub_or_path(s: &str, config_dir: Option<&Path>, model: bool, offline: bool) -> Result<String> {
+    let local = Path::new(s).exists() || config_dir.is_some_and(|d| d.join(s).exists());
+    if s.is_empty() || local || !matches!(lora_hub::Reference::parse(s), Ok(lora_hub::Reference::Hub(_))) {
+        return Ok(s.to_string());
+    }
+    let dir = if model { crate::hub_refs::model(s, offline)? } else { crate::hub_refs::adapter(s, offline)? };
+    Ok(dir.to_string_lossy().into_owned())
 }
 
 /// Replaces the Hub ids among a configuration's models (published mergekit recipes name models so)
@@ -215,18 +218,7 @@ fn is_hub_id(s: &str) -> bool {
 /// folder here or beside the configuration but reads as a Hub id, is taken from the Hugging Face
 /// cache or downloaded into it (never with `--offline`).
 fn resolve_hub_models(cfg: &mut MergeConfig, config_dir: &Path, offline: bool) -> Result<()> {
-    let one = |s: &str, model: bool| -> Result<String> {
-        if s.is_empty()
-            || Path::new(s).is_absolute()
-            || Path::new(s).exists()
-            || config_dir.join(s).exists()
-            || !is_hub_id(s)
-        {
-            return Ok(s.to_string());
-        }
-        let dir = if model { crate::hub_refs::model(s, offline)? } else { crate::hub_refs::adapter(s, offline)? };
-        Ok(dir.to_string_lossy().into_owned())
-    };
+    let one = |s: &str, model: bool| hub_or_path(s, Some(config_dir), model, offline);
     let entry = |s: &str| -> Result<String> {
         match s.split_once('+') {
             Some((m, ad)) if !ad.is_empty() => Ok(format!("{}+{}", one(m, true)?, one(ad, false)?)),
