@@ -230,7 +230,7 @@ pub fn load_adapter(model: &mut CausalLm, dir: &Path, weight: f64, trainable: bo
         }
         let (a, _) = file.to_f32(a_name)?;
         let (b, _) = file.to_f32(b_name)?;
-        let scaling = lora_scaling(cfg.alpha_for(module), r, cfg.use_rslora) * weight;
+        let scaling = cfg.scale_for(module, r) * weight;
         lin.lora.push(make_adapter(a, b, r, d_in, d_out, scaling, cfg.lora_dropout, &device, trainable));
     }
     Ok(cfg)

@@ -68,7 +68,7 @@ fn read_json(path: &Path) -> Result<Option<Json>> {
         return Ok(None);
     }
     let text = std::fs::read_to_string(path).map_err(|e| MergeError::io(path, e))?;
-    serde_json::from_str(&text).map(Some).map_err(|e| MergeError::json(path.to_path_buf(), e))
+    serde_json::from_str(&text).map(Some).map_err(|e| MergeError::json(&path, e))
 }
 
 /// The `tokenizer.*` metadata of a folder's `tokenizer.json` and `tokenizer_config.json`.
@@ -129,10 +129,10 @@ fn tokenizer_metadata(dir: &Path, cfg: &Json, vocab_size: usize) -> Result<(Vec<
         put(a["id"].as_u64().unwrap_or(u64::MAX) as usize, a["content"].as_str().unwrap_or_default(), ty)?;
     }
     // Ids the tokenizer does not use are padding, as the converter writes them.
-    let tokens: Vec<Value> =
-        tokens.into_iter().enumerate().map(|(i, t)| Value::String(t.unwrap_or_else(|| format!("[PAD{i}]")))).collect();
+    let tokens: Vec<String> =
+        tokens.into_iter().enumerate().map(|(i, t)| t.unwrap_or_else(|| format!("[PAD{i}]"))).collect();
     for (i, t) in tokens.iter().enumerate() {
-        if t.as_str().is_some_and(|s| s == format!("[PAD{i}]")) {
+        if *t == format!("[PAD{i}]") {
             types[i] = token_type::UNUSED;
         }
     }
@@ -184,28 +184,17 @@ fn tokenizer_metadata(dir: &Path, cfg: &Json, vocab_size: usize) -> Result<(Vec<
         ("tokenizer.ggml.model".to_string(), Value::String(model.into())),
         ("tokenizer.ggml.pre".to_string(), Value::String(pre.into())),
     ];
+    // The converter's order: tokens, scores (SentencePiece), types, then merges or the space prefix.
+    let scores = sentencepiece.map(|_| sentencepiece::scores_from_merges(&tokens, &types, &merges));
+    kv.push(("tokenizer.ggml.tokens".to_string(), Value::Array(8, tokens.into_iter().map(Value::String).collect())));
+    if let Some(scores) = scores {
+        kv.push(("tokenizer.ggml.scores".to_string(), Value::Array(6, scores.into_iter().map(Value::F32).collect())));
+    }
+    kv.push(("tokenizer.ggml.token_type".to_string(), Value::Array(5, types.into_iter().map(Value::I32).collect())));
     match sentencepiece {
-        Some(space_prefix) => {
-            let names: Vec<String> = tokens.iter().map(|t| t.as_str().unwrap_or_default().to_string()).collect();
-            let scores = sentencepiece::scores_from_merges(&names, &types, &merges);
-            kv.push(("tokenizer.ggml.tokens".to_string(), Value::Array(8, tokens)));
-            kv.push((
-                "tokenizer.ggml.scores".to_string(),
-                Value::Array(6, scores.into_iter().map(Value::F32).collect()),
-            ));
-            kv.push((
-                "tokenizer.ggml.token_type".to_string(),
-                Value::Array(5, types.into_iter().map(Value::I32).collect()),
-            ));
-            kv.push(("tokenizer.ggml.add_space_prefix".to_string(), Value::Bool(space_prefix)));
-        }
+        Some(space_prefix) => kv.push(("tokenizer.ggml.add_space_prefix".to_string(), Value::Bool(space_prefix))),
         None => {
             let merges = merges.into_iter().map(|(a, b)| Value::String(format!("{a} {b}"))).collect();
-            kv.push(("tokenizer.ggml.tokens".to_string(), Value::Array(8, tokens)));
-            kv.push((
-                "tokenizer.ggml.token_type".to_string(),
-                Value::Array(5, types.into_iter().map(Value::I32).collect()),
-            ));
             kv.push(("tokenizer.ggml.merges".to_string(), Value::Array(8, merges)));
         }
     }
@@ -266,7 +255,7 @@ pub fn export_model_gguf(dir: &Path, out: &Path, ggml_type: GgmlType, force: boo
 
 fn export_inner(dir: &Path, out: &Path, ggml_type: GgmlType, force: bool) -> Result<ModelExportReport> {
     if out.exists() && !force {
-        return Err(MergeError::output_exists(out.to_path_buf()));
+        return Err(MergeError::output_exists(&out));
     }
     let model = ModelDir::open(dir)?;
     let cfg = model.config().cloned().ok_or_else(|| MergeError::folder(dir, "no config.json"))?;

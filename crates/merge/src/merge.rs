@@ -320,23 +320,12 @@ fn check_same_tensors(reference: &Input, other: &Input, vocab_from_base: bool) -
         let (sa, sb) = (&a.info.shape, &b.info.shape);
         let rows_only = sa.len() == 2 && sb.len() == 2 && sa[1] == sb[1] && is_vocabulary_tensor(name);
         if sa != sb && rows_only && vocab_from_base {
-            notes.push(if sb[0] > sa[0] {
-                format!(
-                    "{name}: {} has {} rows, the base {}: the {} rows beyond the base's vocabulary dropped",
-                    other.label,
-                    sb[0],
-                    sa[0],
-                    sb[0] - sa[0]
-                )
+            let what = if sb[0] > sa[0] {
+                format!("the {} rows beyond the base's vocabulary dropped", sb[0] - sa[0])
             } else {
-                format!(
-                    "{name}: {} has {} rows, the base {}: the {} missing rows taken from the base",
-                    other.label,
-                    sb[0],
-                    sa[0],
-                    sa[0] - sb[0]
-                )
-            });
+                format!("the {} missing rows taken from the base", sa[0] - sb[0])
+            };
+            notes.push(format!("{name}: {} has {} rows, the base {}: {what}", other.label, sb[0], sa[0]));
         } else if sa != sb {
             let hint = if rows_only {
                 "; the vocabularies differ: set tokenizer_source: base to keep the base's (extra rows dropped, missing rows from the base)"
