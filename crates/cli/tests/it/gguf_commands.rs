@@ -1,10 +1,21 @@
 //! GGUF on the command line: inspect, generate, eval and train on a `.gguf` model as on its folder,
 //! and `lora export` of an adapter for llama.cpp.
 
+use lora_core::random_model::{LlamaShape, write_random_llama};
+
 use crate::common::*;
 
 fn gguf(name: &str) -> std::path::PathBuf {
     fixtures().join("gguf").join(name)
+}
+
+/// A random Llama folder of `shape` with the 512-piece SentencePiece tokenizer's `tokenizer.json`
+/// and `tokenizer_config.json` (no `tokenizer.model`, as Mistral folders ship).
+fn random_llama_with_spm_tokenizer(dir: &std::path::Path, shape: &LlamaShape) {
+    write_random_llama(dir, shape, "f32").unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(gguf("vocab/spm-tiny").join(f), dir.join(f)).unwrap();
+    }
 }
 
 #[test]
@@ -110,16 +121,12 @@ fn export_a_model_folder_to_gguf_and_run_it() {
 /// (scripts/make_spm_tokenizer_fixtures.py), and the export checks itself.
 #[test]
 fn export_a_sentencepiece_folder_to_gguf() {
-    use lora_core::random_model::{LlamaShape, write_random_llama};
     use lora_merge::gguf::{GgufFile, Value};
     let d = temp_dir("gguf-spm");
     let model = d.join("spm-model");
     let shape = LlamaShape { hidden: 32, layers: 1, heads: 4, kv_heads: 2, inter: 64, vocab: 512, tied: false };
-    write_random_llama(&model, &shape, "f32").unwrap();
+    random_llama_with_spm_tokenizer(&model, &shape);
     let vocab = gguf("vocab");
-    for f in ["tokenizer.json", "tokenizer_config.json"] {
-        std::fs::copy(vocab.join("spm-tiny").join(f), model.join(f)).unwrap();
-    }
     let file = d.join("spm.gguf");
     let o = lora(&["export", s(&model), "-o", s(&file), "--type", "f32"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -184,15 +191,11 @@ fn merge_into_a_gguf_base_equals_merging_into_its_folder() {
 /// name, and only then renamed), and the next export completes and leaves nothing else behind.
 #[test]
 fn kill_9_during_an_export_never_leaves_out() {
-    use lora_core::random_model::{LlamaShape, write_random_llama};
     let d = temp_dir("kill9-export");
     let model = d.join("model");
-    let shape = LlamaShape { hidden: 512, layers: 8, heads: 8, kv_heads: 8, inter: 1536, vocab: 8192, tied: false };
-    write_random_llama(&model, &shape, "f32").unwrap();
-    for f in ["tokenizer.json", "tokenizer_config.json"] {
-        std::fs::copy(gguf("vocab/spm-tiny").join(f), model.join(f)).unwrap();
-    }
     // The tiny tokenizer has 512 pieces; the model's vocabulary is larger, as padded vocabularies are.
+    let shape = LlamaShape { hidden: 512, layers: 8, heads: 8, kv_heads: 8, inter: 1536, vocab: 8192, tied: false };
+    random_llama_with_spm_tokenizer(&model, &shape);
     let out = d.join("out.gguf");
     let args = ["export", s(&model), "-o", s(&out), "--type", "f16"];
     let killed = kill_at_fractions(&args, &out, &|o| lora_merge::gguf::GgufFile::open(o).is_ok());
