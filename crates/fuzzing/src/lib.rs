@@ -27,10 +27,17 @@ pub const TARGETS: &[(&str, Target)] = &[
 ];
 
 /// A scratch folder of this process and thread (readers take paths: they memory-map files).
+/// Created once per thread, not per input: the fuzz loop calls this for every execution.
 fn scratch() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lora-fuzz-{}-{:?}", std::process::id(), std::thread::current().id()));
-    let _ = std::fs::create_dir_all(&dir);
-    dir
+    thread_local! {
+        static DIR: PathBuf = {
+            let dir = std::env::temp_dir()
+                .join(format!("lora-fuzz-{}-{:?}", std::process::id(), std::thread::current().id()));
+            let _ = std::fs::create_dir_all(&dir);
+            dir
+        };
+    }
+    DIR.with(PathBuf::clone)
 }
 
 fn write(name: &str, data: &[u8]) -> PathBuf {
