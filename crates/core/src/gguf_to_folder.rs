@@ -88,7 +88,7 @@ pub fn gguf_to_folder(path: &Path, dir: &Path) -> Result<()> {
     let views: BTreeMap<String, Lazy<'_>> =
         names.into_iter().map(|(name, shape)| (name.clone(), Lazy { weights: &weights, name, shape })).collect();
     let st = dir.join("model.safetensors");
-    safetensors::serialize_to_file(views, None, &st).map_err(|e| CoreError::safetensors(st.clone(), e.to_string()))?;
+    safetensors::serialize_to_file(views, None, &st).map_err(|e| CoreError::safetensors(&st, e.to_string()))?;
     let write = |name: &str, v: &serde_json::Value| {
         crate::safetensors_write::write_atomic(
             &dir.join(name),

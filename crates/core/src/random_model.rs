@@ -122,6 +122,6 @@ pub fn write_random_llama(dir: &Path, o: &LlamaShape, dtype: &str) -> Result<()>
         serde_json::to_string_pretty(&config).expect("json").as_bytes(),
     )?;
     let tmp = dir.join("model.safetensors.tmp");
-    safetensors::serialize_to_file(t, None, &tmp).map_err(|e| CoreError::safetensors(tmp.clone(), e.to_string()))?;
+    safetensors::serialize_to_file(t, None, &tmp).map_err(|e| CoreError::safetensors(&tmp, e.to_string()))?;
     std::fs::rename(&tmp, dir.join("model.safetensors")).map_err(|e| CoreError::io(dir, e))
 }

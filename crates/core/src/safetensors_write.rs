@@ -67,7 +67,6 @@ pub fn write_safetensors(
         })
         .collect::<Result<Vec<_>>>()?;
     let meta: HashMap<String, String> = metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let bytes = safetensors::serialize(views, Some(meta))
-        .map_err(|e| CoreError::safetensors(path.to_path_buf(), e.to_string()))?;
+    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| CoreError::safetensors(&path, e.to_string()))?;
     write_atomic(path, &bytes)
 }

@@ -42,7 +42,7 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
         return Ok(None);
     }
     let text = std::fs::read_to_string(path).map_err(|e| CoreError::io(path, e))?;
-    serde_json::from_str(&text).map(Some).map_err(|e| CoreError::json(path.to_path_buf(), e))
+    serde_json::from_str(&text).map(Some).map_err(|e| CoreError::json(&path, e))
 }
 
 /// A special token in tokenizer_config.json: a string or `{"content": ...}`.

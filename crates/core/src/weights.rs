@@ -53,7 +53,7 @@ impl Weights {
         }
         if index.is_file() {
             let text = std::fs::read_to_string(&index).map_err(|e| CoreError::io(&index, e))?;
-            let parsed: ShardIndex = serde_json::from_str(&text).map_err(|e| CoreError::json(index.clone(), e))?;
+            let parsed: ShardIndex = serde_json::from_str(&text).map_err(|e| CoreError::json(&index, e))?;
             let shards: BTreeSet<&String> = parsed.weight_map.values().collect();
             let files = shards.into_iter().map(|s| dir.join(s)).collect();
             let weights = Self::from_files(dir, files)?;

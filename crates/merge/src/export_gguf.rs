@@ -50,7 +50,7 @@ impl BaseInfo {
         }
         let path = base.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(|e| MergeError::io(&path, e))?;
-        let cfg: serde_json::Value = serde_json::from_str(&text).map_err(|e| MergeError::json(path.clone(), e))?;
+        let cfg: serde_json::Value = serde_json::from_str(&text).map_err(|e| MergeError::json(&path, e))?;
         let model_type = cfg["model_type"].as_str().unwrap_or_default();
         let arch = gguf_architecture(model_type).ok_or_else(|| {
             MergeError::folder(
@@ -108,7 +108,7 @@ pub fn export_adapter_gguf(
 
 fn export_inner(adapter_dir: &Path, base: &Path, out: &Path, ggml_type: GgmlType, force: bool) -> Result<ExportReport> {
     if out.exists() && !force {
-        return Err(MergeError::output_exists(out.to_path_buf()));
+        return Err(MergeError::output_exists(&out));
     }
     let info = BaseInfo::of(base)?;
     let adapter = Adapter::open(adapter_dir)?;

@@ -61,7 +61,7 @@ impl ModelDir {
         if index_path.is_file() {
             let text = std::fs::read(&index_path).map_err(|e| MergeError::io(&index_path, e))?;
             let shard_index: ShardIndex =
-                serde_json::from_slice(&text).map_err(|e| MergeError::json(index_path.clone(), e))?;
+                serde_json::from_slice(&text).map_err(|e| MergeError::json(&index_path, e))?;
             let mut by_file: BTreeMap<String, usize> = BTreeMap::new();
             for (name, file) in &shard_index.weight_map {
                 let k = match by_file.get(file) {

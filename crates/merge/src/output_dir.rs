@@ -114,7 +114,7 @@ impl OutputDir {
     pub fn commit(mut self) -> Result<PathBuf> {
         if self.dest.exists() {
             if !self.force {
-                return Err(MergeError::output_exists(self.dest.clone()));
+                return Err(MergeError::output_exists(&self.dest));
             }
             let r =
                 if self.dest.is_dir() { std::fs::remove_dir_all(&self.dest) } else { std::fs::remove_file(&self.dest) };
