@@ -87,6 +87,10 @@ pub(crate) fn upcast_rows<B: Backend>(w: &FloatTensor<B>, r0: usize, r1: usize) 
         return None;
     }
     let wf = (w as &dyn Any).downcast_ref::<FlexTensor>()?;
+    // An f32 weight needs no upcast: refuse before allocating room for one.
+    if !matches!(wf.dtype(), DType::BF16 | DType::F16) {
+        return None;
+    }
     let [_, d_in] = dims(wf);
     let (start, _) = wf.layout().contiguous_offsets()?;
     let range = start + r0 * d_in..start + r1 * d_in;

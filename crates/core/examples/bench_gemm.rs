@@ -1,0 +1,57 @@
+//! Benchmark: the f32 products of a LoRA training step, at the shapes `scripts/bench_train.sh` uses,
+//! through [`lora_core::cpu_kernel::gemm_f32`] (the `gemm` crate). Prints GFLOP/s per product;
+//! `scripts/bench_gemm.py` prints the same table for PyTorch (MKL) and NumPy (OpenBLAS).
+//!
+//! RAYON_NUM_THREADS=2 cargo run --release -p lora-core --example bench_gemm
+
+use std::time::Instant;
+
+use lora_core::cpu_kernel::gemm_f32;
+
+/// `(name, m, k, n, rhs transposed)`: C[m, n] = A[m, k] · B, B stored `[n, k]` when transposed
+/// (x·Wᵀ, a forward product) and `[k, n]` otherwise (g·W, a backward product).
+const SHAPES: &[(&str, usize, usize, usize, bool)] = &[
+    ("small x.Wt 512x256x256", 512, 256, 256, true),
+    ("small g.W 512x256x256", 512, 256, 256, false),
+    ("small up x.Wt 512x256x1024", 512, 256, 1024, true),
+    ("135M q x.Wt 512x576x576", 512, 576, 576, true),
+    ("135M up x.Wt 512x576x1536", 512, 576, 1536, true),
+    ("135M down g.W 512x576x1536", 512, 576, 1536, false),
+    ("135M head x.Wt 512x576x49152", 512, 576, 49152, true),
+    ("135M head g.W 512x49152x576", 512, 49152, 576, false),
+    ("qwen q x.Wt 512x896x896", 512, 896, 896, true),
+    ("qwen down x.Wt 512x4864x896", 512, 4864, 896, true),
+    ("qwen down g.W 512x896x4864", 512, 896, 4864, false),
+    ("square 2048^3", 2048, 2048, 2048, false),
+];
+
+fn main() {
+    rayon::ThreadPoolBuilder::new().build_global().ok();
+    for &(name, m, k, n, transposed) in SHAPES {
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 * 1e-3).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 104_729) % 1000) as f32 * 1e-3).collect();
+        let mut c = vec![0f32; m * n];
+        // B element (kk, j): [n, k] storage when transposed, [k, n] otherwise.
+        let (b_rs, b_cs) = if transposed { (1, k) } else { (n, 1) };
+        let mut run = || unsafe {
+            gemm_f32(
+                [m, n, k],
+                (c.as_mut_ptr(), n, 1),
+                (a.as_ptr(), k, 1),
+                (b.as_ptr(), b_rs, b_cs),
+                false,
+                1.0,
+                true,
+            )
+        };
+        run();
+        let start = Instant::now();
+        let mut runs = 0;
+        while start.elapsed().as_secs_f64() < 0.5 {
+            run();
+            runs += 1;
+        }
+        let gflops = 2.0 * (m * n * k) as f64 * runs as f64 / start.elapsed().as_secs_f64() / 1e9;
+        println!("{name:34} gemm {gflops:6.1} GFLOP/s");
+    }
+}
