@@ -13,9 +13,23 @@ use lora_core::cpu_kernel::gemm_f32;
 const SHAPES: &[(&str, usize, usize, usize, bool)] = &[
     ("small x.Wt 512x256x256", 512, 256, 256, true),
     ("small g.W 512x256x256", 512, 256, 256, false),
-    ("small up x.Wt 512x256x1024", 512, 256, 1024, true),
+    ("small up x.Wt 512x256x688", 512, 256, 688, true),
+    ("small up g.W 512x688x256", 512, 688, 256, false),
+    ("small qkv x.Wt 512x256x768", 512, 256, 768, true),
+    ("small qkv g.W 512x768x256", 512, 768, 256, false),
+    ("small gate+up x.Wt 512x256x1376", 512, 256, 1376, true),
+    ("small gate+up g.W 512x1376x256", 512, 1376, 256, false),
     ("135M q x.Wt 512x576x576", 512, 576, 576, true),
+    ("135M k x.Wt 512x576x192", 512, 576, 192, true),
+    ("135M k g.W 512x192x576", 512, 192, 576, false),
+    ("135M q g.W 512x576x576", 512, 576, 576, false),
+    ("135M qkv x.Wt 512x576x960", 512, 576, 960, true),
+    ("135M qkv g.W 512x960x576", 512, 960, 576, false),
     ("135M up x.Wt 512x576x1536", 512, 576, 1536, true),
+    ("135M up g.W 512x1536x576", 512, 1536, 576, false),
+    ("135M gate+up x.Wt 512x576x3072", 512, 576, 3072, true),
+    ("135M gate+up g.W 512x3072x576", 512, 3072, 576, false),
+    ("135M down x.Wt 512x1536x576", 512, 1536, 576, true),
     ("135M down g.W 512x576x1536", 512, 576, 1536, false),
     ("135M head x.Wt 512x576x49152", 512, 576, 49152, true),
     ("135M head g.W 512x49152x576", 512, 49152, 576, false),
@@ -27,6 +41,13 @@ const SHAPES: &[(&str, usize, usize, usize, bool)] = &[
 
 fn main() {
     rayon::ThreadPoolBuilder::new().build_global().ok();
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
+    if let Some(v) = env("LHS_MT") {
+        gemm::set_lhs_packing_threshold_multi_thread(v);
+    }
+    if let Some(v) = env("RHS_T") {
+        gemm::set_rhs_packing_threshold(v);
+    }
     for &(name, m, k, n, transposed) in SHAPES {
         let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 * 1e-3).collect();
         let b: Vec<f32> = (0..k * n).map(|i| ((i * 104_729) % 1000) as f32 * 1e-3).collect();
@@ -34,15 +55,7 @@ fn main() {
         // B element (kk, j): [n, k] storage when transposed, [k, n] otherwise.
         let (b_rs, b_cs) = if transposed { (1, k) } else { (n, 1) };
         let mut run = || unsafe {
-            gemm_f32(
-                [m, n, k],
-                (c.as_mut_ptr(), n, 1),
-                (a.as_ptr(), k, 1),
-                (b.as_ptr(), b_rs, b_cs),
-                false,
-                1.0,
-                true,
-            )
+            gemm_f32([m, n, k], (c.as_mut_ptr(), n, 1), (a.as_ptr(), k, 1), (b.as_ptr(), b_rs, b_cs), false, 1.0, true)
         };
         run();
         let start = Instant::now();

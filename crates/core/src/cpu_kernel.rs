@@ -56,7 +56,12 @@ pub fn exp_f32(x: f32) -> f32 {
     // 1.5·2²³: adding and subtracting it rounds to the nearest integer, with no call to `round`.
     const ROUND: f32 = 12_582_912.0;
     let xc = x.clamp(-87.3, 88.37);
-    let n = (xc * LOG2E + ROUND) - ROUND;
+    let t = xc * LOG2E + ROUND;
+    let n = t - ROUND;
+    // n as an integer, read from t's mantissa (t = 1.5·2²³ + n exactly) rather than by `n as i32`:
+    // Rust's saturating float-to-int cast compiles to one scalar conversion per lane and keeps the
+    // whole loop from vectorising. Same value, so the same bits.
+    let n_int = t.to_bits() as i32 - ROUND.to_bits() as i32;
     let r = (xc - n * LN2_HI) - n * LN2_LO;
     let mut p = 1.0 / 5040.0;
     p = p * r + 1.0 / 720.0;
@@ -66,7 +71,7 @@ pub fn exp_f32(x: f32) -> f32 {
     p = p * r + 0.5;
     p = p * r + 1.0;
     p = p * r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    let scale = f32::from_bits(((n_int + 127) as u32) << 23);
     if x < -87.3 { 0.0 } else { p * scale }
 }
 
