@@ -129,3 +129,27 @@ fn verify_reproduces_and_catches_changed_data() {
     let err = lora_train::verify::verify(&d.join("run")).unwrap_err().to_string();
     assert!(err.contains("inputs differ") && err.contains("data.jsonl"), "{err}");
 }
+
+/// `run_on_pool` keeps the pool's other workers polling while its closure runs: nested parallel
+/// work (joins inside parallel loops, more levels than workers) must still all run, give the same
+/// values as run serially, and return, on pools of 1, 2 and 3 workers.
+#[test]
+fn run_on_pool_runs_nested_parallel_work_to_the_end() {
+    use rayon::prelude::*;
+    let expected: u64 = (0..2000u64).map(|i| (0..i % 97).sum::<u64>()).sum();
+    for threads in [1, 2, 3] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let got = pool.install(|| {
+            lora_train::trainer::run_on_pool(|| {
+                (0..2000u64)
+                    .into_par_iter()
+                    .map(|i| {
+                        let (a, b) = rayon::join(|| (0..i % 97).into_par_iter().sum::<u64>(), || 0u64);
+                        a + b
+                    })
+                    .sum::<u64>()
+            })
+        });
+        assert_eq!(got, expected, "{threads} threads");
+    }
+}
