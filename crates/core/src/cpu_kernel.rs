@@ -243,10 +243,21 @@ pub const PARALLEL_MACS: usize = 160 * 160 * 160;
 /// See [`PARALLEL_MACS`]: gemm splits the output's columns, and a rank-wide output does not split.
 pub const PARALLEL_MIN_COLUMNS: usize = 64;
 
+/// Output columns per thread from which [`gemm_f32`] splits a product's columns over the threads
+/// itself (in multiples of 16, each part one single-threaded `gemm` call) instead of leaving the
+/// split to `gemm`. gemm 0.19 splits the rows of our products (the tokens) and packs the whole weight
+/// first on the calling thread while the others wait (x·Wᵀ) or packs it once per thread (g·W);
+/// split by columns, each thread packs only its share. Measured with 2 threads
+/// (`examples/bench_gemm.rs`): 512×896×896 x·Wᵀ 240 → 299 GFLOP/s, 512×4864×896 x·Wᵀ 203 → 289, the
+/// 135M head's g·W 249 → 297, none slower. Above 64 so that no part falls under gemm's small-product
+/// branch, whose reduction blocks differ (k ≤ 512 per block), and the bits stay those of one call.
+pub const SPLIT_MIN_COLUMNS: usize = 80;
+
 /// dst = [dst +] beta·lhs·rhs, f32, for matrices given as (pointer, row stride, column stride) in
 /// elements; `m × k` times `k × n`. Split over the threads when `threads` and the product is large
-/// enough ([`PARALLEL_MACS`]; the split is over output blocks, each reduced in the same order, so the
-/// bits do not depend on the thread count).
+/// enough ([`PARALLEL_MACS`]): by columns ([`SPLIT_MIN_COLUMNS`]) or else by gemm itself. Either way
+/// every output element is reduced over k in the same blocks and order as by one single-threaded
+/// call (gemm's reduction blocks depend on k alone), so the bits do not depend on the thread count.
 ///
 /// # Safety
 /// The pointers must cover the matrices their strides describe, and dst must not overlap lhs or rhs.
@@ -259,11 +270,54 @@ pub unsafe fn gemm_f32(
     beta: f32,
     threads: bool,
 ) {
-    let parallelism = if threads && n >= PARALLEL_MIN_COLUMNS && m * n * k >= PARALLEL_MACS {
-        gemm::Parallelism::Rayon(0)
-    } else {
-        gemm::Parallelism::None
-    };
+    use rayon::prelude::*;
+    let large = threads && m * n * k >= PARALLEL_MACS;
+    let parts = rayon::current_num_threads().min(n / SPLIT_MIN_COLUMNS);
+    if large && parts > 1 {
+        // Parts of a multiple of 16 columns, at least SPLIT_MIN_COLUMNS; the last takes the rest.
+        let per = n / parts / 16 * 16;
+        let (d, l, r) = (SendPtr(dst.0), SendPtr(lhs.0 as *mut f32), SendPtr(rhs.0 as *mut f32));
+        let ([d_rs, d_cs], [l_rs, l_cs], [r_rs, r_cs]) = ([dst.1, dst.2], [lhs.1, lhs.2], [rhs.1, rhs.2]);
+        (0..parts).into_par_iter().for_each(|p| {
+            let (j0, j1) = (p * per, if p + 1 == parts { n } else { (p + 1) * per });
+            {
+                let (d, l, r) = (d, l, r);
+                // SAFETY: columns j0..j1 of dst and rhs, within the caller's matrices; the parts'
+                // columns are disjoint.
+                unsafe {
+                    gemm_call(
+                        [m, j1 - j0, k],
+                        (d.0.add(j0 * d_cs), d_rs, d_cs),
+                        (l.0 as *const f32, l_rs, l_cs),
+                        (r.0.add(j0 * r_cs) as *const f32, r_rs, r_cs),
+                        accumulate,
+                        beta,
+                        gemm::Parallelism::None,
+                    )
+                }
+            }
+        });
+        return;
+    }
+    let parallelism =
+        if large && n >= PARALLEL_MIN_COLUMNS { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    // SAFETY: forwarded from the caller.
+    unsafe { gemm_call([m, n, k], dst, lhs, rhs, accumulate, beta, parallelism) }
+}
+
+/// One `gemm::gemm` call over (pointer, row stride, column stride) matrices.
+///
+/// # Safety
+/// As [`gemm_f32`].
+unsafe fn gemm_call(
+    [m, n, k]: [usize; 3],
+    dst: (*mut f32, usize, usize),
+    lhs: (*const f32, usize, usize),
+    rhs: (*const f32, usize, usize),
+    accumulate: bool,
+    beta: f32,
+    parallelism: gemm::Parallelism,
+) {
     // SAFETY: forwarded from the caller.
     unsafe {
         gemm::gemm(
