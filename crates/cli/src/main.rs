@@ -48,6 +48,10 @@ enum Command {
     Publish(commands::publish::Args),
 }
 
+/// The system allocator, plus a few large freed blocks kept for reuse while training.
+#[global_allocator]
+static ALLOCATOR: lora_core::large_blocks::KeepLargeBlocks = lora_core::large_blocks::KeepLargeBlocks::new();
+
 fn main() -> ExitCode {
     lora_core::cpu_kernel::keep_freed_memory();
     // A panic is a bug in lora or a dependency: say so in one line instead of a backtrace.

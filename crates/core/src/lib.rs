@@ -31,6 +31,7 @@ pub mod gguf_to_folder;
 pub mod gguf_tokenizer;
 pub mod host;
 pub mod kv_cache;
+pub mod large_blocks;
 pub mod linear;
 pub mod load_options;
 pub mod lora;

@@ -56,6 +56,10 @@ fn measure_peak() {
     );
 }
 
+/// As `lora`'s: the system allocator, plus a few large freed blocks kept for reuse while training.
+#[global_allocator]
+static ALLOCATOR: lora_core::large_blocks::KeepLargeBlocks = lora_core::large_blocks::KeepLargeBlocks::new();
+
 fn main() {
     if std::env::var("LORA_SYSTEM_ALLOCATOR").as_deref() != Ok("1") {
         lora_core::cpu_kernel::keep_freed_memory();

@@ -325,6 +325,7 @@ fn dropout_seed(seed: u64, step: u64, micro: usize) -> u64 {
 /// Falls back to running `f` here if the pool cannot be built. [`run`] runs its steps and
 /// evaluations this way.
 pub fn run_on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    let _keep = lora_core::large_blocks::KeepLargeBlocks::keeping();
     on_pool(worker_pool(rayon::current_num_threads()).ok().as_ref(), f)
 }
 
@@ -381,6 +382,8 @@ fn with_polling_siblings<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 
 /// Runs a prepared recipe to the end (or to an interruption), writing the run folder.
 pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>)) -> Result<RunSummary> {
+    // The loss chunks' logits are re-allocated every step: keep their block (large_blocks.rs).
+    let _keep = lora_core::large_blocks::KeepLargeBlocks::keeping();
     let recipe_text = p.recipe.to_toml();
     let recipe_sha = sha256_bytes(recipe_text.as_bytes());
     let dir = p.recipe.output.dir.clone();
