@@ -235,29 +235,36 @@ pub fn keep_freed_memory() {
 }
 
 /// Products with at least this many multiply-adds (160³) and an output at least
-/// [`PARALLEL_MIN_COLUMNS`] wide are split over the threads by [`gemm_f32`] when allowed. Measured
-/// with 2 threads (gemm 0.19): a thin adapter product, 512×896 by 896×8 or 512×8 by 8×896, is up to
-/// twice as slow split; 512×8 by 8×4864 (20M) and 512×256 by 256×256 (33M) gain 1.5x.
+/// [`PARALLEL_MIN_COLUMNS`] wide that [`gemm_f32`] does not split itself (neither side has two
+/// parts of [`SPLIT_MIN`]) are split by gemm when allowed. Measured with 2 threads (gemm 0.19): a thin
+/// adapter product, 512×896 by 896×8 or 512×8 by 8×896, is up to twice as slow split by gemm.
 pub const PARALLEL_MACS: usize = 160 * 160 * 160;
 
 /// See [`PARALLEL_MACS`]: gemm splits the output's columns, and a rank-wide output does not split.
 pub const PARALLEL_MIN_COLUMNS: usize = 64;
 
-/// Output columns per thread from which [`gemm_f32`] splits a product's columns over the threads
-/// itself (in multiples of 16, each part one single-threaded `gemm` call) instead of leaving the
-/// split to `gemm`. gemm 0.19 splits the rows of our products (the tokens) and packs the whole weight
-/// first on the calling thread while the others wait (x·Wᵀ) or packs it once per thread (g·W);
-/// split by columns, each thread packs only its share. Measured with 2 threads
-/// (`examples/bench_gemm.rs`): 512×896×896 x·Wᵀ 240 → 299 GFLOP/s, 512×4864×896 x·Wᵀ 203 → 289, the
-/// 135M head's g·W 249 → 297, none slower. Above 64 so that no part falls under gemm's small-product
-/// branch, whose reduction blocks differ (k ≤ 512 per block), and the bits stay those of one call.
-pub const SPLIT_MIN_COLUMNS: usize = 80;
+/// Multiply-adds from which [`gemm_f32`] splits a product over the threads itself, by output
+/// columns or rows, each part one single-threaded `gemm` call.
+///
+/// gemm 0.19's own split divides the tokens (the rows of our products) and packs the whole weight
+/// first on the calling thread while the others wait (x·Wᵀ), or once per thread (g·W); split by
+/// columns, each thread packs only its share. Measured with 2 threads (`examples/bench_gemm.rs`):
+/// 512×896×896 x·Wᵀ 240 → 299 GFLOP/s, 512×4864×896 x·Wᵀ 203 → 289, the 135M head's g·W 249 → 297,
+/// none slower. An adapter's thin products (n or k the rank: 512×576×8 is 2.4M) split by rows: gemm
+/// kept them on one thread, as its own split of them was slower (up to 2x); by rows, +1–2% of a step.
+pub const SPLIT_MACS: usize = 1 << 20;
+
+/// Columns, or else rows, per part at least when [`gemm_f32`] splits a product: above 64 so that no
+/// part falls under gemm's small-product branch (both sides at most 64), whose reduction blocks
+/// differ (k ≤ 512 per block), and the bits stay those of one call.
+pub const SPLIT_MIN: usize = 80;
 
 /// dst = [dst +] beta·lhs·rhs, f32, for matrices given as (pointer, row stride, column stride) in
 /// elements; `m × k` times `k × n`. Split over the threads when `threads` and the product is large
-/// enough ([`PARALLEL_MACS`]): by columns ([`SPLIT_MIN_COLUMNS`]) or else by gemm itself. Either way
-/// every output element is reduced over k in the same blocks and order as by one single-threaded
-/// call (gemm's reduction blocks depend on k alone), so the bits do not depend on the thread count.
+/// enough: by columns or rows ([`SPLIT_MACS`], [`SPLIT_MIN`]), or else by gemm itself
+/// ([`PARALLEL_MACS`]). Either way every output element is reduced over k in the same blocks and
+/// order as by one single-threaded call (gemm's reduction blocks depend on k alone), so the bits do
+/// not depend on the thread count.
 ///
 /// # Safety
 /// The pointers must cover the matrices their strides describe, and dst must not overlap lhs or rhs.
@@ -271,36 +278,44 @@ pub unsafe fn gemm_f32(
     threads: bool,
 ) {
     use rayon::prelude::*;
-    let large = threads && m * n * k >= PARALLEL_MACS;
-    let parts = rayon::current_num_threads().min(n / SPLIT_MIN_COLUMNS);
-    if large && parts > 1 {
-        // Parts of a multiple of 16 columns, at least SPLIT_MIN_COLUMNS; the last takes the rest.
-        let per = n / parts / 16 * 16;
+    let macs = m * n * k;
+    let workers = rayon::current_num_threads();
+    let (by_columns, by_rows) = (workers.min(n / SPLIT_MIN), workers.min(m / SPLIT_MIN));
+    if threads && macs >= SPLIT_MACS && (by_columns > 1 || by_rows > 1) {
+        // Parts of a multiple of 16 columns (rows), at least SPLIT_MIN; the last takes the rest.
+        let (parts, len) = if by_columns > 1 { (by_columns, n) } else { (by_rows, m) };
+        let per = len / parts / 16 * 16;
         let (d, l, r) = (SendPtr(dst.0), SendPtr(lhs.0 as *mut f32), SendPtr(rhs.0 as *mut f32));
         let ([d_rs, d_cs], [l_rs, l_cs], [r_rs, r_cs]) = ([dst.1, dst.2], [lhs.1, lhs.2], [rhs.1, rhs.2]);
         (0..parts).into_par_iter().for_each(|p| {
-            let (j0, j1) = (p * per, if p + 1 == parts { n } else { (p + 1) * per });
-            {
-                let (d, l, r) = (d, l, r);
-                // SAFETY: columns j0..j1 of dst and rhs, within the caller's matrices; the parts'
-                // columns are disjoint.
-                unsafe {
-                    gemm_call(
-                        [m, j1 - j0, k],
-                        (d.0.add(j0 * d_cs), d_rs, d_cs),
-                        (l.0 as *const f32, l_rs, l_cs),
-                        (r.0.add(j0 * r_cs) as *const f32, r_rs, r_cs),
-                        accumulate,
-                        beta,
-                        gemm::Parallelism::None,
-                    )
-                }
+            let (s0, s1) = (p * per, if p + 1 == parts { len } else { (p + 1) * per });
+            let (d, l, r) = (d, l, r);
+            // SAFETY: columns (rows) s0..s1 of dst and rhs (lhs), within the caller's matrices; the
+            // parts' columns (rows) are disjoint.
+            unsafe {
+                let ([pm, pn], d0, l0, r0) = if by_columns > 1 {
+                    ([m, s1 - s0], d.0.add(s0 * d_cs), l.0, r.0.add(s0 * r_cs))
+                } else {
+                    ([s1 - s0, n], d.0.add(s0 * d_rs), l.0.add(s0 * l_rs), r.0)
+                };
+                gemm_call(
+                    [pm, pn, k],
+                    (d0, d_rs, d_cs),
+                    (l0 as *const f32, l_rs, l_cs),
+                    (r0 as *const f32, r_rs, r_cs),
+                    accumulate,
+                    beta,
+                    gemm::Parallelism::None,
+                )
             }
         });
         return;
     }
-    let parallelism =
-        if large && n >= PARALLEL_MIN_COLUMNS { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    let parallelism = if threads && n >= PARALLEL_MIN_COLUMNS && macs >= PARALLEL_MACS {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
     // SAFETY: forwarded from the caller.
     unsafe { gemm_call([m, n, k], dst, lhs, rhs, accumulate, beta, parallelism) }
 }

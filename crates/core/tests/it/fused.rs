@@ -273,45 +273,52 @@ fn fused_lora_linear_gives_the_same_bits_on_one_thread_and_many() {
     }
 }
 
-/// The CPU product split over the threads by output columns gives the bits of one single-threaded
-/// call, with a reduction longer than gemm's 512-long small-product blocks and parts that do not
-/// divide the columns evenly, both orientations of the right operand, and accumulation.
+/// The CPU product split over the threads (by output columns, or by rows for a thin product) gives
+/// the bits of one single-threaded call, with a reduction longer than gemm's 512-long small-product
+/// blocks and parts that do not divide the output evenly, both orientations of the right operand,
+/// and accumulation.
 #[test]
 fn cpu_gemm_gives_the_same_bits_on_one_thread_and_many() {
-    let (m, k, n) = (40usize, 600usize, 250usize);
-    let (a, b) = (lcg(40, m * k, 1.0), lcg(41, k * n, 1.0));
-    let run = |transposed: bool, accumulate: bool| {
-        let mut c = lcg(42, m * n, 1.0);
-        let (b_rs, b_cs) = if transposed { (1, k) } else { (n, 1) };
-        // SAFETY: contiguous matrices of the shapes given.
-        unsafe {
-            lora_core::cpu_kernel::gemm_f32(
-                [m, n, k],
-                (c.as_mut_ptr(), n, 1),
-                (a.as_ptr(), k, 1),
-                (b.as_ptr(), b_rs, b_cs),
-                accumulate,
-                0.5,
-                true,
-            )
+    // Split by columns; by rows (an adapter's x·Aᵀ); by columns with a rank-tall output (∂A).
+    for (m, k, n) in [(40usize, 600usize, 250usize), (400, 600, 8), (8, 520, 576)] {
+        let (a, b) = (lcg(40, m * k, 1.0), lcg(41, k * n, 1.0));
+        let run = |transposed: bool, accumulate: bool| {
+            let mut c = lcg(42, m * n, 1.0);
+            let (b_rs, b_cs) = if transposed { (1, k) } else { (n, 1) };
+            // SAFETY: contiguous matrices of the shapes given.
+            unsafe {
+                lora_core::cpu_kernel::gemm_f32(
+                    [m, n, k],
+                    (c.as_mut_ptr(), n, 1),
+                    (a.as_ptr(), k, 1),
+                    (b.as_ptr(), b_rs, b_cs),
+                    accumulate,
+                    0.5,
+                    true,
+                )
+            };
+            c
         };
-        c
-    };
-    for (transposed, accumulate) in [(false, false), (true, false), (true, true)] {
-        let on = |threads| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap()
-                .install(|| run(transposed, accumulate))
-        };
-        let one = on(1);
-        let expected: f32 = (0..k).map(|p| a[p] * if transposed { b[p] } else { b[p * n] }).sum::<f32>() * 0.5
-            + if accumulate { lcg(42, 1, 1.0)[0] } else { 0.0 };
-        assert!((one[0] - expected).abs() < 1e-3 * expected.abs().max(1.0), "{} vs {expected}", one[0]);
-        for threads in [2, 3, 4] {
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&one), bits(&on(threads)), "transposed {transposed}: 1 and {threads} threads differ");
+        for (transposed, accumulate) in [(false, false), (true, false), (true, true)] {
+            let on = |threads| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap()
+                    .install(|| run(transposed, accumulate))
+            };
+            let one = on(1);
+            let expected: f32 = (0..k).map(|p| a[p] * if transposed { b[p] } else { b[p * n] }).sum::<f32>() * 0.5
+                + if accumulate { lcg(42, 1, 1.0)[0] } else { 0.0 };
+            assert!((one[0] - expected).abs() < 1e-3 * expected.abs().max(1.0), "{} vs {expected}", one[0]);
+            for threads in [2, 3, 4] {
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&one),
+                    bits(&on(threads)),
+                    "[{m}x{k}]·[{k}x{n}] transposed {transposed}: 1 and {threads} threads differ"
+                );
+            }
         }
     }
 }
