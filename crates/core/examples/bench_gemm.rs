@@ -101,6 +101,26 @@ fn main() {
             });
         };
         let g2 = rate(&mut split, m * n * k);
-        println!("{name:34} gemm {g1:6.1}  split over outputs {g2:6.1} GFLOP/s");
+        let mut by_rows = || {
+            let parts = rayon::current_num_threads();
+            let per = m / parts / 16 * 16;
+            (0..parts).into_par_iter().for_each(|p| {
+                let (i0, i1) = (p * per, if p + 1 == parts { m } else { (p + 1) * per });
+                let cp = cp;
+                unsafe {
+                    gemm_f32(
+                        [i1 - i0, n, k],
+                        (cp.0.add(i0 * n), n, 1),
+                        (a.as_ptr().add(i0 * k), k, 1),
+                        (b.as_ptr(), b_rs, b_cs),
+                        false,
+                        1.0,
+                        false,
+                    )
+                }
+            });
+        };
+        let g3 = rate(&mut by_rows, m * n * k);
+        println!("{name:34} gemm {g1:6.1}  split by columns {g2:6.1}  by rows {g3:6.1} GFLOP/s");
     }
 }
