@@ -279,9 +279,9 @@ fn fused_lora_linear_gives_the_same_bits_on_one_thread_and_many() {
 /// and accumulation.
 #[test]
 fn cpu_gemm_gives_the_same_bits_on_one_thread_and_many() {
-    // By columns; by panels shared by rows; by rows (an adapter's x·Aᵀ); by columns with a
-    // rank-tall output (∂A).
-    for (m, k, n) in [(40usize, 600usize, 250usize), (200, 600, 576), (400, 600, 8), (8, 520, 576)] {
+    // By columns; by panels shared by rows; by rows for a small right operand (a k/v projection);
+    // by rows (an adapter's x·Aᵀ); by columns with a rank-tall output (∂A).
+    for (m, k, n) in [(40usize, 600usize, 250usize), (200, 600, 576), (400, 600, 192), (400, 600, 8), (8, 520, 576)] {
         let (a, b) = (lcg(40, m * k, 1.0), lcg(41, k * n, 1.0));
         let run = |transposed: bool, accumulate: bool| {
             let mut c = lcg(42, m * n, 1.0);
