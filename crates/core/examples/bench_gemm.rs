@@ -2,6 +2,10 @@
 //! through [`lora_core::cpu_kernel::gemm_f32`] (the `gemm` crate). Prints GFLOP/s per product;
 //! `scripts/bench_gemm.py` prints the same table for PyTorch (MKL) and NumPy (OpenBLAS).
 //!
+//! Each product is timed three ways: through `gemm_f32` as the training step calls it (its own split
+//! over the threads), and split by hand over output columns and over rows, each part one
+//! single-threaded call. LHS_MT / RHS_T set gemm's packing thresholds, to measure unpacked operands.
+//!
 //! RAYON_NUM_THREADS=2 cargo run --release -p lora-core --example bench_gemm
 
 use std::time::Instant;
@@ -41,10 +45,19 @@ const SHAPES: &[(&str, usize, usize, usize, bool)] = &[
     ("square 2048^3", 2048, 2048, 2048, false),
 ];
 
+/// The output, shared by the parts of a split product (each writes its own block).
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
+// SAFETY: the parts write disjoint blocks.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The pointer (a method, so that closures capture the whole `SendPtr`).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 
 fn rate(run: &mut dyn FnMut(), macs: usize) -> f64 {
     run();
@@ -85,12 +98,11 @@ fn main() {
                 if j0 >= j1 {
                     return;
                 }
-                let cp = cp;
                 unsafe {
                     let bptr = if transposed { b.as_ptr().add(j0 * k) } else { b.as_ptr().add(j0) };
                     gemm_f32(
                         [m, j1 - j0, k],
-                        (cp.0.add(j0), n, 1),
+                        (cp.get().add(j0), n, 1),
                         (a.as_ptr(), k, 1),
                         (bptr, b_rs, b_cs),
                         false,
@@ -106,11 +118,10 @@ fn main() {
             let per = m / parts / 16 * 16;
             (0..parts).into_par_iter().for_each(|p| {
                 let (i0, i1) = (p * per, if p + 1 == parts { m } else { (p + 1) * per });
-                let cp = cp;
                 unsafe {
                     gemm_f32(
                         [i1 - i0, n, k],
-                        (cp.0.add(i0 * n), n, 1),
+                        (cp.get().add(i0 * n), n, 1),
                         (a.as_ptr().add(i0 * k), k, 1),
                         (b.as_ptr(), b_rs, b_cs),
                         false,
@@ -121,6 +132,6 @@ fn main() {
             });
         };
         let g3 = rate(&mut by_rows, m * n * k);
-        println!("{name:34} gemm {g1:6.1}  split by columns {g2:6.1}  by rows {g3:6.1} GFLOP/s");
+        println!("{name:34} gemm_f32 {g1:6.1}  by columns {g2:6.1}  by rows {g3:6.1} GFLOP/s");
     }
 }
