@@ -326,7 +326,7 @@ fn dropout_seed(seed: u64, step: u64, micro: usize) -> u64 {
 /// evaluations this way.
 pub fn run_on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     let _keep = lora_core::large_blocks::KeepLargeBlocks::keeping();
-    on_pool(worker_pool(rayon::current_num_threads()).ok().as_ref(), f)
+    on_pool(worker_pool(rayon::current_num_threads()).ok().as_ref(), true, f)
 }
 
 /// A pool of `threads` workers.
@@ -334,10 +334,12 @@ fn worker_pool(threads: usize) -> std::result::Result<rayon::ThreadPool, rayon::
     rayon::ThreadPoolBuilder::new().num_threads(threads).build()
 }
 
-/// `f` on a worker of `pool`, or here without one.
-fn on_pool<R: Send>(pool: Option<&rayon::ThreadPool>, f: impl FnOnce() -> R + Send) -> R {
+/// `f` on a worker of `pool`, or here without one; with the other workers polling for its loops when
+/// `poll` (the CPU backends, whose kernels run on the pool: on a GPU they would only burn a core).
+fn on_pool<R: Send>(pool: Option<&rayon::ThreadPool>, poll: bool, f: impl FnOnce() -> R + Send) -> R {
     match pool {
-        Some(pool) => pool.install(|| with_polling_siblings(f)),
+        Some(pool) if poll => pool.install(|| with_polling_siblings(f)),
+        Some(pool) => pool.install(f),
         None => f(),
     }
 }
@@ -393,6 +395,7 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
     let left = p.tokenizer.padding_left;
     let names = tensor_names(&p.model);
     let threads = opts.threads.unwrap_or_else(rayon::current_num_threads);
+    let poll = matches!(p.backend, Backend::Cpu | Backend::NdArray);
     let pool = match worker_pool(threads) {
         Ok(pool) => Some(pool),
         Err(e) if opts.threads.is_some() => {
@@ -463,7 +466,7 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
         let batches: Vec<_> = micros.iter().map(|m| collate(m, pad_id, left)).collect();
         let lr = schedule.lr(t.lr, step, t.warmup_steps, total);
         let options = StepOptions { max_grad_norm: t.max_grad_norm, gradient_checkpointing: t.gradient_checkpointing };
-        let StepOutcome { loss, grad_norm } = on_pool(pool.as_ref(), || {
+        let StepOutcome { loss, grad_norm } = on_pool(pool.as_ref(), poll, || {
             train_step(&mut p.model, &mut opt, &batches, step_tokens, lr, options, |i| dropout_seed(t.seed, step, i))
         })?;
         if !loss.is_finite() {
@@ -483,7 +486,7 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
         };
         if (t.eval_every > 0 && done % t.eval_every == 0) || done == total {
             metrics.eval_loss =
-                on_pool(pool.as_ref(), || evaluate(&mut p.model, &p.validation, t.batch_size, pad_id, left))?;
+                on_pool(pool.as_ref(), poll, || evaluate(&mut p.model, &p.validation, t.batch_size, pad_id, left))?;
             eval_loss = metrics.eval_loss.or(eval_loss);
         }
         if first_loss.is_nan() {
