@@ -46,7 +46,8 @@ static KEPT: Mutex<[Slot; SLOTS]> = Mutex::new([(0, 0, 0); SLOTS]);
 /// The size a block of `size` bytes is allocated with: large sizes rounded up to a sixteenth of
 /// their power of two (under 6.25% more address space), other sizes as they are.
 pub fn size_class(size: usize) -> usize {
-    if size < LARGE_BLOCK {
+    // Sizes no allocation can have stay as they are (the rounding must not pass isize::MAX).
+    if !(LARGE_BLOCK..=isize::MAX as usize / 2).contains(&size) {
         return size;
     }
     let step = 1usize << (usize::BITS - 1 - size.leading_zeros() - 4);

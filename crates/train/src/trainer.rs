@@ -376,8 +376,16 @@ fn with_polling_siblings<R: Send>(f: impl FnOnce() -> R + Send) -> R {
                 }
             });
         }
+        // Set when f returns or unwinds: a panic in a step must end the pollers too, or the scope
+        // would wait for them forever instead of passing the panic on.
+        struct Done<'a>(&'a AtomicBool);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Release);
+            }
+        }
+        let _done = Done(&done);
         out = Some(f());
-        done.store(true, Ordering::Release);
     });
     out.expect("f ran")
 }

@@ -153,3 +153,19 @@ fn run_on_pool_runs_nested_parallel_work_to_the_end() {
         assert_eq!(got, expected, "{threads} threads");
     }
 }
+
+/// A panic inside `run_on_pool`'s closure reaches the caller (the polling workers stop too) instead of
+/// leaving the pool waiting for them.
+#[test]
+fn run_on_pool_passes_a_panic_on() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let caught = pool.install(|| {
+            std::panic::catch_unwind(|| lora_train::trainer::run_on_pool(|| -> u32 { panic!("step failed") }))
+        });
+        let _ = tx.send(caught.is_err());
+    });
+    let panicked = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("run_on_pool hung after a panic");
+    assert!(panicked, "the panic did not reach the caller");
+}
