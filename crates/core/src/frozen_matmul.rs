@@ -139,24 +139,17 @@ fn forward<B: Backend>(x: FloatTensor<B>, w: &Source<B>) -> FloatTensor<B> {
         return B::float_zeros([x.shape()[0], 0].into(), &device, dtype);
     }
     // Each block (in the compute dtype: the stored f32 weight itself, or a block upcast or
-    // dequantized) goes to the direct CPU product when it can (frozen_matmul_cpu.rs), several of them
+    // dequantized) goes to the direct CPU product when it can (frozen_matmul_cpu.rs), all of them
     // into one output.
     let blocks = w.blocks(dtype);
-    if blocks.len() > 1
-        && dtype == FloatDType::F32
-        && let Some(y) = crate::frozen_matmul_cpu::matmul_nt_blocks::<B>(&x, w.dims()[0], &blocks, |r0, r1| {
-            w.rows(r0, r1, dtype, &device)
-        })
-    {
+    if let Some(y) = crate::frozen_matmul_cpu::matmul_nt_blocks::<B>(&x, w.dims()[0], &blocks, |r0, r1| {
+        w.rows(r0, r1, dtype, &device)
+    }) {
         return y;
     }
     let parts: Vec<FloatTensor<B>> = blocks
         .into_iter()
-        .map(|(r0, r1)| {
-            let block = w.rows(r0, r1, dtype, &device); // [rows, in]
-            crate::frozen_matmul_cpu::matmul_nt::<B>(&x, &block)
-                .unwrap_or_else(|| B::float_matmul(x.clone(), B::float_transpose(block))) // [n, rows]
-        })
+        .map(|(r0, r1)| B::float_matmul(x.clone(), B::float_transpose(w.rows(r0, r1, dtype, &device)))) // [n, rows]
         .collect();
     if parts.len() == 1 { parts.into_iter().next().expect("one block") } else { B::float_cat(parts, 1) }
 }
@@ -174,23 +167,16 @@ fn input_grad<B: Backend>(grad: FloatTensor<B>, w: &Source<B>) -> FloatTensor<B>
     for (r0, r1) in w.blocks(dtype) {
         let block = w.rows(r0, r1, dtype, &device); // [rows, in]
         // On the CPU, the block's columns of ∂L/∂y are read in place, not sliced out into a copy.
-        if r1 - r0 < out
-            && let Some(part) = crate::frozen_matmul_cpu::matmul_nn_columns::<B>(&grad, r0, r1, &block)
-        {
-            acc = Some(match acc {
-                Some(a) => B::float_add(a, part),
-                None => part,
-            });
-            continue;
-        }
-        let g = if r0 == 0 && r1 == out {
-            grad.clone()
-        } else {
-            let rows = Slice { start: 0, end: Some(n as isize), step: 1 };
-            let cols = Slice { start: r0 as isize, end: Some(r1 as isize), step: 1 };
-            B::float_slice(grad.clone(), &[rows, cols])
-        };
-        let part = crate::frozen_matmul_cpu::matmul_nn::<B>(&g, &block).unwrap_or_else(|| B::float_matmul(g, block)); // [n, in]
+        let part = crate::frozen_matmul_cpu::matmul_nn_columns::<B>(&grad, r0, r1, &block).unwrap_or_else(|| {
+            let g = if r0 == 0 && r1 == out {
+                grad.clone()
+            } else {
+                let rows = Slice { start: 0, end: Some(n as isize), step: 1 };
+                let cols = Slice { start: r0 as isize, end: Some(r1 as isize), step: 1 };
+                B::float_slice(grad.clone(), &[rows, cols])
+            };
+            B::float_matmul(g, block)
+        }); // [n, in]
         acc = Some(match acc {
             Some(a) => B::float_add(a, part),
             None => part,

@@ -1,11 +1,11 @@
-//! The frozen matmul's products for a dense f32 weight on burn-flex, written straight into their
-//! output by the `gemm` crate: burn-flex allocates each matmul output as bytes and then copies it into
-//! a re-aligned allocation (`Bytes::from_bytes_vec`), which for a 152k-vocabulary head is 0.27 GB
-//! written twice per chunk of the loss, every page faulted in fresh; it also keeps products below
-//! 192³ multiply-adds on one thread.
+//! The frozen matmul's products on burn-flex in f32 (the stored f32 weight, or its blocks upcast or
+//! dequantized), written straight into their output by the `gemm` crate: burn-flex allocates each
+//! matmul output as bytes and then copies it into a re-aligned allocation (`Bytes::from_bytes_vec`),
+//! which for a 152k-vocabulary head is 0.27 GB written twice per chunk of the loss, every page
+//! faulted in fresh; it also keeps products below 192³ multiply-adds on one thread.
 //!
 //! The plain reference is burn's matmul in [`crate::frozen_matmul`], the path of every other case;
-//! the frozen-matmul test compares both on f32 weights.
+//! the frozen-matmul test compares both on f32, bf16 and NF4 weights, in one block and in several.
 
 use std::any::Any;
 
@@ -30,50 +30,12 @@ fn to_primitive<B: Backend>(t: FlexTensor) -> FloatTensor<B> {
     *(Box::new(t) as Box<dyn Any>).downcast::<FloatTensor<B>>().expect("B is burn-flex")
 }
 
-/// x·Wᵀ when both are f32 on burn-flex.
-///
-/// # Shapes
-/// - x: `[n, in]`, w: `[out, in]`
-/// - output: `[n, out]`
-pub(crate) fn matmul_nt<B: Backend>(x: &FloatTensor<B>, w: &FloatTensor<B>) -> Option<FloatTensor<B>> {
-    matmul::<B>(x, w, true)
-}
-
-/// g·W when both are f32 on burn-flex.
-///
-/// # Shapes
-/// - g: `[n, out]`, w: `[out, in]`
-/// - output: `[n, in]`
-pub(crate) fn matmul_nn<B: Backend>(g: &FloatTensor<B>, w: &FloatTensor<B>) -> Option<FloatTensor<B>> {
-    matmul::<B>(g, w, false)
-}
-
-/// a·Wᵀ (`transposed`) or a·W, both f32 on burn-flex; none when either is not, or the shapes do not
-/// chain.
-fn matmul<B: Backend>(a: &FloatTensor<B>, w: &FloatTensor<B>, transposed: bool) -> Option<FloatTensor<B>> {
-    let (af, wf) = (flex_f32::<B>(a)?, flex_f32::<B>(w)?);
-    let ([n, k], [w0, w1]) = (dims(af), dims(wf));
-    // W is [out, in]: Wᵀ is W read with its strides swapped.
-    let (k_w, m_out, rhs_strides) = if transposed { (w1, w0, (1, w1)) } else { (w0, w1, (w1, 1)) };
-    if k != k_w {
-        return None;
-    }
-    let (avs, wvs) = (f32_values(af), f32_values(wf));
-    let mut y = Unwritten::new(n * m_out);
-    // SAFETY: contiguous matrices with the strides given; the product writes all of y.
-    let y = unsafe {
-        let rhs = (wvs.as_ptr(), rhs_strides.0, rhs_strides.1);
-        gemm_f32([n, m_out, k], (y.ptr(), m_out, 1), (avs.as_ptr(), k, 1), rhs, false, 1.0, true);
-        y.assume_written()
-    };
-    Some(to_primitive::<B>(f32_tensor(y, &[n, m_out])))
-}
-
-/// x·Wᵀ with W materialised a block of rows at a time (`block(r0, r1)`, f32), each block's product
-/// written by `gemm` straight into its columns of the one output: no per-block outputs to
-/// concatenate (for a 152k-vocabulary head in bf16 or NF4, nine 38 MB products and a 155 MB copy per
-/// chunk of the loss). Each element is the same product as in a block's own output, so the same bits.
-/// None when x is not f32 on burn-flex (checked before any block is made).
+/// x·Wᵀ with W materialised a block of rows at a time (`block(r0, r1)`, f32; one block for a weight
+/// stored in f32), each block's product written by `gemm` straight into its columns of the one
+/// output: no per-block outputs to concatenate (for a 152k-vocabulary head in bf16 or NF4, nine 38 MB
+/// products and a 155 MB copy per chunk of the loss). Each element is the same product as in a
+/// block's own output, so the same bits. None when x is not f32 on burn-flex (checked before any
+/// block is made), or a block is not.
 ///
 /// # Shapes
 /// - x: `[n, in]`, blocks: row ranges covering `0..out`, each block `[r1 - r0, in]`
@@ -114,10 +76,10 @@ pub(crate) fn matmul_nt_blocks<B: Backend>(
     Some(to_primitive::<B>(f32_tensor(y, &[n, out])))
 }
 
-/// g[:, r0..r1]·W_block, g read in place with its row stride: no sliced copy of g's columns (for a
-/// 152k-vocabulary head in bf16 or NF4, nine 38 MB copies per chunk of the loss). The same product
-/// as on a copy, so the same bits. None when either is not f32 on burn-flex or the shapes do not
-/// chain.
+/// g[:, r0..r1]·W_block (all of g for a weight in one block), g read in place with its row stride:
+/// no sliced copy of g's columns (for a 152k-vocabulary head in bf16 or NF4, nine 38 MB copies per
+/// chunk of the loss). The same product as on a copy, so the same bits. None when either is not f32
+/// on burn-flex or the shapes do not chain.
 ///
 /// # Shapes
 /// - g: `[n, out]`, block: `[r1 - r0, in]`
