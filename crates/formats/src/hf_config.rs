@@ -129,24 +129,7 @@ fn default_eps() -> f64 {
 }
 
 /// A token id field that transformers writes as one id or a list of ids.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(untagged)]
-pub enum TokenIds {
-    /// One id.
-    One(u32),
-    /// Several ids (Llama 3 lists several EOS ids).
-    Many(Vec<u32>),
-}
-
-impl TokenIds {
-    /// The ids as a list.
-    pub fn to_vec(&self) -> Vec<u32> {
-        match self {
-            Self::One(i) => vec![*i],
-            Self::Many(v) => v.clone(),
-        }
-    }
-}
+pub type TokenIds = crate::one_or_many::OneOrMany<u32>;
 
 /// The frequency schedule of rotary position embeddings.
 #[derive(Debug, Clone, PartialEq)]

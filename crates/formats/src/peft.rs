@@ -87,24 +87,7 @@ pub struct AdapterConfig {
 }
 
 /// `layers_to_transform`: one index or a list.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum LayerIndices {
-    /// One layer.
-    One(usize),
-    /// Several layers.
-    Many(Vec<usize>),
-}
-
-impl LayerIndices {
-    /// The indices as a list.
-    pub fn to_vec(&self) -> Vec<usize> {
-        match self {
-            Self::One(i) => vec![*i],
-            Self::Many(v) => v.clone(),
-        }
-    }
-}
+pub type LayerIndices = crate::one_or_many::OneOrMany<usize>;
 
 fn default_peft_type() -> String {
     "LORA".into()
