@@ -17,6 +17,7 @@ use crate::linear::Linear;
 use crate::load_options::LoadOptions;
 use crate::norm::RmsNorm;
 use crate::rope::apply_rope;
+use crate::tiled_attention::{SCORE_VALUES, tiled_attention};
 use crate::weights::Weights;
 
 /// Which keys each query may see.
@@ -26,7 +27,8 @@ pub enum AttentionMask {
     Full,
     /// Query i sees keys 0..=i (no padding, no cache).
     Causal,
-    /// An explicit mask, `true` where attention is forbidden: `[batch, heads, q, k]`.
+    /// An explicit mask, `true` where attention is forbidden: `[batch, heads, q, k]`, the same for
+    /// every head, and hiding every later key (model.rs builds it so).
     Explicit(Tensor<4, Bool>),
 }
 
@@ -115,10 +117,40 @@ impl Attention {
         let q = apply_rope(q.swap_dims(1, 2), cos, sin); // [b, nh, t, hd]
         let k = apply_rope(k.swap_dims(1, 2), cos, sin); // [b, nkv, t, hd]
         let v = v.swap_dims(1, 2); // [b, nkv, t, hd]
-        let (k, v) = match cache {
-            Some(c) => c.append(k, v), // [b, nkv, past + t, hd]
-            None => (k, v),
+        let Some(cache) = cache else {
+            if !crate::cpu_kernel::reference_kernels() {
+                // Training and scoring off the CPU kernels (the GPUs): blocks of query rows, so that
+                // backward never keeps [b, nh, t, t] scores. model.rs builds every explicit mask
+                // causal, so its blocks too see only a prefix of the keys.
+                let (mask, causal) = match mask {
+                    AttentionMask::Full => (None, false),
+                    AttentionMask::Causal => (None, true),
+                    AttentionMask::Explicit(m) => (Some(m.clone()), true),
+                };
+                let out = tiled_attention(q, k, v, mask, causal, SCORE_VALUES); // [b, nh, t, hd]
+                return self.o_proj.forward(out.swap_dims(1, 2).reshape([b, t, nh * hd]));
+            }
+            return self.reference_attention(q, k, v, mask, b, t);
         };
+        let (k, v) = cache.append(k, v); // [b, nkv, past + t, hd]
+        self.reference_attention(q, k, v, mask, b, t)
+    }
+
+    /// burn's attention with repeated key/value heads: the cached path, and the reference.
+    ///
+    /// # Shapes
+    /// - q: `[b, heads, t, head_dim]`, k, v: `[b, kv_heads, keys, head_dim]`
+    /// - output: `[b, t, hidden]`
+    fn reference_attention(
+        &self,
+        q: Tensor<4>,
+        k: Tensor<4>,
+        v: Tensor<4>,
+        mask: &AttentionMask,
+        b: usize,
+        t: usize,
+    ) -> Tensor<3> {
+        let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let k = repeat_kv(k, nh / nkv); // [b, nh, tk, hd]
         let v = repeat_kv(v, nh / nkv);
         let (mask, is_causal) = match mask {

@@ -43,6 +43,7 @@ pub mod peft_config;
 pub mod random_model;
 pub mod rope;
 pub mod safetensors_write;
+pub mod tiled_attention;
 pub mod tokenizer;
 pub mod weights;
 

@@ -39,10 +39,15 @@ fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 
 /// Asserts a ≈ b within 1e-5 of b's largest magnitude (at least 1).
 fn close(what: &str, a: &[f32], b: &[f32]) {
+    close_within(what, a, b, 1e-5)
+}
+
+/// Asserts a ≈ b within `tol` of b's largest magnitude (at least 1).
+fn close_within(what: &str, a: &[f32], b: &[f32], tol: f32) {
     assert_eq!(a.len(), b.len(), "{what}: length");
     let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
     let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-    assert!(d <= 1e-5 * scale, "{what}: max |Δ| {d:e} (scale {scale})");
+    assert!(d <= tol * scale, "{what}: max |Δ| {d:e} (scale {scale})");
     assert!(a.iter().all(|v| v.is_finite()), "{what}: non-finite values");
 }
 
@@ -181,6 +186,81 @@ fn fused_attention_equals_reference_values_and_gradients() {
             }
         }
     }
+}
+
+/// The tiled attention (blocks of query rows, recomputed in backward: the GPUs' path) against
+/// burn's attention on `device`: values and the gradients of q, k and v within `tol` of the
+/// largest reference value. Blocks of 5 rows give uneven last blocks and growing causal prefixes;
+/// keys longer than the queries stand for cached keys before them.
+pub(crate) fn check_tiled_attention_on(device: &lora_core::burn::tensor::Device, tol: f32) {
+    use lora_core::tiled_attention::tiled_attention;
+    let leaf = |v: &[f32], shape: [usize; 4]| {
+        Tensor::<4>::from_data(TensorData::new(v.to_vec(), shape), device).autodiff().require_grad()
+    };
+    // (batch, seq, keys, heads, kv heads, head_dim)
+    for (b, t, tk, nh, nkv, hd) in
+        [(2usize, 9usize, 9usize, 2usize, 2usize, 8usize), (1, 23, 23, 6, 2, 16), (3, 4, 7, 3, 1, 5)]
+    {
+        let (q, k, v) =
+            (lcg(30, b * t * nh * hd, 1.5), lcg(31, b * tk * nkv * hd, 1.5), lcg(32, b * tk * nkv * hd, 1.0));
+        let dy = lcg(33, b * t * nh * hd, 1.0);
+        let past = tk - t;
+        // Explicit masks: causal with a hidden first key in row 0, and a non-causal one hiding
+        // every third key (never a query's own).
+        let causal_mask = |r: usize, i: usize, j: usize| j > past + i || (r == 0 && j == 0 && i + past != 0);
+        let other_mask = |_r: usize, i: usize, j: usize| j % 3 == 2 && j != past + i;
+        let tensor_mask = |f: &dyn Fn(usize, usize, usize) -> bool| {
+            let data: Vec<bool> = (0..b)
+                .flat_map(|r| (0..nh).flat_map(move |_| (0..t).flat_map(move |i| (0..tk).map(move |j| (r, i, j)))))
+                .map(|(r, i, j)| f(r, i, j))
+                .collect();
+            Tensor::<4, Bool>::from_data(TensorData::new(data, [b, nh, t, tk]), device)
+        };
+        let cases = [
+            ("full", None, false),
+            ("causal", None, true),
+            ("explicit causal", Some(tensor_mask(&causal_mask)), true),
+            ("explicit", Some(tensor_mask(&other_mask)), false),
+        ];
+        for (name, mask, causal) in cases {
+            let run = |tiled: bool| {
+                let (ql, kl, vl) = (leaf(&q, [b, nh, t, hd]), leaf(&k, [b, nkv, tk, hd]), leaf(&v, [b, nkv, tk, hd]));
+                let y = if tiled {
+                    tiled_attention(ql.clone(), kl.clone(), vl.clone(), mask.clone(), causal, b * nh * tk * 5)
+                } else {
+                    let rep = |x: Tensor<4>| {
+                        x.unsqueeze_dim::<5>(2).expand([b, nkv, nh / nkv, tk, hd]).reshape([b, nh, tk, hd])
+                    };
+                    // An explicit causal mask already hides the later keys.
+                    let is_causal = causal && mask.is_none();
+                    let options = AttentionModuleOptions { scale: None, softcap: None, is_causal };
+                    attention(ql.clone(), rep(kl.clone()), rep(vl.clone()), mask.clone(), None, options)
+                };
+                let g = Tensor::<4>::from_data(TensorData::new(dy.clone(), [b, nh, t, hd]), device);
+                let grads = (y.clone() * g).sum().backward();
+                [
+                    values(y),
+                    values(ql.grad(&grads).unwrap()),
+                    values(kl.grad(&grads).unwrap()),
+                    values(vl.grad(&grads).unwrap()),
+                ]
+            };
+            let (a, r) = (run(true), run(false));
+            for (i, what) in ["o", "∂q", "∂k", "∂v"].iter().enumerate() {
+                close_within(
+                    &format!("tiled attention {name} [{b},{t}/{tk},{nh}/{nkv},{hd}] {what}"),
+                    &a[i],
+                    &r[i],
+                    tol,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn tiled_attention_equals_reference_values_and_gradients() {
+    check_tiled_attention_on(&default_device(), 1e-5);
 }
 
 #[test]

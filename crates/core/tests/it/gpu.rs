@@ -17,6 +17,13 @@ use crate::parity::check_architecture_on;
 
 const TOL: f32 = 1e-4;
 
+/// The tiled attention's values and gradients against burn's attention, both on the GPU.
+#[test]
+fn gpu_tiled_attention_equals_reference_values_and_gradients() {
+    let Some(device) = gpu_device() else { return };
+    crate::fused::check_tiled_attention_on(&device, TOL);
+}
+
 #[test]
 fn gpu_every_architecture_matches_transformers() {
     let Some(device) = gpu_device() else { return };
