@@ -131,6 +131,15 @@ fn cuda_driver_present() -> bool {
     dirs.iter().any(|d| d.join("libcuda.so.1").exists() || d.join("libcuda.so").exists())
 }
 
+/// Whether `device` is one of the CPU backends (flex, ndarray).
+pub fn is_cpu(device: &Device) -> bool {
+    #[cfg(feature = "ndarray")]
+    if device.clone().inner() == Device::ndarray() {
+        return true;
+    }
+    device.clone().inner() == Device::flex()
+}
+
 /// The default device: the CPU through burn-flex.
 pub fn default_device() -> Device {
     Device::flex()

@@ -9,8 +9,12 @@
 //! exist only inside the call, a block of rows at a time: at most [`BLOCK_VALUES`] values, so even a
 //! 128k-vocabulary head never exists in f32 whole. Nothing of x is saved: W alone gives ∂L/∂x.
 //!
+//! With a compute dtype (bf16 for a bf16 base on a GPU: `LoadOptions::compute_dtype`), x and ∂L/∂y
+//! are rounded to it going in, the products run in it (tensor cores, f32 accumulation) and come
+//! back in x's dtype, as torch's autocast does for a linear layer.
+//!
 //! The plain reference is `x.matmul(W.to_f32().transpose())`; the tests check values and
-//! gradients against it. Every base weight goes through here, f32 included: saving nothing of x
+//! gradients against it, and the compute dtype's products against the same products in bf16. Every base weight goes through here, f32 included: saving nothing of x
 //! also makes the f32 path lighter than burn's own matmul under autodiff.
 
 // burn-ndarray (the `ndarray` feature, kept for benchmarks) is deprecated in burn 0.22; the extension
@@ -38,24 +42,35 @@ pub const BLOCK_VALUES: usize = 16 << 20;
 /// The frozen-weight matmul, implemented for the backends lora runs on.
 #[backend_extension(Flex, NdArray: cfg(feature = "ndarray"), Cube: cfg(any(feature = "cuda", feature = "wgpu")), Autodiff)]
 pub trait FrozenMatmulBackend: Backend {
-    /// x · cast(w)ᵀ with `w` a dense constant of any float dtype.
+    /// x · cast(w)ᵀ with `w` a dense constant of any float dtype, the product computed in `compute`
+    /// (x's dtype when `None`) and returned in x's dtype.
     ///
     /// # Shapes
     /// - x: `[n, in]`, w: `[out, in]`
     /// - output: `[n, out]`
-    fn frozen_dense_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>, block: usize) -> FloatTensor<Self> {
+    fn frozen_dense_matmul(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        block: usize,
+        compute: Option<FloatDType>,
+    ) -> FloatTensor<Self> {
         let source = Source::Dense(w, block);
-        forward::<Self>(x, &source)
+        forward::<Self>(x, &source, compute)
     }
 
-    /// x · dequant(w)ᵀ with `w` packed as NF4 on the host.
+    /// x · dequant(w)ᵀ with `w` packed as NF4 on the host, computed as for a dense weight.
     ///
     /// # Shapes
     /// - x: `[n, in]`, w: `[out, in]`
     /// - output: `[n, out]`
-    fn frozen_nf4_matmul(x: FloatTensor<Self>, w: Arc<Nf4Tensor>, block: usize) -> FloatTensor<Self> {
+    fn frozen_nf4_matmul(
+        x: FloatTensor<Self>,
+        w: Arc<Nf4Tensor>,
+        block: usize,
+        compute: Option<FloatDType>,
+    ) -> FloatTensor<Self> {
         let source = Source::Nf4(w, block);
-        forward::<Self>(x, &source)
+        forward::<Self>(x, &source, compute)
     }
 }
 
@@ -131,8 +146,18 @@ impl<B: Backend> Source<B> {
     }
 }
 
-/// y = x · Wᵀ, W materialised a block of rows at a time.
-fn forward<B: Backend>(x: FloatTensor<B>, w: &Source<B>) -> FloatTensor<B> {
+/// y = x · Wᵀ in `compute`, returned in x's dtype: with f32 activations and `compute` bf16, a bf16
+/// product on a GPU (tensor cores, f32 accumulation), as under torch's autocast.
+fn forward<B: Backend>(x: FloatTensor<B>, w: &Source<B>, compute: Option<FloatDType>) -> FloatTensor<B> {
+    let dtype: FloatDType = x.dtype().into();
+    match compute {
+        Some(c) if c != dtype => B::float_cast(forward_in_own_dtype::<B>(B::float_cast(x, c), w), dtype),
+        _ => forward_in_own_dtype::<B>(x, w),
+    }
+}
+
+/// y = x · Wᵀ in x's dtype.
+fn forward_in_own_dtype<B: Backend>(x: FloatTensor<B>, w: &Source<B>) -> FloatTensor<B> {
     let dtype: FloatDType = x.dtype().into();
     let device = x.device();
     if w.dims()[0] == 0 {
@@ -154,14 +179,21 @@ fn forward<B: Backend>(x: FloatTensor<B>, w: &Source<B>) -> FloatTensor<B> {
     if parts.len() == 1 { parts.into_iter().next().expect("one block") } else { B::float_cat(parts, 1) }
 }
 
-/// ∂L/∂x = ∂L/∂y · W, summed over the row blocks of W.
-fn input_grad<B: Backend>(grad: FloatTensor<B>, w: &Source<B>) -> FloatTensor<B> {
+/// ∂L/∂x = ∂L/∂y · W, each block's product in `compute` (∂L/∂y's dtype when `None`), summed over
+/// the row blocks of W in ∂L/∂y's dtype (a bf16 sum of the blocks' partial products would round
+/// each of them again).
+fn input_grad<B: Backend>(grad: FloatTensor<B>, w: &Source<B>, compute: Option<FloatDType>) -> FloatTensor<B> {
+    let acc_dtype: FloatDType = grad.dtype().into();
+    let grad = match compute {
+        Some(c) if c != acc_dtype => B::float_cast(grad, c),
+        _ => grad,
+    };
     let dtype: FloatDType = grad.dtype().into();
     let device = grad.device();
     let n = grad.shape()[0];
     let [out, d_in] = w.dims();
     if out == 0 {
-        return B::float_zeros([n, d_in].into(), &device, dtype);
+        return B::float_zeros([n, d_in].into(), &device, acc_dtype);
     }
     let mut acc: Option<FloatTensor<B>> = None;
     for (r0, r1) in w.blocks(dtype) {
@@ -177,6 +209,7 @@ fn input_grad<B: Backend>(grad: FloatTensor<B>, w: &Source<B>) -> FloatTensor<B>
             };
             B::float_matmul(g, block)
         }); // [n, in]
+        let part = if dtype == acc_dtype { part } else { B::float_cast(part, acc_dtype) };
         acc = Some(match acc {
             Some(a) => B::float_add(a, part),
             None => part,
@@ -189,58 +222,81 @@ fn input_grad<B: Backend>(grad: FloatTensor<B>, w: &Source<B>) -> FloatTensor<B>
 struct FrozenMatmulBackward;
 
 impl<B: Backend> Backward<B, 1> for FrozenMatmulBackward {
-    type State = Source<B>;
+    type State = (Source<B>, Option<FloatDType>);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
         let [node_x] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
         if let Some(node) = node_x {
-            grads.register::<B>(node.id, input_grad::<B>(grad, &ops.state));
+            let (source, compute) = &ops.state;
+            grads.register::<B>(node.id, input_grad::<B>(grad, source, *compute));
         }
     }
 }
 
 impl<B: Backend, C: CheckpointStrategy> FrozenMatmulBackend for Autodiff<B, C> {
-    fn frozen_dense_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>, block: usize) -> FloatTensor<Self> {
+    fn frozen_dense_matmul(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        block: usize,
+        compute: Option<FloatDType>,
+    ) -> FloatTensor<Self> {
         // The weight is a constant: its inner tensor is all the backward needs.
         let source = Source::<B>::Dense(w.into_primitive(), block);
-        autodiff_forward::<B, C>(x, source)
+        autodiff_forward::<B, C>(x, source, compute)
     }
 
-    fn frozen_nf4_matmul(x: FloatTensor<Self>, w: Arc<Nf4Tensor>, block: usize) -> FloatTensor<Self> {
-        autodiff_forward::<B, C>(x, Source::<B>::Nf4(w, block))
+    fn frozen_nf4_matmul(
+        x: FloatTensor<Self>,
+        w: Arc<Nf4Tensor>,
+        block: usize,
+        compute: Option<FloatDType>,
+    ) -> FloatTensor<Self> {
+        autodiff_forward::<B, C>(x, Source::<B>::Nf4(w, block), compute)
     }
 }
 
 fn autodiff_forward<B: Backend, C: CheckpointStrategy>(
     x: FloatTensor<Autodiff<B, C>>,
     source: Source<B>,
+    compute: Option<FloatDType>,
 ) -> FloatTensor<Autodiff<B, C>> {
     match FrozenMatmulBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
         OpsKind::Tracked(prep) => {
-            let out = forward::<B>(x.into_primitive(), &source);
-            prep.finish(source, out)
+            let out = forward::<B>(x.into_primitive(), &source, compute);
+            prep.finish((source, compute), out)
         }
-        OpsKind::UnTracked(prep) => prep.finish(forward::<B>(x.into_primitive(), &source)),
+        OpsKind::UnTracked(prep) => prep.finish(forward::<B>(x.into_primitive(), &source, compute)),
     }
 }
 
-/// x · Wᵀ for a frozen weight that is not dense f32 (those use burn's matmul directly).
+/// x · Wᵀ for a frozen weight, in x's dtype.
 ///
 /// # Shapes
 /// - x: `[n, in]`
 /// - output: `[n, out]`
 pub fn frozen_matmul(x: Tensor<2>, w: &BaseWeight) -> Tensor<2> {
-    frozen_matmul_blocked(x, w, BLOCK_VALUES)
+    frozen_matmul_in(x, w, None, BLOCK_VALUES)
 }
 
 /// [`frozen_matmul`] materialising at most `block` values of W at once (whole rows, at least one).
 pub fn frozen_matmul_blocked(x: Tensor<2>, w: &BaseWeight, block: usize) -> Tensor<2> {
+    frozen_matmul_in(x, w, None, block)
+}
+
+/// [`frozen_matmul_blocked`] with the product (forward and backward) computed in `compute` and
+/// returned in x's dtype.
+pub fn frozen_matmul_in(x: Tensor<2>, w: &BaseWeight, compute: Option<FloatDType>, block: usize) -> Tensor<2> {
     let out = match w {
-        BaseWeight::Dense(t) => {
-            <Dispatch as FrozenMatmulBackend>::frozen_dense_matmul(x.into_dispatch(), t.clone().into_dispatch(), block)
+        BaseWeight::Dense(t) => <Dispatch as FrozenMatmulBackend>::frozen_dense_matmul(
+            x.into_dispatch(),
+            t.clone().into_dispatch(),
+            block,
+            compute,
+        ),
+        BaseWeight::Nf4(q) => {
+            <Dispatch as FrozenMatmulBackend>::frozen_nf4_matmul(x.into_dispatch(), q.clone(), block, compute)
         }
-        BaseWeight::Nf4(q) => <Dispatch as FrozenMatmulBackend>::frozen_nf4_matmul(x.into_dispatch(), q.clone(), block),
     };
     Tensor::from_dispatch(out)
 }

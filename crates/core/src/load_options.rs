@@ -1,6 +1,6 @@
 //! How the frozen base is held in memory: its dtype and whether the decoder's linear layers are
 //! stored as NF4 (QLoRA). Activations, LoRA's A and B and their optimizer state are f32 whatever
-//! these say.
+//! these say; on a GPU a bf16 base's products run in bf16 ([`LoadOptions::compute_dtype`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -17,7 +17,8 @@ pub enum BaseDtype {
     /// 4 bytes per value; the exact path (burn's own matmul).
     #[default]
     F32,
-    /// 2 bytes per value; upcast to f32 a block at a time when multiplied.
+    /// 2 bytes per value; upcast to f32 a block at a time when multiplied on the CPU, multiplied in
+    /// bf16 on a GPU.
     Bf16,
     /// 2 bytes per value; upcast to f32 a block at a time when multiplied.
     F16,
@@ -120,4 +121,17 @@ pub struct LoadOptions {
     pub dtype: BaseDtype,
     /// Quantization of the decoder's linear layers.
     pub quantize: Quantize,
+}
+
+impl LoadOptions {
+    /// The dtype the base's products run in on `device`: bf16 for a bf16 base (dense or NF4, as
+    /// QLoRA's `bnb_4bit_compute_dtype`) on a GPU, where bf16 tensor cores are several times faster
+    /// than f32; otherwise the activations' f32 (`None`).
+    ///
+    /// Not on the CPU: burn-flex converts bf16 operands to f32 inside each matmul, so a bf16
+    /// product there would be slower and no more than a rounding of the f32 one. Not for f16: an f16
+    /// product overflows at 65,504, which activations of real models reach.
+    pub fn compute_dtype(&self, device: &burn::tensor::Device) -> Option<burn::tensor::FloatDType> {
+        (self.dtype == BaseDtype::Bf16 && !crate::backend::is_cpu(device)).then_some(burn::tensor::FloatDType::BF16)
+    }
 }

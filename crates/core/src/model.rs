@@ -175,7 +175,7 @@ impl CausalLm {
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::load(w, "model.norm", cfg.hidden_size, cfg.rms_norm_eps, device)?;
         let lm_head = if cfg.tie_word_embeddings {
-            Linear::from_weight(embed.clone())
+            Linear { compute: opts.compute_dtype(device), ..Linear::from_weight(embed.clone()) }
         } else {
             Linear::load(w, "lm_head", (cfg.hidden_size, cfg.vocab_size), false, opts, false, device)?
         };

@@ -50,8 +50,9 @@ fn gpu_nf4_and_bf16_bases_match_their_references() {
     let d = max_abs_diff(&ours, &golden_f32(&g, "logits.nf4-dq.adapter-qv").0);
     assert!(d <= TOL, "nf4-dq + adapter on the GPU: max |Δ| {d:e}");
 
-    // bf16 and f16 storage where the device has them (the bf16 file's values are exact in f16);
-    // where it has not (WGSL has no bf16), loading says so instead of computing garbage.
+    // bf16 and f16 storage where the device has them (the bf16 file's values are exact in f16; a
+    // bf16 base computes in bf16 on CUDA); where it has not (WGSL has no bf16), loading says so
+    // instead of computing garbage.
     let f32_model = CausalLm::load_dir(model_dir("llama-bf16"), &device).unwrap();
     let a = to_f32_vec(f32_model.forward(&batch, None).unwrap()).unwrap();
     for dtype in [BaseDtype::Bf16, BaseDtype::F16] {
@@ -59,7 +60,14 @@ fn gpu_nf4_and_bf16_bases_match_their_references() {
         if device.supports_dtype(dtype.dtype()) {
             let model = CausalLm::load_dir_with(model_dir("llama-bf16"), &device, &opts).unwrap();
             let b = to_f32_vec(model.forward(&batch, None).unwrap()).unwrap();
-            assert!(max_abs_diff(&a, &b) <= 1e-5, "{dtype} storage on the GPU: max |Δ| {:e}", max_abs_diff(&a, &b));
+            let d = max_abs_diff(&a, &b);
+            if opts.compute_dtype(&device).is_some() {
+                // Products in bf16 (CUDA): bf16's rounding, as on the CPU when forced (quant.rs).
+                let scale = a.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+                assert!(d > 0.0 && d <= 0.02 * scale, "{dtype} compute on the GPU: max |Δ| {d:e} (scale {scale})");
+            } else {
+                assert!(d <= 1e-5, "{dtype} storage on the GPU: max |Δ| {d:e}");
+            }
         } else {
             let e = CausalLm::load_dir_with(model_dir("llama-bf16"), &device, &opts).err().expect("refused");
             assert!(e.to_string().contains(&format!("cannot compute in {dtype}")), "{e}");

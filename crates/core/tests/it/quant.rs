@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use lora_core::adapter::load_adapter;
 use lora_core::base_weight::BaseWeight;
-use lora_core::burn::tensor::{DType, Tensor, TensorCreationOptions, TensorData};
+use lora_core::burn::tensor::{DType, FloatDType, Tensor, TensorCreationOptions, TensorData};
 use lora_core::chunked_loss::head_loss_chunked;
-use lora_core::frozen_matmul::frozen_matmul_blocked;
+use lora_core::frozen_matmul::{frozen_matmul_blocked, frozen_matmul_in};
 use lora_core::host::to_f32_vec;
 use lora_core::loss::shifted_cross_entropy_sum;
 use lora_core::model::{CausalLm, TokenBatch};
@@ -205,6 +205,79 @@ fn frozen_matmul_equals_plain_reference_values_and_gradients() {
             }
         }
     }
+}
+
+/// The base's products in bf16 (the GPUs' compute for a bf16 base, forced here on the CPU): the
+/// output and ∂x come back in f32, equal to the bf16 product of the bf16-rounded operands (one
+/// block: bit for bit; NF4 in blocks: the blocks' bf16 partial products summed in f32), and differ
+/// from the f32 product by bf16 rounding only.
+#[test]
+fn frozen_matmul_in_bf16_is_the_bf16_product() {
+    let device = default_device();
+    let lcg = |seed: u64, n: usize| -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
+            })
+            .collect()
+    };
+    let bf16 = |t: Tensor<2>| t.cast(DType::BF16);
+    let (n, d_in, d_out) = (9usize, 96usize, 130usize);
+    let (wv, xv, gv) = (lcg(1, d_out * d_in), lcg(2, n * d_in), lcg(3, n * d_out));
+    let dense = BaseWeight::Dense(bf16(Tensor::<2>::from_data(TensorData::new(wv.clone(), [d_out, d_in]), &device)));
+    let nf4 = BaseWeight::Nf4(Arc::new(Nf4Tensor::quantize(&wv, &[d_out, d_in], false)));
+    for (name, w, block, exact) in [("bf16", &dense, usize::MAX, true), ("nf4", &nf4, 40 * d_in, false)] {
+        let x = Tensor::<2>::from_data(TensorData::new(xv.clone(), [n, d_in]), &device).autodiff().require_grad();
+        let grad_y = Tensor::<2>::from_data(TensorData::new(gv.clone(), [n, d_out]), &device);
+        let y = frozen_matmul_in(x.clone(), w, Some(FloatDType::BF16), block);
+        assert_eq!(y.dtype(), DType::F32, "{name}: the output keeps x's dtype");
+        let gx = x.grad(&(y.clone() * grad_y.clone()).sum().backward()).unwrap();
+        assert_eq!(gx.dtype(), DType::F32, "{name}: ∂x keeps x's dtype");
+
+        let wb = bf16(w.to_f32(&device)); // [out, in]
+        let xb = bf16(Tensor::<2>::from_data(TensorData::new(xv.clone(), [n, d_in]), &device));
+        let yr = to_f32_vec(xb.matmul(wb.clone().transpose()).cast(DType::F32)).unwrap();
+        let gr = to_f32_vec(bf16(grad_y.clone()).matmul(wb).cast(DType::F32)).unwrap();
+        let (y, gx) = (to_f32_vec(y.inner()).unwrap(), to_f32_vec(gx).unwrap());
+        let scale = |v: &[f32]| v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        let (dy, dg) = (max_abs_diff(&y, &yr), max_abs_diff(&gx, &gr));
+        if exact {
+            assert!(dy == 0.0 && dg == 0.0, "{name}: y {dy:e}, ∂x {dg:e} from the bf16 product");
+        } else {
+            // Each block's partial sum is rounded to bf16 once: within 2⁻⁸ of the largest value.
+            let (ty, tg) = (scale(&yr) / 256.0, scale(&gr) / 256.0);
+            assert!(dy <= ty && dg <= tg, "{name}: y {dy:e} (≤ {ty:e}), ∂x {dg:e} (≤ {tg:e})");
+        }
+
+        // And really in bf16: not the f32 product, but within bf16's rounding of it.
+        let xf = Tensor::<2>::from_data(TensorData::new(xv.clone(), [n, d_in]), &device);
+        let yf = to_f32_vec(xf.matmul(w.to_f32(&device).transpose())).unwrap();
+        let d = max_abs_diff(&y, &yf);
+        assert!(d > 0.0 && d <= scale(&yf) / 64.0, "{name}: {d:e} from the f32 product (scale {})", scale(&yf));
+    }
+}
+
+/// A bf16 base with its products in bf16 (as on a GPU) gives the logits of the f32-compute run within
+/// bf16's rounding (2% of the largest logit on the 2-layer fixture), and not the same ones.
+#[test]
+fn bf16_compute_gives_the_f32_logits_within_bf16_rounding() {
+    let device = default_device();
+    let g = SafetensorsFile::open(fixtures().join("qlora/golden.safetensors")).unwrap();
+    let (ids, shape) = golden_i64(&g, "input_ids");
+    let batch = TokenBatch::rows(ids.chunks(shape[1]).map(|r| r.iter().map(|&i| i as u32).collect()).collect());
+    let opts = LoadOptions { dtype: BaseDtype::Bf16, quantize: Quantize::None };
+    assert_eq!(opts.compute_dtype(&device), None, "the CPU computes a bf16 base in f32");
+    let mut model = CausalLm::load_dir_with(model_dir("llama-bf16"), &device, &opts).unwrap();
+    let f32_logits = to_f32_vec(model.forward(&batch, None).unwrap()).unwrap();
+    for (_, linear) in model.linear_modules_mut() {
+        linear.compute = Some(FloatDType::BF16);
+    }
+    let bf16_logits = to_f32_vec(model.forward(&batch, None).unwrap()).unwrap();
+    let scale = f32_logits.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    let d = max_abs_diff(&bf16_logits, &f32_logits);
+    assert!(d > 0.0 && d <= 0.02 * scale, "bf16 compute: max |Δ| {d:e} against the f32 compute (scale {scale})");
 }
 
 /// The chunked loss over labelled rows equals the full-logits loss within 1e-6 relative, and so do
