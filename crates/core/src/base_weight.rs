@@ -7,13 +7,18 @@ use std::sync::Arc;
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use lora_merge::nf4::Nf4Tensor;
 
+use crate::nf4_device::DeviceNf4;
+
 /// The stored weight `[out, in]` of a frozen linear layer.
 #[derive(Debug, Clone)]
 pub enum BaseWeight {
     /// A dense tensor in the dtype the base is held in.
     Dense(Tensor<2>),
-    /// 4-bit NormalFloat, bitsandbytes' layout, on the host; dequantized block by block when used.
+    /// 4-bit NormalFloat, bitsandbytes' layout, on the host; dequantized block by block when used
+    /// (the CPU's NF4).
     Nf4(Arc<Nf4Tensor>),
+    /// 4-bit NormalFloat on the compute device, dequantized there block by block (a GPU's NF4).
+    Nf4Device(Arc<DeviceNf4>),
 }
 
 impl BaseWeight {
@@ -22,6 +27,7 @@ impl BaseWeight {
         match self {
             Self::Dense(t) => t.dims(),
             Self::Nf4(q) => [q.shape[0], q.shape[1]],
+            Self::Nf4Device(q) => q.shape,
         }
     }
 
@@ -30,6 +36,7 @@ impl BaseWeight {
         match self {
             Self::Dense(t) => t.dims().iter().product::<usize>() * t.dtype().size(),
             Self::Nf4(q) => q.bytes(),
+            Self::Nf4Device(q) => q.bytes(),
         }
     }
 
@@ -38,6 +45,7 @@ impl BaseWeight {
         match self {
             Self::Dense(t) => t.clone().cast(DType::F32),
             Self::Nf4(q) => Tensor::from_data(TensorData::new(q.dequantize(), q.shape.clone()), device),
+            Self::Nf4Device(q) => q.to_f32(),
         }
     }
 }

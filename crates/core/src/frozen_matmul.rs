@@ -27,7 +27,7 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::tensor::FloatTensor;
+use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, Slice, TensorMetadata, backend_extension};
 use burn::tensor::{FloatDType, Tensor, TensorData};
 use lora_merge::nf4::Nf4Tensor;
@@ -55,6 +55,24 @@ pub trait FrozenMatmulBackend: Backend {
         compute: Option<FloatDType>,
     ) -> FloatTensor<Self> {
         let source = Source::Dense(w, block);
+        forward::<Self>(x, &source, compute)
+    }
+
+    /// x · dequant(w)ᵀ with `w` packed as NF4 on the device (`words`, `absmax`: see
+    /// [`crate::nf4_device`]), computed as for a dense weight.
+    ///
+    /// # Shapes
+    /// - x: `[n, in]`, the weight: `shape` = `[out, in]`
+    /// - output: `[n, out]`
+    fn frozen_nf4_device_matmul(
+        x: FloatTensor<Self>,
+        words: IntTensor<Self>,
+        absmax: FloatTensor<Self>,
+        shape: [usize; 2],
+        block: usize,
+        compute: Option<FloatDType>,
+    ) -> FloatTensor<Self> {
+        let source = Source::Nf4Device { words, absmax, shape, block };
         forward::<Self>(x, &source, compute)
     }
 
@@ -88,6 +106,7 @@ impl FrozenMatmulBackend for burn::backend::Cube {}
 enum Source<B: Backend> {
     Dense(FloatTensor<B>, usize),
     Nf4(Arc<Nf4Tensor>, usize),
+    Nf4Device { words: IntTensor<B>, absmax: FloatTensor<B>, shape: [usize; 2], block: usize },
 }
 
 impl<B: Backend> Source<B> {
@@ -98,6 +117,7 @@ impl<B: Backend> Source<B> {
                 [s[0], s[1]]
             }
             Self::Nf4(q, _) => [q.shape[0], q.shape[1]],
+            Self::Nf4Device { shape, .. } => *shape,
         }
     }
 
@@ -126,6 +146,9 @@ impl<B: Backend> Source<B> {
                 let block = B::float_from_data(TensorData::new(values, [r1 - r0, d_in]), device);
                 B::float_cast(block, dtype)
             }
+            Self::Nf4Device { words, absmax, .. } => {
+                B::float_cast(crate::nf4_device::dequantize_rows::<B>(words, absmax, d_in, r0, r1), dtype)
+            }
         }
     }
 
@@ -140,7 +163,7 @@ impl<B: Backend> Source<B> {
         {
             return vec![(0, out)];
         }
-        let (Self::Dense(_, block) | Self::Nf4(_, block)) = self;
+        let (Self::Dense(_, block) | Self::Nf4(_, block) | Self::Nf4Device { block, .. }) = self;
         let per = (block / d_in.max(1)).max(1);
         (0..out).step_by(per).map(|r0| (r0, (r0 + per).min(out))).collect()
     }
@@ -254,6 +277,19 @@ impl<B: Backend, C: CheckpointStrategy> FrozenMatmulBackend for Autodiff<B, C> {
     ) -> FloatTensor<Self> {
         autodiff_forward::<B, C>(x, Source::<B>::Nf4(w, block), compute)
     }
+
+    fn frozen_nf4_device_matmul(
+        x: FloatTensor<Self>,
+        words: IntTensor<Self>,
+        absmax: FloatTensor<Self>,
+        shape: [usize; 2],
+        block: usize,
+        compute: Option<FloatDType>,
+    ) -> FloatTensor<Self> {
+        // Integer tensors have no autodiff wrapper; the scales are a constant.
+        let source = Source::<B>::Nf4Device { words, absmax: absmax.into_primitive(), shape, block };
+        autodiff_forward::<B, C>(x, source, compute)
+    }
 }
 
 fn autodiff_forward<B: Backend, C: CheckpointStrategy>(
@@ -297,6 +333,14 @@ pub fn frozen_matmul_in(x: Tensor<2>, w: &BaseWeight, compute: Option<FloatDType
         BaseWeight::Nf4(q) => {
             <Dispatch as FrozenMatmulBackend>::frozen_nf4_matmul(x.into_dispatch(), q.clone(), block, compute)
         }
+        BaseWeight::Nf4Device(q) => <Dispatch as FrozenMatmulBackend>::frozen_nf4_device_matmul(
+            x.into_dispatch(),
+            q.words.clone().into_dispatch(),
+            q.absmax.clone().into_dispatch(),
+            q.shape,
+            block,
+            compute,
+        ),
     };
     Tensor::from_dispatch(out)
 }

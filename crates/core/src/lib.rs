@@ -38,6 +38,7 @@ pub mod lora;
 pub mod loss;
 pub mod mlp;
 pub mod model;
+pub mod nf4_device;
 pub mod norm;
 pub mod peft_config;
 pub mod random_model;

@@ -13,6 +13,7 @@ use crate::error::Result;
 use crate::frozen_matmul::{BLOCK_VALUES, frozen_matmul_in};
 use crate::load_options::{LoadOptions, Quantize};
 use crate::lora::LoraAdapter;
+use crate::nf4_device::DeviceNf4;
 use crate::weights::Weights;
 
 /// y = x·Wᵀ + b, plus the low-rank updates of any attached LoRA adapters.
@@ -46,7 +47,13 @@ impl Linear {
         let name = format!("{prefix}.weight");
         let weight = match opts.quantize {
             Quantize::Nf4 { double_quant } if quantizable => {
-                BaseWeight::Nf4(std::sync::Arc::new(w.nf4(&name, [d_out, d_in], double_quant, opts.dtype.dtype())?))
+                let q = w.nf4(&name, [d_out, d_in], double_quant, opts.dtype.dtype())?;
+                if crate::backend::is_cpu(device) {
+                    BaseWeight::Nf4(std::sync::Arc::new(q))
+                } else {
+                    // On a GPU the codes live and are dequantized there (nf4_device.rs).
+                    BaseWeight::Nf4Device(std::sync::Arc::new(DeviceNf4::upload(&q, device)))
+                }
             }
             _ => BaseWeight::Dense(w.tensor_as(&name, [d_out, d_in], opts.dtype.dtype(), device)?),
         };

@@ -7,6 +7,7 @@
 //! far less than 1e-4.
 
 use lora_core::adapter::load_adapter;
+use lora_core::base_weight::BaseWeight;
 use lora_core::host::to_f32_vec;
 use lora_core::model::{CausalLm, TokenBatch};
 use lora_core::{BaseDtype, LoadOptions, Quantize};
@@ -16,6 +17,13 @@ use crate::common::*;
 use crate::parity::check_architecture_on;
 
 const TOL: f32 = 1e-4;
+
+/// NF4 codes dequantized on the GPU: the host's values bit for bit.
+#[test]
+fn gpu_device_nf4_dequantizes_to_the_host_values_bit_for_bit() {
+    let Some(device) = gpu_device() else { return };
+    crate::quant::check_device_nf4_on(&device);
+}
 
 /// The tiled attention's values and gradients against burn's attention, both on the GPU.
 #[test]
@@ -32,7 +40,7 @@ fn gpu_every_architecture_matches_transformers() {
     }
 }
 
-/// The NF4 base (dequantized on the host a block of rows at a time, then uploaded) and bf16 storage
+/// The NF4 base (its codes on the GPU, dequantized there a block of rows at a time) and bf16 storage
 /// on the GPU, against bitsandbytes' logits and the f32 load.
 #[test]
 fn gpu_nf4_and_bf16_bases_match_their_references() {
@@ -42,6 +50,8 @@ fn gpu_nf4_and_bf16_bases_match_their_references() {
     let batch = TokenBatch::rows(ids.chunks(shape[1]).map(|r| r.iter().map(|&i| i as u32).collect()).collect());
     let opts = LoadOptions { dtype: BaseDtype::F32, quantize: Quantize::Nf4 { double_quant: true } };
     let mut model = CausalLm::load_dir_with(model_dir("llama"), &device, &opts).unwrap();
+    let on_device = matches!(model.model.layers[0].mlp.down_proj.weight, BaseWeight::Nf4Device(_));
+    assert!(on_device, "a GPU's NF4 codes stay on the GPU");
     let d =
         max_abs_diff(&to_f32_vec(model.forward(&batch, None).unwrap()).unwrap(), &golden_f32(&g, "logits.nf4-dq").0);
     assert!(d <= TOL, "nf4-dq on the GPU: max |Δ| {d:e}");

@@ -12,6 +12,7 @@ use lora_core::frozen_matmul::{frozen_matmul_blocked, frozen_matmul_in};
 use lora_core::host::to_f32_vec;
 use lora_core::loss::shifted_cross_entropy_sum;
 use lora_core::model::{CausalLm, TokenBatch};
+use lora_core::nf4_device::DeviceNf4;
 use lora_core::weights::Weights;
 use lora_core::{BaseDtype, LoadOptions, Quantize, default_device};
 use lora_formats::safetensors::SafetensorsFile;
@@ -182,10 +183,12 @@ fn frozen_matmul_equals_plain_reference_values_and_gradients() {
             TensorData::new(wv.clone(), [d_out, d_in]).convert_dtype(DType::BF16),
             TensorCreationOptions::new(device.clone()).with_dtype(DType::BF16),
         ));
-        let nf4 = BaseWeight::Nf4(Arc::new(Nf4Tensor::quantize(&wv, &[d_out, d_in], false)));
+        let q = Nf4Tensor::quantize(&wv, &[d_out, d_in], false);
+        let nf4_device = BaseWeight::Nf4Device(Arc::new(DeviceNf4::upload(&q, &device)));
+        let nf4 = BaseWeight::Nf4(Arc::new(q));
         // f32 goes through the direct CPU products (frozen_matmul_cpu.rs).
         let f32w = BaseWeight::Dense(Tensor::<2>::from_data(TensorData::new(wv.clone(), [d_out, d_in]), &device));
-        for w in [&bf16, &nf4, &f32w] {
+        for w in [&bf16, &nf4, &nf4_device, &f32w] {
             let dense = w.to_f32(&device); // [out, in]
             for block in [usize::MAX, 2 * d_in + 5, 1] {
                 let x =
@@ -205,6 +208,37 @@ fn frozen_matmul_equals_plain_reference_values_and_gradients() {
             }
         }
     }
+}
+
+/// NF4 on the device (a GPU's): the codes and scales uploaded and dequantized there give the host
+/// dequantization's values bit for bit, whole and by blocks of rows that start and end inside a
+/// word and a scale block, with and without double quantization.
+pub(crate) fn check_device_nf4_on(device: &lora_core::burn::tensor::Device) {
+    use lora_core::burn::backend::Dispatch;
+    use lora_core::nf4_device::dequantize_rows;
+    for (rows, cols, double_quant) in [(37usize, 70usize, false), (130, 33, true), (3, 64, false), (5, 7, true)] {
+        let values: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * 3.0).collect();
+        let q = Nf4Tensor::quantize(&values, &[rows, cols], double_quant);
+        let host = q.dequantize();
+        let d = DeviceNf4::upload(&q, device);
+        assert_eq!(bits(&to_f32_vec(d.to_f32()).unwrap()), bits(&host), "[{rows}, {cols}] dq {double_quant}: whole");
+        for (r0, r1) in [(1, rows.min(4)), (rows / 3, rows - rows / 4), (rows - 1, rows)] {
+            let part = dequantize_rows::<Dispatch>(
+                &d.words.clone().into_dispatch(),
+                &d.absmax.clone().into_dispatch(),
+                cols,
+                r0,
+                r1,
+            );
+            let part = to_f32_vec(Tensor::<2>::from_dispatch(part)).unwrap();
+            assert_eq!(bits(&part), bits(&host[r0 * cols..r1 * cols]), "[{rows}, {cols}] rows {r0}..{r1}");
+        }
+    }
+}
+
+#[test]
+fn device_nf4_dequantizes_to_the_host_values_bit_for_bit() {
+    check_device_nf4_on(&default_device());
 }
 
 /// The base's products in bf16 (the GPUs' compute for a bf16 base, forced here on the CPU): the

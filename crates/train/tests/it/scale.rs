@@ -34,6 +34,16 @@ fn replay_batch(golden: &Path) -> (TokenBatch, Vec<Vec<Option<u32>>>) {
 /// Replays PEFT's run from its step-0 adapter through the trainer's own step; returns the
 /// largest relative loss difference and the final adapter's largest difference.
 fn replay(base_opts: &LoadOptions, fixture: &str, checkpointing: bool) -> (f64, f32) {
+    replay_on(&default_device(), base_opts, fixture, checkpointing)
+}
+
+/// [`replay`] on `device`.
+fn replay_on(
+    device: &lora_core::burn::tensor::Device,
+    base_opts: &LoadOptions,
+    fixture: &str,
+    checkpointing: bool,
+) -> (f64, f32) {
     let dir = fixtures().join(fixture);
     let meta: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
     let r = &meta["replay"];
@@ -42,8 +52,7 @@ fn replay(base_opts: &LoadOptions, fixture: &str, checkpointing: bool) -> (f64, 
         if fixture == "qlora" { dir.join("golden.safetensors") } else { fixtures().join("lora/golden.safetensors") };
     let (batch, labels) = replay_batch(&golden);
     let tokens: usize = labels.iter().map(|row| row.iter().skip(1).flatten().count()).sum();
-    let device = default_device();
-    let mut model = CausalLm::load_dir_with(fixtures().join("models/llama"), &device, base_opts).unwrap();
+    let mut model = CausalLm::load_dir_with(fixtures().join("models/llama"), device, base_opts).unwrap();
     load_adapter(&mut model, &dir.join("adapter-init"), 1.0, true).unwrap();
     let config = AdamWConfig { weight_decay: r["weight_decay"].as_f64().unwrap(), ..AdamWConfig::default() };
     let mut opt = AdamW::new(config, &adapter_tensors(&model));
@@ -56,7 +65,7 @@ fn replay(base_opts: &LoadOptions, fixture: &str, checkpointing: bool) -> (f64, 
         let got = train_step(&mut model, &mut opt, &batches, tokens, lr, options, |_| 0).unwrap().loss;
         worst = worst.max(((got - want) / want).abs());
     }
-    let mut reference = CausalLm::load_dir(fixtures().join("models/llama"), &device).unwrap();
+    let mut reference = CausalLm::load_dir(fixtures().join("models/llama"), &default_device()).unwrap();
     load_adapter(&mut reference, &dir.join("adapter-trained"), 1.0, false).unwrap();
     let mut adapter_diff = 0.0f32;
     for (o, r) in adapter_tensors(&model).into_iter().zip(adapter_tensors(&reference)) {
@@ -80,6 +89,19 @@ fn qlora_replay_matches_peft_on_bitsandbytes_nf4() {
     for checkpointing in [false, true] {
         let (loss, adapter) = replay(&opts, "qlora", checkpointing);
         assert!(loss <= 1e-4 && adapter <= 1e-4, "checkpointing {checkpointing}: loss {loss:e}, adapter {adapter:e}");
+    }
+}
+
+/// The staged step on a GPU (`LORA_TEST_GPU`): chunked loss, recomputation, the tiled attention's
+/// backward and the NF4 codes dequantized on the GPU, against PEFT's f32 and QLoRA replays with the
+/// CPU's tolerances (every value is f32 there too).
+#[test]
+fn gpu_staged_step_replays_peft_f32_and_qlora() {
+    let Some(device) = gpu_device() else { return };
+    let qlora = LoadOptions { dtype: BaseDtype::F32, quantize: Quantize::Nf4 { double_quant: false } };
+    for (opts, fixture) in [(LoadOptions::default(), "lora"), (qlora, "qlora")] {
+        let (loss, adapter) = replay_on(&device, &opts, fixture, true);
+        assert!(loss <= 1e-4 && adapter <= 1e-4, "{fixture} on the GPU: loss {loss:e}, adapter {adapter:e}");
     }
 }
 
