@@ -47,7 +47,7 @@ fn main() {
             let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
             attention(q.clone(), rep(k.clone()), rep(v.clone()), None, None, options)
         }
-        "tiled" => tiled_attention(q.clone(), k.clone(), v.clone(), None, true, SCORE_VALUES),
+        "tiled" => tiled_attention(q.clone(), k.clone(), v.clone(), None, true, SCORE_VALUES, None),
         "fused" => fused_attention(
             q.clone().swap_dims(1, 2),
             k.clone().swap_dims(1, 2),

@@ -127,7 +127,9 @@ impl Attention {
                     AttentionMask::Causal => (None, true),
                     AttentionMask::Explicit(m) => (Some(m.clone()), true),
                 };
-                let out = tiled_attention(q, k, v, mask, causal, SCORE_VALUES); // [b, nh, t, hd]
+                // Its products in the base's compute dtype (bf16 on a GPU for a bf16 base).
+                let compute = self.q_proj.compute;
+                let out = tiled_attention(q, k, v, mask, causal, SCORE_VALUES, compute); // [b, nh, t, hd]
                 return self.o_proj.forward(out.swap_dims(1, 2).reshape([b, t, nh * hd]));
             }
             return self.reference_attention(q, k, v, mask, b, t);

@@ -50,7 +50,8 @@ pub const SCORE_VALUES: usize = 16 << 20;
 pub trait TiledAttentionBackend: Backend {
     /// softmax(σ·Q·Kᵀ, masked)·V with `heads / kv_heads` query heads per key/value head. `causal`
     /// hides the keys after each query's position (the last query sees every key: cached keys come
-    /// first).
+    /// first). The four products of forward and backward run in `compute` (bf16 on a GPU for a bf16
+    /// base) with their operands rounded to it; the softmax and everything else stay in q's dtype.
     ///
     /// # Shapes
     /// - q: `[batch, heads, seq, head_dim]`
@@ -62,8 +63,9 @@ pub trait TiledAttentionBackend: Backend {
         v: FloatTensor<Self>,
         causal: bool,
         max_scores: usize,
+        compute: Option<FloatDType>,
     ) -> FloatTensor<Self> {
-        let plan = Plan::of::<Self>(&q, &k, causal, max_scores);
+        let plan = Plan::of::<Self>(&q, &k, causal, max_scores, compute);
         forward::<Self>(&plan, &q, &k, &v, None).0
     }
 
@@ -78,8 +80,9 @@ pub trait TiledAttentionBackend: Backend {
         mask: BoolTensor<Self>,
         causal: bool,
         max_scores: usize,
+        compute: Option<FloatDType>,
     ) -> FloatTensor<Self> {
-        let plan = Plan::of::<Self>(&q, &k, causal, max_scores);
+        let plan = Plan::of::<Self>(&q, &k, causal, max_scores, compute);
         forward::<Self>(&plan, &q, &k, &v, Some(&mask)).0
     }
 }
@@ -104,14 +107,38 @@ struct Plan {
     causal: bool,
     /// Query rows per block.
     rows: usize,
+    /// The tensors' dtype, and the one the products run in.
+    dtype: FloatDType,
+    compute: FloatDType,
 }
 
 impl Plan {
-    fn of<B: Backend>(q: &FloatTensor<B>, k: &FloatTensor<B>, causal: bool, max_scores: usize) -> Self {
+    fn of<B: Backend>(
+        q: &FloatTensor<B>,
+        k: &FloatTensor<B>,
+        causal: bool,
+        max_scores: usize,
+        compute: Option<FloatDType>,
+    ) -> Self {
         let (qs, ks) = (q.shape(), k.shape());
         let (b, nh, t, hd, nkv, tk) = (qs[0], qs[1], qs[2], qs[3], ks[1], ks[2]);
         let rows = (max_scores / (b * nh * tk).max(1)).clamp(1, t.max(1));
-        Self { b, t, tk, nkv, rep: nh / nkv, hd, causal, rows }
+        let dtype: FloatDType = q.dtype().into();
+        Self { b, t, tk, nkv, rep: nh / nkv, hd, causal, rows, dtype, compute: compute.unwrap_or(dtype) }
+    }
+
+    /// `x` in the products' dtype.
+    fn to_compute<B: Backend>(&self, x: FloatTensor<B>) -> FloatTensor<B> {
+        if self.compute == self.dtype { x } else { B::float_cast(x, self.compute) }
+    }
+
+    /// a · b in the products' dtype, returned in the tensors' dtype.
+    fn product<B: Backend>(&self, a: FloatTensor<B>, b: FloatTensor<B>) -> FloatTensor<B> {
+        if self.compute == self.dtype {
+            return B::float_matmul(a, b);
+        }
+        let ab = B::float_matmul(self.to_compute::<B>(a), self.to_compute::<B>(b));
+        B::float_cast(ab, self.dtype)
     }
 
     /// Blocks of query rows `i0..i1`, each with the number of keys its rows may see (a prefix).
@@ -198,7 +225,7 @@ fn block_scores<B: Backend>(
     kb: &FloatTensor<B>,
     hidden: Option<BoolTensor<B>>,
 ) -> FloatTensor<B> {
-    let s = B::float_mul_scalar(B::float_matmul(qb.clone(), B::float_transpose(kb.clone())), p.scale().into());
+    let s = B::float_mul_scalar(p.product::<B>(qb.clone(), B::float_transpose(kb.clone())), p.scale().into());
     match hidden {
         Some(m) => B::float_mask_fill(s, m, f32::NEG_INFINITY.into()),
         None => s,
@@ -216,6 +243,8 @@ fn forward<B: Backend>(
     let device = q.device();
     let finfo = q.dtype().finfo().expect("a float tensor");
     let q5 = grouped::<B>(q, p);
+    // Keys and values go into products only: rounded once, not per block.
+    let (k, v) = (&p.to_compute::<B>(k.clone()), &p.to_compute::<B>(v.clone()));
     let (mut outs, mut lses) = (Vec::new(), Vec::new());
     for block in p.blocks() {
         let (i0, i1, visible) = block;
@@ -227,7 +256,7 @@ fn forward<B: Backend>(
         let max = B::float_clamp_min(B::float_max_dim(s.clone(), 3), finfo.min.into()); // [.., 1]
         let e = B::float_exp(B::float_sub(s, max.clone()));
         let sum = B::float_clamp_min(B::float_sum_dim(e.clone(), 3), finfo.min_positive.into()); // [.., 1]
-        let o = B::float_div(B::float_matmul(e, vb), sum.clone()); // [b, nkv, rep·r, hd]
+        let o = B::float_div(p.product::<B>(e, vb), sum.clone()); // [b, nkv, rep·r, hd]
         let lse = B::float_add(max, B::float_log(sum)); // [b, nkv, rep·r, 1]
         outs.push(B::float_reshape(o, Shape::new([p.b, p.nkv, p.rep, r, p.hd])));
         lses.push(B::float_reshape(lse, Shape::new([p.b, p.nkv, p.rep, r, 1])));
@@ -254,6 +283,7 @@ fn backward<B: Backend>(
     let device = q.device();
     let dtype: FloatDType = q.dtype().into();
     let (q5, do5) = (grouped::<B>(q, p), grouped::<B>(d_o, p));
+    let (k, v) = (&p.to_compute::<B>(k.clone()), &p.to_compute::<B>(v.clone()));
     let dsum = B::float_sum_dim(B::float_mul(do5.clone(), grouped::<B>(o, p)), 4); // D: [b, nkv, rep, t, 1]
     let kv_shape = Shape::new([p.b, p.nkv, p.tk, p.hd]);
     let (mut dk, mut dv) = (B::float_zeros(kv_shape.clone(), &device, dtype), B::float_zeros(kv_shape, &device, dtype));
@@ -266,11 +296,11 @@ fn backward<B: Backend>(
         let (kb, vb) = (key_prefix::<B>(k, p, visible), key_prefix::<B>(v, p, visible)); // [b, nkv, vis, hd]
         let s = block_scores::<B>(p, &qb, &kb, block_mask::<B>(mask, p, block, &device));
         let prob = B::float_exp(B::float_sub(s, lb)); // P: [b, nkv, rep·r, vis], 0 where hidden
-        let dv_part = B::float_matmul(B::float_transpose(prob.clone()), dob.clone()); // [b, nkv, vis, hd]
-        let dp = B::float_matmul(dob, B::float_transpose(vb)); // [b, nkv, rep·r, vis]
+        let dv_part = p.product::<B>(B::float_transpose(prob.clone()), dob.clone()); // [b, nkv, vis, hd]
+        let dp = p.product::<B>(dob, B::float_transpose(vb)); // [b, nkv, rep·r, vis]
         let ds = B::float_mul_scalar(B::float_mul(prob, B::float_sub(dp, db)), p.scale().into()); // σ·∂S
-        let dq = B::float_matmul(ds.clone(), kb); // [b, nkv, rep·r, hd]
-        let dk_part = B::float_matmul(B::float_transpose(ds), qb); // [b, nkv, vis, hd]
+        let dq = p.product::<B>(ds.clone(), kb); // [b, nkv, rep·r, hd]
+        let dk_part = p.product::<B>(B::float_transpose(ds), qb); // [b, nkv, vis, hd]
         dqs.push(B::float_reshape(dq, Shape::new([p.b, p.nkv, p.rep, r, p.hd])));
         dk = add_prefix::<B>(dk, dk_part, p, visible);
         dv = add_prefix::<B>(dv, dv_part, p, visible);
@@ -327,8 +357,9 @@ impl<B: Backend, C: CheckpointStrategy> TiledAttentionBackend for Autodiff<B, C>
         v: FloatTensor<Self>,
         causal: bool,
         max_scores: usize,
+        compute: Option<FloatDType>,
     ) -> FloatTensor<Self> {
-        autodiff_forward::<B, C>(q, k, v, None, causal, max_scores)
+        autodiff_forward::<B, C>(q, k, v, None, causal, max_scores, compute)
     }
 
     fn tiled_attention_masked(
@@ -338,9 +369,10 @@ impl<B: Backend, C: CheckpointStrategy> TiledAttentionBackend for Autodiff<B, C>
         mask: BoolTensor<Self>,
         causal: bool,
         max_scores: usize,
+        compute: Option<FloatDType>,
     ) -> FloatTensor<Self> {
         // A bool tensor has no autodiff wrapper: it is the inner backend's.
-        autodiff_forward::<B, C>(q, k, v, Some(mask), causal, max_scores)
+        autodiff_forward::<B, C>(q, k, v, Some(mask), causal, max_scores, compute)
     }
 }
 
@@ -351,23 +383,25 @@ fn autodiff_forward<B: Backend, C: CheckpointStrategy>(
     mask: Option<BoolTensor<B>>,
     causal: bool,
     max_scores: usize,
+    compute: Option<FloatDType>,
 ) -> FloatTensor<Autodiff<B, C>> {
     match TiledAttentionBackward.prepare::<C>([q.node(), k.node(), v.node()]).compute_bound().stateful() {
         OpsKind::Tracked(prep) => {
             let (q, k, v) = (q.into_primitive(), k.into_primitive(), v.into_primitive());
-            let plan = Plan::of::<B>(&q, &k, causal, max_scores);
+            let plan = Plan::of::<B>(&q, &k, causal, max_scores, compute);
             let (o, lse) = forward::<B>(&plan, &q, &k, &v, mask.as_ref());
             prep.finish(Saved { plan, q, k, v, mask, o: o.clone(), lse }, o)
         }
         OpsKind::UnTracked(prep) => {
             let (q, k, v) = (q.into_primitive(), k.into_primitive(), v.into_primitive());
-            let plan = Plan::of::<B>(&q, &k, causal, max_scores);
+            let plan = Plan::of::<B>(&q, &k, causal, max_scores, compute);
             prep.finish(forward::<B>(&plan, &q, &k, &v, mask.as_ref()).0)
         }
     }
 }
 
-/// Attention in blocks of at most `max_scores` score values ([`SCORE_VALUES`] in the model).
+/// Attention in blocks of at most `max_scores` score values ([`SCORE_VALUES`] in the model), its
+/// products in `compute` (q's dtype when `None`).
 ///
 /// # Shapes
 /// - q: `[batch, heads, seq, head_dim]`
@@ -381,13 +415,20 @@ pub fn tiled_attention(
     mask: Option<Tensor<4, Bool>>,
     causal: bool,
     max_scores: usize,
+    compute: Option<FloatDType>,
 ) -> Tensor<4> {
     let (q, k, v) = (q.into_dispatch(), k.into_dispatch(), v.into_dispatch());
     let o = match mask {
-        Some(m) => {
-            <Dispatch as TiledAttentionBackend>::tiled_attention_masked(q, k, v, m.into_dispatch(), causal, max_scores)
-        }
-        None => <Dispatch as TiledAttentionBackend>::tiled_attention(q, k, v, causal, max_scores),
+        Some(m) => <Dispatch as TiledAttentionBackend>::tiled_attention_masked(
+            q,
+            k,
+            v,
+            m.into_dispatch(),
+            causal,
+            max_scores,
+            compute,
+        ),
+        None => <Dispatch as TiledAttentionBackend>::tiled_attention(q, k, v, causal, max_scores, compute),
     };
     Tensor::from_dispatch(o)
 }

@@ -226,7 +226,7 @@ pub(crate) fn check_tiled_attention_on(device: &lora_core::burn::tensor::Device,
             let run = |tiled: bool| {
                 let (ql, kl, vl) = (leaf(&q, [b, nh, t, hd]), leaf(&k, [b, nkv, tk, hd]), leaf(&v, [b, nkv, tk, hd]));
                 let y = if tiled {
-                    tiled_attention(ql.clone(), kl.clone(), vl.clone(), mask.clone(), causal, b * nh * tk * 5)
+                    tiled_attention(ql.clone(), kl.clone(), vl.clone(), mask.clone(), causal, b * nh * tk * 5, None)
                 } else {
                     let rep = |x: Tensor<4>| {
                         x.unsqueeze_dim::<5>(2).expand([b, nkv, nh / nkv, tk, hd]).reshape([b, nh, tk, hd])
@@ -255,6 +255,37 @@ pub(crate) fn check_tiled_attention_on(device: &lora_core::burn::tensor::Device,
                 );
             }
         }
+    }
+}
+
+/// The tiled attention with its products in bf16 (a GPU's compute for a bf16 base, forced here on
+/// the CPU): values and gradients in f32, within bf16's rounding of the f32 run's (3% of the largest
+/// value), and not the same.
+#[test]
+fn tiled_attention_in_bf16_is_within_bf16_rounding() {
+    use lora_core::burn::tensor::{DType, FloatDType};
+    use lora_core::tiled_attention::tiled_attention;
+    let (b, t, nh, nkv, hd) = (1usize, 23usize, 6usize, 2usize, 16usize);
+    let (q, k, v) = (lcg(40, b * t * nh * hd, 1.5), lcg(41, b * t * nkv * hd, 1.5), lcg(42, b * t * nkv * hd, 1.0));
+    let dy = lcg(43, b * t * nh * hd, 1.0);
+    let run = |compute: Option<FloatDType>| {
+        let (ql, kl, vl) = (leaf(&q, [b, nh, t, hd]), leaf(&k, [b, nkv, t, hd]), leaf(&v, [b, nkv, t, hd]));
+        let y = tiled_attention(ql.clone(), kl.clone(), vl.clone(), None, true, b * nh * t * 5, compute);
+        assert_eq!(y.dtype(), DType::F32);
+        let g = Tensor::<4>::from_data(TensorData::new(dy.clone(), [b, nh, t, hd]), &default_device());
+        let grads = (y.clone() * g).sum().backward();
+        [
+            values(y),
+            values(ql.grad(&grads).unwrap()),
+            values(kl.grad(&grads).unwrap()),
+            values(vl.grad(&grads).unwrap()),
+        ]
+    };
+    let (half, full) = (run(Some(FloatDType::BF16)), run(None));
+    for (i, what) in ["o", "∂q", "∂k", "∂v"].iter().enumerate() {
+        let scale = full[i].iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        let d = full[i].iter().zip(&half[i]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(d > 0.0 && d <= 0.03 * scale, "bf16 tiled attention {what}: max |Δ| {d:e} (scale {scale})");
     }
 }
 
