@@ -15,7 +15,9 @@
 #     and `lora generate` on DEVICE against the CPU, token for token;
 #  3. the training benchmark (LoRA r8 on q/v, batch 1, bf16 and nf4 bases, recomputation on), one
 #     table: tokens/s, model TFLOP/s, MFU against PEAK_TFLOPS, peak GPU memory (nvidia-smi's
-#     highest `memory.used` of the run, polled every 0.2 s; burn's memory pool included) and peak RSS.
+#     highest `memory.used` of the run, polled every 0.2 s; burn's memory pool included) and peak RSS;
+#  4. one Llama-3.1-8B-shaped attention layer (seq 2048, 32/8 heads), forward and backward: burn's
+#     own attention against lora's tiled one (f32, and bf16 products), time and peak memory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 device="${1:-cuda}"
@@ -75,7 +77,32 @@ for shape in $shapes; do
     rm -f "$log" "$mem"
   done
 done
+
+echo "== 4. one attention layer's forward and backward on $device (Llama-3.1-8B shape, seq 2048)"
+attn=$(mktemp)
+printf '| attention | time | peak GPU memory | peak RSS |\n|---|---|---|---|\n' >"$attn"
+for which in "burn" "tiled" "tiled bf16"; do
+  read -r impl compute <<<"$which"
+  [ "$device" = wgpu ] && [ -n "$compute" ] && continue # WGSL has no bf16
+  log=$(mktemp) mem=$(mktemp)
+  poller=
+  if [ "$device" = cuda ] && command -v nvidia-smi >/dev/null; then gpu_mem "$mem" & poller=$!; fi
+  out=$(/usr/bin/time -v "$work/bin/bench_attention" "$impl" 2048 32 8 128 "$device" $compute 2>"$log") \
+    || { cat "$log" >&2; exit 1; }
+  [ -n "$poller" ] && kill "$poller" 2>/dev/null && wait "$poller" 2>/dev/null || true
+  echo "$out"
+  secs=$(grep -o '[0-9.]* s,' <<<"$out" | cut -d' ' -f1)
+  gmem=$(sort -n "$mem" | tail -n 1)
+  rss=$(grep "Maximum resident" "$log" | awk '{ printf "%.2f GB", $6 / 1048576 }')
+  printf '| %s | %s s | %s | %s |\n' "$which" "$secs" \
+    "${gmem:+$(awk -v m="$gmem" 'BEGIN { printf "%.1f GiB", m / 1024 }')}" "$rss" >>"$attn"
+  rm -f "$log" "$mem"
+done
+
 echo
 echo "LoRA r8 on q_proj, v_proj, batch 1, recomputation on, $steps timed steps after 1 warm-up, device $device"
 cat "$table"
-rm -f "$table"
+echo
+echo "Attention: burn's own (attention_fallback under autodiff) against lora's tiled attention"
+cat "$attn"
+rm -f "$table" "$attn"

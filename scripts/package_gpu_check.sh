@@ -6,7 +6,8 @@
 #   scripts/package_gpu_check.sh [cuda|wgpu|none]     # the backend feature (default cuda)
 #
 # The bundle: `lora`, the test binaries of lora-core and lora-train (their `gpu_` tests run the
-# golden checks on the device named by LORA_TEST_GPU) and the training benchmark, stripped.
+# golden checks on the device named by LORA_TEST_GPU), the training benchmark and the attention
+# benchmark, stripped.
 # For `cuda` the offline LLVM of scripts/offline-llvm.sh is used (apt-get install llvm-22-dev).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +42,7 @@ cp "$(exe crates/cli lora bin)" "$stage/lora"
 cp "$(exe crates/core it test)" "$stage/core-it"
 cp "$(exe crates/train it test)" "$stage/train-it"
 cp "$(exe crates/train bench_train example)" "$stage/bench_train"
+cp "$(exe crates/core bench_attention example)" "$stage/bench_attention"
 strip "$stage"/*
 echo "$feature $(git rev-parse --short HEAD)$(git diff --quiet || echo -dirty)" >"$stage/BUILD"
 mkdir -p gpu-check

@@ -9,7 +9,9 @@
 //! The memory pattern (what autodiff keeps between forward and backward) is the backend's, not the
 //! CPU's: on a GPU the same tensors are kept in its memory.
 //!
-//! cargo run --release -p lora-core --example bench_attention -- tiled 2048 32 8 128 [cpu|wgpu|cuda]
+//! cargo run --release -p lora-core --example bench_attention -- tiled 2048 32 8 128 [cpu|wgpu|cuda] [bf16]
+//!
+//! `bf16` runs the tiled attention's products in bf16 (a bf16 base on a GPU does).
 
 use std::time::Instant;
 
@@ -22,11 +24,16 @@ use lora_core::tiled_attention::{SCORE_VALUES, tiled_attention};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: bench_attention burn|tiled|fused SEQ HEADS KV_HEADS HEAD_DIM [cpu|wgpu|cuda]";
+    let usage = "usage: bench_attention burn|tiled|fused SEQ HEADS KV_HEADS HEAD_DIM [cpu|wgpu|cuda] [bf16]";
     let [which, t, nh, nkv, hd, rest @ ..] = args.as_slice() else { panic!("{usage}") };
     let num = |s: &String| s.parse::<usize>().unwrap_or_else(|_| panic!("{usage}"));
     let (t, nh, nkv, hd) = (num(t), num(nh), num(nkv), num(hd));
     let backend: lora_core::Backend = rest.first().map_or("cpu", String::as_str).parse().expect("device");
+    let compute = match rest.get(1).map(String::as_str) {
+        None => None,
+        Some("bf16") => Some(lora_core::burn::tensor::FloatDType::BF16),
+        Some(other) => panic!("unknown compute dtype '{other}'; {usage}"),
+    };
     let device = backend.device().expect("device");
     // The same inputs for every implementation, so that their ∂q sums agree.
     let leaf = |seed: u64, shape: [usize; 4]| {
@@ -47,7 +54,7 @@ fn main() {
             let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
             attention(q.clone(), rep(k.clone()), rep(v.clone()), None, None, options)
         }
-        "tiled" => tiled_attention(q.clone(), k.clone(), v.clone(), None, true, SCORE_VALUES, None),
+        "tiled" => tiled_attention(q.clone(), k.clone(), v.clone(), None, true, SCORE_VALUES, compute),
         "fused" => fused_attention(
             q.clone().swap_dims(1, 2),
             k.clone().swap_dims(1, 2),
@@ -64,7 +71,8 @@ fn main() {
     let flops = 3.5 * 4.0 * (t * t * hd * nh) as f64 / 2.0;
     let checksum: f64 = dq.iter().map(|&x| x as f64).sum();
     println!(
-        "{which} seq {t} heads {nh}/{nkv} head_dim {hd} on {backend}: {secs:.3} s, {:.1} GFLOP/s, ∂q sum {checksum:.6e}",
+        "{which}{} seq {t} heads {nh}/{nkv} head_dim {hd} on {backend}: {secs:.3} s, {:.1} GFLOP/s, ∂q sum {checksum:.6e}",
+        if compute.is_some() { " (bf16 products)" } else { "" },
         flops / secs / 1e9
     );
 }

@@ -50,12 +50,20 @@ pub fn linear_shapes(c: &ModelConfig) -> Vec<(String, usize, usize)> {
     out
 }
 
-fn stored_bytes(values: usize, opts: &LoadOptions, quantizable: bool) -> u64 {
+/// Bytes of a base tensor of `values` values as loaded; `on_gpu`, an NF4 tensor's double-quantized
+/// scales are decoded to f32 (lora_core::nf4_device).
+fn stored_bytes(values: usize, opts: &LoadOptions, quantizable: bool, on_gpu: bool) -> u64 {
     let v = values as u64;
     match opts.quantize {
         Quantize::Nf4 { double_quant } if quantizable => {
             let blocks = v.div_ceil(64);
-            v.div_ceil(2) + if double_quant { blocks + 4 * blocks.div_ceil(256) + 4 } else { 4 * blocks }
+            if on_gpu {
+                v.div_ceil(8) * 4 + 4 * blocks
+            } else if double_quant {
+                v.div_ceil(2) + blocks + 4 * blocks.div_ceil(256) + 4
+            } else {
+                v.div_ceil(2) + 4 * blocks
+            }
         }
         _ => {
             v * match opts.dtype {
@@ -70,11 +78,12 @@ fn stored_bytes(values: usize, opts: &LoadOptions, quantizable: bool) -> u64 {
 pub fn plan(recipe: &Recipe, c: &ModelConfig, opts: &LoadOptions) -> lora_core::Result<MemoryPlan> {
     let shapes = linear_shapes(c);
     let (h, vocab) = (c.hidden_size as u64, c.vocab_size as u64);
-    let mut base = stored_bytes(c.vocab_size * c.hidden_size, opts, false);
+    let on_gpu = matches!(recipe.train.device.parse(), Ok(lora_core::Backend::Cuda | lora_core::Backend::Wgpu));
+    let mut base = stored_bytes(c.vocab_size * c.hidden_size, opts, false, on_gpu);
     for (path, d_in, d_out) in &shapes {
         let head = path == "lm_head";
         if !(head && c.tie_word_embeddings) {
-            base += stored_bytes(d_in * d_out, opts, !head);
+            base += stored_bytes(d_in * d_out, opts, !head, on_gpu);
         }
     }
     // Norms (f32): two per layer, the final one, and q/k norms.

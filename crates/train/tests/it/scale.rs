@@ -183,6 +183,18 @@ fn max_abs(a: &[f32], b: &[f32]) -> f32 {
 /// The dry-run's memory plan, from config.json alone, predicts the bytes the loaded base holds.
 #[test]
 fn memory_plan_predicts_the_loaded_base_bytes() {
+    memory_plan_predicts_the_loaded_base_bytes_on(&default_device(), "cpu");
+}
+
+/// The same on a GPU, where an NF4 base's codes and f32 scales are held on the device.
+#[test]
+fn gpu_memory_plan_predicts_the_loaded_base_bytes() {
+    let Some(device) = gpu_device() else { return };
+    let name = std::env::var("LORA_TEST_GPU").unwrap();
+    memory_plan_predicts_the_loaded_base_bytes_on(&device, &name);
+}
+
+fn memory_plan_predicts_the_loaded_base_bytes_on(device: &lora_core::burn::tensor::Device, name: &str) {
     let d = temp_dir("plan");
     for model in ["llama", "llama-tied", "qwen3"] {
         let base = fixtures().join("models").join(model);
@@ -192,10 +204,15 @@ fn memory_plan_predicts_the_loaded_base_bytes() {
             LoadOptions { dtype: BaseDtype::Bf16, quantize: Quantize::None },
             LoadOptions { dtype: BaseDtype::F32, quantize: Quantize::Nf4 { double_quant: false } },
             LoadOptions { dtype: BaseDtype::Bf16, quantize: Quantize::Nf4 { double_quant: true } },
+            LoadOptions { dtype: BaseDtype::F32, quantize: Quantize::Nf4 { double_quant: true } },
         ] {
-            let recipe = tiny(&d.join("x"), &[&format!("model.base=\"{}\"", base.display())]);
+            if !device.supports_dtype(opts.dtype.dtype()) {
+                continue; // bf16 on wgpu: refused by name (gpu.rs)
+            }
+            let device_key = format!("train.device=\"{name}\"");
+            let recipe = tiny(&d.join("x"), &[&format!("model.base=\"{}\"", base.display()), &device_key]);
             let plan = lora_train::memory_plan::plan(&recipe, &config, &opts).unwrap();
-            let loaded = CausalLm::load_dir_with(&base, &default_device(), &opts).unwrap();
+            let loaded = CausalLm::load_dir_with(&base, device, &opts).unwrap();
             assert_eq!(plan.base, loaded.base_bytes() as u64, "{model} {opts:?}");
             assert!(plan.adapter > 0 && plan.activations > 0 && plan.head_chunk > 0);
         }
