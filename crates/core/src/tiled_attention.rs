@@ -107,8 +107,9 @@ struct Plan {
     causal: bool,
     /// Query rows per block.
     rows: usize,
-    /// The tensors' dtype, and the one the products run in.
+    /// The tensors' dtype (the softmax's and the results').
     dtype: FloatDType,
+    /// The dtype the products run in.
     compute: FloatDType,
 }
 

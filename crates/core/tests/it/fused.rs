@@ -117,6 +117,12 @@ fn fused_rope_equals_reference_values_and_gradients() {
     close("rope ∂x", &a.1, &r.1);
 }
 
+/// An attention's output and the gradients of its q, k and v for the upstream gradient `g`.
+fn output_and_grads(y: Tensor<4>, g: Tensor<4>, [q, k, v]: [&Tensor<4>; 3]) -> [Vec<f32>; 4] {
+    let grads = (y.clone() * g).sum().backward();
+    [values(y), values(q.grad(&grads).unwrap()), values(k.grad(&grads).unwrap()), values(v.grad(&grads).unwrap())]
+}
+
 /// burn's attention on `[b, heads, t, hd]` with repeated key/value heads: the reference.
 fn reference_attention(
     q: Tensor<4>,
@@ -172,13 +178,7 @@ fn fused_attention_equals_reference_values_and_gradients() {
                     reference_attention(ql.clone(), kl.clone(), vl.clone(), tensor_mask.clone(), causal)
                 };
                 let g = Tensor::<4>::from_data(TensorData::new(dy.clone(), [b, t, nh, hd]), &default_device());
-                let grads = (y.clone() * g).sum().backward();
-                [
-                    values(y),
-                    values(ql.grad(&grads).unwrap()),
-                    values(kl.grad(&grads).unwrap()),
-                    values(vl.grad(&grads).unwrap()),
-                ]
+                output_and_grads(y, g, [&ql, &kl, &vl])
             };
             let (a, r) = (run(true), run(false));
             for (i, what) in ["o", "∂q", "∂k", "∂v"].iter().enumerate() {
@@ -237,13 +237,7 @@ pub(crate) fn check_tiled_attention_on(device: &lora_core::burn::tensor::Device,
                     attention(ql.clone(), rep(kl.clone()), rep(vl.clone()), mask.clone(), None, options)
                 };
                 let g = Tensor::<4>::from_data(TensorData::new(dy.clone(), [b, nh, t, hd]), device);
-                let grads = (y.clone() * g).sum().backward();
-                [
-                    values(y),
-                    values(ql.grad(&grads).unwrap()),
-                    values(kl.grad(&grads).unwrap()),
-                    values(vl.grad(&grads).unwrap()),
-                ]
+                output_and_grads(y, g, [&ql, &kl, &vl])
             };
             let (a, r) = (run(true), run(false));
             for (i, what) in ["o", "∂q", "∂k", "∂v"].iter().enumerate() {
@@ -273,13 +267,7 @@ fn tiled_attention_in_bf16_is_within_bf16_rounding() {
         let y = tiled_attention(ql.clone(), kl.clone(), vl.clone(), None, true, b * nh * t * 5, compute);
         assert_eq!(y.dtype(), DType::F32);
         let g = Tensor::<4>::from_data(TensorData::new(dy.clone(), [b, nh, t, hd]), &default_device());
-        let grads = (y.clone() * g).sum().backward();
-        [
-            values(y),
-            values(ql.grad(&grads).unwrap()),
-            values(kl.grad(&grads).unwrap()),
-            values(vl.grad(&grads).unwrap()),
-        ]
+        output_and_grads(y, g, [&ql, &kl, &vl])
     };
     let (half, full) = (run(Some(FloatDType::BF16)), run(None));
     for (i, what) in ["o", "∂q", "∂k", "∂v"].iter().enumerate() {

@@ -28,6 +28,17 @@ fn bytes(f: &SafetensorsFile, name: &str) -> Vec<u8> {
     f.bytes(f.info(name).unwrap_or_else(|| panic!("golden tensor {name} missing"))).to_vec()
 }
 
+/// `n` values in [-1, 1) from a linear congruential generator seeded with `seed`.
+fn lcg(seed: u64, n: usize) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
+        })
+        .collect()
+}
+
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
@@ -166,15 +177,6 @@ fn bf16_base_equals_f32_load_of_the_same_file() {
 #[test]
 fn frozen_matmul_equals_plain_reference_values_and_gradients() {
     let device = default_device();
-    let lcg = |seed: u64, n: usize| -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
-            })
-            .collect()
-    };
     for (n, d_in, d_out) in [(5, 70, 37), (1, 64, 3), (9, 33, 130)] {
         let wv = lcg(d_in as u64, d_out * d_in);
         let xv = lcg(n as u64 + 7, n * d_in);
@@ -248,15 +250,6 @@ fn device_nf4_dequantizes_to_the_host_values_bit_for_bit() {
 #[test]
 fn frozen_matmul_in_bf16_is_the_bf16_product() {
     let device = default_device();
-    let lcg = |seed: u64, n: usize| -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
-            })
-            .collect()
-    };
     let bf16 = |t: Tensor<2>| t.cast(DType::BF16);
     let (n, d_in, d_out) = (9usize, 96usize, 130usize);
     let (wv, xv, gv) = (lcg(1, d_out * d_in), lcg(2, n * d_in), lcg(3, n * d_out));
