@@ -112,7 +112,9 @@ pub fn dequantize_rows<B: Backend>(
     let shifts = B::int_expand(B::int_cast(shifts, w.dtype().into()), Shape::new([nw, PER_WORD]));
     // An arithmetic shift of the top code drags the sign bit along; the mask drops it.
     let codes = B::bitwise_and_scalar(B::bitwise_right_shift(w, shifts), 0x0F.into()); // [nw, 8]
-    let codes = B::int_reshape(codes, Shape::new([nw * PER_WORD]));
+    // Indices in the device's own int dtype, the one burn's gathers are built and tested with.
+    let int_dtype = burn::backend::get_or_init_device_settings::<B>(&device).int_dtype;
+    let codes = B::int_cast(B::int_reshape(codes, Shape::new([nw * PER_WORD])), int_dtype);
     let table = B::float_from_data(TensorData::new(CODE.to_vec(), [CODE.len()]), &device);
     let values = B::float_select(table, 0, codes); // [v1 - v0]
 
