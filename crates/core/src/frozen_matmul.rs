@@ -14,8 +14,9 @@
 //! back in x's dtype, as torch's autocast does for a linear layer.
 //!
 //! The plain reference is `x.matmul(W.to_f32().transpose())`; the tests check values and
-//! gradients against it, and the compute dtype's products against the same products in bf16. Every base weight goes through here, f32 included: saving nothing of x
-//! also makes the f32 path lighter than burn's own matmul under autodiff.
+//! gradients against it, and the compute dtype's products against the same products in bf16.
+//! Every base weight goes through here, f32 included: saving nothing of x also makes the f32 path
+//! lighter than burn's own matmul under autodiff.
 
 // burn-ndarray (the `ndarray` feature, kept for benchmarks) is deprecated in burn 0.22; the extension
 // still routes to it so that that feature keeps working.
