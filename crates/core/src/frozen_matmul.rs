@@ -135,9 +135,7 @@ impl<B: Backend> Source<B> {
                 let block = if r0 == 0 && r1 == out {
                     w.clone()
                 } else {
-                    let rows = Slice { start: r0 as isize, end: Some(r1 as isize), step: 1 };
-                    let cols = Slice { start: 0, end: Some(d_in as isize), step: 1 };
-                    B::float_slice(w.clone(), &[rows, cols])
+                    B::float_slice(w.clone(), &[Slice::from(r0..r1), Slice::from(0..d_in)])
                 };
                 B::float_cast(block, dtype)
             }
@@ -227,9 +225,7 @@ fn input_grad<B: Backend>(grad: FloatTensor<B>, w: &Source<B>, compute: Option<F
             let g = if r0 == 0 && r1 == out {
                 grad.clone()
             } else {
-                let rows = Slice { start: 0, end: Some(n as isize), step: 1 };
-                let cols = Slice { start: r0 as isize, end: Some(r1 as isize), step: 1 };
-                B::float_slice(grad.clone(), &[rows, cols])
+                B::float_slice(grad.clone(), &[Slice::from(0..n), Slice::from(r0..r1)])
             };
             B::float_matmul(g, block)
         }); // [n, in]

@@ -81,10 +81,6 @@ impl DeviceNf4 {
     }
 }
 
-fn range(start: usize, end: usize) -> Slice {
-    Slice { start: start as isize, end: Some(end as isize), step: 1 }
-}
-
 /// Rows `r0..r1` of an NF4 weight of `d_in` columns, dequantized on the device: `[r1 - r0, d_in]` f32.
 ///
 /// # Shapes
@@ -105,7 +101,7 @@ pub fn dequantize_rows<B: Backend>(
     let (b0, b1) = (v0 / BLOCK, v1.div_ceil(BLOCK));
     let nb = b1 - b0;
 
-    let w = B::int_reshape(B::int_slice(words.clone(), &[range(w0, w1)]), Shape::new([nw, 1]));
+    let w = B::int_reshape(B::int_slice(words.clone(), &[Slice::from(w0..w1)]), Shape::new([nw, 1]));
     let w = B::int_expand(w, Shape::new([nw, PER_WORD])); // [nw, 8]
     let shifts: Vec<i32> = (0..PER_WORD as i32).map(|k| 4 * k).collect();
     let shifts = B::int_from_data(TensorData::new(shifts, [1, PER_WORD]), &device);
@@ -118,9 +114,9 @@ pub fn dequantize_rows<B: Backend>(
     let table = B::float_from_data(TensorData::new(CODE.to_vec(), [CODE.len()]), &device);
     let values = B::float_select(table, 0, codes); // [v1 - v0]
 
-    let scales = B::float_reshape(B::float_slice(absmax.clone(), &[range(b0, b1)]), Shape::new([nb, 1]));
+    let scales = B::float_reshape(B::float_slice(absmax.clone(), &[Slice::from(b0..b1)]), Shape::new([nb, 1]));
     let scales = B::float_reshape(B::float_expand(scales, Shape::new([nb, BLOCK])), Shape::new([nb * BLOCK]));
-    let scales = B::float_slice(scales, &[range(v0 - b0 * BLOCK, v1 - b0 * BLOCK)]); // [v1 - v0]
-    let values = B::float_slice(B::float_mul(values, scales), &[range(start - v0, end - v0)]);
+    let scales = B::float_slice(scales, &[Slice::from(v0 - b0 * BLOCK..v1 - b0 * BLOCK)]); // [v1 - v0]
+    let values = B::float_slice(B::float_mul(values, scales), &[Slice::from(start - v0..end - v0)]);
     B::float_reshape(values, Shape::new([r1 - r0, d_in]))
 }

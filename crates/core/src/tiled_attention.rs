@@ -157,10 +157,6 @@ impl Plan {
     }
 }
 
-fn range(start: usize, end: usize) -> Slice {
-    Slice { start: start as isize, end: Some(end as isize), step: 1 }
-}
-
 /// A head-major tensor `[b, heads, t, d]` viewed by groups: `[b, kv_heads, rep, t, d]`.
 fn grouped<B: Backend>(x: &FloatTensor<B>, p: &Plan) -> FloatTensor<B> {
     let s = x.shape();
@@ -170,9 +166,14 @@ fn grouped<B: Backend>(x: &FloatTensor<B>, p: &Plan) -> FloatTensor<B> {
 /// Rows `i0..i1` of every query head of a group, stacked: `[b, kv_heads, rep · rows, d]`.
 fn block_rows<B: Backend>(x5: &FloatTensor<B>, p: &Plan, i0: usize, i1: usize) -> FloatTensor<B> {
     let d = x5.shape()[4];
-    let all = |n: usize| range(0, n);
-    let part = B::float_slice(x5.clone(), &[all(p.b), all(p.nkv), all(p.rep), range(i0, i1), all(d)]);
+    let all = |n: usize| Slice::from(0..n);
+    let part = B::float_slice(x5.clone(), &[all(p.b), all(p.nkv), all(p.rep), Slice::from(i0..i1), all(d)]);
     B::float_reshape(part, Shape::new([p.b, p.nkv, p.rep * (i1 - i0), d]))
+}
+
+/// The slices of the first `n` keys of a `[b, kv_heads, keys, head_dim]` tensor.
+fn first_keys(p: &Plan, n: usize) -> [Slice; 4] {
+    [Slice::from(0..p.b), Slice::from(0..p.nkv), Slice::from(0..n), Slice::from(0..p.hd)]
 }
 
 /// The first `n` keys (or values): `[b, kv_heads, n, head_dim]`.
@@ -180,7 +181,7 @@ fn key_prefix<B: Backend>(k: &FloatTensor<B>, p: &Plan, n: usize) -> FloatTensor
     if n == p.tk {
         return k.clone();
     }
-    B::float_slice(k.clone(), &[range(0, p.b), range(0, p.nkv), range(0, n), range(0, p.hd)])
+    B::float_slice(k.clone(), &first_keys(p, n))
 }
 
 /// Which of the block's scores are hidden, `[b, kv_heads, rep · rows, visible]`, or none.
@@ -194,7 +195,10 @@ fn block_mask<B: Backend>(
     let settings = get_or_init_device_settings::<B>(device);
     let explicit = mask.map(|m| {
         // Head 0's rows of this block: [b, 1, r, visible].
-        B::bool_slice(m.clone(), &[range(0, p.b), range(0, 1), range(i0, i1), range(0, visible)])
+        B::bool_slice(
+            m.clone(),
+            &[Slice::from(0..p.b), Slice::from(0..1), Slice::from(i0..i1), Slice::from(0..visible)],
+        )
     });
     // Key j is after query i0 + i (position past + i0 + i) when j > past + i0 + i.
     let past = p.tk - p.t;
@@ -315,7 +319,7 @@ fn add_prefix<B: Backend>(acc: FloatTensor<B>, part: FloatTensor<B>, p: &Plan, n
     if n == p.tk {
         return B::float_add(acc, part);
     }
-    let prefix = [range(0, p.b), range(0, p.nkv), range(0, n), range(0, p.hd)];
+    let prefix = first_keys(p, n);
     let sum = B::float_add(B::float_slice(acc.clone(), &prefix), part);
     B::float_slice_assign(acc, &prefix, sum)
 }
