@@ -6,7 +6,7 @@
 //! pass, on a machine whose GPU would finish the products in a fraction of that time.
 //!
 //! Layout: eight 4-bit codes per 32-bit word, value `8j + k` of the flattened weight in bits
-//! `4k..4k + 4` of word j (the last word padded with code 7, zero), and one f32 scale per block of
+//! `4k..4k + 4` of word j (the last word padded), and one f32 scale per block of
 //! 64 values: 0.5625 bytes per value. A double-quantized tensor's scales are decoded to f32 when it
 //! is uploaded (bitsandbytes' `DYNAMIC[q] · absmax2 + offset`, the same f32 values the host path
 //! uses), so it takes 0.5625 bytes per value on the device too, not 0.508.
@@ -18,6 +18,7 @@ use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, Dispatch, Slice, TensorMetadata};
 use burn::tensor::{DType, Device, Int, Shape, Tensor, TensorCreationOptions, TensorData};
 use lora_merge::nf4::{BLOCK, CODE, Nf4Tensor};
+use rayon::prelude::*;
 
 /// Codes per word.
 const PER_WORD: usize = 8;
@@ -36,20 +37,19 @@ pub struct DeviceNf4 {
 impl DeviceNf4 {
     /// Uploads a host NF4 tensor of two dimensions to `device`.
     pub fn upload(q: &Nf4Tensor, device: &Device) -> Self {
-        let n = q.len();
-        let code = |i: usize| {
-            if i >= n {
-                7
-            } else if i % 2 == 0 {
-                q.packed[i / 2] >> 4
-            } else {
-                q.packed[i / 2] & 0x0F
-            }
-        };
-        let words: Vec<i32> = (0..n.div_ceil(PER_WORD))
-            .map(|j| {
-                let word = (0..PER_WORD).fold(0u32, |w, k| w | (u32::from(code(j * PER_WORD + k)) << (4 * k)));
-                word as i32 // the bits, unchanged
+        // Word j is bytes 4j..4j + 4 of the packing with each byte's nibbles swapped: a byte holds
+        // value 2i in its high nibble, a word value 8j + k in bits 4k.. (little-endian, so a byte's
+        // first value lands in its lower nibble). Past the last byte: code 7 (zero). Padding is
+        // never read: dequantize_rows slices it away.
+        let words: Vec<i32> = q
+            .packed
+            .par_chunks(PER_WORD / 2)
+            .map(|bytes| {
+                let mut b = [0x77u8; PER_WORD / 2];
+                for (o, &byte) in b.iter_mut().zip(bytes) {
+                    *o = byte.rotate_left(4);
+                }
+                i32::from_le_bytes(b) // the bits, unchanged
             })
             .collect();
         let count = words.len();
