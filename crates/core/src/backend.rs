@@ -52,6 +52,11 @@ impl fmt::Display for Backend {
 }
 
 impl Backend {
+    /// Whether this is one of the CPU backends (flex, ndarray).
+    pub fn is_cpu(self) -> bool {
+        matches!(self, Self::Cpu | Self::NdArray)
+    }
+
     /// The device for this backend, or an error saying which cargo feature it needs.
     pub fn device(self) -> Result<Device> {
         match self {

@@ -78,7 +78,7 @@ fn stored_bytes(values: usize, opts: &LoadOptions, quantizable: bool, on_gpu: bo
 pub fn plan(recipe: &Recipe, c: &ModelConfig, opts: &LoadOptions) -> lora_core::Result<MemoryPlan> {
     let shapes = linear_shapes(c);
     let (h, vocab) = (c.hidden_size as u64, c.vocab_size as u64);
-    let on_gpu = matches!(recipe.train.device.parse(), Ok(lora_core::Backend::Cuda | lora_core::Backend::Wgpu));
+    let on_gpu = recipe.train.device.parse::<lora_core::Backend>().is_ok_and(|b| !b.is_cpu());
     let mut base = stored_bytes(c.vocab_size * c.hidden_size, opts, false, on_gpu);
     for (path, d_in, d_out) in &shapes {
         let head = path == "lm_head";

@@ -403,7 +403,7 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
     let left = p.tokenizer.padding_left;
     let names = tensor_names(&p.model);
     let threads = opts.threads.unwrap_or_else(rayon::current_num_threads);
-    let poll = matches!(p.backend, Backend::Cpu | Backend::NdArray);
+    let poll = p.backend.is_cpu();
     let pool = match worker_pool(threads) {
         Ok(pool) => Some(pool),
         Err(e) if opts.threads.is_some() => {
