@@ -247,8 +247,15 @@ def main():
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures"))
     args = ap.parse_args()
     out = os.path.abspath(args.out)
-    for sub in ["tokenizer", "models", "golden"]:
-        shutil.rmtree(os.path.join(out, sub), ignore_errors=True)
+    # Only what this script writes: other scripts (make_qwen3_5_fixtures.py) add models and goldens beside.
+    shutil.rmtree(os.path.join(out, "tokenizer"), ignore_errors=True)
+    names = list(model_specs({s: 0 for s in SPECIALS})) + ["llama-bf16", "llama-f16"]
+    for name in names:
+        shutil.rmtree(os.path.join(out, "models", name), ignore_errors=True)
+        for ext in [".json", ".safetensors", "-upcast.safetensors"]:
+            path = os.path.join(out, "golden", name + ext)
+            if os.path.exists(path):
+                os.remove(path)
 
     torch.manual_seed(SEED)
     tok_dir = os.path.join(out, "tokenizer")

@@ -10,6 +10,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use regex::Regex;
 
+use crate::config::layer_index;
 use crate::error::{CoreError, Result};
 use crate::lora::{LoraAdapter, lora_scaling};
 use crate::model::CausalLm;
@@ -46,11 +47,6 @@ pub struct LoraSpec {
     pub init: LoraInit,
     /// Restrict to these decoder layers.
     pub layers_to_transform: Option<Vec<usize>>,
-}
-
-/// Layer index of a module path `model.layers.N....`.
-fn layer_index(path: &str) -> Option<usize> {
-    path.strip_prefix("model.layers.")?.split('.').next()?.parse().ok()
 }
 
 /// Module paths selected by `targets` (and `layers`), in model order; an error lists what exists

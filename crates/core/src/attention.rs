@@ -1,7 +1,12 @@
 //! Multi-head self-attention with grouped-query heads, rotary positions, optional q/k norms (Qwen3)
-//! and biases (Qwen2, some Llamas): the one attention of every supported architecture.
+//! and biases (Qwen2, some Llamas), and Qwen3.5's gated form: the attention of every supported
+//! architecture.
 //!
-//! Reference: transformers `LlamaAttention` / `Qwen3Attention` (eager path).
+//! Gated attention (`Qwen3_5Attention`): `q_proj` yields `2 · head_dim` rows per head, the head's
+//! query then its output gate (interleaved per head, not two halves of the matrix), and the
+//! attention output is multiplied by `sigmoid(gate)` before `o_proj`.
+//!
+//! Reference: transformers `LlamaAttention` / `Qwen3Attention` / `Qwen3_5Attention` (eager path).
 
 use burn::module::Module;
 use burn::tensor::module::attention;
@@ -35,7 +40,8 @@ pub enum AttentionMask {
 /// `self_attn` of a decoder layer.
 #[derive(Module, Debug)]
 pub struct Attention {
-    /// `q_proj`: hidden -> heads · head_dim.
+    /// `q_proj`: hidden -> heads · head_dim (heads · 2 · head_dim when gated: per head, its query
+    /// rows then its gate rows).
     pub q_proj: Linear,
     /// `k_proj`: hidden -> kv_heads · head_dim.
     pub k_proj: Linear,
@@ -53,22 +59,33 @@ pub struct Attention {
     pub num_kv_heads: usize,
     /// Width of a head.
     pub head_dim: usize,
+    /// The output is gated by `sigmoid` of the gate rows of `q_proj` (Qwen3.5).
+    pub gated: bool,
 }
 
 impl Attention {
     /// Loads `{prefix}.{q,k,v,o}_proj` and, for Qwen3, `{prefix}.{q,k}_norm`.
-    pub fn load(w: &Weights, prefix: &str, cfg: &ModelConfig, opts: &LoadOptions, device: &Device) -> Result<Self> {
+    pub fn load(
+        w: &Weights,
+        prefix: &str,
+        cfg: &ModelConfig,
+        gated: bool,
+        opts: &LoadOptions,
+        device: &Device,
+    ) -> Result<Self> {
         let (h, hd) = (cfg.hidden_size, cfg.head_dim);
         let (q, kv) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
         let norm = |name: &str| -> Result<Option<RmsNorm>> {
             if cfg.qk_norm {
-                Ok(Some(RmsNorm::load(w, &format!("{prefix}.{name}"), hd, cfg.rms_norm_eps, device)?))
+                let (eps, zc) = (cfg.rms_norm_eps, cfg.zero_centred_norms);
+                Ok(Some(RmsNorm::load_as(w, &format!("{prefix}.{name}"), hd, eps, zc, device)?))
             } else {
                 Ok(None)
             }
         };
+        let q_out = if gated { 2 * q } else { q };
         Ok(Self {
-            q_proj: Linear::load(w, &format!("{prefix}.q_proj"), (h, q), cfg.qkv_bias, opts, true, device)?,
+            q_proj: Linear::load(w, &format!("{prefix}.q_proj"), (h, q_out), cfg.qkv_bias, opts, true, device)?,
             k_proj: Linear::load(w, &format!("{prefix}.k_proj"), (h, kv), cfg.qkv_bias, opts, true, device)?,
             v_proj: Linear::load(w, &format!("{prefix}.v_proj"), (h, kv), cfg.qkv_bias, opts, true, device)?,
             o_proj: Linear::load(w, &format!("{prefix}.o_proj"), (q, h), cfg.o_bias, opts, true, device)?,
@@ -77,6 +94,7 @@ impl Attention {
             num_heads: cfg.num_attention_heads,
             num_kv_heads: cfg.num_key_value_heads,
             head_dim: hd,
+            gated,
         })
     }
 
@@ -96,7 +114,14 @@ impl Attention {
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let q = self.q_proj.forward(x.clone()).reshape([b, t, nh, hd]);
+        let (q, gate) = if self.gated {
+            let qg = self.q_proj.forward(x.clone()).reshape([b, t, nh, 2 * hd]);
+            let gate = qg.clone().slice([0..b, 0..t, 0..nh, hd..2 * hd]).reshape([b, t, nh * hd]);
+            (qg.slice([0..b, 0..t, 0..nh, 0..hd]), Some(gate))
+        } else {
+            (self.q_proj.forward(x.clone()).reshape([b, t, nh, hd]), None)
+        };
+        let gate = gate.as_ref();
         let k = self.k_proj.forward(x.clone()).reshape([b, t, nkv, hd]);
         let v = self.v_proj.forward(x).reshape([b, t, nkv, hd]);
         let q = match &self.q_norm {
@@ -112,7 +137,7 @@ impl Attention {
             let q = rope_bthd(q, cos, sin);
             let k = rope_bthd(k, cos, sin);
             let out = fused_attention(q, k, v, key_mask(mask, b)); // [b, t, nh, hd]
-            return self.o_proj.forward(out.reshape([b, t, nh * hd]));
+            return self.output(out.reshape([b, t, nh * hd]), gate);
         }
         let q = apply_rope(q.swap_dims(1, 2), cos, sin); // [b, nh, t, hd]
         let k = apply_rope(k.swap_dims(1, 2), cos, sin); // [b, nkv, t, hd]
@@ -130,12 +155,24 @@ impl Attention {
                 // Its products in the base's compute dtype (bf16 on a GPU for a bf16 base).
                 let compute = self.q_proj.compute;
                 let out = tiled_attention(q, k, v, mask, causal, SCORE_VALUES, compute); // [b, nh, t, hd]
-                return self.o_proj.forward(out.swap_dims(1, 2).reshape([b, t, nh * hd]));
+                return self.output(out.swap_dims(1, 2).reshape([b, t, nh * hd]), gate);
             }
-            return self.reference_attention(q, k, v, mask, b, t);
+            return self.reference_attention(q, k, v, mask, b, t, gate);
         };
         let (k, v) = cache.append(k, v); // [b, nkv, past + t, hd]
-        self.reference_attention(q, k, v, mask, b, t)
+        self.reference_attention(q, k, v, mask, b, t, gate)
+    }
+
+    /// `o_proj` of the heads' outputs, gated first when the attention is.
+    ///
+    /// # Shapes
+    /// - heads, gate: `[b, t, heads · head_dim]`
+    /// - output: `[b, t, hidden]`
+    fn output(&self, heads: Tensor<3>, gate: Option<&Tensor<3>>) -> Tensor<3> {
+        match gate {
+            Some(g) => self.o_proj.forward(heads * burn::tensor::activation::sigmoid(g.clone())),
+            None => self.o_proj.forward(heads),
+        }
     }
 
     /// burn's attention with repeated key/value heads: the cached path, and the reference.
@@ -151,6 +188,7 @@ impl Attention {
         mask: &AttentionMask,
         b: usize,
         t: usize,
+        gate: Option<&Tensor<3>>,
     ) -> Tensor<3> {
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let k = repeat_kv(k, nh / nkv); // [b, nh, tk, hd]
@@ -162,7 +200,7 @@ impl Attention {
         };
         let options = AttentionModuleOptions { scale: None, softcap: None, is_causal };
         let out = attention(q, k, v, mask, None, options); // [b, nh, t, hd]
-        self.o_proj.forward(out.swap_dims(1, 2).reshape([b, t, nh * hd]))
+        self.output(out.swap_dims(1, 2).reshape([b, t, nh * hd]), gate)
     }
 }
 

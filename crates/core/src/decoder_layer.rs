@@ -1,10 +1,13 @@
-//! One pre-norm decoder layer: x + attn(norm(x)), then + mlp(norm(·)).
+//! One pre-norm decoder layer: x + mixer(norm(x)), then + mlp(norm(·)). The token mixer is chosen per
+//! layer from the config ([`TokenMixer`]): attention (`self_attn`, gated or not) or Gated DeltaNet
+//! (`linear_attn`); exactly one of the two fields is set.
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
 use crate::attention::{Attention, AttentionMask};
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, TokenMixer};
+use crate::gated_delta_net::{GatedDeltaNet, SequenceLayout};
 use crate::error::Result;
 use crate::kv_cache::LayerCache;
 use crate::load_options::LoadOptions;
@@ -17,8 +20,10 @@ use crate::weights::Weights;
 pub struct DecoderLayer {
     /// `input_layernorm`.
     pub input_layernorm: RmsNorm,
-    /// `self_attn`.
-    pub self_attn: Attention,
+    /// `self_attn`, in an attention layer.
+    pub self_attn: Option<Attention>,
+    /// `linear_attn`, in a Gated DeltaNet layer.
+    pub linear_attn: Option<GatedDeltaNet>,
     /// `post_attention_layernorm`.
     pub post_attention_layernorm: RmsNorm,
     /// `mlp`.
@@ -26,13 +31,60 @@ pub struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    /// Loads `{prefix}.*`.
-    pub fn load(w: &Weights, prefix: &str, cfg: &ModelConfig, opts: &LoadOptions, device: &Device) -> Result<Self> {
-        let (h, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
+    /// The mixer's linear layers with their names under the layer, in PEFT's (named_modules) order.
+    pub fn mixer_linears(&self) -> Vec<(&'static str, &crate::linear::Linear)> {
+        match (&self.self_attn, &self.linear_attn) {
+            (Some(a), _) => vec![
+                ("self_attn.q_proj", &a.q_proj),
+                ("self_attn.k_proj", &a.k_proj),
+                ("self_attn.v_proj", &a.v_proj),
+                ("self_attn.o_proj", &a.o_proj),
+            ],
+            (None, Some(l)) => {
+                let names = ["linear_attn.in_proj_qkv", "linear_attn.in_proj_z", "linear_attn.in_proj_b",
+                    "linear_attn.in_proj_a", "linear_attn.out_proj"];
+                names.into_iter().zip(l.linears().map(|(_, lin)| lin)).collect()
+            }
+            (None, None) => Vec::new(),
+        }
+    }
+}
+
+impl DecoderLayer {
+    /// Loads `{prefix}.*`, layer `index` of the config's pattern.
+    pub fn load(
+        w: &Weights,
+        prefix: &str,
+        index: usize,
+        cfg: &ModelConfig,
+        opts: &LoadOptions,
+        device: &Device,
+    ) -> Result<Self> {
+        let (h, eps, zc) = (cfg.hidden_size, cfg.rms_norm_eps, cfg.zero_centred_norms);
+        // Loaded in the checkpoint's order, so that the first missing tensor named is the first one.
+        let input_layernorm = RmsNorm::load_as(w, &format!("{prefix}.input_layernorm"), h, eps, zc, device)?;
+        let mixer = cfg.mixers[index];
+        let (self_attn, linear_attn) = match mixer {
+            TokenMixer::GatedDeltaNet => {
+                (None, Some(GatedDeltaNet::load(w, &format!("{prefix}.linear_attn"), cfg, opts, device)?))
+            }
+            m => {
+                let gated = m == TokenMixer::GatedAttention;
+                (Some(Attention::load(w, &format!("{prefix}.self_attn"), cfg, gated, opts, device)?), None)
+            }
+        };
         Ok(Self {
-            input_layernorm: RmsNorm::load(w, &format!("{prefix}.input_layernorm"), h, eps, device)?,
-            self_attn: Attention::load(w, &format!("{prefix}.self_attn"), cfg, opts, device)?,
-            post_attention_layernorm: RmsNorm::load(w, &format!("{prefix}.post_attention_layernorm"), h, eps, device)?,
+            input_layernorm,
+            self_attn,
+            linear_attn,
+            post_attention_layernorm: RmsNorm::load_as(
+                w,
+                &format!("{prefix}.post_attention_layernorm"),
+                h,
+                eps,
+                zc,
+                device,
+            )?,
             mlp: Mlp::load(w, &format!("{prefix}.mlp"), cfg, opts, device)?,
         })
     }
@@ -46,9 +98,16 @@ impl DecoderLayer {
         cos: &Tensor<4>,
         sin: &Tensor<4>,
         mask: &AttentionMask,
+        layout: &SequenceLayout,
         cache: Option<&mut LayerCache>,
     ) -> Tensor<3> {
-        let h = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), cos, sin, mask, cache);
+        let normed = self.input_layernorm.forward(x.clone());
+        let mixed = match (&self.self_attn, &self.linear_attn) {
+            (Some(a), _) => a.forward(normed, cos, sin, mask, cache),
+            (None, Some(l)) => l.forward(normed, layout, cache),
+            (None, None) => unreachable!("every layer is loaded with one token mixer"),
+        };
+        let h = x + mixed;
         h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
     }
 }

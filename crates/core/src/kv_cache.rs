@@ -1,4 +1,6 @@
-//! Keys and values of past positions, one entry per layer, for incremental decoding.
+//! What incremental decoding keeps of past positions, one entry per layer: an attention layer's keys
+//! and values, a Gated DeltaNet layer's last convolution inputs and its delta-rule state (so that one
+//! new token costs the same whatever the length before it).
 
 use burn::tensor::Tensor;
 
@@ -7,6 +9,10 @@ use burn::tensor::Tensor;
 pub struct LayerCache {
     /// `[batch, kv_heads, past, head_dim]` keys and values, `None` before the first call.
     kv: Option<(Tensor<4>, Tensor<4>)>,
+    /// Gated DeltaNet: the last `kernel − 1` inputs of the convolution, `[batch, kernel − 1, conv_dim]`.
+    pub conv: Option<Tensor<3>>,
+    /// Gated DeltaNet: the delta-rule state, `[batch, value_heads, key_head_dim, value_head_dim]` (f32).
+    pub state: Option<Tensor<4>>,
 }
 
 impl LayerCache {

@@ -1,4 +1,4 @@
-//! lora-core: the Llama family (Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3) on burn, loading Hugging Face
+//! lora-core: the Llama family (Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3) and Qwen3.5 on burn, loading Hugging Face
 //! model folders and giving the numbers transformers gives.
 //!
 //! Layout: one concept per file. [`config`] reads `config.json`; [`weights`] reads the weights by memory
@@ -15,6 +15,7 @@ pub mod chunked_loss;
 pub mod config;
 pub mod cpu_kernel;
 pub mod decoder_layer;
+pub mod delta_rule;
 pub mod error;
 pub mod eval;
 pub mod frozen_matmul;
@@ -25,6 +26,7 @@ pub mod fused_lora_linear;
 pub mod fused_rms_norm;
 pub mod fused_rope;
 pub mod fused_swiglu;
+pub mod gated_delta_net;
 pub mod generate;
 pub mod gguf_model;
 pub mod gguf_to_folder;

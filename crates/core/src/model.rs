@@ -1,8 +1,10 @@
 //! The decoder-only causal language model shared by Llama, Mistral, Qwen2 and Qwen3:
 //! `model.embed_tokens` -> `model.layers.*` -> `model.norm` -> `lm_head`.
 //!
-//! Architectures differ only in data ([`ModelConfig`]: biases, q/k norms, tied head, rope schedule),
-//! so one struct serves them all.
+//! Architectures differ in data ([`ModelConfig`]: biases, q/k norms, tied head, rope schedule) and in
+//! each layer's token mixer (attention, gated attention, Gated DeltaNet: [`DecoderLayer`]). In the Hub
+//! form of a multimodal checkpoint the body is `model.language_model`; its vision tower and
+//! multi-token-prediction head are not run.
 
 use std::path::Path;
 
@@ -12,6 +14,7 @@ use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
 use crate::attention::AttentionMask;
 use crate::config::ModelConfig;
 use crate::decoder_layer::DecoderLayer;
+use crate::gated_delta_net::SequenceLayout;
 use crate::error::{CoreError, Result};
 use crate::kv_cache::KvCache;
 use crate::linear::Linear;
@@ -60,6 +63,8 @@ pub struct LayerInputs {
     pub sin: Tensor<4>,
     /// Which keys each query sees.
     pub mask: AttentionMask,
+    /// Padding and packed segments, for the Gated DeltaNet layers.
+    pub layout: SequenceLayout,
 }
 
 /// A batch of token ids, rectangular, with the padding mask (`true` = real token).
@@ -169,11 +174,13 @@ impl CausalLm {
                 }
             )));
         }
-        let embed = w.tensor_as("model.embed_tokens.weight", [cfg.vocab_size, cfg.hidden_size], dtype, device)?;
+        let p = &cfg.text_prefix;
+        let embed = w.tensor_as(&format!("{p}.embed_tokens.weight"), [cfg.vocab_size, cfg.hidden_size], dtype, device)?;
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| DecoderLayer::load(w, &format!("model.layers.{i}"), cfg, opts, device))
+            .map(|i| DecoderLayer::load(w, &cfg.layer_prefix(i), i, cfg, opts, device))
             .collect::<Result<Vec<_>>>()?;
-        let norm = RmsNorm::load(w, "model.norm", cfg.hidden_size, cfg.rms_norm_eps, device)?;
+        let norm =
+            RmsNorm::load_as(w, &format!("{p}.norm"), cfg.hidden_size, cfg.rms_norm_eps, cfg.zero_centred_norms, device)?;
         let lm_head = if cfg.tie_word_embeddings {
             Linear { compute: opts.compute_dtype(device), ..Linear::from_weight(embed.clone()) }
         } else {
@@ -181,7 +188,12 @@ impl CausalLm {
         };
         // Some tied checkpoints still carry a copy of the head; it is the same matrix.
         let ignore: &[&str] = if cfg.tie_word_embeddings { &["lm_head.weight"] } else { &[] };
-        w.check_all_taken(ignore)?;
+        // The Hub form's vision tower and multi-token-prediction head are kept on disk, not run.
+        if cfg.text_prefix != "model" {
+            w.check_all_taken_except(ignore, &["model.visual.", "mtp."])?;
+        } else {
+            w.check_all_taken(ignore)?;
+        }
         Ok(Self {
             model: DecoderStack { embed_tokens: Param::from_tensor(embed), layers, norm },
             lm_head,
@@ -204,12 +216,24 @@ impl CausalLm {
             total += lin.bias.as_ref().map_or(0, |b| tensor_bytes(&b.val()));
         }
         for l in &self.model.layers {
-            let a = &l.self_attn;
-            for n in [Some(&l.input_layernorm), Some(&l.post_attention_layernorm), a.q_norm.as_ref(), a.k_norm.as_ref()]
-                .into_iter()
-                .flatten()
+            let a = l.self_attn.as_ref();
+            for n in [
+                Some(&l.input_layernorm),
+                Some(&l.post_attention_layernorm),
+                a.and_then(|a| a.q_norm.as_ref()),
+                a.and_then(|a| a.k_norm.as_ref()),
+            ]
+            .into_iter()
+            .flatten()
             {
                 total += tensor_bytes(&n.weight.val());
+            }
+            if let Some(g) = &l.linear_attn {
+                let conv = g.conv1d.val();
+                total += conv.dims().iter().product::<usize>() * conv.dtype().size();
+                for t in [g.a_log.val(), g.dt_bias.val(), g.norm.weight.val()] {
+                    total += tensor_bytes(&t);
+                }
             }
         }
         total + tensor_bytes(&self.model.norm.weight.val())
@@ -219,18 +243,11 @@ impl CausalLm {
     pub fn linear_modules(&self) -> Vec<(String, &Linear)> {
         let mut out = Vec::new();
         for (i, l) in self.model.layers.iter().enumerate() {
-            let a = &l.self_attn;
+            let prefix = self.config.layer_prefix(i);
             let m = &l.mlp;
-            for (name, lin) in [
-                ("self_attn.q_proj", &a.q_proj),
-                ("self_attn.k_proj", &a.k_proj),
-                ("self_attn.v_proj", &a.v_proj),
-                ("self_attn.o_proj", &a.o_proj),
-                ("mlp.gate_proj", &m.gate_proj),
-                ("mlp.up_proj", &m.up_proj),
-                ("mlp.down_proj", &m.down_proj),
-            ] {
-                out.push((format!("model.layers.{i}.{name}"), lin));
+            let mlp = [("mlp.gate_proj", &m.gate_proj), ("mlp.up_proj", &m.up_proj), ("mlp.down_proj", &m.down_proj)];
+            for (name, lin) in l.mixer_linears().into_iter().chain(mlp) {
+                out.push((format!("{prefix}.{name}"), lin));
             }
         }
         out.push(("lm_head".to_string(), &self.lm_head));
@@ -241,18 +258,15 @@ impl CausalLm {
     pub fn linear_modules_mut(&mut self) -> Vec<(String, &mut Linear)> {
         let mut out = Vec::new();
         for (i, l) in self.model.layers.iter_mut().enumerate() {
-            let a = &mut l.self_attn;
-            let m = &mut l.mlp;
-            for (name, lin) in [
-                ("self_attn.q_proj", &mut a.q_proj),
-                ("self_attn.k_proj", &mut a.k_proj),
-                ("self_attn.v_proj", &mut a.v_proj),
-                ("self_attn.o_proj", &mut a.o_proj),
+            let prefix = self.config.layer_prefix(i);
+            let (mixer, m) = split_layer(l);
+            let mlp = [
                 ("mlp.gate_proj", &mut m.gate_proj),
                 ("mlp.up_proj", &mut m.up_proj),
                 ("mlp.down_proj", &mut m.down_proj),
-            ] {
-                out.push((format!("model.layers.{i}.{name}"), lin));
+            ];
+            for (name, lin) in mixer.into_iter().chain(mlp) {
+                out.push((format!("{prefix}.{name}"), lin));
             }
         }
         out.push(("lm_head".to_string(), &mut self.lm_head));
@@ -277,7 +291,7 @@ impl CausalLm {
         hidden_states: bool,
     ) -> Result<ForwardOutput> {
         let (inputs, valid) = self.layer_inputs_with(batch, cache.as_deref())?;
-        let LayerInputs { mut x, cos, sin, mask } = inputs;
+        let LayerInputs { mut x, cos, sin, mask, layout } = inputs;
         let mut states = hidden_states.then(Vec::new);
         if let Some(c) = cache.as_deref_mut()
             && c.layers.len() != self.model.layers.len()
@@ -289,7 +303,7 @@ impl CausalLm {
                 s.push(x.clone());
             }
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = layer.forward(x, &cos, &sin, &mask, layer_cache);
+            x = layer.forward(x, &cos, &sin, &mask, &layout, layer_cache);
         }
         let x = self.model.norm.forward(x);
         if let Some(s) = states.as_mut() {
@@ -311,9 +325,9 @@ impl CausalLm {
     /// # Shapes
     /// - output: `[batch, seq, hidden]`
     pub fn last_hidden(&self, batch: &TokenBatch) -> Result<Tensor<3>> {
-        let LayerInputs { mut x, cos, sin, mask } = self.layer_inputs(batch)?;
+        let LayerInputs { mut x, cos, sin, mask, layout } = self.layer_inputs(batch)?;
         for layer in &self.model.layers {
-            x = layer.forward(x, &cos, &sin, &mask, None);
+            x = layer.forward(x, &cos, &sin, &mask, &layout, None);
         }
         Ok(x)
     }
@@ -416,7 +430,17 @@ impl CausalLm {
         let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, t]), &device);
         // The table may be held in bf16/f16; activations are f32.
         let x = burn::tensor::module::embedding(self.model.embed_tokens.val(), ids).cast(DType::F32); // [b, t, h]
-        Ok((LayerInputs { x, cos, sin, mask }, valid))
+        let layout = if self.config.linear_attention.is_some() {
+            // As transformers: a padding mask only when this call's tokens include padding.
+            let padding = batch.mask.as_ref().filter(|m| m.iter().flatten().any(|v| !v)).map(|m| {
+                let values: Vec<f32> = m.iter().flatten().map(|&v| f32::from(u8::from(v))).collect();
+                Tensor::<3>::from_data(TensorData::new(values, [b, t, 1]), &device)
+            });
+            SequenceLayout { padding, segments: batch.segments.clone().map(std::sync::Arc::new) }
+        } else {
+            SequenceLayout::default()
+        };
+        Ok((LayerInputs { x, cos, sin, mask, layout }, valid))
     }
 }
 
@@ -462,4 +486,24 @@ fn build_mask(
         }
     }
     AttentionMask::Explicit(Tensor::<4, Bool>::from_data(TensorData::new(data, [b, heads, t, tk]), device))
+}
+
+/// A layer's mixer linears and its MLP, borrowed mutably at once.
+fn split_layer(l: &mut DecoderLayer) -> (Vec<(&'static str, &mut Linear)>, &mut crate::mlp::Mlp) {
+    let DecoderLayer { self_attn, linear_attn, mlp, .. } = l;
+    let mixer = match (self_attn, linear_attn) {
+        (Some(a), _) => vec![
+            ("self_attn.q_proj", &mut a.q_proj),
+            ("self_attn.k_proj", &mut a.k_proj),
+            ("self_attn.v_proj", &mut a.v_proj),
+            ("self_attn.o_proj", &mut a.o_proj),
+        ],
+        (None, Some(g)) => {
+            let names = ["linear_attn.in_proj_qkv", "linear_attn.in_proj_z", "linear_attn.in_proj_b",
+                "linear_attn.in_proj_a", "linear_attn.out_proj"];
+            names.into_iter().zip(g.linears_mut().map(|(_, lin)| lin)).collect()
+        }
+        (None, None) => Vec::new(),
+    };
+    (mixer, mlp)
 }

@@ -5,6 +5,11 @@
 //! References: RoFormer (arXiv:2104.09864); transformers `modeling_rope_utils.py` for the llama3
 //! schedule. Tables are computed on the host in f32 exactly as transformers does (inv_freq in f32,
 //! angle = f32(inv_freq · position)), then uploaded once per forward call.
+//!
+//! Partial rotary embeddings (Qwen3.5: `partial_rotary_factor`) rotate only the first `rotary_dim`
+//! channels of each head, rotate-half within them, and pass the rest through. Qwen3.5's interleaved
+//! M-RoPE is this with text-only positions: its three position rows (time, height, width) are then
+//! equal, so each frequency gets the same angle whichever row it is taken from.
 
 use burn::tensor::{Device, Tensor, TensorData};
 
@@ -13,15 +18,16 @@ use crate::config::{ModelConfig, RopeScaling};
 /// Inverse frequencies of one head.
 #[derive(Debug, Clone)]
 pub struct Rope {
-    /// `inv_freq`: [head_dim / 2].
+    /// `inv_freq`: [rotary_dim / 2].
     inv_freq: Vec<f32>,
-    head_dim: usize,
+    /// Rotated channels of a head (the whole head unless the rotation is partial).
+    rotary_dim: usize,
 }
 
 impl Rope {
     /// Builds the frequency table from the config's theta and scaling.
     pub fn new(cfg: &ModelConfig) -> Self {
-        let dim = cfg.head_dim;
+        let dim = cfg.rotary_dim;
         let base: Vec<f64> = (0..dim / 2).map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f64 / dim as f64)).collect();
         let inv_freq = match &cfg.rope_scaling {
             RopeScaling::Default => base,
@@ -48,18 +54,18 @@ impl Rope {
                     .collect()
             }
         };
-        Self { inv_freq: inv_freq.into_iter().map(|f| f as f32).collect(), head_dim: dim }
+        Self { inv_freq: inv_freq.into_iter().map(|f| f as f32).collect(), rotary_dim: dim }
     }
 
     /// cos and sin tables for the given positions, one row of positions per batch element.
     ///
     /// # Shapes
     /// - positions: `batch` rows of `seq` positions
-    /// - output: (cos, sin), each `[batch, 1, seq, head_dim]`
+    /// - output: (cos, sin), each `[batch, 1, seq, rotary_dim]`
     pub fn tables(&self, positions: &[Vec<usize>], device: &Device) -> (Tensor<4>, Tensor<4>) {
         let b = positions.len();
         let t = positions.first().map_or(0, Vec::len);
-        let (hd, half) = (self.head_dim, self.head_dim / 2);
+        let (hd, half) = (self.rotary_dim, self.rotary_dim / 2);
         let mut cos = Vec::with_capacity(b * t * hd);
         let mut sin = Vec::with_capacity(b * t * hd);
         for row in positions {
@@ -79,14 +85,20 @@ impl Rope {
     }
 }
 
-/// Applies the rotation.
+/// Applies the rotation to the first `rotary_dim` channels of each head (all of them unless the
+/// rotation is partial).
 ///
 /// # Shapes
 /// - x: `[batch, heads, seq, head_dim]`
-/// - cos, sin: `[batch, 1, seq, head_dim]`
+/// - cos, sin: `[batch, 1, seq, rotary_dim]`
 /// - output: `[batch, heads, seq, head_dim]`
 pub fn apply_rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
     let [b, h, t, hd] = x.dims();
+    let rd = cos.dims()[3];
+    if rd < hd {
+        let rotated = apply_rope(x.clone().slice([0..b, 0..h, 0..t, 0..rd]), cos, sin);
+        return Tensor::cat(vec![rotated, x.slice([0..b, 0..h, 0..t, rd..hd])], 3);
+    }
     let half = hd / 2;
     let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..half]);
     let x2 = x.clone().slice([0..b, 0..h, 0..t, half..hd]);

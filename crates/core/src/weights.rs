@@ -263,6 +263,18 @@ impl Weights {
         Ok((values, shape))
     }
 
+    /// [`Self::check_all_taken`], with every tensor under one of `prefixes` allowed to stay unused.
+    pub fn check_all_taken_except(&self, ignore: &[&str], prefixes: &[&str]) -> Result<()> {
+        match self.check_all_taken(ignore) {
+            Err(CoreError::UnexpectedTensors { dir, names }) => {
+                let names: Vec<String> =
+                    names.into_iter().filter(|n| !prefixes.iter().any(|p| n.starts_with(p))).collect();
+                if names.is_empty() { Ok(()) } else { Err(CoreError::UnexpectedTensors { dir, names }) }
+            }
+            other => other,
+        }
+    }
+
     /// Fails if any tensor in the files was not taken by the model (`ignore` lists names that may stay).
     pub fn check_all_taken(&self, ignore: &[&str]) -> Result<()> {
         let taken = self.taken.borrow();

@@ -30,23 +30,13 @@ impl MemoryPlan {
 
 /// Every linear module of the model with its (in, out) widths, in PEFT's order.
 pub fn linear_shapes(c: &ModelConfig) -> Vec<(String, usize, usize)> {
-    let (h, i, hd) = (c.hidden_size, c.intermediate_size, c.head_dim);
-    let (q, kv) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
     let mut out = Vec::new();
     for l in 0..c.num_hidden_layers {
-        for (name, d_in, d_out) in [
-            ("self_attn.q_proj", h, q),
-            ("self_attn.k_proj", h, kv),
-            ("self_attn.v_proj", h, kv),
-            ("self_attn.o_proj", q, h),
-            ("mlp.gate_proj", h, i),
-            ("mlp.up_proj", h, i),
-            ("mlp.down_proj", i, h),
-        ] {
-            out.push((format!("model.layers.{l}.{name}"), d_in, d_out));
+        for (name, d_in, d_out) in c.layer_linears(l) {
+            out.push((format!("{}.{name}", c.layer_prefix(l)), d_in, d_out));
         }
     }
-    out.push(("lm_head".into(), h, c.vocab_size));
+    out.push(("lm_head".into(), c.hidden_size, c.vocab_size));
     out
 }
 
@@ -121,7 +111,7 @@ pub fn plan(recipe: &Recipe, c: &ModelConfig, opts: &LoadOptions) -> lora_core::
     // Layers below the lowest adapted one need no backward and keep nothing.
     let lowest = selected
         .iter()
-        .filter_map(|p| p.strip_prefix("model.layers.")?.split('.').next()?.parse::<usize>().ok())
+        .filter_map(|p| c.layer_of(p))
         .min()
         .unwrap_or(c.num_hidden_layers);
     let layers = (c.num_hidden_layers - lowest) as u64;

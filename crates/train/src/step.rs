@@ -75,7 +75,7 @@ fn micro_batch(
     constant_adapters(model);
     let lowest = adapter_layers(model).into_iter().flatten().min();
     // 1) The body.
-    let LayerInputs { x, cos, sin, mask } = model.layer_inputs(batch)?;
+    let LayerInputs { x, cos, sin, mask, layout } = model.layer_inputs(batch)?;
     let x = x.autodiff();
     let n_layers = model.model.layers.len();
     // Per layer from the lowest with an adapter: its input (a leaf when tracked) and, without
@@ -98,7 +98,7 @@ fn micro_batch(
         } else {
             x
         };
-        let y = layer.forward(input.clone(), &cos, &sin, &mask, None);
+        let y = layer.forward(input.clone(), &cos, &sin, &mask, &layout, None);
         x = if tracked { y.clone().inner().autodiff() } else { y.clone() };
         inputs.push(lowest.is_some_and(|lo| i >= lo).then_some(input));
         if tracked {
@@ -122,7 +122,7 @@ fn micro_batch(
                     // Recompute the layer, tracked, from its saved input.
                     let leaves = track_adapters(model, |l| l == Some(i));
                     let input = if i == lowest { saved } else { saved.require_grad() };
-                    let y = model.model.layers[i].forward(input.clone(), &cos, &sin, &mask, None);
+                    let y = model.model.layers[i].forward(input.clone(), &cos, &sin, &mask, &layout, None);
                     (input, y, Some(leaves))
                 }
             };

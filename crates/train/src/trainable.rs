@@ -55,7 +55,7 @@ pub fn set_dropout_seeds(model: &mut CausalLm, seed: u64) {
 pub fn adapter_layers(model: &CausalLm) -> Vec<Option<usize>> {
     let mut out = Vec::new();
     for (path, lin) in model.linear_modules() {
-        let layer = path.strip_prefix("model.layers.").and_then(|p| p.split('.').next()?.parse().ok());
+        let layer = model.config.layer_of(&path);
         for _ in &lin.lora {
             out.push(layer);
             out.push(layer);

@@ -168,7 +168,32 @@ fn describe(c: &ModelConfig) -> String {
         c.intermediate_size,
         c.vocab_size,
         if c.tie_word_embeddings { ", tied embeddings" } else { "" }
-    )
+    ) + &mixers(c)
+}
+
+/// The layer pattern of a model whose layers are not all plain attention (Qwen3.5: `; layers:
+/// 3× gated deltanet, gated attention, ...`), run-length encoded; empty otherwise.
+fn mixers(c: &ModelConfig) -> String {
+    if !c.is_hybrid() {
+        return String::new();
+    }
+    let mut runs: Vec<(lora_core::config::TokenMixer, usize)> = Vec::new();
+    for &m in &c.mixers {
+        match runs.last_mut() {
+            Some((last, n)) if *last == m => *n += 1,
+            _ => runs.push((m, 1)),
+        }
+    }
+    let parts: Vec<String> =
+        runs.iter().map(|(m, n)| if *n == 1 { m.name().to_string() } else { format!("{n}× {}", m.name()) }).collect();
+    let mut out = format!("; layers: {}", parts.join(", "));
+    if let Some(l) = &c.linear_attention {
+        out += &format!(
+            "; Gated DeltaNet {}/{} heads of {}/{}, conv {}",
+            l.num_key_heads, l.num_value_heads, l.key_head_dim, l.value_head_dim, l.conv_kernel
+        );
+    }
+    out
 }
 
 fn file_name(p: &Path) -> String {

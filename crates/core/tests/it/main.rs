@@ -1,6 +1,7 @@
 //! Integration tests of lora-core (one binary: see the workspace README).
 
 mod common;
+mod delta_rule;
 mod fused;
 mod gguf;
 mod gpu;

@@ -126,11 +126,100 @@ fn qwen3_matches_transformers() {
     check_architecture("qwen3");
 }
 
+/// Qwen3.5's text-only form: Gated DeltaNet and gated attention layers in a pattern of layer_types.
+#[test]
+fn qwen3_5_matches_transformers() {
+    check_architecture("qwen3_5");
+    check_long("qwen3_5");
+}
+
+/// Qwen3.5 as the Hub has it: the multimodal wrapper (text under model.language_model, a vision
+/// tower and an mtp tensor to skip), tied head, the layer pattern from full_attention_interval.
+#[test]
+fn qwen3_5_hub_form_matches_transformers() {
+    check_architecture("qwen3_5-hub");
+    check_long("qwen3_5-hub");
+}
+
+/// The `long.*` golden: one sequence over several chunks of the chunked delta rule, at once, and as a
+/// cached prompt across a chunk boundary followed by token-by-token decoding (the recurrent form).
+fn check_long(name: &str) {
+    let device = default_device();
+    let model = CausalLm::load_dir(model_dir(name), &device).unwrap();
+    let golden = SafetensorsFile::open(fixtures().join(format!("golden/{name}.safetensors"))).unwrap();
+    let (ids, shape) = golden_i64(&golden, "long.input_ids");
+    let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+    let t = shape[1];
+    assert!(t > 2 * lora_core::delta_rule::CHUNK, "the long golden must span more than two chunks");
+    let (reference, _) = golden_f32(&golden, "long.logits");
+    let vocab = model.config.vocab_size;
+    let whole = to_f32_vec(model.forward(&TokenBatch::rows(vec![ids.clone()]), None).unwrap()).unwrap();
+    let d = max_abs_diff(&whole, &reference);
+    assert!(d <= TOL, "{name}: long logits max |Δ| = {d:e}");
+
+    let meta: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join(format!("golden/{name}.json"))).unwrap())
+            .unwrap();
+    let split = meta["long_split"].as_u64().unwrap() as usize;
+    assert!(split > lora_core::delta_rule::CHUNK && split % lora_core::delta_rule::CHUNK != 0);
+    let mut cache = lora_core::kv_cache::KvCache::new(model.config.num_hidden_layers);
+    let mut got = to_f32_vec(model.forward(&TokenBatch::rows(vec![ids[..split].to_vec()]), Some(&mut cache)).unwrap())
+        .unwrap();
+    // The second part once in one call (chunked, from the cached state), then token by token.
+    let mut chunked_cache = cache.clone();
+    let rest = to_f32_vec(
+        model.forward(&TokenBatch::rows(vec![ids[split..].to_vec()]), Some(&mut chunked_cache)).unwrap(),
+    )
+    .unwrap();
+    let d = max_abs_diff(&rest, &reference[split * vocab..]);
+    assert!(d <= TOL, "{name}: cached prompt then the rest at once: max |Δ| = {d:e}");
+    for &id in &ids[split..] {
+        got.extend(to_f32_vec(model.forward(&TokenBatch::rows(vec![vec![id]]), Some(&mut cache)).unwrap()).unwrap());
+    }
+    // Token by token, the f32 recurrence drifts from the chunked whole-sequence pass by its
+    // rounding: transformers' own decoding (`long.decoded_logits`) is 5.0e-4 off its whole pass on
+    // `qwen3_5` (its delta rule is f32 even for an f64 model, so there is no exact reference), ours
+    // 1.9e-4. Both comparisons at 1e-3, where a wrong state or convolution window is off by far more.
+    const DECODE_TOL: f32 = 1e-3;
+    let d = max_abs_diff(&got, &reference);
+    assert!(d <= DECODE_TOL, "{name}: cached prompt then decoding vs the whole pass: max |Δ| = {d:e}");
+    let (decoded, _) = golden_f32(&golden, "long.decoded_logits");
+    let d = max_abs_diff(&got, &decoded);
+    assert!(d <= DECODE_TOL, "{name}: cached prompt then decoding vs transformers' decoding: max |Δ| = {d:e}");
+}
+
+/// Packed rows: each segment of a Gated DeltaNet model sees nothing of the one before it, so a
+/// packed row's logits are those of its segments run alone.
+#[test]
+fn qwen3_5_packed_segments_equal_separate_rows() {
+    let device = default_device();
+    let dir = model_dir("qwen3_5");
+    let model = CausalLm::load_dir(&dir, &device).unwrap();
+    let tok = Tokenizer::load_dir(&dir, &model.config).unwrap();
+    let a = tok.encode("The quick brown fox jumps over the lazy dog", true).unwrap();
+    let b = tok.encode("A low-rank adapter is", true).unwrap();
+    let mut packed = TokenBatch::rows(vec![[a.clone(), b.clone()].concat()]);
+    packed.segments = Some(vec![[vec![0; a.len()], vec![1; b.len()]].concat()]);
+    let together = to_f32_vec(model.forward(&packed, None).unwrap()).unwrap();
+    let alone: Vec<f32> = [a, b]
+        .into_iter()
+        .flat_map(|s| to_f32_vec(model.forward(&TokenBatch::rows(vec![s]), None).unwrap()).unwrap())
+        .collect();
+    let d = max_abs_diff(&together, &alone);
+    assert!(d <= 1e-5, "packed vs alone: max |Δ| = {d:e}");
+}
+
 /// A left-padded batch decoded with the cache gives each row the tokens it gets alone.
 #[test]
 fn padded_cached_decoding_equals_single_rows() {
+    for name in ["llama", "qwen3_5"] {
+        padded_cached_decoding_equals_single_rows_of(name);
+    }
+}
+
+fn padded_cached_decoding_equals_single_rows_of(name: &str) {
     let device = default_device();
-    let dir = model_dir("llama");
+    let dir = model_dir(name);
     let model = CausalLm::load_dir(&dir, &device).unwrap();
     let tok = Tokenizer::load_dir(&dir, &model.config).unwrap();
     let seqs = vec![tok.encode("The quick brown fox jumps", true).unwrap(), tok.encode("Hello", true).unwrap()];
@@ -156,7 +245,7 @@ fn padded_cached_decoding_equals_single_rows() {
             use_cache: true,
         };
         let alone = generate(&model, seq, &opts, |_| Ok(())).unwrap();
-        assert_eq!(rows[r], alone, "row {r}");
+        assert_eq!(rows[r], alone, "{name}: row {r}");
     }
 }
 
