@@ -169,3 +169,43 @@ fn run_on_pool_passes_a_panic_on() {
     let panicked = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("run_on_pool hung after a panic");
     assert!(panicked, "the panic did not reach the caller");
 }
+
+/// Qwen3.5 (Hub form): LoRA on the Gated DeltaNet projections and the gated attention's, with
+/// recomputation; the loss falls, the adapter carries the checkpoint's module names and shapes,
+/// and it loads back onto the base and changes its output.
+#[test]
+fn qwen3_5_trains_adapters_on_gated_deltanet_projections() {
+    let d = temp_dir("qwen3_5");
+    let base = fixtures().join("models/qwen3_5-hub");
+    let r = tiny(
+        &d.join("run"),
+        &[
+            &format!("model.base=\"{}\"", base.display()),
+            "lora.targets=[\"in_proj_qkv\", \"in_proj_z\", \"in_proj_b\", \"in_proj_a\", \"out_proj\", \"q_proj\", \"o_proj\"]",
+            "train.gradient_checkpointing=true",
+        ],
+    );
+    let s = train(&r, &RunOptions::default()).unwrap();
+    assert!(s.last_loss < s.first_loss - 0.2, "loss {} -> {}", s.first_loss, s.last_loss);
+    let run = d.join("run");
+    let file = lora_formats::safetensors::SafetensorsFile::open(run.join("adapter_model.safetensors")).unwrap();
+    let prefix = "base_model.model.model.language_model.layers";
+    for (name, shape) in [
+        ("0.linear_attn.in_proj_qkv.lora_A.weight", vec![4, 32]),
+        ("0.linear_attn.in_proj_qkv.lora_B.weight", vec![104, 4]),
+        ("1.linear_attn.in_proj_b.lora_B.weight", vec![6, 4]),
+        ("1.linear_attn.out_proj.lora_A.weight", vec![4, 72]),
+        ("2.self_attn.q_proj.lora_B.weight", vec![128, 4]),
+    ] {
+        let key = format!("{prefix}.{name}");
+        let info = file.info(&key).unwrap_or_else(|| panic!("{key} missing"));
+        assert_eq!(info.shape, shape, "{key}");
+    }
+    assert!(file.info(&format!("{prefix}.2.self_attn.k_proj.lora_A.weight")).is_none());
+    let mut model = lora_core::CausalLm::load_dir(&base, &lora_core::default_device()).unwrap();
+    let batch = lora_core::TokenBatch::single(vec![0, 17, 250, 33]);
+    let before = lora_core::host::to_f32_vec(model.forward(&batch, None).unwrap()).unwrap();
+    lora_core::adapter::load_adapter(&mut model, &run, 1.0, false).unwrap();
+    let after = lora_core::host::to_f32_vec(model.forward(&batch, None).unwrap()).unwrap();
+    assert_ne!(before, after);
+}
