@@ -8,6 +8,9 @@ Writes, beside the fixtures of make_model_fixtures.py (whose tokenizer it reuses
   models/qwen3_5-hub/     the form the Hub checkpoints have (`Qwen3_5ForConditionalGeneration`,
                           `model.language_model.layers.N`, a tiny vision tower under `model.visual`, an
                           `mtp.*` tensor as the released checkpoints carry), tied embeddings
+  golden/qwen3_5-hub-adapter/
+                          a PEFT adapter on the Hub form (GDN and attention projections), with the
+                          PeftModel's logits and merge_and_unload's logits and language-model weights
   golden/qwen3_5{,-hub}.safetensors + .json
                           as make_model_fixtures.py's goldens (left-padded batch logits and hidden
                           states, greedy generations, eval loss), plus `long.*`: the logits of one
@@ -196,7 +199,47 @@ def main():
     extra = {}
     long_golden(model, hf_tok, extra)
     merge_into_golden(golden_dir, "qwen3_5-hub", extra, prov)
+    peft_adapter(model, out, prov)
     print(json.dumps(prov))
+
+
+def peft_adapter(model, out, prov):
+    """A PEFT adapter on the Hub form's Gated DeltaNet and attention projections (B random, so that it
+    does something), saved by PEFT, with the logits of the PeftModel and of merge_and_unload."""
+    import peft
+
+    torch.manual_seed(SEED + 102)
+    cfg = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a",
+                                                             "out_proj", "q_proj", "down_proj"])
+    pm = peft.get_peft_model(model, cfg)
+    with torch.no_grad():
+        for name, p in pm.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.3 * torch.randn_like(p))
+    pm.eval()
+    adapter_dir = os.path.join(out, "golden", "qwen3_5-hub-adapter")
+    shutil.rmtree(adapter_dir, ignore_errors=True)
+    pm.save_pretrained(adapter_dir)
+    os.remove(os.path.join(adapter_dir, "README.md"))
+    cfg_path = os.path.join(adapter_dir, "adapter_config.json")
+    with open(cfg_path) as f:
+        saved = json.load(f)
+    saved["base_model_name_or_path"] = "tests/fixtures/models/qwen3_5-hub"  # not this machine's path
+    with open(cfg_path, "w") as f:
+        json.dump(saved, f, indent=2, sort_keys=True)
+    ids = torch.tensor([[0, 17, 250, 33, 90, 12, 7, 301, 44]])
+    with torch.no_grad():
+        adapted = pm(ids).logits
+        unloaded = pm.merge_and_unload()
+        merged = unloaded(ids).logits
+    # The folded language-model weights, as merge_and_unload leaves them.
+    folded = {k: v.contiguous() for k, v in unloaded.state_dict().items() if k.startswith("model.language_model.")}
+    safetensors.torch.save_file(folded, os.path.join(adapter_dir, "merged.safetensors"))
+    prov = {**prov, "peft": peft.__version__}
+    safetensors.torch.save_file({"input_ids": ids, "logits.adapted": adapted.contiguous(),
+                                 "logits.merged": merged.contiguous()}, os.path.join(adapter_dir, "golden.safetensors"))
+    with open(os.path.join(adapter_dir, "provenance.json"), "w") as f:
+        json.dump(prov, f, indent=2)
 
 
 def merge_into_golden(golden_dir, name, extra, prov):

@@ -141,6 +141,25 @@ fn qwen3_5_hub_form_matches_transformers() {
     check_long("qwen3_5-hub");
 }
 
+/// A PEFT adapter on the Hub form's Gated DeltaNet and attention projections (PEFT's own file) gives
+/// the PeftModel's logits.
+#[test]
+fn qwen3_5_peft_adapter_gives_peft_logits() {
+    let device = default_device();
+    let mut model = CausalLm::load_dir(model_dir("qwen3_5-hub"), &device).unwrap();
+    let dir = fixtures().join("golden/qwen3_5-hub-adapter");
+    let golden = SafetensorsFile::open(dir.join("golden.safetensors")).unwrap();
+    let (ids, _) = golden_i64(&golden, "input_ids");
+    let batch = TokenBatch::rows(vec![ids.iter().map(|&i| i as u32).collect()]);
+    let before = to_f32_vec(model.forward(&batch, None).unwrap()).unwrap();
+    lora_core::adapter::load_adapter(&mut model, &dir, 1.0, false).unwrap();
+    let after = to_f32_vec(model.forward(&batch, None).unwrap()).unwrap();
+    let (reference, _) = golden_f32(&golden, "logits.adapted");
+    let d = max_abs_diff(&after, &reference);
+    assert!(d <= TOL, "adapted logits: max |Δ| = {d:e}");
+    assert!(max_abs_diff(&before, &reference) > 0.1, "the adapter changes the logits");
+}
+
 /// The `long.*` golden: one sequence over several chunks of the chunked delta rule, at once, and as a
 /// cached prompt across a chunk boundary followed by token-by-token decoding (the recurrent form).
 fn check_long(name: &str) {

@@ -84,3 +84,30 @@ fn adapter_targets_missing_from_the_base_are_refused() {
     assert!(e.to_string().contains("no adapter_config.json"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Qwen3.5's Hub form: a PEFT adapter on the Gated DeltaNet and attention projections folds to
+/// merge_and_unload's weights, and the vision tower and mtp tensors pass through unchanged.
+#[test]
+fn qwen3_5_hub_fold_matches_peft_and_keeps_vision_and_mtp() {
+    let fx = fixtures();
+    let dir = temp_dir("fold-qwen3_5");
+    let base = fx.join("models/qwen3_5-hub");
+    let adapter = fx.join("golden/qwen3_5-hub-adapter");
+    fold_adapters(&base, &[adapter.clone()], &dir.join("merged"), &FoldOptions::default()).unwrap();
+    let ours = load_all(&dir.join("merged"));
+    let peft = load_all(&adapter.join("merged.safetensors"));
+    let original = load_all(&base);
+    let mut changed = 0;
+    for (k, v) in &peft {
+        let d = max_diff(&ours[k], v);
+        assert!(d < 1e-5, "{k}: {d}");
+        changed += usize::from(original[k] != *v);
+    }
+    assert_eq!(changed, 5 * 2 + 1 + 3, "5 GDN projections of 2 layers, q_proj of 1, down_proj of 3");
+    let passed: Vec<&String> = original.keys().filter(|k| k.starts_with("model.visual.") || k.starts_with("mtp.")).collect();
+    assert!(passed.iter().any(|k| k.starts_with("mtp.")) && passed.len() > 10);
+    for k in passed {
+        assert_eq!(ours[k], original[k], "{k} must pass through");
+    }
+    assert_eq!(ours.len(), original.len());
+}
