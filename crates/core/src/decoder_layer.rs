@@ -7,8 +7,8 @@ use burn::tensor::{Device, Tensor};
 
 use crate::attention::{Attention, AttentionMask};
 use crate::config::{ModelConfig, TokenMixer};
-use crate::gated_delta_net::{GatedDeltaNet, SequenceLayout};
 use crate::error::Result;
+use crate::gated_delta_net::{GatedDeltaNet, SequenceLayout};
 use crate::kv_cache::LayerCache;
 use crate::load_options::LoadOptions;
 use crate::mlp::Mlp;
@@ -41,8 +41,13 @@ impl DecoderLayer {
                 ("self_attn.o_proj", &a.o_proj),
             ],
             (None, Some(l)) => {
-                let names = ["linear_attn.in_proj_qkv", "linear_attn.in_proj_z", "linear_attn.in_proj_b",
-                    "linear_attn.in_proj_a", "linear_attn.out_proj"];
+                let names = [
+                    "linear_attn.in_proj_qkv",
+                    "linear_attn.in_proj_z",
+                    "linear_attn.in_proj_b",
+                    "linear_attn.in_proj_a",
+                    "linear_attn.out_proj",
+                ];
                 names.into_iter().zip(l.linears().map(|(_, lin)| lin)).collect()
             }
             (None, None) => Vec::new(),

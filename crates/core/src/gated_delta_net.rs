@@ -75,8 +75,9 @@ impl GatedDeltaNet {
         let lin = |name: &str, d_in: usize, d_out: usize| {
             Linear::load(w, &format!("{prefix}.{name}"), (d_in, d_out), false, opts, true, device)
         };
-        let conv1d =
-            w.tensor(&format!("{prefix}.conv1d.weight"), [conv, 1, l.conv_kernel], device)?.reshape([conv, l.conv_kernel]);
+        let conv1d = w
+            .tensor(&format!("{prefix}.conv1d.weight"), [conv, 1, l.conv_kernel], device)?
+            .reshape([conv, l.conv_kernel]);
         Ok(Self {
             in_proj_qkv: lin("in_proj_qkv", h, conv)?,
             in_proj_z: lin("in_proj_z", h, vd)?,

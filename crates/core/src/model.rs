@@ -14,8 +14,8 @@ use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
 use crate::attention::AttentionMask;
 use crate::config::ModelConfig;
 use crate::decoder_layer::DecoderLayer;
-use crate::gated_delta_net::SequenceLayout;
 use crate::error::{CoreError, Result};
+use crate::gated_delta_net::SequenceLayout;
 use crate::kv_cache::KvCache;
 use crate::linear::Linear;
 use crate::load_options::LoadOptions;
@@ -175,12 +175,19 @@ impl CausalLm {
             )));
         }
         let p = &cfg.text_prefix;
-        let embed = w.tensor_as(&format!("{p}.embed_tokens.weight"), [cfg.vocab_size, cfg.hidden_size], dtype, device)?;
+        let embed =
+            w.tensor_as(&format!("{p}.embed_tokens.weight"), [cfg.vocab_size, cfg.hidden_size], dtype, device)?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| DecoderLayer::load(w, &cfg.layer_prefix(i), i, cfg, opts, device))
             .collect::<Result<Vec<_>>>()?;
-        let norm =
-            RmsNorm::load_as(w, &format!("{p}.norm"), cfg.hidden_size, cfg.rms_norm_eps, cfg.zero_centred_norms, device)?;
+        let norm = RmsNorm::load_as(
+            w,
+            &format!("{p}.norm"),
+            cfg.hidden_size,
+            cfg.rms_norm_eps,
+            cfg.zero_centred_norms,
+            device,
+        )?;
         let lm_head = if cfg.tie_word_embeddings {
             Linear { compute: opts.compute_dtype(device), ..Linear::from_weight(embed.clone()) }
         } else {
@@ -499,8 +506,13 @@ fn split_layer(l: &mut DecoderLayer) -> (Vec<(&'static str, &mut Linear)>, &mut 
             ("self_attn.o_proj", &mut a.o_proj),
         ],
         (None, Some(g)) => {
-            let names = ["linear_attn.in_proj_qkv", "linear_attn.in_proj_z", "linear_attn.in_proj_b",
-                "linear_attn.in_proj_a", "linear_attn.out_proj"];
+            let names = [
+                "linear_attn.in_proj_qkv",
+                "linear_attn.in_proj_z",
+                "linear_attn.in_proj_b",
+                "linear_attn.in_proj_a",
+                "linear_attn.out_proj",
+            ];
             names.into_iter().zip(g.linears_mut().map(|(_, lin)| lin)).collect()
         }
         (None, None) => Vec::new(),

@@ -31,7 +31,14 @@ impl RmsNorm {
     }
 
     /// Loads `{prefix}.weight` of a norm that scales by `1 + weight` when `zero_centred`.
-    pub fn load_as(w: &Weights, prefix: &str, dim: usize, eps: f64, zero_centred: bool, device: &Device) -> Result<Self> {
+    pub fn load_as(
+        w: &Weights,
+        prefix: &str,
+        dim: usize,
+        eps: f64,
+        zero_centred: bool,
+        device: &Device,
+    ) -> Result<Self> {
         let weight = Param::from_tensor(w.tensor(&format!("{prefix}.weight"), [dim], device)?);
         Ok(Self { weight, eps, zero_centred })
     }

@@ -162,9 +162,11 @@ impl HfConfig {
     /// read from there, with the top level's `architectures` and, when the text part has none, its
     /// `tie_word_embeddings`.
     pub fn from_value(value: Value) -> std::result::Result<Self, serde_path_to_error::Error<serde_json::Error>> {
-        let nested = value.get("architectures").and_then(Value::as_array).is_some_and(|a| {
-            a.first().and_then(Value::as_str) == Some(QWEN3_5_MULTIMODAL)
-        }) || value.get("model_type").and_then(Value::as_str) == Some("qwen3_5");
+        let nested = value
+            .get("architectures")
+            .and_then(Value::as_array)
+            .is_some_and(|a| a.first().and_then(Value::as_str) == Some(QWEN3_5_MULTIMODAL))
+            || value.get("model_type").and_then(Value::as_str) == Some("qwen3_5");
         let (value, flattened) = match (nested, value) {
             (true, Value::Object(mut top)) if top.get("text_config").is_some_and(Value::is_object) => {
                 let Some(Value::Object(mut text)) = top.remove("text_config") else { unreachable!("checked") };
@@ -539,7 +541,11 @@ impl ModelConfig {
                     let l = self.linear_attention.expect("resolved with its sizes");
                     let (conv, nv) = (l.conv_dim(), l.num_value_heads);
                     // in_proj_qkv, in_proj_z, in_proj_b, in_proj_a, out_proj, conv1d, A_log, dt_bias, norm
-                    h * conv + h * l.value_dim() + 2 * h * nv + l.value_dim() * h + conv * l.conv_kernel
+                    h * conv
+                        + h * l.value_dim()
+                        + 2 * h * nv
+                        + l.value_dim() * h
+                        + conv * l.conv_kernel
                         + 2 * nv
                         + l.value_head_dim
                 }

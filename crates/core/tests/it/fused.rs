@@ -75,7 +75,11 @@ fn fused_rms_norm_equals_reference_values_and_gradients() {
     for (rows, d) in [(5usize, 37usize), (40, 64)] {
         let (x, w, dy) = (lcg(4, rows * d, 3.0), lcg(5, d, 1.5), lcg(6, rows * d, 1.0));
         let run = |fused: bool| {
-            let norm = RmsNorm { weight: lora_core::burn::module::Param::from_tensor(leaf(&w, [d])), eps: 1e-6, zero_centred: false };
+            let norm = RmsNorm {
+                weight: lora_core::burn::module::Param::from_tensor(leaf(&w, [d])),
+                eps: 1e-6,
+                zero_centred: false,
+            };
             let xl = leaf(&x, [rows, d]);
             let y = if fused { norm.forward(xl.clone()) } else { norm.forward_reference(xl.clone()) };
             let grads = (y.clone() * Tensor::<2>::from_data(TensorData::new(dy.clone(), [rows, d]), &default_device()))

@@ -182,14 +182,13 @@ fn check_long(name: &str) {
     let split = meta["long_split"].as_u64().unwrap() as usize;
     assert!(split > lora_core::delta_rule::CHUNK && split % lora_core::delta_rule::CHUNK != 0);
     let mut cache = lora_core::kv_cache::KvCache::new(model.config.num_hidden_layers);
-    let mut got = to_f32_vec(model.forward(&TokenBatch::rows(vec![ids[..split].to_vec()]), Some(&mut cache)).unwrap())
-        .unwrap();
+    let mut got =
+        to_f32_vec(model.forward(&TokenBatch::rows(vec![ids[..split].to_vec()]), Some(&mut cache)).unwrap()).unwrap();
     // The second part once in one call (chunked, from the cached state), then token by token.
     let mut chunked_cache = cache.clone();
-    let rest = to_f32_vec(
-        model.forward(&TokenBatch::rows(vec![ids[split..].to_vec()]), Some(&mut chunked_cache)).unwrap(),
-    )
-    .unwrap();
+    let rest =
+        to_f32_vec(model.forward(&TokenBatch::rows(vec![ids[split..].to_vec()]), Some(&mut chunked_cache)).unwrap())
+            .unwrap();
     let d = max_abs_diff(&rest, &reference[split * vocab..]);
     assert!(d <= TOL, "{name}: cached prompt then the rest at once: max |Δ| = {d:e}");
     for &id in &ids[split..] {

@@ -104,7 +104,8 @@ fn qwen3_5_hub_fold_matches_peft_and_keeps_vision_and_mtp() {
         changed += usize::from(original[k] != *v);
     }
     assert_eq!(changed, 5 * 2 + 1 + 3, "5 GDN projections of 2 layers, q_proj of 1, down_proj of 3");
-    let passed: Vec<&String> = original.keys().filter(|k| k.starts_with("model.visual.") || k.starts_with("mtp.")).collect();
+    let passed: Vec<&String> =
+        original.keys().filter(|k| k.starts_with("model.visual.") || k.starts_with("mtp.")).collect();
     assert!(passed.iter().any(|k| k.starts_with("mtp.")) && passed.len() > 10);
     for k in passed {
         assert_eq!(ours[k], original[k], "{k} must pass through");

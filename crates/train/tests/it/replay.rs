@@ -99,7 +99,8 @@ fn adamw_replay_on(device: &Device) {
 
     let mut model = base_on(device);
     load_adapter(&mut model, &fixtures().join("lora/adapter-init"), 1.0, true).unwrap();
-    let base_before = to_f32_vec(model.model.layers[0].self_attn.as_ref().unwrap().q_proj.weight.to_f32(device)).unwrap();
+    let base_before =
+        to_f32_vec(model.model.layers[0].self_attn.as_ref().unwrap().q_proj.weight.to_f32(device)).unwrap();
     let mut opt = AdamW::new(AdamWConfig::default(), &adapter_tensors(&model));
     for (step, want) in expected.iter().enumerate() {
         let logits = model.forward(&b, None).unwrap();
@@ -125,5 +126,8 @@ fn adamw_replay_on(device: &Device) {
         assert!(d <= 1e-4, "final adapter max |Δ| {d:e}");
     }
     // The base is untouched, bit for bit.
-    assert_eq!(to_f32_vec(model.model.layers[0].self_attn.as_ref().unwrap().q_proj.weight.to_f32(device)).unwrap(), base_before);
+    assert_eq!(
+        to_f32_vec(model.model.layers[0].self_attn.as_ref().unwrap().q_proj.weight.to_f32(device)).unwrap(),
+        base_before
+    );
 }
