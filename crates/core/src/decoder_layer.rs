@@ -40,20 +40,36 @@ impl DecoderLayer {
                 ("self_attn.v_proj", &a.v_proj),
                 ("self_attn.o_proj", &a.o_proj),
             ],
-            (None, Some(l)) => {
-                let names = [
-                    "linear_attn.in_proj_qkv",
-                    "linear_attn.in_proj_z",
-                    "linear_attn.in_proj_b",
-                    "linear_attn.in_proj_a",
-                    "linear_attn.out_proj",
-                ];
-                names.into_iter().zip(l.linears().map(|(_, lin)| lin)).collect()
-            }
+            (None, Some(l)) => LINEAR_ATTN.into_iter().zip(l.linears().map(|(_, lin)| lin)).collect(),
             (None, None) => Vec::new(),
         }
     }
+
+    /// The mixer's linear layers (as [`Self::mixer_linears`]) and the MLP, borrowed mutably at once.
+    pub fn linears_mut(&mut self) -> (Vec<(&'static str, &mut crate::linear::Linear)>, &mut Mlp) {
+        let Self { self_attn, linear_attn, mlp, .. } = self;
+        let mixer = match (self_attn, linear_attn) {
+            (Some(a), _) => vec![
+                ("self_attn.q_proj", &mut a.q_proj),
+                ("self_attn.k_proj", &mut a.k_proj),
+                ("self_attn.v_proj", &mut a.v_proj),
+                ("self_attn.o_proj", &mut a.o_proj),
+            ],
+            (None, Some(g)) => LINEAR_ATTN.into_iter().zip(g.linears_mut().map(|(_, lin)| lin)).collect(),
+            (None, None) => Vec::new(),
+        };
+        (mixer, mlp)
+    }
 }
+
+/// A Gated DeltaNet mixer's linear layers under the decoder layer, in [`GatedDeltaNet::linears`] order.
+const LINEAR_ATTN: [&str; 5] = [
+    "linear_attn.in_proj_qkv",
+    "linear_attn.in_proj_z",
+    "linear_attn.in_proj_b",
+    "linear_attn.in_proj_a",
+    "linear_attn.out_proj",
+];
 
 impl DecoderLayer {
     /// Loads `{prefix}.*`, layer `index` of the config's pattern.

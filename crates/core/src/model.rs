@@ -266,7 +266,7 @@ impl CausalLm {
         let mut out = Vec::new();
         for (i, l) in self.model.layers.iter_mut().enumerate() {
             let prefix = self.config.layer_prefix(i);
-            let (mixer, m) = split_layer(l);
+            let (mixer, m) = l.linears_mut();
             let mlp = [
                 ("mlp.gate_proj", &mut m.gate_proj),
                 ("mlp.up_proj", &mut m.up_proj),
@@ -493,29 +493,4 @@ fn build_mask(
         }
     }
     AttentionMask::Explicit(Tensor::<4, Bool>::from_data(TensorData::new(data, [b, heads, t, tk]), device))
-}
-
-/// A layer's mixer linears and its MLP, borrowed mutably at once.
-fn split_layer(l: &mut DecoderLayer) -> (Vec<(&'static str, &mut Linear)>, &mut crate::mlp::Mlp) {
-    let DecoderLayer { self_attn, linear_attn, mlp, .. } = l;
-    let mixer = match (self_attn, linear_attn) {
-        (Some(a), _) => vec![
-            ("self_attn.q_proj", &mut a.q_proj),
-            ("self_attn.k_proj", &mut a.k_proj),
-            ("self_attn.v_proj", &mut a.v_proj),
-            ("self_attn.o_proj", &mut a.o_proj),
-        ],
-        (None, Some(g)) => {
-            let names = [
-                "linear_attn.in_proj_qkv",
-                "linear_attn.in_proj_z",
-                "linear_attn.in_proj_b",
-                "linear_attn.in_proj_a",
-                "linear_attn.out_proj",
-            ];
-            names.into_iter().zip(g.linears_mut().map(|(_, lin)| lin)).collect()
-        }
-        (None, None) => Vec::new(),
-    };
-    (mixer, mlp)
 }
