@@ -35,7 +35,7 @@ fn gpu_tiled_attention_equals_reference_values_and_gradients() {
 #[test]
 fn gpu_every_architecture_matches_transformers() {
     let Some(device) = gpu_device() else { return };
-    for name in ["llama", "llama-tied", "mistral", "qwen2", "qwen3"] {
+    for name in ["llama", "llama-tied", "mistral", "qwen2", "qwen3", "qwen3_5", "qwen3_5-hub"] {
         check_architecture_on(name, &device, TOL);
     }
 }
