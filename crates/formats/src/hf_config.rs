@@ -467,6 +467,12 @@ impl ModelConfig {
         })
     }
 
+    /// The checkpoint's own class: the architecture's, or the multimodal wrapper's when the text
+    /// model sits under `model.language_model` (`Qwen3_5ForConditionalGeneration`).
+    pub fn checkpoint_class(&self) -> &'static str {
+        if self.text_prefix == "model" { self.architecture.hf_name() } else { QWEN3_5_MULTIMODAL }
+    }
+
     /// The tensor-name prefix of decoder layer `i`: `model.layers.{i}` (or
     /// `model.language_model.layers.{i}`).
     pub fn layer_prefix(&self, i: usize) -> String {

@@ -159,7 +159,7 @@ fn inspect_gguf(path: &Path, as_json: bool) -> Result<()> {
 fn describe(c: &ModelConfig) -> String {
     format!(
         "{} ({} layers, hidden {}, heads {}/{} kv, head_dim {}, intermediate {}, vocab {}{})",
-        c.architecture.hf_name(),
+        c.checkpoint_class(),
         c.num_hidden_layers,
         c.hidden_size,
         c.num_attention_heads,

@@ -35,6 +35,15 @@ fn inspect_model_folder_and_file() {
     assert!(o.status.success(), "{}", stderr(&o));
     let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert!(v["architecture"].as_str().unwrap().starts_with("MistralForCausalLM (2 layers"));
+    // A hybrid model: its own class and the layer pattern.
+    let o = lora(&["inspect", fixtures().join("models/qwen3_5-hub").to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let arch = serde_json::from_str::<Value>(&stdout(&o)).unwrap()["architecture"].as_str().unwrap().to_string();
+    assert!(
+        arch.starts_with("Qwen3_5ForConditionalGeneration (3 layers")
+            && arch.contains("; layers: 2× gated deltanet, gated attention; Gated DeltaNet 2/6 heads of 8/12, conv 3"),
+        "{arch}"
+    );
     assert_eq!(v["parameters"], 40_096);
     assert_eq!(v["files"].as_array().unwrap().len(), 4, "four shards");
     assert_eq!(v["tensors"].as_array().unwrap().len(), 21);
