@@ -202,6 +202,12 @@ fn qwen3_5_trains_adapters_on_gated_deltanet_projections() {
         assert_eq!(info.shape, shape, "{key}");
     }
     assert!(file.info(&format!("{prefix}.2.self_attn.k_proj.lora_A.weight")).is_none());
+    // Reproducible byte for byte, the delta rule's state and convolution included.
+    let mut again = r.clone();
+    again.output.dir = d.join("again");
+    train(&again, &RunOptions::default()).unwrap();
+    let bytes = |p: &Path| std::fs::read(p.join("adapter_model.safetensors")).unwrap();
+    assert!(bytes(&run) == bytes(&d.join("again")), "a second run gave other adapter bytes");
     let mut model = lora_core::CausalLm::load_dir(&base, &lora_core::default_device()).unwrap();
     let batch = lora_core::TokenBatch::single(vec![0, 17, 250, 33]);
     let before = lora_core::host::to_f32_vec(model.forward(&batch, None).unwrap()).unwrap();
