@@ -40,7 +40,7 @@ impl DecoderLayer {
                 ("self_attn.v_proj", &a.v_proj),
                 ("self_attn.o_proj", &a.o_proj),
             ],
-            (None, Some(l)) => LINEAR_ATTN.into_iter().zip(l.linears().map(|(_, lin)| lin)).collect(),
+            (None, Some(l)) => LINEAR_ATTN.into_iter().zip(l.linears()).collect(),
             (None, None) => Vec::new(),
         }
     }
@@ -55,7 +55,7 @@ impl DecoderLayer {
                 ("self_attn.v_proj", &mut a.v_proj),
                 ("self_attn.o_proj", &mut a.o_proj),
             ],
-            (None, Some(g)) => LINEAR_ATTN.into_iter().zip(g.linears_mut().map(|(_, lin)| lin)).collect(),
+            (None, Some(g)) => LINEAR_ATTN.into_iter().zip(g.linears_mut()).collect(),
             (None, None) => Vec::new(),
         };
         (mixer, mlp)

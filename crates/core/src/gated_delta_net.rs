@@ -92,26 +92,15 @@ impl GatedDeltaNet {
         })
     }
 
-    /// Every linear layer with its name under the mixer, in PEFT's (named_modules) order.
-    pub fn linears(&self) -> [(&'static str, &Linear); 5] {
-        [
-            ("in_proj_qkv", &self.in_proj_qkv),
-            ("in_proj_z", &self.in_proj_z),
-            ("in_proj_b", &self.in_proj_b),
-            ("in_proj_a", &self.in_proj_a),
-            ("out_proj", &self.out_proj),
-        ]
+    /// Every linear layer in PEFT's (named_modules) order: in_proj_qkv, in_proj_z, in_proj_b,
+    /// in_proj_a, out_proj.
+    pub fn linears(&self) -> [&Linear; 5] {
+        [&self.in_proj_qkv, &self.in_proj_z, &self.in_proj_b, &self.in_proj_a, &self.out_proj]
     }
 
     /// Mutable access to the linear layers, same order as [`Self::linears`].
-    pub fn linears_mut(&mut self) -> [(&'static str, &mut Linear); 5] {
-        [
-            ("in_proj_qkv", &mut self.in_proj_qkv),
-            ("in_proj_z", &mut self.in_proj_z),
-            ("in_proj_b", &mut self.in_proj_b),
-            ("in_proj_a", &mut self.in_proj_a),
-            ("out_proj", &mut self.out_proj),
-        ]
+    pub fn linears_mut(&mut self) -> [&mut Linear; 5] {
+        [&mut self.in_proj_qkv, &mut self.in_proj_z, &mut self.in_proj_b, &mut self.in_proj_a, &mut self.out_proj]
     }
 
     /// # Shapes

@@ -53,15 +53,17 @@ impl RmsNorm {
     /// - x: `[..., dim]`
     /// - output: `[..., dim]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let weight = self.scale();
-        if crate::cpu_kernel::use_fused(&x) && weight.dtype() == DType::F32 {
-            use crate::fused_rms_norm::RmsNormBackend;
-            let y = <burn::backend::Dispatch as RmsNormBackend>::rms_norm(
-                x.into_dispatch(),
-                weight.into_dispatch(),
-                self.eps,
-            );
-            return Tensor::from_dispatch(y);
+        if crate::cpu_kernel::use_fused(&x) {
+            let weight = self.scale();
+            if weight.dtype() == DType::F32 {
+                use crate::fused_rms_norm::RmsNormBackend;
+                let y = <burn::backend::Dispatch as RmsNormBackend>::rms_norm(
+                    x.into_dispatch(),
+                    weight.into_dispatch(),
+                    self.eps,
+                );
+                return Tensor::from_dispatch(y);
+            }
         }
         self.forward_reference(x)
     }

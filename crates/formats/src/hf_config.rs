@@ -240,14 +240,6 @@ impl TokenMixer {
             Self::GatedDeltaNet => "gated deltanet",
         }
     }
-
-    /// The module under the layer that holds it.
-    pub fn module(self) -> &'static str {
-        match self {
-            Self::Attention | Self::GatedAttention => "self_attn",
-            Self::GatedDeltaNet => "linear_attn",
-        }
-    }
 }
 
 /// The sizes of a Gated DeltaNet mixer (`linear_*` keys of config.json).
@@ -477,11 +469,6 @@ impl ModelConfig {
     /// `model.language_model.layers.{i}`).
     pub fn layer_prefix(&self, i: usize) -> String {
         format!("{}.layers.{i}", self.text_prefix)
-    }
-
-    /// The decoder layer a module or tensor name belongs to (`model.layers.3.mlp.up_proj` → 3).
-    pub fn layer_of(&self, name: &str) -> Option<usize> {
-        name.strip_prefix(&self.text_prefix)?.strip_prefix(".layers.")?.split('.').next()?.parse().ok()
     }
 
     /// The linear modules of layer `l` with their (in, out) widths, in PEFT's (named_modules) order,

@@ -3,6 +3,7 @@
 //! gradient and AdamW moments, and an estimate of the activations kept for backward.
 
 use lora_core::adapter::select_paths;
+use lora_core::config::layer_index;
 use lora_core::peft_config::TargetModules;
 use lora_core::{BaseDtype, LoadOptions, ModelConfig, Quantize};
 
@@ -109,7 +110,7 @@ pub fn plan(recipe: &Recipe, c: &ModelConfig, opts: &LoadOptions) -> lora_core::
     // (2 · heads · seq² per row, burn's autodiff attention builds them from primitive ops).
     let per_layer = 4 * (tokens * (6 * h + 3 * (nh + 2 * nkv) * hd + 4 * inter) + 2 * b * nh * t * t);
     // Layers below the lowest adapted one need no backward and keep nothing.
-    let lowest = selected.iter().filter_map(|p| c.layer_of(p)).min().unwrap_or(c.num_hidden_layers);
+    let lowest = selected.iter().filter_map(|p| layer_index(p)).min().unwrap_or(c.num_hidden_layers);
     let layers = (c.num_hidden_layers - lowest) as u64;
     let activations = if recipe.train.gradient_checkpointing {
         4 * tokens * h * layers + per_layer.min(per_layer * layers)
