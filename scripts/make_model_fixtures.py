@@ -193,6 +193,33 @@ EVAL_TEXTS = [
 NEW_TOKENS = 12
 
 
+def fixture_tokenizer(tok_dir):
+    """The fixture tokenizer as transformers runs it: the exact file, as the Rust `tokenizers` crate
+    reads it (AutoTokenizer may rebuild the pre-tokenizer), padding on the left."""
+    return PreTrainedTokenizerFast(
+        tokenizer_file=os.path.join(tok_dir, "tokenizer.json"),
+        bos_token="<|begin_of_text|>",
+        eos_token="<|im_end|>",
+        pad_token="<|pad|>",
+        padding_side="left",
+    )
+
+
+def provenance(script, **extra):
+    """Package versions and the seed, for a fixture script's provenance record."""
+    return {
+        "script": script,
+        "seed": SEED,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+        "safetensors": safetensors.__version__,
+        "attn_implementation": "eager",
+        **extra,
+    }
+
+
 def goldens(model, hf_tok, name, out_dir):
     tensors = {}
     meta = {"prompts": PROMPTS, "eval_texts": EVAL_TEXTS}
@@ -260,14 +287,7 @@ def main():
     torch.manual_seed(SEED)
     tok_dir = os.path.join(out, "tokenizer")
     ids = build_tokenizer(tok_dir)
-    # Load the exact file, as the Rust `tokenizers` crate does (AutoTokenizer may rebuild the pre-tokenizer).
-    hf_tok = PreTrainedTokenizerFast(
-        tokenizer_file=os.path.join(tok_dir, "tokenizer.json"),
-        bos_token="<|begin_of_text|>",
-        eos_token="<|im_end|>",
-        pad_token="<|pad|>",
-        padding_side="left",
-    )
+    hf_tok = fixture_tokenizer(tok_dir)
 
     golden_dir = os.path.join(out, "golden")
     os.makedirs(golden_dir, exist_ok=True)
@@ -301,16 +321,7 @@ def main():
                 upcast = {k: v.float().contiguous() for k, v in m.state_dict().items()}
                 safetensors.torch.save_file(upcast, os.path.join(golden_dir, f"llama-{label}-upcast.safetensors"))
 
-    prov = {
-        "script": "scripts/make_model_fixtures.py",
-        "seed": SEED,
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "tokenizers": tokenizers.__version__,
-        "safetensors": safetensors.__version__,
-        "attn_implementation": "eager",
-    }
+    prov = provenance("scripts/make_model_fixtures.py")
     with open(os.path.join(out, "provenance.json"), "w") as f:
         json.dump(prov, f, indent=2)
     print(json.dumps(prov))

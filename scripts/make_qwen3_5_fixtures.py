@@ -33,14 +33,12 @@ import sys
 
 import safetensors
 import safetensors.torch
-import tokenizers
 import torch
-import transformers
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM
 from transformers.models.qwen3_5 import Qwen3_5Config, Qwen3_5ForConditionalGeneration, Qwen3_5TextConfig
 
 sys.path.insert(0, os.path.dirname(__file__))
-from make_model_fixtures import CORPUS, SEED, VOCAB, goldens, randomize  # noqa: E402
+from make_model_fixtures import CORPUS, SEED, VOCAB, fixture_tokenizer, goldens, provenance, randomize  # noqa: E402
 
 LONG_TOKENS = 150
 # 64 + 7: the cached prompt ends inside the second chunk.
@@ -134,26 +132,13 @@ def main():
     args = ap.parse_args()
     out = os.path.abspath(args.out)
     tok_dir = os.path.join(out, "tokenizer")
-    hf_tok = PreTrainedTokenizerFast(
-        tokenizer_file=os.path.join(tok_dir, "tokenizer.json"),
-        bos_token="<|begin_of_text|>",
-        eos_token="<|im_end|>",
-        pad_token="<|pad|>",
-        padding_side="left",
-    )
+    hf_tok = fixture_tokenizer(tok_dir)
     ids = {s: hf_tok.convert_tokens_to_ids(s) for s in ["<|begin_of_text|>", "<|im_end|>", "<|pad|>"]}
     golden_dir = os.path.join(out, "golden")
-    prov = {
-        "script": "scripts/make_qwen3_5_fixtures.py",
-        "seed": SEED,
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "tokenizers": tokenizers.__version__,
-        "safetensors": safetensors.__version__,
-        "attn_implementation": "eager",
-        "delta_rule": "transformers' torch reference (torch_chunk_gated_delta_rule / torch_recurrent_gated_delta_rule)",
-    }
+    prov = provenance(
+        "scripts/make_qwen3_5_fixtures.py",
+        delta_rule="transformers' torch reference (torch_chunk_gated_delta_rule / torch_recurrent_gated_delta_rule)",
+    )
 
     # 1) Text-only form.
     torch.manual_seed(SEED + 100)
