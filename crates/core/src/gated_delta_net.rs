@@ -21,8 +21,10 @@ use burn::tensor::activation::{sigmoid, silu, softplus};
 use burn::tensor::{DType, Device, Tensor};
 
 use crate::config::{GatedDeltaNetConfig, ModelConfig};
+use crate::cpu_kernel::use_fused;
 use crate::delta_rule;
 use crate::error::{CoreError, Result};
+use crate::fused_delta_rule;
 use crate::kv_cache::LayerCache;
 use crate::linear::Linear;
 use crate::load_options::LoadOptions;
@@ -193,6 +195,13 @@ impl GatedDeltaNet {
         };
         let q = l2_normalize(group(q)) * (dk as f64).powf(-0.5);
         let k = l2_normalize(group(k));
+        if cache.is_none() && use_fused(&q) {
+            // A whole sequence from a zero state (training, evaluation): the fused kernel, in the
+            // [batch, seq, heads, d] layout the projections give, with no state to hand on.
+            let o = fused_delta_rule::gated_delta_rule(q, k, v, g, beta); // [b, t, nv, dv]
+            let o = self.norm.forward(o, z);
+            return self.out_proj.forward(o.reshape([b, t, vd]));
+        }
         let (q, k, v) = (q.swap_dims(1, 2), k.swap_dims(1, 2), v.swap_dims(1, 2)); // [b, nv, t, d]
         let (g, beta) = (g.swap_dims(1, 2), beta.swap_dims(1, 2)); // [b, nv, t]
 

@@ -22,6 +22,7 @@ pub mod frozen_matmul;
 mod frozen_matmul_cpu;
 pub mod fused_attention;
 pub mod fused_cross_entropy;
+pub mod fused_delta_rule;
 pub mod fused_lora_linear;
 pub mod fused_rms_norm;
 pub mod fused_rope;
