@@ -155,7 +155,7 @@ fn make_adapter(
 /// Reads an adapter folder and attaches it to `model` with an extra `weight` on its scaling.
 /// Every tensor of the file must find its module and fit its shape.
 pub fn load_adapter(model: &mut CausalLm, dir: &Path, weight: f64, trainable: bool) -> Result<AdapterConfig> {
-    if lora_merge::gguf::is_gguf_file(dir) {
+    if lora_formats::gguf::is_gguf_file(dir) {
         return load_gguf_adapter(model, dir, weight, trainable);
     }
     let cfg_path = dir.join("adapter_config.json");
@@ -235,9 +235,9 @@ pub fn load_adapter(model: &mut CausalLm, dir: &Path, weight: f64, trainable: bo
 /// Attaches a llama.cpp LoRA adapter (GGUF, as `lora export` or `convert_lora_to_gguf.py` write it):
 /// scale `alpha / r` per module, as llama.cpp applies it. Returns the equivalent PEFT configuration.
 pub fn load_gguf_adapter(model: &mut CausalLm, path: &Path, weight: f64, trainable: bool) -> Result<AdapterConfig> {
-    let g = lora_merge::gguf::GgufFile::open(path).map_err(|e| CoreError::Gguf(e.to_string()))?;
+    let g = lora_formats::gguf::GgufFile::open(path).map_err(|e| CoreError::Gguf(e.to_string()))?;
     let (heads, kv_heads) = (model.config.num_attention_heads, model.config.num_key_value_heads);
-    let base_arch = lora_merge::gguf::gguf_architecture(model.config.architecture.model_type());
+    let base_arch = lora_formats::gguf::gguf_architecture(model.config.architecture.model_type());
     let (alpha, modules) = crate::gguf_model::read_lora_adapter_for(&g, heads, kv_heads, base_arch)?;
     let device = model.device();
     let r = modules.first().map_or(1, |m| m.r);

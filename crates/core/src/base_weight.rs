@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
-use lora_merge::nf4::Nf4Tensor;
+use lora_formats::nf4::Nf4Tensor;
 
 use crate::nf4_device::DeviceNf4;
 

@@ -31,7 +31,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, Slice, TensorMetadata, backend_extension};
 use burn::tensor::{FloatDType, Tensor, TensorData};
-use lora_merge::nf4::Nf4Tensor;
+use lora_formats::nf4::Nf4Tensor;
 
 use crate::base_weight::BaseWeight;
 

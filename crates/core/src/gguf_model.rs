@@ -6,7 +6,7 @@
 //! from Hugging Face's rotate-half layout to ggml's interleaved rotary layout; [`unpermute_rows`]
 //! undoes it. `qwen2` and `qwen3` files keep Hugging Face's layout.
 
-use lora_merge::gguf::{GgufFile, Value};
+use lora_formats::gguf::{GgufFile, Value};
 use serde_json::{Value as Json, json};
 
 use crate::config::{HfConfig, ModelConfig, RopeScaling};
@@ -17,7 +17,7 @@ const ARCHITECTURES: [(&str, &str); 3] =
     [("llama", "LlamaForCausalLM"), ("qwen2", "Qwen2ForCausalLM"), ("qwen3", "Qwen3ForCausalLM")];
 
 /// The GGUF name of a Hugging Face tensor name, or `None` for a name GGUF files do not hold.
-pub use lora_merge::gguf::gguf_tensor_name as gguf_name;
+pub use lora_formats::gguf::gguf_tensor_name as gguf_name;
 
 /// The GGUF architecture of a file (`general.architecture`).
 pub fn architecture(g: &GgufFile) -> Result<String> {
@@ -134,7 +134,7 @@ pub fn config_json(g: &GgufFile) -> Result<Json> {
 /// row `h·hd + s·hd/2 + j` (head h, j < hd/2, s ∈ {0, 1}). `values` is row-major with `rows` rows of
 /// `cols` values (a bias is one column).
 pub fn unpermute_rows(values: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
-    lora_merge::rotary_rows(values, rows, cols, heads, false)
+    lora_formats::gguf::rotary_rows(values, rows, cols, heads, false)
 }
 
 /// One module of a llama.cpp LoRA adapter, in PEFT's layout.
@@ -190,9 +190,9 @@ pub fn read_lora_adapter_for(
     let mut modules = Vec::new();
     for t in &g.tensors {
         let Some(base) = t.name.strip_suffix(".lora_a") else { continue };
-        let module = lora_merge::gguf::hf_tensor_name(base)
+        let module = lora_formats::gguf::hf_tensor_name(base)
             .and_then(|n| n.strip_suffix(".weight").map(str::to_string))
-            .filter(|m| lora_merge::gguf::is_linear_module(m))
+            .filter(|m| lora_formats::gguf::is_linear_module(m))
             .ok_or_else(|| CoreError::Gguf(format!("{path}: tensor '{}' adapts no module lora knows", t.name)))?;
         let b_name = format!("{base}.lora_b");
         let tb = g.tensor(&b_name).ok_or_else(|| CoreError::Gguf(format!("{path}: '{}' has no {b_name}", t.name)))?;

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use lora_merge::gguf::GgufFile;
+use lora_formats::gguf::GgufFile;
 use safetensors::tensor::{Dtype, View};
 use serde_json::json;
 
@@ -66,10 +66,10 @@ pub fn gguf_to_folder(path: &Path, dir: &Path) -> Result<()> {
                 "{}: tensor '{}' has type {}, which lora cannot read",
                 path.display(),
                 t.name,
-                lora_merge::gguf::GgmlType::name_of_id(t.type_id)
+                lora_formats::gguf::GgmlType::name_of_id(t.type_id)
             )));
         }
-        let hf = lora_merge::gguf::hf_tensor_name(&t.name).ok_or_else(|| {
+        let hf = lora_formats::gguf::hf_tensor_name(&t.name).ok_or_else(|| {
             CoreError::Gguf(format!("{}: tensor '{}' has no Hugging Face name", path.display(), t.name))
         })?;
         let qk = t.name.contains(".attn_q.") || t.name.contains(".attn_k.");

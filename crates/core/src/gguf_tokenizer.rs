@@ -4,7 +4,7 @@
 //! expressions are llama.cpp's, `llama-vocab.cpp`, and equally the Hugging Face tokenizers' the names
 //! stand for) or SentencePiece BPE (`llama`: pieces with scores, turned into ranked merges).
 
-use lora_merge::gguf::{GgufFile, Value};
+use lora_formats::gguf::{GgufFile, Value};
 use serde_json::{Value as Json, json};
 
 /// Llama 3's split (`llama-bpe`).
@@ -111,11 +111,11 @@ pub fn tokenizer_json(g: &GgufFile) -> Result<(Json, Option<u32>, Option<u32>, O
             }
             let space_prefix = flag("add_space_prefix").unwrap_or(true);
             let unk = token_of("unknown_token_id", id("unknown_token_id"))?;
-            let merges: Vec<[&str; 2]> = lora_merge::gguf::sentencepiece::merges_by_score(&tokens, &scores);
+            let merges: Vec<[&str; 2]> = lora_formats::gguf::sentencepiece::merges_by_score(&tokens, &scores);
             let model = json!({ "type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
                                 "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true,
                                 "ignore_merges": false, "vocab": vocab, "merges": merges });
-            let (normalizer, decoder) = lora_merge::gguf::sentencepiece::normalizer_and_decoder(space_prefix);
+            let (normalizer, decoder) = lora_formats::gguf::sentencepiece::normalizer_and_decoder(space_prefix);
             (Json::Null, normalizer, decoder, model, true)
         }
         other => {

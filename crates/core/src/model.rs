@@ -123,7 +123,7 @@ impl CausalLm {
     /// Loads a Hugging Face model folder with the base held as `opts` says (dtype, NF4).
     pub fn load_dir_with(dir: impl AsRef<Path>, device: &Device, opts: &LoadOptions) -> Result<Self> {
         let dir = dir.as_ref();
-        if lora_merge::gguf::is_gguf_file(dir) {
+        if lora_formats::gguf::is_gguf_file(dir) {
             return Self::load_gguf(dir, device, opts);
         }
         if !dir.is_dir() {
@@ -143,7 +143,7 @@ impl CausalLm {
     /// Loads a GGUF model file (llama.cpp, Ollama): its configuration from the `{arch}.*` keys, its
     /// tensors dequantized to the base dtype (or NF4) one at a time.
     pub fn load_gguf(path: &Path, device: &Device, opts: &LoadOptions) -> Result<Self> {
-        let file = lora_merge::gguf::GgufFile::open(path).map_err(|e| CoreError::Gguf(e.to_string()))?;
+        let file = lora_formats::gguf::GgufFile::open(path).map_err(|e| CoreError::Gguf(e.to_string()))?;
         let config = crate::gguf_model::config(&file)?;
         let weights = Weights::open_gguf(file, &config)?;
         Self::load_with(&weights, config, device, opts)

@@ -1,7 +1,7 @@
 //! An NF4 weight held on the compute device (a GPU) and dequantized there, a block of rows at a
 //! time, by tensor operations: the packed codes never leave the device.
 //!
-//! Why: the host-side NF4 (`lora_merge::nf4::Nf4Tensor`) is dequantized by the CPU and the f32 rows
+//! Why: the host-side NF4 (`lora_formats::nf4::Nf4Tensor`) is dequantized by the CPU and the f32 rows
 //! uploaded for every product, forward and backward: for an 8B model that is 32 GB over PCIe per
 //! pass, on a machine whose GPU would finish the products in a fraction of that time.
 //!
@@ -17,7 +17,7 @@
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, Dispatch, Slice, TensorMetadata};
 use burn::tensor::{DType, Device, Int, Shape, Tensor, TensorCreationOptions, TensorData};
-use lora_merge::nf4::{BLOCK, CODE, Nf4Tensor};
+use lora_formats::nf4::{BLOCK, CODE, Nf4Tensor};
 use rayon::prelude::*;
 
 /// Codes per word.

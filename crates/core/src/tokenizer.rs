@@ -130,7 +130,7 @@ impl Tokenizer {
     /// was used, if any, for the caller to say.
     pub fn load_gguf(
         path: &Path,
-        file: &lora_merge::gguf::GgufFile,
+        file: &lora_formats::gguf::GgufFile,
         config: &ModelConfig,
     ) -> Result<(Self, Option<PathBuf>)> {
         match gguf_side_dir(path) {
@@ -143,7 +143,7 @@ impl Tokenizer {
     /// pre-tokenizer its `tokenizer.ggml.pre` names, or SentencePiece BPE (`llama`) split as llama.cpp
     /// splits it; control and user-defined tokens as special tokens, BOS and EOS added as
     /// `add_bos_token` / `add_eos_token` say, and `tokenizer.chat_template`.
-    pub fn from_gguf(g: &lora_merge::gguf::GgufFile) -> Result<Self> {
+    pub fn from_gguf(g: &lora_formats::gguf::GgufFile) -> Result<Self> {
         let path = g.path().to_path_buf();
         let err = |m: String| CoreError::Tokenizer { path: path.clone(), message: m };
         let (json, bos, eos, pad, template) = crate::gguf_tokenizer::tokenizer_json(g).map_err(err)?;

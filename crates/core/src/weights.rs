@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{DType, Device, Tensor, TensorCreationOptions, TensorData};
-use lora_merge::gguf::GgufFile;
-use lora_merge::nf4::Nf4Tensor;
+use lora_formats::gguf::GgufFile;
+use lora_formats::nf4::Nf4Tensor;
 use serde::Deserialize;
 
 use crate::error::{CoreError, Result};

@@ -13,7 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod adapter;
-pub use lora_formats::{dtype, gguf, safetensors};
+pub use lora_formats::{dtype, gguf, nf4, safetensors};
 mod card;
 pub mod error;
 mod export_gguf;
@@ -24,7 +24,6 @@ mod merge;
 mod merge_adapters;
 pub mod methods;
 pub mod model_dir;
-pub mod nf4;
 mod output_dir;
 pub mod recipe;
 mod rng;
@@ -35,7 +34,7 @@ pub mod svd;
 pub use adapter::{Adapter, AdapterConfig, LoraDelta, LoraModule};
 pub use dtype::DType;
 pub use error::{MergeError, Result};
-pub use export_gguf::{BaseInfo, ExportReport, export_adapter_gguf, permute_rows, rotary_rows};
+pub use export_gguf::{BaseInfo, ExportReport, export_adapter_gguf, permute_rows};
 pub use export_gguf_model::{ModelExportReport, export_model_gguf};
 pub use extract::{ExtractReport, ExtractedModule, extract_adapter};
 pub use fold::{FoldOptions, FoldPlan, FoldReport, fold_adapters, model_dtype};

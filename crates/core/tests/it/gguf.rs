@@ -5,7 +5,7 @@
 use lora_core::host::to_f32_vec;
 use lora_core::model::{CausalLm, TokenBatch};
 use lora_core::{BaseDtype, LoadOptions, Quantize, default_device};
-use lora_merge::gguf::{TensorOut, Value, write};
+use lora_formats::gguf::{TensorOut, Value, write};
 
 use crate::common::*;
 
@@ -62,7 +62,7 @@ fn unsupported_gguf_models_are_named() {
     let t = TensorOut {
         name: "token_embd.weight".into(),
         dims: vec![4, 2],
-        ggml_type: lora_merge::gguf::GgmlType::F32,
+        ggml_type: lora_formats::gguf::GgmlType::F32,
         data: vec![0; 32],
     };
     write(&p, &meta, &[t], false).unwrap();
@@ -77,7 +77,7 @@ fn unsupported_gguf_models_are_named() {
 /// The tokenizer built from `tokenizer.ggml.*` encodes and decodes as the folder's tokenizer.json.
 #[test]
 fn gguf_tokenizer_equals_the_folders_tokenizer_json() {
-    let g = lora_merge::gguf::GgufFile::open(fixtures().join("gguf/llama-f32.gguf")).unwrap();
+    let g = lora_formats::gguf::GgufFile::open(fixtures().join("gguf/llama-f32.gguf")).unwrap();
     let ours = lora_core::Tokenizer::from_gguf(&g).unwrap();
     let hf_model = CausalLm::load_dir(model_dir("llama"), &default_device()).unwrap();
     let hf = lora_core::Tokenizer::load_dir(model_dir("llama"), &hf_model.config).unwrap();
@@ -110,7 +110,7 @@ fn gguf_tokenizer_equals_the_folders_tokenizer_json() {
 fn sentencepiece_gguf_tokenizers_split_as_llama_cpp() {
     let dir = fixtures().join("gguf/vocab");
     let open = |name: &str| {
-        let g = lora_merge::gguf::GgufFile::open(dir.join(name)).unwrap();
+        let g = lora_formats::gguf::GgufFile::open(dir.join(name)).unwrap();
         lora_core::Tokenizer::from_gguf(&g).unwrap()
     };
     let llama = open("ggml-vocab-llama-spm.gguf");

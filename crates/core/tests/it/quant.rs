@@ -15,8 +15,8 @@ use lora_core::model::{CausalLm, TokenBatch};
 use lora_core::nf4_device::DeviceNf4;
 use lora_core::weights::Weights;
 use lora_core::{BaseDtype, LoadOptions, Quantize, default_device};
+use lora_formats::nf4::{Absmax, Nf4Tensor, dynamic_map};
 use lora_formats::safetensors::SafetensorsFile;
-use lora_merge::nf4::{Absmax, Nf4Tensor, dynamic_map};
 
 use crate::common::*;
 
@@ -113,7 +113,7 @@ fn nf4_of_a_bf16_checkpoint_equals_bitsandbytes() {
 fn dynamic_map_and_codebook_equal_bitsandbytes() {
     let g = nf4_golden();
     assert_eq!(bits(&dynamic_map()), bits(&golden_f32(&g, "dynamic_code").0));
-    assert_eq!(bits(&lora_merge::nf4::CODE), bits(&golden_f32(&g, "nf4_code").0));
+    assert_eq!(bits(&lora_formats::nf4::CODE), bits(&golden_f32(&g, "nf4_code").0));
 }
 
 /// transformers + bitsandbytes (nf4, compute f32) with and without a PEFT adapter on top.

@@ -6,6 +6,7 @@ mod dequant;
 mod ggml_type;
 mod names;
 mod reader;
+mod rotary;
 pub mod sentencepiece;
 mod value;
 mod writer;
@@ -16,5 +17,6 @@ pub use names::{
     gguf_architecture, gguf_module, gguf_tensor_name, hf_module, hf_tensor_name, is_gguf_file, is_linear_module,
 };
 pub use reader::{DEFAULT_ALIGNMENT, GgufFile, TensorInfo};
+pub use rotary::rotary_rows;
 pub use value::Value;
 pub use writer::{HeaderPlan, TensorOut, TensorPlan, encode, encode_header, encode_values, write};
