@@ -26,7 +26,7 @@ impl AdapterArgs {
             let w = self.adapter_weights.get(i).copied().unwrap_or(1.0);
             let path = std::path::Path::new(reference);
             // A llama.cpp adapter file, or a PEFT folder / Hub id.
-            let dir = if crate::model_args::is_gguf_file(path) {
+            let dir = if lora_merge::gguf::is_gguf_file(path) {
                 path.to_path_buf()
             } else {
                 crate::hub_refs::adapter(reference, offline)?
