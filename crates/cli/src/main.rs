@@ -50,10 +50,11 @@ enum Command {
 
 /// The system allocator, plus a few large freed blocks kept for reuse while training.
 #[global_allocator]
-static ALLOCATOR: lora_core::large_blocks::KeepLargeBlocks = lora_core::large_blocks::KeepLargeBlocks::new();
+static ALLOCATOR: lora_core::kernels::large_blocks::KeepLargeBlocks =
+    lora_core::kernels::large_blocks::KeepLargeBlocks::new();
 
 fn main() -> ExitCode {
-    lora_core::cpu_kernel::keep_freed_memory();
+    lora_core::kernels::cpu_kernel::keep_freed_memory();
     // A panic is a bug in lora or a dependency: say so in one line instead of a backtrace.
     std::panic::set_hook(Box::new(|info| {
         let msg = info

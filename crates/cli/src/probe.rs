@@ -8,7 +8,7 @@ pub fn probe_logits(model: &lora_core::CausalLm) -> Result<Vec<f32>> {
     let vocab = model.config.vocab_size;
     let rows: Vec<Vec<u32>> =
         (0..2).map(|k| (0..16).map(|i| ((i * 7919 + k * 104_729 + 13) % vocab) as u32).collect()).collect();
-    Ok(lora_core::host::to_f32_vec(model.forward(&lora_core::TokenBatch::rows(rows), None)?)?)
+    Ok(lora_core::kernels::host::to_f32_vec(model.forward(&lora_core::TokenBatch::rows(rows), None)?)?)
 }
 
 /// Compares the probe logits of the source (`want`) and of the written output (`got`): an error when

@@ -18,9 +18,9 @@ use std::time::Instant;
 use lora_core::burn::tensor::module::attention;
 use lora_core::burn::tensor::ops::AttentionModuleOptions;
 use lora_core::burn::tensor::{Tensor, TensorData};
-use lora_core::fused_attention::{KeyMask, fused_attention};
-use lora_core::host::to_f32_vec;
-use lora_core::tiled_attention::{SCORE_VALUES, tiled_attention};
+use lora_core::kernels::fused_attention::{KeyMask, fused_attention};
+use lora_core::kernels::host::to_f32_vec;
+use lora_core::kernels::tiled_attention::{SCORE_VALUES, tiled_attention};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -10,9 +10,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use lora_core::model::{CausalLm, TokenBatch};
-use lora_core::random_model::{LlamaShape, write_random_llama};
-use lora_core::{Backend, host::to_f32_vec};
+use lora_core::io::random_model::{LlamaShape, write_random_llama};
+use lora_core::network::model::{CausalLm, TokenBatch};
+use lora_core::{Backend, kernels::host::to_f32_vec};
 
 struct Opts {
     hidden: usize,

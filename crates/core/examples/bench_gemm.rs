@@ -1,5 +1,5 @@
 //! Benchmark: the f32 products of a LoRA training step, at the shapes `scripts/bench_train.sh` uses,
-//! through [`lora_core::cpu_kernel::gemm_f32`] (the `gemm` crate). Prints GFLOP/s per product;
+//! through [`lora_core::kernels::cpu_kernel::gemm_f32`] (the `gemm` crate). Prints GFLOP/s per product;
 //! `scripts/bench_gemm.py` prints the same table for PyTorch (MKL) and NumPy (OpenBLAS).
 //!
 //! Each product is timed three ways: through `gemm_f32` as the training step calls it (its own split
@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use lora_core::cpu_kernel::gemm_f32;
+use lora_core::kernels::cpu_kernel::gemm_f32;
 
 /// `(name, m, k, n, rhs transposed)`: C[m, n] = A[m, k] · B, B stored `[n, k]` when transposed
 /// (x·Wᵀ, a forward product) and `[k, n]` otherwise (g·W, a backward product).

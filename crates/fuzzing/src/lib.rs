@@ -63,7 +63,7 @@ pub fn gguf(data: &[u8]) -> bool {
     let path = write("model.gguf", data);
     let Ok(g) = lora_formats::gguf::GgufFile::open(&path) else { return false };
     let tensors = g.tensors.iter().filter(|t| g.to_f32(t).is_ok()).count();
-    let _ = lora_core::gguf_model::config_json(&g);
+    let _ = lora_core::io::gguf::model::config_json(&g);
     let _ = lora_core::Tokenizer::from_gguf(&g);
     tensors == g.tensors.len()
 }

@@ -6,9 +6,9 @@
 
 use std::time::Instant;
 
+use lora_core::adapter::config::TargetModules;
 use lora_core::adapter::{LoraInit, LoraSpec, attach_new};
-use lora_core::peft_config::TargetModules;
-use lora_core::random_model::{LlamaShape, write_random_llama};
+use lora_core::io::random_model::{LlamaShape, write_random_llama};
 use lora_core::{Backend, CausalLm, TokenBatch};
 use lora_core::{BaseDtype, LoadOptions, Quantize};
 use lora_train::optimizer::{AdamW, AdamWConfig};
@@ -40,7 +40,7 @@ fn measure_peak() {
     let n: usize = 2048;
     let x =
         lora_core::burn::tensor::Tensor::<2>::random([n, n], lora_core::burn::tensor::Distribution::Default, &device);
-    let run = || lora_core::host::to_f32_vec(x.clone().matmul(x.clone()).slice([0..1, 0..1])).unwrap()[0];
+    let run = || lora_core::kernels::host::to_f32_vec(x.clone().matmul(x.clone()).slice([0..1, 0..1])).unwrap()[0];
     for _ in 0..3 {
         run();
     }
@@ -58,11 +58,12 @@ fn measure_peak() {
 
 /// As `lora`'s: the system allocator, plus a few large freed blocks kept for reuse while training.
 #[global_allocator]
-static ALLOCATOR: lora_core::large_blocks::KeepLargeBlocks = lora_core::large_blocks::KeepLargeBlocks::new();
+static ALLOCATOR: lora_core::kernels::large_blocks::KeepLargeBlocks =
+    lora_core::kernels::large_blocks::KeepLargeBlocks::new();
 
 fn main() {
     if std::env::var("LORA_SYSTEM_ALLOCATOR").as_deref() != Ok("1") {
-        lora_core::cpu_kernel::keep_freed_memory();
+        lora_core::kernels::cpu_kernel::keep_freed_memory();
     }
     if std::env::args().any(|a| a == "--measure-peak") {
         return measure_peak();

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use lora_core::burn::tensor::{Device, Tensor, TensorData};
-use lora_core::host::to_f32_vec;
-use lora_core::safetensors_write::{StoredDtype, write_atomic, write_safetensors};
+use lora_core::io::safetensors_write::{StoredDtype, write_atomic, write_safetensors};
+use lora_core::kernels::host::to_f32_vec;
 use lora_formats::safetensors::SafetensorsFile;
 use serde::{Deserialize, Serialize};
 

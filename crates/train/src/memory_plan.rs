@@ -2,9 +2,9 @@
 //! is read (`lora train --dry-run`): the frozen base as it will be stored, the adapter with its
 //! gradient and AdamW moments, and an estimate of the activations kept for backward.
 
+use lora_core::adapter::config::TargetModules;
 use lora_core::adapter::select_paths;
-use lora_core::config::layer_index;
-use lora_core::peft_config::TargetModules;
+use lora_core::network::config::layer_index;
 use lora_core::{BaseDtype, LoadOptions, ModelConfig, Quantize};
 
 use crate::recipe::{Recipe, Targets};
@@ -42,7 +42,7 @@ pub fn linear_shapes(c: &ModelConfig) -> Vec<(String, usize, usize)> {
 }
 
 /// Bytes of a base tensor of `values` values as loaded; `on_gpu`, an NF4 tensor's double-quantized
-/// scales are decoded to f32 (lora_core::nf4_device).
+/// scales are decoded to f32 (lora_core::quant::nf4_device).
 fn stored_bytes(values: usize, opts: &LoadOptions, quantizable: bool, on_gpu: bool) -> u64 {
     let v = values as u64;
     match opts.quantize {
@@ -117,7 +117,7 @@ pub fn plan(recipe: &Recipe, c: &ModelConfig, opts: &LoadOptions) -> lora_core::
     } else {
         per_layer * layers
     };
-    let rows = (lora_core::chunked_loss::chunk_rows(c.vocab_size) as u64).min(tokens);
+    let rows = (lora_core::loss::chunked::chunk_rows(c.vocab_size) as u64).min(tokens);
     let head_chunk = 4 * 3 * rows * vocab;
     Ok(MemoryPlan { base, adapter, activations, head_chunk })
 }

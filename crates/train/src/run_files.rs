@@ -131,7 +131,7 @@ pub fn read_metrics(run: &Path, max_step: u64) -> Vec<StepMetrics> {
 /// Rewrites `metrics.jsonl` with exactly these lines.
 pub fn write_metrics(run: &Path, all: &[StepMetrics]) -> Result<()> {
     let text: String = all.iter().map(|m| serde_json::to_string(m).expect("serializes") + "\n").collect();
-    lora_core::safetensors_write::write_atomic(&run.join("metrics.jsonl"), text.as_bytes()).map_err(Into::into)
+    lora_core::io::safetensors_write::write_atomic(&run.join("metrics.jsonl"), text.as_bytes()).map_err(Into::into)
 }
 
 /// A loss curve (training loss, and validation loss where measured) as a standalone SVG.

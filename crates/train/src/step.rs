@@ -19,8 +19,8 @@
 //! `torch.nn.utils.clip_grad_norm_`, then AdamW.
 
 use lora_core::burn::tensor::{Gradients, Tensor};
-use lora_core::chunked_loss::head_loss;
-use lora_core::host::to_f32_vec;
+use lora_core::kernels::host::to_f32_vec;
+use lora_core::loss::chunked::head_loss;
 use lora_core::{CausalLm, LayerInputs, TokenBatch};
 
 use crate::error::Result;

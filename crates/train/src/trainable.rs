@@ -55,7 +55,7 @@ pub fn set_dropout_seeds(model: &mut CausalLm, seed: u64) {
 pub fn adapter_layers(model: &CausalLm) -> Vec<Option<usize>> {
     let mut out = Vec::new();
     for (path, lin) in model.linear_modules() {
-        let layer = lora_core::config::layer_index(&path);
+        let layer = lora_core::network::config::layer_index(&path);
         for _ in &lin.lora {
             out.push(layer);
             out.push(layer);

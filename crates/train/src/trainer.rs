@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use lora_core::adapter::config::{AdapterConfig, LayerIndices, TargetModules};
 use lora_core::adapter::{LoraInit, LoraSpec, attach_new, save_adapter};
 use lora_core::burn::tensor::Device;
-use lora_core::chunked_loss::head_loss;
-use lora_core::peft_config::{AdapterConfig, LayerIndices, TargetModules};
-use lora_core::safetensors_write::{StoredDtype, write_atomic};
+use lora_core::io::safetensors_write::{StoredDtype, write_atomic};
+use lora_core::loss::chunked::head_loss;
 use lora_core::{Backend, CausalLm, Tokenizer};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -133,7 +133,7 @@ pub fn prepare(recipe: &Recipe) -> Result<Prepared> {
         // A GGUF file: its own configuration; a tokenizer.json beside it, else the one it carries.
         let file =
             lora_merge::gguf::GgufFile::open(base).map_err(|e| TrainError::Recipe(format!("model.base: {e}")))?;
-        let config = lora_core::gguf_model::config(&file)?;
+        let config = lora_core::io::gguf::model::config(&file)?;
         let (tokenizer, _) = Tokenizer::load_gguf(base, &file, &config)?;
         (config, tokenizer)
     } else {
@@ -325,7 +325,7 @@ fn dropout_seed(seed: u64, step: u64, micro: usize) -> u64 {
 /// Falls back to running `f` here if the pool cannot be built. [`run`] runs its steps and
 /// evaluations this way.
 pub fn run_on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    let _keep = lora_core::large_blocks::KeepLargeBlocks::keeping();
+    let _keep = lora_core::kernels::large_blocks::KeepLargeBlocks::keeping();
     on_pool(worker_pool(rayon::current_num_threads()).ok().as_ref(), true, f)
 }
 
@@ -393,7 +393,7 @@ fn with_polling_siblings<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 /// Runs a prepared recipe to the end (or to an interruption), writing the run folder.
 pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>)) -> Result<RunSummary> {
     // The loss chunks' logits are re-allocated every step: keep their block (large_blocks.rs).
-    let _keep = lora_core::large_blocks::KeepLargeBlocks::keeping();
+    let _keep = lora_core::kernels::large_blocks::KeepLargeBlocks::keeping();
     let recipe_text = p.recipe.to_toml();
     let recipe_sha = sha256_bytes(recipe_text.as_bytes());
     let dir = p.recipe.output.dir.clone();

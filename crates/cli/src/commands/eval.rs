@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
-use lora_core::eval::evaluate_texts;
+use lora_core::loss::eval::evaluate_texts;
 use lora_train::data::records::{Record, read_records};
 use serde_json::Value;
 

@@ -3,8 +3,8 @@
 use std::io::Write;
 
 use anyhow::Result;
-use lora_core::generate::{GenerateOptions, SamplingParams, generate};
-use lora_core::tokenizer::TextStream;
+use lora_core::generation::generate::{GenerateOptions, SamplingParams, generate};
+use lora_core::io::tokenizer::TextStream;
 use lora_train::data::chat_template::ChatTemplate;
 
 /// Arguments of `lora generate`.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use lora_core::ModelConfig;
-use lora_core::weights::Weights;
+use lora_core::io::weights::Weights;
 use lora_formats::safetensors::SafetensorsFile;
 use serde_json::json;
 
@@ -101,7 +101,7 @@ fn inspect_gguf(path: &Path, as_json: bool) -> Result<()> {
     let g = lora_merge::gguf::GgufFile::open(path)?;
     let arch = match g.get("general.type").and_then(lora_merge::gguf::Value::as_str) {
         Some("adapter") => Ok("a LoRA adapter (general.type = adapter)".to_string()),
-        _ => lora_core::gguf_model::config(&g).map(|c| describe(&c)),
+        _ => lora_core::io::gguf::model::config(&g).map(|c| describe(&c)),
     };
     let arch = arch.unwrap_or_else(|e| format!("not loadable by lora: {e}"));
     let params: u64 = g.tensors.iter().map(|t| t.numel()).sum();
@@ -177,7 +177,7 @@ fn mixers(c: &ModelConfig) -> String {
     if !c.is_hybrid() {
         return String::new();
     }
-    let mut runs: Vec<(lora_core::config::TokenMixer, usize)> = Vec::new();
+    let mut runs: Vec<(lora_core::network::config::TokenMixer, usize)> = Vec::new();
     for &m in &c.mixers {
         match runs.last_mut() {
             Some((last, n)) if *last == m => *n += 1,
@@ -236,7 +236,7 @@ fn emit(text: &str) -> Result<()> {
 
 /// A PEFT adapter folder: rank, alpha, scaling, targets, modules and parameters.
 fn inspect_adapter(dir: &Path, cfg_path: &Path, json_out: bool) -> Result<()> {
-    let cfg = lora_core::peft_config::AdapterConfig::load(cfg_path)?;
+    let cfg = lora_core::adapter::config::AdapterConfig::load(cfg_path)?;
     let weights = dir.join("adapter_model.safetensors");
     let st = SafetensorsFile::open(&weights)?;
     let mut modules: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new(); // module -> (r, in, out)
@@ -254,11 +254,11 @@ fn inspect_adapter(dir: &Path, cfg_path: &Path, json_out: bool) -> Result<()> {
         }
     }
     let targets = match &cfg.target_modules {
-        Some(lora_core::peft_config::TargetModules::Names(n)) => n.join(", "),
-        Some(lora_core::peft_config::TargetModules::Pattern(p)) => p.clone(),
+        Some(lora_core::adapter::config::TargetModules::Names(n)) => n.join(", "),
+        Some(lora_core::adapter::config::TargetModules::Pattern(p)) => p.clone(),
         None => "-".into(),
     };
-    let scaling = lora_core::lora::lora_scaling(cfg.lora_alpha, cfg.r, cfg.use_rslora);
+    let scaling = lora_core::network::lora::lora_scaling(cfg.lora_alpha, cfg.r, cfg.use_rslora);
     if json_out {
         let v = json!({
             "path": dir, "kind": "peft-lora-adapter", "base_model": cfg.base_model_name_or_path,

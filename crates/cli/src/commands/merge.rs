@@ -127,7 +127,7 @@ pub fn run(a: Args) -> Result<()> {
             bail!("{}: the output folder exists; pass --force to replace it", a.out.display());
         }
         let _ = std::fs::remove_dir_all(tmp);
-        if let Err(e) = lora_core::gguf_to_folder::gguf_to_folder(base, tmp) {
+        if let Err(e) = lora_core::io::gguf::to_folder::gguf_to_folder(base, tmp) {
             let _ = std::fs::remove_dir_all(tmp);
             return Err(e.into());
         }

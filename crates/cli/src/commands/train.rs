@@ -56,7 +56,7 @@ pub fn run_cmd(a: Args) -> Result<()> {
     if a.dry_run {
         // The memory plan comes from config.json and the recipe alone, before any weight is read.
         let config = if recipe.model.base.is_file() {
-            lora_core::gguf_model::config(&lora_merge::gguf::GgufFile::open(&recipe.model.base)?)?
+            lora_core::io::gguf::model::config(&lora_merge::gguf::GgufFile::open(&recipe.model.base)?)?
         } else {
             lora_core::ModelConfig::from_file(recipe.model.base.join("config.json"))?
         };

@@ -1,7 +1,7 @@
 //! GGUF on the command line: inspect, generate, eval and train on a `.gguf` model as on its folder,
 //! and `lora export` of an adapter for llama.cpp.
 
-use lora_core::random_model::{LlamaShape, write_random_llama};
+use lora_core::io::random_model::{LlamaShape, write_random_llama};
 
 use crate::common::*;
 

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use lora_core::host::to_f32_vec;
+use lora_core::kernels::host::to_f32_vec;
 use lora_core::{CausalLm, TokenBatch, default_device};
 use lora_merge::ModelDir;
 use lora_merge::dtype::decode_f32;
@@ -337,7 +337,7 @@ fn full_disk_is_an_error_naming_the_path_and_leaves_nothing() {
 /// partial folder, completes.
 #[test]
 fn kill_9_during_a_merge_never_leaves_out() {
-    use lora_core::random_model::{LlamaShape, write_random_llama};
+    use lora_core::io::random_model::{LlamaShape, write_random_llama};
     let d = temp_dir("kill9-merge");
     let model = d.join("model");
     let shape = LlamaShape { hidden: 512, layers: 8, heads: 8, kv_heads: 8, inter: 1536, vocab: 8192, tied: false };
@@ -369,7 +369,7 @@ fn kill_9_during_a_merge_never_leaves_out() {
 /// that names it.
 #[test]
 fn other_vocabulary_sizes_merge_at_the_base_vocabulary_with_tokenizer_source_base() {
-    use lora_core::safetensors_write::{StoredDtype, write_safetensors};
+    use lora_core::io::safetensors_write::{StoredDtype, write_safetensors};
     use lora_formats::safetensors::SafetensorsFile;
     let fx = fixtures().join("merge");
     let d = temp_dir("vocab-merge");

@@ -2,8 +2,8 @@
 
 use burn::tensor::{Tensor, TensorData};
 use lora_core::default_device;
-use lora_core::delta_rule::{CHUNK, chunked, recurrent_step};
-use lora_core::host::to_f32_vec;
+use lora_core::kernels::delta_rule::{CHUNK, chunked, recurrent_step};
+use lora_core::kernels::host::to_f32_vec;
 
 use crate::common::max_abs_diff;
 
@@ -66,7 +66,7 @@ fn chunked_equals_the_recurrence_across_chunks_and_from_a_state() {
 /// partial last one, several heads and batch rows, d_k != d_v.
 #[test]
 fn fused_delta_rule_equals_the_chunked_form_values_and_gradients() {
-    use lora_core::fused_delta_rule::gated_delta_rule;
+    use lora_core::kernels::fused_delta_rule::gated_delta_rule;
     let device = default_device();
     let (b, t, h, dk, dv) = (2, 2 * CHUNK + 22, 3, 8, 12);
     let leaf4 = |v: Vec<f32>, shape: [usize; 4]| {

@@ -9,15 +9,15 @@ use lora_core::burn::tensor::module::attention;
 use lora_core::burn::tensor::ops::AttentionModuleOptions;
 use lora_core::burn::tensor::{Bool, Int, Tensor, TensorData};
 use lora_core::default_device;
-use lora_core::fused_attention::{KeyMask, fused_attention};
-use lora_core::fused_cross_entropy::cross_entropy_sum;
-use lora_core::fused_rope::rope_bthd;
-use lora_core::fused_swiglu::{swiglu, swiglu_reference};
-use lora_core::host::to_f32_vec;
-use lora_core::linear::Linear;
-use lora_core::lora::LoraAdapter;
-use lora_core::norm::RmsNorm;
-use lora_core::rope::apply_rope;
+use lora_core::kernels::fused_attention::{KeyMask, fused_attention};
+use lora_core::kernels::fused_rope::rope_bthd;
+use lora_core::kernels::fused_swiglu::{swiglu, swiglu_reference};
+use lora_core::kernels::host::to_f32_vec;
+use lora_core::loss::fused_cross_entropy::cross_entropy_sum;
+use lora_core::network::linear::Linear;
+use lora_core::network::lora::LoraAdapter;
+use lora_core::network::norm::RmsNorm;
+use lora_core::network::rope::apply_rope;
 
 fn lcg(seed: u64, n: usize, amp: f32) -> Vec<f32> {
     let mut s = seed.wrapping_add(0x9E37_79B9);
@@ -197,7 +197,7 @@ fn fused_attention_equals_reference_values_and_gradients() {
 /// largest reference value. Blocks of 5 rows give uneven last blocks and growing causal prefixes;
 /// keys longer than the queries stand for cached keys before them.
 pub(crate) fn check_tiled_attention_on(device: &lora_core::burn::tensor::Device, tol: f32) {
-    use lora_core::tiled_attention::tiled_attention;
+    use lora_core::kernels::tiled_attention::tiled_attention;
     let leaf = |v: &[f32], shape: [usize; 4]| {
         Tensor::<4>::from_data(TensorData::new(v.to_vec(), shape), device).autodiff().require_grad()
     };
@@ -262,7 +262,7 @@ pub(crate) fn check_tiled_attention_on(device: &lora_core::burn::tensor::Device,
 #[test]
 fn tiled_attention_in_bf16_is_within_bf16_rounding() {
     use lora_core::burn::tensor::{DType, FloatDType};
-    use lora_core::tiled_attention::tiled_attention;
+    use lora_core::kernels::tiled_attention::tiled_attention;
     let (b, t, nh, nkv, hd) = (1usize, 23usize, 6usize, 2usize, 16usize);
     let (q, k, v) = (lcg(40, b * t * nh * hd, 1.5), lcg(41, b * t * nkv * hd, 1.5), lcg(42, b * t * nkv * hd, 1.0));
     let dy = lcg(43, b * t * nh * hd, 1.0);
@@ -391,7 +391,7 @@ fn cpu_gemm_gives_the_same_bits_on_one_thread_and_many() {
             let (b_rs, b_cs) = if transposed { (1, k) } else { (n, 1) };
             // SAFETY: contiguous matrices of the shapes given.
             unsafe {
-                lora_core::cpu_kernel::gemm_f32(
+                lora_core::kernels::cpu_kernel::gemm_f32(
                     [m, n, k],
                     (c.as_mut_ptr(), n, 1),
                     (a.as_ptr(), k, 1),

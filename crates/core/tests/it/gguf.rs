@@ -2,8 +2,8 @@
 //! scripts/make_gguf_fixtures.py) load as the Hugging Face folders they came from: same
 //! configuration, same logits, q/k rows of `llama` files put back in order, NF4 from either equal.
 
-use lora_core::host::to_f32_vec;
-use lora_core::model::{CausalLm, TokenBatch};
+use lora_core::kernels::host::to_f32_vec;
+use lora_core::network::model::{CausalLm, TokenBatch};
 use lora_core::{BaseDtype, LoadOptions, Quantize, default_device};
 use lora_formats::gguf::{TensorOut, Value, write};
 

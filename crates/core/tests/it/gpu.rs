@@ -7,9 +7,9 @@
 //! far less than 1e-4.
 
 use lora_core::adapter::load_adapter;
-use lora_core::base_weight::BaseWeight;
-use lora_core::host::to_f32_vec;
-use lora_core::model::{CausalLm, TokenBatch};
+use lora_core::kernels::host::to_f32_vec;
+use lora_core::network::base_weight::BaseWeight;
+use lora_core::network::model::{CausalLm, TokenBatch};
 use lora_core::{BaseDtype, LoadOptions, Quantize};
 use lora_formats::safetensors::SafetensorsFile;
 
@@ -52,7 +52,7 @@ fn gpu_nf4_and_bf16_bases_match_their_references() {
     let mut model = CausalLm::load_dir_with(model_dir("llama"), &device, &opts).unwrap();
     // (LORA_TEST_GPU=cpu runs these checks on the CPU, which keeps its host NF4.)
     let on_device = matches!(model.model.layers[0].mlp.down_proj.weight, BaseWeight::Nf4Device(_));
-    assert_eq!(on_device, !lora_core::backend::is_cpu(&device), "a GPU's NF4 codes stay on the GPU");
+    assert_eq!(on_device, !lora_core::kernels::backend::is_cpu(&device), "a GPU's NF4 codes stay on the GPU");
     let d =
         max_abs_diff(&to_f32_vec(model.forward(&batch, None).unwrap()).unwrap(), &golden_f32(&g, "logits.nf4-dq").0);
     assert!(d <= TOL, "nf4-dq on the GPU: max |Δ| {d:e}");

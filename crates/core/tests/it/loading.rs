@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use lora_core::model::CausalLm;
-use lora_core::weights::Weights;
+use lora_core::io::weights::Weights;
+use lora_core::network::model::CausalLm;
 use lora_core::{ModelConfig, default_device};
 use lora_formats::safetensors::SafetensorsFile;
 
@@ -186,7 +186,7 @@ fn config_forms_resolve_alike() {
     let llama = ModelConfig::from_file(model_dir("llama").join("config.json")).unwrap();
     assert_eq!(llama.head_dim, 16);
     assert_eq!(llama.eos_token_ids, vec![3, 1]);
-    assert!(matches!(llama.rope_scaling, lora_core::config::RopeScaling::Llama3 { factor: 8.0, .. }));
+    assert!(matches!(llama.rope_scaling, lora_core::network::config::RopeScaling::Llama3 { factor: 8.0, .. }));
     // Parameter count equals the number of values in the weights file.
     let w = Weights::open_dir(model_dir("llama")).unwrap();
     let total: usize =
@@ -218,7 +218,7 @@ fn sequence_longer_than_sliding_window_is_refused() {
     model.forward(&lora_core::TokenBatch::single(vec![5; 8]), None).unwrap();
     let err = model.forward(&lora_core::TokenBatch::single(vec![5; 9]), None).unwrap_err().to_string();
     assert!(err.contains("exceeds the sliding window of 8"), "{err}");
-    let mut cache = lora_core::kv_cache::KvCache::new(model.config.num_hidden_layers);
+    let mut cache = lora_core::generation::kv_cache::KvCache::new(model.config.num_hidden_layers);
     model.forward(&lora_core::TokenBatch::single(vec![5; 8]), Some(&mut cache)).unwrap();
     assert!(model.forward(&lora_core::TokenBatch::single(vec![5]), Some(&mut cache)).is_err());
 }

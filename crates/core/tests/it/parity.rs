@@ -2,9 +2,9 @@
 //! logits and every hidden state within 1e-4, greedy generations token for token, eval loss.
 
 use burn::tensor::Device;
-use lora_core::eval::evaluate_texts;
-use lora_core::host::to_f32_vec;
-use lora_core::model::{CausalLm, TokenBatch};
+use lora_core::kernels::host::to_f32_vec;
+use lora_core::loss::eval::evaluate_texts;
+use lora_core::network::model::{CausalLm, TokenBatch};
 use lora_core::{GenerateOptions, SamplingParams, Tokenizer, default_device, generate};
 use lora_formats::safetensors::SafetensorsFile;
 use serde_json::Value;
@@ -169,7 +169,7 @@ fn check_long(name: &str) {
     let (ids, shape) = golden_i64(&golden, "long.input_ids");
     let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
     let t = shape[1];
-    assert!(t > 2 * lora_core::delta_rule::CHUNK, "the long golden must span more than two chunks");
+    assert!(t > 2 * lora_core::kernels::delta_rule::CHUNK, "the long golden must span more than two chunks");
     let (reference, _) = golden_f32(&golden, "long.logits");
     let vocab = model.config.vocab_size;
     let whole = to_f32_vec(model.forward(&TokenBatch::rows(vec![ids.clone()]), None).unwrap()).unwrap();
@@ -180,8 +180,8 @@ fn check_long(name: &str) {
         serde_json::from_str(&std::fs::read_to_string(fixtures().join(format!("golden/{name}.json"))).unwrap())
             .unwrap();
     let split = meta["long_split"].as_u64().unwrap() as usize;
-    assert!(split > lora_core::delta_rule::CHUNK && split % lora_core::delta_rule::CHUNK != 0);
-    let mut cache = lora_core::kv_cache::KvCache::new(model.config.num_hidden_layers);
+    assert!(split > lora_core::kernels::delta_rule::CHUNK && split % lora_core::kernels::delta_rule::CHUNK != 0);
+    let mut cache = lora_core::generation::kv_cache::KvCache::new(model.config.num_hidden_layers);
     let mut got =
         to_f32_vec(model.forward(&TokenBatch::rows(vec![ids[..split].to_vec()]), Some(&mut cache)).unwrap()).unwrap();
     // The second part once in one call (chunked, from the cached state), then token by token.
@@ -241,14 +241,15 @@ fn padded_cached_decoding_equals_single_rows_of(name: &str) {
     let model = CausalLm::load_dir(&dir, &device).unwrap();
     let tok = Tokenizer::load_dir(&dir, &model.config).unwrap();
     let seqs = vec![tok.encode("The quick brown fox jumps", true).unwrap(), tok.encode("Hello", true).unwrap()];
-    let mut cache = lora_core::kv_cache::KvCache::new(model.config.num_hidden_layers);
+    let mut cache = lora_core::generation::kv_cache::KvCache::new(model.config.num_hidden_layers);
     let batch = TokenBatch::left_padded(&seqs, tok.pad_token_id.unwrap());
     let mut logits = model.forward(&batch, Some(&mut cache)).unwrap();
     let mut rows: Vec<Vec<u32>> = vec![Vec::new(); 2];
     for _ in 0..5 {
         let [b, t, v] = logits.dims();
         let host = to_f32_vec(logits.slice([0..b, t - 1..t, 0..v])).unwrap();
-        let next: Vec<u32> = (0..b).map(|r| lora_core::generate::argmax(&host[r * v..(r + 1) * v])).collect();
+        let next: Vec<u32> =
+            (0..b).map(|r| lora_core::generation::generate::argmax(&host[r * v..(r + 1) * v])).collect();
         for (r, id) in next.iter().enumerate() {
             rows[r].push(*id);
         }

@@ -5,15 +5,15 @@
 use std::sync::Arc;
 
 use lora_core::adapter::load_adapter;
-use lora_core::base_weight::BaseWeight;
 use lora_core::burn::tensor::{DType, FloatDType, Tensor, TensorCreationOptions, TensorData};
-use lora_core::chunked_loss::head_loss_chunked;
-use lora_core::frozen_matmul::{frozen_matmul_blocked, frozen_matmul_in};
-use lora_core::host::to_f32_vec;
+use lora_core::io::weights::Weights;
+use lora_core::kernels::frozen_matmul::{frozen_matmul_blocked, frozen_matmul_in};
+use lora_core::kernels::host::to_f32_vec;
+use lora_core::loss::chunked::head_loss_chunked;
 use lora_core::loss::shifted_cross_entropy_sum;
-use lora_core::model::{CausalLm, TokenBatch};
-use lora_core::nf4_device::DeviceNf4;
-use lora_core::weights::Weights;
+use lora_core::network::base_weight::BaseWeight;
+use lora_core::network::model::{CausalLm, TokenBatch};
+use lora_core::quant::nf4_device::DeviceNf4;
 use lora_core::{BaseDtype, LoadOptions, Quantize, default_device};
 use lora_formats::nf4::{Absmax, Nf4Tensor, dynamic_map};
 use lora_formats::safetensors::SafetensorsFile;
@@ -217,7 +217,7 @@ fn frozen_matmul_equals_plain_reference_values_and_gradients() {
 /// word and a scale block, with and without double quantization.
 pub(crate) fn check_device_nf4_on(device: &lora_core::burn::tensor::Device) {
     use lora_core::burn::backend::Dispatch;
-    use lora_core::nf4_device::dequantize_rows;
+    use lora_core::quant::nf4_device::dequantize_rows;
     for (rows, cols, double_quant) in [(37usize, 70usize, false), (130, 33, true), (3, 64, false), (5, 7, true)] {
         let values: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * 3.0).collect();
         let q = Nf4Tensor::quantize(&values, &[rows, cols], double_quant);

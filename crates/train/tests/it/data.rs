@@ -242,7 +242,7 @@ fn packing_gives_the_same_loss_as_separate_examples() {
         let (batch, labels) = lora_train::batching::collate(&refs, tok.pad_token_id.unwrap(), tok.padding_left);
         let logits = model.forward(&batch, None).unwrap();
         let (s, n) = lora_core::loss::shifted_cross_entropy_sum(logits, &labels);
-        (lora_core::host::to_f32_vec(s).unwrap()[0] as f64, n)
+        (lora_core::kernels::host::to_f32_vec(s).unwrap()[0] as f64, n)
     };
     let separate = examples.iter().map(|e| loss(std::slice::from_ref(e))).fold((0.0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
     let padded = loss(&examples);
@@ -250,7 +250,7 @@ fn packing_gives_the_same_loss_as_separate_examples() {
     let refs: Vec<&Example> = examples.iter().collect();
     let (lb, ll) = lora_train::batching::collate(&refs, tok.pad_token_id.unwrap(), !tok.padding_left);
     let (ls, _) = lora_core::loss::shifted_cross_entropy_sum(model.forward(&lb, None).unwrap(), &ll);
-    let other_side = lora_core::host::to_f32_vec(ls).unwrap()[0] as f64;
+    let other_side = lora_core::kernels::host::to_f32_vec(ls).unwrap()[0] as f64;
     assert!((other_side - padded.0).abs() / padded.0 < 1e-4, "left vs right padding: {other_side} vs {}", padded.0);
     let packed_rows = packing::pack(&examples, 24);
     assert!(packed_rows.len() >= 2 && packed_rows.len() < examples.len(), "{} rows", packed_rows.len());

@@ -3,9 +3,9 @@
 use lora_core::adapter::{load_adapter, merge_into_base};
 use lora_core::burn::tensor::Device;
 use lora_core::default_device;
-use lora_core::host::to_f32_vec;
+use lora_core::kernels::host::to_f32_vec;
 use lora_core::loss::shifted_cross_entropy_sum;
-use lora_core::model::{CausalLm, TokenBatch};
+use lora_core::network::model::{CausalLm, TokenBatch};
 use lora_formats::safetensors::SafetensorsFile;
 use lora_train::optimizer::{AdamW, AdamWConfig};
 use lora_train::trainable::{adapter_tensors, set_adapter_tensors};

@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use lora_core::adapter::load_adapter;
-use lora_core::host::to_f32_vec;
-use lora_core::model::{CausalLm, TokenBatch};
+use lora_core::kernels::host::to_f32_vec;
+use lora_core::network::model::{CausalLm, TokenBatch};
 use lora_core::{BaseDtype, LoadOptions, Quantize, default_device};
 use lora_formats::safetensors::SafetensorsFile;
 use lora_train::optimizer::{AdamW, AdamWConfig};

@@ -61,9 +61,9 @@ fn loss_decreases_and_run_folder_is_complete() {
     let mut model =
         lora_core::CausalLm::load_dir(fixtures().join("models/llama"), &lora_core::default_device()).unwrap();
     let batch = lora_core::TokenBatch::single(vec![0, 17, 250, 33]);
-    let before = lora_core::host::to_f32_vec(model.forward(&batch, None).unwrap()).unwrap();
+    let before = lora_core::kernels::host::to_f32_vec(model.forward(&batch, None).unwrap()).unwrap();
     lora_core::adapter::load_adapter(&mut model, &run, 1.0, false).unwrap();
-    let after = lora_core::host::to_f32_vec(model.forward(&batch, None).unwrap()).unwrap();
+    let after = lora_core::kernels::host::to_f32_vec(model.forward(&batch, None).unwrap()).unwrap();
     assert_ne!(before, after);
     // The run folder is not overwritten without --force.
     assert!(matches!(train(&r, &RunOptions::default()), Err(TrainError::OutputExists(_))));
@@ -210,8 +210,8 @@ fn qwen3_5_trains_adapters_on_gated_deltanet_projections() {
     assert!(bytes(&run) == bytes(&d.join("again")), "a second run gave other adapter bytes");
     let mut model = lora_core::CausalLm::load_dir(&base, &lora_core::default_device()).unwrap();
     let batch = lora_core::TokenBatch::single(vec![0, 17, 250, 33]);
-    let before = lora_core::host::to_f32_vec(model.forward(&batch, None).unwrap()).unwrap();
+    let before = lora_core::kernels::host::to_f32_vec(model.forward(&batch, None).unwrap()).unwrap();
     lora_core::adapter::load_adapter(&mut model, &run, 1.0, false).unwrap();
-    let after = lora_core::host::to_f32_vec(model.forward(&batch, None).unwrap()).unwrap();
+    let after = lora_core::kernels::host::to_f32_vec(model.forward(&batch, None).unwrap()).unwrap();
     assert_ne!(before, after);
 }

@@ -1,0 +1,333 @@
+//! PEFT LoRA adapters on a [`CausalLm`]: choosing target modules as PEFT does, initialising new
+//! adapters, and reading / writing `adapter_config.json` + `adapter_model.safetensors`
+//! (keys `base_model.model.<module path>.lora_A.weight` [r, in] and `.lora_B.weight` [out, r]).
+
+pub mod config;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use regex::Regex;
+
+use crate::adapter::config::{AdapterConfig, TargetModules};
+use crate::error::{CoreError, Result};
+use crate::io::safetensors_write::{StoredDtype, write_safetensors};
+use crate::network::config::layer_index;
+use crate::network::lora::{LoraAdapter, lora_scaling};
+use crate::network::model::CausalLm;
+use lora_formats::safetensors::SafetensorsFile;
+
+/// Prefix PEFT puts before module paths in adapter files.
+pub const PEFT_PREFIX: &str = "base_model.model.";
+
+/// How new adapter matrices are drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoraInit {
+    /// PEFT's default: A kaiming-uniform (a = √5), i.e. U(−1/√in, 1/√in); B zero.
+    KaimingUniform,
+    /// A ~ N(0, (1/r)²) as PEFT's `init_lora_weights="gaussian"` (std 1/r); B zero.
+    Gaussian,
+}
+
+/// Which modules get adapters, resolved against a model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraSpec {
+    /// Rank.
+    pub r: usize,
+    /// Scaling numerator.
+    pub alpha: f64,
+    /// Dropout on the adapter input while training.
+    pub dropout: f64,
+    /// Target modules.
+    pub targets: TargetModules,
+    /// rsLoRA scaling.
+    pub use_rslora: bool,
+    /// Initialisation.
+    pub init: LoraInit,
+    /// Restrict to these decoder layers.
+    pub layers_to_transform: Option<Vec<usize>>,
+}
+
+/// Module paths selected by `targets` (and `layers`), in model order; an error lists what exists
+/// when nothing matches.
+pub fn select_targets(model: &CausalLm, targets: &TargetModules, layers: Option<&[usize]>) -> Result<Vec<String>> {
+    let all: Vec<String> = model.linear_modules().into_iter().map(|(p, _)| p).collect();
+    select_paths(&all, targets, layers)
+}
+
+/// [`select_targets`] over module paths (in model order), without a model.
+pub fn select_paths(all: &[String], targets: &TargetModules, layers: Option<&[usize]>) -> Result<Vec<String>> {
+    let matches: Box<dyn Fn(&str) -> bool> = match targets {
+        TargetModules::Pattern(p) if p == "all-linear" => Box::new(|path: &str| path != "lm_head"),
+        TargetModules::Pattern(p) => {
+            let re = Regex::new(&format!("^(?:{p})$"))
+                .map_err(|e| CoreError::Invalid(format!("target_modules regex '{p}' is invalid: {e}")))?;
+            Box::new(move |path: &str| re.is_match(path))
+        }
+        TargetModules::Names(names) => {
+            let names = names.clone();
+            Box::new(move |path: &str| names.iter().any(|n| path == n || path.ends_with(&format!(".{n}"))))
+        }
+    };
+    let selected: Vec<String> = all
+        .iter()
+        .filter(|p| matches(p))
+        .filter(|p| match layers {
+            Some(ls) => layer_index(p).is_some_and(|i| ls.contains(&i)),
+            None => true,
+        })
+        .cloned()
+        .collect();
+    if selected.is_empty() {
+        let names: BTreeSet<&str> = all.iter().map(|p| p.rsplit('.').next().unwrap_or(p)).collect();
+        let what = match targets {
+            TargetModules::Names(n) => format!("{n:?}"),
+            TargetModules::Pattern(p) => format!("'{p}'"),
+        };
+        return Err(CoreError::Invalid(format!(
+            "target modules {what}{} match no module; available: {}",
+            layers.map(|l| format!(" in layers {l:?}")).unwrap_or_default(),
+            names.into_iter().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    Ok(selected)
+}
+
+/// Attaches freshly initialised adapters; returns the module paths that got one. `trainable` makes
+/// the adapter tensors autodiff leaves that require gradients (the base stays constant).
+pub fn attach_new(model: &mut CausalLm, spec: &LoraSpec, seed: u64, trainable: bool) -> Result<Vec<String>> {
+    if spec.r == 0 {
+        return Err(CoreError::Invalid("LoRA rank r must be at least 1".into()));
+    }
+    let targets = select_targets(model, &spec.targets, spec.layers_to_transform.as_deref())?;
+    let device = model.device();
+    let scaling = lora_scaling(spec.alpha, spec.r, spec.use_rslora);
+    let mut rng = StdRng::seed_from_u64(seed);
+    for (path, lin) in model.linear_modules_mut() {
+        if !targets.contains(&path) {
+            continue;
+        }
+        let (d_in, d_out) = lin.dims();
+        let a: Vec<f32> = match spec.init {
+            LoraInit::KaimingUniform => {
+                let bound = 1.0 / (d_in as f64).sqrt();
+                (0..spec.r * d_in).map(|_| rng.random_range(-bound..bound) as f32).collect()
+            }
+            LoraInit::Gaussian => {
+                // Box-Muller: N(0, 1) scaled to std 1/r.
+                let std = 1.0 / spec.r as f64;
+                (0..spec.r * d_in)
+                    .map(|_| {
+                        let (u1, u2): (f64, f64) = (1.0 - rng.random::<f64>(), rng.random::<f64>());
+                        ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * std) as f32
+                    })
+                    .collect()
+            }
+        };
+        let b = vec![0.0f32; d_out * spec.r];
+        lin.lora.push(make_adapter(a, b, spec.r, d_in, d_out, scaling, spec.dropout, &device, trainable));
+    }
+    Ok(targets)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn make_adapter(
+    a: Vec<f32>,
+    b: Vec<f32>,
+    r: usize,
+    d_in: usize,
+    d_out: usize,
+    scaling: f64,
+    dropout: f64,
+    device: &Device,
+    trainable: bool,
+) -> LoraAdapter {
+    let mut lora_a = Tensor::<2>::from_data(TensorData::new(a, [r, d_in]), device);
+    let mut lora_b = Tensor::<2>::from_data(TensorData::new(b, [d_out, r]), device);
+    if trainable {
+        lora_a = lora_a.autodiff().require_grad();
+        lora_b = lora_b.autodiff().require_grad();
+    }
+    LoraAdapter { lora_a, lora_b, scaling, dropout, training: false, dropout_seed: 0 }
+}
+
+/// Reads an adapter folder and attaches it to `model` with an extra `weight` on its scaling.
+/// Every tensor of the file must find its module and fit its shape.
+pub fn load_adapter(model: &mut CausalLm, dir: &Path, weight: f64, trainable: bool) -> Result<AdapterConfig> {
+    if lora_formats::gguf::is_gguf_file(dir) {
+        return load_gguf_adapter(model, dir, weight, trainable);
+    }
+    let cfg_path = dir.join("adapter_config.json");
+    let cfg = AdapterConfig::load(&cfg_path)?;
+    cfg.check_loadable(&cfg_path)?;
+    let path = dir.join("adapter_model.safetensors");
+    if !path.is_file() {
+        if dir.join("adapter_model.bin").is_file() {
+            return Err(CoreError::config(
+                dir,
+                "only adapter_model.bin (pickle) found; lora reads adapter_model.safetensors",
+            ));
+        }
+        return Err(CoreError::config(dir, "no adapter_model.safetensors in this folder"));
+    }
+    let file = SafetensorsFile::open(&path)?;
+    // Group the tensors by module path.
+    let mut modules: BTreeMap<String, (Option<String>, Option<String>)> = BTreeMap::new();
+    for name in file.tensors().keys() {
+        let inner = name.strip_prefix(PEFT_PREFIX).unwrap_or(name);
+        // PEFT writes `...lora_A.weight`; in-memory state dicts have `...lora_A.default.weight`.
+        let parsed = [".lora_A.weight", ".lora_A.default.weight"]
+            .iter()
+            .find_map(|s| inner.strip_suffix(s).map(|m| (m, true)))
+            .or_else(|| {
+                [".lora_B.weight", ".lora_B.default.weight"]
+                    .iter()
+                    .find_map(|s| inner.strip_suffix(s).map(|m| (m, false)))
+            });
+        let Some((module, is_a)) = parsed else {
+            return Err(CoreError::safetensors(
+                path.clone(),
+                format!("tensor '{name}' is not a lora_A/lora_B weight (embedding or DoRA adapters are not supported)"),
+            ));
+        };
+        let entry = modules.entry(module.to_string()).or_default();
+        if is_a { entry.0 = Some(name.clone()) } else { entry.1 = Some(name.clone()) }
+    }
+    if modules.is_empty() {
+        return Err(CoreError::safetensors(path, "holds no LoRA tensors"));
+    }
+    let device = model.device();
+    let mut linears = model.linear_modules_mut();
+    for (module, (a_name, b_name)) in &modules {
+        let (Some(a_name), Some(b_name)) = (a_name, b_name) else {
+            return Err(CoreError::safetensors(
+                path.clone(),
+                format!("module '{module}' has only one of lora_A / lora_B"),
+            ));
+        };
+        let Some((_, lin)) = linears.iter_mut().find(|(p, _)| p == module) else {
+            return Err(CoreError::Invalid(format!(
+                "{}: adapter module '{module}' does not exist in the base model (is this adapter for another architecture?)",
+                path.display()
+            )));
+        };
+        let (d_in, d_out) = lin.dims();
+        let a_shape = &file.info(a_name).expect("listed").shape;
+        let b_shape = &file.info(b_name).expect("listed").shape;
+        let r = a_shape.first().copied().unwrap_or(0);
+        if a_shape != &vec![r, d_in] || b_shape != &vec![d_out, r] || r == 0 {
+            return Err(CoreError::ShapeMismatch {
+                path: path.clone(),
+                name: format!("{a_name} / {b_name}"),
+                expected: vec![d_out, r, d_in],
+                found: [b_shape.as_slice(), a_shape.as_slice()].concat(),
+            });
+        }
+        let (a, _) = file.to_f32(a_name)?;
+        let (b, _) = file.to_f32(b_name)?;
+        let scaling = cfg.scale_for(module, r) * weight;
+        lin.lora.push(make_adapter(a, b, r, d_in, d_out, scaling, cfg.lora_dropout, &device, trainable));
+    }
+    Ok(cfg)
+}
+
+/// Attaches a llama.cpp LoRA adapter (GGUF, as `lora export` or `convert_lora_to_gguf.py` write it):
+/// scale `alpha / r` per module, as llama.cpp applies it. Returns the equivalent PEFT configuration.
+pub fn load_gguf_adapter(model: &mut CausalLm, path: &Path, weight: f64, trainable: bool) -> Result<AdapterConfig> {
+    let g = lora_formats::gguf::GgufFile::open(path).map_err(|e| CoreError::Gguf(e.to_string()))?;
+    let (heads, kv_heads) = (model.config.num_attention_heads, model.config.num_key_value_heads);
+    let base_arch = lora_formats::gguf::gguf_architecture(model.config.architecture.model_type());
+    let (alpha, modules) = crate::io::gguf::model::read_lora_adapter_for(&g, heads, kv_heads, base_arch)?;
+    let device = model.device();
+    let r = modules.first().map_or(1, |m| m.r);
+    let mut linears = model.linear_modules_mut();
+    let mut names = Vec::new();
+    for m in modules {
+        let Some((_, lin)) = linears.iter_mut().find(|(p, _)| *p == m.module) else {
+            return Err(CoreError::Invalid(format!(
+                "{}: adapter module '{}' does not exist in the base model",
+                path.display(),
+                m.module
+            )));
+        };
+        if lin.dims() != (m.d_in, m.d_out) {
+            return Err(CoreError::ShapeMismatch {
+                path: path.to_path_buf(),
+                name: m.module.clone(),
+                expected: vec![lin.dims().1, lin.dims().0],
+                found: vec![m.d_out, m.d_in],
+            });
+        }
+        let scaling = alpha as f64 / m.r as f64 * weight;
+        lin.lora.push(make_adapter(m.a, m.b, m.r, m.d_in, m.d_out, scaling, 0.0, &device, trainable));
+        names.push(m.module.rsplit('.').next().unwrap_or_default().to_string());
+    }
+    names.sort();
+    names.dedup();
+    Ok(AdapterConfig {
+        peft_type: "LORA".into(),
+        task_type: Some("CAUSAL_LM".into()),
+        base_model_name_or_path: None,
+        r,
+        lora_alpha: alpha as f64,
+        lora_dropout: 0.0,
+        target_modules: Some(TargetModules::Names(names)),
+        use_rslora: false,
+        bias: "none".into(),
+        fan_in_fan_out: false,
+        init_lora_weights: true.into(),
+        inference_mode: true,
+        layers_to_transform: None,
+        rank_pattern: Default::default(),
+        alpha_pattern: Default::default(),
+        modules_to_save: None,
+        use_dora: false,
+        extra: Default::default(),
+    })
+}
+
+/// Writes the adapters attached to `model` (the first adapter of each layer) as a PEFT folder.
+/// Files are written under temporary names and renamed, so a reader never sees half a file.
+pub fn save_adapter(model: &CausalLm, dir: &Path, config: &AdapterConfig, dtype: StoredDtype) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| CoreError::io(dir, e))?;
+    let mut tensors = Vec::new();
+    for (path, lin) in model.linear_modules() {
+        if let Some(a) = lin.lora.first() {
+            let host = |t: &Tensor<2>| -> Result<(Vec<f32>, Vec<usize>)> {
+                let dims = t.dims().to_vec();
+                Ok((crate::kernels::host::to_f32_vec(t.clone().inner())?, dims))
+            };
+            let (av, ad) = host(&a.lora_a)?;
+            let (bv, bd) = host(&a.lora_b)?;
+            tensors.push((format!("{PEFT_PREFIX}{path}.lora_A.weight"), ad, av));
+            tensors.push((format!("{PEFT_PREFIX}{path}.lora_B.weight"), bd, bv));
+        }
+    }
+    if tensors.is_empty() {
+        return Err(CoreError::Invalid("the model has no adapter to save".into()));
+    }
+    let mut meta = BTreeMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    write_safetensors(&dir.join("adapter_model.safetensors"), &tensors, dtype, &meta)?;
+    let json = serde_json::to_string_pretty(config).expect("config serializes");
+    crate::io::safetensors_write::write_atomic(&dir.join("adapter_config.json"), json.as_bytes())
+}
+
+/// Folds every attached adapter into its base weight (W ← W + Σ s·B·A) and detaches them.
+pub fn merge_into_base(model: &mut CausalLm) {
+    for (_, lin) in model.linear_modules_mut() {
+        if lin.lora.is_empty() {
+            continue;
+        }
+        // A bf16 or NF4 base is folded in f32: W' = upcast(W) + Σ s·B·A, kept dense in f32.
+        let device = lin.lora[0].lora_a.device();
+        let mut w = lin.weight.to_f32(&device);
+        for a in lin.lora.drain(..) {
+            w = w + a.delta().inner();
+        }
+        lin.weight = crate::network::base_weight::BaseWeight::Dense(w);
+    }
+}

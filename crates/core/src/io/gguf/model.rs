@@ -1,0 +1,219 @@
+//! Models in GGUF files (llama.cpp, Ollama): the configuration from the `{arch}.*` keys and the tensors
+//! under their Hugging Face names, so that a `.gguf` file loads wherever a model folder does.
+//!
+//! References: llama.cpp `convert_hf_to_gguf.py` (what it writes) and `gguf-py/gguf/tensor_mapping.py`
+//! (the names). Its `llama` converter permutes the rows of `attn_q` / `attn_k` (weights and biases)
+//! from Hugging Face's rotate-half layout to ggml's interleaved rotary layout; [`unpermute_rows`]
+//! undoes it. `qwen2` and `qwen3` files keep Hugging Face's layout.
+
+use lora_formats::gguf::{GgufFile, Value};
+use serde_json::{Value as Json, json};
+
+use crate::error::{CoreError, Result};
+use crate::network::config::{HfConfig, ModelConfig, RopeScaling};
+
+/// The architectures lora reads from GGUF files, with the `architectures` entry they become.
+const ARCHITECTURES: [(&str, &str); 3] =
+    [("llama", "LlamaForCausalLM"), ("qwen2", "Qwen2ForCausalLM"), ("qwen3", "Qwen3ForCausalLM")];
+
+/// The GGUF name of a Hugging Face tensor name, or `None` for a name GGUF files do not hold.
+pub use lora_formats::gguf::gguf_tensor_name as gguf_name;
+
+/// The GGUF architecture of a file (`general.architecture`).
+pub fn architecture(g: &GgufFile) -> Result<String> {
+    let arch = g
+        .get("general.architecture")
+        .and_then(Value::as_str)
+        .ok_or_else(|| CoreError::Gguf(format!("{}: no general.architecture key", g.path().display())))?;
+    if !ARCHITECTURES.iter().any(|(a, _)| *a == arch) {
+        return Err(CoreError::Gguf(format!(
+            "{}: architecture '{arch}' is not supported; lora reads GGUF models of the llama (Llama, Mistral), \
+             qwen2 and qwen3 architectures",
+            g.path().display()
+        )));
+    }
+    Ok(arch.to_string())
+}
+
+/// Whether the file's converter permuted the q/k rows (the `llama` architecture).
+pub fn permutes_qk(arch: &str) -> bool {
+    arch == "llama"
+}
+
+/// The configuration of a GGUF model, resolved as a `config.json` of the same model would be.
+pub fn config(g: &GgufFile) -> Result<ModelConfig> {
+    let path = g.path().display().to_string();
+    let cfg = config_json(g)?;
+    let hf: HfConfig = serde_json::from_value(cfg).map_err(|e| CoreError::Gguf(format!("{path}: {e}")))?;
+    let mut config = ModelConfig::resolve(&hf).map_err(|m| CoreError::Gguf(format!("{path}: {m}")))?;
+    if let Some(t) = g.tensor("rope_freqs.weight") {
+        // Llama 3.1-style scaling is stored as llama.cpp's per-frequency divisors; the original
+        // parameters are gone, and the divisors are what llama.cpp computes with.
+        let factors = g.to_f32(t).map_err(|e| CoreError::Gguf(e.to_string()))?;
+        if factors.len() != config.head_dim / 2 {
+            return Err(CoreError::Gguf(format!(
+                "{path}: rope_freqs.weight has {} values; head_dim {} needs {}",
+                factors.len(),
+                config.head_dim,
+                config.head_dim / 2
+            )));
+        }
+        config.rope_scaling = RopeScaling::Factors(factors);
+    }
+    Ok(config)
+}
+
+/// The `config.json` (Hugging Face's keys) of a GGUF model, without `rope_freqs` (which config.json
+/// cannot express).
+pub fn config_json(g: &GgufFile) -> Result<Json> {
+    let arch = architecture(g)?;
+    let path = g.path().display().to_string();
+    let key = |k: &str| format!("{arch}.{k}");
+    let int = |k: &str| -> Result<Option<u64>> {
+        match g.get(&key(k)) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| CoreError::Gguf(format!("{path}: {} must be an integer, found {v}", key(k)))),
+        }
+    };
+    let need =
+        |k: &str| -> Result<u64> { int(k)?.ok_or_else(|| CoreError::Gguf(format!("{path}: missing key {}", key(k)))) };
+    let float = |k: &str| -> Result<Option<f64>> {
+        match g.get(&key(k)) {
+            None => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| CoreError::Gguf(format!("{path}: {} must be a number, found {v}", key(k)))),
+        }
+    };
+    if let Some(t) = g.get(&key("rope.scaling.type")).and_then(Value::as_str)
+        && t != "none"
+    {
+        return Err(CoreError::Gguf(format!("{path}: {} = '{t}' is not supported", key("rope.scaling.type"))));
+    }
+    let embed =
+        g.tensor("token_embd.weight").ok_or_else(|| CoreError::Gguf(format!("{path}: no token_embd.weight tensor")))?;
+    let vocab = embed.dims.get(1).copied().unwrap_or(0);
+    let heads = need("attention.head_count")?;
+    let hidden = need("embedding_length")?;
+    let hf_arch = ARCHITECTURES.iter().find(|(a, _)| *a == arch).map(|(_, h)| *h).expect("checked");
+    let token = |k: &str| g.get(&format!("tokenizer.ggml.{k}")).and_then(Value::as_u64);
+    let mut cfg = json!({
+        "architectures": [hf_arch],
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": need("feed_forward_length")?,
+        "num_hidden_layers": need("block_count")?,
+        "num_attention_heads": heads,
+        "num_key_value_heads": int("attention.head_count_kv")?.unwrap_or(heads),
+        "rms_norm_eps": float("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5),
+        "rope_theta": float("rope.freq_base")?.unwrap_or(10000.0),
+        "max_position_embeddings": int("context_length")?.unwrap_or(2048),
+        "tie_word_embeddings": g.tensor("output.weight").is_none(),
+        "attention_bias": g.tensor("blk.0.attn_output.bias").is_some(),
+        "mlp_bias": g.tensor("blk.0.ffn_gate.bias").is_some(),
+    });
+    let obj = cfg.as_object_mut().expect("an object");
+    if let Some(hd) = int("attention.key_length")? {
+        obj.insert("head_dim".into(), Json::from(hd));
+    }
+    for (k, name) in
+        [("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"), ("pad_token_id", "padding_token_id")]
+    {
+        if let Some(id) = token(name) {
+            obj.insert(k.into(), Json::from(id));
+        }
+    }
+    Ok(cfg)
+}
+
+/// Undoes the converter's permutation of q/k rows: the GGUF row `h·hd + 2j + s` holds the Hugging Face
+/// row `h·hd + s·hd/2 + j` (head h, j < hd/2, s ∈ {0, 1}). `values` is row-major with `rows` rows of
+/// `cols` values (a bias is one column).
+pub fn unpermute_rows(values: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+    lora_formats::gguf::rotary_rows(values, rows, cols, heads, false)
+}
+
+/// One module of a llama.cpp LoRA adapter, in PEFT's layout.
+#[derive(Debug, Clone)]
+pub struct GgufLoraModule {
+    /// The Hugging Face module path.
+    pub module: String,
+    /// A `[r, in]` row-major.
+    pub a: Vec<f32>,
+    /// B `[out, r]` row-major, q/k rows back in Hugging Face's order.
+    pub b: Vec<f32>,
+    /// Rank.
+    pub r: usize,
+    /// Input width.
+    pub d_in: usize,
+    /// Output width.
+    pub d_out: usize,
+}
+
+/// A llama.cpp LoRA adapter (`general.type = adapter`, `adapter.type = lora`): its alpha and modules.
+pub fn read_lora_adapter(g: &GgufFile, heads: usize, kv_heads: usize) -> Result<(f32, Vec<GgufLoraModule>)> {
+    read_lora_adapter_for(g, heads, kv_heads, None)
+}
+
+/// [`read_lora_adapter`], checking that the adapter was made for the `base_arch` GGUF architecture.
+pub fn read_lora_adapter_for(
+    g: &GgufFile,
+    heads: usize,
+    kv_heads: usize,
+    base_arch: Option<&str>,
+) -> Result<(f32, Vec<GgufLoraModule>)> {
+    let path = g.path().display().to_string();
+    let s = |k: &str| g.get(k).and_then(Value::as_str);
+    if s("general.type") != Some("adapter") || s("adapter.type") != Some("lora") {
+        return Err(CoreError::Gguf(format!(
+            "{path}: not a LoRA adapter (general.type = {:?}, adapter.type = {:?})",
+            s("general.type"),
+            s("adapter.type")
+        )));
+    }
+    let alpha = g
+        .get("adapter.lora.alpha")
+        .and_then(Value::as_f64)
+        .ok_or_else(|| CoreError::Gguf(format!("{path}: no adapter.lora.alpha")))? as f32;
+    let arch =
+        s("general.architecture").ok_or_else(|| CoreError::Gguf(format!("{path}: no general.architecture key")))?;
+    if let Some(base) = base_arch
+        && base != arch
+    {
+        return Err(CoreError::Gguf(format!("{path}: an adapter for '{arch}' models, not for this '{base}' model")));
+    }
+    let permuted = permutes_qk(arch);
+    let mut modules = Vec::new();
+    for t in &g.tensors {
+        let Some(base) = t.name.strip_suffix(".lora_a") else { continue };
+        let module = lora_formats::gguf::hf_tensor_name(base)
+            .and_then(|n| n.strip_suffix(".weight").map(str::to_string))
+            .filter(|m| lora_formats::gguf::is_linear_module(m))
+            .ok_or_else(|| CoreError::Gguf(format!("{path}: tensor '{}' adapts no module lora knows", t.name)))?;
+        let b_name = format!("{base}.lora_b");
+        let tb = g.tensor(&b_name).ok_or_else(|| CoreError::Gguf(format!("{path}: '{}' has no {b_name}", t.name)))?;
+        let (&[d_in, r], &[r_b, d_out]) = (t.dims.as_slice(), tb.dims.as_slice()) else {
+            return Err(CoreError::Gguf(format!("{path}: '{}' / '{b_name}' are not matrices", t.name)));
+        };
+        if r != r_b || r == 0 {
+            return Err(CoreError::Gguf(format!("{path}: ranks of '{}' ({r}) and '{b_name}' ({r_b}) differ", t.name)));
+        }
+        let (d_in, r, d_out) = (d_in as usize, r as usize, d_out as usize);
+        let read = |t| g.to_f32(t).map_err(|e| CoreError::Gguf(e.to_string()));
+        let a = read(t)?;
+        let mut b = read(tb)?;
+        let is_q = module.ends_with("self_attn.q_proj");
+        if permuted && (is_q || module.ends_with("self_attn.k_proj")) {
+            b = unpermute_rows(&b, d_out, r, if is_q { heads } else { kv_heads });
+        }
+        modules.push(GgufLoraModule { module, a, b, r, d_in, d_out });
+    }
+    if modules.is_empty() {
+        return Err(CoreError::Gguf(format!("{path}: holds no .lora_a / .lora_b tensors")));
+    }
+    Ok((alpha, modules))
+}

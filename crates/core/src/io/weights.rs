@@ -1,0 +1,313 @@
+//! The weights of a Hugging Face model folder: `model.safetensors`, or shards listed by
+//! `model.safetensors.index.json`; or of a GGUF file, read under the same Hugging Face names
+//! (dequantized, and with the q/k rows of `llama` files put back in Hugging Face's order). Tensors are
+//! read one at a time from memory maps, so loading never holds the file bytes and the model at once
+//! beyond a single tensor.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{DType, Device, Tensor, TensorCreationOptions, TensorData};
+use lora_formats::gguf::GgufFile;
+use lora_formats::nf4::Nf4Tensor;
+use serde::Deserialize;
+
+use crate::error::{CoreError, Result};
+use lora_formats::safetensors::SafetensorsFile;
+
+/// `model.safetensors.index.json`.
+#[derive(Debug, Deserialize)]
+struct ShardIndex {
+    weight_map: BTreeMap<String, String>,
+}
+
+/// All weight files of one model, with a record of which tensors the model took.
+#[derive(Debug)]
+pub struct Weights {
+    dir: PathBuf,
+    files: Vec<SafetensorsFile>,
+    /// Tensor name -> index into `files`.
+    location: HashMap<String, usize>,
+    /// A GGUF file instead of safetensors files.
+    gguf: Option<GgufSource>,
+    taken: RefCell<BTreeSet<String>>,
+}
+
+/// A GGUF model file and how its q/k rows are laid out.
+#[derive(Debug)]
+struct GgufSource {
+    file: GgufFile,
+    /// (query heads, key/value heads) when the converter permuted q/k rows (`llama` files).
+    permuted: Option<(usize, usize)>,
+}
+
+impl Weights {
+    /// Opens the weights of the model folder `dir`.
+    pub fn open_dir(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        if single.is_file() {
+            return Self::from_files(dir, vec![single]);
+        }
+        if index.is_file() {
+            let text = std::fs::read_to_string(&index).map_err(|e| CoreError::io(&index, e))?;
+            let parsed: ShardIndex = serde_json::from_str(&text).map_err(|e| CoreError::json(&index, e))?;
+            let shards: BTreeSet<&String> = parsed.weight_map.values().collect();
+            let files = shards.into_iter().map(|s| dir.join(s)).collect();
+            let weights = Self::from_files(dir, files)?;
+            // The index must agree with the shards it names.
+            for (name, shard) in &parsed.weight_map {
+                match weights.location.get(name) {
+                    Some(&i) if weights.files[i].path().ends_with(shard) => {}
+                    _ => {
+                        return Err(CoreError::safetensors(
+                            index,
+                            format!("index maps '{name}' to '{shard}', which does not hold it"),
+                        ));
+                    }
+                }
+            }
+            return Ok(weights);
+        }
+        if dir.join("pytorch_model.bin").exists() || dir.join("pytorch_model.bin.index.json").exists() {
+            return Err(CoreError::config(
+                dir,
+                "only pickle weights (pytorch_model.bin) found; lora reads safetensors only \
+                 (convert with transformers: model.save_pretrained(dir, safe_serialization=True))",
+            ));
+        }
+        Err(CoreError::config(dir, "no model.safetensors or model.safetensors.index.json in this folder"))
+    }
+
+    /// Uses explicit files (a single `.safetensors` path, or shards).
+    pub fn from_files(dir: impl AsRef<Path>, paths: Vec<PathBuf>) -> Result<Self> {
+        let mut files = Vec::with_capacity(paths.len());
+        let mut location = HashMap::new();
+        for (i, p) in paths.into_iter().enumerate() {
+            let f = SafetensorsFile::open(&p)?;
+            for name in f.tensors().keys() {
+                if location.insert(name.clone(), i).is_some() {
+                    return Err(CoreError::safetensors(
+                        p.clone(),
+                        format!("tensor '{name}' appears in more than one shard"),
+                    ));
+                }
+            }
+            files.push(f);
+        }
+        Ok(Self { dir: dir.as_ref().to_path_buf(), files, location, gguf: None, taken: RefCell::default() })
+    }
+
+    /// Opens a GGUF model file; `config` is the configuration read from it.
+    pub fn open_gguf(file: GgufFile, config: &crate::network::config::ModelConfig) -> Result<Self> {
+        let arch = crate::io::gguf::model::architecture(&file)?;
+        let permuted = crate::io::gguf::model::permutes_qk(&arch)
+            .then_some((config.num_attention_heads, config.num_key_value_heads));
+        Ok(Self {
+            dir: file.path().to_path_buf(),
+            files: Vec::new(),
+            location: HashMap::new(),
+            gguf: Some(GgufSource { file, permuted }),
+            taken: RefCell::default(),
+        })
+    }
+
+    /// The GGUF file, when the weights come from one.
+    pub fn gguf(&self) -> Option<&GgufFile> {
+        self.gguf.as_ref().map(|g| &g.file)
+    }
+
+    /// The folder the weights come from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The weight files.
+    pub fn files(&self) -> &[SafetensorsFile] {
+        &self.files
+    }
+
+    /// Whether a tensor of this name exists.
+    pub fn contains(&self, name: &str) -> bool {
+        if let Some(g) = &self.gguf {
+            return crate::io::gguf::model::gguf_name(name).is_some_and(|n| g.file.tensor(&n).is_some());
+        }
+        self.location.contains_key(name)
+    }
+
+    /// All tensor names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.location.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Reads tensor `name` as f32 on `device`, checking that its shape is `expected`.
+    pub fn tensor<const D: usize>(&self, name: &str, expected: [usize; D], device: &Device) -> Result<Tensor<D>> {
+        let (values, shape) = self.read_f32(name, &expected)?;
+        Ok(Tensor::from_data(TensorData::new(values, shape), device))
+    }
+
+    /// Reads tensor `name` in `dtype` on `device`, checking that its shape is `expected`. Converting
+    /// from the file's dtype rounds to nearest even, as `torch.Tensor.to` does; a bf16 file read as
+    /// bf16 keeps its exact values.
+    pub fn tensor_as<const D: usize>(
+        &self,
+        name: &str,
+        expected: [usize; D],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor<D>> {
+        // Same 2-byte dtype in the file as asked for: take the bytes as they are, without an f32 copy
+        // (the embeddings and head of an 8B model are 2 GB each in f32).
+        let file_dtype = self.location.get(name).and_then(|&i| self.files[i].info(name)).map(|i| i.dtype);
+        let same = matches!(
+            (file_dtype, dtype),
+            (Some(lora_formats::DType::BF16), DType::BF16) | (Some(lora_formats::DType::F16), DType::F16)
+        );
+        if same {
+            let (bytes, shape) = self.read_bytes(name, &expected)?;
+            let data = TensorData::from_bytes_vec(bytes, shape, dtype);
+            return Ok(Tensor::from_data(data, TensorCreationOptions::new(device.clone()).with_dtype(dtype)));
+        }
+        let (values, shape) = self.read_f32(name, &expected)?;
+        if dtype == DType::F16
+            && let Some(v) = values.iter().find(|v| v.is_finite() && v.abs() > 65504.0)
+        {
+            return Err(CoreError::Invalid(format!(
+                "{}: tensor '{name}' holds {v}, beyond f16's range (65504); hold the base in bf16 or f32",
+                self.dir.display()
+            )));
+        }
+        let data = TensorData::new(values, shape);
+        if dtype == DType::F32 {
+            return Ok(Tensor::from_data(data, device));
+        }
+        Ok(Tensor::from_data(data.convert_dtype(dtype), TensorCreationOptions::new(device.clone()).with_dtype(dtype)))
+    }
+
+    /// Reads tensor `name` and quantizes it to NF4 as bitsandbytes does, one tensor at a time, so that
+    /// the dense model never exists in memory. The values are first rounded to `dtype`, as
+    /// transformers quantizes weights already cast to the model's `torch_dtype`.
+    pub fn nf4(&self, name: &str, expected: [usize; 2], double_quant: bool, dtype: DType) -> Result<Nf4Tensor> {
+        let (mut values, shape) = self.read_f32(name, &expected)?;
+        match dtype {
+            DType::BF16 => values.iter_mut().for_each(|v| *v = half::bf16::from_f32(*v).to_f32()),
+            DType::F16 => values.iter_mut().for_each(|v| *v = half::f16::from_f32(*v).to_f32()),
+            _ => {}
+        }
+        Ok(Nf4Tensor::quantize(&values, &shape, double_quant))
+    }
+
+    /// The raw little-endian bytes of tensor `name`, checking its shape.
+    fn read_bytes(&self, name: &str, expected: &[usize]) -> Result<(Vec<u8>, Vec<usize>)> {
+        let file = self.checked(name, expected)?;
+        Ok(file.to_bytes(name).expect("located tensors exist"))
+    }
+
+    /// The file holding `name`, after checking that it exists with shape `expected`; marks it taken.
+    fn checked(&self, name: &str, expected: &[usize]) -> Result<&SafetensorsFile> {
+        let Some(&i) = self.location.get(name) else {
+            return Err(CoreError::MissingTensor {
+                dir: self.dir.clone(),
+                name: name.to_string(),
+                expected: expected.to_vec(),
+            });
+        };
+        let file = &self.files[i];
+        let found = &file.info(name).expect("located tensors exist").shape;
+        if found.as_slice() != expected {
+            return Err(CoreError::ShapeMismatch {
+                path: file.path().to_path_buf(),
+                name: name.to_string(),
+                expected: expected.to_vec(),
+                found: found.clone(),
+            });
+        }
+        self.taken.borrow_mut().insert(name.to_string());
+        Ok(file)
+    }
+
+    /// Reads tensor `name` as f32 values, checking its shape.
+    pub fn read_f32(&self, name: &str, expected: &[usize]) -> Result<(Vec<f32>, Vec<usize>)> {
+        if let Some(g) = &self.gguf {
+            return self.read_gguf(g, name, expected);
+        }
+        Ok(self.checked(name, expected)?.to_f32(name)?)
+    }
+
+    fn read_gguf(&self, g: &GgufSource, name: &str, expected: &[usize]) -> Result<(Vec<f32>, Vec<usize>)> {
+        let missing =
+            || CoreError::MissingTensor { dir: self.dir.clone(), name: name.to_string(), expected: expected.to_vec() };
+        let gname = crate::io::gguf::model::gguf_name(name).ok_or_else(missing)?;
+        let t = g.file.tensor(&gname).ok_or_else(missing)?;
+        let shape = t.shape();
+        if shape.as_slice() != expected {
+            return Err(CoreError::ShapeMismatch {
+                path: self.dir.clone(),
+                name: format!("{gname} ({name})"),
+                expected: expected.to_vec(),
+                found: shape,
+            });
+        }
+        let mut values = g.file.to_f32(t).map_err(|e| CoreError::Gguf(e.to_string()))?;
+        let qk = name.contains("self_attn.q_proj.") || name.contains("self_attn.k_proj.");
+        if let (Some((heads, kv_heads)), true) = (g.permuted, qk) {
+            let heads = if name.contains("q_proj") { heads } else { kv_heads };
+            let cols = if shape.len() == 2 { shape[1] } else { 1 };
+            values = crate::io::gguf::model::unpermute_rows(&values, shape[0], cols, heads);
+        }
+        self.taken.borrow_mut().insert(gname);
+        Ok((values, shape))
+    }
+
+    /// [`Self::check_all_taken`], with every tensor under one of `prefixes` allowed to stay unused.
+    pub fn check_all_taken_except(&self, ignore: &[&str], prefixes: &[&str]) -> Result<()> {
+        match self.check_all_taken(ignore) {
+            Err(CoreError::UnexpectedTensors { dir, names }) => {
+                let names: Vec<String> =
+                    names.into_iter().filter(|n| !prefixes.iter().any(|p| n.starts_with(p))).collect();
+                if names.is_empty() { Ok(()) } else { Err(CoreError::UnexpectedTensors { dir, names }) }
+            }
+            other => other,
+        }
+    }
+
+    /// Fails if any tensor in the files was not taken by the model (`ignore` lists names that may stay).
+    pub fn check_all_taken(&self, ignore: &[&str]) -> Result<()> {
+        let taken = self.taken.borrow();
+        if let Some(g) = &self.gguf {
+            // rope_freqs went into the configuration.
+            let ignore: Vec<String> = ignore.iter().filter_map(|n| crate::io::gguf::model::gguf_name(n)).collect();
+            let unused: Vec<String> = g
+                .file
+                .tensors
+                .iter()
+                .map(|t| t.name.clone())
+                .filter(|n| !taken.contains(n) && n != "rope_freqs.weight" && !ignore.contains(n))
+                .collect();
+            if unused.is_empty() {
+                return Ok(());
+            }
+            return Err(CoreError::UnexpectedTensors { dir: self.dir.clone(), names: unused });
+        }
+        let mut unused: Vec<String> = self
+            .location
+            .keys()
+            .filter(|n| !taken.contains(*n) && !ignore.iter().any(|i| n.as_str() == *i || is_ignorable(n)))
+            .cloned()
+            .collect();
+        if unused.is_empty() {
+            return Ok(());
+        }
+        unused.sort();
+        Err(CoreError::UnexpectedTensors { dir: self.dir.clone(), names: unused })
+    }
+}
+
+/// Buffers some checkpoints carry that hold no learned value.
+fn is_ignorable(name: &str) -> bool {
+    name.ends_with("rotary_emb.inv_freq")
+}
