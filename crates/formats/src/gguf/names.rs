@@ -67,12 +67,7 @@ pub fn hf_tensor_name(gguf: &str) -> Option<String> {
 
 /// llama.cpp's `general.architecture` for a `config.json` `model_type` (it runs Mistral as `llama`).
 pub fn gguf_architecture(model_type: &str) -> Option<&'static str> {
-    match model_type {
-        "llama" | "mistral" => Some("llama"),
-        "qwen2" => Some("qwen2"),
-        "qwen3" => Some("qwen3"),
-        _ => None,
-    }
+    crate::hf_config::ARCHITECTURES.iter().find(|s| s.model_type == model_type).and_then(|s| s.gguf)
 }
 
 /// Whether a path is a GGUF file (an existing file ending in `.gguf`).

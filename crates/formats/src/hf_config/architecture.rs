@@ -1,0 +1,290 @@
+//! The architectures lora implements, each one declaration ([`ArchitectureSpec`]): the names a
+//! checkpoint gives it, how its `config.json` maps onto the blocks, and which blocks it is built from.
+//! [`super::ModelConfig::resolve`] reads the declaration and nothing else architecture-specific, and
+//! so do `lora inspect` and README's table of architectures ([`architectures_table`], checked by a
+//! test), so the three cannot drift.
+
+/// The architectures lora implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    /// `LlamaForCausalLM` (Llama 2, Llama 3.x, SmolLM, TinyLlama, ...).
+    Llama,
+    /// `MistralForCausalLM`.
+    Mistral,
+    /// `Qwen2ForCausalLM` (Qwen2, Qwen2.5): q/k/v biases.
+    Qwen2,
+    /// `Qwen3ForCausalLM`: RMSNorm on queries and keys per head.
+    Qwen3,
+    /// `Qwen3_5ForCausalLM` / `Qwen3_5ForConditionalGeneration` (Qwen3.5, 3.6, 3.8): Gated DeltaNet
+    /// layers between gated full-attention layers, zero-centred norms, partial rotary embeddings.
+    Qwen3_5,
+}
+
+/// Which attention projections carry biases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionBias {
+    /// q/k/v and o as `attention_bias` says (default none).
+    FromConfig,
+    /// q/k/v always, o never, whatever the config says (Qwen2).
+    QkvOnly,
+    /// None, whatever the config says (Mistral).
+    Never,
+}
+
+/// When attention is restricted to a window of recent tokens (longer sequences are refused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlidingWindow {
+    /// Never.
+    Never,
+    /// Whenever `sliding_window` is set (Mistral).
+    FromConfig,
+    /// When `layer_types` names a `sliding_attention` layer, or `use_sliding_window` is set and
+    /// `max_window_layers` is below the layer count (Qwen2, Qwen3).
+    Qwen,
+}
+
+/// The token mixers of the decoder layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerPattern {
+    /// Every layer is grouped-query attention.
+    Attention,
+    /// Gated DeltaNet layers (`linear_attention`) between full-attention ones (`full_attention`,
+    /// gated unless `attn_output_gate` is false), from `layer_types` or, without it, every
+    /// `full_attention_interval`-th layer (default given here) attending (Qwen3.5).
+    Hybrid {
+        /// `full_attention_interval` when config.json gives none.
+        default_interval: usize,
+    },
+}
+
+/// The feed-forward block of every decoder layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedForward {
+    /// SwiGLU: `down_proj(silu(gate_proj(x)) · up_proj(x))`.
+    GatedMlp,
+}
+
+impl FeedForward {
+    /// The name `lora inspect` and README give it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::GatedMlp => "gated MLP (SwiGLU)",
+        }
+    }
+}
+
+/// A multimodal wrapper class whose checkpoint holds the language model beside other towers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wrapper {
+    /// The wrapper's `architectures` entry.
+    pub class: &'static str,
+    /// The wrapper's `model_type`.
+    pub model_type: &'static str,
+    /// The key of config.json holding the language model's configuration.
+    pub config_key: &'static str,
+    /// The tensor-name prefix of the language model (`model.language_model`).
+    pub prefix: &'static str,
+}
+
+/// Everything lora knows about one architecture.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ArchitectureSpec {
+    /// Which one.
+    pub architecture: Architecture,
+    /// The `architectures` entry transformers writes for the text model.
+    pub class: &'static str,
+    /// The text model's `model_type`.
+    pub model_type: &'static str,
+    /// The model families published under it, for README and `lora inspect`.
+    pub models: &'static str,
+    /// The multimodal checkpoint form, when the Hub ships one.
+    pub wrapper: Option<Wrapper>,
+    /// Biases of the attention projections.
+    pub attention_bias: AttentionBias,
+    /// Whether `mlp_bias` is honoured (otherwise the MLP has no biases).
+    pub mlp_bias: bool,
+    /// Per-head RMSNorm on queries and keys.
+    pub qk_norm: bool,
+    /// RMSNorms scale by `1 + weight` (except the Gated DeltaNet's output norm).
+    pub zero_centred_norms: bool,
+    /// Whether `partial_rotary_factor` may be below 1.
+    pub partial_rotary: bool,
+    /// Sliding-window attention.
+    pub sliding_window: SlidingWindow,
+    /// The token mixers.
+    pub layers: LayerPattern,
+    /// The feed-forward block.
+    pub feed_forward: FeedForward,
+    /// llama.cpp's `general.architecture` for it, when lora reads and writes it as GGUF.
+    pub gguf: Option<&'static str>,
+}
+
+/// The declarations, in README's order.
+pub const ARCHITECTURES: [ArchitectureSpec; 5] = [
+    ArchitectureSpec {
+        architecture: Architecture::Llama,
+        class: "LlamaForCausalLM",
+        model_type: "llama",
+        models: "Llama 2, Llama 3.x, SmolLM, TinyLlama",
+        wrapper: None,
+        attention_bias: AttentionBias::FromConfig,
+        mlp_bias: true,
+        qk_norm: false,
+        zero_centred_norms: false,
+        partial_rotary: false,
+        sliding_window: SlidingWindow::Never,
+        layers: LayerPattern::Attention,
+        feed_forward: FeedForward::GatedMlp,
+        gguf: Some("llama"),
+    },
+    ArchitectureSpec {
+        architecture: Architecture::Mistral,
+        class: "MistralForCausalLM",
+        model_type: "mistral",
+        models: "Mistral",
+        wrapper: None,
+        attention_bias: AttentionBias::Never,
+        mlp_bias: false,
+        qk_norm: false,
+        zero_centred_norms: false,
+        partial_rotary: false,
+        sliding_window: SlidingWindow::FromConfig,
+        layers: LayerPattern::Attention,
+        feed_forward: FeedForward::GatedMlp,
+        gguf: Some("llama"),
+    },
+    ArchitectureSpec {
+        architecture: Architecture::Qwen2,
+        class: "Qwen2ForCausalLM",
+        model_type: "qwen2",
+        models: "Qwen2, Qwen2.5",
+        wrapper: None,
+        attention_bias: AttentionBias::QkvOnly,
+        mlp_bias: false,
+        qk_norm: false,
+        zero_centred_norms: false,
+        partial_rotary: false,
+        sliding_window: SlidingWindow::Qwen,
+        layers: LayerPattern::Attention,
+        feed_forward: FeedForward::GatedMlp,
+        gguf: Some("qwen2"),
+    },
+    ArchitectureSpec {
+        architecture: Architecture::Qwen3,
+        class: "Qwen3ForCausalLM",
+        model_type: "qwen3",
+        models: "Qwen3",
+        wrapper: None,
+        attention_bias: AttentionBias::FromConfig,
+        mlp_bias: false,
+        qk_norm: true,
+        zero_centred_norms: false,
+        partial_rotary: false,
+        sliding_window: SlidingWindow::Qwen,
+        layers: LayerPattern::Attention,
+        feed_forward: FeedForward::GatedMlp,
+        gguf: Some("qwen3"),
+    },
+    ArchitectureSpec {
+        architecture: Architecture::Qwen3_5,
+        class: "Qwen3_5ForCausalLM",
+        model_type: "qwen3_5_text",
+        models: "Qwen3.5, Qwen3.6, Qwen3.8 (dense)",
+        wrapper: Some(Wrapper {
+            class: "Qwen3_5ForConditionalGeneration",
+            model_type: "qwen3_5",
+            config_key: "text_config",
+            prefix: "model.language_model",
+        }),
+        attention_bias: AttentionBias::FromConfig,
+        mlp_bias: false,
+        qk_norm: true,
+        zero_centred_norms: true,
+        partial_rotary: true,
+        sliding_window: SlidingWindow::Never,
+        layers: LayerPattern::Hybrid { default_interval: 4 },
+        feed_forward: FeedForward::GatedMlp,
+        gguf: None,
+    },
+];
+
+impl Architecture {
+    /// Its declaration.
+    pub fn spec(self) -> &'static ArchitectureSpec {
+        ARCHITECTURES.iter().find(|s| s.architecture == self).expect("every architecture is declared")
+    }
+
+    /// The `architectures` entry transformers writes for the text model.
+    pub fn hf_name(self) -> &'static str {
+        self.spec().class
+    }
+
+    /// The `model_type` of the text model's config.json.
+    pub fn model_type(self) -> &'static str {
+        self.spec().model_type
+    }
+
+    /// The architecture a checkpoint class names, and whether it is the multimodal wrapper.
+    pub fn from_class(name: &str) -> Option<(Self, bool)> {
+        ARCHITECTURES.iter().find_map(|s| {
+            if s.class == name {
+                Some((s.architecture, false))
+            } else if s.wrapper.is_some_and(|w| w.class == name) {
+                Some((s.architecture, true))
+            } else {
+                None
+            }
+        })
+    }
+
+    /// The architecture a `model_type` names, and whether it is the multimodal wrapper's.
+    pub fn from_model_type(t: &str) -> Option<(Self, bool)> {
+        ARCHITECTURES.iter().find_map(|s| {
+            if s.model_type == t {
+                Some((s.architecture, false))
+            } else if s.wrapper.is_some_and(|w| w.model_type == t) {
+                Some((s.architecture, true))
+            } else {
+                None
+            }
+        })
+    }
+}
+
+/// Every class lora reads, for error messages.
+pub fn supported_classes() -> String {
+    let mut names = Vec::new();
+    for s in &ARCHITECTURES {
+        names.push(s.class);
+        if let Some(w) = s.wrapper {
+            names.push(w.class);
+        }
+    }
+    names.join(", ")
+}
+
+/// README's table of architectures, one row per declaration.
+pub fn architectures_table() -> String {
+    let mut out = String::from(
+        "| `model_type` | checkpoint classes | models | token mixers | feed-forward | GGUF |\n|---|---|---|---|---|---|\n",
+    );
+    for s in &ARCHITECTURES {
+        let classes = match s.wrapper {
+            Some(w) => format!("`{}`, `{}` (`{}`)", s.class, w.class, w.model_type),
+            None => format!("`{}`", s.class),
+        };
+        let mixers = match s.layers {
+            LayerPattern::Attention if s.qk_norm => "attention (q/k norms)".to_string(),
+            LayerPattern::Attention => "attention".to_string(),
+            LayerPattern::Hybrid { .. } => "Gated DeltaNet + gated attention".to_string(),
+        };
+        let gguf = s.gguf.map(|g| format!("`{g}`")).unwrap_or_else(|| "not yet".into());
+        out.push_str(&format!(
+            "| `{}` | {classes} | {} | {mixers} | {} | {gguf} |\n",
+            s.model_type,
+            s.models,
+            s.feed_forward.name()
+        ));
+    }
+    out
+}

@@ -1,0 +1,39 @@
+//! A model folder's `config.json`, and the resolved configuration the model runs from: the one
+//! reading every command (training, inference, merges, exports) makes of it.
+//!
+//! Data flows one way: [`HfConfig`] (`hf.rs`) mirrors the file's keys, typed, so that a value of the
+//! wrong JSON type is an error naming its key; [`ModelConfig::resolve`] (`model_config.rs`) reads it
+//! through the architecture's one declaration ([`ArchitectureSpec`] in `architecture.rs`), with the
+//! rotary schedule (`rope.rs`) and each layer's token mixer (`mixers.rs`).
+//!
+//! Both forms seen in the wild are read: the Hub form of transformers 4 (`rope_theta`, `rope_scaling`,
+//! `torch_dtype`) and the transformers 5 form (`rope_parameters {rope_theta, rope_type}`, `dtype`).
+//! Keys that would change the numbers and that lora does not implement are refused by name.
+
+mod architecture;
+mod hf;
+mod mixers;
+mod model_config;
+mod rope;
+
+pub use architecture::{
+    ARCHITECTURES, Architecture, ArchitectureSpec, AttentionBias, FeedForward, LayerPattern, SlidingWindow, Wrapper,
+    architectures_table, supported_classes,
+};
+pub use hf::{ConfigError, HfConfig, TokenIds};
+pub use mixers::{GatedDeltaNetConfig, TokenMixer};
+pub use model_config::ModelConfig;
+pub use rope::RopeScaling;
+
+/// The decoder layer in a module or tensor name, wherever its stack sits (`model.layers.3.mlp.up_proj`,
+/// `model.language_model.layers.3.mlp.up_proj` → 3): the first `layers.N` segment pair, as PEFT's
+/// `layers_to_transform` finds it.
+pub fn layer_index(name: &str) -> Option<usize> {
+    let mut parts = name.split('.');
+    while let Some(p) = parts.next() {
+        if p == "layers" {
+            return parts.next()?.parse().ok();
+        }
+    }
+    None
+}
