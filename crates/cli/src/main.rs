@@ -16,35 +16,25 @@ mod probe;
 
 /// LoRA fine-tuning and adapter merging for open-weight language models, on your own hardware.
 #[derive(Parser, Debug)]
-#[command(name = "lora", version, about, long_about = None, propagate_version = true)]
+#[command(name = "lora", version, long_about = None, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+// One variant per subcommand; each one's help is the doc comment of its `Args` in `commands/`.
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Show what a model folder or a .safetensors file holds: architecture, parameters, dtypes, tensors.
     Inspect(commands::inspect::Args),
-    /// Generate text from a prompt, streaming tokens as they come (greedy by default).
     Generate(commands::generate::Args),
-    /// Mean loss per predicted token and perplexity of a model on a JSONL file of {"text": ...} lines.
     Eval(commands::eval::Args),
-    /// Fold PEFT adapters into their base model, or merge models from a configuration (TIES, DARE, SLERP, ...).
     Merge(commands::merge::Args),
-    /// Combine PEFT adapters into one adapter (cat, svd, ties_svd, dare_svd).
     MergeAdapters(commands::merge_adapters::Args),
-    /// Extract a LoRA adapter approximating FINETUNED − BASE by truncated SVD.
     Extract(commands::extract::Args),
-    /// Export a PEFT adapter as a llama.cpp / Ollama LoRA adapter (GGUF).
     Export(commands::export::Args),
-    /// Fine-tune a LoRA adapter from a TOML recipe; writes a PEFT adapter and a reproducible run folder.
     Train(commands::train::Args),
-    /// Re-run a training run from its folder and check that it reproduces the adapter byte for byte.
     Verify(commands::verify::Args),
-    /// Fetch a model or adapter from the Hugging Face Hub into the HF cache and print its folder.
     Download(commands::download::Args),
-    /// Publish an adapter folder to the Hugging Face Hub in one commit and print the commit URL.
     Publish(commands::publish::Args),
 }
 

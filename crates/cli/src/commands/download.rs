@@ -6,7 +6,7 @@ use lora_hub::{HubConfig, RepoId, RepoKind};
 
 use crate::hub_refs::progress_bars;
 
-/// Arguments of `lora download`.
+/// Fetch a model or adapter from the Hugging Face Hub into the HF cache and print its folder.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The repository: org/name, or org/name@revision.

@@ -7,7 +7,7 @@ use lora_core::loss::eval::evaluate_texts;
 use lora_train::data::records::{Record, read_records};
 use serde_json::Value;
 
-/// Arguments of `lora eval`.
+/// Mean loss per scored token and perplexity of a model on a data file: text, completion, alpaca or chat JSONL.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]

@@ -8,7 +8,7 @@ use lora_merge::gguf::GgmlType;
 
 use crate::probe::{judge, probe_logits};
 
-/// Arguments of `lora export`.
+/// Export a PEFT adapter as a llama.cpp / Ollama LoRA adapter, or a whole model folder as a GGUF model.
 #[derive(clap::Args, Debug)]
 #[command(
     after_help = "Example:\n  lora export runs/my-run --base models/llama -o my-run.gguf\n  llama-cli -m base.gguf --lora my-run.gguf"

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use lora_merge::extract_adapter;
 
-/// Arguments of `lora extract`.
+/// Extract a LoRA adapter approximating FINETUNED − BASE by truncated SVD.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The base model folder.

@@ -7,7 +7,7 @@ use lora_core::generation::generate::{GenerateOptions, SamplingParams, generate}
 use lora_core::io::tokenizer::TextStream;
 use lora_train::data::chat_template::ChatTemplate;
 
-/// Arguments of `lora generate`.
+/// Generate text from a prompt, streaming tokens as they come (greedy by default).
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]

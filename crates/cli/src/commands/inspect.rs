@@ -11,7 +11,7 @@ use lora_core::io::weights::Weights;
 use lora_formats::safetensors::SafetensorsFile;
 use serde_json::json;
 
-/// Arguments of `lora inspect`.
+/// Show what a model (a folder, a .safetensors or a .gguf file) or a PEFT adapter holds: architecture, parameters, dtypes, tensors.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// A model folder, a .safetensors file, a .gguf file, or a PEFT adapter folder.

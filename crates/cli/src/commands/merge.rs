@@ -9,7 +9,7 @@ use lora_merge::recipe::Syntax;
 use lora_merge::safetensors::parse_size;
 use lora_merge::{DType, FoldOptions, MergeConfig, MergeOptions, fold_adapters, merge_with_config};
 
-/// Arguments of `lora merge`.
+/// Fold PEFT adapters into their base model, or merge models from a configuration (TIES, DARE, SLERP, ...).
 #[derive(clap::Args, Debug)]
 #[command(
     after_help = "Examples:\n  lora merge BASE ADAPTER1 ADAPTER2 --weights 1,0.5 -o OUT\n  lora merge --config mergekit_config.yml -o OUT"

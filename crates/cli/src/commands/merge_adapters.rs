@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use lora_merge::{AdapterMergeOptions, Combination, merge_adapters};
 
-/// Arguments of `lora merge-adapters`.
+/// Combine PEFT adapters into one adapter (cat, svd, ties_svd, dare_svd).
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Two or more PEFT adapter folders.

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use lora_hub::{HubConfig, PublishOptions, UploadMode};
 
-/// Arguments of `lora publish`.
+/// Publish an adapter folder to the Hugging Face Hub in one commit and print the commit URL.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The adapter folder (adapter_config.json, adapter_model.safetensors, README.md, ...).

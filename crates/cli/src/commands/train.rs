@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lora_train::Recipe;
 use lora_train::trainer::{Event, RunOptions, prepare, run};
 
-/// Arguments of `lora train`.
+/// Fine-tune a LoRA adapter from a TOML recipe; writes a PEFT adapter and a reproducible run folder.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The recipe (TOML).

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-/// Arguments of `lora verify`.
+/// Re-run a training run from its folder and check that it reproduces the adapter byte for byte.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// A run folder written by `lora train` (manifest.json, recipe.toml, adapter files).

@@ -167,3 +167,39 @@ fn inspect_understands_adapters() {
     let text = stdout(&o);
     assert!(text.contains("r = 4, alpha = 8, scaling 2") && text.contains("(9 modules)"), "{text}");
 }
+
+/// `lora --help` names every command with the help its own file gives, and says what each takes.
+#[test]
+fn help_lists_every_command_truthfully() {
+    let out = lora(&["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    let first = help.lines().next().unwrap();
+    assert!(first.starts_with("LoRA fine-tuning and adapter merging"), "{first}");
+    for command in [
+        "inspect",
+        "generate",
+        "eval",
+        "merge",
+        "merge-adapters",
+        "extract",
+        "export",
+        "train",
+        "verify",
+        "download",
+        "publish",
+    ] {
+        let line = help.lines().find(|l| l.trim_start().starts_with(&format!("{command} "))).unwrap_or_else(|| {
+            panic!("`lora --help` does not list {command}:\n{help}");
+        });
+        // The same one-line help as `lora COMMAND --help` opens with: one place per command.
+        let own = lora(&[command, "--help"]);
+        let own = String::from_utf8(own.stdout).unwrap();
+        let about = own.lines().next().unwrap().trim_end_matches('.');
+        assert!(line.contains(about.trim()), "{command}: `{line}` vs `{about}`");
+    }
+    let eval = help.lines().find(|l| l.trim_start().starts_with("eval ")).unwrap();
+    assert!(eval.contains("chat") && eval.contains("alpaca"), "eval takes every data format: {eval}");
+    let export = help.lines().find(|l| l.trim_start().starts_with("export ")).unwrap();
+    assert!(export.contains("whole model"), "export also writes whole models: {export}");
+}
