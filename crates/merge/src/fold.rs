@@ -217,6 +217,33 @@ pub fn model_dtype(model: &ModelDir) -> DType {
     counts.values().max_by_key(|(n, _)| *n).map_or(DType::F32, |(_, d)| *d)
 }
 
+/// Refuses a base missing a tensor its configuration's model loads, or holding one of another
+/// shape: the fold would copy it as it is, and no command could load the merged folder.
+fn check_loadable(base: &Path, model: &ModelDir, config: &lora_formats::hf_config::ModelConfig) -> Result<()> {
+    for (name, shape) in config.expected_tensors() {
+        match model.get(&name) {
+            None => {
+                return Err(MergeError::folder(
+                    base,
+                    format!("tensor {name} is missing (config.json's model needs it); no command could load the merge"),
+                ));
+            }
+            Some(t) if t.info.shape != shape => {
+                return Err(MergeError::folder(
+                    base,
+                    format!(
+                        "tensor {name} has shape {:?} where config.json's model needs {shape:?}; no command could \
+                         load the merge",
+                        t.info.shape
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
 /// `lora merge BASE ADAPTER... -o OUT`: folds `adapters` into `base` and writes a complete model folder.
 pub fn fold_adapters(base: &Path, adapters: &[PathBuf], out: &Path, opts: &FoldOptions) -> Result<FoldReport> {
     crate::safetensors::catch_read_failures(|| fold_adapters_inner(base, adapters, out, opts))
@@ -233,8 +260,9 @@ fn fold_adapters_inner(base: &Path, adapters: &[PathBuf], out: &Path, opts: &Fol
             "no config.json in the base folder; the merged model needs the base's configuration",
         ));
     }
-    lora_formats::hf_config::ModelConfig::from_file(&config)?;
+    let model_config = lora_formats::hf_config::ModelConfig::from_file(&config)?;
     let base_model = ModelDir::open(base)?;
+    check_loadable(base, &base_model, &model_config)?;
     let loaded = adapters.iter().map(Adapter::open).collect::<Result<Vec<_>>>()?;
     let weights = match &opts.weights {
         Some(w) if w.len() != loaded.len() => {

@@ -15,6 +15,7 @@ mod hf;
 mod mixers;
 mod model_config;
 mod rope;
+mod tensors;
 
 pub use architecture::{
     ARCHITECTURES, Architecture, ArchitectureSpec, AttentionBias, FeedForward, LayerPattern, SlidingWindow, Wrapper,

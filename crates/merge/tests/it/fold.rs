@@ -112,3 +112,53 @@ fn qwen3_5_hub_fold_matches_peft_and_keeps_vision_and_mtp() {
     }
     assert_eq!(ours.len(), original.len());
 }
+
+/// A base that no command could load afterwards is refused before anything is written: a Qwen3.5
+/// layer without its A_log, or a projection of the wrong shape.
+#[test]
+fn fold_refuses_a_base_that_could_not_be_loaded() {
+    let fx = fixtures();
+    let src = fx.join("models/qwen3_5-hub");
+    let adapter = fx.join("golden/qwen3_5-hub-adapter");
+    let dir = temp_dir("fold-unloadable");
+    let original = load_all(&src);
+    let shapes: std::collections::BTreeMap<String, Vec<usize>> = {
+        let m = lora_merge::ModelDir::open(&src).unwrap();
+        m.names().map(|n| (n.to_string(), m.get(n).unwrap().info.shape.clone())).collect()
+    };
+    let write = |name: &str, edit: &dyn Fn(&mut Vec<(String, Vec<usize>, Vec<f32>)>)| {
+        let base = dir.join(name);
+        std::fs::create_dir_all(&base).unwrap();
+        std::fs::copy(src.join("config.json"), base.join("config.json")).unwrap();
+        let mut list: Vec<(String, Vec<usize>, Vec<f32>)> =
+            original.iter().map(|(k, v)| (k.clone(), shapes[k].clone(), v.clone())).collect();
+        edit(&mut list);
+        let refs: Vec<(&str, Vec<usize>, Vec<f32>)> =
+            list.iter().map(|(k, s, v)| (k.as_str(), s.clone(), v.clone())).collect();
+        write_f32_safetensors(&base.join("model.safetensors"), &refs);
+        base
+    };
+    // Unedited, the rewritten base folds (the check refuses nothing a loader takes).
+    let fine = write("fine", &|_| {});
+    fold_adapters(&fine, &[adapter.clone()], &dir.join("out-fine"), &FoldOptions::default()).unwrap();
+
+    let a_log = "model.language_model.layers.0.linear_attn.A_log";
+    assert!(original.contains_key(a_log));
+    let missing = write("missing", &|l| l.retain(|(k, _, _)| k != a_log));
+    let err = fold_adapters(&missing, &[adapter.clone()], &dir.join("out-missing"), &FoldOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(a_log) && err.contains("missing"), "{err}");
+    assert!(!dir.join("out-missing").exists(), "nothing is written");
+
+    let q = "model.language_model.layers.1.mlp.up_proj.weight";
+    let reshaped = write("reshaped", &|l| {
+        let t = l.iter_mut().find(|(k, _, _)| k == q).unwrap();
+        t.1 = vec![t.1[1], t.1[0]];
+    });
+    let err = fold_adapters(&reshaped, &[adapter], &dir.join("out-reshaped"), &FoldOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(q) && err.contains("shape"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
