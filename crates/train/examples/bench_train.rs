@@ -130,8 +130,8 @@ fn main() {
     let tokens = batch * (seq - 1);
     let options = StepOptions { max_grad_norm: 1.0, gradient_checkpointing: checkpointing };
     let mut step = |_: usize| train_step(&mut model, &mut opt, &batches, tokens, 1e-4, options, |_| 0).unwrap().loss;
-    // The steps run on a worker of the pool, as `lora train` runs them (lora_train::trainer::run_on_pool).
-    let (loss, s) = lora_train::trainer::run_on_pool(|| {
+    // The steps run on a worker of the pool, as `lora train` runs them (lora_train::pool::run_on_pool).
+    let (loss, s) = lora_train::pool::run_on_pool(|| {
         for i in 0..warmup {
             step(i); // warm-up
         }

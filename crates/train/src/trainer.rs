@@ -11,7 +11,6 @@ use lora_core::adapter::config::{AdapterConfig, LayerIndices, TargetModules};
 use lora_core::adapter::{LoraInit, LoraSpec, attach_new, save_adapter};
 use lora_core::burn::tensor::Device;
 use lora_core::io::safetensors_write::{StoredDtype, write_atomic};
-use lora_core::loss::chunked::head_loss;
 use lora_core::{Backend, CausalLm, Tokenizer};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -22,12 +21,14 @@ use crate::checkpoint::{self, CheckpointState};
 use crate::data::chat_template::{ChatTemplate, FIXED_DATE_UNIX};
 use crate::data::{DataOptions, DataSummary, Example, Overflow, load_examples, packing};
 use crate::error::{Result, TrainError};
+use crate::evaluation::evaluate;
 use crate::optimizer::{AdamW, AdamWConfig};
+use crate::pool::{on_pool, worker_pool};
 use crate::recipe::{Recipe, Targets};
 use crate::run_files::{self, Manifest, StepMetrics, sha256_bytes, sha256_file};
 use crate::schedule::Schedule;
 pub use crate::step::{StepOptions, StepOutcome, train_step};
-use crate::trainable::{adapter_tensors, set_adapter_tensors, set_training, trainable_parameters, untrack_adapters};
+use crate::trainable::{adapter_tensors, set_adapter_tensors, set_training, trainable_parameters};
 
 /// What happens during a run, for the caller to display; the library itself prints nothing.
 #[derive(Debug)]
@@ -285,109 +286,11 @@ fn tensor_names(model: &CausalLm) -> Vec<String> {
     out
 }
 
-/// Mean loss per trained token over examples, without dropout.
-pub fn evaluate(
-    model: &mut CausalLm,
-    examples: &[Example],
-    batch_size: usize,
-    pad_id: u32,
-    pad_left: bool,
-) -> Result<Option<f64>> {
-    if examples.is_empty() {
-        return Ok(None);
-    }
-    set_training(model, false);
-    untrack_adapters(model);
-    let (mut sum, mut count) = (0.0f64, 0usize);
-    for chunk in examples.chunks(batch_size) {
-        let refs: Vec<&Example> = chunk.iter().collect();
-        let (batch, labels) = collate(&refs, pad_id, pad_left);
-        let hidden = model.last_hidden(&batch)?;
-        let head = head_loss(model, hidden, &labels, None, |_| {})?;
-        sum += head.sum;
-        count += head.count;
-    }
-    Ok((count > 0).then(|| sum / count as f64))
-}
-
 /// A seed for the dropout masks of one micro-batch: a function of the step, so resumable.
 fn dropout_seed(seed: u64, step: u64, micro: usize) -> u64 {
     seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
         ^ step.wrapping_mul(0xBF58_476D_1CE4_E5B9)
         ^ (micro as u64).wrapping_mul(0x94D0_49BB_1331_11EB)
-}
-
-/// Runs `f` on a worker thread of a rayon pool of the default size (`RAYON_NUM_THREADS`, or the
-/// cores), and returns its result. The CPU kernels' parallel loops then run on the calling worker
-/// and its siblings by work stealing, instead of the calling thread handing each loop to the pool
-/// and sleeping until it is done: each hand-off costs a wake-up of
-/// every worker (measured: ~8% of a small model's step in the scheduler; a 4-layer step has thousands of loops).
-/// Falls back to running `f` here if the pool cannot be built. [`run`] runs its steps and
-/// evaluations this way.
-pub fn run_on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    let _keep = lora_core::kernels::large_blocks::KeepLargeBlocks::keeping();
-    on_pool(worker_pool(rayon::current_num_threads()).ok().as_ref(), true, f)
-}
-
-/// A pool of `threads` workers.
-fn worker_pool(threads: usize) -> std::result::Result<rayon::ThreadPool, rayon::ThreadPoolBuildError> {
-    rayon::ThreadPoolBuilder::new().num_threads(threads).build()
-}
-
-/// `f` on a worker of `pool`, or here without one; with the other workers polling for its loops when
-/// `poll` (the CPU backends, whose kernels run on the pool: on a GPU they would only burn a core).
-fn on_pool<R: Send>(pool: Option<&rayon::ThreadPool>, poll: bool, f: impl FnOnce() -> R + Send) -> R {
-    match pool {
-        Some(pool) if poll => pool.install(|| with_polling_siblings(f)),
-        Some(pool) => pool.install(f),
-        None => f(),
-    }
-}
-
-/// Runs `f` (on a pool worker) while the pool's other workers poll for the parallel work it hands
-/// out, instead of going to sleep between its loops. A rayon worker that finds nothing to do sleeps
-/// after a few dozen yields, and each of the step's thousands of loops and products then starts with
-/// a futex wake-up of a sleeping sibling (measured: ~8% of a small model's step in the kernel's
-/// scheduler, and the siblings late to every loop). The pollers run each job they find through
-/// `rayon::yield_now`, so work stealing and the kernels' fixed splits are as before: the results do
-/// not change, only who waits how. Between jobs they yield the core (`sched_yield`), so that other
-/// processes or a second run in the same process (tests) still get it. They stop when `f` returns.
-fn with_polling_siblings<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let siblings = rayon::current_num_threads().saturating_sub(1);
-    if siblings == 0 {
-        return f();
-    }
-    let done = AtomicBool::new(false);
-    let caller = rayon::current_thread_index();
-    let mut out = None;
-    rayon::scope(|s| {
-        for _ in 0..siblings {
-            s.spawn(|_| {
-                // A poller that the caller itself picks up (while it waits inside `f`) must return at
-                // once: polling there would wait for `f`, which waits below it.
-                if rayon::current_thread_index() == caller {
-                    return;
-                }
-                while !done.load(Ordering::Acquire) {
-                    if !matches!(rayon::yield_now(), Some(rayon::Yield::Executed)) {
-                        std::thread::yield_now();
-                    }
-                }
-            });
-        }
-        // Set when f returns or unwinds: a panic in a step must end the pollers too, or the scope
-        // would wait for them forever instead of passing the panic on.
-        struct Done<'a>(&'a AtomicBool);
-        impl Drop for Done<'_> {
-            fn drop(&mut self) {
-                self.0.store(true, Ordering::Release);
-            }
-        }
-        let _done = Done(&done);
-        out = Some(f());
-    });
-    out.expect("f ran")
 }
 
 /// Runs a prepared recipe to the end (or to an interruption), writing the run folder.

@@ -140,7 +140,7 @@ fn run_on_pool_runs_nested_parallel_work_to_the_end() {
     for threads in [1, 2, 3] {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         let got = pool.install(|| {
-            lora_train::trainer::run_on_pool(|| {
+            lora_train::pool::run_on_pool(|| {
                 (0..2000u64)
                     .into_par_iter()
                     .map(|i| {
@@ -162,7 +162,7 @@ fn run_on_pool_passes_a_panic_on() {
     std::thread::spawn(move || {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
         let caught = pool.install(|| {
-            std::panic::catch_unwind(|| lora_train::trainer::run_on_pool(|| -> u32 { panic!("step failed") }))
+            std::panic::catch_unwind(|| lora_train::pool::run_on_pool(|| -> u32 { panic!("step failed") }))
         });
         let _ = tx.send(caught.is_err());
     });
