@@ -136,3 +136,27 @@ fn sizes_that_overflow_name_their_keys() {
     let err = resolve("linear", &c).unwrap_err();
     assert!(err.contains("linear_num_value_heads × linear_value_head_dim overflows"), "{err}");
 }
+
+#[test]
+fn linear_names_come_from_the_block_kinds_tables() {
+    use lora_formats::hf_config::{TokenMixer, decoder_linear_names, layer_stack_prefixes};
+    let c = resolve("names", &fixture_config("qwen3_5")).unwrap();
+    let mut kinds = Vec::new();
+    for (l, mixer) in c.mixers.iter().enumerate() {
+        let names: Vec<&str> = c.layer_linears(l).iter().map(|(n, _, _)| *n).collect();
+        let table: Vec<&str> = mixer.linear_names().iter().chain(c.feed_forward.linear_names()).copied().collect();
+        assert_eq!(names, table, "layer {l}");
+        kinds.push(*mixer);
+    }
+    assert!(kinds.contains(&TokenMixer::GatedDeltaNet) && kinds.contains(&TokenMixer::GatedAttention));
+    // The widths follow the names: in_proj_qkv yields [q | k | v] channels, a gated q_proj twice q.
+    let g = c.linear_attention.unwrap();
+    let gdn = c.mixers.iter().position(|m| *m == TokenMixer::GatedDeltaNet).unwrap();
+    assert_eq!(c.layer_linears(gdn)[0], ("linear_attn.in_proj_qkv", c.hidden_size, g.conv_dim()));
+    let attn = c.mixers.iter().position(|m| *m == TokenMixer::GatedAttention).unwrap();
+    assert_eq!(c.layer_linears(attn)[0], ("self_attn.q_proj", c.hidden_size, 2 * c.num_attention_heads * c.head_dim));
+    let all = decoder_linear_names();
+    assert_eq!(all.len(), 12, "{all:?}");
+    assert!(all.contains(&"linear_attn.out_proj") && all.contains(&"mlp.down_proj"));
+    assert_eq!(layer_stack_prefixes(), ["model.layers.", "model.language_model.layers."]);
+}

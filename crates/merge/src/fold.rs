@@ -53,29 +53,16 @@ impl Default for FoldOptions {
 /// Whether a tensor is the weight of a decoder linear layer, the ones bitsandbytes quantizes
 /// (embeddings, norms and the head stay dense).
 pub fn is_decoder_linear(name: &str) -> bool {
-    const LINEARS: [&str; 12] = [
-        "self_attn.q_proj",
-        "self_attn.k_proj",
-        "self_attn.v_proj",
-        "self_attn.o_proj",
-        "linear_attn.in_proj_qkv",
-        "linear_attn.in_proj_z",
-        "linear_attn.in_proj_b",
-        "linear_attn.in_proj_a",
-        "linear_attn.out_proj",
-        "mlp.gate_proj",
-        "mlp.up_proj",
-        "mlp.down_proj",
-    ];
+    use lora_formats::hf_config::{decoder_linear_names, layer_stack_prefixes};
     // The text stack of a text-only checkpoint or of a multimodal one (Qwen3.5's Hub form).
-    let Some(rest) = ["model.layers.", "model.language_model.layers."]
+    let Some(rest) = layer_stack_prefixes()
         .iter()
-        .find_map(|p| name.strip_prefix(p))
+        .find_map(|p| name.strip_prefix(p.as_str()))
         .and_then(|r| r.strip_suffix(".weight"))
     else {
         return false;
     };
-    rest.split_once('.').is_some_and(|(i, m)| i.parse::<usize>().is_ok() && LINEARS.contains(&m))
+    rest.split_once('.').is_some_and(|(i, m)| i.parse::<usize>().is_ok() && decoder_linear_names().contains(&m))
 }
 
 /// What a fold did.

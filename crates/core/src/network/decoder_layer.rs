@@ -10,8 +10,9 @@ use crate::generation::kv_cache::LayerCache;
 use crate::io::load_options::LoadOptions;
 use crate::io::weights::Weights;
 use crate::network::attention::{Attention, AttentionMask};
-use crate::network::config::{ModelConfig, TokenMixer};
+use crate::network::config::{FeedForward, ModelConfig, TokenMixer};
 use crate::network::gated_delta_net::{GatedDeltaNet, SequenceLayout};
+use crate::network::linear::Linear;
 use crate::network::mlp::Mlp;
 use crate::network::norm::RmsNorm;
 
@@ -31,45 +32,39 @@ pub struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    /// The mixer's linear layers with their names under the layer, in PEFT's (named_modules) order.
-    pub fn mixer_linears(&self) -> Vec<(&'static str, &crate::network::linear::Linear)> {
-        match (&self.self_attn, &self.linear_attn) {
-            (Some(a), _) => vec![
-                ("self_attn.q_proj", &a.q_proj),
-                ("self_attn.k_proj", &a.k_proj),
-                ("self_attn.v_proj", &a.v_proj),
-                ("self_attn.o_proj", &a.o_proj),
-            ],
-            (None, Some(l)) => LINEAR_ATTN.into_iter().zip(l.linears()).collect(),
-            (None, None) => Vec::new(),
-        }
-    }
-
-    /// The mixer's linear layers (as [`Self::mixer_linears`]) and the MLP, borrowed mutably at once.
-    pub fn linears_mut(&mut self) -> (Vec<(&'static str, &mut crate::network::linear::Linear)>, &mut Mlp) {
-        let Self { self_attn, linear_attn, mlp, .. } = self;
-        let mixer = match (self_attn, linear_attn) {
-            (Some(a), _) => vec![
-                ("self_attn.q_proj", &mut a.q_proj),
-                ("self_attn.k_proj", &mut a.k_proj),
-                ("self_attn.v_proj", &mut a.v_proj),
-                ("self_attn.o_proj", &mut a.o_proj),
-            ],
-            (None, Some(g)) => LINEAR_ATTN.into_iter().zip(g.linears_mut()).collect(),
+    /// The layer's linear layers with their names under the layer (the mixer's, then the
+    /// feed-forward block's), in PEFT's (named_modules) order: the names are the block kinds' tables
+    /// ([`TokenMixer::linear_names`], [`FeedForward::linear_names`]).
+    pub fn linears(&self) -> Vec<(&'static str, &Linear)> {
+        let mixer: Vec<&Linear> = match (&self.self_attn, &self.linear_attn) {
+            (Some(a), _) => vec![&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj],
+            (None, Some(l)) => l.linears().to_vec(),
             (None, None) => Vec::new(),
         };
-        (mixer, mlp)
+        let m = &self.mlp;
+        let names = self.mixer_kind().linear_names().iter().chain(FeedForward::GatedMlp.linear_names());
+        names.copied().zip(mixer.into_iter().chain([&m.gate_proj, &m.up_proj, &m.down_proj])).collect()
+    }
+
+    /// [`Self::linears`], borrowed mutably.
+    pub fn linears_mut(&mut self) -> Vec<(&'static str, &mut Linear)> {
+        let names = self.mixer_kind().linear_names().iter().chain(FeedForward::GatedMlp.linear_names());
+        let Self { self_attn, linear_attn, mlp, .. } = self;
+        let mixer: Vec<&mut Linear> = match (self_attn, linear_attn) {
+            (Some(a), _) => vec![&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj],
+            (None, Some(g)) => g.linears_mut().into_iter().collect(),
+            (None, None) => Vec::new(),
+        };
+        let ffn = [&mut mlp.gate_proj, &mut mlp.up_proj, &mut mlp.down_proj];
+        names.copied().zip(mixer.into_iter().chain(ffn)).collect()
+    }
+
+    /// The kind of this layer's mixer, as far as its linear layers go (gated attention has the
+    /// same ones as attention).
+    fn mixer_kind(&self) -> TokenMixer {
+        if self.linear_attn.is_some() { TokenMixer::GatedDeltaNet } else { TokenMixer::Attention }
     }
 }
-
-/// A Gated DeltaNet mixer's linear layers under the decoder layer, in [`GatedDeltaNet::linears`] order.
-const LINEAR_ATTN: [&str; 5] = [
-    "linear_attn.in_proj_qkv",
-    "linear_attn.in_proj_z",
-    "linear_attn.in_proj_b",
-    "linear_attn.in_proj_a",
-    "linear_attn.out_proj",
-];
 
 impl DecoderLayer {
     /// Loads `{prefix}.*`, layer `index` of the config's pattern.
@@ -106,7 +101,9 @@ impl DecoderLayer {
                 zc,
                 device,
             )?,
-            mlp: Mlp::load(w, &format!("{prefix}.mlp"), cfg, opts, device)?,
+            mlp: match cfg.feed_forward {
+                FeedForward::GatedMlp => Mlp::load(w, &format!("{prefix}.mlp"), cfg, opts, device)?,
+            },
         })
     }
 

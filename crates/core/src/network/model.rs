@@ -251,9 +251,7 @@ impl CausalLm {
         let mut out = Vec::new();
         for (i, l) in self.model.layers.iter().enumerate() {
             let prefix = self.config.layer_prefix(i);
-            let m = &l.mlp;
-            let mlp = [("mlp.gate_proj", &m.gate_proj), ("mlp.up_proj", &m.up_proj), ("mlp.down_proj", &m.down_proj)];
-            for (name, lin) in l.mixer_linears().into_iter().chain(mlp) {
+            for (name, lin) in l.linears() {
                 out.push((format!("{prefix}.{name}"), lin));
             }
         }
@@ -266,13 +264,7 @@ impl CausalLm {
         let mut out = Vec::new();
         for (i, l) in self.model.layers.iter_mut().enumerate() {
             let prefix = self.config.layer_prefix(i);
-            let (mixer, m) = l.linears_mut();
-            let mlp = [
-                ("mlp.gate_proj", &mut m.gate_proj),
-                ("mlp.up_proj", &mut m.up_proj),
-                ("mlp.down_proj", &mut m.down_proj),
-            ];
-            for (name, lin) in mixer.into_iter().chain(mlp) {
+            for (name, lin) in l.linears_mut() {
                 out.push((format!("{prefix}.{name}"), lin));
             }
         }

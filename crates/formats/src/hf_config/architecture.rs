@@ -4,6 +4,8 @@
 //! so do `lora inspect` and README's table of architectures ([`architectures_table`], checked by a
 //! test), so the three cannot drift.
 
+use super::mixers::TokenMixer;
+
 /// The architectures lora implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Architecture {
@@ -65,6 +67,16 @@ pub enum FeedForward {
 }
 
 impl FeedForward {
+    /// Every kind, for the tables built from them.
+    pub const ALL: [Self; 1] = [Self::GatedMlp];
+
+    /// The block's linear layers, named under the decoder layer in PEFT's (named_modules) order.
+    pub fn linear_names(self) -> &'static [&'static str] {
+        match self {
+            Self::GatedMlp => &["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"],
+        }
+    }
+
     /// The name `lora inspect` and README give it.
     pub fn name(self) -> &'static str {
         match self {
@@ -249,6 +261,23 @@ impl Architecture {
             }
         })
     }
+}
+
+/// Every linear layer name any decoder layer of any architecture has (`self_attn.q_proj`, ...).
+pub fn decoder_linear_names() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = TokenMixer::ALL.iter().flat_map(|m| m.linear_names().iter().copied()).collect();
+    names.extend(FeedForward::ALL.iter().flat_map(|f| f.linear_names().iter().copied()));
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
+/// Where the decoder layers of a checkpoint sit: `model.layers.`, and each wrapper's
+/// (`model.language_model.layers.`).
+pub fn layer_stack_prefixes() -> Vec<String> {
+    let mut out = vec!["model.layers.".to_string()];
+    out.extend(ARCHITECTURES.iter().filter_map(|s| s.wrapper).map(|w| format!("{}.layers.", w.prefix)));
+    out
 }
 
 /// Every class lora reads, for error messages.

@@ -17,6 +17,26 @@ pub enum TokenMixer {
 }
 
 impl TokenMixer {
+    /// Every kind, for the tables built from them.
+    pub const ALL: [Self; 3] = [Self::Attention, Self::GatedAttention, Self::GatedDeltaNet];
+
+    /// The mixer's linear layers, named under the decoder layer in PEFT's (named_modules) order: the
+    /// one list the model's modules, LoRA targets, the memory plan and merges read.
+    pub fn linear_names(self) -> &'static [&'static str] {
+        match self {
+            Self::Attention | Self::GatedAttention => {
+                &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"]
+            }
+            Self::GatedDeltaNet => &[
+                "linear_attn.in_proj_qkv",
+                "linear_attn.in_proj_z",
+                "linear_attn.in_proj_b",
+                "linear_attn.in_proj_a",
+                "linear_attn.out_proj",
+            ],
+        }
+    }
+
     /// The name `lora inspect` and the README give it.
     pub fn name(self) -> &'static str {
         match self {

@@ -19,7 +19,7 @@ mod tensors;
 
 pub use architecture::{
     ARCHITECTURES, Architecture, ArchitectureSpec, AttentionBias, FeedForward, LayerPattern, SlidingWindow, Wrapper,
-    architectures_table, supported_classes,
+    architectures_table, decoder_linear_names, layer_stack_prefixes, supported_classes,
 };
 pub use hf::{ConfigError, HfConfig, TokenIds};
 pub use mixers::{GatedDeltaNetConfig, TokenMixer};

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::architecture::{Architecture, AttentionBias, SlidingWindow, supported_classes};
+use super::architecture::{Architecture, AttentionBias, FeedForward, SlidingWindow, supported_classes};
 use super::hf::{ConfigError, HfConfig, TokenIds};
 use super::mixers::{GatedDeltaNetConfig, TokenMixer, resolve_mixers};
 use super::rope::{RopeScaling, resolve_rope};
@@ -58,6 +58,8 @@ pub struct ModelConfig {
     pub pad_token_id: Option<u32>,
     /// The dtype the checkpoint declares (`bfloat16`, `float32`, ...), if any.
     pub dtype: Option<String>,
+    /// Every decoder layer's feed-forward block.
+    pub feed_forward: FeedForward,
     /// Each decoder layer's token mixer, in order.
     pub mixers: Vec<TokenMixer>,
     /// Channels of each query/key head that rotate (`head_dim · partial_rotary_factor`); the rest
@@ -198,6 +200,7 @@ impl ModelConfig {
             eos_token_ids: hf.eos_token_id.as_ref().map(TokenIds::to_vec).unwrap_or_default(),
             pad_token_id: hf.pad_token_id.as_ref().and_then(|t| t.to_vec().first().copied()),
             dtype: hf.dtype.clone().or_else(|| hf.torch_dtype.clone()),
+            feed_forward: spec.feed_forward,
             mixers,
             rotary_dim,
             zero_centred_norms: spec.zero_centred_norms,
@@ -263,27 +266,24 @@ impl ModelConfig {
     pub fn layer_linears(&self, l: usize) -> Vec<(&'static str, usize, usize)> {
         let (h, i, hd) = (self.hidden_size, self.intermediate_size, self.head_dim);
         let (q, kv) = (self.num_attention_heads * hd, self.num_key_value_heads * hd);
-        let mut out = match (self.mixers[l], &self.linear_attention) {
+        let mixer = self.mixers[l];
+        // (in, out) of each name of the block's table, in its order.
+        let mixer_widths: Vec<(usize, usize)> = match (mixer, &self.linear_attention) {
             (TokenMixer::GatedDeltaNet, Some(g)) => vec![
-                ("linear_attn.in_proj_qkv", h, g.conv_dim()),
-                ("linear_attn.in_proj_z", h, g.value_dim()),
-                ("linear_attn.in_proj_b", h, g.num_value_heads),
-                ("linear_attn.in_proj_a", h, g.num_value_heads),
-                ("linear_attn.out_proj", g.value_dim(), h),
+                (h, g.conv_dim()),
+                (h, g.value_dim()),
+                (h, g.num_value_heads),
+                (h, g.num_value_heads),
+                (g.value_dim(), h),
             ],
-            (m, _) => {
-                // A gated q_proj yields the query and its gate, head by head.
-                let q_out = if m == TokenMixer::GatedAttention { 2 * q } else { q };
-                vec![
-                    ("self_attn.q_proj", h, q_out),
-                    ("self_attn.k_proj", h, kv),
-                    ("self_attn.v_proj", h, kv),
-                    ("self_attn.o_proj", q, h),
-                ]
-            }
+            // A gated q_proj yields the query and its gate, head by head.
+            (m, _) => vec![(h, if m == TokenMixer::GatedAttention { 2 * q } else { q }), (h, kv), (h, kv), (q, h)],
         };
-        out.extend([("mlp.gate_proj", h, i), ("mlp.up_proj", h, i), ("mlp.down_proj", i, h)]);
-        out
+        let ffn_widths = match self.feed_forward {
+            FeedForward::GatedMlp => vec![(h, i), (h, i), (i, h)],
+        };
+        let names = mixer.linear_names().iter().chain(self.feed_forward.linear_names());
+        names.zip(mixer_widths.into_iter().chain(ffn_widths)).map(|(n, (a, b))| (*n, a, b)).collect()
     }
 
     /// Whether the model has layers of more than one kind or mixers other than attention: the
