@@ -67,10 +67,15 @@ pub fn run(a: Args) -> Result<()> {
         Some(Err(e)) => Some(format!("not loadable by lora: {e}")),
         None => None,
     };
+    let family = match &config {
+        Some(Ok(c)) => Some(family(c)),
+        _ => None,
+    };
     if a.json {
         let v = json!({
             "path": path,
             "architecture": arch,
+            "family": family,
             "parameters": params,
             "dtypes": dtypes,
             "files": files,
@@ -82,6 +87,9 @@ pub fn run(a: Args) -> Result<()> {
     let _ = writeln!(o, "path:         {}", path.display());
     if let Some(arch) = arch {
         let _ = writeln!(o, "architecture: {arch}");
+    }
+    if let Some(family) = family {
+        let _ = writeln!(o, "family:       {family}");
     }
     let _ = writeln!(o, "parameters:   {} ({})", group(params), human(params));
     let d: Vec<String> = dtypes.iter().map(|(k, v)| format!("{k} ({v} tensors)")).collect();
@@ -99,9 +107,12 @@ pub fn run(a: Args) -> Result<()> {
 /// A GGUF file: its metadata (arrays summarised), what lora makes of it, and its tensors.
 fn inspect_gguf(path: &Path, as_json: bool) -> Result<()> {
     let g = lora_merge::gguf::GgufFile::open(path)?;
-    let arch = match g.get("general.type").and_then(lora_merge::gguf::Value::as_str) {
-        Some("adapter") => Ok("a LoRA adapter (general.type = adapter)".to_string()),
-        _ => lora_core::io::gguf::model::config(&g).map(|c| describe(&c)),
+    let (arch, family) = match g.get("general.type").and_then(lora_merge::gguf::Value::as_str) {
+        Some("adapter") => (Ok("a LoRA adapter (general.type = adapter)".to_string()), None),
+        _ => match lora_core::io::gguf::model::config(&g) {
+            Ok(c) => (Ok(describe(&c)), Some(family(&c))),
+            Err(e) => (Err(e), None),
+        },
     };
     let arch = arch.unwrap_or_else(|e| format!("not loadable by lora: {e}"));
     let params: u64 = g.tensors.iter().map(|t| t.numel()).sum();
@@ -116,6 +127,7 @@ fn inspect_gguf(path: &Path, as_json: bool) -> Result<()> {
             "path": path,
             "format": format!("GGUF v{}", g.version),
             "architecture": arch,
+            "family": family,
             "parameters": params,
             "types": types,
             "metadata": meta,
@@ -128,6 +140,9 @@ fn inspect_gguf(path: &Path, as_json: bool) -> Result<()> {
     let mut o = String::new();
     let _ = writeln!(o, "path:         {} (GGUF v{})", path.display(), g.version);
     let _ = writeln!(o, "architecture: {arch}");
+    if let Some(family) = family {
+        let _ = writeln!(o, "family:       {family}");
+    }
     let _ = writeln!(o, "parameters:   {} ({})", group(params as usize), human(params as usize));
     let d: Vec<String> = types.iter().map(|(k, v)| format!("{k} ({v} tensors)")).collect();
     let _ = writeln!(o, "types:        {}", d.join(", "));
@@ -153,6 +168,26 @@ fn inspect_gguf(path: &Path, as_json: bool) -> Result<()> {
         );
     }
     emit(&o)
+}
+
+/// The architecture's declaration in one line (README's table reads the same declarations):
+/// `model_type: models; blocks; GGUF`.
+fn family(c: &ModelConfig) -> String {
+    let spec = c.architecture.spec();
+    let mut mixers: Vec<&str> = Vec::new();
+    for m in &c.mixers {
+        if !mixers.contains(&m.name()) {
+            mixers.push(m.name());
+        }
+    }
+    format!(
+        "{}: {}; blocks: {}, {}; GGUF: {}",
+        spec.model_type,
+        spec.models,
+        mixers.join(" + "),
+        c.feed_forward.name(),
+        spec.gguf.unwrap_or("not yet")
+    )
 }
 
 /// One line about a configuration.

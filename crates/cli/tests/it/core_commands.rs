@@ -35,10 +35,18 @@ fn inspect_model_folder_and_file() {
     assert!(o.status.success(), "{}", stderr(&o));
     let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert!(v["architecture"].as_str().unwrap().starts_with("MistralForCausalLM (2 layers"));
+    // The declaration's line: the same facts README's table of architectures shows.
+    assert_eq!(v["family"], "mistral: Mistral; blocks: attention, gated MLP (SwiGLU); GGUF: llama");
     // A hybrid model: its own class and the layer pattern.
     let o = lora(&["inspect", fixtures().join("models/qwen3_5-hub").to_str().unwrap(), "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let arch = serde_json::from_str::<Value>(&stdout(&o)).unwrap()["architecture"].as_str().unwrap().to_string();
+    let hub: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(
+        hub["family"],
+        "qwen3_5_text: Qwen3.5, Qwen3.6, Qwen3.8 (dense); blocks: gated deltanet + gated attention, gated MLP \
+         (SwiGLU); GGUF: not yet"
+    );
+    let arch = hub["architecture"].as_str().unwrap().to_string();
     assert!(
         arch.starts_with("Qwen3_5ForConditionalGeneration (3 layers")
             && arch.contains("; layers: 2× gated deltanet, gated attention; Gated DeltaNet 2/6 heads of 8/12, conv 3"),
