@@ -1,9 +1,11 @@
 //! lora-train: LoRA fine-tuning on top of lora-core, driven by a TOML recipe.
 //!
 //! [`recipe`] reads and validates the recipe; [`data`] and [`batching`] turn files into
-//! micro-batches; [`trainer`] runs the loop with [`optimizer`] (AdamW as torch) and [`schedule`];
-//! [`checkpoint`] saves and resumes; [`run_files`] writes metrics, the loss curve, the model card
-//! and the manifest that [`verify`] checks.
+//! micro-batches; [`trainer`] runs the loop ([`step`]: one optimizer step) with [`optimizer`] (AdamW
+//! as torch) and [`schedule`], on a worker of [`pool`]; [`evaluation`] scores validation examples and
+//! `lora eval`'s data files; [`checkpoint`] saves and resumes; [`run_files`] writes metrics, the loss
+//! curve, the model card and the manifest that [`verify`] checks; [`memory_plan`] predicts a run's
+//! peak memory before loading.
 #![warn(missing_docs)]
 
 pub mod batching;
