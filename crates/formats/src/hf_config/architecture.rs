@@ -4,8 +4,6 @@
 //! so do `lora inspect` and README's table of architectures ([`architectures_table`], checked by a
 //! test), so the three cannot drift.
 
-use super::mixers::TokenMixer;
-
 /// The architectures lora implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Architecture {
@@ -261,15 +259,6 @@ impl Architecture {
             }
         })
     }
-}
-
-/// Every linear layer name any decoder layer of any architecture has (`self_attn.q_proj`, ...).
-pub fn decoder_linear_names() -> Vec<&'static str> {
-    let mut names: Vec<&'static str> = TokenMixer::ALL.iter().flat_map(|m| m.linear_names().iter().copied()).collect();
-    names.extend(FeedForward::ALL.iter().flat_map(|f| f.linear_names().iter().copied()));
-    names.sort_unstable();
-    names.dedup();
-    names
 }
 
 /// Where the decoder layers of a checkpoint sit: `model.layers.`, and each wrapper's

@@ -19,12 +19,21 @@ mod tensors;
 
 pub use architecture::{
     ARCHITECTURES, Architecture, ArchitectureSpec, AttentionBias, FeedForward, LayerPattern, SlidingWindow, Wrapper,
-    architectures_table, decoder_linear_names, layer_stack_prefixes, supported_classes,
+    architectures_table, layer_stack_prefixes, supported_classes,
 };
 pub use hf::{ConfigError, HfConfig, TokenIds};
 pub use mixers::{GatedDeltaNetConfig, TokenMixer};
 pub use model_config::ModelConfig;
 pub use rope::RopeScaling;
+
+/// Every linear layer name any decoder layer of any architecture has (`self_attn.q_proj`, ...).
+pub fn decoder_linear_names() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = TokenMixer::ALL.iter().flat_map(|m| m.linear_names().iter().copied()).collect();
+    names.extend(FeedForward::ALL.iter().flat_map(|f| f.linear_names().iter().copied()));
+    names.sort_unstable();
+    names.dedup();
+    names
+}
 
 /// The decoder layer in a module or tensor name, wherever its stack sits (`model.layers.3.mlp.up_proj`,
 /// `model.language_model.layers.3.mlp.up_proj` → 3): the first `layers.N` segment pair, as PEFT's
