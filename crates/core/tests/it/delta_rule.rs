@@ -20,6 +20,29 @@ fn values(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
         .collect()
 }
 
+/// The recurrence token by token from `state`: the outputs `[batch, heads, seq, d_v]` and the final
+/// state. q, k: `[batch, heads, seq, d_k]`; v: `[batch, heads, seq, d_v]`; g, beta: `[batch, heads, seq]`.
+fn recurrence(
+    q: &Tensor<4>,
+    k: &Tensor<4>,
+    v: &Tensor<4>,
+    g: &Tensor<3>,
+    beta: &Tensor<3>,
+    state: Tensor<4>,
+) -> (Tensor<4>, Tensor<4>) {
+    let ([b, h, t, dk], dv) = (q.dims(), v.dims()[3]);
+    let mut s = state;
+    let mut outs = Vec::new();
+    for i in 0..t {
+        let at3 = |x: &Tensor<4>, d: usize| x.clone().slice([0..b, 0..h, i..i + 1, 0..d]).reshape([b, h, d]);
+        let at2 = |x: &Tensor<3>| x.clone().slice([0..b, 0..h, i..i + 1]).reshape([b, h]);
+        let (oi, si) = recurrent_step(at3(q, dk), at3(k, dk), at3(v, dv), at2(g), at2(beta), s);
+        outs.push(oi.reshape([b, h, 1, dv]));
+        s = si;
+    }
+    (Tensor::cat(outs, 2), s)
+}
+
 #[test]
 fn chunked_equals_the_recurrence_across_chunks_and_from_a_state() {
     let device = default_device();
@@ -40,16 +63,8 @@ fn chunked_equals_the_recurrence_across_chunks_and_from_a_state() {
     let (o, state) = chunked(q.clone(), k.clone(), v.clone(), g.clone(), beta.clone(), Some(state0.clone()));
     assert_eq!(o.dims(), [b, h, t, dv]);
 
-    let mut s = state0;
-    let mut outs = Vec::new();
-    for i in 0..t {
-        let at3 = |x: &Tensor<4>, d: usize| x.clone().slice([0..b, 0..h, i..i + 1, 0..d]).reshape([b, h, d]);
-        let at2 = |x: &Tensor<3>| x.clone().slice([0..b, 0..h, i..i + 1]).reshape([b, h]);
-        let (oi, si) = recurrent_step(at3(&q, dk), at3(&k, dk), at3(&v, dv), at2(&g), at2(&beta), s);
-        outs.push(oi.reshape([b, h, 1, dv]));
-        s = si;
-    }
-    let expected = to_f32_vec(Tensor::cat(outs, 2)).unwrap();
+    let (expected, s) = recurrence(&q, &k, &v, &g, &beta, state0);
+    let expected = to_f32_vec(expected).unwrap();
     let ours = to_f32_vec(o).unwrap();
     let d = max_abs_diff(&ours, &expected);
     assert!(d <= 1e-4, "outputs: max |Δ| = {d:e}");
@@ -123,16 +138,8 @@ fn fused_delta_rule_equals_the_chunked_form_values_and_gradients() {
     };
     let plain3 = |v: &[f32]| Tensor::<3>::from_data(TensorData::new(v.to_vec(), [b, t, h]), &device).swap_dims(1, 2);
     let (q, k, v, g, beta) = (plain4(&qv, dk), plain4(&kv, dk), plain4(&vv, dv), plain3(&gv), plain3(&bv));
-    let mut s = Tensor::<4>::zeros([b, h, dk, dv], &device);
-    let mut outs = Vec::new();
-    for i in 0..t {
-        let at3 = |x: &Tensor<4>, d: usize| x.clone().slice([0..b, 0..h, i..i + 1, 0..d]).reshape([b, h, d]);
-        let at2 = |x: &Tensor<3>| x.clone().slice([0..b, 0..h, i..i + 1]).reshape([b, h]);
-        let (oi, si) = recurrent_step(at3(&q, dk), at3(&k, dk), at3(&v, dv), at2(&g), at2(&beta), s);
-        outs.push(oi.reshape([b, h, 1, dv]));
-        s = si;
-    }
-    let recurrence = to_f32_vec(Tensor::cat(outs, 2).swap_dims(1, 2)).unwrap();
+    let (o, _) = recurrence(&q, &k, &v, &g, &beta, Tensor::<4>::zeros([b, h, dk, dv], &device));
+    let recurrence = to_f32_vec(o.swap_dims(1, 2)).unwrap();
     let d = max_abs_diff(&fused, &recurrence);
     assert!(d <= 1e-5 * scale(&recurrence), "against the recurrence: max |Δ| = {d:e}");
 }
