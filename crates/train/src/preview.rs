@@ -3,7 +3,7 @@
 //! go unnoticed until the model misbehaves (an EOS that is never learned, examples with nothing to
 //! learn, adapters on only some layers).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use lora_core::Tokenizer;
 
@@ -52,14 +52,16 @@ fn is_trained(ex: &Example, p: usize) -> bool {
 ///
 /// - `eos_ids`: the model's end-of-sequence ids; a run with masked prompts (instruction, chat)
 ///   that never trains one gives a model that does not stop (unsloth #416).
-/// - `targets`: the module paths that got adapters; `layers`: the model's layer count;
-///   `layers_chosen`: whether the recipe picked layers on purpose (`[lora] layers`).
+/// - `targets`: the module paths that got adapters; `modules`: every linear module path of the
+///   model (a target is compared with the layers that have a module of its name: a Gated DeltaNet
+///   projection of a hybrid model is in its Gated DeltaNet layers only); `layers_chosen`: whether
+///   the recipe picked layers on purpose (`[lora] layers`).
 pub fn warnings(
     examples: &[Example],
     eos_ids: &[u32],
     pad_id: Option<u32>,
     targets: &[String],
-    layers: usize,
+    modules: &[String],
     layers_chosen: bool,
 ) -> Vec<String> {
     let mut w = Vec::new();
@@ -93,21 +95,29 @@ pub fn warnings(
             first + 1
         ));
     }
-    if !layers_chosen && layers > 0 {
-        // module name (q_proj, ...) -> layers holding it
-        let mut per_module: BTreeMap<&str, usize> = BTreeMap::new();
-        for t in targets {
-            if t.contains("layers.")
-                && let Some(name) = t.rsplit('.').next()
-            {
-                *per_module.entry(name).or_default() += 1;
+    if !layers_chosen {
+        // module name (q_proj, ...) -> the layers holding one, and those whose one got an adapter
+        let per_name = |paths: &[String]| {
+            let mut out: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
+            for p in paths {
+                if let (Some(layer), Some(name)) = (lora_core::network::config::layer_index(p), p.rsplit('.').next()) {
+                    out.entry(name.to_string()).or_default().insert(layer);
+                }
             }
-        }
-        for (name, n) in per_module {
-            if n < layers {
-                w.push(format!(
-                    "target '{name}' matches {n} of the model's {layers} layers; list it by name to cover every layer"
-                ));
+            out
+        };
+        let (have, chosen) = (per_name(modules), per_name(targets));
+        let layers = have.values().flatten().collect::<BTreeSet<_>>().len();
+        for (name, in_layers) in &chosen {
+            let n = in_layers.len();
+            let of = have.get(name).map_or(n, BTreeSet::len);
+            if n < of {
+                let which = if of == layers {
+                    format!("the model's {layers} layers")
+                } else {
+                    format!("the {of} layers that have one")
+                };
+                w.push(format!("target '{name}' matches {n} of {which}; list it by name to cover every layer"));
             }
         }
     }

@@ -94,7 +94,7 @@ pub fn run_cmd(a: Args) -> Result<()> {
         &prepared.tokenizer.eos_token_ids,
         prepared.tokenizer.pad_token_id,
         &prepared.targets,
-        prepared.model.config.num_hidden_layers,
+        &prepared.model.linear_modules().into_iter().map(|(path, _)| path).collect::<Vec<_>>(),
         recipe.lora.layers.is_some(),
     ) {
         eprintln!("warning: {w}");

@@ -277,25 +277,44 @@ fn preview_warnings_name_untrained_eos_empty_examples_and_partial_targets() {
     let nothing = Example { ids: vec![1, 5, 6], labels: vec![None, None, None], segments: None };
     let all = |layers: usize| (0..layers).map(|l| format!("model.layers.{l}.self_attn.q_proj")).collect::<Vec<_>>();
 
-    let w = warnings(&[no_eos.clone()], &[eos], Some(eos), &all(2), 2, false);
+    let w = warnings(&[no_eos.clone()], &[eos], Some(eos), &all(2), &all(2), false);
     assert_eq!(w.len(), 1, "{w:?}");
     assert!(
         w[0].contains("no example trains an end-of-sequence token (id 9)") && w[0].contains("pad id equals EOS"),
         "{w:?}"
     );
-    assert!(warnings(&[no_eos.clone(), with_eos.clone()], &[eos], None, &all(2), 2, false).is_empty());
+    assert!(warnings(&[no_eos.clone(), with_eos.clone()], &[eos], None, &all(2), &all(2), false).is_empty());
     // Plain text (nothing masked) without EOS is not a mistake.
     let text = Example { ids: vec![1, 5, 6], labels: vec![Some(1), Some(5), Some(6)], segments: None };
-    assert!(warnings(&[text], &[eos], None, &all(2), 2, false).is_empty());
+    assert!(warnings(&[text], &[eos], None, &all(2), &all(2), false).is_empty());
 
-    let w = warnings(&[with_eos.clone(), nothing.clone(), nothing], &[eos], None, &all(2), 2, false);
+    let w = warnings(&[with_eos.clone(), nothing.clone(), nothing], &[eos], None, &all(2), &all(2), false);
     assert_eq!(w, vec!["2 of 3 examples have no trained token (the first is example 2): they cost time and teach nothing; check the prompt/answer masking and max_seq_len".to_string()]);
 
-    let w = warnings(&[with_eos.clone()], &[eos], None, &all(1), 4, false);
+    let w = warnings(&[with_eos.clone()], &[eos], None, &all(1), &all(4), false);
     assert_eq!(
         w,
         vec!["target 'q_proj' matches 1 of the model's 4 layers; list it by name to cover every layer".to_string()]
     );
     // Layers chosen on purpose ([lora] layers) are not warned about.
-    assert!(warnings(&[with_eos], &[eos], None, &all(1), 4, true).is_empty());
+    assert!(warnings(&[with_eos.clone()], &[eos], None, &all(1), &all(4), true).is_empty());
+
+    // A hybrid model (Qwen3.5): Gated DeltaNet projections exist in layers 0-2 only, attention in 3.
+    // all-linear covers each name wherever it exists: no warning; a projection left out of one of its
+    // layers is still named.
+    let module = |l: usize, m: &str| format!("model.layers.{l}.{m}");
+    let mut hybrid: Vec<String> = (0..3).map(|l| module(l, "linear_attn.in_proj_a")).collect();
+    hybrid.push(module(3, "self_attn.q_proj"));
+    hybrid.extend((0..4).map(|l| module(l, "mlp.down_proj")));
+    assert!(warnings(&[with_eos.clone()], &[eos], None, &hybrid, &hybrid, false).is_empty());
+    let missing_one: Vec<String> = hybrid.iter().filter(|p| !p.starts_with("model.layers.2.")).cloned().collect();
+    let w = warnings(&[with_eos], &[eos], None, &missing_one, &hybrid, false);
+    assert_eq!(
+        w,
+        vec![
+            "target 'down_proj' matches 3 of the model's 4 layers; list it by name to cover every layer".to_string(),
+            "target 'in_proj_a' matches 2 of the 3 layers that have one; list it by name to cover every layer"
+                .to_string(),
+        ]
+    );
 }
