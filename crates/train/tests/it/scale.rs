@@ -48,11 +48,13 @@ fn replay_on(
     let meta: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
     let r = &meta["replay"];
     let expected: Vec<f64> = r["losses"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    // The Llama replays share lora/'s batch; the others carry their own batch and base.
     let golden =
-        if fixture == "qlora" { dir.join("golden.safetensors") } else { fixtures().join("lora/golden.safetensors") };
+        if fixture == "lora" { fixtures().join("lora/golden.safetensors") } else { dir.join("golden.safetensors") };
+    let base = fixtures().join(if fixture == "qwen3_5-replay" { "models/qwen3_5" } else { "models/llama" });
     let (batch, labels) = replay_batch(&golden);
     let tokens: usize = labels.iter().map(|row| row.iter().skip(1).flatten().count()).sum();
-    let mut model = CausalLm::load_dir_with(fixtures().join("models/llama"), device, base_opts).unwrap();
+    let mut model = CausalLm::load_dir_with(&base, device, base_opts).unwrap();
     load_adapter(&mut model, &dir.join("adapter-init"), 1.0, true).unwrap();
     let config = AdamWConfig { weight_decay: r["weight_decay"].as_f64().unwrap(), ..AdamWConfig::default() };
     let mut opt = AdamW::new(config, &adapter_tensors(&model));
@@ -65,7 +67,7 @@ fn replay_on(
         let got = train_step(&mut model, &mut opt, &batches, tokens, lr, options, |_| 0).unwrap().loss;
         worst = worst.max(((got - want) / want).abs());
     }
-    let mut reference = CausalLm::load_dir(fixtures().join("models/llama"), &default_device()).unwrap();
+    let mut reference = CausalLm::load_dir(&base, &default_device()).unwrap();
     load_adapter(&mut reference, &dir.join("adapter-trained"), 1.0, false).unwrap();
     let mut adapter_diff = 0.0f32;
     for (o, r) in adapter_tensors(&model).into_iter().zip(adapter_tensors(&reference)) {
@@ -78,6 +80,17 @@ fn replay_on(
 fn staged_step_replays_peft_with_and_without_checkpointing() {
     for checkpointing in [false, true] {
         let (loss, adapter) = replay(&LoadOptions::default(), "lora", checkpointing);
+        assert!(loss <= 1e-4 && adapter <= 1e-4, "checkpointing {checkpointing}: loss {loss:e}, adapter {adapter:e}");
+    }
+}
+
+/// Qwen3.5: 20 AdamW steps of PEFT with LoRA on the Gated DeltaNet projections (in_proj_qkv/z/b/a,
+/// out_proj), the gated attention's q_proj and down_proj, over 90-token rows (the delta rule's
+/// chunks of 64 and their boundary, forward and backward), with and without recomputation.
+#[test]
+fn qwen3_5_replay_matches_peft_on_gated_deltanet_projections() {
+    for checkpointing in [false, true] {
+        let (loss, adapter) = replay(&LoadOptions::default(), "qwen3_5-replay", checkpointing);
         assert!(loss <= 1e-4 && adapter <= 1e-4, "checkpointing {checkpointing}: loss {loss:e}, adapter {adapter:e}");
     }
 }
@@ -99,7 +112,9 @@ fn qlora_replay_matches_peft_on_bitsandbytes_nf4() {
 fn gpu_staged_step_replays_peft_f32_and_qlora() {
     let Some(device) = gpu_device() else { return };
     let qlora = LoadOptions { dtype: BaseDtype::F32, quantize: Quantize::Nf4 { double_quant: false } };
-    for (opts, fixture) in [(LoadOptions::default(), "lora"), (qlora, "qlora")] {
+    for (opts, fixture) in
+        [(LoadOptions::default(), "lora"), (qlora, "qlora"), (LoadOptions::default(), "qwen3_5-replay")]
+    {
         let (loss, adapter) = replay_on(&device, &opts, fixture, true);
         assert!(loss <= 1e-4 && adapter <= 1e-4, "{fixture} on the GPU: loss {loss:e}, adapter {adapter:e}");
     }
