@@ -2,7 +2,9 @@
 //! (forward, backward, token-normalised accumulation, clipping, AdamW). Run by scripts/bench_train.sh.
 //!
 //! Defaults are the reference shape: hidden 256, 4 layers, 4 heads / 4 KV heads, intermediate 688,
-//! vocab 1000, seq 128, batch 4, r = 8 on q_proj and v_proj, f32.
+//! vocab 1000, seq 128, batch 4, r = 8 on q_proj and v_proj, f32. `--dir DIR` runs on an existing
+//! folder of any architecture instead (scripts/bench_qwen3_5.sh: a random Qwen3.5), and
+//! `--targets all-linear` (or a comma list) picks the adapted modules.
 
 use std::time::Instant;
 
@@ -115,7 +117,12 @@ fn main() {
         r,
         alpha: 16.0,
         dropout: 0.0,
-        targets: TargetModules::Names(vec!["q_proj".into(), "v_proj".into()]),
+        // `--targets all-linear` or a comma list of module names (default q_proj,v_proj).
+        targets: match flag("--targets").as_deref() {
+            Some("all-linear") => TargetModules::Pattern("all-linear".into()),
+            Some(list) => TargetModules::Names(list.split(',').map(String::from).collect()),
+            None => TargetModules::Names(vec!["q_proj".into(), "v_proj".into()]),
+        },
         use_rslora: false,
         init: LoraInit::KaimingUniform,
         layers_to_transform: None,
@@ -123,8 +130,9 @@ fn main() {
     attach_new(&mut model, &spec, 0, true).unwrap();
     set_training(&mut model, true);
     let mut opt = AdamW::new(AdamWConfig::default(), &adapter_tensors(&model));
+    let vocab = model.config.vocab_size;
     let ids: Vec<Vec<u32>> =
-        (0..batch).map(|b| (0..seq).map(|i| ((i * 7919 + b * 104_729 + 13) % shape.vocab) as u32).collect()).collect();
+        (0..batch).map(|b| (0..seq).map(|i| ((i * 7919 + b * 104_729 + 13) % vocab) as u32).collect()).collect();
     let labels: Vec<Vec<Option<u32>>> = ids.iter().map(|r| r.iter().map(|&i| Some(i)).collect()).collect();
     let batches = vec![(TokenBatch::rows(ids), labels)];
     let tokens = batch * (seq - 1);
@@ -142,17 +150,22 @@ fn main() {
         }
         (loss, t.elapsed().as_secs_f64() / steps as f64)
     });
+    // The FLOP count is the Llama's with q_proj,v_proj adapters: given only for that case.
+    let llama_count = !model.config.is_hybrid() && flag("--targets").is_none();
     let tflops = model_flops_per_token(&shape, seq, r) * (batch * seq) as f64 / s / 1e12;
     let mfu = flag("--peak-tflops")
         .and_then(|p| p.parse::<f64>().ok())
+        .filter(|_| llama_count)
         .map_or(String::new(), |peak| format!(", MFU {:.1}% of {peak} TFLOP/s", 100.0 * tflops / peak));
+    let tflops = if llama_count { format!(", {tflops:.3} model TFLOP/s") } else { String::new() };
     println!(
-        "lora [{backend}] base {} {}{} hidden {} layers {} batch {batch} seq {seq} r {r}: {:.3} s/step, {:.1} tokens/s, {tflops:.3} model TFLOP/s{mfu}, loss {loss:.4}, peak RSS {:.0} MB; base {base_mb:.0} MB, load {load_s:.1} s (peak {load_rss:.0} MB)",
+        "lora [{backend}] {} base {} {}{} hidden {} layers {} batch {batch} seq {seq} r {r}: {:.3} s/step, {:.1} tokens/s{tflops}{mfu}, loss {loss:.4}, peak RSS {:.0} MB; base {base_mb:.0} MB, load {load_s:.1} s (peak {load_rss:.0} MB)",
+        model.config.architecture.model_type(),
         opts.dtype,
         opts.quantize,
         if checkpointing { " +recompute" } else { "" },
-        shape.hidden,
-        shape.layers,
+        model.config.hidden_size,
+        model.config.num_hidden_layers,
         s,
         (batch * seq) as f64 / s,
         status_kb("VmHWM:") as f64 / 1024.0
