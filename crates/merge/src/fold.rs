@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use crate::adapter::Adapter;
 use crate::card;
 use crate::dtype::DType;
+use crate::dtype_policy::{DtypePolicy, dominant_dtype};
 use crate::error::{MergeError, Result};
 use crate::model_dir::{ModelDir, TensorRef};
 use crate::output_dir::OutputDir;
@@ -23,7 +24,8 @@ use crate::stream;
 pub struct FoldOptions {
     /// One weight per adapter (default 1 each).
     pub weights: Option<Vec<f64>>,
-    /// Output element type (default: the base's).
+    /// Convert the float tensors to this element type (except those the architecture keeps in
+    /// f32); default: every tensor keeps its stored dtype.
     pub dtype: Option<DType>,
     /// Largest shard in bytes.
     pub shard_size: u64,
@@ -76,8 +78,10 @@ pub struct FoldReport {
     pub updated: usize,
     /// Base tensors replaced by an adapter's saved copy (`modules_to_save`).
     pub replaced: usize,
-    /// Output dtype of the float tensors.
+    /// The dtype most of the output's values have (what config.json says).
     pub dtype: DType,
+    /// Tensors an explicit dtype left in f32, as their architecture keeps them.
+    pub kept_f32: Vec<String>,
     /// Bytes of input tensor data.
     pub bytes_read: u64,
 }
@@ -264,16 +268,17 @@ fn fold_adapters_inner(base: &Path, adapters: &[PathBuf], out: &Path, opts: &Fol
     };
     let plan = FoldPlan::new(&base_model, loaded.iter().zip(weights.iter().copied()).collect())?;
     let out_dir = OutputDir::create(out, opts.force)?;
-    let dtype = opts.dtype.unwrap_or_else(|| model_dtype(&base_model));
+    let policy = DtypePolicy::new(opts.dtype, Some(model_config.architecture.spec()));
     let names: Vec<&str> = base_model.names().collect();
     let planned: Vec<PlannedTensor> = names
         .iter()
         .map(|n| {
             let t = base_model.get(n).expect("listed");
-            let d = if t.info.dtype.is_float() { dtype } else { t.info.dtype };
-            PlannedTensor { name: n.to_string(), dtype: d, shape: t.info.shape.clone() }
+            PlannedTensor { name: n.to_string(), dtype: policy.dtype_of(n, t.info.dtype), shape: t.info.shape.clone() }
         })
         .collect();
+    let kept_f32 = policy.kept_in_f32(names.iter().map(|n| (*n, base_model.get(n).expect("listed").info.dtype)));
+    let dtype = dominant_dtype(planned.iter().map(|p| (p.dtype, p.shape.iter().product())));
     let writer = ShardedWriter::create(out_dir.path(), &planned, opts.shard_size)?;
     let mut bytes_read = 0u64;
     for (i, p) in planned.iter().enumerate() {
@@ -323,7 +328,12 @@ fn fold_adapters_inner(base: &Path, adapters: &[PathBuf], out: &Path, opts: &Fol
                     if dq { ", double-quantized scales" } else { "" }
                 ),
             },
-            &format!("## Adapters\n\n{}\n\nOutput dtype: {}.\n", lines.join("\n"), dtype.torch_name()),
+            &format!(
+                "## Adapters\n\n{}\n\n{}\n{}",
+                lines.join("\n"),
+                card::dtype_line(dtype, opts.dtype, &kept_f32),
+                card::base_card_line(base)
+            ),
         ),
     )?;
     let report = FoldReport {
@@ -332,6 +342,7 @@ fn fold_adapters_inner(base: &Path, adapters: &[PathBuf], out: &Path, opts: &Fol
         updated: plan.updates.len(),
         replaced: plan.replaced.len(),
         dtype,
+        kept_f32,
         bytes_read,
     };
     out_dir.commit()?;

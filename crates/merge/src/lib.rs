@@ -15,6 +15,7 @@
 pub mod adapter;
 pub use lora_formats::{dtype, gguf, nf4, safetensors};
 mod card;
+pub mod dtype_policy;
 pub mod error;
 mod export_gguf;
 mod export_gguf_model;

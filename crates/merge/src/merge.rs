@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 use crate::adapter::Adapter;
 use crate::card;
 use crate::dtype::DType;
+use crate::dtype_policy::{DtypePolicy, dominant_dtype, spec_of};
 use crate::error::{MergeError, Result};
-use crate::fold::{FoldPlan, model_dtype};
+use crate::fold::FoldPlan;
 use crate::methods::{self, Job, Resolved};
 use crate::model_dir::{ModelDir, layer_index};
 use crate::output_dir::OutputDir;
@@ -51,8 +52,10 @@ pub struct MergeReport {
     pub method: String,
     /// Tensors written.
     pub tensors: usize,
-    /// Output dtype of the float tensors.
+    /// The dtype most of the output's values have (what config.json says).
     pub dtype: DType,
+    /// Tensors `out_dtype` left in f32, as their architecture keeps them.
+    pub kept_f32: Vec<String>,
     /// Bytes of input tensor data read.
     pub bytes_read: u64,
     /// Per vocabulary tensor of a model whose vocabulary differs from the base's
@@ -184,20 +187,25 @@ pub fn merge_with_config(
     }
     // 3) plan the output
     let dtype_name = config.out_dtype.as_deref().or(config.dtype.as_deref());
-    let dtype = match dtype_name {
-        Some(s) => DType::from_user(s)
-            .ok_or_else(|| MergeError::Parameter(format!("unknown dtype '{s}'; use float32, float16 or bfloat16")))?,
-        None => model_dtype(&reference.dir),
-    };
+    let target = dtype_name
+        .map(|s| {
+            DType::from_user(s)
+                .ok_or_else(|| MergeError::Parameter(format!("unknown dtype '{s}'; use float32, float16 or bfloat16")))
+        })
+        .transpose()?;
+    // Without out_dtype, each tensor in the reference model's stored dtype; with it, the float tensors
+    // converted except those the architecture keeps in f32.
+    let policy = DtypePolicy::new(target, spec_of(reference.dir.config()));
     let names: Vec<&str> = reference.dir.names().collect();
     let planned: Vec<PlannedTensor> = names
         .iter()
         .map(|n| {
             let t = reference.dir.get(n).expect("listed");
-            let d = if t.info.dtype.is_float() { dtype } else { t.info.dtype };
-            PlannedTensor { name: n.to_string(), dtype: d, shape: t.info.shape.clone() }
+            PlannedTensor { name: n.to_string(), dtype: policy.dtype_of(n, t.info.dtype), shape: t.info.shape.clone() }
         })
         .collect();
+    let kept_f32 = policy.kept_in_f32(names.iter().map(|n| (*n, reference.dir.get(n).expect("listed").info.dtype)));
+    let dtype = dominant_dtype(planned.iter().map(|p| (p.dtype, p.shape.iter().product())));
     let out_dir = OutputDir::create(out, opts.force)?;
     let writer = ShardedWriter::create(out_dir.path(), &planned, opts.shard_size)?;
     let num_layers = reference.dir.num_layers();
@@ -281,6 +289,7 @@ pub fn merge_with_config(
         method: method.name().to_string(),
         tensors: planned.len(),
         dtype,
+        kept_f32,
         bytes_read,
         vocabulary,
     };

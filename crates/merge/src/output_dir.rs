@@ -8,19 +8,27 @@ use serde_json::Value;
 use crate::dtype::DType;
 use crate::error::{MergeError, Result};
 
-/// Files of a model folder that are not weights and travel with them unchanged.
-pub const SIDE_FILES: &[&str] = &[
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "generation_config.json",
-    "chat_template.jinja",
-    "chat_template.json",
-];
+/// Whether a file of the base folder is one lora rewrites or must not carry: the weights (written
+/// anew), their index, `config.json` (rewritten with the output dtype), the model card (lora's own),
+/// weights in other formats (stale after a merge), hidden files.
+fn rewritten_or_dropped(name: &str) -> bool {
+    const WEIGHT_SUFFIXES: &[&str] = &[
+        ".safetensors",
+        ".safetensors.index.json",
+        ".bin",
+        ".bin.index.json",
+        ".pt",
+        ".pth",
+        ".ckpt",
+        ".gguf",
+        ".h5",
+        ".msgpack",
+        ".onnx",
+    ];
+    name.starts_with('.')
+        || matches!(name, "config.json" | "README.md")
+        || WEIGHT_SUFFIXES.iter().any(|s| name.ends_with(s))
+}
 
 /// A folder being written. Dropping it without [`OutputDir::commit`] removes the partial folder.
 #[derive(Debug)]
@@ -68,16 +76,23 @@ impl OutputDir {
         &self.dest
     }
 
-    /// Copies the tokenizer, generation config and chat template files of `from` that exist.
+    /// Copies every file of the folder `from` that lora does not rewrite: tokenizer files, chat
+    /// templates, generation config, processor and preprocessor configs, licence, and the rest (the
+    /// top level; subfolders are not model files). Returns their names.
     pub fn copy_side_files(&self, from: &Path) -> Result<Vec<String>> {
         let mut copied = Vec::new();
-        for name in SIDE_FILES {
-            let src = from.join(name);
-            if src.is_file() {
-                std::fs::copy(&src, self.tmp.join(name)).map_err(|e| MergeError::io(&src, e))?;
-                copied.push(name.to_string());
+        let entries = std::fs::read_dir(from).map_err(|e| MergeError::io(from, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| MergeError::io(from, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let src = entry.path();
+            if !src.is_file() || rewritten_or_dropped(&name) {
+                continue;
             }
+            std::fs::copy(&src, self.tmp.join(&name)).map_err(|e| MergeError::io(&src, e))?;
+            copied.push(name);
         }
+        copied.sort();
         Ok(copied)
     }
 

@@ -83,6 +83,7 @@ pub fn run(a: Args) -> Result<()> {
         for note in &r.vocabulary {
             println!("vocabulary: {note}");
         }
+        print_kept_f32(&r.kept_f32);
         println!(
             "{}: {} merge, {} tensors in {}, {:.2} GB read in {secs:.2} s ({:.2} GB/s)",
             r.out.display(),
@@ -188,6 +189,7 @@ fn fold_into(
             }
         }
     }
+    print_kept_f32(&r.kept_f32);
     println!(
         "{}: {} adapter(s) folded, {} of {} tensors updated ({} replaced), {}, {:.2} GB read in {secs:.2} s",
         r.out.display(),
@@ -199,6 +201,17 @@ fn fold_into(
         r.bytes_read as f64 / 1e9
     );
     Ok(())
+}
+
+/// Names the tensors a dtype conversion left in f32, and why.
+fn print_kept_f32(kept: &[String]) {
+    if !kept.is_empty() {
+        println!(
+            "kept in float32 ({} tensors, as the architecture keeps them: rounding them changes the model): {}",
+            kept.len(),
+            kept.join(", ")
+        );
+    }
 }
 
 /// `s` as given, unless it is no folder here (nor beside the configuration, `config_dir`) and reads

@@ -195,12 +195,9 @@ impl CausalLm {
         };
         // Some tied checkpoints still carry a copy of the head; it is the same matrix.
         let ignore: &[&str] = if cfg.tie_word_embeddings { &["lm_head.weight"] } else { &[] };
-        // The Hub form's vision tower and multi-token-prediction head are kept on disk, not run.
-        if cfg.text_prefix != "model" {
-            w.check_all_taken_except(ignore, &["model.visual.", "mtp."])?;
-        } else {
-            w.check_all_taken(ignore)?;
-        }
+        // What the architecture carries beside the language model (Qwen3.5's vision tower and
+        // multi-token-prediction head, in either checkpoint form) is kept on disk, not run.
+        w.check_all_taken_except(ignore, cfg.architecture.spec().carried)?;
         Ok(Self {
             model: DecoderStack { embed_tokens: Param::from_tensor(embed), layers, norm },
             lm_head,

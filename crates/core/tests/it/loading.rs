@@ -222,3 +222,26 @@ fn sequence_longer_than_sliding_window_is_refused() {
     model.forward(&lora_core::TokenBatch::single(vec![5; 8]), Some(&mut cache)).unwrap();
     assert!(model.forward(&lora_core::TokenBatch::single(vec![5]), Some(&mut cache)).is_err());
 }
+
+/// The text form of Qwen3.5 may carry the multi-token-prediction head (`mtp.*`) as the Hub form
+/// does: both load and skip it; any other stray tensor is still refused.
+#[test]
+fn qwen3_5_text_form_carries_mtp_tensors_and_refuses_others() {
+    use safetensors::tensor::{Dtype, TensorView};
+    let with_extra = |tag: &str, extra: &str| {
+        let d = temp_dir(tag);
+        copy_dir(&model_dir("qwen3_5"), &d);
+        let bytes = std::fs::read(d.join("model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut views: Vec<(String, TensorView<'_>)> = st.tensors();
+        let data = vec![0u8; 4 * 8 * 4];
+        views.push((extra.to_string(), TensorView::new(Dtype::F32, vec![8, 4], &data).unwrap()));
+        safetensors::serialize_to_file(views, None, &d.join("model.safetensors")).unwrap();
+        d
+    };
+    let d = with_extra("mtp-text", "mtp.fc.weight");
+    CausalLm::load_dir(&d, &default_device()).unwrap();
+    let d = with_extra("stray-text", "model.extra.weight");
+    let msg = load_err(&d);
+    assert!(msg.contains("unexpected tensor") && msg.contains("model.extra.weight"), "{msg}");
+}

@@ -127,6 +127,12 @@ pub struct ArchitectureSpec {
     pub feed_forward: FeedForward,
     /// llama.cpp's `general.architecture` for it, when lora reads and writes it as GGUF.
     pub gguf: Option<&'static str>,
+    /// Tensors (name suffixes) the architecture keeps in f32 when the checkpoint stores them so,
+    /// whatever the other tensors' dtype: a conversion (`lora merge --dtype`) leaves them in f32.
+    pub f32_tensors: &'static [&'static str],
+    /// Tensors (name prefixes) a checkpoint may carry beside the language model, kept on disk and
+    /// through merges but never run (a vision tower, a multi-token-prediction head).
+    pub carried: &'static [&'static str],
 }
 
 /// The declarations, in README's order.
@@ -146,6 +152,8 @@ pub const ARCHITECTURES: [ArchitectureSpec; 5] = [
         layers: LayerPattern::Attention,
         feed_forward: FeedForward::GatedMlp,
         gguf: Some("llama"),
+        f32_tensors: &[],
+        carried: &[],
     },
     ArchitectureSpec {
         architecture: Architecture::Mistral,
@@ -162,6 +170,8 @@ pub const ARCHITECTURES: [ArchitectureSpec; 5] = [
         layers: LayerPattern::Attention,
         feed_forward: FeedForward::GatedMlp,
         gguf: Some("llama"),
+        f32_tensors: &[],
+        carried: &[],
     },
     ArchitectureSpec {
         architecture: Architecture::Qwen2,
@@ -178,6 +188,8 @@ pub const ARCHITECTURES: [ArchitectureSpec; 5] = [
         layers: LayerPattern::Attention,
         feed_forward: FeedForward::GatedMlp,
         gguf: Some("qwen2"),
+        f32_tensors: &[],
+        carried: &[],
     },
     ArchitectureSpec {
         architecture: Architecture::Qwen3,
@@ -194,6 +206,8 @@ pub const ARCHITECTURES: [ArchitectureSpec; 5] = [
         layers: LayerPattern::Attention,
         feed_forward: FeedForward::GatedMlp,
         gguf: Some("qwen3"),
+        f32_tensors: &[],
+        carried: &[],
     },
     ArchitectureSpec {
         architecture: Architecture::Qwen3_5,
@@ -215,6 +229,9 @@ pub const ARCHITECTURES: [ArchitectureSpec; 5] = [
         layers: LayerPattern::Hybrid { default_interval: 4 },
         feed_forward: FeedForward::GatedMlp,
         gguf: None,
+        // Qwen ships these in f32 beside bf16 weights: exp(A_log) magnifies any rounding.
+        f32_tensors: &["linear_attn.A_log", "linear_attn.norm.weight"],
+        carried: &["model.visual.", "mtp."],
     },
 ];
 

@@ -4,6 +4,7 @@ mod adapters_svd;
 mod common;
 mod fold;
 mod gguf;
+mod lossless;
 mod methods_mergekit;
 mod properties;
 mod safetensors_io;

@@ -1,0 +1,111 @@
+//! Folds that lose nothing (tests/fixtures/models/qwen3_5-hub-bf16, from
+//! scripts/make_qwen3_5_mixed_fixtures.py: bf16 weights with f32 A_log and Gated DeltaNet norms, an
+//! mtp tensor and a vision-language checkpoint's processor files).
+
+use std::path::Path;
+
+use lora_merge::dtype::DType;
+use lora_merge::{FoldOptions, ModelDir, fold_adapters};
+
+use crate::common::*;
+
+fn base() -> std::path::PathBuf {
+    fixtures().join("models/qwen3_5-hub-bf16")
+}
+
+fn adapter() -> std::path::PathBuf {
+    fixtures().join("golden/qwen3_5-hub-bf16-adapter")
+}
+
+/// Every file of the base but the weights, config.json and the card.
+fn side_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".safetensors") && n != "config.json" && n != "README.md")
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_fold_keeps_every_untouched_tensor_byte_for_byte_in_its_dtype_and_every_file() {
+    let dir = temp_dir("lossless-fold");
+    let out = dir.join("merged");
+    let r = fold_adapters(&base(), &[adapter()], &out, &FoldOptions::default()).unwrap();
+    assert!(r.kept_f32.is_empty(), "no conversion, nothing to keep: {:?}", r.kept_f32);
+    assert_eq!(r.dtype, DType::BF16);
+    let (b, m) = (ModelDir::open(base()).unwrap(), ModelDir::open(&out).unwrap());
+    let peft = load_all(&adapter().join("merged.safetensors"));
+    assert_eq!(m.names().collect::<Vec<_>>(), b.names().collect::<Vec<_>>(), "the same tensors, mtp.* included");
+    let (mut same, mut changed) = (0, 0);
+    for name in b.names() {
+        let (bt, mt) = (b.get(name).unwrap(), m.get(name).unwrap());
+        assert_eq!(mt.info.dtype, bt.info.dtype, "{name} keeps its stored dtype");
+        if peft.contains_key(name) {
+            changed += 1;
+            assert_ne!(mt.bytes(), bt.bytes(), "{name} is folded");
+        } else {
+            same += 1;
+            assert_eq!(mt.bytes(), bt.bytes(), "{name} is copied byte for byte");
+        }
+    }
+    assert_eq!(changed, 14, "5 Gated DeltaNet projections of 2 layers, q_proj of 1, down_proj of 3");
+    assert!(same > 40);
+    for suffix in ["layers.0.linear_attn.A_log", "layers.1.linear_attn.norm.weight"] {
+        let name = format!("model.language_model.{suffix}");
+        assert_eq!(m.get(&name).unwrap().info.dtype, DType::F32, "{name} stays f32");
+    }
+    // Folded weights: PEFT's merge_and_unload on the model in bf16, within bf16 rounding.
+    let ours = load_all(&out);
+    for (name, want) in &peft {
+        let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let d = max_diff(&ours[name], want);
+        assert!(d <= scale * 2f32.powi(-7), "{name}: max |Δ| {d} against scale {scale}");
+    }
+    // Every other file, unchanged; config.json says bfloat16.
+    assert_eq!(side_files(&out), side_files(&base()));
+    for f in side_files(&base()) {
+        assert_eq!(std::fs::read(out.join(&f)).unwrap(), std::fs::read(base().join(&f)).unwrap(), "{f}");
+    }
+    for f in
+        ["preprocessor_config.json", "video_preprocessor_config.json", "processor_config.json", "chat_template.jinja"]
+    {
+        assert!(out.join(f).is_file(), "{f} is kept");
+    }
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["dtype"], "bfloat16");
+    let card = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(card.contains("keeps its stored dtype"), "{card}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn an_explicit_dtype_converts_all_but_the_tensors_the_architecture_keeps_in_f32() {
+    let dir = temp_dir("lossless-f16");
+    let out = dir.join("merged");
+    let opts = FoldOptions { dtype: Some(DType::F16), ..FoldOptions::default() };
+    let r = fold_adapters(&base(), &[adapter()], &out, &opts).unwrap();
+    assert_eq!(r.dtype, DType::F16);
+    let want_kept: Vec<String> =
+        ["0.linear_attn.A_log", "0.linear_attn.norm.weight", "1.linear_attn.A_log", "1.linear_attn.norm.weight"]
+            .iter()
+            .map(|s| format!("model.language_model.layers.{s}"))
+            .collect();
+    let mut kept = r.kept_f32.clone();
+    kept.sort();
+    assert_eq!(kept, want_kept);
+    let (b, m) = (ModelDir::open(base()).unwrap(), ModelDir::open(&out).unwrap());
+    for name in b.names() {
+        let want = if want_kept.iter().any(|k| k == name) { DType::F32 } else { DType::F16 };
+        assert_eq!(m.get(name).unwrap().info.dtype, want, "{name}");
+        if want == DType::F32 {
+            assert_eq!(m.get(name).unwrap().bytes(), b.get(name).unwrap().bytes(), "{name} untouched");
+        }
+    }
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["dtype"], "float16");
+    let card = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(card.contains("except 4 kept in float32") && card.contains("layers.0.linear_attn.A_log"), "{card}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
