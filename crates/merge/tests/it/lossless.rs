@@ -109,3 +109,47 @@ fn an_explicit_dtype_converts_all_but_the_tensors_the_architecture_keeps_in_f32(
     assert!(card.contains("except 4 kept in float32") && card.contains("layers.0.linear_attn.A_log"), "{card}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The same rules for mergekit's methods and for a fold into the NF4-requantized base: stored dtypes
+/// by default (A_log and the GDN norms stay f32), an explicit out_dtype keeps the f32 tensors, every
+/// file of the base is there.
+#[test]
+fn merges_and_quantized_base_folds_keep_dtypes_and_files() {
+    let dir = temp_dir("lossless-merge");
+    let b = ModelDir::open(base()).unwrap();
+    let a_log = "model.language_model.layers.0.linear_attn.A_log";
+    for (name, out_dtype) in [("stored", ""), ("f16", "out_dtype = \"float16\"\n")] {
+        let cfg = dir.join(format!("{name}.toml"));
+        let base_path = base().display().to_string();
+        std::fs::write(
+            &cfg,
+            format!(
+                "merge_method = \"linear\"\n{out_dtype}[[models]]\nmodel = \"{base_path}\"\nparameters = {{ weight = 0.5 }}\n\
+                 [[models]]\nmodel = \"{base_path}\"\nparameters = {{ weight = 0.5 }}\n"
+            ),
+        )
+        .unwrap();
+        let out = dir.join(name);
+        let r = lora_merge::merge_models(&cfg, &out, &lora_merge::MergeOptions::default()).unwrap();
+        let m = ModelDir::open(&out).unwrap();
+        assert_eq!(m.get(a_log).unwrap().info.dtype, DType::F32, "{name}: A_log stays f32");
+        let other = if out_dtype.is_empty() { DType::BF16 } else { DType::F16 };
+        assert_eq!(m.get("model.language_model.embed_tokens.weight").unwrap().info.dtype, other, "{name}");
+        assert_eq!(r.kept_f32.len(), if out_dtype.is_empty() { 0 } else { 4 }, "{name}: {:?}", r.kept_f32);
+        // Half of a model plus half of itself is itself: the f32 tensors come out as they went in.
+        assert_eq!(m.get(a_log).unwrap().bytes(), b.get(a_log).unwrap().bytes(), "{name}");
+        for f in side_files(&base()) {
+            assert!(out.join(&f).is_file(), "{name}: {f} is kept");
+        }
+    }
+    let out = dir.join("nf4");
+    let opts = FoldOptions { nf4_base: Some(false), ..FoldOptions::default() };
+    fold_adapters(&base(), &[adapter()], &out, &opts).unwrap();
+    let m = ModelDir::open(&out).unwrap();
+    for name in b.names() {
+        assert_eq!(m.get(name).unwrap().info.dtype, b.get(name).unwrap().info.dtype, "{name} keeps its dtype");
+    }
+    assert_eq!(m.get(a_log).unwrap().bytes(), b.get(a_log).unwrap().bytes());
+    assert_eq!(side_files(&out), side_files(&base()));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
