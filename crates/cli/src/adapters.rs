@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result, bail};
 use lora_core::CausalLm;
-use lora_core::adapter::load_adapter;
+use lora_core::adapter::load_adapter_mapped;
 
 /// Adapter options.
 #[derive(clap::Args, Debug, Default)]
@@ -31,7 +31,11 @@ impl AdapterArgs {
             } else {
                 crate::hub_refs::adapter(reference, offline)?
             };
-            load_adapter(model, &dir, w, false).with_context(|| format!("loading adapter {}", dir.display()))?;
+            let (_, relayout) = load_adapter_mapped(model, &dir, w, false)
+                .with_context(|| format!("loading adapter {}", dir.display()))?;
+            if let Some(r) = relayout {
+                eprintln!("adapter {}: {}", dir.display(), r.describe());
+            }
         }
         Ok(())
     }

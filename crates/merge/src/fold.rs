@@ -18,6 +18,7 @@ use crate::output_dir::OutputDir;
 use crate::safetensors::{PlannedTensor, ShardedWriter};
 use crate::source::Source;
 use crate::stream;
+use lora_formats::hf_config::Relayout;
 
 /// Options of `lora merge BASE ADAPTER...`.
 #[derive(Debug, Clone)]
@@ -78,6 +79,8 @@ pub struct FoldReport {
     pub updated: usize,
     /// Base tensors replaced by an adapter's saved copy (`modules_to_save`).
     pub replaced: usize,
+    /// Adapters whose module names were mapped to the base's checkpoint form, and how.
+    pub relayouts: Vec<String>,
     /// The dtype most of the output's values have (what config.json says).
     pub dtype: DType,
     /// Tensors an explicit dtype left in f32, as their architecture keeps them.
@@ -93,8 +96,10 @@ pub struct FoldPlan<'a> {
     adapters: Vec<(&'a Adapter, f64)>,
     /// Base tensor → (adapter index, module name) of every update to it.
     updates: BTreeMap<String, Vec<(usize, String)>>,
-    /// Base tensor → adapter index whose saved copy replaces it.
-    replaced: BTreeMap<String, usize>,
+    /// Base tensor → adapter index and name of the saved copy that replaces it.
+    replaced: BTreeMap<String, (usize, String)>,
+    /// Per adapter whose module names were mapped to the base's checkpoint form: what was done.
+    pub relayouts: Vec<String>,
 }
 
 impl<'a> FoldPlan<'a> {
@@ -103,9 +108,23 @@ impl<'a> FoldPlan<'a> {
     pub fn new(base: &'a ModelDir, adapters: Vec<(&'a Adapter, f64)>) -> Result<Self> {
         let mut updates: BTreeMap<String, Vec<(usize, String)>> = BTreeMap::new();
         let mut replaced = BTreeMap::new();
+        let mut relayouts = Vec::new();
         for (k, (adapter, _)) in adapters.iter().enumerate() {
+            // An adapter made on the architecture's other checkpoint form (Qwen3.5's text form
+            // against its Hub form): its names mapped when every target exists so.
+            let names = adapter
+                .modules
+                .values()
+                .map(|m| m.target.as_str())
+                .chain(adapter.replacements.keys().map(String::as_str));
+            let relayout = Relayout::find(names, |t| base.get(t).is_some());
+            if let Some(r) = &relayout {
+                relayouts.push(format!("{}: {}", adapter.dir().display(), r.describe()));
+            }
+            let to_base = |name: &str| relayout.as_ref().map_or_else(|| name.to_string(), |r| r.apply(name));
             for m in adapter.modules.values() {
-                let t = base.get(&m.target).ok_or_else(|| {
+                let target = to_base(&m.target);
+                let t = base.get(&target).ok_or_else(|| {
                     MergeError::Mismatch(format!(
                         "{}: module '{}' is not in the base model {} (no tensor '{}'); was the adapter trained on another model?",
                         adapter.dir().display(),
@@ -129,9 +148,10 @@ impl<'a> FoldPlan<'a> {
                 if !t.info.dtype.is_float() {
                     return Err(MergeError::Mismatch(format!("base tensor '{}' is not a float tensor", m.target)));
                 }
-                updates.entry(m.target.clone()).or_default().push((k, m.module.clone()));
+                updates.entry(target).or_default().push((k, m.module.clone()));
             }
-            for (name, info) in &adapter.replacements {
+            for (saved, info) in &adapter.replacements {
+                let name = &to_base(saved);
                 let t = base.get(name).ok_or_else(|| {
                     MergeError::Mismatch(format!(
                         "{}: saved tensor '{name}' is not in the base model {}",
@@ -147,7 +167,7 @@ impl<'a> FoldPlan<'a> {
                         t.info.shape
                     )));
                 }
-                if let Some(prev) = replaced.insert(name.clone(), k) {
+                if let Some((prev, _)) = replaced.insert(name.clone(), (k, saved.clone())) {
                     return Err(MergeError::Mismatch(format!(
                         "tensor '{name}' is saved whole by two adapters ({} and {}); lora cannot fold both",
                         adapters[prev].0.dir().display(),
@@ -163,15 +183,15 @@ impl<'a> FoldPlan<'a> {
                 )));
             }
         }
-        Ok(Self { base, adapters, updates, replaced })
+        Ok(Self { base, adapters, updates, replaced, relayouts })
     }
 
     /// The input for base tensor `name`: the base's tensor, an adapter's saved copy, or the base
     /// with its updates folded in.
     pub fn source(&self, name: &str) -> Result<Source<'a>> {
-        if let Some(&k) = self.replaced.get(name) {
-            let adapter = self.adapters[k].0;
-            let info = &adapter.replacements[name];
+        if let Some((k, saved)) = self.replaced.get(name) {
+            let adapter = self.adapters[*k].0;
+            let info = &adapter.replacements[saved];
             return Ok(Source::Mapped(TensorRef { file: adapter.file(), info }));
         }
         let base = self.base.require(name)?;
@@ -341,6 +361,7 @@ fn fold_adapters_inner(base: &Path, adapters: &[PathBuf], out: &Path, opts: &Fol
         tensors: planned.len(),
         updated: plan.updates.len(),
         replaced: plan.replaced.len(),
+        relayouts: plan.relayouts.clone(),
         dtype,
         kept_f32,
         bytes_read,

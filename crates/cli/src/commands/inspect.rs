@@ -19,6 +19,10 @@ pub struct Args {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// With an adapter: the base model folder to check it against (which checkpoint form the
+    /// adapter names, and whether every module it adapts exists in the base).
+    #[arg(long, value_name = "MODEL_DIR")]
+    base: Option<PathBuf>,
 }
 
 struct Row {
@@ -38,7 +42,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     let adapter_cfg = path.join("adapter_config.json");
     if path.is_dir() && adapter_cfg.is_file() {
-        return inspect_adapter(path, &adapter_cfg, a.json);
+        return inspect_adapter(path, &adapter_cfg, a.json, a.base.as_deref());
     }
     let (files, config) = if path.is_dir() {
         let w = Weights::open_dir(path)?;
@@ -170,6 +174,37 @@ fn inspect_gguf(path: &Path, as_json: bool) -> Result<()> {
     emit(&o)
 }
 
+/// Which checkpoint form an adapter's module paths name, and whether every module exists in the
+/// base folder `base` (as named, or under the mapping lora applies between Qwen3.5's two forms).
+fn against_base(modules: &BTreeMap<String, (usize, usize, usize)>, base: &Path) -> Result<(String, String)> {
+    let model = lora_merge::ModelDir::open(base)?;
+    let layout = if modules.keys().all(|m| m.starts_with("model.language_model.")) {
+        "Hub form (model.language_model.layers.N…)"
+    } else if modules.keys().all(|m| m.starts_with("model.layers.")) {
+        "text form (model.layers.N…)"
+    } else {
+        "mixed or other module paths"
+    };
+    let weights: Vec<String> = modules.keys().map(|m| format!("{m}.weight")).collect();
+    let exists = |t: &str| model.get(t).is_some();
+    let covers = if weights.iter().all(|t| exists(t)) {
+        format!("covers {}: every module exists as named", base.display())
+    } else if let Some(r) = lora_formats::hf_config::Relayout::find(weights.iter().map(String::as_str), exists) {
+        format!("covers {} with its names mapped: {}", base.display(), r.describe())
+    } else {
+        let missing: Vec<&str> =
+            modules.keys().zip(&weights).filter(|(_, t)| !exists(t)).map(|(m, _)| m.as_str()).collect();
+        format!(
+            "does not cover {}: {} of {} modules are not in it (first: {})",
+            base.display(),
+            missing.len(),
+            modules.len(),
+            missing[0]
+        )
+    };
+    Ok((layout.to_string(), covers))
+}
+
 /// The architecture's declaration in one line (README's table reads the same declarations):
 /// `model_type: models; blocks; GGUF`.
 fn family(c: &ModelConfig) -> String {
@@ -270,7 +305,7 @@ fn emit(text: &str) -> Result<()> {
 }
 
 /// A PEFT adapter folder: rank, alpha, scaling, targets, modules and parameters.
-fn inspect_adapter(dir: &Path, cfg_path: &Path, json_out: bool) -> Result<()> {
+fn inspect_adapter(dir: &Path, cfg_path: &Path, json_out: bool, base: Option<&Path>) -> Result<()> {
     let cfg = lora_core::adapter::config::AdapterConfig::load(cfg_path)?;
     let weights = dir.join("adapter_model.safetensors");
     let st = SafetensorsFile::open(&weights)?;
@@ -294,12 +329,17 @@ fn inspect_adapter(dir: &Path, cfg_path: &Path, json_out: bool) -> Result<()> {
         None => "-".into(),
     };
     let scaling = lora_core::network::lora::lora_scaling(cfg.lora_alpha, cfg.r, cfg.use_rslora);
+    let against = base.map(|b| against_base(&modules, b)).transpose()?;
     if json_out {
-        let v = json!({
+        let mut v = json!({
             "path": dir, "kind": "peft-lora-adapter", "base_model": cfg.base_model_name_or_path,
             "r": cfg.r, "lora_alpha": cfg.lora_alpha, "use_rslora": cfg.use_rslora, "scaling": scaling,
             "target_modules": targets, "modules": modules.len(), "parameters": params, "dtypes": dtypes,
         });
+        if let Some((layout, covers)) = &against {
+            v["layout"] = json!(layout);
+            v["covers_base"] = json!(covers);
+        }
         return emit(&format!("{}\n", serde_json::to_string_pretty(&v)?));
     }
     let mut o = String::new();
@@ -317,6 +357,10 @@ fn inspect_adapter(dir: &Path, cfg_path: &Path, json_out: bool) -> Result<()> {
     let _ = writeln!(o, "parameters:   {} ({})", group(params), human(params));
     let d: Vec<String> = dtypes.iter().map(|(k, v)| format!("{k} ({v} tensors)")).collect();
     let _ = writeln!(o, "dtypes:       {}", d.join(", "));
+    if let Some((layout, covers)) = &against {
+        let _ = writeln!(o, "layout:       {layout}");
+        let _ = writeln!(o, "base:         {covers}");
+    }
     let w = modules.keys().map(String::len).max().unwrap_or(6).max(6);
     let _ = writeln!(o, "\n{:<w$}  r    in     out", "module");
     for (m, (r, i, out)) in &modules {

@@ -189,6 +189,9 @@ fn fold_into(
             }
         }
     }
+    for note in &r.relayouts {
+        eprintln!("adapter {note}");
+    }
     print_kept_f32(&r.kept_f32);
     println!(
         "{}: {} adapter(s) folded, {} of {} tensors updated ({} replaced), {}, {:.2} GB read in {secs:.2} s",

@@ -211,3 +211,22 @@ fn help_lists_every_command_truthfully() {
     let export = help.lines().find(|l| l.trim_start().starts_with("export ")).unwrap();
     assert!(export.contains("whole model"), "export also writes whole models: {export}");
 }
+
+/// `lora inspect ADAPTER --base MODEL`: the checkpoint form the adapter names, and whether the base
+/// has every module it adapts.
+#[test]
+fn inspect_an_adapter_against_a_base() {
+    let adapter = fixtures().join("golden/qwen3_5-hub-adapter");
+    let run = |base: &str| -> Value {
+        let o =
+            lora(&["inspect", adapter.to_str().unwrap(), "--base", fixtures().join(base).to_str().unwrap(), "--json"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_str(&stdout(&o)).unwrap()
+    };
+    let v = run("models/qwen3_5-hub");
+    assert_eq!(v["layout"], "Hub form (model.language_model.layers.N…)");
+    assert!(v["covers_base"].as_str().unwrap().contains("every module exists as named"), "{v}");
+    let v = run("models/llama");
+    let covers = v["covers_base"].as_str().unwrap();
+    assert!(covers.starts_with("does not cover") && covers.contains("14 of 14"), "{covers}");
+}

@@ -15,7 +15,7 @@ use regex::Regex;
 use crate::adapter::config::{AdapterConfig, TargetModules};
 use crate::error::{CoreError, Result};
 use crate::io::safetensors_write::{StoredDtype, write_safetensors};
-use crate::network::config::layer_index;
+use crate::network::config::{Relayout, layer_index};
 use crate::network::lora::{LoraAdapter, lora_scaling};
 use crate::network::model::CausalLm;
 use lora_formats::safetensors::SafetensorsFile;
@@ -157,8 +157,20 @@ fn make_adapter(
 /// Reads an adapter folder and attaches it to `model` with an extra `weight` on its scaling.
 /// Every tensor of the file must find its module and fit its shape.
 pub fn load_adapter(model: &mut CausalLm, dir: &Path, weight: f64, trainable: bool) -> Result<AdapterConfig> {
+    load_adapter_mapped(model, dir, weight, trainable).map(|(cfg, _)| cfg)
+}
+
+/// [`load_adapter`], also mapping the module names of an adapter made on the other checkpoint form
+/// of the base's architecture (Qwen3.5's text form against its Hub form, [`Relayout`]) when every
+/// one of its modules exists there: returns the mapping applied, for the caller to say so.
+pub fn load_adapter_mapped(
+    model: &mut CausalLm,
+    dir: &Path,
+    weight: f64,
+    trainable: bool,
+) -> Result<(AdapterConfig, Option<Relayout>)> {
     if lora_formats::gguf::is_gguf_file(dir) {
-        return load_gguf_adapter(model, dir, weight, trainable);
+        return load_gguf_adapter(model, dir, weight, trainable).map(|cfg| (cfg, None));
     }
     let cfg_path = dir.join("adapter_config.json");
     let cfg = AdapterConfig::load(&cfg_path)?;
@@ -200,15 +212,18 @@ pub fn load_adapter(model: &mut CausalLm, dir: &Path, weight: f64, trainable: bo
         return Err(CoreError::safetensors(path, "holds no LoRA tensors"));
     }
     let device = model.device();
+    let paths: Vec<String> = model.linear_modules().into_iter().map(|(p, _)| p).collect();
+    let relayout = Relayout::find(modules.keys().map(String::as_str), |m| paths.iter().any(|p| p == m));
     let mut linears = model.linear_modules_mut();
     for (module, (a_name, b_name)) in &modules {
+        let target = relayout.as_ref().map_or_else(|| module.clone(), |r| r.apply(module));
         let (Some(a_name), Some(b_name)) = (a_name, b_name) else {
             return Err(CoreError::safetensors(
                 path.clone(),
                 format!("module '{module}' has only one of lora_A / lora_B"),
             ));
         };
-        let Some((_, lin)) = linears.iter_mut().find(|(p, _)| p == module) else {
+        let Some((_, lin)) = linears.iter_mut().find(|(p, _)| *p == target) else {
             return Err(CoreError::Invalid(format!(
                 "{}: adapter module '{module}' does not exist in the base model (is this adapter for another architecture?)",
                 path.display()
@@ -231,7 +246,7 @@ pub fn load_adapter(model: &mut CausalLm, dir: &Path, weight: f64, trainable: bo
         let scaling = cfg.scale_for(module, r) * weight;
         lin.lora.push(make_adapter(a, b, r, d_in, d_out, scaling, cfg.lora_dropout, &device, trainable));
     }
-    Ok(cfg)
+    Ok((cfg, relayout))
 }
 
 /// Attaches a llama.cpp LoRA adapter (GGUF, as `lora export` or `convert_lora_to_gguf.py` write it):

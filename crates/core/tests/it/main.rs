@@ -1,5 +1,6 @@
 //! Integration tests of lora-core (one binary: see the workspace README).
 
+mod adapter_layout;
 mod common;
 mod delta_rule;
 mod fused;

@@ -14,6 +14,7 @@ mod architecture;
 mod hf;
 mod mixers;
 mod model_config;
+mod relayout;
 mod rope;
 mod tensors;
 
@@ -24,6 +25,7 @@ pub use architecture::{
 pub use hf::{ConfigError, HfConfig, TokenIds};
 pub use mixers::{GatedDeltaNetConfig, TokenMixer};
 pub use model_config::ModelConfig;
+pub use relayout::Relayout;
 pub use rope::RopeScaling;
 
 /// Every linear layer name any decoder layer of any architecture has (`self_attn.q_proj`, ...).

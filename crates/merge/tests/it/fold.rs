@@ -162,3 +162,38 @@ fn fold_refuses_a_base_that_could_not_be_loaded() {
     assert!(err.contains(q) && err.contains("shape"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// An adapter made on Qwen3.5's text form (`model.layers.N`) folds into the Hub form
+/// (`model.language_model.layers.N`) as the same adapter named for it does, saying so.
+#[test]
+fn a_text_form_adapter_folds_into_the_hub_form_with_its_names_mapped() {
+    let fx = fixtures();
+    let dir = temp_dir("fold-relayout");
+    let base = fx.join("models/qwen3_5-hub");
+    let hub_adapter = fx.join("golden/qwen3_5-hub-adapter");
+    let text_adapter = dir.join("text-adapter");
+    std::fs::create_dir_all(&text_adapter).unwrap();
+    std::fs::copy(hub_adapter.join("adapter_config.json"), text_adapter.join("adapter_config.json")).unwrap();
+    let file = hub_adapter.join("adapter_model.safetensors");
+    let m = lora_merge::ModelDir::open(&file).unwrap();
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = load_all(&file)
+        .into_iter()
+        .map(|(k, v)| {
+            let shape = m.get(&k).unwrap().info.shape.clone();
+            (k.replace("model.language_model.layers.", "model.layers."), shape, v)
+        })
+        .collect();
+    assert!(tensors.iter().all(|(k, _, _)| !k.contains("language_model")));
+    let refs: Vec<(&str, Vec<usize>, Vec<f32>)> =
+        tensors.iter().map(|(k, s, v)| (k.as_str(), s.clone(), v.clone())).collect();
+    write_f32_safetensors(&text_adapter.join("adapter_model.safetensors"), &refs);
+
+    let direct = fold_adapters(&base, &[hub_adapter], &dir.join("direct"), &FoldOptions::default()).unwrap();
+    assert!(direct.relayouts.is_empty());
+    let mapped = fold_adapters(&base, &[text_adapter.clone()], &dir.join("mapped"), &FoldOptions::default()).unwrap();
+    assert_eq!(mapped.relayouts.len(), 1, "{:?}", mapped.relayouts);
+    assert!(mapped.relayouts[0].contains("text form") && mapped.relayouts[0].contains("Hub form"));
+    assert_eq!(mapped.updated, direct.updated);
+    assert_eq!(load_all(&dir.join("mapped")), load_all(&dir.join("direct")));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
