@@ -138,6 +138,9 @@ pub fn dataset_line(data: &[u8]) -> bool {
             skip_invalid: packing,
             packing,
             template: Some(template),
+            turns: lora_train::data::turns::TurnMode::Auto,
+            reasoning_field: None,
+            untrained_turns_are_errors: false,
             seed: 0,
         };
         let loaded = lora_train::data::load_examples(&[(path.clone(), 1.0)], &opts, tok);

@@ -12,6 +12,7 @@ use crate::batching::collate;
 use crate::data::chat_template::{ChatTemplate, FIXED_DATE_UNIX};
 use crate::data::format::Format;
 use crate::data::records::{Record, read_records};
+use crate::data::turns::TurnMode;
 use crate::data::{DataOptions, Example, Overflow, load_examples};
 use crate::error::{Result, TrainError};
 use crate::trainable::{set_training, untrack_adapters};
@@ -52,6 +53,8 @@ pub struct FileEvaluation {
     pub scored_tokens: usize,
     /// Mean loss per scored token.
     pub mean_loss: f64,
+    /// Assistant turns left with no scored token, one line per file (as training warns of them).
+    pub warnings: Vec<String>,
 }
 
 impl FileEvaluation {
@@ -83,6 +86,7 @@ pub fn evaluate_file(
             items: r.texts,
             scored_tokens: r.predicted_tokens,
             mean_loss: r.mean_loss,
+            warnings: Vec::new(),
         });
     }
     let template = tok
@@ -99,13 +103,23 @@ pub fn evaluate_file(
         skip_invalid: false,
         packing: false,
         template: template.as_ref(),
+        // Training's defaults, so that eval loss and training loss count the same tokens.
+        turns: TurnMode::Auto,
+        reasoning_field: None,
+        untrained_turns_are_errors: false,
         seed: 0,
     };
     let (examples, summary) = load_examples(&[(data.to_path_buf(), 1.0)], &opts, tok)?;
     let pad = tok.pad_token_id.unwrap_or(0); // the tokenizer already falls back to EOS
     let mean_loss = evaluate(model, &examples, 8, pad, tok.padding_left)?
         .ok_or_else(|| TrainError::Data(format!("{}: nothing to evaluate", data.display())))?;
-    Ok(FileEvaluation { format: resolved, items: summary.examples, scored_tokens: summary.trained_tokens, mean_loss })
+    Ok(FileEvaluation {
+        format: resolved,
+        items: summary.examples,
+        scored_tokens: summary.trained_tokens,
+        mean_loss,
+        warnings: summary.untrained_warnings,
+    })
 }
 
 /// The `text` field of every record; errors name the file and line.

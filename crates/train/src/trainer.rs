@@ -19,6 +19,7 @@ use rand::seq::SliceRandom;
 use crate::batching::{collate, micro_batch, micro_batches_per_epoch};
 use crate::checkpoint::{self, CheckpointState};
 use crate::data::chat_template::{ChatTemplate, FIXED_DATE_UNIX};
+use crate::data::turns::TurnMode;
 use crate::data::{DataOptions, DataSummary, Example, Overflow, load_examples, packing};
 use crate::error::{Result, TrainError};
 use crate::evaluation::evaluate;
@@ -155,7 +156,10 @@ pub fn prepare(recipe: &Recipe) -> Result<Prepared> {
     let template = template_source
         .map(|src| ChatTemplate::for_tokenizer(&src, &tokenizer, FIXED_DATE_UNIX))
         .transpose()
-        .map_err(|m| TrainError::Recipe(format!("data.chat_template: {m}")))?;
+        .map_err(|m| TrainError::Recipe(format!("data.chat_template: {m}")))?
+        .map(|t| t.with_kwargs(d.template_kwargs.clone().unwrap_or_default()))
+        .transpose()
+        .map_err(|m| TrainError::Recipe(format!("data.{m}")))?;
     // A replaced template that the model's own would not reproduce: the adapter learns a format
     // that inference with the model's template (lora generate, llama.cpp, Ollama) will not send.
     let template_differs = match (&d.chat_template, &tokenizer.chat_template, &template) {
@@ -173,6 +177,9 @@ pub fn prepare(recipe: &Recipe) -> Result<Prepared> {
         // Packing happens after the validation split, on the training examples only.
         packing: false,
         template: template.as_ref(),
+        turns: TurnMode::parse(&d.turns).map_err(|m| TrainError::Recipe(format!("data.turns: {m}")))?,
+        reasoning_field: d.reasoning_field.as_deref(),
+        untrained_turns_are_errors: d.untrained_turns == "error",
         seed: recipe.train.seed,
     };
     let (mut train, mut train_summary) = load_examples(&d.train.weighted(), &opts, &tokenizer)?;

@@ -32,6 +32,9 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let (mut model, tok, _) = a.model.load()?;
     let r = evaluate_file(&mut model, &tok, &a.data, &a.format, a.max_seq_len)?;
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
     // Texts are counted as texts, the other formats as examples (the keys scripts read).
     let (items, tokens) = if r.format == Format::Text { ("texts", "predicted") } else { ("examples", "scored") };
     if a.json {

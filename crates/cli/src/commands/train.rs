@@ -102,14 +102,23 @@ pub fn run_cmd(a: Args) -> Result<()> {
     if let Some(w) = &prepared.template_differs {
         eprintln!("warning: {w}");
     }
+    for w in &prepared.train_summary.untrained_warnings {
+        eprintln!("warning: {w}; set [data] turns = \"expand\" (or check max_seq_len), or untrained_turns = \"error\"");
+    }
     if a.dry_run {
         print!("{}", recipe.to_toml());
         println!("\n# adapters on {} modules: {}", prepared.targets.len(), summarize_targets(&prepared.targets));
         println!("# trainable parameters: {trainable}");
         let s = &prepared.train_summary;
         println!(
-            "# training data: {} examples, {} tokens, {} trained tokens, {} truncated, {} dropped, {} invalid skipped",
-            s.examples, s.tokens, s.trained_tokens, s.truncated, s.dropped, s.skipped
+            "# training data: {} examples, {} tokens, {} trained tokens, {} truncated, {} dropped, {} invalid skipped{}",
+            s.examples,
+            s.tokens,
+            s.trained_tokens,
+            s.truncated,
+            s.dropped,
+            s.skipped,
+            turns_note(s, &recipe.data.turns)
         );
         if let Some(v) = &prepared.validation_summary {
             println!("# validation data: {} examples, {} tokens", v.examples, v.tokens);
@@ -139,6 +148,7 @@ pub fn run_cmd(a: Args) -> Result<()> {
         let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
     }
     let opts = RunOptions { resume: a.resume, force: a.force, interrupt, threads: None };
+    let turns = recipe.data.turns.clone();
     let tty = std::io::stderr().is_terminal();
     let mut bar: Option<ProgressBar> = None;
     let summary = run(prepared, &opts, &mut |e| match e {
@@ -151,7 +161,15 @@ pub fn run_cmd(a: Args) -> Result<()> {
                 train.truncated,
                 train.dropped,
                 train.skipped,
-                if train.packed_rows > 0 { format!(", packed into {} rows", train.packed_rows) } else { String::new() },
+                format!(
+                    "{}{}",
+                    turns_note(train, &turns),
+                    if train.packed_rows > 0 {
+                        format!(", packed into {} rows", train.packed_rows)
+                    } else {
+                        String::new()
+                    }
+                ),
                 validation.map(|v| format!("; validation: {} examples", v.examples)).unwrap_or_default()
             );
             eprintln!(
@@ -230,4 +248,18 @@ fn summarize_targets(paths: &[String]) -> String {
         }
     }
     uniq.join(", ")
+}
+
+/// The summary's words on conversations: how many were expanded into one example per assistant turn
+/// (and why), and how many assistant turns have no trained token.
+fn turns_note(s: &lora_train::data::DataSummary, mode: &str) -> String {
+    let mut out = String::new();
+    if s.expanded > 0 {
+        let why = if mode == "auto" { " (turns = auto: the chat template rewrites history)" } else { "" };
+        out += &format!(", {} conversations expanded into one example per assistant turn{why}", s.expanded);
+    }
+    if s.untrained_turns > 0 {
+        out += &format!(", {} assistant turns with no trained token", s.untrained_turns);
+    }
+    out
 }

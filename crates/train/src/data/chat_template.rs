@@ -3,9 +3,9 @@
 //! use (`raise_exception`, `strftime_now`, `tojson` as Python's `json.dumps`, `bos_token`,
 //! `eos_token`, `add_generation_prompt`).
 //!
-//! Which characters belong to assistant turns is computed by rendering, not by searching the text:
-//! for assistant message i, its span starts where `render(messages[..i], add_generation_prompt)`
-//! ends and stops where `render(messages[..=i])` stops agreeing with the whole conversation.
+//! Extra keyword arguments (`enable_thinking`, ...) reach the template as transformers passes
+//! `apply_chat_template`'s kwargs: as top-level variables. Which characters belong to assistant turns
+//! is computed by rendering, not by searching the text (`super::turns`).
 
 use std::ops::Range;
 
@@ -17,6 +17,7 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos: String,
     eos: String,
+    kwargs: serde_json::Map<String, Value>,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -183,7 +184,7 @@ impl ChatTemplate {
         });
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| format!("chat template does not compile: {e:#}"))?;
-        Ok(Self { env, bos: bos.unwrap_or_default(), eos: eos.unwrap_or_default() })
+        Ok(Self { env, bos: bos.unwrap_or_default(), eos: eos.unwrap_or_default(), kwargs: serde_json::Map::new() })
     }
 
     /// Compiles `source` with the BOS and first EOS token strings of `tok`.
@@ -192,59 +193,62 @@ impl ChatTemplate {
         Self::new(source, text(tok.bos_token_id), text(tok.eos_token_ids.first().copied()), now)
     }
 
+    /// The template's extra keyword arguments (`enable_thinking = false`, ...), passed as top-level
+    /// variables. The names lora sets itself are refused.
+    pub fn with_kwargs(mut self, kwargs: serde_json::Map<String, Value>) -> Result<Self, String> {
+        for reserved in ["messages", "add_generation_prompt", "bos_token", "eos_token"] {
+            if kwargs.contains_key(reserved) {
+                return Err(format!("template_kwargs.{reserved}: set by lora, not by the recipe"));
+            }
+        }
+        self.kwargs = kwargs;
+        Ok(self)
+    }
+
     /// Renders messages (JSON objects with at least `role` and `content`).
     pub fn render(&self, messages: &[Value], add_generation_prompt: bool) -> Result<String, String> {
+        self.render_with_tools(messages, None, add_generation_prompt)
+    }
+
+    /// [`Self::render`] with the conversation's tool definitions (a record's `tools`, which
+    /// transformers passes as `apply_chat_template(tools=...)`).
+    pub fn render_with_tools(
+        &self,
+        messages: &[Value],
+        tools: Option<&Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String, String> {
         let tmpl = self.env.get_template("chat").expect("added in new");
-        tmpl.render(context! {
+        let fixed = context! {
             messages => JValue::from(minijinja::value::Serde(messages)),
             add_generation_prompt => add_generation_prompt,
             bos_token => &self.bos,
             eos_token => &self.eos,
-        })
-        .map_err(|e| match e.kind() {
+        };
+        let fixed = match tools {
+            Some(tools) => context! { tools => JValue::from(minijinja::value::Serde(tools)), ..fixed },
+            None => fixed,
+        };
+        let ctx = if self.kwargs.is_empty() {
+            fixed
+        } else {
+            // The fixed names first: kwargs never shadow them (with_kwargs refuses them anyway).
+            context! { ..fixed, ..JValue::from(minijinja::value::Serde(&self.kwargs)) }
+        };
+        tmpl.render(ctx).map_err(|e| match e.kind() {
             ErrorKind::InvalidOperation => format!("chat template: {}", e.detail().unwrap_or("error")),
             _ => format!("chat template: {e:#}"),
         })
     }
 
-    /// The whole conversation and the byte ranges of its assistant turns.
+    /// The whole conversation and the byte ranges of its assistant turns, each as rendered there
+    /// (the `all` mode of [`super::turns`]).
     pub fn render_with_assistant_spans(&self, messages: &[Value]) -> Result<(String, Vec<Range<usize>>), String> {
-        let full = self.render(messages, false)?;
-        let mut spans = Vec::new();
-        for (i, m) in messages.iter().enumerate() {
-            if m.get("role").and_then(Value::as_str) != Some("assistant") {
-                continue;
-            }
-            let start = if i == 0 {
-                0
-            } else {
-                let pre = self.render(&messages[..i], true)?;
-                if !full.starts_with(&pre) {
-                    return Err(format!(
-                        "the chat template is not incremental: the conversation up to message {i} does not render as a \
-                         prefix of the whole conversation, so assistant tokens cannot be located exactly"
-                    ));
-                }
-                pre.len()
-            };
-            let upto = self.render(&messages[..=i], false)?;
-            let end = common_prefix(&upto, &full);
-            if end > start {
-                spans.push(start..end);
-            }
-        }
-        Ok((full, spans))
+        let mut rendered = super::turns::render_turns(self, messages, None, super::turns::TurnMode::All)?;
+        let ex = rendered.examples.remove(0);
+        let spans = ex.turns.into_iter().map(|t| t.span).filter(|s| !s.is_empty()).collect();
+        Ok((ex.text, spans))
     }
-}
-
-/// Length in bytes of the longest common prefix, on a char boundary.
-fn common_prefix(a: &str, b: &str) -> usize {
-    a.char_indices()
-        .zip(b.chars())
-        .take_while(|((_, x), y)| x == y)
-        .map(|((i, x), _)| i + x.len_utf8())
-        .last()
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

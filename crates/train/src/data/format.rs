@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 use super::Example;
 use super::chat_template::ChatTemplate;
+use super::turns::{TurnMode, render_turns};
 
 /// Record format of a data file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +76,23 @@ pub struct Tokenize<'a> {
     pub train_on_inputs: bool,
     /// Token ids that end an assistant turn.
     pub end_of_turn: Vec<u32>,
+    /// How a conversation's assistant turns become examples.
+    pub turns: TurnMode,
+    /// A dataset's own name for assistant messages' reasoning (`reasoning`, `thinking`), read as
+    /// `reasoning_content` (what Qwen3 / DeepSeek-R1 templates render).
+    pub reasoning_field: Option<&'a str>,
+}
+
+/// An example and the assistant turns it was made to train.
+#[derive(Debug, Clone)]
+pub struct Tokenized {
+    /// The example.
+    pub example: Example,
+    /// Each assistant turn it trains: the message index and the first trained token (`None`: the
+    /// turn renders to no trainable token).
+    pub turns: Vec<(usize, Option<usize>)>,
+    /// Whether the record was expanded into one example per assistant turn.
+    pub expanded: bool,
 }
 
 fn string_field<'v>(v: &'v Value, key: &str) -> Result<&'v str, String> {
@@ -86,16 +104,23 @@ fn string_field<'v>(v: &'v Value, key: &str) -> Result<&'v str, String> {
 }
 
 impl Tokenize<'_> {
-    /// Tokenizes one record; the error is the reason, without the location.
+    /// Tokenizes one record into its first example (the only one, unless a conversation is
+    /// expanded); the error is the reason, without the location.
     pub fn example(&self, v: &Value, format: Format) -> Result<Example, String> {
+        Ok(self.examples(v, format)?.remove(0).example)
+    }
+
+    /// Tokenizes one record: one example, or one per assistant turn of an expanded conversation.
+    pub fn examples(&self, v: &Value, format: Format) -> Result<Vec<Tokenized>, String> {
+        let one = |example: Example| Ok(vec![Tokenized { example, turns: Vec::new(), expanded: false }]);
         if !v.is_object() {
             return Err("a record must be a JSON object".into());
         }
         match format {
-            Format::Text => self.plain(string_field(v, "text")?, 0),
+            Format::Text => one(self.plain(string_field(v, "text")?, 0)?),
             Format::Completion => {
                 let (p, c) = (string_field(v, "prompt")?, string_field(v, "completion")?);
-                self.plain(&format!("{p}{c}"), p.len())
+                one(self.plain(&format!("{p}{c}"), p.len())?)
             }
             Format::Alpaca => {
                 let instruction = string_field(v, "instruction")?;
@@ -118,7 +143,7 @@ impl Tokenize<'_> {
                         }
                         messages.push(json!({"role": "user", "content": user}));
                         messages.push(json!({"role": "assistant", "content": output}));
-                        self.chat(&messages)
+                        self.chat(&messages, None)
                     }
                     None => {
                         let prompt = if input.is_empty() {
@@ -131,7 +156,7 @@ impl Tokenize<'_> {
                             _ => String::new(),
                         };
                         let prompt = format!("{system}{prompt}");
-                        self.plain(&format!("{prompt}{output}"), prompt.len())
+                        one(self.plain(&format!("{prompt}{output}"), prompt.len())?)
                     }
                 }
             }
@@ -156,7 +181,26 @@ impl Tokenize<'_> {
                 if messages.is_empty() {
                     return Err("\"messages\" is empty".into());
                 }
-                self.chat(messages)
+                let tools = v.get("tools").filter(|t| !t.is_null());
+                match self.reasoning_field {
+                    Some(field) => {
+                        let mapped: Vec<Value> = messages
+                            .iter()
+                            .map(|m| {
+                                let mut m = m.clone();
+                                if let Some(obj) = m.as_object_mut()
+                                    && !obj.contains_key("reasoning_content")
+                                    && let Some(r) = obj.remove(field)
+                                {
+                                    obj.insert("reasoning_content".into(), r);
+                                }
+                                m
+                            })
+                            .collect();
+                        self.chat(&mapped, tools)
+                    }
+                    None => self.chat(messages, tools),
+                }
             }
         }
     }
@@ -184,18 +228,29 @@ impl Tokenize<'_> {
         Ok(Example { ids, labels, segments: None })
     }
 
-    /// A conversation rendered by the template; assistant turns (with their end-of-turn token) trained.
-    fn chat(&self, messages: &[Value]) -> Result<Example, String> {
+    /// A conversation rendered by the template into its examples (one, or one per assistant turn:
+    /// [`TurnMode`]); the assistant turns each trains, with their end-of-turn token, trained.
+    fn chat(&self, messages: &[Value], tools: Option<&Value>) -> Result<Vec<Tokenized>, String> {
         let template = self.template.ok_or(
             "the model has no chat template (tokenizer_config.json chat_template or chat_template.jinja); \
              set [data] chat_template or use another format",
         )?;
-        let (text, spans) = template.render_with_assistant_spans(messages)?;
-        // The template writes BOS itself; add no special tokens (as apply_chat_template does).
-        let enc = self.tok.inner().encode(text.as_str(), false).map_err(|e| e.to_string())?;
-        let ids = enc.get_ids().to_vec();
-        let labels = assistant_labels(&ids, enc.get_offsets(), &spans, &self.end_of_turn, self.train_on_inputs);
-        Ok(Example { ids, labels, segments: None })
+        let rendered = render_turns(template, messages, tools, self.turns)?;
+        let expanded = rendered.mode == TurnMode::Expand;
+        rendered
+            .examples
+            .into_iter()
+            .map(|ex| {
+                // The template writes BOS itself; add no special tokens (as apply_chat_template does).
+                let enc = self.tok.inner().encode(ex.text.as_str(), false).map_err(|e| e.to_string())?;
+                let ids = enc.get_ids().to_vec();
+                let spans: Vec<Range<usize>> = ex.turns.iter().map(|t| t.span.clone()).collect();
+                let (labels, firsts) =
+                    turn_labels(&ids, enc.get_offsets(), &spans, &self.end_of_turn, self.train_on_inputs);
+                let turns = ex.turns.iter().map(|t| t.message).zip(firsts).collect();
+                Ok(Tokenized { example: Example { ids, labels, segments: None }, turns, expanded })
+            })
+            .collect()
     }
 }
 
@@ -209,19 +264,32 @@ pub fn assistant_labels(
     end_of_turn: &[u32],
     train_on_inputs: bool,
 ) -> Vec<Option<u32>> {
-    if train_on_inputs {
-        return ids.iter().map(|&i| Some(i)).collect();
-    }
-    let mut labels = vec![None; ids.len()];
+    turn_labels(ids, offsets, spans, end_of_turn, train_on_inputs).0
+}
+
+/// [`assistant_labels`], and for each span the index of its first trained token (`None`: no token
+/// starts inside it).
+fn turn_labels(
+    ids: &[u32],
+    offsets: &[(usize, usize)],
+    spans: &[Range<usize>],
+    end_of_turn: &[u32],
+    train_on_inputs: bool,
+) -> (Vec<Option<u32>>, Vec<Option<usize>>) {
+    let mut labels = if train_on_inputs { ids.iter().map(|&i| Some(i)).collect() } else { vec![None; ids.len()] };
+    let mut firsts = Vec::with_capacity(spans.len());
     for span in spans {
+        let mut first = None;
         for (k, (&id, &(s, e))) in ids.iter().zip(offsets).enumerate() {
             if s >= span.start && s < span.end && e > s {
                 labels[k] = Some(id);
+                first.get_or_insert(k);
                 if end_of_turn.contains(&id) {
                     break;
                 }
             }
         }
+        firsts.push(first);
     }
-    labels
+    (labels, firsts)
 }

@@ -5,6 +5,7 @@ pub mod chat_template;
 pub mod format;
 pub mod packing;
 pub mod records;
+pub mod turns;
 
 use std::path::PathBuf;
 
@@ -17,6 +18,7 @@ use crate::error::{Result, TrainError};
 use chat_template::ChatTemplate;
 use format::{Format, Tokenize};
 use records::read_records;
+use turns::TurnMode;
 
 /// One tokenized example (or one packed row of several).
 #[derive(Debug, Clone, PartialEq)]
@@ -53,6 +55,13 @@ pub struct DataSummary {
     pub skipped: usize,
     /// Rows after packing (0 without packing).
     pub packed_rows: usize,
+    /// Conversations whose template rewrites history, expanded into one example per assistant turn.
+    pub expanded: usize,
+    /// Assistant turns meant to be trained that ended with no trained token (rendered to none,
+    /// or truncated away).
+    pub untrained_turns: usize,
+    /// One warning per file with untrained turns, naming the first (line, turn, why).
+    pub untrained_warnings: Vec<String>,
 }
 
 impl DataSummary {
@@ -61,6 +70,9 @@ impl DataSummary {
         self.truncated = policy.truncated;
         self.dropped = policy.dropped;
         self.skipped = policy.skipped;
+        self.expanded = policy.expanded;
+        self.untrained_turns = policy.untrained_turns;
+        self.untrained_warnings = policy.untrained_warnings.clone();
         self
     }
 
@@ -101,6 +113,12 @@ pub struct DataOptions<'a> {
     pub packing: bool,
     /// The chat template.
     pub template: Option<&'a ChatTemplate>,
+    /// How a conversation's assistant turns become examples.
+    pub turns: TurnMode,
+    /// A dataset's own name for assistant messages' reasoning, read as `reasoning_content`.
+    pub reasoning_field: Option<&'a str>,
+    /// Make an assistant turn left with no trained token an error instead of a warning.
+    pub untrained_turns_are_errors: bool,
     /// Seed of fractional per-file weights.
     pub seed: u64,
 }
@@ -131,6 +149,8 @@ pub fn load_examples(
         template: opts.template,
         train_on_inputs: opts.train_on_inputs,
         end_of_turn: end_of_turn_ids(tok),
+        turns: opts.turns,
+        reasoning_field: opts.reasoning_field,
     };
     let mut summary = DataSummary::default();
     let mut examples = Vec::new();
@@ -146,42 +166,82 @@ pub fn load_examples(
             );
         }
         let mut kept = Vec::new();
+        // This file's untrained turns: how many, and the first (line, turn, why).
+        let (mut untrained, mut first_untrained) = (0usize, None::<String>);
         for r in &records {
             let at = || format!("{}:{}", r.file.display(), r.line);
             let result = r
                 .value
                 .clone()
-                .and_then(|v| tokenize.example(&v, format.expect("set from the first valid record")))
-                .and_then(|e| {
-                    if e.trained_tokens() == 0 { Err("renders to zero trainable tokens".to_string()) } else { Ok(e) }
+                .and_then(|v| tokenize.examples(&v, format.expect("set from the first valid record")))
+                .and_then(|all| {
+                    if all.iter().all(|t| t.example.trained_tokens() == 0) {
+                        Err("renders to zero trainable tokens".to_string())
+                    } else {
+                        Ok(all)
+                    }
                 });
-            let mut ex = match result {
-                Ok(e) => e,
+            let all = match result {
+                Ok(all) => all,
                 Err(_) if opts.skip_invalid => {
                     summary.skipped += 1;
                     continue;
                 }
                 Err(reason) => return Err(TrainError::Data(format!("{}: {reason}", at()))),
             };
-            if ex.ids.len() > opts.max_seq_len {
-                match opts.overflow {
-                    Overflow::Drop => {
-                        summary.dropped += 1;
-                        continue;
+            if all.first().is_some_and(|t| t.expanded) {
+                summary.expanded += 1;
+            }
+            for t in all {
+                let mut ex = t.example;
+                let mut note = |message: usize, why: &str| {
+                    untrained += 1;
+                    first_untrained.get_or_insert_with(|| format!("line {}, message {message}: {why}", r.line));
+                };
+                for &(message, first) in &t.turns {
+                    match first {
+                        None => note(message, "the turn renders to no trainable token"),
+                        Some(k) if k >= opts.max_seq_len && matches!(opts.overflow, Overflow::Truncate) => {
+                            note(message, "truncated away at max_seq_len")
+                        }
+                        Some(_) => {}
                     }
-                    Overflow::Truncate => {
-                        ex.ids.truncate(opts.max_seq_len);
-                        ex.labels.truncate(opts.max_seq_len);
-                        summary.truncated += 1;
-                        if ex.trained_tokens() == 0 {
-                            // Truncation cut every trained token: nothing left to learn from it.
+                }
+                if ex.trained_tokens() == 0 {
+                    // An expanded turn with nothing to train (counted above).
+                    continue;
+                }
+                if ex.ids.len() > opts.max_seq_len {
+                    match opts.overflow {
+                        Overflow::Drop => {
                             summary.dropped += 1;
                             continue;
                         }
+                        Overflow::Truncate => {
+                            ex.ids.truncate(opts.max_seq_len);
+                            ex.labels.truncate(opts.max_seq_len);
+                            summary.truncated += 1;
+                            if ex.trained_tokens() == 0 {
+                                // Truncation cut every trained token: nothing left to learn from it.
+                                summary.dropped += 1;
+                                continue;
+                            }
+                        }
                     }
                 }
+                kept.push(ex);
             }
-            kept.push(ex);
+        }
+        if let Some(first) = first_untrained {
+            let msg = format!(
+                "{}: {untrained} assistant turn(s) have no trained token; the first at {first}",
+                file.display()
+            );
+            if opts.untrained_turns_are_errors {
+                return Err(TrainError::Data(format!("{msg} ([data] untrained_turns = \"error\")")));
+            }
+            summary.untrained_turns += untrained;
+            summary.untrained_warnings.push(msg);
         }
         // Per-file weight: whole copies, then a seeded sample for the fraction.
         if !(*weight >= 0.0 && weight.is_finite()) {

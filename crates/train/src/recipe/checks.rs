@@ -50,6 +50,19 @@ impl Recipe {
         if !["truncate", "drop"].contains(&d.overflow.as_str()) {
             return err("data", "overflow", format!("must be \"truncate\" or \"drop\", got \"{}\"", d.overflow));
         }
+        if let Err(m) = crate::data::turns::TurnMode::parse(&d.turns) {
+            return err("data", "turns", m);
+        }
+        if !["warn", "error"].contains(&d.untrained_turns.as_str()) {
+            return err(
+                "data",
+                "untrained_turns",
+                format!("must be \"warn\" or \"error\", got \"{}\"", d.untrained_turns),
+            );
+        }
+        if d.reasoning_field.as_deref().is_some_and(|f| f.is_empty() || ["role", "content"].contains(&f)) {
+            return err("data", "reasoning_field", "must name a field other than role and content".to_string());
+        }
         for (p, w) in
             d.train.weighted().iter().chain(d.validation.iter().flat_map(Files::weighted).collect::<Vec<_>>().iter())
         {

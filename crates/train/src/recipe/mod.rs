@@ -253,6 +253,41 @@ pub struct DataSection {
     /// A chat template replacing the model's: inline Jinja, or a path to a `.jinja` file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat_template: Option<String>,
+    /// The chat template's keyword arguments, as transformers' `apply_chat_template` passes them
+    /// (`{ enable_thinking = false }`); templates define their own, so any name is accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Which assistant turns of a conversation are trained, and in which render: `"auto"` (default:
+    /// `"expand"` where the template rewrites history, as reasoning models' do, else `"all"`),
+    /// `"expand"` (one example per assistant turn), `"all"` or `"last"`.
+    #[serde(default = "d_turns", skip_serializing_if = "is_auto")]
+    pub turns: String,
+    /// The field holding assistant messages' reasoning when a dataset does not call it
+    /// `reasoning_content` (`"reasoning"`, `"thinking"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_field: Option<String>,
+    /// An assistant turn left with no trained token (it renders to none, or is truncated away):
+    /// `"warn"` (default, once per file) or `"error"`.
+    #[serde(default = "d_untrained_turns", skip_serializing_if = "is_warn")]
+    pub untrained_turns: String,
+}
+
+fn d_turns() -> String {
+    "auto".into()
+}
+
+fn d_untrained_turns() -> String {
+    "warn".into()
+}
+
+// The defaults are left out of the recipe a run folder records, so that recipes written before
+// these keys existed record the same text.
+fn is_auto(s: &str) -> bool {
+    s == "auto"
+}
+
+fn is_warn(s: &str) -> bool {
+    s == "warn"
 }
 
 fn d_overflow() -> String {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use lora_core::{CausalLm, Tokenizer, default_device};
 use lora_train::data::chat_template::{ChatTemplate, FIXED_DATE_UNIX};
 use lora_train::data::format::{Format, Tokenize};
+use lora_train::data::turns::TurnMode;
 use lora_train::data::{DataOptions, Example, Overflow, end_of_turn_ids, load_examples, packing};
 use serde_json::{Value, json};
 
@@ -50,7 +51,14 @@ fn chat_templates_render_and_mask_as_transformers() {
         let got: Vec<(u64, u64)> = spans.iter().map(|r| (r.start as u64, r.end as u64)).collect();
         assert_eq!(got, want, "{what}: assistant spans");
         // Through the chat format: the same ids and the same trained tokens.
-        let tz = Tokenize { tok: &tok, template: Some(&t), train_on_inputs: false, end_of_turn: end_of_turn_ids(&tok) };
+        let tz = Tokenize {
+            tok: &tok,
+            template: Some(&t),
+            train_on_inputs: false,
+            end_of_turn: end_of_turn_ids(&tok),
+            turns: TurnMode::Auto,
+            reasoning_field: None,
+        };
         let ex = tz.example(&json!({ "messages": conv }), Format::Chat).unwrap();
         let ids: Vec<u64> = ex.ids.iter().map(|&i| i as u64).collect();
         let want_ids: Vec<u64> = case["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
@@ -90,6 +98,9 @@ fn opts(format: &'static str) -> DataOptions<'static> {
         skip_invalid: false,
         packing: false,
         template: None,
+        turns: TurnMode::Auto,
+        reasoning_field: None,
+        untrained_turns_are_errors: false,
         seed: 1,
     }
 }
@@ -98,7 +109,14 @@ fn opts(format: &'static str) -> DataOptions<'static> {
 fn text_completion_and_alpaca_masks() {
     let tok = model_tok();
     let eos = tok.eos_token_ids[0];
-    let tz = Tokenize { tok: &tok, template: None, train_on_inputs: false, end_of_turn: end_of_turn_ids(&tok) };
+    let tz = Tokenize {
+        tok: &tok,
+        template: None,
+        train_on_inputs: false,
+        end_of_turn: end_of_turn_ids(&tok),
+        turns: TurnMode::Auto,
+        reasoning_field: None,
+    };
     // text: BOS untrained, everything else trained, EOS appended.
     let ex = tz.example(&json!({"text": "Hello, world!"}), Format::Text).unwrap();
     assert_eq!(ex.ids[0], tok.bos_token_id.unwrap());
@@ -120,7 +138,14 @@ fn text_completion_and_alpaca_masks() {
         .unwrap();
     assert_eq!(ex2.labels.iter().filter(|l| l.is_some()).count(), ex2.ids.len());
     // alpaca without a template: the standard prompt, only the output trained.
-    let tz = Tokenize { tok: &tok, template: None, train_on_inputs: false, end_of_turn: end_of_turn_ids(&tok) };
+    let tz = Tokenize {
+        tok: &tok,
+        template: None,
+        train_on_inputs: false,
+        end_of_turn: end_of_turn_ids(&tok),
+        turns: TurnMode::Auto,
+        reasoning_field: None,
+    };
     let ex =
         tz.example(&json!({"instruction": "Name a colour.", "input": "", "output": "Blue."}), Format::Alpaca).unwrap();
     let text = tok.decode(&ex.ids, false).unwrap();
@@ -130,7 +155,14 @@ fn text_completion_and_alpaca_masks() {
     assert_eq!(tok.decode(&trained, true).unwrap(), "Blue.");
     // alpaca with the model's chat template: rendered as a conversation, the output trained with <|im_end|>.
     let t = ChatTemplate::new(tok.chat_template.as_deref().unwrap(), None, None, FIXED_DATE_UNIX).unwrap();
-    let tz = Tokenize { tok: &tok, template: Some(&t), train_on_inputs: false, end_of_turn: end_of_turn_ids(&tok) };
+    let tz = Tokenize {
+        tok: &tok,
+        template: Some(&t),
+        train_on_inputs: false,
+        end_of_turn: end_of_turn_ids(&tok),
+        turns: TurnMode::Auto,
+        reasoning_field: None,
+    };
     let ex = tz
         .example(&json!({"instruction": "Name a colour.", "input": "Sky", "output": "Blue."}), Format::Alpaca)
         .unwrap();
@@ -233,7 +265,14 @@ fn packing_gives_the_same_loss_as_separate_examples() {
     let device = default_device();
     let model = CausalLm::load_dir(fixtures().join("models/llama"), &device).unwrap();
     let tok = Tokenizer::load_dir(fixtures().join("models/llama"), &model.config).unwrap();
-    let tz = Tokenize { tok: &tok, template: None, train_on_inputs: false, end_of_turn: end_of_turn_ids(&tok) };
+    let tz = Tokenize {
+        tok: &tok,
+        template: None,
+        train_on_inputs: false,
+        end_of_turn: end_of_turn_ids(&tok),
+        turns: TurnMode::Auto,
+        reasoning_field: None,
+    };
     let texts = ["The quick brown fox.", "Hello, world! How are you?", "Merging folds B times A.", "Paris."];
     let examples: Vec<Example> =
         texts.iter().map(|t| tz.example(&json!({ "text": t }), Format::Text).unwrap()).collect();

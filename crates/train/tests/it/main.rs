@@ -5,4 +5,5 @@ mod data;
 mod recipe_errors;
 mod replay;
 mod scale;
+mod thinking;
 mod training;
