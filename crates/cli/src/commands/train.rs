@@ -103,7 +103,9 @@ pub fn run_cmd(a: Args) -> Result<()> {
         eprintln!("warning: {w}");
     }
     for w in &prepared.train_summary.untrained_warnings {
-        eprintln!("warning: {w}; set [data] turns = \"expand\" (or check max_seq_len), or untrained_turns = \"error\"");
+        eprintln!(
+            "warning: {w}; raise max_seq_len or choose [data] turns (untrained_turns = \"error\" makes this an error)"
+        );
     }
     if a.dry_run {
         print!("{}", recipe.to_toml());

@@ -121,3 +121,19 @@ fn empty_data_is_reported_before_the_weights_are_read() {
     };
     assert!(e.contains("empty.jsonl: no usable examples"), "{e}");
 }
+
+#[test]
+fn turn_settings_are_checked_by_name() {
+    for (set, want) in [
+        ("data.turns=\"every\"", "data.turns"),
+        ("data.untrained_turns=\"ignore\"", "data.untrained_turns"),
+        ("data.reasoning_field=\"content\"", "data.reasoning_field"),
+    ] {
+        let e = err("turns", GOOD, &[set]);
+        assert!(e.contains(want), "{set}: {e}");
+    }
+    // Template kwargs are the template's own: any name, any value.
+    let r = Recipe::load(&write("kwargs", GOOD), &["data.template_kwargs={ enable_thinking = false, x = [1] }".into()])
+        .unwrap();
+    assert_eq!(r.data.template_kwargs.unwrap()["enable_thinking"], false);
+}
