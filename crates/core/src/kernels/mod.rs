@@ -14,12 +14,14 @@
 //! | [`fused_swiglu`] | `silu(gate) · up` in [`crate::network::mlp`] |
 //! | [`fused_attention`] (CPU), [`tiled_attention`] (GPUs) | burn's attention |
 //! | [`fused_delta_rule`] | [`delta_rule::chunked`] and [`delta_rule::recurrent_step`] |
+//! | [`causal_conv::causal_conv_silu`] | [`causal_conv::plain`] (the Gated DeltaNet's convolution) |
 //!
 //! [`cpu_kernel`] holds what the CPU kernels share (threading, dot products, the switch
 //! `LORA_REFERENCE_KERNELS=1` back to the references); [`large_blocks`] is the allocator that keeps
 //! large freed buffers for the next step. The losses' kernels live in [`crate::loss`].
 
 pub mod backend;
+pub mod causal_conv;
 pub mod cpu_kernel;
 pub mod delta_rule;
 pub mod frozen_matmul;

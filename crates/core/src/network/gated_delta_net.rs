@@ -17,13 +17,14 @@
 //! flash-linear-attention's `cu_seqlens` does: no segment sees the one before it.
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::{sigmoid, silu, softplus};
+use burn::tensor::activation::{sigmoid, softplus};
 use burn::tensor::{DType, Device, Tensor};
 
 use crate::error::{CoreError, Result};
 use crate::generation::kv_cache::LayerCache;
 use crate::io::load_options::LoadOptions;
 use crate::io::weights::Weights;
+use crate::kernels::causal_conv;
 use crate::kernels::cpu_kernel::use_fused;
 use crate::kernels::delta_rule;
 use crate::kernels::fused_delta_rule;
@@ -147,36 +148,26 @@ impl GatedDeltaNet {
         let [b, t, _] = x.dims();
         let l = self.sizes;
         let (nk, nv, dk, dv) = (l.num_key_heads, l.num_value_heads, l.key_head_dim, l.value_head_dim);
-        let (kd, vd, conv_dim, kern) = (l.key_dim(), l.value_dim(), l.conv_dim(), l.conv_kernel);
-        let device = x.device();
+        let (kd, vd, conv_dim) = (l.key_dim(), l.value_dim(), l.conv_dim());
         let mixed = self.in_proj_qkv.forward(x.clone()).cast(DType::F32); // [b, t, conv]
         let z = self.in_proj_z.forward(x.clone()).reshape([b, t, nv, dv]);
         let beta = sigmoid(self.in_proj_b.forward(x.clone()).cast(DType::F32)); // [b, t, nv]
         let a = self.in_proj_a.forward(x).cast(DType::F32); // [b, t, nv]
 
-        // Causal depthwise convolution: output τ reads inputs τ − (kernel − 1) ..= τ, zeros (or the
-        // cached window) before the first.
-        let (mut cache, window) = match cache {
-            Some(c) => {
-                let w = c.conv.take();
-                (Some(c), w)
-            }
-            None => (None, None),
-        };
-        let window = window.unwrap_or_else(|| Tensor::zeros([b, kern - 1, conv_dim], &device));
-        let full = Tensor::cat(vec![window, mixed], 1); // [b, kern - 1 + t, conv]
+        // Causal depthwise convolution and SiLU: output τ reads inputs τ − (kernel − 1) ..= τ, zeros
+        // (or the cached window) before the first.
+        let mut cache = cache;
         let weight = self.conv1d.val(); // [conv, kern]
-        let mut conv = full.clone().slice([0..b, 0..t, 0..conv_dim])
-            * weight.clone().slice([0..conv_dim, 0..1]).reshape([1, 1, conv_dim]);
-        for j in 1..kern {
-            conv = conv
-                + full.clone().slice([0..b, j..j + t, 0..conv_dim])
-                    * weight.clone().slice([0..conv_dim, j..j + 1]).reshape([1, 1, conv_dim]);
-        }
-        if let Some(c) = cache.as_deref_mut() {
-            c.conv = Some(full.slice([0..b, t..t + kern - 1, 0..conv_dim]));
-        }
-        let mixed = silu(conv); // [b, t, conv]
+        let mixed = if cache.is_none() && use_fused(&mixed) {
+            causal_conv::causal_conv_silu(mixed, weight)
+        } else {
+            let window = cache.as_deref_mut().and_then(|c| c.conv.take());
+            let (out, next) = causal_conv::plain(mixed, weight, window);
+            if let Some(c) = cache.as_deref_mut() {
+                c.conv = Some(next);
+            }
+            out
+        }; // [b, t, conv]
 
         let q = mixed.clone().slice([0..b, 0..t, 0..kd]).reshape([b, t, nk, dk]);
         let k = mixed.clone().slice([0..b, 0..t, kd..2 * kd]).reshape([b, t, nk, dk]);

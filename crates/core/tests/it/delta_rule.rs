@@ -154,3 +154,45 @@ fn check_fused(b: usize, t: usize, h: usize, dk: usize, dv: usize) {
     let d = max_abs_diff(&fused, &recurrence);
     assert!(d <= 1e-5 * scale(&recurrence), "against the recurrence: max |Δ| = {d:e}");
 }
+
+/// The fused causal convolution with SiLU against autodiff of the plain composition: outputs and the
+/// gradients of the input and of the weight, on sequences shorter than the kernel, one token, and
+/// longer; and the plain one's window, carried over a split sequence, against the whole.
+#[test]
+fn fused_causal_conv_equals_the_plain_composition_values_and_gradients() {
+    use lora_core::kernels::causal_conv::{causal_conv_silu, plain};
+    let device = default_device();
+    for (b, t, c, kern) in [(2, 37, 24, 4), (1, 1, 8, 4), (2, 2, 16, 3), (1, 70, 40, 4)] {
+        let xv = values(b * t * c, 21, -2.0, 2.0);
+        let wv = values(c * kern, 22, -0.8, 0.8);
+        let weights = Tensor::<3>::from_data(TensorData::new(values(b * t * c, 23, -1.0, 1.0), [b, t, c]), &device);
+        let run = |fused: bool| {
+            let x = Tensor::<3>::from_data(TensorData::new(xv.clone(), [b, t, c]), &device).autodiff().require_grad();
+            let w = Tensor::<2>::from_data(TensorData::new(wv.clone(), [c, kern]), &device).autodiff().require_grad();
+            let y = if fused { causal_conv_silu(x.clone(), w.clone()) } else { plain(x.clone(), w.clone(), None).0 };
+            let grads = (y.clone() * weights.clone().autodiff()).sum().backward();
+            (
+                to_f32_vec(y.inner()).unwrap(),
+                to_f32_vec(x.grad(&grads).unwrap()).unwrap(),
+                to_f32_vec(w.grad(&grads).unwrap()).unwrap(),
+            )
+        };
+        let (fy, fdx, fdw) = run(true);
+        let (py, pdx, pdw) = run(false);
+        for (name, a, e) in [("y", &fy, &py), ("dx", &fdx, &pdx), ("dw", &fdw, &pdw)] {
+            let scale = e.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+            let d = max_abs_diff(a, e);
+            assert!(d <= 1e-5 * scale, "t {t}, K {kern}: {name} max |Δ| = {d:e}");
+            assert!(e.iter().any(|v| v.abs() > 1e-3), "{name} is all but zero");
+        }
+    }
+    // The window: the second half of a sequence after the first half's window equals the whole.
+    let (b, t, c, kern) = (1, 20, 6, 4);
+    let x = Tensor::<3>::from_data(TensorData::new(values(b * t * c, 24, -1.0, 1.0), [b, t, c]), &device);
+    let w = Tensor::<2>::from_data(TensorData::new(values(c * kern, 25, -1.0, 1.0), [c, kern]), &device);
+    let (whole, _) = plain(x.clone(), w.clone(), None);
+    let (_, window) = plain(x.clone().slice([0..1, 0..9, 0..c]), w.clone(), None);
+    let (second, _) = plain(x.slice([0..1, 9..t, 0..c]), w, Some(window));
+    let d = max_abs_diff(&to_f32_vec(second).unwrap(), &to_f32_vec(whole.slice([0..1, 9..t, 0..c])).unwrap());
+    assert!(d <= 1e-6, "window: max |Δ| = {d:e}");
+}
