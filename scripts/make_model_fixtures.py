@@ -205,6 +205,21 @@ def fixture_tokenizer(tok_dir):
     )
 
 
+def save_peft_adapter(model, directory, base):
+    """Saves a PeftModel's adapter as committed fixtures have it: no README, `base` (a repository path)
+    as base_model_name_or_path instead of this machine's, target_modules sorted (PEFT writes a set)."""
+    model.save_pretrained(directory)
+    os.remove(os.path.join(directory, "README.md"))
+    cfg_path = os.path.join(directory, "adapter_config.json")
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    cfg["base_model_name_or_path"] = base
+    if isinstance(cfg.get("target_modules"), list):
+        cfg["target_modules"] = sorted(cfg["target_modules"])
+    with open(cfg_path, "w") as f:
+        json.dump(cfg, f, indent=2, sort_keys=True)
+
+
 def provenance(script, **extra):
     """Package versions and the seed, for a fixture script's provenance record."""
     return {

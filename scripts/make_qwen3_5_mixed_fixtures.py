@@ -27,7 +27,7 @@ import torch
 from transformers.models.qwen3_5 import Qwen3_5ForConditionalGeneration
 
 sys.path.insert(0, os.path.dirname(__file__))
-from make_model_fixtures import SEED, provenance  # noqa: E402
+from make_model_fixtures import SEED, provenance, save_peft_adapter  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
 SRC = os.path.join(ROOT, "models", "qwen3_5-hub")
@@ -94,15 +94,7 @@ def write_adapter():
         for name, p in pm.named_parameters():
             if "lora_B" in name:
                 p.copy_(0.3 * torch.randn_like(p))
-    pm.save_pretrained(ADAPTER)
-    os.remove(os.path.join(ADAPTER, "README.md"))
-    cfg_path = os.path.join(ADAPTER, "adapter_config.json")
-    with open(cfg_path) as f:
-        saved = json.load(f)
-    saved["base_model_name_or_path"] = "tests/fixtures/models/qwen3_5-hub-bf16"  # not this machine's path
-    saved["target_modules"] = sorted(saved["target_modules"])
-    with open(cfg_path, "w") as f:
-        json.dump(saved, f, indent=2, sort_keys=True)
+    save_peft_adapter(pm, ADAPTER, "tests/fixtures/models/qwen3_5-hub-bf16")
     merged = pm.merge_and_unload().state_dict()
     changed = {k: v.contiguous() for k, v in merged.items() if not torch.equal(v, before[k])}
     safetensors.torch.save_file(changed, os.path.join(ADAPTER, "merged.safetensors"))

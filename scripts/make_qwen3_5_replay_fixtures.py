@@ -28,7 +28,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 sys.path.insert(0, os.path.dirname(__file__))
-from make_model_fixtures import provenance  # noqa: E402
+from make_model_fixtures import provenance, save_peft_adapter  # noqa: E402
 
 SEED = 5150
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
@@ -43,17 +43,7 @@ TOKENS = 90
 
 
 def save(model, name):
-    d = os.path.join(OUT, name)
-    model.save_pretrained(d)
-    os.remove(os.path.join(d, "README.md"))
-    cfg_path = os.path.join(d, "adapter_config.json")
-    with open(cfg_path) as f:
-        cfg = json.load(f)
-    cfg["base_model_name_or_path"] = "tests/fixtures/models/qwen3_5"  # not this machine's path
-    # PEFT writes target_modules from a set, whose order varies between runs: sort it.
-    cfg["target_modules"] = sorted(cfg["target_modules"])
-    with open(cfg_path, "w") as f:
-        json.dump(cfg, f, indent=2, sort_keys=True)
+    save_peft_adapter(model, os.path.join(OUT, name), "tests/fixtures/models/qwen3_5")
 
 
 def main():

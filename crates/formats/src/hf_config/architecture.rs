@@ -253,27 +253,20 @@ impl Architecture {
 
     /// The architecture a checkpoint class names, and whether it is the multimodal wrapper.
     pub fn from_class(name: &str) -> Option<(Self, bool)> {
-        ARCHITECTURES.iter().find_map(|s| {
-            if s.class == name {
-                Some((s.architecture, false))
-            } else if s.wrapper.is_some_and(|w| w.class == name) {
-                Some((s.architecture, true))
-            } else {
-                None
-            }
-        })
+        Self::find(|text| text.class == name, |w| w.class == name)
     }
 
     /// The architecture a `model_type` names, and whether it is the multimodal wrapper's.
     pub fn from_model_type(t: &str) -> Option<(Self, bool)> {
-        ARCHITECTURES.iter().find_map(|s| {
-            if s.model_type == t {
-                Some((s.architecture, false))
-            } else if s.wrapper.is_some_and(|w| w.model_type == t) {
-                Some((s.architecture, true))
-            } else {
-                None
-            }
+        Self::find(|text| text.model_type == t, |w| w.model_type == t)
+    }
+
+    /// The first declaration whose text model (`false`) or wrapper (`true`) matches.
+    fn find(text: impl Fn(&ArchitectureSpec) -> bool, wrapper: impl Fn(&Wrapper) -> bool) -> Option<(Self, bool)> {
+        ARCHITECTURES.iter().find_map(|s| match (text(s), s.wrapper.as_ref().is_some_and(&wrapper)) {
+            (true, _) => Some((s.architecture, false)),
+            (false, true) => Some((s.architecture, true)),
+            (false, false) => None,
         })
     }
 }
