@@ -6,6 +6,7 @@
 //! both read and write through here, so a file is validated one way whichever command opens it.
 
 pub mod atomic;
+pub mod bnb4bit;
 pub mod dtype;
 pub mod error;
 pub mod gguf;

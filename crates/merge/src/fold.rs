@@ -272,6 +272,13 @@ fn fold_adapters_inner(base: &Path, adapters: &[PathBuf], out: &Path, opts: &Fol
         ));
     }
     let model_config = lora_formats::hf_config::ModelConfig::from_file(&config)?;
+    if model_config.quantization.is_some() {
+        return Err(MergeError::folder(
+            base,
+            "a bitsandbytes 4-bit base: folding into its codes is not supported yet; fold into the bf16 or f32 \
+             folder it was quantized from (with --quantized-base nf4 for a QLoRA adapter)",
+        ));
+    }
     let base_model = ModelDir::open(base)?;
     check_loadable(base, &base_model, &model_config)?;
     let loaded = adapters.iter().map(Adapter::open).collect::<Result<Vec<_>>>()?;

@@ -239,6 +239,20 @@ fn describe(c: &ModelConfig) -> String {
         c.vocab_size,
         if c.tie_word_embeddings { ", tied embeddings" } else { "" }
     ) + &mixers(c)
+        + &c.quantization
+            .as_ref()
+            .map(|q| {
+                format!(
+                    "; bitsandbytes 4-bit NF4{}{}",
+                    if q.double_quant { ", double-quantized scales" } else { "" },
+                    if q.skip_modules.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", unquantized: {}", q.skip_modules.join(", "))
+                    }
+                )
+            })
+            .unwrap_or_default()
 }
 
 /// The layer pattern of a model whose layers are not all plain attention (Qwen3.5: `; layers:

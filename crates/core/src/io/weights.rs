@@ -201,6 +201,35 @@ impl Weights {
         Ok(Nf4Tensor::quantize(&values, &shape, double_quant))
     }
 
+    /// The 4-bit weight `name` of a bitsandbytes checkpoint (`name` as packed codes plus its
+    /// `.absmax`, `.quant_map`, nested scales and quant state), when the checkpoint stores it so;
+    /// `None` for a dense tensor. Its shape must be `expected`; the tensors read are marked taken.
+    pub fn stored_nf4(&self, name: &str, expected: [usize; 2]) -> Result<Option<Nf4Tensor>> {
+        use lora_formats::bnb4bit::{FP4_STATE, NF4_STATE, companion_names, read_nf4};
+        let has = |n: String| self.location.contains_key(&n);
+        if self.gguf.is_some() || !(has(format!("{name}{NF4_STATE}")) || has(format!("{name}{FP4_STATE}"))) {
+            return Ok(None);
+        }
+        let get = |n: &str| {
+            let file = &self.files[*self.location.get(n)?];
+            let info = file.info(n)?;
+            Some((info.dtype, info.shape.clone(), std::borrow::Cow::Borrowed(file.bytes(info))))
+        };
+        let stored = read_nf4(name, get).map_err(|m| CoreError::Invalid(format!("{}: {m}", self.dir.display())))?;
+        if stored.nf4.shape != expected {
+            return Err(CoreError::ShapeMismatch {
+                path: self.dir.join(format!("{name}{NF4_STATE}")),
+                name: name.to_string(),
+                expected: expected.to_vec(),
+                found: stored.nf4.shape,
+            });
+        }
+        let mut taken = self.taken.borrow_mut();
+        taken.insert(name.to_string());
+        taken.extend(companion_names(name).into_iter().filter(|n| self.location.contains_key(n)));
+        Ok(Some(stored.nf4))
+    }
+
     /// The raw little-endian bytes of tensor `name`, checking its shape.
     fn read_bytes(&self, name: &str, expected: &[usize]) -> Result<(Vec<u8>, Vec<usize>)> {
         let file = self.checked(name, expected)?;

@@ -45,8 +45,18 @@ impl Linear {
         device: &Device,
     ) -> Result<Self> {
         let name = format!("{prefix}.weight");
-        let weight = match opts.quantize {
-            Quantize::Nf4 { double_quant } if quantizable => {
+        // A 4-bit checkpoint's weight is held as stored, whatever `quantize` says: its codes are
+        // what the model is.
+        let stored = w.stored_nf4(&name, [d_out, d_in])?;
+        let weight = match (stored, opts.quantize) {
+            (Some(q), _) => {
+                if crate::kernels::backend::is_cpu(device) {
+                    BaseWeight::Nf4(std::sync::Arc::new(q))
+                } else {
+                    BaseWeight::Nf4Device(std::sync::Arc::new(DeviceNf4::upload(&q, device)))
+                }
+            }
+            (None, Quantize::Nf4 { double_quant }) if quantizable => {
                 let q = w.nf4(&name, [d_out, d_in], double_quant, opts.dtype.dtype())?;
                 if crate::kernels::backend::is_cpu(device) {
                     BaseWeight::Nf4(std::sync::Arc::new(q))

@@ -1,6 +1,7 @@
 //! Integration tests of lora-core (one binary: see the workspace README).
 
 mod adapter_layout;
+mod bnb4bit;
 mod common;
 mod delta_rule;
 mod fused;

@@ -24,7 +24,7 @@ pub use architecture::{
 };
 pub use hf::{ConfigError, HfConfig, TokenIds};
 pub use mixers::{GatedDeltaNetConfig, TokenMixer};
-pub use model_config::ModelConfig;
+pub use model_config::{Bnb4Bit, ModelConfig};
 pub use relayout::Relayout;
 pub use rope::RopeScaling;
 

@@ -11,6 +11,71 @@ use super::mixers::{GatedDeltaNetConfig, TokenMixer, resolve_mixers};
 use super::rope::{RopeScaling, resolve_rope};
 use crate::error::{FormatError, Result};
 
+/// A bitsandbytes 4-bit checkpoint's `quantization_config` (what lora reads: NF4).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bnb4Bit {
+    /// `bnb_4bit_use_double_quant`: the block scales are themselves quantized.
+    pub double_quant: bool,
+    /// `bnb_4bit_compute_dtype`, when given.
+    pub compute_dtype: Option<String>,
+    /// `llm_int8_skip_modules`: modules left unquantized.
+    pub skip_modules: Vec<String>,
+}
+
+impl Bnb4Bit {
+    /// Reads `quantization_config`, refusing by name what lora does not compute.
+    fn from_config(q: &Value) -> std::result::Result<Self, String> {
+        let key = |k: &str| q.get(k).filter(|v| !v.is_null());
+        let method = key("quant_method").and_then(Value::as_str).unwrap_or("");
+        if method != "bitsandbytes" {
+            return Err(format!(
+                "quantization_config.quant_method '{method}' is not supported; lora reads bitsandbytes 4-bit (nf4) \
+                 checkpoints and f32/f16/bf16 models"
+            ));
+        }
+        let flag = |k: &str| -> std::result::Result<bool, String> {
+            match key(k) {
+                None => Ok(false),
+                Some(Value::Bool(b)) => Ok(*b),
+                Some(v) => Err(format!("quantization_config.{k} must be true or false, not {v}")),
+            }
+        };
+        if flag("load_in_8bit")? {
+            return Err(
+                "quantization_config.load_in_8bit: 8-bit checkpoints are not supported; lora reads 4-bit nf4".into()
+            );
+        }
+        if !flag("load_in_4bit")? {
+            return Err(
+                "quantization_config.load_in_4bit is not true; lora reads bitsandbytes 4-bit checkpoints".into()
+            );
+        }
+        match key("bnb_4bit_quant_type").map(|v| v.as_str().ok_or(v)) {
+            None | Some(Ok("nf4")) => {}
+            Some(Ok(other)) => {
+                return Err(format!(
+                    "quantization_config.bnb_4bit_quant_type '{other}' is not supported; lora reads nf4"
+                ));
+            }
+            Some(Err(v)) => return Err(format!("quantization_config.bnb_4bit_quant_type must be a string, not {v}")),
+        }
+        let skip_modules = match key("llm_int8_skip_modules") {
+            None => Vec::new(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|m| m.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .ok_or("quantization_config.llm_int8_skip_modules must be a list of module names")?,
+            Some(v) => return Err(format!("quantization_config.llm_int8_skip_modules must be a list, not {v}")),
+        };
+        Ok(Self {
+            double_quant: flag("bnb_4bit_use_double_quant")?,
+            compute_dtype: key("bnb_4bit_compute_dtype").and_then(Value::as_str).map(str::to_string),
+            skip_modules,
+        })
+    }
+}
+
 /// The resolved configuration the model is built from.
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
@@ -60,6 +125,8 @@ pub struct ModelConfig {
     pub dtype: Option<String>,
     /// Every decoder layer's feed-forward block.
     pub feed_forward: FeedForward,
+    /// The checkpoint's 4-bit quantization (a bitsandbytes NF4 checkpoint), when it has one.
+    pub quantization: Option<Bnb4Bit>,
     /// Each decoder layer's token mixer, in order.
     pub mixers: Vec<TokenMixer>,
     /// Channels of each query/key head that rotate (`head_dim · partial_rotary_factor`); the rest
@@ -114,11 +181,7 @@ impl ModelConfig {
         if hf.hidden_act != "silu" {
             return Err(format!("hidden_act '{}' is not supported; lora supports 'silu'", hf.hidden_act));
         }
-        if hf.quantization_config.is_some() {
-            return Err(
-                "quantized checkpoints (quantization_config) are not supported; use an f32/f16/bf16 model".into()
-            );
-        }
+        let quantization = hf.quantization_config.as_ref().map(Bnb4Bit::from_config).transpose()?;
         if hf.pretraining_tp.unwrap_or(1) != 1 {
             return Err("pretraining_tp other than 1 is not supported".into());
         }
@@ -201,6 +264,7 @@ impl ModelConfig {
             pad_token_id: hf.pad_token_id.as_ref().and_then(|t| t.to_vec().first().copied()),
             dtype: hf.dtype.clone().or_else(|| hf.torch_dtype.clone()),
             feed_forward: spec.feed_forward,
+            quantization,
             mixers,
             rotary_dim,
             zero_centred_norms: spec.zero_centred_norms,

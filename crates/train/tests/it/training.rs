@@ -215,3 +215,17 @@ fn qwen3_5_trains_adapters_on_gated_deltanet_projections() {
     let after = lora_core::kernels::host::to_f32_vec(model.forward(&batch, None).unwrap()).unwrap();
     assert_ne!(before, after);
 }
+
+/// QLoRA on a bitsandbytes 4-bit checkpoint (tests/fixtures/models/llama-bnb4, as transformers wrote
+/// it) gives the adapter bytes of the same run on the f32 folder it came from with quantize = "nf4".
+#[test]
+fn qlora_on_a_four_bit_checkpoint_equals_quantizing_at_load() {
+    let d = temp_dir("bnb4-train");
+    let base = fixtures().join("models/llama-bnb4");
+    let a =
+        train(&tiny(&d.join("a"), &[&format!("model.base=\"{}\"", base.display())]), &RunOptions::default()).unwrap();
+    let b = train(&tiny(&d.join("b"), &["model.quantize=\"nf4\""]), &RunOptions::default()).unwrap();
+    assert_eq!(a.adapter_sha256, b.adapter_sha256);
+    let dense = train(&tiny(&d.join("c"), &[]), &RunOptions::default()).unwrap();
+    assert_ne!(a.adapter_sha256, dense.adapter_sha256, "the 4-bit base is not the dense one");
+}
