@@ -5,6 +5,8 @@ Writes (committed, small):
   tests/fixtures/models/llama-bnb4/      save_pretrained of tests/fixtures/models/llama loaded with
   tests/fixtures/models/llama-bnb4-dq/   BitsAndBytesConfig(load_in_4bit, nf4, compute f32), without and
                                          with double quantization; the tokenizer files copied beside
+  tests/fixtures/models/qwen3_5-hub-bnb4/  the same of the Qwen3.5 Hub-form fixture, double-quantized:
+                                         transformers quantizes the vision tower's linears too and drops mtp.*
   tests/fixtures/golden/llama-bnb4.safetensors
       input_ids and, per folder, the logits of an f32 Llama whose linear weights are the 4-bit weights
       dequantized in torch (code[index] · absmax; with double quantization absmax = dynamic[q] · nested
@@ -73,6 +75,19 @@ def main():
                     w = key[: -len(".quant_state.bitsandbytes__nf4")]
                     sd[w].copy_(dequantize(saved, w))
             golden[f"{name}.logits"] = dense(torch.tensor(IDS)).logits.contiguous()
+    # The Qwen3.5 Hub form (no logits here: the test compares with lora's own NF4 of the source folder).
+    out = os.path.join(ROOT, "models", "qwen3_5-hub-bnb4")
+    shutil.rmtree(out, ignore_errors=True)
+    from transformers.models.qwen3_5 import Qwen3_5ForConditionalGeneration
+
+    cfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                             bnb_4bit_compute_dtype=torch.float32)
+    src = os.path.join(ROOT, "models", "qwen3_5-hub")
+    model = Qwen3_5ForConditionalGeneration.from_pretrained(src, quantization_config=cfg, device_map="cpu",
+                                                            dtype=torch.float32)
+    model.save_pretrained(out)
+    for f in ["tokenizer.json", "tokenizer_config.json", "generation_config.json"]:
+        shutil.copy(os.path.join(src, f), out)
     safetensors.torch.save_file(golden, os.path.join(ROOT, "golden", "llama-bnb4.safetensors"))
     with open(os.path.join(ROOT, "golden", "llama-bnb4.json"), "w") as f:
         json.dump(provenance("scripts/make_bnb4bit_fixtures.py", bitsandbytes=bitsandbytes.__version__), f, indent=2)

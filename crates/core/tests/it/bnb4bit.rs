@@ -77,3 +77,16 @@ fn broken_or_unsupported_four_bit_checkpoints_are_named() {
         assert!(err.contains(want), "{want}: {err}");
     }
 }
+
+/// Qwen3.5's Hub form in 4 bit: transformers quantizes the vision tower's linears too (carried, not
+/// run) and drops mtp.*; the Gated DeltaNet and attention projections load as NF4, with the logits of
+/// lora's own NF4 of the source folder.
+#[test]
+fn a_four_bit_qwen3_5_hub_checkpoint_loads_as_its_source_quantized() {
+    let dq = LoadOptions { quantize: Quantize::Nf4 { double_quant: true }, ..LoadOptions::default() };
+    let ours = logits(&model_dir("qwen3_5-hub-bnb4"), &LoadOptions::default());
+    let own = logits(&model_dir("qwen3_5-hub"), &dq);
+    assert_eq!(ours, own);
+    let dense = logits(&model_dir("qwen3_5-hub"), &LoadOptions::default());
+    assert!(max_abs_diff(&ours, &dense) > 1e-4, "the 4-bit model is not the dense one");
+}
