@@ -83,6 +83,8 @@ fn broken_or_unsupported_four_bit_checkpoints_are_named() {
 /// lora's own NF4 of the source folder.
 #[test]
 fn a_four_bit_qwen3_5_hub_checkpoint_loads_as_its_source_quantized() {
+    let config = ModelConfig::from_file(model_dir("qwen3_5-hub-bnb4").join("config.json")).unwrap();
+    assert_eq!(config.quantization.map(|q| q.double_quant), Some(true), "the Hub form's top-level quantization_config");
     let dq = LoadOptions { quantize: Quantize::Nf4 { double_quant: true }, ..LoadOptions::default() };
     let ours = logits(&model_dir("qwen3_5-hub-bnb4"), &LoadOptions::default());
     let own = logits(&model_dir("qwen3_5-hub"), &dq);

@@ -91,8 +91,8 @@ impl HfConfig {
     /// Reads a parsed `config.json`. The Hub form of a multimodal checkpoint
     /// (`Qwen3_5ForConditionalGeneration`, a [`super::Wrapper`]) keeps the language model's keys under its
     /// `config_key` (`text_config`): they are read from there, with the top level's `architectures`
-    /// and, when the text part has none, its `tie_word_embeddings`. A wrapper without that object is
-    /// an error naming the key.
+    /// and, when the text part has none, its `tie_word_embeddings` and `quantization_config` (a 4-bit
+    /// save writes it at the top). A wrapper without that object is an error naming the key.
     pub fn from_value(value: Value) -> std::result::Result<Self, ConfigError> {
         let wrapper = Self::wrapper_of(&value);
         let (value, flattened) = match (wrapper, value) {
@@ -103,7 +103,7 @@ impl HfConfig {
                         w.config_key, w.class, w.config_key
                     )));
                 };
-                for key in ["architectures", "tie_word_embeddings"] {
+                for key in ["architectures", "tie_word_embeddings", "quantization_config"] {
                     if let Some(v) = top.remove(key) {
                         text.entry(key).or_insert(v);
                     }
