@@ -67,6 +67,11 @@ fn stored_bytes(values: usize, opts: &LoadOptions, quantizable: bool, on_gpu: bo
 
 /// The plan of `recipe` on a model of config `c` loaded with `opts`.
 pub fn plan(recipe: &Recipe, c: &ModelConfig, opts: &LoadOptions) -> lora_core::Result<MemoryPlan> {
+    // A 4-bit checkpoint's linear layers are held as stored, whatever `quantize` says.
+    let opts = &match &c.quantization {
+        Some(q) => LoadOptions { quantize: Quantize::Nf4 { double_quant: q.double_quant }, ..*opts },
+        None => *opts,
+    };
     let shapes = linear_shapes(c);
     let (h, vocab) = (c.hidden_size as u64, c.vocab_size as u64);
     let on_gpu = recipe.train.device.parse::<lora_core::Backend>().is_ok_and(|b| !b.is_cpu());
