@@ -9,5 +9,6 @@ pub mod inspect;
 pub mod merge;
 pub mod merge_adapters;
 pub mod publish;
+pub mod quantize;
 pub mod train;
 pub mod verify;

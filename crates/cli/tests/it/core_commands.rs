@@ -192,6 +192,7 @@ fn help_lists_every_command_truthfully() {
         "merge-adapters",
         "extract",
         "export",
+        "quantize",
         "train",
         "verify",
         "download",

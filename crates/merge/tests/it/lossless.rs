@@ -153,3 +153,43 @@ fn merges_and_quantized_base_folds_keep_dtypes_and_files() {
     assert_eq!(side_files(&out), side_files(&base()));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `lora quantize` writes what transformers + bitsandbytes write for the same folder
+/// (tests/fixtures/models/llama-bnb4 and -dq): the same tensors, byte for byte (codes, scales, nested
+/// scales, maps), the same quant states and quantization_config.
+#[test]
+fn quantize_writes_the_four_bit_checkpoint_transformers_writes() {
+    let dir = temp_dir("quantize");
+    for (name, double_quant) in [("llama-bnb4", false), ("llama-bnb4-dq", true)] {
+        let out = dir.join(name);
+        let opts = lora_merge::QuantizeOptions { double_quant, ..Default::default() };
+        let r = lora_merge::quantize_model(&fixtures().join("models/llama"), &out, &opts).unwrap();
+        assert_eq!(r.quantized, 3 * 7, "{name}: seven linear layers in each of three layers");
+        let (ours, theirs) =
+            (ModelDir::open(&out).unwrap(), ModelDir::open(fixtures().join("models").join(name)).unwrap());
+        let mut names: Vec<&str> = ours.names().collect();
+        let mut want: Vec<&str> = theirs.names().collect();
+        names.sort();
+        want.sort();
+        assert_eq!(names, want, "{name}: tensor names");
+        for n in want {
+            let (a, b) = (ours.get(n).unwrap(), theirs.get(n).unwrap());
+            assert_eq!((a.info.dtype, &a.info.shape), (b.info.dtype, &b.info.shape), "{name}: {n}");
+            if n.ends_with("quant_state.bitsandbytes__nf4") {
+                let parse = |t: &[u8]| serde_json::from_slice::<serde_json::Value>(t).unwrap();
+                assert_eq!(parse(a.bytes()), parse(b.bytes()), "{name}: {n}");
+            } else {
+                assert!(a.bytes() == b.bytes(), "{name}: {n} differs");
+            }
+        }
+        let config = |d: &Path| -> serde_json::Value {
+            serde_json::from_slice(&std::fs::read(d.join("config.json")).unwrap()).unwrap()
+        };
+        assert_eq!(
+            config(&out)["quantization_config"],
+            config(&fixtures().join("models").join(name))["quantization_config"],
+            "{name}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
