@@ -462,3 +462,31 @@ fn other_vocabulary_sizes_merge_at_the_base_vocabulary_with_tokenizer_source_bas
         }
     }
 }
+
+/// `lora quantize` then `lora generate` on its output: the tokens of the source folder loaded with
+/// `--quantize nf4-dq` (the same codes), and `inspect` names the quantization; an existing OUT is
+/// refused without --force.
+#[test]
+fn quantize_writes_a_four_bit_folder_that_generates_as_nf4() {
+    let d = temp_dir("quantize-cli");
+    let src = fixtures().join("models/llama");
+    let out = d.join("q4");
+    let o = lora(&["quantize", src.to_str().unwrap(), "-o", out.to_str().unwrap(), "--double-quant"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let generate = |args: &[&str]| {
+        let mut all = vec!["generate", "--prompt", "The quick", "--max-new-tokens", "6"];
+        all.extend_from_slice(args);
+        let o = lora(&all);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    assert_eq!(
+        generate(&["--model", out.to_str().unwrap()]),
+        generate(&["--model", src.to_str().unwrap(), "--quantize", "nf4-dq"])
+    );
+    let o = lora(&["inspect", out.to_str().unwrap()]);
+    assert!(stdout(&o).contains("bitsandbytes 4-bit NF4, double-quantized scales"), "{}", stdout(&o));
+    let o = lora(&["quantize", src.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--force"), "{}", stderr(&o));
+}
