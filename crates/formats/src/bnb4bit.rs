@@ -41,6 +41,21 @@ struct QuantState {
     nested_offset: Option<f32>,
 }
 
+/// The logical shape a quant state (the JSON bytes of `W.quant_state.bitsandbytes__nf4`) records.
+pub fn quant_state_shape(bytes: &[u8]) -> Result<Vec<usize>, String> {
+    serde_json::from_slice::<QuantState>(bytes)
+        .map(|s| s.shape)
+        .map_err(|e| format!("not bitsandbytes' quant state JSON: {e}"))
+}
+
+/// Whether tensor `name` is a part of a 4-bit weight other than its codes (`.absmax`, `.quant_map`,
+/// nested scales, the quant state).
+pub fn is_companion(name: &str) -> bool {
+    [".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map", NF4_STATE, FP4_STATE]
+        .iter()
+        .any(|s| name.ends_with(s))
+}
+
 /// The tensors that hold the 4-bit weight `name` besides `name` itself.
 pub fn companion_names(name: &str) -> Vec<String> {
     ["absmax", "quant_map", "nested_absmax", "nested_quant_map", "quant_state.bitsandbytes__nf4"]

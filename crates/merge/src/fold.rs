@@ -133,19 +133,20 @@ impl<'a> FoldPlan<'a> {
                         m.target
                     ))
                 })?;
-                if t.info.shape != m.target_shape() {
+                let shape = base.logical_shape(&target)?;
+                if shape != m.target_shape() {
                     return Err(MergeError::Mismatch(format!(
                         "{}: module '{}' updates a {:?} weight but the base's '{}' is {:?} (lora_A {:?}, lora_B {:?})",
                         adapter.dir().display(),
                         m.module,
                         m.target_shape(),
                         m.target,
-                        t.info.shape,
+                        shape,
                         m.a.shape,
                         m.b.shape
                     )));
                 }
-                if !t.info.dtype.is_float() {
+                if !t.info.dtype.is_float() && !base.is_four_bit(&target) {
                     return Err(MergeError::Mismatch(format!("base tensor '{}' is not a float tensor", m.target)));
                 }
                 updates.entry(target).or_default().push((k, m.module.clone()));
@@ -195,6 +196,19 @@ impl<'a> FoldPlan<'a> {
             return Ok(Source::Mapped(TensorRef { file: adapter.file(), info }));
         }
         let base = self.base.require(name)?;
+        let deltas = |mods: &Vec<(usize, String)>| -> Vec<_> {
+            mods.iter()
+                .map(|(k, m)| {
+                    let (adapter, w) = self.adapters[*k];
+                    adapter.delta(&adapter.modules[m], w)
+                })
+                .collect()
+        };
+        if self.base.is_four_bit(name) {
+            let nf4 = self.base.four_bit(name)?;
+            let deltas = self.updates.get(name).map(deltas).unwrap_or_default();
+            return Ok(Source::Stored4Bit { codes: base, nf4, deltas });
+        }
         match self.updates.get(name) {
             None => Ok(Source::Mapped(base)),
             Some(mods) => {
@@ -233,6 +247,16 @@ pub fn model_dtype(model: &ModelDir) -> DType {
 fn check_loadable(base: &Path, model: &ModelDir, config: &lora_formats::hf_config::ModelConfig) -> Result<()> {
     for (name, shape) in config.expected_tensors() {
         match model.get(&name) {
+            // A bitsandbytes 4-bit weight: its quant state says its shape.
+            Some(_) if model.is_four_bit(&name) => {
+                let found = model.logical_shape(&name)?;
+                if found != shape {
+                    return Err(MergeError::folder(
+                        base,
+                        format!("4-bit tensor {name} stands for {found:?} where config.json's model needs {shape:?}"),
+                    ));
+                }
+            }
             None => {
                 return Err(MergeError::folder(
                     base,
@@ -272,13 +296,7 @@ fn fold_adapters_inner(base: &Path, adapters: &[PathBuf], out: &Path, opts: &Fol
         ));
     }
     let model_config = lora_formats::hf_config::ModelConfig::from_file(&config)?;
-    if model_config.quantization.is_some() {
-        return Err(MergeError::folder(
-            base,
-            "a bitsandbytes 4-bit base: folding into its codes is not supported yet; fold into the bf16 or f32 \
-             folder it was quantized from (with --quantized-base nf4 for a QLoRA adapter)",
-        ));
-    }
+
     let base_model = ModelDir::open(base)?;
     check_loadable(base, &base_model, &model_config)?;
     let loaded = adapters.iter().map(Adapter::open).collect::<Result<Vec<_>>>()?;
@@ -296,14 +314,26 @@ fn fold_adapters_inner(base: &Path, adapters: &[PathBuf], out: &Path, opts: &Fol
     let plan = FoldPlan::new(&base_model, loaded.iter().zip(weights.iter().copied()).collect())?;
     let out_dir = OutputDir::create(out, opts.force)?;
     let policy = DtypePolicy::new(opts.dtype, Some(model_config.architecture.spec()));
-    let names: Vec<&str> = base_model.names().collect();
+    // A bitsandbytes 4-bit base is written dequantized (as merge_and_unload after dequantizing):
+    // each 4-bit weight one dense tensor, bf16 unless --dtype says otherwise; its parts are not
+    // carried.
+    let four_bit_dtype = opts.dtype.unwrap_or(DType::BF16);
+    let names: Vec<&str> = base_model.names().filter(|n| !lora_formats::bnb4bit::is_companion(n)).collect();
     let planned: Vec<PlannedTensor> = names
         .iter()
         .map(|n| {
             let t = base_model.get(n).expect("listed");
-            PlannedTensor { name: n.to_string(), dtype: policy.dtype_of(n, t.info.dtype), shape: t.info.shape.clone() }
+            if base_model.is_four_bit(n) {
+                let shape = base_model.logical_shape(n)?;
+                return Ok(PlannedTensor { name: n.to_string(), dtype: four_bit_dtype, shape });
+            }
+            Ok(PlannedTensor {
+                name: n.to_string(),
+                dtype: policy.dtype_of(n, t.info.dtype),
+                shape: t.info.shape.clone(),
+            })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let kept_f32 = policy.kept_in_f32(names.iter().map(|n| (*n, base_model.get(n).expect("listed").info.dtype)));
     let dtype = dominant_dtype(planned.iter().map(|p| (p.dtype, p.shape.iter().product())));
     let writer = ShardedWriter::create(out_dir.path(), &planned, opts.shard_size)?;
@@ -316,7 +346,8 @@ fn fold_adapters_inner(base: &Path, adapters: &[PathBuf], out: &Path, opts: &Fol
         if let Some(double_quant) = requantize {
             src = src.requantized(double_quant);
         }
-        if requantize.is_none() && !plan.touches(&p.name) && t.info.dtype == p.dtype {
+        let four_bit = base_model.is_four_bit(&p.name);
+        if requantize.is_none() && !four_bit && !plan.touches(&p.name) && t.info.dtype == p.dtype {
             stream::copy_tensor(&writer, i, t)?;
         } else {
             stream::write_tensor(&writer, i, p, opts.allow_nonfinite, &|start, out| src.read(start, out))?;
@@ -326,7 +357,12 @@ fn fold_adapters_inner(base: &Path, adapters: &[PathBuf], out: &Path, opts: &Fol
     writer.finish()?;
     out_dir.copy_side_files(base)?;
     if let Some(config) = base_model.config() {
-        out_dir.write_config(config, dtype)?;
+        // The output is dense: a 4-bit base's quantization_config does not describe it.
+        let mut config = config.clone();
+        if let Some(map) = config.as_object_mut() {
+            map.remove("quantization_config");
+        }
+        out_dir.write_config(&config, dtype)?;
     }
     let lines: Vec<String> = adapters
         .iter()

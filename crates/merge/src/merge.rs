@@ -300,6 +300,8 @@ pub fn merge_with_config(
 fn dtype_size(s: &Source<'_>) -> usize {
     match s {
         Source::Mapped(t) | Source::Folded { base: t, .. } | Source::Requantized { base: t, .. } => t.info.dtype.size(),
+        // Half a byte per value, as stored.
+        Source::Stored4Bit { .. } => 1,
         Source::Resized { inner, .. } => dtype_size(inner),
     }
 }

@@ -115,6 +115,33 @@ impl ModelDir {
         self.index.keys().map(String::as_str)
     }
 
+    /// Whether tensor `name` is a bitsandbytes 4-bit weight (it has a quant state).
+    pub fn is_four_bit(&self, name: &str) -> bool {
+        self.index.contains_key(&format!("{name}{}", lora_formats::bnb4bit::NF4_STATE))
+    }
+
+    /// The shape tensor `name` stands for: its own, or a 4-bit weight's logical `[out, in]`.
+    pub fn logical_shape(&self, name: &str) -> Result<Vec<usize>> {
+        let t = self.require(name)?;
+        if !self.is_four_bit(name) {
+            return Ok(t.info.shape.clone());
+        }
+        let state = self.require(&format!("{name}{}", lora_formats::bnb4bit::NF4_STATE))?;
+        lora_formats::bnb4bit::quant_state_shape(state.bytes())
+            .map_err(|m| MergeError::Mismatch(format!("{}: '{name}': {m}", self.path.display())))
+    }
+
+    /// The 4-bit weight `name` read into NF4.
+    pub fn four_bit(&self, name: &str) -> Result<crate::nf4::Nf4Tensor> {
+        let get = |n: &str| {
+            let t = self.get(n)?;
+            Some((t.info.dtype, t.info.shape.clone(), std::borrow::Cow::Borrowed(t.file.bytes(t.info))))
+        };
+        lora_formats::bnb4bit::read_nf4(name, get)
+            .map(|s| s.nf4)
+            .map_err(|m| MergeError::Mismatch(format!("{}: {m}", self.path.display())))
+    }
+
     /// Number of tensors.
     pub fn len(&self) -> usize {
         self.index.len()

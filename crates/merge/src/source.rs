@@ -36,6 +36,15 @@ pub enum Source<'a> {
         /// The base's tensor, for the rows `inner` lacks.
         fill: Box<Source<'a>>,
     },
+    /// A bitsandbytes 4-bit base weight, dequantized, plus low-rank updates.
+    Stored4Bit {
+        /// Its packed codes (for releasing their pages).
+        codes: TensorRef<'a>,
+        /// The weight in NF4 (shape `[out, in]`).
+        nf4: Nf4Tensor,
+        /// Updates to add, already weighted and scaled.
+        deltas: Vec<LoraDelta>,
+    },
     /// A base tensor as a QLoRA adapter saw it, dequant(NF4(W)), plus low-rank updates.
     Requantized {
         /// The base tensor.
@@ -50,18 +59,24 @@ pub enum Source<'a> {
 impl Source<'_> {
     /// Number of elements.
     pub fn numel(&self) -> usize {
-        self.base().info.numel()
+        self.shape().iter().product()
     }
 
     /// Shape, outermost first.
     pub fn shape(&self) -> &[usize] {
-        &self.base().info.shape
+        match self {
+            Source::Stored4Bit { nf4, .. } => &nf4.shape,
+            _ => &self.base().info.shape,
+        }
     }
 
     /// The tensor that gives this source its shape (the base's, for a resized one).
     fn base(&self) -> &TensorRef<'_> {
         match self {
-            Source::Mapped(t) | Source::Folded { base: t, .. } | Source::Requantized { base: t, .. } => t,
+            Source::Mapped(t)
+            | Source::Folded { base: t, .. }
+            | Source::Requantized { base: t, .. }
+            | Source::Stored4Bit { codes: t, .. } => t,
             Source::Resized { fill, .. } => fill.base(),
         }
     }
@@ -72,6 +87,8 @@ impl Source<'_> {
         let (base, deltas) = match self {
             Source::Mapped(t) => (t, Vec::new()),
             Source::Folded { base, deltas } | Source::Requantized { base, deltas, .. } => (base, deltas),
+            // Already the NF4 a QLoRA adapter was trained against.
+            stored @ Source::Stored4Bit { .. } => return stored,
             resized @ Source::Resized { .. } => return resized,
         };
         let mut values = vec![0.0f32; base.info.numel()];
@@ -96,7 +113,7 @@ impl Source<'_> {
             }
             return;
         }
-        if let Source::Requantized { nf4, deltas, .. } = self {
+        if let Source::Requantized { nf4, deltas, .. } | Source::Stored4Bit { nf4, deltas, .. } = self {
             nf4.dequantize_into(start, out);
             for d in deltas {
                 d.add_to(start, out);

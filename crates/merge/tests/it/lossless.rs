@@ -193,3 +193,31 @@ fn quantize_writes_the_four_bit_checkpoint_transformers_writes() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A fold into a bitsandbytes 4-bit base writes the dense model, dequantized, with the adapter
+/// folded in: the tensors of a fold into the source folder with --quantized-base nf4 (the same codes),
+/// none of the 4-bit parts, no quantization_config; the 4-bit weights in bf16 unless --dtype says.
+#[test]
+fn a_fold_into_a_four_bit_base_writes_it_dequantized() {
+    let dir = temp_dir("fold-four-bit");
+    let adapter = fixtures().join("lora/adapter-trained");
+    let f32 = FoldOptions { dtype: Some(DType::F32), ..FoldOptions::default() };
+    let four = dir.join("four");
+    fold_adapters(&fixtures().join("models/llama-bnb4-dq"), &[adapter.clone()], &four, &f32).unwrap();
+    let source = dir.join("source");
+    let nf4 = FoldOptions { nf4_base: Some(true), ..f32.clone() };
+    fold_adapters(&fixtures().join("models/llama"), &[adapter.clone()], &source, &nf4).unwrap();
+    assert_eq!(load_all(&four), load_all(&source));
+    let m = ModelDir::open(&four).unwrap();
+    assert!(m.names().all(|n| !n.contains("absmax") && !n.contains("quant_")), "no 4-bit parts");
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(four.join("config.json")).unwrap()).unwrap();
+    assert!(config.get("quantization_config").is_none());
+    // By default the dequantized weights are bf16.
+    let bf16 = dir.join("bf16");
+    fold_adapters(&fixtures().join("models/llama-bnb4"), &[adapter], &bf16, &FoldOptions::default()).unwrap();
+    let m = ModelDir::open(&bf16).unwrap();
+    assert_eq!(m.get("model.layers.0.self_attn.q_proj.weight").unwrap().info.dtype, DType::BF16);
+    assert_eq!(m.get("model.layers.0.self_attn.q_proj.weight").unwrap().info.shape, vec![64, 32]);
+    assert_eq!(m.get("model.embed_tokens.weight").unwrap().info.dtype, DType::F32, "dense tensors keep theirs");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
