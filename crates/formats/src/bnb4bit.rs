@@ -136,3 +136,71 @@ pub fn read_nf4<'a>(name: &str, get: impl Fn(&str) -> Option<Stored<'a>>) -> Res
     let nf4 = Nf4Tensor::from_parts(state.shape, codes.into_owned(), absmax).map_err(|m| format!("'{name}': {m}"))?;
     Ok(Stored4Bit { nf4, dtype: state.dtype })
 }
+
+/// bitsandbytes' quant state of a weight, as transformers serializes it (Python's `json.dumps`).
+pub fn quant_state(q: &Nf4Tensor, dtype: DType) -> Vec<u8> {
+    let shape: Vec<String> = q.shape.iter().map(usize::to_string).collect();
+    let mut s = format!(
+        "{{\"quant_type\": \"nf4\", \"blocksize\": 64, \"dtype\": \"{}\", \"shape\": [{}]",
+        dtype.torch_name(),
+        shape.join(", ")
+    );
+    if let Absmax::Double { offset, .. } = &q.absmax {
+        // Python prints the f32 offset as the shortest repr of its f64 value; so does Rust's f64.
+        s += &format!(
+            ", \"nested_blocksize\": 256, \"nested_dtype\": \"float32\", \"nested_offset\": {}",
+            python_float(*offset as f64)
+        );
+    }
+    s.push('}');
+    s.into_bytes()
+}
+
+/// Python's `repr` of a float: the shortest round-trip digits, with `.0` on whole numbers and
+/// exponents as `1e-05`.
+fn python_float(v: f64) -> String {
+    let s = format!("{v:?}");
+    if let Some((m, e)) = s.split_once('e') {
+        let e: i32 = e.parse().unwrap_or(0);
+        return format!("{m}e{}{:02}", if e < 0 { '-' } else { '+' }, e.abs());
+    }
+    s
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// The tensors one 4-bit weight is stored as, as transformers writes them: names, dtypes, shapes
+/// and bytes (`dtype`: the weight's dtype before quantization).
+pub fn parts(name: &str, q: &Nf4Tensor, dtype: DType) -> Vec<(String, DType, Vec<usize>, Vec<u8>)> {
+    let mut out = vec![(name.to_string(), DType::U8, vec![q.packed.len(), 1], q.packed.clone())];
+    match &q.absmax {
+        Absmax::F32(a) => out.push((format!("{name}.absmax"), DType::F32, vec![a.len()], f32_bytes(a))),
+        Absmax::Double { quantized, absmax, .. } => {
+            out.push((format!("{name}.absmax"), DType::U8, vec![quantized.len()], quantized.clone()));
+            out.push((format!("{name}.nested_absmax"), DType::F32, vec![absmax.len()], f32_bytes(absmax)));
+            out.push((format!("{name}.nested_quant_map"), DType::F32, vec![256], f32_bytes(&dynamic_map())));
+        }
+    }
+    out.push((format!("{name}.quant_map"), DType::F32, vec![16], f32_bytes(&CODE)));
+    let state = quant_state(q, dtype);
+    out.push((format!("{name}.quant_state.bitsandbytes__nf4"), DType::U8, vec![state.len()], state));
+    out
+}
+
+/// `config.json`'s `quantization_config` as transformers writes it (`BitsAndBytesConfig.to_dict()`).
+pub fn quantization_config(
+    double_quant: bool,
+    compute_dtype: &str,
+    skip_modules: serde_json::Value,
+) -> serde_json::Value {
+    serde_json::json!({
+        "_load_in_4bit": true, "_load_in_8bit": false, "bnb_4bit_compute_dtype": compute_dtype,
+        "bnb_4bit_quant_storage": "uint8", "bnb_4bit_quant_type": "nf4",
+        "bnb_4bit_use_double_quant": double_quant, "llm_int8_enable_fp32_cpu_offload": false,
+        "llm_int8_has_fp16_weight": false, "llm_int8_skip_modules": skip_modules,
+        "llm_int8_threshold": 6.0, "load_in_4bit": true, "load_in_8bit": false,
+        "quant_method": "bitsandbytes",
+    })
+}

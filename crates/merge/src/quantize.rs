@@ -10,14 +10,15 @@
 
 use std::path::{Path, PathBuf};
 
+use lora_formats::bnb4bit::{parts, quantization_config};
 use serde_json::{Value, json};
 
 use crate::card;
-use crate::dtype::{DType, decode_f32};
+use crate::dtype::decode_f32;
 use crate::error::{MergeError, Result};
 use crate::fold::is_decoder_linear;
 use crate::model_dir::ModelDir;
-use crate::nf4::{Absmax, CODE, Nf4Tensor, dynamic_map};
+use crate::nf4::Nf4Tensor;
 use crate::output_dir::OutputDir;
 use crate::safetensors::{PlannedTensor, ShardedWriter};
 use crate::stream;
@@ -52,57 +53,6 @@ fn values(model: &ModelDir, name: &str) -> Vec<f32> {
     let mut v = vec![0f32; t.info.numel()];
     decode_f32(t.bytes(), t.info.dtype, &mut v);
     v
-}
-
-/// bitsandbytes' quant state of a weight, as transformers serializes it (Python's `json.dumps`).
-fn quant_state(q: &Nf4Tensor, dtype: DType) -> Vec<u8> {
-    let shape: Vec<String> = q.shape.iter().map(usize::to_string).collect();
-    let mut s = format!(
-        "{{\"quant_type\": \"nf4\", \"blocksize\": 64, \"dtype\": \"{}\", \"shape\": [{}]",
-        dtype.torch_name(),
-        shape.join(", ")
-    );
-    if let Absmax::Double { offset, .. } = &q.absmax {
-        // Python prints the f32 offset as the shortest repr of its f64 value; so does Rust's f64.
-        s += &format!(
-            ", \"nested_blocksize\": 256, \"nested_dtype\": \"float32\", \"nested_offset\": {}",
-            python_float(*offset as f64)
-        );
-    }
-    s.push('}');
-    s.into_bytes()
-}
-
-/// Python's `repr` of a float: the shortest round-trip digits, with `.0` on whole numbers and
-/// exponents as `1e-05`.
-fn python_float(v: f64) -> String {
-    let s = format!("{v:?}");
-    if let Some((m, e)) = s.split_once('e') {
-        let e: i32 = e.parse().unwrap_or(0);
-        return format!("{m}e{}{:02}", if e < 0 { '-' } else { '+' }, e.abs());
-    }
-    s
-}
-
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-/// The tensors one 4-bit weight is stored as: names, dtypes, shapes and bytes.
-fn parts(name: &str, q: &Nf4Tensor, dtype: DType) -> Vec<(String, DType, Vec<usize>, Vec<u8>)> {
-    let mut out = vec![(name.to_string(), DType::U8, vec![q.packed.len(), 1], q.packed.clone())];
-    match &q.absmax {
-        Absmax::F32(a) => out.push((format!("{name}.absmax"), DType::F32, vec![a.len()], f32_bytes(a))),
-        Absmax::Double { quantized, absmax, .. } => {
-            out.push((format!("{name}.absmax"), DType::U8, vec![quantized.len()], quantized.clone()));
-            out.push((format!("{name}.nested_absmax"), DType::F32, vec![absmax.len()], f32_bytes(absmax)));
-            out.push((format!("{name}.nested_quant_map"), DType::F32, vec![256], f32_bytes(&dynamic_map())));
-        }
-    }
-    out.push((format!("{name}.quant_map"), DType::F32, vec![16], f32_bytes(&CODE)));
-    let state = quant_state(q, dtype);
-    out.push((format!("{name}.quant_state.bitsandbytes__nf4"), DType::U8, vec![state.len()], state));
-    out
 }
 
 /// Whether tensor `name` of `model` becomes 4-bit: a 2-D float weight of a decoder linear layer.
@@ -173,17 +123,7 @@ fn quantize_inner(base: &Path, out: &Path, opts: &QuantizeOptions) -> Result<Qua
         let skip = if carried.is_empty() { Value::Null } else { json!(carried) };
         if let Some(map) = config.as_object_mut() {
             // As transformers writes it (BitsAndBytesConfig.to_dict()).
-            map.insert(
-                "quantization_config".into(),
-                json!({
-                    "_load_in_4bit": true, "_load_in_8bit": false, "bnb_4bit_compute_dtype": compute,
-                    "bnb_4bit_quant_storage": "uint8", "bnb_4bit_quant_type": "nf4",
-                    "bnb_4bit_use_double_quant": opts.double_quant, "llm_int8_enable_fp32_cpu_offload": false,
-                    "llm_int8_has_fp16_weight": false, "llm_int8_skip_modules": skip,
-                    "llm_int8_threshold": 6.0, "load_in_4bit": true, "load_in_8bit": false,
-                    "quant_method": "bitsandbytes",
-                }),
-            );
+            map.insert("quantization_config".into(), quantization_config(opts.double_quant, &compute, skip));
         }
         out_dir.write_json("config.json", &config)?;
     }
