@@ -125,3 +125,102 @@ pub fn write_random_llama(dir: &Path, o: &LlamaShape, dtype: &str) -> Result<()>
     safetensors::serialize_to_file(t, None, &tmp).map_err(|e| CoreError::safetensors(&tmp, e.to_string()))?;
     std::fs::rename(&tmp, dir.join("model.safetensors")).map_err(|e| CoreError::io(dir, e))
 }
+
+/// Writes a random model of any architecture lora runs, from its `config.json` (`config`), into
+/// `dir`: every tensor the model loads (`ModelConfig::expected_tensors`), dense ones in `dtype`
+/// ("f32", "bf16", "f16"), and with `four_bit` (`Some(double_quant)`) every decoder linear weight as
+/// a bitsandbytes 4-bit NF4 weight, with `quantization_config` in config.json. Weights are uniform in
+/// [-0.05, 0.05); norms are neutral (1, or 0 where the norm scales by 1 + weight), `A_log` and
+/// `dt_bias` 0. Written tensor by tensor into shards of at most 5 GB: a 4-bit 27B model never
+/// exists dense, in memory or on disk.
+pub fn write_random_model(
+    dir: &Path,
+    mut config: serde_json::Value,
+    dtype: &str,
+    four_bit: Option<bool>,
+) -> Result<()> {
+    use lora_formats::bnb4bit::{parts, quantization_config};
+    use lora_formats::dtype::DType as FDType;
+    use lora_formats::hf_config::{HfConfig, ModelConfig};
+    use lora_formats::safetensors::{PlannedTensor, ShardedWriter};
+
+    let hf =
+        HfConfig::from_value(config.clone()).map_err(|e| CoreError::Invalid(format!("random model config: {e:?}")))?;
+    let model = ModelConfig::resolve(&hf).map_err(|m| CoreError::Invalid(format!("random model config: {m}")))?;
+    let (st, fd, torch) = match dtype {
+        "bf16" => (Dtype::BF16, FDType::BF16, "bfloat16"),
+        "f16" => (Dtype::F16, FDType::F16, "float16"),
+        _ => (Dtype::F32, FDType::F32, "float32"),
+    };
+    let linear = lora_formats::hf_config::decoder_linear_names();
+    let is_linear = |name: &str| {
+        lora_formats::hf_config::layer_index(name).is_some()
+            && name.strip_suffix(".weight").is_some_and(|m| linear.iter().any(|l| m.ends_with(l)))
+    };
+    // Neutral norms: the scale is 1 (`1 + 0` for zero-centred ones, whose stored weight is 0).
+    let constant = |name: &str| -> Option<f32> {
+        if name.ends_with("A_log") || name.ends_with("dt_bias") {
+            Some(0.0)
+        } else if name.ends_with("norm.weight") {
+            Some(if model.zero_centred_norms && !name.ends_with("linear_attn.norm.weight") { 0.0 } else { 1.0 })
+        } else {
+            None
+        }
+    };
+    let tensors: Vec<(String, Vec<usize>, RandomTensor)> = model
+        .expected_tensors()
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, shape))| {
+            let t = RandomTensor { shape: shape.clone(), dtype: st, seed: i as u64 + 2, constant: constant(&name) };
+            (name, shape, t)
+        })
+        .collect();
+    let quantize = |t: &RandomTensor, double_quant: bool| {
+        let bytes = t.data();
+        let mut values = vec![0f32; t.shape.iter().product()];
+        lora_formats::dtype::decode_f32(&bytes, fd, &mut values);
+        lora_formats::nf4::Nf4Tensor::quantize(&values, &t.shape, double_quant)
+    };
+    // Plan (a 4-bit weight is quantized once here for the length of its quant state), then write.
+    let mut planned = Vec::new();
+    for (name, shape, t) in &tensors {
+        match four_bit {
+            Some(dq) if is_linear(name) => {
+                for (n, d, s, _) in parts(name, &quantize(t, dq), fd) {
+                    planned.push(PlannedTensor { name: n, dtype: d, shape: s });
+                }
+            }
+            _ => planned.push(PlannedTensor { name: name.clone(), dtype: fd, shape: shape.clone() }),
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(|e| CoreError::io(dir, e))?;
+    let shards = |e: lora_formats::FormatError| CoreError::Invalid(e.to_string());
+    let writer = ShardedWriter::create(dir, &planned, 5_000_000_000).map_err(shards)?;
+    let mut index = 0;
+    for (name, _, t) in &tensors {
+        match four_bit {
+            Some(dq) if is_linear(name) => {
+                for (_, _, _, bytes) in parts(name, &quantize(t, dq), fd) {
+                    writer.write(index, 0, &bytes).map_err(shards)?;
+                    index += 1;
+                }
+            }
+            _ => {
+                writer.write(index, 0, &t.data()).map_err(shards)?;
+                index += 1;
+            }
+        }
+    }
+    writer.finish().map_err(shards)?;
+    if let Some(map) = config.as_object_mut() {
+        map.insert("torch_dtype".into(), serde_json::json!(torch));
+        if let Some(dq) = four_bit {
+            map.insert("quantization_config".into(), quantization_config(dq, torch, serde_json::Value::Null));
+        }
+    }
+    crate::io::safetensors_write::write_atomic(
+        &dir.join("config.json"),
+        serde_json::to_string_pretty(&config).expect("json").as_bytes(),
+    )
+}

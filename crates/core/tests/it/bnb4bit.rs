@@ -92,3 +92,23 @@ fn a_four_bit_qwen3_5_hub_checkpoint_loads_as_its_source_quantized() {
     let dense = logits(&model_dir("qwen3_5-hub"), &LoadOptions::default());
     assert!(max_abs_diff(&ours, &dense) > 1e-4, "the 4-bit model is not the dense one");
 }
+
+/// The random-model writer, from a config of any architecture: a 4-bit Qwen3.5 (text form) loads
+/// and gives, to the bit, the logits of the same random model written dense and quantized at load.
+#[test]
+fn random_four_bit_qwen3_5_equals_the_dense_one_quantized() {
+    use lora_core::io::random_model::write_random_model;
+    let d = temp_dir("random-qwen3_5");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model_dir("qwen3_5").join("config.json")).unwrap()).unwrap();
+    config["vocab_size"] = 512.into();
+    write_random_model(&d.join("q4"), config.clone(), "bf16", Some(true)).unwrap();
+    write_random_model(&d.join("dense"), config, "bf16", None).unwrap();
+    let q4 = ModelConfig::from_file(d.join("q4/config.json")).unwrap();
+    assert_eq!(q4.quantization.map(|q| q.double_quant), Some(true));
+    let dq = LoadOptions { quantize: Quantize::Nf4 { double_quant: true }, ..LoadOptions::default() };
+    let a = logits(&d.join("q4"), &LoadOptions::default());
+    let b = logits(&d.join("dense"), &dq);
+    assert_eq!(a, b);
+    assert!(a.iter().all(|v| v.is_finite()) && a.iter().any(|v| v.abs() > 1e-3));
+}
