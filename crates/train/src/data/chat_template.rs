@@ -7,8 +7,6 @@
 //! `apply_chat_template`'s kwargs: as top-level variables. Which characters belong to assistant turns
 //! is computed by rendering, not by searching the text (`super::turns`).
 
-use std::ops::Range;
-
 use minijinja::{Environment, Error, ErrorKind, Value as JValue, context};
 use serde_json::Value;
 
@@ -239,15 +237,6 @@ impl ChatTemplate {
             ErrorKind::InvalidOperation => format!("chat template: {}", e.detail().unwrap_or("error")),
             _ => format!("chat template: {e:#}"),
         })
-    }
-
-    /// The whole conversation and the byte ranges of its assistant turns, each as rendered there
-    /// (the `all` mode of [`super::turns`]).
-    pub fn render_with_assistant_spans(&self, messages: &[Value]) -> Result<(String, Vec<Range<usize>>), String> {
-        let mut rendered = super::turns::render_turns(self, messages, None, super::turns::TurnMode::All)?;
-        let ex = rendered.examples.remove(0);
-        let spans = ex.turns.into_iter().map(|t| t.span).filter(|s| !s.is_empty()).collect();
-        Ok((ex.text, spans))
     }
 }
 

@@ -182,6 +182,17 @@ fn turn_end(t: &Renderer<'_>, messages: &[Value], i: usize, full: &str) -> Resul
     Ok(common_prefix(&next, full))
 }
 
+impl ChatTemplate {
+    /// The whole conversation and the byte ranges of its assistant turns, each as rendered there
+    /// (the `all` mode).
+    pub fn render_with_assistant_spans(&self, messages: &[Value]) -> Result<(String, Vec<Range<usize>>), String> {
+        let mut rendered = render_turns(self, messages, None, TurnMode::All)?;
+        let ex = rendered.examples.remove(0);
+        let spans = ex.turns.into_iter().map(|t| t.span).filter(|s| !s.is_empty()).collect();
+        Ok((ex.text, spans))
+    }
+}
+
 /// A template with the conversation's tools.
 struct Renderer<'a> {
     t: &'a ChatTemplate,
