@@ -75,11 +75,13 @@ pub fn run(a: Args) -> Result<()> {
         Some(Ok(c)) => Some(family(c)),
         _ => None,
     };
+    let four_bit = four_bit_summary(&rows, config.as_ref().and_then(|c| c.as_ref().ok()));
     if a.json {
         let v = json!({
             "path": path,
             "architecture": arch,
             "family": family,
+            "four_bit": four_bit,
             "parameters": params,
             "dtypes": dtypes,
             "files": files,
@@ -94,6 +96,9 @@ pub fn run(a: Args) -> Result<()> {
     }
     if let Some(family) = family {
         let _ = writeln!(o, "family:       {family}");
+    }
+    if let Some(q) = &four_bit {
+        let _ = writeln!(o, "4-bit:        {q}");
     }
     let _ = writeln!(o, "parameters:   {} ({})", group(params), human(params));
     let d: Vec<String> = dtypes.iter().map(|(k, v)| format!("{k} ({v} tensors)")).collect();
@@ -172,6 +177,31 @@ fn inspect_gguf(path: &Path, as_json: bool) -> Result<()> {
         );
     }
     emit(&o)
+}
+
+/// What a folder holds in bitsandbytes 4 bit: how many weights, and how many of them lie outside
+/// the language model in parts the architecture carries but never runs (a vision tower, which
+/// transformers' 4-bit save quantizes too). `None` when nothing is 4-bit.
+fn four_bit_summary(rows: &[Row], config: Option<&ModelConfig>) -> Option<String> {
+    let suffix = lora_formats::bnb4bit::NF4_STATE;
+    let weights: Vec<&str> = rows.iter().filter_map(|r| r.name.strip_suffix(suffix)).collect();
+    if weights.is_empty() {
+        return None;
+    }
+    let carried: &[&str] = config.map_or(&[], |c| c.architecture.spec().carried);
+    let outside: Vec<&str> = weights.iter().copied().filter(|w| carried.iter().any(|p| w.starts_with(p))).collect();
+    let mut out = format!("{} weights in NF4", weights.len());
+    if !outside.is_empty() {
+        let mut parts: Vec<&str> =
+            carried.iter().copied().filter(|p| outside.iter().any(|w| w.starts_with(p))).collect();
+        parts.dedup();
+        out += &format!(
+            ", {} of them in parts lora carries but never runs ({})",
+            outside.len(),
+            parts.iter().map(|p| p.trim_end_matches('.')).collect::<Vec<_>>().join(", ")
+        );
+    }
+    Some(out)
 }
 
 /// Which checkpoint form an adapter's module paths name, and whether every module exists in the

@@ -231,3 +231,17 @@ fn inspect_an_adapter_against_a_base() {
     let covers = v["covers_base"].as_str().unwrap();
     assert!(covers.starts_with("does not cover") && covers.contains("14 of 14"), "{covers}");
 }
+
+/// A 4-bit checkpoint: inspect names the quantization and which 4-bit weights lie in parts lora
+/// carries but never runs (transformers' 4-bit save quantizes a vision tower too).
+#[test]
+fn inspect_says_what_a_four_bit_checkpoint_holds() {
+    let o = lora(&["inspect", fixtures().join("models/qwen3_5-hub-bnb4").to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!(v["architecture"].as_str().unwrap().contains("bitsandbytes 4-bit NF4, double-quantized scales"), "{v}");
+    assert_eq!(v["four_bit"], "29 weights in NF4, 6 of them in parts lora carries but never runs (model.visual)");
+    let o = lora(&["inspect", fixtures().join("models/llama").to_str().unwrap(), "--json"]);
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!(v["four_bit"].is_null());
+}
