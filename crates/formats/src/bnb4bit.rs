@@ -17,7 +17,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use crate::dtype::DType;
+use crate::dtype::{DType, decode_f32, encode_f32};
 use crate::nf4::{Absmax, BLOCK, CODE, DOUBLE_BLOCK, Nf4Tensor, dynamic_map};
 
 /// The suffix of the quant-state tensor of an NF4 weight.
@@ -75,7 +75,9 @@ pub struct Stored4Bit {
 }
 
 fn f32s(bytes: &[u8]) -> Vec<f32> {
-    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    let mut out = vec![0f32; bytes.len() / 4];
+    decode_f32(&bytes[..out.len() * 4], DType::F32, &mut out);
+    out
 }
 
 /// Reads the 4-bit weight `name` through `get` (a tensor by name, `None` when absent). Every
@@ -168,7 +170,9 @@ fn python_float(v: f64) -> String {
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    let mut out = vec![0u8; 4 * v.len()];
+    encode_f32(v, DType::F32, &mut out);
+    out
 }
 
 /// The tensors one 4-bit weight is stored as, as transformers writes them: names, dtypes, shapes

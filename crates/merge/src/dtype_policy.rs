@@ -56,17 +56,12 @@ impl DtypePolicy {
 
 /// The dtype most of the values of `tensors` have (what config.json's `dtype` says of a model).
 pub fn dominant_dtype(tensors: impl IntoIterator<Item = (DType, usize)>) -> DType {
-    let mut counts: Vec<(DType, usize)> = Vec::new();
-    for (d, n) in tensors {
-        if !d.is_float() {
-            continue;
-        }
-        match counts.iter_mut().find(|(e, _)| *e == d) {
-            Some((_, total)) => *total += n,
-            None => counts.push((d, n)),
-        }
+    // Keyed by name, so that a tie goes the same way whatever the tensors' order.
+    let mut counts: std::collections::BTreeMap<&str, (usize, DType)> = std::collections::BTreeMap::new();
+    for (d, n) in tensors.into_iter().filter(|(d, _)| d.is_float()) {
+        counts.entry(d.safetensors_name()).or_insert((0, d)).0 += n;
     }
-    counts.into_iter().max_by_key(|(_, n)| *n).map_or(DType::F32, |(d, _)| d)
+    counts.values().max_by_key(|(n, _)| *n).map_or(DType::F32, |(_, d)| *d)
 }
 
 /// The declaration of the architecture a parsed `config.json` names, when lora knows it.

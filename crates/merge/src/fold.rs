@@ -211,16 +211,7 @@ impl<'a> FoldPlan<'a> {
         }
         match self.updates.get(name) {
             None => Ok(Source::Mapped(base)),
-            Some(mods) => {
-                let deltas = mods
-                    .iter()
-                    .map(|(k, m)| {
-                        let (adapter, w) = self.adapters[*k];
-                        adapter.delta(&adapter.modules[m], w)
-                    })
-                    .collect();
-                Ok(Source::Folded { base, deltas })
-            }
+            Some(mods) => Ok(Source::Folded { base, deltas: deltas(mods) }),
         }
     }
 
@@ -232,14 +223,10 @@ impl<'a> FoldPlan<'a> {
 
 /// The float dtype most of a model's float tensors have (its "model dtype").
 pub fn model_dtype(model: &ModelDir) -> DType {
-    let mut counts: BTreeMap<&str, (usize, DType)> = BTreeMap::new();
-    for name in model.names() {
-        let t = model.get(name).expect("listed");
-        if t.info.dtype.is_float() {
-            counts.entry(t.info.dtype.safetensors_name()).or_insert((0, t.info.dtype)).0 += t.info.numel();
-        }
-    }
-    counts.values().max_by_key(|(n, _)| *n).map_or(DType::F32, |(_, d)| *d)
+    dominant_dtype(model.names().map(|n| {
+        let t = model.get(n).expect("listed");
+        (t.info.dtype, t.info.numel())
+    }))
 }
 
 /// Refuses a base missing a tensor its configuration's model loads, or holding one of another

@@ -14,7 +14,6 @@ use lora_formats::bnb4bit::{parts, quantization_config};
 use serde_json::{Value, json};
 
 use crate::card;
-use crate::dtype::decode_f32;
 use crate::error::{MergeError, Result};
 use crate::fold::is_decoder_linear;
 use crate::model_dir::ModelDir;
@@ -51,7 +50,7 @@ pub struct QuantizeReport {
 fn values(model: &ModelDir, name: &str) -> Vec<f32> {
     let t = model.get(name).expect("listed");
     let mut v = vec![0f32; t.info.numel()];
-    decode_f32(t.bytes(), t.info.dtype, &mut v);
+    crate::source::Source::Mapped(t).read(0, &mut v);
     v
 }
 
@@ -94,20 +93,22 @@ fn quantize_inner(base: &Path, out: &Path, opts: &QuantizeOptions) -> Result<Qua
     let out_dir = OutputDir::create(out, opts.force)?;
     let shard = if opts.shard_size == 0 { u64::MAX } else { opts.shard_size };
     let writer = ShardedWriter::create(out_dir.path(), &planned, shard)?;
-    let index_of = |n: &str| planned.iter().position(|p| p.name == n).expect("planned");
-    let (mut quantized_count, mut kept, mut bytes) = (0, 0, 0u64);
+    // Written in the planned order: `index` is each tensor's place in the plan.
+    let (mut index, mut quantized_count, mut kept, mut bytes) = (0, 0, 0, 0u64);
     for name in &names {
         let t = model.get(name).expect("listed");
         if quantized(&model, name) {
             let q = Nf4Tensor::quantize(&values(&model, name), &t.info.shape, opts.double_quant);
-            for (n, _, _, data) in parts(name, &q, t.info.dtype) {
-                writer.write(index_of(&n), 0, &data)?;
+            for (_, _, _, data) in parts(name, &q, t.info.dtype) {
+                writer.write(index, 0, &data)?;
                 bytes += data.len() as u64;
+                index += 1;
             }
             quantized_count += 1;
         } else {
-            stream::copy_tensor(&writer, index_of(name), t)?;
+            stream::copy_tensor(&writer, index, t)?;
             bytes += (t.info.end - t.info.begin) as u64;
+            index += 1;
             kept += 1;
         }
     }

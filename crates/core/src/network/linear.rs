@@ -47,25 +47,18 @@ impl Linear {
         let name = format!("{prefix}.weight");
         // A 4-bit checkpoint's weight is held as stored, whatever `quantize` says: its codes are
         // what the model is.
-        let stored = w.stored_nf4(&name, [d_out, d_in])?;
-        let weight = match (stored, opts.quantize) {
-            (Some(q), _) => {
-                if crate::kernels::backend::is_cpu(device) {
-                    BaseWeight::Nf4(std::sync::Arc::new(q))
-                } else {
-                    BaseWeight::Nf4Device(std::sync::Arc::new(DeviceNf4::upload(&q, device)))
-                }
-            }
+        let nf4 = match (w.stored_nf4(&name, [d_out, d_in])?, opts.quantize) {
+            (Some(q), _) => Some(q),
             (None, Quantize::Nf4 { double_quant }) if quantizable => {
-                let q = w.nf4(&name, [d_out, d_in], double_quant, opts.dtype.dtype())?;
-                if crate::kernels::backend::is_cpu(device) {
-                    BaseWeight::Nf4(std::sync::Arc::new(q))
-                } else {
-                    // On a GPU the codes live and are dequantized there (nf4_device.rs).
-                    BaseWeight::Nf4Device(std::sync::Arc::new(DeviceNf4::upload(&q, device)))
-                }
+                Some(w.nf4(&name, [d_out, d_in], double_quant, opts.dtype.dtype())?)
             }
-            _ => BaseWeight::Dense(w.tensor_as(&name, [d_out, d_in], opts.dtype.dtype(), device)?),
+            _ => None,
+        };
+        let weight = match nf4 {
+            Some(q) if crate::kernels::backend::is_cpu(device) => BaseWeight::Nf4(std::sync::Arc::new(q)),
+            // On a GPU the codes live and are dequantized there (nf4_device.rs).
+            Some(q) => BaseWeight::Nf4Device(std::sync::Arc::new(DeviceNf4::upload(&q, device))),
+            None => BaseWeight::Dense(w.tensor_as(&name, [d_out, d_in], opts.dtype.dtype(), device)?),
         };
         let bias =
             if bias { Some(Param::from_tensor(w.tensor(&format!("{prefix}.bias"), [d_out], device)?)) } else { None };
