@@ -12,9 +12,10 @@ use crate::recipe::{Recipe, Targets};
 /// Bytes of each part of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryPlan {
-    /// The frozen base as stored (embeddings, head, linear layers, norms, biases).
+    /// The frozen base as stored (embeddings unless they stay in their file, head, linear layers,
+    /// norms, biases).
     pub base: u64,
-    /// LoRA values, their gradients and both AdamW moments (f32).
+    /// LoRA values, their gradients (and their sum over micro-batches) and both AdamW moments (f32).
     pub adapter: u64,
     /// Activations kept for backward at the recipe's batch size and longest sequence.
     pub activations: u64,
@@ -75,7 +76,11 @@ pub fn plan(recipe: &Recipe, c: &ModelConfig, opts: &LoadOptions) -> lora_core::
     let shapes = linear_shapes(c);
     let (h, vocab) = (c.hidden_size as u64, c.vocab_size as u64);
     let on_gpu = recipe.train.device.parse::<lora_core::Backend>().is_ok_and(|b| !b.is_cpu());
-    let mut base = stored_bytes(c.vocab_size * c.hidden_size, opts, false, on_gpu);
+    // Untied embeddings stay in their safetensors file, read a row per token (lora_core's
+    // network::embedding), except from a GGUF file and where an f16 base must range-check them.
+    let f16_check = opts.dtype == BaseDtype::F16 && !matches!(c.dtype.as_deref(), Some("float16" | "f16"));
+    let embed_in_file = !c.tie_word_embeddings && !recipe.model.base.is_file() && !f16_check;
+    let mut base = if embed_in_file { 0 } else { stored_bytes(c.vocab_size * c.hidden_size, opts, false, on_gpu) };
     for (path, d_in, d_out) in &shapes {
         let head = path == "lm_head";
         if !(head && c.tie_word_embeddings) {
@@ -102,8 +107,10 @@ pub fn plan(recipe: &Recipe, c: &ModelConfig, opts: &LoadOptions) -> lora_core::
     let r = recipe.lora.r as u64;
     let params: u64 =
         shapes.iter().filter(|(p, _, _)| selected.contains(p)).map(|(_, i, o)| r * (*i + *o) as u64).sum();
-    // value, gradient (and its accumulator), two moments.
-    let adapter = 4 * 5 * params;
+    // Value, gradient and two moments; with several micro-batches a step also keeps the sum of
+    // their gradients.
+    let copies = if recipe.train.grad_accum > 1 { 5 } else { 4 };
+    let adapter = 4 * copies * params;
 
     let (b, t) = (recipe.train.batch_size as u64, recipe.data.max_seq_len as u64);
     let tokens = b * t;

@@ -121,7 +121,7 @@ fn dry_run_prints_the_resolved_recipe() {
         text.contains("[train]") && text.contains("lr = 0.01") && text.contains("# trainable parameters: 1920"),
         "{text}"
     );
-    assert!(text.contains("# memory plan: base 231.7 KB (f32 dense)") && text.contains("recomputation off"), "{text}");
+    assert!(text.contains("# memory plan: base 182.5 KB (f32 dense)") && text.contains("recomputation off"), "{text}");
     let o = lora(&[
         "train",
         s(&recipe),

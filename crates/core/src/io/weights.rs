@@ -14,6 +14,7 @@ use lora_formats::nf4::Nf4Tensor;
 use serde::Deserialize;
 
 use crate::error::{CoreError, Result};
+use crate::io::file_rows::FileRows;
 use lora_formats::safetensors::SafetensorsFile;
 
 /// `model.safetensors.index.json`.
@@ -186,6 +187,23 @@ impl Weights {
             return Ok(Tensor::from_data(data, device));
         }
         Ok(Tensor::from_data(data.convert_dtype(dtype), TensorCreationOptions::new(device.clone()).with_dtype(dtype)))
+    }
+
+    /// Tensor `name` (checked to be `expected`) left in its safetensors file, held as `dtype` and read
+    /// by rows ([`FileRows`]). `None` for a GGUF file (its rows may be quantized) and where the values
+    /// must first be checked against f16's range as [`Self::tensor_as`] does, a whole table at load.
+    pub fn file_rows(&self, name: &str, expected: [usize; 2], dtype: DType) -> Result<Option<FileRows>> {
+        if self.gguf.is_some() {
+            return Ok(None);
+        }
+        let stored = self.location.get(name).and_then(|&i| self.files[i].info(name)).map(|i| i.dtype);
+        let Some(stored) = stored.filter(|d| d.is_float()) else { return Ok(None) };
+        if dtype == DType::F16 && stored != lora_formats::DType::F16 {
+            return Ok(None);
+        }
+        let file = self.checked(name, &expected)?;
+        let info = file.info(name).expect("located tensors exist");
+        FileRows::open(file.path().to_path_buf(), file.file_offset(info), stored, expected, dtype).map(Some)
     }
 
     /// Reads tensor `name` and quantizes it to NF4 as bitsandbytes does, one tensor at a time, so that

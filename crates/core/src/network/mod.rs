@@ -1,4 +1,4 @@
-//! The network: a [`model::CausalLm`] is the embedding, a stack of [`decoder_layer`]s and the head,
+//! The network: a [`model::CausalLm`] is the [`embedding`], a stack of [`decoder_layer`]s and the head,
 //! built from the resolved [`config`]. A decoder layer is a token mixer ([`attention`], plain or
 //! gated, or [`gated_delta_net`]) and the [`mlp`], each behind a [`norm`]; attention rotates its
 //! queries and keys ([`rope`]). Every projection is a [`linear`] layer: a frozen base weight
@@ -11,6 +11,7 @@ pub mod attention;
 pub mod base_weight;
 pub mod config;
 pub mod decoder_layer;
+pub mod embedding;
 pub mod gated_delta_net;
 pub mod linear;
 pub mod lora;

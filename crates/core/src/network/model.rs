@@ -8,8 +8,8 @@
 
 use std::path::Path;
 
-use burn::module::{Module, Param};
-use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
+use burn::module::Module;
+use burn::tensor::{Bool, DType, Device, Tensor, TensorData};
 
 use crate::error::{CoreError, Result};
 use crate::generation::kv_cache::KvCache;
@@ -18,6 +18,7 @@ use crate::io::weights::Weights;
 use crate::network::attention::AttentionMask;
 use crate::network::config::ModelConfig;
 use crate::network::decoder_layer::DecoderLayer;
+use crate::network::embedding::Embedding;
 use crate::network::gated_delta_net::SequenceLayout;
 use crate::network::linear::Linear;
 use crate::network::norm::RmsNorm;
@@ -26,8 +27,8 @@ use crate::network::rope::Rope;
 /// `model`: the transformer body.
 #[derive(Module, Debug)]
 pub struct DecoderStack {
-    /// `embed_tokens.weight`: [vocab, hidden].
-    pub embed_tokens: Param<Tensor<2>>,
+    /// `embed_tokens`: [vocab, hidden].
+    pub embed_tokens: Embedding,
     /// `layers`.
     pub layers: Vec<DecoderLayer>,
     /// `norm`: the final RMSNorm.
@@ -175,8 +176,13 @@ impl CausalLm {
             )));
         }
         let p = &cfg.text_prefix;
-        let embed =
-            w.tensor_as(&format!("{p}.embed_tokens.weight"), [cfg.vocab_size, cfg.hidden_size], dtype, device)?;
+        let (embed_name, embed_shape) = (format!("{p}.embed_tokens.weight"), [cfg.vocab_size, cfg.hidden_size]);
+        // A table the head does not share is read a row per token from its file (embedding.rs).
+        let in_file = if cfg.tie_word_embeddings { None } else { w.file_rows(&embed_name, embed_shape, dtype)? };
+        let embed = match in_file {
+            Some(rows) => Embedding::from_file(rows, device),
+            None => Embedding::resident(w.tensor_as(&embed_name, embed_shape, dtype, device)?),
+        };
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| DecoderLayer::load(w, &cfg.layer_prefix(i), i, cfg, opts, device))
             .collect::<Result<Vec<_>>>()?;
@@ -189,7 +195,7 @@ impl CausalLm {
             device,
         )?;
         let lm_head = if cfg.tie_word_embeddings {
-            Linear { compute: opts.compute_dtype(device), ..Linear::from_weight(embed.clone()) }
+            Linear { compute: opts.compute_dtype(device), ..Linear::from_weight(embed.weight.val()) }
         } else {
             Linear::load(w, "lm_head", (cfg.hidden_size, cfg.vocab_size), false, opts, false, device)?
         };
@@ -199,7 +205,7 @@ impl CausalLm {
         // multi-token-prediction head, in either checkpoint form) is kept on disk, not run.
         w.check_all_taken_except(ignore, cfg.architecture.spec().carried)?;
         Ok(Self {
-            model: DecoderStack { embed_tokens: Param::from_tensor(embed), layers, norm },
+            model: DecoderStack { embed_tokens: embed, layers, norm },
             lm_head,
             rope: Rope::new(cfg),
             config,
@@ -211,8 +217,7 @@ impl CausalLm {
     /// head counted once).
     pub fn base_bytes(&self) -> usize {
         let tensor_bytes = |t: &Tensor<1>| t.dims()[0] * t.dtype().size();
-        let e = self.model.embed_tokens.val();
-        let mut total = e.dims().iter().product::<usize>() * e.dtype().size();
+        let mut total = self.model.embed_tokens.bytes();
         for (path, lin) in self.linear_modules() {
             if path != "lm_head" || !self.config.tie_word_embeddings {
                 total += lin.weight.bytes();
@@ -271,7 +276,7 @@ impl CausalLm {
 
     /// The device the weights live on.
     pub fn device(&self) -> Device {
-        self.model.embed_tokens.val().device()
+        self.model.embed_tokens.device()
     }
 
     /// Logits for a batch; with a cache, the batch continues the cached sequences and the cache grows.
@@ -422,10 +427,7 @@ impl CausalLm {
         let (cos, sin) = self.rope.tables(&positions, &device);
         let mask = build_mask(&valid, batch.segments.as_deref(), past, t, self.config.num_attention_heads, &device);
 
-        let ids: Vec<i64> = batch.ids.iter().flatten().map(|&i| i as i64).collect();
-        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, t]), &device);
-        // The table may be held in bf16/f16; activations are f32.
-        let x = burn::tensor::module::embedding(self.model.embed_tokens.val(), ids).cast(DType::F32); // [b, t, h]
+        let x = self.model.embed_tokens.forward(&batch.ids, &device)?; // [b, t, h]
         let layout = if self.config.linear_attention.is_some() {
             // As transformers: a padding mask only when this call's tokens include padding.
             let padding = batch.mask.as_ref().filter(|m| m.iter().flatten().any(|v| !v)).map(|m| {

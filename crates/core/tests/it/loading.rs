@@ -245,3 +245,46 @@ fn qwen3_5_text_form_carries_mtp_tensors_and_refuses_others() {
     let msg = load_err(&d);
     assert!(msg.contains("unexpected tensor") && msg.contains("model.extra.weight"), "{msg}");
 }
+
+/// Untied embeddings stay in their file and are read a row per token; the rows are the values a table
+/// loaded whole gives, in every stored and held dtype (f32 and bf16 files, held as f32, bf16, f16),
+/// and a base that holds them counts no bytes for them.
+#[test]
+fn embeddings_read_from_the_file_equal_the_loaded_table() {
+    use lora_core::burn::tensor::DType;
+    use lora_core::network::embedding::Embedding;
+    let device = default_device();
+    for model in ["llama", "llama-bf16", "qwen3_5"] {
+        let dir = model_dir(model);
+        let config = ModelConfig::from_file(dir.join("config.json")).unwrap();
+        assert!(!config.tie_word_embeddings, "{model}");
+        let name = format!("{}.embed_tokens.weight", config.text_prefix);
+        let shape = [config.vocab_size, config.hidden_size];
+        let ids = vec![vec![0u32, 5, 17], vec![(config.vocab_size - 1) as u32, 5, 2]];
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            let w = Weights::open_dir(&dir).unwrap();
+            let rows = w.file_rows(&name, shape, dtype).unwrap();
+            let from_file = match rows {
+                Some(rows) => Embedding::from_file(rows, &device),
+                // An f32 file held as f16 is range-checked whole at load instead.
+                None => {
+                    assert_eq!(dtype, DType::F16, "{model}");
+                    continue;
+                }
+            };
+            let resident =
+                Embedding::resident(Weights::open_dir(&dir).unwrap().tensor_as(&name, shape, dtype, &device).unwrap());
+            let a = lora_core::to_f32_vec(from_file.forward(&ids, &device).unwrap()).unwrap();
+            let b = lora_core::to_f32_vec(resident.forward(&ids, &device).unwrap()).unwrap();
+            assert_eq!(a.len(), 6 * config.hidden_size);
+            assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{model} {dtype:?}");
+            assert!(a.iter().any(|&v| v != 0.0), "{model}");
+            assert_eq!(from_file.bytes(), 0);
+        }
+        // Loaded: the table is not held, and a token beyond the vocabulary is still refused.
+        let m = CausalLm::load_dir(&dir, &device).unwrap();
+        assert!(m.model.embed_tokens.in_file.is_some() && m.model.embed_tokens.bytes() == 0, "{model}");
+        let bad = lora_core::TokenBatch::rows(vec![vec![config.vocab_size as u32]]);
+        assert!(m.forward(&bad, None).is_err());
+    }
+}

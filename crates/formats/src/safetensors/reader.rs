@@ -182,6 +182,12 @@ impl SafetensorsFile {
         Some((bytes, info.shape.clone()))
     }
 
+    /// Where `info`'s data begins in the file, in bytes from the file's start: for readers that
+    /// keep a tensor in the file and read parts of it later (the token embeddings of a large model).
+    pub fn file_offset(&self, info: &TensorInfo) -> u64 {
+        (self.data_start + info.begin) as u64
+    }
+
     /// The raw little-endian bytes of `info` (a tensor of this file).
     pub fn bytes(&self, info: &TensorInfo) -> &[u8] {
         &self.mmap[self.data_start + info.begin..self.data_start + info.end]
