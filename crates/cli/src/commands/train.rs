@@ -73,7 +73,9 @@ pub fn run_cmd(a: Args) -> Result<()> {
              (batch {} x {} tokens, recomputation {}), head chunk {}; total ~{}",
             gb(p.base),
             opts.dtype,
-            if opts.quantize == lora_core::Quantize::None {
+            if let Some(q) = &config.quantization {
+                format!("4-bit checkpoint: nf4{} linears", if q.double_quant { " (double-quant)" } else { "" })
+            } else if opts.quantize == lora_core::Quantize::None {
                 "dense".to_string()
             } else {
                 format!("{} linears", opts.quantize)

@@ -243,8 +243,19 @@ impl Weights {
             });
         }
         let mut taken = self.taken.borrow_mut();
-        taken.insert(name.to_string());
-        taken.extend(companion_names(name).into_iter().filter(|n| self.location.contains_key(n)));
+        let parts: Vec<String> = std::iter::once(name.to_string())
+            .chain(companion_names(name))
+            .filter(|n| self.location.contains_key(n))
+            .collect();
+        // The codes were copied out of the mapping: drop its pages from the resident set, or a 4-bit
+        // 27B would count its whole file twice by the end of the load.
+        for n in &parts {
+            let file = &self.files[self.location[n]];
+            if let Some(info) = file.info(n) {
+                file.release(info);
+            }
+        }
+        taken.extend(parts);
         Ok(Some(stored.nf4))
     }
 
