@@ -430,7 +430,10 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
         }
     }
 
-    // The adapter, its card, the curve and the manifest.
+    // The adapter, its card, the curve and the manifest. The optimizer's moments (twice the adapter)
+    // are not needed any more: freed first, the copy the file is written from takes their place
+    // (on a 27B shape the end of the run was its peak by 0.35 GB).
+    drop(opt);
     let dtype = StoredDtype::parse(&t.dtype).expect("validated");
     save_adapter(&p.model, &dir, &adapter_config(&p.recipe), dtype)?;
     let metrics = run_files::read_metrics(&dir, total);

@@ -74,7 +74,7 @@ pub fn run_cmd(a: Args) -> Result<()> {
             gb(p.base),
             opts.dtype,
             if let Some(q) = &config.quantization {
-                format!("4-bit checkpoint: nf4{} linears", if q.double_quant { " (double-quant)" } else { "" })
+                format!("+ the checkpoint's 4-bit nf4{} linears", if q.double_quant { " (double-quant)" } else { "" })
             } else if opts.quantize == lora_core::Quantize::None {
                 "dense".to_string()
             } else {

@@ -20,11 +20,13 @@ use crate::error::Result;
 use crate::kernels::host::to_f32_vec;
 use crate::network::model::CausalLm;
 
-/// Logit values per chunk (64 Mi, 256 MiB in f32): 441 rows of a 152k vocabulary, 4096 rows (the
-/// cap) of a 16k one. A chunk's logits, their log-softmax and their gradient exist at once. Each chunk
-/// upcasts a bf16 head whole (forward and backward), so fewer, larger chunks are faster: 16 Mi-value
-/// chunks cost a 0.5B-shape bf16 step 10% (measured with scripts/bench_scale.sh).
-pub const CHUNK_LOGITS: usize = 64 << 20;
+/// Logit values per chunk (32 Mi, 128 MiB in f32): 220 rows of a 152k vocabulary, 135 of Qwen3.5's
+/// 248k, 2097 of a 16k one. A chunk's logits, their log-softmax and their gradient exist at once.
+/// Each chunk streams the head block by block (forward and backward), so fewer, larger chunks are
+/// faster: 16 Mi-value chunks cost a 0.5B-shape bf16 step 10% against 64 Mi (measured with
+/// scripts/bench_scale.sh). 64 Mi made a Qwen3.5-27B QLoRA step peak 0.6 GB above its plateau, which
+/// is the margin between that run and a 20 GB machine; 32 Mi halves it.
+pub const CHUNK_LOGITS: usize = 32 << 20;
 
 /// Most rows in one chunk, whatever the vocabulary.
 pub const MAX_CHUNK_ROWS: usize = 4096;
@@ -100,8 +102,8 @@ pub fn head_loss_chunked(
     }
     let mut grad = grad_scale.map(|_| Tensor::<2>::zeros([b * t, h], &device));
     let mut sum = 0.0f64;
-    // As few chunks as `per` allows, of equal size: 512 rows of a 152k vocabulary go as 256 + 256,
-    // not 441 + 71, whose small product streams the whole head for a seventh of the rows.
+    // As few chunks as `per` allows, of equal size: 512 rows of a 152k vocabulary go as 3 x 171,
+    // not 220 + 220 + 72, whose small product streams the whole head for a seventh of the rows.
     let chunks = rows.len().div_ceil(per.max(1)).max(1);
     let per = rows.len().div_ceil(chunks).max(1);
     // Adapters on the head draw their dropout masks per call: give each chunk its own seed, so that
