@@ -41,6 +41,10 @@ struct GgufSource {
     file: GgufFile,
     /// (query heads, key/value heads) when the converter permuted q/k rows (`llama` files).
     permuted: Option<(usize, usize)>,
+    /// A `qwen35` file's Gated DeltaNet heads: its tensors' names and values are llama.cpp's.
+    qwen35: Option<lora_formats::gguf::qwen35::LinearHeads>,
+    /// Decoder layers; blocks past them (a multi-token-prediction block) are not read.
+    layers: usize,
 }
 
 impl Weights {
@@ -106,11 +110,19 @@ impl Weights {
         let arch = crate::io::gguf::model::architecture(&file)?;
         let permuted = crate::io::gguf::model::permutes_qk(&arch)
             .then_some((config.num_attention_heads, config.num_key_value_heads));
+        let qwen35 = if arch == "qwen35" {
+            Some(crate::io::gguf::qwen35::linear_heads(config).ok_or_else(|| {
+                CoreError::Gguf(format!("{}: a qwen35 file without Gated DeltaNet layers", file.path().display()))
+            })?)
+        } else {
+            None
+        };
+        let layers = config.num_hidden_layers;
         Ok(Self {
             dir: file.path().to_path_buf(),
             files: Vec::new(),
             location: HashMap::new(),
-            gguf: Some(GgufSource { file, permuted }),
+            gguf: Some(GgufSource { file, permuted, qwen35, layers }),
             taken: RefCell::default(),
         })
     }
@@ -299,9 +311,20 @@ impl Weights {
     fn read_gguf(&self, g: &GgufSource, name: &str, expected: &[usize]) -> Result<(Vec<f32>, Vec<usize>)> {
         let missing =
             || CoreError::MissingTensor { dir: self.dir.clone(), name: name.to_string(), expected: expected.to_vec() };
-        let gname = crate::io::gguf::model::gguf_name(name).ok_or_else(missing)?;
+        let gname = match g.qwen35 {
+            Some(_) => lora_formats::gguf::qwen35::tensor_name(name),
+            None => crate::io::gguf::model::gguf_name(name),
+        };
+        let gname = gname.ok_or_else(missing)?;
         let t = g.file.tensor(&gname).ok_or_else(missing)?;
         let shape = t.shape();
+        if let Some(heads) = &g.qwen35 {
+            let values = g.file.to_f32(t).map_err(|e| CoreError::Gguf(e.to_string()))?;
+            let path = self.dir.display().to_string();
+            let out = crate::io::gguf::qwen35::from_gguf(name, values, &shape, expected, heads, &path)?;
+            self.taken.borrow_mut().insert(gname);
+            return Ok(out);
+        }
         if shape.as_slice() != expected {
             return Err(CoreError::ShapeMismatch {
                 path: self.dir.clone(),
@@ -339,12 +362,19 @@ impl Weights {
         if let Some(g) = &self.gguf {
             // rope_freqs went into the configuration.
             let ignore: Vec<String> = ignore.iter().filter_map(|n| crate::io::gguf::model::gguf_name(n)).collect();
+            // Blocks past the decoder's (a qwen35 file's multi-token-prediction block) are not run.
+            let beyond = |n: &str| {
+                n.strip_prefix("blk.")
+                    .and_then(|r| r.split_once('.'))
+                    .and_then(|(i, _)| i.parse::<usize>().ok())
+                    .is_some_and(|i| i >= g.layers)
+            };
             let unused: Vec<String> = g
                 .file
                 .tensors
                 .iter()
                 .map(|t| t.name.clone())
-                .filter(|n| !taken.contains(n) && n != "rope_freqs.weight" && !ignore.contains(n))
+                .filter(|n| !taken.contains(n) && n != "rope_freqs.weight" && !ignore.contains(n) && !beyond(n))
                 .collect();
             if unused.is_empty() {
                 return Ok(());

@@ -175,3 +175,48 @@ fn a_gguf_adapter_for_another_architecture_is_refused() {
         .to_string();
     assert!(e.contains("an adapter for 'llama' models, not for this 'qwen2' model"), "{e}");
 }
+
+/// llama.cpp's `qwen35` files (its converter's output of tiny Qwen3.5 models, from
+/// scripts/make_qwen35_gguf_fixtures.py) give transformers' logits on the folders they came from: the
+/// value heads put back from tiled to grouped order, the norms' +1, `ssm_a`, `ssm_dt` and the squeezed
+/// convolution undone; the Hub form with its multi-token-prediction block (one more block, not run)
+/// and its vision tower left out by the converter; F16 to f16's precision.
+#[test]
+fn qwen35_gguf_files_give_transformers_logits() {
+    let device = default_device();
+    let golden = lora_formats::safetensors::SafetensorsFile::open(fixtures().join("gguf/qwen35.safetensors")).unwrap();
+    for (file, name, layers, tol) in [
+        ("qwen35-text.gguf", "qwen35-text", 5, 1e-4),
+        ("qwen35-hub-mtp.gguf", "qwen35-hub-mtp", 3, 1e-4),
+        // f16 weights of a randomized model: 1% of the largest logit; the weights are checked exactly below.
+        ("qwen35-text-f16.gguf", "qwen35-text", 5, 6e-2),
+    ] {
+        let m = CausalLm::load_dir(fixtures().join("gguf").join(file), &device).unwrap();
+        let c = &m.config;
+        assert_eq!(c.architecture, lora_core::Architecture::Qwen3_5, "{file}");
+        assert_eq!(c.num_hidden_layers, layers, "{file}: the MTP block is not a decoder layer");
+        let l = c.linear_attention.as_ref().unwrap();
+        assert_eq!((l.num_key_heads, l.num_value_heads, l.key_head_dim, l.conv_kernel), (2, 6, 8, 3), "{file}");
+        let (ids, shape) = golden_i64(&golden, &format!("{name}.input_ids"));
+        let rows: Vec<Vec<u32>> = ids.chunks(shape[1]).map(|r| r.iter().map(|&i| i as u32).collect()).collect();
+        let x = to_f32_vec(m.forward(&TokenBatch::rows(rows), None).unwrap()).unwrap();
+        let (want, _) = golden_f32(&golden, &format!("{name}.logits"));
+        let d = max_abs_diff(&x, &want);
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(d <= tol, "{file}: logits max |Δ| {d:e} against transformers (largest |logit| {scale})");
+    }
+    // The text form's layer pattern is not of period 4: it comes from attention.recurrent_layers.
+    let m = CausalLm::load_dir(fixtures().join("gguf/qwen35-text.gguf"), &device).unwrap();
+    let full: Vec<bool> = m.model.layers.iter().map(|l| l.self_attn.is_some()).collect();
+    assert_eq!(full, [false, true, false, false, true]);
+    // The F16 file's linear weights are the F32 file's rounded to f16, value heads restored alike.
+    let h = CausalLm::load_dir(fixtures().join("gguf/qwen35-text-f16.gguf"), &device).unwrap();
+    for ((p, a), (_, b)) in m.linear_modules().iter().zip(h.linear_modules().iter()) {
+        let f32_weight = a.weight.to_f32(&device);
+        let rounded =
+            to_f32_vec(f32_weight.cast(lora_core::burn::tensor::DType::F16).cast(lora_core::burn::tensor::DType::F32))
+                .unwrap();
+        let from_f16 = to_f32_vec(b.weight.to_f32(&device)).unwrap();
+        assert!(rounded == from_f16, "{p}: the F16 file's weight is not the F32 file's rounded to f16");
+    }
+}

@@ -1,10 +1,12 @@
 //! GGUF, llama.cpp's and Ollama's file format: reading (header, metadata, tensors, dequantization
 //! of the common quantized types) and writing. The model and tokenizer mapping lives with the model code; this
-//! layer knows only the file, and the two written forms of a SentencePiece vocabulary (`sentencepiece`).
+//! layer knows only the file, the two written forms of a SentencePiece vocabulary (`sentencepiece`),
+//! and llama.cpp's names and value transforms of a Qwen3.5 model (`qwen35`).
 
 mod dequant;
 mod ggml_type;
 mod names;
+pub mod qwen35;
 mod reader;
 mod rotary;
 pub mod sentencepiece;

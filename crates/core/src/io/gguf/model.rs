@@ -13,8 +13,12 @@ use crate::error::{CoreError, Result};
 use crate::network::config::{HfConfig, ModelConfig, RopeScaling};
 
 /// The architectures lora reads from GGUF files, with the `architectures` entry they become.
-const ARCHITECTURES: [(&str, &str); 3] =
-    [("llama", "LlamaForCausalLM"), ("qwen2", "Qwen2ForCausalLM"), ("qwen3", "Qwen3ForCausalLM")];
+const ARCHITECTURES: [(&str, &str); 4] = [
+    ("llama", "LlamaForCausalLM"),
+    ("qwen2", "Qwen2ForCausalLM"),
+    ("qwen3", "Qwen3ForCausalLM"),
+    ("qwen35", "Qwen3_5ForCausalLM"),
+];
 
 /// The GGUF name of a Hugging Face tensor name, or `None` for a name GGUF files do not hold.
 pub use lora_formats::gguf::gguf_tensor_name as gguf_name;
@@ -28,7 +32,7 @@ pub fn architecture(g: &GgufFile) -> Result<String> {
     if !ARCHITECTURES.iter().any(|(a, _)| *a == arch) {
         return Err(CoreError::Gguf(format!(
             "{}: architecture '{arch}' is not supported; lora reads GGUF models of the llama (Llama, Mistral), \
-             qwen2 and qwen3 architectures",
+             qwen2, qwen3 and qwen35 (Qwen3.5) architectures",
             g.path().display()
         )));
     }
@@ -63,32 +67,74 @@ pub fn config(g: &GgufFile) -> Result<ModelConfig> {
     Ok(config)
 }
 
-/// The `config.json` (Hugging Face's keys) of a GGUF model, without `rope_freqs` (which config.json
-/// cannot express).
-pub fn config_json(g: &GgufFile) -> Result<Json> {
-    let arch = architecture(g)?;
-    let path = g.path().display().to_string();
-    let key = |k: &str| format!("{arch}.{k}");
-    let int = |k: &str| -> Result<Option<u64>> {
-        match g.get(&key(k)) {
+/// Typed reads of a file's `{arch}.*` keys, with errors naming the file and the key.
+pub(crate) struct Meta<'a> {
+    pub g: &'a GgufFile,
+    pub arch: &'a str,
+    pub path: String,
+}
+
+impl Meta<'_> {
+    fn key(&self, k: &str) -> String {
+        format!("{}.{k}", self.arch)
+    }
+
+    /// An integer key, if present.
+    pub fn int(&self, k: &str) -> Result<Option<u64>> {
+        match self.g.get(&self.key(k)) {
             None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(Some)
-                .ok_or_else(|| CoreError::Gguf(format!("{path}: {} must be an integer, found {v}", key(k)))),
+            Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+                CoreError::Gguf(format!("{}: {} must be an integer, found {v}", self.path, self.key(k)))
+            }),
         }
-    };
-    let need =
-        |k: &str| -> Result<u64> { int(k)?.ok_or_else(|| CoreError::Gguf(format!("{path}: missing key {}", key(k)))) };
-    let float = |k: &str| -> Result<Option<f64>> {
-        match g.get(&key(k)) {
+    }
+
+    /// An integer key that must be present.
+    pub fn need(&self, k: &str) -> Result<u64> {
+        self.int(k)?.ok_or_else(|| CoreError::Gguf(format!("{}: missing key {}", self.path, self.key(k))))
+    }
+
+    /// A number key, if present.
+    pub fn float(&self, k: &str) -> Result<Option<f64>> {
+        match self.g.get(&self.key(k)) {
             None => Ok(None),
             Some(v) => v
                 .as_f64()
                 .map(Some)
-                .ok_or_else(|| CoreError::Gguf(format!("{path}: {} must be a number, found {v}", key(k)))),
+                .ok_or_else(|| CoreError::Gguf(format!("{}: {} must be a number, found {v}", self.path, self.key(k)))),
         }
-    };
+    }
+
+    /// An array key, if present.
+    pub fn array(&self, k: &str) -> Result<Option<&[Value]>> {
+        match self.g.get(&self.key(k)) {
+            None => Ok(None),
+            Some(v) => v
+                .as_array()
+                .map(Some)
+                .ok_or_else(|| CoreError::Gguf(format!("{}: {} must be an array, found {v}", self.path, self.key(k)))),
+        }
+    }
+
+    /// An error about this file.
+    pub fn error(&self, m: impl std::fmt::Display) -> CoreError {
+        CoreError::Gguf(format!("{}: {m}", self.path))
+    }
+}
+
+/// The `config.json` (Hugging Face's keys) of a GGUF model, without `rope_freqs` (which config.json
+/// cannot express).
+pub fn config_json(g: &GgufFile) -> Result<Json> {
+    let arch = architecture(g)?;
+    let meta = Meta { g, arch: &arch, path: g.path().display().to_string() };
+    if arch == "qwen35" {
+        return crate::io::gguf::qwen35::config_json(&meta);
+    }
+    let path = meta.path.clone();
+    let key = |k: &str| meta.key(k);
+    let int = |k: &str| meta.int(k);
+    let need = |k: &str| meta.need(k);
+    let float = |k: &str| meta.float(k);
     if let Some(t) = g.get(&key("rope.scaling.type")).and_then(Value::as_str)
         && t != "none"
     {
