@@ -26,8 +26,8 @@ use lora_core::{CausalLm, LayerInputs, TokenBatch};
 use crate::error::Result;
 use crate::optimizer::AdamW;
 use crate::trainable::{
-    adapter_layers, adapter_tensors, constant_adapters, set_adapter_tensors, set_dropout_seeds, track_adapters,
-    untrack_adapters,
+    adapter_layers, adapter_tensors, constant_adapters, set_adapter_tensors, set_dropout_seeds, take_adapter_tensors,
+    track_adapters, untrack_adapters,
 };
 
 /// Loss and gradient norm of one optimizer step.
@@ -178,7 +178,8 @@ pub fn train_step(
         }
     }
     if loss.is_finite() {
-        let new = opt.update(params, grads, lr);
+        drop(params);
+        let new = opt.update(take_adapter_tensors(model), grads, lr);
         set_adapter_tensors(model, new);
         untrack_adapters(model);
     }

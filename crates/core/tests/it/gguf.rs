@@ -220,3 +220,25 @@ fn qwen35_gguf_files_give_transformers_logits() {
         assert!(rounded == from_f16, "{p}: the F16 file's weight is not the F32 file's rounded to f16");
     }
 }
+
+/// A `qwen35` file written out as a Hugging Face folder (what `lora merge` does with a GGUF base) holds
+/// the weights lora reads from the file, under Hugging Face's names and layouts, without the
+/// multi-token-prediction block: the folder gives the file's logits to the bit.
+#[test]
+fn a_qwen35_gguf_becomes_the_folder_it_came_from() {
+    let device = default_device();
+    let d = temp_dir("qwen35-folder");
+    for file in ["qwen35-text.gguf", "qwen35-hub-mtp.gguf"] {
+        let path = fixtures().join("gguf").join(file);
+        let dir = d.join(file);
+        lora_core::io::gguf::to_folder::gguf_to_folder(&path, &dir).unwrap();
+        let st = lora_formats::safetensors::SafetensorsFile::open(dir.join("model.safetensors")).unwrap();
+        assert!(st.tensors().keys().all(|n| !n.starts_with("mtp.") && !n.contains("nextn")), "{file}");
+        assert!(st.tensors().contains_key("model.layers.0.linear_attn.A_log"), "{file}");
+        let a = CausalLm::load_dir(&path, &device).unwrap();
+        let b = CausalLm::load_dir(&dir, &device).unwrap();
+        let x = to_f32_vec(a.forward(&batch(), None).unwrap()).unwrap();
+        let y = to_f32_vec(b.forward(&batch(), None).unwrap()).unwrap();
+        assert!(x == y, "{file}: the folder's logits differ from the file's");
+    }
+}

@@ -12,13 +12,14 @@ use serde_json::{Value as Json, json};
 use crate::error::{CoreError, Result};
 use crate::network::config::{HfConfig, ModelConfig, RopeScaling};
 
-/// The architectures lora reads from GGUF files, with the `architectures` entry they become.
-const ARCHITECTURES: [(&str, &str); 4] = [
-    ("llama", "LlamaForCausalLM"),
-    ("qwen2", "Qwen2ForCausalLM"),
-    ("qwen3", "Qwen3ForCausalLM"),
-    ("qwen35", "Qwen3_5ForCausalLM"),
-];
+/// The `architectures` entry of a GGUF architecture lora reads (`lora_formats::hf_config`'s
+/// declarations: the first with that llama.cpp name, so `llama` reads as Llama).
+fn hf_class(arch: &str) -> Option<&'static str> {
+    lora_formats::hf_config::ARCHITECTURES
+        .iter()
+        .find(|s| s.gguf == Some(arch) || s.gguf_read_only == Some(arch))
+        .map(|s| s.class)
+}
 
 /// The GGUF name of a Hugging Face tensor name, or `None` for a name GGUF files do not hold.
 pub use lora_formats::gguf::gguf_tensor_name as gguf_name;
@@ -29,7 +30,7 @@ pub fn architecture(g: &GgufFile) -> Result<String> {
         .get("general.architecture")
         .and_then(Value::as_str)
         .ok_or_else(|| CoreError::Gguf(format!("{}: no general.architecture key", g.path().display())))?;
-    if !ARCHITECTURES.iter().any(|(a, _)| *a == arch) {
+    if hf_class(arch).is_none() {
         return Err(CoreError::Gguf(format!(
             "{}: architecture '{arch}' is not supported; lora reads GGUF models of the llama (Llama, Mistral), \
              qwen2, qwen3 and qwen35 (Qwen3.5) architectures",
@@ -145,7 +146,7 @@ pub fn config_json(g: &GgufFile) -> Result<Json> {
     let vocab = embed.dims.get(1).copied().unwrap_or(0);
     let heads = need("attention.head_count")?;
     let hidden = need("embedding_length")?;
-    let hf_arch = ARCHITECTURES.iter().find(|(a, _)| *a == arch).map(|(_, h)| *h).expect("checked");
+    let hf_arch = hf_class(&arch).expect("checked");
     let token = |k: &str| g.get(&format!("tokenizer.ggml.{k}")).and_then(Value::as_u64);
     let mut cfg = json!({
         "architectures": [hf_arch],

@@ -60,6 +60,13 @@ pub fn gguf_to_folder(path: &Path, dir: &Path) -> Result<()> {
         })
         .unwrap_or_default();
     let mut names = Vec::new();
+    let qwen35 = crate::io::gguf::model::architecture(&file)? == "qwen35";
+    if qwen35 {
+        // llama.cpp's names and layouts differ from Hugging Face's tensor by tensor (io::gguf::qwen35):
+        // write what the configuration loads, read back through the inverse transforms; the
+        // multi-token-prediction block stays behind.
+        names = config.expected_tensors();
+    }
     for t in &file.tensors {
         if t.ggml_type().is_none() {
             return Err(CoreError::Gguf(format!(
@@ -68,6 +75,9 @@ pub fn gguf_to_folder(path: &Path, dir: &Path) -> Result<()> {
                 t.name,
                 lora_formats::gguf::GgmlType::name_of_id(t.type_id)
             )));
+        }
+        if qwen35 {
+            continue;
         }
         let hf = lora_formats::gguf::hf_tensor_name(&t.name).ok_or_else(|| {
             CoreError::Gguf(format!("{}: tensor '{}' has no Hugging Face name", path.display(), t.name))
