@@ -26,8 +26,8 @@ use lora_core::{CausalLm, LayerInputs, TokenBatch};
 use crate::error::Result;
 use crate::optimizer::AdamW;
 use crate::trainable::{
-    adapter_layers, adapter_tensors, constant_adapters, set_adapter_tensors, set_dropout_seeds, take_adapter_tensors,
-    track_adapters, untrack_adapters,
+    adapter_layers, adapter_tensors, constant_adapters, set_adapter_tensors, set_dropout_seeds, track_adapters,
+    untrack_adapters,
 };
 
 /// Loss and gradient norm of one optimizer step.
@@ -178,8 +178,10 @@ pub fn train_step(
         }
     }
     if loss.is_finite() {
-        drop(params);
-        let new = opt.update(take_adapter_tensors(model), grads, lr);
+        // The new values exist beside the old ones until they replace them. Handing the optimizer the
+        // only reference instead (each old value freed as its new one exists) was measured on a 27B
+        // step: the interleaved frees fragmented the heap and the next step peaked 0.25 GiB higher.
+        let new = opt.update(params, grads, lr);
         set_adapter_tensors(model, new);
         untrack_adapters(model);
     }

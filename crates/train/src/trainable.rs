@@ -15,22 +15,6 @@ pub fn adapter_tensors(model: &CausalLm) -> Vec<Tensor<2>> {
     out
 }
 
-/// The adapter tensors of `model`, taken out of it (each left as a 1 × 1 placeholder until
-/// [`set_adapter_tensors`] puts values back), so that the caller holds the only reference to each:
-/// the optimizer then frees each old value as soon as its new one exists, rather than holding a
-/// second copy of the whole adapter (0.47 GB for r 16 on a 27B model).
-pub fn take_adapter_tensors(model: &mut CausalLm) -> Vec<Tensor<2>> {
-    let device = model.device();
-    let mut out = Vec::new();
-    for (_, lin) in model.linear_modules_mut() {
-        for a in lin.lora.iter_mut() {
-            out.push(std::mem::replace(&mut a.lora_a, Tensor::zeros([1, 1], &device)));
-            out.push(std::mem::replace(&mut a.lora_b, Tensor::zeros([1, 1], &device)));
-        }
-    }
-    out
-}
-
 /// Replaces the adapter tensors with `values` (same order as [`adapter_tensors`]), as new autodiff
 /// leaves that require gradients.
 pub fn set_adapter_tensors(model: &mut CausalLm, values: Vec<Tensor<2>>) {
