@@ -8,9 +8,10 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use burn::tensor::{DType, Device, Tensor, TensorCreationOptions, TensorData};
+use burn::tensor::{DType, Device, Tensor};
 
 use crate::error::{CoreError, Result};
+use crate::io::weights::{held_from_bytes, held_from_f32, stores};
 
 /// A table's place in its file and the dtype it is held in.
 #[derive(Debug, Clone)]
@@ -63,27 +64,12 @@ impl FileRows {
                 .map_err(|e| CoreError::io(&self.path, e))?;
         }
         let shape = [ids.len(), cols];
-        let same = matches!(
-            (self.stored, self.dtype),
-            (lora_formats::DType::BF16, DType::BF16)
-                | (lora_formats::DType::F16, DType::F16)
-                | (lora_formats::DType::F32, DType::F32)
-        );
-        let held: Tensor<2> = if same {
-            let data = TensorData::from_bytes_vec(bytes, shape, self.dtype);
-            Tensor::from_data(data, TensorCreationOptions::new(device.clone()).with_dtype(self.dtype))
+        let held: Tensor<2> = if stores(self.stored, self.dtype) {
+            held_from_bytes(bytes, shape, self.dtype, device)
         } else {
             let mut values = vec![0f32; ids.len() * cols];
             lora_formats::dtype::decode_f32(&bytes, self.stored, &mut values);
-            let data = TensorData::new(values, shape);
-            if self.dtype == DType::F32 {
-                Tensor::from_data(data, device)
-            } else {
-                Tensor::from_data(
-                    data.convert_dtype(self.dtype),
-                    TensorCreationOptions::new(device.clone()).with_dtype(self.dtype),
-                )
-            }
+            held_from_f32(values, shape, self.dtype, device)
         };
         Ok(held.cast(DType::F32))
     }

@@ -175,15 +175,9 @@ impl Weights {
     ) -> Result<Tensor<D>> {
         // Same 2-byte dtype in the file as asked for: take the bytes as they are, without an f32 copy
         // (the embeddings and head of an 8B model are 2 GB each in f32).
-        let file_dtype = self.location.get(name).and_then(|&i| self.files[i].info(name)).map(|i| i.dtype);
-        let same = matches!(
-            (file_dtype, dtype),
-            (Some(lora_formats::DType::BF16), DType::BF16) | (Some(lora_formats::DType::F16), DType::F16)
-        );
-        if same {
+        if self.stored_dtype(name).is_some_and(|d| d != lora_formats::DType::F32 && stores(d, dtype)) {
             let (bytes, shape) = self.read_bytes(name, &expected)?;
-            let data = TensorData::from_bytes_vec(bytes, shape, dtype);
-            return Ok(Tensor::from_data(data, TensorCreationOptions::new(device.clone()).with_dtype(dtype)));
+            return Ok(held_from_bytes(bytes, shape, dtype, device));
         }
         let (values, shape) = self.read_f32(name, &expected)?;
         if dtype == DType::F16
@@ -194,11 +188,12 @@ impl Weights {
                 self.dir.display()
             )));
         }
-        let data = TensorData::new(values, shape);
-        if dtype == DType::F32 {
-            return Ok(Tensor::from_data(data, device));
-        }
-        Ok(Tensor::from_data(data.convert_dtype(dtype), TensorCreationOptions::new(device.clone()).with_dtype(dtype)))
+        Ok(held_from_f32(values, shape, dtype, device))
+    }
+
+    /// The dtype a safetensors file stores tensor `name` in (`None` for GGUF and absent names).
+    fn stored_dtype(&self, name: &str) -> Option<lora_formats::DType> {
+        self.location.get(name).and_then(|&i| self.files[i].info(name)).map(|i| i.dtype)
     }
 
     /// Tensor `name` (checked to be `expected`) left in its safetensors file, held as `dtype` and read
@@ -208,8 +203,7 @@ impl Weights {
         if self.gguf.is_some() {
             return Ok(None);
         }
-        let stored = self.location.get(name).and_then(|&i| self.files[i].info(name)).map(|i| i.dtype);
-        let Some(stored) = stored.filter(|d| d.is_float()) else { return Ok(None) };
+        let Some(stored) = self.stored_dtype(name).filter(|d| d.is_float()) else { return Ok(None) };
         if dtype == DType::F16 && stored != lora_formats::DType::F16 {
             return Ok(None);
         }
@@ -398,4 +392,39 @@ impl Weights {
 /// Buffers some checkpoints carry that hold no learned value.
 fn is_ignorable(name: &str) -> bool {
     name.ends_with("rotary_emb.inv_freq")
+}
+
+/// Whether a file dtype is the held dtype itself, so that its bytes can be taken as they are.
+pub(crate) fn stores(stored: lora_formats::DType, dtype: DType) -> bool {
+    matches!(
+        (stored, dtype),
+        (lora_formats::DType::BF16, DType::BF16)
+            | (lora_formats::DType::F16, DType::F16)
+            | (lora_formats::DType::F32, DType::F32)
+    )
+}
+
+/// A tensor held as `dtype` from bytes already in that dtype.
+pub(crate) fn held_from_bytes<const D: usize>(
+    bytes: Vec<u8>,
+    shape: impl Into<Vec<usize>>,
+    dtype: DType,
+    device: &Device,
+) -> Tensor<D> {
+    let data = TensorData::from_bytes_vec(bytes, shape.into(), dtype);
+    Tensor::from_data(data, TensorCreationOptions::new(device.clone()).with_dtype(dtype))
+}
+
+/// A tensor held as `dtype` from f32 values, rounded to nearest even as `torch.Tensor.to` does.
+pub(crate) fn held_from_f32<const D: usize>(
+    values: Vec<f32>,
+    shape: impl Into<Vec<usize>>,
+    dtype: DType,
+    device: &Device,
+) -> Tensor<D> {
+    let data = TensorData::new(values, shape.into());
+    if dtype == DType::F32 {
+        return Tensor::from_data(data, device);
+    }
+    Tensor::from_data(data.convert_dtype(dtype), TensorCreationOptions::new(device.clone()).with_dtype(dtype))
 }

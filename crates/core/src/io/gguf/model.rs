@@ -80,40 +80,51 @@ impl Meta<'_> {
         format!("{}.{k}", self.arch)
     }
 
-    /// An integer key, if present.
-    pub fn int(&self, k: &str) -> Result<Option<u64>> {
+    /// Key `k` as `as_type` reads it, if present; `what` names the type in the error.
+    fn typed<'v, T>(&'v self, k: &str, what: &str, as_type: impl Fn(&'v Value) -> Option<T>) -> Result<Option<T>> {
         match self.g.get(&self.key(k)) {
             None => Ok(None),
-            Some(v) => v.as_u64().map(Some).ok_or_else(|| {
-                CoreError::Gguf(format!("{}: {} must be an integer, found {v}", self.path, self.key(k)))
-            }),
+            Some(v) => {
+                as_type(v).map(Some).ok_or_else(|| self.error(format!("{} must be {what}, found {v}", self.key(k))))
+            }
         }
+    }
+
+    /// An integer key, if present.
+    pub fn int(&self, k: &str) -> Result<Option<u64>> {
+        self.typed(k, "an integer", Value::as_u64)
     }
 
     /// An integer key that must be present.
     pub fn need(&self, k: &str) -> Result<u64> {
-        self.int(k)?.ok_or_else(|| CoreError::Gguf(format!("{}: missing key {}", self.path, self.key(k))))
+        self.int(k)?.ok_or_else(|| self.error(format!("missing key {}", self.key(k))))
     }
 
     /// A number key, if present.
     pub fn float(&self, k: &str) -> Result<Option<f64>> {
-        match self.g.get(&self.key(k)) {
-            None => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(Some)
-                .ok_or_else(|| CoreError::Gguf(format!("{}: {} must be a number, found {v}", self.path, self.key(k)))),
-        }
+        self.typed(k, "a number", Value::as_f64)
     }
 
     /// An array key, if present.
     pub fn array(&self, k: &str) -> Result<Option<&[Value]>> {
-        match self.g.get(&self.key(k)) {
-            None => Ok(None),
-            Some(v) => v
-                .as_array()
-                .map(Some)
-                .ok_or_else(|| CoreError::Gguf(format!("{}: {} must be an array, found {v}", self.path, self.key(k)))),
+        self.typed(k, "an array", Value::as_array)
+    }
+
+    /// The vocabulary size: the width of `token_embd.weight`.
+    pub fn vocab_size(&self) -> Result<u64> {
+        let embed = self.g.tensor("token_embd.weight").ok_or_else(|| self.error("no token_embd.weight tensor"))?;
+        Ok(embed.dims.get(1).copied().unwrap_or(0))
+    }
+
+    /// Adds the `tokenizer.ggml.*` special token ids the file has to a config.json object.
+    pub fn insert_special_tokens(&self, cfg: &mut Json) {
+        let obj = cfg.as_object_mut().expect("an object");
+        for (k, name) in
+            [("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"), ("pad_token_id", "padding_token_id")]
+        {
+            if let Some(id) = self.g.get(&format!("tokenizer.ggml.{name}")).and_then(Value::as_u64) {
+                obj.insert(k.into(), Json::from(id));
+            }
         }
     }
 
@@ -131,49 +142,31 @@ pub fn config_json(g: &GgufFile) -> Result<Json> {
     if arch == "qwen35" {
         return crate::io::gguf::qwen35::config_json(&meta);
     }
-    let path = meta.path.clone();
-    let key = |k: &str| meta.key(k);
-    let int = |k: &str| meta.int(k);
-    let need = |k: &str| meta.need(k);
-    let float = |k: &str| meta.float(k);
-    if let Some(t) = g.get(&key("rope.scaling.type")).and_then(Value::as_str)
+    if let Some(t) = g.get(&meta.key("rope.scaling.type")).and_then(Value::as_str)
         && t != "none"
     {
-        return Err(CoreError::Gguf(format!("{path}: {} = '{t}' is not supported", key("rope.scaling.type"))));
+        return Err(meta.error(format!("{} = '{t}' is not supported", meta.key("rope.scaling.type"))));
     }
-    let embed =
-        g.tensor("token_embd.weight").ok_or_else(|| CoreError::Gguf(format!("{path}: no token_embd.weight tensor")))?;
-    let vocab = embed.dims.get(1).copied().unwrap_or(0);
-    let heads = need("attention.head_count")?;
-    let hidden = need("embedding_length")?;
-    let hf_arch = hf_class(&arch).expect("checked");
-    let token = |k: &str| g.get(&format!("tokenizer.ggml.{k}")).and_then(Value::as_u64);
+    let heads = meta.need("attention.head_count")?;
     let mut cfg = json!({
-        "architectures": [hf_arch],
-        "vocab_size": vocab,
-        "hidden_size": hidden,
-        "intermediate_size": need("feed_forward_length")?,
-        "num_hidden_layers": need("block_count")?,
+        "architectures": [hf_class(&arch).expect("checked")],
+        "vocab_size": meta.vocab_size()?,
+        "hidden_size": meta.need("embedding_length")?,
+        "intermediate_size": meta.need("feed_forward_length")?,
+        "num_hidden_layers": meta.need("block_count")?,
         "num_attention_heads": heads,
-        "num_key_value_heads": int("attention.head_count_kv")?.unwrap_or(heads),
-        "rms_norm_eps": float("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5),
-        "rope_theta": float("rope.freq_base")?.unwrap_or(10000.0),
-        "max_position_embeddings": int("context_length")?.unwrap_or(2048),
+        "num_key_value_heads": meta.int("attention.head_count_kv")?.unwrap_or(heads),
+        "rms_norm_eps": meta.float("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5),
+        "rope_theta": meta.float("rope.freq_base")?.unwrap_or(10000.0),
+        "max_position_embeddings": meta.int("context_length")?.unwrap_or(2048),
         "tie_word_embeddings": g.tensor("output.weight").is_none(),
         "attention_bias": g.tensor("blk.0.attn_output.bias").is_some(),
         "mlp_bias": g.tensor("blk.0.ffn_gate.bias").is_some(),
     });
-    let obj = cfg.as_object_mut().expect("an object");
-    if let Some(hd) = int("attention.key_length")? {
-        obj.insert("head_dim".into(), Json::from(hd));
+    if let Some(hd) = meta.int("attention.key_length")? {
+        cfg["head_dim"] = Json::from(hd);
     }
-    for (k, name) in
-        [("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"), ("pad_token_id", "padding_token_id")]
-    {
-        if let Some(id) = token(name) {
-            obj.insert(k.into(), Json::from(id));
-        }
-    }
+    meta.insert_special_tokens(&mut cfg);
     Ok(cfg)
 }
 

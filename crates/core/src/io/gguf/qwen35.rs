@@ -13,8 +13,6 @@ use crate::network::config::ModelConfig;
 /// The `config.json` of a `qwen35` file: a `Qwen3_5ForCausalLM` text model.
 pub(crate) fn config_json(m: &Meta) -> Result<Json> {
     let g = m.g;
-    let embed = g.tensor("token_embd.weight").ok_or_else(|| m.error("no token_embd.weight tensor"))?;
-    let vocab = embed.dims.get(1).copied().unwrap_or(0);
     let blocks = m.need("block_count")?;
     let mtp = m.int("nextn_predict_layers")?.unwrap_or(0);
     let layers = blocks.checked_sub(mtp).filter(|&l| l > 0).ok_or_else(|| {
@@ -68,11 +66,10 @@ pub(crate) fn config_json(m: &Meta) -> Result<Json> {
         rope["mrope_section"] = json!(sections);
         rope["mrope_interleaved"] = json!(true);
     }
-    let token = |k: &str| g.get(&format!("tokenizer.ggml.{k}")).and_then(lora_formats::gguf::Value::as_u64);
     let mut cfg = json!({
         "architectures": ["Qwen3_5ForCausalLM"],
         "model_type": "qwen3_5_text",
-        "vocab_size": vocab,
+        "vocab_size": m.vocab_size()?,
         "hidden_size": m.need("embedding_length")?,
         "intermediate_size": m.need("feed_forward_length")?,
         "num_hidden_layers": layers,
@@ -91,14 +88,7 @@ pub(crate) fn config_json(m: &Meta) -> Result<Json> {
         "layer_types": layer_types,
         "rope_parameters": rope,
     });
-    let obj = cfg.as_object_mut().expect("an object");
-    for (k, name) in
-        [("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"), ("pad_token_id", "padding_token_id")]
-    {
-        if let Some(id) = token(name) {
-            obj.insert(k.into(), Json::from(id));
-        }
-    }
+    m.insert_special_tokens(&mut cfg);
     Ok(cfg)
 }
 
