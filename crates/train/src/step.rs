@@ -19,6 +19,7 @@
 //! `torch.nn.utils.clip_grad_norm_`, then AdamW.
 
 use lora_core::burn::tensor::{Gradients, Tensor};
+use lora_core::kernels::cpu_kernel::use_fused;
 use lora_core::kernels::host::to_f32_vec;
 use lora_core::loss::chunked::head_loss;
 use lora_core::{CausalLm, LayerInputs, TokenBatch};
@@ -26,8 +27,8 @@ use lora_core::{CausalLm, LayerInputs, TokenBatch};
 use crate::error::Result;
 use crate::optimizer::AdamW;
 use crate::trainable::{
-    adapter_layers, adapter_tensors, constant_adapters, set_adapter_tensors, set_dropout_seeds, track_adapters,
-    untrack_adapters,
+    adapter_layers, adapter_tensors, constant_adapters, set_adapter_tensors, set_dropout_seeds, take_adapter_tensors,
+    track_adapters, untrack_adapters,
 };
 
 /// Loss and gradient norm of one optimizer step.
@@ -163,9 +164,10 @@ pub fn train_step(
         loss_sum += micro_batch(model, batch, labels, scale, options.gradient_checkpointing, &mut acc)?;
     }
     let loss = loss_sum / step_tokens.max(1) as f64;
-    let params = adapter_tensors(model);
+    let current: Vec<Tensor<2>> = adapter_tensors(model);
+    let on_flex = current.first().is_some_and(use_fused);
     let mut grads: Vec<Tensor<2>> =
-        acc.into_iter().zip(&params).map(|(g, p)| g.unwrap_or_else(|| p.zeros_like().inner())).collect();
+        acc.into_iter().zip(&current).map(|(g, p)| g.unwrap_or_else(|| p.zeros_like().inner())).collect();
     let sq: f64 = grads
         .iter()
         .map(|g| to_f32_vec(g.clone().square().sum()).map(|v| v[0] as f64))
@@ -178,9 +180,18 @@ pub fn train_step(
         }
     }
     if loss.is_finite() {
-        // The new values exist beside the old ones until they replace them. Handing the optimizer the
-        // only reference instead (each old value freed as its new one exists) was measured on a 27B
-        // step: the interleaved frees fragmented the heap and the next step peaked 0.25 GiB higher.
+        // On burn-flex the optimizer gets the only reference to each value and writes the new values
+        // into the old buffers: the end of a step allocates nothing (the composed update, with new
+        // values beside the old, was the peak of a 27B step). The GPU backends get shared references,
+        // as before: handed the only ones, a wgpu run (lavapipe) trained an adapter 1e-3 away from
+        // the CPU's instead of 2e-7, although the update alone agrees either way; the interaction
+        // with the step's lazily run graph was not tracked down.
+        let params = if on_flex {
+            drop(current);
+            take_adapter_tensors(model)
+        } else {
+            current
+        };
         let new = opt.update(params, grads, lr);
         set_adapter_tensors(model, new);
         untrack_adapters(model);

@@ -15,6 +15,22 @@ pub fn adapter_tensors(model: &CausalLm) -> Vec<Tensor<2>> {
     out
 }
 
+/// Takes the adapter tensors out of the model (same order as [`adapter_tensors`]), leaving empty
+/// placeholders: the values returned are then the only references to their buffers, which the
+/// optimizer updates in place. [`set_adapter_tensors`] puts values back.
+pub fn take_adapter_tensors(model: &mut CausalLm) -> Vec<Tensor<2>> {
+    let mut out = Vec::new();
+    for (_, lin) in model.linear_modules_mut() {
+        for a in lin.lora.iter_mut() {
+            for t in [&mut a.lora_a, &mut a.lora_b] {
+                let empty = Tensor::empty([0, 0], &t.device());
+                out.push(std::mem::replace(t, empty).inner());
+            }
+        }
+    }
+    out
+}
+
 /// Replaces the adapter tensors with `values` (same order as [`adapter_tensors`]), as new autodiff
 /// leaves that require gradients.
 pub fn set_adapter_tensors(model: &mut CausalLm, values: Vec<Tensor<2>>) {
