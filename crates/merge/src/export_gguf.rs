@@ -10,19 +10,25 @@
 //!   module gets exactly PEFT's scale.
 //! - For the `llama` architecture the rows of B for q and k are permuted as the converter permutes the
 //!   base's q/k rows (Hugging Face's rotate-half layout to ggml's interleaved one).
+//! - For `qwen35` (Qwen3.5) the value heads go from grouped to tiled order wherever the converter
+//!   reorders the base weight: the rows of B for `in_proj_qkv` (its V rows), `in_proj_z`, `in_proj_a`
+//!   and `in_proj_b`, the columns of A for `out_proj`. This is what llama.cpp's own
+//!   `convert_lora_to_gguf.py` means to do, and fails to (L#21125).
 
 use std::path::{Path, PathBuf};
 
 use crate::adapter::Adapter;
 use crate::error::{MergeError, Result};
+use crate::gguf::qwen35::{self, LinearHeads, apply, lora_transforms};
 use crate::gguf::{
     GgmlType, GgufFile, TensorOut, Value, encode_values, gguf_architecture, gguf_module, is_linear_module,
 };
+use lora_formats::hf_config::ModelConfig;
 
 /// What the export needs to know about the base.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BaseInfo {
-    /// `general.architecture`: `llama`, `qwen2` or `qwen3`.
+    /// `general.architecture`: `llama`, `qwen2`, `qwen3` or `qwen35`.
     pub architecture: String,
     /// Query heads.
     pub heads: usize,
@@ -30,6 +36,8 @@ pub struct BaseInfo {
     pub kv_heads: usize,
     /// The head shares the embedding matrix (llama.cpp then has no `output.weight` to adapt).
     pub tied: bool,
+    /// `qwen35`: the Gated DeltaNet's heads, whose value heads the converter reorders.
+    pub linear_heads: Option<LinearHeads>,
 }
 
 impl BaseInfo {
@@ -46,16 +54,42 @@ impl BaseInfo {
             let heads = int("attention.head_count").ok_or_else(|| MergeError::gguf(base, "no attention.head_count"))?;
             let kv_heads = int("attention.head_count_kv").unwrap_or(heads);
             let tied = g.tensor("output.weight").is_none();
-            return Self::checked(base, arch, heads, kv_heads, tied);
+            let linear_heads = match (int("ssm.group_count"), int("ssm.time_step_rank"), int("ssm.state_size")) {
+                (Some(key_heads), Some(value_heads), Some(dim)) if arch == "qwen35" => {
+                    Some(LinearHeads { key_heads, value_heads, key_dim: dim, value_dim: dim })
+                }
+                _ if arch == "qwen35" => return Err(MergeError::gguf(base, "no qwen35.ssm.* head counts")),
+                _ => None,
+            };
+            return Self::checked(base, Self { architecture: arch, heads, kv_heads, tied, linear_heads });
         }
         let path = base.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(|e| MergeError::io(&path, e))?;
         let cfg: serde_json::Value = serde_json::from_str(&text).map_err(|e| MergeError::json(&path, e))?;
         let model_type = cfg["model_type"].as_str().unwrap_or_default();
+        if crate::export_gguf_qwen35::is_qwen3_5(&cfg) {
+            let c = ModelConfig::from_file(&path)?;
+            let linear_heads = c.linear_attention.map(|l| LinearHeads {
+                key_heads: l.num_key_heads,
+                value_heads: l.num_value_heads,
+                key_dim: l.key_head_dim,
+                value_dim: l.value_head_dim,
+            });
+            let info = Self {
+                architecture: "qwen35".into(),
+                heads: c.num_attention_heads,
+                kv_heads: c.num_key_value_heads,
+                tied: c.tie_word_embeddings,
+                linear_heads,
+            };
+            return Self::checked(base, info);
+        }
         let arch = gguf_architecture(model_type).ok_or_else(|| {
             MergeError::folder(
                 base,
-                format!("model_type '{model_type}' has no llama.cpp architecture lora can export to (llama, mistral, qwen2, qwen3)"),
+                format!(
+                    "model_type '{model_type}' has no llama.cpp architecture lora can export to (llama, mistral, qwen2, qwen3, qwen3_5)"
+                ),
             )
         })?;
         let heads = cfg["num_attention_heads"]
@@ -63,20 +97,46 @@ impl BaseInfo {
             .ok_or_else(|| MergeError::folder(&path, "no num_attention_heads"))? as usize;
         let kv_heads = cfg["num_key_value_heads"].as_u64().map_or(heads, |v| v as usize);
         let tied = cfg["tie_word_embeddings"].as_bool().unwrap_or(false);
-        Self::checked(base, arch.to_string(), heads, kv_heads, tied)
+        Self::checked(base, Self { architecture: arch.to_string(), heads, kv_heads, tied, linear_heads: None })
     }
 
-    fn checked(base: &Path, architecture: String, heads: usize, kv_heads: usize, tied: bool) -> Result<Self> {
-        if !["llama", "qwen2", "qwen3"].contains(&architecture.as_str()) {
+    fn checked(base: &Path, info: Self) -> Result<Self> {
+        if !["llama", "qwen2", "qwen3", "qwen35"].contains(&info.architecture.as_str()) {
             return Err(MergeError::gguf(
                 base,
-                format!("architecture '{architecture}' is not supported (llama, qwen2, qwen3)"),
+                format!("architecture '{}' is not supported (llama, qwen2, qwen3, qwen35)", info.architecture),
             ));
         }
-        if heads == 0 || kv_heads == 0 {
+        if info.heads == 0 || info.kv_heads == 0 {
             return Err(MergeError::folder(base, "attention head counts must be positive"));
         }
-        Ok(Self { architecture, heads, kv_heads, tied })
+        if let Some(h) = info.linear_heads
+            && (h.key_heads == 0 || h.value_heads % h.key_heads != 0)
+        {
+            return Err(MergeError::folder(base, "linear-attention value heads are not a multiple of the key heads"));
+        }
+        if let Some(h) = info.linear_heads
+            && h.key_dim != h.value_dim
+        {
+            return Err(MergeError::folder(
+                base,
+                format!(
+                    "linear_key_head_dim {} differs from linear_value_head_dim {}: llama.cpp's qwen35 takes both from \
+                     one key (ssm.state_size) and cannot run this base",
+                    h.key_dim, h.value_dim
+                ),
+            ));
+        }
+        Ok(info)
+    }
+
+    /// The GGUF module of a Hugging Face module, in this architecture's naming.
+    fn gguf_module(&self, hf_module: &str) -> Option<String> {
+        if self.architecture == "qwen35" {
+            qwen35::gguf_module(hf_module)
+        } else {
+            is_linear_module(hf_module).then(|| gguf_module(hf_module)).flatten()
+        }
     }
 }
 
@@ -123,9 +183,7 @@ fn export_inner(adapter_dir: &Path, base: &Path, out: &Path, ggml_type: GgmlType
     let unmapped: Vec<&str> = adapter
         .modules
         .values()
-        .filter(|m| {
-            !is_linear_module(&m.module) || gguf_module(&m.module).is_none() || (info.tied && m.module == "lm_head")
-        })
+        .filter(|m| info.gguf_module(&m.module).is_none() || (info.tied && m.module == "lm_head"))
         .map(|m| m.module.as_str())
         .collect();
     if !unmapped.is_empty() {
@@ -141,8 +199,8 @@ fn export_inner(adapter_dir: &Path, base: &Path, out: &Path, ggml_type: GgmlType
     let mut tensors = Vec::new();
     let (mut folded, mut fallbacks) = (0usize, Vec::new());
     for m in adapter.modules.values() {
-        let name = gguf_module(&m.module).expect("checked");
-        let a = adapter.tensor_f32(&m.a); // [r, in]
+        let name = info.gguf_module(&m.module).expect("checked");
+        let mut a = adapter.tensor_f32(&m.a); // [r, in]
         let mut b = adapter.tensor_f32(&m.b); // [out, r]
         let (rank, d_in, d_out) = (m.rank, m.a.shape[1], m.b.shape[0]);
         if m.transposed {
@@ -159,6 +217,11 @@ fn export_inner(adapter_dir: &Path, base: &Path, out: &Path, ggml_type: GgmlType
         if info.architecture == "llama" && (is_q || m.module.ends_with("self_attn.k_proj")) {
             let heads = if is_q { info.heads } else { info.kv_heads };
             b = permute_rows(&b, d_out, rank, heads);
+        }
+        if let Some(heads) = &info.linear_heads {
+            let (rows_of_b, columns_of_a) = lora_transforms(&m.module, heads);
+            b = apply(rows_of_b, &b, d_out, rank, heads, true);
+            a = apply(columns_of_a, &a, rank, d_in, heads, true);
         }
         for (suffix, values, dims) in
             [("lora_a", a, [d_in as u64, rank as u64]), ("lora_b", b, [rank as u64, d_out as u64])]

@@ -72,7 +72,7 @@ fn read_json(path: &Path) -> Result<Option<Json>> {
 }
 
 /// The `tokenizer.*` metadata of a folder's `tokenizer.json` and `tokenizer_config.json`.
-fn tokenizer_metadata(dir: &Path, cfg: &Json, vocab_size: usize) -> Result<(Vec<(String, Value)>, String)> {
+pub(crate) fn tokenizer_metadata(dir: &Path, cfg: &Json, vocab_size: usize) -> Result<(Vec<(String, Value)>, String)> {
     let path = dir.join("tokenizer.json");
     let tok = read_json(&path)?
         .ok_or_else(|| MergeError::folder(dir, "no tokenizer.json; a GGUF model carries its tokenizer"))?;
@@ -260,8 +260,14 @@ fn export_inner(dir: &Path, out: &Path, ggml_type: GgmlType, force: bool) -> Res
     let model = ModelDir::open(dir)?;
     let cfg = model.config().cloned().ok_or_else(|| MergeError::folder(dir, "no config.json"))?;
     let model_type = cfg["model_type"].as_str().unwrap_or_default();
+    if crate::export_gguf_qwen35::is_qwen3_5(&cfg) {
+        return crate::export_gguf_qwen35::export(dir, &model, &cfg, out, ggml_type);
+    }
     let arch = gguf_architecture(model_type).ok_or_else(|| {
-        MergeError::folder(dir, format!("model_type '{model_type}' cannot be exported (llama, mistral, qwen2, qwen3)"))
+        MergeError::folder(
+            dir,
+            format!("model_type '{model_type}' cannot be exported (llama, mistral, qwen2, qwen3, qwen3_5)"),
+        )
     })?;
     let int =
         |k: &str| cfg[k].as_u64().ok_or_else(|| MergeError::folder(dir, format!("config.json has no integer '{k}'")));
@@ -274,13 +280,7 @@ fn export_inner(dir: &Path, out: &Path, ggml_type: GgmlType, force: bool) -> Res
         .filter(|v| !v.is_null())
         .or_else(|| cfg.get("rope_scaling").filter(|v| !v.is_null()));
     let theta = rope.and_then(|r| r["rope_theta"].as_f64()).or(cfg["rope_theta"].as_f64()).unwrap_or(10000.0);
-    let file_type = match ggml_type {
-        GgmlType::F32 => 0,
-        GgmlType::F16 => 1,
-        GgmlType::Q8_0 => 7,
-        GgmlType::Bf16 => 32,
-        other => return Err(MergeError::Parameter(format!("exporting {} models is not supported", other.name()))),
-    };
+    let file_type = file_type(ggml_type)?;
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
     let key = |k: &str| format!("{arch}.{k}");
     let mut meta = vec![
@@ -310,9 +310,9 @@ fn export_inner(dir: &Path, out: &Path, ggml_type: GgmlType, force: bool) -> Res
     let (tok, pre) = tokenizer_metadata(dir, &cfg, vocab as usize)?;
     meta.extend(tok);
 
-    // The tensors, planned: (GGUF name, HF name or none for rope_freqs, dims, type).
+    // The tensors, planned: GGUF name, HF name (none for rope_freqs), dims, type.
     let tied = cfg["tie_word_embeddings"].as_bool().unwrap_or(false);
-    let mut plan: Vec<(String, Option<String>, Vec<u64>, GgmlType)> = Vec::new();
+    let mut plan: Vec<Planned> = Vec::new();
     if let Some(r) = rope {
         let kind = r.get("rope_type").or_else(|| r.get("type")).and_then(Json::as_str).unwrap_or("default");
         if !["default", "llama3"].contains(&kind) {
@@ -329,7 +329,12 @@ fn export_inner(dir: &Path, out: &Path, ggml_type: GgmlType, force: bool) -> Res
         ));
     }
     if let Some(f) = &factors {
-        plan.push(("rope_freqs.weight".into(), None, vec![f.len() as u64], GgmlType::F32));
+        plan.push(Planned {
+            gguf: "rope_freqs.weight".into(),
+            hf: None,
+            dims: vec![f.len() as u64],
+            ggml_type: GgmlType::F32,
+        });
     }
     for hf in model.names() {
         if hf.ends_with("rotary_emb.inv_freq") || (tied && hf == "lm_head.weight") {
@@ -339,17 +344,79 @@ fn export_inner(dir: &Path, out: &Path, ggml_type: GgmlType, force: bool) -> Res
             .ok_or_else(|| MergeError::Mismatch(format!("{}: tensor '{hf}' has no GGUF name", dir.display())))?;
         let info = model.require(hf)?.info;
         let dims: Vec<u64> = info.shape.iter().rev().map(|&d| d as u64).collect();
-        let t = if dims.len() < 2 || (ggml_type == GgmlType::Q8_0 && dims[0] % 32 != 0) {
-            if dims.len() < 2 { GgmlType::F32 } else { GgmlType::F16 }
-        } else {
-            ggml_type
-        };
-        plan.push((g, Some(hf.to_string()), dims, t));
+        let t = tensor_type(&dims, ggml_type);
+        plan.push(Planned { gguf: g, hf: Some(hf.to_string()), dims, ggml_type: t });
     }
-    // Header with every offset known from the shapes, then the data tensor by tensor.
-    let entries: Vec<TensorPlan> =
-        plan.iter().map(|(n, _, dims, t)| TensorPlan { name: n.clone(), dims: dims.clone(), ggml_type: *t }).collect();
-    let header_only = crate::gguf::encode_header(&meta, &entries)?;
+    let values = |p: &Planned| -> Result<Vec<f32>> {
+        let Some(hf) = &p.hf else { return Ok(factors.clone().expect("planned")) };
+        let mut values = read_f32(&model, hf)?;
+        if arch == "llama" && (p.gguf.contains(".attn_q.") || p.gguf.contains(".attn_k.")) {
+            let n = if p.gguf.contains(".attn_q.") { heads } else { kv_heads } as usize;
+            let rows = *p.dims.last().expect("a dimension") as usize;
+            let cols = if p.dims.len() == 2 { p.dims[0] as usize } else { 1 };
+            values = permute_rows(&values, rows, cols, n);
+        }
+        Ok(values)
+    };
+    write_planned(out, &meta, &plan, &values)?;
+    Ok(ModelExportReport { out: out.to_path_buf(), architecture: arch.into(), tensors: plan.len(), pre })
+}
+
+/// One tensor of a planned model export: its GGUF name, the Hugging Face tensor its values come
+/// from (none for values the export computes), its GGUF dimensions (innermost first) and type.
+#[derive(Debug, Clone)]
+pub(crate) struct Planned {
+    pub gguf: String,
+    pub hf: Option<String>,
+    pub dims: Vec<u64>,
+    pub ggml_type: GgmlType,
+}
+
+/// The type a weight is written as: vectors stay F32 (llama.cpp's code expects norms and biases in
+/// F32), and a matrix whose rows are not whole Q8_0 blocks of 32 falls back to F16, as the converter does.
+pub(crate) fn tensor_type(dims: &[u64], asked: GgmlType) -> GgmlType {
+    if dims.len() < 2 {
+        GgmlType::F32
+    } else if asked == GgmlType::Q8_0 && dims[0] % 32 != 0 {
+        GgmlType::F16
+    } else {
+        asked
+    }
+}
+
+/// `general.file_type` of an export whose weights are `t`.
+pub(crate) fn file_type(t: GgmlType) -> Result<u32> {
+    match t {
+        GgmlType::F32 => Ok(0),
+        GgmlType::F16 => Ok(1),
+        GgmlType::Q8_0 => Ok(7),
+        GgmlType::Bf16 => Ok(32),
+        other => Err(MergeError::Parameter(format!("exporting {} models is not supported", other.name()))),
+    }
+}
+
+/// The values of tensor `hf` of the folder as f32, read from the mapped file and released.
+pub(crate) fn read_f32(model: &ModelDir, hf: &str) -> Result<Vec<f32>> {
+    let src = Source::Mapped(model.require(hf)?);
+    let mut v = vec![0f32; src.numel()];
+    src.read(0, &mut v);
+    src.release();
+    Ok(v)
+}
+
+/// Writes `meta` and the planned tensors to `out` under a temporary name, renamed when complete:
+/// the header from the shapes, then each tensor's `values` converted and written, one at a time.
+pub(crate) fn write_planned(
+    out: &Path,
+    meta: &[(String, Value)],
+    plan: &[Planned],
+    values: &dyn Fn(&Planned) -> Result<Vec<f32>>,
+) -> Result<()> {
+    let entries: Vec<TensorPlan> = plan
+        .iter()
+        .map(|p| TensorPlan { name: p.gguf.clone(), dims: p.dims.clone(), ggml_type: p.ggml_type })
+        .collect();
+    let header_only = crate::gguf::encode_header(meta, &entries)?;
     let tmp = out.with_file_name(format!(
         ".{}.partial",
         out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
@@ -360,29 +427,14 @@ fn export_inner(dir: &Path, out: &Path, ggml_type: GgmlType, force: bool) -> Res
         let io = |e| MergeError::io(&tmp, e);
         w.write_all(&header_only.bytes).map_err(io)?;
         let mut written = 0u64;
-        for ((gname, hf, dims, t), offset) in plan.iter().zip(&header_only.offsets) {
+        for (p, offset) in plan.iter().zip(&header_only.offsets) {
             w.write_all(&vec![0u8; (offset - written) as usize]).map_err(io)?;
-            let mut values = match hf {
-                None => factors.clone().expect("planned"),
-                Some(hf) => {
-                    let src = Source::Mapped(model.require(hf)?);
-                    let mut v = vec![0f32; src.numel()];
-                    src.read(0, &mut v);
-                    src.release();
-                    v
-                }
-            };
-            if arch == "llama" && (gname.contains(".attn_q.") || gname.contains(".attn_k.")) {
-                let n = if gname.contains(".attn_q.") { heads } else { kv_heads } as usize;
-                let rows = *dims.last().expect("a dimension") as usize;
-                let cols = if dims.len() == 2 { dims[0] as usize } else { 1 };
-                values = permute_rows(&values, rows, cols, n);
-            }
-            let data = encode_values(&values, *t)?;
-            let planned = t.bytes_of(dims.iter().product::<u64>() as usize);
+            let data = encode_values(&values(p)?, p.ggml_type)?;
+            let planned = p.ggml_type.bytes_of(p.dims.iter().product::<u64>() as usize);
             if planned != Some(data.len()) || *offset < written {
                 return Err(MergeError::Mismatch(format!(
-                    "tensor '{gname}': {} bytes encoded, {planned:?} planned",
+                    "tensor '{}': {} bytes encoded, {planned:?} planned",
+                    p.gguf,
                     data.len()
                 )));
             }
@@ -399,5 +451,5 @@ fn export_inner(dir: &Path, out: &Path, ggml_type: GgmlType, force: bool) -> Res
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
-    Ok(ModelExportReport { out: out.to_path_buf(), architecture: arch.into(), tensors: plan.len(), pre })
+    Ok(())
 }

@@ -19,6 +19,7 @@ pub mod dtype_policy;
 pub mod error;
 mod export_gguf;
 mod export_gguf_model;
+mod export_gguf_qwen35;
 mod extract;
 mod fold;
 mod merge;

@@ -143,7 +143,12 @@ fn export_model(a: &Args) -> Result<()> {
         let abs = std::fs::canonicalize(&a.out).unwrap_or_else(|_| a.out.clone());
         std::fs::write(
             &modelfile,
-            format!("# Ollama: ollama create {stem} -f {}\nFROM {}\n", modelfile.display(), abs.display()),
+            format!(
+                "# Ollama: ollama create {stem} -f {}\nFROM {}\n{}",
+                modelfile.display(),
+                abs.display(),
+                chat_lines(&r.architecture)
+            ),
         )
         .with_context(|| format!("writing {}", modelfile.display()))?;
     }
@@ -202,12 +207,52 @@ fn write_modelfile(base: &Path, out: &Path, force: bool) -> Result<Option<PathBu
         return Ok(None);
     }
     let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let arch = lora_merge::BaseInfo::of(base).map(|b| b.architecture).unwrap_or_default();
     let text = format!(
-        "# Ollama: ollama create {stem} -f {}\n# FROM is the base the adapter was trained on (a GGUF file, or a safetensors folder Ollama can import).\nFROM {}\nADAPTER {}\n",
+        "# Ollama: ollama create {stem} -f {}\n# FROM is the base the adapter was trained on (a GGUF file, or a safetensors folder Ollama can import).\nFROM {}\nADAPTER {}\n{}",
         path.display(),
         abs(base).display(),
-        abs(out).display()
+        abs(out).display(),
+        chat_lines(&arch)
     );
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     Ok(Some(path))
+}
+
+/// Qwen3.5's chat format for Ollama: ChatML, with the assistant's reasoning inside `<think>` …
+/// `</think>` (kept for the last turn only, as Qwen's template drops it from earlier ones) and the
+/// generation prompt opening a `<think>` block, or an empty one when thinking is turned off
+/// (`think: false`), as Qwen3.5's own template does with `enable_thinking`.
+const QWEN35_OLLAMA: &str = r#"TEMPLATE """{{- if .System }}<|im_start|>system
+{{ .System }}<|im_end|>
+{{ end }}
+{{- range $i, $_ := .Messages }}
+{{- $last := eq (len (slice $.Messages $i)) 1 -}}
+{{- if eq .Role "user" }}<|im_start|>user
+{{ .Content }}<|im_end|>
+{{ else if eq .Role "assistant" }}<|im_start|>assistant
+{{ if and $last .Thinking }}<think>
+{{ .Thinking }}
+</think>
+
+{{ end }}{{ .Content }}{{ if not $last }}<|im_end|>
+{{ end }}
+{{- end }}
+{{- if and (ne .Role "assistant") $last }}<|im_start|>assistant
+{{ if and $.IsThinkSet (not $.Think) }}<think>
+
+</think>
+
+{{ else }}<think>
+{{ end }}
+{{- end }}
+{{- end }}"""
+PARAMETER stop "<|im_end|>"
+PARAMETER stop "<|endoftext|>"
+"#;
+
+/// The Modelfile lines that give Ollama an architecture's chat format, where Ollama would not find
+/// it from the GGUF alone: Qwen3.5's (`qwen35`); none for the others.
+fn chat_lines(architecture: &str) -> &'static str {
+    if architecture == "qwen35" { QWEN35_OLLAMA } else { "" }
 }

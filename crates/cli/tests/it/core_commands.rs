@@ -44,7 +44,7 @@ fn inspect_model_folder_and_file() {
     assert_eq!(
         hub["family"],
         "qwen3_5_text: Qwen3.5, Qwen3.6, Qwen3.8 (dense); blocks: gated deltanet + gated attention, gated MLP \
-         (SwiGLU); GGUF: not yet"
+         (SwiGLU); GGUF: qwen35"
     );
     let arch = hub["architecture"].as_str().unwrap().to_string();
     assert!(

@@ -4,6 +4,7 @@ mod common;
 mod core_commands;
 mod fuzz_corpus;
 mod gguf_commands;
+mod gguf_qwen35;
 mod gpu_commands;
 mod hub_commands;
 mod merge_commands;

@@ -255,12 +255,19 @@ pub fn load_gguf_adapter(model: &mut CausalLm, path: &Path, weight: f64, trainab
     let g = lora_formats::gguf::GgufFile::open(path).map_err(|e| CoreError::Gguf(e.to_string()))?;
     let (heads, kv_heads) = (model.config.num_attention_heads, model.config.num_key_value_heads);
     let base_arch = lora_formats::gguf::gguf_architecture(model.config.architecture.model_type());
-    let (alpha, modules) = crate::io::gguf::model::read_lora_adapter_for(&g, heads, kv_heads, base_arch)?;
+    let linear_heads = crate::io::gguf::qwen35::linear_heads(&model.config);
+    let (alpha, modules) = crate::io::gguf::model::read_lora_adapter_for(&g, heads, kv_heads, base_arch, linear_heads)?;
     let device = model.device();
     let r = modules.first().map_or(1, |m| m.r);
+    // GGUF modules are named as the text form names them (`model.layers.N`); the Hub form's layers
+    // sit under `model.language_model`.
+    let layers_prefix = format!("{}.layers.", model.config.text_prefix);
     let mut linears = model.linear_modules_mut();
     let mut names = Vec::new();
-    for m in modules {
+    for mut m in modules {
+        if let Some(rest) = m.module.strip_prefix("model.layers.") {
+            m.module = format!("{layers_prefix}{rest}");
+        }
         let Some((_, lin)) = linears.iter_mut().find(|(p, _)| *p == m.module) else {
             return Err(CoreError::Invalid(format!(
                 "{}: adapter module '{}' does not exist in the base model",

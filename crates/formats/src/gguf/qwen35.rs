@@ -95,6 +95,48 @@ pub fn hf_name(gguf: &str) -> Option<String> {
     Some(format!("model.layers.{layer}.{h}"))
 }
 
+/// A tensor name of either checkpoint form in the text form's spelling:
+/// `model.language_model.layers.3.…` → `model.layers.3.…`; other names are returned as they are.
+pub fn text_form(hf: &str) -> String {
+    match hf.strip_prefix("model.language_model.") {
+        Some(rest) => format!("model.{rest}"),
+        None => hf.to_string(),
+    }
+}
+
+/// The GGUF module of a linear layer a LoRA adapter can adapt, by Hugging Face module path of
+/// either checkpoint form (`model.layers.3.linear_attn.in_proj_z` → `blk.3.attn_gate`), or `None`
+/// (norms, the convolution, `A_log`, and names a `qwen35` file does not hold).
+pub fn gguf_module(hf_module: &str) -> Option<String> {
+    let text = text_form(hf_module);
+    let linear = text == "lm_head"
+        || text.rsplit_once('.').is_some_and(|(_, last)| last.ends_with("_proj") || last.starts_with("in_proj_"));
+    if !linear || text.ends_with("conv1d") {
+        return None;
+    }
+    tensor_name(&format!("{text}.weight")).map(|g| g.trim_end_matches(".weight").to_string())
+}
+
+/// The Hugging Face module (text form) of a GGUF linear module: `blk.3.attn_gate` →
+/// `model.layers.3.linear_attn.in_proj_z`.
+pub fn hf_module(gguf_module: &str) -> Option<String> {
+    let hf = hf_name(&format!("{gguf_module}.weight"))?;
+    let module = hf.strip_suffix(".weight")?.to_string();
+    (self::gguf_module(&module).as_deref() == Some(gguf_module)).then_some(module)
+}
+
+/// The reorder a LoRA adapter's factors need where the converter reordered the base weight of
+/// `hf_module`: (rows of B, columns of A). llama.cpp's `convert_lora_to_gguf.py` applies the same
+/// permutation to the factors as to the weight (`_reorder_v_heads` on its LoRA tensors), so that
+/// `B'A'` is the reordered `BA`.
+pub fn lora_transforms(hf_module: &str, heads: &LinearHeads) -> (Transform, Transform) {
+    match transform(&format!("{}.weight", text_form(hf_module)), heads) {
+        t @ Transform::Rows { .. } => (t, Transform::None),
+        t @ Transform::Columns { .. } => (Transform::None, t),
+        _ => (Transform::None, Transform::None),
+    }
+}
+
 /// The converter's transform of tensor `hf` (a Hugging Face name).
 pub fn transform(hf: &str, heads: &LinearHeads) -> Transform {
     let q_and_k = 2 * heads.key_heads * heads.key_dim;
@@ -217,6 +259,18 @@ mod tests {
             assert_eq!(hf_name(g).as_deref(), Some(hf));
         }
         assert_eq!(hf_name("blk.4.nextn.eh_proj.weight"), None);
+        assert_eq!(gguf_module("model.language_model.layers.1.linear_attn.out_proj").as_deref(), Some("blk.1.ssm_out"));
+        assert_eq!(gguf_module("model.layers.1.self_attn.q_proj").as_deref(), Some("blk.1.attn_q"));
+        assert_eq!(gguf_module("lm_head").as_deref(), Some("output"));
+        assert_eq!(gguf_module("model.layers.1.linear_attn.conv1d"), None);
+        assert_eq!(gguf_module("model.layers.1.input_layernorm"), None);
+        assert_eq!(hf_module("blk.2.ssm_beta").as_deref(), Some("model.layers.2.linear_attn.in_proj_b"));
+        assert_eq!(hf_module("blk.2.attn_norm"), None);
+        let (b, a) = lora_transforms("model.language_model.layers.0.linear_attn.in_proj_qkv", &HEADS);
+        assert_eq!((b, a), (Transform::Rows { offset: 12, dim: 2 }, Transform::None));
+        let (b, a) = lora_transforms("model.layers.0.linear_attn.out_proj", &HEADS);
+        assert_eq!((b, a), (Transform::None, Transform::Columns { dim: 2 }));
+        assert_eq!(lora_transforms("model.layers.0.mlp.up_proj", &HEADS), (Transform::None, Transform::None));
         assert_eq!(tensor_name("model.layers.0.linear_attn.unknown.weight"), None);
     }
 }

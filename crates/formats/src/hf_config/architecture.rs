@@ -127,8 +127,6 @@ pub struct ArchitectureSpec {
     pub feed_forward: FeedForward,
     /// llama.cpp's `general.architecture` for it, when lora reads and writes it as GGUF.
     pub gguf: Option<&'static str>,
-    /// llama.cpp's `general.architecture` for it, when lora reads it from GGUF but cannot write it yet.
-    pub gguf_read_only: Option<&'static str>,
     /// Tensors (name suffixes) the architecture keeps in f32 when the checkpoint stores them so,
     /// whatever the other tensors' dtype: a conversion (`lora merge --dtype`) leaves them in f32.
     pub f32_tensors: &'static [&'static str],
@@ -154,7 +152,6 @@ pub const ARCHITECTURES: [ArchitectureSpec; 5] = [
         layers: LayerPattern::Attention,
         feed_forward: FeedForward::GatedMlp,
         gguf: Some("llama"),
-        gguf_read_only: None,
         f32_tensors: &[],
         carried: &[],
     },
@@ -173,7 +170,6 @@ pub const ARCHITECTURES: [ArchitectureSpec; 5] = [
         layers: LayerPattern::Attention,
         feed_forward: FeedForward::GatedMlp,
         gguf: Some("llama"),
-        gguf_read_only: None,
         f32_tensors: &[],
         carried: &[],
     },
@@ -192,7 +188,6 @@ pub const ARCHITECTURES: [ArchitectureSpec; 5] = [
         layers: LayerPattern::Attention,
         feed_forward: FeedForward::GatedMlp,
         gguf: Some("qwen2"),
-        gguf_read_only: None,
         f32_tensors: &[],
         carried: &[],
     },
@@ -211,7 +206,6 @@ pub const ARCHITECTURES: [ArchitectureSpec; 5] = [
         layers: LayerPattern::Attention,
         feed_forward: FeedForward::GatedMlp,
         gguf: Some("qwen3"),
-        gguf_read_only: None,
         f32_tensors: &[],
         carried: &[],
     },
@@ -234,8 +228,7 @@ pub const ARCHITECTURES: [ArchitectureSpec; 5] = [
         sliding_window: SlidingWindow::Never,
         layers: LayerPattern::Hybrid { default_interval: 4 },
         feed_forward: FeedForward::GatedMlp,
-        gguf: None,
-        gguf_read_only: Some("qwen35"),
+        gguf: Some("qwen35"),
         // Qwen ships these in f32 beside bf16 weights: exp(A_log) magnifies any rounding.
         f32_tensors: &["linear_attn.A_log", "linear_attn.norm.weight"],
         carried: &["model.visual.", "mtp."],
@@ -313,11 +306,7 @@ pub fn architectures_table() -> String {
             LayerPattern::Attention => "attention".to_string(),
             LayerPattern::Hybrid { .. } => "Gated DeltaNet + gated attention".to_string(),
         };
-        let gguf = match (s.gguf, s.gguf_read_only) {
-            (Some(g), _) => format!("`{g}`"),
-            (None, Some(g)) => format!("`{g}` (read; export not yet)"),
-            (None, None) => "not yet".into(),
-        };
+        let gguf = s.gguf.map_or_else(|| "not yet".to_string(), |g| format!("`{g}`"));
         out.push_str(&format!(
             "| `{}` | {classes} | {} | {mixers} | {} | {gguf} |\n",
             s.model_type,

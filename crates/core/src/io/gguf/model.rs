@@ -6,6 +6,7 @@
 //! from Hugging Face's rotate-half layout to ggml's interleaved rotary layout; [`unpermute_rows`]
 //! undoes it. `qwen2` and `qwen3` files keep Hugging Face's layout.
 
+use lora_formats::gguf::qwen35::{self, LinearHeads};
 use lora_formats::gguf::{GgufFile, Value};
 use serde_json::{Value as Json, json};
 
@@ -15,10 +16,7 @@ use crate::network::config::{HfConfig, ModelConfig, RopeScaling};
 /// The `architectures` entry of a GGUF architecture lora reads (`lora_formats::hf_config`'s
 /// declarations: the first with that llama.cpp name, so `llama` reads as Llama).
 fn hf_class(arch: &str) -> Option<&'static str> {
-    lora_formats::hf_config::ARCHITECTURES
-        .iter()
-        .find(|s| s.gguf == Some(arch) || s.gguf_read_only == Some(arch))
-        .map(|s| s.class)
+    lora_formats::hf_config::ARCHITECTURES.iter().find(|s| s.gguf == Some(arch)).map(|s| s.class)
 }
 
 /// The GGUF name of a Hugging Face tensor name, or `None` for a name GGUF files do not hold.
@@ -196,7 +194,7 @@ pub struct GgufLoraModule {
 
 /// A llama.cpp LoRA adapter (`general.type = adapter`, `adapter.type = lora`): its alpha and modules.
 pub fn read_lora_adapter(g: &GgufFile, heads: usize, kv_heads: usize) -> Result<(f32, Vec<GgufLoraModule>)> {
-    read_lora_adapter_for(g, heads, kv_heads, None)
+    read_lora_adapter_for(g, heads, kv_heads, None, None)
 }
 
 /// [`read_lora_adapter`], checking that the adapter was made for the `base_arch` GGUF architecture.
@@ -205,6 +203,7 @@ pub fn read_lora_adapter_for(
     heads: usize,
     kv_heads: usize,
     base_arch: Option<&str>,
+    linear_heads: Option<LinearHeads>,
 ) -> Result<(f32, Vec<GgufLoraModule>)> {
     let path = g.path().display().to_string();
     let s = |k: &str| g.get(k).and_then(Value::as_str);
@@ -230,10 +229,14 @@ pub fn read_lora_adapter_for(
     let mut modules = Vec::new();
     for t in &g.tensors {
         let Some(base) = t.name.strip_suffix(".lora_a") else { continue };
-        let module = lora_formats::gguf::hf_tensor_name(base)
-            .and_then(|n| n.strip_suffix(".weight").map(str::to_string))
-            .filter(|m| lora_formats::gguf::is_linear_module(m))
-            .ok_or_else(|| CoreError::Gguf(format!("{path}: tensor '{}' adapts no module lora knows", t.name)))?;
+        let module = if arch == "qwen35" {
+            base.strip_suffix(".weight").and_then(qwen35::hf_module)
+        } else {
+            lora_formats::gguf::hf_tensor_name(base)
+                .and_then(|n| n.strip_suffix(".weight").map(str::to_string))
+                .filter(|m| lora_formats::gguf::is_linear_module(m))
+        }
+        .ok_or_else(|| CoreError::Gguf(format!("{path}: tensor '{}' adapts no module lora knows", t.name)))?;
         let b_name = format!("{base}.lora_b");
         let tb = g.tensor(&b_name).ok_or_else(|| CoreError::Gguf(format!("{path}: '{}' has no {b_name}", t.name)))?;
         let (&[d_in, r], &[r_b, d_out]) = (t.dims.as_slice(), tb.dims.as_slice()) else {
@@ -244,8 +247,17 @@ pub fn read_lora_adapter_for(
         }
         let (d_in, r, d_out) = (d_in as usize, r as usize, d_out as usize);
         let read = |t| g.to_f32(t).map_err(|e| CoreError::Gguf(e.to_string()));
-        let a = read(t)?;
+        let mut a = read(t)?;
         let mut b = read(tb)?;
+        if arch == "qwen35" {
+            // The value heads back from llama.cpp's tiled order, where the converter reordered them.
+            let heads = linear_heads.ok_or_else(|| {
+                CoreError::Gguf(format!("{path}: a qwen35 adapter needs its base's linear-attention heads"))
+            })?;
+            let (rows_of_b, columns_of_a) = qwen35::lora_transforms(&module, &heads);
+            b = qwen35::apply(rows_of_b, &b, d_out, r, &heads, false);
+            a = qwen35::apply(columns_of_a, &a, r, d_in, &heads, false);
+        }
         let is_q = module.ends_with("self_attn.q_proj");
         if permuted && (is_q || module.ends_with("self_attn.k_proj")) {
             b = unpermute_rows(&b, d_out, r, if is_q { heads } else { kv_heads });

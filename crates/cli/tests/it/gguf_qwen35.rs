@@ -1,0 +1,172 @@
+//! `lora export` of Qwen3.5 (`qwen35`): a model folder written as llama.cpp's converter writes it
+//! (compared with the converter's own files, `scripts/make_qwen35_gguf_fixtures.py`), an adapter
+//! whose factors carry the value-head reorder of the weights they adapt, and the Ollama Modelfile.
+
+use std::path::{Path, PathBuf};
+
+use lora_formats::gguf::{GgufFile, Value};
+
+use crate::common::*;
+
+fn gguf(name: &str) -> PathBuf {
+    fixtures().join("gguf").join(name)
+}
+
+/// The folder a fixture GGUF came from, as lora writes it back (text form, f32).
+fn folder_of(file: &str, d: &Path) -> PathBuf {
+    let dir = d.join(file.trim_end_matches(".gguf"));
+    lora_core::io::gguf::to_folder::gguf_to_folder(&gguf(file), &dir).unwrap();
+    dir
+}
+
+/// Tensors whose values the converter computed (`1 + w`, `−exp(A_log)`): a round trip through the
+/// folder gives them back to within float rounding, not to the bit.
+fn computed(name: &str) -> bool {
+    (name.ends_with("norm.weight") && !name.ends_with("ssm_norm.weight")) || name.ends_with(".ssm_a")
+}
+
+/// `ours` holds every tensor of `theirs` below block `layers` (the converter's multi-token-prediction
+/// block is left out by lora), with the same dimensions and type, and the same values: to the bit,
+/// or within 2e-7 relative for the values the converter computes. Returns how many were compared.
+fn assert_same_tensors(ours: &GgufFile, theirs: &GgufFile, layers: usize) -> usize {
+    let mut n = 0;
+    for t in &theirs.tensors {
+        let block = t.name.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|b| b.parse::<usize>().ok());
+        if block.is_some_and(|b| b >= layers) {
+            assert!(ours.tensor(&t.name).is_none(), "{}: the MTP block is not written", t.name);
+            continue;
+        }
+        let o = ours.tensor(&t.name).unwrap_or_else(|| panic!("{} is missing", t.name));
+        assert_eq!((&o.dims, o.type_id), (&t.dims, t.type_id), "{}: dims and type", t.name);
+        let (a, b) = (ours.to_f32(o).unwrap(), theirs.to_f32(t).unwrap());
+        if computed(&t.name) {
+            let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs() / y.abs().max(1e-3)).fold(0.0, f32::max);
+            assert!(worst <= 2e-7, "{}: off by {worst:e} relative", t.name);
+        } else {
+            assert!(a == b, "{}: values differ", t.name);
+        }
+        n += 1;
+    }
+    assert_eq!(ours.tensors.len(), n, "lora wrote tensors the converter did not");
+    n
+}
+
+/// llama.cpp's converter wrote these files from Hugging Face folders; lora writes each back from the
+/// folder it reads out of it, and gets the converter's file: every `qwen35.*` key, the vocabulary and
+/// template, every tensor's name, dimensions, type and values (so the value-head reorder, the norms'
+/// `1 + w`, `−exp(A_log)` and the squeezed F32 convolution are the converter's). The export checks
+/// itself, and the Modelfile carries Qwen3.5's chat format.
+#[test]
+fn a_qwen35_folder_exports_as_llama_cpps_converter_writes_it() {
+    let d = temp_dir("qwen35-export");
+    for (file, ty, layers) in
+        [("qwen35-text.gguf", "f32", 5), ("qwen35-text-f16.gguf", "f16", 5), ("qwen35-hub-mtp.gguf", "f32", 3)]
+    {
+        let folder = folder_of(file, &d);
+        let out = d.join(format!("lora-{file}"));
+        let o = lora(&["export", s(&folder), "-o", s(&out), "--type", ty]);
+        assert!(o.status.success(), "{file}: {}", stderr(&o));
+        assert!(stdout(&o).contains("qwen35 model") && stdout(&o).contains("greedy tokens agree"), "{}", stdout(&o));
+        let (ours, theirs) = (GgufFile::open(&out).unwrap(), GgufFile::open(gguf(file)).unwrap());
+        let n = assert_same_tensors(&ours, &theirs, layers);
+        assert!(n > 40, "{file}: only {n} tensors compared");
+        let mut keys = 0;
+        for (k, v) in &theirs.metadata {
+            // The converter counts the MTP block in block_count and names the model after its folder.
+            let skipped = ["qwen35.block_count", "qwen35.nextn_predict_layers"];
+            let tokenizer = [
+                "tokenizer.ggml.model",
+                "tokenizer.ggml.pre",
+                "tokenizer.ggml.tokens",
+                "tokenizer.ggml.token_type",
+                "tokenizer.ggml.merges",
+                "tokenizer.ggml.eos_token_id",
+                "tokenizer.chat_template",
+            ];
+            if skipped.contains(&k.as_str()) || !(k.starts_with("qwen35.") || tokenizer.contains(&k.as_str())) {
+                continue;
+            }
+            if k == "qwen35.attention.recurrent_layers" {
+                // Padded with `false` for the MTP block.
+                let (Some(Value::Array(_, a)), Value::Array(_, b)) = (ours.get(k), v) else { panic!("{k}") };
+                assert_eq!(a.as_slice(), &b[..layers], "{file}: {k}");
+            } else {
+                assert_eq!(ours.get(k), Some(v), "{file}: {k}");
+            }
+            keys += 1;
+        }
+        assert_eq!(keys, 25, "{file}: keys compared");
+        assert_eq!(ours.get("qwen35.block_count"), Some(&Value::U32(layers as u32)));
+        assert_eq!(ours.get("general.file_type"), theirs.get("general.file_type"));
+        let modelfile = std::fs::read_to_string(out.with_extension("Modelfile")).unwrap();
+        assert!(
+            modelfile.contains("TEMPLATE \"\"\"")
+                && modelfile.contains("<think>")
+                && modelfile.contains("PARAMETER stop \"<|im_end|>\""),
+            "{modelfile}"
+        );
+    }
+}
+
+/// A Qwen3.5 adapter on the Gated DeltaNet's projections exports to a llama.cpp LoRA whose factors
+/// are reordered as the weights are: the update `scale · B'A'` it gives `blk.0.attn_qkv` (and
+/// `ssm_out`, `attn_gate`, `ssm_beta`) is the difference between the exported merged model and the
+/// exported base, both written as llama.cpp's converter writes them. The export checks itself
+/// against the PEFT adapter; a Qwen3.5 whose key and value heads differ in size is refused by name.
+#[test]
+fn a_qwen35_adapter_exports_with_its_value_heads_reordered() {
+    let d = temp_dir("qwen35-adapter");
+    let base = folder_of("qwen35-text.gguf", &d);
+    let run = d.join("run");
+    let targets = r#"lora.targets=["in_proj_qkv","in_proj_z","in_proj_b","out_proj","q_proj"]"#;
+    let o = train_tiny(&run, &[&format!("model.base=\"{}\"", base.display()), targets, "train.max_steps=3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let file = d.join("run.gguf");
+    let o = lora(&["export", s(&run), "--base", s(&base), "-o", s(&file), "--type", "f32"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("greedy tokens agree"), "{}", stdout(&o));
+    let modelfile = std::fs::read_to_string(d.join("run.Modelfile")).unwrap();
+    assert!(modelfile.contains("\nADAPTER /") && modelfile.contains("PARAMETER stop \"<|im_end|>\""), "{modelfile}");
+
+    // The merged model and the base, both exported; their difference is the adapter's update.
+    let merged = d.join("merged");
+    let o = lora(&["merge", s(&base), s(&run), "-o", s(&merged), "--dtype", "f32"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let export = |dir: &Path, name: &str| {
+        let out = d.join(name);
+        let o = lora(&["export", s(dir), "-o", s(&out), "--type", "f32", "--no-check"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        GgufFile::open(out).unwrap()
+    };
+    let (with, without) = (export(&merged, "merged.gguf"), export(&base, "base.gguf"));
+    let adapter = GgufFile::open(&file).unwrap();
+    let Some(Value::F32(alpha)) = adapter.get("adapter.lora.alpha") else { panic!("no alpha") };
+    let mut checked = 0;
+    for module in ["blk.0.attn_qkv", "blk.0.attn_gate", "blk.0.ssm_beta", "blk.0.ssm_out", "blk.1.attn_q"] {
+        let (ta, tb) =
+            (adapter.tensor(&format!("{module}.weight.lora_a")), adapter.tensor(&format!("{module}.weight.lora_b")));
+        let (ta, tb) = (ta.unwrap_or_else(|| panic!("{module}: no lora_a")), tb.unwrap());
+        let (a, b) = (adapter.to_f32(ta).unwrap(), adapter.to_f32(tb).unwrap());
+        let (d_in, r, d_out) = (ta.dims[0] as usize, ta.dims[1] as usize, tb.dims[1] as usize);
+        let scale = alpha / r as f32;
+        let w = |g: &GgufFile| g.to_f32(g.tensor(&format!("{module}.weight")).unwrap()).unwrap();
+        let (w1, w0) = (w(&with), w(&without));
+        let mut worst = 0.0f32;
+        for o in 0..d_out {
+            for i in 0..d_in {
+                let update: f32 = (0..r).map(|k| b[o * r + k] * a[k * d_in + i]).sum::<f32>() * scale;
+                worst = worst.max((w1[o * d_in + i] - w0[o * d_in + i] - update).abs());
+            }
+        }
+        let size = w1.iter().zip(&w0).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+        assert!(size > 1e-4, "{module}: the adapter changed nothing ({size:e})");
+        assert!(worst <= 1e-5 + 1e-3 * size, "{module}: B'A' is off the model's update by {worst:e} (update {size:e})");
+        checked += 1;
+    }
+    assert_eq!(checked, 5);
+
+    // Key and value heads of different sizes: llama.cpp's qwen35 cannot hold the model.
+    let o = lora(&["export", s(&fixtures().join("models/qwen3_5")), "-o", s(&d.join("x.gguf"))]);
+    assert_user_error(&o, "linear_value_head_dim");
+    assert!(!d.join("x.gguf").exists());
+}

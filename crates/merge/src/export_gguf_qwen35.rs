@@ -1,0 +1,156 @@
+//! `lora export MODEL_DIR -o model.gguf` for a Qwen3.5 folder (either checkpoint form): llama.cpp's
+//! `qwen35` file as its converter writes it (llama.cpp 0.3.36, `conversion/qwen.py`, run with
+//! `--no-mtp`), the keys, names and value transforms of [`crate::gguf::qwen35`].
+//!
+//! - The vision tower (`model.visual.*`) is not written: llama.cpp runs it from a separate `mmproj`
+//!   file, which its converter makes with `--mmproj` from the original checkpoint.
+//! - The multi-token-prediction block (`mtp.*`) is not written either: llama.cpp uses it only for
+//!   speculative decoding, and its converter's `--no-mtp` output is what this matches.
+//! - llama.cpp takes both head sizes of the Gated DeltaNet from one key (`ssm.state_size`), so a
+//!   model whose key and value heads differ in size is refused by name.
+
+use std::path::Path;
+
+use serde_json::Value as Json;
+
+use crate::error::{MergeError, Result};
+use crate::export_gguf_model::{
+    ModelExportReport, Planned, file_type, read_f32, tensor_type, tokenizer_metadata, write_planned,
+};
+use crate::gguf::qwen35::{LinearHeads, apply, tensor_name, text_form, transform};
+use crate::gguf::{GgmlType, Value};
+use crate::model_dir::ModelDir;
+use lora_formats::hf_config::{Architecture, ModelConfig, TokenMixer};
+
+/// Qwen3.5's interleaved M-RoPE sections, which llama.cpp's loader requires, when `config.json`
+/// gives none (the converter's `_QWEN35_DEFAULT_MROPE_SECTION`).
+const DEFAULT_MROPE_SECTION: [i32; 4] = [11, 11, 10, 0];
+
+/// Whether `config.json` describes a Qwen3.5 model (either form).
+pub(crate) fn is_qwen3_5(cfg: &Json) -> bool {
+    matches!(cfg["model_type"].as_str(), Some("qwen3_5" | "qwen3_5_text"))
+}
+
+/// The tensors of the folder that are not part of the text model llama.cpp runs.
+fn left_out(hf: &str) -> bool {
+    hf.starts_with("model.visual.") || hf.starts_with("mtp.") || hf.starts_with("model.mtp.")
+}
+
+/// Exports the Qwen3.5 folder `dir` to `out`.
+pub(crate) fn export(
+    dir: &Path,
+    model: &ModelDir,
+    cfg: &Json,
+    out: &Path,
+    ggml_type: GgmlType,
+) -> Result<ModelExportReport> {
+    let config = ModelConfig::from_file(dir.join("config.json"))?;
+    if config.architecture != Architecture::Qwen3_5 {
+        return Err(MergeError::folder(dir, "config.json does not describe a Qwen3.5 model"));
+    }
+    if config.quantization.is_some() {
+        return Err(MergeError::folder(
+            dir,
+            "a 4-bit checkpoint cannot be exported as it is; fold it into a bf16 folder first (lora merge)",
+        ));
+    }
+    let text = cfg.get("text_config").filter(|t| t.is_object()).unwrap_or(cfg);
+    let heads = match &config.linear_attention {
+        Some(l) if l.key_head_dim != l.value_head_dim => {
+            return Err(MergeError::folder(
+                dir,
+                format!(
+                    "linear_key_head_dim {} differs from linear_value_head_dim {}: llama.cpp's qwen35 takes both \
+                     from one key (ssm.state_size) and cannot run this model",
+                    l.key_head_dim, l.value_head_dim
+                ),
+            ));
+        }
+        Some(l) => LinearHeads {
+            key_heads: l.num_key_heads,
+            value_heads: l.num_value_heads,
+            key_dim: l.key_head_dim,
+            value_dim: l.value_head_dim,
+        },
+        None => LinearHeads { key_heads: 1, value_heads: 1, key_dim: 0, value_dim: 0 },
+    };
+    let meta = metadata(dir, &config, text, &heads, ggml_type)?;
+    let (tokenizer, pre) = tokenizer_metadata(dir, text, config.vocab_size)?;
+    let meta: Vec<(String, Value)> = meta.into_iter().chain(tokenizer).collect();
+
+    let mut plan = Vec::new();
+    for hf in model.names() {
+        if left_out(hf) || (config.tie_word_embeddings && hf == "lm_head.weight") {
+            continue;
+        }
+        let name = text_form(hf);
+        let gguf = tensor_name(&name).ok_or_else(|| {
+            MergeError::Mismatch(format!("{}: tensor '{hf}' has no place in a llama.cpp qwen35 file", dir.display()))
+        })?;
+        let shape = model.require(hf)?.info.shape.clone();
+        let conv = name.ends_with("linear_attn.conv1d.weight");
+        // The convolution `[channels, 1, kernel]` is stored squeezed, and in F32 like every vector.
+        let dims: Vec<u64> = shape.iter().rev().filter(|&&d| !conv || d != 1).map(|&d| d as u64).collect();
+        let t = if conv || gguf.ends_with("_norm.weight") { GgmlType::F32 } else { tensor_type(&dims, ggml_type) };
+        plan.push(Planned { gguf, hf: Some(hf.to_string()), dims, ggml_type: t });
+    }
+    let values = |p: &Planned| -> Result<Vec<f32>> {
+        let hf = p.hf.as_deref().expect("every qwen35 tensor comes from the folder");
+        let shape = model.require(hf)?.info.shape.clone();
+        let rows = shape.first().copied().unwrap_or(1);
+        let cols = shape.iter().skip(1).product::<usize>().max(1);
+        let name = text_form(hf);
+        Ok(apply(transform(&name, &heads), &read_f32(model, hf)?, rows, cols, &heads, true))
+    };
+    write_planned(out, &meta, &plan, &values)?;
+    Ok(ModelExportReport { out: out.to_path_buf(), architecture: "qwen35".into(), tensors: plan.len(), pre })
+}
+
+/// The `general.*` and `qwen35.*` keys, in the converter's order.
+fn metadata(
+    dir: &Path,
+    config: &ModelConfig,
+    text: &Json,
+    heads: &LinearHeads,
+    ggml_type: GgmlType,
+) -> Result<Vec<(String, Value)>> {
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    let u32_of = |v: usize| Value::U32(v as u32);
+    let rope = text.get("rope_parameters").filter(|v| v.is_object()).or_else(|| text.get("rope_scaling"));
+    let sections: Vec<i32> = match rope.and_then(|r| r.get("mrope_section")).and_then(Json::as_array) {
+        Some(s) => {
+            let mut s: Vec<i32> = s.iter().map(|v| v.as_i64().unwrap_or(0) as i32).collect();
+            s.resize(4, 0);
+            s
+        }
+        None => DEFAULT_MROPE_SECTION.to_vec(),
+    };
+    let recurrent: Vec<Value> = config.mixers.iter().map(|m| Value::Bool(*m == TokenMixer::GatedDeltaNet)).collect();
+    let k = |key: &str| format!("qwen35.{key}");
+    Ok(vec![
+        ("general.architecture".into(), Value::String("qwen35".into())),
+        ("general.type".into(), Value::String("model".into())),
+        ("general.name".into(), Value::String(name)),
+        (k("block_count"), u32_of(config.num_hidden_layers)),
+        (k("context_length"), u32_of(config.max_position_embeddings)),
+        (k("embedding_length"), u32_of(config.hidden_size)),
+        (k("feed_forward_length"), u32_of(config.intermediate_size)),
+        (k("attention.head_count"), u32_of(config.num_attention_heads)),
+        (k("attention.head_count_kv"), u32_of(config.num_key_value_heads)),
+        (k("rope.dimension_sections"), Value::Array(5, sections.into_iter().map(Value::I32).collect())),
+        (k("rope.freq_base"), Value::F32(config.rope_theta as f32)),
+        (k("attention.layer_norm_rms_epsilon"), Value::F32(config.rms_norm_eps as f32)),
+        (k("attention.key_length"), u32_of(config.head_dim)),
+        (k("attention.value_length"), u32_of(config.head_dim)),
+        ("general.file_type".into(), Value::U32(file_type(ggml_type)?)),
+        (k("ssm.conv_kernel"), u32_of(config.linear_attention.map_or(4, |l| l.conv_kernel))),
+        (k("ssm.state_size"), u32_of(heads.key_dim)),
+        (k("ssm.group_count"), u32_of(heads.key_heads)),
+        (k("ssm.time_step_rank"), u32_of(heads.value_heads)),
+        (k("ssm.inner_size"), u32_of(heads.value_heads * heads.value_dim)),
+        (k("attention.recurrent_layers"), Value::Array(7, recurrent)),
+        (k("full_attention_interval"), u32_of(text["full_attention_interval"].as_u64().unwrap_or(4) as usize)),
+        (k("rope.dimension_count"), u32_of(config.rotary_dim)),
+        ("general.quantization_version".into(), Value::U32(2)),
+    ])
+}
