@@ -1,11 +1,12 @@
 //! `lora export MODEL_DIR -o model.gguf` for a Qwen3.5 folder (either checkpoint form): llama.cpp's
-//! `qwen35` file as its converter writes it (llama.cpp 0.3.36, `conversion/qwen.py`, run with
-//! `--no-mtp`), the keys, names and value transforms of [`crate::gguf::qwen35`].
+//! `qwen35` file as its converter writes it (llama.cpp 0.3.36, `conversion/qwen.py`), the keys, names and value transforms of [`crate::gguf::qwen35`].
 //!
 //! - The vision tower (`model.visual.*`) is not written: llama.cpp runs it from a separate `mmproj`
 //!   file, which its converter makes with `--mmproj` from the original checkpoint.
-//! - The multi-token-prediction block (`mtp.*`) is not written either: llama.cpp uses it only for
-//!   speculative decoding, and its converter's `--no-mtp` output is what this matches.
+//! - The multi-token-prediction block (`mtp.*`), which the Hub's checkpoints carry, is written as the
+//!   converter writes it by default: one more block (`blk.L.nextn.*` and the layer's own tensors),
+//!   counted in `block_count` and `nextn_predict_layers`. A folder without it gives the converter's
+//!   `--no-mtp` file.
 //! - llama.cpp takes both head sizes of the Gated DeltaNet from one key (`ssm.state_size`), so a
 //!   model whose key and value heads differ in size is refused by name.
 
@@ -17,7 +18,7 @@ use crate::error::{MergeError, Result};
 use crate::export_gguf_model::{
     ModelExportReport, Planned, file_type, read_f32, tensor_type, tokenizer_metadata, write_planned,
 };
-use crate::gguf::qwen35::{LinearHeads, apply, tensor_name, text_form, transform};
+use crate::gguf::qwen35::{LinearHeads, apply, mtp_tensor_name, tensor_name, text_form, transform};
 use crate::gguf::{GgmlType, Value};
 use crate::model_dir::ModelDir;
 use lora_formats::hf_config::{Architecture, ModelConfig, TokenMixer};
@@ -31,9 +32,18 @@ pub(crate) fn is_qwen3_5(cfg: &Json) -> bool {
     matches!(cfg["model_type"].as_str(), Some("qwen3_5" | "qwen3_5_text"))
 }
 
-/// The tensors of the folder that are not part of the text model llama.cpp runs.
+/// The tensors of the folder that llama.cpp runs from another file (the vision tower's `mmproj`).
 fn left_out(hf: &str) -> bool {
-    hf.starts_with("model.visual.") || hf.starts_with("mtp.") || hf.starts_with("model.mtp.")
+    hf.starts_with("model.visual.")
+}
+
+/// Layers of the multi-token-prediction block the folder holds (`mtp.layers.N`).
+fn mtp_layers(model: &ModelDir) -> usize {
+    let layer = |n: &str| {
+        let rest = n.strip_prefix("model.").unwrap_or(n).strip_prefix("mtp.layers.")?;
+        rest.split_once('.')?.0.parse::<usize>().ok()
+    };
+    model.names().filter_map(layer).map(|i| i + 1).max().unwrap_or(0)
 }
 
 /// Exports the Qwen3.5 folder `dir` to `out`.
@@ -74,7 +84,8 @@ pub(crate) fn export(
         },
         None => LinearHeads { key_heads: 1, value_heads: 1, key_dim: 0, value_dim: 0 },
     };
-    let meta = metadata(dir, &config, text, &heads, ggml_type)?;
+    let mtp = mtp_layers(model);
+    let meta = metadata(dir, &config, text, &heads, ggml_type, mtp)?;
     let (tokenizer, pre) = tokenizer_metadata(dir, text, config.vocab_size)?;
     let meta: Vec<(String, Value)> = meta.into_iter().chain(tokenizer).collect();
 
@@ -83,8 +94,7 @@ pub(crate) fn export(
         if left_out(hf) || (config.tie_word_embeddings && hf == "lm_head.weight") {
             continue;
         }
-        let name = text_form(hf);
-        let gguf = tensor_name(&name).ok_or_else(|| {
+        let (gguf, name) = gguf_name(hf, config.num_hidden_layers).ok_or_else(|| {
             MergeError::Mismatch(format!("{}: tensor '{hf}' has no place in a llama.cpp qwen35 file", dir.display()))
         })?;
         let shape = model.require(hf)?.info.shape.clone();
@@ -99,11 +109,21 @@ pub(crate) fn export(
         let shape = model.require(hf)?.info.shape.clone();
         let rows = shape.first().copied().unwrap_or(1);
         let cols = shape.iter().skip(1).product::<usize>().max(1);
-        let name = text_form(hf);
+        let (_, name) = gguf_name(hf, config.num_hidden_layers).expect("planned");
         Ok(apply(transform(&name, &heads), &read_f32(model, hf)?, rows, cols, &heads, true))
     };
     write_planned(out, &meta, &plan, &values)?;
     Ok(ModelExportReport { out: out.to_path_buf(), architecture: "qwen35".into(), tensors: plan.len(), pre })
+}
+
+/// The GGUF name of a tensor of the folder (`layers` decoder layers), and the text-form name whose
+/// transform applies.
+fn gguf_name(hf: &str, layers: usize) -> Option<(String, String)> {
+    if let Some(named) = mtp_tensor_name(hf, layers) {
+        return Some(named);
+    }
+    let text = text_form(hf);
+    Some((tensor_name(&text)?, text))
 }
 
 /// The `general.*` and `qwen35.*` keys, in the converter's order.
@@ -113,6 +133,7 @@ fn metadata(
     text: &Json,
     heads: &LinearHeads,
     ggml_type: GgmlType,
+    mtp: usize,
 ) -> Result<Vec<(String, Value)>> {
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
     let u32_of = |v: usize| Value::U32(v as u32);
@@ -125,13 +146,19 @@ fn metadata(
         }
         None => DEFAULT_MROPE_SECTION.to_vec(),
     };
-    let recurrent: Vec<Value> = config.mixers.iter().map(|m| Value::Bool(*m == TokenMixer::GatedDeltaNet)).collect();
+    // The MTP block is an attention layer.
+    let recurrent: Vec<Value> = config
+        .mixers
+        .iter()
+        .map(|m| Value::Bool(*m == TokenMixer::GatedDeltaNet))
+        .chain(std::iter::repeat_n(Value::Bool(false), mtp))
+        .collect();
     let k = |key: &str| format!("qwen35.{key}");
-    Ok(vec![
+    let mut meta = vec![
         ("general.architecture".into(), Value::String("qwen35".into())),
         ("general.type".into(), Value::String("model".into())),
         ("general.name".into(), Value::String(name)),
-        (k("block_count"), u32_of(config.num_hidden_layers)),
+        (k("block_count"), u32_of(config.num_hidden_layers + mtp)),
         (k("context_length"), u32_of(config.max_position_embeddings)),
         (k("embedding_length"), u32_of(config.hidden_size)),
         (k("feed_forward_length"), u32_of(config.intermediate_size)),
@@ -143,6 +170,11 @@ fn metadata(
         (k("attention.key_length"), u32_of(config.head_dim)),
         (k("attention.value_length"), u32_of(config.head_dim)),
         ("general.file_type".into(), Value::U32(file_type(ggml_type)?)),
+    ];
+    if mtp > 0 {
+        meta.push((k("nextn_predict_layers"), u32_of(mtp)));
+    }
+    meta.extend([
         (k("ssm.conv_kernel"), u32_of(config.linear_attention.map_or(4, |l| l.conv_kernel))),
         (k("ssm.state_size"), u32_of(heads.key_dim)),
         (k("ssm.group_count"), u32_of(heads.key_heads)),
@@ -152,5 +184,6 @@ fn metadata(
         (k("full_attention_interval"), u32_of(text["full_attention_interval"].as_u64().unwrap_or(4) as usize)),
         (k("rope.dimension_count"), u32_of(config.rotary_dim)),
         ("general.quantization_version".into(), Value::U32(2)),
-    ])
+    ]);
+    Ok(meta)
 }

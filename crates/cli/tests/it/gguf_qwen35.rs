@@ -25,17 +25,10 @@ fn computed(name: &str) -> bool {
     (name.ends_with("norm.weight") && !name.ends_with("ssm_norm.weight")) || name.ends_with(".ssm_a")
 }
 
-/// `ours` holds every tensor of `theirs` below block `layers` (the converter's multi-token-prediction
-/// block is left out by lora), with the same dimensions and type, and the same values: to the bit,
-/// or within 2e-7 relative for the values the converter computes. Returns how many were compared.
-fn assert_same_tensors(ours: &GgufFile, theirs: &GgufFile, layers: usize) -> usize {
-    let mut n = 0;
+/// `ours` holds the tensors of `theirs`, with the same dimensions, types and values: to the bit, or
+/// within 2e-7 relative for the values the converter computes. Returns how many were compared.
+fn assert_same_tensors(ours: &GgufFile, theirs: &GgufFile) -> usize {
     for t in &theirs.tensors {
-        let block = t.name.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|b| b.parse::<usize>().ok());
-        if block.is_some_and(|b| b >= layers) {
-            assert!(ours.tensor(&t.name).is_none(), "{}: the MTP block is not written", t.name);
-            continue;
-        }
         let o = ours.tensor(&t.name).unwrap_or_else(|| panic!("{} is missing", t.name));
         assert_eq!((&o.dims, o.type_id), (&t.dims, t.type_id), "{}: dims and type", t.name);
         let (a, b) = (ours.to_f32(o).unwrap(), theirs.to_f32(t).unwrap());
@@ -45,58 +38,85 @@ fn assert_same_tensors(ours: &GgufFile, theirs: &GgufFile, layers: usize) -> usi
         } else {
             assert!(a == b, "{}: values differ", t.name);
         }
-        n += 1;
     }
-    assert_eq!(ours.tensors.len(), n, "lora wrote tensors the converter did not");
-    n
+    assert_eq!(ours.tensors.len(), theirs.tensors.len(), "lora wrote tensors the converter did not");
+    theirs.tensors.len()
+}
+
+/// Puts the multi-token-prediction block of `file` (block `layers`, which lora's reader leaves out)
+/// back into `folder` under the Hub's `mtp.*` names, with the converter's `1 + w` undone.
+fn add_mtp(file: &GgufFile, folder: &Path, layers: usize) {
+    use lora_core::io::safetensors_write::{StoredDtype, write_safetensors};
+    let path = folder.join("model.safetensors");
+    let st = lora_formats::safetensors::SafetensorsFile::open(&path).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> =
+        st.tensors().iter().map(|(n, info)| (n.clone(), info.shape.clone(), st.to_f32(n).unwrap().0)).collect();
+    drop(st);
+    let prefix = format!("blk.{layers}.");
+    for t in file.tensors.iter().filter(|t| t.name.starts_with(&prefix)) {
+        let rest = &t.name[prefix.len()..];
+        let hf = match rest {
+            "nextn.eh_proj.weight" => "mtp.fc.weight".to_string(),
+            "nextn.enorm.weight" => "mtp.pre_fc_norm_embedding.weight".to_string(),
+            "nextn.hnorm.weight" => "mtp.pre_fc_norm_hidden.weight".to_string(),
+            "nextn.shared_head_norm.weight" => "mtp.norm.weight".to_string(),
+            other => {
+                let hf = lora_formats::gguf::qwen35::hf_name(&format!("blk.0.{other}")).unwrap();
+                format!("mtp.layers.0.{}", hf.strip_prefix("model.layers.0.").unwrap())
+            }
+        };
+        let mut v = file.to_f32(t).unwrap();
+        if computed(&t.name) {
+            v.iter_mut().for_each(|x| *x -= 1.0);
+        }
+        tensors.push((hf, t.shape(), v));
+    }
+    write_safetensors(&path, &tensors, StoredDtype::F32, &Default::default()).unwrap();
 }
 
 /// llama.cpp's converter wrote these files from Hugging Face folders; lora writes each back from the
 /// folder it reads out of it, and gets the converter's file: every `qwen35.*` key, the vocabulary and
 /// template, every tensor's name, dimensions, type and values (so the value-head reorder, the norms'
-/// `1 + w`, `−exp(A_log)` and the squeezed F32 convolution are the converter's). The export checks
-/// itself, and the Modelfile carries Qwen3.5's chat format.
+/// `1 + w`, `−exp(A_log)`, the squeezed F32 convolution and the multi-token-prediction block are the
+/// converter's). The export checks itself, and the Modelfile carries Qwen3.5's chat format.
 #[test]
 fn a_qwen35_folder_exports_as_llama_cpps_converter_writes_it() {
     let d = temp_dir("qwen35-export");
-    for (file, ty, layers) in
-        [("qwen35-text.gguf", "f32", 5), ("qwen35-text-f16.gguf", "f16", 5), ("qwen35-hub-mtp.gguf", "f32", 3)]
-    {
+    for (file, ty, mtp) in [
+        ("qwen35-text.gguf", "f32", false),
+        ("qwen35-text-f16.gguf", "f16", false),
+        ("qwen35-hub-mtp.gguf", "f32", true),
+    ] {
+        let theirs = GgufFile::open(gguf(file)).unwrap();
         let folder = folder_of(file, &d);
+        if mtp {
+            add_mtp(&theirs, &folder, 3);
+        }
         let out = d.join(format!("lora-{file}"));
         let o = lora(&["export", s(&folder), "-o", s(&out), "--type", ty]);
         assert!(o.status.success(), "{file}: {}", stderr(&o));
         assert!(stdout(&o).contains("qwen35 model") && stdout(&o).contains("greedy tokens agree"), "{}", stdout(&o));
-        let (ours, theirs) = (GgufFile::open(&out).unwrap(), GgufFile::open(gguf(file)).unwrap());
-        let n = assert_same_tensors(&ours, &theirs, layers);
+        let ours = GgufFile::open(&out).unwrap();
+        let n = assert_same_tensors(&ours, &theirs);
         assert!(n > 40, "{file}: only {n} tensors compared");
-        let mut keys = 0;
-        for (k, v) in &theirs.metadata {
-            // The converter counts the MTP block in block_count and names the model after its folder.
-            let skipped = ["qwen35.block_count", "qwen35.nextn_predict_layers"];
-            let tokenizer = [
-                "tokenizer.ggml.model",
-                "tokenizer.ggml.pre",
-                "tokenizer.ggml.tokens",
-                "tokenizer.ggml.token_type",
-                "tokenizer.ggml.merges",
-                "tokenizer.ggml.eos_token_id",
-                "tokenizer.chat_template",
-            ];
-            if skipped.contains(&k.as_str()) || !(k.starts_with("qwen35.") || tokenizer.contains(&k.as_str())) {
-                continue;
-            }
-            if k == "qwen35.attention.recurrent_layers" {
-                // Padded with `false` for the MTP block.
-                let (Some(Value::Array(_, a)), Value::Array(_, b)) = (ours.get(k), v) else { panic!("{k}") };
-                assert_eq!(a.as_slice(), &b[..layers], "{file}: {k}");
-            } else {
-                assert_eq!(ours.get(k), Some(v), "{file}: {k}");
-            }
-            keys += 1;
+        let tokenizer = [
+            "tokenizer.ggml.model",
+            "tokenizer.ggml.pre",
+            "tokenizer.ggml.tokens",
+            "tokenizer.ggml.token_type",
+            "tokenizer.ggml.merges",
+            "tokenizer.ggml.eos_token_id",
+            "tokenizer.chat_template",
+        ];
+        let compared = |g: &GgufFile| -> Vec<String> {
+            let keys = g.metadata.iter().map(|(k, _)| k.clone());
+            keys.filter(|k| k.starts_with("qwen35.") || tokenizer.contains(&k.as_str())).collect()
+        };
+        assert_eq!(compared(&ours), compared(&theirs), "{file}: keys and their order");
+        for k in compared(&theirs) {
+            assert_eq!(ours.get(&k), theirs.get(&k), "{file}: {k}");
         }
-        assert_eq!(keys, 25, "{file}: keys compared");
-        assert_eq!(ours.get("qwen35.block_count"), Some(&Value::U32(layers as u32)));
+        assert_eq!(ours.get("qwen35.nextn_predict_layers").is_some(), mtp);
         assert_eq!(ours.get("general.file_type"), theirs.get("general.file_type"));
         let modelfile = std::fs::read_to_string(out.with_extension("Modelfile")).unwrap();
         assert!(

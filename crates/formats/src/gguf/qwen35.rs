@@ -71,6 +71,29 @@ const MODEL: [(&str, &str); 3] = [
     ("lm_head.weight", "output.weight"),
 ];
 
+/// The multi-token-prediction block's own tensors (`mtp.<hf>`), by the name the converter gives them
+/// before choosing their transform (`model.layers.L.<renamed>`) and their GGUF name (`blk.L.<gguf>`).
+const MTP: [(&str, &str, &str); 4] = [
+    ("fc.weight", "eh_proj.weight", "nextn.eh_proj.weight"),
+    ("pre_fc_norm_embedding.weight", "enorm.weight", "nextn.enorm.weight"),
+    ("pre_fc_norm_hidden.weight", "hnorm.weight", "nextn.hnorm.weight"),
+    ("norm.weight", "shared_head.norm.weight", "nextn.shared_head_norm.weight"),
+];
+
+/// A tensor of the multi-token-prediction block (`mtp.*`, or `model.mtp.*`) of a model with `layers`
+/// decoder layers, as the converter writes it: one block past the decoder's (`blk.{layers + i}` for
+/// its layer i). Returns the GGUF name and the name whose [`transform`] applies (the block's norms
+/// are zero-centred: `1 + w`), or `None` for a name outside the block.
+pub fn mtp_tensor_name(hf: &str, layers: usize) -> Option<(String, String)> {
+    let rest = hf.strip_prefix("model.").unwrap_or(hf).strip_prefix("mtp.")?;
+    if let Some((_, renamed, g)) = MTP.iter().find(|(h, _, _)| *h == rest) {
+        return Some((format!("blk.{layers}.{g}"), format!("model.layers.{layers}.{renamed}")));
+    }
+    let (i, tensor) = rest.strip_prefix("layers.")?.split_once('.')?;
+    let text = format!("model.layers.{}.{tensor}", layers + i.parse::<usize>().ok()?);
+    Some((tensor_name(&text)?, text))
+}
+
 /// The GGUF name of a tensor of a Qwen3.5 text model (`model.layers.3.linear_attn.A_log` →
 /// `blk.3.ssm_a`), or `None` for a name a `qwen35` file does not hold.
 pub fn tensor_name(hf: &str) -> Option<String> {
@@ -259,6 +282,17 @@ mod tests {
             assert_eq!(hf_name(g).as_deref(), Some(hf));
         }
         assert_eq!(hf_name("blk.4.nextn.eh_proj.weight"), None);
+        let mtp = |hf: &str| mtp_tensor_name(hf, 3);
+        assert_eq!(
+            mtp("mtp.fc.weight"),
+            Some(("blk.3.nextn.eh_proj.weight".into(), "model.layers.3.eh_proj.weight".into()))
+        );
+        let (g, text) = mtp("mtp.pre_fc_norm_embedding.weight").unwrap();
+        assert_eq!((g.as_str(), transform(&text, &HEADS)), ("blk.3.nextn.enorm.weight", Transform::PlusOne));
+        assert_eq!(mtp("mtp.norm.weight").unwrap().0, "blk.3.nextn.shared_head_norm.weight");
+        assert_eq!(mtp("model.mtp.layers.0.self_attn.q_proj.weight").unwrap().0, "blk.3.attn_q.weight");
+        assert_eq!(mtp("mtp.layers.1.input_layernorm.weight").unwrap().0, "blk.4.attn_norm.weight");
+        assert_eq!(mtp("model.layers.0.mlp.up_proj.weight"), None);
         assert_eq!(gguf_module("model.language_model.layers.1.linear_attn.out_proj").as_deref(), Some("blk.1.ssm_out"));
         assert_eq!(gguf_module("model.layers.1.self_attn.q_proj").as_deref(), Some("blk.1.attn_q"));
         assert_eq!(gguf_module("lm_head").as_deref(), Some("output"));
