@@ -3,6 +3,7 @@
 # `lora train --dry-run` beside the measured peak RSS, and seconds per step.
 #
 #   scripts/bench_qwen3_5_large.sh           # SIZE=27b (or 9b) LAYERS STEPS=2 SEQ=1024 R=16 THREADS=2
+#   SIZE=9b QUANTIZE=1 scripts/bench_qwen3_5_large.sh   # instead: peak RSS of `lora quantize` on the bf16 folder
 #
 # SIZE=27b: the 27B's geometry (research/archs.md §1.2): hidden 5120, FFN 17408, 64 layers, 3 Gated
 # DeltaNet + 1 gated attention per 4 (16 QK / 48 V heads of 128; 24 / 4 attention heads of 256), vocab
@@ -67,6 +68,20 @@ EOF
   fi
 fi
 du -sh "$dir/model"
+
+if [ "${QUANTIZE:-0}" = 1 ]; then
+  # `lora quantize` of the bf16 folder into a 4-bit checkpoint (written beside it, then removed): its
+  # peak RSS and time, which must stay far below the model's size.
+  [ "$four_bit" = 0 ] || { echo "QUANTIZE=1 needs a bf16 folder (SIZE=9b)" >&2; exit 2; }
+  rm -rf "$dir/nf4"
+  echo "== lora quantize: $size shape, $layers layers, double quantization"
+  /usr/bin/time -v "$target/lora" quantize "$dir/model" -o "$dir/nf4" --double-quant 2>&1 | tee "$dir/quantize.log" |
+    grep -E "Elapsed|Maximum resident|^[^\t]"
+  du -sh "$dir/nf4"
+  grep "Maximum resident" "$dir/quantize.log" | awk '{ printf "peak RSS %.2f GiB (%.2f GB)\n", $NF / 1048576, $NF * 1024 / 1e9 }'
+  rm -rf "$dir/nf4"
+  exit 0
+fi
 
 # Text long enough for SEQ tokens per example.
 awk -v n="$((steps + 1))" -v words="$((seq * 2))" 'BEGIN {

@@ -15,13 +15,20 @@ Writes under tests/fixtures/gguf/:
     logits.adapter           the same with lora's qwen35-adapter.gguf applied (scale 1)
     logits.merged            llama.cpp's logits of the merged model lora exports: `lora merge
                              qwen35-text.gguf qwen35-adapter`, then `lora export` of that folder (f32)
-    greedy.merged            llama.cpp's greedy continuation (8 tokens) of row 0 on the merged file
+    greedy.merged            llama.cpp's greedy continuation (8 tokens) of row 0 on the merged f32 file
+  qwen35-merged-bf16.gguf    llama.cpp's converter's own file of that merged folder, --outtype bf16
+  qwen35-merged-q8_0.gguf    and --outtype q8_0, which the tests compare with lora's exports. llama.cpp's
+                             own logits are not the check for these types: its CPU matmul rounds the
+                             activations to the weights' type (bf16 moves these sensitive random models' logits
+                             by 0.3), and llama.cpp 0.3.36 crashes (SIGSEGV in decode) on this q8_0 file, the
+                             converter's as lora's
   qwen35_llama_cpp.json      versions
 
 Needs: llama-cpp-python 0.3.36 (a source build: CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF"
 pip install --no-binary llama-cpp-python llama-cpp-python==0.3.36), numpy, safetensors, and a lora
-binary (cargo build --release).
-Run: python scripts/make_qwen35_llama_cpp_fixtures.py PATH/TO/lora
+binary (cargo build --release); for the converter, torch and transformers 5.24 and LLAMA_CPP_DIR, the
+vendor/llama.cpp of the llama-cpp-python 0.3.36 sdist.
+Run: python scripts/make_qwen35_llama_cpp_fixtures.py PATH/TO/lora LLAMA_CPP_DIR
 """
 
 import json
@@ -56,7 +63,9 @@ def write_adapter(folder):
     for module, d_in, d_out in MODULES:
         key = f"base_model.model.{module}"
         tensors[f"{key}.lora_A.weight"] = (0.3 * rng.standard_normal((R, d_in))).astype(np.float32)
-        tensors[f"{key}.lora_B.weight"] = (0.3 * rng.standard_normal((d_out, R))).astype(np.float32)
+        # B small enough that the merged model stays as tame as the base (these randomized models are
+        # sensitive: f16 weights alone move their logits by 1%).
+        tensors[f"{key}.lora_B.weight"] = (0.05 * rng.standard_normal((d_out, R))).astype(np.float32)
     os.makedirs(folder, exist_ok=True)
     safetensors.numpy.save_file(tensors, os.path.join(folder, "adapter_model.safetensors"), metadata={"format": "pt"})
     config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": R, "lora_alpha": ALPHA, "lora_dropout": 0.0,
@@ -119,6 +128,11 @@ def main():
     lora(binary, "merge", base, adapter, "-o", merged, "--dtype", "f32")
     merged_gguf = os.path.join(work, "merged.gguf")
     lora(binary, "export", merged, "-o", merged_gguf, "--type", "f32")
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from make_qwen35_gguf_fixtures import convert
+
+    for t in ("bf16", "q8_0"):
+        convert(sys.argv[2], merged, os.path.join(ROOT, f"qwen35-merged-{t}.gguf"), t, no_mtp=True)
 
     t = {"input_ids": np.array(IDS, dtype=np.int64)}
     t["logits.base"] = logits(base)
@@ -129,7 +143,8 @@ def main():
     safetensors.numpy.save_file(t, os.path.join(ROOT, "qwen35_llama_cpp.safetensors"))
     prov = {"script": "scripts/make_qwen35_llama_cpp_fixtures.py", "python": sys.version.split()[0],
             "llama_cpp_python": llama_cpp.__version__, "numpy": np.__version__, "seed": SEED,
-            "note": "llama.cpp CPU backend, f32 files, f32 KV cache, each row evaluated on its own"}
+            "converter": "llama.cpp 0.3.36 convert_hf_to_gguf.py (llama-cpp-python sdist)",
+            "note": "llama.cpp CPU backend, f32 KV cache, each row evaluated on its own"}
     with open(os.path.join(ROOT, "qwen35_llama_cpp.json"), "w") as f:
         json.dump(prov, f, indent=2, sort_keys=True)
     print(json.dumps(prov))

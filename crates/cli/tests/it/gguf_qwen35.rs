@@ -190,3 +190,87 @@ fn a_qwen35_adapter_exports_with_its_value_heads_reordered() {
     assert_user_error(&o, "linear_value_head_dim");
     assert!(!d.join("x.gguf").exists());
 }
+
+/// The logits of `model` (with `adapter`, a PEFT folder or a llama.cpp adapter file) for the probe
+/// rows of `scripts/make_qwen35_llama_cpp_fixtures.py`, each row on its own, flattened.
+fn probe_logits(model: &Path, adapter: Option<&Path>, rows: &[Vec<u32>]) -> Vec<f32> {
+    let device = lora_core::default_device();
+    let mut m = lora_core::CausalLm::load_dir(model, &device).unwrap();
+    if let Some(a) = adapter {
+        lora_core::adapter::load_adapter(&mut m, a, 1.0, false).unwrap();
+    }
+    let mut out = Vec::new();
+    for row in rows {
+        let batch = lora_core::TokenBatch::rows(vec![row.clone()]);
+        out.extend(lora_core::to_f32_vec(m.forward(&batch, None).unwrap()).unwrap());
+    }
+    out
+}
+
+/// llama.cpp 0.3.36 ran what lora writes (`scripts/make_qwen35_llama_cpp_fixtures.py`): the adapter
+/// `lora export` writes for a Qwen3.5 (every projection the value-head reorder touches) applied by
+/// llama.cpp to the converter's base gives lora's logits with the PEFT adapter; so does the merged
+/// model `lora merge` + `lora export` write (f32; its bf16 and q8_0 files are the converter's of the
+/// same folder), and llama.cpp's greedy continuation on it is lora's. lora still writes that adapter file byte for
+/// byte, and reads llama.cpp's base as llama.cpp runs it.
+#[test]
+fn llama_cpp_runs_lora_s_qwen35_exports_as_lora_does() {
+    let g = lora_formats::safetensors::SafetensorsFile::open(gguf("qwen35_llama_cpp.safetensors")).unwrap();
+    let read = |name: &str| g.to_f32(name).unwrap().0;
+    let ints = |name: &str| -> Vec<u32> {
+        g.bytes(g.info(name).unwrap())
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
+            .collect()
+    };
+    let ids = ints("input_ids");
+    let rows: Vec<Vec<u32>> = ids.chunks(ids.len() / 2).map(<[u32]>::to_vec).collect();
+    let base = gguf("qwen35-text.gguf");
+    let adapter = gguf("qwen35-adapter");
+    let close = |what: &str, ours: &[f32], theirs: &[f32]| {
+        let d = max_abs_diff(ours, theirs);
+        assert!(d <= 1e-4, "{what}: max |Δ| vs llama.cpp {d:e}");
+    };
+    close("base", &probe_logits(&base, None, &rows), &read("logits.base"));
+    let with_adapter = probe_logits(&base, Some(&adapter), &rows);
+    assert!(max_abs_diff(&with_adapter, &read("logits.base")) > 1e-2, "the adapter changes nothing");
+    close("base + adapter", &with_adapter, &read("logits.adapter"));
+
+    let d = temp_dir("qwen35-llama-cpp");
+    let file = d.join("adapter.gguf");
+    let o = lora(&["export", s(&adapter), "--base", s(&base), "-o", s(&file), "--type", "f32"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::read(&file).unwrap() == std::fs::read(gguf("qwen35-adapter.gguf")).unwrap());
+    close("base + lora's GGUF adapter", &probe_logits(&base, Some(&file), &rows), &read("logits.adapter"));
+
+    let merged = d.join("merged");
+    let o = lora(&["merge", s(&base), s(&adapter), "-o", s(&merged), "--dtype", "f32"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let merged_gguf = d.join("merged.gguf");
+    let o = lora(&["export", s(&merged), "-o", s(&merged_gguf), "--type", "f32"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    close("merged", &probe_logits(&merged_gguf, None, &rows), &read("logits.merged"));
+    // bf16 and q8_0: the files are the converter's, from the same folder (llama.cpp's logits are
+    // not the check for these: its CPU matmul rounds the activations to the weights' type, and 0.3.36
+    // crashes on this q8_0 file, the converter's as lora's).
+    for ty in ["bf16", "q8_0"] {
+        let file = d.join(format!("merged-{ty}.gguf"));
+        let o = lora(&["export", s(&merged), "-o", s(&file), "--type", ty, "--no-check"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let converter = GgufFile::open(gguf(&format!("qwen35-merged-{ty}.gguf"))).unwrap();
+        assert!(assert_same_tensors(&GgufFile::open(&file).unwrap(), &converter) > 40, "{ty}");
+    }
+    // Greedy, one full forward per token.
+    let device = lora_core::default_device();
+    let m = lora_core::CausalLm::load_dir(&merged_gguf, &device).unwrap();
+    let mut seq = rows[0].clone();
+    let vocab = m.config.vocab_size;
+    for _ in 0..8 {
+        let logits =
+            lora_core::to_f32_vec(m.forward(&lora_core::TokenBatch::rows(vec![seq.clone()]), None).unwrap()).unwrap();
+        let last = &logits[logits.len() - vocab..];
+        let best = (0..vocab).max_by(|&a, &b| last[a].total_cmp(&last[b])).unwrap();
+        seq.push(best as u32);
+    }
+    assert_eq!(&seq[rows[0].len()..], ints("greedy.merged").as_slice(), "greedy continuation");
+}
