@@ -13,6 +13,8 @@ Writes under tests/fixtures/gguf/:
     logits.base              llama.cpp's logits of qwen35-text.gguf (llama.cpp's converter's file), each
                              row on its own, every position
     logits.adapter           the same with lora's qwen35-adapter.gguf applied (scale 1)
+    logits.hub-mtp           llama.cpp's logits of qwen35-hub-mtp.gguf (the converter's file with a
+                             multi-token-prediction block, which llama.cpp loads and lora writes alike)
     logits.merged            llama.cpp's logits of the merged model lora exports: `lora merge
                              qwen35-text.gguf qwen35-adapter`, then `lora export` of that folder (f32)
     greedy.merged            llama.cpp's greedy continuation (8 tokens) of row 0 on the merged f32 file
@@ -123,7 +125,11 @@ def main():
     modelfile = os.path.join(ROOT, "qwen35-adapter.Modelfile")
     if os.path.exists(modelfile):
         os.remove(modelfile)
-    work = tempfile.mkdtemp()
+    # A fixed place: the converter copies the merged folder's model card (which names its base by path)
+    # into the files' metadata.
+    work = os.path.join(tempfile.gettempdir(), "lora-qwen35-llama-cpp-fixtures")
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
     merged = os.path.join(work, "merged")
     lora(binary, "merge", base, adapter, "-o", merged, "--dtype", "f32")
     merged_gguf = os.path.join(work, "merged.gguf")
@@ -137,6 +143,7 @@ def main():
     t = {"input_ids": np.array(IDS, dtype=np.int64)}
     t["logits.base"] = logits(base)
     t["logits.adapter"] = logits(base, adapter_gguf)
+    t["logits.hub-mtp"] = logits(os.path.join(ROOT, "qwen35-hub-mtp.gguf"))
     t["logits.merged"] = logits(merged_gguf)
     t["greedy.merged"] = np.array(greedy(merged_gguf, IDS[0], 8), dtype=np.int64)
     shutil.rmtree(work)

@@ -235,6 +235,9 @@ fn llama_cpp_runs_lora_s_qwen35_exports_as_lora_does() {
     let with_adapter = probe_logits(&base, Some(&adapter), &rows);
     assert!(max_abs_diff(&with_adapter, &read("logits.base")) > 1e-2, "the adapter changes nothing");
     close("base + adapter", &with_adapter, &read("logits.adapter"));
+    // A file with a multi-token-prediction block (as lora writes one): llama.cpp loads it and runs
+    // the decoder as lora does.
+    close("hub + MTP", &probe_logits(&gguf("qwen35-hub-mtp.gguf"), None, &rows), &read("logits.hub-mtp"));
 
     let d = temp_dir("qwen35-llama-cpp");
     let file = d.join("adapter.gguf");
