@@ -277,3 +277,72 @@ fn llama_cpp_runs_lora_s_qwen35_exports_as_lora_does() {
     }
     assert_eq!(&seq[rows[0].len()..], ints("greedy.merged").as_slice(), "greedy continuation");
 }
+
+/// The Hub's form of a Qwen3.5 checkpoint (`Qwen3_5ForConditionalGeneration`, the language model
+/// under `model.language_model`) and an adapter trained on it, named so, export to the same llama.cpp
+/// files as the text form: the adapter to the fixture's `qwen35-adapter.gguf` tensor for tensor, and
+/// the model to what the text form gives.
+#[test]
+fn the_hub_form_exports_as_the_text_form() {
+    use lora_core::io::safetensors_write::{StoredDtype, write_safetensors};
+    let d = temp_dir("qwen35-hub-form");
+    let text = folder_of("qwen35-text.gguf", &d);
+    // The same model in the Hub's form.
+    let hub = d.join("hub");
+    std::fs::create_dir_all(&hub).unwrap();
+    let st = lora_formats::safetensors::SafetensorsFile::open(text.join("model.safetensors")).unwrap();
+    let renamed: Vec<(String, Vec<usize>, Vec<f32>)> = st
+        .tensors()
+        .iter()
+        .map(|(n, info)| {
+            let hub_name = n.strip_prefix("model.").map_or(n.clone(), |r| format!("model.language_model.{r}"));
+            (hub_name, info.shape.clone(), st.to_f32(n).unwrap().0)
+        })
+        .collect();
+    write_safetensors(&hub.join("model.safetensors"), &renamed, StoredDtype::F32, &Default::default()).unwrap();
+    let text_config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(text.join("config.json")).unwrap()).unwrap();
+    let config = serde_json::json!({
+        "architectures": ["Qwen3_5ForConditionalGeneration"],
+        "model_type": "qwen3_5",
+        "tie_word_embeddings": text_config["tie_word_embeddings"],
+        "text_config": text_config,
+    });
+    std::fs::write(hub.join("config.json"), config.to_string()).unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(text.join(f), hub.join(f)).unwrap();
+    }
+    // The fixture adapter, renamed for the Hub's form.
+    let adapter = d.join("hub-adapter");
+    std::fs::create_dir_all(&adapter).unwrap();
+    let fixture = gguf("qwen35-adapter");
+    std::fs::copy(fixture.join("adapter_config.json"), adapter.join("adapter_config.json")).unwrap();
+    let st = lora_formats::safetensors::SafetensorsFile::open(fixture.join("adapter_model.safetensors")).unwrap();
+    let renamed: Vec<(String, Vec<usize>, Vec<f32>)> = st
+        .tensors()
+        .iter()
+        .map(|(n, info)| {
+            (n.replace(".model.layers.", ".model.language_model.layers."), info.shape.clone(), st.to_f32(n).unwrap().0)
+        })
+        .collect();
+    assert!(renamed.iter().all(|(n, _, _)| n.contains(".language_model.layers.")));
+    write_safetensors(&adapter.join("adapter_model.safetensors"), &renamed, StoredDtype::F32, &Default::default())
+        .unwrap();
+
+    let file = d.join("hub-adapter.gguf");
+    let o = lora(&["export", s(&adapter), "--base", s(&hub), "-o", s(&file), "--type", "f32"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("greedy tokens agree"), "{}", stdout(&o));
+    let fixture_gguf = GgufFile::open(gguf("qwen35-adapter.gguf")).unwrap();
+    assert_eq!(assert_same_tensors(&GgufFile::open(&file).unwrap(), &fixture_gguf), 22);
+
+    let export = |dir: &Path, name: &str| {
+        let out = d.join(name);
+        let o = lora(&["export", s(dir), "-o", s(&out), "--type", "f32"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        GgufFile::open(out).unwrap()
+    };
+    let (from_hub, from_text) = (export(&hub, "hub.gguf"), export(&text, "text.gguf"));
+    assert!(assert_same_tensors(&from_hub, &from_text) > 40);
+    assert_eq!(from_hub.get("qwen35.attention.recurrent_layers"), from_text.get("qwen35.attention.recurrent_layers"));
+}
