@@ -76,7 +76,7 @@ if [ "${QUANTIZE:-0}" = 1 ]; then
   rm -rf "$dir/nf4"
   echo "== lora quantize: $size shape, $layers layers, double quantization"
   /usr/bin/time -v "$target/lora" quantize "$dir/model" -o "$dir/nf4" --double-quant 2>&1 | tee "$dir/quantize.log" |
-    grep -E "Elapsed|Maximum resident|^[^\t]"
+    grep -E "Elapsed|Maximum resident|written"
   du -sh "$dir/nf4"
   grep "Maximum resident" "$dir/quantize.log" | awk '{ printf "peak RSS %.2f GiB (%.2f GB)\n", $NF / 1048576, $NF * 1024 / 1e9 }'
   rm -rf "$dir/nf4"
