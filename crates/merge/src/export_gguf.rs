@@ -88,7 +88,8 @@ impl BaseInfo {
             MergeError::folder(
                 base,
                 format!(
-                    "model_type '{model_type}' has no llama.cpp architecture lora can export to (llama, mistral, qwen2, qwen3, qwen3_5)"
+                    "model_type '{model_type}' has no llama.cpp architecture lora can export to \
+                     (llama, mistral, qwen2, qwen3, qwen3_5)"
                 ),
             )
         })?;

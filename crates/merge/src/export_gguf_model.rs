@@ -2,9 +2,11 @@
 //! model for llama.cpp and Ollama, as `convert_hf_to_gguf.py` writes it: the `{arch}.*` keys, the
 //! tokenizer (`tokenizer.ggml.*`: byte-level BPE's tokens, types, merges and pre-tokenizer name, or
 //! SentencePiece BPE's tokens, types and scores, the scores derived from the merges so that
-//! llama.cpp merges as the folder does) and chat template, Llama 3.1's `rope_freqs`, GGUF tensor names, and the `llama` architecture's q/k rows
-//! permuted. Tensors stream one at a time: the header is planned from the shapes, then each tensor is
-//! read, converted and written, so memory stays at about one tensor.
+//! llama.cpp merges as the folder does) and chat template, Llama 3.1's `rope_freqs`, GGUF tensor
+//! names, and the `llama` architecture's q/k rows permuted. Tensors stream one at a time through
+//! [`write_planned`]: the header is planned from the shapes, then each tensor is read, converted and
+//! written, so memory stays at about one tensor. Qwen3.5 has its own plan
+//! (`export_gguf_qwen35`) and the same writer.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};

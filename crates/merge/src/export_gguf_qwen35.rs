@@ -1,5 +1,6 @@
 //! `lora export MODEL_DIR -o model.gguf` for a Qwen3.5 folder (either checkpoint form): llama.cpp's
-//! `qwen35` file as its converter writes it (llama.cpp 0.3.36, `conversion/qwen.py`), the keys, names and value transforms of [`crate::gguf::qwen35`].
+//! `qwen35` file as its converter writes it (llama.cpp 0.3.36, `conversion/qwen.py`), with the keys,
+//! names and value transforms of [`crate::gguf::qwen35`].
 //!
 //! - The vision tower (`model.visual.*`) is not written: llama.cpp runs it from a separate `mmproj`
 //!   file, which its converter makes with `--mmproj` from the original checkpoint.
@@ -99,7 +100,8 @@ pub(crate) fn export(
         })?;
         let shape = model.require(hf)?.info.shape.clone();
         let conv = name.ends_with("linear_attn.conv1d.weight");
-        // The convolution `[channels, 1, kernel]` is stored squeezed, and in F32 like every vector.
+        // The convolution `[channels, 1, kernel]` is stored squeezed, and always in F32, as the
+        // converter keeps it (`SSM_CONV1D` is among its F32-only tensors).
         let dims: Vec<u64> = shape.iter().rev().filter(|&&d| !conv || d != 1).map(|&d| d as u64).collect();
         let t = if conv || gguf.ends_with("_norm.weight") { GgmlType::F32 } else { tensor_type(&dims, ggml_type) };
         plan.push(Planned { gguf, hf: Some(hf.to_string()), dims, ggml_type: t });
