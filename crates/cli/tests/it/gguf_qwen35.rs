@@ -131,16 +131,23 @@ fn a_qwen35_folder_exports_as_llama_cpps_converter_writes_it() {
 /// A Qwen3.5 adapter on the Gated DeltaNet's projections exports to a llama.cpp LoRA whose factors
 /// are reordered as the weights are: the update `scale · B'A'` it gives `blk.0.attn_qkv` (and
 /// `ssm_out`, `attn_gate`, `ssm_beta`) is the difference between the exported merged model and the
-/// exported base, both written as llama.cpp's converter writes them. The export checks itself
-/// against the PEFT adapter; a Qwen3.5 whose key and value heads differ in size is refused by name.
+/// exported base, both written as llama.cpp's converter writes them. The adapter is trained on the
+/// `qwen35` GGUF file itself, and equals the one trained on the folder read out of it. The export checks
+/// itself against the PEFT adapter; a Qwen3.5 whose key and value heads differ in size is refused by
+/// name.
 #[test]
 fn a_qwen35_adapter_exports_with_its_value_heads_reordered() {
     let d = temp_dir("qwen35-adapter");
     let base = folder_of("qwen35-text.gguf", &d);
     let run = d.join("run");
     let targets = r#"lora.targets=["in_proj_qkv","in_proj_z","in_proj_b","out_proj","q_proj"]"#;
-    let o = train_tiny(&run, &[&format!("model.base=\"{}\"", base.display()), targets, "train.max_steps=3"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let train = |out: &Path, model: &Path| {
+        let o = train_tiny(out, &[&format!("model.base=\"{}\"", model.display()), targets, "train.max_steps=3"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        std::fs::read(out.join("adapter_model.safetensors")).unwrap()
+    };
+    let on_file = train(&run, &gguf("qwen35-text.gguf"));
+    assert!(on_file == train(&d.join("run-on-folder"), &base), "training on the GGUF file and on its folder differ");
     let file = d.join("run.gguf");
     let o = lora(&["export", s(&run), "--base", s(&base), "-o", s(&file), "--type", "f32"]);
     assert!(o.status.success(), "{}", stderr(&o));
