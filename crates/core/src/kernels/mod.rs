@@ -10,6 +10,7 @@
 //! | [`frozen_matmul`] (CPU: `frozen_matmul_cpu`) | `x · Wᵀ` of a frozen base, dense or NF4, keeping no f32 copy |
 //! | [`fused_lora_linear`] | the LoRA path `s · B(A x)` |
 //! | [`fused_rms_norm`] | [`crate::network::norm`]'s composition |
+//! | [`fused_gated_rms_norm`] | the Gated DeltaNet's gated norm in [`crate::network::norm`] |
 //! | [`fused_rope`] | [`crate::network::rope::apply_rope`] |
 //! | [`fused_swiglu`] | `silu(gate) · up` in [`crate::network::mlp`] |
 //! | [`fused_attention`] (CPU), [`tiled_attention`] (GPUs) | burn's attention |
@@ -28,6 +29,7 @@ pub mod frozen_matmul;
 mod frozen_matmul_cpu;
 pub mod fused_attention;
 pub mod fused_delta_rule;
+pub mod fused_gated_rms_norm;
 pub mod fused_lora_linear;
 pub mod fused_rms_norm;
 pub mod fused_rope;

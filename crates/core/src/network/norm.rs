@@ -106,6 +106,27 @@ impl GatedRmsNorm {
     /// - x, z: `[..., dim]`
     /// - output: `[..., dim]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>, z: Tensor<D>) -> Tensor<D> {
+        use crate::kernels::cpu_kernel::use_fused;
+        if use_fused(&x) && use_fused(&z) && self.weight.val().dtype() == DType::F32 {
+            use crate::kernels::fused_gated_rms_norm::GatedRmsNormBackend;
+            let y = <burn::backend::Dispatch as GatedRmsNormBackend>::gated_rms_norm(
+                x.into_dispatch(),
+                z.into_dispatch(),
+                self.weight.val().into_dispatch(),
+                self.eps,
+            );
+            return Tensor::from_dispatch(y);
+        }
+        self.forward_reference(x, z)
+    }
+
+    /// The plain composition of burn operations, the reference of the fused CPU kernel
+    /// ([`crate::kernels::fused_gated_rms_norm`]) and the path of the other backends.
+    ///
+    /// # Shapes
+    /// - x, z: `[..., dim]`
+    /// - output: `[..., dim]`
+    pub fn forward_reference<const D: usize>(&self, x: Tensor<D>, z: Tensor<D>) -> Tensor<D> {
         let x32 = x.cast(DType::F32);
         let rms = (x32.clone().square().mean_dim(D - 1) + self.eps).sqrt(); // [..., 1]
         let z = z.cast(DType::F32);

@@ -16,7 +16,7 @@ use lora_core::kernels::host::to_f32_vec;
 use lora_core::loss::fused_cross_entropy::cross_entropy_sum;
 use lora_core::network::linear::Linear;
 use lora_core::network::lora::LoraAdapter;
-use lora_core::network::norm::RmsNorm;
+use lora_core::network::norm::{GatedRmsNorm, RmsNorm};
 use lora_core::network::rope::apply_rope;
 
 fn lcg(seed: u64, n: usize, amp: f32) -> Vec<f32> {
@@ -92,6 +92,32 @@ fn fused_rms_norm_equals_reference_values_and_gradients() {
         close("rms_norm y", &a.0, &b.0);
         close("rms_norm ∂x", &a.1, &b.1);
         close("rms_norm ∂weight", &a.2.expect("fused ∂w"), &b.2.expect("reference ∂w"));
+    }
+}
+
+#[test]
+fn fused_gated_rms_norm_equals_reference_values_and_gradients() {
+    for (rows, d) in [(5usize, 37usize), (40, 64)] {
+        let (x, z, w, dy) = (lcg(21, rows * d, 3.0), lcg(22, rows * d, 6.0), lcg(23, d, 1.5), lcg(24, rows * d, 1.0));
+        let run = |fused: bool| {
+            let norm = GatedRmsNorm { weight: lora_core::burn::module::Param::from_tensor(leaf(&w, [d])), eps: 1e-6 };
+            let (xl, zl) = (leaf(&x, [rows, d]), leaf(&z, [rows, d]));
+            let y = if fused {
+                norm.forward(xl.clone(), zl.clone())
+            } else {
+                norm.forward_reference(xl.clone(), zl.clone())
+            };
+            let grads = (y.clone() * Tensor::<2>::from_data(TensorData::new(dy.clone(), [rows, d]), &default_device()))
+                .sum()
+                .backward();
+            let gw = norm.weight.val().grad(&grads).map(values);
+            (values(y), values(xl.grad(&grads).unwrap()), values(zl.grad(&grads).unwrap()), gw)
+        };
+        let (a, b) = (run(true), run(false));
+        close("gated_rms_norm y", &a.0, &b.0);
+        close("gated_rms_norm ∂x", &a.1, &b.1);
+        close("gated_rms_norm ∂z", &a.2, &b.2);
+        close("gated_rms_norm ∂weight", &a.3.expect("fused ∂w"), &b.3.expect("reference ∂w"));
     }
 }
 
