@@ -69,18 +69,12 @@ impl BaseInfo {
         let model_type = cfg["model_type"].as_str().unwrap_or_default();
         if crate::export_gguf_qwen35::is_qwen3_5(&cfg) {
             let c = ModelConfig::from_file(&path)?;
-            let linear_heads = c.linear_attention.map(|l| LinearHeads {
-                key_heads: l.num_key_heads,
-                value_heads: l.num_value_heads,
-                key_dim: l.key_head_dim,
-                value_dim: l.value_head_dim,
-            });
             let info = Self {
                 architecture: "qwen35".into(),
                 heads: c.num_attention_heads,
                 kv_heads: c.num_key_value_heads,
                 tied: c.tie_word_embeddings,
-                linear_heads,
+                linear_heads: c.linear_attention.map(LinearHeads::from),
             };
             return Self::checked(base, info);
         }
@@ -146,6 +140,8 @@ impl BaseInfo {
 pub struct ExportReport {
     /// The output file.
     pub out: PathBuf,
+    /// `general.architecture` of the base the adapter applies to.
+    pub architecture: String,
     /// Modules exported.
     pub modules: usize,
     /// The alpha written (`adapter.lora.alpha`).
@@ -245,7 +241,14 @@ fn export_inner(adapter_dir: &Path, base: &Path, out: &Path, ggml_type: GgmlType
         ("adapter.lora.alpha".to_string(), Value::F32(alpha)),
     ];
     crate::gguf::write(out, &metadata, &tensors, force)?;
-    Ok(ExportReport { out: out.to_path_buf(), modules: adapter.modules.len(), alpha, folded, fallbacks })
+    Ok(ExportReport {
+        out: out.to_path_buf(),
+        architecture: info.architecture,
+        modules: adapter.modules.len(),
+        alpha,
+        folded,
+        fallbacks,
+    })
 }
 
 /// The converter's permutation of q/k rows: Hugging Face row `h·hd + s·hd/2 + j` goes to row

@@ -77,12 +77,7 @@ pub(crate) fn export(
                 ),
             ));
         }
-        Some(l) => LinearHeads {
-            key_heads: l.num_key_heads,
-            value_heads: l.num_value_heads,
-            key_dim: l.key_head_dim,
-            value_dim: l.value_head_dim,
-        },
+        Some(l) => LinearHeads::from(*l),
         None => LinearHeads { key_heads: 1, value_heads: 1, key_dim: 0, value_dim: 0 },
     };
     let mtp = mtp_layers(model);

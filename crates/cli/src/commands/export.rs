@@ -66,7 +66,7 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     publish(&staged, &a.out)?;
-    let modelfile = write_modelfile(&base, &a.out, a.force)?;
+    let modelfile = write_modelfile(&base, &a.out, &r.architecture, a.force)?;
     for f in &r.fallbacks {
         println!("{f}: rows are not whole Q8_0 blocks of 32 values; written as F16");
     }
@@ -199,7 +199,7 @@ fn check(adapter: &Path, base: &Path, out: &Path, t: GgmlType) -> Result<String>
 }
 
 /// An Ollama Modelfile beside the adapter: `FROM` the base, `ADAPTER` the file.
-fn write_modelfile(base: &Path, out: &Path, force: bool) -> Result<Option<PathBuf>> {
+fn write_modelfile(base: &Path, out: &Path, architecture: &str, force: bool) -> Result<Option<PathBuf>> {
     let stem = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "adapter".into());
     let path = out.with_file_name(format!("{stem}.Modelfile"));
     if path.exists() && !force {
@@ -207,13 +207,12 @@ fn write_modelfile(base: &Path, out: &Path, force: bool) -> Result<Option<PathBu
         return Ok(None);
     }
     let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-    let arch = lora_merge::BaseInfo::of(base).map(|b| b.architecture).unwrap_or_default();
     let text = format!(
         "# Ollama: ollama create {stem} -f {}\n# FROM is the base the adapter was trained on (a GGUF file, or a safetensors folder Ollama can import).\nFROM {}\nADAPTER {}\n{}",
         path.display(),
         abs(base).display(),
         abs(out).display(),
-        chat_lines(&arch)
+        chat_lines(architecture)
     );
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     Ok(Some(path))

@@ -31,26 +31,36 @@ pub fn is_linear_module(hf_module: &str) -> bool {
         })
 }
 
+/// `name` looked up in a table of whole-model names and one of per-layer names (`model.layers.N.<hf>`
+/// ↔ `blk.N.<gguf>`), each pair `(Hugging Face, GGUF)`: towards GGUF when `to_gguf`, else back.
+/// `None` for a name neither table holds.
+pub(super) fn translate(
+    name: &str,
+    model: &[(&'static str, &'static str)],
+    layer: &[(&'static str, &'static str)],
+    to_gguf: bool,
+) -> Option<String> {
+    let look_up = |table: &[(&'static str, &'static str)], key: &str| -> Option<&'static str> {
+        let mut pairs = table.iter().map(|&(h, g)| if to_gguf { (h, g) } else { (g, h) });
+        pairs.find(|&(from, _)| from == key).map(|(_, to)| to)
+    };
+    if let Some(to) = look_up(model, name) {
+        return Some(to.to_string());
+    }
+    let (from, to) = if to_gguf { ("model.layers.", "blk.") } else { ("blk.", "model.layers.") };
+    let (index, rest) = name.strip_prefix(from)?.split_once('.')?;
+    index.parse::<usize>().ok()?;
+    Some(format!("{to}{index}.{}", look_up(layer, rest)?))
+}
+
 /// `model.layers.3.self_attn.q_proj` → `blk.3.attn_q`, `lm_head` → `output`.
 pub fn gguf_module(hf_module: &str) -> Option<String> {
-    if let Some((_, g)) = MODEL.iter().find(|(h, _)| *h == hf_module) {
-        return Some(g.to_string());
-    }
-    let (layer, m) = hf_module.strip_prefix("model.layers.")?.split_once('.')?;
-    layer.parse::<usize>().ok()?;
-    let (_, g) = LAYER.iter().find(|(h, _)| *h == m)?;
-    Some(format!("blk.{layer}.{g}"))
+    translate(hf_module, &MODEL, &LAYER, true)
 }
 
 /// `blk.3.attn_q` → `model.layers.3.self_attn.q_proj`, `output` → `lm_head`.
 pub fn hf_module(gguf_module: &str) -> Option<String> {
-    if let Some((h, _)) = MODEL.iter().find(|(_, g)| *g == gguf_module) {
-        return Some(h.to_string());
-    }
-    let (layer, m) = gguf_module.strip_prefix("blk.")?.split_once('.')?;
-    layer.parse::<usize>().ok()?;
-    let (h, _) = LAYER.iter().find(|(_, g)| *g == m)?;
-    Some(format!("model.layers.{layer}.{h}"))
+    translate(gguf_module, &MODEL, &LAYER, false)
 }
 
 /// A tensor name (`<module>.weight` / `.bias`) in GGUF's spelling.

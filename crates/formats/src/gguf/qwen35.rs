@@ -12,6 +12,9 @@
 //!   by repetition: the V rows of `in_proj_qkv`, the rows of `in_proj_z`, `in_proj_a`, `in_proj_b`,
 //!   `A_log` and `dt_bias`, the V channels of the convolution and the input columns of `out_proj`.
 
+use super::names::translate;
+use crate::hf_config::GatedDeltaNetConfig;
+
 /// The Gated DeltaNet's head geometry, which the value-head reorder needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LinearHeads {
@@ -23,6 +26,17 @@ pub struct LinearHeads {
     pub key_dim: usize,
     /// `linear_value_head_dim`.
     pub value_dim: usize,
+}
+
+impl From<GatedDeltaNetConfig> for LinearHeads {
+    fn from(c: GatedDeltaNetConfig) -> Self {
+        Self {
+            key_heads: c.num_key_heads,
+            value_heads: c.num_value_heads,
+            key_dim: c.key_head_dim,
+            value_dim: c.value_head_dim,
+        }
+    }
 }
 
 /// What the converter does to one tensor's values.
@@ -97,25 +111,13 @@ pub fn mtp_tensor_name(hf: &str, layers: usize) -> Option<(String, String)> {
 /// The GGUF name of a tensor of a Qwen3.5 text model (`model.layers.3.linear_attn.A_log` →
 /// `blk.3.ssm_a`), or `None` for a name a `qwen35` file does not hold.
 pub fn tensor_name(hf: &str) -> Option<String> {
-    if let Some((_, g)) = MODEL.iter().find(|(h, _)| *h == hf) {
-        return Some(g.to_string());
-    }
-    let (layer, rest) = hf.strip_prefix("model.layers.")?.split_once('.')?;
-    layer.parse::<usize>().ok()?;
-    let (_, g) = LAYER.iter().find(|(h, _)| *h == rest)?;
-    Some(format!("blk.{layer}.{g}"))
+    translate(hf, &MODEL, &LAYER, true)
 }
 
 /// The Hugging Face name of a tensor of a `qwen35` file, or `None` (the multi-token-prediction
 /// block's tensors and names of other architectures).
 pub fn hf_name(gguf: &str) -> Option<String> {
-    if let Some((h, _)) = MODEL.iter().find(|(_, g)| *g == gguf) {
-        return Some(h.to_string());
-    }
-    let (layer, rest) = gguf.strip_prefix("blk.")?.split_once('.')?;
-    layer.parse::<usize>().ok()?;
-    let (h, _) = LAYER.iter().find(|(_, g)| *g == rest)?;
-    Some(format!("model.layers.{layer}.{h}"))
+    translate(gguf, &MODEL, &LAYER, false)
 }
 
 /// A tensor name of either checkpoint form in the text form's spelling:

@@ -94,12 +94,7 @@ pub(crate) fn config_json(m: &Meta) -> Result<Json> {
 
 /// The Gated DeltaNet's heads of a Qwen3.5 model, which the value-head reorder needs.
 pub fn linear_heads(config: &ModelConfig) -> Option<LinearHeads> {
-    config.linear_attention.as_ref().map(|l| LinearHeads {
-        key_heads: l.num_key_heads,
-        value_heads: l.num_value_heads,
-        key_dim: l.key_head_dim,
-        value_dim: l.value_head_dim,
-    })
+    config.linear_attention.map(LinearHeads::from)
 }
 
 /// Tensor `name`'s values as Hugging Face holds them, from the file's (`values`, in the file's shape
