@@ -108,6 +108,14 @@ def add_mtp(folder, tc):
         json.dump(cfg, f, indent=2, sort_keys=True)
 
 
+def save_folder(model, folder, tok_dir):
+    """The model saved as transformers saves it, with the fixture tokenizer beside it."""
+    model.save_pretrained(folder)
+    for f in ["tokenizer.json", "tokenizer_config.json"]:
+        shutil.copy(os.path.join(tok_dir, f), folder)
+    return folder
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("llama_cpp")
@@ -133,10 +141,7 @@ def main():
                                              dtype=torch.float32)
     randomize_gdn(model)
     model.eval()
-    folder = os.path.join(work, "text")
-    model.save_pretrained(folder)
-    for f in ["tokenizer.json", "tokenizer_config.json"]:
-        shutil.copy(os.path.join(tok_dir, f), folder)
+    folder = save_folder(model, os.path.join(work, "text"), tok_dir)
     with torch.no_grad():
         goldens["qwen35-text.logits"] = model(batch).logits.float().contiguous()
     goldens["qwen35-text.input_ids"] = batch
@@ -155,10 +160,7 @@ def main():
     model.config._attn_implementation = "eager"
     randomize_gdn(model)
     model.eval()
-    folder = os.path.join(work, "hub")
-    model.save_pretrained(folder)
-    for f in ["tokenizer.json", "tokenizer_config.json"]:
-        shutil.copy(os.path.join(tok_dir, f), folder)
+    folder = save_folder(model, os.path.join(work, "hub"), tok_dir)
     add_mtp(folder, tc)
     with torch.no_grad():
         goldens["qwen35-hub-mtp.logits"] = model(input_ids=batch).logits.float().contiguous()
