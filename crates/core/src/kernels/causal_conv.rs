@@ -95,7 +95,7 @@ fn sigmoid(z: f32) -> f32 {
     1.0 / (1.0 + exp_f32(-z))
 }
 
-fn forward(x: &FlexTensor, w: &FlexTensor) -> FlexTensor {
+pub(crate) fn forward(x: &FlexTensor, w: &FlexTensor) -> FlexTensor {
     let d = Dims::of(x, w);
     let (xv, wv) = (f32_values(x), f32_values(w));
     let mut y = vec![0.0f32; d.batch * d.seq * d.channels];
@@ -108,19 +108,28 @@ fn forward(x: &FlexTensor, w: &FlexTensor) -> FlexTensor {
     f32_tensor(y, &[d.batch, d.seq, d.channels])
 }
 
-/// The gradients of x and, when `weight_grad`, of the weight.
-fn backward(x: &FlexTensor, w: &FlexTensor, dy: &FlexTensor, weight_grad: bool) -> (FlexTensor, Option<FlexTensor>) {
+/// The gradients of x and, when `weight_grad`, of the weight, from the output's gradient `dy`
+/// (`[batch, seq, channels]` row-major), which is overwritten with the pre-SiLU gradient dz.
+pub(crate) fn backward(
+    x: &FlexTensor,
+    w: &FlexTensor,
+    dy: &mut [f32],
+    weight_grad: bool,
+) -> (FlexTensor, Option<FlexTensor>) {
     let d = Dims::of(x, w);
-    let (xv, wv, dyv) = (f32_values(x), f32_values(w), f32_values(dy));
-    // dz, row by row (the convolution recomputed).
-    let mut dz = vec![0.0f32; d.batch * d.seq * d.channels];
-    dz.par_chunks_mut(d.channels).enumerate().for_each(|(row, dz)| {
-        conv_row(d, &xv, &wv, row, dz);
-        for (dz, &g) in dz.iter_mut().zip(&dyv[row * d.channels..][..d.channels]) {
-            let (z, s) = (*dz, sigmoid(*dz));
-            *dz = g * s * (1.0 + z * (1.0 - s));
-        }
-    });
+    let (xv, wv) = (f32_values(x), f32_values(w));
+    // dz, row by row in dy's place (the convolution recomputed).
+    dy.par_chunks_mut(d.channels).enumerate().for_each_init(
+        || vec![0.0f32; d.channels],
+        |z, (row, dy)| {
+            conv_row(d, &xv, &wv, row, z);
+            for (g, &z) in dy.iter_mut().zip(z.iter()) {
+                let s = sigmoid(z);
+                *g = *g * s * (1.0 + z * (1.0 - s));
+            }
+        },
+    );
+    let dz: &[f32] = dy;
     // dx[τ] = Σ_j w[·, j] · dz[τ + K − 1 − j], within the sequence.
     let mut dx = vec![0.0f32; dz.len()];
     dx.par_chunks_mut(d.channels).enumerate().for_each(|(row, dx)| {
@@ -172,7 +181,9 @@ impl Backward<Flex, 2> for CausalConvBackward {
         let dy = grads.consume::<Flex>(&ops.node);
         let (x, w) = &ops.state;
         let [x_node, w_node] = ops.parents;
-        let (dx, dw) = backward(x, w, &dy, w_node.is_some());
+        let mut dy = dy.into_data();
+        let dy = dy.as_mut_slice::<f32>().expect("the fused convolution runs in f32");
+        let (dx, dw) = backward(x, w, dy, w_node.is_some());
         if let Some(node) = x_node {
             grads.register::<Flex>(node.id, dx);
         }

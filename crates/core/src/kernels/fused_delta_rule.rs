@@ -37,6 +37,7 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::Tensor;
 use rayon::prelude::*;
+use std::borrow::Cow;
 
 use crate::kernels::cpu_kernel::{SendPtr, dot_f32, f32_tensor, f32_values, multiversion};
 use crate::kernels::delta_rule::CHUNK;
@@ -47,7 +48,8 @@ pub trait DeltaRuleBackend: Backend {
     /// The gated delta rule from a zero state.
     ///
     /// # Shapes
-    /// - q, k: `[batch, seq, heads, d_k]` (normalised; q scaled by `d_k^-0.5`)
+    /// - q, k: `[batch, seq, key_heads, d_k]` (normalised; q scaled by `d_k^-0.5`); key head j serves
+    ///   value heads j·r .. j·r + r − 1
     /// - v: `[batch, seq, heads, d_v]`
     /// - g, beta: `[batch, seq, heads]`
     /// - output: `[batch, seq, heads, d_v]`
@@ -62,19 +64,22 @@ pub trait DeltaRuleBackend: Backend {
 
 /// The sizes of one call.
 #[derive(Debug, Clone, Copy)]
-struct Dims {
-    batch: usize,
-    seq: usize,
-    heads: usize,
-    dk: usize,
-    dv: usize,
+pub(crate) struct Dims {
+    pub batch: usize,
+    pub seq: usize,
+    /// Value heads: one task each.
+    pub heads: usize,
+    /// Key heads; key head j serves value heads j·r .. j·r + r − 1, r = heads / key_heads.
+    pub key_heads: usize,
+    pub dk: usize,
+    pub dv: usize,
 }
 
 impl Dims {
     fn of(k: &FlexTensor, v: &FlexTensor) -> Self {
         let ks = k.layout().shape();
         let vs = v.layout().shape();
-        Self { batch: ks[0], seq: ks[1], heads: ks[2], dk: ks[3], dv: vs[3] }
+        Self { batch: ks[0], seq: ks[1], heads: vs[2], key_heads: ks[2], dk: ks[3], dv: vs[3] }
     }
 
     fn chunks(self) -> usize {
@@ -85,16 +90,24 @@ impl Dims {
         self.dk * self.dv
     }
 
-    /// The index of (batch, token, head) in a `[batch, seq, heads]` tensor.
+    /// The index of (batch, token, value head) in a `[batch, seq, heads]` tensor.
     fn at(self, task: usize, t: usize) -> usize {
         let (b, h) = (task / self.heads, task % self.heads);
         (b * self.seq + t) * self.heads + h
+    }
+
+    /// The index of (batch, token, the value head's key head) in a `[batch, seq, key_heads]` tensor.
+    fn at_key(self, task: usize, t: usize) -> usize {
+        let (b, h) = (task / self.heads, task % self.heads);
+        (b * self.seq + t) * self.key_heads + h / (self.heads / self.key_heads)
     }
 }
 
 impl DeltaRuleBackend for Flex {
     fn gated_delta_rule(q: FlexTensor, k: FlexTensor, v: FlexTensor, g: FlexTensor, beta: FlexTensor) -> FlexTensor {
-        forward(&q, &k, &v, &g, &beta, false).0
+        let d = Dims::of(&k, &v);
+        let o = forward(d, &Inputs::of(&q, &k, &v, &g, &beta), false).0;
+        f32_tensor(o, &[d.batch, d.seq, d.heads, d.dv])
     }
 }
 
@@ -212,18 +225,27 @@ multiversion! {
     }
 }
 
-/// The outputs, and (with `keep`) the state at the start of every chunk: `[batch · heads, chunks,
-/// d_k, d_v]`.
-fn forward(
-    q: &FlexTensor,
-    k: &FlexTensor,
-    v: &FlexTensor,
-    g: &FlexTensor,
-    beta: &FlexTensor,
-    keep: bool,
-) -> (FlexTensor, Option<FlexTensor>) {
-    let d = Dims::of(k, v);
-    let (qv, kv, vv, gv, bv) = (f32_values(q), f32_values(k), f32_values(v), f32_values(g), f32_values(beta));
+/// The values of one call's inputs, row-major.
+///
+/// # Shapes
+/// - q, k: `[batch, seq, key_heads, d_k]`; v: `[batch, seq, heads, d_v]`; g, beta: `[batch, seq, heads]`
+pub(crate) struct Inputs<'a> {
+    pub q: Cow<'a, [f32]>,
+    pub k: Cow<'a, [f32]>,
+    pub v: Cow<'a, [f32]>,
+    pub g: Cow<'a, [f32]>,
+    pub beta: Cow<'a, [f32]>,
+}
+
+impl<'a> Inputs<'a> {
+    fn of(q: &'a FlexTensor, k: &'a FlexTensor, v: &'a FlexTensor, g: &'a FlexTensor, beta: &'a FlexTensor) -> Self {
+        Self { q: f32_values(q), k: f32_values(k), v: f32_values(v), g: f32_values(g), beta: f32_values(beta) }
+    }
+}
+
+/// The outputs `[batch, seq, heads, d_v]`, and (with `keep`) the state at the start of every chunk:
+/// `[batch · heads, chunks, d_k, d_v]`.
+pub(crate) fn forward(d: Dims, x: &Inputs<'_>, keep: bool) -> (Vec<f32>, Option<Vec<f32>>) {
     let mut o = vec![0.0f32; d.batch * d.seq * d.heads * d.dv];
     let out = SendPtr(o.as_mut_ptr());
     let tasks = d.batch * d.heads;
@@ -239,17 +261,17 @@ fn forward(
                     *kept = s as f32;
                 }
             }
-            let r = d.at(task, t);
+            let (r, rk) = (d.at(task, t), d.at_key(task, t));
             let out = out;
             // SAFETY: the (batch, token, head) rows of o are disjoint between tasks and tokens.
             let o = unsafe { std::slice::from_raw_parts_mut(out.0.add(r * d.dv), d.dv) };
             token_forward(
                 &mut s,
-                &qv[r * d.dk..][..d.dk],
-                &kv[r * d.dk..][..d.dk],
-                &vv[r * d.dv..][..d.dv],
-                gv[r].exp(),
-                bv[r],
+                &x.q[rk * d.dk..][..d.dk],
+                &x.k[rk * d.dk..][..d.dk],
+                &x.v[r * d.dv..][..d.dv],
+                x.g[r].exp(),
+                x.beta[r],
                 &mut w,
                 &mut delta,
                 &mut scratch,
@@ -260,12 +282,12 @@ fn forward(
     let kept = if keep {
         let mut kept = vec![0.0f32; tasks * d.chunks() * d.state()];
         kept.par_chunks_mut(d.chunks() * d.state()).enumerate().for_each(|(task, kept)| run(task, Some(kept)));
-        Some(f32_tensor(kept, &[tasks, d.chunks(), d.dk, d.dv]))
+        Some(kept)
     } else {
         (0..tasks).into_par_iter().for_each(|task| run(task, None));
         None
     };
-    (f32_tensor(o, &[d.batch, d.seq, d.heads, d.dv]), kept)
+    (o, kept)
 }
 
 /// What the backward needs: the inputs and the kept chunk states.
@@ -279,18 +301,24 @@ struct Saved {
     kept: FlexTensor,
 }
 
-/// The gradients of q, k, v, g and β.
-fn backward(saved: &Saved, dout: &FlexTensor) -> [FlexTensor; 5] {
-    let d = Dims::of(&saved.k, &saved.v);
-    let (qv, kv, vv, gv, bv) = (
-        f32_values(&saved.q),
-        f32_values(&saved.k),
-        f32_values(&saved.v),
-        f32_values(&saved.g),
-        f32_values(&saved.beta),
-    );
-    let (kept, dov) = (f32_values(&saved.kept), f32_values(dout));
+/// The gradients of one call's inputs, row-major.
+///
+/// # Shapes
+/// - q, k: `[batch, seq, key_heads, d_k]`, summed over the value heads each key head serves
+/// - v: `[batch, seq, heads, d_v]`; g, beta: `[batch, seq, heads]`
+pub(crate) struct Grads {
+    pub q: Vec<f32>,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    pub g: Vec<f32>,
+    pub beta: Vec<f32>,
+}
+
+/// The gradients of q, k, v, g and β from the kept chunk states and the output's gradient `dout`
+/// (`[batch, seq, heads, d_v]`).
+pub(crate) fn backward(d: Dims, x: &Inputs<'_>, kept: &[f32], dout: &[f32]) -> Grads {
     let tokens = d.batch * d.seq * d.heads;
+    // dq and dk per value head; summed over each key head's group at the end.
     let (mut dq, mut dk, mut dvv) =
         (vec![0.0f32; tokens * d.dk], vec![0.0f32; tokens * d.dk], vec![0.0f32; tokens * d.dv]);
     let (mut dg, mut dbeta) = (vec![0.0f32; tokens], vec![0.0f32; tokens]);
@@ -312,17 +340,17 @@ fn backward(saved: &Saved, dout: &FlexTensor) -> [FlexTensor; 5] {
                 *s = kept as f64;
             }
             for t in t0..t1 {
-                let (l, r) = (t - t0, d.at(task, t));
+                let (l, r, rk) = (t - t0, d.at(task, t), d.at_key(task, t));
                 for (state, &s) in states[l * sl..][..sl].iter_mut().zip(&s) {
                     *state = s as f32;
                 }
                 token_forward(
                     &mut s,
-                    &qv[r * d.dk..][..d.dk],
-                    &kv[r * d.dk..][..d.dk],
-                    &vv[r * d.dv..][..d.dv],
-                    gv[r].exp(),
-                    bv[r],
+                    &x.q[rk * d.dk..][..d.dk],
+                    &x.k[rk * d.dk..][..d.dk],
+                    &x.v[r * d.dv..][..d.dv],
+                    x.g[r].exp(),
+                    x.beta[r],
                     &mut ws[l * d.dv..][..d.dv],
                     &mut deltas[l * d.dv..][..d.dv],
                     &mut scratch,
@@ -330,7 +358,7 @@ fn backward(saved: &Saved, dout: &FlexTensor) -> [FlexTensor; 5] {
                 );
             }
             for t in (t0..t1).rev() {
-                let (l, r) = (t - t0, d.at(task, t));
+                let (l, r, rk) = (t - t0, d.at(task, t), d.at_key(task, t));
                 // SAFETY: the (batch, token, head) rows of the gradients are disjoint between tasks
                 // and tokens.
                 let (dq, dk, dv) = unsafe {
@@ -343,14 +371,14 @@ fn backward(saved: &Saved, dout: &FlexTensor) -> [FlexTensor; 5] {
                 let (dg, db) = token_backward(
                     &mut ds,
                     &states[l * sl..][..sl],
-                    &qv[r * d.dk..][..d.dk],
-                    &kv[r * d.dk..][..d.dk],
-                    &vv[r * d.dv..][..d.dv],
-                    gv[r].exp(),
-                    bv[r],
+                    &x.q[rk * d.dk..][..d.dk],
+                    &x.k[rk * d.dk..][..d.dk],
+                    &x.v[r * d.dv..][..d.dv],
+                    x.g[r].exp(),
+                    x.beta[r],
                     &ws[l * d.dv..][..d.dv],
                     &deltas[l * d.dv..][..d.dv],
-                    &dov[r * d.dv..][..d.dv],
+                    &dout[r * d.dv..][..d.dv],
                     TokenGrads { dq, dk, dv, ddelta: &mut ddelta, du: &mut du },
                 );
                 // SAFETY: as above, one (batch, token, head) entry each.
@@ -361,14 +389,27 @@ fn backward(saved: &Saved, dout: &FlexTensor) -> [FlexTensor; 5] {
             }
         }
     });
-    let qk = [d.batch, d.seq, d.heads, d.dk];
-    [
-        f32_tensor(dq, &qk),
-        f32_tensor(dk, &qk),
-        f32_tensor(dvv, &[d.batch, d.seq, d.heads, d.dv]),
-        f32_tensor(dg, &[d.batch, d.seq, d.heads]),
-        f32_tensor(dbeta, &[d.batch, d.seq, d.heads]),
-    ]
+    Grads { q: sum_groups(d, dq), k: sum_groups(d, dk), v: dvv, g: dg, beta: dbeta }
+}
+
+/// `[batch, seq, heads, d_k]` per value head to `[batch, seq, key_heads, d_k]`: each key head's sum
+/// over the value heads it serves, in head order.
+fn sum_groups(d: Dims, per_value_head: Vec<f32>) -> Vec<f32> {
+    if d.key_heads == d.heads {
+        return per_value_head;
+    }
+    let r = d.heads / d.key_heads;
+    let mut out = vec![0.0f32; d.batch * d.seq * d.key_heads * d.dk];
+    out.par_chunks_mut(d.dk).enumerate().for_each(|(row, out)| {
+        // row = (batch · seq + t) · key_heads + j; its value heads are j·r .. j·r + r − 1.
+        let first = (row / d.key_heads * d.heads + row % d.key_heads * r) * d.dk;
+        for i in 0..r {
+            for (o, &v) in out.iter_mut().zip(&per_value_head[first + i * d.dk..][..d.dk]) {
+                *o += v;
+            }
+        }
+    });
+    out
 }
 
 #[derive(Debug)]
@@ -379,7 +420,18 @@ impl Backward<Flex, 5> for DeltaRuleBackward {
 
     fn backward(self, ops: Ops<Self::State, 5>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
         let dout = grads.consume::<Flex>(&ops.node);
-        let gs = backward(&ops.state, &dout);
+        let Saved { q, k, v, g, beta, kept } = &ops.state;
+        let d = Dims::of(k, v);
+        let gr = backward(d, &Inputs::of(q, k, v, g, beta), &f32_values(kept), &f32_values(&dout));
+        let (qk, vs, sc) =
+            ([d.batch, d.seq, d.key_heads, d.dk], [d.batch, d.seq, d.heads, d.dv], [d.batch, d.seq, d.heads]);
+        let gs = [
+            f32_tensor(gr.q, &qk),
+            f32_tensor(gr.k, &qk),
+            f32_tensor(gr.v, &vs),
+            f32_tensor(gr.g, &sc),
+            f32_tensor(gr.beta, &sc),
+        ];
         for (node, grad) in ops.parents.into_iter().zip(gs) {
             if let Some(node) = node {
                 grads.register::<Flex>(node.id, grad);
@@ -406,21 +458,22 @@ impl<C: CheckpointStrategy> DeltaRuleBackend for Autodiff<Flex, C> {
                     g.into_primitive(),
                     beta.into_primitive(),
                 );
-                let (o, kept) = forward(&q, &k, &v, &g, &beta, true);
-                let kept = kept.expect("kept chunk states were asked for");
+                let d = Dims::of(&k, &v);
+                let (o, kept) = forward(d, &Inputs::of(&q, &k, &v, &g, &beta), true);
+                let kept = f32_tensor(
+                    kept.expect("kept chunk states were asked for"),
+                    &[d.batch * d.heads, d.chunks(), d.dk, d.dv],
+                );
+                let o = f32_tensor(o, &[d.batch, d.seq, d.heads, d.dv]);
                 prep.finish(Saved { q, k, v, g, beta, kept }, o)
             }
-            OpsKind::UnTracked(prep) => {
-                let (o, _) = forward(
-                    &q.into_primitive(),
-                    &k.into_primitive(),
-                    &v.into_primitive(),
-                    &g.into_primitive(),
-                    &beta.into_primitive(),
-                    false,
-                );
-                prep.finish(o)
-            }
+            OpsKind::UnTracked(prep) => prep.finish(<Flex as DeltaRuleBackend>::gated_delta_rule(
+                q.into_primitive(),
+                k.into_primitive(),
+                v.into_primitive(),
+                g.into_primitive(),
+                beta.into_primitive(),
+            )),
         }
     }
 }
@@ -429,7 +482,8 @@ impl<C: CheckpointStrategy> DeltaRuleBackend for Autodiff<Flex, C> {
 /// [`crate::kernels::cpu_kernel::use_fused`]).
 ///
 /// # Shapes
-/// - q, k: `[batch, seq, heads, d_k]` (normalised; q scaled by `d_k^-0.5`)
+/// - q, k: `[batch, seq, key_heads, d_k]` (normalised; q scaled by `d_k^-0.5`); key head j serves
+///   value heads j·r .. j·r + r − 1
 /// - v: `[batch, seq, heads, d_v]`
 /// - g, beta: `[batch, seq, heads]`
 /// - output: `[batch, seq, heads, d_v]`

@@ -16,6 +16,7 @@
 //! | [`fused_attention`] (CPU), [`tiled_attention`] (GPUs) | burn's attention |
 //! | [`fused_delta_rule`] | [`delta_rule::chunked`] and [`delta_rule::recurrent_step`] |
 //! | [`causal_conv::causal_conv_silu`] | [`causal_conv::plain`] (the Gated DeltaNet's convolution) |
+//! | [`fused_gated_delta_net`] (the two above with the q, k norms, as one op) | the Gated DeltaNet's composition in [`crate::network::gated_delta_net`] |
 //!
 //! [`cpu_kernel`] holds what the CPU kernels share (threading, dot products, the switch
 //! `LORA_REFERENCE_KERNELS=1` back to the references); [`large_blocks`] is the allocator that keeps
@@ -29,6 +30,7 @@ pub mod frozen_matmul;
 mod frozen_matmul_cpu;
 pub mod fused_attention;
 pub mod fused_delta_rule;
+pub mod fused_gated_delta_net;
 pub mod fused_gated_rms_norm;
 pub mod fused_lora_linear;
 pub mod fused_rms_norm;

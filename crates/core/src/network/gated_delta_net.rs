@@ -27,7 +27,7 @@ use crate::io::weights::Weights;
 use crate::kernels::causal_conv;
 use crate::kernels::cpu_kernel::use_fused;
 use crate::kernels::delta_rule;
-use crate::kernels::fused_delta_rule;
+use crate::kernels::fused_gated_delta_net;
 use crate::network::config::{GatedDeltaNetConfig, ModelConfig};
 use crate::network::linear::Linear;
 use crate::network::norm::GatedRmsNorm;
@@ -154,27 +154,31 @@ impl GatedDeltaNet {
         let beta = sigmoid(self.in_proj_b.forward(x.clone()).cast(DType::F32)); // [b, t, nv]
         let a = self.in_proj_a.forward(x).cast(DType::F32); // [b, t, nv]
 
+        let a_log = self.a_log.val().reshape([1, 1, nv]);
+        let dt_bias = self.dt_bias.val().reshape([1, 1, nv]);
+        let g = a_log.exp().neg() * softplus(a + dt_bias, 1.0); // [b, t, nv], ≤ 0
+        let weight = self.conv1d.val(); // [conv, kern]
+        if cache.is_none() && use_fused(&mixed) {
+            // A whole sequence from a zero state (training, evaluation): the convolution, the norms
+            // and the delta rule as one op, which keeps neither the convolution's output nor q and k
+            // for the backward.
+            let o = fused_gated_delta_net::conv_delta_rule(mixed, weight, g, beta, nk, dk); // [b, t, nv, dv]
+            let o = self.norm.forward(o, z);
+            return self.out_proj.forward(o.reshape([b, t, vd]));
+        }
+
         // Causal depthwise convolution and SiLU: output τ reads inputs τ − (kernel − 1) ..= τ, zeros
         // (or the cached window) before the first.
         let mut cache = cache;
-        let weight = self.conv1d.val(); // [conv, kern]
-        let mixed = if cache.is_none() && use_fused(&mixed) {
-            causal_conv::causal_conv_silu(mixed, weight)
-        } else {
-            let window = cache.as_deref_mut().and_then(|c| c.conv.take());
-            let (out, next) = causal_conv::plain(mixed, weight, window);
-            if let Some(c) = cache.as_deref_mut() {
-                c.conv = Some(next);
-            }
-            out
-        }; // [b, t, conv]
+        let window = cache.as_deref_mut().and_then(|c| c.conv.take());
+        let (mixed, next) = causal_conv::plain(mixed, weight, window); // [b, t, conv]
+        if let Some(c) = cache.as_deref_mut() {
+            c.conv = Some(next);
+        }
 
         let q = mixed.clone().slice([0..b, 0..t, 0..kd]).reshape([b, t, nk, dk]);
         let k = mixed.clone().slice([0..b, 0..t, kd..2 * kd]).reshape([b, t, nk, dk]);
         let v = mixed.slice([0..b, 0..t, 2 * kd..conv_dim]).reshape([b, t, nv, dv]);
-        let a_log = self.a_log.val().reshape([1, 1, nv]);
-        let dt_bias = self.dt_bias.val().reshape([1, 1, nv]);
-        let g = a_log.exp().neg() * softplus(a + dt_bias, 1.0); // [b, t, nv], ≤ 0
 
         // Key head j serves value heads j·r .. j·r + r − 1.
         let group = |x: Tensor<4>| {
@@ -186,13 +190,6 @@ impl GatedDeltaNet {
         };
         let q = l2_normalize(group(q)) * (dk as f64).powf(-0.5);
         let k = l2_normalize(group(k));
-        if cache.is_none() && use_fused(&q) {
-            // A whole sequence from a zero state (training, evaluation): the fused kernel, in the
-            // [batch, seq, heads, d] layout the projections give, with no state to hand on.
-            let o = fused_delta_rule::gated_delta_rule(q, k, v, g, beta); // [b, t, nv, dv]
-            let o = self.norm.forward(o, z);
-            return self.out_proj.forward(o.reshape([b, t, vd]));
-        }
         let (q, k, v) = (q.swap_dims(1, 2), k.swap_dims(1, 2), v.swap_dims(1, 2)); // [b, nv, t, d]
         let (g, beta) = (g.swap_dims(1, 2), beta.swap_dims(1, 2)); // [b, nv, t]
 

@@ -196,3 +196,75 @@ fn fused_causal_conv_equals_the_plain_composition_values_and_gradients() {
     let d = max_abs_diff(&to_f32_vec(second).unwrap(), &to_f32_vec(whole.slice([0..1, 9..t, 0..c])).unwrap());
     assert!(d <= 1e-6, "window: max |Δ| = {d:e}");
 }
+
+/// The fused Gated DeltaNet middle (`fused_gated_delta_net`: convolution, SiLU, split, L2 norms, delta
+/// rule) against autodiff of the plain composition the layer runs elsewhere: outputs and the
+/// gradients of the convolution's input and weight, g and β; with one key head per value head and
+/// with several value heads per key head, d_k ≠ d_v, partial chunks and one token.
+#[test]
+fn fused_gated_delta_net_equals_the_plain_composition_values_and_gradients() {
+    // (batch, seq, key heads, value heads, d_k, d_v, kernel)
+    for (b, t, nk, nv, dk, dv, kern) in [
+        (2, CHUNK + 21, 2, 4, 8, 6, 4),
+        (1, 1, 1, 3, 4, 4, 4),
+        (1, 2 * CHUNK + 3, 3, 3, 6, 10, 3),
+        (2, 5, 2, 2, 4, 4, 4),
+    ] {
+        check_conv_delta_rule(b, t, nk, nv, dk, dv, kern);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_conv_delta_rule(b: usize, t: usize, nk: usize, nv: usize, dk: usize, dv: usize, kern: usize) {
+    use lora_core::kernels::causal_conv::plain;
+    use lora_core::kernels::fused_gated_delta_net::conv_delta_rule;
+    let device = default_device();
+    let (kd, c) = (nk * dk, 2 * nk * dk + nv * dv);
+    let xv = values(b * t * c, 31, -1.5, 1.5);
+    let wv = values(c * kern, 32, -0.8, 0.8);
+    let gv = values(b * t * nv, 33, -1.5, -0.01);
+    let bv = values(b * t * nv, 34, 0.05, 0.95);
+    let weights =
+        Tensor::<4>::from_data(TensorData::new(values(b * t * nv * dv, 35, -1.0, 1.0), [b, t, nv, dv]), &device);
+    let run = |fused: bool| {
+        let x = Tensor::<3>::from_data(TensorData::new(xv.clone(), [b, t, c]), &device).autodiff().require_grad();
+        let w = Tensor::<2>::from_data(TensorData::new(wv.clone(), [c, kern]), &device).autodiff().require_grad();
+        let g = Tensor::<3>::from_data(TensorData::new(gv.clone(), [b, t, nv]), &device).autodiff().require_grad();
+        let beta = Tensor::<3>::from_data(TensorData::new(bv.clone(), [b, t, nv]), &device).autodiff().require_grad();
+        let o = if fused {
+            conv_delta_rule(x.clone(), w.clone(), g.clone(), beta.clone(), nk, dk)
+        } else {
+            let (y, _) = plain(x.clone(), w.clone(), None);
+            let unit = |u: Tensor<4>| {
+                let u = u.unsqueeze_dim::<5>(3).expand([b, t, nk, nv / nk, dk]).reshape([b, t, nv, dk]);
+                let n = (u.clone().square().sum_dim(3) + 1e-6).sqrt();
+                (u / n).swap_dims(1, 2)
+            };
+            let q = unit(y.clone().slice([0..b, 0..t, 0..kd]).reshape([b, t, nk, dk])) * (dk as f64).powf(-0.5);
+            let k = unit(y.clone().slice([0..b, 0..t, kd..2 * kd]).reshape([b, t, nk, dk]));
+            let v = y.slice([0..b, 0..t, 2 * kd..c]).reshape([b, t, nv, dv]).swap_dims(1, 2);
+            let (o, _) = chunked(q, k, v, g.clone().swap_dims(1, 2), beta.clone().swap_dims(1, 2), None);
+            o.swap_dims(1, 2)
+        };
+        let grads = (o.clone() * weights.clone().autodiff()).sum().backward();
+        let grads = [
+            to_f32_vec(x.grad(&grads).unwrap()).unwrap(),
+            to_f32_vec(w.grad(&grads).unwrap()).unwrap(),
+            to_f32_vec(g.grad(&grads).unwrap()).unwrap(),
+            to_f32_vec(beta.grad(&grads).unwrap()).unwrap(),
+        ];
+        (to_f32_vec(o.inner()).unwrap(), grads)
+    };
+    let (fused, fused_grads) = run(true);
+    let (plain, plain_grads) = run(false);
+    let scale = |x: &[f32]| x.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+    let d = max_abs_diff(&fused, &plain);
+    assert!(d <= 1e-5 * scale(&plain), "t {t}: outputs: max |Δ| = {d:e}");
+    for (name, (a, e)) in ["x", "conv weight", "g", "beta"].iter().zip(fused_grads.iter().zip(&plain_grads)) {
+        let d = max_abs_diff(a, e);
+        assert!(d <= 1e-4 * scale(e), "t {t}, {nk}/{nv} heads: ∂{name}: max |Δ| = {d:e} (scale {})", scale(e));
+        if t > 1 || *name != "g" {
+            assert!(e.iter().any(|v| v.abs() > 1e-3), "∂{name} is all but zero: the test would prove nothing");
+        }
+    }
+}
