@@ -95,6 +95,23 @@ fn sigmoid(z: f32) -> f32 {
     1.0 / (1.0 + exp_f32(-z))
 }
 
+/// Each output row (`batch · seq + τ`, `[channels]`, after SiLU) handed to `f` in turn, in
+/// parallel, from a per-thread buffer: for a caller that splits the rows without holding them all.
+pub(crate) fn for_each_row(x: &FlexTensor, w: &FlexTensor, f: impl Fn(usize, &[f32]) + Sync) {
+    let d = Dims::of(x, w);
+    let (xv, wv) = (f32_values(x), f32_values(w));
+    (0..d.batch * d.seq).into_par_iter().for_each_init(
+        || vec![0.0f32; d.channels],
+        |y, row| {
+            conv_row(d, &xv, &wv, row, y);
+            for z in y.iter_mut() {
+                *z *= sigmoid(*z);
+            }
+            f(row, y);
+        },
+    );
+}
+
 pub(crate) fn forward(x: &FlexTensor, w: &FlexTensor) -> FlexTensor {
     let d = Dims::of(x, w);
     let (xv, wv) = (f32_values(x), f32_values(w));
@@ -109,11 +126,14 @@ pub(crate) fn forward(x: &FlexTensor, w: &FlexTensor) -> FlexTensor {
 }
 
 /// The gradients of x and, when `weight_grad`, of the weight, from the output's gradient `dy`
-/// (`[batch, seq, channels]` row-major), which is overwritten with the pre-SiLU gradient dz.
+/// (`[batch, seq, channels]` row-major), which is overwritten with the pre-SiLU gradient dz. x's is
+/// written into `dx` (zeros, dy's size; the caller allocates it, so that it can do so before its
+/// own scratch buffers).
 pub(crate) fn backward(
     x: &FlexTensor,
     w: &FlexTensor,
     dy: &mut [f32],
+    mut dx: Vec<f32>,
     weight_grad: bool,
 ) -> (FlexTensor, Option<FlexTensor>) {
     let d = Dims::of(x, w);
@@ -131,7 +151,6 @@ pub(crate) fn backward(
     );
     let dz: &[f32] = dy;
     // dx[τ] = Σ_j w[·, j] · dz[τ + K − 1 − j], within the sequence.
-    let mut dx = vec![0.0f32; dz.len()];
     dx.par_chunks_mut(d.channels).enumerate().for_each(|(row, dx)| {
         let (b, tau) = (row / d.seq, row % d.seq);
         for j in 0..d.kern {
@@ -183,7 +202,8 @@ impl Backward<Flex, 2> for CausalConvBackward {
         let [x_node, w_node] = ops.parents;
         let mut dy = dy.into_data();
         let dy = dy.as_mut_slice::<f32>().expect("the fused convolution runs in f32");
-        let (dx, dw) = backward(x, w, dy, w_node.is_some());
+        let dx = vec![0.0f32; dy.len()];
+        let (dx, dw) = backward(x, w, dy, dx, w_node.is_some());
         if let Some(node) = x_node {
             grads.register::<Flex>(node.id, dx);
         }

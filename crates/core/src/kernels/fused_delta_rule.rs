@@ -86,6 +86,21 @@ impl Dims {
         self.seq.div_ceil(CHUNK)
     }
 
+    /// The output's length: `batch · seq · heads · d_v`.
+    pub fn out_len(self) -> usize {
+        self.batch * self.seq * self.heads * self.dv
+    }
+
+    /// The kept chunk states' length: `batch · heads · chunks · d_k · d_v`.
+    pub fn kept_len(self) -> usize {
+        self.batch * self.heads * self.chunks() * self.state()
+    }
+
+    /// The kept chunk states' shape.
+    pub fn kept_shape(self) -> [usize; 4] {
+        [self.batch * self.heads, self.chunks(), self.dk, self.dv]
+    }
+
     fn state(self) -> usize {
         self.dk * self.dv
     }
@@ -106,7 +121,8 @@ impl Dims {
 impl DeltaRuleBackend for Flex {
     fn gated_delta_rule(q: FlexTensor, k: FlexTensor, v: FlexTensor, g: FlexTensor, beta: FlexTensor) -> FlexTensor {
         let d = Dims::of(&k, &v);
-        let o = forward(d, &Inputs::of(&q, &k, &v, &g, &beta), false).0;
+        let mut o = vec![0.0f32; d.out_len()];
+        forward(d, &Inputs::of(&q, &k, &v, &g, &beta), &mut o, None);
         f32_tensor(o, &[d.batch, d.seq, d.heads, d.dv])
     }
 }
@@ -243,10 +259,10 @@ impl<'a> Inputs<'a> {
     }
 }
 
-/// The outputs `[batch, seq, heads, d_v]`, and (with `keep`) the state at the start of every chunk:
-/// `[batch · heads, chunks, d_k, d_v]`.
-pub(crate) fn forward(d: Dims, x: &Inputs<'_>, keep: bool) -> (Vec<f32>, Option<Vec<f32>>) {
-    let mut o = vec![0.0f32; d.batch * d.seq * d.heads * d.dv];
+/// Writes the outputs into `o` (`[batch, seq, heads, d_v]`), and (when given) the state at the
+/// start of every chunk into `kept` (`[batch · heads, chunks, d_k, d_v]`, [`Dims::kept_len`]).
+pub(crate) fn forward(d: Dims, x: &Inputs<'_>, o: &mut [f32], kept: Option<&mut [f32]>) {
+    assert_eq!(o.len(), d.batch * d.seq * d.heads * d.dv, "delta rule output size");
     let out = SendPtr(o.as_mut_ptr());
     let tasks = d.batch * d.heads;
     let run = |task: usize, mut kept: Option<&mut [f32]>| {
@@ -279,15 +295,13 @@ pub(crate) fn forward(d: Dims, x: &Inputs<'_>, keep: bool) -> (Vec<f32>, Option<
             );
         }
     };
-    let kept = if keep {
-        let mut kept = vec![0.0f32; tasks * d.chunks() * d.state()];
-        kept.par_chunks_mut(d.chunks() * d.state()).enumerate().for_each(|(task, kept)| run(task, Some(kept)));
-        Some(kept)
-    } else {
-        (0..tasks).into_par_iter().for_each(|task| run(task, None));
-        None
-    };
-    (o, kept)
+    match kept {
+        Some(kept) => {
+            assert_eq!(kept.len(), d.kept_len(), "delta rule kept states size");
+            kept.par_chunks_mut(d.chunks() * d.state()).enumerate().for_each(|(task, kept)| run(task, Some(kept)));
+        }
+        None => (0..tasks).into_par_iter().for_each(|task| run(task, None)),
+    }
 }
 
 /// What the backward needs: the inputs and the kept chunk states.
@@ -459,11 +473,9 @@ impl<C: CheckpointStrategy> DeltaRuleBackend for Autodiff<Flex, C> {
                     beta.into_primitive(),
                 );
                 let d = Dims::of(&k, &v);
-                let (o, kept) = forward(d, &Inputs::of(&q, &k, &v, &g, &beta), true);
-                let kept = f32_tensor(
-                    kept.expect("kept chunk states were asked for"),
-                    &[d.batch * d.heads, d.chunks(), d.dk, d.dv],
-                );
+                let (mut o, mut kept) = (vec![0.0f32; d.out_len()], vec![0.0f32; d.kept_len()]);
+                forward(d, &Inputs::of(&q, &k, &v, &g, &beta), &mut o, Some(&mut kept));
+                let kept = f32_tensor(kept, &d.kept_shape());
                 let o = f32_tensor(o, &[d.batch, d.seq, d.heads, d.dv]);
                 prep.finish(Saved { q, k, v, g, beta, kept }, o)
             }

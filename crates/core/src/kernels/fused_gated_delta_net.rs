@@ -32,9 +32,9 @@ use burn::tensor::Tensor;
 use rayon::prelude::*;
 use std::borrow::Cow;
 
-use crate::kernels::cpu_kernel::{dot_f32, f32_tensor, f32_values};
+use crate::kernels::causal_conv;
+use crate::kernels::cpu_kernel::{SendPtr, dot_f32, f32_tensor, f32_values};
 use crate::kernels::fused_delta_rule::{self, Dims, Inputs};
-use crate::kernels::{causal_conv, delta_rule::CHUNK};
 
 /// The added constant under the L2 norm's square root (flash-linear-attention's).
 const EPS: f32 = 1e-6;
@@ -79,36 +79,41 @@ struct Split {
     norms: Vec<f32>,
 }
 
-/// Splits y (`[batch, seq, channels]`, the convolution's output) into normalised q and k and v.
-fn split(d: Dims, y: &[f32]) -> Split {
+/// The convolution with SiLU of x, split row by row into normalised q and k and v (its output is
+/// never held whole).
+fn conv_split(d: Dims, x: &FlexTensor, w: &FlexTensor) -> Split {
     let (kd, vd) = (d.key_heads * d.dk, d.heads * d.dv);
-    let width = 2 * kd + vd;
     let scale = (d.dk as f64).powf(-0.5) as f32;
     let rows = d.batch * d.seq;
     let (mut q, mut k, mut v) = (vec![0.0f32; rows * kd], vec![0.0f32; rows * kd], vec![0.0f32; rows * vd]);
     let mut norms = vec![0.0f32; rows * 2 * d.key_heads];
-    q.par_chunks_mut(kd)
-        .zip(k.par_chunks_mut(kd))
-        .zip(v.par_chunks_mut(vd))
-        .zip(norms.par_chunks_mut(2 * d.key_heads))
-        .enumerate()
-        .for_each(|(row, (((q, k), v), norms))| {
-            let y = &y[row * width..][..width];
-            let (qn, kn) = norms.split_at_mut(d.key_heads);
-            for (out, src, norms, s) in [(q, &y[..kd], qn, Some(scale)), (k, &y[kd..2 * kd], kn, None)] {
-                for ((out, src), n) in out.chunks_exact_mut(d.dk).zip(src.chunks_exact(d.dk)).zip(norms) {
-                    *n = (dot_f32(src, src) + EPS).sqrt();
-                    for (o, &u) in out.iter_mut().zip(src) {
-                        // As the reference rounds: u / n, then the scale.
-                        *o = match s {
-                            Some(s) => u / *n * s,
-                            None => u / *n,
-                        };
-                    }
+    let ptrs = [SendPtr(q.as_mut_ptr()), SendPtr(k.as_mut_ptr()), SendPtr(v.as_mut_ptr()), SendPtr(norms.as_mut_ptr())];
+    causal_conv::for_each_row(x, w, |row, y| {
+        let ptrs = ptrs;
+        // SAFETY: each row of q, k, v and norms is written by the one call for that row.
+        let (q, k, v, norms) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(ptrs[0].0.add(row * kd), kd),
+                std::slice::from_raw_parts_mut(ptrs[1].0.add(row * kd), kd),
+                std::slice::from_raw_parts_mut(ptrs[2].0.add(row * vd), vd),
+                std::slice::from_raw_parts_mut(ptrs[3].0.add(row * 2 * d.key_heads), 2 * d.key_heads),
+            )
+        };
+        let (qn, kn) = norms.split_at_mut(d.key_heads);
+        for (out, src, norms, s) in [(q, &y[..kd], qn, Some(scale)), (k, &y[kd..2 * kd], kn, None)] {
+            for ((out, src), n) in out.chunks_exact_mut(d.dk).zip(src.chunks_exact(d.dk)).zip(norms) {
+                *n = (dot_f32(src, src) + EPS).sqrt();
+                for (o, &u) in out.iter_mut().zip(src) {
+                    // As the reference rounds: u / n, then the scale.
+                    *o = match s {
+                        Some(s) => u / *n * s,
+                        None => u / *n,
+                    };
                 }
             }
-            v.copy_from_slice(&y[2 * kd..]);
-        });
+        }
+        v.copy_from_slice(&y[2 * kd..]);
+    });
     Split { q, k, v, norms }
 }
 
@@ -143,6 +148,10 @@ fn split_backward(d: Dims, q: &[f32], k: &[f32], norms: &[f32], gr: &fused_delta
 }
 
 /// The output `[batch, seq, heads, d_v]` and (with `keep`) the rule's chunk states.
+///
+/// The two results are allocated before q, k and v, so that those, freed on return, leave one free
+/// block at the heap's top rather than holes under what stays (glibc serves blocks under 32 MiB
+/// from its heap, and holes too small for the next layer's buffers grow the peak RSS).
 fn forward(
     x: &FlexTensor,
     w: &FlexTensor,
@@ -151,11 +160,14 @@ fn forward(
     d: Dims,
     keep: bool,
 ) -> (FlexTensor, Option<FlexTensor>) {
-    let Split { q, k, v, .. } = split(d, &f32_values(&causal_conv::forward(x, w)));
+    let mut o = vec![0.0f32; d.out_len()];
+    let mut kept = keep.then(|| vec![0.0f32; d.kept_len()]);
+    let Split { q, k, v, .. } = conv_split(d, x, w);
     let inputs =
         Inputs { q: Cow::Owned(q), k: Cow::Owned(k), v: Cow::Owned(v), g: f32_values(g), beta: f32_values(beta) };
-    let (o, kept) = fused_delta_rule::forward(d, &inputs, keep);
-    let kept = kept.map(|kept| f32_tensor(kept, &[d.batch * d.heads, d.seq.div_ceil(CHUNK), d.dk, d.dv]));
+    fused_delta_rule::forward(d, &inputs, &mut o, kept.as_deref_mut());
+    drop(inputs);
+    let kept = kept.map(|kept| f32_tensor(kept, &d.kept_shape()));
     (f32_tensor(o, &[d.batch, d.seq, d.heads, d.dv]), kept)
 }
 
@@ -172,17 +184,18 @@ struct Saved {
 
 /// The gradients of x, of the weight (when asked), of g and of β.
 ///
-/// Each intermediate is dropped as soon as the next no longer needs it (the convolution's output
-/// once split, v once the rule's backward has run, the rule's gradients once in dy, which the
-/// convolution's backward then overwrites in place): this runs while every earlier layer's
-/// activations are still held.
+/// This runs while every earlier layer's activations are still held. dx, which outlives the call,
+/// is allocated first; each scratch buffer is dropped as soon as the next step no longer needs it
+/// (v once the rule's backward has run, q, k and the rule's gradients once in dy, which the
+/// convolution's backward then overwrites in place).
 fn backward(
     saved: &Saved,
     dout: &FlexTensor,
     weight_grad: bool,
 ) -> (FlexTensor, Option<FlexTensor>, FlexTensor, FlexTensor) {
     let d = saved.dims;
-    let Split { q, k, v, norms } = split(d, &f32_values(&causal_conv::forward(&saved.x, &saved.w)));
+    let dx = vec![0.0f32; f32_values(&saved.x).len()];
+    let Split { q, k, v, norms } = conv_split(d, &saved.x, &saved.w);
     let gr = {
         let inputs = Inputs {
             q: Cow::Borrowed(&q),
@@ -194,11 +207,11 @@ fn backward(
         fused_delta_rule::backward(d, &inputs, &f32_values(&saved.kept), &f32_values(dout))
     };
     let mut dy = split_backward(d, &q, &k, &norms, &gr);
-    drop((q, k));
+    drop((q, k, norms));
     let fused_delta_rule::Grads { g: dg, beta: dbeta, .. } = gr; // dq, dk and dv are dropped here
     let scalars = [d.batch, d.seq, d.heads];
     let (dg, dbeta) = (f32_tensor(dg, &scalars), f32_tensor(dbeta, &scalars));
-    let (dx, dw) = causal_conv::backward(&saved.x, &saved.w, &mut dy, weight_grad);
+    let (dx, dw) = causal_conv::backward(&saved.x, &saved.w, &mut dy, dx, weight_grad);
     (dx, dw, dg, dbeta)
 }
 
