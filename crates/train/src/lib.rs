@@ -5,7 +5,7 @@
 //! as torch) and [`schedule`], on a worker of [`pool`]; [`evaluation`] scores validation examples and
 //! `lora eval`'s data files; [`checkpoint`] saves and resumes; [`run_files`] writes metrics, the loss
 //! curve, the model card and the manifest that [`verify`] checks; [`memory_plan`] predicts a run's
-//! peak memory before loading.
+//! peak memory before loading; [`preference`] is DPO's loss and step.
 #![warn(missing_docs)]
 
 pub mod batching;
@@ -16,6 +16,7 @@ pub mod evaluation;
 pub mod memory_plan;
 pub mod optimizer;
 pub mod pool;
+pub mod preference;
 pub mod preview;
 pub mod recipe;
 pub mod run_files;

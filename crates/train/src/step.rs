@@ -21,7 +21,7 @@
 use lora_core::burn::tensor::{Gradients, Tensor};
 use lora_core::kernels::cpu_kernel::use_fused;
 use lora_core::kernels::host::to_f32_vec;
-use lora_core::loss::chunked::head_loss;
+use lora_core::loss::chunked::{HeadLoss, head_loss};
 use lora_core::{CausalLm, LayerInputs, TokenBatch};
 
 use crate::error::Result;
@@ -71,6 +71,26 @@ fn micro_batch(
     checkpointing: bool,
     acc: &mut [Option<Tensor<2>>],
 ) -> Result<f64> {
+    micro_batch_with(model, batch, checkpointing, acc, |model, hidden, on_grads| {
+        Ok(head_loss(model, hidden, labels, Some(scale), on_grads)?)
+    })
+}
+
+/// What a micro-batch's head pass is given: the model, the last hidden states `[batch, seq, hidden]`
+/// (read as constants), and the callback that collects the head adapters' gradients of each chunk.
+pub(crate) type HeadPass<'a> = &'a mut dyn FnMut(&Gradients);
+
+/// Forward and backward of one micro-batch around a head pass of the caller's: `head` computes the
+/// loss from the last hidden states and gives ∂loss/∂hidden (the next-token loss for SFT, a
+/// preference loss's weighted one for DPO); the body is back-propagated from it and every
+/// adapter's gradient added to `acc`. Returns the head's loss sum.
+pub(crate) fn micro_batch_with(
+    model: &mut CausalLm,
+    batch: &TokenBatch,
+    checkpointing: bool,
+    acc: &mut [Option<Tensor<2>>],
+    head: impl FnOnce(&mut CausalLm, Tensor<3>, HeadPass<'_>) -> Result<HeadLoss>,
+) -> Result<f64> {
     // Every pass runs burn's autodiff operations, tracked or not: the plain backend's attention is
     // another implementation, and recomputation must see exactly the values the first pass saw.
     constant_adapters(model);
@@ -111,7 +131,7 @@ fn micro_batch(
     let hidden = x;
     // 2) The head and the loss, chunk by chunk.
     let head_leaves = track_adapters(model, |l| l.is_none());
-    let head = head_loss(model, hidden.clone(), labels, Some(scale), |g| collect(&head_leaves, g, acc))?;
+    let head = head(model, hidden.clone(), &mut |g| collect(&head_leaves, g, acc))?;
     let Some(mut grad) = head.grad else { return Ok(head.sum) };
     // 3) The body's backward, layer by layer from the last.
     if let Some(lowest) = lowest {
@@ -164,6 +184,20 @@ pub fn train_step(
         loss_sum += micro_batch(model, batch, labels, scale, options.gradient_checkpointing, &mut acc)?;
     }
     let loss = loss_sum / step_tokens.max(1) as f64;
+    let grad_norm = apply_gradients(model, opt, acc, loss, lr, options)?;
+    Ok(StepOutcome { loss, grad_norm })
+}
+
+/// The end of a step: the accumulated gradients clipped by global norm and handed to AdamW (skipped
+/// when `loss` is not finite, so that the caller can stop). Returns the norm before clipping.
+pub(crate) fn apply_gradients(
+    model: &mut CausalLm,
+    opt: &mut AdamW,
+    acc: Vec<Option<Tensor<2>>>,
+    loss: f64,
+    lr: f64,
+    options: StepOptions,
+) -> Result<f64> {
     let current: Vec<Tensor<2>> = adapter_tensors(model);
     let on_flex = current.first().is_some_and(use_fused);
     let mut grads: Vec<Tensor<2>> =
@@ -196,5 +230,5 @@ pub fn train_step(
         set_adapter_tensors(model, new);
         untrack_adapters(model);
     }
-    Ok(StepOutcome { loss, grad_norm })
+    Ok(grad_norm)
 }

@@ -90,8 +90,64 @@ pub fn head_loss_chunked(
     labels: &[Vec<Option<u32>>],
     grad_scale: Option<f64>,
     per: usize,
-    mut on_grads: impl FnMut(&Gradients),
+    on_grads: impl FnMut(&Gradients),
 ) -> Result<HeadLoss> {
+    head_pass(model, hidden, labels, Head::Sum { weights: None, grad_scale }, per, on_grads).map(|(h, _)| h)
+}
+
+/// [`head_loss`] with a weight per labelled row (in [`labelled_rows`]' order): the sum is
+/// Σ w·(−log p(label)), and its gradient, scaled by `grad_scale`, is what is back-propagated. A
+/// preference loss gives each row its sequence's ∂loss/∂log p.
+///
+/// # Shapes
+/// - hidden: `[batch, seq, hidden]`; weights: one per labelled position
+pub fn head_loss_weighted(
+    model: &mut CausalLm,
+    hidden: Tensor<3>,
+    labels: &[Vec<Option<u32>>],
+    weights: &[f32],
+    grad_scale: f64,
+    on_grads: impl FnMut(&Gradients),
+) -> Result<HeadLoss> {
+    let per = chunk_rows(model.config.vocab_size);
+    let head = Head::Sum { weights: Some(weights), grad_scale: Some(grad_scale) };
+    head_pass(model, hidden, labels, head, per, on_grads).map(|(h, _)| h)
+}
+
+/// log p(label) at every labelled position (in [`labelled_rows`]' order), untracked, a chunk at a
+/// time: the per-token log-probabilities whose sums over a sequence a preference loss compares.
+///
+/// # Shapes
+/// - hidden: `[batch, seq, hidden]`
+pub fn head_log_probs(model: &mut CausalLm, hidden: Tensor<3>, labels: &[Vec<Option<u32>>]) -> Result<Vec<f32>> {
+    let per = chunk_rows(model.config.vocab_size);
+    head_pass(model, hidden, labels, Head::Rows, per, |_| {}).map(|(_, rows)| rows)
+}
+
+/// What a head pass computes.
+#[derive(Clone, Copy)]
+enum Head<'a> {
+    /// The (weighted) sum of −log p, back-propagated with `grad_scale` when given.
+    Sum { weights: Option<&'a [f32]>, grad_scale: Option<f64> },
+    /// Each row's log p, as values.
+    Rows,
+}
+
+/// The head over the labelled rows, a chunk of `per` at a time: the loss of [`Head::Sum`] (and the
+/// rows' log p for [`Head::Rows`]).
+fn head_pass(
+    model: &mut CausalLm,
+    hidden: Tensor<3>,
+    labels: &[Vec<Option<u32>>],
+    what: Head<'_>,
+    per: usize,
+    mut on_grads: impl FnMut(&Gradients),
+) -> Result<(HeadLoss, Vec<f32>)> {
+    let (weights, grad_scale) = match what {
+        Head::Sum { weights, grad_scale } => (weights, grad_scale),
+        Head::Rows => (None, None),
+    };
+    let mut row_log_probs = Vec::new();
     let [b, t, h] = hidden.dims();
     let device = hidden.device();
     let flat = hidden.inner().reshape([b * t, h]); // [b·t, h]
@@ -109,7 +165,17 @@ pub fn head_loss_chunked(
     // Adapters on the head draw their dropout masks per call: give each chunk its own seed, so that
     // chunks do not repeat one mask.
     let seeds: Vec<u64> = model.lm_head.lora.iter().map(|a| a.dropout_seed).collect();
+    if let Some(w) = weights
+        && w.len() != rows.len()
+    {
+        return Err(crate::error::CoreError::Invalid(format!(
+            "{} row weights for {} labelled positions",
+            w.len(),
+            rows.len()
+        )));
+    }
     for (k, (rows, targets)) in rows.chunks(per).zip(targets.chunks(per)).enumerate() {
+        let chunk_weights = weights.map(|w| w[k * per..k * per + rows.len()].to_vec());
         for (a, &seed) in model.lm_head.lora.iter_mut().zip(&seeds) {
             a.dropout_seed = seed ^ (k as u64).wrapping_mul(0xA24B_AED4_963E_E407);
         }
@@ -119,12 +185,31 @@ pub fn head_loss_chunked(
         let x = if grad_scale.is_some() { x.autodiff().require_grad() } else { x };
         let logits = model.head(x.clone()); // [n, vocab]
         let logits = logits.cast(DType::F32);
-        let chunk = if crate::kernels::cpu_kernel::use_fused(&logits) {
-            crate::loss::fused_cross_entropy::cross_entropy_sum(logits, targets.iter().map(|&t| t as u32).collect())
+        let fused = crate::kernels::cpu_kernel::use_fused(&logits);
+        if let Head::Rows = what {
+            let losses = if fused {
+                crate::loss::fused_cross_entropy::cross_entropy_rows(
+                    logits,
+                    targets.iter().map(|&t| t as u32).collect(),
+                )
+            } else {
+                let target = Tensor::<2, Int>::from_data(TensorData::new(targets.to_vec(), [n, 1]), &device);
+                log_softmax(logits, 1).gather(1, target).reshape([n]).neg()
+            };
+            row_log_probs.extend(to_f32_vec(losses.inner())?.into_iter().map(|l| -l));
+            continue;
+        }
+        let chunk = if fused {
+            let targets = targets.iter().map(|&t| t as u32).collect();
+            crate::loss::fused_cross_entropy::cross_entropy_sum(logits, targets, chunk_weights)
         } else {
             let logp = log_softmax(logits, 1); // [n, vocab]
             let target = Tensor::<2, Int>::from_data(TensorData::new(targets.to_vec(), [n, 1]), &device);
-            logp.gather(1, target).sum().neg() // [1]
+            let picked = logp.gather(1, target).reshape([n]); // [n]
+            match chunk_weights {
+                Some(w) => (picked * Tensor::<1>::from_data(TensorData::new(w, [n]), &device)).sum().neg(),
+                None => picked.sum().neg(), // [1]
+            }
         };
         sum += to_f32_vec(chunk.clone().inner())?[0] as f64;
         if let (Some(scale), Some(acc)) = (grad_scale, grad.take()) {
@@ -137,5 +222,5 @@ pub fn head_loss_chunked(
     for (a, seed) in model.lm_head.lora.iter_mut().zip(seeds) {
         a.dropout_seed = seed;
     }
-    Ok(HeadLoss { sum, count: rows.len(), grad: grad.map(|g| g.reshape([b, t, h])) })
+    Ok((HeadLoss { sum, count: rows.len(), grad: grad.map(|g| g.reshape([b, t, h])) }, row_log_probs))
 }

@@ -6,6 +6,8 @@
 //! the logits and the row log-sum-exps are kept.
 //!
 //! Math, per row with L = log Σ_j e^{z_j}: loss = L − z_target, ∂loss/∂z_j = softmax(z)_j − [j = target].
+//! Rows may carry weights w (preference losses weight each sequence's tokens by its own
+//! ∂loss/∂log p): then loss = Σ w·(L − z_target), and each row's gradient is scaled by its w.
 //!
 //! The plain reference is `log_softmax(z).gather(target).sum().neg()` (see
 //! [`crate::loss::chunked`]); the tests compare values and gradients.
@@ -27,17 +29,36 @@ use crate::kernels::cpu_kernel::{exp_f32, f32_tensor, f32_values, max_f32, multi
 /// The fused loss, on the backends that have it.
 #[backend_extension(Flex, Autodiff)]
 pub trait CrossEntropyBackend: Backend {
-    /// Σ over rows of −log softmax(logits row)[target].
+    /// Σ over rows of −log softmax(logits row)[target], each row times its weight when given.
+    ///
+    /// # Shapes
+    /// - logits: `[rows, vocab]`; targets: `rows` ids; weights: `rows` values
+    /// - output: `[1]`
+    fn cross_entropy_sum(
+        logits: FloatTensor<Self>,
+        targets: Arc<Vec<u32>>,
+        weights: Option<Arc<Vec<f32>>>,
+    ) -> FloatTensor<Self>;
+
+    /// Each row's −log softmax(logits row)[target], as values: nothing is back-propagated through
+    /// them (the per-sequence log-probabilities of a preference loss, which set the weights of the
+    /// pass that is).
     ///
     /// # Shapes
     /// - logits: `[rows, vocab]`; targets: `rows` ids
-    /// - output: `[1]`
-    fn cross_entropy_sum(logits: FloatTensor<Self>, targets: Arc<Vec<u32>>) -> FloatTensor<Self>;
+    /// - output: `[rows]`
+    fn cross_entropy_rows(logits: FloatTensor<Self>, targets: Arc<Vec<u32>>) -> FloatTensor<Self>;
 }
 
 impl CrossEntropyBackend for Flex {
-    fn cross_entropy_sum(logits: FlexTensor, targets: Arc<Vec<u32>>) -> FlexTensor {
-        forward(&logits, &targets).0
+    fn cross_entropy_sum(logits: FlexTensor, targets: Arc<Vec<u32>>, weights: Option<Arc<Vec<f32>>>) -> FlexTensor {
+        forward(&logits, &targets, weights.as_deref().map(Vec::as_slice)).0
+    }
+
+    fn cross_entropy_rows(logits: FlexTensor, targets: Arc<Vec<u32>>) -> FlexTensor {
+        let rows = row_losses(&logits, &targets);
+        let n = rows.len();
+        f32_tensor(rows, &[n])
     }
 }
 
@@ -59,18 +80,37 @@ multiversion! {
     }
 }
 
-/// The summed loss and each row's log-sum-exp.
-fn forward(logits: &FlexTensor, targets: &[u32]) -> (FlexTensor, Vec<f32>) {
+/// Each row's −log softmax(z)[target].
+///
+/// # Shapes
+/// - logits: `[rows, vocab]`; targets: `rows` ids
+fn row_losses(logits: &FlexTensor, targets: &[u32]) -> Vec<f32> {
+    let vocab = logits.layout().shape()[1];
+    let z = f32_values(logits);
+    z.par_chunks(vocab.max(1)).zip(targets.par_iter()).map(|(z, &t)| log_sum_exp(z) - z[t as usize]).collect()
+}
+
+/// The summed (weighted) loss and each row's log-sum-exp.
+fn forward(logits: &FlexTensor, targets: &[u32], weights: Option<&[f32]>) -> (FlexTensor, Vec<f32>) {
     let vocab = logits.layout().shape()[1];
     let z = f32_values(logits);
     let lse: Vec<f32> = z.par_chunks(vocab.max(1)).map(log_sum_exp).collect();
     // Rows summed in order, in f64, whatever the threads.
-    let sum: f64 =
-        lse.iter().zip(targets).enumerate().map(|(r, (&l, &t))| (l - z[r * vocab + t as usize]) as f64).sum();
+    let row = |r: usize, l: f32, t: u32| (l - z[r * vocab + t as usize]) as f64;
+    let sum: f64 = match weights {
+        None => lse.iter().zip(targets).enumerate().map(|(r, (&l, &t))| row(r, l, t)).sum(),
+        Some(w) => lse.iter().zip(targets).zip(w).enumerate().map(|(r, ((&l, &t), &w))| w as f64 * row(r, l, t)).sum(),
+    };
     (f32_tensor(vec![sum as f32], &[1]), lse)
 }
 
-fn backward(mut logits: FlexTensor, targets: &[u32], lse: &[f32], d_loss: &FlexTensor) -> FlexTensor {
+fn backward(
+    mut logits: FlexTensor,
+    targets: &[u32],
+    weights: Option<&[f32]>,
+    lse: &[f32],
+    d_loss: &FlexTensor,
+) -> FlexTensor {
     let shape = logits.layout().shape().to_vec();
     let vocab = shape[1];
     let scale = f32_values(d_loss)[0];
@@ -82,6 +122,7 @@ fn backward(mut logits: FlexTensor, targets: &[u32], lse: &[f32], d_loss: &FlexT
     let mut dz = if in_place { logits } else { f32_tensor(f32_values(&logits).into_owned(), &shape) };
     let z = &mut dz.try_storage_mut::<f32>().expect("held by this call alone")[..shape[0] * vocab];
     z.par_chunks_mut(vocab.max(1)).enumerate().for_each(|(r, z)| {
+        let scale = weights.map_or(scale, |w| scale * w[r]);
         row_grad_in_place(z, lse[r], targets[r] as usize, scale);
     });
     dz
@@ -90,39 +131,80 @@ fn backward(mut logits: FlexTensor, targets: &[u32], lse: &[f32], d_loss: &FlexT
 #[derive(Debug)]
 struct CrossEntropyBackward;
 
+/// [`CrossEntropyBackend::cross_entropy_rows`] gives values only; a graph that reaches it is a bug.
+#[derive(Debug)]
+struct RowsBackward;
+
+impl Backward<Flex, 1> for RowsBackward {
+    type State = ();
+
+    fn backward(self, _ops: Ops<Self::State, 1>, _grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        panic!("cross_entropy_rows gives values only; back-propagate through cross_entropy_sum");
+    }
+}
+
 impl Backward<Flex, 1> for CrossEntropyBackward {
-    type State = (FlexTensor, Arc<Vec<u32>>, Arc<Vec<f32>>);
+    type State = (FlexTensor, Arc<Vec<u32>>, Option<Arc<Vec<f32>>>, Arc<Vec<f32>>);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
         let [node] = ops.parents;
         let d_loss = grads.consume::<Flex>(&ops.node);
         if let Some(node) = node {
-            let (logits, targets, lse) = ops.state;
-            grads.register::<Flex>(node.id, backward(logits, &targets, &lse, &d_loss));
+            let (logits, targets, weights, lse) = ops.state;
+            let weights = weights.as_deref().map(Vec::as_slice);
+            grads.register::<Flex>(node.id, backward(logits, &targets, weights, &lse, &d_loss));
         }
     }
 }
 
 impl<C: CheckpointStrategy> CrossEntropyBackend for Autodiff<Flex, C> {
-    fn cross_entropy_sum(logits: FloatTensor<Self>, targets: Arc<Vec<u32>>) -> FloatTensor<Self> {
+    fn cross_entropy_sum(
+        logits: FloatTensor<Self>,
+        targets: Arc<Vec<u32>>,
+        weights: Option<Arc<Vec<f32>>>,
+    ) -> FloatTensor<Self> {
+        let w = weights.clone();
+        let w = w.as_deref().map(Vec::as_slice);
         match CrossEntropyBackward.prepare::<C>([logits.node()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
                 let z = logits.into_primitive();
-                let (loss, lse) = forward(&z, &targets);
-                prep.finish((z, targets, Arc::new(lse)), loss)
+                let (loss, lse) = forward(&z, &targets, w);
+                prep.finish((z, targets, weights, Arc::new(lse)), loss)
             }
-            OpsKind::UnTracked(prep) => prep.finish(forward(&logits.into_primitive(), &targets).0),
+            OpsKind::UnTracked(prep) => prep.finish(forward(&logits.into_primitive(), &targets, w).0),
         }
+    }
+
+    fn cross_entropy_rows(logits: FloatTensor<Self>, targets: Arc<Vec<u32>>) -> FloatTensor<Self> {
+        let prep = RowsBackward.prepare::<C>([logits.node()]).compute_bound();
+        prep.stateless(<Flex as CrossEntropyBackend>::cross_entropy_rows(logits.into_primitive(), targets))
     }
 }
 
-/// Σ −log softmax(logits)[target] (the CPU kernel: call only where [`crate::kernels::cpu_kernel::use_fused`]).
-/// Every target must be below the vocabulary size.
+/// Σ −log softmax(logits)[target], each row times its weight when given (the CPU kernel: call only
+/// where [`crate::kernels::cpu_kernel::use_fused`]). Every target must be below the vocabulary size.
+///
+/// # Shapes
+/// - logits: `[rows, vocab]`, targets: `rows` ids, weights: `rows` values
+/// - output: `[1]`
+pub fn cross_entropy_sum(logits: Tensor<2>, targets: Vec<u32>, weights: Option<Vec<f32>>) -> Tensor<1> {
+    let out = <Dispatch as CrossEntropyBackend>::cross_entropy_sum(
+        logits.into_dispatch(),
+        Arc::new(targets),
+        weights.map(Arc::new),
+    );
+    Tensor::from_dispatch(out)
+}
+
+/// Each row's −log softmax(logits)[target], untracked (the CPU kernel: call only where
+/// [`crate::kernels::cpu_kernel::use_fused`]).
 ///
 /// # Shapes
 /// - logits: `[rows, vocab]`, targets: `rows` ids
-/// - output: `[1]`
-pub fn cross_entropy_sum(logits: Tensor<2>, targets: Vec<u32>) -> Tensor<1> {
-    let out = <Dispatch as CrossEntropyBackend>::cross_entropy_sum(logits.into_dispatch(), Arc::new(targets));
-    Tensor::from_dispatch(out)
+/// - output: `[rows]`, values only
+pub fn cross_entropy_rows(logits: Tensor<2>, targets: Vec<u32>) -> Tensor<1> {
+    Tensor::from_dispatch(<Dispatch as CrossEntropyBackend>::cross_entropy_rows(
+        logits.into_dispatch(),
+        Arc::new(targets),
+    ))
 }

@@ -320,7 +320,7 @@ fn fused_cross_entropy_equals_log_softmax_gather_values_and_gradients() {
     let run = |fused: bool| {
         let zl = leaf(&z, [n, vocab]);
         let loss = if fused {
-            cross_entropy_sum(zl.clone(), targets.clone())
+            cross_entropy_sum(zl.clone(), targets.clone(), None)
         } else {
             let ids: Vec<i64> = targets.iter().map(|&t| t as i64).collect();
             let idx = Tensor::<2, Int>::from_data(TensorData::new(ids, [n, 1]), &default_device());

@@ -2,6 +2,7 @@
 
 mod common;
 mod data;
+mod dpo;
 mod recipe_errors;
 mod replay;
 mod scale;

@@ -1,0 +1,255 @@
+//! DPO's pair losses as TRL 1.x computes them (`DPOTrainer._compute_loss`, reverse-KL form), with
+//! their derivatives by the policy's sequence log-probabilities and TRL's metrics.
+//!
+//! Per pair, with π the policy's summed completion log-probabilities and r the reference's:
+//!
+//! ```text
+//! z = (π_c − r_c) − (π_r − r_r)
+//! sigmoid: −(1 − ε)·log σ(βz) − ε·log σ(−βz)            (ε = label_smoothing; TRL's default form)
+//! robust:  (−(1 − ε)·log σ(βz) + ε·log σ(−βz)) / (1 − 2ε)
+//! hinge:   relu(1 − βz)
+//! ipo:     (z̄ − 1/(2β))²,  z̄ = (π_c − r_c)/n_c − (π_r − r_r)/n_r   (per-token means, n the lengths)
+//! ```
+//!
+//! The batch loss is the mean over pairs. π enters the loss only through these sums, so the
+//! gradient of the loss is Σ_tokens ∂loss/∂π_seq · ∂log p(token)/∂θ: a weighted next-token loss,
+//! which is how the step back-propagates it ([`lora_core::loss::chunked::head_loss_weighted`]).
+
+/// DPO's loss variants (TRL's `loss_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DpoLoss {
+    /// The original DPO loss, with optional label smoothing (cDPO).
+    Sigmoid,
+    /// The hinge loss of SLiC.
+    Hinge,
+    /// IPO, on per-token mean log-ratios.
+    Ipo,
+    /// Robust DPO (rDPO), unbiased under the label-flip rate ε.
+    Robust,
+}
+
+impl DpoLoss {
+    /// The variant of a TRL `loss_type` name.
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "sigmoid" => Self::Sigmoid,
+            "hinge" => Self::Hinge,
+            "ipo" => Self::Ipo,
+            "robust" => Self::Robust,
+            _ => return None,
+        })
+    }
+}
+
+/// DPO's settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Dpo {
+    /// β: the strength of the tie to the reference (TRL's default 0.1).
+    pub beta: f64,
+    /// The loss variant.
+    pub loss: DpoLoss,
+    /// ε of the sigmoid and robust losses (TRL's `label_smoothing`, default 0).
+    pub label_smoothing: f64,
+}
+
+/// One pair's log-probabilities: the policy's and the reference's, summed over each completion's
+/// tokens, and the completions' token counts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PairLogProbs {
+    /// π_c: the policy's log-probability of the chosen completion.
+    pub chosen: f64,
+    /// π_r: the policy's log-probability of the rejected completion.
+    pub rejected: f64,
+    /// r_c: the reference's log-probability of the chosen completion.
+    pub ref_chosen: f64,
+    /// r_r: the reference's log-probability of the rejected completion.
+    pub ref_rejected: f64,
+    /// Tokens of the chosen completion.
+    pub chosen_tokens: usize,
+    /// Tokens of the rejected completion.
+    pub rejected_tokens: usize,
+}
+
+/// One pair's loss and its derivatives by π_c and π_r.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PairLoss {
+    /// The pair's loss.
+    pub loss: f64,
+    /// ∂loss/∂π_c.
+    pub d_chosen: f64,
+    /// ∂loss/∂π_r.
+    pub d_rejected: f64,
+}
+
+/// log σ(x), computed without overflow for either sign.
+fn log_sigmoid(x: f64) -> f64 {
+    if x >= 0.0 { -(-x).exp().ln_1p() } else { x - x.exp().ln_1p() }
+}
+
+/// σ(x).
+fn sigmoid(x: f64) -> f64 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+
+impl Dpo {
+    /// The loss of one pair and its derivatives.
+    pub fn pair(&self, p: &PairLogProbs) -> PairLoss {
+        let (beta, eps) = (self.beta, self.label_smoothing);
+        let z = (p.chosen - p.ref_chosen) - (p.rejected - p.ref_rejected);
+        // Each variant as (loss, ∂loss/∂z), with ∂z/∂π_c = 1 and ∂z/∂π_r = −1 except for IPO.
+        let (loss, dz) = match self.loss {
+            DpoLoss::Sigmoid => {
+                let loss = -(1.0 - eps) * log_sigmoid(beta * z) - eps * log_sigmoid(-beta * z);
+                // d/dx −log σ(x) = −σ(−x); d/dx −log σ(−x) = σ(x).
+                let dz = beta * (-(1.0 - eps) * sigmoid(-beta * z) + eps * sigmoid(beta * z));
+                (loss, dz)
+            }
+            DpoLoss::Robust => {
+                let loss = (-(1.0 - eps) * log_sigmoid(beta * z) + eps * log_sigmoid(-beta * z)) / (1.0 - 2.0 * eps);
+                let dz = beta * (-(1.0 - eps) * sigmoid(-beta * z) - eps * sigmoid(beta * z)) / (1.0 - 2.0 * eps);
+                (loss, dz)
+            }
+            DpoLoss::Hinge => {
+                let m = 1.0 - beta * z;
+                // torch's relu passes no gradient at 0.
+                if m > 0.0 { (m, -beta) } else { (0.0, 0.0) }
+            }
+            DpoLoss::Ipo => {
+                let (nc, nr) = (p.chosen_tokens.max(1) as f64, p.rejected_tokens.max(1) as f64);
+                let zbar = (p.chosen - p.ref_chosen) / nc - (p.rejected - p.ref_rejected) / nr;
+                let d = zbar - 1.0 / (2.0 * beta);
+                let g = 2.0 * d;
+                return PairLoss { loss: d * d, d_chosen: g / nc, d_rejected: -g / nr };
+            }
+        };
+        PairLoss { loss, d_chosen: dz, d_rejected: -dz }
+    }
+}
+
+/// TRL's logged metrics of a set of pairs (means over pairs).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct PreferenceMetrics {
+    /// Mean pair loss.
+    pub loss: f64,
+    /// `rewards/chosen`: mean β·(π_c − r_c).
+    pub rewards_chosen: f64,
+    /// `rewards/rejected`: mean β·(π_r − r_r).
+    pub rewards_rejected: f64,
+    /// `rewards/accuracies`: the share of pairs whose chosen reward exceeds the rejected one.
+    pub rewards_accuracies: f64,
+    /// `rewards/margins`: mean chosen − rejected reward.
+    pub rewards_margins: f64,
+    /// `logps/chosen`: mean π_c.
+    pub logps_chosen: f64,
+    /// `logps/rejected`: mean π_r.
+    pub logps_rejected: f64,
+}
+
+impl PreferenceMetrics {
+    /// The metrics of `pairs` under `dpo`.
+    pub fn of(dpo: &Dpo, pairs: &[PairLogProbs]) -> Self {
+        let n = pairs.len().max(1) as f64;
+        let mut m = Self::default();
+        for p in pairs {
+            let (rc, rr) = (dpo.beta * (p.chosen - p.ref_chosen), dpo.beta * (p.rejected - p.ref_rejected));
+            m.loss += dpo.pair(p).loss;
+            m.rewards_chosen += rc;
+            m.rewards_rejected += rr;
+            m.rewards_accuracies += f64::from(u8::from(rc > rr));
+            m.rewards_margins += rc - rr;
+            m.logps_chosen += p.chosen;
+            m.logps_rejected += p.rejected;
+        }
+        for v in [
+            &mut m.loss,
+            &mut m.rewards_chosen,
+            &mut m.rewards_rejected,
+            &mut m.rewards_accuracies,
+            &mut m.rewards_margins,
+            &mut m.logps_chosen,
+            &mut m.logps_rejected,
+        ] {
+            *v /= n;
+        }
+        m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(chosen: f64, rejected: f64) -> PairLogProbs {
+        PairLogProbs { chosen, rejected, ref_chosen: -12.0, ref_rejected: -9.5, chosen_tokens: 7, rejected_tokens: 4 }
+    }
+
+    #[test]
+    fn a_policy_equal_to_its_reference_costs_ln_2() {
+        let dpo = Dpo { beta: 0.1, loss: DpoLoss::Sigmoid, label_smoothing: 0.0 };
+        let p = pair(-12.0, -9.5);
+        assert!((dpo.pair(&p).loss - std::f64::consts::LN_2).abs() < 1e-15);
+        // And the gradient pushes the chosen up and the rejected down, by β/2 each.
+        let l = dpo.pair(&p);
+        assert!((l.d_chosen + 0.05).abs() < 1e-15 && (l.d_rejected - 0.05).abs() < 1e-15, "{l:?}");
+    }
+
+    #[test]
+    fn derivatives_match_finite_differences_for_every_variant() {
+        for loss in [DpoLoss::Sigmoid, DpoLoss::Hinge, DpoLoss::Ipo, DpoLoss::Robust] {
+            let dpo = Dpo { beta: 0.3, loss, label_smoothing: if loss == DpoLoss::Hinge { 0.0 } else { 0.2 } };
+            for (c, r) in [(-11.0, -10.0), (-13.5, -8.0), (-9.0, -12.0)] {
+                let p = pair(c, r);
+                let l = dpo.pair(&p);
+                let h = 1e-6;
+                let fd = |dc: f64, dr: f64| {
+                    let up = dpo.pair(&pair(c + dc * h, r + dr * h)).loss;
+                    let down = dpo.pair(&pair(c - dc * h, r - dr * h)).loss;
+                    (up - down) / (2.0 * h)
+                };
+                assert!(
+                    (fd(1.0, 0.0) - l.d_chosen).abs() < 1e-7,
+                    "{loss:?} ∂chosen: {} vs {}",
+                    fd(1.0, 0.0),
+                    l.d_chosen
+                );
+                assert!((fd(0.0, 1.0) - l.d_rejected).abs() < 1e-7, "{loss:?} ∂rejected");
+            }
+        }
+    }
+
+    #[test]
+    fn variants_follow_their_formulas_at_a_point() {
+        // z = (−11 + 12) − (−10 + 9.5) = 1.5; β = 0.5, ε = 0.1.
+        let p = pair(-11.0, -10.0);
+        let (beta, eps, z) = (0.5f64, 0.1f64, 1.5f64);
+        let ls = |x: f64| -(1.0 + (-x).exp()).ln();
+        let cases = [
+            (DpoLoss::Sigmoid, -(1.0 - eps) * ls(beta * z) - eps * ls(-beta * z)),
+            (DpoLoss::Robust, (-(1.0 - eps) * ls(beta * z) + eps * ls(-beta * z)) / (1.0 - 2.0 * eps)),
+            (DpoLoss::Hinge, (1.0 - beta * z).max(0.0)),
+            (DpoLoss::Ipo, ((1.0f64 / 7.0) - (-0.5 / 4.0) - 1.0).powi(2)),
+        ];
+        for (loss, expected) in cases {
+            let got = Dpo { beta, loss, label_smoothing: eps }.pair(&p).loss;
+            assert!((got - expected).abs() < 1e-12, "{loss:?}: {got} vs {expected}");
+        }
+    }
+
+    #[test]
+    fn metrics_are_trl_means() {
+        let dpo = Dpo { beta: 0.1, loss: DpoLoss::Sigmoid, label_smoothing: 0.0 };
+        let pairs = [pair(-11.0, -10.0), pair(-12.5, -9.0)];
+        let m = PreferenceMetrics::of(&dpo, &pairs);
+        // rewards: (0.1, −0.05) and (−0.05, 0.05).
+        assert!((m.rewards_chosen - 0.025).abs() < 1e-12);
+        assert!((m.rewards_rejected - 0.0).abs() < 1e-12);
+        assert!((m.rewards_accuracies - 0.5).abs() < 1e-12);
+        assert!((m.rewards_margins - 0.025).abs() < 1e-12);
+        assert!((m.logps_chosen + 11.75).abs() < 1e-12 && (m.logps_rejected + 9.5).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,229 @@
+//! One DPO optimizer step over micro-batches of preference pairs.
+//!
+//! Per micro-batch, the pairs' chosen and rejected sequences go through the body as one batch (the
+//! chosen rows first, as TRL concatenates them). The head then runs twice over the completion
+//! tokens, a chunk at a time as for SFT: first for the values only, giving each sequence's summed
+//! log-probability π; the pair losses then give every sequence its ∂loss/∂π, and the second head
+//! pass back-propagates the next-token loss weighted by those derivatives, whose gradient is the
+//! preference loss's (the loss depends on the weights only through the π). The body's backward is
+//! SFT's. The reference's log-probabilities come from the same model with its adapters taken out
+//! (TRL's `use_adapter(model, None)` with a PEFT model), or were computed before training.
+
+use lora_core::burn::tensor::Tensor;
+use lora_core::loss::chunked::{head_log_probs, head_loss_weighted, labelled_rows};
+use lora_core::network::lora::LoraAdapter;
+use lora_core::{CausalLm, TokenBatch};
+
+use crate::batching::collate;
+use crate::data::Example;
+use crate::error::Result;
+use crate::optimizer::AdamW;
+use crate::preference::loss::{Dpo, PairLogProbs, PreferenceMetrics};
+use crate::step::{StepOptions, StepOutcome, apply_gradients, micro_batch_with};
+use crate::trainable::{adapter_layers, set_dropout_seeds};
+
+/// A preference pair as token ids: the prompt, and the two completions that follow it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairIds {
+    /// The prompt's tokens (no label).
+    pub prompt: Vec<u32>,
+    /// The chosen completion's tokens.
+    pub chosen: Vec<u32>,
+    /// The rejected completion's tokens.
+    pub rejected: Vec<u32>,
+}
+
+impl PairIds {
+    /// The prompt followed by `completion`, labelled on the completion only.
+    fn example(&self, completion: &[u32]) -> Example {
+        let ids: Vec<u32> = self.prompt.iter().chain(completion).copied().collect();
+        let labels = std::iter::repeat_n(None, self.prompt.len()).chain(completion.iter().map(|&t| Some(t))).collect();
+        Example { ids, labels, segments: None }
+    }
+}
+
+/// One micro-batch of N pairs: 2N rows, the chosen sequences then the rejected ones, padded on the
+/// right and labelled on the completions.
+#[derive(Debug, Clone)]
+pub struct PairBatch {
+    /// The rows.
+    pub batch: TokenBatch,
+    /// Labels aligned with the ids: the completion tokens.
+    pub labels: Vec<Vec<Option<u32>>>,
+}
+
+impl PairBatch {
+    /// The micro-batch of `pairs`.
+    pub fn new(pairs: &[PairIds], pad_id: u32) -> Self {
+        let examples: Vec<Example> =
+            pairs.iter().map(|p| p.example(&p.chosen)).chain(pairs.iter().map(|p| p.example(&p.rejected))).collect();
+        let (batch, labels) = collate(&examples.iter().collect::<Vec<_>>(), pad_id, false);
+        Self { batch, labels }
+    }
+
+    /// Pairs in the batch.
+    pub fn pairs(&self) -> usize {
+        self.labels.len() / 2
+    }
+
+    /// Each row's labelled positions that count (a label at position ≥ 1): its completion length.
+    fn tokens(&self) -> Vec<usize> {
+        self.labels.iter().map(|l| l.iter().skip(1).filter(|l| l.is_some()).count()).collect()
+    }
+}
+
+/// Each row's summed log p over its labelled positions, from per-position values in
+/// [`labelled_rows`]' order.
+fn per_row_sums(labels: &[Vec<Option<u32>>], seq: usize, values: &[f32]) -> Vec<f64> {
+    let (rows, _) = labelled_rows(labels, seq);
+    let mut sums = vec![0.0f64; labels.len()];
+    for (&r, &v) in rows.iter().zip(values) {
+        sums[r as usize / seq] += v as f64;
+    }
+    sums
+}
+
+fn seq_len(batch: &PairBatch) -> usize {
+    batch.batch.ids.first().map_or(0, Vec::len)
+}
+
+/// The reference policy of DPO.
+#[derive(Debug, Clone)]
+pub enum Reference {
+    /// The base model, every adapter taken out: TRL's reference for a new PEFT adapter.
+    Base,
+    /// The base with fixed adapters: those the policy started from (TRL's "ref" copy when it is
+    /// given a PEFT model to go on training), or another run's (SFT, then DPO). One list per linear
+    /// module, in [`CausalLm::linear_modules`]' order.
+    Adapters(Vec<Vec<LoraAdapter>>),
+}
+
+impl Reference {
+    /// The model's current adapters, copied (not shared with the policy, whose buffers the
+    /// optimizer may then update in place), without dropout.
+    pub fn snapshot(model: &CausalLm) -> Result<Self> {
+        let copy = |t: &Tensor<2>| Tensor::<2>::from_data(t.to_data(), &t.device());
+        let lists = model
+            .linear_modules()
+            .into_iter()
+            .map(|(_, l)| {
+                l.lora
+                    .iter()
+                    .map(|a| {
+                        let mut a = a.clone();
+                        (a.lora_a, a.lora_b) = (copy(&a.lora_a), copy(&a.lora_b));
+                        a.training = false;
+                        a
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok(Self::Adapters(lists))
+    }
+}
+
+/// The reference's summed log-probabilities of a micro-batch's rows (chosen rows, then rejected),
+/// untracked: the model with its adapters swapped for the reference's for the pass.
+pub fn reference_log_probs(model: &mut CausalLm, reference: &Reference, batch: &PairBatch) -> Result<Vec<f64>> {
+    let mut swapped: Vec<Vec<LoraAdapter>> = match reference {
+        Reference::Base => vec![Vec::new(); model.linear_modules().len()],
+        Reference::Adapters(lists) => lists.clone(),
+    };
+    let swap = |model: &mut CausalLm, lists: &mut Vec<Vec<LoraAdapter>>| {
+        for ((_, l), lora) in model.linear_modules_mut().into_iter().zip(lists.iter_mut()) {
+            std::mem::swap(&mut l.lora, lora);
+        }
+    };
+    swap(model, &mut swapped);
+    let result = (|| {
+        let hidden = model.last_hidden(&batch.batch)?;
+        let values = head_log_probs(model, hidden, &batch.labels)?;
+        Ok(per_row_sums(&batch.labels, seq_len(batch), &values))
+    })();
+    swap(model, &mut swapped);
+    result
+}
+
+/// The pairs of a micro-batch from its rows' policy and reference log-probabilities.
+fn pairs_of(batch: &PairBatch, policy: &[f64], reference: &[f64]) -> Vec<PairLogProbs> {
+    let (n, tokens) = (batch.pairs(), batch.tokens());
+    (0..n)
+        .map(|i| PairLogProbs {
+            chosen: policy[i],
+            rejected: policy[n + i],
+            ref_chosen: reference[i],
+            ref_rejected: reference[n + i],
+            chosen_tokens: tokens[i],
+            rejected_tokens: tokens[n + i],
+        })
+        .collect()
+}
+
+/// Where a step's reference log-probabilities come from.
+#[derive(Debug, Clone, Copy)]
+pub enum ReferenceLogProbs<'a> {
+    /// Computed before training, one list per micro-batch of the step.
+    Precomputed(&'a [Vec<f64>]),
+    /// Computed in the step, from this reference.
+    Compute(&'a Reference),
+}
+
+/// What a DPO step gives: the optimizer step's outcome (its `loss` the mean pair loss) and TRL's
+/// metrics over the step's pairs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DpoStepOutcome {
+    /// Loss and gradient norm.
+    pub step: StepOutcome,
+    /// The step's metrics.
+    pub metrics: PreferenceMetrics,
+}
+
+/// One optimizer step of DPO over `batches` (the step's micro-batches): the loss is the mean over
+/// all the step's pairs, so accumulation over micro-batches equals one batch of them all.
+/// The reference's log-probabilities are each micro-batch's precomputed ones (as
+/// [`reference_log_probs`] gives them) or computed here from `reference`.
+pub fn dpo_step(
+    model: &mut CausalLm,
+    opt: &mut AdamW,
+    batches: &[PairBatch],
+    reference: ReferenceLogProbs<'_>,
+    dpo: &Dpo,
+    lr: f64,
+    options: StepOptions,
+    dropout_seed_of: impl Fn(usize) -> u64,
+) -> Result<DpoStepOutcome> {
+    let n_adapters = adapter_layers(model).len();
+    let mut acc: Vec<Option<Tensor<2>>> = vec![None; n_adapters];
+    let total_pairs = batches.iter().map(PairBatch::pairs).sum::<usize>().max(1) as f64;
+    let mut all_pairs = Vec::new();
+    for (i, batch) in batches.iter().enumerate() {
+        let reference = match reference {
+            ReferenceLogProbs::Precomputed(r) => r[i].clone(),
+            ReferenceLogProbs::Compute(r) => reference_log_probs(model, r, batch)?,
+        };
+        set_dropout_seeds(model, dropout_seed_of(i));
+        let seq = seq_len(batch);
+        let mut pairs = Vec::new();
+        micro_batch_with(model, &batch.batch, options.gradient_checkpointing, &mut acc, |model, hidden, on_grads| {
+            let values = head_log_probs(model, hidden.clone(), &batch.labels)?;
+            let policy = per_row_sums(&batch.labels, seq, &values);
+            pairs = pairs_of(batch, &policy, &reference);
+            // ∂loss/∂π per row, for the step's mean; a row's positions weigh −∂loss/∂π, since the
+            // weighted pass sums w·(−log p).
+            let n = pairs.len();
+            let mut d = vec![0.0f64; 2 * n];
+            for (k, p) in pairs.iter().enumerate() {
+                let l = dpo.pair(p);
+                d[k] = l.d_chosen / total_pairs;
+                d[n + k] = l.d_rejected / total_pairs;
+            }
+            let (rows, _) = labelled_rows(&batch.labels, seq);
+            let weights: Vec<f32> = rows.iter().map(|&r| -d[r as usize / seq] as f32).collect();
+            Ok(head_loss_weighted(model, hidden, &batch.labels, &weights, 1.0, on_grads)?)
+        })?;
+        all_pairs.extend(pairs);
+    }
+    let metrics = PreferenceMetrics::of(dpo, &all_pairs);
+    let grad_norm = apply_gradients(model, opt, acc, metrics.loss, lr, options)?;
+    Ok(DpoStepOutcome { step: StepOutcome { loss: metrics.loss, grad_norm }, metrics })
+}

@@ -1,0 +1,131 @@
+//! DPO against TRL 1.x: the step-by-step replay of `scripts/make_dpo_fixtures.py`'s runs (TRL's
+//! DPOTrainer with a PEFT LoRA on the tiny Llama): every step's loss and metrics, and the final
+//! adapter.
+
+use lora_core::adapter::load_adapter;
+use lora_core::default_device;
+use lora_core::kernels::host::to_f32_vec;
+use lora_core::network::model::CausalLm;
+use lora_train::optimizer::{AdamW, AdamWConfig};
+use lora_train::preference::{
+    Dpo, DpoLoss, PairBatch, PairIds, Reference, ReferenceLogProbs, dpo_step, reference_log_probs,
+};
+use lora_train::step::StepOptions;
+use lora_train::trainable::adapter_tensors;
+use serde_json::Value;
+
+use crate::common::*;
+
+fn golden() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixtures().join("dpo/golden.json")).unwrap()).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn model_with(adapter: &str, trainable: bool) -> CausalLm {
+    let mut model = CausalLm::load_dir(fixtures().join("models/llama"), &default_device()).unwrap();
+    load_adapter(&mut model, &fixtures().join("dpo").join(adapter), 1.0, trainable).unwrap();
+    model
+}
+
+/// The run's steps from its step-0 adapter; TRL's reference is the base when that adapter is
+/// PEFT's fresh one (B = 0) and a frozen copy of it otherwise, which are the same here for the
+/// sigmoid run and differ for the IPO one. Returns the final adapter's values.
+fn replay(run: &str, options: StepOptions, precompute: bool) -> Vec<Vec<f32>> {
+    let g = &golden()[run];
+    let pairs: Vec<PairIds> = g["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| PairIds { prompt: ids(&p["prompt"]), chosen: ids(&p["chosen"]), rejected: ids(&p["rejected"]) })
+        .collect();
+    let batch = PairBatch::new(&pairs, g["pad_token_id"].as_u64().unwrap() as u32);
+    let dpo = Dpo {
+        beta: g["beta"].as_f64().unwrap(),
+        loss: DpoLoss::parse(g["loss_type"].as_str().unwrap()).unwrap(),
+        label_smoothing: g["label_smoothing"].as_f64().unwrap(),
+    };
+    let mut model = model_with(&format!("{run}/adapter-init"), true);
+    let reference = Reference::snapshot(&model).unwrap();
+    let precomputed = precompute.then(|| vec![reference_log_probs(&mut model, &reference, &batch).unwrap()]);
+    let config = AdamWConfig { weight_decay: g["weight_decay"].as_f64().unwrap(), ..AdamWConfig::default() };
+    let mut opt = AdamW::new(config, &adapter_tensors(&model));
+    let lr = g["learning_rate"].as_f64().unwrap();
+    for (step, want) in g["steps"].as_array().unwrap().iter().enumerate() {
+        let refs = match &precomputed {
+            Some(p) => ReferenceLogProbs::Precomputed(p),
+            None => ReferenceLogProbs::Compute(&reference),
+        };
+        let out = dpo_step(&mut model, &mut opt, std::slice::from_ref(&batch), refs, &dpo, lr, options, |_| 0).unwrap();
+        let m = out.metrics;
+        for (name, got) in [
+            ("loss", out.step.loss),
+            ("rewards/chosen", m.rewards_chosen),
+            ("rewards/rejected", m.rewards_rejected),
+            ("rewards/accuracies", m.rewards_accuracies),
+            ("rewards/margins", m.rewards_margins),
+            ("logps/chosen", m.logps_chosen),
+            ("logps/rejected", m.logps_rejected),
+        ] {
+            let want = want[name].as_f64().unwrap();
+            // Relative 1e-4, with an absolute floor for the rewards, which start at exactly 0.
+            let tol = 1e-4 * want.abs().max(1e-2);
+            assert!((got - want).abs() <= tol, "{run} step {step}: {name} {got} vs TRL {want}");
+        }
+    }
+    // The final adapter equals TRL's.
+    let trained = model_with(&format!("{run}/adapter-trained"), false);
+    let (ours, theirs) = (adapter_tensors(&model), adapter_tensors(&trained));
+    assert_eq!(ours.len(), theirs.len());
+    let mut values = Vec::new();
+    for (o, t) in ours.into_iter().zip(theirs) {
+        let (o, t) = (to_f32_vec(o.inner()).unwrap(), to_f32_vec(t.inner()).unwrap());
+        let d = o.iter().zip(&t).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(d <= 1e-4, "{run}: final adapter max |Δ| {d:e}");
+        values.push(o);
+    }
+    values
+}
+
+#[test]
+fn dpo_sigmoid_replays_trl_step_for_step() {
+    let plain = replay("sigmoid", StepOptions { max_grad_norm: 1.0, gradient_checkpointing: false }, false);
+    // Recomputation and precomputed reference log-probabilities change nothing.
+    let other = replay("sigmoid", StepOptions { max_grad_norm: 1.0, gradient_checkpointing: true }, true);
+    assert_eq!(plain, other, "recomputation with precomputed references gave another adapter");
+}
+
+#[test]
+fn dpo_ipo_replays_trl_against_the_initial_adapter() {
+    replay("ipo", StepOptions { max_grad_norm: 1.0, gradient_checkpointing: false }, false);
+}
+
+#[test]
+fn dpo_first_loss_is_ln_2_when_the_policy_is_its_reference() {
+    let g = &golden()["sigmoid"];
+    let pairs: Vec<PairIds> = g["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| PairIds { prompt: ids(&p["prompt"]), chosen: ids(&p["chosen"]), rejected: ids(&p["rejected"]) })
+        .collect();
+    let batch = PairBatch::new(&pairs, 4);
+    let mut model = model_with("sigmoid/adapter-init", true);
+    let mut opt = AdamW::new(AdamWConfig::default(), &adapter_tensors(&model));
+    let dpo = Dpo { beta: 0.1, loss: DpoLoss::Sigmoid, label_smoothing: 0.0 };
+    let out = dpo_step(
+        &mut model,
+        &mut opt,
+        &[batch],
+        ReferenceLogProbs::Compute(&Reference::Base),
+        &dpo,
+        1e-3,
+        StepOptions { max_grad_norm: 1.0, gradient_checkpointing: false },
+        |_| 0,
+    )
+    .unwrap();
+    assert!((out.step.loss - std::f64::consts::LN_2).abs() < 1e-6, "first loss {}", out.step.loss);
+    assert!(out.step.grad_norm > 1e-3, "no gradient: the test would prove nothing");
+}

@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Golden fixtures for DPO: TRL's DPOTrainer with a PEFT LoRA on the tiny Llama of
+tests/fixtures/models/llama, replayed step for step by crates/train/tests/it/dpo.rs.
+
+Writes tests/fixtures/dpo/ (committed, small):
+  data.jsonl                 the preference pairs (TRL's standard form: prompt, chosen, rejected strings)
+  <run>/adapter-init/        the step-0 PEFT adapter (r 4, alpha 8, q_proj v_proj down_proj, dropout 0)
+  <run>/adapter-trained/     the adapter after the run's steps
+  golden.json                per run: settings, TRL's token ids of each pair (prompt, chosen, rejected
+                             after its tokenization, EOS appended), and every step's logged loss and
+                             metrics; package versions and seeds
+
+Runs:
+  sigmoid   loss_type sigmoid, beta 0.1, from PEFT's default init (B = 0: the first loss is ln 2)
+  ipo       loss_type ipo, beta 0.5, from an init whose B is random (policy != reference at step 0)
+
+Every step sees all the pairs (batch = dataset), so the shuffle changes only their order within
+the batch. AdamW as torch with weight decay 0, constant learning rate 1e-3, clipping 1.0, f32.
+Needs: torch, transformers, peft, trl (1.x), datasets.
+Run: python scripts/make_dpo_fixtures.py
+"""
+
+import json
+import os
+import shutil
+
+import datasets
+import peft
+import torch
+import transformers
+import trl
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import DPOConfig, DPOTrainer
+
+SEED = 2718
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
+BASE = os.path.join(ROOT, "models", "llama")
+OUT = os.path.join(ROOT, "dpo")
+STEPS = 5
+
+PAIRS = [
+    {"prompt": "The sky is", "chosen": " blue today.", "rejected": " green."},
+    {"prompt": "Two plus two makes", "chosen": " four.", "rejected": " five, or maybe six."},
+    {"prompt": "Water boils at", "chosen": " one hundred degrees.", "rejected": " ten."},
+    {"prompt": "Say hello:", "chosen": " Hello!", "rejected": " No."},
+]
+
+RUNS = {
+    "sigmoid": dict(loss_type="sigmoid", beta=0.1, random_b=False),
+    "ipo": dict(loss_type="ipo", beta=0.5, random_b=True),
+}
+
+METRICS = ["loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+           "logps/rejected"]
+
+
+def run(name, loss_type, beta, random_b):
+    torch.manual_seed(SEED)
+    tokenizer = AutoTokenizer.from_pretrained(BASE)
+    model = AutoModelForCausalLM.from_pretrained(BASE, dtype=torch.float32, attn_implementation="eager")
+    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"],
+                        task_type="CAUSAL_LM")
+    model = get_peft_model(model, config)
+    if random_b:
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.copy_(0.2 * torch.randn_like(p))
+    out = os.path.join(OUT, name)
+    shutil.rmtree(out, ignore_errors=True)
+    model.save_pretrained(os.path.join(out, "adapter-init"))
+
+    args = DPOConfig(
+        output_dir=os.path.join("/tmp", f"dpo-fixture-{name}"), loss_type=[loss_type], beta=beta,
+        per_device_train_batch_size=len(PAIRS), gradient_accumulation_steps=1, max_steps=STEPS,
+        learning_rate=1e-3, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
+        logging_steps=1, save_strategy="no", report_to="none", seed=SEED, use_cpu=True, bf16=False, fp16=False,
+        dataloader_num_workers=0, precompute_ref_log_probs=False, max_length=None,
+    )
+    trainer = DPOTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(PAIRS),
+                         processing_class=tokenizer)
+    tokenized = [
+        {"prompt": r["prompt_ids"], "chosen": r["chosen_ids"], "rejected": r["rejected_ids"]}
+        for r in trainer.train_dataset
+    ]
+    trainer.train()
+    steps = [{k: e[k] for k in METRICS} for e in trainer.state.log_history if "rewards/chosen" in e]
+    assert len(steps) == STEPS, trainer.state.log_history
+    model.save_pretrained(os.path.join(out, "adapter-trained"))
+    return {
+        "loss_type": loss_type, "beta": beta, "label_smoothing": 0.0, "learning_rate": 1e-3, "weight_decay": 0.0,
+        "max_grad_norm": 1.0, "b_init": "random 0.2 N(0,1)" if random_b else "zero (PEFT default)",
+        "pairs": tokenized, "pad_token_id": tokenizer.pad_token_id, "steps": steps,
+    }
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    with open(os.path.join(OUT, "data.jsonl"), "w") as f:
+        for p in PAIRS:
+            f.write(json.dumps(p) + "\n")
+    golden = {name: run(name, **settings) for name, settings in RUNS.items()}
+    golden["provenance"] = {
+        "script": "scripts/make_dpo_fixtures.py", "seed": SEED, "torch": torch.__version__,
+        "transformers": transformers.__version__, "peft": peft.__version__, "trl": trl.__version__,
+        "datasets": datasets.__version__,
+    }
+    with open(os.path.join(OUT, "golden.json"), "w") as f:
+        json.dump(golden, f, indent=1)
+        f.write("\n")
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()
