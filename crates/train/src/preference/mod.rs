@@ -1,11 +1,13 @@
 //! Preference tuning of a LoRA adapter: DPO and its loss variants as TRL 1.x defines them.
 //!
-//! [`loss`] holds the pair losses, their derivatives and TRL's metrics; [`step`] runs one optimizer
+//! [`data`] reads TRL's preference records into token ids; [`loss`] holds the pair losses, their derivatives and TRL's metrics; [`step`] runs one optimizer
 //! step over micro-batches of pairs, with the reference's log-probabilities from the same model
 //! without its adapters.
 
+pub mod data;
 pub mod loss;
 pub mod step;
 
+pub use data::{load_pairs, tokenize_pair};
 pub use loss::{Dpo, DpoLoss, PairLogProbs, PreferenceMetrics};
 pub use step::{DpoStepOutcome, PairBatch, PairIds, Reference, ReferenceLogProbs, dpo_step, reference_log_probs};

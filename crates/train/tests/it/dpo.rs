@@ -129,3 +129,42 @@ fn dpo_first_loss_is_ln_2_when_the_policy_is_its_reference() {
     assert!((out.step.loss - std::f64::consts::LN_2).abs() < 1e-6, "first loss {}", out.step.loss);
     assert!(out.step.grad_norm > 1e-3, "no gradient: the test would prove nothing");
 }
+
+/// TRL's tokenization of the fixture's pairs (EOS appended, the prompt as the common prefix).
+#[test]
+fn preference_records_tokenize_as_trl_does() {
+    let tok = lora_core::Tokenizer::load_standalone(fixtures().join("models/llama")).unwrap();
+    let (pairs, skipped) = lora_train::preference::load_pairs(&fixtures().join("dpo/data.jsonl"), &tok, false).unwrap();
+    assert_eq!(skipped, 0);
+    let g = &golden()["sigmoid"]["pairs"];
+    let want: Vec<PairIds> = g
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| PairIds { prompt: ids(&p["prompt"]), chosen: ids(&p["chosen"]), rejected: ids(&p["rejected"]) })
+        .collect();
+    assert_eq!(pairs, want);
+}
+
+#[test]
+fn bad_preference_records_are_named_by_line() {
+    let tok = lora_core::Tokenizer::load_standalone(fixtures().join("models/llama")).unwrap();
+    let dir = temp_dir("dpo-bad-data");
+    let cases = [
+        (r#"{"prompt": "a", "chosen": "b"}"#, "missing field \"rejected\""),
+        (r#"{"prompt": "a", "chosen": 3, "rejected": "c"}"#, "field \"chosen\" must be a string"),
+        (r#"{"prompt": "a", "chosen": " same", "rejected": " same"}"#, "are the same text"),
+        (r#"["prompt"]"#, "must be a JSON object"),
+    ];
+    for (i, (line, why)) in cases.iter().enumerate() {
+        let path = dir.join(format!("bad{i}.jsonl"));
+        std::fs::write(&path, format!("{{\"prompt\": \"x\", \"chosen\": \" y\", \"rejected\": \" z\"}}\n{line}\n"))
+            .unwrap();
+        let err = lora_train::preference::load_pairs(&path, &tok, false).unwrap_err().to_string();
+        assert!(err.contains(&format!("bad{i}.jsonl:2: ")) && err.contains(why), "{err}");
+        // Skipping keeps the good pair and counts the bad one.
+        let (pairs, skipped) = lora_train::preference::load_pairs(&path, &tok, true).unwrap();
+        assert_eq!((pairs.len(), skipped), (1, 1));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
