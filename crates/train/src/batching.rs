@@ -23,12 +23,17 @@ pub fn micro_batches_per_epoch(n: usize, batch_size: usize) -> u64 {
 
 /// The examples of global micro-batch number `index`.
 pub fn micro_batch<'a>(examples: &'a [Example], batch_size: usize, seed: u64, index: u64) -> Vec<&'a Example> {
-    let per_epoch = micro_batches_per_epoch(examples.len(), batch_size);
+    micro_batch_indices(examples.len(), batch_size, seed, index).into_iter().map(|i| &examples[i]).collect()
+}
+
+/// The indices (into `n` items) of global micro-batch number `index`.
+pub fn micro_batch_indices(n: usize, batch_size: usize, seed: u64, index: u64) -> Vec<usize> {
+    let per_epoch = micro_batches_per_epoch(n, batch_size);
     let epoch = index / per_epoch;
     let within = (index % per_epoch) as usize;
-    let order = epoch_order(examples.len(), seed, epoch);
+    let order = epoch_order(n, seed, epoch);
     let start = within * batch_size;
-    order[start..(start + batch_size).min(order.len())].iter().map(|&i| &examples[i]).collect()
+    order[start..(start + batch_size).min(order.len())].to_vec()
 }
 
 /// Pads examples with `pad_id` on the tokenizer's padding side; padded positions have no label and are

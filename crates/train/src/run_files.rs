@@ -26,6 +26,9 @@ pub struct StepMetrics {
     /// Validation loss, when evaluated at this step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_loss: Option<f64>,
+    /// A preference run's metrics of the step, under TRL's names (`rewards/margins`, ...).
+    #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
+    pub preference: Option<crate::preference::PreferenceMetrics>,
 }
 
 /// sha256 of a file, in hex.

@@ -25,7 +25,8 @@ use crate::error::{Result, TrainError};
 use crate::evaluation::evaluate;
 use crate::optimizer::{AdamW, AdamWConfig};
 use crate::pool::{on_pool, worker_pool};
-use crate::recipe::{Recipe, Targets};
+use crate::preference::{PreferenceData, PreferenceTraining, load_preference_data};
+use crate::recipe::{Method, Recipe, Targets};
 use crate::run_files::{self, Manifest, StepMetrics, sha256_bytes, sha256_file};
 use crate::schedule::Schedule;
 pub use crate::step::{StepOptions, StepOutcome, train_step};
@@ -113,13 +114,19 @@ pub struct Prepared {
     /// Set when the recipe's `data.chat_template` renders a conversation differently from the
     /// model's own template: what differs, for a warning.
     pub template_differs: Option<String>,
+    /// A preference run's training and validation pairs (`train` and `validation` are then empty).
+    pub pairs: PreferenceData,
 }
 
 impl Prepared {
     /// Optimizer steps of the whole run.
     pub fn total_steps(&self) -> u64 {
         let t = &self.recipe.train;
-        let micro = micro_batches_per_epoch(self.train.len(), t.batch_size);
+        let n = match self.recipe.method() {
+            Method::Sft => self.train.len(),
+            Method::Dpo => self.pairs.train.len(),
+        };
+        let micro = micro_batches_per_epoch(n, t.batch_size);
         t.max_steps.unwrap_or_else(|| (micro * t.epochs as u64).div_ceil(t.grad_accum as u64).max(1))
     }
 }
@@ -182,8 +189,16 @@ pub fn prepare(recipe: &Recipe) -> Result<Prepared> {
         untrained_turns_are_errors: d.untrained_turns == "error",
         seed: recipe.train.seed,
     };
-    let (mut train, mut train_summary) = load_examples(&d.train.weighted(), &opts, &tokenizer)?;
+    let mut pairs = PreferenceData::default();
+    let (mut train, mut train_summary) = match recipe.method() {
+        Method::Sft => load_examples(&d.train.weighted(), &opts, &tokenizer)?,
+        Method::Dpo => {
+            pairs = load_preference_data(recipe, &tokenizer)?;
+            (Vec::new(), pairs.train_summary.clone())
+        }
+    };
     let (validation, validation_summary) = match (&d.validation, d.validation_fraction) {
+        _ if recipe.method() == Method::Dpo => (Vec::new(), pairs.validation_summary.clone()),
         (Some(files), _) => {
             let (v, s) = load_examples(&files.weighted(), &opts, &tokenizer)?;
             (v, Some(s))
@@ -245,6 +260,7 @@ pub fn prepare(recipe: &Recipe) -> Result<Prepared> {
         device,
         backend,
         template_differs,
+        pairs,
     })
 }
 
@@ -368,25 +384,49 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
         targets: &p.targets,
     });
 
+    // DPO: the reference's log-probabilities of the training pairs, once, before the first step.
+    let preference = match p.recipe.method() {
+        Method::Sft => None,
+        Method::Dpo => Some(on_pool(pool.as_ref(), poll, || {
+            PreferenceTraining::new(&p.recipe, &mut p.model, &p.pairs.train, pad_id)
+        })?),
+    };
     let mut first_loss = f64::NAN;
     let mut last_loss = f64::NAN;
     let mut eval_loss = None;
     for step in first_step..total {
         let started = Instant::now();
         set_training(&mut p.model, true);
-        // 1) The micro-batches of this step and their target-token count.
-        let micros: Vec<Vec<&Example>> =
-            (0..t.grad_accum as u64).map(|i| micro_batch(&p.train, t.batch_size, t.seed, micro_done + i)).collect();
-        let step_tokens: usize = micros.iter().flatten().map(|e| e.trained_tokens()).sum();
-        let seen_tokens: usize = micros.iter().flatten().map(|e| e.ids.len()).sum();
-        // 2) Forward/backward each; the loss is divided by the whole step's token count, so the
-        //    accumulated gradient is that of the mean over every target token of the step.
-        let batches: Vec<_> = micros.iter().map(|m| collate(m, pad_id, left)).collect();
         let lr = schedule.lr(t.lr, step, t.warmup_steps, total);
         let options = StepOptions { max_grad_norm: t.max_grad_norm, gradient_checkpointing: t.gradient_checkpointing };
-        let StepOutcome { loss, grad_norm } = on_pool(pool.as_ref(), poll, || {
-            train_step(&mut p.model, &mut opt, &batches, step_tokens, lr, options, |i| dropout_seed(t.seed, step, i))
-        })?;
+        let (StepOutcome { loss, grad_norm }, seen_tokens, step_preference) = match &preference {
+            None => {
+                // 1) The micro-batches of this step and their target-token count.
+                let micros: Vec<Vec<&Example>> = (0..t.grad_accum as u64)
+                    .map(|i| micro_batch(&p.train, t.batch_size, t.seed, micro_done + i))
+                    .collect();
+                let step_tokens: usize = micros.iter().flatten().map(|e| e.trained_tokens()).sum();
+                let seen_tokens: usize = micros.iter().flatten().map(|e| e.ids.len()).sum();
+                // 2) Forward/backward each; the loss is divided by the whole step's token count, so
+                //    the accumulated gradient is that of the mean over every target token of the step.
+                let batches: Vec<_> = micros.iter().map(|m| collate(m, pad_id, left)).collect();
+                let outcome = on_pool(pool.as_ref(), poll, || {
+                    let seeds = |i| dropout_seed(t.seed, step, i);
+                    train_step(&mut p.model, &mut opt, &batches, step_tokens, lr, options, seeds)
+                })?;
+                (outcome, seen_tokens, None)
+            }
+            Some(pref) => {
+                let micros: Vec<Vec<usize>> = (0..t.grad_accum as u64)
+                    .map(|i| PreferenceTraining::micro_batch(&p.recipe, p.pairs.train.len(), micro_done + i))
+                    .collect();
+                let (out, seen) = on_pool(pool.as_ref(), poll, || {
+                    let seeds = |i| dropout_seed(t.seed, step, i);
+                    pref.step(&mut p.model, &mut opt, &p.pairs.train, &micros, lr, options, seeds)
+                })?;
+                (out.step, seen, Some(out.metrics))
+            }
+        };
         if !loss.is_finite() {
             return Err(TrainError::NonFinite { step: step + 1, value: loss });
         }
@@ -401,10 +441,19 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
             grad_norm,
             tokens_per_s: seen_tokens as f64 / elapsed.max(1e-9),
             eval_loss: None,
+            preference: step_preference,
         };
         if (t.eval_every > 0 && done % t.eval_every == 0) || done == total {
-            metrics.eval_loss =
-                on_pool(pool.as_ref(), poll, || evaluate(&mut p.model, &p.validation, t.batch_size, pad_id, left))?;
+            metrics.eval_loss = match &preference {
+                None => {
+                    on_pool(pool.as_ref(), poll, || evaluate(&mut p.model, &p.validation, t.batch_size, pad_id, left))?
+                }
+                Some(_) if p.pairs.validation.is_empty() => None,
+                Some(pref) => Some(
+                    on_pool(pool.as_ref(), poll, || pref.evaluate(&mut p.model, &p.pairs.validation, t.batch_size))?
+                        .loss,
+                ),
+            };
             eval_loss = metrics.eval_loss.or(eval_loss);
         }
         if first_loss.is_nan() {
@@ -452,6 +501,17 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
         s.skipped,
         p.validation_summary.as_ref().map(|v| format!(" Validation: {} examples.", v.examples)).unwrap_or_default()
     );
+    let data_desc = match p.recipe.method() {
+        Method::Sft => data_desc,
+        Method::Dpo => {
+            let d = p.recipe.dpo();
+            format!(
+                "Trained with DPO ({:?} loss, beta {}, label smoothing {}) against the base without the adapter, \
+                 on preference pairs (each \"example\" below is a pair; trained tokens are both completions'). {data_desc}",
+                d.loss, d.beta, d.label_smoothing
+            )
+        }
+    };
     let opts = p.model.load_options;
     let data_desc = match opts.quantize {
         lora_core::Quantize::None => format!("{data_desc}\n\nThe base was held in {} while training.", opts.dtype),
@@ -473,7 +533,7 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
         total,
         metrics.last().map_or(f64::NAN, |m| m.loss),
         eval_loss.map_or("-".into(), |l| format!("{l:.4}")),
-        eval_loss.map_or("-".into(), |l| format!("{:.3}", l.exp()))
+        eval_loss.filter(|_| p.recipe.method() == Method::Sft).map_or("-".into(), |l| format!("{:.3}", l.exp()))
     );
     let card = run_files::model_card(&base_model_name(&p.recipe), &recipe_text, &data_desc, &results);
     write_atomic(&dir.join("README.md"), card.as_bytes())?;

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use lora_train::Recipe;
+use lora_train::recipe::Method;
 use lora_train::trainer::{Event, RunOptions, prepare, run};
 
 /// Fine-tune a LoRA adapter from a TOML recipe; writes a PEFT adapter and a reproducible run folder.
@@ -114,8 +115,9 @@ pub fn run_cmd(a: Args) -> Result<()> {
         println!("\n# adapters on {} modules: {}", prepared.targets.len(), summarize_targets(&prepared.targets));
         println!("# trainable parameters: {trainable}");
         let s = &prepared.train_summary;
+        let unit = if recipe.method() == Method::Dpo { "preference pairs" } else { "examples" };
         println!(
-            "# training data: {} examples, {} tokens, {} trained tokens, {} truncated, {} dropped, {} invalid skipped{}",
+            "# training data: {} {unit}, {} tokens, {} trained tokens, {} truncated, {} dropped, {} invalid skipped{}",
             s.examples,
             s.tokens,
             s.trained_tokens,
@@ -125,7 +127,7 @@ pub fn run_cmd(a: Args) -> Result<()> {
             turns_note(s, &recipe.data.turns)
         );
         if let Some(v) = &prepared.validation_summary {
-            println!("# validation data: {} examples, {} tokens", v.examples, v.tokens);
+            println!("# validation data: {} {unit}, {} tokens", v.examples, v.tokens);
         }
         println!("# optimizer steps: {}", prepared.total_steps());
         if let Some(n) = a.show {
@@ -141,6 +143,20 @@ pub fn run_cmd(a: Args) -> Result<()> {
                 );
                 println!("{}", render_example(&prepared.tokenizer, ex, marks)?);
             }
+            // A preference pair: its prompt with each completion, the trained tokens marked.
+            for (i, pair) in prepared.pairs.train.iter().take(n).enumerate() {
+                let (chosen, rejected) = pair.examples();
+                println!(
+                    "\n# pair {} of {}: prompt {} tokens, chosen {}, rejected {}",
+                    i + 1,
+                    prepared.pairs.train.len(),
+                    pair.prompt.len(),
+                    pair.chosen.len(),
+                    pair.rejected.len()
+                );
+                println!("## chosen\n{}", render_example(&prepared.tokenizer, &chosen, marks)?);
+                println!("## rejected\n{}", render_example(&prepared.tokenizer, &rejected, marks)?);
+            }
         }
         return Ok(());
     }
@@ -154,11 +170,13 @@ pub fn run_cmd(a: Args) -> Result<()> {
     let opts = RunOptions { resume: a.resume, force: a.force, interrupt, threads: None };
     let turns = recipe.data.turns.clone();
     let tty = std::io::stderr().is_terminal();
+    let method = recipe.method();
+    let unit = if method == Method::Dpo { "preference pairs" } else { "examples" };
     let mut bar: Option<ProgressBar> = None;
     let summary = run(prepared, &opts, &mut |e| match e {
         Event::Start { train, validation, total_steps, first_step, trainable, targets } => {
             eprintln!(
-                "data: {} examples, {} tokens, {} trained tokens, {} truncated, {} dropped, {} invalid skipped{}{}",
+                "data: {} {unit}, {} tokens, {} trained tokens, {} truncated, {} dropped, {} invalid skipped{}{}",
                 train.examples,
                 train.tokens,
                 train.trained_tokens,
@@ -174,7 +192,7 @@ pub fn run_cmd(a: Args) -> Result<()> {
                         String::new()
                     }
                 ),
-                validation.map(|v| format!("; validation: {} examples", v.examples)).unwrap_or_default()
+                validation.map(|v| format!("; validation: {} {unit}", v.examples)).unwrap_or_default()
             );
             eprintln!(
                 "adapters on {} modules ({trainable} trainable parameters): {}",
@@ -196,8 +214,13 @@ pub fn run_cmd(a: Args) -> Result<()> {
         }
         Event::Step(m, total) => {
             let eval = m.eval_loss.map(|l| format!(" eval_loss {l:.4}")).unwrap_or_default();
+            // A preference run: the reward margin and how many pairs the policy ranks right.
+            let pref = m
+                .preference
+                .map(|p| format!(" margin {:.4} accuracy {:.2}", p.rewards_margins, p.rewards_accuracies))
+                .unwrap_or_default();
             let line = format!(
-                "loss {:.4} lr {:.2e} grad_norm {:.3} {:.0} tok/s{eval}",
+                "loss {:.4}{pref} lr {:.2e} grad_norm {:.3} {:.0} tok/s{eval}",
                 m.loss, m.lr, m.grad_norm, m.tokens_per_s
             );
             match &bar {
@@ -225,7 +248,10 @@ pub fn run_cmd(a: Args) -> Result<()> {
                 s.first_loss,
                 s.last_loss,
                 s.eval_loss
-                    .map(|l| format!(", validation loss {l:.4} (perplexity {:.3})", l.exp()))
+                    .map(|l| match method {
+                        Method::Sft => format!(", validation loss {l:.4} (perplexity {:.3})", l.exp()),
+                        Method::Dpo => format!(", validation loss {l:.4}"),
+                    })
                     .unwrap_or_default()
             );
         }

@@ -2,6 +2,7 @@
 
 mod common;
 mod core_commands;
+mod dpo_commands;
 mod fuzz_corpus;
 mod gguf_commands;
 mod gguf_qwen35;

@@ -50,12 +50,15 @@ impl Format {
                     Ok(Self::Completion)
                 } else if v.get("text").is_some() {
                     Ok(Self::Text)
+                } else if v.get("chosen").is_some() && v.get("rejected").is_some() {
+                    Err("the records are preference pairs (\"chosen\", \"rejected\"): train on them with [train] method = \"dpo\"".into())
                 } else {
                     Err("cannot detect the format from the first record: expected \"messages\", \"instruction\"+\"output\", \
                          \"prompt\"+\"completion\" or \"text\"; set [data] format"
                         .into())
                 }
             }
+            "preference" => Err("format \"preference\" needs [train] method = \"dpo\"".into()),
             other => Err(format!("unknown format '{other}'; expected auto, text, completion, alpaca or chat")),
         }
     }

@@ -7,11 +7,16 @@
 use std::path::Path;
 
 use lora_core::Tokenizer;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use serde_json::Value;
 
+use crate::data::DataSummary;
 use crate::data::records::read_records;
 use crate::error::{Result, TrainError};
 use crate::preference::step::PairIds;
+use crate::recipe::{Files, Recipe};
 
 /// Tokens two lists share from their start.
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {
@@ -74,4 +79,109 @@ pub fn load_pairs(path: &Path, tok: &Tokenizer, skip_invalid: bool) -> Result<(V
         return Err(TrainError::Data(format!("{}: no preference pairs", path.display())));
     }
     Ok((pairs, skipped))
+}
+
+/// A recipe's preference pairs: training and validation, with their counts.
+#[derive(Debug, Clone, Default)]
+pub struct PreferenceData {
+    /// Training pairs.
+    pub train: Vec<PairIds>,
+    /// Validation pairs.
+    pub validation: Vec<PairIds>,
+    /// Training counts (examples are pairs; tokens count both sequences of a pair).
+    pub train_summary: DataSummary,
+    /// Validation counts, when there is validation data.
+    pub validation_summary: Option<DataSummary>,
+}
+
+/// Fits a pair into `max_len` tokens per sequence, as TRL's `keep_start` truncation does: each
+/// sequence (prompt + completion) keeps its first `max_len` tokens. `None` when the prompt alone
+/// fills them (no completion token would be left), or when `drop` asks to leave long pairs out.
+fn fit(pair: PairIds, max_len: usize, drop: bool) -> (Option<PairIds>, bool) {
+    let longest = pair.prompt.len() + pair.chosen.len().max(pair.rejected.len());
+    if longest <= max_len {
+        return (Some(pair), false);
+    }
+    if drop || pair.prompt.len() >= max_len {
+        return (None, false);
+    }
+    let room = max_len - pair.prompt.len();
+    let PairIds { prompt, mut chosen, mut rejected } = pair;
+    chosen.truncate(room);
+    rejected.truncate(room);
+    (Some(PairIds { prompt, chosen, rejected }), true)
+}
+
+fn summary(pairs: &[PairIds]) -> DataSummary {
+    DataSummary {
+        examples: pairs.len(),
+        tokens: pairs.iter().map(|p| 2 * p.prompt.len() + p.chosen.len() + p.rejected.len()).sum(),
+        trained_tokens: pairs.iter().map(|p| p.chosen.len() + p.rejected.len()).sum(),
+        ..DataSummary::default()
+    }
+}
+
+/// Reads a preference recipe's data files (`[data] train`, and `validation` or
+/// `validation_fraction`), tokenized and fitted into `max_seq_len`.
+pub fn load_preference_data(recipe: &Recipe, tok: &Tokenizer) -> Result<PreferenceData> {
+    let d = &recipe.data;
+    let read = |files: &Files| -> Result<(Vec<PairIds>, DataSummary)> {
+        let (mut pairs, mut counts) = (Vec::new(), DataSummary::default());
+        for (path, weight) in files.weighted() {
+            if weight != 1.0 {
+                return Err(TrainError::Recipe(format!(
+                    "data: {}: file weights are not supported with method = \"dpo\" (weight {weight})",
+                    path.display()
+                )));
+            }
+            let (read, skipped) = load_pairs(&path, tok, d.skip_invalid)?;
+            counts.skipped += skipped;
+            for p in read {
+                match fit(p, d.max_seq_len, d.overflow == "drop") {
+                    (Some(p), truncated) => {
+                        counts.truncated += usize::from(truncated);
+                        pairs.push(p);
+                    }
+                    (None, _) => counts.dropped += 1,
+                }
+            }
+        }
+        if pairs.is_empty() {
+            return Err(TrainError::Data(format!(
+                "no preference pair fits in max_seq_len = {} tokens ({} dropped)",
+                d.max_seq_len, counts.dropped
+            )));
+        }
+        let s = summary(&pairs).with_policy(&counts);
+        Ok((pairs, s))
+    };
+    let (mut train, mut train_summary) = read(&d.train)?;
+    let (validation, validation_summary) = match (&d.validation, d.validation_fraction) {
+        (Some(files), _) => {
+            let (v, s) = read(files)?;
+            (v, Some(s))
+        }
+        (None, Some(frac)) => {
+            let mut idx: Vec<usize> = (0..train.len()).collect();
+            idx.shuffle(&mut StdRng::seed_from_u64(recipe.train.seed ^ 0x0A11_DA7A));
+            let n_val = ((train.len() as f64) * frac).round().max(1.0) as usize;
+            if n_val >= train.len() {
+                return Err(TrainError::Data(format!(
+                    "validation_fraction {frac} leaves no training pairs out of {}",
+                    train.len()
+                )));
+            }
+            let held: std::collections::BTreeSet<usize> = idx[..n_val].iter().copied().collect();
+            let (mut keep, mut val) = (Vec::new(), Vec::new());
+            for (i, p) in train.into_iter().enumerate() {
+                if held.contains(&i) { val.push(p) } else { keep.push(p) }
+            }
+            train = keep;
+            train_summary = summary(&train).with_policy(&train_summary);
+            let vs = summary(&val);
+            (val, Some(vs))
+        }
+        (None, None) => (Vec::new(), None),
+    };
+    Ok(PreferenceData { train, validation, train_summary, validation_summary })
 }

@@ -131,22 +131,29 @@ impl Dpo {
     }
 }
 
-/// TRL's logged metrics of a set of pairs (means over pairs).
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+/// TRL's logged metrics of a set of pairs (means over pairs), serialized under TRL's names.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct PreferenceMetrics {
-    /// Mean pair loss.
+    /// Mean pair loss (the step's `loss`, not repeated in the metrics file).
+    #[serde(skip)]
     pub loss: f64,
     /// `rewards/chosen`: mean β·(π_c − r_c).
+    #[serde(rename = "rewards/chosen")]
     pub rewards_chosen: f64,
     /// `rewards/rejected`: mean β·(π_r − r_r).
+    #[serde(rename = "rewards/rejected")]
     pub rewards_rejected: f64,
     /// `rewards/accuracies`: the share of pairs whose chosen reward exceeds the rejected one.
+    #[serde(rename = "rewards/accuracies")]
     pub rewards_accuracies: f64,
     /// `rewards/margins`: mean chosen − rejected reward.
+    #[serde(rename = "rewards/margins")]
     pub rewards_margins: f64,
     /// `logps/chosen`: mean π_c.
+    #[serde(rename = "logps/chosen")]
     pub logps_chosen: f64,
     /// `logps/rejected`: mean π_r.
+    #[serde(rename = "logps/rejected")]
     pub logps_rejected: f64,
 }
 

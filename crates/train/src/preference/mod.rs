@@ -6,8 +6,13 @@
 
 pub mod data;
 pub mod loss;
+pub mod run;
 pub mod step;
 
-pub use data::{load_pairs, tokenize_pair};
+pub use data::{PreferenceData, load_pairs, load_preference_data, tokenize_pair};
 pub use loss::{Dpo, DpoLoss, PairLogProbs, PreferenceMetrics};
-pub use step::{DpoStepOutcome, PairBatch, PairIds, Reference, ReferenceLogProbs, dpo_step, reference_log_probs};
+pub use run::PreferenceTraining;
+pub use step::{
+    DpoStepOutcome, PairBatch, PairIds, Reference, ReferenceLogProbs, dpo_step, evaluate_pairs, reference_log_probs,
+    sequence_log_probs,
+};

@@ -34,6 +34,12 @@ pub struct PairIds {
 }
 
 impl PairIds {
+    /// The two sequences of the pair, prompt + chosen and prompt + rejected, each labelled on its
+    /// completion.
+    pub fn examples(&self) -> (Example, Example) {
+        (self.example(&self.chosen), self.example(&self.rejected))
+    }
+
     /// The prompt followed by `completion`, labelled on the completion only.
     fn example(&self, completion: &[u32]) -> Example {
         let ids: Vec<u32> = self.prompt.iter().chain(completion).copied().collect();
@@ -135,13 +141,35 @@ pub fn reference_log_probs(model: &mut CausalLm, reference: &Reference, batch: &
         }
     };
     swap(model, &mut swapped);
-    let result = (|| {
-        let hidden = model.last_hidden(&batch.batch)?;
-        let values = head_log_probs(model, hidden, &batch.labels)?;
-        Ok(per_row_sums(&batch.labels, seq_len(batch), &values))
-    })();
+    let result = sequence_log_probs(model, batch);
     swap(model, &mut swapped);
     result
+}
+
+/// The summed log-probabilities of a micro-batch's rows under the model as it is, untracked.
+pub fn sequence_log_probs(model: &mut CausalLm, batch: &PairBatch) -> Result<Vec<f64>> {
+    let hidden = model.last_hidden(&batch.batch)?;
+    let values = head_log_probs(model, hidden, &batch.labels)?;
+    Ok(per_row_sums(&batch.labels, seq_len(batch), &values))
+}
+
+/// The loss and metrics of held-out pairs, in micro-batches of `batch_size`, without training.
+pub fn evaluate_pairs(
+    model: &mut CausalLm,
+    reference: &Reference,
+    pairs: &[PairIds],
+    batch_size: usize,
+    pad_id: u32,
+    dpo: &Dpo,
+) -> Result<PreferenceMetrics> {
+    let mut all = Vec::with_capacity(pairs.len());
+    for chunk in pairs.chunks(batch_size.max(1)) {
+        let batch = PairBatch::new(chunk, pad_id);
+        let reference = reference_log_probs(model, reference, &batch)?;
+        let policy = sequence_log_probs(model, &batch)?;
+        all.extend(pairs_of(&batch, &policy, &reference));
+    }
+    Ok(PreferenceMetrics::of(dpo, &all))
 }
 
 /// The pairs of a micro-batch from its rows' policy and reference log-probabilities.

@@ -14,6 +14,7 @@ impl Recipe {
             };
             Err(TrainError::Recipe(format!("{at}: {section}.{key} {msg}")))
         };
+        self.validate_method(src)?;
         let (l, d, t) = (&self.lora, &self.data, &self.train);
         if l.r == 0 {
             return err("lora", "r", "must be at least 1".into());
@@ -40,11 +41,11 @@ impl Recipe {
                 "cannot be combined with a string `targets` (PEFT refuses it); list module names".into(),
             );
         }
-        if !["auto", "text", "completion", "alpaca", "chat"].contains(&d.format.as_str()) {
+        if !["auto", "text", "completion", "alpaca", "chat", "preference"].contains(&d.format.as_str()) {
             return err(
                 "data",
                 "format",
-                format!("must be auto, text, completion, alpaca or chat, got \"{}\"", d.format),
+                format!("must be auto, text, completion, alpaca, chat or preference, got \"{}\"", d.format),
             );
         }
         if !["truncate", "drop"].contains(&d.overflow.as_str()) {

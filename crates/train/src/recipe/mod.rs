@@ -28,8 +28,11 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Result, TrainError};
 
 mod checks;
+mod preference;
 mod source;
 mod suggest;
+
+pub use preference::{Method, PreferenceSection};
 
 pub use source::Source;
 use source::describe;
@@ -51,6 +54,9 @@ pub struct Recipe {
     pub train: TrainSection,
     /// Where results go.
     pub output: OutputSection,
+    /// DPO's settings (`[train] method = "dpo"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preference: Option<PreferenceSection>,
 }
 
 /// `[model]`.
@@ -232,7 +238,8 @@ pub struct DataSection {
     /// Hold out this fraction of the training examples for validation instead (0 < f < 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation_fraction: Option<f64>,
-    /// Record format: `"auto"` (from the first record), `"text"`, `"completion"`, `"alpaca"` or `"chat"`.
+    /// Record format: `"auto"` (from the first record), `"text"`, `"completion"`, `"alpaca"`, `"chat"`,
+    /// or `"preference"` (`{"prompt", "chosen", "rejected"}`, for `[train] method = "dpo"`).
     #[serde(default = "d_format")]
     pub format: String,
     /// Longest sequence in tokens (default 512).
@@ -353,6 +360,16 @@ pub struct TrainSection {
     /// The adapter is the same to the bit either way.
     #[serde(default)]
     pub gradient_checkpointing: bool,
+    /// `"sft"` (default) or `"dpo"`, whose settings are the `[preference]` table.
+    #[serde(default = "d_method", skip_serializing_if = "is_sft")]
+    pub method: String,
+}
+
+fn d_method() -> String {
+    "sft".into()
+}
+fn is_sft(m: &String) -> bool {
+    m == "sft"
 }
 
 fn d_epochs() -> usize {

@@ -1,0 +1,121 @@
+//! `lora train` with `[train] method = "dpo"` end to end: the run, its metrics, `verify`, the
+//! dry run's pair preview, and the recipe errors of a preference run.
+
+use crate::common::*;
+
+/// A DPO recipe on the tiny Llama and the TRL fixture's four pairs, with `extra` appended.
+fn dpo_recipe(dir: &std::path::Path, run: &std::path::Path, extra: &str) -> std::path::PathBuf {
+    let fx = fixtures();
+    let text = format!(
+        r#"[model]
+base = "{}"
+[lora]
+r = 4
+alpha = 8
+targets = ["q_proj", "v_proj", "down_proj"]
+[data]
+train = "{}"
+max_seq_len = 64
+[train]
+method = "dpo"
+max_steps = 5
+batch_size = 4
+lr = 1e-3
+schedule = "constant"
+[output]
+dir = "{}"
+{extra}"#,
+        fx.join("models/llama").display(),
+        fx.join("dpo/data.jsonl").display(),
+        run.display()
+    );
+    let path = dir.join("dpo.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn dpo_trains_logs_trl_metrics_and_verifies() {
+    let d = temp_dir("dpo");
+    let run = d.join("run");
+    let recipe = dpo_recipe(&d, &run, "[preference]\nbeta = 0.1\n");
+    let o = lora(&["train", s(&recipe)]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("data: 4 preference pairs") && err.contains("margin "), "{err}");
+    let metrics: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(metrics.len(), 5);
+    // A fresh adapter (B = 0) is its reference: the first loss is ln 2 and every reward 0.
+    let first = &metrics[0];
+    assert!((first["loss"].as_f64().unwrap() - std::f64::consts::LN_2).abs() < 1e-6, "{first}");
+    assert_eq!(first["rewards/margins"].as_f64().unwrap(), 0.0);
+    // Training widens the margin and lowers the loss.
+    let last = &metrics[4];
+    assert!(last["rewards/margins"].as_f64().unwrap() > 0.01, "{last}");
+    assert!(last["loss"].as_f64().unwrap() < first["loss"].as_f64().unwrap() - 1e-3, "{last}");
+    assert!(last["logps/chosen"].as_f64().unwrap() > first["logps/chosen"].as_f64().unwrap(), "{last}");
+    // The card says how it was trained; verify reruns it byte for byte.
+    let card = std::fs::read_to_string(run.join("README.md")).unwrap();
+    assert!(card.contains("Trained with DPO (Sigmoid loss, beta 0.1"), "{card}");
+    let o = lora(&["verify", s(&run)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("reproduced byte for byte"));
+}
+
+#[test]
+fn dpo_dry_run_shows_pairs_with_their_trained_tokens() {
+    let d = temp_dir("dpo-show");
+    let recipe = dpo_recipe(&d, &d.join("run"), "");
+    let o = lora(&["train", s(&recipe), "--dry-run", "--show", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("# training data: 4 preference pairs"), "{out}");
+    assert!(out.contains("# pair 1 of 4: prompt") && out.contains("## chosen") && out.contains("## rejected"), "{out}");
+    assert!(!d.join("run").exists(), "a dry run wrote the run folder");
+}
+
+#[test]
+fn bad_preference_recipes_exit_2_naming_the_key() {
+    let d = temp_dir("dpo-bad");
+    let run = d.join("run");
+    for (extra, needle) in [
+        (
+            "[preference]\nloss_type = \"kto\"\n",
+            "preference.loss_type must be \"sigmoid\", \"ipo\", \"hinge\" or \"robust\"",
+        ),
+        (
+            "[preference]\nloss_type = \"ipo\"\nlabel_smoothing = 0.1\n",
+            "preference.label_smoothing applies to the sigmoid and robust losses",
+        ),
+        ("[preference]\nbeta = 0.0\n", "preference.beta must be positive"),
+        ("[preference]\ngamma = 1.0\n", "gamma"),
+    ] {
+        let recipe = dpo_recipe(&d, &run, extra);
+        let o = lora(&["train", s(&recipe)]);
+        assert_user_error(&o, needle);
+        assert!(!run.exists());
+    }
+    // The [preference] table on an SFT recipe, and DPO on another data format.
+    let text = std::fs::read_to_string(dpo_recipe(&d, &run, "[preference]\nbeta = 0.2\n")).unwrap();
+    std::fs::write(d.join("sft.toml"), text.replace("method = \"dpo\"", "method = \"sft\"")).unwrap();
+    assert_user_error(
+        &lora(&["train", s(&d.join("sft.toml"))]),
+        "preference.beta applies to [train] method = \"dpo\" only",
+    );
+    let text = std::fs::read_to_string(dpo_recipe(&d, &run, "")).unwrap();
+    std::fs::write(d.join("chat.toml"), text.replace("max_seq_len = 64", "max_seq_len = 64\nformat = \"chat\""))
+        .unwrap();
+    assert_user_error(&lora(&["train", s(&d.join("chat.toml"))]), "data.format must be \"preference\" (or \"auto\")");
+}
+
+#[test]
+fn preference_pairs_in_an_sft_recipe_point_to_dpo() {
+    let d = temp_dir("dpo-sft-data");
+    let train = format!("data.train=\"{}\"", fixtures().join("dpo/data.jsonl").display());
+    let o = train_tiny(&d.join("run"), &[&train, "data.format=\"auto\""]);
+    assert_user_error(&o, "preference pairs (\"chosen\", \"rejected\"): train on them with [train] method = \"dpo\"");
+}

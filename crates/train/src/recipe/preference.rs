@@ -1,0 +1,156 @@
+//! `[train] method` and the `[preference]` table: what a preference run (DPO) needs beyond SFT's
+//! keys, with TRL 1.x's names, defaults and meanings.
+//!
+//! ```toml
+//! [train]
+//! method = "dpo"
+//! [preference]
+//! beta = 0.1                   # TRL's default
+//! loss_type = "sigmoid"        # or "ipo", "hinge", "robust"
+//! label_smoothing = 0.0        # sigmoid (cDPO) and robust only
+//! precompute_reference = true  # the reference's log-probabilities once, before training
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use super::{Recipe, Source};
+use crate::error::{Result, TrainError};
+use crate::preference::{Dpo, DpoLoss};
+
+/// `[preference]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreferenceSection {
+    /// β: how tightly the policy is held to the reference (default 0.1).
+    #[serde(default = "d_beta")]
+    pub beta: f64,
+    /// `"sigmoid"` (default), `"ipo"`, `"hinge"` or `"robust"`.
+    #[serde(default = "d_loss")]
+    pub loss_type: String,
+    /// ε, the assumed rate of flipped labels, of the sigmoid (cDPO) and robust losses (default 0).
+    #[serde(default)]
+    pub label_smoothing: f64,
+    /// Compute the reference's log-probabilities once over the data before training (default
+    /// true): steps then cost one policy pass. Exact, since the reference has no dropout.
+    #[serde(default = "d_true")]
+    pub precompute_reference: bool,
+}
+
+fn d_beta() -> f64 {
+    0.1
+}
+fn d_loss() -> String {
+    "sigmoid".into()
+}
+fn d_true() -> bool {
+    true
+}
+
+impl Default for PreferenceSection {
+    fn default() -> Self {
+        toml::from_str("").expect("all fields have defaults")
+    }
+}
+
+/// The training method (`[train] method`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// Supervised fine-tuning: the next-token loss on the labelled tokens.
+    Sft,
+    /// Direct preference optimisation on preference pairs.
+    Dpo,
+}
+
+impl Recipe {
+    /// The recipe's method (validated).
+    pub fn method(&self) -> Method {
+        if self.train.method == "dpo" { Method::Dpo } else { Method::Sft }
+    }
+
+    /// DPO's settings: the `[preference]` table, or its defaults.
+    pub fn dpo(&self) -> Dpo {
+        let p = self.preference.clone().unwrap_or_default();
+        Dpo { beta: p.beta, loss: DpoLoss::parse(&p.loss_type).expect("validated"), label_smoothing: p.label_smoothing }
+    }
+
+    /// Checks `[train] method`, the `[preference]` table and the data keys that depend on them.
+    pub(super) fn validate_method(&self, src: &Source) -> Result<()> {
+        let err = |section: &str, key: &str, msg: String| {
+            let at = match src.locate(section, key) {
+                Some((l, c)) => format!("{}:{l}:{c}", src.name),
+                None => src.name.clone(),
+            };
+            Err(TrainError::Recipe(format!("{at}: {section}.{key} {msg}")))
+        };
+        let d = &self.data;
+        match self.train.method.as_str() {
+            "sft" => {
+                if self.preference.is_some() {
+                    let keys = ["beta", "loss_type", "label_smoothing", "precompute_reference"];
+                    let key = keys.into_iter().find(|k| src.locate("preference", k).is_some()).unwrap_or("beta");
+                    return err(
+                        "preference",
+                        key,
+                        "applies to [train] method = \"dpo\" only; this recipe trains with \"sft\"".into(),
+                    );
+                }
+                if d.format == "preference" {
+                    return err("data", "format", "\"preference\" needs [train] method = \"dpo\"".into());
+                }
+                Ok(())
+            }
+            "dpo" => {
+                let p = self.preference.clone().unwrap_or_default();
+                if !(p.beta > 0.0 && p.beta.is_finite()) {
+                    return err("preference", "beta", format!("must be positive, got {}", p.beta));
+                }
+                let Some(loss) = DpoLoss::parse(&p.loss_type) else {
+                    return err(
+                        "preference",
+                        "loss_type",
+                        format!("must be \"sigmoid\", \"ipo\", \"hinge\" or \"robust\", got \"{}\"", p.loss_type),
+                    );
+                };
+                match loss {
+                    DpoLoss::Sigmoid | DpoLoss::Robust if !(0.0..0.5).contains(&p.label_smoothing) => {
+                        return err(
+                            "preference",
+                            "label_smoothing",
+                            format!("must be in [0, 0.5), got {}", p.label_smoothing),
+                        );
+                    }
+                    DpoLoss::Hinge | DpoLoss::Ipo if p.label_smoothing != 0.0 => {
+                        return err(
+                            "preference",
+                            "label_smoothing",
+                            format!("applies to the sigmoid and robust losses, not \"{}\"", p.loss_type),
+                        );
+                    }
+                    _ => {}
+                }
+                if !["auto", "preference"].contains(&d.format.as_str()) {
+                    return err(
+                        "data",
+                        "format",
+                        format!(
+                            "must be \"preference\" (or \"auto\") with method = \"dpo\", got \"{}\": DPO trains on {{\"prompt\", \"chosen\", \"rejected\"}} records",
+                            d.format
+                        ),
+                    );
+                }
+                if d.packing {
+                    return err("data", "packing", "does not apply to preference pairs (method = \"dpo\")".into());
+                }
+                if d.train_on_inputs {
+                    return err(
+                        "data",
+                        "train_on_inputs",
+                        "does not apply to method = \"dpo\": the loss compares the completions".into(),
+                    );
+                }
+                Ok(())
+            }
+            other => err("train", "method", format!("must be \"sft\" or \"dpo\", got \"{other}\"")),
+        }
+    }
+}
