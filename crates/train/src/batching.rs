@@ -16,6 +16,23 @@ pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     order
 }
 
+/// A seeded random `fraction` of `items` held out for validation: (kept, held out). At least one
+/// item is held out, and at least one must remain (`what` names the items in the error).
+pub fn hold_out<T>(items: Vec<T>, fraction: f64, seed: u64, what: &str) -> Result<(Vec<T>, Vec<T>), String> {
+    let mut idx: Vec<usize> = (0..items.len()).collect();
+    idx.shuffle(&mut StdRng::seed_from_u64(seed ^ 0x0A11_DA7A));
+    let n_val = ((items.len() as f64) * fraction).round().max(1.0) as usize;
+    if n_val >= items.len() {
+        return Err(format!("validation_fraction {fraction} leaves no training {what} out of {}", items.len()));
+    }
+    let held: std::collections::BTreeSet<usize> = idx[..n_val].iter().copied().collect();
+    let (mut keep, mut val) = (Vec::new(), Vec::new());
+    for (i, e) in items.into_iter().enumerate() {
+        if held.contains(&i) { val.push(e) } else { keep.push(e) }
+    }
+    Ok((keep, val))
+}
+
 /// Micro-batches per epoch.
 pub fn micro_batches_per_epoch(n: usize, batch_size: usize) -> u64 {
     n.div_ceil(batch_size) as u64

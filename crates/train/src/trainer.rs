@@ -12,11 +12,8 @@ use lora_core::adapter::{LoraInit, LoraSpec, attach_new, save_adapter};
 use lora_core::burn::tensor::Device;
 use lora_core::io::safetensors_write::{StoredDtype, write_atomic};
 use lora_core::{Backend, CausalLm, Tokenizer};
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
 
-use crate::batching::{collate, micro_batch, micro_batches_per_epoch};
+use crate::batching::{collate, hold_out, micro_batch, micro_batches_per_epoch};
 use crate::checkpoint::{self, CheckpointState};
 use crate::data::chat_template::{ChatTemplate, FIXED_DATE_UNIX};
 use crate::data::turns::TurnMode;
@@ -205,21 +202,7 @@ pub fn prepare(recipe: &Recipe) -> Result<Prepared> {
         }
         (None, Some(frac)) => {
             // Hold out a seeded random subset.
-            let mut idx: Vec<usize> = (0..train.len()).collect();
-            idx.shuffle(&mut StdRng::seed_from_u64(recipe.train.seed ^ 0x0A11_DA7A));
-            let n_val = ((train.len() as f64) * frac).round().max(1.0) as usize;
-            if n_val >= train.len() {
-                return Err(TrainError::Data(format!(
-                    "validation_fraction {frac} leaves no training examples out of {}",
-                    train.len()
-                )));
-            }
-            let held: std::collections::BTreeSet<usize> = idx[..n_val].iter().copied().collect();
-            let mut keep = Vec::new();
-            let mut val = Vec::new();
-            for (i, e) in train.into_iter().enumerate() {
-                if held.contains(&i) { val.push(e) } else { keep.push(e) }
-            }
+            let (keep, val) = hold_out(train, frac, recipe.train.seed, "examples").map_err(TrainError::Data)?;
             train = keep;
             train_summary =
                 DataSummary { examples: train.len(), ..DataSummary::of(&train) }.with_policy(&train_summary);

@@ -7,11 +7,9 @@
 use std::path::Path;
 
 use lora_core::Tokenizer;
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
 use serde_json::Value;
 
+use crate::batching::hold_out;
 use crate::data::DataSummary;
 use crate::data::records::read_records;
 use crate::error::{Result, TrainError};
@@ -162,20 +160,7 @@ pub fn load_preference_data(recipe: &Recipe, tok: &Tokenizer) -> Result<Preferen
             (v, Some(s))
         }
         (None, Some(frac)) => {
-            let mut idx: Vec<usize> = (0..train.len()).collect();
-            idx.shuffle(&mut StdRng::seed_from_u64(recipe.train.seed ^ 0x0A11_DA7A));
-            let n_val = ((train.len() as f64) * frac).round().max(1.0) as usize;
-            if n_val >= train.len() {
-                return Err(TrainError::Data(format!(
-                    "validation_fraction {frac} leaves no training pairs out of {}",
-                    train.len()
-                )));
-            }
-            let held: std::collections::BTreeSet<usize> = idx[..n_val].iter().copied().collect();
-            let (mut keep, mut val) = (Vec::new(), Vec::new());
-            for (i, p) in train.into_iter().enumerate() {
-                if held.contains(&i) { val.push(p) } else { keep.push(p) }
-            }
+            let (keep, val) = hold_out(train, frac, recipe.train.seed, "pairs").map_err(TrainError::Data)?;
             train = keep;
             train_summary = summary(&train).with_policy(&train_summary);
             let vs = summary(&val);

@@ -3,6 +3,7 @@
 //! adapter.
 
 use lora_core::adapter::load_adapter;
+use lora_core::burn::tensor::Device;
 use lora_core::default_device;
 use lora_core::kernels::host::to_f32_vec;
 use lora_core::network::model::CausalLm;
@@ -24,8 +25,22 @@ fn ids(v: &Value) -> Vec<u32> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
+/// The pairs TRL trained `run` on, as token ids.
+fn fixture_pairs(run: &str) -> Vec<PairIds> {
+    golden()[run]["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| PairIds { prompt: ids(&p["prompt"]), chosen: ids(&p["chosen"]), rejected: ids(&p["rejected"]) })
+        .collect()
+}
+
 fn model_with(adapter: &str, trainable: bool) -> CausalLm {
-    let mut model = CausalLm::load_dir(fixtures().join("models/llama"), &default_device()).unwrap();
+    model_on(adapter, trainable, &default_device())
+}
+
+fn model_on(adapter: &str, trainable: bool, device: &Device) -> CausalLm {
+    let mut model = CausalLm::load_dir(fixtures().join("models/llama"), device).unwrap();
     load_adapter(&mut model, &fixtures().join("dpo").join(adapter), 1.0, trainable).unwrap();
     model
 }
@@ -34,20 +49,18 @@ fn model_with(adapter: &str, trainable: bool) -> CausalLm {
 /// PEFT's fresh one (B = 0) and a frozen copy of it otherwise, which are the same here for the
 /// sigmoid run and differ for the IPO one. Returns the final adapter's values.
 fn replay(run: &str, options: StepOptions, precompute: bool) -> Vec<Vec<f32>> {
+    replay_on(run, options, precompute, &default_device())
+}
+
+fn replay_on(run: &str, options: StepOptions, precompute: bool, device: &Device) -> Vec<Vec<f32>> {
     let g = &golden()[run];
-    let pairs: Vec<PairIds> = g["pairs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| PairIds { prompt: ids(&p["prompt"]), chosen: ids(&p["chosen"]), rejected: ids(&p["rejected"]) })
-        .collect();
-    let batch = PairBatch::new(&pairs, g["pad_token_id"].as_u64().unwrap() as u32);
+    let batch = PairBatch::new(&fixture_pairs(run), g["pad_token_id"].as_u64().unwrap() as u32);
     let dpo = Dpo {
         beta: g["beta"].as_f64().unwrap(),
         loss: DpoLoss::parse(g["loss_type"].as_str().unwrap()).unwrap(),
         label_smoothing: g["label_smoothing"].as_f64().unwrap(),
     };
-    let mut model = model_with(&format!("{run}/adapter-init"), true);
+    let mut model = model_on(&format!("{run}/adapter-init"), true, device);
     let reference = Reference::snapshot(&model).unwrap();
     let precomputed = precompute.then(|| vec![reference_log_probs(&mut model, &reference, &batch).unwrap()]);
     let config = AdamWConfig { weight_decay: g["weight_decay"].as_f64().unwrap(), ..AdamWConfig::default() };
@@ -76,7 +89,7 @@ fn replay(run: &str, options: StepOptions, precompute: bool) -> Vec<Vec<f32>> {
         }
     }
     // The final adapter equals TRL's.
-    let trained = model_with(&format!("{run}/adapter-trained"), false);
+    let trained = model_on(&format!("{run}/adapter-trained"), false, device);
     let (ours, theirs) = (adapter_tensors(&model), adapter_tensors(&trained));
     assert_eq!(ours.len(), theirs.len());
     let mut values = Vec::new();
@@ -97,6 +110,14 @@ fn dpo_sigmoid_replays_trl_step_for_step() {
     assert_eq!(plain, other, "recomputation with precomputed references gave another adapter");
 }
 
+/// The same replay on a GPU (`LORA_TEST_GPU=wgpu|cuda`), against the same goldens and tolerances.
+#[test]
+fn gpu_dpo_replays_trl_step_for_step() {
+    let Some(device) = gpu_device() else { return };
+    replay_on("sigmoid", StepOptions { max_grad_norm: 1.0, gradient_checkpointing: false }, false, &device);
+    replay_on("ipo", StepOptions { max_grad_norm: 1.0, gradient_checkpointing: true }, true, &device);
+}
+
 #[test]
 fn dpo_ipo_replays_trl_against_the_initial_adapter() {
     replay("ipo", StepOptions { max_grad_norm: 1.0, gradient_checkpointing: false }, false);
@@ -104,14 +125,7 @@ fn dpo_ipo_replays_trl_against_the_initial_adapter() {
 
 #[test]
 fn dpo_first_loss_is_ln_2_when_the_policy_is_its_reference() {
-    let g = &golden()["sigmoid"];
-    let pairs: Vec<PairIds> = g["pairs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| PairIds { prompt: ids(&p["prompt"]), chosen: ids(&p["chosen"]), rejected: ids(&p["rejected"]) })
-        .collect();
-    let batch = PairBatch::new(&pairs, 4);
+    let batch = PairBatch::new(&fixture_pairs("sigmoid"), 4);
     let mut model = model_with("sigmoid/adapter-init", true);
     let mut opt = AdamW::new(AdamWConfig::default(), &adapter_tensors(&model));
     let dpo = Dpo { beta: 0.1, loss: DpoLoss::Sigmoid, label_smoothing: 0.0 };
@@ -136,14 +150,7 @@ fn preference_records_tokenize_as_trl_does() {
     let tok = lora_core::Tokenizer::load_standalone(fixtures().join("models/llama")).unwrap();
     let (pairs, skipped) = lora_train::preference::load_pairs(&fixtures().join("dpo/data.jsonl"), &tok, false).unwrap();
     assert_eq!(skipped, 0);
-    let g = &golden()["sigmoid"]["pairs"];
-    let want: Vec<PairIds> = g
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| PairIds { prompt: ids(&p["prompt"]), chosen: ids(&p["chosen"]), rejected: ids(&p["rejected"]) })
-        .collect();
-    assert_eq!(pairs, want);
+    assert_eq!(pairs, fixture_pairs("sigmoid"));
 }
 
 #[test]
