@@ -4,6 +4,8 @@ tests/fixtures/models/llama, replayed step for step by crates/train/tests/it/dpo
 
 Writes tests/fixtures/dpo/ (committed, small):
   data.jsonl                 the preference pairs (TRL's standard form: prompt, chosen, rejected strings)
+  data_chat.jsonl            conversational pairs (message lists; the tiny Llama's chat template)
+  data_implicit.jsonl        implicit-prompt pairs (whole conversations, and texts, sharing a beginning)
   <run>/adapter-init/        the step-0 PEFT adapter (r 4, alpha 8, q_proj v_proj down_proj, dropout 0)
   <run>/adapter-trained/     the adapter after the run's steps
   golden.json                per run: settings, TRL's token ids of each pair (prompt, chosen, rejected
@@ -13,6 +15,8 @@ Writes tests/fixtures/dpo/ (committed, small):
 Runs:
   sigmoid   loss_type sigmoid, beta 0.1, from PEFT's default init (B = 0: the first loss is ln 2)
   ipo       loss_type ipo, beta 0.5, from an init whose B is random (policy != reference at step 0)
+  chat      loss_type sigmoid, beta 0.2, on the conversational pairs
+  implicit  TRL's token ids of the implicit-prompt pairs (its dataset preparation only)
 
 Every step sees all the pairs (batch = dataset), so the shuffle changes only their order within
 the batch. AdamW as torch with weight decay 0, constant learning rate 1e-3, clipping 1.0, f32.
@@ -46,16 +50,36 @@ PAIRS = [
     {"prompt": "Say hello:", "chosen": " Hello!", "rejected": " No."},
 ]
 
+CHAT_PAIRS = [
+    {"prompt": [{"role": "user", "content": "What color is the sky?"}],
+     "chosen": [{"role": "assistant", "content": "Blue, on a clear day."}],
+     "rejected": [{"role": "assistant", "content": "Green."}]},
+    {"prompt": [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Two plus two?"}],
+     "chosen": [{"role": "assistant", "content": "Four."}],
+     "rejected": [{"role": "assistant", "content": "Five, I think."}]},
+    {"prompt": [{"role": "user", "content": "Greet me."}],
+     "chosen": [{"role": "assistant", "content": "Hello there!"}],
+     "rejected": [{"role": "assistant", "content": "No."}]},
+]
+
+# Implicit prompts: chosen and rejected are whole conversations (or texts) sharing their beginning.
+IMPLICIT_PAIRS = [
+    {"chosen": [{"role": "user", "content": "Name a fruit."}, {"role": "assistant", "content": "An apple."}],
+     "rejected": [{"role": "user", "content": "Name a fruit."}, {"role": "assistant", "content": "A brick."}]},
+    {"chosen": "The capital of France is Paris.", "rejected": "The capital of France is Rome."},
+]
+
 RUNS = {
     "sigmoid": dict(loss_type="sigmoid", beta=0.1, random_b=False),
     "ipo": dict(loss_type="ipo", beta=0.5, random_b=True),
+    "chat": dict(loss_type="sigmoid", beta=0.2, random_b=False, pairs=CHAT_PAIRS, data="data_chat.jsonl"),
 }
 
 METRICS = ["loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
            "logps/rejected"]
 
 
-def run(name, loss_type, beta, random_b):
+def run(name, loss_type, beta, random_b, pairs=PAIRS, data="data.jsonl"):
     torch.manual_seed(SEED)
     tokenizer = AutoTokenizer.from_pretrained(BASE)
     model = AutoModelForCausalLM.from_pretrained(BASE, dtype=torch.float32, attn_implementation="eager")
@@ -73,12 +97,12 @@ def run(name, loss_type, beta, random_b):
 
     args = DPOConfig(
         output_dir=os.path.join("/tmp", f"dpo-fixture-{name}"), loss_type=[loss_type], beta=beta,
-        per_device_train_batch_size=len(PAIRS), gradient_accumulation_steps=1, max_steps=STEPS,
+        per_device_train_batch_size=len(pairs), gradient_accumulation_steps=1, max_steps=STEPS,
         learning_rate=1e-3, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
         logging_steps=1, save_strategy="no", report_to="none", seed=SEED, use_cpu=True, bf16=False, fp16=False,
         dataloader_num_workers=0, precompute_ref_log_probs=False, max_length=None,
     )
-    trainer = DPOTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(PAIRS),
+    trainer = DPOTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(pairs),
                          processing_class=tokenizer)
     tokenized = [
         {"prompt": r["prompt_ids"], "chosen": r["chosen_ids"], "rejected": r["rejected_ids"]}
@@ -90,17 +114,40 @@ def run(name, loss_type, beta, random_b):
     model.save_pretrained(os.path.join(out, "adapter-trained"))
     return {
         "loss_type": loss_type, "beta": beta, "label_smoothing": 0.0, "learning_rate": 1e-3, "weight_decay": 0.0,
-        "max_grad_norm": 1.0, "b_init": "random 0.2 N(0,1)" if random_b else "zero (PEFT default)",
+        "max_grad_norm": 1.0, "b_init": "random 0.2 N(0,1)" if random_b else "zero (PEFT default)", "data": data,
         "pairs": tokenized, "pad_token_id": tokenizer.pad_token_id, "steps": steps,
     }
 
 
+def tokenized_only(pairs):
+    """TRL's token ids of pairs, from its dataset preparation alone (one record at a time: a dataset
+    holds one type per column)."""
+    tokenizer = AutoTokenizer.from_pretrained(BASE)
+    args = DPOConfig(output_dir="/tmp/dpo-fixture-tokenize", report_to="none", use_cpu=True, max_length=None)
+    out = []
+    for p in pairs:
+        model = AutoModelForCausalLM.from_pretrained(BASE, dtype=torch.float32)
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+        trainer = DPOTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list([p]),
+                             processing_class=tokenizer)
+        r = trainer.train_dataset[0]
+        out.append({"prompt": r["prompt_ids"], "chosen": r["chosen_ids"], "rejected": r["rejected_ids"]})
+    return out
+
+
+def write_jsonl(name, pairs):
+    with open(os.path.join(OUT, name), "w") as f:
+        for p in pairs:
+            f.write(json.dumps(p) + "\n")
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
-    with open(os.path.join(OUT, "data.jsonl"), "w") as f:
-        for p in PAIRS:
-            f.write(json.dumps(p) + "\n")
+    write_jsonl("data.jsonl", PAIRS)
+    write_jsonl("data_chat.jsonl", CHAT_PAIRS)
+    write_jsonl("data_implicit.jsonl", IMPLICIT_PAIRS)
     golden = {name: run(name, **settings) for name, settings in RUNS.items()}
+    golden["implicit"] = {"data": "data_implicit.jsonl", "pairs": tokenized_only(IMPLICIT_PAIRS)}
     golden["provenance"] = {
         "script": "scripts/make_dpo_fixtures.py", "seed": SEED, "torch": torch.__version__,
         "transformers": transformers.__version__, "peft": peft.__version__, "trl": trl.__version__,

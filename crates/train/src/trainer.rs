@@ -190,7 +190,7 @@ pub fn prepare(recipe: &Recipe) -> Result<Prepared> {
     let (mut train, mut train_summary) = match recipe.method() {
         Method::Sft => load_examples(&d.train.weighted(), &opts, &tokenizer)?,
         Method::Dpo => {
-            pairs = load_preference_data(recipe, &tokenizer)?;
+            pairs = load_preference_data(recipe, &tokenizer, template.as_ref())?;
             (Vec::new(), pairs.train_summary.clone())
         }
     };

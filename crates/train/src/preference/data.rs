@@ -1,8 +1,15 @@
-//! Preference data in TRL's standard form, `{"prompt", "chosen", "rejected"}` strings, tokenized as
-//! TRL 1.x's `DPOTrainer` does: EOS appended to each completion (as text, unless it already ends
-//! with it), then `prompt` and `prompt + completion` tokenized with the tokenizer's special tokens;
-//! the prompt is the longest common prefix of the three token lists, so that a token merging across
-//! the boundary goes to the completions (TRL's `common_prefix_length`).
+//! Preference data in TRL's forms, tokenized as TRL 1.x's `DPOTrainer` does:
+//!
+//! - standard, `{"prompt", "chosen", "rejected"}` strings: EOS appended to each completion (as text,
+//!   unless it already ends with it), then `prompt` and `prompt + completion` tokenized with the
+//!   tokenizer's special tokens;
+//! - conversational, message lists: the prompt rendered with the chat template and its generation
+//!   prompt, `prompt + completion` without, both tokenized as rendered;
+//! - either with an implicit prompt (no `"prompt"`): the common beginning of `chosen` and `rejected`
+//!   (TRL's `extract_prompt`).
+//!
+//! The prompt is then the longest common prefix of the three token lists, so that a token merging
+//! across the boundary goes to the completions (TRL's `common_prefix_length`).
 
 use std::path::Path;
 
@@ -11,6 +18,7 @@ use serde_json::Value;
 
 use crate::batching::hold_out;
 use crate::data::DataSummary;
+use crate::data::chat_template::ChatTemplate;
 use crate::data::records::read_records;
 use crate::error::{Result, TrainError};
 use crate::preference::step::PairIds;
@@ -21,33 +29,101 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
-fn string_field<'v>(v: &'v Value, key: &str) -> std::result::Result<&'v str, String> {
-    match v.get(key) {
-        Some(Value::String(s)) => Ok(s),
-        Some(_) => Err(format!("field \"{key}\" must be a string")),
-        None => Err(format!("missing field \"{key}\"")),
+/// TRL's `extract_prompt` for implicit-prompt pairs: the longest common beginning of `chosen` and
+/// `rejected` (whole messages of conversations; characters of texts, less a space it would end
+/// on), and the two remainders.
+fn extract_prompt(chosen: &Value, rejected: &Value) -> std::result::Result<(Value, Value, Value), String> {
+    match (chosen, rejected) {
+        (Value::Array(c), Value::Array(r)) => {
+            let mut n = c.iter().zip(r).take_while(|(a, b)| a == b).count();
+            if n == c.len().min(r.len()) {
+                // TRL's loop ends on its last index when nothing differs: one message less.
+                n = n.saturating_sub(1);
+            }
+            Ok((Value::Array(c[..n].to_vec()), Value::Array(c[n..].to_vec()), Value::Array(r[n..].to_vec())))
+        }
+        (Value::String(c), Value::String(r)) => {
+            let (cb, rb) = (c.as_bytes(), r.as_bytes());
+            // TRL compares characters; on UTF-8 the first differing byte is inside the first differing
+            // character, so step back to that character's start.
+            let mut n = cb.iter().zip(rb).take_while(|(a, b)| a == b).count();
+            if n == cb.len().min(rb.len()) {
+                // Nothing differs within the shorter: TRL's loop ends on its last character.
+                n = c[..n].char_indices().last().map_or(0, |(i, _)| i);
+            } else {
+                while !c.is_char_boundary(n) {
+                    n -= 1;
+                }
+                if n > 0 && c[..n].ends_with(' ') {
+                    n -= 1;
+                }
+            }
+            let s = |t: &str| Value::String(t.to_string());
+            Ok((s(&c[..n]), s(&c[n..]), s(&r[n..])))
+        }
+        _ => Err("\"chosen\" and \"rejected\" must both be strings or both be message lists".into()),
     }
 }
 
-/// Tokenizes one record; the error is the reason, without the location.
-pub fn tokenize_pair(tok: &Tokenizer, v: &Value) -> std::result::Result<PairIds, String> {
+/// A message list's messages, checked for TRL's conversational form.
+fn messages<'v>(v: &'v Value, key: &str) -> std::result::Result<&'v [Value], String> {
+    let Value::Array(list) = v else { return Err(format!("field \"{key}\" must be a message list")) };
+    for (i, m) in list.iter().enumerate() {
+        let role = m.get("role").and_then(Value::as_str);
+        if role.is_none() || !m.get("content").is_some_and(Value::is_string) {
+            return Err(format!("{key}[{i}] needs a string \"role\" and \"content\""));
+        }
+    }
+    Ok(list)
+}
+
+/// Tokenizes one record (standard, conversational, or either with an implicit prompt); the error
+/// is the reason, without the location. Conversations are rendered with `template`.
+pub fn tokenize_pair(
+    tok: &Tokenizer,
+    template: Option<&ChatTemplate>,
+    v: &Value,
+) -> std::result::Result<PairIds, String> {
     if !v.is_object() {
         return Err("a record must be a JSON object".into());
     }
-    let prompt = string_field(v, "prompt")?;
-    let (chosen, rejected) = (string_field(v, "chosen")?, string_field(v, "rejected")?);
+    let field = |key: &str| v.get(key).ok_or_else(|| format!("missing field \"{key}\""));
+    let (chosen, rejected) = (field("chosen")?, field("rejected")?);
     if chosen == rejected {
-        return Err("\"chosen\" and \"rejected\" are the same text: the pair teaches nothing".into());
+        return Err("\"chosen\" and \"rejected\" are the same: the pair teaches nothing".into());
     }
-    let eos = match tok.eos_token_ids.first() {
-        Some(&id) => tok.decode(&[id], false).map_err(|e| e.to_string())?,
-        None => String::new(),
+    let (prompt, chosen, rejected) = match v.get("prompt") {
+        Some(p) => (p.clone(), chosen.clone(), rejected.clone()),
+        None => extract_prompt(chosen, rejected)?,
     };
-    let with_eos = |c: &str| if eos.is_empty() || c.ends_with(&eos) { c.to_string() } else { format!("{c}{eos}") };
-    let encode = |text: &str| tok.encode(text, true).map_err(|e| e.to_string());
-    let prompt_ids = encode(prompt)?;
-    let with_chosen = encode(&format!("{prompt}{}", with_eos(chosen)))?;
-    let with_rejected = encode(&format!("{prompt}{}", with_eos(rejected)))?;
+    let (prompt_ids, with_chosen, with_rejected) = match (&prompt, &chosen, &rejected) {
+        (Value::String(p), Value::String(c), Value::String(r)) => {
+            let eos = match tok.eos_token_ids.first() {
+                Some(&id) => tok.decode(&[id], false).map_err(|e| e.to_string())?,
+                None => String::new(),
+            };
+            let with_eos =
+                |c: &str| if eos.is_empty() || c.ends_with(&eos) { c.to_string() } else { format!("{c}{eos}") };
+            let encode = |text: &str| tok.encode(text, true).map_err(|e| e.to_string());
+            (encode(p)?, encode(&format!("{p}{}", with_eos(c)))?, encode(&format!("{p}{}", with_eos(r)))?)
+        }
+        (Value::Array(_), Value::Array(_), Value::Array(_)) => {
+            let template =
+                template.ok_or("conversational pairs need a chat template (the model's, or [data] chat_template)")?;
+            let (p, c, r) =
+                (messages(&prompt, "prompt")?, messages(&chosen, "chosen")?, messages(&rejected, "rejected")?);
+            // As transformers' apply_chat_template(tokenize=True): the template writes any BOS itself.
+            let encode = |messages: &[Value], generation: bool| {
+                let text = template.render(messages, generation)?;
+                tok.encode(&text, false).map_err(|e| e.to_string())
+            };
+            let join = |a: &[Value], b: &[Value]| a.iter().chain(b).cloned().collect::<Vec<_>>();
+            (encode(p, true)?, encode(&join(p, c), false)?, encode(&join(p, r), false)?)
+        }
+        _ => {
+            return Err("\"prompt\", \"chosen\" and \"rejected\" must all be strings or all be message lists".into());
+        }
+    };
     let n = common_prefix(&prompt_ids, &with_chosen).min(common_prefix(&prompt_ids, &with_rejected));
     let pair = PairIds {
         prompt: prompt_ids[..n].to_vec(),
@@ -62,11 +138,16 @@ pub fn tokenize_pair(tok: &Tokenizer, v: &Value) -> std::result::Result<PairIds,
 
 /// Reads and tokenizes a preference file (JSONL or a JSON array). A bad record is an error naming
 /// the file and line, or (with `skip_invalid`) skipped and counted.
-pub fn load_pairs(path: &Path, tok: &Tokenizer, skip_invalid: bool) -> Result<(Vec<PairIds>, usize)> {
+pub fn load_pairs(
+    path: &Path,
+    tok: &Tokenizer,
+    template: Option<&ChatTemplate>,
+    skip_invalid: bool,
+) -> Result<(Vec<PairIds>, usize)> {
     let mut pairs = Vec::new();
     let mut skipped = 0;
     for record in read_records(path)? {
-        let result = record.value.and_then(|v| tokenize_pair(tok, &v));
+        let result = record.value.and_then(|v| tokenize_pair(tok, template, &v));
         match result {
             Ok(p) => pairs.push(p),
             Err(_) if skip_invalid => skipped += 1,
@@ -121,7 +202,11 @@ fn summary(pairs: &[PairIds]) -> DataSummary {
 
 /// Reads a preference recipe's data files (`[data] train`, and `validation` or
 /// `validation_fraction`), tokenized and fitted into `max_seq_len`.
-pub fn load_preference_data(recipe: &Recipe, tok: &Tokenizer) -> Result<PreferenceData> {
+pub fn load_preference_data(
+    recipe: &Recipe,
+    tok: &Tokenizer,
+    template: Option<&ChatTemplate>,
+) -> Result<PreferenceData> {
     let d = &recipe.data;
     let read = |files: &Files| -> Result<(Vec<PairIds>, DataSummary)> {
         let (mut pairs, mut counts) = (Vec::new(), DataSummary::default());
@@ -132,7 +217,7 @@ pub fn load_preference_data(recipe: &Recipe, tok: &Tokenizer) -> Result<Preferen
                     path.display()
                 )));
             }
-            let (read, skipped) = load_pairs(&path, tok, d.skip_invalid)?;
+            let (read, skipped) = load_pairs(&path, tok, template, d.skip_invalid)?;
             counts.skipped += skipped;
             for p in read {
                 match fit(p, d.max_seq_len, d.overflow == "drop") {

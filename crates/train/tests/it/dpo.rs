@@ -7,6 +7,7 @@ use lora_core::burn::tensor::Device;
 use lora_core::default_device;
 use lora_core::kernels::host::to_f32_vec;
 use lora_core::network::model::CausalLm;
+use lora_train::data::chat_template::{ChatTemplate, FIXED_DATE_UNIX};
 use lora_train::optimizer::{AdamW, AdamWConfig};
 use lora_train::preference::{
     Dpo, DpoLoss, PairBatch, PairIds, Reference, ReferenceLogProbs, dpo_step, reference_log_probs,
@@ -119,6 +120,11 @@ fn gpu_dpo_replays_trl_step_for_step() {
 }
 
 #[test]
+fn dpo_on_conversations_replays_trl() {
+    replay("chat", StepOptions { max_grad_norm: 1.0, gradient_checkpointing: false }, true);
+}
+
+#[test]
 fn dpo_ipo_replays_trl_against_the_initial_adapter() {
     replay("ipo", StepOptions { max_grad_norm: 1.0, gradient_checkpointing: false }, false);
 }
@@ -148,9 +154,13 @@ fn dpo_first_loss_is_ln_2_when_the_policy_is_its_reference() {
 #[test]
 fn preference_records_tokenize_as_trl_does() {
     let tok = lora_core::Tokenizer::load_standalone(fixtures().join("models/llama")).unwrap();
-    let (pairs, skipped) = lora_train::preference::load_pairs(&fixtures().join("dpo/data.jsonl"), &tok, false).unwrap();
-    assert_eq!(skipped, 0);
-    assert_eq!(pairs, fixture_pairs("sigmoid"));
+    let template = ChatTemplate::for_tokenizer(tok.chat_template.as_deref().unwrap(), &tok, FIXED_DATE_UNIX).unwrap();
+    for (run, file) in [("sigmoid", "data.jsonl"), ("chat", "data_chat.jsonl"), ("implicit", "data_implicit.jsonl")] {
+        let path = fixtures().join("dpo").join(file);
+        let (pairs, skipped) = lora_train::preference::load_pairs(&path, &tok, Some(&template), false).unwrap();
+        assert_eq!(skipped, 0);
+        assert_eq!(pairs, fixture_pairs(run), "{file}");
+    }
 }
 
 #[test]
@@ -159,18 +169,26 @@ fn bad_preference_records_are_named_by_line() {
     let dir = temp_dir("dpo-bad-data");
     let cases = [
         (r#"{"prompt": "a", "chosen": "b"}"#, "missing field \"rejected\""),
-        (r#"{"prompt": "a", "chosen": 3, "rejected": "c"}"#, "field \"chosen\" must be a string"),
-        (r#"{"prompt": "a", "chosen": " same", "rejected": " same"}"#, "are the same text"),
+        (r#"{"prompt": "a", "chosen": 3, "rejected": "c"}"#, "must all be strings or all be message lists"),
+        (r#"{"prompt": "a", "chosen": " same", "rejected": " same"}"#, "are the same"),
+        (
+            r#"{"chosen": "a b", "rejected": [{"role": "user", "content": "a"}]}"#,
+            "both be strings or both be message lists",
+        ),
+        (
+            r#"{"prompt": [{"role": "user"}], "chosen": [], "rejected": [{"role": "assistant", "content": "x"}]}"#,
+            "need a chat template",
+        ),
         (r#"["prompt"]"#, "must be a JSON object"),
     ];
     for (i, (line, why)) in cases.iter().enumerate() {
         let path = dir.join(format!("bad{i}.jsonl"));
         std::fs::write(&path, format!("{{\"prompt\": \"x\", \"chosen\": \" y\", \"rejected\": \" z\"}}\n{line}\n"))
             .unwrap();
-        let err = lora_train::preference::load_pairs(&path, &tok, false).unwrap_err().to_string();
+        let err = lora_train::preference::load_pairs(&path, &tok, None, false).unwrap_err().to_string();
         assert!(err.contains(&format!("bad{i}.jsonl:2: ")) && err.contains(why), "{err}");
         // Skipping keeps the good pair and counts the bad one.
-        let (pairs, skipped) = lora_train::preference::load_pairs(&path, &tok, true).unwrap();
+        let (pairs, skipped) = lora_train::preference::load_pairs(&path, &tok, None, true).unwrap();
         assert_eq!((pairs.len(), skipped), (1, 1));
     }
     let _ = std::fs::remove_dir_all(&dir);
