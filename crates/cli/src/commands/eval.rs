@@ -1,5 +1,6 @@
 //! `lora eval`: loss and perplexity of a model on a data file; the scoring is
-//! `lora_train::evaluation::evaluate_file`, beside training's own evaluation.
+//! `lora_train::evaluation::evaluate_file`, beside training's own evaluation. Preference pairs
+//! (`--format preference`) get DPO's loss, reward accuracy and margin against a reference.
 
 use std::path::PathBuf;
 
@@ -17,9 +18,19 @@ pub struct Args {
     data: PathBuf,
     /// text: {"text"} lines, scored on every token as transformers' model(ids, labels=ids).loss;
     /// completion, alpaca, chat: scored on the tokens training would train on (answers, assistant
-    /// turns); auto: from the first record.
+    /// turns); preference: {"prompt", "chosen", "rejected"} pairs (TRL's forms), scored by DPO's
+    /// loss against the reference; auto: from the first record.
     #[arg(long, default_value = "text")]
     format: String,
+    /// preference: the reference adapter (a folder or Hub id; default: the base without adapters).
+    #[arg(long)]
+    reference_adapter: Option<String>,
+    /// preference: DPO's beta.
+    #[arg(long, default_value_t = 0.1)]
+    beta: f64,
+    /// preference: DPO's loss (sigmoid, ipo, hinge, robust).
+    #[arg(long, default_value = "sigmoid")]
+    loss_type: String,
     /// Longest sequence for the completion, alpaca and chat formats.
     #[arg(long, default_value_t = 2048)]
     max_seq_len: usize,
@@ -31,6 +42,17 @@ pub struct Args {
 /// Runs `lora eval`.
 pub fn run(a: Args) -> Result<()> {
     let (mut model, tok, _) = a.model.load()?;
+    let first_is_pair = || {
+        lora_train::data::records::read_records(&a.data).ok().and_then(|r| {
+            r.into_iter()
+                .find_map(|r| r.value.ok())
+                .map(|v| v.get("chosen").is_some() && v.get("rejected").is_some() && v.get("text").is_none())
+        })
+    };
+    // Pairs are scored as pairs whatever the (default) format says: their fields leave no doubt.
+    if a.format == "preference" || (["auto", "text"].contains(&a.format.as_str()) && first_is_pair() == Some(true)) {
+        return preference(a, &mut model, &tok);
+    }
     let r = evaluate_file(&mut model, &tok, &a.data, &a.format, a.max_seq_len)?;
     for w in &r.warnings {
         eprintln!("warning: {w}");
@@ -50,6 +72,73 @@ pub fn run(a: Args) -> Result<()> {
             r.scored_tokens,
             r.mean_loss,
             r.perplexity()
+        );
+    }
+    Ok(())
+}
+
+/// `lora eval --format preference`: DPO's loss, reward accuracy and margin of the model on pairs.
+fn preference(a: Args, model: &mut lora_core::CausalLm, tok: &lora_core::Tokenizer) -> Result<()> {
+    use anyhow::Context;
+    use lora_train::data::chat_template::{ChatTemplate, FIXED_DATE_UNIX};
+    use lora_train::preference::{Dpo, DpoLoss, PairIds, Reference, evaluate_pairs, load_pairs};
+    let loss = DpoLoss::parse(&a.loss_type)
+        .with_context(|| format!("--loss-type must be sigmoid, ipo, hinge or robust, got '{}'", a.loss_type))?;
+    anyhow::ensure!(a.beta > 0.0 && a.beta.is_finite(), "--beta must be positive, got {}", a.beta);
+    let template = tok
+        .chat_template
+        .as_deref()
+        .map(|src| ChatTemplate::for_tokenizer(src, tok, FIXED_DATE_UNIX))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let (pairs, _) = load_pairs(&a.data, tok, template.as_ref(), false)?;
+    // As training fits them: each sequence keeps its first max_seq_len tokens.
+    let pairs: Vec<PairIds> = pairs
+        .into_iter()
+        .filter(|p| p.prompt.len() < a.max_seq_len)
+        .map(|mut p| {
+            let room = a.max_seq_len - p.prompt.len();
+            p.chosen.truncate(room);
+            p.rejected.truncate(room);
+            p
+        })
+        .collect();
+    anyhow::ensure!(!pairs.is_empty(), "{}: no pair fits in --max-seq-len {}", a.data.display(), a.max_seq_len);
+    let reference = match &a.reference_adapter {
+        None => Reference::Base,
+        Some(r) => {
+            let dir = crate::hub_refs::adapter(r, a.model.offline)?;
+            // The policy's adapters out, the reference's in for a snapshot, then back.
+            let policy: Vec<_> =
+                model.linear_modules_mut().into_iter().map(|(_, l)| std::mem::take(&mut l.lora)).collect();
+            let loaded = lora_core::adapter::load_adapter(model, &dir, 1.0, false)
+                .with_context(|| format!("loading the reference adapter {}", dir.display()));
+            let reference = loaded.and_then(|_| Ok(Reference::snapshot(model)?));
+            for ((_, l), lora) in model.linear_modules_mut().into_iter().zip(policy) {
+                l.lora = lora;
+            }
+            reference?
+        }
+    };
+    let dpo = Dpo { beta: a.beta, loss, label_smoothing: 0.0 };
+    let pad = tok.pad_token_id.unwrap_or(0);
+    let m = evaluate_pairs(model, &reference, &pairs, 4, pad, &dpo)?;
+    if a.json {
+        let v = serde_json::json!({
+            "pairs": pairs.len(), "loss": m.loss, "rewards/accuracies": m.rewards_accuracies,
+            "rewards/margins": m.rewards_margins, "rewards/chosen": m.rewards_chosen,
+            "rewards/rejected": m.rewards_rejected, "logps/chosen": m.logps_chosen, "logps/rejected": m.logps_rejected,
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "{} pairs: DPO loss {:.6} ({:?}, beta {}), reward accuracy {:.4}, mean margin {:.6}",
+            pairs.len(),
+            m.loss,
+            loss,
+            a.beta,
+            m.rewards_accuracies,
+            m.rewards_margins
         );
     }
     Ok(())

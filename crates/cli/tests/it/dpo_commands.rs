@@ -64,6 +64,27 @@ fn dpo_trains_logs_trl_metrics_and_verifies() {
     let o = lora(&["verify", s(&run)]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("reproduced byte for byte"));
+
+    // lora eval on the pairs: the base is its own reference (ln 2, no margin); the trained adapter
+    // ranks them right with a wider margin than its last step logged; as its own reference, ln 2.
+    let model = fixtures().join("models/llama");
+    let data = fixtures().join("dpo/data.jsonl");
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["eval", "--model", s(&model), "--data", s(&data), "--json"];
+        args.extend_from_slice(extra);
+        let o = lora(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let base = eval(&["--format", "preference"]);
+    assert!((base["loss"].as_f64().unwrap() - std::f64::consts::LN_2).abs() < 1e-6, "{base}");
+    let trained = eval(&["--adapter", s(&run)]); // the default format: the fields say pairs
+    assert_eq!(trained["pairs"], 4);
+    assert_eq!(trained["rewards/accuracies"].as_f64().unwrap(), 1.0, "{trained}");
+    let logged = last["rewards/margins"].as_f64().unwrap();
+    assert!(trained["rewards/margins"].as_f64().unwrap() > logged, "{trained} vs last step {logged}");
+    let itself = eval(&["--adapter", s(&run), "--reference-adapter", s(&run)]);
+    assert!((itself["loss"].as_f64().unwrap() - std::f64::consts::LN_2).abs() < 1e-6, "{itself}");
 }
 
 #[test]
