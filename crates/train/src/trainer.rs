@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use lora_core::adapter::config::{AdapterConfig, LayerIndices, TargetModules};
-use lora_core::adapter::{LoraInit, LoraSpec, attach_new, save_adapter};
+use lora_core::adapter::{LoraInit, LoraSpec, attach_new, load_adapter, save_adapter};
 use lora_core::burn::tensor::Device;
 use lora_core::io::safetensors_write::{StoredDtype, write_atomic};
 use lora_core::{Backend, CausalLm, Tokenizer};
@@ -113,6 +113,8 @@ pub struct Prepared {
     pub template_differs: Option<String>,
     /// A preference run's training and validation pairs (`train` and `validation` are then empty).
     pub pairs: PreferenceData,
+    /// The adapter_config.json the run writes: the recipe's, or the `init_from` adapter's.
+    pub adapter: AdapterConfig,
 }
 
 impl Prepared {
@@ -229,8 +231,22 @@ pub fn prepare(recipe: &Recipe) -> Result<Prepared> {
         init: if l.init == "gaussian" { LoraInit::Gaussian } else { LoraInit::KaimingUniform },
         layers_to_transform: l.layers.clone(),
     };
-    let targets = attach_new(&mut model, &spec, recipe.train.seed, true)
-        .map_err(|e| TrainError::Recipe(format!("lora.targets: {e}")))?;
+    let (targets, adapter) = match &l.init_from {
+        None => {
+            let targets = attach_new(&mut model, &spec, recipe.train.seed, true)
+                .map_err(|e| TrainError::Recipe(format!("lora.targets: {e}")))?;
+            (targets, adapter_config(recipe))
+        }
+        Some(dir) => {
+            let mut cfg = load_adapter(&mut model, dir, 1.0, true)
+                .map_err(|e| TrainError::Recipe(format!("lora.init_from: {}: {e}", dir.display())))?;
+            let targets =
+                model.linear_modules().into_iter().filter(|(_, l)| !l.lora.is_empty()).map(|(n, _)| n).collect();
+            cfg.base_model_name_or_path = Some(base_model_name(recipe));
+            cfg.inference_mode = true;
+            (targets, cfg)
+        }
+    };
     Ok(Prepared {
         recipe: recipe.clone(),
         model,
@@ -244,6 +260,7 @@ pub fn prepare(recipe: &Recipe) -> Result<Prepared> {
         backend,
         template_differs,
         pairs,
+        adapter,
     })
 }
 
@@ -467,7 +484,7 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
     // (on a 27B shape the end of the run was its peak by 0.35 GB).
     drop(opt);
     let dtype = StoredDtype::parse(&t.dtype).expect("validated");
-    save_adapter(&p.model, &dir, &adapter_config(&p.recipe), dtype)?;
+    save_adapter(&p.model, &dir, &p.adapter, dtype)?;
     let metrics = run_files::read_metrics(&dir, total);
     write_atomic(&dir.join("loss.svg"), run_files::loss_svg(&metrics).as_bytes())?;
     let s = &p.train_summary;
@@ -546,6 +563,16 @@ pub fn input_hashes(recipe: &Recipe) -> Result<std::collections::BTreeMap<PathBu
     files.extend(recipe.data.train.to_vec());
     if let Some(v) = &recipe.data.validation {
         files.extend(v.to_vec());
+    }
+    // Adapters the run starts from or compares against.
+    let reference = recipe.preference.as_ref().and_then(|p| p.reference_adapter.clone());
+    for dir in recipe.lora.init_from.iter().chain(reference.iter()) {
+        files.extend(
+            ["adapter_config.json", "adapter_model.safetensors"]
+                .map(|f| dir.join(f))
+                .into_iter()
+                .filter(|f| f.is_file()),
+        );
     }
     for f in files {
         let h = sha256_file(&f)?;

@@ -108,16 +108,8 @@ fn preference(a: Args, model: &mut lora_core::CausalLm, tok: &lora_core::Tokeniz
         None => Reference::Base,
         Some(r) => {
             let dir = crate::hub_refs::adapter(r, a.model.offline)?;
-            // The policy's adapters out, the reference's in for a snapshot, then back.
-            let policy: Vec<_> =
-                model.linear_modules_mut().into_iter().map(|(_, l)| std::mem::take(&mut l.lora)).collect();
-            let loaded = lora_core::adapter::load_adapter(model, &dir, 1.0, false)
-                .with_context(|| format!("loading the reference adapter {}", dir.display()));
-            let reference = loaded.and_then(|_| Ok(Reference::snapshot(model)?));
-            for ((_, l), lora) in model.linear_modules_mut().into_iter().zip(policy) {
-                l.lora = lora;
-            }
-            reference?
+            Reference::from_adapter(model, &dir)
+                .with_context(|| format!("loading the reference adapter {}", dir.display()))?
         }
     };
     let dpo = Dpo { beta: a.beta, loss, label_smoothing: 0.0 };

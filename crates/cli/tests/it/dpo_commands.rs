@@ -140,3 +140,53 @@ fn preference_pairs_in_an_sft_recipe_point_to_dpo() {
     let o = train_tiny(&d.join("run"), &[&train, "data.format=\"auto\""]);
     assert_user_error(&o, "preference pairs (\"chosen\", \"rejected\"): train on them with [train] method = \"dpo\"");
 }
+
+/// `lora train` itself against TRL: from TRL's IPO run's step-0 adapter (`[lora] init_from`, which
+/// is then also the reference, as TRL's "ref" copy), the same data file and settings give TRL's
+/// losses and metrics at every step and its final adapter.
+#[test]
+fn dpo_from_an_adapter_reproduces_trl_end_to_end() {
+    let d = temp_dir("dpo-init-from");
+    let run = d.join("run");
+    let fx = fixtures().join("dpo");
+    let text =
+        std::fs::read_to_string(dpo_recipe(&d, &run, "[preference]\nbeta = 0.5\nloss_type = \"ipo\"\n")).unwrap();
+    // The adapter's own configuration replaces r, alpha and targets.
+    let text = text
+        .replace("r = 4\nalpha = 8\ntargets = [\"q_proj\", \"v_proj\", \"down_proj\"]\n", "")
+        .replace("[lora]\n", &format!("[lora]\ninit_from = \"{}\"\n", fx.join("ipo/adapter-init").display()));
+    let recipe = d.join("init.toml");
+    std::fs::write(&recipe, text).unwrap();
+    let o = lora(&["train", s(&recipe)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fx.join("golden.json")).unwrap()).unwrap();
+    let metrics: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for (step, (ours, want)) in metrics.iter().zip(golden["ipo"]["steps"].as_array().unwrap()).enumerate() {
+        for key in ["loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected"] {
+            let (a, b) = (ours[key].as_f64().unwrap(), want[key].as_f64().unwrap());
+            assert!((a - b).abs() <= 1e-4 * b.abs().max(1e-2), "step {step}: {key} {a} vs TRL {b}");
+        }
+    }
+    // The final adapter: TRL's, within 1e-4.
+    let read = |dir: &std::path::Path| {
+        lora_formats::safetensors::SafetensorsFile::open(dir.join("adapter_model.safetensors")).unwrap()
+    };
+    let (ours, theirs) = (read(&run), read(&fx.join("ipo/adapter-trained")));
+    assert_eq!(ours.tensors().len(), theirs.tensors().len());
+    for name in theirs.tensors().keys() {
+        let (a, _) = ours.to_f32(name).unwrap();
+        let (b, _) = theirs.to_f32(name).unwrap();
+        let diff = max_abs_diff(&a, &b);
+        assert!(diff <= 1e-4, "{name}: max |Δ| {diff:e}");
+    }
+    // A key the adapter decides is refused beside init_from.
+    let text = std::fs::read_to_string(&recipe).unwrap().replace("[lora]\n", "[lora]\nr = 8\n");
+    std::fs::write(&recipe, text).unwrap();
+    std::fs::remove_dir_all(&run).unwrap();
+    assert_user_error(&lora(&["train", s(&recipe)]), "lora.r is the init_from adapter's own");
+}

@@ -18,7 +18,7 @@ use crate::step::StepOptions;
 pub struct PreferenceTraining {
     /// The loss.
     pub dpo: Dpo,
-    /// The reference: the base without adapters.
+    /// The reference: the base without adapters, or with a fixed adapter.
     pub reference: Reference,
     /// The reference's (chosen, rejected) log-probabilities of each training pair, when computed
     /// before training.
@@ -31,7 +31,13 @@ impl PreferenceTraining {
     /// DPO's settings from the recipe; with `precompute_reference`, the reference's
     /// log-probabilities of every training pair, `batch_size` pairs at a time.
     pub fn new(recipe: &Recipe, model: &mut CausalLm, pairs: &[PairIds], pad_id: u32) -> Result<Self> {
-        let reference = Reference::Base;
+        // The recipe's reference adapter, else the adapter the policy started from (read again from
+        // its folder: on a resume the model holds the checkpoint's values), else the base.
+        let chosen = recipe.preference.as_ref().and_then(|p| p.reference_adapter.as_ref());
+        let reference = match chosen.or(recipe.lora.init_from.as_ref()) {
+            Some(dir) => Reference::from_adapter(model, dir)?,
+            None => Reference::Base,
+        };
         let precompute = recipe.preference.as_ref().is_none_or(|p| p.precompute_reference);
         let precomputed = if precompute {
             let mut all = Vec::with_capacity(pairs.len());

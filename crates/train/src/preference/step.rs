@@ -128,6 +128,21 @@ impl Reference {
     }
 }
 
+impl Reference {
+    /// The base with the PEFT adapter in `dir`: loaded onto `model` in place of its own adapters
+    /// for a snapshot, which are then put back.
+    pub fn from_adapter(model: &mut CausalLm, dir: &std::path::Path) -> Result<Self> {
+        let own: Vec<Vec<LoraAdapter>> =
+            model.linear_modules_mut().into_iter().map(|(_, l)| std::mem::take(&mut l.lora)).collect();
+        let loaded = lora_core::adapter::load_adapter(model, dir, 1.0, false);
+        let reference = loaded.map_err(Into::into).and_then(|_| Self::snapshot(model));
+        for ((_, l), lora) in model.linear_modules_mut().into_iter().zip(own) {
+            l.lora = lora;
+        }
+        reference
+    }
+}
+
 /// The reference's summed log-probabilities of a micro-batch's rows (chosen rows, then rejected),
 /// untracked: the model with its adapters swapped for the reference's for the pass.
 pub fn reference_log_probs(model: &mut CausalLm, reference: &Reference, batch: &PairBatch) -> Result<Vec<f64>> {

@@ -135,6 +135,11 @@ pub struct LoraSection {
     /// Only these decoder layers (default: all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layers: Option<Vec<usize>>,
+    /// Start from this PEFT adapter (a folder) instead of a fresh one: its configuration (rank,
+    /// alpha, targets, dropout) is the run's. A DPO run's reference is then this adapter, as TRL's
+    /// is when it is given a PEFT model to go on training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
 }
 
 fn d_r() -> usize {
@@ -160,6 +165,7 @@ impl Default for LoraSection {
             rslora: false,
             init: d_init(),
             layers: None,
+            init_from: None,
         }
     }
 }
@@ -521,6 +527,12 @@ impl Recipe {
             self.data.chat_template = Some(abs(Path::new(t)).display().to_string());
         }
         self.output.dir = abs(&self.output.dir);
+        if let Some(a) = &self.lora.init_from {
+            self.lora.init_from = Some(abs(a));
+        }
+        if let Some(r) = self.preference.as_mut().and_then(|p| p.reference_adapter.as_mut()) {
+            *r = abs(r);
+        }
     }
 
     /// The recipe as TOML text (resolved paths), as written into the run folder.

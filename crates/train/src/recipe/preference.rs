@@ -34,6 +34,10 @@ pub struct PreferenceSection {
     /// true): steps then cost one policy pass. Exact, since the reference has no dropout.
     #[serde(default = "d_true")]
     pub precompute_reference: bool,
+    /// The reference: the base with this PEFT adapter (a folder; an SFT run, say). Default: the
+    /// base without adapters, or `[lora] init_from` when the policy starts from an adapter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_adapter: Option<std::path::PathBuf>,
 }
 
 fn d_beta() -> f64 {
@@ -83,10 +87,25 @@ impl Recipe {
             Err(TrainError::Recipe(format!("{at}: {section}.{key} {msg}")))
         };
         let d = &self.data;
+        if let Some(a) = &self.lora.init_from {
+            if !a.join("adapter_config.json").is_file() {
+                return err(
+                    "lora",
+                    "init_from",
+                    format!("'{}' is not a PEFT adapter folder (no adapter_config.json)", a.display()),
+                );
+            }
+            // The adapter's own configuration is the run's: a key that would say otherwise is refused.
+            for key in ["r", "alpha", "dropout", "targets", "rslora", "init", "layers"] {
+                if src.locate("lora", key).is_some() {
+                    return err("lora", key, "is the init_from adapter's own; remove it (or init_from)".into());
+                }
+            }
+        }
         match self.train.method.as_str() {
             "sft" => {
                 if self.preference.is_some() {
-                    let keys = ["beta", "loss_type", "label_smoothing", "precompute_reference"];
+                    let keys = ["beta", "loss_type", "label_smoothing", "precompute_reference", "reference_adapter"];
                     let key = keys.into_iter().find(|k| src.locate("preference", k).is_some()).unwrap_or("beta");
                     return err(
                         "preference",
@@ -127,6 +146,15 @@ impl Recipe {
                         );
                     }
                     _ => {}
+                }
+                if let Some(r) = &p.reference_adapter
+                    && !r.join("adapter_config.json").is_file()
+                {
+                    return err(
+                        "preference",
+                        "reference_adapter",
+                        format!("'{}' is not a PEFT adapter folder (no adapter_config.json)", r.display()),
+                    );
                 }
                 if !["auto", "preference"].contains(&d.format.as_str()) {
                     return err(
