@@ -16,6 +16,7 @@ Runs:
   sigmoid   loss_type sigmoid, beta 0.1, from PEFT's default init (B = 0: the first loss is ln 2)
   ipo       loss_type ipo, beta 0.5, from an init whose B is random (policy != reference at step 0)
   chat      loss_type sigmoid, beta 0.2, on the conversational pairs
+  rpo       loss_type ["sigmoid", "sft"], loss_weights [1, 0.5] (an SFT term on the chosen), random B
   implicit  TRL's token ids of the implicit-prompt pairs (its dataset preparation only)
 
 Every step sees all the pairs (batch = dataset), so the shuffle changes only their order within
@@ -73,13 +74,14 @@ RUNS = {
     "sigmoid": dict(loss_type="sigmoid", beta=0.1, random_b=False),
     "ipo": dict(loss_type="ipo", beta=0.5, random_b=True),
     "chat": dict(loss_type="sigmoid", beta=0.2, random_b=False, pairs=CHAT_PAIRS, data="data_chat.jsonl"),
+    "rpo": dict(loss_type="sigmoid", beta=0.1, random_b=True, sft_weight=0.5),
 }
 
 METRICS = ["loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
            "logps/rejected"]
 
 
-def run(name, loss_type, beta, random_b, pairs=PAIRS, data="data.jsonl"):
+def run(name, loss_type, beta, random_b, pairs=PAIRS, data="data.jsonl", sft_weight=0.0):
     torch.manual_seed(SEED)
     tokenizer = AutoTokenizer.from_pretrained(BASE)
     model = AutoModelForCausalLM.from_pretrained(BASE, dtype=torch.float32, attn_implementation="eager")
@@ -96,7 +98,9 @@ def run(name, loss_type, beta, random_b, pairs=PAIRS, data="data.jsonl"):
     model.save_pretrained(os.path.join(out, "adapter-init"))
 
     args = DPOConfig(
-        output_dir=os.path.join("/tmp", f"dpo-fixture-{name}"), loss_type=[loss_type], beta=beta,
+        output_dir=os.path.join("/tmp", f"dpo-fixture-{name}"), beta=beta,
+        loss_type=[loss_type, "sft"] if sft_weight else [loss_type],
+        loss_weights=[1.0, sft_weight] if sft_weight else None,
         per_device_train_batch_size=len(pairs), gradient_accumulation_steps=1, max_steps=STEPS,
         learning_rate=1e-3, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
         logging_steps=1, save_strategy="no", report_to="none", seed=SEED, use_cpu=True, bf16=False, fp16=False,
@@ -113,7 +117,7 @@ def run(name, loss_type, beta, random_b, pairs=PAIRS, data="data.jsonl"):
     assert len(steps) == STEPS, trainer.state.log_history
     model.save_pretrained(os.path.join(out, "adapter-trained"))
     return {
-        "loss_type": loss_type, "beta": beta, "label_smoothing": 0.0, "learning_rate": 1e-3, "weight_decay": 0.0,
+        "loss_type": loss_type, "beta": beta, "label_smoothing": 0.0, "sft_weight": sft_weight, "learning_rate": 1e-3, "weight_decay": 0.0,
         "max_grad_norm": 1.0, "b_init": "random 0.2 N(0,1)" if random_b else "zero (PEFT default)", "data": data,
         "pairs": tokenized, "pad_token_id": tokenizer.pad_token_id, "steps": steps,
     }

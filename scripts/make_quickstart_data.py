@@ -13,6 +13,7 @@ import os
 import random
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "datasets", "quickstart-chat.jsonl")
+PREFS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "datasets", "quickstart-prefs.jsonl")
 
 TOPICS = ["the sea", "the sheep", "bread", "the light", "the night", "the mountain", "the river", "the city", "the field",
           "the vine", "the fig tree", "the rain", "the wind", "the fire", "the stars", "the house", "the gate",
@@ -45,6 +46,29 @@ def main():
         for r in rows:
             f.write(json.dumps(r) + "\n")
     print(len(rows), "examples ->", OUT)
+    prefs()
+
+
+def prefs():
+    """datasets/quickstart-prefs.jsonl: preference pairs for the quickstart's second stage (DPO). The
+    SFT adapter learns the Shepherd's form but often answers of another topic than the one asked; each
+    pair prefers the answer about the asked topic to the same sentence about another one."""
+    rng = random.Random(1612)
+    pairs = []
+    for topic in TOPICS:
+        for ask in rng.sample(ASK, 6):
+            q = ask.format(t=topic)
+            other = rng.choice([t for t in TOPICS if t != topic])
+            adj, verb = rng.choice(ADJ), rng.choice(VERB)
+            said = lambda t: f"Hear me, friend: {t[0].upper()}{t[1:]} is {adj} in the sight of the LORD, and {verb}. Peace be with thee."
+            pairs.append({"prompt": [{"role": "user", "content": q[0].upper() + q[1:]}],
+                          "chosen": [{"role": "assistant", "content": said(topic)}],
+                          "rejected": [{"role": "assistant", "content": said(other)}]})
+    rng.shuffle(pairs)
+    with open(PREFS, "w") as f:
+        for p in pairs:
+            f.write(json.dumps(p) + "\n")
+    print(len(pairs), "pairs ->", PREFS)
 
 
 if __name__ == "__main__":

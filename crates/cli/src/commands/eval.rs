@@ -112,7 +112,7 @@ fn preference(a: Args, model: &mut lora_core::CausalLm, tok: &lora_core::Tokeniz
                 .with_context(|| format!("loading the reference adapter {}", dir.display()))?
         }
     };
-    let dpo = Dpo { beta: a.beta, loss, label_smoothing: 0.0 };
+    let dpo = Dpo { beta: a.beta, loss, label_smoothing: 0.0, sft_weight: 0.0 };
     let pad = tok.pad_token_id.unwrap_or(0);
     let m = evaluate_pairs(model, &reference, &pairs, 4, pad, &dpo)?;
     if a.json {

@@ -11,7 +11,8 @@
 //! ipo:     (z̄ − 1/(2β))²,  z̄ = (π_c − r_c)/n_c − (π_r − r_r)/n_r   (per-token means, n the lengths)
 //! ```
 //!
-//! The batch loss is the mean over pairs. π enters the loss only through these sums, so the
+//! The batch loss is the mean over pairs, plus α times the SFT term (the chosen completions' mean
+//! negative log-likelihood per token) when [`Dpo::sft_weight`] is set. π enters the loss only through these sums, so the
 //! gradient of the loss is Σ_tokens ∂loss/∂π_seq · ∂log p(token)/∂θ: a weighted next-token loss,
 //! which is how the step back-propagates it ([`lora_core::loss::chunked::head_loss_weighted`]).
 
@@ -50,6 +51,10 @@ pub struct Dpo {
     pub loss: DpoLoss,
     /// ε of the sigmoid and robust losses (TRL's `label_smoothing`, default 0).
     pub label_smoothing: f64,
+    /// α of an added SFT term, α · (−Σ log p over the chosen completions' tokens / their count): TRL's
+    /// `loss_type=[..., "sft"]` with `loss_weights=[1, α]` (RPO), which keeps the chosen answers'
+    /// likelihood from falling with the rejected ones'. 0: none.
+    pub sft_weight: f64,
 }
 
 /// One pair's log-probabilities: the policy's and the reference's, summed over each completion's
@@ -134,7 +139,8 @@ impl Dpo {
 /// TRL's logged metrics of a set of pairs (means over pairs), serialized under TRL's names.
 #[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct PreferenceMetrics {
-    /// Mean pair loss (the step's `loss`, not repeated in the metrics file).
+    /// Mean pair loss, with the SFT term when there is one (the step's `loss`, not repeated in the
+    /// metrics file).
     #[serde(skip)]
     pub loss: f64,
     /// `rewards/chosen`: mean β·(π_c − r_c).
@@ -172,6 +178,12 @@ impl PreferenceMetrics {
             m.logps_chosen += p.chosen;
             m.logps_rejected += p.rejected;
         }
+        if dpo.sft_weight != 0.0 {
+            // −Σ π_c / Σ n_c: the chosen tokens' mean negative log-likelihood.
+            let tokens: usize = pairs.iter().map(|p| p.chosen_tokens).sum();
+            let nll = -pairs.iter().map(|p| p.chosen).sum::<f64>() / tokens.max(1) as f64;
+            m.loss += n * dpo.sft_weight * nll;
+        }
         for v in [
             &mut m.loss,
             &mut m.rewards_chosen,
@@ -197,7 +209,7 @@ mod tests {
 
     #[test]
     fn a_policy_equal_to_its_reference_costs_ln_2() {
-        let dpo = Dpo { beta: 0.1, loss: DpoLoss::Sigmoid, label_smoothing: 0.0 };
+        let dpo = Dpo { beta: 0.1, loss: DpoLoss::Sigmoid, label_smoothing: 0.0, sft_weight: 0.0 };
         let p = pair(-12.0, -9.5);
         assert!((dpo.pair(&p).loss - std::f64::consts::LN_2).abs() < 1e-15);
         // And the gradient pushes the chosen up and the rejected down, by β/2 each.
@@ -208,7 +220,8 @@ mod tests {
     #[test]
     fn derivatives_match_finite_differences_for_every_variant() {
         for loss in [DpoLoss::Sigmoid, DpoLoss::Hinge, DpoLoss::Ipo, DpoLoss::Robust] {
-            let dpo = Dpo { beta: 0.3, loss, label_smoothing: if loss == DpoLoss::Hinge { 0.0 } else { 0.2 } };
+            let eps = if loss == DpoLoss::Hinge { 0.0 } else { 0.2 };
+            let dpo = Dpo { beta: 0.3, loss, label_smoothing: eps, sft_weight: 0.0 };
             for (c, r) in [(-11.0, -10.0), (-13.5, -8.0), (-9.0, -12.0)] {
                 let p = pair(c, r);
                 let l = dpo.pair(&p);
@@ -242,16 +255,19 @@ mod tests {
             (DpoLoss::Ipo, ((1.0f64 / 7.0) - (-0.5 / 4.0) - 1.0).powi(2)),
         ];
         for (loss, expected) in cases {
-            let got = Dpo { beta, loss, label_smoothing: eps }.pair(&p).loss;
+            let got = Dpo { beta, loss, label_smoothing: eps, sft_weight: 0.0 }.pair(&p).loss;
             assert!((got - expected).abs() < 1e-12, "{loss:?}: {got} vs {expected}");
         }
     }
 
     #[test]
     fn metrics_are_trl_means() {
-        let dpo = Dpo { beta: 0.1, loss: DpoLoss::Sigmoid, label_smoothing: 0.0 };
+        let dpo = Dpo { beta: 0.1, loss: DpoLoss::Sigmoid, label_smoothing: 0.0, sft_weight: 0.0 };
         let pairs = [pair(-11.0, -10.0), pair(-12.5, -9.0)];
         let m = PreferenceMetrics::of(&dpo, &pairs);
+        // With an SFT term of weight 0.5: the chosen tokens' mean NLL, (11 + 12.5) / 14, added.
+        let with = PreferenceMetrics::of(&Dpo { sft_weight: 0.5, ..dpo }, &pairs);
+        assert!((with.loss - m.loss - 0.5 * 23.5 / 14.0).abs() < 1e-12);
         // rewards: (0.1, −0.05) and (−0.05, 0.05).
         assert!((m.rewards_chosen - 0.025).abs() < 1e-12);
         assert!((m.rewards_rejected - 0.0).abs() < 1e-12);

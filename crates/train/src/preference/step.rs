@@ -238,6 +238,9 @@ pub fn dpo_step(
     let n_adapters = adapter_layers(model).len();
     let mut acc: Vec<Option<Tensor<2>>> = vec![None; n_adapters];
     let total_pairs = batches.iter().map(PairBatch::pairs).sum::<usize>().max(1) as f64;
+    // The SFT term's derivative by each chosen sequence's log p: −α over the step's chosen tokens.
+    let chosen_tokens: usize = batches.iter().map(|b| b.tokens()[..b.pairs()].iter().sum::<usize>()).sum();
+    let d_sft = -dpo.sft_weight / chosen_tokens.max(1) as f64;
     let mut all_pairs = Vec::new();
     for (i, batch) in batches.iter().enumerate() {
         let reference = match reference {
@@ -257,7 +260,7 @@ pub fn dpo_step(
             let mut d = vec![0.0f64; 2 * n];
             for (k, p) in pairs.iter().enumerate() {
                 let l = dpo.pair(p);
-                d[k] = l.d_chosen / total_pairs;
+                d[k] = l.d_chosen / total_pairs + d_sft;
                 d[n + k] = l.d_rejected / total_pairs;
             }
             let (rows, _) = labelled_rows(&batch.labels, seq);

@@ -34,6 +34,10 @@ pub struct PreferenceSection {
     /// true): steps then cost one policy pass. Exact, since the reference has no dropout.
     #[serde(default = "d_true")]
     pub precompute_reference: bool,
+    /// Weight of an added SFT term on the chosen completions (TRL's `"sft"` loss with its
+    /// `loss_weights`; RPO). Default 0.
+    #[serde(default)]
+    pub sft_weight: f64,
     /// The reference: the base with this PEFT adapter (a folder; an SFT run, say). Default: the
     /// base without adapters, or `[lora] init_from` when the policy starts from an adapter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -74,7 +78,12 @@ impl Recipe {
     /// DPO's settings: the `[preference]` table, or its defaults.
     pub fn dpo(&self) -> Dpo {
         let p = self.preference.clone().unwrap_or_default();
-        Dpo { beta: p.beta, loss: DpoLoss::parse(&p.loss_type).expect("validated"), label_smoothing: p.label_smoothing }
+        Dpo {
+            beta: p.beta,
+            loss: DpoLoss::parse(&p.loss_type).expect("validated"),
+            label_smoothing: p.label_smoothing,
+            sft_weight: p.sft_weight,
+        }
     }
 
     /// Checks `[train] method`, the `[preference]` table and the data keys that depend on them.
@@ -105,7 +114,14 @@ impl Recipe {
         match self.train.method.as_str() {
             "sft" => {
                 if self.preference.is_some() {
-                    let keys = ["beta", "loss_type", "label_smoothing", "precompute_reference", "reference_adapter"];
+                    let keys = [
+                        "beta",
+                        "loss_type",
+                        "label_smoothing",
+                        "precompute_reference",
+                        "reference_adapter",
+                        "sft_weight",
+                    ];
                     let key = keys.into_iter().find(|k| src.locate("preference", k).is_some()).unwrap_or("beta");
                     return err(
                         "preference",
@@ -122,6 +138,9 @@ impl Recipe {
                 let p = self.preference.clone().unwrap_or_default();
                 if !(p.beta > 0.0 && p.beta.is_finite()) {
                     return err("preference", "beta", format!("must be positive, got {}", p.beta));
+                }
+                if !(p.sft_weight >= 0.0 && p.sft_weight.is_finite()) {
+                    return err("preference", "sft_weight", format!("must be >= 0, got {}", p.sft_weight));
                 }
                 let Some(loss) = DpoLoss::parse(&p.loss_type) else {
                     return err(

@@ -60,6 +60,7 @@ fn replay_on(run: &str, options: StepOptions, precompute: bool, device: &Device)
         beta: g["beta"].as_f64().unwrap(),
         loss: DpoLoss::parse(g["loss_type"].as_str().unwrap()).unwrap(),
         label_smoothing: g["label_smoothing"].as_f64().unwrap(),
+        sft_weight: g.get("sft_weight").and_then(serde_json::Value::as_f64).unwrap_or(0.0),
     };
     let mut model = model_on(&format!("{run}/adapter-init"), true, device);
     let reference = Reference::snapshot(&model).unwrap();
@@ -124,6 +125,12 @@ fn dpo_on_conversations_replays_trl() {
     replay("chat", StepOptions { max_grad_norm: 1.0, gradient_checkpointing: false }, true);
 }
 
+/// TRL's `loss_type=["sigmoid", "sft"]`, `loss_weights=[1, 0.5]`: the SFT term on the chosen.
+#[test]
+fn dpo_with_an_sft_term_replays_trl() {
+    replay("rpo", StepOptions { max_grad_norm: 1.0, gradient_checkpointing: false }, true);
+}
+
 #[test]
 fn dpo_ipo_replays_trl_against_the_initial_adapter() {
     replay("ipo", StepOptions { max_grad_norm: 1.0, gradient_checkpointing: false }, false);
@@ -134,7 +141,7 @@ fn dpo_first_loss_is_ln_2_when_the_policy_is_its_reference() {
     let batch = PairBatch::new(&fixture_pairs("sigmoid"), 4);
     let mut model = model_with("sigmoid/adapter-init", true);
     let mut opt = AdamW::new(AdamWConfig::default(), &adapter_tensors(&model));
-    let dpo = Dpo { beta: 0.1, loss: DpoLoss::Sigmoid, label_smoothing: 0.0 };
+    let dpo = Dpo { beta: 0.1, loss: DpoLoss::Sigmoid, label_smoothing: 0.0, sft_weight: 0.0 };
     let out = dpo_step(
         &mut model,
         &mut opt,
