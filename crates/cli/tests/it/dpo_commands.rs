@@ -184,9 +184,51 @@ fn dpo_from_an_adapter_reproduces_trl_end_to_end() {
         let diff = max_abs_diff(&a, &b);
         assert!(diff <= 1e-4, "{name}: max |Δ| {diff:e}");
     }
-    // A key the adapter decides is refused beside init_from.
-    let text = std::fs::read_to_string(&recipe).unwrap().replace("[lora]\n", "[lora]\nr = 8\n");
-    std::fs::write(&recipe, text).unwrap();
+    // The run folder's recipe says what was trained: the adapter's rank and alpha.
+    let resolved = std::fs::read_to_string(run.join("recipe.toml")).unwrap();
+    assert!(resolved.contains("r = 4") && resolved.contains("alpha = 8.0"), "{resolved}");
+    // A key that contradicts the adapter is refused beside init_from; one that agrees is fine.
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    std::fs::write(&recipe, text.replace("[lora]\n", "[lora]\nr = 8\n")).unwrap();
     std::fs::remove_dir_all(&run).unwrap();
-    assert_user_error(&lora(&["train", s(&recipe)]), "lora.r is the init_from adapter's own");
+    assert_user_error(&lora(&["train", s(&recipe)]), "lora.r is 8 but the init_from adapter's is 4");
+    std::fs::write(&recipe, text.replace("[lora]\n", "[lora]\nr = 4\n")).unwrap();
+    assert!(lora(&["train", s(&recipe), "--dry-run"]).status.success());
+}
+
+/// Ctrl-C in a DPO run from an adapter: the checkpoint, then `--resume` (which reads the reference
+/// adapter from its folder again, not from the resumed values) gives the uninterrupted run's bytes.
+#[test]
+fn an_interrupted_dpo_run_resumes_to_the_same_adapter() {
+    use std::io::{BufRead, BufReader};
+    let d = temp_dir("dpo-resume");
+    let run = d.join("run");
+    let init = fixtures().join("dpo/rpo/adapter-init");
+    let text = std::fs::read_to_string(dpo_recipe(&d, &run, "[preference]\nsft_weight = 0.5\n"))
+        .unwrap()
+        .replace("r = 4\nalpha = 8\ntargets = [\"q_proj\", \"v_proj\", \"down_proj\"]\n", "")
+        .replace("[lora]\n", &format!("[lora]\ninit_from = \"{}\"\n", init.display()))
+        .replace("max_steps = 5", "max_steps = 400\nbatch_size = 2")
+        .replace("batch_size = 4\n", "");
+    let recipe = d.join("resume.toml");
+    std::fs::write(&recipe, text).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lora"))
+        .args(["train", s(&recipe)])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    while !lines.next().expect("training ended early").unwrap().contains("step 3/400") {}
+    let rest = std::thread::spawn(move || lines.map_while(|l| l.ok()).collect::<Vec<_>>().join("\n"));
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let status = child.wait().unwrap();
+    let err = rest.join().unwrap();
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("interrupted at step"), "{err}");
+    let o = lora(&["train", s(&recipe), "--resume"]);
+    assert!(o.status.success() && stderr(&o).contains("resuming at step"), "{}", stderr(&o));
+    let o = lora(&["verify", s(&run)]);
+    assert!(o.status.success() && stdout(&o).contains("reproduced byte for byte"), "{}{}", stdout(&o), stderr(&o));
 }

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Result, TrainError};
 
 mod checks;
+mod init_from;
 mod preference;
 mod source;
 mod suggest;
@@ -440,6 +441,7 @@ impl Recipe {
         let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         recipe.resolve_base(&base, hub, &src)?;
         recipe.resolve_paths(&base);
+        recipe.adopt_init_from(&src)?;
         recipe.validate(&src)?;
         Ok(recipe)
     }

@@ -96,21 +96,6 @@ impl Recipe {
             Err(TrainError::Recipe(format!("{at}: {section}.{key} {msg}")))
         };
         let d = &self.data;
-        if let Some(a) = &self.lora.init_from {
-            if !a.join("adapter_config.json").is_file() {
-                return err(
-                    "lora",
-                    "init_from",
-                    format!("'{}' is not a PEFT adapter folder (no adapter_config.json)", a.display()),
-                );
-            }
-            // The adapter's own configuration is the run's: a key that would say otherwise is refused.
-            for key in ["r", "alpha", "dropout", "targets", "rslora", "init", "layers"] {
-                if src.locate("lora", key).is_some() {
-                    return err("lora", key, "is the init_from adapter's own; remove it (or init_from)".into());
-                }
-            }
-        }
         match self.train.method.as_str() {
             "sft" => {
                 if self.preference.is_some() {
