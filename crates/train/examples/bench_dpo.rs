@@ -93,7 +93,7 @@ fn main() {
         .map(|p| PairIds { prompt: seq(p, 0, prompt), chosen: seq(p, 1, completion), rejected: seq(p, 2, completion) })
         .collect();
     let batch = PairBatch::new(&pairs, 0);
-    let dpo = Dpo { beta: 0.1, loss: DpoLoss::Sigmoid, label_smoothing: 0.0, sft_weight: 0.0 };
+    let dpo = Dpo { beta: 0.1, loss: DpoLoss::Sigmoid, label_smoothing: 0.0, gamma: 0.0, sft_weight: 0.0 };
     let options = StepOptions { max_grad_norm: 1.0, gradient_checkpointing: checkpointing };
     let reference = Reference::Base;
     let (loss, s) = lora_train::pool::run_on_pool(|| {

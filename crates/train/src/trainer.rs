@@ -123,7 +123,7 @@ impl Prepared {
         let t = &self.recipe.train;
         let n = match self.recipe.method() {
             Method::Sft => self.train.len(),
-            Method::Dpo => self.pairs.train.len(),
+            Method::Preference => self.pairs.train.len(),
         };
         let micro = micro_batches_per_epoch(n, t.batch_size);
         t.max_steps.unwrap_or_else(|| (micro * t.epochs as u64).div_ceil(t.grad_accum as u64).max(1))
@@ -191,13 +191,13 @@ pub fn prepare(recipe: &Recipe) -> Result<Prepared> {
     let mut pairs = PreferenceData::default();
     let (mut train, mut train_summary) = match recipe.method() {
         Method::Sft => load_examples(&d.train.weighted(), &opts, &tokenizer)?,
-        Method::Dpo => {
+        Method::Preference => {
             pairs = load_preference_data(recipe, &tokenizer, template.as_ref())?;
             (Vec::new(), pairs.train_summary.clone())
         }
     };
     let (validation, validation_summary) = match (&d.validation, d.validation_fraction) {
-        _ if recipe.method() == Method::Dpo => (Vec::new(), pairs.validation_summary.clone()),
+        _ if recipe.method() == Method::Preference => (Vec::new(), pairs.validation_summary.clone()),
         (Some(files), _) => {
             let (v, s) = load_examples(&files.weighted(), &opts, &tokenizer)?;
             (v, Some(s))
@@ -387,7 +387,7 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
     // DPO: the reference's log-probabilities of the training pairs, once, before the first step.
     let preference = match p.recipe.method() {
         Method::Sft => None,
-        Method::Dpo => Some(on_pool(pool.as_ref(), poll, || {
+        Method::Preference => Some(on_pool(pool.as_ref(), poll, || {
             PreferenceTraining::new(&p.recipe, &mut p.model, &p.pairs.train, pad_id)
         })?),
     };
@@ -503,12 +503,31 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
     );
     let data_desc = match p.recipe.method() {
         Method::Sft => data_desc,
-        Method::Dpo => {
+        Method::Preference => {
             let d = p.recipe.dpo();
+            let reference = match (
+                &p.recipe.preference.as_ref().and_then(|x| x.reference_adapter.clone()),
+                &p.recipe.lora.init_from,
+            ) {
+                _ if d.loss == crate::preference::DpoLoss::Simpo => "no reference model".to_string(),
+                (Some(r), _) | (None, Some(r)) => {
+                    format!("the base with the adapter `{}` as the reference", r.display())
+                }
+                (None, None) => "the base without the adapter as the reference".to_string(),
+            };
+            let method = if d.loss == crate::preference::DpoLoss::Simpo { "SimPO" } else { "DPO" };
             format!(
-                "Trained with DPO ({:?} loss, beta {}, label smoothing {}) against the base without the adapter, \
+                "Trained with {method} ({:?} loss, beta {}, label smoothing {}, SFT term weight {}{}) and {reference}, \
                  on preference pairs (each \"example\" below is a pair; trained tokens are both completions'). {data_desc}",
-                d.loss, d.beta, d.label_smoothing
+                d.loss,
+                d.beta,
+                d.label_smoothing,
+                d.sft_weight,
+                if d.loss == crate::preference::DpoLoss::Simpo {
+                    format!(", gamma {}", d.gamma)
+                } else {
+                    String::new()
+                }
             )
         }
     };

@@ -28,9 +28,12 @@ pub struct Args {
     /// preference: DPO's beta.
     #[arg(long, default_value_t = 0.1)]
     beta: f64,
-    /// preference: DPO's loss (sigmoid, ipo, hinge, robust).
+    /// preference: the loss (sigmoid, ipo, hinge, robust; simpo, which needs no reference).
     #[arg(long, default_value = "sigmoid")]
     loss_type: String,
+    /// preference: SimPO's target margin gamma.
+    #[arg(long, default_value_t = 0.5)]
+    gamma: f64,
     /// Longest sequence for the completion, alpaca and chat formats.
     #[arg(long, default_value_t = 2048)]
     max_seq_len: usize,
@@ -83,7 +86,7 @@ fn preference(a: Args, model: &mut lora_core::CausalLm, tok: &lora_core::Tokeniz
     use lora_train::data::chat_template::{ChatTemplate, FIXED_DATE_UNIX};
     use lora_train::preference::{Dpo, DpoLoss, PairIds, Reference, evaluate_pairs, load_pairs};
     let loss = DpoLoss::parse(&a.loss_type)
-        .with_context(|| format!("--loss-type must be sigmoid, ipo, hinge or robust, got '{}'", a.loss_type))?;
+        .with_context(|| format!("--loss-type must be sigmoid, ipo, hinge, robust or simpo, got '{}'", a.loss_type))?;
     anyhow::ensure!(a.beta > 0.0 && a.beta.is_finite(), "--beta must be positive, got {}", a.beta);
     let template = tok
         .chat_template
@@ -112,7 +115,7 @@ fn preference(a: Args, model: &mut lora_core::CausalLm, tok: &lora_core::Tokeniz
                 .with_context(|| format!("loading the reference adapter {}", dir.display()))?
         }
     };
-    let dpo = Dpo { beta: a.beta, loss, label_smoothing: 0.0, sft_weight: 0.0 };
+    let dpo = Dpo { beta: a.beta, loss, label_smoothing: 0.0, gamma: a.gamma, sft_weight: 0.0 };
     let pad = tok.pad_token_id.unwrap_or(0);
     let m = evaluate_pairs(model, &reference, &pairs, 4, pad, &dpo)?;
     if a.json {

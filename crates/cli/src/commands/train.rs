@@ -115,7 +115,7 @@ pub fn run_cmd(a: Args) -> Result<()> {
         println!("\n# adapters on {} modules: {}", prepared.targets.len(), summarize_targets(&prepared.targets));
         println!("# trainable parameters: {trainable}");
         let s = &prepared.train_summary;
-        let unit = if recipe.method() == Method::Dpo { "preference pairs" } else { "examples" };
+        let unit = if recipe.method() == Method::Preference { "preference pairs" } else { "examples" };
         println!(
             "# training data: {} {unit}, {} tokens, {} trained tokens, {} truncated, {} dropped, {} invalid skipped{}",
             s.examples,
@@ -171,7 +171,7 @@ pub fn run_cmd(a: Args) -> Result<()> {
     let turns = recipe.data.turns.clone();
     let tty = std::io::stderr().is_terminal();
     let method = recipe.method();
-    let unit = if method == Method::Dpo { "preference pairs" } else { "examples" };
+    let unit = if method == Method::Preference { "preference pairs" } else { "examples" };
     let mut bar: Option<ProgressBar> = None;
     let summary = run(prepared, &opts, &mut |e| match e {
         Event::Start { train, validation, total_steps, first_step, trainable, targets } => {
@@ -250,7 +250,7 @@ pub fn run_cmd(a: Args) -> Result<()> {
                 s.eval_loss
                     .map(|l| match method {
                         Method::Sft => format!(", validation loss {l:.4} (perplexity {:.3})", l.exp()),
-                        Method::Dpo => format!(", validation loss {l:.4}"),
+                        Method::Preference => format!(", validation loss {l:.4}"),
                     })
                     .unwrap_or_default()
             );

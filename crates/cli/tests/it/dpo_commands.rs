@@ -60,7 +60,11 @@ fn dpo_trains_logs_trl_metrics_and_verifies() {
     assert!(last["logps/chosen"].as_f64().unwrap() > first["logps/chosen"].as_f64().unwrap(), "{last}");
     // The card says how it was trained; verify reruns it byte for byte.
     let card = std::fs::read_to_string(run.join("README.md")).unwrap();
-    assert!(card.contains("Trained with DPO (Sigmoid loss, beta 0.1"), "{card}");
+    assert!(
+        card.contains("Trained with DPO (Sigmoid loss, beta 0.1")
+            && card.contains("the base without the adapter as the reference"),
+        "{card}"
+    );
     let o = lora(&["verify", s(&run)]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("reproduced byte for byte"));
@@ -110,7 +114,7 @@ fn bad_preference_recipes_exit_2_naming_the_key() {
         ),
         (
             "[preference]\nloss_type = \"ipo\"\nlabel_smoothing = 0.1\n",
-            "preference.label_smoothing applies to the sigmoid and robust losses",
+            "preference.label_smoothing applies to the sigmoid, robust and SimPO losses",
         ),
         ("[preference]\nbeta = 0.0\n", "preference.beta must be positive"),
         ("[preference]\ngamma = 1.0\n", "gamma"),
@@ -231,4 +235,52 @@ fn an_interrupted_dpo_run_resumes_to_the_same_adapter() {
     assert!(o.status.success() && stderr(&o).contains("resuming at step"), "{}", stderr(&o));
     let o = lora(&["verify", s(&run)]);
     assert!(o.status.success() && stdout(&o).contains("reproduced byte for byte"), "{}{}", stdout(&o), stderr(&o));
+}
+
+/// `method = "simpo"`: reference-free, TRL CPOConfig's defaults (gamma 0.5, an SFT term of 1), the
+/// keys that need a reference refused.
+#[test]
+fn simpo_trains_without_a_reference() {
+    let d = temp_dir("simpo");
+    let run = d.join("run");
+    let text = std::fs::read_to_string(dpo_recipe(&d, &run, "[preference]\nbeta = 2.0\ngamma = 0.3\n")).unwrap();
+    let recipe = d.join("simpo.toml");
+    std::fs::write(&recipe, text.replace("method = \"dpo\"", "method = \"simpo\"")).unwrap();
+    let o = lora(&["train", s(&recipe)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let metrics: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let (first, last) = (&metrics[0], &metrics[4]);
+    assert!(last["loss"].as_f64().unwrap() < first["loss"].as_f64().unwrap(), "{first} -> {last}");
+    // SimPO's log-probabilities are per-token means, its rewards beta times them.
+    let (lc, rc) = (first["logps/chosen"].as_f64().unwrap(), first["rewards/chosen"].as_f64().unwrap());
+    assert!(lc > -20.0 && (rc - 2.0 * lc).abs() < 1e-9, "{first}");
+    let card = std::fs::read_to_string(run.join("README.md")).unwrap();
+    assert!(
+        card.contains("Trained with SimPO") && card.contains("gamma 0.3") && card.contains("no reference model"),
+        "{card}"
+    );
+    let o = lora(&["verify", s(&run)]);
+    assert!(o.status.success() && stdout(&o).contains("reproduced byte for byte"), "{}", stderr(&o));
+    for (extra, needle) in [
+        (
+            "[preference]\nloss_type = \"ipo\"\n".to_string(),
+            "preference.loss_type does not apply to method = \"simpo\"",
+        ),
+        (
+            format!("[preference]\nreference_adapter = \"{}\"\n", fixtures().join("dpo/ipo/adapter-init").display()),
+            "preference.reference_adapter does not apply",
+        ),
+    ] {
+        let text = std::fs::read_to_string(dpo_recipe(&d, &d.join("run2"), &extra)).unwrap();
+        std::fs::write(&recipe, text.replace("method = \"dpo\"", "method = \"simpo\"")).unwrap();
+        assert_user_error(&lora(&["train", s(&recipe)]), needle);
+    }
+    // gamma belongs to SimPO.
+    let text = std::fs::read_to_string(dpo_recipe(&d, &d.join("run3"), "[preference]\ngamma = 1.0\n")).unwrap();
+    std::fs::write(&recipe, text).unwrap();
+    assert_user_error(&lora(&["train", s(&recipe)]), "preference.gamma is SimPO's");
 }

@@ -9,6 +9,7 @@
 //! robust:  (−(1 − ε)·log σ(βz) + ε·log σ(−βz)) / (1 − 2ε)
 //! hinge:   relu(1 − βz)
 //! ipo:     (z̄ − 1/(2β))²,  z̄ = (π_c − r_c)/n_c − (π_r − r_r)/n_r   (per-token means, n the lengths)
+//! simpo:   −(1 − ε)·log σ(β·(π_c/n_c − π_r/n_r) − γ) − ε·log σ(−…)   (no reference; TRL's CPOTrainer)
 //! ```
 //!
 //! The batch loss is the mean over pairs, plus α times the SFT term (the chosen completions' mean
@@ -27,6 +28,9 @@ pub enum DpoLoss {
     Ipo,
     /// Robust DPO (rDPO), unbiased under the label-flip rate ε.
     Robust,
+    /// SimPO: reference-free, on per-token mean log-probabilities with a target margin γ (TRL's
+    /// `CPOTrainer` with `loss_type="simpo"`).
+    Simpo,
 }
 
 impl DpoLoss {
@@ -37,6 +41,7 @@ impl DpoLoss {
             "hinge" => Self::Hinge,
             "ipo" => Self::Ipo,
             "robust" => Self::Robust,
+            "simpo" => Self::Simpo,
             _ => return None,
         })
     }
@@ -51,6 +56,8 @@ pub struct Dpo {
     pub loss: DpoLoss,
     /// ε of the sigmoid and robust losses (TRL's `label_smoothing`, default 0).
     pub label_smoothing: f64,
+    /// SimPO's target margin γ (TRL's `simpo_gamma`); unused by the other losses.
+    pub gamma: f64,
     /// α of an added SFT term, α · (−Σ log p over the chosen completions' tokens / their count): TRL's
     /// `loss_type=[..., "sft"]` with `loss_weights=[1, α]` (RPO), which keeps the chosen answers'
     /// likelihood from falling with the rejected ones'. 0: none.
@@ -124,6 +131,13 @@ impl Dpo {
                 // torch's relu passes no gradient at 0.
                 if m > 0.0 { (m, -beta) } else { (0.0, 0.0) }
             }
+            DpoLoss::Simpo => {
+                let (nc, nr) = (p.chosen_tokens.max(1) as f64, p.rejected_tokens.max(1) as f64);
+                let u = beta * (p.chosen / nc - p.rejected / nr) - self.gamma;
+                let loss = -(1.0 - eps) * log_sigmoid(u) - eps * log_sigmoid(-u);
+                let du = -(1.0 - eps) * sigmoid(-u) + eps * sigmoid(u);
+                return PairLoss { loss, d_chosen: du * beta / nc, d_rejected: -du * beta / nr };
+            }
             DpoLoss::Ipo => {
                 let (nc, nr) = (p.chosen_tokens.max(1) as f64, p.rejected_tokens.max(1) as f64);
                 let zbar = (p.chosen - p.ref_chosen) / nc - (p.rejected - p.ref_rejected) / nr;
@@ -169,14 +183,24 @@ impl PreferenceMetrics {
         let n = pairs.len().max(1) as f64;
         let mut m = Self::default();
         for p in pairs {
-            let (rc, rr) = (dpo.beta * (p.chosen - p.ref_chosen), dpo.beta * (p.rejected - p.ref_rejected));
+            // SimPO's rewards and log-probabilities are per-token means, without a reference (TRL's CPO).
+            let (pc, pr) = match dpo.loss {
+                DpoLoss::Simpo => {
+                    (p.chosen / p.chosen_tokens.max(1) as f64, p.rejected / p.rejected_tokens.max(1) as f64)
+                }
+                _ => (p.chosen, p.rejected),
+            };
+            let (rc, rr) = match dpo.loss {
+                DpoLoss::Simpo => (dpo.beta * pc, dpo.beta * pr),
+                _ => (dpo.beta * (p.chosen - p.ref_chosen), dpo.beta * (p.rejected - p.ref_rejected)),
+            };
             m.loss += dpo.pair(p).loss;
             m.rewards_chosen += rc;
             m.rewards_rejected += rr;
             m.rewards_accuracies += f64::from(u8::from(rc > rr));
             m.rewards_margins += rc - rr;
-            m.logps_chosen += p.chosen;
-            m.logps_rejected += p.rejected;
+            m.logps_chosen += pc;
+            m.logps_rejected += pr;
         }
         if dpo.sft_weight != 0.0 {
             // −Σ π_c / Σ n_c: the chosen tokens' mean negative log-likelihood.
@@ -209,7 +233,7 @@ mod tests {
 
     #[test]
     fn a_policy_equal_to_its_reference_costs_ln_2() {
-        let dpo = Dpo { beta: 0.1, loss: DpoLoss::Sigmoid, label_smoothing: 0.0, sft_weight: 0.0 };
+        let dpo = Dpo { beta: 0.1, loss: DpoLoss::Sigmoid, label_smoothing: 0.0, gamma: 0.0, sft_weight: 0.0 };
         let p = pair(-12.0, -9.5);
         assert!((dpo.pair(&p).loss - std::f64::consts::LN_2).abs() < 1e-15);
         // And the gradient pushes the chosen up and the rejected down, by β/2 each.
@@ -219,9 +243,9 @@ mod tests {
 
     #[test]
     fn derivatives_match_finite_differences_for_every_variant() {
-        for loss in [DpoLoss::Sigmoid, DpoLoss::Hinge, DpoLoss::Ipo, DpoLoss::Robust] {
+        for loss in [DpoLoss::Sigmoid, DpoLoss::Hinge, DpoLoss::Ipo, DpoLoss::Robust, DpoLoss::Simpo] {
             let eps = if loss == DpoLoss::Hinge { 0.0 } else { 0.2 };
-            let dpo = Dpo { beta: 0.3, loss, label_smoothing: eps, sft_weight: 0.0 };
+            let dpo = Dpo { beta: 0.3, loss, label_smoothing: eps, gamma: 0.4, sft_weight: 0.0 };
             for (c, r) in [(-11.0, -10.0), (-13.5, -8.0), (-9.0, -12.0)] {
                 let p = pair(c, r);
                 let l = dpo.pair(&p);
@@ -253,16 +277,21 @@ mod tests {
             (DpoLoss::Robust, (-(1.0 - eps) * ls(beta * z) + eps * ls(-beta * z)) / (1.0 - 2.0 * eps)),
             (DpoLoss::Hinge, (1.0 - beta * z).max(0.0)),
             (DpoLoss::Ipo, ((1.0f64 / 7.0) - (-0.5 / 4.0) - 1.0).powi(2)),
+            // π̄_c = −11/7, π̄_r = −10/4, γ = 0.3.
+            (DpoLoss::Simpo, {
+                let u = beta * (-11.0 / 7.0 + 10.0 / 4.0) - 0.3;
+                -(1.0 - eps) * ls(u) - eps * ls(-u)
+            }),
         ];
         for (loss, expected) in cases {
-            let got = Dpo { beta, loss, label_smoothing: eps, sft_weight: 0.0 }.pair(&p).loss;
+            let got = Dpo { beta, loss, label_smoothing: eps, gamma: 0.3, sft_weight: 0.0 }.pair(&p).loss;
             assert!((got - expected).abs() < 1e-12, "{loss:?}: {got} vs {expected}");
         }
     }
 
     #[test]
     fn metrics_are_trl_means() {
-        let dpo = Dpo { beta: 0.1, loss: DpoLoss::Sigmoid, label_smoothing: 0.0, sft_weight: 0.0 };
+        let dpo = Dpo { beta: 0.1, loss: DpoLoss::Sigmoid, label_smoothing: 0.0, gamma: 0.0, sft_weight: 0.0 };
         let pairs = [pair(-11.0, -10.0), pair(-12.5, -9.0)];
         let m = PreferenceMetrics::of(&dpo, &pairs);
         // With an SFT term of weight 0.5: the chosen tokens' mean NLL, (11 + 12.5) / 14, added.

@@ -6,7 +6,7 @@ use lora_core::CausalLm;
 use crate::batching::micro_batch_indices;
 use crate::error::Result;
 use crate::optimizer::AdamW;
-use crate::preference::loss::{Dpo, PreferenceMetrics};
+use crate::preference::loss::{Dpo, DpoLoss, PreferenceMetrics};
 use crate::preference::step::{
     DpoStepOutcome, PairBatch, PairIds, Reference, ReferenceLogProbs, dpo_step, evaluate_pairs, reference_log_probs,
 };
@@ -33,12 +33,15 @@ impl PreferenceTraining {
     pub fn new(recipe: &Recipe, model: &mut CausalLm, pairs: &[PairIds], pad_id: u32) -> Result<Self> {
         // The recipe's reference adapter, else the adapter the policy started from (read again from
         // its folder: on a resume the model holds the checkpoint's values), else the base.
+        let dpo = recipe.dpo();
         let chosen = recipe.preference.as_ref().and_then(|p| p.reference_adapter.as_ref());
         let reference = match chosen.or(recipe.lora.init_from.as_ref()) {
+            _ if dpo.loss == DpoLoss::Simpo => Reference::Base, // reference-free: never read
             Some(dir) => Reference::from_adapter(model, dir)?,
             None => Reference::Base,
         };
-        let precompute = recipe.preference.as_ref().is_none_or(|p| p.precompute_reference);
+        let precompute =
+            dpo.loss != DpoLoss::Simpo && recipe.preference.as_ref().is_none_or(|p| p.precompute_reference);
         let precomputed = if precompute {
             let mut all = Vec::with_capacity(pairs.len());
             for chunk in pairs.chunks(recipe.train.batch_size.max(1)) {
@@ -50,7 +53,7 @@ impl PreferenceTraining {
         } else {
             None
         };
-        Ok(Self { dpo: recipe.dpo(), reference, precomputed, pad_id })
+        Ok(Self { dpo, reference, precomputed, pad_id })
     }
 
     /// The training pairs of global micro-batch `index` (their indices into `pairs`).
@@ -84,6 +87,7 @@ impl PreferenceTraining {
             micros.iter().map(|m| m.iter().map(|&i| pre[i].0).chain(m.iter().map(|&i| pre[i].1)).collect()).collect()
         });
         let reference = match &refs {
+            _ if self.dpo.loss == DpoLoss::Simpo => ReferenceLogProbs::Unused,
             Some(r) => ReferenceLogProbs::Precomputed(r),
             None => ReferenceLogProbs::Compute(&self.reference),
         };

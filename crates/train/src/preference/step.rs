@@ -18,7 +18,7 @@ use crate::batching::collate;
 use crate::data::Example;
 use crate::error::Result;
 use crate::optimizer::AdamW;
-use crate::preference::loss::{Dpo, PairLogProbs, PreferenceMetrics};
+use crate::preference::loss::{Dpo, DpoLoss, PairLogProbs, PreferenceMetrics};
 use crate::step::{StepOptions, StepOutcome, apply_gradients, micro_batch_with};
 use crate::trainable::{adapter_layers, set_dropout_seeds};
 
@@ -180,7 +180,10 @@ pub fn evaluate_pairs(
     let mut all = Vec::with_capacity(pairs.len());
     for chunk in pairs.chunks(batch_size.max(1)) {
         let batch = PairBatch::new(chunk, pad_id);
-        let reference = reference_log_probs(model, reference, &batch)?;
+        let reference = match dpo.loss {
+            DpoLoss::Simpo => vec![0.0; batch.labels.len()],
+            _ => reference_log_probs(model, reference, &batch)?,
+        };
         let policy = sequence_log_probs(model, &batch)?;
         all.extend(pairs_of(&batch, &policy, &reference));
     }
@@ -209,6 +212,8 @@ pub enum ReferenceLogProbs<'a> {
     Precomputed(&'a [Vec<f64>]),
     /// Computed in the step, from this reference.
     Compute(&'a Reference),
+    /// None: a reference-free loss (SimPO).
+    Unused,
 }
 
 /// What a DPO step gives: the optimizer step's outcome (its `loss` the mean pair loss) and TRL's
@@ -246,6 +251,7 @@ pub fn dpo_step(
         let reference = match reference {
             ReferenceLogProbs::Precomputed(r) => r[i].clone(),
             ReferenceLogProbs::Compute(r) => reference_log_probs(model, r, batch)?,
+            ReferenceLogProbs::Unused => vec![0.0; batch.labels.len()],
         };
         set_dropout_seeds(model, dropout_seed_of(i));
         let seq = seq_len(batch);

@@ -367,7 +367,8 @@ pub struct TrainSection {
     /// The adapter is the same to the bit either way.
     #[serde(default)]
     pub gradient_checkpointing: bool,
-    /// `"sft"` (default) or `"dpo"`, whose settings are the `[preference]` table.
+    /// `"sft"` (default), `"dpo"` or `"simpo"`; the preference methods' settings are the
+    /// `[preference]` table.
     #[serde(default = "d_method", skip_serializing_if = "is_sft")]
     pub method: String,
 }

@@ -34,10 +34,13 @@ pub struct PreferenceSection {
     /// true): steps then cost one policy pass. Exact, since the reference has no dropout.
     #[serde(default = "d_true")]
     pub precompute_reference: bool,
-    /// Weight of an added SFT term on the chosen completions (TRL's `"sft"` loss with its
-    /// `loss_weights`; RPO). Default 0.
-    #[serde(default)]
-    pub sft_weight: f64,
+    /// Weight of an added SFT term on the chosen completions (DPO: TRL's `"sft"` loss with its
+    /// `loss_weights`, RPO, default 0; SimPO: CPO's `cpo_alpha`, default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sft_weight: Option<f64>,
+    /// SimPO's target reward margin γ (TRL's `simpo_gamma`, default 0.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gamma: Option<f64>,
     /// The reference: the base with this PEFT adapter (a folder; an SFT run, say). Default: the
     /// base without adapters, or `[lora] init_from` when the policy starts from an adapter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -65,24 +68,27 @@ impl Default for PreferenceSection {
 pub enum Method {
     /// Supervised fine-tuning: the next-token loss on the labelled tokens.
     Sft,
-    /// Direct preference optimisation on preference pairs.
-    Dpo,
+    /// Preference tuning on pairs: DPO (`"dpo"`) or SimPO (`"simpo"`).
+    Preference,
 }
 
 impl Recipe {
     /// The recipe's method (validated).
     pub fn method(&self) -> Method {
-        if self.train.method == "dpo" { Method::Dpo } else { Method::Sft }
+        if self.train.method == "sft" { Method::Sft } else { Method::Preference }
     }
 
-    /// DPO's settings: the `[preference]` table, or its defaults.
+    /// The preference loss's settings: the `[preference]` table, or its defaults (TRL's
+    /// `DPOConfig`'s for DPO, `CPOConfig`'s for SimPO, whose `cpo_alpha` SFT term defaults to 1).
     pub fn dpo(&self) -> Dpo {
         let p = self.preference.clone().unwrap_or_default();
+        let simpo = self.train.method == "simpo";
         Dpo {
             beta: p.beta,
-            loss: DpoLoss::parse(&p.loss_type).expect("validated"),
+            loss: if simpo { DpoLoss::Simpo } else { DpoLoss::parse(&p.loss_type).expect("validated") },
             label_smoothing: p.label_smoothing,
-            sft_weight: p.sft_weight,
+            gamma: p.gamma.unwrap_or(0.5),
+            sft_weight: p.sft_weight.unwrap_or(if simpo { 1.0 } else { 0.0 }),
         }
     }
 
@@ -106,6 +112,7 @@ impl Recipe {
                         "precompute_reference",
                         "reference_adapter",
                         "sft_weight",
+                        "gamma",
                     ];
                     let key = keys.into_iter().find(|k| src.locate("preference", k).is_some()).unwrap_or("beta");
                     return err(
@@ -119,15 +126,39 @@ impl Recipe {
                 }
                 Ok(())
             }
-            "dpo" => {
+            method @ ("dpo" | "simpo") => {
                 let p = self.preference.clone().unwrap_or_default();
+                let simpo = method == "simpo";
+                if simpo {
+                    // (The resolved recipe of a run writes every key, defaults included: only values
+                    // that ask for a reference are refused.)
+                    if p.loss_type != "sigmoid" {
+                        return err(
+                            "preference",
+                            "loss_type",
+                            "does not apply to method = \"simpo\", whose loss is SimPO's".into(),
+                        );
+                    }
+                    if p.reference_adapter.is_some() {
+                        return err(
+                            "preference",
+                            "reference_adapter",
+                            "does not apply to method = \"simpo\", which has no reference".into(),
+                        );
+                    }
+                } else if src.locate("preference", "gamma").is_some() {
+                    return err("preference", "gamma", "is SimPO's; it applies to method = \"simpo\"".into());
+                }
                 if !(p.beta > 0.0 && p.beta.is_finite()) {
                     return err("preference", "beta", format!("must be positive, got {}", p.beta));
                 }
-                if !(p.sft_weight >= 0.0 && p.sft_weight.is_finite()) {
-                    return err("preference", "sft_weight", format!("must be >= 0, got {}", p.sft_weight));
+                if let Some(w) = p.sft_weight
+                    && !(w >= 0.0 && w.is_finite())
+                {
+                    return err("preference", "sft_weight", format!("must be >= 0, got {w}"));
                 }
-                let Some(loss) = DpoLoss::parse(&p.loss_type) else {
+                let loss = if simpo { Some(DpoLoss::Simpo) } else { DpoLoss::parse(&p.loss_type) };
+                let Some(loss) = loss.filter(|l| simpo || *l != DpoLoss::Simpo) else {
                     return err(
                         "preference",
                         "loss_type",
@@ -135,7 +166,7 @@ impl Recipe {
                     );
                 };
                 match loss {
-                    DpoLoss::Sigmoid | DpoLoss::Robust if !(0.0..0.5).contains(&p.label_smoothing) => {
+                    DpoLoss::Sigmoid | DpoLoss::Robust | DpoLoss::Simpo if !(0.0..0.5).contains(&p.label_smoothing) => {
                         return err(
                             "preference",
                             "label_smoothing",
@@ -146,7 +177,7 @@ impl Recipe {
                         return err(
                             "preference",
                             "label_smoothing",
-                            format!("applies to the sigmoid and robust losses, not \"{}\"", p.loss_type),
+                            format!("applies to the sigmoid, robust and SimPO losses, not \"{}\"", p.loss_type),
                         );
                     }
                     _ => {}
@@ -182,7 +213,7 @@ impl Recipe {
                 }
                 Ok(())
             }
-            other => err("train", "method", format!("must be \"sft\" or \"dpo\", got \"{other}\"")),
+            other => err("train", "method", format!("must be \"sft\", \"dpo\" or \"simpo\", got \"{other}\"")),
         }
     }
 }

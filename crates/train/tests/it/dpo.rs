@@ -60,6 +60,7 @@ fn replay_on(run: &str, options: StepOptions, precompute: bool, device: &Device)
         beta: g["beta"].as_f64().unwrap(),
         loss: DpoLoss::parse(g["loss_type"].as_str().unwrap()).unwrap(),
         label_smoothing: g["label_smoothing"].as_f64().unwrap(),
+        gamma: g.get("gamma").and_then(serde_json::Value::as_f64).unwrap_or(0.0),
         sft_weight: g.get("sft_weight").and_then(serde_json::Value::as_f64).unwrap_or(0.0),
     };
     let mut model = model_on(&format!("{run}/adapter-init"), true, device);
@@ -70,6 +71,7 @@ fn replay_on(run: &str, options: StepOptions, precompute: bool, device: &Device)
     let lr = g["learning_rate"].as_f64().unwrap();
     for (step, want) in g["steps"].as_array().unwrap().iter().enumerate() {
         let refs = match &precomputed {
+            _ if dpo.loss == DpoLoss::Simpo => ReferenceLogProbs::Unused,
             Some(p) => ReferenceLogProbs::Precomputed(p),
             None => ReferenceLogProbs::Compute(&reference),
         };
@@ -125,6 +127,13 @@ fn dpo_on_conversations_replays_trl() {
     replay("chat", StepOptions { max_grad_norm: 1.0, gradient_checkpointing: false }, true);
 }
 
+/// SimPO as TRL's experimental CPOTrainer runs it (`loss_type="simpo"`, `cpo_alpha` 0.5): no
+/// reference, per-token mean log-probabilities, the target margin gamma.
+#[test]
+fn simpo_replays_trl() {
+    replay("simpo", StepOptions { max_grad_norm: 1.0, gradient_checkpointing: false }, false);
+}
+
 /// TRL's `loss_type=["sigmoid", "sft"]`, `loss_weights=[1, 0.5]`: the SFT term on the chosen.
 #[test]
 fn dpo_with_an_sft_term_replays_trl() {
@@ -141,7 +150,7 @@ fn dpo_first_loss_is_ln_2_when_the_policy_is_its_reference() {
     let batch = PairBatch::new(&fixture_pairs("sigmoid"), 4);
     let mut model = model_with("sigmoid/adapter-init", true);
     let mut opt = AdamW::new(AdamWConfig::default(), &adapter_tensors(&model));
-    let dpo = Dpo { beta: 0.1, loss: DpoLoss::Sigmoid, label_smoothing: 0.0, sft_weight: 0.0 };
+    let dpo = Dpo { beta: 0.1, loss: DpoLoss::Sigmoid, label_smoothing: 0.0, gamma: 0.0, sft_weight: 0.0 };
     let out = dpo_step(
         &mut model,
         &mut opt,
