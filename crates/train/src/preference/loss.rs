@@ -10,6 +10,7 @@
 //! hinge:   relu(1 − βz)
 //! ipo:     (z̄ − 1/(2β))²,  z̄ = (π_c − r_c)/n_c − (π_r − r_r)/n_r   (per-token means, n the lengths)
 //! simpo:   −(1 − ε)·log σ(β·(π_c/n_c − π_r/n_r) − γ) − ε·log σ(−…)   (no reference; TRL's CPOTrainer)
+//! orpo:    −β·log σ(L),  L = (a − b) − (log(1 − e^a) − log(1 − e^b)),  a, b = π_c/n_c, π_r/n_r
 //! ```
 //!
 //! The batch loss is the mean over pairs, plus α times the SFT term (the chosen completions' mean
@@ -31,6 +32,21 @@ pub enum DpoLoss {
     /// SimPO: reference-free, on per-token mean log-probabilities with a target margin γ (TRL's
     /// `CPOTrainer` with `loss_type="simpo"`).
     Simpo,
+    /// ORPO: reference-free, −β·log σ of the log odds ratio of the per-token mean probabilities, with
+    /// the chosen sequences' NLL (prompt included) as its SFT term (TRL's `ORPOTrainer`).
+    Orpo,
+}
+
+impl DpoLoss {
+    /// Whether the loss compares the policy with a reference (DPO's variants) or not.
+    pub fn needs_reference(self) -> bool {
+        !matches!(self, Self::Simpo | Self::Orpo)
+    }
+}
+
+/// log(1 − e^x) for x < 0, without cancellation on either side of −ln 2.
+fn log1mexp(x: f64) -> f64 {
+    if x < -std::f64::consts::LN_2 { (-x.exp()).ln_1p() } else { (-x.exp_m1()).ln() }
 }
 
 impl DpoLoss {
@@ -42,6 +58,7 @@ impl DpoLoss {
             "ipo" => Self::Ipo,
             "robust" => Self::Robust,
             "simpo" => Self::Simpo,
+            "orpo" => Self::Orpo,
             _ => return None,
         })
     }
@@ -138,6 +155,15 @@ impl Dpo {
                 let du = -(1.0 - eps) * sigmoid(-u) + eps * sigmoid(u);
                 return PairLoss { loss, d_chosen: du * beta / nc, d_rejected: -du * beta / nr };
             }
+            DpoLoss::Orpo => {
+                let (nc, nr) = (p.chosen_tokens.max(1) as f64, p.rejected_tokens.max(1) as f64);
+                let (a, b) = (p.chosen / nc, p.rejected / nr);
+                let l = (a - b) - (log1mexp(a) - log1mexp(b));
+                // dL/da = 1/(1 − e^a), dL/db = −1/(1 − e^b); d(−β log σ(L))/dL = −β σ(−L).
+                let dl = -beta * sigmoid(-l);
+                let (da, db) = (-1.0 / a.exp_m1(), 1.0 / b.exp_m1());
+                return PairLoss { loss: -beta * log_sigmoid(l), d_chosen: dl * da / nc, d_rejected: dl * db / nr };
+            }
             DpoLoss::Ipo => {
                 let (nc, nr) = (p.chosen_tokens.max(1) as f64, p.rejected_tokens.max(1) as f64);
                 let zbar = (p.chosen - p.ref_chosen) / nc - (p.rejected - p.ref_rejected) / nr;
@@ -178,21 +204,23 @@ pub struct PreferenceMetrics {
 }
 
 impl PreferenceMetrics {
-    /// The metrics of `pairs` under `dpo`.
-    pub fn of(dpo: &Dpo, pairs: &[PairLogProbs]) -> Self {
+    /// The metrics of `pairs` under `dpo`, with `nll` the chosen sequences' mean negative
+    /// log-likelihood per token (the SFT term's value; unused when its weight is 0).
+    pub fn of(dpo: &Dpo, pairs: &[PairLogProbs], nll: f64) -> Self {
         let n = pairs.len().max(1) as f64;
         let mut m = Self::default();
         for p in pairs {
             // SimPO's rewards and log-probabilities are per-token means, without a reference (TRL's CPO).
-            let (pc, pr) = match dpo.loss {
-                DpoLoss::Simpo => {
-                    (p.chosen / p.chosen_tokens.max(1) as f64, p.rejected / p.rejected_tokens.max(1) as f64)
-                }
-                _ => (p.chosen, p.rejected),
+            let free = !dpo.loss.needs_reference();
+            let (pc, pr) = if free {
+                (p.chosen / p.chosen_tokens.max(1) as f64, p.rejected / p.rejected_tokens.max(1) as f64)
+            } else {
+                (p.chosen, p.rejected)
             };
-            let (rc, rr) = match dpo.loss {
-                DpoLoss::Simpo => (dpo.beta * pc, dpo.beta * pr),
-                _ => (dpo.beta * (p.chosen - p.ref_chosen), dpo.beta * (p.rejected - p.ref_rejected)),
+            let (rc, rr) = if free {
+                (dpo.beta * pc, dpo.beta * pr)
+            } else {
+                (dpo.beta * (p.chosen - p.ref_chosen), dpo.beta * (p.rejected - p.ref_rejected))
             };
             m.loss += dpo.pair(p).loss;
             m.rewards_chosen += rc;
@@ -203,9 +231,6 @@ impl PreferenceMetrics {
             m.logps_rejected += pr;
         }
         if dpo.sft_weight != 0.0 {
-            // −Σ π_c / Σ n_c: the chosen tokens' mean negative log-likelihood.
-            let tokens: usize = pairs.iter().map(|p| p.chosen_tokens).sum();
-            let nll = -pairs.iter().map(|p| p.chosen).sum::<f64>() / tokens.max(1) as f64;
             m.loss += n * dpo.sft_weight * nll;
         }
         for v in [
@@ -243,7 +268,7 @@ mod tests {
 
     #[test]
     fn derivatives_match_finite_differences_for_every_variant() {
-        for loss in [DpoLoss::Sigmoid, DpoLoss::Hinge, DpoLoss::Ipo, DpoLoss::Robust, DpoLoss::Simpo] {
+        for loss in [DpoLoss::Sigmoid, DpoLoss::Hinge, DpoLoss::Ipo, DpoLoss::Robust, DpoLoss::Simpo, DpoLoss::Orpo] {
             let eps = if loss == DpoLoss::Hinge { 0.0 } else { 0.2 };
             let dpo = Dpo { beta: 0.3, loss, label_smoothing: eps, gamma: 0.4, sft_weight: 0.0 };
             for (c, r) in [(-11.0, -10.0), (-13.5, -8.0), (-9.0, -12.0)] {
@@ -293,10 +318,10 @@ mod tests {
     fn metrics_are_trl_means() {
         let dpo = Dpo { beta: 0.1, loss: DpoLoss::Sigmoid, label_smoothing: 0.0, gamma: 0.0, sft_weight: 0.0 };
         let pairs = [pair(-11.0, -10.0), pair(-12.5, -9.0)];
-        let m = PreferenceMetrics::of(&dpo, &pairs);
-        // With an SFT term of weight 0.5: the chosen tokens' mean NLL, (11 + 12.5) / 14, added.
-        let with = PreferenceMetrics::of(&Dpo { sft_weight: 0.5, ..dpo }, &pairs);
-        assert!((with.loss - m.loss - 0.5 * 23.5 / 14.0).abs() < 1e-12);
+        let m = PreferenceMetrics::of(&dpo, &pairs, 1.7);
+        // With an SFT term of weight 0.5: half the NLL given, added.
+        let with = PreferenceMetrics::of(&Dpo { sft_weight: 0.5, ..dpo }, &pairs, 1.7);
+        assert!((with.loss - m.loss - 0.5 * 1.7).abs() < 1e-12);
         // rewards: (0.1, −0.05) and (−0.05, 0.05).
         assert!((m.rewards_chosen - 0.025).abs() < 1e-12);
         assert!((m.rewards_rejected - 0.0).abs() < 1e-12);

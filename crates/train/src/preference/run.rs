@@ -6,7 +6,7 @@ use lora_core::CausalLm;
 use crate::batching::micro_batch_indices;
 use crate::error::Result;
 use crate::optimizer::AdamW;
-use crate::preference::loss::{Dpo, DpoLoss, PreferenceMetrics};
+use crate::preference::loss::{Dpo, PreferenceMetrics};
 use crate::preference::step::{
     DpoStepOutcome, PairBatch, PairIds, Reference, ReferenceLogProbs, dpo_step, evaluate_pairs, reference_log_probs,
 };
@@ -36,12 +36,12 @@ impl PreferenceTraining {
         let dpo = recipe.dpo();
         let chosen = recipe.preference.as_ref().and_then(|p| p.reference_adapter.as_ref());
         let reference = match chosen.or(recipe.lora.init_from.as_ref()) {
-            _ if dpo.loss == DpoLoss::Simpo => Reference::Base, // reference-free: never read
+            _ if !dpo.loss.needs_reference() => Reference::Base, // reference-free: never read
             Some(dir) => Reference::from_adapter(model, dir)?,
             None => Reference::Base,
         };
         let precompute =
-            dpo.loss != DpoLoss::Simpo && recipe.preference.as_ref().is_none_or(|p| p.precompute_reference);
+            dpo.loss.needs_reference() && recipe.preference.as_ref().is_none_or(|p| p.precompute_reference);
         let precomputed = if precompute {
             let mut all = Vec::with_capacity(pairs.len());
             for chunk in pairs.chunks(recipe.train.batch_size.max(1)) {
@@ -76,7 +76,9 @@ impl PreferenceTraining {
     ) -> Result<(DpoStepOutcome, usize)> {
         let batches: Vec<PairBatch> = micros
             .iter()
-            .map(|m| PairBatch::new(&m.iter().map(|&i| pairs[i].clone()).collect::<Vec<_>>(), self.pad_id))
+            .map(|m| {
+                PairBatch::for_loss(&m.iter().map(|&i| pairs[i].clone()).collect::<Vec<_>>(), self.pad_id, &self.dpo)
+            })
             .collect();
         let seen = micros
             .iter()
@@ -87,7 +89,7 @@ impl PreferenceTraining {
             micros.iter().map(|m| m.iter().map(|&i| pre[i].0).chain(m.iter().map(|&i| pre[i].1)).collect()).collect()
         });
         let reference = match &refs {
-            _ if self.dpo.loss == DpoLoss::Simpo => ReferenceLogProbs::Unused,
+            _ if !self.dpo.loss.needs_reference() => ReferenceLogProbs::Unused,
             Some(r) => ReferenceLogProbs::Precomputed(r),
             None => ReferenceLogProbs::Compute(&self.reference),
         };

@@ -37,13 +37,17 @@ impl PairIds {
     /// The two sequences of the pair, prompt + chosen and prompt + rejected, each labelled on its
     /// completion.
     pub fn examples(&self) -> (Example, Example) {
-        (self.example(&self.chosen), self.example(&self.rejected))
+        (self.example(&self.chosen, false), self.example(&self.rejected, false))
     }
 
-    /// The prompt followed by `completion`, labelled on the completion only.
-    fn example(&self, completion: &[u32]) -> Example {
+    /// The prompt followed by `completion`, labelled on the completion (and, with `whole`, on the
+    /// prompt as well).
+    fn example(&self, completion: &[u32], whole: bool) -> Example {
         let ids: Vec<u32> = self.prompt.iter().chain(completion).copied().collect();
-        let labels = std::iter::repeat_n(None, self.prompt.len()).chain(completion.iter().map(|&t| Some(t))).collect();
+        let labels = match whole {
+            true => ids.iter().map(|&t| Some(t)).collect(),
+            false => std::iter::repeat_n(None, self.prompt.len()).chain(completion.iter().map(|&t| Some(t))).collect(),
+        };
         Example { ids, labels, segments: None }
     }
 }
@@ -54,17 +58,34 @@ impl PairIds {
 pub struct PairBatch {
     /// The rows.
     pub batch: TokenBatch,
-    /// Labels aligned with the ids: the completion tokens.
+    /// Labels aligned with the ids: the completion tokens (ORPO: the chosen rows' prompts too).
     pub labels: Vec<Vec<Option<u32>>>,
+    /// Where each row's completion starts (its prompt's length): labels before it count in the
+    /// SFT term only, never in a completion's log-probability.
+    pub starts: Vec<usize>,
 }
 
 impl PairBatch {
-    /// The micro-batch of `pairs`.
+    /// The micro-batch of `pairs`, labelled on the completions.
     pub fn new(pairs: &[PairIds], pad_id: u32) -> Self {
-        let examples: Vec<Example> =
-            pairs.iter().map(|p| p.example(&p.chosen)).chain(pairs.iter().map(|p| p.example(&p.rejected))).collect();
+        Self::build(pairs, pad_id, false)
+    }
+
+    /// The micro-batch of `pairs` as `dpo`'s loss reads it: ORPO's SFT term covers the chosen
+    /// sequences whole, prompts included, so their prompts are labelled too.
+    pub fn for_loss(pairs: &[PairIds], pad_id: u32, dpo: &Dpo) -> Self {
+        Self::build(pairs, pad_id, dpo.loss == DpoLoss::Orpo)
+    }
+
+    fn build(pairs: &[PairIds], pad_id: u32, whole_chosen: bool) -> Self {
+        let examples: Vec<Example> = pairs
+            .iter()
+            .map(|p| p.example(&p.chosen, whole_chosen))
+            .chain(pairs.iter().map(|p| p.example(&p.rejected, false)))
+            .collect();
         let (batch, labels) = collate(&examples.iter().collect::<Vec<_>>(), pad_id, false);
-        Self { batch, labels }
+        let starts = pairs.iter().chain(pairs).map(|p| p.prompt.len()).collect();
+        Self { batch, labels, starts }
     }
 
     /// Pairs in the batch.
@@ -72,21 +93,45 @@ impl PairBatch {
         self.labels.len() / 2
     }
 
-    /// Each row's labelled positions that count (a label at position ≥ 1): its completion length.
+    /// Each row's completion length: its labelled positions (≥ 1) from its completion's start.
     fn tokens(&self) -> Vec<usize> {
-        self.labels.iter().map(|l| l.iter().skip(1).filter(|l| l.is_some()).count()).collect()
+        self.labels
+            .iter()
+            .zip(&self.starts)
+            .map(|(l, &s)| l.iter().enumerate().skip(s.max(1)).filter(|(_, l)| l.is_some()).count())
+            .collect()
+    }
+
+    /// The chosen rows' labelled positions (≥ 1): what the SFT term averages over.
+    fn chosen_labelled(&self) -> usize {
+        self.labels[..self.pairs()].iter().map(|l| l.iter().skip(1).filter(|l| l.is_some()).count()).sum()
+    }
+
+    /// Each labelled position (in [`labelled_rows`]' order): its row, and whether it is in the
+    /// row's completion.
+    fn positions(&self) -> Vec<(usize, bool)> {
+        let seq = seq_len(self);
+        let (rows, _) = labelled_rows(&self.labels, seq);
+        // Logits at `pos` predict the label at `pos + 1`.
+        rows.iter().map(|&r| (r as usize / seq, r as usize % seq + 1 >= self.starts[r as usize / seq])).collect()
     }
 }
 
-/// Each row's summed log p over its labelled positions, from per-position values in
-/// [`labelled_rows`]' order.
-fn per_row_sums(labels: &[Vec<Option<u32>>], seq: usize, values: &[f32]) -> Vec<f64> {
-    let (rows, _) = labelled_rows(labels, seq);
-    let mut sums = vec![0.0f64; labels.len()];
-    for (&r, &v) in rows.iter().zip(values) {
-        sums[r as usize / seq] += v as f64;
+/// Each row's summed log p over its completion, and the chosen rows' summed −log p over every
+/// labelled position (the SFT term's numerator), from per-position values in [`labelled_rows`]'
+/// order.
+fn per_row_sums(batch: &PairBatch, values: &[f32]) -> (Vec<f64>, f64) {
+    let mut sums = vec![0.0f64; batch.labels.len()];
+    let mut nll = 0.0f64;
+    for ((row, completion), &v) in batch.positions().into_iter().zip(values) {
+        if completion {
+            sums[row] += v as f64;
+        }
+        if row < batch.pairs() {
+            nll -= v as f64;
+        }
     }
-    sums
+    (sums, nll)
 }
 
 fn seq_len(batch: &PairBatch) -> usize {
@@ -156,16 +201,17 @@ pub fn reference_log_probs(model: &mut CausalLm, reference: &Reference, batch: &
         }
     };
     swap(model, &mut swapped);
-    let result = sequence_log_probs(model, batch);
+    let result = sequence_log_probs(model, batch).map(|(sums, _)| sums);
     swap(model, &mut swapped);
     result
 }
 
-/// The summed log-probabilities of a micro-batch's rows under the model as it is, untracked.
-pub fn sequence_log_probs(model: &mut CausalLm, batch: &PairBatch) -> Result<Vec<f64>> {
+/// The summed log-probabilities of a micro-batch's rows' completions under the model as it is,
+/// untracked, and the chosen rows' summed −log p over every labelled position.
+pub fn sequence_log_probs(model: &mut CausalLm, batch: &PairBatch) -> Result<(Vec<f64>, f64)> {
     let hidden = model.last_hidden(&batch.batch)?;
     let values = head_log_probs(model, hidden, &batch.labels)?;
-    Ok(per_row_sums(&batch.labels, seq_len(batch), &values))
+    Ok(per_row_sums(batch, &values))
 }
 
 /// The loss and metrics of held-out pairs, in micro-batches of `batch_size`, without training.
@@ -178,16 +224,19 @@ pub fn evaluate_pairs(
     dpo: &Dpo,
 ) -> Result<PreferenceMetrics> {
     let mut all = Vec::with_capacity(pairs.len());
+    let (mut nll, mut tokens) = (0.0, 0);
     for chunk in pairs.chunks(batch_size.max(1)) {
-        let batch = PairBatch::new(chunk, pad_id);
-        let reference = match dpo.loss {
-            DpoLoss::Simpo => vec![0.0; batch.labels.len()],
-            _ => reference_log_probs(model, reference, &batch)?,
+        let batch = PairBatch::for_loss(chunk, pad_id, dpo);
+        let reference = match dpo.loss.needs_reference() {
+            false => vec![0.0; batch.labels.len()],
+            true => reference_log_probs(model, reference, &batch)?,
         };
-        let policy = sequence_log_probs(model, &batch)?;
+        let (policy, batch_nll) = sequence_log_probs(model, &batch)?;
         all.extend(pairs_of(&batch, &policy, &reference));
+        nll += batch_nll;
+        tokens += batch.chosen_labelled();
     }
-    Ok(PreferenceMetrics::of(dpo, &all))
+    Ok(PreferenceMetrics::of(dpo, &all, nll / tokens.max(1) as f64))
 }
 
 /// The pairs of a micro-batch from its rows' policy and reference log-probabilities.
@@ -243,10 +292,12 @@ pub fn dpo_step(
     let n_adapters = adapter_layers(model).len();
     let mut acc: Vec<Option<Tensor<2>>> = vec![None; n_adapters];
     let total_pairs = batches.iter().map(PairBatch::pairs).sum::<usize>().max(1) as f64;
-    // The SFT term's derivative by each chosen sequence's log p: −α over the step's chosen tokens.
-    let chosen_tokens: usize = batches.iter().map(|b| b.tokens()[..b.pairs()].iter().sum::<usize>()).sum();
-    let d_sft = -dpo.sft_weight / chosen_tokens.max(1) as f64;
+    // The SFT term: α times the chosen rows' mean −log p over the step's labelled positions; its
+    // derivative by each such position's log p is −α over their count.
+    let nll_tokens: usize = batches.iter().map(PairBatch::chosen_labelled).sum();
+    let d_sft = -dpo.sft_weight / nll_tokens.max(1) as f64;
     let mut all_pairs = Vec::new();
+    let mut nll = 0.0f64;
     for (i, batch) in batches.iter().enumerate() {
         let reference = match reference {
             ReferenceLogProbs::Precomputed(r) => r[i].clone(),
@@ -254,28 +305,36 @@ pub fn dpo_step(
             ReferenceLogProbs::Unused => vec![0.0; batch.labels.len()],
         };
         set_dropout_seeds(model, dropout_seed_of(i));
-        let seq = seq_len(batch);
         let mut pairs = Vec::new();
         micro_batch_with(model, &batch.batch, options.gradient_checkpointing, &mut acc, |model, hidden, on_grads| {
             let values = head_log_probs(model, hidden.clone(), &batch.labels)?;
-            let policy = per_row_sums(&batch.labels, seq, &values);
+            let (policy, batch_nll) = per_row_sums(batch, &values);
+            nll += batch_nll;
             pairs = pairs_of(batch, &policy, &reference);
-            // ∂loss/∂π per row, for the step's mean; a row's positions weigh −∂loss/∂π, since the
-            // weighted pass sums w·(−log p).
+            // ∂loss/∂π per row, for the step's mean; a position weighs −∂loss/∂(its log p), since the
+            // weighted pass sums w·(−log p): its completion's derivative, plus the SFT term's on
+            // the chosen rows.
             let n = pairs.len();
             let mut d = vec![0.0f64; 2 * n];
             for (k, p) in pairs.iter().enumerate() {
                 let l = dpo.pair(p);
-                d[k] = l.d_chosen / total_pairs + d_sft;
+                d[k] = l.d_chosen / total_pairs;
                 d[n + k] = l.d_rejected / total_pairs;
             }
-            let (rows, _) = labelled_rows(&batch.labels, seq);
-            let weights: Vec<f32> = rows.iter().map(|&r| -d[r as usize / seq] as f32).collect();
+            let weights: Vec<f32> = batch
+                .positions()
+                .into_iter()
+                .map(|(row, completion)| {
+                    let pair = if completion { d[row] } else { 0.0 };
+                    let sft = if row < n { d_sft } else { 0.0 };
+                    -(pair + sft) as f32
+                })
+                .collect();
             Ok(head_loss_weighted(model, hidden, &batch.labels, &weights, 1.0, on_grads)?)
         })?;
         all_pairs.extend(pairs);
     }
-    let metrics = PreferenceMetrics::of(dpo, &all_pairs);
+    let metrics = PreferenceMetrics::of(dpo, &all_pairs, nll / nll_tokens.max(1) as f64);
     let grad_norm = apply_gradients(model, opt, acc, metrics.loss, lr, options)?;
     Ok(DpoStepOutcome { step: StepOutcome { loss: metrics.loss, grad_norm }, metrics })
 }

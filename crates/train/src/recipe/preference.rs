@@ -158,7 +158,7 @@ impl Recipe {
                     return err("preference", "sft_weight", format!("must be >= 0, got {w}"));
                 }
                 let loss = if simpo { Some(DpoLoss::Simpo) } else { DpoLoss::parse(&p.loss_type) };
-                let Some(loss) = loss.filter(|l| simpo || *l != DpoLoss::Simpo) else {
+                let Some(loss) = loss.filter(|l| simpo || l.needs_reference()) else {
                     return err(
                         "preference",
                         "loss_type",

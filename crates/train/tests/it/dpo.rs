@@ -55,7 +55,7 @@ fn replay(run: &str, options: StepOptions, precompute: bool) -> Vec<Vec<f32>> {
 
 fn replay_on(run: &str, options: StepOptions, precompute: bool, device: &Device) -> Vec<Vec<f32>> {
     let g = &golden()[run];
-    let batch = PairBatch::new(&fixture_pairs(run), g["pad_token_id"].as_u64().unwrap() as u32);
+    let pad = g["pad_token_id"].as_u64().unwrap() as u32;
     let dpo = Dpo {
         beta: g["beta"].as_f64().unwrap(),
         loss: DpoLoss::parse(g["loss_type"].as_str().unwrap()).unwrap(),
@@ -63,6 +63,7 @@ fn replay_on(run: &str, options: StepOptions, precompute: bool, device: &Device)
         gamma: g.get("gamma").and_then(serde_json::Value::as_f64).unwrap_or(0.0),
         sft_weight: g.get("sft_weight").and_then(serde_json::Value::as_f64).unwrap_or(0.0),
     };
+    let batch = PairBatch::for_loss(&fixture_pairs(run), pad, &dpo);
     let mut model = model_on(&format!("{run}/adapter-init"), true, device);
     let reference = Reference::snapshot(&model).unwrap();
     let precomputed = precompute.then(|| vec![reference_log_probs(&mut model, &reference, &batch).unwrap()]);
@@ -71,7 +72,7 @@ fn replay_on(run: &str, options: StepOptions, precompute: bool, device: &Device)
     let lr = g["learning_rate"].as_f64().unwrap();
     for (step, want) in g["steps"].as_array().unwrap().iter().enumerate() {
         let refs = match &precomputed {
-            _ if dpo.loss == DpoLoss::Simpo => ReferenceLogProbs::Unused,
+            _ if !dpo.loss.needs_reference() => ReferenceLogProbs::Unused,
             Some(p) => ReferenceLogProbs::Precomputed(p),
             None => ReferenceLogProbs::Compute(&reference),
         };
