@@ -19,6 +19,7 @@ Runs:
   rpo       loss_type ["sigmoid", "sft"], loss_weights [1, 0.5] (an SFT term on the chosen), random B
   implicit  TRL's token ids of the implicit-prompt pairs (its dataset preparation only)
   simpo     trl.experimental's CPOTrainer, loss_type "simpo", beta 2, gamma 0.5, cpo_alpha 0.5, random B
+  orpo      trl.experimental's ORPOTrainer, beta 0.5, random B
 
 Every step sees all the pairs (batch = dataset), so the shuffle changes only their order within
 the batch. AdamW as torch with weight decay 0, constant learning rate 1e-3, clipping 1.0, f32.
@@ -171,6 +172,52 @@ def run_simpo(name="simpo", beta=2.0, gamma=0.5, cpo_alpha=0.5):
     }
 
 
+def run_orpo(name="orpo", beta=0.5):
+    """ORPO as TRL 1.x has it: trl.experimental's ORPOTrainer (reference-free; its NLL term covers
+    the chosen sequences whole, prompt included), from a random-B adapter; the recorded pairs are
+    the token ids it trained on."""
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    torch.manual_seed(SEED + 2)
+    tokenizer = AutoTokenizer.from_pretrained(BASE)
+    model = AutoModelForCausalLM.from_pretrained(BASE, dtype=torch.float32, attn_implementation="eager")
+    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"],
+                        task_type="CAUSAL_LM")
+    model = get_peft_model(model, config)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.copy_(0.2 * torch.randn_like(p))
+    out = os.path.join(OUT, name)
+    shutil.rmtree(out, ignore_errors=True)
+    model.save_pretrained(os.path.join(out, "adapter-init"))
+    args = ORPOConfig(
+        output_dir=os.path.join("/tmp", f"dpo-fixture-{name}"), beta=beta,
+        per_device_train_batch_size=len(PAIRS), max_steps=STEPS, learning_rate=1e-3, lr_scheduler_type="constant",
+        warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, logging_steps=1, save_strategy="no", report_to="none",
+        seed=SEED, use_cpu=True, bf16=False, fp16=False, dataloader_num_workers=0,
+    )
+    trainer = ORPOTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(PAIRS),
+                          processing_class=tokenizer)
+    pairs = []
+    for r in trainer.train_dataset:
+        n = sum(1 for l in r["chosen_labels"] if l == -100)
+        m = sum(1 for l in r["rejected_labels"] if l == -100)
+        assert n == m and r["chosen_input_ids"][:n] == r["rejected_input_ids"][:m], "prompts differ"
+        pairs.append({"prompt": r["chosen_input_ids"][:n], "chosen": r["chosen_input_ids"][n:],
+                      "rejected": r["rejected_input_ids"][m:]})
+    trainer.train()
+    steps = [{k: e[k] for k in METRICS} for e in trainer.state.log_history if "rewards/chosen" in e]
+    assert len(steps) == STEPS, trainer.state.log_history
+    model.save_pretrained(os.path.join(out, "adapter-trained"))
+    return {
+        "loss_type": "orpo", "beta": beta, "label_smoothing": 0.0, "sft_weight": 1.0, "learning_rate": 1e-3,
+        "weight_decay": 0.0, "max_grad_norm": 1.0, "b_init": "random 0.2 N(0,1)",
+        "data": "data.jsonl (tokenized by ORPOTrainer)", "reference": "none", "pairs": pairs,
+        "pad_token_id": tokenizer.pad_token_id, "steps": steps,
+    }
+
+
 def tokenized_only(pairs):
     """TRL's token ids of pairs, from its dataset preparation alone (one record at a time: a dataset
     holds one type per column)."""
@@ -201,6 +248,7 @@ def main():
     golden = {name: run(name, **settings) for name, settings in RUNS.items()}
     golden["implicit"] = {"data": "data_implicit.jsonl", "pairs": tokenized_only(IMPLICIT_PAIRS)}
     golden["simpo"] = run_simpo()
+    golden["orpo"] = run_orpo()
     golden["provenance"] = {
         "script": "scripts/make_dpo_fixtures.py", "seed": SEED, "torch": torch.__version__,
         "transformers": transformers.__version__, "peft": peft.__version__, "trl": trl.__version__,

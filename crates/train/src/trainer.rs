@@ -509,13 +509,17 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
                 &p.recipe.preference.as_ref().and_then(|x| x.reference_adapter.clone()),
                 &p.recipe.lora.init_from,
             ) {
-                _ if d.loss == crate::preference::DpoLoss::Simpo => "no reference model".to_string(),
+                _ if !d.loss.needs_reference() => "no reference model".to_string(),
                 (Some(r), _) | (None, Some(r)) => {
                     format!("the base with the adapter `{}` as the reference", r.display())
                 }
                 (None, None) => "the base without the adapter as the reference".to_string(),
             };
-            let method = if d.loss == crate::preference::DpoLoss::Simpo { "SimPO" } else { "DPO" };
+            let method = match d.loss {
+                crate::preference::DpoLoss::Simpo => "SimPO",
+                crate::preference::DpoLoss::Orpo => "ORPO",
+                _ => "DPO",
+            };
             format!(
                 "Trained with {method} ({:?} loss, beta {}, label smoothing {}, SFT term weight {}{}) and {reference}, \
                  on preference pairs (each \"example\" below is a pair; trained tokens are both completions'). {data_desc}",

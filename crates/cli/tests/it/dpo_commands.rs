@@ -284,3 +284,32 @@ fn simpo_trains_without_a_reference() {
     std::fs::write(&recipe, text).unwrap();
     assert_user_error(&lora(&["train", s(&recipe)]), "preference.gamma is SimPO's");
 }
+
+/// `method = "orpo"`: reference-free, its NLL term on the chosen sequences; verify reproduces it.
+#[test]
+fn orpo_trains_and_verifies() {
+    let d = temp_dir("orpo");
+    let run = d.join("run");
+    let text = std::fs::read_to_string(dpo_recipe(&d, &run, "[preference]\nbeta = 0.5\n")).unwrap();
+    let recipe = d.join("orpo.toml");
+    std::fs::write(&recipe, text.replace("method = \"dpo\"", "method = \"orpo\"")).unwrap();
+    let o = lora(&["train", s(&recipe)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let metrics: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(metrics[4]["loss"].as_f64().unwrap() < metrics[0]["loss"].as_f64().unwrap(), "{metrics:?}");
+    let card = std::fs::read_to_string(run.join("README.md")).unwrap();
+    assert!(card.contains("Trained with ORPO (Orpo loss, beta 0.5") && card.contains("SFT term weight 1"), "{card}");
+    let o = lora(&["verify", s(&run)]);
+    assert!(o.status.success() && stdout(&o).contains("reproduced byte for byte"), "{}", stderr(&o));
+    let text =
+        std::fs::read_to_string(dpo_recipe(&d, &d.join("run2"), "[preference]\nlabel_smoothing = 0.1\n")).unwrap();
+    std::fs::write(&recipe, text.replace("method = \"dpo\"", "method = \"orpo\"")).unwrap();
+    assert_user_error(
+        &lora(&["train", s(&recipe)]),
+        "label_smoothing applies to the sigmoid, robust and SimPO losses, not \"orpo\"",
+    );
+}

@@ -68,7 +68,7 @@ impl Default for PreferenceSection {
 pub enum Method {
     /// Supervised fine-tuning: the next-token loss on the labelled tokens.
     Sft,
-    /// Preference tuning on pairs: DPO (`"dpo"`) or SimPO (`"simpo"`).
+    /// Preference tuning on pairs: DPO (`"dpo"`), SimPO (`"simpo"`) or ORPO (`"orpo"`).
     Preference,
 }
 
@@ -82,13 +82,18 @@ impl Recipe {
     /// `DPOConfig`'s for DPO, `CPOConfig`'s for SimPO, whose `cpo_alpha` SFT term defaults to 1).
     pub fn dpo(&self) -> Dpo {
         let p = self.preference.clone().unwrap_or_default();
-        let simpo = self.train.method == "simpo";
+        let free = match self.train.method.as_str() {
+            "simpo" => Some(DpoLoss::Simpo),
+            "orpo" => Some(DpoLoss::Orpo),
+            _ => None,
+        };
         Dpo {
             beta: p.beta,
-            loss: if simpo { DpoLoss::Simpo } else { DpoLoss::parse(&p.loss_type).expect("validated") },
+            loss: free.unwrap_or_else(|| DpoLoss::parse(&p.loss_type).expect("validated")),
             label_smoothing: p.label_smoothing,
             gamma: p.gamma.unwrap_or(0.5),
-            sft_weight: p.sft_weight.unwrap_or(if simpo { 1.0 } else { 0.0 }),
+            // CPO's cpo_alpha defaults to 1; ORPO's NLL term has weight 1.
+            sft_weight: p.sft_weight.unwrap_or(if free.is_some() { 1.0 } else { 0.0 }),
         }
     }
 
@@ -126,27 +131,29 @@ impl Recipe {
                 }
                 Ok(())
             }
-            method @ ("dpo" | "simpo") => {
+            method @ ("dpo" | "simpo" | "orpo") => {
                 let p = self.preference.clone().unwrap_or_default();
                 let simpo = method == "simpo";
-                if simpo {
+                let free = method != "dpo";
+                if free {
                     // (The resolved recipe of a run writes every key, defaults included: only values
                     // that ask for a reference are refused.)
                     if p.loss_type != "sigmoid" {
                         return err(
                             "preference",
                             "loss_type",
-                            "does not apply to method = \"simpo\", whose loss is SimPO's".into(),
+                            format!("does not apply to method = \"{method}\", which has its own loss"),
                         );
                     }
                     if p.reference_adapter.is_some() {
                         return err(
                             "preference",
                             "reference_adapter",
-                            "does not apply to method = \"simpo\", which has no reference".into(),
+                            format!("does not apply to method = \"{method}\", which has no reference"),
                         );
                     }
-                } else if src.locate("preference", "gamma").is_some() {
+                }
+                if !simpo && src.locate("preference", "gamma").is_some() {
                     return err("preference", "gamma", "is SimPO's; it applies to method = \"simpo\"".into());
                 }
                 if !(p.beta > 0.0 && p.beta.is_finite()) {
@@ -157,8 +164,12 @@ impl Recipe {
                 {
                     return err("preference", "sft_weight", format!("must be >= 0, got {w}"));
                 }
-                let loss = if simpo { Some(DpoLoss::Simpo) } else { DpoLoss::parse(&p.loss_type) };
-                let Some(loss) = loss.filter(|l| simpo || l.needs_reference()) else {
+                let loss = match method {
+                    "simpo" => Some(DpoLoss::Simpo),
+                    "orpo" => Some(DpoLoss::Orpo),
+                    _ => DpoLoss::parse(&p.loss_type).filter(|l| l.needs_reference()),
+                };
+                let Some(loss) = loss else {
                     return err(
                         "preference",
                         "loss_type",
@@ -173,11 +184,12 @@ impl Recipe {
                             format!("must be in [0, 0.5), got {}", p.label_smoothing),
                         );
                     }
-                    DpoLoss::Hinge | DpoLoss::Ipo if p.label_smoothing != 0.0 => {
+                    DpoLoss::Hinge | DpoLoss::Ipo | DpoLoss::Orpo if p.label_smoothing != 0.0 => {
+                        let name = if loss == DpoLoss::Orpo { "orpo" } else { p.loss_type.as_str() };
                         return err(
                             "preference",
                             "label_smoothing",
-                            format!("applies to the sigmoid, robust and SimPO losses, not \"{}\"", p.loss_type),
+                            format!("applies to the sigmoid, robust and SimPO losses, not \"{name}\""),
                         );
                     }
                     _ => {}
@@ -213,7 +225,9 @@ impl Recipe {
                 }
                 Ok(())
             }
-            other => err("train", "method", format!("must be \"sft\", \"dpo\" or \"simpo\", got \"{other}\"")),
+            other => {
+                err("train", "method", format!("must be \"sft\", \"dpo\", \"simpo\" or \"orpo\", got \"{other}\""))
+            }
         }
     }
 }

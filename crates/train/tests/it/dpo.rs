@@ -135,6 +135,13 @@ fn simpo_replays_trl() {
     replay("simpo", StepOptions { max_grad_norm: 1.0, gradient_checkpointing: false }, false);
 }
 
+/// ORPO as TRL's experimental ORPOTrainer runs it: no reference, the log odds ratio of per-token
+/// mean probabilities, and the chosen sequences' NLL over prompt and completion.
+#[test]
+fn orpo_replays_trl() {
+    replay("orpo", StepOptions { max_grad_norm: 1.0, gradient_checkpointing: false }, false);
+}
+
 /// TRL's `loss_type=["sigmoid", "sft"]`, `loss_weights=[1, 0.5]`: the SFT term on the chosen.
 #[test]
 fn dpo_with_an_sft_term_replays_trl() {
