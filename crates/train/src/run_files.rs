@@ -153,14 +153,37 @@ pub fn loss_svg(metrics: &[StepMetrics]) -> String {
     };
     let train = line(metrics.iter().map(|m| (x(m.step), y(m.loss))).collect(), "#1f77b4");
     let eval = line(metrics.iter().filter_map(|m| m.eval_loss.map(|e| (x(m.step), y(e)))).collect(), "#d62728");
+    // A preference run: its reward margin, in green on a scale of its own (right).
+    let margins: Vec<(u64, f64)> = metrics
+        .iter()
+        .filter_map(|m| m.preference.map(|p| (m.step, p.rewards_margins)))
+        .filter(|(_, v)| v.is_finite())
+        .collect();
+    let (margin, legend) = if margins.is_empty() {
+        (String::new(), "loss (blue: train, red: validation)".to_string())
+    } else {
+        let (mlo, mhi) = margins.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &(_, v)| (a.min(v), b.max(v)));
+        let (mlo, mhi) = if mhi > mlo { (mlo, mhi) } else { (mlo - 1.0, mlo + 1.0) };
+        let ym = |v: f64| h - pad - (v - mlo) / (mhi - mlo) * (h - 2.0 * pad);
+        let l = line(margins.iter().map(|&(s, v)| (x(s), ym(v))).collect(), "#2ca02c");
+        (
+            format!(
+                "{l}\n<text x=\"{r}\" y=\"{pad}\" text-anchor=\"end\" fill=\"#2ca02c\">{mhi:.3}</text>\
+                 <text x=\"{r}\" y=\"{b}\" text-anchor=\"end\" fill=\"#2ca02c\">{mlo:.3}</text>",
+                r = w - 4.0,
+                b = h - pad,
+            ),
+            "loss (blue: train, red: validation); green: reward margin (right scale)".to_string(),
+        )
+    };
     format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
          <line x1=\"{pad}\" y1=\"{b}\" x2=\"{r}\" y2=\"{b}\" stroke=\"black\"/>\n\
          <line x1=\"{pad}\" y1=\"{pad}\" x2=\"{pad}\" y2=\"{b}\" stroke=\"black\"/>\n\
-         <text x=\"{pad}\" y=\"20\">loss (blue: train, red: validation)</text>\n\
+         <text x=\"{pad}\" y=\"20\">{legend}</text>\n\
          <text x=\"4\" y=\"{pad}\">{hi:.3}</text><text x=\"4\" y=\"{b}\">{lo:.3}</text>\n\
-         <text x=\"{r}\" y=\"{t}\" text-anchor=\"end\">step {max_step}</text>\n{train}\n{eval}\n</svg>\n",
+         <text x=\"{r}\" y=\"{t}\" text-anchor=\"end\">step {max_step}</text>\n{train}\n{eval}\n{margin}\n</svg>\n",
         b = h - pad,
         r = w - pad,
         t = h - pad + 16.0,

@@ -58,6 +58,9 @@ fn dpo_trains_logs_trl_metrics_and_verifies() {
     assert!(last["rewards/margins"].as_f64().unwrap() > 0.01, "{last}");
     assert!(last["loss"].as_f64().unwrap() < first["loss"].as_f64().unwrap() - 1e-3, "{last}");
     assert!(last["logps/chosen"].as_f64().unwrap() > first["logps/chosen"].as_f64().unwrap(), "{last}");
+    // The loss curve shows the margin too.
+    let svg = std::fs::read_to_string(run.join("loss.svg")).unwrap();
+    assert!(svg.contains("green: reward margin") && svg.matches("<polyline").count() == 3, "{svg}");
     // The card says how it was trained; verify reruns it byte for byte.
     let card = std::fs::read_to_string(run.join("README.md")).unwrap();
     assert!(
