@@ -125,13 +125,10 @@ def run(name, loss_type, beta, random_b, pairs=PAIRS, data="data.jsonl", sft_wei
     }
 
 
-def run_simpo(name="simpo", beta=2.0, gamma=0.5, cpo_alpha=0.5):
-    """SimPO as TRL 1.x has it: trl.experimental's CPOTrainer with loss_type="simpo", from a random-B
-    adapter (SimPO has no reference). CPO tokenizes with its own older code, so the pairs recorded are
-    the token ids it trained on (prompt = the masked part of each sequence)."""
-    from trl.experimental.cpo import CPOConfig, CPOTrainer
-
-    torch.manual_seed(SEED + 1)
+def random_b_adapter(name, seed):
+    """The tiny Llama with a fresh PEFT adapter whose B is random (policy != base at step 0), saved as
+    <name>/adapter-init."""
+    torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(BASE)
     model = AutoModelForCausalLM.from_pretrained(BASE, dtype=torch.float32, attn_implementation="eager")
     config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"],
@@ -144,15 +141,12 @@ def run_simpo(name="simpo", beta=2.0, gamma=0.5, cpo_alpha=0.5):
     out = os.path.join(OUT, name)
     shutil.rmtree(out, ignore_errors=True)
     model.save_pretrained(os.path.join(out, "adapter-init"))
-    args = CPOConfig(
-        output_dir=os.path.join("/tmp", f"dpo-fixture-{name}"), loss_type="simpo", beta=beta, simpo_gamma=gamma,
-        cpo_alpha=cpo_alpha, per_device_train_batch_size=len(PAIRS), max_steps=STEPS, learning_rate=1e-3,
-        lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, logging_steps=1,
-        save_strategy="no", report_to="none", seed=SEED, use_cpu=True, bf16=False, fp16=False,
-        dataloader_num_workers=0,
-    )
-    trainer = CPOTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(PAIRS),
-                         processing_class=tokenizer)
+    return tokenizer, model, out
+
+
+def train_legacy(trainer, model, out):
+    """The token ids a legacy (CPO / ORPO) trainer trained on, as pairs (the prompt is the masked
+    part of each sequence), then its run: the logged steps, the trained adapter saved."""
     pairs = []
     for r in trainer.train_dataset:
         n = sum(1 for l in r["chosen_labels"] if l == -100)
@@ -164,6 +158,26 @@ def run_simpo(name="simpo", beta=2.0, gamma=0.5, cpo_alpha=0.5):
     steps = [{k: e[k] for k in METRICS} for e in trainer.state.log_history if "rewards/chosen" in e]
     assert len(steps) == STEPS, trainer.state.log_history
     model.save_pretrained(os.path.join(out, "adapter-trained"))
+    return pairs, steps
+
+
+def run_simpo(name="simpo", beta=2.0, gamma=0.5, cpo_alpha=0.5):
+    """SimPO as TRL 1.x has it: trl.experimental's CPOTrainer with loss_type="simpo", from a random-B
+    adapter (SimPO has no reference). CPO tokenizes with its own older code, so the pairs recorded are
+    the token ids it trained on (prompt = the masked part of each sequence)."""
+    from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+    tokenizer, model, out = random_b_adapter(name, SEED + 1)
+    args = CPOConfig(
+        output_dir=os.path.join("/tmp", f"dpo-fixture-{name}"), loss_type="simpo", beta=beta, simpo_gamma=gamma,
+        cpo_alpha=cpo_alpha, per_device_train_batch_size=len(PAIRS), max_steps=STEPS, learning_rate=1e-3,
+        lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, logging_steps=1,
+        save_strategy="no", report_to="none", seed=SEED, use_cpu=True, bf16=False, fp16=False,
+        dataloader_num_workers=0,
+    )
+    trainer = CPOTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(PAIRS),
+                         processing_class=tokenizer)
+    pairs, steps = train_legacy(trainer, model, out)
     return {
         "loss_type": "simpo", "beta": beta, "gamma": gamma, "label_smoothing": 0.0, "sft_weight": cpo_alpha,
         "learning_rate": 1e-3, "weight_decay": 0.0, "max_grad_norm": 1.0, "b_init": "random 0.2 N(0,1)",
@@ -178,19 +192,7 @@ def run_orpo(name="orpo", beta=0.5):
     the token ids it trained on."""
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-    torch.manual_seed(SEED + 2)
-    tokenizer = AutoTokenizer.from_pretrained(BASE)
-    model = AutoModelForCausalLM.from_pretrained(BASE, dtype=torch.float32, attn_implementation="eager")
-    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"],
-                        task_type="CAUSAL_LM")
-    model = get_peft_model(model, config)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.copy_(0.2 * torch.randn_like(p))
-    out = os.path.join(OUT, name)
-    shutil.rmtree(out, ignore_errors=True)
-    model.save_pretrained(os.path.join(out, "adapter-init"))
+    tokenizer, model, out = random_b_adapter(name, SEED + 2)
     args = ORPOConfig(
         output_dir=os.path.join("/tmp", f"dpo-fixture-{name}"), beta=beta,
         per_device_train_batch_size=len(PAIRS), max_steps=STEPS, learning_rate=1e-3, lr_scheduler_type="constant",
@@ -199,17 +201,7 @@ def run_orpo(name="orpo", beta=0.5):
     )
     trainer = ORPOTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(PAIRS),
                           processing_class=tokenizer)
-    pairs = []
-    for r in trainer.train_dataset:
-        n = sum(1 for l in r["chosen_labels"] if l == -100)
-        m = sum(1 for l in r["rejected_labels"] if l == -100)
-        assert n == m and r["chosen_input_ids"][:n] == r["rejected_input_ids"][:m], "prompts differ"
-        pairs.append({"prompt": r["chosen_input_ids"][:n], "chosen": r["chosen_input_ids"][n:],
-                      "rejected": r["rejected_input_ids"][m:]})
-    trainer.train()
-    steps = [{k: e[k] for k in METRICS} for e in trainer.state.log_history if "rewards/chosen" in e]
-    assert len(steps) == STEPS, trainer.state.log_history
-    model.save_pretrained(os.path.join(out, "adapter-trained"))
+    pairs, steps = train_legacy(trainer, model, out)
     return {
         "loss_type": "orpo", "beta": beta, "label_smoothing": 0.0, "sft_weight": 1.0, "learning_rate": 1e-3,
         "weight_decay": 0.0, "max_grad_norm": 1.0, "b_init": "random 0.2 N(0,1)",

@@ -162,7 +162,8 @@ pub fn loss_svg(metrics: &[StepMetrics]) -> String {
     let (margin, legend) = if margins.is_empty() {
         (String::new(), "loss (blue: train, red: validation)".to_string())
     } else {
-        let (mlo, mhi) = margins.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &(_, v)| (a.min(v), b.max(v)));
+        let (mlo, mhi) =
+            margins.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &(_, v)| (a.min(v), b.max(v)));
         let (mlo, mhi) = if mhi > mlo { (mlo, mhi) } else { (mlo - 1.0, mlo + 1.0) };
         let ym = |v: f64| h - pad - (v - mlo) / (mhi - mlo) * (h - 2.0 * pad);
         let l = line(margins.iter().map(|&(s, v)| (x(s), ym(v))).collect(), "#2ca02c");

@@ -34,6 +34,15 @@ dir = "{}"
     path
 }
 
+/// A run's metrics.jsonl, a JSON object per step.
+fn read_metrics(run: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 #[test]
 fn dpo_trains_logs_trl_metrics_and_verifies() {
     let d = temp_dir("dpo");
@@ -43,11 +52,7 @@ fn dpo_trains_logs_trl_metrics_and_verifies() {
     let err = stderr(&o);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("data: 4 preference pairs") && err.contains("margin "), "{err}");
-    let metrics: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let metrics = read_metrics(&run);
     assert_eq!(metrics.len(), 5);
     // A fresh adapter (B = 0) is its reference: the first loss is ln 2 and every reward 0.
     let first = &metrics[0];
@@ -168,11 +173,7 @@ fn dpo_from_an_adapter_reproduces_trl_end_to_end() {
     assert!(o.status.success(), "{}", stderr(&o));
     let golden: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fx.join("golden.json")).unwrap()).unwrap();
-    let metrics: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let metrics = read_metrics(&run);
     for (step, (ours, want)) in metrics.iter().zip(golden["ipo"]["steps"].as_array().unwrap()).enumerate() {
         for key in ["loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected"] {
             let (a, b) = (ours[key].as_f64().unwrap(), want[key].as_f64().unwrap());
@@ -251,11 +252,7 @@ fn simpo_trains_without_a_reference() {
     std::fs::write(&recipe, text.replace("method = \"dpo\"", "method = \"simpo\"")).unwrap();
     let o = lora(&["train", s(&recipe)]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let metrics: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let metrics = read_metrics(&run);
     let (first, last) = (&metrics[0], &metrics[4]);
     assert!(last["loss"].as_f64().unwrap() < first["loss"].as_f64().unwrap(), "{first} -> {last}");
     // SimPO's log-probabilities are per-token means, its rewards beta times them.
@@ -298,11 +295,7 @@ fn orpo_trains_and_verifies() {
     std::fs::write(&recipe, text.replace("method = \"dpo\"", "method = \"orpo\"")).unwrap();
     let o = lora(&["train", s(&recipe)]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let metrics: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let metrics = read_metrics(&run);
     assert!(metrics[4]["loss"].as_f64().unwrap() < metrics[0]["loss"].as_f64().unwrap(), "{metrics:?}");
     let card = std::fs::read_to_string(run.join("README.md")).unwrap();
     assert!(card.contains("Trained with ORPO (Orpo loss, beta 0.5") && card.contains("SFT term weight 1"), "{card}");
