@@ -94,7 +94,18 @@ pub fn tokenize_pair(
     }
     let (prompt, chosen, rejected) = match v.get("prompt") {
         Some(p) => (p.clone(), chosen.clone(), rejected.clone()),
-        None => extract_prompt(chosen, rejected)?,
+        None => {
+            let (prompt, c, r) = extract_prompt(chosen, rejected)?;
+            let empty = match &prompt {
+                Value::String(p) => p.is_empty(),
+                Value::Array(p) => p.is_empty(),
+                _ => false,
+            };
+            if empty {
+                return Err("no \"prompt\", and \"chosen\" and \"rejected\" share no beginning to take as one".into());
+            }
+            (prompt, c, r)
+        }
     };
     let (prompt_ids, with_chosen, with_rejected) = match (&prompt, &chosen, &rejected) {
         (Value::String(p), Value::String(c), Value::String(r)) => {

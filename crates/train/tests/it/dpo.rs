@@ -204,6 +204,7 @@ fn bad_preference_records_are_named_by_line() {
             "need a chat template",
         ),
         (r#"["prompt"]"#, "must be a JSON object"),
+        (r#"{"chosen": "yes", "rejected": "no"}"#, "share no beginning"),
     ];
     for (i, (line, why)) in cases.iter().enumerate() {
         let path = dir.join(format!("bad{i}.jsonl"));
