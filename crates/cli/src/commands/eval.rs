@@ -84,7 +84,7 @@ pub fn run(a: Args) -> Result<()> {
 fn preference(a: Args, model: &mut lora_core::CausalLm, tok: &lora_core::Tokenizer) -> Result<()> {
     use anyhow::Context;
     use lora_train::data::chat_template::{ChatTemplate, FIXED_DATE_UNIX};
-    use lora_train::preference::{Dpo, DpoLoss, PairIds, Reference, evaluate_pairs, load_pairs};
+    use lora_train::preference::{Dpo, DpoLoss, PairIds, Reference, evaluate_pairs, fit, load_pairs};
     let loss = DpoLoss::parse(&a.loss_type)
         .with_context(|| format!("--loss-type must be sigmoid, ipo, hinge, robust or simpo, got '{}'", a.loss_type))?;
     anyhow::ensure!(a.beta > 0.0 && a.beta.is_finite(), "--beta must be positive, got {}", a.beta);
@@ -96,16 +96,7 @@ fn preference(a: Args, model: &mut lora_core::CausalLm, tok: &lora_core::Tokeniz
         .map_err(anyhow::Error::msg)?;
     let (pairs, _) = load_pairs(&a.data, tok, template.as_ref(), false)?;
     // As training fits them: each sequence keeps its first max_seq_len tokens.
-    let pairs: Vec<PairIds> = pairs
-        .into_iter()
-        .filter(|p| p.prompt.len() < a.max_seq_len)
-        .map(|mut p| {
-            let room = a.max_seq_len - p.prompt.len();
-            p.chosen.truncate(room);
-            p.rejected.truncate(room);
-            p
-        })
-        .collect();
+    let pairs: Vec<PairIds> = pairs.into_iter().filter_map(|p| fit(p, a.max_seq_len, false).0).collect();
     anyhow::ensure!(!pairs.is_empty(), "{}: no pair fits in --max-seq-len {}", a.data.display(), a.max_seq_len);
     let reference = match &a.reference_adapter {
         None => Reference::Base,

@@ -187,7 +187,7 @@ pub struct PreferenceData {
 /// Fits a pair into `max_len` tokens per sequence, as TRL's `keep_start` truncation does: each
 /// sequence (prompt + completion) keeps its first `max_len` tokens. `None` when the prompt alone
 /// fills them (no completion token would be left), or when `drop` asks to leave long pairs out.
-fn fit(pair: PairIds, max_len: usize, drop: bool) -> (Option<PairIds>, bool) {
+pub fn fit(pair: PairIds, max_len: usize, drop: bool) -> (Option<PairIds>, bool) {
     let longest = pair.prompt.len() + pair.chosen.len().max(pair.rejected.len());
     if longest <= max_len {
         return (Some(pair), false);
