@@ -5,6 +5,11 @@ use crate::common::*;
 
 /// A DPO recipe on the tiny Llama and the TRL fixture's four pairs, with `extra` appended.
 fn dpo_recipe(dir: &std::path::Path, run: &std::path::Path, extra: &str) -> std::path::PathBuf {
+    method_recipe(dir, run, "dpo", extra)
+}
+
+/// [`dpo_recipe`] with another `[train] method`.
+fn method_recipe(dir: &std::path::Path, run: &std::path::Path, method: &str, extra: &str) -> std::path::PathBuf {
     let fx = fixtures();
     let text = format!(
         r#"[model]
@@ -17,7 +22,7 @@ targets = ["q_proj", "v_proj", "down_proj"]
 train = "{}"
 max_seq_len = 64
 [train]
-method = "dpo"
+method = "{method}"
 max_steps = 5
 batch_size = 4
 lr = 1e-3
@@ -29,7 +34,7 @@ dir = "{}"
         fx.join("dpo/data.jsonl").display(),
         run.display()
     );
-    let path = dir.join("dpo.toml");
+    let path = dir.join(format!("{method}.toml"));
     std::fs::write(&path, text).unwrap();
     path
 }
@@ -133,12 +138,8 @@ fn bad_preference_recipes_exit_2_naming_the_key() {
         assert!(!run.exists());
     }
     // The [preference] table on an SFT recipe, and DPO on another data format.
-    let text = std::fs::read_to_string(dpo_recipe(&d, &run, "[preference]\nbeta = 0.2\n")).unwrap();
-    std::fs::write(d.join("sft.toml"), text.replace("method = \"dpo\"", "method = \"sft\"")).unwrap();
-    assert_user_error(
-        &lora(&["train", s(&d.join("sft.toml"))]),
-        "preference.beta applies to [train] method = \"dpo\" only",
-    );
+    let sft = method_recipe(&d, &run, "sft", "[preference]\nbeta = 0.2\n");
+    assert_user_error(&lora(&["train", s(&sft)]), "preference.beta applies to [train] method = \"dpo\" only");
     let text = std::fs::read_to_string(dpo_recipe(&d, &run, "")).unwrap();
     std::fs::write(d.join("chat.toml"), text.replace("max_seq_len = 64", "max_seq_len = 64\nformat = \"chat\""))
         .unwrap();
@@ -247,9 +248,7 @@ fn an_interrupted_dpo_run_resumes_to_the_same_adapter() {
 fn simpo_trains_without_a_reference() {
     let d = temp_dir("simpo");
     let run = d.join("run");
-    let text = std::fs::read_to_string(dpo_recipe(&d, &run, "[preference]\nbeta = 2.0\ngamma = 0.3\n")).unwrap();
-    let recipe = d.join("simpo.toml");
-    std::fs::write(&recipe, text.replace("method = \"dpo\"", "method = \"simpo\"")).unwrap();
+    let recipe = method_recipe(&d, &run, "simpo", "[preference]\nbeta = 2.0\ngamma = 0.3\n");
     let o = lora(&["train", s(&recipe)]);
     assert!(o.status.success(), "{}", stderr(&o));
     let metrics = read_metrics(&run);
@@ -275,13 +274,11 @@ fn simpo_trains_without_a_reference() {
             "preference.reference_adapter does not apply",
         ),
     ] {
-        let text = std::fs::read_to_string(dpo_recipe(&d, &d.join("run2"), &extra)).unwrap();
-        std::fs::write(&recipe, text.replace("method = \"dpo\"", "method = \"simpo\"")).unwrap();
+        let recipe = method_recipe(&d, &d.join("run2"), "simpo", &extra);
         assert_user_error(&lora(&["train", s(&recipe)]), needle);
     }
     // gamma belongs to SimPO.
-    let text = std::fs::read_to_string(dpo_recipe(&d, &d.join("run3"), "[preference]\ngamma = 1.0\n")).unwrap();
-    std::fs::write(&recipe, text).unwrap();
+    let recipe = dpo_recipe(&d, &d.join("run3"), "[preference]\ngamma = 1.0\n");
     assert_user_error(&lora(&["train", s(&recipe)]), "preference.gamma is SimPO's");
 }
 
@@ -290,9 +287,7 @@ fn simpo_trains_without_a_reference() {
 fn orpo_trains_and_verifies() {
     let d = temp_dir("orpo");
     let run = d.join("run");
-    let text = std::fs::read_to_string(dpo_recipe(&d, &run, "[preference]\nbeta = 0.5\n")).unwrap();
-    let recipe = d.join("orpo.toml");
-    std::fs::write(&recipe, text.replace("method = \"dpo\"", "method = \"orpo\"")).unwrap();
+    let recipe = method_recipe(&d, &run, "orpo", "[preference]\nbeta = 0.5\n");
     let o = lora(&["train", s(&recipe)]);
     assert!(o.status.success(), "{}", stderr(&o));
     let metrics = read_metrics(&run);
@@ -301,9 +296,7 @@ fn orpo_trains_and_verifies() {
     assert!(card.contains("Trained with ORPO (Orpo loss, beta 0.5") && card.contains("SFT term weight 1"), "{card}");
     let o = lora(&["verify", s(&run)]);
     assert!(o.status.success() && stdout(&o).contains("reproduced byte for byte"), "{}", stderr(&o));
-    let text =
-        std::fs::read_to_string(dpo_recipe(&d, &d.join("run2"), "[preference]\nlabel_smoothing = 0.1\n")).unwrap();
-    std::fs::write(&recipe, text.replace("method = \"dpo\"", "method = \"orpo\"")).unwrap();
+    let recipe = method_recipe(&d, &d.join("run2"), "orpo", "[preference]\nlabel_smoothing = 0.1\n");
     assert_user_error(
         &lora(&["train", s(&recipe)]),
         "label_smoothing applies to the sigmoid, robust and SimPO losses, not \"orpo\"",
