@@ -84,20 +84,7 @@ METRICS = ["loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "
 
 
 def run(name, loss_type, beta, random_b, pairs=PAIRS, data="data.jsonl", sft_weight=0.0):
-    torch.manual_seed(SEED)
-    tokenizer = AutoTokenizer.from_pretrained(BASE)
-    model = AutoModelForCausalLM.from_pretrained(BASE, dtype=torch.float32, attn_implementation="eager")
-    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"],
-                        task_type="CAUSAL_LM")
-    model = get_peft_model(model, config)
-    if random_b:
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                if "lora_B" in n:
-                    p.copy_(0.2 * torch.randn_like(p))
-    out = os.path.join(OUT, name)
-    shutil.rmtree(out, ignore_errors=True)
-    model.save_pretrained(os.path.join(out, "adapter-init"))
+    tokenizer, model, out = step0_adapter(name, SEED, random_b)
 
     args = DPOConfig(
         output_dir=os.path.join("/tmp", f"dpo-fixture-{name}"), beta=beta,
@@ -114,10 +101,7 @@ def run(name, loss_type, beta, random_b, pairs=PAIRS, data="data.jsonl", sft_wei
         {"prompt": r["prompt_ids"], "chosen": r["chosen_ids"], "rejected": r["rejected_ids"]}
         for r in trainer.train_dataset
     ]
-    trainer.train()
-    steps = [{k: e[k] for k in METRICS} for e in trainer.state.log_history if "rewards/chosen" in e]
-    assert len(steps) == STEPS, trainer.state.log_history
-    model.save_pretrained(os.path.join(out, "adapter-trained"))
+    steps = train_and_save(trainer, model, out)
     return {
         "loss_type": loss_type, "beta": beta, "label_smoothing": 0.0, "sft_weight": sft_weight, "learning_rate": 1e-3, "weight_decay": 0.0,
         "max_grad_norm": 1.0, "b_init": "random 0.2 N(0,1)" if random_b else "zero (PEFT default)", "data": data,
@@ -125,23 +109,33 @@ def run(name, loss_type, beta, random_b, pairs=PAIRS, data="data.jsonl", sft_wei
     }
 
 
-def random_b_adapter(name, seed):
-    """The tiny Llama with a fresh PEFT adapter whose B is random (policy != base at step 0), saved as
-    <name>/adapter-init."""
+def step0_adapter(name, seed, random_b):
+    """The tiny Llama with a fresh PEFT adapter (r 4, alpha 8, q/v/down_proj, dropout 0), its B random
+    when `random_b` (policy != base at step 0), saved as <name>/adapter-init."""
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(BASE)
     model = AutoModelForCausalLM.from_pretrained(BASE, dtype=torch.float32, attn_implementation="eager")
     config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"],
                         task_type="CAUSAL_LM")
     model = get_peft_model(model, config)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.copy_(0.2 * torch.randn_like(p))
+    if random_b:
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.copy_(0.2 * torch.randn_like(p))
     out = os.path.join(OUT, name)
     shutil.rmtree(out, ignore_errors=True)
     model.save_pretrained(os.path.join(out, "adapter-init"))
     return tokenizer, model, out
+
+
+def train_and_save(trainer, model, out):
+    """Runs the trainer; its logged steps' metrics, the trained adapter saved as adapter-trained."""
+    trainer.train()
+    steps = [{k: e[k] for k in METRICS} for e in trainer.state.log_history if "rewards/chosen" in e]
+    assert len(steps) == STEPS, trainer.state.log_history
+    model.save_pretrained(os.path.join(out, "adapter-trained"))
+    return steps
 
 
 def train_legacy(trainer, model, out):
@@ -154,11 +148,7 @@ def train_legacy(trainer, model, out):
         assert n == m and r["chosen_input_ids"][:n] == r["rejected_input_ids"][:m], "prompts differ"
         pairs.append({"prompt": r["chosen_input_ids"][:n], "chosen": r["chosen_input_ids"][n:],
                       "rejected": r["rejected_input_ids"][m:]})
-    trainer.train()
-    steps = [{k: e[k] for k in METRICS} for e in trainer.state.log_history if "rewards/chosen" in e]
-    assert len(steps) == STEPS, trainer.state.log_history
-    model.save_pretrained(os.path.join(out, "adapter-trained"))
-    return pairs, steps
+    return pairs, train_and_save(trainer, model, out)
 
 
 def run_simpo(name="simpo", beta=2.0, gamma=0.5, cpo_alpha=0.5):
@@ -167,7 +157,7 @@ def run_simpo(name="simpo", beta=2.0, gamma=0.5, cpo_alpha=0.5):
     the token ids it trained on (prompt = the masked part of each sequence)."""
     from trl.experimental.cpo import CPOConfig, CPOTrainer
 
-    tokenizer, model, out = random_b_adapter(name, SEED + 1)
+    tokenizer, model, out = step0_adapter(name, SEED + 1, True)
     args = CPOConfig(
         output_dir=os.path.join("/tmp", f"dpo-fixture-{name}"), loss_type="simpo", beta=beta, simpo_gamma=gamma,
         cpo_alpha=cpo_alpha, per_device_train_batch_size=len(PAIRS), max_steps=STEPS, learning_rate=1e-3,
@@ -192,7 +182,7 @@ def run_orpo(name="orpo", beta=0.5):
     the token ids it trained on."""
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-    tokenizer, model, out = random_b_adapter(name, SEED + 2)
+    tokenizer, model, out = step0_adapter(name, SEED + 2, True)
     args = ORPOConfig(
         output_dir=os.path.join("/tmp", f"dpo-fixture-{name}"), beta=beta,
         per_device_train_batch_size=len(PAIRS), max_steps=STEPS, learning_rate=1e-3, lr_scheduler_type="constant",
