@@ -25,14 +25,14 @@ use crate::preference::step::PairIds;
 use crate::recipe::{Files, Recipe};
 
 /// Tokens two lists share from their start.
-fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+pub(crate) fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 /// TRL's `extract_prompt` for implicit-prompt pairs: the longest common beginning of `chosen` and
 /// `rejected` (whole messages of conversations; characters of texts, less a space it would end
 /// on), and the two remainders.
-fn extract_prompt(chosen: &Value, rejected: &Value) -> std::result::Result<(Value, Value, Value), String> {
+pub(crate) fn extract_prompt(chosen: &Value, rejected: &Value) -> std::result::Result<(Value, Value, Value), String> {
     match (chosen, rejected) {
         (Value::Array(c), Value::Array(r)) => {
             let mut n = c.iter().zip(r).take_while(|(a, b)| a == b).count();
@@ -77,6 +77,55 @@ fn messages<'v>(v: &'v Value, key: &str) -> std::result::Result<&'v [Value], Str
     Ok(list)
 }
 
+/// The token ids of `prompt` and of `prompt` followed by each of `completions`, as TRL tokenizes
+/// them: texts with the EOS appended to the completion (unless it ends with it) and the tokenizer's
+/// special tokens; message lists through the chat template, the prompt with its generation prompt.
+pub(crate) fn render(
+    tok: &Tokenizer,
+    template: Option<&ChatTemplate>,
+    prompt: &Value,
+    completions: &[&Value],
+) -> std::result::Result<(Vec<u32>, Vec<Vec<u32>>), String> {
+    if let Value::String(p) = prompt
+        && completions.iter().all(|c| c.is_string())
+    {
+        let eos = match tok.eos_token_ids.first() {
+            Some(&id) => tok.decode(&[id], false).map_err(|e| e.to_string())?,
+            None => String::new(),
+        };
+        let with_eos = |c: &str| if eos.is_empty() || c.ends_with(&eos) { c.to_string() } else { format!("{c}{eos}") };
+        let encode = |text: &str| tok.encode(text, true).map_err(|e| e.to_string());
+        let full = completions
+            .iter()
+            .map(|c| encode(&format!("{p}{}", with_eos(c.as_str().expect("checked")))))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        return Ok((encode(p)?, full));
+    }
+    if prompt.is_array() && completions.iter().all(|c| c.is_array()) {
+        let template =
+            template.ok_or("conversational records need a chat template (the model's, or [data] chat_template)")?;
+        let p = messages(prompt, "prompt")?;
+        // As transformers' apply_chat_template(tokenize=True): the template writes any BOS itself.
+        let encode = |messages: &[Value], generation: bool| {
+            let text = template.render(messages, generation)?;
+            tok.encode(&text, false).map_err(|e| e.to_string())
+        };
+        let mut full = Vec::with_capacity(completions.len());
+        let keys: &[&str] = if completions.len() == 2 { &["chosen", "rejected"] } else { &["completion"] };
+        for (c, key) in completions.iter().zip(keys.iter().cycle()) {
+            let joined: Vec<Value> = p.iter().chain(messages(c, key)?).cloned().collect();
+            full.push(encode(&joined, false)?);
+        }
+        return Ok((encode(p, true)?, full));
+    }
+    let names = if completions.len() == 1 {
+        "\"prompt\" and \"completion\""
+    } else {
+        "\"prompt\", \"chosen\" and \"rejected\""
+    };
+    Err(format!("{names} must all be strings or all be message lists"))
+}
+
 /// Tokenizes one record (standard, conversational, or either with an implicit prompt); the error
 /// is the reason, without the location. Conversations are rendered with `template`.
 pub fn tokenize_pair(
@@ -107,34 +156,8 @@ pub fn tokenize_pair(
             (prompt, c, r)
         }
     };
-    let (prompt_ids, with_chosen, with_rejected) = match (&prompt, &chosen, &rejected) {
-        (Value::String(p), Value::String(c), Value::String(r)) => {
-            let eos = match tok.eos_token_ids.first() {
-                Some(&id) => tok.decode(&[id], false).map_err(|e| e.to_string())?,
-                None => String::new(),
-            };
-            let with_eos =
-                |c: &str| if eos.is_empty() || c.ends_with(&eos) { c.to_string() } else { format!("{c}{eos}") };
-            let encode = |text: &str| tok.encode(text, true).map_err(|e| e.to_string());
-            (encode(p)?, encode(&format!("{p}{}", with_eos(c)))?, encode(&format!("{p}{}", with_eos(r)))?)
-        }
-        (Value::Array(_), Value::Array(_), Value::Array(_)) => {
-            let template =
-                template.ok_or("conversational pairs need a chat template (the model's, or [data] chat_template)")?;
-            let (p, c, r) =
-                (messages(&prompt, "prompt")?, messages(&chosen, "chosen")?, messages(&rejected, "rejected")?);
-            // As transformers' apply_chat_template(tokenize=True): the template writes any BOS itself.
-            let encode = |messages: &[Value], generation: bool| {
-                let text = template.render(messages, generation)?;
-                tok.encode(&text, false).map_err(|e| e.to_string())
-            };
-            let join = |a: &[Value], b: &[Value]| a.iter().chain(b).cloned().collect::<Vec<_>>();
-            (encode(p, true)?, encode(&join(p, c), false)?, encode(&join(p, r), false)?)
-        }
-        _ => {
-            return Err("\"prompt\", \"chosen\" and \"rejected\" must all be strings or all be message lists".into());
-        }
-    };
+    let (prompt_ids, full) = render(tok, template, &prompt, &[&chosen, &rejected])?;
+    let [with_chosen, with_rejected]: [Vec<u32>; 2] = full.try_into().expect("two completions");
     let n = common_prefix(&prompt_ids, &with_chosen).min(common_prefix(&prompt_ids, &with_rejected));
     let pair = PairIds {
         prompt: prompt_ids[..n].to_vec(),

@@ -1,10 +1,12 @@
-//! Preference tuning of a LoRA adapter: DPO and its loss variants as TRL 1.x defines them.
+//! Preference tuning of a LoRA adapter: DPO and its loss variants, SimPO, ORPO and KTO, as TRL 1.x
+//! defines them.
 //!
 //! [`data`] reads TRL's preference records into token ids; [`loss`] holds the pair losses, their derivatives and TRL's metrics; [`step`] runs one optimizer
 //! step over micro-batches of pairs, with the reference's log-probabilities from the same model
-//! without its adapters.
+//! without its adapters. [`kto`] is KTO's, on unpaired examples.
 
 pub mod data;
+pub mod kto;
 pub mod loss;
 pub mod run;
 pub mod step;

@@ -188,9 +188,13 @@ impl Reference {
     }
 }
 
-/// The reference's summed log-probabilities of a micro-batch's rows (chosen rows, then rejected),
-/// untracked: the model with its adapters swapped for the reference's for the pass.
-pub fn reference_log_probs(model: &mut CausalLm, reference: &Reference, batch: &PairBatch) -> Result<Vec<f64>> {
+/// `f` run on the model with its adapters swapped for the reference's (none for the base), which
+/// are put back afterwards, whatever `f` returns.
+pub(crate) fn with_reference<T>(
+    model: &mut CausalLm,
+    reference: &Reference,
+    f: impl FnOnce(&mut CausalLm) -> Result<T>,
+) -> Result<T> {
     let mut swapped: Vec<Vec<LoraAdapter>> = match reference {
         Reference::Base => vec![Vec::new(); model.linear_modules().len()],
         Reference::Adapters(lists) => lists.clone(),
@@ -201,9 +205,15 @@ pub fn reference_log_probs(model: &mut CausalLm, reference: &Reference, batch: &
         }
     };
     swap(model, &mut swapped);
-    let result = sequence_log_probs(model, batch).map(|(sums, _)| sums);
+    let result = f(model);
     swap(model, &mut swapped);
     result
+}
+
+/// The reference's summed log-probabilities of a micro-batch's rows (chosen rows, then rejected),
+/// untracked: the model with its adapters swapped for the reference's for the pass.
+pub fn reference_log_probs(model: &mut CausalLm, reference: &Reference, batch: &PairBatch) -> Result<Vec<f64>> {
+    with_reference(model, reference, |model| sequence_log_probs(model, batch).map(|(sums, _)| sums))
 }
 
 /// The summed log-probabilities of a micro-batch's rows' completions under the model as it is,

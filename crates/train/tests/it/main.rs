@@ -3,6 +3,7 @@
 mod common;
 mod data;
 mod dpo;
+mod kto;
 mod recipe_errors;
 mod replay;
 mod scale;

@@ -1,0 +1,133 @@
+//! KTO's data as TRL 1.x's `KTOTrainer` prepares it:
+//!
+//! - unpaired records `{"prompt", "completion", "label"}` (strings or message lists; `label` a
+//!   boolean, true for a desirable completion), tokenized as DPO's pairs are
+//!   ([`crate::preference::data`]): EOS appended to texts, the prompt the common prefix;
+//! - paired records `{"prompt"?, "chosen", "rejected"}`, unpaired as TRL's
+//!   `unpair_preference_dataset` does: per block of 1,000 records, every chosen completion
+//!   (desirable), then every rejected one;
+//! - examples whose prompt alone fills `max_seq_len` are dropped; then each example gets a
+//!   mismatched completion for the KL estimate ([`mismatch`]); then sequences are cut to
+//!   `max_seq_len` (keep the start).
+
+use std::path::Path;
+
+use lora_core::Tokenizer;
+use serde_json::Value;
+
+use crate::data::chat_template::ChatTemplate;
+use crate::data::records::read_records;
+use crate::error::{Result, TrainError};
+use crate::preference::data::{common_prefix, extract_prompt, render};
+use crate::preference::kto::step::UnpairedIds;
+
+/// TRL's paired records per block when it unpairs them (`datasets`' default `map` batch).
+const UNPAIR_BLOCK: usize = 1000;
+
+/// Tokenizes an unpaired record's prompt and completion: the prompt's ids and the completion's.
+pub fn tokenize_unpaired(
+    tok: &Tokenizer,
+    template: Option<&ChatTemplate>,
+    prompt: &Value,
+    completion: &Value,
+) -> std::result::Result<(Vec<u32>, Vec<u32>), String> {
+    let (prompt_ids, full) = render(tok, template, prompt, &[completion])?;
+    let n = common_prefix(&prompt_ids, &full[0]);
+    let completion = full[0][n..].to_vec();
+    if completion.is_empty() {
+        return Err("the completion is empty after tokenization".into());
+    }
+    Ok((prompt_ids[..n].to_vec(), completion))
+}
+
+/// A record's (prompt, completion, label) triples: one for an unpaired record, two for a pair.
+fn triples(v: &Value, paired: bool) -> std::result::Result<Vec<(Value, Value, bool)>, String> {
+    if !v.is_object() {
+        return Err("a record must be a JSON object".into());
+    }
+    let field = |key: &str| v.get(key).ok_or_else(|| format!("missing field \"{key}\""));
+    if !paired {
+        let (prompt, completion) = (field("prompt")?, field("completion")?);
+        let label = field("label")?.as_bool().ok_or("field \"label\" must be true or false")?;
+        return Ok(vec![(prompt.clone(), completion.clone(), label)]);
+    }
+    let (chosen, rejected) = (field("chosen")?, field("rejected")?);
+    let (prompt, chosen, rejected) = match v.get("prompt") {
+        Some(p) => (p.clone(), chosen.clone(), rejected.clone()),
+        None => extract_prompt(chosen, rejected)?,
+    };
+    Ok(vec![(prompt.clone(), chosen, true), (prompt, rejected, false)])
+}
+
+/// Reads and tokenizes a KTO file: unpaired records, or pairs (the first record decides; the rest
+/// must have its form). A bad record is an error naming the file and line, or (with
+/// `skip_invalid`) skipped and counted. The examples have no mismatched completion yet.
+pub fn load_unpaired(
+    path: &Path,
+    tok: &Tokenizer,
+    template: Option<&ChatTemplate>,
+    skip_invalid: bool,
+) -> Result<(Vec<UnpairedIds>, usize)> {
+    let records = read_records(path)?;
+    let paired = records
+        .iter()
+        .find_map(|r| r.value.as_ref().ok())
+        .is_some_and(|v| v.get("completion").is_none() && v.get("chosen").is_some());
+    let mut skipped = 0;
+    // One entry per valid record: its examples.
+    let mut per_record: Vec<Vec<UnpairedIds>> = Vec::new();
+    for record in records {
+        let result = record.value.and_then(|v| {
+            triples(&v, paired)?
+                .into_iter()
+                .map(|(p, c, desirable)| {
+                    let (prompt, completion) = tokenize_unpaired(tok, template, &p, &c)?;
+                    Ok(UnpairedIds { prompt, completion, kl_completion: Vec::new(), desirable })
+                })
+                .collect::<std::result::Result<Vec<_>, String>>()
+        });
+        match result {
+            Ok(examples) => per_record.push(examples),
+            Err(_) if skip_invalid => skipped += 1,
+            Err(e) => {
+                let form = if paired { " (the file's first record is a pair)" } else { "" };
+                return Err(TrainError::Data(format!("{}:{}: {e}{form}", path.display(), record.line)));
+            }
+        }
+    }
+    // Pairs: per block of records, the desirable examples, then the undesirable ones.
+    let mut examples = Vec::new();
+    for block in per_record.chunks(if paired { UNPAIR_BLOCK } else { 1 }) {
+        for side in 0..block.first().map_or(0, Vec::len) {
+            examples.extend(block.iter().map(|r| r[side].clone()));
+        }
+    }
+    if examples.is_empty() {
+        return Err(TrainError::Data(format!("{}: no KTO examples", path.display())));
+    }
+    Ok((examples, skipped))
+}
+
+/// Gives each example the completion of its predecessor within its block of `batch_size`, the
+/// first the block's last (TRL's `KL_completion_ids`): prompts with completions not theirs, from
+/// which the KL estimate is taken.
+pub fn mismatch(examples: &mut [UnpairedIds], batch_size: usize) {
+    for block in examples.chunks_mut(batch_size.max(1)) {
+        let n = block.len();
+        let completions: Vec<Vec<u32>> = block.iter().map(|e| e.completion.clone()).collect();
+        for (i, e) in block.iter_mut().enumerate() {
+            e.kl_completion = completions[(i + n - 1) % n].clone();
+        }
+    }
+}
+
+/// Cuts an example's sequences (prompt + completion, prompt + mismatched completion) to `max_len`
+/// tokens, keeping the start; whether the completion was cut. The prompt is shorter than
+/// `max_len` (examples whose prompt fills it were dropped).
+pub fn fit_unpaired(e: &mut UnpairedIds, max_len: usize) -> bool {
+    let room = max_len.saturating_sub(e.prompt.len());
+    let cut = e.completion.len() > room;
+    e.completion.truncate(room);
+    e.kl_completion.truncate(room);
+    cut
+}

@@ -1,0 +1,181 @@
+//! KTO against TRL 1.x: the step-by-step replay of `scripts/make_kto_fixtures.py`'s runs (TRL's
+//! KTOTrainer with a PEFT LoRA on the tiny Llama, micro-batches with gradient accumulation): every
+//! step's loss and metrics, the final adapter, and TRL's tokenization of the records.
+
+use lora_core::adapter::load_adapter;
+use lora_core::default_device;
+use lora_core::kernels::host::to_f32_vec;
+use lora_core::network::model::CausalLm;
+use lora_train::data::chat_template::{ChatTemplate, FIXED_DATE_UNIX};
+use lora_train::optimizer::{AdamW, AdamWConfig};
+use lora_train::preference::kto::{
+    Kto, KtoLoss, UnpairedBatch, UnpairedIds, kto_step, load_unpaired, mismatch, unpaired_reference_log_probs,
+};
+use lora_train::preference::{Reference, ReferenceLogProbs};
+use lora_train::step::StepOptions;
+use lora_train::trainable::adapter_tensors;
+use serde_json::Value;
+
+use crate::common::*;
+
+fn golden() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixtures().join("dpo/kto_golden.json")).unwrap()).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().map_or(Vec::new(), |a| a.iter().map(|x| x.as_u64().unwrap() as u32).collect())
+}
+
+/// The examples TRL trained `run` on, in its (sequential) order.
+fn fixture_examples(run: &str) -> Vec<UnpairedIds> {
+    golden()[run]["examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| UnpairedIds {
+            prompt: ids(&e["prompt"]),
+            completion: ids(&e["completion"]),
+            kl_completion: ids(&e["kl_completion"]),
+            desirable: e["label"].as_bool().unwrap(),
+        })
+        .collect()
+}
+
+fn model_with(adapter: &str, trainable: bool) -> CausalLm {
+    let mut model = CausalLm::load_dir(fixtures().join("models/llama"), &default_device()).unwrap();
+    load_adapter(&mut model, &fixtures().join("dpo").join(adapter), 1.0, trainable).unwrap();
+    model
+}
+
+fn kto_of(g: &Value) -> Kto {
+    Kto {
+        beta: g["beta"].as_f64().unwrap(),
+        loss: KtoLoss::parse(g["loss_type"].as_str().unwrap()).unwrap(),
+        desirable_weight: g["desirable_weight"].as_f64().unwrap(),
+        undesirable_weight: g["undesirable_weight"].as_f64().unwrap(),
+    }
+}
+
+/// The run's steps from its step-0 adapter, which is also TRL's reference (its "ref" copy).
+/// TRL's sequential sampler gives each step the next `grad_accum` micro-batches of the data, in
+/// order, around again at its end. Returns the final adapter's values.
+fn replay(run: &str, options: StepOptions, precompute: bool) -> Vec<Vec<f32>> {
+    let g = &golden()[run];
+    let kto = kto_of(g);
+    let pad = g["pad_token_id"].as_u64().unwrap() as u32;
+    let (batch, accum) = (g["batch_size"].as_u64().unwrap() as usize, g["grad_accum"].as_u64().unwrap() as usize);
+    let examples = fixture_examples(run);
+    let micro: Vec<UnpairedBatch> = examples.chunks(batch).map(|c| UnpairedBatch::new(c, pad, &kto)).collect();
+    let mut model = model_with(&format!("{run}/adapter-init"), true);
+    let reference = Reference::snapshot(&model).unwrap();
+    let precomputed: Option<Vec<Vec<f64>>> = precompute
+        .then(|| micro.iter().map(|b| unpaired_reference_log_probs(&mut model, &reference, b).unwrap()).collect());
+    let mut opt = AdamW::new(AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() }, &adapter_tensors(&model));
+    let mut next = 0;
+    for (step, want) in g["steps"].as_array().unwrap().iter().enumerate() {
+        let idx: Vec<usize> = (0..accum).map(|k| (next + k) % micro.len()).collect();
+        next += accum;
+        let batches: Vec<UnpairedBatch> = idx.iter().map(|&i| micro[i].clone()).collect();
+        let pre: Option<Vec<Vec<f64>>> = precomputed.as_ref().map(|p| idx.iter().map(|&i| p[i].clone()).collect());
+        let refs = match &pre {
+            Some(p) => ReferenceLogProbs::Precomputed(p),
+            None => ReferenceLogProbs::Compute(&reference),
+        };
+        let out = kto_step(&mut model, &mut opt, &batches, refs, &kto, 1e-3, options, |_| 0).unwrap();
+        let m = out.metrics;
+        for (name, got) in [
+            ("loss", out.step.loss),
+            ("kl", m.kl),
+            ("rewards/chosen", m.rewards_chosen),
+            ("rewards/rejected", m.rewards_rejected),
+            ("rewards/margins", m.rewards_margins),
+            ("logps/chosen", m.logps_chosen),
+            ("logps/rejected", m.logps_rejected),
+        ] {
+            match want.get(name).and_then(Value::as_f64) {
+                // TRL leaves out a metric no micro-batch of the step had; ours is NaN then.
+                None => assert!(got.is_nan(), "{run} step {step}: {name} {got}, TRL has none"),
+                Some(want) => {
+                    // Relative 1e-4, with an absolute floor for the rewards and KL, which start at 0.
+                    let tol = 1e-4 * want.abs().max(1e-2);
+                    assert!((got - want).abs() <= tol, "{run} step {step}: {name} {got} vs TRL {want}");
+                }
+            }
+        }
+    }
+    let trained = model_with(&format!("{run}/adapter-trained"), false);
+    let (ours, theirs) = (adapter_tensors(&model), adapter_tensors(&trained));
+    assert_eq!(ours.len(), theirs.len());
+    let mut values = Vec::new();
+    for (o, t) in ours.into_iter().zip(theirs) {
+        let (o, t) = (to_f32_vec(o.inner()).unwrap(), to_f32_vec(t.inner()).unwrap());
+        let d = o.iter().zip(&t).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(d <= 1e-4, "{run}: final adapter max |Δ| {d:e}");
+        values.push(o);
+    }
+    values
+}
+
+#[test]
+fn kto_replays_trl_step_for_step() {
+    let plain = replay("kto", StepOptions { max_grad_norm: 1.0, gradient_checkpointing: false }, false);
+    // Recomputation and precomputed reference log-probabilities change nothing.
+    let other = replay("kto", StepOptions { max_grad_norm: 1.0, gradient_checkpointing: true }, true);
+    assert_eq!(plain, other, "recomputation with precomputed references gave another adapter");
+}
+
+#[test]
+fn kto_on_conversations_replays_trl() {
+    replay("kto_chat", StepOptions { max_grad_norm: 1.0, gradient_checkpointing: false }, true);
+}
+
+/// Preference pairs unpaired as TRL does: the micro-batches hold one side each, so no step has a
+/// reward margin.
+#[test]
+fn kto_on_unpaired_pairs_replays_trl() {
+    replay("kto_paired", StepOptions { max_grad_norm: 1.0, gradient_checkpointing: false }, false);
+}
+
+#[test]
+fn apo_zero_unpaired_replays_trl() {
+    replay("apo", StepOptions { max_grad_norm: 1.0, gradient_checkpointing: false }, true);
+}
+
+/// TRL's tokenization of the records, its unpairing of pairs, and its mismatched completions.
+#[test]
+fn kto_records_tokenize_and_mismatch_as_trl_does() {
+    let tok = lora_core::Tokenizer::load_standalone(fixtures().join("models/llama")).unwrap();
+    let template = ChatTemplate::for_tokenizer(tok.chat_template.as_deref().unwrap(), &tok, FIXED_DATE_UNIX).unwrap();
+    for run in ["kto", "kto_chat", "kto_paired", "apo"] {
+        let g = &golden()[run];
+        let path = fixtures().join("dpo").join(g["data"].as_str().unwrap());
+        let (mut examples, skipped) = load_unpaired(&path, &tok, Some(&template), false).unwrap();
+        assert_eq!(skipped, 0);
+        if kto_of(g).loss.needs_kl() {
+            mismatch(&mut examples, g["batch_size"].as_u64().unwrap() as usize);
+        }
+        assert_eq!(examples, fixture_examples(run), "{run}");
+    }
+}
+
+#[test]
+fn bad_kto_records_are_named_by_line() {
+    let tok = lora_core::Tokenizer::load_standalone(fixtures().join("models/llama")).unwrap();
+    let dir = temp_dir("kto-bad-data");
+    let cases = [
+        (r#"{"prompt": "a", "completion": " b"}"#, "missing field \"label\""),
+        (r#"{"prompt": "a", "completion": " b", "label": 1}"#, "\"label\" must be true or false"),
+        (r#"{"prompt": "a", "completion": 3, "label": true}"#, "must all be strings or all be message lists"),
+        (r#"{"prompt": "a", "chosen": " b", "rejected": " c"}"#, "missing field \"completion\""),
+    ];
+    for (i, (line, why)) in cases.iter().enumerate() {
+        let path = dir.join(format!("bad{i}.jsonl"));
+        std::fs::write(&path, format!("{{\"prompt\": \"x\", \"completion\": \" y\", \"label\": false}}\n{line}\n"))
+            .unwrap();
+        let err = load_unpaired(&path, &tok, None, false).unwrap_err().to_string();
+        assert!(err.contains(&format!("bad{i}.jsonl:2: ")) && err.contains(why), "{err}");
+        let (examples, skipped) = load_unpaired(&path, &tok, None, true).unwrap();
+        assert_eq!((examples.len(), skipped), (1, 1));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
