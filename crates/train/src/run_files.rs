@@ -128,6 +128,8 @@ pub fn read_metrics(run: &Path, max_step: u64) -> Vec<StepMetrics> {
         .lines()
         .filter_map(|l| serde_json::from_str::<StepMetrics>(l).ok())
         .filter(|m| m.step <= max_step)
+        // Every preference metric has a default: an SFT line reads as one with none of them.
+        .map(|m| StepMetrics { preference: m.preference.filter(|p| !p.is_empty()), ..m })
         .collect()
 }
 

@@ -420,11 +420,11 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
                 let micros: Vec<Vec<usize>> = (0..t.grad_accum as u64)
                     .map(|i| PreferenceTraining::micro_batch(&p.recipe, p.pairs.train.len(), micro_done + i))
                     .collect();
-                let (out, seen) = on_pool(pool.as_ref(), poll, || {
+                let (out, metrics, seen) = on_pool(pool.as_ref(), poll, || {
                     let seeds = |i| dropout_seed(t.seed, step, i);
                     pref.step(&mut p.model, &mut opt, &p.pairs.train, &micros, lr, options, seeds)
                 })?;
-                (out.step, seen, Some(out.metrics))
+                (out, seen, Some(metrics))
             }
         };
         if !loss.is_finite() {
@@ -503,6 +503,23 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
     );
     let data_desc = match p.recipe.method() {
         Method::Sft => data_desc,
+        Method::Preference if p.recipe.is_kto() => {
+            let k = p.recipe.kto();
+            let reference = match (
+                &p.recipe.preference.as_ref().and_then(|x| x.reference_adapter.clone()),
+                &p.recipe.lora.init_from,
+            ) {
+                (Some(r), _) | (None, Some(r)) => {
+                    format!("the base with the adapter `{}` as the reference", r.display())
+                }
+                (None, None) => "the base without the adapter as the reference".to_string(),
+            };
+            format!(
+                "Trained with KTO ({:?} loss, beta {}, desirable weight {}, undesirable weight {}) and {reference}, on \
+                 unpaired examples, each a completion labelled desirable or undesirable. {data_desc}",
+                k.loss, k.beta, k.desirable_weight, k.undesirable_weight
+            )
+        }
         Method::Preference => {
             let d = p.recipe.dpo();
             let reference = match (

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use lora_train::Recipe;
+use lora_train::preference::PreferenceExamples;
 use lora_train::recipe::Method;
 use lora_train::trainer::{Event, RunOptions, prepare, run};
 
@@ -115,7 +116,7 @@ pub fn run_cmd(a: Args) -> Result<()> {
         println!("\n# adapters on {} modules: {}", prepared.targets.len(), summarize_targets(&prepared.targets));
         println!("# trainable parameters: {trainable}");
         let s = &prepared.train_summary;
-        let unit = if recipe.method() == Method::Preference { "preference pairs" } else { "examples" };
+        let unit = data_unit(&recipe);
         println!(
             "# training data: {} {unit}, {} tokens, {} trained tokens, {} truncated, {} dropped, {} invalid skipped{}",
             s.examples,
@@ -144,18 +145,42 @@ pub fn run_cmd(a: Args) -> Result<()> {
                 println!("{}", render_example(&prepared.tokenizer, ex, marks)?);
             }
             // A preference pair: its prompt with each completion, the trained tokens marked.
-            for (i, pair) in prepared.pairs.train.iter().take(n).enumerate() {
-                let (chosen, rejected) = pair.examples();
-                println!(
-                    "\n# pair {} of {}: prompt {} tokens, chosen {}, rejected {}",
-                    i + 1,
-                    prepared.pairs.train.len(),
-                    pair.prompt.len(),
-                    pair.chosen.len(),
-                    pair.rejected.len()
-                );
-                println!("## chosen\n{}", render_example(&prepared.tokenizer, &chosen, marks)?);
-                println!("## rejected\n{}", render_example(&prepared.tokenizer, &rejected, marks)?);
+            match &prepared.pairs.train {
+                PreferenceExamples::Pairs(pairs) => {
+                    for (i, pair) in pairs.iter().take(n).enumerate() {
+                        let (chosen, rejected) = pair.examples();
+                        println!(
+                            "\n# pair {} of {}: prompt {} tokens, chosen {}, rejected {}",
+                            i + 1,
+                            pairs.len(),
+                            pair.prompt.len(),
+                            pair.chosen.len(),
+                            pair.rejected.len()
+                        );
+                        println!("## chosen\n{}", render_example(&prepared.tokenizer, &chosen, marks)?);
+                        println!("## rejected\n{}", render_example(&prepared.tokenizer, &rejected, marks)?);
+                    }
+                }
+                // A KTO example: its completion, and the mismatched one its KL row pairs the prompt with.
+                PreferenceExamples::Unpaired(examples) => {
+                    for (i, e) in examples.iter().take(n).enumerate() {
+                        println!(
+                            "\n# example {} of {}: {}, prompt {} tokens, completion {}",
+                            i + 1,
+                            examples.len(),
+                            if e.desirable { "desirable" } else { "undesirable" },
+                            e.prompt.len(),
+                            e.completion.len()
+                        );
+                        println!("{}", render_example(&prepared.tokenizer, &e.example(), marks)?);
+                        if !e.kl_completion.is_empty() {
+                            println!(
+                                "## KL row (another example's completion)\n{}",
+                                render_example(&prepared.tokenizer, &e.kl_example(), marks)?
+                            );
+                        }
+                    }
+                }
             }
         }
         return Ok(());
@@ -171,7 +196,7 @@ pub fn run_cmd(a: Args) -> Result<()> {
     let turns = recipe.data.turns.clone();
     let tty = std::io::stderr().is_terminal();
     let method = recipe.method();
-    let unit = if method == Method::Preference { "preference pairs" } else { "examples" };
+    let unit = data_unit(&recipe);
     let mut bar: Option<ProgressBar> = None;
     let summary = run(prepared, &opts, &mut |e| match e {
         Event::Start { train, validation, total_steps, first_step, trainable, targets } => {
@@ -217,7 +242,21 @@ pub fn run_cmd(a: Args) -> Result<()> {
             // A preference run: the reward margin and how many pairs the policy ranks right.
             let pref = m
                 .preference
-                .map(|p| format!(" margin {:.4} accuracy {:.2}", p.rewards_margins, p.rewards_accuracies))
+                .map(|p| {
+                    // KTO has a KL estimate where DPO has an accuracy; a step without both sides
+                    // of KTO's examples has no margin.
+                    let mut s = String::new();
+                    if p.rewards_margins.is_finite() {
+                        s += &format!(" margin {:.4}", p.rewards_margins);
+                    }
+                    if p.rewards_accuracies.is_finite() {
+                        s += &format!(" accuracy {:.2}", p.rewards_accuracies);
+                    }
+                    if p.kl.is_finite() {
+                        s += &format!(" kl {:.4}", p.kl);
+                    }
+                    s
+                })
                 .unwrap_or_default();
             let line = format!(
                 "loss {:.4}{pref} lr {:.2e} grad_norm {:.3} {:.0} tok/s{eval}",
@@ -292,4 +331,13 @@ fn turns_note(s: &lora_train::data::DataSummary, mode: &str) -> String {
         out += &format!(", {} assistant turns with no trained token", s.untrained_turns);
     }
     out
+}
+
+/// What the recipe's data counts: examples, preference pairs, or KTO's unpaired examples.
+fn data_unit(recipe: &Recipe) -> &'static str {
+    match recipe.method() {
+        Method::Sft => "examples",
+        Method::Preference if recipe.is_kto() => "KTO examples",
+        Method::Preference => "preference pairs",
+    }
 }

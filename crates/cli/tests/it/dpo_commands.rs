@@ -139,7 +139,10 @@ fn bad_preference_recipes_exit_2_naming_the_key() {
     }
     // The [preference] table on an SFT recipe, and DPO on another data format.
     let sft = method_recipe(&d, &run, "sft", "[preference]\nbeta = 0.2\n");
-    assert_user_error(&lora(&["train", s(&sft)]), "preference.beta applies to [train] method = \"dpo\" only");
+    assert_user_error(
+        &lora(&["train", s(&sft)]),
+        "preference.beta applies to the preference methods (dpo, simpo, orpo, kto)",
+    );
     let text = std::fs::read_to_string(dpo_recipe(&d, &run, "")).unwrap();
     std::fs::write(d.join("chat.toml"), text.replace("max_seq_len = 64", "max_seq_len = 64\nformat = \"chat\""))
         .unwrap();
@@ -301,4 +304,108 @@ fn orpo_trains_and_verifies() {
         &lora(&["train", s(&recipe)]),
         "label_smoothing applies to the sigmoid, robust and SimPO losses, not \"orpo\"",
     );
+}
+
+/// A KTO recipe on unpaired examples (4 desirable, 2 undesirable, micro-batches of 3, two per step).
+fn kto_recipe(dir: &std::path::Path, run: &std::path::Path, extra: &str) -> std::path::PathBuf {
+    let path = method_recipe(dir, run, "kto", &format!("[preference]\nbeta = 0.1\nundesirable_weight = 1.5\n{extra}"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text
+        .replace("dpo/data.jsonl", "dpo/kto_data.jsonl")
+        .replace("batch_size = 4", "batch_size = 3\ngrad_accum = 2")
+        .replace("max_steps = 5", "max_steps = 4");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn kto_trains_logs_trl_metrics_and_verifies() {
+    let d = temp_dir("kto");
+    let run = d.join("run");
+    let recipe = kto_recipe(&d, &run, "");
+    let o = lora(&["train", s(&recipe)]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("data: 6 KTO examples") && err.contains(" kl "), "{err}");
+    let metrics = read_metrics(&run);
+    assert_eq!(metrics.len(), 4);
+    // A fresh adapter (B = 0) is its reference: no KL, no reward, at the first step; KTO has no
+    // accuracy.
+    let first = &metrics[0];
+    assert_eq!(first["kl"].as_f64().unwrap(), 0.0, "{first}");
+    assert_eq!(first["rewards/chosen"].as_f64().unwrap(), 0.0, "{first}");
+    assert!(first.get("rewards/accuracies").is_none(), "{first}");
+    // Training separates the desirable from the undesirable completions and lowers the loss.
+    let last = &metrics[3];
+    assert!(last["rewards/chosen"].as_f64().unwrap() > 0.0, "{last}");
+    assert!(last["rewards/rejected"].as_f64().unwrap() < 0.0, "{last}");
+    assert!(last["loss"].as_f64().unwrap() < first["loss"].as_f64().unwrap() - 1e-3, "{last}");
+    let card = std::fs::read_to_string(run.join("README.md")).unwrap();
+    assert!(
+        card.contains("Trained with KTO (Kto loss, beta 0.1, desirable weight 1, undesirable weight 1.5"),
+        "{card}"
+    );
+    let o = lora(&["verify", s(&run)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("reproduced byte for byte"));
+
+    // lora eval on the examples: the base is its own reference (every reward 0); the trained
+    // adapter rewards the desirable completions.
+    let model = fixtures().join("models/llama");
+    let data = fixtures().join("dpo/kto_data.jsonl");
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["eval", "--model", s(&model), "--data", s(&data), "--json", "--loss-type", "kto"];
+        args.extend_from_slice(extra);
+        let o = lora(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let base = eval(&[]);
+    assert_eq!(base["examples"], 6);
+    assert_eq!(base["rewards/chosen"].as_f64().unwrap(), 0.0, "{base}");
+    assert!((base["loss"].as_f64().unwrap() - 0.5).abs() < 1e-9, "{base}");
+    let trained = eval(&["--adapter", s(&run)]);
+    assert!(trained["rewards/chosen"].as_f64().unwrap() > 0.0, "{trained}");
+    assert!(trained["loss"].as_f64().unwrap() < 0.5, "{trained}");
+}
+
+#[test]
+fn kto_dry_run_shows_examples_and_unpairs_pairs() {
+    let d = temp_dir("kto-show");
+    let recipe = kto_recipe(&d, &d.join("run"), "");
+    let o = lora(&["train", s(&recipe), "--dry-run", "--show", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("# training data: 6 KTO examples"), "{out}");
+    assert!(out.contains("# example 1 of 6: desirable") && out.contains("## KL row"), "{out}");
+    // Preference pairs on a KTO recipe: every pair gives a desirable and an undesirable example.
+    let text = std::fs::read_to_string(&recipe).unwrap().replace("kto_data.jsonl", "data.jsonl");
+    std::fs::write(&recipe, text).unwrap();
+    let o = lora(&["train", s(&recipe), "--dry-run"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("# training data: 8 KTO examples"), "{}", stdout(&o));
+    assert!(!d.join("run").exists(), "a dry run wrote the run folder");
+}
+
+#[test]
+fn bad_kto_recipes_exit_2_naming_the_key() {
+    let d = temp_dir("kto-bad");
+    let run = d.join("run");
+    for (extra, needle) in [
+        ("loss_type = \"sigmoid\"\n", "preference.loss_type must be \"kto\" or \"apo_zero_unpaired\""),
+        ("gamma = 0.5\n", "preference.gamma does not apply to method = \"kto\""),
+        ("desirable_weight = 0.0\n", "preference.desirable_weight must be positive"),
+    ] {
+        let recipe = kto_recipe(&d, &run, extra);
+        assert_user_error(&lora(&["train", s(&recipe)]), needle);
+    }
+    // One example per micro-batch leaves the KL estimate nothing to mismatch.
+    let recipe = kto_recipe(&d, &run, "");
+    let text = std::fs::read_to_string(&recipe).unwrap().replace("batch_size = 3", "batch_size = 1");
+    std::fs::write(&recipe, text).unwrap();
+    assert_user_error(&lora(&["train", s(&recipe)]), "train.batch_size must be at least 2 with method = \"kto\"");
+    // KTO's weights on a DPO recipe.
+    let recipe = dpo_recipe(&d, &run, "[preference]\ndesirable_weight = 2.0\n");
+    assert_user_error(&lora(&["train", s(&recipe)]), "preference.desirable_weight is KTO's");
+    assert!(!run.exists());
 }

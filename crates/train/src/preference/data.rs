@@ -21,6 +21,8 @@ use crate::data::DataSummary;
 use crate::data::chat_template::ChatTemplate;
 use crate::data::records::read_records;
 use crate::error::{Result, TrainError};
+use crate::preference::kto::data::unpaired_summary;
+use crate::preference::kto::{UnpairedIds, read_kto_files};
 use crate::preference::step::PairIds;
 use crate::recipe::{Files, Recipe};
 
@@ -194,14 +196,44 @@ pub fn load_pairs(
     Ok((pairs, skipped))
 }
 
-/// A recipe's preference pairs: training and validation, with their counts.
+/// A preference run's examples: pairs (DPO, SimPO, ORPO) or unpaired examples (KTO).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PreferenceExamples {
+    /// Prompt, chosen and rejected.
+    Pairs(Vec<PairIds>),
+    /// Prompt, completion and label.
+    Unpaired(Vec<UnpairedIds>),
+}
+
+impl Default for PreferenceExamples {
+    fn default() -> Self {
+        Self::Pairs(Vec::new())
+    }
+}
+
+impl PreferenceExamples {
+    /// Pairs or unpaired examples held.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Pairs(p) => p.len(),
+            Self::Unpaired(u) => u.len(),
+        }
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A recipe's preference examples: training and validation, with their counts.
 #[derive(Debug, Clone, Default)]
 pub struct PreferenceData {
-    /// Training pairs.
-    pub train: Vec<PairIds>,
-    /// Validation pairs.
-    pub validation: Vec<PairIds>,
-    /// Training counts (examples are pairs; tokens count both sequences of a pair).
+    /// Training examples.
+    pub train: PreferenceExamples,
+    /// Validation examples.
+    pub validation: PreferenceExamples,
+    /// Training counts (DPO's examples are pairs, and tokens count both sequences of a pair).
     pub train_summary: DataSummary,
     /// Validation counts, when there is validation data.
     pub validation_summary: Option<DataSummary>,
@@ -235,12 +267,16 @@ fn summary(pairs: &[PairIds]) -> DataSummary {
 }
 
 /// Reads a preference recipe's data files (`[data] train`, and `validation` or
-/// `validation_fraction`), tokenized and fitted into `max_seq_len`.
+/// `validation_fraction`), tokenized and fitted into `max_seq_len`: pairs, or KTO's unpaired
+/// examples.
 pub fn load_preference_data(
     recipe: &Recipe,
     tok: &Tokenizer,
     template: Option<&ChatTemplate>,
 ) -> Result<PreferenceData> {
+    if recipe.is_kto() {
+        return load_kto_data(recipe, tok, template);
+    }
     let d = &recipe.data;
     let read = |files: &Files| -> Result<(Vec<PairIds>, DataSummary)> {
         let (mut pairs, mut counts) = (Vec::new(), DataSummary::default());
@@ -287,5 +323,35 @@ pub fn load_preference_data(
         }
         (None, None) => (Vec::new(), None),
     };
-    Ok(PreferenceData { train, validation, train_summary, validation_summary })
+    Ok(PreferenceData {
+        train: PreferenceExamples::Pairs(train),
+        validation: PreferenceExamples::Pairs(validation),
+        train_summary,
+        validation_summary,
+    })
+}
+
+fn load_kto_data(recipe: &Recipe, tok: &Tokenizer, template: Option<&ChatTemplate>) -> Result<PreferenceData> {
+    let d = &recipe.data;
+    let (mut train, mut train_summary) = read_kto_files(recipe, &d.train, tok, template)?;
+    let (validation, validation_summary) = match (&d.validation, d.validation_fraction) {
+        (Some(files), _) => {
+            let (v, s) = read_kto_files(recipe, files, tok, template)?;
+            (v, Some(s))
+        }
+        (None, Some(frac)) => {
+            let (keep, val) = hold_out(train, frac, recipe.train.seed, "examples").map_err(TrainError::Data)?;
+            train = keep;
+            train_summary = unpaired_summary(&train).with_policy(&train_summary);
+            let vs = unpaired_summary(&val);
+            (val, Some(vs))
+        }
+        (None, None) => (Vec::new(), None),
+    };
+    Ok(PreferenceData {
+        train: PreferenceExamples::Unpaired(train),
+        validation: PreferenceExamples::Unpaired(validation),
+        train_summary,
+        validation_summary,
+    })
 }

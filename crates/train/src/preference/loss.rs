@@ -176,7 +176,10 @@ impl Dpo {
     }
 }
 
-/// TRL's logged metrics of a set of pairs (means over pairs), serialized under TRL's names.
+/// TRL's logged metrics of a set of pairs (means over pairs), or of KTO's unpaired examples,
+/// serialized under TRL's names. A metric the method does not have (KTO's accuracy, DPO's KL), or
+/// that a step had no example for (KTO's `rewards/chosen` of a step without desirable examples), is
+/// NaN and left out of the file, as TRL leaves it out of its logs.
 #[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct PreferenceMetrics {
     /// Mean pair loss, with the SFT term when there is one (the step's `loss`, not repeated in the
@@ -184,31 +187,72 @@ pub struct PreferenceMetrics {
     #[serde(skip)]
     pub loss: f64,
     /// `rewards/chosen`: mean β·(π_c − r_c).
-    #[serde(rename = "rewards/chosen")]
+    #[serde(rename = "rewards/chosen", default = "nan", skip_serializing_if = "is_nan")]
     pub rewards_chosen: f64,
     /// `rewards/rejected`: mean β·(π_r − r_r).
-    #[serde(rename = "rewards/rejected")]
+    #[serde(rename = "rewards/rejected", default = "nan", skip_serializing_if = "is_nan")]
     pub rewards_rejected: f64,
     /// `rewards/accuracies`: the share of pairs whose chosen reward exceeds the rejected one.
-    #[serde(rename = "rewards/accuracies")]
+    #[serde(rename = "rewards/accuracies", default = "nan", skip_serializing_if = "is_nan")]
     pub rewards_accuracies: f64,
     /// `rewards/margins`: mean chosen − rejected reward.
-    #[serde(rename = "rewards/margins")]
+    #[serde(rename = "rewards/margins", default = "nan", skip_serializing_if = "is_nan")]
     pub rewards_margins: f64,
     /// `logps/chosen`: mean π_c.
-    #[serde(rename = "logps/chosen")]
+    #[serde(rename = "logps/chosen", default = "nan", skip_serializing_if = "is_nan")]
     pub logps_chosen: f64,
+    /// `kl`: KTO's KL estimate (NaN for the paired methods).
+    #[serde(default = "nan", skip_serializing_if = "is_nan")]
+    pub kl: f64,
     /// `logps/rejected`: mean π_r.
-    #[serde(rename = "logps/rejected")]
+    #[serde(rename = "logps/rejected", default = "nan", skip_serializing_if = "is_nan")]
     pub logps_rejected: f64,
 }
 
+fn nan() -> f64 {
+    f64::NAN
+}
+
+fn is_nan(v: &f64) -> bool {
+    v.is_nan()
+}
+
+impl From<crate::preference::kto::KtoMetrics> for PreferenceMetrics {
+    fn from(m: crate::preference::kto::KtoMetrics) -> Self {
+        Self {
+            loss: m.loss,
+            rewards_chosen: m.rewards_chosen,
+            rewards_rejected: m.rewards_rejected,
+            rewards_accuracies: f64::NAN,
+            rewards_margins: m.rewards_margins,
+            kl: m.kl,
+            logps_chosen: m.logps_chosen,
+            logps_rejected: m.logps_rejected,
+        }
+    }
+}
+
 impl PreferenceMetrics {
+    /// Whether no metric is set (all NaN): what an SFT step's line reads as.
+    pub fn is_empty(&self) -> bool {
+        [
+            self.rewards_chosen,
+            self.rewards_rejected,
+            self.rewards_accuracies,
+            self.rewards_margins,
+            self.kl,
+            self.logps_chosen,
+            self.logps_rejected,
+        ]
+        .iter()
+        .all(|v| v.is_nan())
+    }
+
     /// The metrics of `pairs` under `dpo`, with `nll` the chosen sequences' mean negative
     /// log-likelihood per token (the SFT term's value; unused when its weight is 0).
     pub fn of(dpo: &Dpo, pairs: &[PairLogProbs], nll: f64) -> Self {
         let n = pairs.len().max(1) as f64;
-        let mut m = Self::default();
+        let mut m = Self { kl: f64::NAN, ..Self::default() };
         for p in pairs {
             // SimPO's rewards and log-probabilities are per-token means, without a reference (TRL's CPO).
             let free = !dpo.loss.needs_reference();

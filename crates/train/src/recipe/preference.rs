@@ -1,12 +1,12 @@
-//! `[train] method` and the `[preference]` table: what a preference run (DPO) needs beyond SFT's
-//! keys, with TRL 1.x's names, defaults and meanings.
+//! `[train] method` and the `[preference]` table: what a preference run (DPO, SimPO, ORPO, KTO)
+//! needs beyond SFT's keys, with TRL 1.x's names, defaults and meanings.
 //!
 //! ```toml
 //! [train]
 //! method = "dpo"
 //! [preference]
 //! beta = 0.1                   # TRL's default
-//! loss_type = "sigmoid"        # or "ipo", "hinge", "robust"
+//! loss_type = "sigmoid"        # or "ipo", "hinge", "robust"; KTO: "kto" or "apo_zero_unpaired"
 //! label_smoothing = 0.0        # sigmoid (cDPO) and robust only
 //! precompute_reference = true  # the reference's log-probabilities once, before training
 //! ```
@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Recipe, Source};
 use crate::error::{Result, TrainError};
+use crate::preference::kto::{Kto, KtoLoss};
 use crate::preference::{Dpo, DpoLoss};
 
 /// `[preference]`.
@@ -24,9 +25,10 @@ pub struct PreferenceSection {
     /// β: how tightly the policy is held to the reference (default 0.1).
     #[serde(default = "d_beta")]
     pub beta: f64,
-    /// `"sigmoid"` (default), `"ipo"`, `"hinge"` or `"robust"`.
-    #[serde(default = "d_loss")]
-    pub loss_type: String,
+    /// DPO: `"sigmoid"` (default), `"ipo"`, `"hinge"` or `"robust"`; KTO: `"kto"` (default) or
+    /// `"apo_zero_unpaired"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_type: Option<String>,
     /// ε, the assumed rate of flipped labels, of the sigmoid (cDPO) and robust losses (default 0).
     #[serde(default)]
     pub label_smoothing: f64,
@@ -41,6 +43,12 @@ pub struct PreferenceSection {
     /// SimPO's target reward margin γ (TRL's `simpo_gamma`, default 0.5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gamma: Option<f64>,
+    /// KTO: weight of the desirable examples' losses (TRL's `desirable_weight`, default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desirable_weight: Option<f64>,
+    /// KTO: weight of the undesirable examples' losses (TRL's `undesirable_weight`, default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undesirable_weight: Option<f64>,
     /// The reference: the base with this PEFT adapter (a folder; an SFT run, say). Default: the
     /// base without adapters, or `[lora] init_from` when the policy starts from an adapter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -49,9 +57,6 @@ pub struct PreferenceSection {
 
 fn d_beta() -> f64 {
     0.1
-}
-fn d_loss() -> String {
-    "sigmoid".into()
 }
 fn d_true() -> bool {
     true
@@ -68,7 +73,8 @@ impl Default for PreferenceSection {
 pub enum Method {
     /// Supervised fine-tuning: the next-token loss on the labelled tokens.
     Sft,
-    /// Preference tuning on pairs: DPO (`"dpo"`), SimPO (`"simpo"`) or ORPO (`"orpo"`).
+    /// Preference tuning: DPO (`"dpo"`), SimPO (`"simpo"`) or ORPO (`"orpo"`) on pairs, KTO
+    /// (`"kto"`) on unpaired examples.
     Preference,
 }
 
@@ -89,11 +95,28 @@ impl Recipe {
         };
         Dpo {
             beta: p.beta,
-            loss: free.unwrap_or_else(|| DpoLoss::parse(&p.loss_type).expect("validated")),
+            loss: free
+                .unwrap_or_else(|| DpoLoss::parse(p.loss_type.as_deref().unwrap_or("sigmoid")).expect("validated")),
             label_smoothing: p.label_smoothing,
             gamma: p.gamma.unwrap_or(0.5),
             // CPO's cpo_alpha defaults to 1; ORPO's NLL term has weight 1.
             sft_weight: p.sft_weight.unwrap_or(if free.is_some() { 1.0 } else { 0.0 }),
+        }
+    }
+
+    /// Whether the recipe trains with KTO, on unpaired examples.
+    pub fn is_kto(&self) -> bool {
+        self.train.method == "kto"
+    }
+
+    /// KTO's settings: the `[preference]` table, or TRL's `KTOConfig` defaults.
+    pub fn kto(&self) -> Kto {
+        let p = self.preference.clone().unwrap_or_default();
+        Kto {
+            beta: p.beta,
+            loss: KtoLoss::parse(p.loss_type.as_deref().unwrap_or("kto")).expect("validated"),
+            desirable_weight: p.desirable_weight.unwrap_or(1.0),
+            undesirable_weight: p.undesirable_weight.unwrap_or(1.0),
         }
     }
 
@@ -118,27 +141,40 @@ impl Recipe {
                         "reference_adapter",
                         "sft_weight",
                         "gamma",
+                        "desirable_weight",
+                        "undesirable_weight",
                     ];
                     let key = keys.into_iter().find(|k| src.locate("preference", k).is_some()).unwrap_or("beta");
                     return err(
                         "preference",
                         key,
-                        "applies to [train] method = \"dpo\" only; this recipe trains with \"sft\"".into(),
+                        "applies to the preference methods (dpo, simpo, orpo, kto); this recipe trains with \"sft\""
+                            .into(),
                     );
                 }
-                if d.format == "preference" {
-                    return err("data", "format", "\"preference\" needs [train] method = \"dpo\"".into());
+                if ["preference", "kto"].contains(&d.format.as_str()) {
+                    return err(
+                        "data",
+                        "format",
+                        format!("\"{}\" needs a preference [train] method (\"dpo\", \"kto\", ...)", d.format),
+                    );
                 }
                 Ok(())
             }
             method @ ("dpo" | "simpo" | "orpo") => {
                 let p = self.preference.clone().unwrap_or_default();
+                let loss_type = p.loss_type.as_deref().unwrap_or("sigmoid");
+                for key in ["desirable_weight", "undesirable_weight"] {
+                    if src.locate("preference", key).is_some() {
+                        return err("preference", key, "is KTO's; it applies to method = \"kto\"".into());
+                    }
+                }
                 let simpo = method == "simpo";
                 let free = method != "dpo";
                 if free {
                     // (The resolved recipe of a run writes every key, defaults included: only values
                     // that ask for a reference are refused.)
-                    if p.loss_type != "sigmoid" {
+                    if p.loss_type.as_deref().is_some_and(|l| l != "sigmoid") {
                         return err(
                             "preference",
                             "loss_type",
@@ -167,13 +203,13 @@ impl Recipe {
                 let loss = match method {
                     "simpo" => Some(DpoLoss::Simpo),
                     "orpo" => Some(DpoLoss::Orpo),
-                    _ => DpoLoss::parse(&p.loss_type).filter(|l| l.needs_reference()),
+                    _ => DpoLoss::parse(loss_type).filter(|l| l.needs_reference()),
                 };
                 let Some(loss) = loss else {
                     return err(
                         "preference",
                         "loss_type",
-                        format!("must be \"sigmoid\", \"ipo\", \"hinge\" or \"robust\", got \"{}\"", p.loss_type),
+                        format!("must be \"sigmoid\", \"ipo\", \"hinge\" or \"robust\", got \"{loss_type}\""),
                     );
                 };
                 match loss {
@@ -185,7 +221,7 @@ impl Recipe {
                         );
                     }
                     DpoLoss::Hinge | DpoLoss::Ipo | DpoLoss::Orpo if p.label_smoothing != 0.0 => {
-                        let name = if loss == DpoLoss::Orpo { "orpo" } else { p.loss_type.as_str() };
+                        let name = if loss == DpoLoss::Orpo { "orpo" } else { loss_type };
                         return err(
                             "preference",
                             "label_smoothing",
@@ -225,9 +261,84 @@ impl Recipe {
                 }
                 Ok(())
             }
-            other => {
-                err("train", "method", format!("must be \"sft\", \"dpo\", \"simpo\" or \"orpo\", got \"{other}\""))
+            "kto" => self.validate_kto(src, &err),
+            other => err(
+                "train",
+                "method",
+                format!("must be \"sft\", \"dpo\", \"simpo\", \"orpo\" or \"kto\", got \"{other}\""),
+            ),
+        }
+    }
+
+    /// `[train] method = "kto"`: its `[preference]` keys and data.
+    fn validate_kto(&self, src: &Source, err: &dyn Fn(&str, &str, String) -> Result<()>) -> Result<()> {
+        let p = self.preference.clone().unwrap_or_default();
+        let d = &self.data;
+        let Some(loss) = KtoLoss::parse(p.loss_type.as_deref().unwrap_or("kto")) else {
+            let got = p.loss_type.unwrap_or_default();
+            return err(
+                "preference",
+                "loss_type",
+                format!("must be \"kto\" or \"apo_zero_unpaired\" with method = \"kto\", got \"{got}\""),
+            );
+        };
+        for key in ["gamma", "sft_weight"] {
+            if src.locate("preference", key).is_some() {
+                return err("preference", key, "does not apply to method = \"kto\"".into());
             }
         }
+        if p.label_smoothing != 0.0 {
+            return err("preference", "label_smoothing", "does not apply to method = \"kto\"".into());
+        }
+        if !(p.beta > 0.0 && p.beta.is_finite()) {
+            return err("preference", "beta", format!("must be positive, got {}", p.beta));
+        }
+        for (key, w) in [("desirable_weight", p.desirable_weight), ("undesirable_weight", p.undesirable_weight)] {
+            if let Some(w) = w
+                && !(w > 0.0 && w.is_finite())
+            {
+                return err("preference", key, format!("must be positive, got {w}"));
+            }
+        }
+        if let Some(r) = &p.reference_adapter
+            && !r.join("adapter_config.json").is_file()
+        {
+            return err(
+                "preference",
+                "reference_adapter",
+                format!("'{}' is not a PEFT adapter folder (no adapter_config.json)", r.display()),
+            );
+        }
+        if loss.needs_kl() && self.train.batch_size < 2 {
+            return err(
+                "train",
+                "batch_size",
+                "must be at least 2 with method = \"kto\": its KL estimate pairs each prompt with another \
+                 example's completion of the same micro-batch (with 1 it would be the implied reward itself)"
+                    .into(),
+            );
+        }
+        if !["auto", "kto", "preference"].contains(&d.format.as_str()) {
+            return err(
+                "data",
+                "format",
+                format!(
+                    "must be \"kto\" ({{\"prompt\", \"completion\", \"label\"}} records), \"preference\" (pairs, unpaired \
+                     as TRL does) or \"auto\" with method = \"kto\", got \"{}\"",
+                    d.format
+                ),
+            );
+        }
+        if d.packing {
+            return err("data", "packing", "does not apply to method = \"kto\"".into());
+        }
+        if d.train_on_inputs {
+            return err(
+                "data",
+                "train_on_inputs",
+                "does not apply to method = \"kto\": the loss scores the completions".into(),
+            );
+        }
+        Ok(())
     }
 }

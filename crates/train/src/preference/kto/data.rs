@@ -15,11 +15,13 @@ use std::path::Path;
 use lora_core::Tokenizer;
 use serde_json::Value;
 
+use crate::data::DataSummary;
 use crate::data::chat_template::ChatTemplate;
 use crate::data::records::read_records;
 use crate::error::{Result, TrainError};
 use crate::preference::data::{common_prefix, extract_prompt, render};
 use crate::preference::kto::step::UnpairedIds;
+use crate::recipe::{Files, Recipe};
 
 /// TRL's paired records per block when it unpairs them (`datasets`' default `map` batch).
 const UNPAIR_BLOCK: usize = 1000;
@@ -130,4 +132,64 @@ pub fn fit_unpaired(e: &mut UnpairedIds, max_len: usize) -> bool {
     e.completion.truncate(room);
     e.kl_completion.truncate(room);
     cut
+}
+
+fn summary(examples: &[UnpairedIds]) -> DataSummary {
+    DataSummary {
+        examples: examples.len(),
+        tokens: examples.iter().map(|e| e.prompt.len() + e.completion.len()).sum(),
+        trained_tokens: examples.iter().map(|e| e.completion.len()).sum(),
+        ..DataSummary::default()
+    }
+}
+
+/// A KTO recipe's examples from `files`: read, dropped when the prompt alone fills `max_seq_len`
+/// (or, with `overflow = "drop"`, when longer than it), given their mismatched completions in
+/// blocks of `batch_size`, then cut to `max_seq_len`. Counts with them.
+pub fn read_kto_files(
+    recipe: &Recipe,
+    files: &Files,
+    tok: &Tokenizer,
+    template: Option<&ChatTemplate>,
+) -> Result<(Vec<UnpairedIds>, DataSummary)> {
+    let d = &recipe.data;
+    let mut counts = DataSummary::default();
+    let mut kept = Vec::new();
+    for (path, weight) in files.weighted() {
+        if weight != 1.0 {
+            return Err(TrainError::Recipe(format!(
+                "data: {}: file weights are not supported with method = \"kto\" (weight {weight})",
+                path.display()
+            )));
+        }
+        let (examples, skipped) = load_unpaired(&path, tok, template, d.skip_invalid)?;
+        counts.skipped += skipped;
+        for e in examples {
+            let long = e.prompt.len() + e.completion.len() > d.max_seq_len;
+            if e.prompt.len() >= d.max_seq_len || (long && d.overflow == "drop") {
+                counts.dropped += 1;
+            } else {
+                kept.push(e);
+            }
+        }
+    }
+    if kept.is_empty() {
+        return Err(TrainError::Data(format!(
+            "no KTO example fits in max_seq_len = {} tokens ({} dropped)",
+            d.max_seq_len, counts.dropped
+        )));
+    }
+    if recipe.kto().loss.needs_kl() {
+        mismatch(&mut kept, recipe.train.batch_size);
+    }
+    for e in &mut kept {
+        counts.truncated += usize::from(fit_unpaired(e, d.max_seq_len));
+    }
+    let s = summary(&kept).with_policy(&counts);
+    Ok((kept, s))
+}
+
+/// Counts of held-out examples.
+pub(crate) fn unpaired_summary(examples: &[UnpairedIds]) -> DataSummary {
+    summary(examples)
 }

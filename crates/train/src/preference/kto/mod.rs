@@ -6,7 +6,7 @@ pub mod data;
 pub mod loss;
 pub mod step;
 
-pub use data::{fit_unpaired, load_unpaired, mismatch, tokenize_unpaired};
+pub use data::{fit_unpaired, load_unpaired, mismatch, read_kto_files, tokenize_unpaired};
 pub use loss::{Kto, KtoLoss, KtoMetrics, MicroBatchKto, UnpairedLogProbs};
 pub use step::{
     KtoStepOutcome, Rows, UnpairedBatch, UnpairedIds, evaluate_unpaired, kto_step, unpaired_reference_log_probs,

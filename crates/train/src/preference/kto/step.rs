@@ -35,6 +35,26 @@ pub struct UnpairedIds {
     pub desirable: bool,
 }
 
+impl UnpairedIds {
+    /// The prompt followed by its completion, labelled on the completion.
+    pub fn example(&self) -> Example {
+        sequence(&self.prompt, &self.completion)
+    }
+
+    /// The prompt followed by the mismatched completion (the KL estimate's row).
+    pub fn kl_example(&self) -> Example {
+        sequence(&self.prompt, &self.kl_completion)
+    }
+}
+
+fn sequence(prompt: &[u32], completion: &[u32]) -> Example {
+    Example {
+        ids: prompt.iter().chain(completion).copied().collect(),
+        labels: std::iter::repeat_n(None, prompt.len()).chain(completion.iter().map(|&t| Some(t))).collect(),
+        segments: None,
+    }
+}
+
 /// Rows of prompt + completion, padded on the right and labelled on the completions.
 #[derive(Debug, Clone)]
 pub struct Rows {
@@ -47,13 +67,7 @@ pub struct Rows {
 impl Rows {
     /// The rows of `(prompt, completion)` sequences.
     pub fn new<'a>(seqs: impl Iterator<Item = (&'a [u32], &'a [u32])>, pad_id: u32) -> Self {
-        let examples: Vec<Example> = seqs
-            .map(|(p, c)| Example {
-                ids: p.iter().chain(c).copied().collect(),
-                labels: std::iter::repeat_n(None, p.len()).chain(c.iter().map(|&t| Some(t))).collect(),
-                segments: None,
-            })
-            .collect();
+        let examples: Vec<Example> = seqs.map(|(p, c)| sequence(p, c)).collect();
         let (batch, labels) = collate(&examples.iter().collect::<Vec<_>>(), pad_id, false);
         Self { batch, labels }
     }
