@@ -116,7 +116,7 @@ fn preference(a: Args, model: &mut lora_core::CausalLm, tok: &lora_core::Tokeniz
         .map(|src| ChatTemplate::for_tokenizer(src, tok, FIXED_DATE_UNIX))
         .transpose()
         .map_err(anyhow::Error::msg)?;
-    let (pairs, _) = load_pairs(&a.data, tok, template.as_ref(), false)?;
+    let (pairs, _) = load_pairs(&a.data, tok, template.as_ref(), false, &Default::default())?;
     // As training fits them: each sequence keeps its first max_seq_len tokens.
     let pairs: Vec<PairIds> = pairs.into_iter().filter_map(|p| fit(p, a.max_seq_len, false).0).collect();
     anyhow::ensure!(!pairs.is_empty(), "{}: no pair fits in --max-seq-len {}", a.data.display(), a.max_seq_len);
@@ -175,7 +175,7 @@ fn kto(a: Args, model: &mut lora_core::CausalLm, tok: &lora_core::Tokenizer) -> 
         .map(|src| ChatTemplate::for_tokenizer(src, tok, FIXED_DATE_UNIX))
         .transpose()
         .map_err(anyhow::Error::msg)?;
-    let (examples, _) = load_unpaired(&a.data, tok, template.as_ref(), false)?;
+    let (examples, _) = load_unpaired(&a.data, tok, template.as_ref(), false, &Default::default())?;
     // As training prepares them: prompts that fill max_seq_len dropped, mismatched, then cut.
     let mut examples: Vec<_> = examples.into_iter().filter(|e| e.prompt.len() < a.max_seq_len).collect();
     anyhow::ensure!(!examples.is_empty(), "{}: no example fits in --max-seq-len {}", a.data.display(), a.max_seq_len);

@@ -409,3 +409,84 @@ fn bad_kto_recipes_exit_2_naming_the_key() {
     assert_user_error(&lora(&["train", s(&recipe)]), "preference.desirable_weight is KTO's");
     assert!(!run.exists());
 }
+
+/// `[data] fields`: orca_dpo_pairs' `question`, UltraFeedback's whole conversations beside a
+/// prompt string, and KTO data with its own names read as the canonical files are.
+#[test]
+fn data_fields_map_a_datasets_own_names() {
+    let d = temp_dir("dpo-fields");
+    let run = d.join("run");
+    let data_line = |recipe: &std::path::Path| {
+        let o = lora(&["train", s(recipe), "--dry-run"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o).lines().find(|l| l.starts_with("# training data:")).unwrap().to_string()
+    };
+    let with_data = |recipe: &std::path::Path, data: &std::path::Path, fields: &str| {
+        let text = std::fs::read_to_string(recipe).unwrap();
+        let text = text.replace(s(&fixtures().join("dpo/data.jsonl")), s(data));
+        let text = text.replace(s(&fixtures().join("dpo/kto_data.jsonl")), s(data));
+        let text = text.replace("max_seq_len = 64\n", &format!("max_seq_len = 64\nfields = {fields}\n"));
+        let path = d.join("mapped.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    // Pairs: the canonical file, and the same pairs as orca_dpo_pairs names them.
+    let canonical = data_line(&dpo_recipe(&d, &run, ""));
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(fixtures().join("dpo/data.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let orca = d.join("orca.jsonl");
+    let text: String = rows
+        .iter()
+        .map(|r| {
+            let v = serde_json::json!({"system": "", "question": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]});
+            format!("{v}\n")
+        })
+        .collect();
+    std::fs::write(&orca, text).unwrap();
+    let mapped = with_data(&dpo_recipe(&d, &run, ""), &orca, "{ prompt = \"question\" }");
+    assert_eq!(data_line(&mapped), canonical);
+    // Without the mapping the record has no prompt and no shared beginning: an error on line 1.
+    let unmapped = with_data(&dpo_recipe(&d, &run, ""), &orca, "{}");
+    let o = lora(&["train", s(&unmapped), "--dry-run"]);
+    assert!(!o.status.success() && stderr(&o).contains("orca.jsonl:1:"), "{}", stderr(&o));
+    // A mapped field a record lacks names both names.
+    let missing = with_data(&dpo_recipe(&d, &run, ""), &orca, "{ prompt = \"instruction\" }");
+    let o = lora(&["train", s(&missing), "--dry-run"]);
+    assert!(stderr(&o).contains("missing field \"instruction\" ([data] fields maps prompt to it)"), "{}", stderr(&o));
+    // UltraFeedback's form: a prompt string beside conversations; "" leaves it out.
+    let uf = d.join("uf.jsonl");
+    let conv =
+        |u: &str, a: &str| serde_json::json!([{"role": "user", "content": u}, {"role": "assistant", "content": a}]);
+    std::fs::write(
+        &uf,
+        format!("{}\n", serde_json::json!({"prompt": "Name a fruit.", "chosen": conv("Name a fruit.", "An apple."), "rejected": conv("Name a fruit.", "A brick.")})),
+    )
+    .unwrap();
+    let o = lora(&["train", s(&with_data(&dpo_recipe(&d, &run, ""), &uf, "{}")), "--dry-run"]);
+    assert!(stderr(&o).contains("uf.jsonl:1:"), "{}", stderr(&o));
+    let line = data_line(&with_data(&dpo_recipe(&d, &run, ""), &uf, "{ prompt = \"\" }"));
+    assert!(line.starts_with("# training data: 1 preference pairs"), "{line}");
+    // KTO: its own names for completion and label.
+    let canonical = data_line(&kto_recipe(&d, &run, ""));
+    let renamed = d.join("kto.jsonl");
+    let text: String = std::fs::read_to_string(fixtures().join("dpo/kto_data.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| l.replace("\"completion\"", "\"response\"").replace("\"label\"", "\"good\"") + "\n")
+        .collect();
+    std::fs::write(&renamed, text).unwrap();
+    let mapped = with_data(&kto_recipe(&d, &run, ""), &renamed, "{ completion = \"response\", label = \"good\" }");
+    assert_eq!(data_line(&mapped), canonical);
+    // Recipe errors: a name no method has, KTO's names on DPO, two names on one field.
+    for (recipe, fields, needle) in [
+        (dpo_recipe(&d, &run, ""), "{ question = \"prompt\" }", "data.fields cannot map \"question\""),
+        (dpo_recipe(&d, &run, ""), "{ label = \"good\" }", "data.fields cannot map \"label\""),
+        (dpo_recipe(&d, &run, ""), "{ chosen = \"a\", rejected = \"a\" }", "maps both chosen and rejected to \"a\""),
+    ] {
+        assert_user_error(&lora(&["train", s(&with_data(&recipe, &orca, fields))]), needle);
+    }
+    assert!(!run.exists());
+}

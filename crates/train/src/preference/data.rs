@@ -172,18 +172,46 @@ pub fn tokenize_pair(
     Ok(pair)
 }
 
-/// Reads and tokenizes a preference file (JSONL or a JSON array). A bad record is an error naming
-/// the file and line, or (with `skip_invalid`) skipped and counted.
+/// `[data] fields`: the dataset's own names of TRL's fields (`prompt = "question"`), by TRL's name.
+/// A prompt mapped to `""` leaves the dataset's `prompt` out, so that the prompt is the beginning
+/// `chosen` and `rejected` share (UltraFeedback's whole conversations beside a prompt string).
+pub type FieldMap = std::collections::BTreeMap<String, String>;
+
+/// TRL's fields a mapping may name.
+pub const MAPPABLE_FIELDS: [&str; 5] = ["prompt", "chosen", "rejected", "completion", "label"];
+
+/// A record with its fields renamed to TRL's by `fields`. A mapped field the record lacks is an
+/// error naming both names.
+pub(crate) fn rename_fields(mut v: Value, fields: &FieldMap) -> std::result::Result<Value, String> {
+    let Value::Object(map) = &mut v else { return Ok(v) };
+    let mut renamed = Vec::new();
+    for (ours, theirs) in fields {
+        if theirs.is_empty() {
+            map.remove(ours);
+            continue;
+        }
+        match map.remove(theirs) {
+            Some(value) => renamed.push((ours.clone(), value)),
+            None => return Err(format!("missing field \"{theirs}\" ([data] fields maps {ours} to it)")),
+        }
+    }
+    map.extend(renamed);
+    Ok(v)
+}
+
+/// Reads and tokenizes a preference file (JSONL or a JSON array), its fields renamed by `fields`.
+/// A bad record is an error naming the file and line, or (with `skip_invalid`) skipped and counted.
 pub fn load_pairs(
     path: &Path,
     tok: &Tokenizer,
     template: Option<&ChatTemplate>,
     skip_invalid: bool,
+    fields: &FieldMap,
 ) -> Result<(Vec<PairIds>, usize)> {
     let mut pairs = Vec::new();
     let mut skipped = 0;
     for record in read_records(path)? {
-        let result = record.value.and_then(|v| tokenize_pair(tok, template, &v));
+        let result = record.value.and_then(|v| rename_fields(v, fields)).and_then(|v| tokenize_pair(tok, template, &v));
         match result {
             Ok(p) => pairs.push(p),
             Err(_) if skip_invalid => skipped += 1,
@@ -287,7 +315,8 @@ pub fn load_preference_data(
                     path.display()
                 )));
             }
-            let (read, skipped) = load_pairs(&path, tok, template, d.skip_invalid)?;
+            let fields = d.fields.clone().unwrap_or_default();
+            let (read, skipped) = load_pairs(&path, tok, template, d.skip_invalid, &fields)?;
             counts.skipped += skipped;
             for p in read {
                 match fit(p, d.max_seq_len, d.overflow == "drop") {

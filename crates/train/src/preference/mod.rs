@@ -11,7 +11,9 @@ pub mod loss;
 pub mod run;
 pub mod step;
 
-pub use data::{PreferenceData, PreferenceExamples, fit, load_pairs, load_preference_data, tokenize_pair};
+pub use data::{
+    FieldMap, MAPPABLE_FIELDS, PreferenceData, PreferenceExamples, fit, load_pairs, load_preference_data, tokenize_pair,
+};
 pub use loss::{Dpo, DpoLoss, PairLogProbs, PreferenceMetrics};
 pub use run::PreferenceTraining;
 pub use step::{

@@ -280,6 +280,11 @@ pub struct DataSection {
     /// `reasoning_content` (`"reasoning"`, `"thinking"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_field: Option<String>,
+    /// Preference methods: the dataset's own names of TRL's fields, by TRL's name (`{ prompt =
+    /// "question" }` for orca_dpo_pairs; `prompt = ""` to ignore a prompt field and take the
+    /// prompt from the beginning the chosen and rejected conversations share).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields: Option<crate::preference::FieldMap>,
     /// An assistant turn left with no trained token (it renders to none, or is truncated away):
     /// `"warn"` (default, once per file) or `"error"`.
     #[serde(default = "d_untrained_turns", skip_serializing_if = "is_warn")]

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::{Recipe, Source};
 use crate::error::{Result, TrainError};
 use crate::preference::kto::{Kto, KtoLoss};
-use crate::preference::{Dpo, DpoLoss};
+use crate::preference::{Dpo, DpoLoss, MAPPABLE_FIELDS};
 
 /// `[preference]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -130,6 +130,35 @@ impl Recipe {
             Err(TrainError::Recipe(format!("{at}: {section}.{key} {msg}")))
         };
         let d = &self.data;
+        if let Some(fields) = &d.fields {
+            if self.train.method == "sft" {
+                return err("data", "fields", "applies to the preference methods (dpo, simpo, orpo, kto)".into());
+            }
+            let kto = self.train.method == "kto";
+            let allowed: &[&str] = if kto { &MAPPABLE_FIELDS } else { &MAPPABLE_FIELDS[..3] };
+            let mut seen = std::collections::BTreeMap::new();
+            for (ours, theirs) in fields {
+                if !allowed.contains(&ours.as_str()) {
+                    return err(
+                        "data",
+                        "fields",
+                        format!(
+                            "cannot map \"{ours}\": the fields of method = \"{}\" are {}",
+                            self.train.method,
+                            allowed.join(", ")
+                        ),
+                    );
+                }
+                if theirs.is_empty() && ours != "prompt" {
+                    return err("data", "fields", format!("maps {ours} to \"\"; only the prompt may be left out"));
+                }
+                if let Some(other) = seen.insert(theirs.as_str(), ours.as_str())
+                    && !theirs.is_empty()
+                {
+                    return err("data", "fields", format!("maps both {other} and {ours} to \"{theirs}\""));
+                }
+            }
+        }
         match self.train.method.as_str() {
             "sft" => {
                 if self.preference.is_some() {

@@ -181,7 +181,8 @@ fn preference_records_tokenize_as_trl_does() {
     let template = ChatTemplate::for_tokenizer(tok.chat_template.as_deref().unwrap(), &tok, FIXED_DATE_UNIX).unwrap();
     for (run, file) in [("sigmoid", "data.jsonl"), ("chat", "data_chat.jsonl"), ("implicit", "data_implicit.jsonl")] {
         let path = fixtures().join("dpo").join(file);
-        let (pairs, skipped) = lora_train::preference::load_pairs(&path, &tok, Some(&template), false).unwrap();
+        let (pairs, skipped) =
+            lora_train::preference::load_pairs(&path, &tok, Some(&template), false, &Default::default()).unwrap();
         assert_eq!(skipped, 0);
         assert_eq!(pairs, fixture_pairs(run), "{file}");
     }
@@ -210,10 +211,12 @@ fn bad_preference_records_are_named_by_line() {
         let path = dir.join(format!("bad{i}.jsonl"));
         std::fs::write(&path, format!("{{\"prompt\": \"x\", \"chosen\": \" y\", \"rejected\": \" z\"}}\n{line}\n"))
             .unwrap();
-        let err = lora_train::preference::load_pairs(&path, &tok, None, false).unwrap_err().to_string();
+        let err =
+            lora_train::preference::load_pairs(&path, &tok, None, false, &Default::default()).unwrap_err().to_string();
         assert!(err.contains(&format!("bad{i}.jsonl:2: ")) && err.contains(why), "{err}");
         // Skipping keeps the good pair and counts the bad one.
-        let (pairs, skipped) = lora_train::preference::load_pairs(&path, &tok, None, true).unwrap();
+        let (pairs, skipped) =
+            lora_train::preference::load_pairs(&path, &tok, None, true, &Default::default()).unwrap();
         assert_eq!((pairs.len(), skipped), (1, 1));
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -149,7 +149,7 @@ fn kto_records_tokenize_and_mismatch_as_trl_does() {
     for run in ["kto", "kto_chat", "kto_paired", "apo"] {
         let g = &golden()[run];
         let path = fixtures().join("dpo").join(g["data"].as_str().unwrap());
-        let (mut examples, skipped) = load_unpaired(&path, &tok, Some(&template), false).unwrap();
+        let (mut examples, skipped) = load_unpaired(&path, &tok, Some(&template), false, &Default::default()).unwrap();
         assert_eq!(skipped, 0);
         if kto_of(g).loss.needs_kl() {
             mismatch(&mut examples, g["batch_size"].as_u64().unwrap() as usize);
@@ -172,9 +172,9 @@ fn bad_kto_records_are_named_by_line() {
         let path = dir.join(format!("bad{i}.jsonl"));
         std::fs::write(&path, format!("{{\"prompt\": \"x\", \"completion\": \" y\", \"label\": false}}\n{line}\n"))
             .unwrap();
-        let err = load_unpaired(&path, &tok, None, false).unwrap_err().to_string();
+        let err = load_unpaired(&path, &tok, None, false, &Default::default()).unwrap_err().to_string();
         assert!(err.contains(&format!("bad{i}.jsonl:2: ")) && err.contains(why), "{err}");
-        let (examples, skipped) = load_unpaired(&path, &tok, None, true).unwrap();
+        let (examples, skipped) = load_unpaired(&path, &tok, None, true, &Default::default()).unwrap();
         assert_eq!((examples.len(), skipped), (1, 1));
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -19,7 +19,7 @@ use crate::data::DataSummary;
 use crate::data::chat_template::ChatTemplate;
 use crate::data::records::read_records;
 use crate::error::{Result, TrainError};
-use crate::preference::data::{common_prefix, extract_prompt, render};
+use crate::preference::data::{FieldMap, common_prefix, extract_prompt, rename_fields, render};
 use crate::preference::kto::step::UnpairedIds;
 use crate::recipe::{Files, Recipe};
 
@@ -61,16 +61,21 @@ fn triples(v: &Value, paired: bool) -> std::result::Result<Vec<(Value, Value, bo
     Ok(vec![(prompt.clone(), chosen, true), (prompt, rejected, false)])
 }
 
-/// Reads and tokenizes a KTO file: unpaired records, or pairs (the first record decides; the rest
-/// must have its form). A bad record is an error naming the file and line, or (with
-/// `skip_invalid`) skipped and counted. The examples have no mismatched completion yet.
+/// Reads and tokenizes a KTO file, its fields renamed by `fields`: unpaired records, or pairs (the
+/// first record decides; the rest must have its form). A bad record is an error naming the file
+/// and line, or (with `skip_invalid`) skipped and counted. The examples have no mismatched
+/// completion yet.
 pub fn load_unpaired(
     path: &Path,
     tok: &Tokenizer,
     template: Option<&ChatTemplate>,
     skip_invalid: bool,
+    fields: &FieldMap,
 ) -> Result<(Vec<UnpairedIds>, usize)> {
-    let records = read_records(path)?;
+    let mut records = read_records(path)?;
+    for r in &mut records {
+        r.value = std::mem::replace(&mut r.value, Ok(Value::Null)).and_then(|v| rename_fields(v, fields));
+    }
     let paired = records
         .iter()
         .find_map(|r| r.value.as_ref().ok())
@@ -162,7 +167,8 @@ pub fn read_kto_files(
                 path.display()
             )));
         }
-        let (examples, skipped) = load_unpaired(&path, tok, template, d.skip_invalid)?;
+        let fields = d.fields.clone().unwrap_or_default();
+        let (examples, skipped) = load_unpaired(&path, tok, template, d.skip_invalid, &fields)?;
         counts.skipped += skipped;
         for e in examples {
             let long = e.prompt.len() + e.completion.len() > d.max_seq_len;
