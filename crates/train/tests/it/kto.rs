@@ -3,6 +3,7 @@
 //! step's loss and metrics, the final adapter, and TRL's tokenization of the records.
 
 use lora_core::adapter::load_adapter;
+use lora_core::burn::tensor::Device;
 use lora_core::default_device;
 use lora_core::kernels::host::to_f32_vec;
 use lora_core::network::model::CausalLm;
@@ -41,8 +42,8 @@ fn fixture_examples(run: &str) -> Vec<UnpairedIds> {
         .collect()
 }
 
-fn model_with(adapter: &str, trainable: bool) -> CausalLm {
-    let mut model = CausalLm::load_dir(fixtures().join("models/llama"), &default_device()).unwrap();
+fn model_with(adapter: &str, trainable: bool, device: &Device) -> CausalLm {
+    let mut model = CausalLm::load_dir(fixtures().join("models/llama"), device).unwrap();
     load_adapter(&mut model, &fixtures().join("dpo").join(adapter), 1.0, trainable).unwrap();
     model
 }
@@ -60,13 +61,17 @@ fn kto_of(g: &Value) -> Kto {
 /// TRL's sequential sampler gives each step the next `grad_accum` micro-batches of the data, in
 /// order, around again at its end. Returns the final adapter's values.
 fn replay(run: &str, options: StepOptions, precompute: bool) -> Vec<Vec<f32>> {
+    replay_on(run, options, precompute, &default_device())
+}
+
+fn replay_on(run: &str, options: StepOptions, precompute: bool, device: &Device) -> Vec<Vec<f32>> {
     let g = &golden()[run];
     let kto = kto_of(g);
     let pad = g["pad_token_id"].as_u64().unwrap() as u32;
     let (batch, accum) = (g["batch_size"].as_u64().unwrap() as usize, g["grad_accum"].as_u64().unwrap() as usize);
     let examples = fixture_examples(run);
     let micro: Vec<UnpairedBatch> = examples.chunks(batch).map(|c| UnpairedBatch::new(c, pad, &kto)).collect();
-    let mut model = model_with(&format!("{run}/adapter-init"), true);
+    let mut model = model_with(&format!("{run}/adapter-init"), true, device);
     let reference = Reference::snapshot(&model).unwrap();
     let precomputed: Option<Vec<Vec<f64>>> = precompute
         .then(|| micro.iter().map(|b| unpaired_reference_log_probs(&mut model, &reference, b).unwrap()).collect());
@@ -103,7 +108,7 @@ fn replay(run: &str, options: StepOptions, precompute: bool) -> Vec<Vec<f32>> {
             }
         }
     }
-    let trained = model_with(&format!("{run}/adapter-trained"), false);
+    let trained = model_with(&format!("{run}/adapter-trained"), false, device);
     let (ours, theirs) = (adapter_tensors(&model), adapter_tensors(&trained));
     assert_eq!(ours.len(), theirs.len());
     let mut values = Vec::new();
@@ -122,6 +127,14 @@ fn kto_replays_trl_step_for_step() {
     // Recomputation and precomputed reference log-probabilities change nothing.
     let other = replay("kto", StepOptions { max_grad_norm: 1.0, gradient_checkpointing: true }, true);
     assert_eq!(plain, other, "recomputation with precomputed references gave another adapter");
+}
+
+/// The same replay on a GPU (`LORA_TEST_GPU=wgpu|cuda`), against the same goldens and tolerances.
+#[test]
+fn gpu_kto_replays_trl_step_for_step() {
+    let Some(device) = gpu_device() else { return };
+    replay_on("kto", StepOptions { max_grad_norm: 1.0, gradient_checkpointing: true }, false, &device);
+    replay_on("apo", StepOptions { max_grad_norm: 1.0, gradient_checkpointing: false }, true, &device);
 }
 
 #[test]
