@@ -104,30 +104,17 @@ pub fn run(a: Args) -> Result<()> {
 /// `lora eval --format preference`: DPO's loss, reward accuracy and margin of the model on pairs.
 fn preference(a: Args, model: &mut lora_core::CausalLm, tok: &lora_core::Tokenizer) -> Result<()> {
     use anyhow::Context;
-    use lora_train::data::chat_template::{ChatTemplate, FIXED_DATE_UNIX};
-    use lora_train::preference::{Dpo, DpoLoss, PairIds, Reference, evaluate_pairs, fit, load_pairs};
+    use lora_train::preference::{Dpo, DpoLoss, PairIds, evaluate_pairs, fit, load_pairs};
     let loss_type = a.loss_type.as_deref().unwrap_or("sigmoid");
     let loss = DpoLoss::parse(loss_type)
         .with_context(|| format!("--loss-type must be sigmoid, ipo, hinge, robust or simpo, got '{loss_type}'"))?;
     anyhow::ensure!(a.beta > 0.0 && a.beta.is_finite(), "--beta must be positive, got {}", a.beta);
-    let template = tok
-        .chat_template
-        .as_deref()
-        .map(|src| ChatTemplate::for_tokenizer(src, tok, FIXED_DATE_UNIX))
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
+    let template = model_template(tok)?;
     let (pairs, _) = load_pairs(&a.data, tok, template.as_ref(), false, &Default::default())?;
     // As training fits them: each sequence keeps its first max_seq_len tokens.
     let pairs: Vec<PairIds> = pairs.into_iter().filter_map(|p| fit(p, a.max_seq_len, false).0).collect();
     anyhow::ensure!(!pairs.is_empty(), "{}: no pair fits in --max-seq-len {}", a.data.display(), a.max_seq_len);
-    let reference = match &a.reference_adapter {
-        None => Reference::Base,
-        Some(r) => {
-            let dir = crate::hub_refs::adapter(r, a.model.offline)?;
-            Reference::from_adapter(model, &dir)
-                .with_context(|| format!("loading the reference adapter {}", dir.display()))?
-        }
-    };
+    let reference = reference(&a, model)?;
     let dpo = Dpo { beta: a.beta, loss, label_smoothing: 0.0, gamma: a.gamma, sft_weight: 0.0 };
     let pad = tok.pad_token_id.unwrap_or(0);
     let m = evaluate_pairs(model, &reference, &pairs, 4, pad, &dpo)?;
@@ -157,8 +144,6 @@ fn preference(a: Args, model: &mut lora_core::CausalLm, tok: &lora_core::Tokeniz
 /// come from the same 4.
 fn kto(a: Args, model: &mut lora_core::CausalLm, tok: &lora_core::Tokenizer) -> Result<()> {
     use anyhow::Context;
-    use lora_train::data::chat_template::{ChatTemplate, FIXED_DATE_UNIX};
-    use lora_train::preference::Reference;
     use lora_train::preference::kto::{Kto, KtoLoss, evaluate_unpaired, fit_unpaired, load_unpaired, mismatch};
     const BATCH: usize = 4;
     let loss_type = a.loss_type.as_deref().unwrap_or("kto");
@@ -169,12 +154,7 @@ fn kto(a: Args, model: &mut lora_core::CausalLm, tok: &lora_core::Tokenizer) -> 
     for (name, w) in [("--desirable-weight", a.desirable_weight), ("--undesirable-weight", a.undesirable_weight)] {
         anyhow::ensure!(w > 0.0 && w.is_finite(), "{name} must be positive, got {w}");
     }
-    let template = tok
-        .chat_template
-        .as_deref()
-        .map(|src| ChatTemplate::for_tokenizer(src, tok, FIXED_DATE_UNIX))
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
+    let template = model_template(tok)?;
     let (examples, _) = load_unpaired(&a.data, tok, template.as_ref(), false, &Default::default())?;
     // As training prepares them: prompts that fill max_seq_len dropped, mismatched, then cut.
     let mut examples: Vec<_> = examples.into_iter().filter(|e| e.prompt.len() < a.max_seq_len).collect();
@@ -187,14 +167,7 @@ fn kto(a: Args, model: &mut lora_core::CausalLm, tok: &lora_core::Tokenizer) -> 
     for e in &mut examples {
         fit_unpaired(e, a.max_seq_len);
     }
-    let reference = match &a.reference_adapter {
-        None => Reference::Base,
-        Some(r) => {
-            let dir = crate::hub_refs::adapter(r, a.model.offline)?;
-            Reference::from_adapter(model, &dir)
-                .with_context(|| format!("loading the reference adapter {}", dir.display()))?
-        }
-    };
+    let reference = reference(&a, model)?;
     let pad = tok.pad_token_id.unwrap_or(0);
     let m = evaluate_unpaired(model, &reference, &examples, BATCH, pad, &kto)?;
     // NaN (a side with no example) is JSON's null.
@@ -218,4 +191,28 @@ fn kto(a: Args, model: &mut lora_core::CausalLm, tok: &lora_core::Tokenizer) -> 
         );
     }
     Ok(())
+}
+
+/// The model's chat template, for conversational records.
+fn model_template(tok: &lora_core::Tokenizer) -> Result<Option<lora_train::data::chat_template::ChatTemplate>> {
+    use lora_train::data::chat_template::{ChatTemplate, FIXED_DATE_UNIX};
+    tok.chat_template
+        .as_deref()
+        .map(|src| ChatTemplate::for_tokenizer(src, tok, FIXED_DATE_UNIX))
+        .transpose()
+        .map_err(anyhow::Error::msg)
+}
+
+/// `--reference-adapter`'s reference, else the base without adapters.
+fn reference(a: &Args, model: &mut lora_core::CausalLm) -> Result<lora_train::preference::Reference> {
+    use anyhow::Context;
+    use lora_train::preference::Reference;
+    match &a.reference_adapter {
+        None => Ok(Reference::Base),
+        Some(r) => {
+            let dir = crate::hub_refs::adapter(r, a.model.offline)?;
+            Reference::from_adapter(model, &dir)
+                .with_context(|| format!("loading the reference adapter {}", dir.display()))
+        }
+    }
 }

@@ -259,36 +259,12 @@ impl Recipe {
                     }
                     _ => {}
                 }
-                if let Some(r) = &p.reference_adapter
-                    && !r.join("adapter_config.json").is_file()
-                {
-                    return err(
-                        "preference",
-                        "reference_adapter",
-                        format!("'{}' is not a PEFT adapter folder (no adapter_config.json)", r.display()),
-                    );
-                }
-                if !["auto", "preference"].contains(&d.format.as_str()) {
-                    return err(
-                        "data",
-                        "format",
-                        format!(
-                            "must be \"preference\" (or \"auto\") with method = \"dpo\", got \"{}\": DPO trains on {{\"prompt\", \"chosen\", \"rejected\"}} records",
-                            d.format
-                        ),
-                    );
-                }
-                if d.packing {
-                    return err("data", "packing", "does not apply to preference pairs (method = \"dpo\")".into());
-                }
-                if d.train_on_inputs {
-                    return err(
-                        "data",
-                        "train_on_inputs",
-                        "does not apply to method = \"dpo\": the loss compares the completions".into(),
-                    );
-                }
-                Ok(())
+                self.check_reference_and_data(
+                    &p,
+                    &["auto", "preference"],
+                    "must be \"preference\" (or \"auto\") with method = \"dpo\", \"simpo\" or \"orpo\": they train on {\"prompt\", \"chosen\", \"rejected\"} records",
+                    &err,
+                )
             }
             "kto" => self.validate_kto(src, &err),
             other => err(
@@ -302,7 +278,6 @@ impl Recipe {
     /// `[train] method = "kto"`: its `[preference]` keys and data.
     fn validate_kto(&self, src: &Source, err: &dyn Fn(&str, &str, String) -> Result<()>) -> Result<()> {
         let p = self.preference.clone().unwrap_or_default();
-        let d = &self.data;
         let Some(loss) = KtoLoss::parse(p.loss_type.as_deref().unwrap_or("kto")) else {
             let got = p.loss_type.unwrap_or_default();
             return err(
@@ -329,15 +304,6 @@ impl Recipe {
                 return err("preference", key, format!("must be positive, got {w}"));
             }
         }
-        if let Some(r) = &p.reference_adapter
-            && !r.join("adapter_config.json").is_file()
-        {
-            return err(
-                "preference",
-                "reference_adapter",
-                format!("'{}' is not a PEFT adapter folder (no adapter_config.json)", r.display()),
-            );
-        }
         if loss.needs_kl() && self.train.batch_size < 2 {
             return err(
                 "train",
@@ -347,25 +313,44 @@ impl Recipe {
                     .into(),
             );
         }
-        if !["auto", "kto", "preference"].contains(&d.format.as_str()) {
+        self.check_reference_and_data(
+            &p,
+            &["auto", "kto", "preference"],
+            "must be \"kto\" ({\"prompt\", \"completion\", \"label\"} records), \"preference\" (pairs, unpaired as TRL does) or \"auto\" with method = \"kto\"",
+            err,
+        )
+    }
+
+    /// What every preference method checks: the reference adapter is one, the data format is one
+    /// of `formats` (else `format_error`), and SFT's packing and input training are off.
+    fn check_reference_and_data(
+        &self,
+        p: &PreferenceSection,
+        formats: &[&str],
+        format_error: &str,
+        err: &dyn Fn(&str, &str, String) -> Result<()>,
+    ) -> Result<()> {
+        let (d, method) = (&self.data, self.train.method.as_str());
+        if let Some(r) = &p.reference_adapter
+            && !r.join("adapter_config.json").is_file()
+        {
             return err(
-                "data",
-                "format",
-                format!(
-                    "must be \"kto\" ({{\"prompt\", \"completion\", \"label\"}} records), \"preference\" (pairs, unpaired \
-                     as TRL does) or \"auto\" with method = \"kto\", got \"{}\"",
-                    d.format
-                ),
+                "preference",
+                "reference_adapter",
+                format!("'{}' is not a PEFT adapter folder (no adapter_config.json)", r.display()),
             );
         }
+        if !formats.contains(&d.format.as_str()) {
+            return err("data", "format", format!("{format_error}, got \"{}\"", d.format));
+        }
         if d.packing {
-            return err("data", "packing", "does not apply to method = \"kto\"".into());
+            return err("data", "packing", format!("does not apply to method = \"{method}\""));
         }
         if d.train_on_inputs {
             return err(
                 "data",
                 "train_on_inputs",
-                "does not apply to method = \"kto\": the loss scores the completions".into(),
+                format!("does not apply to method = \"{method}\": the loss scores the completions"),
             );
         }
         Ok(())

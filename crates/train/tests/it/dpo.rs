@@ -2,10 +2,8 @@
 //! DPOTrainer with a PEFT LoRA on the tiny Llama): every step's loss and metrics, and the final
 //! adapter.
 
-use lora_core::adapter::load_adapter;
 use lora_core::burn::tensor::Device;
 use lora_core::default_device;
-use lora_core::kernels::host::to_f32_vec;
 use lora_core::network::model::CausalLm;
 use lora_train::data::chat_template::{ChatTemplate, FIXED_DATE_UNIX};
 use lora_train::optimizer::{AdamW, AdamWConfig};
@@ -17,13 +15,10 @@ use lora_train::trainable::adapter_tensors;
 use serde_json::Value;
 
 use crate::common::*;
+use crate::trl_replay::{self, assert_final_adapter, assert_metric, ids, model_on};
 
 fn golden() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(fixtures().join("dpo/golden.json")).unwrap()).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    trl_replay::golden("golden.json")
 }
 
 /// The pairs TRL trained `run` on, as token ids.
@@ -38,12 +33,6 @@ fn fixture_pairs(run: &str) -> Vec<PairIds> {
 
 fn model_with(adapter: &str, trainable: bool) -> CausalLm {
     model_on(adapter, trainable, &default_device())
-}
-
-fn model_on(adapter: &str, trainable: bool, device: &Device) -> CausalLm {
-    let mut model = CausalLm::load_dir(fixtures().join("models/llama"), device).unwrap();
-    load_adapter(&mut model, &fixtures().join("dpo").join(adapter), 1.0, trainable).unwrap();
-    model
 }
 
 /// The run's steps from its step-0 adapter; TRL's reference is the base when that adapter is
@@ -87,24 +76,10 @@ fn replay_on(run: &str, options: StepOptions, precompute: bool, device: &Device)
             ("logps/chosen", m.logps_chosen),
             ("logps/rejected", m.logps_rejected),
         ] {
-            let want = want[name].as_f64().unwrap();
-            // Relative 1e-4, with an absolute floor for the rewards, which start at exactly 0.
-            let tol = 1e-4 * want.abs().max(1e-2);
-            assert!((got - want).abs() <= tol, "{run} step {step}: {name} {got} vs TRL {want}");
+            assert_metric(run, step, name, got, Some(want[name].as_f64().unwrap()));
         }
     }
-    // The final adapter equals TRL's.
-    let trained = model_on(&format!("{run}/adapter-trained"), false, device);
-    let (ours, theirs) = (adapter_tensors(&model), adapter_tensors(&trained));
-    assert_eq!(ours.len(), theirs.len());
-    let mut values = Vec::new();
-    for (o, t) in ours.into_iter().zip(theirs) {
-        let (o, t) = (to_f32_vec(o.inner()).unwrap(), to_f32_vec(t.inner()).unwrap());
-        let d = o.iter().zip(&t).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-        assert!(d <= 1e-4, "{run}: final adapter max |Δ| {d:e}");
-        values.push(o);
-    }
-    values
+    assert_final_adapter(run, &model, device)
 }
 
 #[test]

@@ -2,11 +2,8 @@
 //! KTOTrainer with a PEFT LoRA on the tiny Llama, micro-batches with gradient accumulation): every
 //! step's loss and metrics, the final adapter, and TRL's tokenization of the records.
 
-use lora_core::adapter::load_adapter;
 use lora_core::burn::tensor::Device;
 use lora_core::default_device;
-use lora_core::kernels::host::to_f32_vec;
-use lora_core::network::model::CausalLm;
 use lora_train::data::chat_template::{ChatTemplate, FIXED_DATE_UNIX};
 use lora_train::optimizer::{AdamW, AdamWConfig};
 use lora_train::preference::kto::{
@@ -18,13 +15,10 @@ use lora_train::trainable::adapter_tensors;
 use serde_json::Value;
 
 use crate::common::*;
+use crate::trl_replay::{self, assert_final_adapter, assert_metric, ids, model_on};
 
 fn golden() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(fixtures().join("dpo/kto_golden.json")).unwrap()).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().map_or(Vec::new(), |a| a.iter().map(|x| x.as_u64().unwrap() as u32).collect())
+    trl_replay::golden("kto_golden.json")
 }
 
 /// The examples TRL trained `run` on, in its (sequential) order.
@@ -40,12 +34,6 @@ fn fixture_examples(run: &str) -> Vec<UnpairedIds> {
             desirable: e["label"].as_bool().unwrap(),
         })
         .collect()
-}
-
-fn model_with(adapter: &str, trainable: bool, device: &Device) -> CausalLm {
-    let mut model = CausalLm::load_dir(fixtures().join("models/llama"), device).unwrap();
-    load_adapter(&mut model, &fixtures().join("dpo").join(adapter), 1.0, trainable).unwrap();
-    model
 }
 
 fn kto_of(g: &Value) -> Kto {
@@ -71,7 +59,7 @@ fn replay_on(run: &str, options: StepOptions, precompute: bool, device: &Device)
     let (batch, accum) = (g["batch_size"].as_u64().unwrap() as usize, g["grad_accum"].as_u64().unwrap() as usize);
     let examples = fixture_examples(run);
     let micro: Vec<UnpairedBatch> = examples.chunks(batch).map(|c| UnpairedBatch::new(c, pad, &kto)).collect();
-    let mut model = model_with(&format!("{run}/adapter-init"), true, device);
+    let mut model = model_on(&format!("{run}/adapter-init"), true, device);
     let reference = Reference::snapshot(&model).unwrap();
     let precomputed: Option<Vec<Vec<f64>>> = precompute
         .then(|| micro.iter().map(|b| unpaired_reference_log_probs(&mut model, &reference, b).unwrap()).collect());
@@ -97,28 +85,10 @@ fn replay_on(run: &str, options: StepOptions, precompute: bool, device: &Device)
             ("logps/chosen", m.logps_chosen),
             ("logps/rejected", m.logps_rejected),
         ] {
-            match want.get(name).and_then(Value::as_f64) {
-                // TRL leaves out a metric no micro-batch of the step had; ours is NaN then.
-                None => assert!(got.is_nan(), "{run} step {step}: {name} {got}, TRL has none"),
-                Some(want) => {
-                    // Relative 1e-4, with an absolute floor for the rewards and KL, which start at 0.
-                    let tol = 1e-4 * want.abs().max(1e-2);
-                    assert!((got - want).abs() <= tol, "{run} step {step}: {name} {got} vs TRL {want}");
-                }
-            }
+            assert_metric(run, step, name, got, want.get(name).and_then(Value::as_f64));
         }
     }
-    let trained = model_with(&format!("{run}/adapter-trained"), false, device);
-    let (ours, theirs) = (adapter_tensors(&model), adapter_tensors(&trained));
-    assert_eq!(ours.len(), theirs.len());
-    let mut values = Vec::new();
-    for (o, t) in ours.into_iter().zip(theirs) {
-        let (o, t) = (to_f32_vec(o.inner()).unwrap(), to_f32_vec(t.inner()).unwrap());
-        let d = o.iter().zip(&t).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-        assert!(d <= 1e-4, "{run}: final adapter max |Δ| {d:e}");
-        values.push(o);
-    }
-    values
+    assert_final_adapter(run, &model, device)
 }
 
 #[test]

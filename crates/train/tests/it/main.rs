@@ -9,3 +9,4 @@ mod replay;
 mod scale;
 mod thinking;
 mod training;
+mod trl_replay;
