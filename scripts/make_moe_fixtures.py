@@ -90,8 +90,8 @@ class RouterGap:
                 m.register_forward_hook(self.hook)
 
     def hook(self, module, inputs, output):
-        x = inputs[0].reshape(-1, module.weight.shape[1])
-        logits = torch.nn.functional.linear(x, module.weight).float()
+        x = inputs[0].detach().reshape(-1, module.weight.shape[1])
+        logits = torch.nn.functional.linear(x, module.weight.detach()).float()
         if module.top_k < logits.shape[-1]:
             top = logits.topk(module.top_k + 1, dim=-1).values
             self.gap = min(self.gap, float((top[:, -2] - top[:, -1]).min()))

@@ -111,6 +111,9 @@ pub struct Prepared {
     /// Set when the recipe's `data.chat_template` renders a conversation differently from the
     /// model's own template: what differs, for a warning.
     pub template_differs: Option<String>,
+    /// Set on a mixture-of-experts model, whose routed experts no adapter reaches yet: what is and
+    /// isn't adapted, for a warning (peers' users find out too late that only attention trained).
+    pub frozen_experts: Option<String>,
     /// A preference run's training and validation pairs (`train` and `validation` are then empty).
     pub pairs: PreferenceData,
     /// The adapter_config.json the run writes: the recipe's, or the `init_from` adapter's.
@@ -247,8 +250,18 @@ pub fn prepare(recipe: &Recipe) -> Result<Prepared> {
             (targets, cfg)
         }
     };
+    let frozen_experts = model.config.moe.as_ref().map(|m| {
+        let sparse = m.sparse.iter().filter(|&&s| s).count();
+        format!(
+            "the routed experts of this mixture-of-experts model ({sparse} sparse layers × {} experts, and their \
+             routers) are not adapted: lora puts LoRA on attention{} only, as LoRA on experts is not supported yet",
+            m.num_experts,
+            if sparse < m.sparse.len() { " and the dense layers' MLP" } else { "" }
+        )
+    });
     Ok(Prepared {
         recipe: recipe.clone(),
+        frozen_experts,
         model,
         tokenizer,
         train,

@@ -103,6 +103,9 @@ pub fn run_cmd(a: Args) -> Result<()> {
     ) {
         eprintln!("warning: {w}");
     }
+    if let Some(w) = &prepared.frozen_experts {
+        eprintln!("warning: {w}");
+    }
     if let Some(w) = &prepared.template_differs {
         eprintln!("warning: {w}");
     }
@@ -114,6 +117,9 @@ pub fn run_cmd(a: Args) -> Result<()> {
     if a.dry_run {
         print!("{}", recipe.to_toml());
         println!("\n# adapters on {} modules: {}", prepared.targets.len(), summarize_targets(&prepared.targets));
+        if let Some(w) = &prepared.frozen_experts {
+            println!("# not adapted: {w}");
+        }
         println!("# trainable parameters: {trainable}");
         let s = &prepared.train_summary;
         let unit = data_unit(&recipe);

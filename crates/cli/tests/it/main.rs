@@ -9,4 +9,5 @@ mod gguf_qwen35;
 mod gpu_commands;
 mod hub_commands;
 mod merge_commands;
+mod moe_commands;
 mod train_commands;

@@ -1,6 +1,7 @@
-//! One pre-norm decoder layer: x + mixer(norm(x)), then + mlp(norm(·)). The token mixer is chosen per
-//! layer from the config ([`TokenMixer`]): attention (`self_attn`, gated or not) or Gated DeltaNet
-//! (`linear_attn`); exactly one of the two fields is set.
+//! One pre-norm decoder layer: x + mixer(norm(x)), then + feed-forward(norm(·)). The token mixer is
+//! chosen per layer from the config ([`TokenMixer`]): attention (`self_attn`, gated or not) or Gated
+//! DeltaNet (`linear_attn`); exactly one of the two fields is set. So is the feed-forward block: the
+//! gated MLP (`mlp`) or, in an MoE model's sparse layers, routed experts (`moe`).
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
@@ -11,6 +12,7 @@ use crate::io::load_options::LoadOptions;
 use crate::io::weights::Weights;
 use crate::network::attention::{Attention, AttentionMask};
 use crate::network::config::{FeedForward, ModelConfig, TokenMixer};
+use crate::network::experts::SparseMoe;
 use crate::network::gated_delta_net::{GatedDeltaNet, SequenceLayout};
 use crate::network::linear::Linear;
 use crate::network::mlp::Mlp;
@@ -27,8 +29,10 @@ pub struct DecoderLayer {
     pub linear_attn: Option<GatedDeltaNet>,
     /// `post_attention_layernorm`.
     pub post_attention_layernorm: RmsNorm,
-    /// `mlp`.
-    pub mlp: Mlp,
+    /// `mlp`, in a dense layer.
+    pub mlp: Option<Mlp>,
+    /// `mlp` (Mixtral: `block_sparse_moe`) with routed experts, in a sparse layer.
+    pub moe: Option<SparseMoe>,
 }
 
 impl DecoderLayer {
@@ -41,21 +45,23 @@ impl DecoderLayer {
             (None, Some(l)) => l.linears().to_vec(),
             (None, None) => Vec::new(),
         };
-        let m = &self.mlp;
-        let names = self.mixer_kind().linear_names().iter().chain(FeedForward::GatedMlp.linear_names());
-        names.copied().zip(mixer.into_iter().chain([&m.gate_proj, &m.up_proj, &m.down_proj])).collect()
+        // Routed experts take no adapter yet: only a dense layer's MLP is listed.
+        let ffn: Vec<&Linear> = self.mlp.iter().flat_map(|m| [&m.gate_proj, &m.up_proj, &m.down_proj]).collect();
+        let names = self.mixer_kind().linear_names().iter().chain(self.ffn_kind().linear_names());
+        names.copied().zip(mixer.into_iter().chain(ffn)).collect()
     }
 
     /// [`Self::linears`], borrowed mutably.
     pub fn linears_mut(&mut self) -> Vec<(&'static str, &mut Linear)> {
-        let names = self.mixer_kind().linear_names().iter().chain(FeedForward::GatedMlp.linear_names());
+        let names = self.mixer_kind().linear_names().iter().chain(self.ffn_kind().linear_names());
         let Self { self_attn, linear_attn, mlp, .. } = self;
         let mixer: Vec<&mut Linear> = match (self_attn, linear_attn) {
             (Some(a), _) => vec![&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj],
             (None, Some(g)) => g.linears_mut().into_iter().collect(),
             (None, None) => Vec::new(),
         };
-        let ffn = [&mut mlp.gate_proj, &mut mlp.up_proj, &mut mlp.down_proj];
+        let ffn: Vec<&mut Linear> =
+            mlp.iter_mut().flat_map(|m| [&mut m.gate_proj, &mut m.up_proj, &mut m.down_proj]).collect();
         names.copied().zip(mixer.into_iter().chain(ffn)).collect()
     }
 
@@ -63,6 +69,11 @@ impl DecoderLayer {
     /// same ones as attention).
     fn mixer_kind(&self) -> TokenMixer {
         if self.linear_attn.is_some() { TokenMixer::GatedDeltaNet } else { TokenMixer::Attention }
+    }
+
+    /// The kind of this layer's feed-forward block, as far as its linear layers go.
+    fn ffn_kind(&self) -> FeedForward {
+        if self.moe.is_some() { FeedForward::QwenMoe } else { FeedForward::GatedMlp }
     }
 }
 
@@ -89,22 +100,15 @@ impl DecoderLayer {
                 (Some(Attention::load(w, &format!("{prefix}.self_attn"), cfg, gated, opts, device)?), None)
             }
         };
-        Ok(Self {
-            input_layernorm,
-            self_attn,
-            linear_attn,
-            post_attention_layernorm: RmsNorm::load_as(
-                w,
-                &format!("{prefix}.post_attention_layernorm"),
-                h,
-                eps,
-                zc,
-                device,
-            )?,
-            mlp: match cfg.feed_forward {
-                FeedForward::GatedMlp => Mlp::load(w, &format!("{prefix}.mlp"), cfg, opts, device)?,
-            },
-        })
+        let post_attention_layernorm =
+            RmsNorm::load_as(w, &format!("{prefix}.post_attention_layernorm"), h, eps, zc, device)?;
+        let (mlp, moe) = match (cfg.layer_feed_forward(index), &cfg.moe) {
+            (FeedForward::GatedMlp, _) | (_, None) => {
+                (Some(Mlp::load(w, &format!("{prefix}.mlp"), cfg, opts, device)?), None)
+            }
+            (kind, Some(m)) => (None, Some(SparseMoe::load(w, prefix, kind, h, m, opts, device)?)),
+        };
+        Ok(Self { input_layernorm, self_attn, linear_attn, post_attention_layernorm, mlp, moe })
     }
 
     /// # Shapes
@@ -126,6 +130,12 @@ impl DecoderLayer {
             (None, None) => unreachable!("every layer is loaded with one token mixer"),
         };
         let h = x + mixed;
-        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+        let normed = self.post_attention_layernorm.forward(h.clone());
+        let ffn = match (&self.mlp, &self.moe) {
+            (Some(m), _) => m.forward(normed),
+            (None, Some(e)) => e.forward(normed),
+            (None, None) => unreachable!("every layer is loaded with one feed-forward block"),
+        };
+        h + ffn
     }
 }

@@ -32,10 +32,27 @@ impl Mlp {
         })
     }
 
+    /// Loads the three projections from the given names (an expert's), `hidden -> inter -> hidden`,
+    /// without biases.
+    pub fn load_named(
+        w: &Weights,
+        [gate, up, down]: [&str; 3],
+        h: usize,
+        i: usize,
+        opts: &LoadOptions,
+        device: &Device,
+    ) -> Result<Self> {
+        Ok(Self {
+            gate_proj: Linear::load(w, gate, (h, i), false, opts, true, device)?,
+            up_proj: Linear::load(w, up, (h, i), false, opts, true, device)?,
+            down_proj: Linear::load(w, down, (i, h), false, opts, true, device)?,
+        })
+    }
+
     /// # Shapes
-    /// - x: `[batch, seq, hidden]`
-    /// - output: `[batch, seq, hidden]`
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+    /// - x: `[..., hidden]`
+    /// - output: `[..., hidden]`
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let gate = self.gate_proj.forward(x.clone()); // [b, t, inter]
         self.down_proj.forward(swiglu(gate, self.up_proj.forward(x)))
     }

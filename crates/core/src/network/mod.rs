@@ -12,6 +12,7 @@ pub mod base_weight;
 pub mod config;
 pub mod decoder_layer;
 pub mod embedding;
+pub mod experts;
 pub mod gated_delta_net;
 pub mod linear;
 pub mod lora;

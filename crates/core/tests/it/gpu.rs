@@ -51,7 +51,7 @@ fn gpu_nf4_and_bf16_bases_match_their_references() {
     let opts = LoadOptions { dtype: BaseDtype::F32, quantize: Quantize::Nf4 { double_quant: true } };
     let mut model = CausalLm::load_dir_with(model_dir("llama"), &device, &opts).unwrap();
     // (LORA_TEST_GPU=cpu runs these checks on the CPU, which keeps its host NF4.)
-    let on_device = matches!(model.model.layers[0].mlp.down_proj.weight, BaseWeight::Nf4Device(_));
+    let on_device = matches!(model.model.layers[0].mlp.as_ref().unwrap().down_proj.weight, BaseWeight::Nf4Device(_));
     assert_eq!(on_device, !lora_core::kernels::backend::is_cpu(&device), "a GPU's NF4 codes stay on the GPU");
     let d =
         max_abs_diff(&to_f32_vec(model.forward(&batch, None).unwrap()).unwrap(), &golden_f32(&g, "logits.nf4-dq").0);

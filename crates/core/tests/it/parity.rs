@@ -126,6 +126,25 @@ fn qwen3_matches_transformers() {
     check_architecture("qwen3");
 }
 
+/// Qwen3-MoE: 5 experts, top 3 renormalised, layer 2 dense (`mlp_only_layers`), per-expert tensors.
+#[test]
+fn qwen3_moe_matches_transformers() {
+    check_architecture("qwen3_moe");
+}
+
+/// Qwen3-MoE with one expert per token and no renormalisation (the weight is the softmax's), every
+/// second layer sparse (`decoder_sparse_step`), tied embeddings.
+#[test]
+fn qwen3_moe_top_1_matches_transformers() {
+    check_architecture("qwen3_moe-k1");
+}
+
+/// Mixtral: 3 experts, top 2, Mixtral's own tensor names (`block_sparse_moe.experts.E.w1/w3/w2`).
+#[test]
+fn mixtral_matches_transformers() {
+    check_architecture("mixtral");
+}
+
 /// Qwen3.5's text-only form: Gated DeltaNet and gated attention layers in a pattern of layer_types.
 #[test]
 fn qwen3_5_matches_transformers() {

@@ -127,7 +127,7 @@ fn nf4_model_logits_equal_bitsandbytes_with_and_without_peft_adapter() {
     for (double_quant, tag) in [(false, "nf4"), (true, "nf4-dq")] {
         let opts = LoadOptions { dtype: BaseDtype::F32, quantize: Quantize::Nf4 { double_quant } };
         let mut model = CausalLm::load_dir_with(model_dir("llama"), &device, &opts).unwrap();
-        assert!(matches!(model.model.layers[1].mlp.down_proj.weight, BaseWeight::Nf4(_)));
+        assert!(matches!(model.model.layers[1].mlp.as_ref().unwrap().down_proj.weight, BaseWeight::Nf4(_)));
         assert!(matches!(model.lm_head.weight, BaseWeight::Dense(_)), "the head stays dense, as bitsandbytes");
         let ours = to_f32_vec(model.forward(&batch, None).unwrap()).unwrap();
         let d = max_abs_diff(&ours, &golden_f32(&g, &format!("logits.{tag}")).0);

@@ -18,6 +18,11 @@ pub enum Architecture {
     /// `Qwen3_5ForCausalLM` / `Qwen3_5ForConditionalGeneration` (Qwen3.5, 3.6, 3.8): Gated DeltaNet
     /// layers between gated full-attention layers, zero-centred norms, partial rotary embeddings.
     Qwen3_5,
+    /// `Qwen3MoeForCausalLM` (Qwen3-30B-A3B, Qwen3-235B-A22B, Qwen3-Coder-30B-A3B): Qwen3's attention
+    /// with routed experts.
+    Qwen3Moe,
+    /// `MixtralForCausalLM`: Mistral's attention with routed experts.
+    Mixtral,
 }
 
 /// Which attention projections carry biases.
@@ -57,21 +62,31 @@ pub enum LayerPattern {
     },
 }
 
-/// The feed-forward block of every decoder layer.
+/// The feed-forward block of the decoder layers (an MoE architecture's sparse layers; its dense
+/// ones, if any, have the gated MLP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FeedForward {
     /// SwiGLU: `down_proj(silu(gate_proj(x)) · up_proj(x))`.
     GatedMlp,
+    /// Routed experts under Qwen's names: the router `mlp.gate`, expert `e`'s gated MLP
+    /// `mlp.experts.e.{gate,up,down}_proj` (fused on disk as `mlp.experts.gate_up_proj` and
+    /// `mlp.experts.down_proj` by transformers 5 and the Qwen3.5 checkpoints).
+    QwenMoe,
+    /// Routed experts under Mixtral's names: `block_sparse_moe.gate`, and
+    /// `block_sparse_moe.experts.e.{w1,w3,w2}` (gate, up, down).
+    MixtralMoe,
 }
 
 impl FeedForward {
     /// Every kind, for the tables built from them.
-    pub const ALL: [Self; 1] = [Self::GatedMlp];
+    pub const ALL: [Self; 3] = [Self::GatedMlp, Self::QwenMoe, Self::MixtralMoe];
 
-    /// The block's linear layers, named under the decoder layer in PEFT's (named_modules) order.
+    /// The block's linear layers that take LoRA, named under the decoder layer in PEFT's
+    /// (named_modules) order. Routed experts take none yet.
     pub fn linear_names(self) -> &'static [&'static str] {
         match self {
             Self::GatedMlp => &["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"],
+            Self::QwenMoe | Self::MixtralMoe => &[],
         }
     }
 
@@ -79,7 +94,13 @@ impl FeedForward {
     pub fn name(self) -> &'static str {
         match self {
             Self::GatedMlp => "gated MLP (SwiGLU)",
+            Self::QwenMoe | Self::MixtralMoe => "routed experts (SwiGLU), top-k softmax router",
         }
+    }
+
+    /// Whether the block routes tokens to experts.
+    pub fn is_moe(self) -> bool {
+        self != Self::GatedMlp
     }
 }
 
@@ -136,7 +157,7 @@ pub struct ArchitectureSpec {
 }
 
 /// The declarations, in README's order.
-pub const ARCHITECTURES: [ArchitectureSpec; 5] = [
+pub const ARCHITECTURES: [ArchitectureSpec; 7] = [
     ArchitectureSpec {
         architecture: Architecture::Llama,
         class: "LlamaForCausalLM",
@@ -232,6 +253,42 @@ pub const ARCHITECTURES: [ArchitectureSpec; 5] = [
         // Qwen ships these in f32 beside bf16 weights: exp(A_log) magnifies any rounding.
         f32_tensors: &["linear_attn.A_log", "linear_attn.norm.weight"],
         carried: &["model.visual.", "mtp."],
+    },
+    ArchitectureSpec {
+        architecture: Architecture::Qwen3Moe,
+        class: "Qwen3MoeForCausalLM",
+        model_type: "qwen3_moe",
+        models: "Qwen3-30B-A3B, Qwen3-235B-A22B, Qwen3-Coder-30B-A3B",
+        wrapper: None,
+        attention_bias: AttentionBias::FromConfig,
+        mlp_bias: false,
+        qk_norm: true,
+        zero_centred_norms: false,
+        partial_rotary: false,
+        sliding_window: SlidingWindow::Qwen,
+        layers: LayerPattern::Attention,
+        feed_forward: FeedForward::QwenMoe,
+        gguf: None,
+        f32_tensors: &[],
+        carried: &[],
+    },
+    ArchitectureSpec {
+        architecture: Architecture::Mixtral,
+        class: "MixtralForCausalLM",
+        model_type: "mixtral",
+        models: "Mixtral 8x7B, 8x22B",
+        wrapper: None,
+        attention_bias: AttentionBias::Never,
+        mlp_bias: false,
+        qk_norm: false,
+        zero_centred_norms: false,
+        partial_rotary: false,
+        sliding_window: SlidingWindow::FromConfig,
+        layers: LayerPattern::Attention,
+        feed_forward: FeedForward::MixtralMoe,
+        gguf: None,
+        f32_tensors: &[],
+        carried: &[],
     },
 ];
 

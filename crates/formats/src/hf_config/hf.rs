@@ -82,6 +82,27 @@ pub struct HfConfig {
     pub(super) linear_value_head_dim: Option<usize>,
     #[serde(default)]
     pub(super) linear_conv_kernel_dim: Option<usize>,
+    // Mixture of experts (Qwen3-MoE, Mixtral): the experts, the router, which layers are sparse.
+    #[serde(default)]
+    pub(super) num_experts: Option<usize>,
+    #[serde(default)]
+    pub(super) num_local_experts: Option<usize>,
+    #[serde(default)]
+    pub(super) num_experts_per_tok: Option<usize>,
+    #[serde(default)]
+    pub(super) moe_intermediate_size: Option<usize>,
+    #[serde(default)]
+    pub(super) norm_topk_prob: Option<bool>,
+    #[serde(default)]
+    pub(super) decoder_sparse_step: Option<usize>,
+    #[serde(default)]
+    pub(super) mlp_only_layers: Option<Vec<usize>>,
+    #[serde(default)]
+    pub(super) router_jitter_noise: Option<f64>,
+    #[serde(default)]
+    pub(super) output_router_logits: Option<bool>,
+    #[serde(default)]
+    pub(super) router_aux_loss_coef: Option<f64>,
     /// Set when the file was the Hub's multimodal form and these keys came from its `text_config`.
     #[serde(skip)]
     pub(super) multimodal: bool,

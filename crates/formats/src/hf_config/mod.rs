@@ -11,6 +11,7 @@
 //! Keys that would change the numbers and that lora does not implement are refused by name.
 
 mod architecture;
+mod experts;
 mod hf;
 mod mixers;
 mod model_config;
@@ -22,6 +23,7 @@ pub use architecture::{
     ARCHITECTURES, Architecture, ArchitectureSpec, AttentionBias, FeedForward, LayerPattern, SlidingWindow, Wrapper,
     architectures_table, layer_stack_prefixes, supported_classes,
 };
+pub use experts::MoeConfig;
 pub use hf::{ConfigError, HfConfig, TokenIds};
 pub use mixers::{GatedDeltaNetConfig, TokenMixer};
 pub use model_config::{Bnb4Bit, ModelConfig};

@@ -6,6 +6,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::architecture::{Architecture, AttentionBias, FeedForward, SlidingWindow, supported_classes};
+use super::experts::{MoeConfig, resolve_experts};
 use super::hf::{ConfigError, HfConfig, TokenIds};
 use super::mixers::{GatedDeltaNetConfig, TokenMixer, resolve_mixers};
 use super::rope::{RopeScaling, resolve_rope};
@@ -123,8 +124,11 @@ pub struct ModelConfig {
     pub pad_token_id: Option<u32>,
     /// The dtype the checkpoint declares (`bfloat16`, `float32`, ...), if any.
     pub dtype: Option<String>,
-    /// Every decoder layer's feed-forward block.
+    /// The architecture's feed-forward block: the gated MLP, or (an MoE model's sparse layers)
+    /// routed experts; see [`Self::layer_feed_forward`].
     pub feed_forward: FeedForward,
+    /// The routed experts' sizes and which layers have them, for an MoE architecture.
+    pub moe: Option<MoeConfig>,
     /// The checkpoint's 4-bit quantization (a bitsandbytes NF4 checkpoint), when it has one.
     pub quantization: Option<Bnb4Bit>,
     /// Each decoder layer's token mixer, in order.
@@ -219,6 +223,7 @@ impl ModelConfig {
             return Err(format!("partial_rotary_factor other than 1 is not supported for {}", spec.model_type));
         }
         let (mixers, linear_attention) = resolve_mixers(hf, spec)?;
+        let moe = resolve_experts(hf, spec)?;
         let attention_bias = hf.attention_bias.unwrap_or(false);
         let (qkv_bias, o_bias) = match spec.attention_bias {
             AttentionBias::FromConfig => (attention_bias, attention_bias),
@@ -264,6 +269,7 @@ impl ModelConfig {
             pad_token_id: hf.pad_token_id.as_ref().and_then(|t| t.to_vec().first().copied()),
             dtype: hf.dtype.clone().or_else(|| hf.torch_dtype.clone()),
             feed_forward: spec.feed_forward,
+            moe,
             quantization,
             mixers,
             rotary_dim,
@@ -343,11 +349,22 @@ impl ModelConfig {
             // A gated q_proj yields the query and its gate, head by head.
             (m, _) => vec![(h, if m == TokenMixer::GatedAttention { 2 * q } else { q }), (h, kv), (h, kv), (q, h)],
         };
-        let ffn_widths = match self.feed_forward {
+        let ffn = self.layer_feed_forward(l);
+        let ffn_widths = match ffn {
             FeedForward::GatedMlp => vec![(h, i), (h, i), (i, h)],
+            FeedForward::QwenMoe | FeedForward::MixtralMoe => Vec::new(),
         };
-        let names = mixer.linear_names().iter().chain(self.feed_forward.linear_names());
+        let names = mixer.linear_names().iter().chain(ffn.linear_names());
         names.zip(mixer_widths.into_iter().chain(ffn_widths)).map(|(n, (a, b))| (*n, a, b)).collect()
+    }
+
+    /// Layer `l`'s feed-forward block: routed experts in an MoE model's sparse layers, else the
+    /// gated MLP.
+    pub fn layer_feed_forward(&self, l: usize) -> FeedForward {
+        match &self.moe {
+            Some(m) if m.is_sparse(l) => self.feed_forward,
+            _ => FeedForward::GatedMlp,
+        }
     }
 
     /// Whether the model has layers of more than one kind or mixers other than attention: the
@@ -383,8 +400,16 @@ impl ModelConfig {
             Some(attn)
         };
         let mlp = h.checked_mul(i)?.checked_mul(3)?.checked_add(if self.mlp_bias { 2 * i + h } else { 0 })?;
+        let experts = match &self.moe {
+            // The router, and each expert's gate, up and down.
+            Some(m) => m
+                .num_experts
+                .checked_mul(h)?
+                .checked_add(m.num_experts.checked_mul(h)?.checked_mul(m.intermediate_size)?.checked_mul(3)?)?,
+            None => 0,
+        };
         let mut total = 0usize;
-        for m in &self.mixers {
+        for (l, m) in self.mixers.iter().enumerate() {
             let mixer = match m {
                 TokenMixer::Attention => attention(false)?,
                 TokenMixer::GatedAttention => attention(true)?,
@@ -399,7 +424,8 @@ impl ModelConfig {
                         .checked_add(2 * nv + l.value_head_dim)?
                 }
             };
-            total = total.checked_add(mixer)?.checked_add(mlp)?.checked_add(2 * h)?;
+            let ffn = if self.layer_feed_forward(l).is_moe() { experts } else { mlp };
+            total = total.checked_add(mixer)?.checked_add(ffn)?.checked_add(2 * h)?;
         }
         let embed = self.vocab_size.checked_mul(h)?;
         let head = if self.tie_word_embeddings { 0 } else { embed };

@@ -1,0 +1,140 @@
+//! The routed experts of an MoE decoder layer, as transformers 5 computes them
+//! (`Qwen3MoeSparseMoeBlock`, `MixtralSparseMoeBlock`): the router `gate` scores every expert, the
+//! softmax of the scores picks each token's top k, whose probabilities are divided by their sum when
+//! `renormalize` is set; each expert runs its gated MLP once over the tokens routed to it, and the
+//! outputs are added into the tokens' rows weighted by those probabilities, expert by expert in
+//! index order.
+//!
+//! The choice of experts (an index) carries no gradient; the weights do, through the router's
+//! softmax back to the layer's input, as in transformers. Tokens are grouped by expert on the host
+//! from the router's probabilities, so each expert is one product over its tokens and no product
+//! touches an expert without tokens.
+
+use burn::module::Module;
+use burn::tensor::activation::softmax;
+use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
+
+use crate::error::Result;
+use crate::io::load_options::LoadOptions;
+use crate::io::weights::Weights;
+use crate::kernels::host::to_f32_vec;
+use crate::network::config::{FeedForward, MoeConfig};
+use crate::network::linear::Linear;
+use crate::network::mlp::Mlp;
+
+/// `mlp` (Mixtral: `block_sparse_moe`) of a sparse decoder layer.
+#[derive(Module, Debug)]
+pub struct SparseMoe {
+    /// `gate`: the router, hidden -> num_experts, no bias.
+    pub gate: Linear,
+    /// `experts.e`: each expert's gated MLP (Mixtral's `w1`, `w3`, `w2` as gate, up, down).
+    pub experts: Vec<Mlp>,
+    /// Experts per token.
+    pub top_k: usize,
+    /// Whether the chosen probabilities are divided by their sum.
+    pub renormalize: bool,
+}
+
+/// The tensor names of a kind of expert block under the layer: the block, and an expert's gate, up
+/// and down projections.
+fn names(kind: FeedForward) -> (&'static str, [&'static str; 3]) {
+    match kind {
+        FeedForward::MixtralMoe => ("block_sparse_moe", ["w1", "w3", "w2"]),
+        _ => ("mlp", ["gate_proj", "up_proj", "down_proj"]),
+    }
+}
+
+impl SparseMoe {
+    /// Loads `{layer}.mlp.gate` and `{layer}.mlp.experts.{e}.*` (or Mixtral's names).
+    pub fn load(
+        w: &Weights,
+        layer: &str,
+        kind: FeedForward,
+        hidden: usize,
+        moe: &MoeConfig,
+        opts: &LoadOptions,
+        device: &Device,
+    ) -> Result<Self> {
+        let (block, [g, u, d]) = names(kind);
+        let prefix = format!("{layer}.{block}");
+        // The router stays in full precision: its scores pick the experts.
+        let gate = Linear::load(w, &format!("{prefix}.gate"), (hidden, moe.num_experts), false, opts, false, device)?;
+        let experts = (0..moe.num_experts)
+            .map(|e| {
+                let p = format!("{prefix}.experts.{e}");
+                Mlp::load_named(
+                    w,
+                    [&format!("{p}.{g}"), &format!("{p}.{u}"), &format!("{p}.{d}")],
+                    hidden,
+                    moe.intermediate_size,
+                    opts,
+                    device,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { gate, experts, top_k: moe.top_k, renormalize: moe.renormalize })
+    }
+
+    /// # Shapes
+    /// - x: `[batch, seq, hidden]`
+    /// - output: `[batch, seq, hidden]`
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, t, h] = x.dims();
+        let (n, k, n_experts) = (b * t, self.top_k, self.experts.len());
+        let device = x.device();
+        let flat = x.reshape([n, h]);
+        let probs = softmax(self.gate.forward(flat.clone()), 1); // [n, E]
+        let chosen = top_k(&to_f32_vec(probs.clone()).expect("router probabilities read back"), n_experts, k);
+        let index = Tensor::<2, Int>::from_data(TensorData::new(chosen.clone(), [n, k]), &device);
+        let mut weights = probs.gather(1, index); // [n, k]
+        if self.renormalize {
+            weights = weights.clone() / weights.sum_dim(1);
+        }
+        let weights = weights.reshape([n * k]);
+        // Each expert's (token, slot) pairs, tokens ascending.
+        let mut routed: Vec<Vec<(i64, i64)>> = vec![Vec::new(); n_experts];
+        for (slot, &e) in chosen.iter().enumerate() {
+            routed[e as usize].push(((slot / k) as i64, slot as i64));
+        }
+        let mut out = flat.zeros_like();
+        for (expert, pairs) in self.experts.iter().zip(&routed) {
+            if pairs.is_empty() {
+                continue;
+            }
+            let m = pairs.len();
+            let ints = |v: Vec<i64>| Tensor::<1, Int>::from_data(TensorData::new(v, [m]), &device);
+            let tokens = ints(pairs.iter().map(|p| p.0).collect());
+            let slots = ints(pairs.iter().map(|p| p.1).collect());
+            let y = expert.forward(flat.clone().select(0, tokens.clone())); // [m, h]
+            let w = weights.clone().select(0, slots).reshape([m, 1]);
+            out = out.select_assign(0, tokens, y * w, IndexingUpdateOp::Add);
+        }
+        out.reshape([b, t, h])
+    }
+}
+
+/// Each row's `k` largest of `per_row` values, largest first (ties to the lower index), as expert
+/// indices, row after row.
+fn top_k(values: &[f32], per_row: usize, k: usize) -> Vec<i64> {
+    let mut out = Vec::with_capacity(values.len() / per_row.max(1) * k);
+    let mut order: Vec<usize> = Vec::with_capacity(per_row);
+    for row in values.chunks(per_row) {
+        order.clear();
+        order.extend(0..per_row);
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+        out.extend(order[..k].iter().map(|&e| e as i64));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::top_k;
+
+    #[test]
+    fn top_k_is_largest_first_and_ties_go_to_the_lower_index() {
+        let v = [0.1, 0.5, 0.2, 0.2, 0.9, 0.0];
+        assert_eq!(top_k(&v, 3, 2), vec![1, 2, 1, 0]);
+        assert_eq!(top_k(&v, 6, 3), vec![4, 1, 2]);
+    }
+}
