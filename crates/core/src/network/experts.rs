@@ -17,22 +17,46 @@ use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 use crate::error::Result;
 use crate::io::load_options::LoadOptions;
 use crate::io::weights::Weights;
+use crate::kernels::fused_swiglu::swiglu;
 use crate::kernels::host::to_f32_vec;
 use crate::network::config::{FeedForward, MoeConfig};
 use crate::network::linear::Linear;
-use crate::network::mlp::Mlp;
 
 /// `mlp` (Mixtral: `block_sparse_moe`) of a sparse decoder layer.
 #[derive(Module, Debug)]
 pub struct SparseMoe {
     /// `gate`: the router, hidden -> num_experts, no bias.
     pub gate: Linear,
-    /// `experts.e`: each expert's gated MLP (Mixtral's `w1`, `w3`, `w2` as gate, up, down).
-    pub experts: Vec<Mlp>,
+    /// `experts.e`: each expert's gated MLP.
+    pub experts: Vec<Expert>,
     /// Experts per token.
     pub top_k: usize,
     /// Whether the chosen probabilities are divided by their sum.
     pub renormalize: bool,
+}
+
+/// One expert's gated MLP, held as transformers 5 holds it: gate and up as one projection (rows
+/// `[0, I)` the gate's, `[I, 2I)` the up's), so that LoRA on it has one rank over both halves, as
+/// PEFT's adapters on `mlp.experts.gate_up_proj` have.
+#[derive(Module, Debug)]
+pub struct Expert {
+    /// `gate_up_proj`: hidden -> 2 · intermediate.
+    pub gate_up_proj: Linear,
+    /// `down_proj`: intermediate -> hidden.
+    pub down_proj: Linear,
+}
+
+impl Expert {
+    /// # Shapes
+    /// - x: `[..., hidden]`
+    /// - output: `[..., hidden]`
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let gate_up = self.gate_up_proj.forward(x); // [..., 2I]
+        let i = gate_up.dims()[D - 1] / 2;
+        let mut halves = gate_up.split(i, D - 1).into_iter();
+        let (gate, up) = (halves.next().expect("two halves"), halves.next().expect("two halves"));
+        self.down_proj.forward(swiglu(gate, up))
+    }
 }
 
 /// The tensor names of a kind of expert block under the layer: the block, and an expert's gate, up
@@ -59,19 +83,37 @@ impl SparseMoe {
         let prefix = format!("{layer}.{block}");
         // The router stays in full precision: its scores pick the experts.
         let gate = Linear::load(w, &format!("{prefix}.gate"), (hidden, moe.num_experts), false, opts, false, device)?;
-        let experts = (0..moe.num_experts)
-            .map(|e| {
-                let p = format!("{prefix}.experts.{e}");
-                Mlp::load_named(
-                    w,
-                    [&format!("{p}.{g}"), &format!("{p}.{u}"), &format!("{p}.{d}")],
-                    hidden,
-                    moe.intermediate_size,
-                    opts,
-                    device,
-                )
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let (e_count, i) = (moe.num_experts, moe.intermediate_size);
+        // transformers 5 and the Qwen3.5 checkpoints store the experts fused; older ones one by one.
+        let fused = (format!("{prefix}.experts.gate_up_proj"), format!("{prefix}.experts.down_proj"));
+        let experts = if w.contains(&fused.0) {
+            let (gate_up, _) = w.read_f32(&fused.0, &[e_count, 2 * i, hidden])?;
+            let (down, _) = w.read_f32(&fused.1, &[e_count, hidden, i])?;
+            let (gu, dn) = (2 * i * hidden, hidden * i);
+            (0..e_count)
+                .map(|e| Expert {
+                    gate_up_proj: Linear::from_values(
+                        gate_up[e * gu..(e + 1) * gu].to_vec(),
+                        [2 * i, hidden],
+                        opts,
+                        device,
+                    ),
+                    down_proj: Linear::from_values(down[e * dn..(e + 1) * dn].to_vec(), [hidden, i], opts, device),
+                })
+                .collect()
+        } else {
+            (0..e_count)
+                .map(|e| {
+                    let p = format!("{prefix}.experts.{e}");
+                    let (mut gate_up, _) = w.read_f32(&format!("{p}.{g}.weight"), &[i, hidden])?;
+                    gate_up.extend(w.read_f32(&format!("{p}.{u}.weight"), &[i, hidden])?.0);
+                    Ok(Expert {
+                        gate_up_proj: Linear::from_values(gate_up, [2 * i, hidden], opts, device),
+                        down_proj: Linear::load(w, &format!("{p}.{d}"), (i, hidden), false, opts, true, device)?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?
+        };
         Ok(Self { gate, experts, top_k: moe.top_k, renormalize: moe.renormalize })
     }
 

@@ -65,6 +65,35 @@ impl Linear {
         Ok(Self { weight, bias, lora: Vec::new(), compute: opts.compute_dtype(device) })
     }
 
+    /// A frozen layer of a weight given as values (an expert's gate and up projections stacked), held
+    /// as [`Self::load`] holds a stored one: NF4 when the options quantize (bitsandbytes' blocks over
+    /// the values in order), else in the load dtype. No bias.
+    ///
+    /// # Shapes
+    /// - values: `[d_out · d_in]`, row-major
+    pub fn from_values(mut values: Vec<f32>, [d_out, d_in]: [usize; 2], opts: &LoadOptions, device: &Device) -> Self {
+        let weight = match opts.quantize {
+            Quantize::Nf4 { double_quant } => {
+                // As Weights::nf4: the values rounded to the load dtype first.
+                match opts.dtype.dtype() {
+                    burn::tensor::DType::BF16 => values.iter_mut().for_each(|v| *v = half::bf16::from_f32(*v).to_f32()),
+                    burn::tensor::DType::F16 => values.iter_mut().for_each(|v| *v = half::f16::from_f32(*v).to_f32()),
+                    _ => {}
+                }
+                let q = lora_formats::nf4::Nf4Tensor::quantize(&values, &[d_out, d_in], double_quant);
+                if crate::kernels::backend::is_cpu(device) {
+                    BaseWeight::Nf4(std::sync::Arc::new(q))
+                } else {
+                    BaseWeight::Nf4Device(std::sync::Arc::new(DeviceNf4::upload(&q, device)))
+                }
+            }
+            Quantize::None => {
+                BaseWeight::Dense(crate::io::weights::held_from_f32(values, [d_out, d_in], opts.dtype.dtype(), device))
+            }
+        };
+        Self { weight, bias: None, lora: Vec::new(), compute: opts.compute_dtype(device) }
+    }
+
     /// Builds a layer from an existing weight (e.g. tied embeddings), computing in the input's dtype.
     pub fn from_weight(weight: Tensor<2>) -> Self {
         Self { weight: BaseWeight::Dense(weight), bias: None, lora: Vec::new(), compute: None }
