@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""20-step PEFT AdamW replays on the MoE fixtures (tests/fixtures/models/qwen3_moe and qwen3_moe-k1),
-with LoRA on attention (q/k/v/o_proj): the routed experts, the router and the dense layers' MLP stay
-frozen.
+"""20-step PEFT AdamW replays on the MoE fixtures (tests/fixtures/models/qwen3_moe, qwen3_moe-k1 and mixtral):
+with LoRA on attention (q/k/v/o_proj), the routed experts, the router and the dense layers' MLP frozen
+(qwen3_moe-replay, qwen3_moe-k1-replay); and with LoRA on q/v_proj and the experts as PEFT writes it for
+transformers 5 (`target_parameters` gate_up_proj and down_proj over every expert; qwen3_moe-experts-replay,
+mixtral-experts-replay).
 The loss still depends on the adapters through the routing weights (the router's softmax of the
 adapted hidden states), so the replay checks that gradient too.
 
@@ -36,13 +38,18 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "
 # Attention only: PEFT (>= 0.19) turns gate/up/down_proj on a transformers-5 MoE model into
 # target_parameters on the fused experts, which is the next part of lora's MoE work.
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+# The expert runs: PEFT (>= 0.19) converts gate/up/down_proj on transformers 5's experts into
+# target_parameters gate_up_proj (rank 2r, alpha 2α) and down_proj, over every expert.
+EXPERT_TARGETS = ["q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"]
+# Mixtral's experts under its own (v4) names.
+MIXTRAL_EXPERT_TARGETS = ["q_proj", "v_proj", "w1", "w3", "w2"]
 STEPS, LR, WEIGHT_DECAY = 20, 1e-3, 0.01
 TOKENS = 32
 
 
-def run(name, seed):
+def run(name, seed, targets=TARGETS, out_name=None):
     base_dir = os.path.join(ROOT, "models", name)
-    out = os.path.join(ROOT, f"{name}-replay")
+    out = os.path.join(ROOT, out_name or f"{name}-replay")
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
     g = torch.Generator().manual_seed(seed)
@@ -52,7 +59,7 @@ def run(name, seed):
     labels = ids.clone()
     labels[1, :7] = -100  # a masked prompt
     torch.manual_seed(seed)
-    model = peft.get_peft_model(base, peft.LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, lora_dropout=0.0))
+    model = peft.get_peft_model(base, peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets, lora_dropout=0.0))
     # PEFT's default B = 0 leaves the first step's routing equal to the base's; from then on the
     # adapters move the router's inputs.
     save_peft_adapter(model, os.path.join(out, "adapter-init"), f"tests/fixtures/models/{name}")
@@ -74,7 +81,7 @@ def run(name, seed):
     safetensors.torch.save_file({"input_ids": ids.contiguous(), "labels": labels.contiguous()},
                                 os.path.join(out, "golden.safetensors"))
     meta = {"replay": {"steps": STEPS, "lr": LR, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": WEIGHT_DECAY,
-                       "targets": TARGETS, "losses": losses, "base_model": f"models/{name}",
+                       "targets": targets, "losses": losses, "base_model": f"models/{name}",
                        "min_router_gap": gap.gap}}
     with open(os.path.join(out, "golden.json"), "w") as f:
         json.dump(meta, f, indent=2)
@@ -85,10 +92,13 @@ def run(name, seed):
 
 
 def main():
-    for i, name in enumerate(["qwen3_moe", "qwen3_moe-k1"]):
+    runs = [("qwen3_moe", TARGETS, None), ("qwen3_moe-k1", TARGETS, None),
+            ("qwen3_moe", EXPERT_TARGETS, "qwen3_moe-experts-replay"),
+            ("mixtral", MIXTRAL_EXPERT_TARGETS, "mixtral-experts-replay")]
+    for i, (name, targets, out_name) in enumerate(runs):
         for attempt in range(50):
             seed = 6100 + 100 * i + attempt
-            gap, losses = run(name, seed)
+            gap, losses = run(name, seed, targets, out_name)
             if gap > 1e-4:
                 break
         else:

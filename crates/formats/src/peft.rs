@@ -188,9 +188,12 @@ impl AdapterConfig {
 }
 
 fn pattern_lookup<V: Copy>(patterns: &BTreeMap<String, V>, module: &str) -> Option<V> {
+    // PEFT matches a key as the regex `(.*\.)?(KEY)$` (its keys for fused experts are regexes:
+    // `.*\.gate_up_proj`); a plain name is then a suffix at a dot boundary.
+    let regex_match = |k: &str| regex::Regex::new(&format!("^(?:.*\\.)?(?:{k})$")).is_ok_and(|re| re.is_match(module));
     patterns
         .iter()
-        .filter(|(k, _)| module == k.as_str() || module.ends_with(&format!(".{k}")))
+        .filter(|(k, _)| module == k.as_str() || module.ends_with(&format!(".{k}")) || regex_match(k))
         .max_by_key(|(k, _)| k.len())
         .map(|(_, v)| *v)
 }

@@ -238,7 +238,9 @@ pub fn prepare(recipe: &Recipe) -> Result<Prepared> {
         None => {
             let targets = attach_new(&mut model, &spec, recipe.train.seed, true)
                 .map_err(|e| TrainError::Recipe(format!("lora.targets: {e}")))?;
-            (targets, adapter_config(recipe))
+            let mut cfg = adapter_config(recipe);
+            lora_core::adapter::experts::peft_config_for_experts(&mut cfg, &targets);
+            (targets, cfg)
         }
         Some(dir) => {
             let mut cfg = load_adapter(&mut model, dir, 1.0, true)
@@ -250,13 +252,13 @@ pub fn prepare(recipe: &Recipe) -> Result<Prepared> {
             (targets, cfg)
         }
     };
-    let frozen_experts = model.config.moe.as_ref().map(|m| {
+    let experts_adapted = targets.iter().any(|t| lora_core::adapter::expert_projection(t).is_some());
+    let frozen_experts = model.config.moe.as_ref().filter(|_| !experts_adapted).map(|m| {
         let sparse = m.sparse.iter().filter(|&&s| s).count();
         format!(
-            "the routed experts of this mixture-of-experts model ({sparse} sparse layers × {} experts, and their \
-             routers) are not adapted: lora puts LoRA on attention{} only, as LoRA on experts is not supported yet",
-            m.num_experts,
-            if sparse < m.sparse.len() { " and the dense layers' MLP" } else { "" }
+            "the routed experts of this mixture-of-experts model ({sparse} sparse layers × {} experts) are not \
+             adapted: name gate_proj, up_proj and down_proj (or use all-linear) to train them too",
+            m.num_experts
         )
     });
     Ok(Prepared {

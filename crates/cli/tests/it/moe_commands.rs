@@ -10,7 +10,7 @@ fn tiny_recipe() -> std::path::PathBuf {
 }
 
 #[test]
-fn moe_models_generate_transformers_tokens_and_train_attention() {
+fn moe_models_generate_transformers_tokens_and_train_experts_in_peft_s_layout() {
     let fx = fixtures();
     // Greedy generation equals transformers' (the golden's prompts).
     let golden: serde_json::Value =
@@ -27,33 +27,65 @@ fn moe_models_generate_transformers_tokens_and_train_attention() {
         assert_eq!(stdout(&o), expected);
     }
 
-    // A run with all-linear: attention and the dense layer's MLP get adapters, the experts a warning.
+    // all-linear: attention and every expert's gate_up_proj and down_proj (PEFT's layout), not the
+    // routers, nor (as PEFT) the dense layer's MLP.
     let d = temp_dir("moe-train");
     let run = d.join("run");
-    let set = [
-        format!("model.base=\"{}\"", fx.join("models/qwen3_moe").display()),
-        "lora.targets=\"all-linear\"".to_string(),
-        format!("output.dir=\"{}\"", run.display()),
-    ];
-    let mut args = vec!["train".to_string(), s(&tiny_recipe()).to_string()];
-    for x in &set {
-        args.extend(["--set".to_string(), x.clone()]);
+    let args = |targets: &str, run: &std::path::Path| -> Vec<String> {
+        let mut args = vec!["train".to_string(), s(&tiny_recipe()).to_string()];
+        for x in [
+            format!("model.base=\"{}\"", fx.join("models/qwen3_moe").display()),
+            format!("lora.targets={targets}"),
+            format!("output.dir=\"{}\"", run.display()),
+        ] {
+            args.extend(["--set".to_string(), x]);
+        }
+        args
+    };
+    fn strs(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
     }
-    let dry: Vec<&str> = args.iter().map(String::as_str).chain(["--dry-run"]).collect();
-    let o = lora(&dry);
+    let all = args("\"all-linear\"", &run);
+    let o = lora(&[strs(&all), vec!["--dry-run"]].concat());
     assert!(o.status.success(), "{}", stderr(&o));
     let text = stdout(&o);
-    // 4 layers × q/k/v/o, and the dense layer 2's gate/up/down.
-    assert!(text.contains("# adapters on 19 modules"), "{text}");
-    assert!(
-        text.contains(
-            "# not adapted: the routed experts of this mixture-of-experts model (3 sparse layers × 5 experts"
-        ),
-        "{text}"
-    );
-    let o = lora(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    // 4 layers × q/k/v/o, and 3 sparse layers × 5 experts × 2 projections.
+    assert!(text.contains("# adapters on 46 modules"), "{text}");
+    assert!(!text.contains("# not adapted"), "{text}");
+    let o = lora(&strs(&all));
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stderr(&o).contains("warning: the routed experts"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("warning: the routed experts"), "{}", stderr(&o));
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["target_parameters"], serde_json::json!(["gate_up_proj", "down_proj"]), "{cfg}");
+    assert_eq!(cfg["target_modules"], serde_json::json!(["k_proj", "o_proj", "q_proj", "v_proj"]), "{cfg}");
+    assert_eq!(cfg["rank_pattern"][r".*\.gate_up_proj"], 8, "{cfg}");
     let o = lora(&["verify", s(&run)]);
     assert!(o.status.success() && stdout(&o).contains("reproduced byte for byte"), "{}", stderr(&o));
+    // The adapter applies in generate (read back from PEFT's layout) and changes the output.
+    let model = fx.join("models/qwen3_moe");
+    let generate = |extra: &[&str]| {
+        let o = lora(
+            &[&["generate", "--model", s(&model), "--prompt", "The quick brown", "--max-new-tokens", "8"], extra]
+                .concat(),
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    assert_ne!(generate(&["--adapter", s(&run)]), generate(&[]));
+
+    // Attention only: a warning names the experts left out.
+    let run2 = d.join("run2");
+    let o = lora(&[strs(&args("[\"q_proj\", \"v_proj\"]", &run2)), vec!["--dry-run"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains(
+            "# not adapted: the routed experts of this mixture-of-experts model (3 sparse layers × 5 experts"
+        ),
+        "{}",
+        stdout(&o)
+    );
+    // gate_proj without up_proj cannot be: they are one projection of each expert.
+    let o = lora(&strs(&args("[\"gate_proj\"]", &run2)));
+    assert_user_error(&o, "gate_proj and up_proj are one projection");
 }

@@ -3,6 +3,7 @@
 //! (keys `base_model.model.<module path>.lora_A.weight` [r, in] and `.lora_B.weight` [out, r]).
 
 pub mod config;
+pub mod experts;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -58,10 +59,56 @@ pub fn select_targets(model: &CausalLm, targets: &TargetModules, layers: Option<
     select_paths(&all, targets, layers)
 }
 
+/// Whether a module path is an MoE layer's router (`mlp.gate`).
+pub fn is_router(path: &str) -> bool {
+    path.ends_with(".mlp.gate")
+}
+
+/// The projection of a routed expert a module path names (`gate_up_proj` or `down_proj`), if it is one.
+pub fn expert_projection(path: &str) -> Option<&str> {
+    let (_, rest) = path.split_once(".mlp.experts.")?;
+    let (index, projection) = rest.split_once('.')?;
+    index.parse::<usize>().ok().map(|_| projection)
+}
+
+/// Whether target name `n` reaches expert projection `projection`: as PEFT converts them for
+/// transformers 5's fused experts, `gate_proj` and `up_proj` (Mixtral's `w1`, `w3`) name the one
+/// `gate_up_proj`, `down_proj` (`w2`) the `down_proj`.
+fn names_expert(n: &str, projection: &str) -> bool {
+    match projection {
+        "gate_up_proj" => ["gate_up_proj", "gate_proj", "up_proj", "w1", "w3"].contains(&n),
+        "down_proj" => ["down_proj", "w2"].contains(&n),
+        _ => false,
+    }
+}
+
 /// [`select_targets`] over module paths (in model order), without a model.
+///
+/// On a mixture-of-experts model (its paths hold `mlp.experts.`), names and `all-linear` reach
+/// the routed experts as PEFT does for transformers 5: `gate_proj` and `up_proj` the experts'
+/// `gate_up_proj`, `down_proj` theirs; the router (`mlp.gate`) only when named (`gate`), never by
+/// `all-linear`; and, as PEFT, not the dense MLP of the layers without experts. A regex matches the
+/// paths as they are.
 pub fn select_paths(all: &[String], targets: &TargetModules, layers: Option<&[usize]>) -> Result<Vec<String>> {
+    let moe = all.iter().any(|p| expert_projection(p).is_some());
+    let dense_mlp =
+        move |path: &str| moe && [".mlp.gate_proj", ".mlp.up_proj", ".mlp.down_proj"].iter().any(|s| path.ends_with(s));
+    if let TargetModules::Names(names) = targets
+        && moe
+    {
+        let has = |n: &str| names.iter().any(|x| x == n);
+        if has("gate_proj") != has("up_proj") {
+            return Err(CoreError::Invalid(
+                "on this mixture-of-experts model gate_proj and up_proj are one projection of each expert \
+                 (gate_up_proj, as transformers and PEFT hold it): name both, or gate_up_proj"
+                    .into(),
+            ));
+        }
+    }
     let matches: Box<dyn Fn(&str) -> bool> = match targets {
-        TargetModules::Pattern(p) if p == "all-linear" => Box::new(|path: &str| path != "lm_head"),
+        TargetModules::Pattern(p) if p == "all-linear" => {
+            Box::new(move |path: &str| path != "lm_head" && !is_router(path) && !dense_mlp(path))
+        }
         TargetModules::Pattern(p) => {
             let re = Regex::new(&format!("^(?:{p})$"))
                 .map_err(|e| CoreError::Invalid(format!("target_modules regex '{p}' is invalid: {e}")))?;
@@ -69,7 +116,10 @@ pub fn select_paths(all: &[String], targets: &TargetModules, layers: Option<&[us
         }
         TargetModules::Names(names) => {
             let names = names.clone();
-            Box::new(move |path: &str| names.iter().any(|n| path == n || path.ends_with(&format!(".{n}"))))
+            Box::new(move |path: &str| match expert_projection(path) {
+                Some(projection) => names.iter().any(|n| names_expert(n, projection)),
+                None => !dense_mlp(path) && names.iter().any(|n| path == n || path.ends_with(&format!(".{n}"))),
+            })
         }
     };
     let selected: Vec<String> = all
@@ -96,6 +146,25 @@ pub fn select_paths(all: &[String], targets: &TargetModules, layers: Option<&[us
     Ok(selected)
 }
 
+/// Refuses targets that adapt some of a layer's experts but not all: PEFT's adapter on an expert
+/// projection is one parameter over every expert.
+fn check_whole_experts(model: &CausalLm, targets: &[String]) -> Result<()> {
+    let mut counts: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for t in targets {
+        if let (Some(p), Some((layer, _))) = (expert_projection(t), t.split_once(".mlp.experts.")) {
+            *counts.entry((layer.to_string(), p.to_string())).or_default() += 1;
+        }
+    }
+    let experts = model.config.moe.as_ref().map_or(0, |m| m.num_experts);
+    match counts.iter().find(|(_, n)| **n != experts) {
+        Some(((layer, p), n)) => Err(CoreError::Invalid(format!(
+            "the targets reach {n} of the {experts} experts' {p} in {layer}: adapters on experts cover every \
+             expert of a layer (PEFT's target_parameters), so a pattern must match all or none"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Attaches freshly initialised adapters; returns the module paths that got one. `trainable` makes
 /// the adapter tensors autodiff leaves that require gradients (the base stays constant).
 pub fn attach_new(model: &mut CausalLm, spec: &LoraSpec, seed: u64, trainable: bool) -> Result<Vec<String>> {
@@ -103,13 +172,26 @@ pub fn attach_new(model: &mut CausalLm, spec: &LoraSpec, seed: u64, trainable: b
         return Err(CoreError::Invalid("LoRA rank r must be at least 1".into()));
     }
     let targets = select_targets(model, &spec.targets, spec.layers_to_transform.as_deref())?;
+    check_whole_experts(model, &targets)?;
+    if spec.dropout != 0.0 && targets.iter().any(|t| expert_projection(t).is_some()) {
+        return Err(CoreError::Invalid(format!(
+            "LoRA dropout ({}) must be 0 when the routed experts are targeted: PEFT's adapters on them \
+             (target_parameters) have no dropout",
+            spec.dropout
+        )));
+    }
     let device = model.device();
-    let scaling = lora_scaling(spec.alpha, spec.r, spec.use_rslora);
     let mut rng = StdRng::seed_from_u64(seed);
     for (path, lin) in model.linear_modules_mut() {
         if !targets.contains(&path) {
             continue;
         }
+        // An expert's gate_up_proj gets rank 2r and alpha 2α (the same scale), as PEFT converts a
+        // LoRA of rank r on gate_proj and on up_proj for transformers 5's fused experts.
+        let double = usize::from(expert_projection(&path) == Some("gate_up_proj")) + 1;
+        let (r, scaling) =
+            (spec.r * double, lora_scaling(spec.alpha * double as f64, spec.r * double, spec.use_rslora));
+        let spec = &LoraSpec { r, ..spec.clone() };
         let (d_in, d_out) = lin.dims();
         let a: Vec<f32> = match spec.init {
             LoraInit::KaimingUniform => {
@@ -134,7 +216,7 @@ pub fn attach_new(model: &mut CausalLm, spec: &LoraSpec, seed: u64, trainable: b
 }
 
 #[allow(clippy::too_many_arguments)]
-fn make_adapter(
+pub(crate) fn make_adapter(
     a: Vec<f32>,
     b: Vec<f32>,
     r: usize,
@@ -211,6 +293,7 @@ pub fn load_adapter_mapped(
     if modules.is_empty() {
         return Err(CoreError::safetensors(path, "holds no LoRA tensors"));
     }
+    experts::attach_from_file(model, &file, &mut modules, &cfg, weight, trainable)?;
     let device = model.device();
     let paths: Vec<String> = model.linear_modules().into_iter().map(|(p, _)| p).collect();
     let relayout = Relayout::find(modules.keys().map(String::as_str), |m| paths.iter().any(|p| p == m));
@@ -316,7 +399,20 @@ pub fn load_gguf_adapter(model: &mut CausalLm, path: &Path, weight: f64, trainab
 pub fn save_adapter(model: &CausalLm, dir: &Path, config: &AdapterConfig, dtype: StoredDtype) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| CoreError::io(dir, e))?;
     let mut tensors = Vec::new();
+    // Routed experts: one flattened pair per layer and projection, in PEFT's layout.
+    let flat = experts::flatten(model)?;
+    for (layer, projection, f) in &flat {
+        let has = |p: &str| flat.iter().any(|(l, q, _)| l == layer && *q == p);
+        let (gate_up, down) = experts::peft_modules(layer, has("gate_up_proj"), has("down_proj"));
+        let module = if *projection == "gate_up_proj" { gate_up } else { down };
+        let rows = f.experts * f.r;
+        tensors.push((format!("{PEFT_PREFIX}{module}.lora_A.weight"), vec![rows, f.d_in], f.a.clone()));
+        tensors.push((format!("{PEFT_PREFIX}{module}.lora_B.weight"), vec![f.d_out, rows], f.b.clone()));
+    }
     for (path, lin) in model.linear_modules() {
+        if expert_projection(&path).is_some() {
+            continue;
+        }
         if let Some(a) = lin.lora.first() {
             let host = |t: &Tensor<2>| -> Result<(Vec<f32>, Vec<usize>)> {
                 let dims = t.dims().to_vec();

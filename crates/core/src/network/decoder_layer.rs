@@ -51,10 +51,10 @@ impl DecoderLayer {
         names.copied().zip(mixer.into_iter().chain(ffn)).collect()
     }
 
-    /// [`Self::linears`], borrowed mutably.
-    pub fn linears_mut(&mut self) -> Vec<(&'static str, &mut Linear)> {
+    /// [`Self::linears`] and the routed experts' block, borrowed mutably together.
+    pub fn linears_and_experts_mut(&mut self) -> (Vec<(&'static str, &mut Linear)>, Option<&mut SparseMoe>) {
         let names = self.mixer_kind().linear_names().iter().chain(self.ffn_kind().linear_names());
-        let Self { self_attn, linear_attn, mlp, .. } = self;
+        let Self { self_attn, linear_attn, mlp, moe, .. } = self;
         let mixer: Vec<&mut Linear> = match (self_attn, linear_attn) {
             (Some(a), _) => vec![&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj],
             (None, Some(g)) => g.linears_mut().into_iter().collect(),
@@ -62,7 +62,12 @@ impl DecoderLayer {
         };
         let ffn: Vec<&mut Linear> =
             mlp.iter_mut().flat_map(|m| [&mut m.gate_proj, &mut m.up_proj, &mut m.down_proj]).collect();
-        names.copied().zip(mixer.into_iter().chain(ffn)).collect()
+        (names.copied().zip(mixer.into_iter().chain(ffn)).collect(), moe.as_mut())
+    }
+
+    /// [`Self::linears`], borrowed mutably.
+    pub fn linears_mut(&mut self) -> Vec<(&'static str, &mut Linear)> {
+        self.linears_and_experts_mut().0
     }
 
     /// The kind of this layer's mixer, as far as its linear layers go (gated attention has the

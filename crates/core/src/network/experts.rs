@@ -117,6 +117,28 @@ impl SparseMoe {
         Ok(Self { gate, experts, top_k: moe.top_k, renormalize: moe.renormalize })
     }
 
+    /// The block's linear layers named under the decoder layer as transformers 5 names them in
+    /// memory (Mixtral's too): the router `mlp.gate`, then each expert's `mlp.experts.e.gate_up_proj`
+    /// and `mlp.experts.e.down_proj`.
+    pub fn linears(&self) -> Vec<(String, &Linear)> {
+        let mut out = vec![("mlp.gate".to_string(), &self.gate)];
+        for (e, x) in self.experts.iter().enumerate() {
+            out.push((format!("mlp.experts.{e}.gate_up_proj"), &x.gate_up_proj));
+            out.push((format!("mlp.experts.{e}.down_proj"), &x.down_proj));
+        }
+        out
+    }
+
+    /// [`Self::linears`], borrowed mutably.
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut out = vec![("mlp.gate".to_string(), &mut self.gate)];
+        for (e, x) in self.experts.iter_mut().enumerate() {
+            out.push((format!("mlp.experts.{e}.gate_up_proj"), &mut x.gate_up_proj));
+            out.push((format!("mlp.experts.{e}.down_proj"), &mut x.down_proj));
+        }
+        out
+    }
+
     /// # Shapes
     /// - x: `[batch, seq, hidden]`
     /// - output: `[batch, seq, hidden]`

@@ -248,12 +248,17 @@ impl CausalLm {
         total + tensor_bytes(&self.model.norm.weight.val())
     }
 
-    /// Every linear layer with its Hugging Face module path, in PEFT's (named_modules) order.
+    /// Every linear layer with its Hugging Face module path, in PEFT's (named_modules) order; an MoE
+    /// layer's router and experts follow its other layers, under transformers 5's in-memory names
+    /// ([`crate::network::experts::SparseMoe::linears`]).
     pub fn linear_modules(&self) -> Vec<(String, &Linear)> {
         let mut out = Vec::new();
         for (i, l) in self.model.layers.iter().enumerate() {
             let prefix = self.config.layer_prefix(i);
             for (name, lin) in l.linears() {
+                out.push((format!("{prefix}.{name}"), lin));
+            }
+            for (name, lin) in l.moe.iter().flat_map(|m| m.linears()) {
                 out.push((format!("{prefix}.{name}"), lin));
             }
         }
@@ -266,7 +271,11 @@ impl CausalLm {
         let mut out = Vec::new();
         for (i, l) in self.model.layers.iter_mut().enumerate() {
             let prefix = self.config.layer_prefix(i);
-            for (name, lin) in l.linears_mut() {
+            let (fixed, moe) = l.linears_and_experts_mut();
+            for (name, lin) in fixed {
+                out.push((format!("{prefix}.{name}"), lin));
+            }
+            for (name, lin) in moe.into_iter().flat_map(|m| m.linears_mut()) {
                 out.push((format!("{prefix}.{name}"), lin));
             }
         }

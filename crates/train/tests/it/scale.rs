@@ -114,6 +114,23 @@ fn moe_replays_match_peft_through_the_routing_weights() {
     }
 }
 
+/// LoRA on the routed experts as PEFT (0.21) writes it for transformers 5's fused experts
+/// (`target_parameters` gate_up_proj at rank 2r and down_proj, flattened over every expert), with
+/// q/v_proj: PEFT's step-0 file loaded, 20 AdamW steps, the trained file's values; Qwen3-MoE (a
+/// dense layer among sparse ones) and Mixtral (named by its w1/w3/w2).
+#[test]
+fn expert_lora_replays_match_peft() {
+    for fixture in ["qwen3_moe-experts-replay", "mixtral-experts-replay"] {
+        for checkpointing in [false, true] {
+            let (loss, adapter) = replay(&LoadOptions::default(), fixture, checkpointing);
+            assert!(
+                loss <= 1e-4 && adapter <= 1e-4,
+                "{fixture}, checkpointing {checkpointing}: loss {loss:e}, adapter {adapter:e}"
+            );
+        }
+    }
+}
+
 /// QLoRA: PEFT on transformers + bitsandbytes NF4 (compute f32), from a shared step-0 adapter.
 #[test]
 fn qlora_replay_matches_peft_on_bitsandbytes_nf4() {
