@@ -37,6 +37,9 @@ pub fn linear_shapes(c: &ModelConfig) -> Vec<(String, usize, usize)> {
         for (name, d_in, d_out) in c.layer_linears(l) {
             out.push((format!("{}.{name}", c.layer_prefix(l)), d_in, d_out));
         }
+        for (name, d_in, d_out) in c.layer_expert_linears(l) {
+            out.push((format!("{}.{name}", c.layer_prefix(l)), d_in, d_out));
+        }
     }
     out.push(("lm_head".into(), c.hidden_size, c.vocab_size));
     out
@@ -83,8 +86,10 @@ pub fn plan(recipe: &Recipe, c: &ModelConfig, opts: &LoadOptions) -> lora_core::
     let mut base = if embed_in_file { 0 } else { stored_bytes(c.vocab_size * c.hidden_size, opts, false, on_gpu) };
     for (path, d_in, d_out) in &shapes {
         let head = path == "lm_head";
+        // The head and the routers stay in full precision.
+        let quantizable = !head && !lora_core::adapter::is_router(path);
         if !(head && c.tie_word_embeddings) {
-            base += stored_bytes(d_in * d_out, opts, !head, on_gpu);
+            base += stored_bytes(d_in * d_out, opts, quantizable, on_gpu);
         }
     }
     // Norms (f32): two per layer, the final one, and q/k norms.
@@ -105,8 +110,10 @@ pub fn plan(recipe: &Recipe, c: &ModelConfig, opts: &LoadOptions) -> lora_core::
     };
     let selected = select_paths(&all, &targets, recipe.lora.layers.as_deref())?;
     let r = recipe.lora.r as u64;
+    // An expert's gate_up_proj has rank 2r (PEFT's conversion of gate_proj and up_proj).
+    let rank = |p: &str| if lora_core::adapter::expert_projection(p) == Some("gate_up_proj") { 2 * r } else { r };
     let params: u64 =
-        shapes.iter().filter(|(p, _, _)| selected.contains(p)).map(|(_, i, o)| r * (*i + *o) as u64).sum();
+        shapes.iter().filter(|(p, _, _)| selected.contains(p)).map(|(p, i, o)| rank(p) * (*i + *o) as u64).sum();
     // Value, gradient and two moments; with several micro-batches a step also keeps the sum of
     // their gradients.
     let copies = if recipe.train.grad_accum > 1 { 5 } else { 4 };
@@ -118,9 +125,15 @@ pub fn plan(recipe: &Recipe, c: &ModelConfig, opts: &LoadOptions) -> lora_core::
         (c.num_attention_heads as u64, c.num_key_value_heads as u64, c.head_dim as u64, c.intermediate_size as u64);
     // What one layer keeps for backward, in f32 values: the residual stream and norms (≈ 6·h per
     // token), q/k/v before and after rotation and GQA expansion (≈ 3·(nh + 2·nkv)·hd), the MLP's
-    // gate, up, activation and product (4·inter), and the attention scores and probabilities
+    // gate, up, activation and product (4·inter, MoE below), and the attention scores and probabilities
     // (2 · heads · seq² per row, burn's autodiff attention builds them from primitive ops).
-    let per_layer = 4 * (tokens * (6 * h + 3 * (nh + 2 * nkv) * hd + 4 * inter) + 2 * b * nh * t * t);
+    // An MoE layer runs k experts per token: their gate, up, activation and product, and the
+    // token rows gathered for each (k·h).
+    let ffn = match &c.moe {
+        Some(m) => (4 * m.top_k as u64 * m.intermediate_size as u64 + m.top_k as u64 * h).max(4 * inter),
+        None => 4 * inter,
+    };
+    let per_layer = 4 * (tokens * (6 * h + 3 * (nh + 2 * nkv) * hd + ffn) + 2 * b * nh * t * t);
     // Layers below the lowest adapted one need no backward and keep nothing.
     let lowest = selected.iter().filter_map(|p| layer_index(p)).min().unwrap_or(c.num_hidden_layers);
     let layers = (c.num_hidden_layers - lowest) as u64;

@@ -358,6 +358,20 @@ impl ModelConfig {
         names.zip(mixer_widths.into_iter().chain(ffn_widths)).map(|(n, (a, b))| (*n, a, b)).collect()
     }
 
+    /// The router and routed experts' linear modules of layer `l` (none in a dense layer) with their
+    /// (in, out) widths, named under the layer as transformers 5 holds them in memory: `mlp.gate`,
+    /// then each expert's `mlp.experts.e.gate_up_proj` and `mlp.experts.e.down_proj`.
+    pub fn layer_expert_linears(&self, l: usize) -> Vec<(String, usize, usize)> {
+        let Some(m) = self.moe.as_ref().filter(|m| m.is_sparse(l)) else { return Vec::new() };
+        let (h, i) = (self.hidden_size, m.intermediate_size);
+        let mut out = vec![("mlp.gate".to_string(), h, m.num_experts)];
+        for e in 0..m.num_experts {
+            out.push((format!("mlp.experts.{e}.gate_up_proj"), h, 2 * i));
+            out.push((format!("mlp.experts.{e}.down_proj"), i, h));
+        }
+        out
+    }
+
     /// Layer `l`'s feed-forward block: routed experts in an MoE model's sparse layers, else the
     /// gated MLP.
     pub fn layer_feed_forward(&self, l: usize) -> FeedForward {

@@ -248,7 +248,7 @@ fn gpu_memory_plan_predicts_the_loaded_base_bytes() {
 fn memory_plan_predicts_the_loaded_base_bytes_on(device: &lora_core::burn::tensor::Device, name: &str) {
     let d = temp_dir("plan");
     // The 4-bit checkpoints hold their linear layers as stored, whatever the options say.
-    for model in ["llama", "llama-tied", "qwen3", "llama-bnb4", "llama-bnb4-dq"] {
+    for model in ["llama", "llama-tied", "qwen3", "llama-bnb4", "llama-bnb4-dq", "qwen3_moe", "mixtral"] {
         let base = fixtures().join("models").join(model);
         let config = lora_core::ModelConfig::from_file(base.join("config.json")).unwrap();
         for opts in [
