@@ -6,6 +6,8 @@ Writes, beside the fixtures of make_model_fixtures.py (whose tokenizer and golde
   models/qwen3_moe/       5 experts, top 3, norm_topk_prob, layer 2 dense (`mlp_only_layers`)
   models/qwen3_moe-k1/    7 experts, top 1, no renormalisation, every 2nd layer sparse
                           (`decoder_sparse_step` 2), tied embeddings
+  models/qwen3_5_moe/     Qwen3.5's hybrid layers (Gated DeltaNet, gated attention), 6 experts top 2 and a
+                          gated shared expert in every layer (`Qwen3_5MoeForCausalLM`)
   models/mixtral/         3 experts, top 2 (on disk as Mixtral has it: `block_sparse_moe.gate`,
                           `block_sparse_moe.experts.E.w1/w3/w2`)
   golden/<name>.safetensors + .json
@@ -30,9 +32,11 @@ import sys
 import safetensors
 import torch
 from transformers import AutoModelForCausalLM, MixtralConfig, Qwen3MoeConfig
+from transformers.models.qwen3_5_moe import Qwen3_5MoeTextConfig
 
 sys.path.insert(0, os.path.dirname(__file__))
 from make_model_fixtures import SEED, VOCAB, fixture_tokenizer, goldens, provenance, randomize  # noqa: E402
+from make_qwen3_5_fixtures import randomize_gdn, text_config  # noqa: E402
 
 
 def base(ids, **over):
@@ -66,16 +70,24 @@ def specs(ids):
                                        rope_parameters=rope),
         "mixtral": MixtralConfig(**base(ids, num_hidden_layers=3), intermediate_size=28, num_local_experts=3,
                                  num_experts_per_tok=2, rope_parameters=rope),
+        # Qwen3.5's Gated DeltaNet and gated attention layers (make_qwen3_5_fixtures.py's odd shapes),
+        # each with 6 routed experts (top 2, always renormalised) and a gated shared expert.
+        "qwen3_5_moe": Qwen3_5MoeTextConfig(**{k: v for k, v in text_config(ids).items() if k != "intermediate_size"},
+                                            moe_intermediate_size=20, shared_expert_intermediate_size=36,
+                                            num_experts=6, num_experts_per_tok=2),
     }
 
 
 def randomize_moe(model):
     """Norms and biases as make_model_fixtures.py; routers spread enough that each token prefers some
     experts, not so much that the softmax saturates (every chosen expert's weight should count)."""
-    randomize(model)
+    if "Qwen3_5" in type(model).__name__:
+        randomize_gdn(model)
+    else:
+        randomize(model)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith("mlp.gate.weight"):
+            if name.endswith("mlp.gate.weight") or name.endswith("shared_expert_gate.weight"):
                 p.copy_(0.25 * torch.randn_like(p))
 
 
@@ -92,7 +104,10 @@ class RouterGap:
     def hook(self, module, inputs, output):
         x = inputs[0].detach().reshape(-1, module.weight.shape[1])
         logits = torch.nn.functional.linear(x, module.weight.detach()).float()
-        if module.top_k < logits.shape[-1]:
+        # Rows of a zero input (the padding positions of a Gated DeltaNet model, zeroed by its mask)
+        # tie every expert; nothing real reads them.
+        logits = logits[(logits.max(-1).values - logits.min(-1).values) > 1e-6]
+        if module.top_k < logits.shape[-1] and logits.shape[0] > 0:
             top = logits.topk(module.top_k + 1, dim=-1).values
             self.gap = min(self.gap, float((top[:, -2] - top[:, -1]).min()))
 
@@ -102,6 +117,7 @@ def check_layout(model_dir, name):
         keys = set(f.keys())
     suffix = ".block_sparse_moe.experts.0.w1.weight" if name == "mixtral" else ".mlp.experts.0.gate_proj.weight"
     assert any(k.endswith(suffix) for k in keys), f"{name}: no per-expert *{suffix}: {sorted(keys)[:12]}"
+    return keys
 
 
 def main():
@@ -152,7 +168,8 @@ def build(name, cfg, seed, out, tok_dir, hf_tok, golden_dir):
     gap = RouterGap(model)
     try:
         goldens(model, hf_tok, name, golden_dir)
-    except AssertionError:  # a greedy near-tie: the next seed
+    except AssertionError as e:  # a greedy near-tie: the next seed
+        print("retry:", e)
         return 0.0
     return gap.gap
 

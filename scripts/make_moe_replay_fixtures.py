@@ -3,7 +3,8 @@
 with LoRA on attention (q/k/v/o_proj), the routed experts, the router and the dense layers' MLP frozen
 (qwen3_moe-replay, qwen3_moe-k1-replay); and with LoRA on q/v_proj and the experts as PEFT writes it for
 transformers 5 (`target_parameters` gate_up_proj and down_proj over every expert; qwen3_moe-experts-replay,
-mixtral-experts-replay).
+mixtral-experts-replay; qwen3_5_moe-experts-replay, where gate/up/down_proj also name the shared expert's
+linear layers).
 The loss still depends on the adapters through the routing weights (the router's softmax of the
 adapted hidden states), so the replay checks that gradient too.
 
@@ -43,11 +44,15 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 EXPERT_TARGETS = ["q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"]
 # Mixtral's experts under its own (v4) names.
 MIXTRAL_EXPERT_TARGETS = ["q_proj", "v_proj", "w1", "w3", "w2"]
+# PEFT does not convert Qwen3.5-MoE's names: gate/up/down_proj reach its shared expert, and the routed
+# experts are named as target_parameters, here with the rank and alpha lora gives gate_up_proj.
+QWEN3_5_MOE_EXPERTS = dict(target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"],
+                           rank_pattern={r".*\.gate_up_proj": 8}, alpha_pattern={r".*\.gate_up_proj": 16})
 STEPS, LR, WEIGHT_DECAY = 20, 1e-3, 0.01
 TOKENS = 32
 
 
-def run(name, seed, targets=TARGETS, out_name=None):
+def run(name, seed, targets=TARGETS, out_name=None, extra=None):
     base_dir = os.path.join(ROOT, "models", name)
     out = os.path.join(ROOT, out_name or f"{name}-replay")
     shutil.rmtree(out, ignore_errors=True)
@@ -59,7 +64,7 @@ def run(name, seed, targets=TARGETS, out_name=None):
     labels = ids.clone()
     labels[1, :7] = -100  # a masked prompt
     torch.manual_seed(seed)
-    model = peft.get_peft_model(base, peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets, lora_dropout=0.0))
+    model = peft.get_peft_model(base, peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets, lora_dropout=0.0, **(extra or {})))
     # PEFT's default B = 0 leaves the first step's routing equal to the base's; from then on the
     # adapters move the router's inputs.
     save_peft_adapter(model, os.path.join(out, "adapter-init"), f"tests/fixtures/models/{name}")
@@ -92,13 +97,14 @@ def run(name, seed, targets=TARGETS, out_name=None):
 
 
 def main():
-    runs = [("qwen3_moe", TARGETS, None), ("qwen3_moe-k1", TARGETS, None),
-            ("qwen3_moe", EXPERT_TARGETS, "qwen3_moe-experts-replay"),
-            ("mixtral", MIXTRAL_EXPERT_TARGETS, "mixtral-experts-replay")]
-    for i, (name, targets, out_name) in enumerate(runs):
+    runs = [("qwen3_moe", TARGETS, None, None), ("qwen3_moe-k1", TARGETS, None, None),
+            ("qwen3_moe", EXPERT_TARGETS, "qwen3_moe-experts-replay", None),
+            ("mixtral", MIXTRAL_EXPERT_TARGETS, "mixtral-experts-replay", None),
+            ("qwen3_5_moe", EXPERT_TARGETS, "qwen3_5_moe-experts-replay", QWEN3_5_MOE_EXPERTS)]
+    for i, (name, targets, out_name, extra) in enumerate(runs):
         for attempt in range(50):
             seed = 6100 + 100 * i + attempt
-            gap, losses = run(name, seed, targets, out_name)
+            gap, losses = run(name, seed, targets, out_name, extra)
             if gap > 1e-4:
                 break
         else:

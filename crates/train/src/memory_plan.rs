@@ -86,8 +86,8 @@ pub fn plan(recipe: &Recipe, c: &ModelConfig, opts: &LoadOptions) -> lora_core::
     let mut base = if embed_in_file { 0 } else { stored_bytes(c.vocab_size * c.hidden_size, opts, false, on_gpu) };
     for (path, d_in, d_out) in &shapes {
         let head = path == "lm_head";
-        // The head and the routers stay in full precision.
-        let quantizable = !head && !lora_core::adapter::is_router(path);
+        // The head, the routers and Qwen3.5-MoE's shared-expert gates stay in full precision.
+        let quantizable = !head && !lora_core::adapter::stays_full_precision(path);
         if !(head && c.tie_word_embeddings) {
             base += stored_bytes(d_in * d_out, opts, quantizable, on_gpu);
         }

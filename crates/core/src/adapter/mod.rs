@@ -64,6 +64,12 @@ pub fn is_router(path: &str) -> bool {
     path.ends_with(".mlp.gate")
 }
 
+/// Whether a module path is a linear layer an MoE model keeps in full precision whatever the base's
+/// quantization: a router, or Qwen3.5-MoE's shared-expert gate.
+pub fn stays_full_precision(path: &str) -> bool {
+    is_router(path) || path.ends_with(".mlp.shared_expert_gate")
+}
+
 /// The projection of a routed expert a module path names (`gate_up_proj` or `down_proj`), if it is one.
 pub fn expert_projection(path: &str) -> Option<&str> {
     let (_, rest) = path.split_once(".mlp.experts.")?;

@@ -3,7 +3,8 @@
 //! softmax of the scores picks each token's top k, whose probabilities are divided by their sum when
 //! `renormalize` is set; each expert runs its gated MLP once over the tokens routed to it, and the
 //! outputs are added into the tokens' rows weighted by those probabilities, expert by expert in
-//! index order.
+//! index order. Qwen3.5-MoE adds a shared expert every token goes through, weighted by the sigmoid
+//! of its own gate.
 //!
 //! The choice of experts (an index) carries no gradient; the weights do, through the router's
 //! softmax back to the layer's input, as in transformers. Tokens are grouped by expert on the host
@@ -11,7 +12,7 @@
 //! touches an expert without tokens.
 
 use burn::module::Module;
-use burn::tensor::activation::softmax;
+use burn::tensor::activation::{sigmoid, softmax};
 use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use crate::error::Result;
@@ -21,6 +22,7 @@ use crate::kernels::fused_swiglu::swiglu;
 use crate::kernels::host::to_f32_vec;
 use crate::network::config::{FeedForward, MoeConfig};
 use crate::network::linear::Linear;
+use crate::network::mlp::Mlp;
 
 /// `mlp` (Mixtral: `block_sparse_moe`) of a sparse decoder layer.
 #[derive(Module, Debug)]
@@ -29,6 +31,10 @@ pub struct SparseMoe {
     pub gate: Linear,
     /// `experts.e`: each expert's gated MLP.
     pub experts: Vec<Expert>,
+    /// `shared_expert`: the gated MLP every token also goes through (Qwen3.5-MoE).
+    pub shared_expert: Option<Mlp>,
+    /// `shared_expert_gate`: hidden -> 1, whose sigmoid weighs the shared expert's output.
+    pub shared_expert_gate: Option<Linear>,
     /// Experts per token.
     pub top_k: usize,
     /// Whether the chosen probabilities are divided by their sum.
@@ -114,7 +120,19 @@ impl SparseMoe {
                 })
                 .collect::<Result<Vec<_>>>()?
         };
-        Ok(Self { gate, experts, top_k: moe.top_k, renormalize: moe.renormalize })
+        let (shared_expert, shared_expert_gate) = match moe.shared_expert {
+            Some(s) => {
+                let p = format!("{prefix}.shared_expert");
+                let names = [format!("{p}.gate_proj"), format!("{p}.up_proj"), format!("{p}.down_proj")];
+                let mlp = Mlp::load_named(w, [&names[0], &names[1], &names[2]], hidden, s, opts, device)?;
+                // The gate stays in full precision, as the router does.
+                let gate =
+                    Linear::load(w, &format!("{prefix}.shared_expert_gate"), (hidden, 1), false, opts, false, device)?;
+                (Some(mlp), Some(gate))
+            }
+            None => (None, None),
+        };
+        Ok(Self { gate, experts, shared_expert, shared_expert_gate, top_k: moe.top_k, renormalize: moe.renormalize })
     }
 
     /// The block's linear layers named under the decoder layer as transformers 5 names them in
@@ -126,6 +144,12 @@ impl SparseMoe {
             out.push((format!("mlp.experts.{e}.gate_up_proj"), &x.gate_up_proj));
             out.push((format!("mlp.experts.{e}.down_proj"), &x.down_proj));
         }
+        if let (Some(m), Some(g)) = (&self.shared_expert, &self.shared_expert_gate) {
+            out.push(("mlp.shared_expert.gate_proj".to_string(), &m.gate_proj));
+            out.push(("mlp.shared_expert.up_proj".to_string(), &m.up_proj));
+            out.push(("mlp.shared_expert.down_proj".to_string(), &m.down_proj));
+            out.push(("mlp.shared_expert_gate".to_string(), g));
+        }
         out
     }
 
@@ -135,6 +159,12 @@ impl SparseMoe {
         for (e, x) in self.experts.iter_mut().enumerate() {
             out.push((format!("mlp.experts.{e}.gate_up_proj"), &mut x.gate_up_proj));
             out.push((format!("mlp.experts.{e}.down_proj"), &mut x.down_proj));
+        }
+        if let (Some(m), Some(g)) = (&mut self.shared_expert, &mut self.shared_expert_gate) {
+            out.push(("mlp.shared_expert.gate_proj".to_string(), &mut m.gate_proj));
+            out.push(("mlp.shared_expert.up_proj".to_string(), &mut m.up_proj));
+            out.push(("mlp.shared_expert.down_proj".to_string(), &mut m.down_proj));
+            out.push(("mlp.shared_expert_gate".to_string(), g));
         }
         out
     }
@@ -172,6 +202,10 @@ impl SparseMoe {
             let y = expert.forward(flat.clone().select(0, tokens.clone())); // [m, h]
             let w = weights.clone().select(0, slots).reshape([m, 1]);
             out = out.select_assign(0, tokens, y * w, IndexingUpdateOp::Add);
+        }
+        // The shared expert, weighted by the sigmoid of its gate, added after the routed ones.
+        if let (Some(m), Some(g)) = (&self.shared_expert, &self.shared_expert_gate) {
+            out = out + sigmoid(g.forward(flat.clone())) * m.forward(flat);
         }
         out.reshape([b, t, h])
     }

@@ -139,6 +139,13 @@ fn qwen3_moe_top_1_matches_transformers() {
     check_architecture("qwen3_moe-k1");
 }
 
+/// Qwen3.5-MoE: the Gated DeltaNet and gated attention layers of Qwen3.5, each with 6 routed experts
+/// (top 2, renormalised) and a shared expert weighted by its sigmoid gate.
+#[test]
+fn qwen3_5_moe_matches_transformers() {
+    check_architecture("qwen3_5_moe");
+}
+
 /// Mixtral: 3 experts, top 2, Mixtral's own tensor names (`block_sparse_moe.experts.E.w1/w3/w2`).
 #[test]
 fn mixtral_matches_transformers() {

@@ -23,6 +23,9 @@ pub enum Architecture {
     Qwen3Moe,
     /// `MixtralForCausalLM`: Mistral's attention with routed experts.
     Mixtral,
+    /// `Qwen3_5MoeForCausalLM` / `Qwen3_5MoeForConditionalGeneration` (Qwen3.5/3.6-35B-A3B and
+    /// larger): Qwen3.5's layers with routed experts and a gated shared expert.
+    Qwen3_5Moe,
 }
 
 /// Which attention projections carry biases.
@@ -72,6 +75,9 @@ pub enum FeedForward {
     /// `mlp.experts.e.{gate,up,down}_proj` (fused on disk as `mlp.experts.gate_up_proj` and
     /// `mlp.experts.down_proj` by transformers 5 and the Qwen3.5 checkpoints).
     QwenMoe,
+    /// [`Self::QwenMoe`] plus a shared expert every token goes through, weighted by a sigmoid gate:
+    /// `mlp.shared_expert.{gate,up,down}_proj`, `mlp.shared_expert_gate` (Qwen3.5-MoE).
+    QwenMoeShared,
     /// Routed experts under Mixtral's names: `block_sparse_moe.gate`, and
     /// `block_sparse_moe.experts.e.{w1,w3,w2}` (gate, up, down).
     MixtralMoe,
@@ -79,14 +85,14 @@ pub enum FeedForward {
 
 impl FeedForward {
     /// Every kind, for the tables built from them.
-    pub const ALL: [Self; 3] = [Self::GatedMlp, Self::QwenMoe, Self::MixtralMoe];
+    pub const ALL: [Self; 4] = [Self::GatedMlp, Self::QwenMoe, Self::QwenMoeShared, Self::MixtralMoe];
 
     /// The block's linear layers that take LoRA, named under the decoder layer in PEFT's
     /// (named_modules) order. Routed experts take none yet.
     pub fn linear_names(self) -> &'static [&'static str] {
         match self {
             Self::GatedMlp => &["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"],
-            Self::QwenMoe | Self::MixtralMoe => &[],
+            Self::QwenMoe | Self::QwenMoeShared | Self::MixtralMoe => &[],
         }
     }
 
@@ -95,6 +101,7 @@ impl FeedForward {
         match self {
             Self::GatedMlp => "gated MLP (SwiGLU)",
             Self::QwenMoe | Self::MixtralMoe => "routed experts (SwiGLU), top-k softmax router",
+            Self::QwenMoeShared => "routed experts + gated shared expert (SwiGLU), top-k softmax router",
         }
     }
 
@@ -157,7 +164,7 @@ pub struct ArchitectureSpec {
 }
 
 /// The declarations, in README's order.
-pub const ARCHITECTURES: [ArchitectureSpec; 7] = [
+pub const ARCHITECTURES: [ArchitectureSpec; 8] = [
     ArchitectureSpec {
         architecture: Architecture::Llama,
         class: "LlamaForCausalLM",
@@ -255,6 +262,29 @@ pub const ARCHITECTURES: [ArchitectureSpec; 7] = [
         carried: &["model.visual.", "mtp."],
     },
     ArchitectureSpec {
+        architecture: Architecture::Qwen3_5Moe,
+        class: "Qwen3_5MoeForCausalLM",
+        model_type: "qwen3_5_moe_text",
+        models: "Qwen3.5-35B-A3B, Qwen3.6-35B-A3B, Qwen3.5-122B-A10B",
+        wrapper: Some(Wrapper {
+            class: "Qwen3_5MoeForConditionalGeneration",
+            model_type: "qwen3_5_moe",
+            config_key: "text_config",
+            prefix: "model.language_model",
+        }),
+        attention_bias: AttentionBias::FromConfig,
+        mlp_bias: false,
+        qk_norm: true,
+        zero_centred_norms: true,
+        partial_rotary: true,
+        sliding_window: SlidingWindow::Never,
+        layers: LayerPattern::Hybrid { default_interval: 4 },
+        feed_forward: FeedForward::QwenMoeShared,
+        gguf: None,
+        f32_tensors: &["linear_attn.A_log", "linear_attn.norm.weight"],
+        carried: &["model.visual.", "mtp."],
+    },
+    ArchitectureSpec {
         architecture: Architecture::Qwen3Moe,
         class: "Qwen3MoeForCausalLM",
         model_type: "qwen3_moe",
@@ -332,7 +362,12 @@ impl Architecture {
 /// (`model.language_model.layers.`).
 pub fn layer_stack_prefixes() -> Vec<String> {
     let mut out = vec!["model.layers.".to_string()];
-    out.extend(ARCHITECTURES.iter().filter_map(|s| s.wrapper).map(|w| format!("{}.layers.", w.prefix)));
+    for w in ARCHITECTURES.iter().filter_map(|s| s.wrapper) {
+        let p = format!("{}.layers.", w.prefix);
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
     out
 }
 

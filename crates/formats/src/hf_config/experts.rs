@@ -20,6 +20,9 @@ pub struct MoeConfig {
     pub renormalize: bool,
     /// Which decoder layers are sparse; the others have the dense gated MLP.
     pub sparse: Vec<bool>,
+    /// Width of the shared expert every token also goes through, gated by a sigmoid
+    /// (`shared_expert_intermediate_size`, Qwen3.5-MoE), when the block has one.
+    pub shared_expert: Option<usize>,
     /// The load-balancing loss's weight, when config.json asks transformers to add it to the
     /// training loss (`output_router_logits`, `router_aux_loss_coef`).
     pub router_aux_loss_coef: Option<f64>,
@@ -39,6 +42,7 @@ pub(super) fn resolve_experts(
     spec: &ArchitectureSpec,
 ) -> std::result::Result<Option<MoeConfig>, String> {
     let n_layers = hf.num_hidden_layers;
+    let mut shared_expert = None;
     let (num_experts, top_k, intermediate_size, renormalize, sparse) = match spec.feed_forward {
         FeedForward::GatedMlp => return Ok(None),
         // Qwen3MoeConfig's defaults.
@@ -60,6 +64,17 @@ pub(super) fn resolve_experts(
                 sparse,
             )
         }
+        // Qwen3_5MoeTextConfig's defaults: every layer sparse, always renormalised, a shared expert.
+        FeedForward::QwenMoeShared => {
+            shared_expert = Some(hf.shared_expert_intermediate_size.unwrap_or(512));
+            (
+                hf.num_experts.or(hf.num_local_experts).unwrap_or(256),
+                hf.num_experts_per_tok.unwrap_or(8),
+                hf.moe_intermediate_size.unwrap_or(512),
+                true,
+                vec![true; n_layers],
+            )
+        }
         // MixtralConfig's defaults: every layer sparse, always renormalised.
         FeedForward::MixtralMoe => {
             if hf.router_jitter_noise.unwrap_or(0.0) != 0.0 {
@@ -72,7 +87,7 @@ pub(super) fn resolve_experts(
             (
                 hf.num_local_experts.or(hf.num_experts).unwrap_or(8),
                 hf.num_experts_per_tok.unwrap_or(2),
-                hf.intermediate_size,
+                hf.intermediate_size.ok_or("missing field `intermediate_size`")?,
                 true,
                 vec![true; n_layers],
             )
@@ -88,5 +103,16 @@ pub(super) fn resolve_experts(
     }
     let router_aux_loss_coef =
         hf.output_router_logits.unwrap_or(false).then(|| hf.router_aux_loss_coef.unwrap_or(0.001));
-    Ok(Some(MoeConfig { num_experts, top_k, intermediate_size, renormalize, sparse, router_aux_loss_coef }))
+    if shared_expert == Some(0) {
+        return Err("shared_expert_intermediate_size must be positive".into());
+    }
+    Ok(Some(MoeConfig {
+        num_experts,
+        top_k,
+        intermediate_size,
+        renormalize,
+        sparse,
+        shared_expert,
+        router_aux_loss_coef,
+    }))
 }

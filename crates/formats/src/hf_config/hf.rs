@@ -18,7 +18,9 @@ pub struct HfConfig {
     pub(super) model_type: Option<String>,
     pub(super) vocab_size: usize,
     pub(super) hidden_size: usize,
-    pub(super) intermediate_size: usize,
+    /// The dense MLP's width; Qwen3.5-MoE, whose every layer routes to experts, has none.
+    #[serde(default)]
+    pub(super) intermediate_size: Option<usize>,
     pub(super) num_hidden_layers: usize,
     pub(super) num_attention_heads: usize,
     #[serde(default)]
@@ -99,6 +101,8 @@ pub struct HfConfig {
     pub(super) mlp_only_layers: Option<Vec<usize>>,
     #[serde(default)]
     pub(super) router_jitter_noise: Option<f64>,
+    #[serde(default)]
+    pub(super) shared_expert_intermediate_size: Option<usize>,
     #[serde(default)]
     pub(super) output_router_logits: Option<bool>,
     #[serde(default)]

@@ -224,6 +224,11 @@ impl ModelConfig {
         }
         let (mixers, linear_attention) = resolve_mixers(hf, spec)?;
         let moe = resolve_experts(hf, spec)?;
+        // Qwen3.5-MoE has no dense MLP: its width is the shared expert's (the one gated MLP it has).
+        let intermediate_size = match (hf.intermediate_size, moe.as_ref().and_then(|m| m.shared_expert)) {
+            (Some(i), _) | (None, Some(i)) => i,
+            (None, None) => return Err("missing field `intermediate_size`".into()),
+        };
         let attention_bias = hf.attention_bias.unwrap_or(false);
         let (qkv_bias, o_bias) = match spec.attention_bias {
             AttentionBias::FromConfig => (attention_bias, attention_bias),
@@ -249,7 +254,7 @@ impl ModelConfig {
             architecture,
             vocab_size: hf.vocab_size,
             hidden_size: hf.hidden_size,
-            intermediate_size: hf.intermediate_size,
+            intermediate_size,
             num_hidden_layers: hf.num_hidden_layers,
             num_attention_heads: heads,
             num_key_value_heads: kv_heads,
@@ -352,7 +357,7 @@ impl ModelConfig {
         let ffn = self.layer_feed_forward(l);
         let ffn_widths = match ffn {
             FeedForward::GatedMlp => vec![(h, i), (h, i), (i, h)],
-            FeedForward::QwenMoe | FeedForward::MixtralMoe => Vec::new(),
+            FeedForward::QwenMoe | FeedForward::QwenMoeShared | FeedForward::MixtralMoe => Vec::new(),
         };
         let names = mixer.linear_names().iter().chain(ffn.linear_names());
         names.zip(mixer_widths.into_iter().chain(ffn_widths)).map(|(n, (a, b))| (*n, a, b)).collect()
@@ -368,6 +373,12 @@ impl ModelConfig {
         for e in 0..m.num_experts {
             out.push((format!("mlp.experts.{e}.gate_up_proj"), h, 2 * i));
             out.push((format!("mlp.experts.{e}.down_proj"), i, h));
+        }
+        if let Some(s) = m.shared_expert {
+            out.push(("mlp.shared_expert.gate_proj".to_string(), h, s));
+            out.push(("mlp.shared_expert.up_proj".to_string(), h, s));
+            out.push(("mlp.shared_expert.down_proj".to_string(), s, h));
+            out.push(("mlp.shared_expert_gate".to_string(), h, 1));
         }
         out
     }

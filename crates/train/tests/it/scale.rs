@@ -117,10 +117,12 @@ fn moe_replays_match_peft_through_the_routing_weights() {
 /// LoRA on the routed experts as PEFT (0.21) writes it for transformers 5's fused experts
 /// (`target_parameters` gate_up_proj at rank 2r and down_proj, flattened over every expert), with
 /// q/v_proj: PEFT's step-0 file loaded, 20 AdamW steps, the trained file's values; Qwen3-MoE (a
-/// dense layer among sparse ones) and Mixtral (named by its w1/w3/w2).
+/// dense layer among sparse ones), Mixtral (named by its w1/w3/w2) and Qwen3.5-MoE (Gated DeltaNet
+/// layers, a shared expert whose gate/up/down_proj the names reach too; the experts named as PEFT's
+/// target_parameters with lora's rank and alpha patterns).
 #[test]
 fn expert_lora_replays_match_peft() {
-    for fixture in ["qwen3_moe-experts-replay", "mixtral-experts-replay"] {
+    for fixture in ["qwen3_moe-experts-replay", "mixtral-experts-replay", "qwen3_5_moe-experts-replay"] {
         for checkpointing in [false, true] {
             let (loss, adapter) = replay(&LoadOptions::default(), fixture, checkpointing);
             assert!(
