@@ -2,12 +2,14 @@
 //! requires of a checkpoint, so that a command that only copies tensors (a fold, a merge) can refuse
 //! a base that no command could load afterwards.
 
+use super::architecture::FeedForward;
 use super::mixers::TokenMixer;
 use super::model_config::ModelConfig;
 
 impl ModelConfig {
     /// Every tensor the language model loads, with its shape, in checkpoint order: the embedding,
-    /// each layer's norms, token mixer and MLP (biases and q/k norms as the config says), the final
+    /// each layer's norms, token mixer and MLP or routed experts (per expert; biases and q/k norms
+    /// as the config says), the final
     /// norm, and the head unless tied. Tensors beside the language model (a vision tower, `mtp.*`)
     /// are not listed: they are carried, never run.
     pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
@@ -54,6 +56,27 @@ impl ModelConfig {
                 }
             }
             out.push((at("post_attention_layernorm.weight"), vec![h]));
+            if let Some(m) = self.moe.as_ref().filter(|m| m.is_sparse(l)) {
+                // Per expert, as transformers 5 saves them (fused checkpoints are read too).
+                let (block, [g, u, d]) = match self.feed_forward {
+                    FeedForward::MixtralMoe => ("block_sparse_moe", ["w1", "w3", "w2"]),
+                    _ => ("mlp", ["gate_proj", "up_proj", "down_proj"]),
+                };
+                let mi = m.intermediate_size;
+                out.push((at(&format!("{block}.gate.weight")), vec![m.num_experts, h]));
+                for e in 0..m.num_experts {
+                    out.push((at(&format!("{block}.experts.{e}.{g}.weight")), vec![mi, h]));
+                    out.push((at(&format!("{block}.experts.{e}.{u}.weight")), vec![mi, h]));
+                    out.push((at(&format!("{block}.experts.{e}.{d}.weight")), vec![h, mi]));
+                }
+                if let Some(s) = m.shared_expert {
+                    out.push((at("mlp.shared_expert.gate_proj.weight"), vec![s, h]));
+                    out.push((at("mlp.shared_expert.up_proj.weight"), vec![s, h]));
+                    out.push((at("mlp.shared_expert.down_proj.weight"), vec![h, s]));
+                    out.push((at("mlp.shared_expert_gate.weight"), vec![1, h]));
+                }
+                continue;
+            }
             out.push((at("mlp.gate_proj.weight"), vec![i, h]));
             out.push((at("mlp.up_proj.weight"), vec![i, h]));
             out.push((at("mlp.down_proj.weight"), vec![h, i]));
