@@ -15,6 +15,9 @@ Writes tests/fixtures/<model>-replay/ (committed, small), as make_qwen3_5_replay
   golden.json          per-step losses, the optimizer's settings, the base, and the smallest gap between
                        the k-th and (k+1)-th router logit over every token and step (seeds with a
                        near-tie are skipped: a flipped choice would make the replay fragile)
+  merged-experts.safetensors
+                       (expert runs) PEFT's merge_and_unload of the trained adapter, the expert tensors as
+                       transformers saves them
   provenance.json      package versions and the seed
 
 Run after scripts/make_moe_fixtures.py: python scripts/make_moe_replay_fixtures.py
@@ -83,6 +86,15 @@ def run(name, seed, targets=TARGETS, out_name=None, extra=None):
     with torch.no_grad():
         model(ids)  # the trained adapter's routing too
     save_peft_adapter(model, os.path.join(out, "adapter-trained"), f"tests/fixtures/models/{name}")
+    if targets != TARGETS:
+        # PEFT's own fold of the trained adapter, saved as transformers saves the model (experts one by
+        # one): the merged expert tensors, for `lora merge` to equal.
+        merged_dir = os.path.join("/tmp", f"moe-replay-merged-{name}")
+        shutil.rmtree(merged_dir, ignore_errors=True)
+        model.merge_and_unload().save_pretrained(merged_dir)
+        merged = safetensors.torch.load_file(os.path.join(merged_dir, "model.safetensors"))
+        experts = {k: v.contiguous() for k, v in merged.items() if ".experts." in k}
+        safetensors.torch.save_file(experts, os.path.join(out, "merged-experts.safetensors"))
     safetensors.torch.save_file({"input_ids": ids.contiguous(), "labels": labels.contiguous()},
                                 os.path.join(out, "golden.safetensors"))
     meta = {"replay": {"steps": STEPS, "lr": LR, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": WEIGHT_DECAY,

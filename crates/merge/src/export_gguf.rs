@@ -169,6 +169,7 @@ fn export_inner(adapter_dir: &Path, base: &Path, out: &Path, ggml_type: GgmlType
     }
     let info = BaseInfo::of(base)?;
     let adapter = Adapter::open(adapter_dir)?;
+    adapter.refuse_experts("GGUF export")?;
     if !adapter.replacements.is_empty() {
         let names: Vec<&String> = adapter.replacements.keys().collect();
         return Err(MergeError::Mismatch(format!(

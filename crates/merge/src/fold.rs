@@ -13,6 +13,7 @@ use crate::card;
 use crate::dtype::DType;
 use crate::dtype_policy::{DtypePolicy, dominant_dtype};
 use crate::error::{MergeError, Result};
+use crate::fold_experts::{ExpertFactors, ExpertUpdate, expert_delta, expert_updates as expert_updates_of};
 use crate::model_dir::{ModelDir, TensorRef};
 use crate::output_dir::OutputDir;
 use crate::safetensors::{PlannedTensor, ShardedWriter};
@@ -96,6 +97,10 @@ pub struct FoldPlan<'a> {
     adapters: Vec<(&'a Adapter, f64)>,
     /// Base tensor → (adapter index, module name) of every update to it.
     updates: BTreeMap<String, Vec<(usize, String)>>,
+    /// Base tensor → the routed experts' updates to it.
+    expert_updates: BTreeMap<String, Vec<ExpertUpdate>>,
+    /// The expert adapters' factors, decoded once.
+    expert_factors: ExpertFactors,
     /// Base tensor → adapter index and name of the saved copy that replaces it.
     replaced: BTreeMap<String, (usize, String)>,
     /// Per adapter whose module names were mapped to the base's checkpoint form: what was done.
@@ -107,6 +112,8 @@ impl<'a> FoldPlan<'a> {
     /// tensor replaces one of the same shape; errors name the adapter and the module.
     pub fn new(base: &'a ModelDir, adapters: Vec<(&'a Adapter, f64)>) -> Result<Self> {
         let mut updates: BTreeMap<String, Vec<(usize, String)>> = BTreeMap::new();
+        let mut expert_updates: BTreeMap<String, Vec<ExpertUpdate>> = BTreeMap::new();
+        let mut expert_factors = ExpertFactors::new();
         let mut replaced = BTreeMap::new();
         let mut relayouts = Vec::new();
         for (k, (adapter, _)) in adapters.iter().enumerate() {
@@ -151,6 +158,12 @@ impl<'a> FoldPlan<'a> {
                 }
                 updates.entry(target).or_default().push((k, m.module.clone()));
             }
+            for (module, (a, b)) in &adapter.experts {
+                for (target, u) in expert_updates_of(base, adapter, k, module, &a.shape, &b.shape)? {
+                    expert_updates.entry(target).or_default().push(u);
+                }
+                expert_factors.insert((k, module.clone()), (adapter.tensor_f32(a), adapter.tensor_f32(b)));
+            }
             for (saved, info) in &adapter.replacements {
                 let name = &to_base(saved);
                 let t = base.get(name).ok_or_else(|| {
@@ -178,13 +191,13 @@ impl<'a> FoldPlan<'a> {
             }
         }
         for name in replaced.keys() {
-            if updates.contains_key(name) {
+            if updates.contains_key(name) || expert_updates.contains_key(name) {
                 return Err(MergeError::Mismatch(format!(
                     "tensor '{name}' is both saved whole and updated by LoRA factors; the adapters disagree"
                 )));
             }
         }
-        Ok(Self { base, adapters, updates, replaced, relayouts })
+        Ok(Self { base, adapters, updates, expert_updates, expert_factors, replaced, relayouts })
     }
 
     /// The input for base tensor `name`: the base's tensor, an adapter's saved copy, or the base
@@ -196,28 +209,31 @@ impl<'a> FoldPlan<'a> {
             return Ok(Source::Mapped(TensorRef { file: adapter.file(), info }));
         }
         let base = self.base.require(name)?;
-        let deltas = |mods: &Vec<(usize, String)>| -> Vec<_> {
-            mods.iter()
-                .map(|(k, m)| {
-                    let (adapter, w) = self.adapters[*k];
-                    adapter.delta(&adapter.modules[m], w)
-                })
-                .collect()
-        };
+        let mut deltas: Vec<_> = self
+            .updates
+            .get(name)
+            .into_iter()
+            .flatten()
+            .map(|(k, m)| {
+                let (adapter, w) = self.adapters[*k];
+                adapter.delta(&adapter.modules[m], w)
+            })
+            .collect();
+        for u in self.expert_updates.get(name).into_iter().flatten() {
+            let (adapter, w) = self.adapters[u.adapter];
+            let (a, b) = &adapter.experts[&u.module];
+            deltas.push(expert_delta(u, &self.expert_factors, a.shape[1], b.shape[0], w));
+        }
         if self.base.is_four_bit(name) {
             let nf4 = self.base.four_bit(name)?;
-            let deltas = self.updates.get(name).map(deltas).unwrap_or_default();
             return Ok(Source::Stored4Bit { codes: base, nf4, deltas });
         }
-        match self.updates.get(name) {
-            None => Ok(Source::Mapped(base)),
-            Some(mods) => Ok(Source::Folded { base, deltas: deltas(mods) }),
-        }
+        if deltas.is_empty() { Ok(Source::Mapped(base)) } else { Ok(Source::Folded { base, deltas }) }
     }
 
     /// Whether `name` changes in the fold.
     pub fn touches(&self, name: &str) -> bool {
-        self.updates.contains_key(name) || self.replaced.contains_key(name)
+        self.updates.contains_key(name) || self.expert_updates.contains_key(name) || self.replaced.contains_key(name)
     }
 }
 
@@ -244,6 +260,8 @@ fn check_loadable(base: &Path, model: &ModelDir, config: &lora_formats::hf_confi
                     ));
                 }
             }
+            // An expert's projection of a checkpoint that stores its experts fused.
+            None if crate::fold_experts::in_fused_experts(model, &name, &shape) => {}
             None => {
                 return Err(MergeError::folder(
                     base,

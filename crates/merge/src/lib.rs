@@ -22,6 +22,7 @@ mod export_gguf_model;
 mod export_gguf_qwen35;
 mod extract;
 mod fold;
+pub mod fold_experts;
 mod merge;
 mod merge_adapters;
 pub mod methods;

@@ -74,6 +74,9 @@ impl Input {
     fn open(r: &ModelRef, label: &str) -> Result<Self> {
         let dir = ModelDir::open(&r.path)?;
         let adapter = r.adapter.as_ref().map(Adapter::open).transpose()?;
+        if let Some(a) = &adapter {
+            a.refuse_experts("a merge recipe's model+adapter input")?;
+        }
         Ok(Self { label: label.to_string(), dir, adapter })
     }
 }

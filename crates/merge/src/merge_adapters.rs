@@ -90,6 +90,9 @@ pub fn merge_adapters(adapters: &[PathBuf], out: &Path, opts: &AdapterMergeOptio
 
 fn merge_adapters_inner(adapters: &[PathBuf], out: &Path, opts: &AdapterMergeOptions) -> Result<Vec<ModuleReport>> {
     let loaded = adapters.iter().map(Adapter::open).collect::<Result<Vec<_>>>()?;
+    for a in &loaded {
+        a.refuse_experts("merging adapters into one")?;
+    }
     let weights = opts.weights.clone().unwrap_or_else(|| vec![1.0; loaded.len()]);
     if weights.len() != loaded.len() {
         return Err(MergeError::Parameter(format!(

@@ -89,3 +89,99 @@ fn moe_models_generate_transformers_tokens_and_train_experts_in_peft_s_layout() 
     let o = lora(&strs(&args("[\"gate_proj\"]", &run2)));
     assert_user_error(&o, "gate_proj and up_proj are one projection");
 }
+
+/// A checkpoint's tensors as f32, by name.
+fn f32_tensors(path: &std::path::Path) -> std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    let f = lora_formats::safetensors::SafetensorsFile::open(path).unwrap();
+    f.tensors()
+        .keys()
+        .map(|n| {
+            let (values, shape) = f.to_f32(n).unwrap();
+            (n.clone(), (shape, values))
+        })
+        .collect()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// `lora merge` folds an adapter on the routed experts (PEFT's flattened layout) into the base's own
+/// expert tensors, equal to PEFT's merge_and_unload: per expert (Qwen3-MoE, Qwen3.5-MoE, Mixtral's
+/// w1/w3/w2), and into a checkpoint whose experts are fused on disk, block by block.
+#[test]
+fn expert_adapters_fold_as_peft_merges_them() {
+    let fx = fixtures();
+    let d = temp_dir("moe-fold");
+    for (model, fixture) in [
+        ("qwen3_moe", "qwen3_moe-experts-replay"),
+        ("mixtral", "mixtral-experts-replay"),
+        ("qwen3_5_moe", "qwen3_5_moe-experts-replay"),
+    ] {
+        let out = d.join(model);
+        let adapter = fx.join(fixture).join("adapter-trained");
+        let o = lora(&["merge", s(&fx.join("models").join(model)), s(&adapter), "-o", s(&out)]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let ours = f32_tensors(&out.join("model.safetensors"));
+        let peft = f32_tensors(&fx.join(fixture).join("merged-experts.safetensors"));
+        let base = f32_tensors(&fx.join("models").join(model).join("model.safetensors"));
+        for (name, (shape, want)) in &peft {
+            let (s2, got) = &ours[name];
+            assert_eq!(s2, shape, "{model}: {name}");
+            let d = max_diff(got, want);
+            assert!(d < 1e-5, "{model}: {name} differs from PEFT's merge by {d}");
+            assert!(max_diff(&base[name].1, want) > 1e-4, "{model}: {name}: the adapter changed nothing");
+        }
+    }
+    // The same fold into the Qwen3-MoE checkpoint with its experts fused on disk.
+    let src = fx.join("models/qwen3_moe");
+    let fused = d.join("fused-base");
+    std::fs::create_dir_all(&fused).unwrap();
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), fused.join(f)).unwrap();
+    }
+    let mut t = f32_tensors(&src.join("model.safetensors"));
+    for layer in [0, 1, 3] {
+        let p = format!("model.layers.{layer}.mlp.experts");
+        let (mut gu, mut dn) = (Vec::new(), Vec::new());
+        for e in 0..5 {
+            gu.extend(t.remove(&format!("{p}.{e}.gate_proj.weight")).unwrap().1);
+            gu.extend(t.remove(&format!("{p}.{e}.up_proj.weight")).unwrap().1);
+            dn.extend(t.remove(&format!("{p}.{e}.down_proj.weight")).unwrap().1);
+        }
+        t.insert(format!("{p}.gate_up_proj"), (vec![5, 48, 32], gu));
+        t.insert(format!("{p}.down_proj"), (vec![5, 32, 24], dn));
+    }
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = t.into_iter().map(|(n, (s, v))| (n, s, v)).collect();
+    lora_core::io::safetensors_write::write_safetensors(
+        &fused.join("model.safetensors"),
+        &tensors,
+        lora_core::io::safetensors_write::StoredDtype::F32,
+        &Default::default(),
+    )
+    .unwrap();
+    let out = d.join("fused-out");
+    let adapter = fx.join("qwen3_moe-experts-replay/adapter-trained");
+    let o = lora(&["merge", s(&fused), s(&adapter), "-o", s(&out)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ours = f32_tensors(&out.join("model.safetensors"));
+    let peft = f32_tensors(&fx.join("qwen3_moe-experts-replay/merged-experts.safetensors"));
+    for layer in [0, 1, 3] {
+        let p = format!("model.layers.{layer}.mlp.experts");
+        let (gu, dn) = (&ours[&format!("{p}.gate_up_proj")].1, &ours[&format!("{p}.down_proj")].1);
+        for e in 0..5 {
+            let want = [&peft[&format!("{p}.{e}.gate_proj.weight")].1[..], &peft[&format!("{p}.{e}.up_proj.weight")].1]
+                .concat();
+            assert!(
+                max_diff(&gu[e * 48 * 32..(e + 1) * 48 * 32], &want) < 1e-5,
+                "fused gate_up, layer {layer} expert {e}"
+            );
+            let want = &peft[&format!("{p}.{e}.down_proj.weight")].1;
+            assert!(max_diff(&dn[e * 32 * 24..(e + 1) * 32 * 24], want) < 1e-5, "fused down, layer {layer} expert {e}");
+        }
+    }
+    // Combining expert adapters into one cannot carry them yet, and says so by name.
+    let o = lora(&["merge-adapters", s(&adapter), s(&adapter), "-o", s(&d.join("combined"))]);
+    assert!(!o.status.success() && stderr(&o).contains("adapts routed experts"), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -12,6 +12,9 @@ pub struct LoraDelta {
     rows: usize,
     cols: usize,
     coef: f32,
+    /// Where the `[rows, cols]` block starts in the flattened target (one expert's block of a fused
+    /// `[E, rows, cols]` expert tensor); 0 for a 2-D target.
+    offset: usize,
 }
 
 impl LoraDelta {
@@ -24,10 +27,17 @@ impl LoraDelta {
             // (B·A)ᵀ = Aᵀ·Bᵀ: left = Aᵀ [in, r], right = Bᵀ [r, out]
             let left = transpose(a, r, inp);
             let right = transpose(b, out, r);
-            Self { left, right, rank: r, rows: inp, cols: out, coef }
+            Self { left, right, rank: r, rows: inp, cols: out, coef, offset: 0 }
         } else {
-            Self { left: b.to_vec(), right: a.to_vec(), rank: r, rows: out, cols: inp, coef }
+            Self { left: b.to_vec(), right: a.to_vec(), rank: r, rows: out, cols: inp, coef, offset: 0 }
         }
+    }
+
+    /// This update placed at element `offset` of a larger flattened target (an expert's block of a
+    /// fused expert tensor).
+    pub fn at(mut self, offset: usize) -> Self {
+        self.offset = offset;
+        self
     }
 
     /// The target tensor's shape `[rows, cols]`.
@@ -36,11 +46,21 @@ impl LoraDelta {
     }
 
     /// Adds the update to `out`, which holds elements `start..start + out.len()` of the flattened
-    /// `[rows, cols]` target.
+    /// target (`[rows, cols]`, or a larger tensor holding the block at its offset).
     ///
     /// Each element is `(Σₖ L[p,k]·R[k,q]) · c`, summed over k in order and scaled after, which is
     /// PEFT's `(B @ A) * scaling` up to the matmul's summation order.
     pub fn add_to(&self, start: usize, out: &mut [f32]) {
+        // Only the part of `out` inside this update's block.
+        let (lo, hi) = (self.offset, self.offset + self.rows * self.cols);
+        let (from, to) = (start.max(lo), (start + out.len()).min(hi));
+        if from < to {
+            self.add_within(from - lo, &mut out[from - start..to - start]);
+        }
+    }
+
+    /// [`Self::add_to`] for elements `start..` of the block itself.
+    fn add_within(&self, start: usize, out: &mut [f32]) {
         let mut acc = vec![0f32; self.cols.min(out.len())];
         let mut pos = start;
         let end = start + out.len();
@@ -68,7 +88,7 @@ impl LoraDelta {
     /// The dense update `[rows, cols]` (for tests and extraction).
     pub fn to_dense(&self) -> Vec<f32> {
         let mut d = vec![0f32; self.rows * self.cols];
-        self.add_to(0, &mut d);
+        self.add_within(0, &mut d);
         d
     }
 }

@@ -54,6 +54,9 @@ pub struct Adapter {
     pub modules: BTreeMap<String, LoraModule>,
     /// Tensors saved whole, by base tensor name.
     pub replacements: BTreeMap<String, TensorInfo>,
+    /// Adapters on routed experts in PEFT's flattened layout (`…mlp.experts[.base_layer]`), by
+    /// module name: (lora_A, lora_B). [`crate::fold_experts`] maps them onto the base's experts.
+    pub experts: BTreeMap<String, (TensorInfo, TensorInfo)>,
 }
 
 impl Adapter {
@@ -105,6 +108,7 @@ impl Adapter {
             slot.insert(module.to_string(), (info.clone(), embedding));
         }
         let mut modules = BTreeMap::new();
+        let mut experts = BTreeMap::new();
         for (module, (a, embedding)) in a_of {
             let (b, _) = b_of.remove(&module).ok_or_else(|| {
                 MergeError::safetensors(&weights, format!("module '{module}' has lora_A but no lora_B"))
@@ -119,6 +123,10 @@ impl Adapter {
                     ),
                 ));
             }
+            if crate::fold_experts::is_expert_module(&module) {
+                experts.insert(module, (a, b));
+                continue;
+            }
             let transposed = embedding || config.fan_in_fan_out;
             let scale = config.scale_for(&module, rank);
             let target = format!("{module}.weight");
@@ -127,7 +135,7 @@ impl Adapter {
         if let Some(module) = b_of.keys().next() {
             return Err(MergeError::safetensors(&weights, format!("module '{module}' has lora_B but no lora_A")));
         }
-        Ok(Self { dir, config, file, modules, replacements })
+        Ok(Self { dir, config, file, modules, replacements, experts })
     }
 
     /// The adapter folder.
@@ -142,7 +150,21 @@ impl Adapter {
 
     /// Number of trainable parameters in the factors.
     pub fn num_parameters(&self) -> usize {
-        self.modules.values().map(|m| m.a.numel() + m.b.numel()).sum()
+        let experts: usize = self.experts.values().map(|(a, b)| a.numel() + b.numel()).sum();
+        self.modules.values().map(|m| m.a.numel() + m.b.numel()).sum::<usize>() + experts
+    }
+
+    /// An error for a command that cannot handle adapters on routed experts yet (`what` it is),
+    /// when this adapter has any.
+    pub fn refuse_experts(&self, what: &str) -> Result<()> {
+        match self.experts.keys().next() {
+            Some(m) => Err(MergeError::Mismatch(format!(
+                "{}: module '{m}' adapts routed experts, which {what} does not support yet; `lora merge BASE \
+                 ADAPTER` folds it into the base",
+                self.dir.display()
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Decodes a tensor of the adapter to f32.
