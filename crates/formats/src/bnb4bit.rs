@@ -186,6 +186,11 @@ pub fn parts(name: &str, q: &Nf4Tensor, dtype: DType) -> Vec<(String, DType, Vec
             out.push((format!("{name}.nested_absmax"), DType::F32, vec![absmax.len()], f32_bytes(absmax)));
             out.push((format!("{name}.nested_quant_map"), DType::F32, vec![256], f32_bytes(&dynamic_map())));
         }
+        // Stacked weights' scales, stored decoded (the values each block was scaled by).
+        Absmax::Stacked(_) => {
+            let a = q.absmax.decode();
+            out.push((format!("{name}.absmax"), DType::F32, vec![a.len()], f32_bytes(&a)));
+        }
     }
     out.push((format!("{name}.quant_map"), DType::F32, vec![16], f32_bytes(&CODE)));
     let state = quant_state(q, dtype);

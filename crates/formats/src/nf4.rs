@@ -67,6 +67,9 @@ pub enum Absmax {
         /// The mean of the original absmax values, added back after decoding.
         offset: f32,
     },
+    /// The scales of several weights stacked by rows (an MoE expert's gate and up projections, held
+    /// as one), each part as it was stored; every part but the last holds whole blocks.
+    Stacked(Vec<Absmax>),
 }
 
 impl Absmax {
@@ -75,6 +78,7 @@ impl Absmax {
         match self {
             Self::F32(v) => v.len(),
             Self::Double { quantized, .. } => quantized.len(),
+            Self::Stacked(parts) => parts.iter().map(Self::len).sum(),
         }
     }
 
@@ -91,6 +95,16 @@ impl Absmax {
             Self::Double { quantized, absmax, offset } => {
                 f32::from_bits(DYNAMIC_BITS[quantized[b] as usize]) * absmax[b / DOUBLE_BLOCK] + offset
             }
+            Self::Stacked(parts) => {
+                let mut b = b;
+                for p in parts {
+                    if b < p.len() {
+                        return p.scale(b);
+                    }
+                    b -= p.len();
+                }
+                panic!("block {b} beyond the stacked scales")
+            }
         }
     }
 
@@ -104,6 +118,7 @@ impl Absmax {
         match self {
             Self::F32(v) => 4 * v.len(),
             Self::Double { quantized, absmax, .. } => quantized.len() + 4 * absmax.len() + 4,
+            Self::Stacked(parts) => parts.iter().map(Self::bytes).sum(),
         }
     }
 }
@@ -152,6 +167,24 @@ impl Nf4Tensor {
         }
         let absmax = if double_quant { double_quantize(&absmax) } else { Absmax::F32(absmax) };
         Self { shape: shape.to_vec(), packed, absmax }
+    }
+
+    /// Weights of equal width stacked by rows into one (an expert's gate and up projections), each
+    /// keeping its own codes and scales; `None` when a part other than the last ends inside a block
+    /// of 64 values, where the stacked blocks would straddle two weights.
+    pub fn stack_rows(parts: Vec<Self>) -> Option<Self> {
+        let cols = parts.first()?.shape.get(1).copied()?;
+        if parts.iter().any(|p| p.shape.len() != 2 || p.shape[1] != cols) {
+            return None;
+        }
+        let (_, rest) = parts.split_last()?;
+        if rest.iter().any(|p| p.len() % BLOCK != 0) {
+            return None;
+        }
+        let rows = parts.iter().map(|p| p.shape[0]).sum();
+        let packed = parts.iter().flat_map(|p| p.packed.iter().copied()).collect();
+        let absmax = Absmax::Stacked(parts.into_iter().map(|p| p.absmax).collect());
+        Some(Self { shape: vec![rows, cols], packed, absmax })
     }
 
     /// Rebuilds a tensor from stored parts (e.g. bitsandbytes' own output), checking their sizes.

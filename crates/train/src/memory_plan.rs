@@ -88,7 +88,11 @@ pub fn plan(recipe: &Recipe, c: &ModelConfig, opts: &LoadOptions) -> lora_core::
         let head = path == "lm_head";
         // The head, the routers and Qwen3.5-MoE's shared-expert gates stay in full precision.
         let quantizable = !head && !lora_core::adapter::stays_full_precision(path);
-        if !(head && c.tie_word_embeddings) {
+        let gate_up = lora_core::adapter::expert_projection(path) == Some("gate_up_proj");
+        if gate_up && (d_in * d_out / 2) % 64 == 0 {
+            // An expert's gate and up are quantized each on its own, then stacked.
+            base += 2 * stored_bytes(d_in * d_out / 2, opts, quantizable, on_gpu);
+        } else if !(head && c.tie_word_embeddings) {
             base += stored_bytes(d_in * d_out, opts, quantizable, on_gpu);
         }
     }

@@ -153,9 +153,12 @@ pub fn write_random_model(
         _ => (Dtype::F32, FDType::F32, "float32"),
     };
     let linear = lora_formats::hf_config::decoder_linear_names();
+    // Routed and shared experts' projections are 4-bit too, as a bitsandbytes checkpoint of an MoE
+    // model with its experts as linear layers (transformers 4) stores them; routers are not.
+    let expert = |m: &str| (m.contains(".experts.") || m.contains(".shared_expert.")) && !m.ends_with("_gate");
     let is_linear = |name: &str| {
         lora_formats::hf_config::layer_index(name).is_some()
-            && name.strip_suffix(".weight").is_some_and(|m| linear.iter().any(|l| m.ends_with(l)))
+            && name.strip_suffix(".weight").is_some_and(|m| linear.iter().any(|l| m.ends_with(l)) || expert(m))
     };
     // Neutral norms: the scale is 1 (`1 + 0` for zero-centred ones, whose stored weight is 0).
     let constant = |name: &str| -> Option<f32> {

@@ -217,11 +217,7 @@ impl Weights {
     /// transformers quantizes weights already cast to the model's `torch_dtype`.
     pub fn nf4(&self, name: &str, expected: [usize; 2], double_quant: bool, dtype: DType) -> Result<Nf4Tensor> {
         let (mut values, shape) = self.read_f32(name, &expected)?;
-        match dtype {
-            DType::BF16 => values.iter_mut().for_each(|v| *v = half::bf16::from_f32(*v).to_f32()),
-            DType::F16 => values.iter_mut().for_each(|v| *v = half::f16::from_f32(*v).to_f32()),
-            _ => {}
-        }
+        round_to(&mut values, dtype);
         Ok(Nf4Tensor::quantize(&values, &shape, double_quant))
     }
 
@@ -413,6 +409,15 @@ pub(crate) fn held_from_bytes<const D: usize>(
 ) -> Tensor<D> {
     let data = TensorData::from_bytes_vec(bytes, shape.into(), dtype);
     Tensor::from_data(data, TensorCreationOptions::new(device.clone()).with_dtype(dtype))
+}
+
+/// Rounds f32 values to `dtype`'s precision (bf16, f16) in place, as a cast to it and back.
+pub(crate) fn round_to(values: &mut [f32], dtype: DType) {
+    match dtype {
+        DType::BF16 => values.iter_mut().for_each(|v| *v = half::bf16::from_f32(*v).to_f32()),
+        DType::F16 => values.iter_mut().for_each(|v| *v = half::f16::from_f32(*v).to_f32()),
+        _ => {}
+    }
 }
 
 /// A tensor held as `dtype` from f32 values, rounded to nearest even as `torch.Tensor.to` does.

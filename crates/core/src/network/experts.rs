@@ -17,12 +17,14 @@ use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use crate::error::Result;
 use crate::io::load_options::LoadOptions;
+use crate::io::load_options::Quantize;
 use crate::io::weights::Weights;
 use crate::kernels::fused_swiglu::swiglu;
 use crate::kernels::host::to_f32_vec;
 use crate::network::config::{FeedForward, MoeConfig};
 use crate::network::linear::Linear;
 use crate::network::mlp::Mlp;
+use lora_formats::nf4::Nf4Tensor;
 
 /// `mlp` (Mixtral: `block_sparse_moe`) of a sparse decoder layer.
 #[derive(Module, Debug)]
@@ -98,9 +100,11 @@ impl SparseMoe {
             let (gu, dn) = (2 * i * hidden, hidden * i);
             (0..e_count)
                 .map(|e| Expert {
-                    gate_up_proj: Linear::from_values(
-                        gate_up[e * gu..(e + 1) * gu].to_vec(),
-                        [2 * i, hidden],
+                    gate_up_proj: stacked(
+                        gate_up[e * gu..e * gu + gu / 2].to_vec(),
+                        gate_up[e * gu + gu / 2..(e + 1) * gu].to_vec(),
+                        i,
+                        hidden,
                         opts,
                         device,
                     ),
@@ -111,10 +115,9 @@ impl SparseMoe {
             (0..e_count)
                 .map(|e| {
                     let p = format!("{prefix}.experts.{e}");
-                    let (mut gate_up, _) = w.read_f32(&format!("{p}.{g}.weight"), &[i, hidden])?;
-                    gate_up.extend(w.read_f32(&format!("{p}.{u}.weight"), &[i, hidden])?.0);
+                    let (gate, up) = (format!("{p}.{g}.weight"), format!("{p}.{u}.weight"));
                     Ok(Expert {
-                        gate_up_proj: Linear::from_values(gate_up, [2 * i, hidden], opts, device),
+                        gate_up_proj: gate_up_linear(w, &gate, &up, i, hidden, opts, device)?,
                         down_proj: Linear::load(w, &format!("{p}.{d}"), (i, hidden), false, opts, true, device)?,
                     })
                 })
@@ -209,6 +212,47 @@ impl SparseMoe {
         }
         out.reshape([b, t, h])
     }
+}
+
+/// An expert's gate and up projections (`[i, hidden]` each) as one layer: a bitsandbytes 4-bit
+/// checkpoint's codes stacked as stored, or the values read and held as [`stacked`] holds them.
+fn gate_up_linear(
+    w: &Weights,
+    gate: &str,
+    up: &str,
+    i: usize,
+    hidden: usize,
+    opts: &LoadOptions,
+    device: &Device,
+) -> Result<Linear> {
+    if let (Some(g), Some(u)) = (w.stored_nf4(gate, [i, hidden])?, w.stored_nf4(up, [i, hidden])?) {
+        if let Some(q) = Nf4Tensor::stack_rows(vec![g.clone(), u.clone()]) {
+            return Ok(Linear::from_nf4(q, opts, device));
+        }
+        // Blocks that would straddle the two: their exact values, dense.
+        let dense = LoadOptions { quantize: Quantize::None, ..*opts };
+        return Ok(Linear::from_values([g.dequantize(), u.dequantize()].concat(), [2 * i, hidden], &dense, device));
+    }
+    let (gate, _) = w.read_f32(gate, &[i, hidden])?;
+    let (up, _) = w.read_f32(up, &[i, hidden])?;
+    Ok(stacked(gate, up, i, hidden, opts, device))
+}
+
+/// An expert's gate and up values (`[i, hidden]` each) as one layer. Quantizing, each is quantized on
+/// its own and the two stacked, as bitsandbytes quantizes a checkpoint's per-expert linear layers
+/// (with double quantization, each its own nested scales), unless their blocks would straddle.
+fn stacked(gate: Vec<f32>, up: Vec<f32>, i: usize, hidden: usize, opts: &LoadOptions, device: &Device) -> Linear {
+    if let Quantize::Nf4 { double_quant } = opts.quantize
+        && (i * hidden) % lora_formats::nf4::BLOCK == 0
+    {
+        let q = |mut v: Vec<f32>| {
+            crate::io::weights::round_to(&mut v, opts.dtype.dtype());
+            Nf4Tensor::quantize(&v, &[i, hidden], double_quant)
+        };
+        let stacked = Nf4Tensor::stack_rows(vec![q(gate), q(up)]).expect("whole blocks");
+        return Linear::from_nf4(stacked, opts, device);
+    }
+    Linear::from_values([gate, up].concat(), [2 * i, hidden], opts, device)
 }
 
 /// Each row's `k` largest of `per_row` values, largest first (ties to the lower index), as expert

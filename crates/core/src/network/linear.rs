@@ -75,11 +75,7 @@ impl Linear {
         let weight = match opts.quantize {
             Quantize::Nf4 { double_quant } => {
                 // As Weights::nf4: the values rounded to the load dtype first.
-                match opts.dtype.dtype() {
-                    burn::tensor::DType::BF16 => values.iter_mut().for_each(|v| *v = half::bf16::from_f32(*v).to_f32()),
-                    burn::tensor::DType::F16 => values.iter_mut().for_each(|v| *v = half::f16::from_f32(*v).to_f32()),
-                    _ => {}
-                }
+                crate::io::weights::round_to(&mut values, opts.dtype.dtype());
                 let q = lora_formats::nf4::Nf4Tensor::quantize(&values, &[d_out, d_in], double_quant);
                 if crate::kernels::backend::is_cpu(device) {
                     BaseWeight::Nf4(std::sync::Arc::new(q))
@@ -90,6 +86,17 @@ impl Linear {
             Quantize::None => {
                 BaseWeight::Dense(crate::io::weights::held_from_f32(values, [d_out, d_in], opts.dtype.dtype(), device))
             }
+        };
+        Self { weight, bias: None, lora: Vec::new(), compute: opts.compute_dtype(device) }
+    }
+
+    /// A frozen layer of a 4-bit weight (a stored bitsandbytes one, or several stacked), on the CPU
+    /// as the codes, elsewhere uploaded. No bias.
+    pub fn from_nf4(q: lora_formats::nf4::Nf4Tensor, opts: &LoadOptions, device: &Device) -> Self {
+        let weight = if crate::kernels::backend::is_cpu(device) {
+            BaseWeight::Nf4(std::sync::Arc::new(q))
+        } else {
+            BaseWeight::Nf4Device(std::sync::Arc::new(DeviceNf4::upload(&q, device)))
         };
         Self { weight, bias: None, lora: Vec::new(), compute: opts.compute_dtype(device) }
     }
