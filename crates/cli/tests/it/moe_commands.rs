@@ -85,6 +85,17 @@ fn moe_models_generate_transformers_tokens_and_train_experts_in_peft_s_layout() 
         "{}",
         stdout(&o)
     );
+    // The router trains only when named ("gate"), and PEFT knows it as a parameter (gate.weight).
+    let run3 = d.join("run3");
+    let o = lora(&strs(&args("[\"q_proj\", \"gate\"]", &run3)));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run3.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["target_parameters"], serde_json::json!(["gate.weight"]), "{cfg}");
+    assert_eq!(cfg["target_modules"], serde_json::json!(["q_proj"]), "{cfg}");
+    let keys = lora_formats::safetensors::SafetensorsFile::open(run3.join("adapter_model.safetensors")).unwrap();
+    assert!(keys.tensors().contains_key("base_model.model.model.layers.0.mlp.gate.lora_B.weight"));
+    assert_ne!(generate(&["--adapter", s(&run3)]), generate(&[]));
     // gate_proj without up_proj cannot be: they are one projection of each expert.
     let o = lora(&strs(&args("[\"gate_proj\"]", &run2)));
     assert_user_error(&o, "gate_proj and up_proj are one projection");

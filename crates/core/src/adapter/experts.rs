@@ -284,19 +284,22 @@ pub(crate) fn attach_from_file(
 pub fn peft_config_for_experts(cfg: &mut crate::adapter::config::AdapterConfig, targets: &[String]) {
     let projections: std::collections::BTreeSet<&str> =
         targets.iter().filter_map(|t| super::expert_projection(t)).collect();
-    if projections.is_empty() {
+    let router = targets.iter().any(|t| super::is_router(t));
+    if projections.is_empty() && !router {
         return;
     }
     let others: std::collections::BTreeSet<String> = targets
         .iter()
-        .filter(|t| super::expert_projection(t).is_none())
+        .filter(|t| super::expert_projection(t).is_none() && !super::is_router(t))
         .map(|t| t.rsplit('.').next().unwrap_or(t).to_string())
         .collect();
     cfg.target_modules = Some(crate::adapter::config::TargetModules::Names(others.into_iter().collect()));
-    // PEFT's own order: gate_up_proj, then down_proj.
+    // PEFT's own order: gate_up_proj, then down_proj; the router is a parameter to PEFT too
+    // (transformers 5's TopKRouter is no linear module), `gate.weight` as PEFT 0.20 writes it.
     let params: Vec<serde_json::Value> = ["gate_up_proj", "down_proj"]
         .into_iter()
         .filter(|p| projections.contains(p))
+        .chain(router.then_some("gate.weight"))
         .map(|p| serde_json::Value::String(p.to_string()))
         .collect();
     cfg.extra.insert("target_parameters".to_string(), serde_json::Value::Array(params));
