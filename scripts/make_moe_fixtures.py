@@ -8,6 +8,10 @@ Writes, beside the fixtures of make_model_fixtures.py (whose tokenizer and golde
                           (`decoder_sparse_step` 2), tied embeddings
   models/qwen3_5_moe/     Qwen3.5's hybrid layers (Gated DeltaNet, gated attention), 6 experts top 2 and a
                           gated shared expert in every layer (`Qwen3_5MoeForCausalLM`)
+  models/qwen3_5_moe-hub/ the same as the Hub ships Qwen3.5/3.6-35B-A3B: `Qwen3_5MoeForConditionalGeneration`
+                          (text under `model.language_model`, a tiny vision tower, an `mtp.*` tensor),
+                          experts fused on disk (`mlp.experts.gate_up_proj [E, 2I, H]`, `down_proj
+                          [E, H, I]`), tied embeddings
   models/mixtral/         3 experts, top 2 (on disk as Mixtral has it: `block_sparse_moe.gate`,
                           `block_sparse_moe.experts.E.w1/w3/w2`)
   golden/<name>.safetensors + .json
@@ -30,6 +34,7 @@ import shutil
 import sys
 
 import safetensors
+import safetensors.torch
 import torch
 from transformers import AutoModelForCausalLM, MixtralConfig, Qwen3MoeConfig
 from transformers.models.qwen3_5_moe import Qwen3_5MoeTextConfig
@@ -120,6 +125,72 @@ def check_layout(model_dir, name):
     return keys
 
 
+def fuse_experts(model_dir):
+    """Rewrites a per-expert checkpoint (transformers 5 saves Qwen3.5-MoE so) with its experts fused, as
+    the Hub's Qwen3.5-MoE files have them, and adds an mtp tensor as they carry."""
+    path = os.path.join(model_dir, "model.safetensors")
+    t = safetensors.torch.load_file(path)
+    layers = sorted({k.split(".mlp.experts.")[0] for k in t if ".mlp.experts." in k})
+    for layer in layers:
+        n = 1 + max(int(k.split(".mlp.experts.")[1].split(".")[0]) for k in t if k.startswith(layer + ".mlp.experts."))
+        gu = [torch.cat([t.pop(f"{layer}.mlp.experts.{e}.gate_proj.weight"),
+                         t.pop(f"{layer}.mlp.experts.{e}.up_proj.weight")]) for e in range(n)]
+        dn = [t.pop(f"{layer}.mlp.experts.{e}.down_proj.weight") for e in range(n)]
+        t[f"{layer}.mlp.experts.gate_up_proj"] = torch.stack(gu).contiguous()
+        t[f"{layer}.mlp.experts.down_proj"] = torch.stack(dn).contiguous()
+    t["mtp.fc.weight"] = torch.randn(32, 64)
+    safetensors.torch.save_file(t, path, metadata={"format": "pt"})
+
+
+def hub_form(ids, out, tok_dir, hf_tok, golden_dir, prov):
+    """Qwen3.5-MoE as the Hub has it; its goldens come from transformers reading the fused folder."""
+    from transformers.models.qwen3_5_moe import Qwen3_5MoeConfig, Qwen3_5MoeForConditionalGeneration
+
+    tc = {k: v for k, v in text_config(ids, tie_word_embeddings=True).items() if k != "intermediate_size"}
+    tc["rope_parameters"].update({"mrope_interleaved": True, "mrope_section": [2, 1, 1]})
+    tc.update(moe_intermediate_size=20, shared_expert_intermediate_size=36, num_experts=6, num_experts_per_tok=2)
+    vision = dict(depth=1, hidden_size=16, intermediate_size=24, num_heads=2, patch_size=4, temporal_patch_size=2,
+                  spatial_merge_size=2, out_hidden_size=32, num_position_embeddings=16)
+    cfg = Qwen3_5MoeConfig(text_config=tc, vision_config=vision, tie_word_embeddings=True)
+    for attempt in range(100):
+        seed = SEED + 300 + attempt
+        torch.manual_seed(seed)
+        model = Qwen3_5MoeForConditionalGeneration(cfg).to(torch.float32)
+        model.config._attn_implementation = "eager"
+        randomize_moe(model)
+        model.eval()
+        model_dir = os.path.join(out, "models", "qwen3_5_moe-hub")
+        shutil.rmtree(model_dir, ignore_errors=True)
+        model.save_pretrained(model_dir)
+        model.generation_config.save_pretrained(model_dir)
+        for f in ["tokenizer.json", "tokenizer_config.json"]:
+            shutil.copy(os.path.join(tok_dir, f), model_dir)
+        fuse_experts(model_dir)
+        model = Qwen3_5MoeForConditionalGeneration.from_pretrained(model_dir, attn_implementation="eager",
+                                                                   dtype=torch.float32)
+        model.eval()
+        gap = RouterGap(model)
+        try:
+            goldens(model, hf_tok, "qwen3_5_moe-hub", golden_dir)
+        except AssertionError as e:
+            print("retry:", e)
+            continue
+        if gap.gap > 1e-3:
+            break
+    else:
+        raise SystemExit("qwen3_5_moe-hub: every seed tried has a near-tie")
+    with safetensors.safe_open(os.path.join(model_dir, "model.safetensors"), "pt") as f:
+        assert any(k.endswith("mlp.experts.gate_up_proj") for k in f.keys()), "experts not fused"
+    meta_path = os.path.join(golden_dir, "qwen3_5_moe-hub.json")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    meta["min_router_gap"] = gap.gap
+    meta["provenance"] = {**prov, "seed": seed}
+    with open(meta_path, "w") as f:
+        json.dump(meta, f, indent=2)
+    print("qwen3_5_moe-hub seed", seed, "min router gap", gap.gap)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures"))
@@ -147,6 +218,7 @@ def main():
         with open(meta_path, "w") as f:
             json.dump(meta, f, indent=2)
         print(name, "seed", seed, "min router gap", gap)
+    hub_form(ids, out, tok_dir, hf_tok, golden_dir, prov)
 
 
 def build(name, cfg, seed, out, tok_dir, hf_tok, golden_dir):
