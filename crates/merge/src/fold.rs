@@ -407,7 +407,7 @@ fn fold_adapters_inner(base: &Path, adapters: &[PathBuf], out: &Path, opts: &Fol
     let report = FoldReport {
         out: out.to_path_buf(),
         tensors: planned.len(),
-        updated: plan.updates.len(),
+        updated: plan.updates.keys().chain(plan.expert_updates.keys()).collect::<std::collections::BTreeSet<_>>().len(),
         replaced: plan.replaced.len(),
         relayouts: plan.relayouts.clone(),
         dtype,

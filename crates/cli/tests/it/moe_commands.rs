@@ -133,6 +133,11 @@ fn expert_adapters_fold_as_peft_merges_them() {
         let adapter = fx.join(fixture).join("adapter-trained");
         let o = lora(&["merge", s(&fx.join("models").join(model)), s(&adapter), "-o", s(&out)]);
         assert!(o.status.success(), "{}", stderr(&o));
+        if model == "qwen3_moe" {
+            // q/v_proj in 4 layers, and gate, up and down of 5 experts in its 3 sparse layers.
+            let said = format!("{}{}", stdout(&o), stderr(&o));
+            assert!(said.contains("53 of 86 tensors updated"), "{said}");
+        }
         let ours = f32_tensors(&out.join("model.safetensors"));
         let peft = f32_tensors(&fx.join(fixture).join("merged-experts.safetensors"));
         let base = f32_tensors(&fx.join("models").join(model).join("model.safetensors"));
@@ -143,6 +148,33 @@ fn expert_adapters_fold_as_peft_merges_them() {
             assert!(d < 1e-5, "{model}: {name} differs from PEFT's merge by {d}");
             assert!(max_diff(&base[name].1, want) > 1e-4, "{model}: {name}: the adapter changed nothing");
         }
+    }
+    // mergekit's methods merge MoE checkpoints tensor by tensor, expert with expert: a linear merge of
+    // the base and its fold is their mean, experts included.
+    let base_dir = fx.join("models/qwen3_moe");
+    let recipe = d.join("linear.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "merge_method = \"linear\"\n[[models]]\nmodel = \"{}\"\nparameters = {{ weight = 0.5 }}\n[[models]]\n\
+             model = \"{}\"\nparameters = {{ weight = 0.5 }}\n",
+            base_dir.display(),
+            d.join("qwen3_moe").display()
+        ),
+    )
+    .unwrap();
+    let o = lora(&["merge", "--config", s(&recipe), "-o", s(&d.join("linear"))]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (a, b, m) = (
+        f32_tensors(&base_dir.join("model.safetensors")),
+        f32_tensors(&d.join("qwen3_moe/model.safetensors")),
+        f32_tensors(&d.join("linear/model.safetensors")),
+    );
+    let expert = "model.layers.1.mlp.experts.4.up_proj.weight";
+    assert!(max_diff(&a[expert].1, &b[expert].1) > 1e-3);
+    for (name, (_, v)) in &m {
+        let mean: Vec<f32> = a[name].1.iter().zip(&b[name].1).map(|(x, y)| 0.5 * x + 0.5 * y).collect();
+        assert!(max_diff(v, &mean) < 1e-6, "linear merge: {name}");
     }
     // The same fold into the Qwen3-MoE checkpoint with its experts fused on disk.
     let src = fx.join("models/qwen3_moe");
