@@ -16,6 +16,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| FormatError::io(path, e))
 }
 
+/// Writes `path` through `write`, which writes the temporary file it is given, and a rename: for
+/// files streamed out piece by piece rather than held whole in memory.
+pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<()> {
+    let tmp = tmp_path(path);
+    if let Err(e) = write(&tmp) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(FormatError::io(&tmp, e));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| FormatError::io(path, e))
+}
+
 /// `NAME.tmp-PID` beside `path`.
 fn tmp_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();

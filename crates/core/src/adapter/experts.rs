@@ -80,8 +80,9 @@ pub fn peft_modules(layer: &str, gate_up: bool, down: bool) -> (String, String) 
 /// The model's expert adapters (the first of each projection), flattened per layer and projection:
 /// `(layer prefix, projection, factors)`. A layer whose experts are adapted only in part is an error.
 pub fn flatten(model: &CausalLm) -> Result<Vec<(String, &'static str, FlatExperts)>> {
-    let mut per: BTreeMap<(String, &'static str), Vec<(usize, Vec<f32>, Vec<f32>, usize, usize, usize)>> =
-        BTreeMap::new();
+    // The adapters by layer and projection; each group is read back and flattened on its own, so
+    // that the host holds the flattened result and one group's copies, never every expert's twice.
+    let mut per: BTreeMap<(String, &'static str), Vec<(usize, &crate::network::lora::LoraAdapter)>> = BTreeMap::new();
     for (path, lin) in model.linear_modules() {
         let (Some(projection), Some(adapter)) = (super::expert_projection(&path), lin.lora.first()) else {
             continue;
@@ -89,25 +90,23 @@ pub fn flatten(model: &CausalLm) -> Result<Vec<(String, &'static str, FlatExpert
         let (layer, rest) = path.split_once(".mlp.experts.").expect("an expert path");
         let e: usize = rest.split('.').next().and_then(|i| i.parse().ok()).expect("an expert index");
         let projection: &'static str = if projection == "gate_up_proj" { "gate_up_proj" } else { "down_proj" };
-        let host = |t: &burn::tensor::Tensor<2>| crate::kernels::host::to_f32_vec(t.clone().inner());
-        let (a, b) = (host(&adapter.lora_a)?, host(&adapter.lora_b)?);
-        let [r, d_in] = adapter.lora_a.dims();
-        let d_out = adapter.lora_b.dims()[0];
-        per.entry((layer.to_string(), projection)).or_default().push((e, a, b, r, d_in, d_out));
+        per.entry((layer.to_string(), projection)).or_default().push((e, adapter));
     }
     let experts = model.config.moe.as_ref().map_or(0, |m| m.num_experts);
+    let host = |t: &burn::tensor::Tensor<2>| crate::kernels::host::to_f32_vec(t.clone().inner());
     let mut out = Vec::new();
     for ((layer, projection), mut list) in per {
         list.sort_by_key(|x| x.0);
-        if list.len() != experts || list.iter().any(|x| x.3 != list[0].3) {
+        let r = list[0].1.lora_a.dims()[0];
+        if list.len() != experts || list.iter().any(|x| x.1.lora_a.dims()[0] != r) {
             return Err(CoreError::Invalid(format!(
                 "{layer}: {} of {experts} experts' {projection} have adapters (of equal rank, PEFT needs all)",
                 list.len()
             )));
         }
-        let (r, d_in, d_out) = (list[0].3, list[0].4, list[0].5);
-        let a: Vec<Vec<f32>> = list.iter().map(|x| x.1.clone()).collect();
-        let b: Vec<Vec<f32>> = list.iter().map(|x| x.2.clone()).collect();
+        let (d_in, d_out) = (list[0].1.lora_a.dims()[1], list[0].1.lora_b.dims()[0]);
+        let a = list.iter().map(|x| host(&x.1.lora_a)).collect::<Result<Vec<_>>>()?;
+        let b = list.iter().map(|x| host(&x.1.lora_b)).collect::<Result<Vec<_>>>()?;
         out.push((layer, projection, FlatExperts::from_experts(&a, &b, r, d_in, d_out)));
     }
     Ok(out)

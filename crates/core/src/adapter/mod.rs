@@ -407,13 +407,14 @@ pub fn save_adapter(model: &CausalLm, dir: &Path, config: &AdapterConfig, dtype:
     let mut tensors = Vec::new();
     // Routed experts: one flattened pair per layer and projection, in PEFT's layout.
     let flat = experts::flatten(model)?;
-    for (layer, projection, f) in &flat {
-        let has = |p: &str| flat.iter().any(|(l, q, _)| l == layer && *q == p);
-        let (gate_up, down) = experts::peft_modules(layer, has("gate_up_proj"), has("down_proj"));
-        let module = if *projection == "gate_up_proj" { gate_up } else { down };
+    let adapted: BTreeSet<(String, &str)> = flat.iter().map(|(l, p, _)| (l.clone(), *p)).collect();
+    for (layer, projection, f) in flat {
+        let has = |p: &str| adapted.contains(&(layer.clone(), p));
+        let (gate_up, down) = experts::peft_modules(&layer, has("gate_up_proj"), has("down_proj"));
+        let module = if projection == "gate_up_proj" { gate_up } else { down };
         let rows = f.experts * f.r;
-        tensors.push((format!("{PEFT_PREFIX}{module}.lora_A.weight"), vec![rows, f.d_in], f.a.clone()));
-        tensors.push((format!("{PEFT_PREFIX}{module}.lora_B.weight"), vec![f.d_out, rows], f.b.clone()));
+        tensors.push((format!("{PEFT_PREFIX}{module}.lora_A.weight"), vec![rows, f.d_in], f.a));
+        tensors.push((format!("{PEFT_PREFIX}{module}.lora_B.weight"), vec![f.d_out, rows], f.b));
     }
     for (path, lin) in model.linear_modules() {
         if expert_projection(&path).is_some() {

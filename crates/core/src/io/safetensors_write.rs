@@ -3,9 +3,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use safetensors::tensor::{Dtype, TensorView};
+use safetensors::tensor::Dtype;
 
-use crate::error::{CoreError, Result};
+use crate::error::Result;
 
 /// Element type of stored tensors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,17 +56,36 @@ pub fn write_safetensors(
         StoredDtype::BF16 => Dtype::BF16,
         StoredDtype::F16 => Dtype::F16,
     };
-    let encoded: Vec<(String, Vec<usize>, Vec<u8>)> =
-        tensors.iter().map(|(n, s, v)| (n.clone(), s.clone(), encode(v, dtype))).collect();
-    let views = encoded
-        .iter()
-        .map(|(n, s, b)| {
-            TensorView::new(st_dtype, s.clone(), b)
-                .map(|v| (n.clone(), v))
-                .map_err(|e| CoreError::Invalid(format!("tensor '{n}': {e}")))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    // Each tensor is encoded when the writer reaches it, and the file streamed out: the bytes of the
+    // whole file never sit in memory beside the values (an MoE adapter can be half a GB).
+    let views: Vec<(String, Encoded)> =
+        tensors.iter().map(|(n, s, v)| (n.clone(), Encoded { values: v, shape: s.clone(), dtype, st_dtype })).collect();
     let meta: HashMap<String, String> = metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| CoreError::safetensors(&path, e.to_string()))?;
-    write_atomic(path, &bytes)
+    lora_formats::atomic::write_atomic_with(path, |tmp| {
+        safetensors::serialize_to_file(views, Some(meta), tmp).map_err(std::io::Error::other)
+    })?;
+    Ok(())
+}
+
+/// A tensor's values, encoded to the stored dtype when the file writer asks for its bytes.
+struct Encoded<'a> {
+    values: &'a [f32],
+    shape: Vec<usize>,
+    dtype: StoredDtype,
+    st_dtype: Dtype,
+}
+
+impl safetensors::tensor::View for Encoded<'_> {
+    fn dtype(&self) -> Dtype {
+        self.st_dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Owned(encode(self.values, self.dtype))
+    }
+    fn data_len(&self) -> usize {
+        self.values.len() * self.st_dtype.bitsize() / 8
+    }
 }
