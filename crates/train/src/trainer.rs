@@ -518,54 +518,7 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
     );
     let data_desc = match p.recipe.method() {
         Method::Sft => data_desc,
-        Method::Preference if p.recipe.is_kto() => {
-            let k = p.recipe.kto();
-            let reference = match (
-                &p.recipe.preference.as_ref().and_then(|x| x.reference_adapter.clone()),
-                &p.recipe.lora.init_from,
-            ) {
-                (Some(r), _) | (None, Some(r)) => {
-                    format!("the base with the adapter `{}` as the reference", r.display())
-                }
-                (None, None) => "the base without the adapter as the reference".to_string(),
-            };
-            format!(
-                "Trained with KTO ({:?} loss, beta {}, desirable weight {}, undesirable weight {}) and {reference}, on \
-                 unpaired examples, each a completion labelled desirable or undesirable. {data_desc}",
-                k.loss, k.beta, k.desirable_weight, k.undesirable_weight
-            )
-        }
-        Method::Preference => {
-            let d = p.recipe.dpo();
-            let reference = match (
-                &p.recipe.preference.as_ref().and_then(|x| x.reference_adapter.clone()),
-                &p.recipe.lora.init_from,
-            ) {
-                _ if !d.loss.needs_reference() => "no reference model".to_string(),
-                (Some(r), _) | (None, Some(r)) => {
-                    format!("the base with the adapter `{}` as the reference", r.display())
-                }
-                (None, None) => "the base without the adapter as the reference".to_string(),
-            };
-            let method = match d.loss {
-                crate::preference::DpoLoss::Simpo => "SimPO",
-                crate::preference::DpoLoss::Orpo => "ORPO",
-                _ => "DPO",
-            };
-            format!(
-                "Trained with {method} ({:?} loss, beta {}, label smoothing {}, SFT term weight {}{}) and {reference}, \
-                 on preference pairs (each \"example\" below is a pair; trained tokens are both completions'). {data_desc}",
-                d.loss,
-                d.beta,
-                d.label_smoothing,
-                d.sft_weight,
-                if d.loss == crate::preference::DpoLoss::Simpo {
-                    format!(", gamma {}", d.gamma)
-                } else {
-                    String::new()
-                }
-            )
-        }
+        Method::Preference => format!("{} {data_desc}", crate::preference::card::method_text(&p.recipe)),
     };
     let opts = p.model.load_options;
     let data_desc = match opts.quantize {

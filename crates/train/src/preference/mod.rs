@@ -5,6 +5,7 @@
 //! step over micro-batches of pairs, with the reference's log-probabilities from the same model
 //! without its adapters. [`kto`] is KTO's, on unpaired examples.
 
+pub mod card;
 pub mod data;
 pub mod kto;
 pub mod loss;
