@@ -147,9 +147,12 @@ fn qlora_replay_matches_peft_on_bitsandbytes_nf4() {
 fn gpu_staged_step_replays_peft_f32_and_qlora() {
     let Some(device) = gpu_device() else { return };
     let qlora = LoadOptions { dtype: BaseDtype::F32, quantize: Quantize::Nf4 { double_quant: false } };
-    for (opts, fixture) in
-        [(LoadOptions::default(), "lora"), (qlora, "qlora"), (LoadOptions::default(), "qwen3_5-replay")]
-    {
+    for (opts, fixture) in [
+        (LoadOptions::default(), "lora"),
+        (qlora, "qlora"),
+        (LoadOptions::default(), "qwen3_5-replay"),
+        (LoadOptions::default(), "qwen3_moe-experts-replay"),
+    ] {
         let (loss, adapter) = replay_on(&device, &opts, fixture, true);
         assert!(loss <= 1e-4 && adapter <= 1e-4, "{fixture} on the GPU: loss {loss:e}, adapter {adapter:e}");
     }
