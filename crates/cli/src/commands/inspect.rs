@@ -269,6 +269,7 @@ fn describe(c: &ModelConfig) -> String {
         c.vocab_size,
         if c.tie_word_embeddings { ", tied embeddings" } else { "" }
     ) + &mixers(c)
+        + &experts(c)
         + &c.quantization
             .as_ref()
             .map(|q| {
@@ -283,6 +284,22 @@ fn describe(c: &ModelConfig) -> String {
                 )
             })
             .unwrap_or_default()
+}
+
+/// The routed experts of an MoE model (`; experts: 128 of 768 in 48 of 48 layers, top 8
+/// renormalised`, and a shared expert); empty otherwise.
+fn experts(c: &ModelConfig) -> String {
+    let Some(m) = &c.moe else { return String::new() };
+    let sparse = m.sparse.iter().filter(|&&s| s).count();
+    format!(
+        "; experts: {} of {} in {sparse} of {} layers, top {}{}{}",
+        m.num_experts,
+        m.intermediate_size,
+        m.sparse.len(),
+        m.top_k,
+        if m.renormalize { " renormalised" } else { "" },
+        m.shared_expert.map(|s| format!(", a shared expert of {s}")).unwrap_or_default()
+    )
 }
 
 /// The layer pattern of a model whose layers are not all plain attention (Qwen3.5: `; layers:

@@ -12,6 +12,16 @@ fn tiny_recipe() -> std::path::PathBuf {
 #[test]
 fn moe_models_generate_transformers_tokens_and_train_experts_in_peft_s_layout() {
     let fx = fixtures();
+    // inspect says what the experts are.
+    let o = lora(&["inspect", s(&fx.join("models/qwen3_moe"))]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("; experts: 5 of 24 in 3 of 4 layers, top 3 renormalised"), "{}", stdout(&o));
+    let o = lora(&["inspect", s(&fx.join("models/qwen3_5_moe"))]);
+    assert!(
+        stdout(&o).contains("experts: 6 of 20 in 4 of 4 layers, top 2 renormalised, a shared expert of 36"),
+        "{}",
+        stdout(&o)
+    );
     // Greedy generation equals transformers' (the golden's prompts).
     let golden: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fx.join("golden/mixtral.json")).unwrap()).unwrap();
