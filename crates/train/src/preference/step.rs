@@ -40,16 +40,20 @@ impl PairIds {
         (self.example(&self.chosen, false), self.example(&self.rejected, false))
     }
 
-    /// The prompt followed by `completion`, labelled on the completion (and, with `whole`, on the
-    /// prompt as well).
     fn example(&self, completion: &[u32], whole: bool) -> Example {
-        let ids: Vec<u32> = self.prompt.iter().chain(completion).copied().collect();
-        let labels = match whole {
-            true => ids.iter().map(|&t| Some(t)).collect(),
-            false => std::iter::repeat_n(None, self.prompt.len()).chain(completion.iter().map(|&t| Some(t))).collect(),
-        };
-        Example { ids, labels, segments: None }
+        completion_example(&self.prompt, completion, whole)
     }
+}
+
+/// `prompt` followed by `completion`, labelled on the completion (and, with `whole`, on the prompt
+/// as well).
+pub(crate) fn completion_example(prompt: &[u32], completion: &[u32], whole: bool) -> Example {
+    let ids: Vec<u32> = prompt.iter().chain(completion).copied().collect();
+    let labels = match whole {
+        true => ids.iter().map(|&t| Some(t)).collect(),
+        false => std::iter::repeat_n(None, prompt.len()).chain(completion.iter().map(|&t| Some(t))).collect(),
+    };
+    Example { ids, labels, segments: None }
 }
 
 /// One micro-batch of N pairs: 2N rows, the chosen sequences then the rejected ones, padded on the

@@ -17,7 +17,7 @@ use crate::data::Example;
 use crate::error::Result;
 use crate::optimizer::AdamW;
 use crate::preference::kto::loss::{Kto, KtoMetrics, MicroBatchKto, UnpairedLogProbs};
-use crate::preference::step::{Reference, ReferenceLogProbs, with_reference};
+use crate::preference::step::{Reference, ReferenceLogProbs, completion_example, with_reference};
 use crate::step::{StepOptions, StepOutcome, apply_gradients, micro_batch_with};
 use crate::trainable::{adapter_layers, set_dropout_seeds};
 
@@ -38,20 +38,12 @@ pub struct UnpairedIds {
 impl UnpairedIds {
     /// The prompt followed by its completion, labelled on the completion.
     pub fn example(&self) -> Example {
-        sequence(&self.prompt, &self.completion)
+        completion_example(&self.prompt, &self.completion, false)
     }
 
     /// The prompt followed by the mismatched completion (the KL estimate's row).
     pub fn kl_example(&self) -> Example {
-        sequence(&self.prompt, &self.kl_completion)
-    }
-}
-
-fn sequence(prompt: &[u32], completion: &[u32]) -> Example {
-    Example {
-        ids: prompt.iter().chain(completion).copied().collect(),
-        labels: std::iter::repeat_n(None, prompt.len()).chain(completion.iter().map(|&t| Some(t))).collect(),
-        segments: None,
+        completion_example(&self.prompt, &self.kl_completion, false)
     }
 }
 
@@ -67,18 +59,22 @@ pub struct Rows {
 impl Rows {
     /// The rows of `(prompt, completion)` sequences.
     pub fn new<'a>(seqs: impl Iterator<Item = (&'a [u32], &'a [u32])>, pad_id: u32) -> Self {
-        let examples: Vec<Example> = seqs.map(|(p, c)| sequence(p, c)).collect();
+        let examples: Vec<Example> = seqs.map(|(p, c)| completion_example(p, c, false)).collect();
         let (batch, labels) = collate(&examples.iter().collect::<Vec<_>>(), pad_id, false);
         Self { batch, labels }
     }
 
+    /// The row of each labelled position, in [`labelled_rows`]' order.
+    fn position_rows(&self) -> Vec<usize> {
+        let seq = self.batch.ids.first().map_or(0, Vec::len);
+        labelled_rows(&self.labels, seq).0.iter().map(|&r| r as usize / seq).collect()
+    }
+
     /// Each row's sum of per-position values given in [`labelled_rows`]' order.
     fn sums(&self, values: &[f32]) -> Vec<f64> {
-        let seq = self.batch.ids.first().map_or(0, Vec::len);
-        let (rows, _) = labelled_rows(&self.labels, seq);
         let mut sums = vec![0.0f64; self.labels.len()];
-        for (&r, &v) in rows.iter().zip(values) {
-            sums[r as usize / seq] += v as f64;
+        for (r, &v) in self.position_rows().into_iter().zip(values) {
+            sums[r] += v as f64;
         }
         sums
     }
@@ -203,9 +199,7 @@ pub fn kto_step(
                 // micro-batch means.
                 let scale = 1.0 / (batch.len().max(1) as f64 * micro);
                 let d: Vec<f64> = examples.iter().map(|e| kto.example(e, kl).1 * scale).collect();
-                let seq = batch.rows.batch.ids.first().map_or(0, Vec::len);
-                let (rows, _) = labelled_rows(&batch.rows.labels, seq);
-                let weights: Vec<f32> = rows.iter().map(|&r| -d[r as usize / seq] as f32).collect();
+                let weights: Vec<f32> = batch.rows.position_rows().into_iter().map(|r| -d[r] as f32).collect();
                 Ok(head_loss_weighted(model, hidden, &batch.rows.labels, &weights, 1.0, on_grads)?)
             },
         )?;
