@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use crate::adapter::{Adapter, LoraDelta};
 use crate::error::{MergeError, Result};
 use crate::model_dir::ModelDir;
+use lora_formats::hf_config::{ExpertPath, FeedForward, expert_path};
 
 /// Whether an adapter module name is a flattened expert adapter.
 pub fn is_expert_module(module: &str) -> bool {
@@ -67,11 +68,12 @@ pub fn expert_updates(
         let s = &t.info.shape;
         (Layout::Fused, s[0], s[1], s[2])
     } else {
-        let (block, names) = if base.get(&format!("{layer}.block_sparse_moe.experts.0.w2.weight")).is_some() {
-            ("block_sparse_moe", ["w1", "w3", "w2"])
-        } else {
-            ("mlp", ["gate_proj", "up_proj", "down_proj"])
-        };
+        // The architecture's names under which the base holds expert 0's down projection.
+        let (block, names) = [FeedForward::MixtralMoe, FeedForward::QwenMoe]
+            .map(FeedForward::expert_names)
+            .into_iter()
+            .find(|(block, names)| base.get(&format!("{layer}.{block}.experts.0.{}.weight", names[2])).is_some())
+            .unwrap_or(FeedForward::QwenMoe.expert_names());
         let down = |e: usize| base.get(&format!("{layer}.{block}.experts.{e}.{}.weight", names[2]));
         let t = down(0).ok_or_else(missing)?;
         let n = (0..).take_while(|&e| down(e).is_some()).count();
@@ -154,9 +156,7 @@ pub fn expert_delta(u: &ExpertUpdate, factors: &ExpertFactors, a_cols: usize, b_
 /// is held by the checkpoint's fused expert tensors instead (`…mlp.experts.gate_up_proj`
 /// `[E, 2I, H]`, `…mlp.experts.down_proj` `[E, H, I]`).
 pub fn in_fused_experts(model: &ModelDir, name: &str, shape: &[usize]) -> bool {
-    let Some((layer, rest)) = name.split_once(".mlp.experts.") else { return false };
-    let Some((e, projection)) = rest.split_once('.') else { return false };
-    let Ok(e) = e.parse::<usize>() else { return false };
+    let Some(ExpertPath { layer, index: e, projection }) = expert_path(name) else { return false };
     let fused = |p: &str| model.get(&format!("{layer}.mlp.experts.{p}")).map(|t| t.info.shape.clone());
     match (projection, shape) {
         ("gate_proj.weight" | "up_proj.weight", [i, h]) => {

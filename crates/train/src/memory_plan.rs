@@ -114,8 +114,7 @@ pub fn plan(recipe: &Recipe, c: &ModelConfig, opts: &LoadOptions) -> lora_core::
     };
     let selected = select_paths(&all, &targets, recipe.lora.layers.as_deref())?;
     let r = recipe.lora.r as u64;
-    // An expert's gate_up_proj has rank 2r (PEFT's conversion of gate_proj and up_proj).
-    let rank = |p: &str| if lora_core::adapter::expert_projection(p) == Some("gate_up_proj") { 2 * r } else { r };
+    let rank = |p: &str| lora_core::adapter::rank_for(p, r as usize) as u64;
     let params: u64 =
         shapes.iter().filter(|(p, _, _)| selected.contains(p)).map(|(p, i, o)| rank(p) * (*i + *o) as u64).sum();
     // Value, gradient and two moments; with several micro-batches a step also keeps the sum of

@@ -84,13 +84,11 @@ pub fn flatten(model: &CausalLm) -> Result<Vec<(String, &'static str, FlatExpert
     // that the host holds the flattened result and one group's copies, never every expert's twice.
     let mut per: BTreeMap<(String, &'static str), Vec<(usize, &crate::network::lora::LoraAdapter)>> = BTreeMap::new();
     for (path, lin) in model.linear_modules() {
-        let (Some(projection), Some(adapter)) = (super::expert_projection(&path), lin.lora.first()) else {
+        let (Some(e), Some(adapter)) = (crate::network::config::expert_path(&path), lin.lora.first()) else {
             continue;
         };
-        let (layer, rest) = path.split_once(".mlp.experts.").expect("an expert path");
-        let e: usize = rest.split('.').next().and_then(|i| i.parse().ok()).expect("an expert index");
-        let projection: &'static str = if projection == "gate_up_proj" { "gate_up_proj" } else { "down_proj" };
-        per.entry((layer.to_string(), projection)).or_default().push((e, adapter));
+        let projection: &'static str = if e.projection == "gate_up_proj" { "gate_up_proj" } else { "down_proj" };
+        per.entry((e.layer.to_string(), projection)).or_default().push((e.index, adapter));
     }
     let experts = model.config.moe.as_ref().map_or(0, |m| m.num_experts);
     let host = |t: &burn::tensor::Tensor<2>| crate::kernels::host::to_f32_vec(t.clone().inner());
@@ -141,7 +139,7 @@ mod tests {
 pub(crate) fn attach_from_file(
     model: &mut CausalLm,
     file: &lora_formats::safetensors::SafetensorsFile,
-    modules: &mut BTreeMap<String, (Option<String>, Option<String>)>,
+    modules: &mut BTreeMap<String, (String, String)>,
     cfg: &crate::adapter::config::AdapterConfig,
     weight: f64,
     trainable: bool,
@@ -151,12 +149,6 @@ pub(crate) fn attach_from_file(
     let path = file.path().to_path_buf();
     let device = model.device();
     let shape = |name: &str| file.info(name).expect("listed").shape.clone();
-    let pair = |m: &str, entry: &(Option<String>, Option<String>)| -> Result<(String, String)> {
-        match entry {
-            (Some(a), Some(b)) => Ok((a.clone(), b.clone())),
-            _ => Err(CoreError::safetensors(path.clone(), format!("module '{m}' has only one of lora_A / lora_B"))),
-        }
-    };
     // (target linear path, A [r, in], B [out, r], r, scaling)
     let mut attach: Vec<(String, Vec<f32>, Vec<f32>, usize, f64)> = Vec::new();
     let (h, i) = (model.config.hidden_size, moe.intermediate_size);
@@ -167,7 +159,7 @@ pub(crate) fn attach_from_file(
         .collect();
     for m in flat {
         let entry = modules.remove(&m).expect("listed");
-        let (a_name, b_name) = pair(&m, &entry)?;
+        let (a_name, b_name) = entry;
         let layer = m.split(".mlp.experts").next().expect("split").to_string();
         let (sa, sb) = (shape(&a_name), shape(&b_name));
         let projection = match (sa.get(1), sb.first()) {
@@ -209,7 +201,7 @@ pub(crate) fn attach_from_file(
     let mut gate_up: BTreeMap<String, [Option<(Vec<f32>, Vec<f32>, usize, f64)>; 2]> = BTreeMap::new();
     for m in per_expert {
         let entry = modules.remove(&m).expect("listed");
-        let (a_name, b_name) = pair(&m, &entry)?;
+        let (a_name, b_name) = entry;
         let (stem, projection) = m.rsplit_once('.').expect("a module path");
         let stem = stem.replace(".block_sparse_moe.experts.", ".mlp.experts.");
         let (a, b) = (file.to_f32(&a_name)?.0, file.to_f32(&b_name)?.0);

@@ -16,7 +16,7 @@ use regex::Regex;
 use crate::adapter::config::{AdapterConfig, TargetModules};
 use crate::error::{CoreError, Result};
 use crate::io::safetensors_write::{StoredDtype, write_safetensors};
-use crate::network::config::{Relayout, layer_index};
+use crate::network::config::{Relayout, expert_path, layer_index};
 use crate::network::lora::{LoraAdapter, lora_scaling};
 use crate::network::model::CausalLm;
 use lora_formats::safetensors::SafetensorsFile;
@@ -72,9 +72,14 @@ pub fn stays_full_precision(path: &str) -> bool {
 
 /// The projection of a routed expert a module path names (`gate_up_proj` or `down_proj`), if it is one.
 pub fn expert_projection(path: &str) -> Option<&str> {
-    let (_, rest) = path.split_once(".mlp.experts.")?;
-    let (index, projection) = rest.split_once('.')?;
-    index.parse::<usize>().ok().map(|_| projection)
+    expert_path(path).map(|e| e.projection)
+}
+
+/// The rank an adapter of recipe rank `r` gets on module `path`: 2r on an expert's `gate_up_proj`
+/// (with alpha 2α, the same scale), as PEFT converts a rank-r LoRA on gate_proj and on up_proj for
+/// transformers 5's fused experts; r elsewhere.
+pub fn rank_for(path: &str, r: usize) -> usize {
+    if expert_projection(path) == Some("gate_up_proj") { 2 * r } else { r }
 }
 
 /// Whether target name `n` reaches expert projection `projection`: as PEFT converts them for
@@ -157,8 +162,8 @@ pub fn select_paths(all: &[String], targets: &TargetModules, layers: Option<&[us
 fn check_whole_experts(model: &CausalLm, targets: &[String]) -> Result<()> {
     let mut counts: BTreeMap<(String, String), usize> = BTreeMap::new();
     for t in targets {
-        if let (Some(p), Some((layer, _))) = (expert_projection(t), t.split_once(".mlp.experts.")) {
-            *counts.entry((layer.to_string(), p.to_string())).or_default() += 1;
+        if let Some(e) = expert_path(t) {
+            *counts.entry((e.layer.to_string(), e.projection.to_string())).or_default() += 1;
         }
     }
     let experts = model.config.moe.as_ref().map_or(0, |m| m.num_experts);
@@ -192,11 +197,9 @@ pub fn attach_new(model: &mut CausalLm, spec: &LoraSpec, seed: u64, trainable: b
         if !targets.contains(&path) {
             continue;
         }
-        // An expert's gate_up_proj gets rank 2r and alpha 2α (the same scale), as PEFT converts a
-        // LoRA of rank r on gate_proj and on up_proj for transformers 5's fused experts.
-        let double = usize::from(expert_projection(&path) == Some("gate_up_proj")) + 1;
-        let (r, scaling) =
-            (spec.r * double, lora_scaling(spec.alpha * double as f64, spec.r * double, spec.use_rslora));
+        // Rank 2r on an expert's gate_up_proj comes with alpha 2α: the same scale.
+        let r = rank_for(&path, spec.r);
+        let scaling = lora_scaling(spec.alpha * (r / spec.r) as f64, r, spec.use_rslora);
         let spec = &LoraSpec { r, ..spec.clone() };
         let (d_in, d_out) = lin.dims();
         let a: Vec<f32> = match spec.init {
@@ -299,6 +302,16 @@ pub fn load_adapter_mapped(
     if modules.is_empty() {
         return Err(CoreError::safetensors(path, "holds no LoRA tensors"));
     }
+    // Every module's two factors, checked once for whichever attaches it.
+    let mut modules: BTreeMap<String, (String, String)> = modules
+        .into_iter()
+        .map(|(module, pair)| match pair {
+            (Some(a), Some(b)) => Ok((module, (a, b))),
+            _ => {
+                Err(CoreError::safetensors(path.clone(), format!("module '{module}' has only one of lora_A / lora_B")))
+            }
+        })
+        .collect::<Result<_>>()?;
     experts::attach_from_file(model, &file, &mut modules, &cfg, weight, trainable)?;
     let device = model.device();
     let paths: Vec<String> = model.linear_modules().into_iter().map(|(p, _)| p).collect();
@@ -306,12 +319,6 @@ pub fn load_adapter_mapped(
     let mut linears = model.linear_modules_mut();
     for (module, (a_name, b_name)) in &modules {
         let target = relayout.as_ref().map_or_else(|| module.clone(), |r| r.apply(module));
-        let (Some(a_name), Some(b_name)) = (a_name, b_name) else {
-            return Err(CoreError::safetensors(
-                path.clone(),
-                format!("module '{module}' has only one of lora_A / lora_B"),
-            ));
-        };
         let Some((_, lin)) = linears.iter_mut().find(|(p, _)| *p == target) else {
             return Err(CoreError::Invalid(format!(
                 "{}: adapter module '{module}' does not exist in the base model (is this adapter for another architecture?)",

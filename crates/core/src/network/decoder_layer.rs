@@ -45,7 +45,7 @@ impl DecoderLayer {
             (None, Some(l)) => l.linears().to_vec(),
             (None, None) => Vec::new(),
         };
-        // Routed experts take no adapter yet: only a dense layer's MLP is listed.
+        // A sparse layer's router and experts are listed by its block ([`SparseMoe::linears`]).
         let ffn: Vec<&Linear> = self.mlp.iter().flat_map(|m| [&m.gate_proj, &m.up_proj, &m.down_proj]).collect();
         let names = self.mixer_kind().linear_names().iter().chain(self.ffn_kind().linear_names());
         names.copied().zip(mixer.into_iter().chain(ffn)).collect()
@@ -63,11 +63,6 @@ impl DecoderLayer {
         let ffn: Vec<&mut Linear> =
             mlp.iter_mut().flat_map(|m| [&mut m.gate_proj, &mut m.up_proj, &mut m.down_proj]).collect();
         (names.copied().zip(mixer.into_iter().chain(ffn)).collect(), moe.as_mut())
-    }
-
-    /// [`Self::linears`], borrowed mutably.
-    pub fn linears_mut(&mut self) -> Vec<(&'static str, &mut Linear)> {
-        self.linears_and_experts_mut().0
     }
 
     /// The kind of this layer's mixer, as far as its linear layers go (gated attention has the

@@ -67,15 +67,6 @@ impl Expert {
     }
 }
 
-/// The tensor names of a kind of expert block under the layer: the block, and an expert's gate, up
-/// and down projections.
-fn names(kind: FeedForward) -> (&'static str, [&'static str; 3]) {
-    match kind {
-        FeedForward::MixtralMoe => ("block_sparse_moe", ["w1", "w3", "w2"]),
-        _ => ("mlp", ["gate_proj", "up_proj", "down_proj"]),
-    }
-}
-
 impl SparseMoe {
     /// Loads `{layer}.mlp.gate` and `{layer}.mlp.experts.{e}.*` (or Mixtral's names).
     pub fn load(
@@ -87,7 +78,7 @@ impl SparseMoe {
         opts: &LoadOptions,
         device: &Device,
     ) -> Result<Self> {
-        let (block, [g, u, d]) = names(kind);
+        let (block, [g, u, d]) = kind.expert_names();
         let prefix = format!("{layer}.{block}");
         // The router stays in full precision: its scores pick the experts.
         let gate = Linear::load(w, &format!("{prefix}.gate"), (hidden, moe.num_experts), false, opts, false, device)?;

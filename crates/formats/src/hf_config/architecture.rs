@@ -105,6 +105,15 @@ impl FeedForward {
         }
     }
 
+    /// Where a checkpoint stores one expert's projections: the block under the layer, and the gate,
+    /// up and down projections' names (`block.experts.e.NAME.weight`). Mixtral has its own names.
+    pub fn expert_names(self) -> (&'static str, [&'static str; 3]) {
+        match self {
+            Self::MixtralMoe => ("block_sparse_moe", ["w1", "w3", "w2"]),
+            _ => ("mlp", ["gate_proj", "up_proj", "down_proj"]),
+        }
+    }
+
     /// Whether the block routes tokens to experts.
     pub fn is_moe(self) -> bool {
         self != Self::GatedMlp

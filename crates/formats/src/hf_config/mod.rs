@@ -39,6 +39,24 @@ pub fn decoder_linear_names() -> Vec<&'static str> {
     names
 }
 
+/// A routed expert's module, parsed from its path (`model.layers.3.mlp.experts.17.gate_up_proj`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpertPath<'a> {
+    /// The decoder layer's prefix (`model.layers.3`).
+    pub layer: &'a str,
+    /// The expert's index.
+    pub index: usize,
+    /// The projection (`gate_up_proj`, `down_proj`, or a checkpoint's `gate_proj.weight`).
+    pub projection: &'a str,
+}
+
+/// The expert a module or tensor path under `mlp.experts.E.` names, if it names one.
+pub fn expert_path(path: &str) -> Option<ExpertPath<'_>> {
+    let (layer, rest) = path.split_once(".mlp.experts.")?;
+    let (index, projection) = rest.split_once('.')?;
+    Some(ExpertPath { layer, index: index.parse().ok()?, projection })
+}
+
 /// The decoder layer in a module or tensor name, wherever its stack sits (`model.layers.3.mlp.up_proj`,
 /// `model.language_model.layers.3.mlp.up_proj` → 3): the first `layers.N` segment pair, as PEFT's
 /// `layers_to_transform` finds it.

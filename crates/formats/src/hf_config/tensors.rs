@@ -2,7 +2,6 @@
 //! requires of a checkpoint, so that a command that only copies tensors (a fold, a merge) can refuse
 //! a base that no command could load afterwards.
 
-use super::architecture::FeedForward;
 use super::mixers::TokenMixer;
 use super::model_config::ModelConfig;
 
@@ -58,10 +57,7 @@ impl ModelConfig {
             out.push((at("post_attention_layernorm.weight"), vec![h]));
             if let Some(m) = self.moe.as_ref().filter(|m| m.is_sparse(l)) {
                 // Per expert, as transformers 5 saves them (fused checkpoints are read too).
-                let (block, [g, u, d]) = match self.feed_forward {
-                    FeedForward::MixtralMoe => ("block_sparse_moe", ["w1", "w3", "w2"]),
-                    _ => ("mlp", ["gate_proj", "up_proj", "down_proj"]),
-                };
+                let (block, [g, u, d]) = self.feed_forward.expert_names();
                 let mi = m.intermediate_size;
                 out.push((at(&format!("{block}.gate.weight")), vec![m.num_experts, h]));
                 for e in 0..m.num_experts {
