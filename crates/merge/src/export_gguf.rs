@@ -25,10 +25,12 @@ use crate::gguf::{
 };
 use lora_formats::hf_config::ModelConfig;
 
+use crate::export_gguf_experts_lora::{ExpertShape, expert_pairs};
+
 /// What the export needs to know about the base.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BaseInfo {
-    /// `general.architecture`: `llama`, `qwen2`, `qwen3` or `qwen35`.
+    /// `general.architecture`: `llama`, `qwen2`, `qwen3`, `qwen3moe` or `qwen35`.
     pub architecture: String,
     /// Query heads.
     pub heads: usize,
@@ -38,6 +40,8 @@ pub struct BaseInfo {
     pub tied: bool,
     /// `qwen35`: the Gated DeltaNet's heads, whose value heads the converter reorders.
     pub linear_heads: Option<LinearHeads>,
+    /// A mixture-of-experts base's routed experts.
+    pub experts: Option<ExpertShape>,
 }
 
 impl BaseInfo {
@@ -61,7 +65,8 @@ impl BaseInfo {
                 _ if arch == "qwen35" => return Err(MergeError::gguf(base, "no qwen35.ssm.* head counts")),
                 _ => None,
             };
-            return Self::checked(base, Self { architecture: arch, heads, kv_heads, tied, linear_heads });
+            let experts = gguf_experts(&g);
+            return Self::checked(base, Self { architecture: arch, heads, kv_heads, tied, linear_heads, experts });
         }
         let path = base.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(|e| MergeError::io(&path, e))?;
@@ -75,6 +80,7 @@ impl BaseInfo {
                 kv_heads: c.num_key_value_heads,
                 tied: c.tie_word_embeddings,
                 linear_heads: c.linear_attention.map(LinearHeads::from),
+                experts: config_experts(&c),
             };
             return Self::checked(base, info);
         }
@@ -83,7 +89,7 @@ impl BaseInfo {
                 base,
                 format!(
                     "model_type '{model_type}' has no llama.cpp architecture lora can export to \
-                     (llama, mistral, qwen2, qwen3, qwen3_5)"
+                     (llama, mistral, mixtral, qwen2, qwen3, qwen3_moe, qwen3_5)"
                 ),
             )
         })?;
@@ -92,14 +98,22 @@ impl BaseInfo {
             .ok_or_else(|| MergeError::folder(&path, "no num_attention_heads"))? as usize;
         let kv_heads = cfg["num_key_value_heads"].as_u64().map_or(heads, |v| v as usize);
         let tied = cfg["tie_word_embeddings"].as_bool().unwrap_or(false);
-        Self::checked(base, Self { architecture: arch.to_string(), heads, kv_heads, tied, linear_heads: None })
+        let experts = match cfg.get("num_experts").or(cfg.get("num_local_experts")) {
+            Some(v) if !v.is_null() => config_experts(&ModelConfig::from_file(&path)?),
+            _ => None,
+        };
+        let info = Self { architecture: arch.to_string(), heads, kv_heads, tied, linear_heads: None, experts };
+        Self::checked(base, info)
     }
 
     fn checked(base: &Path, info: Self) -> Result<Self> {
-        if !["llama", "qwen2", "qwen3", "qwen35"].contains(&info.architecture.as_str()) {
+        if !["llama", "qwen2", "qwen3", "qwen3moe", "qwen35"].contains(&info.architecture.as_str()) {
             return Err(MergeError::gguf(
                 base,
-                format!("architecture '{}' is not supported (llama, qwen2, qwen3, qwen35)", info.architecture),
+                format!(
+                    "architecture '{}' is not supported (llama, qwen2, qwen3, qwen3moe, qwen35)",
+                    info.architecture
+                ),
             ));
         }
         if info.heads == 0 || info.kv_heads == 0 {
@@ -133,6 +147,29 @@ impl BaseInfo {
             is_linear_module(hf_module).then(|| gguf_module(hf_module)).flatten()
         }
     }
+}
+
+/// The routed experts of a resolved configuration (the first sparse layer's shape).
+fn config_experts(c: &ModelConfig) -> Option<ExpertShape> {
+    c.moe.as_ref().map(|m| ExpertShape {
+        count: m.num_experts,
+        hidden: c.hidden_size,
+        width: m.intermediate_size,
+        merged_gate_up: false,
+    })
+}
+
+/// The routed experts of a GGUF model, from its first layer's stacked down projections
+/// (`{width, hidden, experts}`), and whether gate and up are one merged tensor.
+fn gguf_experts(g: &GgufFile) -> Option<ExpertShape> {
+    let down = g.tensors.iter().find(|t| t.name.ends_with(&format!(".{}", crate::gguf::experts::DOWN_EXPS)))?;
+    let &[width, hidden, count] = down.dims.as_slice() else { return None };
+    Some(ExpertShape {
+        count: count as usize,
+        hidden: hidden as usize,
+        width: width as usize,
+        merged_gate_up: g.tensors.iter().any(|t| t.name.ends_with(&format!(".{}", crate::gguf::experts::GATE_UP_EXPS))),
+    })
 }
 
 /// What an export wrote.
@@ -169,7 +206,6 @@ fn export_inner(adapter_dir: &Path, base: &Path, out: &Path, ggml_type: GgmlType
     }
     let info = BaseInfo::of(base)?;
     let adapter = Adapter::open(adapter_dir)?;
-    adapter.refuse_experts("GGUF export")?;
     if !adapter.replacements.is_empty() {
         let names: Vec<&String> = adapter.replacements.keys().collect();
         return Err(MergeError::Mismatch(format!(
@@ -177,10 +213,15 @@ fn export_inner(adapter_dir: &Path, base: &Path, out: &Path, ggml_type: GgmlType
             adapter_dir.display()
         )));
     }
+    // One alpha for the file: the one that gives the default rank its own scale.
+    let r = adapter.config.r.max(1);
+    let alpha = (adapter.config.scale_for("", r) * r as f64) as f32;
+    let (expert_pairs, per_expert) = expert_pairs(&adapter, info.experts, alpha)?;
     // A tied head is the embedding matrix in llama.cpp: there is no `output.weight` to adapt.
     let unmapped: Vec<&str> = adapter
         .modules
         .values()
+        .filter(|m| !per_expert.contains(&m.module))
         .filter(|m| info.gguf_module(&m.module).is_none() || (info.tied && m.module == "lm_head"))
         .map(|m| m.module.as_str())
         .collect();
@@ -191,12 +232,26 @@ fn export_inner(adapter_dir: &Path, base: &Path, out: &Path, ggml_type: GgmlType
             unmapped.join(", ")
         )));
     }
-    // One alpha for the file: the one that gives the default rank its own scale.
-    let r = adapter.config.r.max(1);
-    let alpha = (adapter.config.scale_for("", r) * r as f64) as f32;
     let mut tensors = Vec::new();
     let (mut folded, mut fallbacks) = (0usize, Vec::new());
-    for m in adapter.modules.values() {
+    let mut encode = |name: String, values: Vec<f32>, dims: Vec<u64>| -> Result<()> {
+        let (t, data) = match encode_values(&values, ggml_type) {
+            Ok(d) if ggml_type != GgmlType::Q8_0 || dims[0] % 32 == 0 => (ggml_type, d),
+            _ => {
+                fallbacks.push(name.clone());
+                (GgmlType::F16, encode_values(&values, GgmlType::F16)?)
+            }
+        };
+        tensors.push(TensorOut { name, dims, ggml_type: t, data });
+        Ok(())
+    };
+    let expert_modules = expert_pairs.len();
+    for (name, a, b, rank, d_in, d_out) in expert_pairs {
+        let (n, r) = (a.len() / (rank * d_in), rank as u64);
+        encode(format!("{name}.lora_a"), a, vec![d_in as u64, r, n as u64])?;
+        encode(format!("{name}.lora_b"), b, vec![r, d_out as u64, n as u64])?;
+    }
+    for m in adapter.modules.values().filter(|m| !per_expert.contains(&m.module)) {
         let name = info.gguf_module(&m.module).expect("checked");
         let mut a = adapter.tensor_f32(&m.a); // [r, in]
         let mut b = adapter.tensor_f32(&m.b); // [out, r]
@@ -221,20 +276,10 @@ fn export_inner(adapter_dir: &Path, base: &Path, out: &Path, ggml_type: GgmlType
             b = apply(rows_of_b, &b, d_out, rank, heads, true);
             a = apply(columns_of_a, &a, rank, d_in, heads, true);
         }
-        for (suffix, values, dims) in
-            [("lora_a", a, [d_in as u64, rank as u64]), ("lora_b", b, [rank as u64, d_out as u64])]
-        {
-            let tname = format!("{name}.weight.{suffix}");
-            let (t, data) = match encode_values(&values, ggml_type) {
-                Ok(d) if ggml_type != GgmlType::Q8_0 || dims[0] % 32 == 0 => (ggml_type, d),
-                _ => {
-                    fallbacks.push(tname.clone());
-                    (GgmlType::F16, encode_values(&values, GgmlType::F16)?)
-                }
-            };
-            tensors.push(TensorOut { name: tname, dims: dims.to_vec(), ggml_type: t, data });
-        }
+        encode(format!("{name}.weight.lora_a"), a, vec![d_in as u64, rank as u64])?;
+        encode(format!("{name}.weight.lora_b"), b, vec![rank as u64, d_out as u64])?;
     }
+    let modules = adapter.modules.len() - per_expert.len() + expert_modules;
     let metadata = vec![
         ("general.architecture".to_string(), Value::String(info.architecture.clone())),
         ("general.type".to_string(), Value::String("adapter".into())),
@@ -242,14 +287,7 @@ fn export_inner(adapter_dir: &Path, base: &Path, out: &Path, ggml_type: GgmlType
         ("adapter.lora.alpha".to_string(), Value::F32(alpha)),
     ];
     crate::gguf::write(out, &metadata, &tensors, force)?;
-    Ok(ExportReport {
-        out: out.to_path_buf(),
-        architecture: info.architecture,
-        modules: adapter.modules.len(),
-        alpha,
-        folded,
-        fallbacks,
-    })
+    Ok(ExportReport { out: out.to_path_buf(), architecture: info.architecture, modules, alpha, folded, fallbacks })
 }
 
 /// The converter's permutation of q/k rows: Hugging Face row `h·hd + s·hd/2 + j` goes to row

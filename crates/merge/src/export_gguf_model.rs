@@ -16,6 +16,7 @@ use serde_json::Value as Json;
 
 use crate::error::{MergeError, Result};
 use crate::export_gguf::permute_rows;
+use crate::export_gguf_experts::Rows;
 use crate::gguf::sentencepiece::{self, token_type};
 use crate::gguf::{GgmlType, TensorPlan, Value, encode_values, gguf_architecture, gguf_tensor_name};
 use crate::model_dir::ModelDir;
@@ -268,7 +269,10 @@ fn export_inner(dir: &Path, out: &Path, ggml_type: GgmlType, force: bool) -> Res
     let arch = gguf_architecture(model_type).ok_or_else(|| {
         MergeError::folder(
             dir,
-            format!("model_type '{model_type}' cannot be exported (llama, mistral, qwen2, qwen3, qwen3_5)"),
+            format!(
+                "model_type '{model_type}' cannot be exported (llama, mistral, mixtral, qwen2, qwen3, qwen3_moe, \
+                 qwen3_5)"
+            ),
         )
     })?;
     let int =
@@ -303,9 +307,13 @@ fn export_inner(dir: &Path, out: &Path, ggml_type: GgmlType, force: bool) -> Res
         meta.push((key("vocab_size"), Value::U32(vocab as u32)));
         meta.push((key("rope.dimension_count"), Value::U32(head_dim as u32)));
     }
-    if head_dim != hidden / heads.max(1) {
+    // The converter writes the head size whenever config.json names one.
+    if head_dim != hidden / heads.max(1) || cfg["head_dim"].as_u64().is_some() {
         meta.push((key("attention.key_length"), Value::U32(head_dim as u32)));
         meta.push((key("attention.value_length"), Value::U32(head_dim as u32)));
+    }
+    if cfg.get("num_experts").or(cfg.get("num_local_experts")).is_some_and(|v| !v.is_null()) {
+        meta.extend(crate::export_gguf_experts::metadata(&cfg, arch, dir)?);
     }
     meta.push(("general.file_type".into(), Value::U32(file_type)));
     meta.push(("general.quantization_version".into(), Value::U32(2)));
@@ -334,12 +342,14 @@ fn export_inner(dir: &Path, out: &Path, ggml_type: GgmlType, force: bool) -> Res
         plan.push(Planned {
             gguf: "rope_freqs.weight".into(),
             hf: None,
+            stack: Vec::new(),
             dims: vec![f.len() as u64],
             ggml_type: GgmlType::F32,
         });
     }
+    let (stacked, in_stacks) = crate::export_gguf_experts::plan(&model, ggml_type)?;
     for hf in model.names() {
-        if hf.ends_with("rotary_emb.inv_freq") || (tied && hf == "lm_head.weight") {
+        if hf.ends_with("rotary_emb.inv_freq") || (tied && hf == "lm_head.weight") || in_stacks.contains(hf) {
             continue;
         }
         let g = gguf_tensor_name(hf)
@@ -347,9 +357,15 @@ fn export_inner(dir: &Path, out: &Path, ggml_type: GgmlType, force: bool) -> Res
         let info = model.require(hf)?.info;
         let dims: Vec<u64> = info.shape.iter().rev().map(|&d| d as u64).collect();
         let t = tensor_type(&dims, ggml_type);
-        plan.push(Planned { gguf: g, hf: Some(hf.to_string()), dims, ggml_type: t });
+        // The converter keeps the routers in F32: their scores pick the experts.
+        let t = if g.contains(".ffn_gate_inp") { GgmlType::F32 } else { t };
+        plan.push(Planned { gguf: g, hf: Some(hf.to_string()), stack: Vec::new(), dims, ggml_type: t });
     }
+    plan.extend(stacked);
     let values = |p: &Planned| -> Result<Vec<f32>> {
+        if !p.stack.is_empty() {
+            return crate::export_gguf_experts::stacked_values(&model, &p.stack, p.dims[0] as usize);
+        }
         let Some(hf) = &p.hf else { return Ok(factors.clone().expect("planned")) };
         let mut values = read_f32(&model, hf)?;
         if arch == "llama" && (p.gguf.contains(".attn_q.") || p.gguf.contains(".attn_k.")) {
@@ -365,11 +381,13 @@ fn export_inner(dir: &Path, out: &Path, ggml_type: GgmlType, force: bool) -> Res
 }
 
 /// One tensor of a planned model export: its GGUF name, the Hugging Face tensor its values come
-/// from (none for values the export computes), its GGUF dimensions (innermost first) and type.
+/// from (none for values the export computes or stacks), its GGUF dimensions (innermost first) and type.
 #[derive(Debug, Clone)]
 pub(crate) struct Planned {
     pub gguf: String,
     pub hf: Option<String>,
+    /// Routed experts stacked from several folder tensors (`export_gguf_experts`); empty otherwise.
+    pub stack: Vec<Rows>,
     pub dims: Vec<u64>,
     pub ggml_type: GgmlType,
 }

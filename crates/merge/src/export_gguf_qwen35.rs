@@ -99,7 +99,7 @@ pub(crate) fn export(
         // converter keeps it (`SSM_CONV1D` is among its F32-only tensors).
         let dims: Vec<u64> = shape.iter().rev().filter(|&&d| !conv || d != 1).map(|&d| d as u64).collect();
         let t = if conv || gguf.ends_with("_norm.weight") { GgmlType::F32 } else { tensor_type(&dims, ggml_type) };
-        plan.push(Planned { gguf, hf: Some(hf.to_string()), dims, ggml_type: t });
+        plan.push(Planned { gguf, hf: Some(hf.to_string()), stack: Vec::new(), dims, ggml_type: t });
     }
     let values = |p: &Planned| -> Result<Vec<f32>> {
         let hf = p.hf.as_deref().expect("every qwen35 tensor comes from the folder");

@@ -18,6 +18,8 @@ mod card;
 pub mod dtype_policy;
 pub mod error;
 mod export_gguf;
+mod export_gguf_experts;
+mod export_gguf_experts_lora;
 mod export_gguf_model;
 mod export_gguf_qwen35;
 mod extract;

@@ -5,6 +5,7 @@ mod core_commands;
 mod dpo_commands;
 mod fuzz_corpus;
 mod gguf_commands;
+mod gguf_moe;
 mod gguf_qwen35;
 mod gpu_commands;
 mod hub_commands;

@@ -145,7 +145,13 @@ impl Weights {
     /// Whether a tensor of this name exists.
     pub fn contains(&self, name: &str) -> bool {
         if let Some(g) = &self.gguf {
-            return crate::io::gguf::model::gguf_name(name).is_some_and(|n| g.file.tensor(&n).is_some());
+            use lora_formats::gguf::experts::{ExpertTensor, expert_tensor};
+            let has = |n: &str| g.file.tensor(n).is_some();
+            return match expert_tensor(name) {
+                Some(ExpertTensor::GateUp { gate, merged, .. }) => has(&gate) || has(&merged),
+                Some(ExpertTensor::Slice { stacked, merged, .. }) => has(&stacked) || merged.is_some_and(|m| has(&m)),
+                _ => crate::io::gguf::model::gguf_name(name).is_some_and(|n| has(&n)),
+            };
         }
         self.location.contains_key(name)
     }
@@ -299,6 +305,9 @@ impl Weights {
     }
 
     fn read_gguf(&self, g: &GgufSource, name: &str, expected: &[usize]) -> Result<(Vec<f32>, Vec<usize>)> {
+        if let Some(read) = self.read_gguf_experts(g, name, expected)? {
+            return Ok(read);
+        }
         let missing =
             || CoreError::MissingTensor { dir: self.dir.clone(), name: name.to_string(), expected: expected.to_vec() };
         let gname = match g.qwen35 {
@@ -332,6 +341,79 @@ impl Weights {
         }
         self.taken.borrow_mut().insert(gname);
         Ok((values, shape))
+    }
+
+    /// Routed experts, which GGUF stacks (`lora_formats::gguf::experts`): the fused
+    /// `experts.gate_up_proj` `[E, 2I, H]` (from a merged `ffn_gate_up_exps`, or gate and up
+    /// interleaved per expert) and one expert's projection (its rows of the stacked tensor, read
+    /// alone). `None` for every other tensor, the fused down projections included (one tensor as is).
+    fn read_gguf_experts(
+        &self,
+        g: &GgufSource,
+        name: &str,
+        expected: &[usize],
+    ) -> Result<Option<(Vec<f32>, Vec<usize>)>> {
+        use lora_formats::gguf::experts::{ExpertProjection, ExpertTensor, expert_tensor};
+        let file = &g.file;
+        let gguf_err = |e: lora_formats::FormatError| CoreError::Gguf(e.to_string());
+        let missing =
+            || CoreError::MissingTensor { dir: self.dir.clone(), name: name.to_string(), expected: expected.to_vec() };
+        let mismatch = |gname: &str, found: Vec<usize>, want: Vec<usize>| CoreError::ShapeMismatch {
+            path: self.dir.clone(),
+            name: format!("{gname} ({name})"),
+            expected: want,
+            found,
+        };
+        match expert_tensor(name) {
+            Some(ExpertTensor::GateUp { gate, up, merged }) => {
+                let [e, two_i, h] = expected else { return Ok(None) };
+                let (e, i, h) = (*e, two_i / 2, *h);
+                if let Some(t) = file.tensor(&merged) {
+                    if t.shape() != expected {
+                        return Err(mismatch(&merged, t.shape(), expected.to_vec()));
+                    }
+                    self.taken.borrow_mut().insert(merged);
+                    return Ok(Some((file.to_f32(t).map_err(gguf_err)?, expected.to_vec())));
+                }
+                let (tg, tu) = (file.tensor(&gate).ok_or_else(missing)?, file.tensor(&up).ok_or_else(missing)?);
+                for (n, t) in [(&gate, tg), (&up, tu)] {
+                    if t.shape() != [e, i, h] {
+                        return Err(mismatch(n, t.shape(), vec![e, i, h]));
+                    }
+                }
+                let (gv, uv) = (file.to_f32(tg).map_err(gguf_err)?, file.to_f32(tu).map_err(gguf_err)?);
+                let per = i * h;
+                let mut out = Vec::with_capacity(2 * e * per);
+                for x in 0..e {
+                    out.extend_from_slice(&gv[x * per..(x + 1) * per]);
+                    out.extend_from_slice(&uv[x * per..(x + 1) * per]);
+                }
+                self.taken.borrow_mut().extend([gate, up]);
+                Ok(Some((out, expected.to_vec())))
+            }
+            Some(ExpertTensor::Slice { stacked, merged, expert, projection }) => {
+                let [out, inp] = expected else { return Ok(None) };
+                let (out, inp) = (*out, *inp);
+                // Gate and up of a merged `ffn_gate_up_exps`: `2·out` rows per expert, up in the second half.
+                let (gname, t, start, rows) =
+                    match (file.tensor(&stacked), merged.as_deref().and_then(|m| file.tensor(m))) {
+                        (Some(t), _) => (stacked, t, expert * out, out),
+                        (None, Some(t)) => {
+                            let half = if projection == ExpertProjection::Up { out } else { 0 };
+                            (merged.expect("found"), t, expert * 2 * out + half, 2 * out)
+                        }
+                        (None, None) => return Err(missing()),
+                    };
+                match t.shape().as_slice() {
+                    &[experts, r, c] if r == rows && c == inp && expert < experts => {}
+                    _ => return Err(mismatch(&gname, t.shape(), vec![expert + 1, rows, inp])),
+                }
+                let values = file.rows_to_f32(t, start, out).map_err(gguf_err)?;
+                self.taken.borrow_mut().insert(gname);
+                Ok(Some((values, expected.to_vec())))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// [`Self::check_all_taken`], with every tensor under one of `prefixes` allowed to stay unused.

@@ -4,6 +4,7 @@
 //! and llama.cpp's names and value transforms of a Qwen3.5 model (`qwen35`).
 
 mod dequant;
+pub mod experts;
 mod ggml_type;
 mod names;
 pub mod qwen35;

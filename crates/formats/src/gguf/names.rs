@@ -54,17 +54,26 @@ pub(super) fn translate(
 }
 
 /// `model.layers.3.self_attn.q_proj` → `blk.3.attn_q`, `lm_head` → `output`.
+/// A mixture-of-experts block's router and shared expert (`mlp.gate` → `blk.3.ffn_gate_inp`) too.
 pub fn gguf_module(hf_module: &str) -> Option<String> {
-    translate(hf_module, &MODEL, &LAYER, true)
+    translate(hf_module, &MODEL, &LAYER, true).or_else(|| {
+        super::experts::whole_expert_tensor(&format!("{hf_module}.weight"))?.strip_suffix(".weight").map(str::to_string)
+    })
 }
 
 /// `blk.3.attn_q` → `model.layers.3.self_attn.q_proj`, `output` → `lm_head`.
+/// A block's router and shared expert come back under `mlp`, as transformers 5 names them in memory.
 pub fn hf_module(gguf_module: &str) -> Option<String> {
-    translate(gguf_module, &MODEL, &LAYER, false)
+    translate(gguf_module, &MODEL, &LAYER, false).or_else(|| super::experts::hf_block_module(gguf_module, "mlp"))
 }
 
 /// A tensor name (`<module>.weight` / `.bias`) in GGUF's spelling.
+/// A tensor that is one GGUF tensor as it is; an expert's own weights are slices of stacked tensors
+/// (`experts::expert_tensor`).
 pub fn gguf_tensor_name(hf: &str) -> Option<String> {
+    if let Some(g) = super::experts::whole_expert_tensor(hf) {
+        return Some(g);
+    }
     let (module, kind) = hf.rsplit_once('.')?;
     Some(format!("{}.{kind}", gguf_module(module)?))
 }

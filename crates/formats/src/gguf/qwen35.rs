@@ -110,14 +110,18 @@ pub fn mtp_tensor_name(hf: &str, layers: usize) -> Option<(String, String)> {
 
 /// The GGUF name of a tensor of a Qwen3.5 text model (`model.layers.3.linear_attn.A_log` →
 /// `blk.3.ssm_a`), or `None` for a name a `qwen35` file does not hold.
+/// A mixture-of-experts block's router, shared expert and fused down projections (`qwen35moe`) too.
 pub fn tensor_name(hf: &str) -> Option<String> {
-    translate(hf, &MODEL, &LAYER, true)
+    translate(hf, &MODEL, &LAYER, true).or_else(|| super::experts::whole_expert_tensor(hf))
 }
 
 /// The Hugging Face name of a tensor of a `qwen35` file, or `None` (the multi-token-prediction
 /// block's tensors and names of other architectures).
 pub fn hf_name(gguf: &str) -> Option<String> {
-    translate(gguf, &MODEL, &LAYER, false)
+    translate(gguf, &MODEL, &LAYER, false).or_else(|| {
+        let module = super::experts::hf_block_module(gguf.strip_suffix(".weight")?, "mlp")?;
+        Some(format!("{module}.weight"))
+    })
 }
 
 /// A tensor name of either checkpoint form in the text form's spelling:
@@ -134,8 +138,11 @@ pub fn text_form(hf: &str) -> String {
 /// (norms, the convolution, `A_log`, and names a `qwen35` file does not hold).
 pub fn gguf_module(hf_module: &str) -> Option<String> {
     let text = text_form(hf_module);
+    // A mixture-of-experts block's router (`mlp.gate`) and shared expert gate are linear too.
     let linear = text == "lm_head"
-        || text.rsplit_once('.').is_some_and(|(_, last)| last.ends_with("_proj") || last.starts_with("in_proj_"));
+        || text.rsplit_once('.').is_some_and(|(_, last)| {
+            last.ends_with("_proj") || last.starts_with("in_proj_") || matches!(last, "gate" | "shared_expert_gate")
+        });
     if !linear || text.ends_with("conv1d") {
         return None;
     }
@@ -308,5 +315,12 @@ mod tests {
         assert_eq!((b, a), (Transform::None, Transform::Columns { dim: 2 }));
         assert_eq!(lora_transforms("model.layers.0.mlp.up_proj", &HEADS), (Transform::None, Transform::None));
         assert_eq!(tensor_name("model.layers.0.linear_attn.unknown.weight"), None);
+        assert_eq!(tensor_name("model.layers.1.mlp.gate.weight").as_deref(), Some("blk.1.ffn_gate_inp.weight"));
+        assert_eq!(
+            hf_name("blk.1.ffn_gate_inp_shexp.weight").as_deref(),
+            Some("model.layers.1.mlp.shared_expert_gate.weight")
+        );
+        assert_eq!(gguf_module("model.layers.1.mlp.gate").as_deref(), Some("blk.1.ffn_gate_inp"));
+        assert_eq!(hf_module("blk.1.ffn_down_shexp").as_deref(), Some("model.layers.1.mlp.shared_expert.down_proj"));
     }
 }

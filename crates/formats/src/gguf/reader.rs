@@ -298,6 +298,32 @@ impl GgufFile {
             .ok_or_else(|| FormatError::gguf(&self.path, format!("tensor '{}' lies outside the file", t.name)))
     }
 
+    /// Rows `start .. start + count` of a tensor dequantized to f32, a row being its innermost
+    /// dimension (`dims[0]`, along which ggml lays out its blocks): expert `e` of a stacked
+    /// `[experts, out, in]` tensor is rows `e·out .. (e+1)·out`.
+    pub fn rows_to_f32(&self, t: &TensorInfo, start: usize, count: usize) -> Result<Vec<f32>> {
+        let bytes = self.bytes(t)?;
+        let ty = t.ggml_type().expect("bytes checked the type");
+        let width = t.dims.first().copied().unwrap_or(1) as usize;
+        let rows = t.numel() as usize / width.max(1);
+        let row_bytes = ty
+            .bytes_of(width)
+            .filter(|_| start.checked_add(count).is_some_and(|end| end <= rows))
+            .ok_or_else(|| {
+                FormatError::gguf(
+                    &self.path,
+                    format!(
+                        "tensor '{}': rows {start}..{} of {rows} rows of {width} cannot be read",
+                        t.name,
+                        start + count
+                    ),
+                )
+            })?;
+        let mut out = vec![0.0f32; count * width];
+        super::dequant::dequantize(ty, &bytes[start * row_bytes..(start + count) * row_bytes], &mut out);
+        Ok(out)
+    }
+
     /// A tensor dequantized to f32 (row-major, outermost dimension first).
     pub fn to_f32(&self, t: &TensorInfo) -> Result<Vec<f32>> {
         let bytes = self.bytes(t)?;

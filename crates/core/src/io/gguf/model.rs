@@ -30,8 +30,8 @@ pub fn architecture(g: &GgufFile) -> Result<String> {
         .ok_or_else(|| CoreError::Gguf(format!("{}: no general.architecture key", g.path().display())))?;
     if hf_class(arch).is_none() {
         return Err(CoreError::Gguf(format!(
-            "{}: architecture '{arch}' is not supported; lora reads GGUF models of the llama (Llama, Mistral), \
-             qwen2, qwen3 and qwen35 (Qwen3.5) architectures",
+            "{}: architecture '{arch}' is not supported; lora reads GGUF models of the llama (Llama, Mistral, \
+             Mixtral), qwen2, qwen3, qwen3moe and qwen35 (Qwen3.5) architectures",
             g.path().display()
         )));
     }
@@ -146,11 +146,17 @@ pub fn config_json(g: &GgufFile) -> Result<Json> {
         return Err(meta.error(format!("{} = '{t}' is not supported", meta.key("rope.scaling.type"))));
     }
     let heads = meta.need("attention.head_count")?;
+    let moe = moe_keys(&meta)?;
     let mut cfg = json!({
         "architectures": [hf_class(&arch).expect("checked")],
         "vocab_size": meta.vocab_size()?,
         "hidden_size": meta.need("embedding_length")?,
-        "intermediate_size": meta.need("feed_forward_length")?,
+        "intermediate_size": match moe {
+            // A mixture-of-experts model's dense width is only that of its dense layers, which
+            // llama.cpp's MoE files have none of.
+            Some(_) => meta.int("feed_forward_length")?.unwrap_or(0),
+            None => meta.need("feed_forward_length")?,
+        },
         "num_hidden_layers": meta.need("block_count")?,
         "num_attention_heads": heads,
         "num_key_value_heads": meta.int("attention.head_count_kv")?.unwrap_or(heads),
@@ -164,8 +170,46 @@ pub fn config_json(g: &GgufFile) -> Result<Json> {
     if let Some(hd) = meta.int("attention.key_length")? {
         cfg["head_dim"] = Json::from(hd);
     }
+    if let Some(moe) = moe {
+        let obj = cfg.as_object_mut().expect("an object");
+        obj.remove("mlp_bias");
+        obj.extend(moe.as_object().expect("an object").clone());
+    }
     meta.insert_special_tokens(&mut cfg);
     Ok(cfg)
+}
+
+/// The mixture-of-experts keys of a `qwen3moe` file or a Mixtral `llama` file (`expert_count` > 0),
+/// as config.json spells them, or `None` for a dense model. llama.cpp runs both with every layer
+/// sparse and the top k weights renormalised (`build_moe_ffn`'s `norm_w`), which these keys say.
+fn moe_keys(m: &Meta) -> Result<Option<Json>> {
+    let experts = m.int("expert_count")?.unwrap_or(0);
+    if experts == 0 {
+        if m.arch == "qwen3moe" {
+            return Err(m.error("a qwen3moe file without qwen3moe.expert_count"));
+        }
+        return Ok(None);
+    }
+    let used = m.need("expert_used_count")?;
+    if used == 0 || used > experts {
+        return Err(m.error(format!("{}.expert_used_count {used} must be between 1 and {experts}", m.arch)));
+    }
+    Ok(Some(match m.arch {
+        "qwen3moe" => json!({
+            "num_experts": experts,
+            "num_experts_per_tok": used,
+            "moe_intermediate_size": m.need("expert_feed_forward_length")?,
+            "norm_topk_prob": true,
+            "decoder_sparse_step": 1,
+            "mlp_only_layers": [],
+        }),
+        _ => json!({
+            "architectures": ["MixtralForCausalLM"],
+            "num_local_experts": experts,
+            "num_experts_per_tok": used,
+            "intermediate_size": m.int("expert_feed_forward_length")?.map_or_else(|| m.need("feed_forward_length"), Ok)?,
+        }),
+    }))
 }
 
 /// Undoes the converter's permutation of q/k rows: the GGUF row `h·hd + 2j + s` holds the Hugging Face
@@ -229,6 +273,10 @@ pub fn read_lora_adapter_for(
     let mut modules = Vec::new();
     for t in &g.tensors {
         let Some(base) = t.name.strip_suffix(".lora_a") else { continue };
+        if t.dims.len() == 3 {
+            modules.extend(expert_lora_modules(g, t, base)?);
+            continue;
+        }
         let module = if arch == "qwen35" {
             base.strip_suffix(".weight").and_then(qwen35::hf_module)
         } else {
@@ -268,4 +316,55 @@ pub fn read_lora_adapter_for(
         return Err(CoreError::Gguf(format!("{path}: holds no .lora_a / .lora_b tensors")));
     }
     Ok((alpha, modules))
+}
+
+/// A 3-D llama.cpp LoRA pair on stacked experts (`blk.N.ffn_{gate,up,down,gate_up}_exps.weight`,
+/// `lora_a` `[E, r, in]`, `lora_b` `[E, out, r]`, as `build_lora_mm_id` applies them) as one module per
+/// expert on lora's layers (`model.layers.N.mlp.experts.E.gate_up_proj` / `down_proj`). A pair on the
+/// gate or up projections alone updates its half of the expert's `gate_up_proj`, the other half's
+/// rows of B zero; gate and up pairs both present give two modules on the layer, which add.
+fn expert_lora_modules(g: &GgufFile, ta: &lora_formats::gguf::TensorInfo, base: &str) -> Result<Vec<GgufLoraModule>> {
+    use lora_formats::gguf::experts::{ExpertProjection, GATE_UP_EXPS, stacked_projection};
+    let path = g.path().display().to_string();
+    let bad = |m: String| CoreError::Gguf(format!("{path}: '{}': {m}", ta.name));
+    let module = base.strip_suffix(".weight").ok_or_else(|| bad("adapts no module lora knows".into()))?;
+    let merged = module.strip_suffix(&format!(".{}", GATE_UP_EXPS.trim_end_matches(".weight")));
+    let (layer, projection) = match (merged, stacked_projection(module)) {
+        (Some(blk), _) => (blk.strip_prefix("blk.").and_then(|n| n.parse::<usize>().ok()), None),
+        (None, Some((l, p))) => (Some(l), Some(p)),
+        (None, None) => (None, None),
+    };
+    let layer = layer.ok_or_else(|| bad("3-D LoRA factors on a tensor that holds no routed experts".into()))?;
+    let b_name = format!("{base}.lora_b");
+    let tb = g.tensor(&b_name).ok_or_else(|| bad(format!("no {b_name}")))?;
+    let (&[d_in, r, n], &[r_b, d_out, n_b]) = (ta.dims.as_slice(), tb.dims.as_slice()) else {
+        return Err(bad(format!("{b_name} is not 3-D as its lora_a is")));
+    };
+    if r != r_b || n != n_b || r == 0 {
+        return Err(bad(format!("lora_a {:?} and {b_name} {:?} disagree in rank or experts", ta.dims, tb.dims)));
+    }
+    let (d_in, r, n, d_out) = (d_in as usize, r as usize, n as usize, d_out as usize);
+    let read = |t| g.to_f32(t).map_err(|e| CoreError::Gguf(e.to_string()));
+    let (a, b) = (read(ta)?, read(tb)?);
+    // Where the pair's output rows land in lora's layer: (name, rows of the layer, first row).
+    let (name, rows, first) = match projection {
+        None => ("gate_up_proj", d_out, 0),
+        Some(ExpertProjection::Gate) => ("gate_up_proj", 2 * d_out, 0),
+        Some(ExpertProjection::Up) => ("gate_up_proj", 2 * d_out, d_out),
+        Some(ExpertProjection::Down) => ("down_proj", d_out, 0),
+    };
+    Ok((0..n)
+        .map(|e| {
+            let mut b_e = vec![0f32; rows * r];
+            b_e[first * r..(first + d_out) * r].copy_from_slice(&b[e * d_out * r..(e + 1) * d_out * r]);
+            GgufLoraModule {
+                module: format!("model.layers.{layer}.mlp.experts.{e}.{name}"),
+                a: a[e * r * d_in..(e + 1) * r * d_in].to_vec(),
+                b: b_e,
+                r,
+                d_in,
+                d_out: rows,
+            }
+        })
+        .collect())
 }

@@ -61,10 +61,12 @@ pub fn gguf_to_folder(path: &Path, dir: &Path) -> Result<()> {
         .unwrap_or_default();
     let mut names = Vec::new();
     let qwen35 = crate::io::gguf::model::architecture(&file)? == "qwen35";
-    if qwen35 {
-        // llama.cpp's names and layouts differ from Hugging Face's tensor by tensor (io::gguf::qwen35):
-        // write what the configuration loads, read back through the inverse transforms; the
-        // multi-token-prediction block stays behind.
+    // llama.cpp's names and layouts differ from Hugging Face's tensor by tensor in a qwen35 file
+    // (io::gguf::qwen35), and a mixture of experts' are stacked: write what the configuration loads
+    // (experts one by one, as transformers 5 saves them), read back through the inverse transforms;
+    // a multi-token-prediction block stays behind.
+    let by_config = qwen35 || config.moe.is_some();
+    if by_config {
         names = config.expected_tensors();
     }
     for t in &file.tensors {
@@ -76,7 +78,7 @@ pub fn gguf_to_folder(path: &Path, dir: &Path) -> Result<()> {
                 lora_formats::gguf::GgmlType::name_of_id(t.type_id)
             )));
         }
-        if qwen35 {
+        if by_config {
             continue;
         }
         let hf = lora_formats::gguf::hf_tensor_name(&t.name).ok_or_else(|| {

@@ -1,0 +1,167 @@
+//! Mixture-of-experts models in GGUF, both ways (`scripts/make_moe_gguf_fixtures.py`): `lora export`
+//! writes the files llama.cpp's converter writes for `qwen3moe` and Mixtral (`llama` with stacked
+//! experts), lora reads the converter's files as llama.cpp runs them, and the adapters it exports on experts (3-D `lora_a` / `lora_b`) run in
+//! llama.cpp as the PEFT adapters run in lora.
+
+use std::path::{Path, PathBuf};
+
+use lora_formats::gguf::{GgufFile, Value};
+
+use crate::common::*;
+
+fn gguf(name: &str) -> PathBuf {
+    fixtures().join("gguf").join(name)
+}
+
+/// llama.cpp's run of the fixtures: the probe rows and `logits.<key>`.
+struct LlamaCpp {
+    rows: Vec<Vec<u32>>,
+    file: lora_formats::safetensors::SafetensorsFile,
+}
+
+impl LlamaCpp {
+    fn open() -> Self {
+        let file = lora_formats::safetensors::SafetensorsFile::open(gguf("moe_llama_cpp.safetensors")).unwrap();
+        let ids: Vec<u32> = file
+            .bytes(file.info("input_ids").unwrap())
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
+            .collect();
+        let rows = ids.chunks(ids.len() / 2).map(<[u32]>::to_vec).collect();
+        Self { rows, file }
+    }
+
+    fn logits(&self, key: &str) -> Vec<f32> {
+        self.file.to_f32(&format!("logits.{key}")).unwrap().0
+    }
+
+    /// lora's logits of `model` (with `adapter`), each probe row on its own, flattened.
+    fn ours(&self, model: &Path, adapter: Option<&Path>) -> Vec<f32> {
+        let device = lora_core::default_device();
+        let mut m = lora_core::CausalLm::load_dir(model, &device).unwrap();
+        if let Some(a) = adapter {
+            lora_core::adapter::load_adapter(&mut m, a, 1.0, false).unwrap();
+        }
+        let mut out = Vec::new();
+        for row in &self.rows {
+            let batch = lora_core::TokenBatch::rows(vec![row.clone()]);
+            out.extend(lora_core::to_f32_vec(m.forward(&batch, None).unwrap()).unwrap());
+        }
+        out
+    }
+}
+
+fn close(what: &str, ours: &[f32], theirs: &[f32]) {
+    assert_eq!(ours.len(), theirs.len(), "{what}: lengths");
+    let d = max_abs_diff(ours, theirs);
+    assert!(d <= 1e-4, "{what}: max |Δ| vs llama.cpp {d:e}");
+}
+
+/// `lora export` of a MoE folder is the converter's file: every metadata key of theirs with its
+/// value, every tensor (the experts stacked, the router in F32) with its dimensions, type and values.
+#[test]
+fn moe_model_export_equals_the_converter() {
+    let d = temp_dir("gguf-moe-export");
+    for (folder, theirs) in [("qwen3_moe-sparse", "qwen3moe-f32.gguf"), ("mixtral", "mixtral-f32.gguf")] {
+        let out = d.join(theirs);
+        let o = lora(&["export", s(&fixtures().join("models").join(folder)), "-o", s(&out), "--type", "f32"]);
+        assert!(o.status.success(), "{folder}: {}", stderr(&o));
+        let (ours, theirs) = (GgufFile::open(&out).unwrap(), GgufFile::open(gguf(theirs)).unwrap());
+        for (k, v) in &theirs.metadata {
+            if ["general.name", "general.size_label", "general.basename", "tokenizer.ggml.add_sep_token"]
+                .contains(&k.as_str())
+            {
+                continue;
+            }
+            let o = ours.get(k).unwrap_or_else(|| panic!("{folder}: key {k} missing"));
+            match (o, v) {
+                (Value::F32(a), Value::F32(b)) => assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{folder}: {k}"),
+                _ => assert_eq!(o, v, "{folder}: {k}"),
+            }
+        }
+        assert_eq!(ours.tensors.len(), theirs.tensors.len(), "{folder}: tensor count");
+        let mut stacked = 0;
+        for t in &theirs.tensors {
+            let o = ours.tensor(&t.name).unwrap_or_else(|| panic!("{folder}: {} missing", t.name));
+            assert_eq!((&o.dims, o.type_id), (&t.dims, t.type_id), "{folder}: {}", t.name);
+            assert!(ours.to_f32(o).unwrap() == theirs.to_f32(t).unwrap(), "{folder}: {} differs", t.name);
+            stacked += usize::from(t.name.ends_with("_exps.weight"));
+        }
+        assert!(stacked >= 9, "{folder}: {stacked} stacked expert tensors");
+    }
+    // What llama.cpp's qwen3moe cannot run is refused, naming why, and nothing is written.
+    for (folder, needle) in [("qwen3_moe", "mlp_only_layers"), ("qwen3_moe-k1", "norm_topk_prob")] {
+        let out = d.join(format!("{folder}.gguf"));
+        let o = lora(&["export", s(&fixtures().join("models").join(folder)), "-o", s(&out)]);
+        assert_user_error(&o, needle);
+        assert!(!out.exists(), "{folder}");
+    }
+}
+
+/// lora reads the converter's MoE files (experts stacked) as llama.cpp runs them, and as the folders
+/// they came from run in lora.
+#[test]
+fn moe_gguf_files_run_as_llama_cpp_runs_them() {
+    let l = LlamaCpp::open();
+    let models = fixtures().join("models");
+    for (file, key, folder) in
+        [("qwen3moe-f32.gguf", "qwen3moe", "qwen3_moe-sparse"), ("mixtral-f32.gguf", "mixtral", "mixtral")]
+    {
+        let ours = l.ours(&gguf(file), None);
+        close(key, &ours, &l.logits(key));
+        let from_folder = l.ours(&models.join(folder), None);
+        let d = max_abs_diff(&ours, &from_folder);
+        assert!(d <= 1e-5, "{file}: max |Δ| vs the folder {d:e}");
+    }
+}
+
+/// `lora export ADAPTER --base MODEL.gguf` of adapters on experts (PEFT's flattened layout, one with
+/// gate_up at its own rank and alpha) writes 3-D pairs that llama.cpp applies as lora applies the
+/// PEFT adapter. lora reads those files back as llama.cpp runs them.
+#[test]
+fn expert_adapters_export_for_llama_cpp() {
+    let l = LlamaCpp::open();
+    let d = temp_dir("gguf-moe-adapters");
+    let qwen_adapter = gguf("qwen3moe-adapter");
+    let mixtral_adapter = fixtures().join("mixtral-experts-replay/adapter-trained");
+    for (adapter, base, folder, fixture, key) in [
+        (&qwen_adapter, "qwen3moe-f32.gguf", "qwen3_moe-sparse", "qwen3moe-adapter.gguf", "qwen3moe+adapter"),
+        (&mixtral_adapter, "mixtral-f32.gguf", "mixtral", "mixtral-adapter.gguf", "mixtral+adapter"),
+    ] {
+        let theirs = l.logits(key);
+        // lora's own run of the PEFT adapter on the folder is what llama.cpp ran with the export.
+        close(key, &l.ours(&fixtures().join("models").join(folder), Some(adapter)), &theirs);
+        let out = d.join(fixture);
+        let o = lora(&["export", s(adapter), "--base", s(&gguf(base)), "-o", s(&out), "--type", "f32"]);
+        assert!(o.status.success(), "{key}: {}", stderr(&o));
+        assert!(std::fs::read(&out).unwrap() == std::fs::read(gguf(fixture)).unwrap(), "{key}: bytes");
+        let g = GgufFile::open(&out).unwrap();
+        let three_d = g.tensors.iter().filter(|t| t.dims.len() == 3).count();
+        assert!(three_d >= 4, "{key}: {three_d} 3-D factors");
+        // And back: the llama.cpp file on the GGUF base, in lora.
+        close(&format!("{key} read back"), &l.ours(&gguf(base), Some(&out)), &theirs);
+    }
+}
+
+/// `lora merge MODEL.gguf ADAPTER` folds expert adapters into the experts read from the stacked
+/// tensors, and `lora export` of the result runs in lora as llama.cpp ran base + adapter.
+#[test]
+fn moe_gguf_base_merges_and_exports() {
+    let l = LlamaCpp::open();
+    let d = temp_dir("gguf-moe-merge");
+    let merged = d.join("merged");
+    let o = lora(&[
+        "merge",
+        s(&gguf("qwen3moe-f32.gguf")),
+        s(&gguf("qwen3moe-adapter")),
+        "-o",
+        s(&merged),
+        "--dtype",
+        "f32",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = d.join("merged.gguf");
+    let o = lora(&["export", s(&merged), "-o", s(&out), "--type", "f32"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    close("merged", &l.ours(&out, None), &l.logits("qwen3moe+adapter"));
+}
