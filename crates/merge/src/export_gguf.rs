@@ -59,10 +59,10 @@ impl BaseInfo {
             let kv_heads = int("attention.head_count_kv").unwrap_or(heads);
             let tied = g.tensor("output.weight").is_none();
             let linear_heads = match (int("ssm.group_count"), int("ssm.time_step_rank"), int("ssm.state_size")) {
-                (Some(key_heads), Some(value_heads), Some(dim)) if arch == "qwen35" => {
+                (Some(key_heads), Some(value_heads), Some(dim)) if qwen35::is_qwen35(&arch) => {
                     Some(LinearHeads { key_heads, value_heads, key_dim: dim, value_dim: dim })
                 }
-                _ if arch == "qwen35" => return Err(MergeError::gguf(base, "no qwen35.ssm.* head counts")),
+                _ if qwen35::is_qwen35(&arch) => return Err(MergeError::gguf(base, "no ssm.* head counts")),
                 _ => None,
             };
             let experts = gguf_experts(&g);
@@ -74,8 +74,9 @@ impl BaseInfo {
         let model_type = cfg["model_type"].as_str().unwrap_or_default();
         if crate::export_gguf_qwen35::is_qwen3_5(&cfg) {
             let c = ModelConfig::from_file(&path)?;
+            let moe = c.moe.is_some();
             let info = Self {
-                architecture: "qwen35".into(),
+                architecture: if moe { "qwen35moe" } else { "qwen35" }.into(),
                 heads: c.num_attention_heads,
                 kv_heads: c.num_key_value_heads,
                 tied: c.tie_word_embeddings,
@@ -107,11 +108,11 @@ impl BaseInfo {
     }
 
     fn checked(base: &Path, info: Self) -> Result<Self> {
-        if !["llama", "qwen2", "qwen3", "qwen3moe", "qwen35"].contains(&info.architecture.as_str()) {
+        if !["llama", "qwen2", "qwen3", "qwen3moe", "qwen35", "qwen35moe"].contains(&info.architecture.as_str()) {
             return Err(MergeError::gguf(
                 base,
                 format!(
-                    "architecture '{}' is not supported (llama, qwen2, qwen3, qwen3moe, qwen35)",
+                    "architecture '{}' is not supported (llama, qwen2, qwen3, qwen3moe, qwen35, qwen35moe)",
                     info.architecture
                 ),
             ));
@@ -141,7 +142,7 @@ impl BaseInfo {
 
     /// The GGUF module of a Hugging Face module, in this architecture's naming.
     fn gguf_module(&self, hf_module: &str) -> Option<String> {
-        if self.architecture == "qwen35" {
+        if qwen35::is_qwen35(&self.architecture) {
             qwen35::gguf_module(hf_module)
         } else {
             is_linear_module(hf_module).then(|| gguf_module(hf_module)).flatten()

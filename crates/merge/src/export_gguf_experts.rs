@@ -24,7 +24,13 @@ pub(crate) struct Rows {
 }
 
 /// The stacked expert tensors of `model`'s folder, and the names of the folder tensors they take.
-pub(crate) fn plan(model: &ModelDir, ggml_type: GgmlType) -> Result<(Vec<Planned>, HashSet<String>)> {
+/// `text_name` gives a folder tensor's name in the `model.layers.N.…` spelling the GGUF names are
+/// made from (the Hub form's `model.language_model.layers.N.…`, a prediction block's `mtp.…`).
+pub(crate) fn plan(
+    model: &ModelDir,
+    ggml_type: GgmlType,
+    text_name: &dyn Fn(&str) -> Option<String>,
+) -> Result<(Vec<Planned>, HashSet<String>)> {
     let dir = model.path();
     // GGUF name → (expert → rows), and each stack's row width.
     let mut stacks: BTreeMap<String, (BTreeMap<usize, Rows>, usize)> = BTreeMap::new();
@@ -42,7 +48,7 @@ pub(crate) fn plan(model: &ModelDir, ggml_type: GgmlType) -> Result<(Vec<Planned
         Ok(())
     };
     for hf in model.names() {
-        match expert_tensor(hf) {
+        match text_name(hf).and_then(|t| expert_tensor(&t)) {
             Some(ExpertTensor::Slice { stacked, expert, .. }) => {
                 let shape = model.require(hf)?.info.shape.clone();
                 let &[out, inp] = shape.as_slice() else {

@@ -347,7 +347,7 @@ fn export_inner(dir: &Path, out: &Path, ggml_type: GgmlType, force: bool) -> Res
             ggml_type: GgmlType::F32,
         });
     }
-    let (stacked, in_stacks) = crate::export_gguf_experts::plan(&model, ggml_type)?;
+    let (stacked, in_stacks) = crate::export_gguf_experts::plan(&model, ggml_type, &|n| Some(n.to_string()))?;
     for hf in model.names() {
         if hf.ends_with("rotary_emb.inv_freq") || (tied && hf == "lm_head.weight") || in_stacks.contains(hf) {
             continue;

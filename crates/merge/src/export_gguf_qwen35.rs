@@ -19,7 +19,7 @@ use crate::error::{MergeError, Result};
 use crate::export_gguf_model::{
     ModelExportReport, Planned, file_type, read_f32, tensor_type, tokenizer_metadata, write_planned,
 };
-use crate::gguf::qwen35::{LinearHeads, apply, mtp_tensor_name, tensor_name, text_form, transform};
+use crate::gguf::qwen35::{LinearHeads, apply, mtp_tensor_name, mtp_text_name, tensor_name, text_form, transform};
 use crate::gguf::{GgmlType, Value};
 use crate::model_dir::ModelDir;
 use lora_formats::hf_config::{Architecture, ModelConfig, TokenMixer};
@@ -30,7 +30,7 @@ const DEFAULT_MROPE_SECTION: [i32; 4] = [11, 11, 10, 0];
 
 /// Whether `config.json` describes a Qwen3.5 model (either form).
 pub(crate) fn is_qwen3_5(cfg: &Json) -> bool {
-    matches!(cfg["model_type"].as_str(), Some("qwen3_5" | "qwen3_5_text"))
+    matches!(cfg["model_type"].as_str(), Some("qwen3_5" | "qwen3_5_text" | "qwen3_5_moe" | "qwen3_5_moe_text"))
 }
 
 /// The tensors of the folder that llama.cpp runs from another file (the vision tower's `mmproj`).
@@ -56,9 +56,11 @@ pub(crate) fn export(
     ggml_type: GgmlType,
 ) -> Result<ModelExportReport> {
     let config = ModelConfig::from_file(dir.join("config.json"))?;
-    if config.architecture != Architecture::Qwen3_5 {
-        return Err(MergeError::folder(dir, "config.json does not describe a Qwen3.5 model"));
-    }
+    let arch = match config.architecture {
+        Architecture::Qwen3_5 => "qwen35",
+        Architecture::Qwen3_5Moe => "qwen35moe",
+        _ => return Err(MergeError::folder(dir, "config.json does not describe a Qwen3.5 model")),
+    };
     if config.quantization.is_some() {
         return Err(MergeError::folder(
             dir,
@@ -81,13 +83,16 @@ pub(crate) fn export(
         None => LinearHeads { key_heads: 1, value_heads: 1, key_dim: 0, value_dim: 0 },
     };
     let mtp = mtp_layers(model);
-    let meta = metadata(dir, &config, text, &heads, ggml_type, mtp)?;
+    let meta = metadata(dir, arch, &config, text, &heads, ggml_type, mtp)?;
     let (tokenizer, pre) = tokenizer_metadata(dir, text, config.vocab_size)?;
     let meta: Vec<(String, Value)> = meta.into_iter().chain(tokenizer).collect();
 
-    let mut plan = Vec::new();
+    // Routed experts (a prediction block's too), stacked per layer as the converter stacks them.
+    let layers = config.num_hidden_layers;
+    let text_name = |hf: &str| mtp_text_name(hf, layers).or_else(|| Some(text_form(hf)));
+    let (mut plan, in_stacks) = crate::export_gguf_experts::plan(model, ggml_type, &text_name)?;
     for hf in model.names() {
-        if left_out(hf) || (config.tie_word_embeddings && hf == "lm_head.weight") {
+        if left_out(hf) || (config.tie_word_embeddings && hf == "lm_head.weight") || in_stacks.contains(hf) {
             continue;
         }
         let (gguf, name) = gguf_name(hf, config.num_hidden_layers).ok_or_else(|| {
@@ -98,10 +103,15 @@ pub(crate) fn export(
         // The convolution `[channels, 1, kernel]` is stored squeezed, and always in F32, as the
         // converter keeps it (`SSM_CONV1D` is among its F32-only tensors).
         let dims: Vec<u64> = shape.iter().rev().filter(|&&d| !conv || d != 1).map(|&d| d as u64).collect();
-        let t = if conv || gguf.ends_with("_norm.weight") { GgmlType::F32 } else { tensor_type(&dims, ggml_type) };
+        // The routers and the shared expert's gate too (`FFN_GATE_INP`, `FFN_GATE_INP_SHEXP`).
+        let f32_only = conv || gguf.ends_with("_norm.weight") || gguf.contains(".ffn_gate_inp");
+        let t = if f32_only { GgmlType::F32 } else { tensor_type(&dims, ggml_type) };
         plan.push(Planned { gguf, hf: Some(hf.to_string()), stack: Vec::new(), dims, ggml_type: t });
     }
     let values = |p: &Planned| -> Result<Vec<f32>> {
+        if !p.stack.is_empty() {
+            return crate::export_gguf_experts::stacked_values(model, &p.stack, p.dims[0] as usize);
+        }
         let hf = p.hf.as_deref().expect("every qwen35 tensor comes from the folder");
         let shape = model.require(hf)?.info.shape.clone();
         let rows = shape.first().copied().unwrap_or(1);
@@ -110,7 +120,7 @@ pub(crate) fn export(
         Ok(apply(transform(&name, &heads), &read_f32(model, hf)?, rows, cols, &heads, true))
     };
     write_planned(out, &meta, &plan, &values)?;
-    Ok(ModelExportReport { out: out.to_path_buf(), architecture: "qwen35".into(), tensors: plan.len(), pre })
+    Ok(ModelExportReport { out: out.to_path_buf(), architecture: arch.into(), tensors: plan.len(), pre })
 }
 
 /// The GGUF name of a tensor of the folder (`layers` decoder layers), and the text-form name whose
@@ -123,9 +133,10 @@ fn gguf_name(hf: &str, layers: usize) -> Option<(String, String)> {
     Some((tensor_name(&text)?, text))
 }
 
-/// The `general.*` and `qwen35.*` keys, in the converter's order.
+/// The `general.*` and `qwen35.*` (`qwen35moe.*`) keys, in the converter's order.
 fn metadata(
     dir: &Path,
+    arch: &str,
     config: &ModelConfig,
     text: &Json,
     heads: &LinearHeads,
@@ -150,24 +161,40 @@ fn metadata(
         .map(|m| Value::Bool(*m == TokenMixer::GatedDeltaNet))
         .chain(std::iter::repeat_n(Value::Bool(false), mtp))
         .collect();
-    let k = |key: &str| format!("qwen35.{key}");
+    let k = |key: &str| format!("{arch}.{key}");
     let mut meta = vec![
-        ("general.architecture".into(), Value::String("qwen35".into())),
+        ("general.architecture".into(), Value::String(arch.into())),
         ("general.type".into(), Value::String("model".into())),
         ("general.name".into(), Value::String(name)),
         (k("block_count"), u32_of(config.num_hidden_layers + mtp)),
         (k("context_length"), u32_of(config.max_position_embeddings)),
         (k("embedding_length"), u32_of(config.hidden_size)),
-        (k("feed_forward_length"), u32_of(config.intermediate_size)),
+    ];
+    // Qwen3.5-MoE has no dense width.
+    if config.moe.is_none() {
+        meta.push((k("feed_forward_length"), u32_of(config.intermediate_size)));
+    }
+    meta.extend([
         (k("attention.head_count"), u32_of(config.num_attention_heads)),
         (k("attention.head_count_kv"), u32_of(config.num_key_value_heads)),
         (k("rope.dimension_sections"), Value::Array(5, sections.into_iter().map(Value::I32).collect())),
         (k("rope.freq_base"), Value::F32(config.rope_theta as f32)),
         (k("attention.layer_norm_rms_epsilon"), Value::F32(config.rms_norm_eps as f32)),
+    ]);
+    if let Some(m) = &config.moe {
+        meta.extend([(k("expert_count"), u32_of(m.num_experts)), (k("expert_used_count"), u32_of(m.top_k))]);
+    }
+    meta.extend([
         (k("attention.key_length"), u32_of(config.head_dim)),
         (k("attention.value_length"), u32_of(config.head_dim)),
         ("general.file_type".into(), Value::U32(file_type(ggml_type)?)),
-    ];
+    ]);
+    if let Some(m) = &config.moe {
+        meta.extend([
+            (k("expert_feed_forward_length"), u32_of(m.intermediate_size)),
+            (k("expert_shared_feed_forward_length"), u32_of(m.shared_expert.unwrap_or(0))),
+        ]);
+    }
     if mtp > 0 {
         meta.push((k("nextn_predict_layers"), u32_of(mtp)));
     }

@@ -253,5 +253,5 @@ PARAMETER stop "<|endoftext|>"
 /// The Modelfile lines that give Ollama an architecture's chat format, where Ollama would not find
 /// it from the GGUF alone: Qwen3.5's (`qwen35`); none for the others.
 fn chat_lines(architecture: &str) -> &'static str {
-    if architecture == "qwen35" { QWEN35_OLLAMA } else { "" }
+    if lora_merge::gguf::qwen35::is_qwen35(architecture) { QWEN35_OLLAMA } else { "" }
 }

@@ -110,7 +110,7 @@ impl Weights {
         let arch = crate::io::gguf::model::architecture(&file)?;
         let permuted = crate::io::gguf::model::permutes_qk(&arch)
             .then_some((config.num_attention_heads, config.num_key_value_heads));
-        let qwen35 = if arch == "qwen35" {
+        let qwen35 = if lora_formats::gguf::qwen35::is_qwen35(&arch) {
             Some(crate::io::gguf::qwen35::linear_heads(config).ok_or_else(|| {
                 CoreError::Gguf(format!("{}: a qwen35 file without Gated DeltaNet layers", file.path().display()))
             })?)

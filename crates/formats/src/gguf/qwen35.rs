@@ -15,6 +15,12 @@
 use super::names::translate;
 use crate::hf_config::GatedDeltaNetConfig;
 
+/// Whether a GGUF architecture is llama.cpp's Qwen3.5 layout: `qwen35`, or `qwen35moe` (its
+/// mixture-of-experts form, the same transforms plus the experts of `super::experts`).
+pub fn is_qwen35(arch: &str) -> bool {
+    matches!(arch, "qwen35" | "qwen35moe")
+}
+
 /// The Gated DeltaNet's head geometry, which the value-head reorder needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LinearHeads {
@@ -103,9 +109,16 @@ pub fn mtp_tensor_name(hf: &str, layers: usize) -> Option<(String, String)> {
     if let Some((_, renamed, g)) = MTP.iter().find(|(h, _, _)| *h == rest) {
         return Some((format!("blk.{layers}.{g}"), format!("model.layers.{layers}.{renamed}")));
     }
-    let (i, tensor) = rest.strip_prefix("layers.")?.split_once('.')?;
-    let text = format!("model.layers.{}.{tensor}", layers + i.parse::<usize>().ok()?);
+    let text = mtp_text_name(hf, layers)?;
     Some((tensor_name(&text)?, text))
+}
+
+/// A tensor of the prediction block's layer i (`mtp.layers.i.…`) under the decoder layer name the
+/// converter gives it (`model.layers.{layers + i}.…`), or `None`.
+pub fn mtp_text_name(hf: &str, layers: usize) -> Option<String> {
+    let rest = hf.strip_prefix("model.").unwrap_or(hf).strip_prefix("mtp.")?;
+    let (i, tensor) = rest.strip_prefix("layers.")?.split_once('.')?;
+    Some(format!("model.layers.{}.{tensor}", layers + i.parse::<usize>().ok()?))
 }
 
 /// The GGUF name of a tensor of a Qwen3.5 text model (`model.layers.3.linear_attn.A_log` →

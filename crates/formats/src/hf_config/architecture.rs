@@ -289,7 +289,7 @@ pub const ARCHITECTURES: [ArchitectureSpec; 8] = [
         sliding_window: SlidingWindow::Never,
         layers: LayerPattern::Hybrid { default_interval: 4 },
         feed_forward: FeedForward::QwenMoeShared,
-        gguf: None,
+        gguf: Some("qwen35moe"),
         f32_tensors: &["linear_attn.A_log", "linear_attn.norm.weight"],
         carried: &["model.visual.", "mtp."],
     },

@@ -31,7 +31,7 @@ pub fn architecture(g: &GgufFile) -> Result<String> {
     if hf_class(arch).is_none() {
         return Err(CoreError::Gguf(format!(
             "{}: architecture '{arch}' is not supported; lora reads GGUF models of the llama (Llama, Mistral, \
-             Mixtral), qwen2, qwen3, qwen3moe and qwen35 (Qwen3.5) architectures",
+             Mixtral), qwen2, qwen3, qwen3moe, qwen35 (Qwen3.5) and qwen35moe architectures",
             g.path().display()
         )));
     }
@@ -137,7 +137,7 @@ impl Meta<'_> {
 pub fn config_json(g: &GgufFile) -> Result<Json> {
     let arch = architecture(g)?;
     let meta = Meta { g, arch: &arch, path: g.path().display().to_string() };
-    if arch == "qwen35" {
+    if qwen35::is_qwen35(&arch) {
         return crate::io::gguf::qwen35::config_json(&meta);
     }
     if let Some(t) = g.get(&meta.key("rope.scaling.type")).and_then(Value::as_str)
@@ -277,7 +277,7 @@ pub fn read_lora_adapter_for(
             modules.extend(expert_lora_modules(g, t, base)?);
             continue;
         }
-        let module = if arch == "qwen35" {
+        let module = if qwen35::is_qwen35(arch) {
             base.strip_suffix(".weight").and_then(qwen35::hf_module)
         } else {
             lora_formats::gguf::hf_tensor_name(base)
@@ -297,7 +297,7 @@ pub fn read_lora_adapter_for(
         let read = |t| g.to_f32(t).map_err(|e| CoreError::Gguf(e.to_string()));
         let mut a = read(t)?;
         let mut b = read(tb)?;
-        if arch == "qwen35" {
+        if qwen35::is_qwen35(arch) {
             // The value heads back from llama.cpp's tiled order, where the converter reordered them.
             let heads = linear_heads.ok_or_else(|| {
                 CoreError::Gguf(format!("{path}: a qwen35 adapter needs its base's linear-attention heads"))

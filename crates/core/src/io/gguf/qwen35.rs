@@ -10,7 +10,8 @@ use crate::error::{CoreError, Result};
 use crate::io::gguf::model::Meta;
 use crate::network::config::ModelConfig;
 
-/// The `config.json` of a `qwen35` file: a `Qwen3_5ForCausalLM` text model.
+/// The `config.json` of a `qwen35` file (a `Qwen3_5ForCausalLM` text model) or a `qwen35moe` file
+/// (`Qwen3_5MoeForCausalLM`).
 pub(crate) fn config_json(m: &Meta) -> Result<Json> {
     let g = m.g;
     let blocks = m.need("block_count")?;
@@ -71,7 +72,6 @@ pub(crate) fn config_json(m: &Meta) -> Result<Json> {
         "model_type": "qwen3_5_text",
         "vocab_size": m.vocab_size()?,
         "hidden_size": m.need("embedding_length")?,
-        "intermediate_size": m.need("feed_forward_length")?,
         "num_hidden_layers": layers,
         "num_attention_heads": heads,
         "num_key_value_heads": m.int("attention.head_count_kv")?.unwrap_or(heads),
@@ -88,6 +88,22 @@ pub(crate) fn config_json(m: &Meta) -> Result<Json> {
         "layer_types": layer_types,
         "rope_parameters": rope,
     });
+    if m.arch == "qwen35moe" {
+        // Qwen3.5-MoE: routed experts, always renormalised, and a shared expert in every layer.
+        let experts = m.need("expert_count")?;
+        let used = m.need("expert_used_count")?;
+        if used == 0 || used > experts {
+            return Err(m.error(format!("qwen35moe.expert_used_count {used} must be between 1 and {experts}")));
+        }
+        cfg["architectures"] = json!(["Qwen3_5MoeForCausalLM"]);
+        cfg["model_type"] = json!("qwen3_5_moe_text");
+        cfg["num_experts"] = json!(experts);
+        cfg["num_experts_per_tok"] = json!(used);
+        cfg["moe_intermediate_size"] = json!(m.need("expert_feed_forward_length")?);
+        cfg["shared_expert_intermediate_size"] = json!(m.need("expert_shared_feed_forward_length")?);
+    } else {
+        cfg["intermediate_size"] = json!(m.need("feed_forward_length")?);
+    }
     m.insert_special_tokens(&mut cfg);
     Ok(cfg)
 }

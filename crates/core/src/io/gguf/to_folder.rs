@@ -60,7 +60,7 @@ pub fn gguf_to_folder(path: &Path, dir: &Path) -> Result<()> {
         })
         .unwrap_or_default();
     let mut names = Vec::new();
-    let qwen35 = crate::io::gguf::model::architecture(&file)? == "qwen35";
+    let qwen35 = lora_formats::gguf::qwen35::is_qwen35(&crate::io::gguf::model::architecture(&file)?);
     // llama.cpp's names and layouts differ from Hugging Face's tensor by tensor in a qwen35 file
     // (io::gguf::qwen35), and a mixture of experts' are stacked: write what the configuration loads
     // (experts one by one, as transformers 5 saves them), read back through the inverse transforms;
