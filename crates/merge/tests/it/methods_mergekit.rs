@@ -152,3 +152,34 @@ fn mergekit_yaml_errors_name_the_line_key_or_slice() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Mixture-of-experts checkpoints merge as mergekit 0.1.5 merges them
+/// (scripts/make_moe_merge_fixtures.py): its `qwen3_moe` and `mixtral` definitions name the experts
+/// fused (`mlp.experts.gate_up_proj [E, 2I, H]`, `down_proj [E, H, I]`), so each expert meets the same
+/// expert of the other models; linear and TIES to the bit, SLERP (t filtered to the experts) to a few ulps.
+#[test]
+fn moe_merges_equal_mergekits() {
+    let fx = merge_fixtures().join("moe");
+    for arch in ["qwen3_moe", "mixtral"] {
+        for (method, tolerance) in [("linear", 0.0), ("ties", 0.0), ("slerp", 1e-6)] {
+            let dir = temp_dir(&format!("mk-moe-{arch}-{method}"));
+            let mut text = std::fs::read_to_string(fx.join(format!("configs/{method}.toml"))).unwrap();
+            for m in ["base", "ft1", "ft2"] {
+                text = text.replace(&format!("\"{m}\""), &format!("\"{}\"", fx.join(arch).join(m).display()));
+            }
+            let cfg = dir.join("merge.toml");
+            std::fs::write(&cfg, text).unwrap();
+            let out = dir.join("out");
+            merge_models(&cfg, &out, &MergeOptions::default()).unwrap();
+            let (ours, theirs) = (load_all(&out), load_all(&fx.join(format!("expected/{arch}-{method}.safetensors"))));
+            assert_eq!(ours.keys().collect::<Vec<_>>(), theirs.keys().collect::<Vec<_>>(), "{arch} {method}");
+            let experts = ours.keys().filter(|k| k.ends_with("mlp.experts.gate_up_proj")).count();
+            assert_eq!(experts, 2, "{arch} {method}: fused experts merged");
+            for (k, v) in &ours {
+                let d = max_diff(v, &theirs[k]);
+                assert!(d <= tolerance, "{arch} {method}: {k} differs from mergekit by {d}");
+            }
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+}
