@@ -114,6 +114,10 @@ pub struct Prepared {
     /// Set on a mixture-of-experts model, whose routed experts no adapter reaches yet: what is and
     /// isn't adapted, for a warning (peers' users find out too late that only attention trained).
     pub frozen_experts: Option<String>,
+    /// Set on a mixture-of-experts model whose config.json asks transformers to add the routers'
+    /// load-balancing loss to the training loss (`output_router_logits`), which lora does not add:
+    /// what differs, for a warning.
+    pub no_aux_loss: Option<String>,
     /// A preference run's training and validation pairs (`train` and `validation` are then empty).
     pub pairs: PreferenceData,
     /// The adapter_config.json the run writes: the recipe's, or the `init_from` adapter's.
@@ -261,9 +265,17 @@ pub fn prepare(recipe: &Recipe) -> Result<Prepared> {
             m.num_experts
         )
     });
+    let no_aux_loss = model.config.moe.as_ref().and_then(|m| m.router_aux_loss_coef).map(|coef| {
+        format!(
+            "config.json sets output_router_logits, with which transformers adds {coef} x the routers' \
+             load-balancing loss to the training loss; lora trains on the next-token loss alone, so the loss \
+             and the gradients differ from a transformers run with it"
+        )
+    });
     Ok(Prepared {
         recipe: recipe.clone(),
         frozen_experts,
+        no_aux_loss,
         model,
         tokenizer,
         train,

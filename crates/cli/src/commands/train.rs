@@ -103,7 +103,7 @@ pub fn run_cmd(a: Args) -> Result<()> {
     ) {
         eprintln!("warning: {w}");
     }
-    if let Some(w) = &prepared.frozen_experts {
+    for w in [&prepared.frozen_experts, &prepared.no_aux_loss].into_iter().flatten() {
         eprintln!("warning: {w}");
     }
     if let Some(w) = &prepared.template_differs {
@@ -119,6 +119,9 @@ pub fn run_cmd(a: Args) -> Result<()> {
         println!("\n# adapters on {} modules: {}", prepared.targets.len(), summarize_targets(&prepared.targets));
         if let Some(w) = &prepared.frozen_experts {
             println!("# not adapted: {w}");
+        }
+        if let Some(w) = &prepared.no_aux_loss {
+            println!("# not applied: {w}");
         }
         println!("# trainable parameters: {trainable}");
         let s = &prepared.train_summary;

@@ -238,3 +238,34 @@ fn expert_adapters_fold_as_peft_merges_them() {
     assert!(!o.status.success() && stderr(&o).contains("adapts routed experts"), "{}", stderr(&o));
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// A config.json that asks transformers for the routers' load-balancing loss (`output_router_logits`)
+/// gets a warning and a dry-run line saying lora trains without it; one that does not, neither.
+#[test]
+fn the_load_balancing_loss_lora_does_not_add_is_said() {
+    let fx = fixtures();
+    let d = temp_dir("moe-aux-loss");
+    let model = d.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in std::fs::read_dir(fx.join("models/mixtral")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, model.join(f.file_name().unwrap())).unwrap();
+    }
+    let dry_run = |dir: &std::path::Path| {
+        let base = format!("model.base=\"{}\"", dir.display());
+        let out = format!("output.dir=\"{}\"", d.join("run").display());
+        lora(&["train", s(&tiny_recipe()), "--set", &base, "--set", &out, "--dry-run"])
+    };
+    let o = dry_run(&model);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stdout(&o).contains("# not applied") && !stderr(&o).contains("load-balancing"), "{}", stderr(&o));
+    let path = model.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    cfg["output_router_logits"] = serde_json::json!(true);
+    cfg["router_aux_loss_coef"] = serde_json::json!(0.02);
+    std::fs::write(&path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+    let o = dry_run(&model);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("# not applied: config.json sets output_router_logits"), "{}", stdout(&o));
+    assert!(stderr(&o).contains("transformers adds 0.02 x the routers' load-balancing loss"), "{}", stderr(&o));
+}
