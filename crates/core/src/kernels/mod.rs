@@ -30,6 +30,7 @@ pub mod frozen_matmul;
 mod frozen_matmul_cpu;
 pub mod fused_attention;
 pub mod fused_delta_rule;
+pub mod fused_experts;
 pub mod fused_gated_delta_net;
 pub mod fused_gated_rms_norm;
 pub mod fused_lora_linear;

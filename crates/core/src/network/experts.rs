@@ -13,7 +13,7 @@
 
 use burn::module::Module;
 use burn::tensor::activation::{sigmoid, softmax};
-use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use crate::error::Result;
 use crate::io::load_options::LoadOptions;
@@ -21,6 +21,7 @@ use crate::io::load_options::Quantize;
 use crate::io::weights::Weights;
 use crate::kernels::fused_swiglu::swiglu;
 use crate::kernels::host::to_f32_vec;
+use crate::network::base_weight::BaseWeight;
 use crate::network::config::{FeedForward, MoeConfig};
 use crate::network::linear::Linear;
 use crate::network::mlp::Mlp;
@@ -167,6 +168,21 @@ impl SparseMoe {
     /// - x: `[batch, seq, hidden]`
     /// - output: `[batch, seq, hidden]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        self.forward_with(x, true)
+    }
+
+    /// [`Self::forward`] with the experts run one by one from burn operations, whatever the device:
+    /// the reference of the fused CPU experts (`crate::kernels::fused_experts`) and the path of
+    /// every other case.
+    ///
+    /// # Shapes
+    /// - x: `[batch, seq, hidden]`
+    /// - output: `[batch, seq, hidden]`
+    pub fn forward_reference(&self, x: Tensor<3>) -> Tensor<3> {
+        self.forward_with(x, false)
+    }
+
+    fn forward_with(&self, x: Tensor<3>, fused: bool) -> Tensor<3> {
         let [b, t, h] = x.dims();
         let (n, k, n_experts) = (b * t, self.top_k, self.experts.len());
         let device = x.device();
@@ -184,6 +200,9 @@ impl SparseMoe {
         for (slot, &e) in chosen.iter().enumerate() {
             routed[e as usize].push(((slot / k) as i64, slot as i64));
         }
+        if let Some(y) = fused.then(|| self.fused_experts(&flat, &weights, &routed)).flatten() {
+            return self.with_shared_expert(y, flat).reshape([b, t, h]);
+        }
         let mut out = flat.zeros_like();
         for (expert, pairs) in self.experts.iter().zip(&routed) {
             if pairs.is_empty() {
@@ -197,11 +216,62 @@ impl SparseMoe {
             let w = weights.clone().select(0, slots).reshape([m, 1]);
             out = out.select_assign(0, tokens, y * w, IndexingUpdateOp::Add);
         }
-        // The shared expert, weighted by the sigmoid of its gate, added after the routed ones.
-        if let (Some(m), Some(g)) = (&self.shared_expert, &self.shared_expert_gate) {
-            out = out + sigmoid(g.forward(flat.clone())) * m.forward(flat);
+        self.with_shared_expert(out, flat).reshape([b, t, h])
+    }
+
+    /// The routed experts' output plus the shared expert's, weighted by the sigmoid of its gate
+    /// (added after the routed ones, as transformers adds it).
+    fn with_shared_expert(&self, out: Tensor<2>, flat: Tensor<2>) -> Tensor<2> {
+        match (&self.shared_expert, &self.shared_expert_gate) {
+            (Some(m), Some(g)) => out + sigmoid(g.forward(flat.clone())) * m.forward(flat),
+            _ => out,
         }
-        out.reshape([b, t, h])
+    }
+
+    /// The routed experts as one fused CPU operation (`crate::kernels::fused_experts`), when every
+    /// expert has an f32 base on the CPU and one f32 adapter on each projection without dropout, of
+    /// one rank and scale per projection across the experts; `None` otherwise.
+    ///
+    /// # Shapes
+    /// - flat: `[n, hidden]`, weights: `[n · k]`
+    /// - output: `[n, hidden]`
+    fn fused_experts(&self, flat: &Tensor<2>, weights: &Tensor<1>, routed: &[Vec<(i64, i64)>]) -> Option<Tensor<2>> {
+        use crate::kernels::fused_experts::{ExpertShape, Routing, frozen_f32, routed_experts};
+        if !crate::kernels::cpu_kernel::use_fused(flat) {
+            return None;
+        }
+        let f32_adapter = |l: &Linear| -> Option<(usize, f64)> {
+            let [a] = l.lora.as_slice() else { return None };
+            let dense = matches!(l.weight, BaseWeight::Dense(_)) && l.bias.is_none() && l.compute.is_none();
+            let f32 = a.lora_a.dtype() == DType::F32 && a.lora_b.dtype() == DType::F32;
+            (dense && f32 && a.dropout_keep(1).is_none()).then(|| (a.lora_a.dims()[0], a.scaling))
+        };
+        let first = self.experts.first()?;
+        let (gu, dn) = (f32_adapter(&first.gate_up_proj)?, f32_adapter(&first.down_proj)?);
+        let mut frozen = Vec::with_capacity(self.experts.len());
+        for e in &self.experts {
+            if f32_adapter(&e.gate_up_proj)? != gu || f32_adapter(&e.down_proj)? != dn {
+                return None;
+            }
+            let dense = |l: &Linear| match &l.weight {
+                BaseWeight::Dense(w) => frozen_f32(w),
+                _ => None,
+            };
+            frozen.push([dense(&e.gate_up_proj)?, dense(&e.down_proj)?]);
+        }
+        let (hidden, two_i) = (flat.dims()[1], first.gate_up_proj.weight.dims()[0]);
+        let cat = |f: &dyn Fn(&Expert) -> Tensor<2>| Tensor::cat(self.experts.iter().map(f).collect(), 0);
+        let factors = [
+            cat(&|e| e.gate_up_proj.lora[0].lora_a.clone()),
+            cat(&|e| e.gate_up_proj.lora[0].lora_b.clone()),
+            cat(&|e| e.down_proj.lora[0].lora_a.clone()),
+            cat(&|e| e.down_proj.lora[0].lora_b.clone()),
+        ];
+        let routing = Routing {
+            experts: routed.iter().map(|pairs| pairs.iter().map(|&(t, s)| (t as usize, s as usize)).unzip()).collect(),
+        };
+        let shape = ExpertShape { hidden, width: two_i / 2, ranks: [gu.0, dn.0], scales: [gu.1 as f32, dn.1 as f32] };
+        Some(routed_experts(flat.clone(), weights.clone(), factors, std::sync::Arc::new(frozen), routing, shape))
     }
 }
 

@@ -178,3 +178,63 @@ fn per_expert_adapters_equal_their_fused_conversion() {
     let moved = out[0].iter().zip(&base).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     assert!(moved > 1e-2, "the adapter changes nothing ({moved}): the test would prove nothing");
 }
+
+/// The fused CPU experts (`kernels::fused_experts`: one operation per block, a hand-written
+/// backward) give the per-expert loop's outputs and gradients: of the block's input (through the
+/// experts and, by the routing weights, through the router) and of every expert's adapter factors,
+/// zero for an expert without tokens as the loop leaves it none. On a trained PEFT expert adapter.
+#[test]
+fn fused_experts_equal_the_per_expert_loop() {
+    use lora_core::burn::tensor::{Tensor, TensorData};
+    let device = default_device();
+    let mut m = CausalLm::load_dir(fixtures().join("models/qwen3_moe"), &device).unwrap();
+    load_adapter(&mut m, &fixtures().join("qwen3_moe-experts-replay/adapter-trained"), 1.0, false).unwrap();
+    let moe = m.model.layers[0].moe.as_mut().expect("layer 0 is sparse");
+    let n_experts = moe.experts.len();
+    for e in &mut moe.experts {
+        for l in [&mut e.gate_up_proj, &mut e.down_proj] {
+            let a = &mut l.lora[0];
+            a.lora_a = a.lora_a.clone().autodiff().require_grad();
+            a.lora_b = a.lora_b.clone().autodiff().require_grad();
+        }
+    }
+    let moe = m.model.layers[0].moe.as_ref().unwrap();
+    let h = 32;
+    let values = |seed: u32, n: usize| -> Vec<f32> {
+        (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 1000) as f32 / 500.0 - 1.0).collect()
+    };
+    let mut idle = false;
+    // Six tokens reach every expert; one token leaves two of the five without any.
+    for (b, t) in [(2, 3), (1, 1)] {
+        let (xv, dyv) = (values(7, b * t * h), values(11, b * t * h));
+        let run = |fused: bool| {
+            let x = Tensor::<3>::from_data(TensorData::new(xv.clone(), [b, t, h]), &device).autodiff().require_grad();
+            let y = if fused { moe.forward(x.clone()) } else { moe.forward_reference(x.clone()) };
+            let dy = Tensor::<3>::from_data(TensorData::new(dyv.clone(), [b, t, h]), &device);
+            let grads = (y.clone() * dy).sum().backward();
+            let mut out = vec![to_f32_vec(y.inner()).unwrap(), to_f32_vec(x.grad(&grads).unwrap()).unwrap()];
+            let mut used = 0;
+            for e in &moe.experts {
+                for l in [&e.gate_up_proj, &e.down_proj] {
+                    for p in [&l.lora[0].lora_a, &l.lora[0].lora_b] {
+                        let g = p.grad(&grads).map(|g| to_f32_vec(g).unwrap());
+                        used += usize::from(g.is_some());
+                        out.push(g.unwrap_or_else(|| vec![0.0; p.dims().iter().product()]));
+                    }
+                }
+            }
+            (out, used)
+        };
+        let ((fused, fused_used), (reference, used)) = (run(true), run(false));
+        // The fused operation ran: it gives every expert's factors a gradient, zero without tokens.
+        assert_eq!(fused_used, 4 * n_experts, "{b}x{t}: the fused path did not run");
+        idle |= used < 4 * n_experts;
+        assert_eq!(fused[0], reference[0], "{b}x{t}: forward, the same products in the same order");
+        for (i, (a, r)) in fused.iter().zip(&reference).enumerate() {
+            let scale = r.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+            let d = a.iter().zip(r).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+            assert!(d <= 1e-5 * scale, "{b}x{t}: tensor {i}: max |Δ| {d:e} (scale {scale})");
+        }
+    }
+    assert!(idle, "no probe left an expert without tokens");
+}
