@@ -202,3 +202,68 @@ fn moe_gguf_base_merges_and_exports() {
     assert!(o.status.success(), "{}", stderr(&o));
     close("merged", &l.ours(&out, None), &l.logits("qwen3moe+adapter"));
 }
+
+/// The Hub's form of a Qwen3.5-MoE checkpoint (`Qwen3_5MoeForConditionalGeneration`, the text model
+/// under `model.language_model`, experts fused on disk as `mlp.experts.gate_up_proj [E, 2I, H]` and
+/// `down_proj [E, H, I]`) exports to the converter's file of the per-expert text form, tensor for
+/// tensor: the fused gate_up splits into each expert's gate and up rows.
+#[test]
+fn the_fused_hub_form_of_qwen35moe_exports_as_the_converter_writes_it() {
+    use lora_core::io::safetensors_write::{StoredDtype, write_safetensors};
+    let d = temp_dir("gguf-moe-hub-form");
+    let text = fixtures().join("gguf/qwen35moe");
+    let hub = d.join("hub");
+    std::fs::create_dir_all(&hub).unwrap();
+    let st = lora_formats::safetensors::SafetensorsFile::open(text.join("model.safetensors")).unwrap();
+    let read = |n: &str| st.to_f32(n).unwrap().0;
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    let mut fused_layers = std::collections::BTreeSet::new();
+    for (n, info) in st.tensors() {
+        match lora_formats::hf_config::expert_path(n) {
+            Some(p) => {
+                fused_layers.insert(p.layer.to_string());
+            }
+            None => tensors.push((n.replace("model.", "model.language_model."), info.shape.clone(), read(n))),
+        }
+    }
+    for layer in &fused_layers {
+        let experts =
+            (0..).take_while(|e| st.info(&format!("{layer}.mlp.experts.{e}.down_proj.weight")).is_some()).count();
+        let p = |e: usize, w: &str| read(&format!("{layer}.mlp.experts.{e}.{w}.weight"));
+        let (i, h) = {
+            let s = &st.info(&format!("{layer}.mlp.experts.0.gate_proj.weight")).unwrap().shape;
+            (s[0], s[1])
+        };
+        let gate_up: Vec<f32> = (0..experts).flat_map(|e| [p(e, "gate_proj"), p(e, "up_proj")].concat()).collect();
+        let down: Vec<f32> = (0..experts).flat_map(|e| p(e, "down_proj")).collect();
+        let hub_layer = layer.replace("model.", "model.language_model.");
+        tensors.push((format!("{hub_layer}.mlp.experts.gate_up_proj"), vec![experts, 2 * i, h], gate_up));
+        tensors.push((format!("{hub_layer}.mlp.experts.down_proj"), vec![experts, h, i], down));
+    }
+    assert_eq!(fused_layers.len(), 4, "every layer of the fixture is sparse");
+    write_safetensors(&hub.join("model.safetensors"), &tensors, StoredDtype::F32, &Default::default()).unwrap();
+    let text_config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(text.join("config.json")).unwrap()).unwrap();
+    let config = serde_json::json!({
+        "architectures": ["Qwen3_5MoeForConditionalGeneration"],
+        "model_type": "qwen3_5_moe",
+        "tie_word_embeddings": text_config["tie_word_embeddings"],
+        "text_config": text_config,
+    });
+    std::fs::write(hub.join("config.json"), config.to_string()).unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(text.join(f), hub.join(f)).unwrap();
+    }
+    let out = d.join("hub.gguf");
+    let o = lora(&["export", s(&hub), "-o", s(&out), "--type", "f32"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (ours, theirs) = (GgufFile::open(&out).unwrap(), GgufFile::open(gguf("qwen35moe-f32.gguf")).unwrap());
+    assert_eq!(ours.tensors.len(), theirs.tensors.len());
+    for t in &theirs.tensors {
+        let o = ours.tensor(&t.name).unwrap_or_else(|| panic!("{} missing", t.name));
+        assert_eq!((&o.dims, o.type_id), (&t.dims, t.type_id), "{}", t.name);
+        let (a, b) = (ours.to_f32(o).unwrap(), theirs.to_f32(t).unwrap());
+        let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs() / y.abs().max(1e-3)).fold(0.0, f32::max);
+        assert!(worst <= 2e-7, "{} off by {worst:e} relative", t.name);
+    }
+}
