@@ -207,6 +207,15 @@ fn export_inner(adapter_dir: &Path, base: &Path, out: &Path, ggml_type: GgmlType
     }
     let info = BaseInfo::of(base)?;
     let adapter = Adapter::open(adapter_dir)?;
+    // llama.cpp applies B·A added to W; DoRA rescales W's rows, which no LoRA file can say.
+    if adapter.config.use_dora {
+        return Err(MergeError::Mismatch(format!(
+            "{}: a DoRA adapter (use_dora) cannot be a llama.cpp LoRA adapter: llama.cpp adds B·A to the weight, and \
+             DoRA also rescales its rows. Fold it (lora merge BASE ADAPTER -o merged) and export the merged model \
+             (lora export merged -o model.gguf)",
+            adapter_dir.display()
+        )));
+    }
     if !adapter.replacements.is_empty() {
         let names: Vec<&String> = adapter.replacements.keys().collect();
         return Err(MergeError::Mismatch(format!(

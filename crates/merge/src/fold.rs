@@ -116,7 +116,13 @@ impl<'a> FoldPlan<'a> {
         let mut expert_factors = ExpertFactors::new();
         let mut replaced = BTreeMap::new();
         let mut relayouts = Vec::new();
-        for (k, (adapter, _)) in adapters.iter().enumerate() {
+        for (k, (adapter, w)) in adapters.iter().enumerate() {
+            if adapter.config.use_dora && *w != 1.0 {
+                return Err(MergeError::Parameter(format!(
+                    "{}: a DoRA adapter folds at weight 1 only (its magnitudes set the rows' norms), not {w}",
+                    adapter.dir().display()
+                )));
+            }
             // An adapter made on the architecture's other checkpoint form (Qwen3.5's text form
             // against its Hub form): its names mapped when every target exists so.
             let names = adapter

@@ -76,6 +76,7 @@ impl Input {
         let adapter = r.adapter.as_ref().map(Adapter::open).transpose()?;
         if let Some(a) = &adapter {
             a.refuse_experts("a merge recipe's model+adapter input")?;
+            a.refuse_dora("a merge recipe's model+adapter input")?;
         }
         Ok(Self { label: label.to_string(), dir, adapter })
     }

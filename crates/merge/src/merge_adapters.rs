@@ -92,6 +92,7 @@ fn merge_adapters_inner(adapters: &[PathBuf], out: &Path, opts: &AdapterMergeOpt
     let loaded = adapters.iter().map(Adapter::open).collect::<Result<Vec<_>>>()?;
     for a in &loaded {
         a.refuse_experts("merging adapters into one")?;
+        a.refuse_dora("merging adapters into one")?;
     }
     let weights = opts.weights.clone().unwrap_or_else(|| vec![1.0; loaded.len()]);
     if weights.len() != loaded.len() {

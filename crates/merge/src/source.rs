@@ -113,11 +113,34 @@ impl Source<'_> {
             }
             return;
         }
-        if let Source::Requantized { nf4, deltas, .. } | Source::Stored4Bit { nf4, deltas, .. } = self {
-            nf4.dequantize_into(start, out);
-            for d in deltas {
-                d.add_to(start, out);
+        let deltas: &[LoraDelta] = match self {
+            Source::Folded { deltas, .. } | Source::Requantized { deltas, .. } | Source::Stored4Bit { deltas, .. } => {
+                deltas
             }
+            _ => &[],
+        };
+        if let Some(cols) = deltas.iter().find(|d| d.magnitude().is_some()).map(|d| d.shape()[1]) {
+            // DoRA rescales whole rows by their norms: the rows the range touches, read whole.
+            let (r0, r1) = (start / cols, (start + out.len()).div_ceil(cols));
+            let mut rows = vec![0f32; (r1 - r0) * cols];
+            self.read_base(r0 * cols, &mut rows);
+            for d in deltas {
+                d.add_to(r0 * cols, &mut rows);
+                d.rescale_rows(r0, &mut rows);
+            }
+            out.copy_from_slice(&rows[start - r0 * cols..start - r0 * cols + out.len()]);
+            return;
+        }
+        self.read_base(start, out);
+        for d in deltas {
+            d.add_to(start, out);
+        }
+    }
+
+    /// Elements `start..start + out.len()` of the base, before any update.
+    fn read_base(&self, start: usize, out: &mut [f32]) {
+        if let Source::Requantized { nf4, .. } | Source::Stored4Bit { nf4, .. } = self {
+            nf4.dequantize_into(start, out);
             return;
         }
         let t = self.base();
@@ -128,11 +151,6 @@ impl Source<'_> {
             t.file.read_part(t.info, start * size, &mut bytes);
             decode_f32(&bytes, t.info.dtype, out);
         });
-        if let Source::Folded { deltas, .. } = self {
-            for d in deltas {
-                d.add_to(start, out);
-            }
-        }
     }
 
     /// Drops this tensor's pages from the resident set (see [`crate::safetensors::SafetensorsFile::release`]).

@@ -15,6 +15,9 @@ pub struct LoraDelta {
     /// Where the `[rows, cols]` block starts in the flattened target (one expert's block of a fused
     /// `[E, rows, cols]` expert tensor); 0 for a 2-D target.
     offset: usize,
+    /// DoRA's magnitude, one value per row: after the update, each row of W + ΔW is scaled to it
+    /// (`m / ‖W + ΔW‖_row`, PEFT's `DoraLinearVariant.merge_safe`).
+    magnitude: Option<std::sync::Arc<Vec<f32>>>,
 }
 
 impl LoraDelta {
@@ -27,9 +30,18 @@ impl LoraDelta {
             // (B·A)ᵀ = Aᵀ·Bᵀ: left = Aᵀ [in, r], right = Bᵀ [r, out]
             let left = transpose(a, r, inp);
             let right = transpose(b, out, r);
-            Self { left, right, rank: r, rows: inp, cols: out, coef, offset: 0 }
+            Self { left, right, rank: r, rows: inp, cols: out, coef, offset: 0, magnitude: None }
         } else {
-            Self { left: b.to_vec(), right: a.to_vec(), rank: r, rows: out, cols: inp, coef, offset: 0 }
+            Self {
+                left: b.to_vec(),
+                right: a.to_vec(),
+                rank: r,
+                rows: out,
+                cols: inp,
+                coef,
+                offset: 0,
+                magnitude: None,
+            }
         }
     }
 
@@ -38,6 +50,29 @@ impl LoraDelta {
     pub fn at(mut self, offset: usize) -> Self {
         self.offset = offset;
         self
+    }
+
+    /// This update as DoRA's: its rows rescaled to `magnitude` after it is added.
+    pub fn with_magnitude(mut self, magnitude: Vec<f32>) -> Self {
+        self.magnitude = Some(std::sync::Arc::new(magnitude));
+        self
+    }
+
+    /// DoRA's magnitude, per row, when this update is DoRA's.
+    pub fn magnitude(&self) -> Option<&[f32]> {
+        self.magnitude.as_deref().map(Vec::as_slice)
+    }
+
+    /// For DoRA, scales whole rows `first_row..` held in `rows` (W + ΔW, row-major) by
+    /// `m / ‖row‖`, as PEFT merges: the norm over the row in f32 values (accumulated in f64), the
+    /// factor and the product in f32. Nothing for a plain update.
+    pub fn rescale_rows(&self, first_row: usize, rows: &mut [f32]) {
+        let Some(m) = self.magnitude() else { return };
+        for (i, row) in rows.chunks_mut(self.cols).enumerate() {
+            let norm = row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>().sqrt() as f32;
+            let factor = m[first_row + i] / norm;
+            row.iter_mut().for_each(|v| *v *= factor);
+        }
     }
 
     /// The target tensor's shape `[rows, cols]`.

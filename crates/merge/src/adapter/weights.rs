@@ -33,6 +33,8 @@ pub struct LoraModule {
     pub scale: f64,
     /// Whether the base weight is stored `[in, out]` (embeddings, `fan_in_fan_out`): ΔW is transposed.
     pub transposed: bool,
+    /// DoRA's magnitude vector (`<module>.lora_magnitude_vector`, `[out]`), for a DoRA adapter.
+    pub magnitude: Option<TensorInfo>,
 }
 
 impl LoraModule {
@@ -79,6 +81,7 @@ impl Adapter {
         let mut a_of: BTreeMap<String, (TensorInfo, bool)> = BTreeMap::new();
         let mut b_of: BTreeMap<String, (TensorInfo, bool)> = BTreeMap::new();
         let mut replacements = BTreeMap::new();
+        let mut magnitudes: BTreeMap<String, TensorInfo> = BTreeMap::new();
         for (key, info) in file.tensors() {
             let name = key.strip_prefix(PEFT_PREFIX).unwrap_or(key);
             let name = name.replace(".default.", ".");
@@ -87,8 +90,15 @@ impl Adapter {
             if !info.dtype.is_float() {
                 return Err(bad(format!("{:?} factors; expected a float type", info.dtype)));
             }
-            if name.contains("lora_magnitude_vector") {
-                return Err(bad("DoRA magnitude vectors are not supported".into()));
+            if let Some(m) = name.strip_suffix(".lora_magnitude_vector") {
+                if !config.use_dora {
+                    return Err(bad("a DoRA magnitude vector in an adapter without use_dora".into()));
+                }
+                if info.shape.len() != 1 {
+                    return Err(bad(format!("shape {:?}; a magnitude vector is 1-D", info.shape)));
+                }
+                magnitudes.insert(m.to_string(), info.clone());
+                continue;
             }
             let (slot, module, embedding) = if let Some(m) = name.strip_suffix(".lora_A.weight") {
                 (&mut a_of, m, false)
@@ -130,10 +140,34 @@ impl Adapter {
             let transposed = embedding || config.fan_in_fan_out;
             let scale = config.scale_for(&module, rank);
             let target = format!("{module}.weight");
-            modules.insert(module.clone(), LoraModule { module, target, a, b, rank, scale, transposed });
+            let magnitude = magnitudes.remove(&module);
+            if config.use_dora {
+                let m = magnitude.as_ref().ok_or_else(|| {
+                    MergeError::safetensors(&weights, format!("DoRA module '{module}' has no lora_magnitude_vector"))
+                })?;
+                if transposed || m.shape[0] != b.shape[0] {
+                    return Err(MergeError::safetensors(
+                        &weights,
+                        format!(
+                            "DoRA module '{module}': magnitude {:?} for lora_B {:?}{}",
+                            m.shape,
+                            b.shape,
+                            if transposed {
+                                " (DoRA on embeddings and fan_in_fan_out layers is not supported)"
+                            } else {
+                                ""
+                            }
+                        ),
+                    ));
+                }
+            }
+            modules.insert(module.clone(), LoraModule { module, target, a, b, rank, scale, transposed, magnitude });
         }
         if let Some(module) = b_of.keys().next() {
             return Err(MergeError::safetensors(&weights, format!("module '{module}' has lora_B but no lora_A")));
+        }
+        if let Some(module) = magnitudes.keys().next() {
+            return Err(MergeError::safetensors(&weights, format!("'{module}' has a magnitude vector but no lora_A")));
         }
         Ok(Self { dir, config, file, modules, replacements, experts })
     }
@@ -176,7 +210,7 @@ impl Adapter {
 
     /// The update of `module` times `weight`, ready to add to the base tensor.
     pub fn delta(&self, module: &LoraModule, weight: f64) -> LoraDelta {
-        LoraDelta::from_factors(
+        let delta = LoraDelta::from_factors(
             &self.tensor_f32(&module.a),
             &self.tensor_f32(&module.b),
             module.rank,
@@ -184,7 +218,23 @@ impl Adapter {
             module.b.shape[0],
             (weight * module.scale) as f32,
             module.transposed,
-        )
+        );
+        match &module.magnitude {
+            Some(m) => delta.with_magnitude(self.tensor_f32(m)),
+            None => delta,
+        }
+    }
+
+    /// An error for a command that cannot handle DoRA adapters yet (`what` it is), when this is one.
+    pub fn refuse_dora(&self, what: &str) -> Result<()> {
+        if self.config.use_dora {
+            return Err(MergeError::Mismatch(format!(
+                "{}: a DoRA adapter (use_dora), which {what} does not support yet; `lora merge BASE ADAPTER` folds it \
+                 into the base",
+                self.dir.display()
+            )));
+        }
+        Ok(())
     }
 
     /// Finds the module whose update targets base tensor `name`.

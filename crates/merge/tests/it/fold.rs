@@ -197,3 +197,43 @@ fn a_text_form_adapter_folds_into_the_hub_form_with_its_names_mapped() {
     assert_eq!(load_all(&dir.join("mapped")), load_all(&dir.join("direct")));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A PEFT DoRA adapter (`use_dora`, `…lora_magnitude_vector`) folds as PEFT's `merge_and_unload`
+/// folds it (`scripts/make_dora_fixtures.py`): W' = m / ‖W + sBA‖_row ⊙ (W + sBA), each row scaled to
+/// its magnitude. Weighted folds, merge-adapters and llama.cpp export refuse it by name.
+#[test]
+fn dora_folds_as_peft_merges_it() {
+    let fx = fixtures();
+    let dir = temp_dir("fold-dora");
+    let base = fx.join("models/llama");
+    let dora = fx.join("lora/dora/adapter");
+    let a = Adapter::open(&dora).unwrap();
+    assert!(a.config.use_dora && a.modules.values().all(|m| m.magnitude.is_some()), "magnitudes read");
+    fold_adapters(&base, std::slice::from_ref(&dora), &dir.join("out"), &FoldOptions::default()).unwrap();
+    let (ours, peft, b) =
+        (load_all(&dir.join("out")), load_all(&fx.join("lora/dora/merged.safetensors")), load_all(&base));
+    let mut compared = 0;
+    for (k, v) in peft.iter().filter(|(k, _)| k.ends_with("proj.weight")) {
+        let scale = v.iter().fold(1e-3f32, |m, x| m.max(x.abs()));
+        let d = max_diff(&ours[k], v);
+        assert!(d <= 2e-6 * scale, "{k}: {d} (scale {scale})");
+        assert!(max_diff(&b[k], v) > 1e-3, "{k}: the fold changes nothing");
+        compared += 1;
+    }
+    assert_eq!(compared, 3 * 3, "q, v and down of three layers");
+    // Every row of a folded weight has its magnitude as norm.
+    let m = a.tensor_f32(a.modules["model.layers.0.self_attn.q_proj"].magnitude.as_ref().unwrap());
+    let w = &ours["model.layers.0.self_attn.q_proj.weight"];
+    for (row, &mag) in w.chunks(w.len() / m.len()).zip(&m) {
+        let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - mag.abs()).abs() <= 1e-5 * mag.abs().max(1.0), "row norm {norm} for magnitude {mag}");
+    }
+    let half = FoldOptions { weights: Some(vec![0.5]), ..Default::default() };
+    let e = fold_adapters(&base, std::slice::from_ref(&dora), &dir.join("half"), &half).unwrap_err();
+    assert!(e.to_string().contains("DoRA adapter folds at weight 1 only"), "{e}");
+    let e = lora_merge::export_adapter_gguf(&dora, &base, &dir.join("x.gguf"), lora_merge::gguf::GgmlType::F32, false)
+        .unwrap_err();
+    assert!(e.to_string().contains("lora merge BASE ADAPTER"), "{e}");
+    assert!(!dir.join("x.gguf").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
