@@ -7,8 +7,8 @@
 //! [`AdapterConfig::extra`] and written back unchanged rather than rejected: refusing a file PEFT itself
 //! wrote would be a bug. Keys that change what the weights mean and that lora does not implement
 //! (layer replication, rank 0) are refused by [`AdapterConfig::load`]; what only a loaded model
-//! cannot compute (DoRA, which merges fold, trained biases, Conv1D layout, fully trained extra
-//! modules) by [`AdapterConfig::check_loadable`].
+//! cannot compute (trained biases, Conv1D layout, fully trained extra modules) by
+//! [`AdapterConfig::check_loadable`].
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -78,7 +78,7 @@ pub struct AdapterConfig {
     /// Modules trained in full and saved whole (e.g. `lm_head`): they replace the base's tensors.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub modules_to_save: Option<Vec<String>>,
-    /// Weight-decomposed LoRA (DoRA): folded by `lora merge`; not loaded into a model yet.
+    /// Weight-decomposed LoRA (DoRA): folded by `lora merge`, loaded for inference; not trained yet.
     #[serde(default)]
     pub use_dora: bool,
     /// Every other key PEFT wrote, kept as is.
@@ -155,13 +155,6 @@ impl AdapterConfig {
     /// model loading the adapter does not).
     pub fn check_loadable(&self, path: &Path) -> Result<()> {
         let refuse = |m: String| Err(FormatError::folder(path, m));
-        if self.use_dora {
-            return refuse(
-                "DoRA adapters (use_dora = true) cannot be loaded into a model yet; `lora merge BASE ADAPTER` folds \
-                 one into the base"
-                    .into(),
-            );
-        }
         if self.bias != "none" {
             return refuse(format!(
                 "bias '{}' is not supported; lora adapters train no biases (bias = \"none\")",

@@ -242,7 +242,7 @@ pub(crate) fn make_adapter(
         lora_a = lora_a.autodiff().require_grad();
         lora_b = lora_b.autodiff().require_grad();
     }
-    LoraAdapter { lora_a, lora_b, scaling, dropout, training: false, dropout_seed: 0 }
+    LoraAdapter { lora_a, lora_b, scaling, dropout, training: false, dropout_seed: 0, dora_scale: None }
 }
 
 /// Reads an adapter folder and attaches it to `model` with an extra `weight` on its scaling.
@@ -266,6 +266,16 @@ pub fn load_adapter_mapped(
     let cfg_path = dir.join("adapter_config.json");
     let cfg = AdapterConfig::load(&cfg_path)?;
     cfg.check_loadable(&cfg_path)?;
+    if cfg.use_dora && (trainable || weight != 1.0) {
+        return Err(CoreError::config(
+            dir,
+            if trainable {
+                "a DoRA adapter (use_dora) cannot be trained or resumed yet; it loads for generate, eval and merges"
+            } else {
+                "a DoRA adapter (use_dora) applies at weight 1 only (its magnitudes set the rows' norms)"
+            },
+        ));
+    }
     let path = dir.join("adapter_model.safetensors");
     if !path.is_file() {
         if dir.join("adapter_model.bin").is_file() {
@@ -279,8 +289,18 @@ pub fn load_adapter_mapped(
     let file = SafetensorsFile::open(&path)?;
     // Group the tensors by module path.
     let mut modules: BTreeMap<String, (Option<String>, Option<String>)> = BTreeMap::new();
+    // DoRA's magnitude vectors (`...<module>.lora_magnitude_vector`), by module.
+    let mut magnitudes: BTreeMap<String, String> = BTreeMap::new();
     for name in file.tensors().keys() {
         let inner = name.strip_prefix(PEFT_PREFIX).unwrap_or(name);
+        if let Some(module) = [".lora_magnitude_vector", ".lora_magnitude_vector.default.weight"]
+            .iter()
+            .find_map(|s| inner.strip_suffix(s))
+            .filter(|_| cfg.use_dora)
+        {
+            magnitudes.insert(module.to_string(), name.clone());
+            continue;
+        }
         // PEFT writes `...lora_A.weight`; in-memory state dicts have `...lora_A.default.weight`.
         let parsed = [".lora_A.weight", ".lora_A.default.weight"]
             .iter()
@@ -339,8 +359,37 @@ pub fn load_adapter_mapped(
         }
         let (a, _) = file.to_f32(a_name)?;
         let (b, _) = file.to_f32(b_name)?;
+        if lin.lora.iter().any(|a| a.dora_scale.is_some()) {
+            return Err(CoreError::Invalid(format!(
+                "{}: module '{module}' already has a DoRA adapter, which must be its only one",
+                path.display()
+            )));
+        }
         let scaling = cfg.scale_for(module, r) * weight;
-        lin.lora.push(make_adapter(a, b, r, d_in, d_out, scaling, cfg.lora_dropout, &device, trainable));
+        let mut adapter = make_adapter(a, b, r, d_in, d_out, scaling, cfg.lora_dropout, &device, trainable);
+        if cfg.use_dora {
+            let m_name = magnitudes.remove(module).ok_or_else(|| {
+                CoreError::safetensors(path.clone(), format!("DoRA module '{module}' has no lora_magnitude_vector"))
+            })?;
+            let (m, m_shape) = file.to_f32(&m_name)?;
+            if m_shape != [d_out] || !lin.lora.is_empty() {
+                return Err(CoreError::safetensors(
+                    path.clone(),
+                    format!(
+                        "'{m_name}': magnitude {m_shape:?} for a layer of {d_out} outputs, or not its only adapter"
+                    ),
+                ));
+            }
+            // g = m / ‖W + s·B·A‖ per output row (PEFT's weight norm, detached): fixed for inference.
+            let w = lin.weight.to_f32(&device) + adapter.delta();
+            let norm = w.square().sum_dim(1).sqrt().reshape([d_out]);
+            let m = Tensor::<1>::from_data(TensorData::new(m, [d_out]), &device);
+            adapter.dora_scale = Some(m / norm);
+        }
+        lin.lora.push(adapter);
+    }
+    if let Some(m) = magnitudes.keys().next() {
+        return Err(CoreError::safetensors(path, format!("magnitude vector '{m}' has no lora_A / lora_B")));
     }
     Ok((cfg, relayout))
 }

@@ -244,7 +244,8 @@ impl SparseMoe {
             let [a] = l.lora.as_slice() else { return None };
             let dense = matches!(l.weight, BaseWeight::Dense(_)) && l.bias.is_none() && l.compute.is_none();
             let f32 = a.lora_a.dtype() == DType::F32 && a.lora_b.dtype() == DType::F32;
-            (dense && f32 && a.dropout_keep(1).is_none()).then(|| (a.lora_a.dims()[0], a.scaling))
+            let plain = a.dropout_keep(1).is_none() && a.dora_scale.is_none();
+            (dense && f32 && plain).then(|| (a.lora_a.dims()[0], a.scaling))
         };
         let first = self.experts.first()?;
         let (gu, dn) = (f32_adapter(&first.gate_up_proj)?, f32_adapter(&first.down_proj)?);

@@ -25,6 +25,9 @@ pub struct LoraAdapter {
     /// Seed of this adapter's dropout mask for the next forward pass (set by the trainer per
     /// micro-batch and module, so that masks are reproducible and independent of any global RNG).
     pub dropout_seed: u64,
+    /// DoRA (PEFT's `use_dora`): g = m / ‖W + s·B·A‖ per output row, fixed when the adapter is
+    /// loaded for inference; the layer's output is then g ⊙ (W·x + s·B·A·x) + bias.
+    pub dora_scale: Option<Tensor<1>>,
 }
 
 impl LoraAdapter {

@@ -98,3 +98,32 @@ fn an_adapter_of_either_qwen3_5_form_applies_to_the_other_as_if_renamed_by_hand(
     assert!(err.contains("does not exist in the base model"), "{err}");
     std::fs::remove_dir_all(&tmp).unwrap();
 }
+
+/// A PEFT DoRA adapter (`scripts/make_dora_fixtures.py`) applies as PEFT runs it, g ⊙ (W·x + s·B·A·x)
+/// with g = m / ‖W + s·B·A‖ per output row: the logits equal those of PEFT's merged model. Training
+/// it, or a weight other than 1, is refused by name.
+#[test]
+fn dora_adapters_apply_as_peft_runs_them() {
+    use lora_core::network::model::TokenBatch;
+    let device = lora_core::default_device();
+    let dir = fixtures().join("lora/dora");
+    let mut m = lora_core::CausalLm::load_dir(fixtures().join("models/llama"), &device).unwrap();
+    let base =
+        lora_core::to_f32_vec(m.forward(&TokenBatch::rows(vec![vec![0, 5, 17, 42, 99, 200, 383, 7]]), None).unwrap())
+            .unwrap();
+    lora_core::adapter::load_adapter(&mut m, &dir.join("adapter"), 1.0, false).unwrap();
+    let ours =
+        lora_core::to_f32_vec(m.forward(&TokenBatch::rows(vec![vec![0, 5, 17, 42, 99, 200, 383, 7]]), None).unwrap())
+            .unwrap();
+    let st = lora_formats::safetensors::SafetensorsFile::open(dir.join("merged.safetensors")).unwrap();
+    let (peft, _) = st.to_f32("logits").unwrap();
+    let scale = peft.iter().fold(1f32, |a, v| a.max(v.abs()));
+    let d = ours.iter().zip(&peft).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(d <= 1e-5 * scale, "max |Δ| {d:e} against PEFT's merged logits (scale {scale})");
+    assert!(base.iter().zip(&peft).any(|(a, b)| (a - b).abs() > 1e-2), "the adapter changes the logits");
+    let mut m = lora_core::CausalLm::load_dir(fixtures().join("models/llama"), &device).unwrap();
+    let e = lora_core::adapter::load_adapter(&mut m, &dir.join("adapter"), 1.0, true).unwrap_err();
+    assert!(e.to_string().contains("cannot be trained"), "{e}");
+    let e = lora_core::adapter::load_adapter(&mut m, &dir.join("adapter"), 0.5, false).unwrap_err();
+    assert!(e.to_string().contains("weight 1 only"), "{e}");
+}

@@ -370,6 +370,7 @@ fn lora_layer_run(fused: bool, n: usize, d_in: usize, d_out: usize, r: usize, dr
         dropout,
         training: true,
         dropout_seed: 77,
+        dora_scale: None,
     });
     let xl = leaf(&x, [n, d_in]);
     let y = if fused { layer.forward(xl.clone()) } else { layer.forward_reference(xl.clone()) };
