@@ -151,11 +151,7 @@ fn gather(values: &[f32], rows: &[usize], width: usize) -> Vec<f32> {
 /// One expert's forward on its gathered rows x `[m, H]`.
 fn expert_forward(x: &[f32], m: usize, e: usize, p: &Params<'_>) -> Kept {
     let ExpertShape { hidden: h, width: i, ranks: [r1, r2], scales: [s1, s2] } = p.shape;
-    let (w1, w2) = (&p.w1[e], &p.w2[e]);
-    let a1 = &p.a1[e * r1 * h..(e + 1) * r1 * h];
-    let b1 = &p.b1[e * 2 * i * r1..(e + 1) * 2 * i * r1];
-    let a2 = &p.a2[e * r2 * i..(e + 1) * r2 * i];
-    let b2 = &p.b2[e * h * r2..(e + 1) * h * r2];
+    let Expert { w1, w2, a1, b1, a2, b2 } = p.expert(e);
     let (mut g, mut h1, mut h2, mut y) =
         (Unwritten::new(m * 2 * i), Unwritten::new(m * r1), Unwritten::new(m * r2), Unwritten::new(m * h));
     // SAFETY: every matrix is contiguous with the strides given; the first product into each buffer
@@ -199,7 +195,30 @@ struct Params<'a> {
     shape: ExpertShape,
 }
 
+/// One expert's weights and factors, sliced from the stacked ones.
+struct Expert<'p> {
+    w1: &'p [f32],
+    w2: &'p [f32],
+    a1: &'p [f32],
+    b1: &'p [f32],
+    a2: &'p [f32],
+    b2: &'p [f32],
+}
+
 impl<'a> Params<'a> {
+    /// Expert `e`'s W₁ `[2I, H]`, W₂ `[H, I]`, A₁ `[r1, H]`, B₁ `[2I, r1]`, A₂ `[r2, I]`, B₂ `[H, r2]`.
+    fn expert(&self, e: usize) -> Expert<'_> {
+        let ExpertShape { hidden: h, width: i, ranks: [r1, r2], .. } = self.shape;
+        Expert {
+            w1: &self.w1[e],
+            w2: &self.w2[e],
+            a1: &self.a1[e * r1 * h..(e + 1) * r1 * h],
+            b1: &self.b1[e * 2 * i * r1..(e + 1) * 2 * i * r1],
+            a2: &self.a2[e * r2 * i..(e + 1) * r2 * i],
+            b2: &self.b2[e * h * r2..(e + 1) * h * r2],
+        }
+    }
+
     fn of(s: &'a Inputs) -> Self {
         Self {
             a1: f32_values(&s.a1),
@@ -256,11 +275,7 @@ struct ExpertGrads {
 #[allow(clippy::too_many_arguments)]
 fn expert_backward(x: &[f32], dout: &[f32], w: &[f32], m: usize, e: usize, kept: &Kept, p: &Params<'_>) -> ExpertGrads {
     let ExpertShape { hidden: h, width: i, ranks: [r1, r2], scales: [s1, s2] } = p.shape;
-    let (w1, w2) = (&p.w1[e], &p.w2[e]);
-    let a1 = &p.a1[e * r1 * h..(e + 1) * r1 * h];
-    let b1 = &p.b1[e * 2 * i * r1..(e + 1) * 2 * i * r1];
-    let a2 = &p.a2[e * r2 * i..(e + 1) * r2 * i];
-    let b2 = &p.b2[e * h * r2..(e + 1) * h * r2];
+    let Expert { w1, w2, a1, b1, a2, b2 } = p.expert(e);
     let Kept { g, h1, h2, y } = kept;
     let dw: Vec<f32> =
         (0..m).map(|t| dout[t * h..(t + 1) * h].iter().zip(&y[t * h..(t + 1) * h]).map(|(a, b)| a * b).sum()).collect();
