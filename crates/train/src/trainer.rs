@@ -366,6 +366,10 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
     };
     let mut opt =
         AdamW::new(AdamWConfig { weight_decay: t.weight_decay, ..AdamWConfig::default() }, &adapter_tensors(&p.model));
+    if let Some(ratio) = t.loraplus_lr_ratio {
+        // LoRA+: every B (the second of each adapter's pair) at `ratio` times the rate.
+        opt.lr_scales = (0..opt.lr_scales.len()).map(|i| if i % 2 == 1 { ratio } else { 1.0 }).collect();
+    }
 
     // The run folder: refuse to overwrite, or pick up the newest checkpoint.
     let mut first_step = 0u64;

@@ -352,3 +352,24 @@ fn kill_9_then_resume_reproduces_the_run() {
     child.wait().unwrap();
     assert_user_error(&resume(&early, 60, 50), "to resume");
 }
+
+/// `[train] loraplus_lr_ratio` (LoRA+) trains B faster than A: a run with it ends elsewhere than one
+/// without, is recorded in the recipe the run keeps, reproduces byte for byte under `lora verify`,
+/// and a ratio that is not positive is an error naming the key.
+#[test]
+fn loraplus_trains_b_at_its_own_rate() {
+    let d = temp_dir("loraplus");
+    let (plain, plus) = (d.join("plain"), d.join("plus"));
+    let o = train_tiny(&plain, &["train.max_steps=3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = train_tiny(&plus, &["train.max_steps=3", "train.loraplus_lr_ratio=16.0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let read = |dir: &std::path::Path| std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
+    assert_ne!(read(&plain), read(&plus), "LoRA+ changed nothing");
+    let kept = std::fs::read_to_string(plus.join("recipe.toml")).unwrap();
+    assert!(kept.contains("loraplus_lr_ratio = 16.0"), "{kept}");
+    let o = lora(&["verify", s(&plus)]);
+    assert!(o.status.success() && stdout(&o).contains("reproduced byte for byte"), "{}", stderr(&o));
+    let o = train_tiny(&d.join("bad"), &["train.loraplus_lr_ratio=-1.0"]);
+    assert_user_error(&o, "loraplus_lr_ratio");
+}

@@ -47,13 +47,17 @@ pub struct AdamW {
     pub step: u64,
     /// (m, v) per parameter, in parameter order.
     pub moments: Vec<(Tensor<2>, Tensor<2>)>,
+    /// Each parameter's learning rate as a multiple of the step's (1 each; LoRA+ gives B its ratio,
+    /// PEFT's `create_loraplus_optimizer` groups). Weight decay follows the parameter's rate, as in
+    /// torch's AdamW with per-group rates.
+    pub lr_scales: Vec<f64>,
 }
 
 impl AdamW {
     /// Fresh state for parameters of the given shapes (zero moments).
     pub fn new(config: AdamWConfig, params: &[Tensor<2>]) -> Self {
         let moments = params.iter().map(|p| (p.zeros_like().inner(), p.zeros_like().inner())).collect();
-        Self { config, step: 0, moments }
+        Self { config, step: 0, moments, lr_scales: vec![1.0; params.len()] }
     }
 
     /// One update. `params` are the current values (any autodiff association is dropped), `grads`
@@ -74,16 +78,17 @@ impl AdamW {
     ) -> Vec<Tensor<2>> {
         assert_eq!(params.len(), self.moments.len(), "parameter count changed");
         assert_eq!(grads.len(), self.moments.len(), "gradient count differs from parameters");
+        assert_eq!(self.lr_scales.len(), self.moments.len(), "one learning-rate scale per parameter");
         self.step += 1;
-        let s = self.scalars(lr);
+        let scalars: Vec<StepScalars> = self.lr_scales.iter().map(|k| self.scalars(lr * k)).collect();
         let mut out = Vec::with_capacity(params.len());
-        for ((p, g), (m, v)) in params.into_iter().zip(grads).zip(self.moments.iter_mut()) {
+        for (((p, g), (m, v)), s) in params.into_iter().zip(grads).zip(self.moments.iter_mut()).zip(&scalars) {
             let (p, g) = (p.inner(), g.inner());
             let fused = allow_fused && [&p, &g, &*m, &*v].into_iter().all(use_fused);
             if fused {
-                out.push(fused_cpu::update(p, g, m, v, &s));
+                out.push(fused_cpu::update(p, g, m, v, s));
             } else {
-                out.push(composed(p, g, m, v, &s));
+                out.push(composed(p, g, m, v, s));
             }
         }
         out

@@ -100,6 +100,11 @@ impl Recipe {
         if !["constant", "linear", "cosine"].contains(&t.schedule.as_str()) {
             return err("train", "schedule", format!("must be constant, linear or cosine, got \"{}\"", t.schedule));
         }
+        if let Some(r) = t.loraplus_lr_ratio
+            && !(r.is_finite() && r > 0.0)
+        {
+            return err("train", "loraplus_lr_ratio", format!("must be a positive number, got {r}"));
+        }
         if !(t.weight_decay >= 0.0) {
             return err("train", "weight_decay", format!("must be >= 0, got {}", t.weight_decay));
         }

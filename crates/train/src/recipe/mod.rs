@@ -348,6 +348,11 @@ pub struct TrainSection {
     /// Decoupled weight decay (default 0).
     #[serde(default)]
     pub weight_decay: f64,
+    /// LoRA+: the learning rate of every B as this multiple of `lr` (A's stays `lr`), PEFT's
+    /// `create_loraplus_optimizer` with `loraplus_lr_ratio`; `weight_decay` is its
+    /// `loraplus_weight_decay`, on A and B alike. Unset: plain LoRA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loraplus_lr_ratio: Option<f64>,
     /// Clip the global gradient norm to this (default 1; 0 disables).
     #[serde(default = "d_clip")]
     pub max_grad_norm: f64,

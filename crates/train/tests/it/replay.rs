@@ -83,9 +83,22 @@ fn gpu_adamw_replay_matches_peft() {
     adamw_replay_on(&device);
 }
 
+/// LoRA+ (`[train] loraplus_lr_ratio`): every B at 16 times A's rate replays PEFT's
+/// `create_loraplus_optimizer` (scripts/make_loraplus_fixtures.py) step for step.
+#[test]
+fn loraplus_replay_matches_peft() {
+    replay_on(&default_device(), "lora/loraplus", Some(16.0));
+}
+
 /// 20 AdamW steps of the full forward and backward from PEFT's initial adapter: every loss within
 /// 1e-4 relative of PEFT's, the final adapter within 1e-4, the base untouched.
 fn adamw_replay_on(device: &Device) {
+    replay_on(device, "lora", None);
+}
+
+/// The replay against the goldens under `fixture` (its `golden.json` losses, its `adapter-trained`),
+/// every B's rate `loraplus` times A's when set.
+fn replay_on(device: &Device, fixture: &str, loraplus: Option<f64>) {
     let g = golden();
     let b = batch(&g);
     let labels_raw = g.bytes(g.info("labels").unwrap());
@@ -94,7 +107,7 @@ fn adamw_replay_on(device: &Device) {
     let labels: Vec<Vec<Option<u32>>> =
         labels_flat.chunks(t).map(|r| r.iter().map(|&l| (l >= 0).then_some(l as u32)).collect()).collect();
     let meta: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("lora/golden.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join(fixture).join("golden.json")).unwrap()).unwrap();
     let expected: Vec<f64> = meta["replay"]["losses"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
 
     let mut model = base_on(device);
@@ -102,6 +115,9 @@ fn adamw_replay_on(device: &Device) {
     let base_before =
         to_f32_vec(model.model.layers[0].self_attn.as_ref().unwrap().q_proj.weight.to_f32(device)).unwrap();
     let mut opt = AdamW::new(AdamWConfig::default(), &adapter_tensors(&model));
+    if let Some(ratio) = loraplus {
+        opt.lr_scales = (0..opt.lr_scales.len()).map(|i| if i % 2 == 1 { ratio } else { 1.0 }).collect();
+    }
     for (step, want) in expected.iter().enumerate() {
         let logits = model.forward(&b, None).unwrap();
         let (sum, count) = shifted_cross_entropy_sum(logits, &labels);
@@ -115,9 +131,10 @@ fn adamw_replay_on(device: &Device) {
         set_adapter_tensors(&mut model, new);
     }
     // The final adapter equals PEFT's.
-    let trained = SafetensorsFile::open(fixtures().join("lora/adapter-trained/adapter_model.safetensors")).unwrap();
+    let trained_dir = fixtures().join(fixture).join("adapter-trained");
+    let trained = SafetensorsFile::open(trained_dir.join("adapter_model.safetensors")).unwrap();
     let mut reference = base_on(device);
-    load_adapter(&mut reference, &fixtures().join("lora/adapter-trained"), 1.0, false).unwrap();
+    load_adapter(&mut reference, &trained_dir, 1.0, false).unwrap();
     let ours = adapter_tensors(&model);
     let theirs = adapter_tensors(&reference);
     assert_eq!(ours.len(), trained.tensors().len());
