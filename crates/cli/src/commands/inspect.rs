@@ -405,7 +405,8 @@ fn inspect_adapter(dir: &Path, cfg_path: &Path, json_out: bool, base: Option<&Pa
     }
     let mut o = String::new();
     let _ = writeln!(o, "path:         {}", dir.display());
-    let _ = writeln!(o, "kind:         PEFT LoRA adapter ({})", cfg.task_type.as_deref().unwrap_or("-"));
+    let variant = if cfg.use_dora { "DoRA (magnitude vectors per module)" } else { "LoRA" };
+    let _ = writeln!(o, "kind:         PEFT {variant} adapter ({})", cfg.task_type.as_deref().unwrap_or("-"));
     let _ = writeln!(o, "base model:   {}", cfg.base_model_name_or_path.as_deref().unwrap_or("-"));
     let _ = writeln!(
         o,

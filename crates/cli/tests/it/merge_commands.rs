@@ -490,3 +490,23 @@ fn quantize_writes_a_four_bit_folder_that_generates_as_nf4() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--force"), "{}", stderr(&o));
 }
+
+/// A PEFT DoRA adapter through the CLI: `inspect` says what it is, `lora merge --check` folds it and
+/// finds the folded model equal to base + adapter run unmerged, and `lora export` of the adapter itself
+/// says to export the merged model instead, writing nothing.
+#[test]
+fn dora_adapters_inspect_fold_check_and_refuse_gguf() {
+    let fx = fixtures();
+    let (base, dora) = (fx.join("models/llama"), fx.join("lora/dora/adapter"));
+    let o = lora(&["inspect", s(&dora)]);
+    assert!(o.status.success() && stdout(&o).contains("PEFT DoRA"), "{}", stdout(&o));
+    let d = temp_dir("dora-cli");
+    let out = d.join("merged");
+    let o = lora(&["merge", s(&base), s(&dora), "-o", s(&out), "--check"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("greedy tokens agree"), "{}", stdout(&o));
+    let gguf = d.join("dora.gguf");
+    let o = lora(&["export", s(&dora), "--base", s(&base), "-o", s(&gguf)]);
+    assert_user_error(&o, "export the merged model");
+    assert!(!gguf.exists());
+}
