@@ -8,6 +8,7 @@
 # rate is measured; the higher is the machine's fp32 peak the MFU figures are taken against.
 # SHAPES picks shapes (default "small smol qwen"); REFERENCE_KERNELS=1 also runs lora with its plain
 # burn compositions instead of the fused CPU kernels (LORA_REFERENCE_KERNELS=1).
+# DORA=1 makes every adapter DoRA on both sides (use_dora).
 # Run it on a quiet machine: a compiler beside it divides PyTorch's figure by 5 or more.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +37,7 @@ qwen=(--hidden 896 --layers 24 --heads 14 --kv-heads 2 --inter 4864 --vocab 1519
 for shape in ${SHAPES:-small smol qwen}; do
   declare -n args=$shape
   echo "== $shape ${args[*]:-(reference shape)}"
+  if [ "${DORA:-0}" = 1 ]; then args+=(--dora); fi
   ours=$("$bin" "${args[@]}" --steps "${STEPS:-10}" --peak-tflops "$peak_tflops")
   echo "$ours"
   if [ "${REFERENCE_KERNELS:-0}" = 1 ]; then

@@ -80,6 +80,7 @@ fn main() {
         use_rslora: false,
         init: LoraInit::KaimingUniform,
         layers_to_transform: None,
+        use_dora: false,
     };
     attach_new(&mut model, &spec, 0, true).unwrap();
     set_training(&mut model, true);

@@ -4,7 +4,7 @@
 //! Defaults are the reference shape: hidden 256, 4 layers, 4 heads / 4 KV heads, intermediate 688,
 //! vocab 1000, seq 128, batch 4, r = 8 on q_proj and v_proj, f32. `--dir DIR` runs on an existing
 //! folder of any architecture instead (scripts/bench_qwen3_5.sh: a random Qwen3.5), and
-//! `--targets all-linear` (or a comma list) picks the adapted modules.
+//! `--targets all-linear` (or a comma list) picks the adapted modules; `--dora` makes them DoRA.
 
 use std::time::Instant;
 
@@ -126,6 +126,7 @@ fn main() {
         use_rslora: false,
         init: LoraInit::KaimingUniform,
         layers_to_transform: None,
+        use_dora: std::env::args().any(|a| a == "--dora"),
     };
     attach_new(&mut model, &spec, 0, true).unwrap();
     set_training(&mut model, true);
@@ -159,8 +160,9 @@ fn main() {
         .map_or(String::new(), |peak| format!(", MFU {:.1}% of {peak} TFLOP/s", 100.0 * tflops / peak));
     let tflops = if llama_count { format!(", {tflops:.3} model TFLOP/s") } else { String::new() };
     println!(
-        "lora [{backend}] {} base {} {}{} hidden {} layers {} batch {batch} seq {seq} r {r}: {:.3} s/step, {:.1} tokens/s{tflops}{mfu}, loss {loss:.4}, peak RSS {:.0} MB; base {base_mb:.0} MB, load {load_s:.1} s (peak {load_rss:.0} MB)",
+        "lora [{backend}] {}{} base {} {}{} hidden {} layers {} batch {batch} seq {seq} r {r}: {:.3} s/step, {:.1} tokens/s{tflops}{mfu}, loss {loss:.4}, peak RSS {:.0} MB; base {base_mb:.0} MB, load {load_s:.1} s (peak {load_rss:.0} MB)",
         model.config.architecture.model_type(),
+        if spec.use_dora { " DoRA" } else { "" },
         opts.dtype,
         opts.quantize,
         if checkpointing { " +recompute" } else { "" },

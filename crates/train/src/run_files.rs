@@ -193,6 +193,16 @@ pub fn loss_svg(metrics: &[StepMetrics]) -> String {
     )
 }
 
+/// The card's paragraph on a start that moved the base (`[lora] init` PiSSA or OLoRA, rank `r`).
+pub fn moving_init_text(init: &str, r: usize) -> String {
+    format!(
+        "\n\nThe adapter started from `{init}` (PEFT's `init_lora_weights`), which moves the base: it was trained on \
+         the residual base and is saved converted, as PEFT's `path_initial_model_for_weight_conversion` does, to a \
+         plain LoRA of rank {} (alpha doubled) that applies to the original base.",
+        2 * r
+    )
+}
+
 /// The model card of an adapter, with the YAML front matter the Hub reads.
 pub fn model_card(base_model: &str, recipe_toml: &str, data: &str, metrics: &str) -> String {
     format!(

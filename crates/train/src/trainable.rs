@@ -1,18 +1,83 @@
-//! The trainable tensors of a model with adapters: every lora_A and lora_B, in module order.
+//! The trainable tensors of a model with adapters: every lora_A and lora_B, and DoRA's magnitude
+//! where an adapter has one, in module order.
 
 use lora_core::CausalLm;
 use lora_core::burn::tensor::Tensor;
+use lora_core::network::lora::LoraAdapter;
 
-/// The adapter tensors of `model` in a fixed order (module path order, A before B).
+/// What a trainable tensor is in its adapter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `lora_A`: [r, in].
+    A,
+    /// `lora_B`: [out, r].
+    B,
+    /// DoRA's `lora_magnitude_vector`, held as [1, out].
+    Magnitude,
+}
+
+/// The trainable tensors of one adapter, in order: A, B, then DoRA's magnitude.
+fn slots(a: &mut LoraAdapter) -> Vec<&mut Tensor<2>> {
+    let mut out = vec![&mut a.lora_a, &mut a.lora_b];
+    if let Some(d) = a.dora.as_mut() {
+        out.push(&mut d.magnitude);
+    }
+    out
+}
+
+/// [`slots`]' roles.
+fn roles(a: &LoraAdapter) -> &'static [Role] {
+    if a.dora.is_some() { &[Role::A, Role::B, Role::Magnitude] } else { &[Role::A, Role::B] }
+}
+
+/// Applies `f` to every trainable tensor of the model, in [`adapter_tensors`] order.
+fn each_slot(model: &mut CausalLm, mut f: impl FnMut(&mut Tensor<2>)) {
+    for (_, lin) in model.linear_modules_mut() {
+        for a in lin.lora.iter_mut() {
+            slots(a).into_iter().for_each(&mut f);
+        }
+    }
+}
+
+/// The adapter tensors of `model` in a fixed order (module path order; A, B, then any magnitude).
 pub fn adapter_tensors(model: &CausalLm) -> Vec<Tensor<2>> {
     let mut out = Vec::new();
     for (_, lin) in model.linear_modules() {
         for a in &lin.lora {
             out.push(a.lora_a.clone());
             out.push(a.lora_b.clone());
+            if let Some(d) = &a.dora {
+                out.push(d.magnitude.clone());
+            }
         }
     }
     out
+}
+
+/// The role of each adapter tensor, in [`adapter_tensors`] order.
+pub fn adapter_roles(model: &CausalLm) -> Vec<Role> {
+    model.linear_modules().iter().flat_map(|(_, lin)| lin.lora.iter().flat_map(|a| roles(a).iter().copied())).collect()
+}
+
+/// Names of the trainable tensors, as in the adapter file.
+pub fn tensor_names(model: &CausalLm) -> Vec<String> {
+    let mut out = Vec::new();
+    for (path, lin) in model.linear_modules() {
+        if let Some(a) = lin.lora.first() {
+            out.push(format!("base_model.model.{path}.lora_A.weight"));
+            out.push(format!("base_model.model.{path}.lora_B.weight"));
+            if a.dora.is_some() {
+                out.push(format!("base_model.model.{path}.lora_magnitude_vector"));
+            }
+        }
+    }
+    out
+}
+
+/// LoRA+'s learning-rate multiples, in [`adapter_tensors`] order: PEFT's `create_loraplus_optimizer`
+/// puts every B and every 1-D parameter (DoRA's magnitudes) at `ratio` times A's rate.
+pub fn loraplus_scales(model: &CausalLm, ratio: f64) -> Vec<f64> {
+    adapter_roles(model).into_iter().map(|r| if r == Role::A { 1.0 } else { ratio }).collect()
 }
 
 /// Takes the adapter tensors out of the model (same order as [`adapter_tensors`]), leaving empty
@@ -20,14 +85,10 @@ pub fn adapter_tensors(model: &CausalLm) -> Vec<Tensor<2>> {
 /// optimizer updates in place. [`set_adapter_tensors`] puts values back.
 pub fn take_adapter_tensors(model: &mut CausalLm) -> Vec<Tensor<2>> {
     let mut out = Vec::new();
-    for (_, lin) in model.linear_modules_mut() {
-        for a in lin.lora.iter_mut() {
-            for t in [&mut a.lora_a, &mut a.lora_b] {
-                let empty = Tensor::empty([0, 0], &t.device());
-                out.push(std::mem::replace(t, empty).inner());
-            }
-        }
-    }
+    each_slot(model, |t| {
+        let empty = Tensor::empty([0, 0], &t.device());
+        out.push(std::mem::replace(t, empty).inner());
+    });
     out
 }
 
@@ -35,12 +96,7 @@ pub fn take_adapter_tensors(model: &mut CausalLm) -> Vec<Tensor<2>> {
 /// leaves that require gradients.
 pub fn set_adapter_tensors(model: &mut CausalLm, values: Vec<Tensor<2>>) {
     let mut it = values.into_iter();
-    for (_, lin) in model.linear_modules_mut() {
-        for a in lin.lora.iter_mut() {
-            a.lora_a = it.next().expect("one value per tensor").autodiff().require_grad();
-            a.lora_b = it.next().expect("one value per tensor").autodiff().require_grad();
-        }
-    }
+    each_slot(model, |t| *t = it.next().expect("one value per tensor").autodiff().require_grad());
     assert!(it.next().is_none(), "more values than adapter tensors");
 }
 
@@ -72,9 +128,8 @@ pub fn adapter_layers(model: &CausalLm) -> Vec<Option<usize>> {
     let mut out = Vec::new();
     for (path, lin) in model.linear_modules() {
         let layer = lora_core::network::config::layer_index(&path);
-        for _ in &lin.lora {
-            out.push(layer);
-            out.push(layer);
+        for a in &lin.lora {
+            out.extend(roles(a).iter().map(|_| layer));
         }
     }
     out
@@ -86,42 +141,25 @@ pub fn adapter_layers(model: &CausalLm) -> Vec<Option<usize>> {
 pub fn track_adapters(model: &mut CausalLm, select: impl Fn(Option<usize>) -> bool) -> Vec<Option<Tensor<2>>> {
     let layers = adapter_layers(model);
     let mut out = Vec::with_capacity(layers.len());
-    let mut k = 0;
-    for (_, lin) in model.linear_modules_mut() {
-        for a in lin.lora.iter_mut() {
-            if select(layers[k]) {
-                a.lora_a = a.lora_a.clone().inner().autodiff().require_grad();
-                a.lora_b = a.lora_b.clone().inner().autodiff().require_grad();
-                out.push(Some(a.lora_a.clone()));
-                out.push(Some(a.lora_b.clone()));
-            } else {
-                out.push(None);
-                out.push(None);
-            }
-            k += 2;
+    each_slot(model, |t| {
+        if select(layers[out.len()]) {
+            *t = t.clone().inner().autodiff().require_grad();
+            out.push(Some(t.clone()));
+        } else {
+            out.push(None);
         }
-    }
+    });
     out
 }
 
 /// Drops the autodiff association of every adapter: a forward pass then records no graph.
 pub fn untrack_adapters(model: &mut CausalLm) {
-    for (_, lin) in model.linear_modules_mut() {
-        for a in lin.lora.iter_mut() {
-            a.lora_a = a.lora_a.clone().inner();
-            a.lora_b = a.lora_b.clone().inner();
-        }
-    }
+    each_slot(model, |t| *t = t.clone().inner());
 }
 
 /// Makes every adapter an autodiff constant: a forward pass then runs burn's autodiff operations
 /// (whose attention, for one, is composed of other operations than the plain backend's) without
 /// recording a graph, so that an untracked pass computes the same values as a tracked one.
 pub fn constant_adapters(model: &mut CausalLm) {
-    for (_, lin) in model.linear_modules_mut() {
-        for a in lin.lora.iter_mut() {
-            a.lora_a = a.lora_a.clone().inner().autodiff();
-            a.lora_b = a.lora_b.clone().inner().autodiff();
-        }
-    }
+    each_slot(model, |t| *t = t.clone().inner().autodiff());
 }

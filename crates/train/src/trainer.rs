@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use lora_core::adapter::base_init::{InitialFactors, MovingInit};
 use lora_core::adapter::config::{AdapterConfig, LayerIndices, TargetModules};
-use lora_core::adapter::{LoraInit, LoraSpec, attach_new, load_adapter, save_adapter};
+use lora_core::adapter::{LoraInit, LoraSpec, attach_new_moving, load_adapter, save_adapter_converted};
 use lora_core::burn::tensor::Device;
 use lora_core::io::safetensors_write::{StoredDtype, write_atomic};
 use lora_core::{Backend, CausalLm, Tokenizer};
@@ -27,7 +28,9 @@ use crate::recipe::{Method, Recipe, Targets};
 use crate::run_files::{self, Manifest, StepMetrics, sha256_bytes, sha256_file};
 use crate::schedule::Schedule;
 pub use crate::step::{StepOptions, StepOutcome, train_step};
-use crate::trainable::{adapter_tensors, set_adapter_tensors, set_training, trainable_parameters};
+use crate::trainable::{
+    adapter_tensors, loraplus_scales, set_adapter_tensors, set_training, tensor_names, trainable_parameters,
+};
 
 /// What happens during a run, for the caller to display; the library itself prints nothing.
 #[derive(Debug)]
@@ -122,6 +125,9 @@ pub struct Prepared {
     pub pairs: PreferenceData,
     /// The adapter_config.json the run writes: the recipe's, or the `init_from` adapter's.
     pub adapter: AdapterConfig,
+    /// The factors the adapters started from when `[lora] init` moved the base (PiSSA, OLoRA): the
+    /// adapter is saved against the original base through them (empty otherwise).
+    pub initial: Vec<InitialFactors>,
 }
 
 impl Prepared {
@@ -235,16 +241,21 @@ pub fn prepare(recipe: &Recipe) -> Result<Prepared> {
             Targets::Pattern(p) => TargetModules::Pattern(p.clone()),
         },
         use_rslora: l.rslora,
-        init: if l.init == "gaussian" { LoraInit::Gaussian } else { LoraInit::KaimingUniform },
+        init: match (l.init.as_str(), MovingInit::parse(&l.init)) {
+            (_, Some(m)) => LoraInit::Moving(m),
+            ("gaussian", _) => LoraInit::Gaussian,
+            _ => LoraInit::KaimingUniform,
+        },
         layers_to_transform: l.layers.clone(),
+        use_dora: l.use_dora,
     };
-    let (targets, adapter) = match &l.init_from {
+    let (targets, adapter, initial) = match &l.init_from {
         None => {
-            let targets = attach_new(&mut model, &spec, recipe.train.seed, true)
+            let (targets, initial) = attach_new_moving(&mut model, &spec, recipe.train.seed, true)
                 .map_err(|e| TrainError::Recipe(format!("lora.targets: {e}")))?;
             let mut cfg = adapter_config(recipe);
             lora_core::adapter::experts::peft_config_for_experts(&mut cfg, &targets);
-            (targets, cfg)
+            (targets, cfg, initial)
         }
         Some(dir) => {
             let mut cfg = load_adapter(&mut model, dir, 1.0, true)
@@ -253,7 +264,7 @@ pub fn prepare(recipe: &Recipe) -> Result<Prepared> {
                 model.linear_modules().into_iter().filter(|(_, l)| !l.lora.is_empty()).map(|(n, _)| n).collect();
             cfg.base_model_name_or_path = Some(base_model_name(recipe));
             cfg.inference_mode = true;
-            (targets, cfg)
+            (targets, cfg, Vec::new())
         }
     };
     let experts_adapted = targets.iter().any(|t| lora_core::adapter::expert_projection(t).is_some());
@@ -288,6 +299,7 @@ pub fn prepare(recipe: &Recipe) -> Result<Prepared> {
         template_differs,
         pairs,
         adapter,
+        initial,
     })
 }
 
@@ -308,13 +320,14 @@ pub fn adapter_config(recipe: &Recipe) -> AdapterConfig {
         use_rslora: l.rslora,
         bias: "none".into(),
         fan_in_fan_out: false,
+        // A moving start's adapter is saved converted, as a plain LoRA (base_init::converted_config).
         init_lora_weights: if l.init == "gaussian" { "gaussian".into() } else { true.into() },
         inference_mode: true,
         layers_to_transform: l.layers.clone().map(LayerIndices::Many),
         rank_pattern: Default::default(),
         alpha_pattern: Default::default(),
         modules_to_save: None,
-        use_dora: false,
+        use_dora: l.use_dora,
         extra: Default::default(),
     }
 }
@@ -322,18 +335,6 @@ pub fn adapter_config(recipe: &Recipe) -> AdapterConfig {
 /// How the adapter names its base: the Hub id when known, else the folder.
 pub fn base_model_name(recipe: &Recipe) -> String {
     recipe.model.hub_id.clone().unwrap_or_else(|| recipe.model.base.display().to_string())
-}
-
-/// Names of the trainable tensors, as in the adapter file.
-fn tensor_names(model: &CausalLm) -> Vec<String> {
-    let mut out = Vec::new();
-    for (path, lin) in model.linear_modules() {
-        if !lin.lora.is_empty() {
-            out.push(format!("base_model.model.{path}.lora_A.weight"));
-            out.push(format!("base_model.model.{path}.lora_B.weight"));
-        }
-    }
-    out
 }
 
 /// A seed for the dropout masks of one micro-batch: a function of the step, so resumable.
@@ -367,8 +368,8 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
     let mut opt =
         AdamW::new(AdamWConfig { weight_decay: t.weight_decay, ..AdamWConfig::default() }, &adapter_tensors(&p.model));
     if let Some(ratio) = t.loraplus_lr_ratio {
-        // LoRA+: every B (the second of each adapter's pair) at `ratio` times the rate.
-        opt.lr_scales = (0..opt.lr_scales.len()).map(|i| if i % 2 == 1 { ratio } else { 1.0 }).collect();
+        // LoRA+: every B, and DoRA's magnitudes (PEFT's 1-D parameters), at `ratio` times the rate.
+        opt.lr_scales = loraplus_scales(&p.model, ratio);
     }
 
     // The run folder: refuse to overwrite, or pick up the newest checkpoint.
@@ -515,7 +516,7 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
     // (on a 27B shape the end of the run was its peak by 0.35 GB).
     drop(opt);
     let dtype = StoredDtype::parse(&t.dtype).expect("validated");
-    save_adapter(&p.model, &dir, &p.adapter, dtype)?;
+    save_adapter_converted(&p.model, &dir, &p.adapter, dtype, &p.initial)?;
     let metrics = run_files::read_metrics(&dir, total);
     write_atomic(&dir.join("loss.svg"), run_files::loss_svg(&metrics).as_bytes())?;
     let s = &p.train_summary;
@@ -559,6 +560,10 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
         eval_loss.map_or("-".into(), |l| format!("{l:.4}")),
         eval_loss.filter(|_| p.recipe.method() == Method::Sft).map_or("-".into(), |l| format!("{:.3}", l.exp()))
     );
+    let mut data_desc = data_desc;
+    if !p.initial.is_empty() {
+        data_desc.push_str(&run_files::moving_init_text(&p.recipe.lora.init, p.recipe.lora.r));
+    }
     let card = run_files::model_card(&base_model_name(&p.recipe), &recipe_text, &data_desc, &results);
     write_atomic(&dir.join("README.md"), card.as_bytes())?;
     let adapter_sha256 = sha256_file(&dir.join("adapter_model.safetensors"))?;

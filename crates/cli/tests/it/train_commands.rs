@@ -373,3 +373,64 @@ fn loraplus_trains_b_at_its_own_rate() {
     let o = train_tiny(&d.join("bad"), &["train.loraplus_lr_ratio=-1.0"]);
     assert_user_error(&o, "loraplus_lr_ratio");
 }
+
+/// `[lora] use_dora = true` trains a DoRA adapter (with dropout, PEFT's dropped input on both terms):
+/// PEFT's config and magnitude keys, byte for byte again under `lora verify`, folded by `lora merge
+/// --check`; a run can start from a PEFT DoRA adapter (`init_from`).
+#[test]
+fn dora_trains_verifies_and_folds() {
+    let d = temp_dir("dora-train");
+    let run = d.join("run");
+    let o = train_tiny(&run, &["train.max_steps=3", "lora.use_dora=true", "lora.dropout=0.1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["use_dora"], true);
+    let file = lora_formats::safetensors::SafetensorsFile::open(run.join("adapter_model.safetensors")).unwrap();
+    let magnitudes: Vec<_> = file.tensors().keys().filter(|k| k.ends_with(".lora_magnitude_vector")).cloned().collect();
+    // q_proj and v_proj of the tiny Llama's 3 layers.
+    assert_eq!(magnitudes.len(), 6, "{magnitudes:?}");
+    for m in &magnitudes {
+        let a = m.replace("lora_magnitude_vector", "lora_B.weight");
+        assert_eq!(file.info(m).unwrap().shape, vec![file.info(&a).unwrap().shape[0]], "{m}");
+    }
+    let o = lora(&["verify", s(&run)]);
+    assert!(o.status.success() && stdout(&o).contains("reproduced byte for byte"), "{}", stderr(&o));
+    let base = root().join("tests/fixtures/models/llama");
+    let o = lora(&["merge", s(&base), s(&run), "-o", s(&d.join("merged")), "--check"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let from = root().join("tests/fixtures/lora/dora-train/adapter-init");
+    let set = format!("lora.init_from=\"{}\"", from.display());
+    let o = train_tiny(&d.join("from"), &["train.max_steps=2", &set]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cfg = std::fs::read_to_string(d.join("from/adapter_config.json")).unwrap();
+    assert!(cfg.contains("\"use_dora\": true"), "{cfg}");
+}
+
+/// `[lora] init = "pissa" | "pissa_niter_N" | "olora"`: the run trains on the residual base and saves
+/// the rank-2r adapter for the original base (config, card), reproduced by `lora verify`; DoRA with
+/// it is refused by key.
+#[test]
+fn pissa_and_olora_runs_save_the_converted_adapter() {
+    let d = temp_dir("pissa-train");
+    for init in ["pissa", "pissa_niter_2", "olora"] {
+        let run = d.join(init);
+        let set = format!("lora.init=\"{init}\"");
+        let o = train_tiny(&run, &["train.max_steps=2", &set]);
+        assert!(o.status.success(), "{init}: {}", stderr(&o));
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("adapter_config.json")).unwrap()).unwrap();
+        assert_eq!((cfg["r"].as_u64(), cfg["lora_alpha"].as_f64()), (Some(8), Some(16.0)), "{init}");
+        assert_eq!(cfg["init_lora_weights"], true, "{init}");
+        let card = std::fs::read_to_string(run.join("README.md")).unwrap();
+        assert!(card.contains("residual base") && card.contains(init), "{card}");
+        if init == "olora" {
+            let o = lora(&["verify", s(&run)]);
+            assert!(o.status.success() && stdout(&o).contains("reproduced byte for byte"), "{}", stderr(&o));
+        }
+    }
+    let o = train_tiny(&d.join("bad"), &["lora.init=\"pissa\"", "lora.use_dora=true"]);
+    assert_user_error(&o, "lora.init");
+    let o = train_tiny(&d.join("bad2"), &["lora.init=\"pissa_niter_x\""]);
+    assert_user_error(&o, "pissa_niter_N");
+}

@@ -2,6 +2,7 @@
 //! adapters, and reading / writing `adapter_config.json` + `adapter_model.safetensors`
 //! (keys `base_model.model.<module path>.lora_A.weight` [r, in] and `.lora_B.weight` [out, r]).
 
+pub mod base_init;
 pub mod config;
 pub mod experts;
 
@@ -13,10 +14,12 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use regex::Regex;
 
+use crate::adapter::base_init::{InitialFactors, MovingInit, move_base};
 use crate::adapter::config::{AdapterConfig, TargetModules};
 use crate::error::{CoreError, Result};
 use crate::io::safetensors_write::{StoredDtype, write_safetensors};
 use crate::network::config::{Relayout, expert_path, layer_index};
+use crate::network::dora::Dora;
 use crate::network::lora::{LoraAdapter, lora_scaling};
 use crate::network::model::CausalLm;
 use lora_formats::safetensors::SafetensorsFile;
@@ -31,6 +34,8 @@ pub enum LoraInit {
     KaimingUniform,
     /// A ~ N(0, (1/r)²) as PEFT's `init_lora_weights="gaussian"` (std 1/r); B zero.
     Gaussian,
+    /// PiSSA or OLoRA: A₀, B₀ from the base weight, which keeps the residual ([`base_init`]).
+    Moving(MovingInit),
 }
 
 /// Which modules get adapters, resolved against a model.
@@ -50,6 +55,8 @@ pub struct LoraSpec {
     pub init: LoraInit,
     /// Restrict to these decoder layers.
     pub layers_to_transform: Option<Vec<usize>>,
+    /// DoRA (PEFT's `use_dora`): a magnitude per output row, initialised to the rows' norms.
+    pub use_dora: bool,
 }
 
 /// Module paths selected by `targets` (and `layers`), in model order; an error lists what exists
@@ -179,6 +186,18 @@ fn check_whole_experts(model: &CausalLm, targets: &[String]) -> Result<()> {
 /// Attaches freshly initialised adapters; returns the module paths that got one. `trainable` makes
 /// the adapter tensors autodiff leaves that require gradients (the base stays constant).
 pub fn attach_new(model: &mut CausalLm, spec: &LoraSpec, seed: u64, trainable: bool) -> Result<Vec<String>> {
+    attach_new_moving(model, spec, seed, trainable).map(|(targets, _)| targets)
+}
+
+/// [`attach_new`], also returning the factors each adapter started from when the start moves the
+/// base (PiSSA, OLoRA: [`LoraInit::Moving`]; empty otherwise), which saving the run's adapter
+/// against the original base needs ([`save_adapter_converted`]).
+pub fn attach_new_moving(
+    model: &mut CausalLm,
+    spec: &LoraSpec,
+    seed: u64,
+    trainable: bool,
+) -> Result<(Vec<String>, Vec<InitialFactors>)> {
     if spec.r == 0 {
         return Err(CoreError::Invalid("LoRA rank r must be at least 1".into()));
     }
@@ -191,9 +210,26 @@ pub fn attach_new(model: &mut CausalLm, spec: &LoraSpec, seed: u64, trainable: b
             spec.dropout
         )));
     }
+    if spec.use_dora && targets.iter().any(|t| expert_projection(t).is_some()) {
+        return Err(CoreError::Invalid(
+            "DoRA (use_dora) does not apply to the routed experts: PEFT's adapters on them (target_parameters) \
+             have no magnitude; leave the experts out of the targets"
+                .into(),
+        ));
+    }
+    if let LoraInit::Moving(m) = spec.init
+        && (spec.use_dora || targets.iter().any(|t| expert_projection(t).is_some()))
+    {
+        return Err(CoreError::Invalid(format!(
+            "init {} moves the base and saves a plain rank-2r LoRA against the original one, which \
+             cannot carry DoRA's magnitudes nor the routed experts' adapters",
+            m.name()
+        )));
+    }
     let device = model.device();
     let mut rng = StdRng::seed_from_u64(seed);
-    for (path, lin) in model.linear_modules_mut() {
+    let mut initial = Vec::new();
+    for (k, (path, lin)) in model.linear_modules_mut().into_iter().enumerate() {
         if !targets.contains(&path) {
             continue;
         }
@@ -202,7 +238,18 @@ pub fn attach_new(model: &mut CausalLm, spec: &LoraSpec, seed: u64, trainable: b
         let scaling = lora_scaling(spec.alpha * (r / spec.r) as f64, r, spec.use_rslora);
         let spec = &LoraSpec { r, ..spec.clone() };
         let (d_in, d_out) = lin.dims();
+        if let LoraInit::Moving(m) = spec.init {
+            let module_seed = seed ^ (k as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let (a, b) = move_base(lin, m, spec.r, scaling, module_seed, &device)
+                .map_err(|e| CoreError::Invalid(format!("{path}: {e}")))?;
+            let adapter =
+                make_adapter(a.clone(), b.clone(), spec.r, d_in, d_out, scaling, spec.dropout, &device, trainable);
+            lin.lora.push(adapter);
+            initial.push(InitialFactors { module: path, lora_a: a, lora_b: b });
+            continue;
+        }
         let a: Vec<f32> = match spec.init {
+            LoraInit::Moving(_) => unreachable!("handled above"),
             LoraInit::KaimingUniform => {
                 let bound = 1.0 / (d_in as f64).sqrt();
                 (0..spec.r * d_in).map(|_| rng.random_range(-bound..bound) as f32).collect()
@@ -219,9 +266,14 @@ pub fn attach_new(model: &mut CausalLm, spec: &LoraSpec, seed: u64, trainable: b
             }
         };
         let b = vec![0.0f32; d_out * spec.r];
-        lin.lora.push(make_adapter(a, b, spec.r, d_in, d_out, scaling, spec.dropout, &device, trainable));
+        let mut adapter = make_adapter(a, b, spec.r, d_in, d_out, scaling, spec.dropout, &device, trainable);
+        if spec.use_dora {
+            let dora = Dora::init(&lin.weight, &adapter.lora_a, &adapter.lora_b, scaling, &device, trainable);
+            adapter.dora = Some(dora);
+        }
+        lin.lora.push(adapter);
     }
-    Ok(targets)
+    Ok((targets, initial))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -242,7 +294,7 @@ pub(crate) fn make_adapter(
         lora_a = lora_a.autodiff().require_grad();
         lora_b = lora_b.autodiff().require_grad();
     }
-    LoraAdapter { lora_a, lora_b, scaling, dropout, training: false, dropout_seed: 0, dora_scale: None }
+    LoraAdapter { lora_a, lora_b, scaling, dropout, training: false, dropout_seed: 0, dora: None }
 }
 
 /// Reads an adapter folder and attaches it to `model` with an extra `weight` on its scaling.
@@ -266,14 +318,10 @@ pub fn load_adapter_mapped(
     let cfg_path = dir.join("adapter_config.json");
     let cfg = AdapterConfig::load(&cfg_path)?;
     cfg.check_loadable(&cfg_path)?;
-    if cfg.use_dora && (trainable || weight != 1.0) {
+    if cfg.use_dora && weight != 1.0 {
         return Err(CoreError::config(
             dir,
-            if trainable {
-                "a DoRA adapter (use_dora) cannot be trained or resumed yet; it loads for generate, eval and merges"
-            } else {
-                "a DoRA adapter (use_dora) applies at weight 1 only (its magnitudes set the rows' norms)"
-            },
+            "a DoRA adapter (use_dora) applies at weight 1 only (its magnitudes set the rows' norms)",
         ));
     }
     let path = dir.join("adapter_model.safetensors");
@@ -359,7 +407,7 @@ pub fn load_adapter_mapped(
         }
         let (a, _) = file.to_f32(a_name)?;
         let (b, _) = file.to_f32(b_name)?;
-        if lin.lora.iter().any(|a| a.dora_scale.is_some()) {
+        if lin.lora.iter().any(|a| a.dora.is_some()) {
             return Err(CoreError::Invalid(format!(
                 "{}: module '{module}' already has a DoRA adapter, which must be its only one",
                 path.display()
@@ -380,11 +428,12 @@ pub fn load_adapter_mapped(
                     ),
                 ));
             }
-            // g = m / ‖W + s·B·A‖ per output row (PEFT's weight norm, detached): fixed for inference.
-            let w = lin.weight.to_f32(&device) + adapter.delta();
-            let norm = w.square().sum_dim(1).sqrt().reshape([d_out]);
-            let m = Tensor::<1>::from_data(TensorData::new(m, [d_out]), &device);
-            adapter.dora_scale = Some(m / norm);
+            let mut dora = Dora::new(m, &lin.weight, &device, trainable);
+            if !trainable {
+                // For inference g = m / ‖W + s·B·A‖ stays as it is.
+                dora.fix(&lin.weight, &adapter.lora_a, &adapter.lora_b, adapter.scaling);
+            }
+            adapter.dora = Some(dora);
         }
         lin.lora.push(adapter);
     }
@@ -459,6 +508,20 @@ pub fn load_gguf_adapter(model: &mut CausalLm, path: &Path, weight: f64, trainab
 /// Writes the adapters attached to `model` (the first adapter of each layer) as a PEFT folder.
 /// Files are written under temporary names and renamed, so a reader never sees half a file.
 pub fn save_adapter(model: &CausalLm, dir: &Path, config: &AdapterConfig, dtype: StoredDtype) -> Result<()> {
+    save_adapter_converted(model, dir, config, dtype, &[])
+}
+
+/// [`save_adapter`] of a run whose start moved the base (`initial`: the factors it started from,
+/// [`attach_new_moving`]): each such module's adapter is written as PEFT converts it, the plain LoRA
+/// [A; A₀], [B, −B₀] of rank 2r that applies to the original base, with `config` converted alike
+/// ([`base_init::converted_config`]). With no initial factors, the adapter as it is.
+pub fn save_adapter_converted(
+    model: &CausalLm,
+    dir: &Path,
+    config: &AdapterConfig,
+    dtype: StoredDtype,
+    initial: &[InitialFactors],
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| CoreError::io(dir, e))?;
     let mut tensors = Vec::new();
     // Routed experts: one flattened pair per layer and projection, in PEFT's layout.
@@ -481,10 +544,27 @@ pub fn save_adapter(model: &CausalLm, dir: &Path, config: &AdapterConfig, dtype:
                 let dims = t.dims().to_vec();
                 Ok((crate::kernels::host::to_f32_vec(t.clone().inner())?, dims))
             };
-            let (av, ad) = host(&a.lora_a)?;
-            let (bv, bd) = host(&a.lora_b)?;
+            let (mut av, mut ad) = host(&a.lora_a)?;
+            let (mut bv, mut bd) = host(&a.lora_b)?;
+            if let Some(init) = initial.iter().find(|i| i.module == path) {
+                // [A; A₀] stacks rows; [B, −B₀] joins each row of B with the negated row of B₀.
+                av.extend_from_slice(&init.lora_a);
+                ad[0] *= 2;
+                let r = bd[1];
+                bv = bv
+                    .chunks(r)
+                    .zip(init.lora_b.chunks(r))
+                    .flat_map(|(b, b0)| b.iter().copied().chain(b0.iter().map(|x| -x)))
+                    .collect();
+                bd[1] *= 2;
+            }
             tensors.push((format!("{PEFT_PREFIX}{path}.lora_A.weight"), ad, av));
             tensors.push((format!("{PEFT_PREFIX}{path}.lora_B.weight"), bd, bv));
+            if let Some(d) = &a.dora {
+                // PEFT's key for DoRA's magnitude has no `.weight`; the vector is 1-D.
+                let (mv, _) = host(&d.magnitude)?;
+                tensors.push((format!("{PEFT_PREFIX}{path}.lora_magnitude_vector"), vec![mv.len()], mv));
+            }
         }
     }
     if tensors.is_empty() {
@@ -493,11 +573,13 @@ pub fn save_adapter(model: &CausalLm, dir: &Path, config: &AdapterConfig, dtype:
     let mut meta = BTreeMap::new();
     meta.insert("format".to_string(), "pt".to_string());
     write_safetensors(&dir.join("adapter_model.safetensors"), &tensors, dtype, &meta)?;
-    let json = serde_json::to_string_pretty(config).expect("config serializes");
+    let config = if initial.is_empty() { config.clone() } else { base_init::converted_config(config) };
+    let json = serde_json::to_string_pretty(&config).expect("config serializes");
     crate::io::safetensors_write::write_atomic(&dir.join("adapter_config.json"), json.as_bytes())
 }
 
-/// Folds every attached adapter into its base weight (W ← W + Σ s·B·A) and detaches them.
+/// Folds every attached adapter into its base weight (W ← W + Σ s·B·A; a DoRA adapter's
+/// W ← g ⊙ (W + s·B·A), PEFT's merge) and detaches them.
 pub fn merge_into_base(model: &mut CausalLm) {
     for (_, lin) in model.linear_modules_mut() {
         if lin.lora.is_empty() {
@@ -508,6 +590,10 @@ pub fn merge_into_base(model: &mut CausalLm) {
         let mut w = lin.weight.to_f32(&device);
         for a in lin.lora.drain(..) {
             w = w + a.delta().inner();
+            if let Some(d) = &a.dora {
+                let g = d.scale(&lin.weight, &a.lora_a, &a.lora_b, a.scaling).inner(); // [1, out]
+                w = w * g.transpose();
+            }
         }
         lin.weight = crate::network::base_weight::BaseWeight::Dense(w);
     }

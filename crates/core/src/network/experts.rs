@@ -244,7 +244,7 @@ impl SparseMoe {
             let [a] = l.lora.as_slice() else { return None };
             let dense = matches!(l.weight, BaseWeight::Dense(_)) && l.bias.is_none() && l.compute.is_none();
             let f32 = a.lora_a.dtype() == DType::F32 && a.lora_b.dtype() == DType::F32;
-            let plain = a.dropout_keep(1).is_none() && a.dora_scale.is_none();
+            let plain = a.dropout_keep(1).is_none() && a.dora.is_none();
             (dense && f32 && plain).then(|| (a.lora_a.dims()[0], a.scaling))
         };
         let first = self.experts.first()?;

@@ -9,6 +9,8 @@
 use burn::module::Module;
 use burn::tensor::{Tensor, TensorData};
 
+use crate::network::dora::Dora;
+
 /// One adapter on one linear layer.
 #[derive(Module, Debug)]
 pub struct LoraAdapter {
@@ -25,9 +27,9 @@ pub struct LoraAdapter {
     /// Seed of this adapter's dropout mask for the next forward pass (set by the trainer per
     /// micro-batch and module, so that masks are reproducible and independent of any global RNG).
     pub dropout_seed: u64,
-    /// DoRA (PEFT's `use_dora`): g = m / ‖W + s·B·A‖ per output row, fixed when the adapter is
-    /// loaded for inference; the layer's output is then g ⊙ (W·x + s·B·A·x) + bias.
-    pub dora_scale: Option<Tensor<1>>,
+    /// DoRA (PEFT's `use_dora`): the magnitude m, and the layer's output is
+    /// g ⊙ (W·x + s·B·A·x) + bias with g = m / ‖W + s·B·A‖ per output row ([`crate::network::dora`]).
+    pub dora: Option<Dora>,
 }
 
 impl LoraAdapter {
@@ -45,6 +47,15 @@ impl LoraAdapter {
         } else {
             x
         };
+        self.product(x)
+    }
+
+    /// s·B·A·x, without dropout.
+    ///
+    /// # Shapes
+    /// - x: `[..., in]`
+    /// - output: `[..., out]`
+    pub fn product<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let down = burn::tensor::module::linear(x, self.lora_a.clone().transpose(), None); // [..., r]
         burn::tensor::module::linear(down, self.lora_b.clone().transpose(), None) * self.scaling // [..., out]
     }

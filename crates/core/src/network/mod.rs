@@ -11,6 +11,7 @@ pub mod attention;
 pub mod base_weight;
 pub mod config;
 pub mod decoder_layer;
+pub mod dora;
 pub mod embedding;
 pub mod experts;
 pub mod gated_delta_net;

@@ -52,3 +52,14 @@ pub fn gpu_device() -> Option<burn::tensor::Device> {
     let backend: lora_core::Backend = name.parse().unwrap_or_else(|e| panic!("LORA_TEST_GPU={name}: {e}"));
     Some(backend.device().unwrap_or_else(|e| panic!("LORA_TEST_GPU={name}: {e}")))
 }
+
+/// `n` values in [−amp, amp) from a linear congruential generator: seeded test inputs.
+pub fn lcg(seed: u64, n: usize, amp: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_add(0x9E37_79B9);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * amp
+        })
+        .collect()
+}

@@ -16,18 +16,10 @@ use lora_core::kernels::host::to_f32_vec;
 use lora_core::loss::fused_cross_entropy::cross_entropy_sum;
 use lora_core::network::linear::Linear;
 use lora_core::network::lora::LoraAdapter;
+
+use crate::common::lcg;
 use lora_core::network::norm::{GatedRmsNorm, RmsNorm};
 use lora_core::network::rope::apply_rope;
-
-fn lcg(seed: u64, n: usize, amp: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_add(0x9E37_79B9);
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * amp
-        })
-        .collect()
-}
 
 fn leaf<const D: usize>(v: &[f32], shape: [usize; D]) -> Tensor<D> {
     Tensor::<D>::from_data(TensorData::new(v.to_vec(), shape), &default_device()).autodiff().require_grad()
@@ -370,7 +362,7 @@ fn lora_layer_run(fused: bool, n: usize, d_in: usize, d_out: usize, r: usize, dr
         dropout,
         training: true,
         dropout_seed: 77,
-        dora_scale: None,
+        dora: None,
     });
     let xl = leaf(&x, [n, d_in]);
     let y = if fused { layer.forward(xl.clone()) } else { layer.forward_reference(xl.clone()) };

@@ -4,6 +4,7 @@ mod adapter_layout;
 mod bnb4bit;
 mod common;
 mod delta_rule;
+mod dora;
 mod experts;
 mod fused;
 mod gguf;

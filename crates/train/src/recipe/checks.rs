@@ -25,8 +25,33 @@ impl Recipe {
         if !(0.0..1.0).contains(&l.dropout) {
             return err("lora", "dropout", format!("must be in [0, 1), got {}", l.dropout));
         }
-        if !["kaiming", "gaussian"].contains(&l.init.as_str()) {
-            return err("lora", "init", format!("must be \"kaiming\" or \"gaussian\", got \"{}\"", l.init));
+        let moving = lora_core::adapter::base_init::MovingInit::parse(&l.init);
+        if !["kaiming", "gaussian"].contains(&l.init.as_str()) && moving.is_none() {
+            return err(
+                "lora",
+                "init",
+                format!(
+                    "must be \"kaiming\", \"gaussian\", \"pissa\", \"pissa_niter_N\" or \"olora\", got \"{}\"",
+                    l.init
+                ),
+            );
+        }
+        if moving.is_some() && l.use_dora {
+            return err(
+                "lora",
+                "init",
+                format!(
+                    "\"{}\" cannot be combined with use_dora (PEFT's conversion of the adapter to the original base is a plain LoRA)",
+                    l.init
+                ),
+            );
+        }
+        if moving.is_some() && l.init_from.is_some() {
+            return err(
+                "lora",
+                "init",
+                format!("\"{}\" starts a new adapter; init_from continues one: choose one", l.init),
+            );
         }
         if let Targets::Names(n) = &l.targets
             && n.is_empty()

@@ -44,6 +44,7 @@ impl Recipe {
             ("dropout", l.dropout.to_string(), cfg.lora_dropout.to_string()),
             ("targets", format!("{:?}", l.targets), format!("{targets:?}")),
             ("rslora", l.rslora.to_string(), cfg.use_rslora.to_string()),
+            ("use_dora", l.use_dora.to_string(), cfg.use_dora.to_string()),
             (
                 "layers",
                 format!("{:?}", l.layers),
@@ -63,6 +64,7 @@ impl Recipe {
         l.dropout = cfg.lora_dropout;
         l.targets = targets;
         l.rslora = cfg.use_rslora;
+        l.use_dora = cfg.use_dora;
         l.layers = cfg.layers_to_transform.as_ref().map(|x| x.to_vec());
         Ok(())
     }

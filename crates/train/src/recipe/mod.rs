@@ -130,12 +130,19 @@ pub struct LoraSection {
     /// rsLoRA scaling alpha / √r (default false).
     #[serde(default)]
     pub rslora: bool,
-    /// `"kaiming"` (PEFT's default) or `"gaussian"`.
+    /// `"kaiming"` (PEFT's default), `"gaussian"`, or a start that moves the base (PEFT's names):
+    /// `"pissa"`, `"pissa_niter_N"` (randomized SVD, N power iterations) or `"olora"`. The run then
+    /// trains on the residual base and saves its adapter converted to a plain LoRA of rank 2r on the
+    /// original base.
     #[serde(default = "d_init")]
     pub init: String,
     /// Only these decoder layers (default: all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layers: Option<Vec<usize>>,
+    /// DoRA (PEFT's `use_dora`, default false): a trained magnitude per output row of each adapted
+    /// layer, saved as PEFT saves it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub use_dora: bool,
     /// Start from this PEFT adapter (a folder) instead of a fresh one: its configuration (rank,
     /// alpha, targets, dropout) is the run's. A DPO run's reference is then this adapter, as TRL's
     /// is when it is given a PEFT model to go on training.
@@ -166,6 +173,7 @@ impl Default for LoraSection {
             rslora: false,
             init: d_init(),
             layers: None,
+            use_dora: false,
             init_from: None,
         }
     }

@@ -4,6 +4,7 @@ mod common;
 mod data;
 mod dpo;
 mod kto;
+mod pissa;
 mod recipe_errors;
 mod replay;
 mod scale;

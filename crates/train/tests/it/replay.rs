@@ -13,11 +13,11 @@ use serde_json::Value;
 
 use crate::common::*;
 
-fn golden() -> SafetensorsFile {
+pub(crate) fn golden() -> SafetensorsFile {
     SafetensorsFile::open(fixtures().join("lora/golden.safetensors")).unwrap()
 }
 
-fn batch(g: &SafetensorsFile) -> TokenBatch {
+pub(crate) fn batch(g: &SafetensorsFile) -> TokenBatch {
     let info = g.info("input_ids").unwrap().clone();
     let bytes = g.bytes(g.info("input_ids").unwrap());
     let ids: Vec<u32> = bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect();
@@ -25,7 +25,7 @@ fn batch(g: &SafetensorsFile) -> TokenBatch {
     TokenBatch::rows(ids.chunks(t).map(<[u32]>::to_vec).collect())
 }
 
-fn max_abs(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn max_abs(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
@@ -34,8 +34,16 @@ fn base() -> CausalLm {
     base_on(&default_device())
 }
 
-fn base_on(device: &Device) -> CausalLm {
+pub(crate) fn base_on(device: &Device) -> CausalLm {
     CausalLm::load_dir(fixtures().join("models/llama"), device).unwrap()
+}
+
+/// The replay batch's labels (−100: none).
+pub(crate) fn labels(g: &SafetensorsFile) -> Vec<Vec<Option<u32>>> {
+    let raw = g.bytes(g.info("labels").unwrap());
+    let flat: Vec<i64> = raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
+    let t = g.info("labels").unwrap().shape[1];
+    flat.chunks(t).map(|r| r.iter().map(|&l| (l >= 0).then_some(l as u32)).collect()).collect()
 }
 
 #[test]
@@ -90,33 +98,59 @@ fn loraplus_replay_matches_peft() {
     replay_on(&default_device(), "lora/loraplus", Some(16.0));
 }
 
+/// DoRA (`use_dora`): 20 steps from a PEFT DoRA adapter (scripts/make_dora_train_fixtures.py) replay
+/// PEFT's, the magnitudes trained beside the factors and saved under PEFT's keys.
+#[test]
+fn dora_replay_matches_peft() {
+    let model = replay_on(&default_device(), "lora/dora-train", None);
+    let dir = std::env::temp_dir().join(format!("lora-dora-replay-{}", std::process::id()));
+    let cfg = lora_core::adapter::config::AdapterConfig::load(
+        &fixtures().join("lora/dora-train/adapter-trained/adapter_config.json"),
+    )
+    .unwrap();
+    lora_core::adapter::save_adapter(&model, &dir, &cfg, lora_core::io::safetensors_write::StoredDtype::F32).unwrap();
+    let ours = SafetensorsFile::open(dir.join("adapter_model.safetensors")).unwrap();
+    let theirs =
+        SafetensorsFile::open(fixtures().join("lora/dora-train/adapter-trained/adapter_model.safetensors")).unwrap();
+    let shapes = |f: &SafetensorsFile| -> Vec<(String, Vec<usize>)> {
+        let mut v: Vec<_> = f.tensors().iter().map(|(k, i)| (k.clone(), i.shape.clone())).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(shapes(&ours), shapes(&theirs));
+    for (name, _) in shapes(&theirs) {
+        let d = max_abs(&ours.to_f32(&name).unwrap().0, &theirs.to_f32(&name).unwrap().0);
+        assert!(d <= 1e-4, "{name}: max |Δ| {d:e}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 /// 20 AdamW steps of the full forward and backward from PEFT's initial adapter: every loss within
 /// 1e-4 relative of PEFT's, the final adapter within 1e-4, the base untouched.
 fn adamw_replay_on(device: &Device) {
     replay_on(device, "lora", None);
 }
 
-/// The replay against the goldens under `fixture` (its `golden.json` losses, its `adapter-trained`),
-/// every B's rate `loraplus` times A's when set.
-fn replay_on(device: &Device, fixture: &str, loraplus: Option<f64>) {
+/// The replay against the goldens under `fixture` (its `golden.json` losses, its `adapter-trained`)
+/// from its `adapter-init` (else `lora/adapter-init`), every B's rate `loraplus` times A's when set;
+/// returns the trained model.
+fn replay_on(device: &Device, fixture: &str, loraplus: Option<f64>) -> CausalLm {
     let g = golden();
     let b = batch(&g);
-    let labels_raw = g.bytes(g.info("labels").unwrap());
-    let labels_flat: Vec<i64> = labels_raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
-    let t = b.ids[0].len();
-    let labels: Vec<Vec<Option<u32>>> =
-        labels_flat.chunks(t).map(|r| r.iter().map(|&l| (l >= 0).then_some(l as u32)).collect()).collect();
+    let labels = labels(&g);
     let meta: Value =
         serde_json::from_str(&std::fs::read_to_string(fixtures().join(fixture).join("golden.json")).unwrap()).unwrap();
     let expected: Vec<f64> = meta["replay"]["losses"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
 
     let mut model = base_on(device);
-    load_adapter(&mut model, &fixtures().join("lora/adapter-init"), 1.0, true).unwrap();
+    let init = fixtures().join(fixture).join("adapter-init");
+    let init = if init.is_dir() { init } else { fixtures().join("lora/adapter-init") };
+    load_adapter(&mut model, &init, 1.0, true).unwrap();
     let base_before =
         to_f32_vec(model.model.layers[0].self_attn.as_ref().unwrap().q_proj.weight.to_f32(device)).unwrap();
     let mut opt = AdamW::new(AdamWConfig::default(), &adapter_tensors(&model));
     if let Some(ratio) = loraplus {
-        opt.lr_scales = (0..opt.lr_scales.len()).map(|i| if i % 2 == 1 { ratio } else { 1.0 }).collect();
+        opt.lr_scales = lora_train::trainable::loraplus_scales(&model, ratio);
     }
     for (step, want) in expected.iter().enumerate() {
         let logits = model.forward(&b, None).unwrap();
@@ -147,4 +181,5 @@ fn replay_on(device: &Device, fixture: &str, loraplus: Option<f64>) {
         to_f32_vec(model.model.layers[0].self_attn.as_ref().unwrap().q_proj.weight.to_f32(device)).unwrap(),
         base_before
     );
+    model
 }
