@@ -78,12 +78,41 @@ pub struct AdapterConfig {
     /// Modules trained in full and saved whole (e.g. `lm_head`): they replace the base's tensors.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub modules_to_save: Option<Vec<String>>,
-    /// Weight-decomposed LoRA (DoRA): folded by `lora merge`, loaded for inference; not trained yet.
+    /// Weight-decomposed LoRA (DoRA): a magnitude per output row of each adapted module.
     #[serde(default)]
     pub use_dora: bool,
+    /// Token rows trained in full (PEFT's `trainable_token_indices`): a list of ids for the input
+    /// embedding, or ids per embedding module name; the rows' values are saved as
+    /// `<module>.token_adapter.trainable_tokens_delta` (`[n, hidden]`, the values, not differences).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trainable_token_indices: Option<TokenIndices>,
     /// Every other key PEFT wrote, kept as is.
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// `trainable_token_indices`: ids of `embed_tokens`, or ids per module name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TokenIndices {
+    /// Ids of the input embedding.
+    Ids(Vec<u32>),
+    /// Ids per embedding module name (`{"embed_tokens": [...]}`).
+    ByModule(BTreeMap<String, Vec<u32>>),
+}
+
+impl TokenIndices {
+    /// The ids of the input embedding (`embed_tokens`), if any; other modules' ids are `Err` with
+    /// their name.
+    pub fn embed_ids(&self) -> std::result::Result<&[u32], String> {
+        match self {
+            Self::Ids(ids) => Ok(ids),
+            Self::ByModule(m) => match m.iter().find(|(k, _)| !k.ends_with("embed_tokens")) {
+                Some((k, _)) => Err(k.clone()),
+                None => Ok(m.values().next().map_or(&[], Vec::as_slice)),
+            },
+        }
+    }
 }
 
 /// `layers_to_transform`: one index or a list.

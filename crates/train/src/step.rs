@@ -94,7 +94,9 @@ pub(crate) fn micro_batch_with(
     // Every pass runs burn's autodiff operations, tracked or not: the plain backend's attention is
     // another implementation, and recomputation must see exactly the values the first pass saw.
     constant_adapters(model);
-    let lowest = adapter_layers(model).into_iter().flatten().min();
+    // Trained token rows (PEFT's trainable tokens) learn from the first layer's input gradient.
+    let tokens = model.model.embed_tokens.tokens.is_some();
+    let lowest = if tokens { Some(0) } else { adapter_layers(model).into_iter().flatten().min() };
     // 1) The body.
     let LayerInputs { x, cos, sin, mask, layout } = model.layer_inputs(batch)?;
     let x = x.autodiff();
@@ -112,7 +114,7 @@ pub(crate) fn micro_batch_with(
         let tracked = !checkpointing && lowest.is_some_and(|lo| i >= lo);
         // The lowest adapted layer's input needs no gradient (nothing below learns): left untracked,
         // its backward skips the products that would give ∂L/∂input.
-        let input = if tracked && lowest != Some(i) {
+        let input = if tracked && (lowest != Some(i) || tokens) {
             x.inner().autodiff().require_grad()
         } else if tracked {
             x.inner().autodiff()
@@ -142,7 +144,7 @@ pub(crate) fn micro_batch_with(
                 None => {
                     // Recompute the layer, tracked, from its saved input.
                     let leaves = track_adapters(model, |l| l == Some(i));
-                    let input = if i == lowest { saved } else { saved.require_grad() };
+                    let input = if i == lowest && !tokens { saved } else { saved.require_grad() };
                     let y = model.model.layers[i].forward(input.clone(), &cos, &sin, &mask, &layout, None);
                     (input, y, Some(leaves))
                 }
@@ -150,6 +152,9 @@ pub(crate) fn micro_batch_with(
             let g = (y * grad).sum().backward();
             collect(leaves.as_deref().unwrap_or(&body_leaves), &g, acc);
             if i == lowest {
+                if tokens {
+                    embed_tokens_grad(model, &batch.ids, input.grad(&g).expect("a leaf of its graph"), acc);
+                }
                 break;
             }
             grad = input.grad(&g).expect("the layer input is a leaf of its graph");
@@ -160,6 +165,18 @@ pub(crate) fn micro_batch_with(
     }
     untrack_adapters(model);
     Ok(head.sum)
+}
+
+/// Adds the embedding's part of the token rows' gradient (each row's positions' ∂L/∂input of the
+/// first layer) to theirs, the last of `acc`.
+fn embed_tokens_grad(model: &CausalLm, ids: &[Vec<u32>], grad: Tensor<3>, acc: &mut [Option<Tensor<2>>]) {
+    let t = model.model.embed_tokens.tokens.as_ref().expect("checked by the caller");
+    let g = t.embed_grad(grad.inner(), ids);
+    let last = acc.last_mut().expect("the token rows are a trainable tensor");
+    *last = Some(match last.take() {
+        Some(a) => a + g,
+        None => g,
+    });
 }
 
 /// One optimizer step over `batches` (the micro-batches of the step, collated): forward and

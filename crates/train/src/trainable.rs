@@ -14,6 +14,8 @@ pub enum Role {
     B,
     /// DoRA's `lora_magnitude_vector`, held as [1, out].
     Magnitude,
+    /// The input embedding's trained token rows (`trainable_tokens_delta`): [n, hidden], last.
+    Tokens,
 }
 
 /// The trainable tensors of one adapter, in order: A, B, then DoRA's magnitude.
@@ -37,6 +39,9 @@ fn each_slot(model: &mut CausalLm, mut f: impl FnMut(&mut Tensor<2>)) {
             slots(a).into_iter().for_each(&mut f);
         }
     }
+    if let Some(t) = model.model.embed_tokens.tokens.as_mut() {
+        f(&mut t.values);
+    }
 }
 
 /// The adapter tensors of `model` in a fixed order (module path order; A, B, then any magnitude).
@@ -51,12 +56,19 @@ pub fn adapter_tensors(model: &CausalLm) -> Vec<Tensor<2>> {
             }
         }
     }
+    out.extend(model.model.embed_tokens.tokens.as_ref().map(|t| t.values.clone()));
     out
 }
 
 /// The role of each adapter tensor, in [`adapter_tensors`] order.
 pub fn adapter_roles(model: &CausalLm) -> Vec<Role> {
-    model.linear_modules().iter().flat_map(|(_, lin)| lin.lora.iter().flat_map(|a| roles(a).iter().copied())).collect()
+    let mut out: Vec<Role> = model
+        .linear_modules()
+        .iter()
+        .flat_map(|(_, lin)| lin.lora.iter().flat_map(|a| roles(a).iter().copied()))
+        .collect();
+    out.extend(model.model.embed_tokens.tokens.as_ref().map(|_| Role::Tokens));
+    out
 }
 
 /// Names of the trainable tensors, as in the adapter file.
@@ -71,13 +83,18 @@ pub fn tensor_names(model: &CausalLm) -> Vec<String> {
             }
         }
     }
+    if model.model.embed_tokens.tokens.is_some() {
+        out.push(lora_core::adapter::tokens::tokens_key(model));
+    }
     out
 }
 
 /// LoRA+'s learning-rate multiples, in [`adapter_tensors`] order: PEFT's `create_loraplus_optimizer`
 /// puts every B and every 1-D parameter (DoRA's magnitudes) at `ratio` times A's rate.
 pub fn loraplus_scales(model: &CausalLm, ratio: f64) -> Vec<f64> {
-    adapter_roles(model).into_iter().map(|r| if r == Role::A { 1.0 } else { ratio }).collect()
+    // PEFT's groups: B and 1-D parameters at the ratio; the token rows (2-D, not an `Embedding`
+    // module) with A.
+    adapter_roles(model).into_iter().map(|r| if matches!(r, Role::A | Role::Tokens) { 1.0 } else { ratio }).collect()
 }
 
 /// Takes the adapter tensors out of the model (same order as [`adapter_tensors`]), leaving empty
@@ -132,6 +149,9 @@ pub fn adapter_layers(model: &CausalLm) -> Vec<Option<usize>> {
             out.extend(roles(a).iter().map(|_| layer));
         }
     }
+    // The token rows go with the head (tied: the head reads them) and get the embedding's part of
+    // their gradient from the first layer's input (step.rs).
+    out.extend(model.model.embed_tokens.tokens.as_ref().map(|_| None));
     out
 }
 

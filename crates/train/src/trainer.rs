@@ -253,6 +253,10 @@ pub fn prepare(recipe: &Recipe) -> Result<Prepared> {
         None => {
             let (targets, initial) = attach_new_moving(&mut model, &spec, recipe.train.seed, true)
                 .map_err(|e| TrainError::Recipe(format!("lora.targets: {e}")))?;
+            if let Some(ids) = &l.trainable_token_indices {
+                lora_core::adapter::tokens::attach_new_tokens(&mut model, ids, true)
+                    .map_err(|e| TrainError::Recipe(format!("lora.trainable_token_indices: {e}")))?;
+            }
             let mut cfg = adapter_config(recipe);
             lora_core::adapter::experts::peft_config_for_experts(&mut cfg, &targets);
             (targets, cfg, initial)
@@ -328,6 +332,7 @@ pub fn adapter_config(recipe: &Recipe) -> AdapterConfig {
         alpha_pattern: Default::default(),
         modules_to_save: None,
         use_dora: l.use_dora,
+        trainable_token_indices: l.trainable_token_indices.clone().map(lora_core::adapter::config::TokenIndices::Ids),
         extra: Default::default(),
     }
 }

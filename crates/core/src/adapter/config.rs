@@ -3,4 +3,4 @@
 //! [`AdapterConfig::load`] and then [`AdapterConfig::check_loadable`], which also refuses what only a
 //! merge can apply (trained biases, Conv1D layout, `modules_to_save`).
 
-pub use lora_formats::peft::{AdapterConfig, LayerIndices, TargetModules};
+pub use lora_formats::peft::{AdapterConfig, LayerIndices, TargetModules, TokenIndices};

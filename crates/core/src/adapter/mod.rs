@@ -5,6 +5,7 @@
 pub mod base_init;
 pub mod config;
 pub mod experts;
+pub mod tokens;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -339,7 +340,12 @@ pub fn load_adapter_mapped(
     let mut modules: BTreeMap<String, (Option<String>, Option<String>)> = BTreeMap::new();
     // DoRA's magnitude vectors (`...<module>.lora_magnitude_vector`), by module.
     let mut magnitudes: BTreeMap<String, String> = BTreeMap::new();
+    let mut token_rows = None;
     for name in file.tensors().keys() {
+        if name.ends_with(tokens::TOKENS_SUFFIX) {
+            token_rows = Some(name.clone());
+            continue;
+        }
         let inner = name.strip_prefix(PEFT_PREFIX).unwrap_or(name);
         if let Some(module) = [".lora_magnitude_vector", ".lora_magnitude_vector.default.weight"]
             .iter()
@@ -361,7 +367,7 @@ pub fn load_adapter_mapped(
         let Some((module, is_a)) = parsed else {
             return Err(CoreError::safetensors(
                 path.clone(),
-                format!("tensor '{name}' is not a lora_A/lora_B weight (embedding or DoRA adapters are not supported)"),
+                format!("tensor '{name}' is not a lora_A/lora_B weight (LoRA on embeddings is not supported)"),
             ));
         };
         let entry = modules.entry(module.to_string()).or_default();
@@ -440,6 +446,9 @@ pub fn load_adapter_mapped(
     if let Some(m) = magnitudes.keys().next() {
         return Err(CoreError::safetensors(path, format!("magnitude vector '{m}' has no lora_A / lora_B")));
     }
+    if let Some(name) = token_rows {
+        tokens::attach_from_file(model, &file, &name, &cfg, trainable)?;
+    }
     Ok((cfg, relayout))
 }
 
@@ -501,6 +510,7 @@ pub fn load_gguf_adapter(model: &mut CausalLm, path: &Path, weight: f64, trainab
         alpha_pattern: Default::default(),
         modules_to_save: None,
         use_dora: false,
+        trainable_token_indices: None,
         extra: Default::default(),
     })
 }
@@ -567,6 +577,7 @@ pub fn save_adapter_converted(
             }
         }
     }
+    tensors.extend(tokens::saved(model)?);
     if tensors.is_empty() {
         return Err(CoreError::Invalid("the model has no adapter to save".into()));
     }

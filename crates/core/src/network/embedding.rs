@@ -8,6 +8,7 @@ use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use crate::error::Result;
 use crate::io::file_rows::FileRows;
+use crate::network::token_rows::TokenRows;
 
 /// The token embeddings.
 #[derive(Module, Debug)]
@@ -17,18 +18,20 @@ pub struct Embedding {
     /// The table in its file, when it is read from there.
     #[module(skip)]
     pub in_file: Option<FileRows>,
+    /// Rows trained in full (PEFT's trainable tokens), in place of the table's.
+    pub tokens: Option<TokenRows>,
 }
 
 impl Embedding {
     /// A table held on the device.
     pub fn resident(weight: Tensor<2>) -> Self {
-        Self { weight: Param::from_tensor(weight), in_file: None }
+        Self { weight: Param::from_tensor(weight), in_file: None, tokens: None }
     }
 
     /// A table read from its file by rows; `device` is where its rows go.
     pub fn from_file(rows: FileRows, device: &Device) -> Self {
         let weight = Tensor::zeros([0, rows.dims()[1]], device);
-        Self { weight: Param::from_tensor(weight), in_file: Some(rows) }
+        Self { weight: Param::from_tensor(weight), in_file: Some(rows), tokens: None }
     }
 
     /// The embeddings of `ids` (checked to be in the vocabulary by the caller), in f32.
@@ -37,6 +40,15 @@ impl Embedding {
     /// - ids: `batch` rows of `seq` ids
     /// - output: `[batch, seq, hidden]`
     pub fn forward(&self, ids: &[Vec<u32>], device: &Device) -> Result<Tensor<3>> {
+        let emb = self.table_rows(ids, device)?;
+        Ok(match &self.tokens {
+            Some(t) => t.embed(emb, ids),
+            None => emb,
+        })
+    }
+
+    /// The table's rows of `ids`, in f32.
+    fn table_rows(&self, ids: &[Vec<u32>], device: &Device) -> Result<Tensor<3>> {
         let (b, t) = (ids.len(), ids.first().map_or(0, Vec::len));
         if let Some(rows) = &self.in_file {
             let flat: Vec<usize> = ids.iter().flatten().map(|&i| i as usize).collect();
@@ -47,6 +59,13 @@ impl Embedding {
         let ids = Tensor::<2, Int>::from_data(TensorData::new(flat, [b, t]), device);
         // The table may be held in bf16/f16; activations are f32.
         Ok(burn::tensor::module::embedding(self.weight.val(), ids).cast(DType::F32))
+    }
+
+    /// The table's rows `ids` (in the vocabulary), in f32: `[ids.len(), hidden]`.
+    pub fn rows(&self, ids: &[u32], device: &Device) -> Result<Tensor<2>> {
+        let x = self.table_rows(&[ids.to_vec()], device)?;
+        let h = x.dims()[2];
+        Ok(x.reshape([ids.len(), h]))
     }
 
     /// Bytes the table takes in memory (none when it stays in its file).

@@ -21,3 +21,4 @@ pub mod mlp;
 pub mod model;
 pub mod norm;
 pub mod rope;
+pub mod token_rows;

@@ -322,7 +322,21 @@ impl CausalLm {
         if let Some(c) = cache {
             c.valid = valid;
         }
-        Ok(ForwardOutput { logits: self.lm_head.forward(x), hidden_states: states })
+        Ok(ForwardOutput { logits: self.head_of(x), hidden_states: states })
+    }
+
+    /// The head of normed hidden states: `lm_head`, with the trained token rows' columns when the
+    /// head shares the embedding table (PEFT ties the head's token adapter to the embedding's).
+    ///
+    /// # Shapes
+    /// - x: `[.., hidden]`
+    /// - output: `[.., vocab]`
+    fn head_of<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let y = self.lm_head.forward(x.clone());
+        match &self.model.embed_tokens.tokens {
+            Some(t) if self.config.tie_word_embeddings => t.head(y, x),
+            _ => y,
+        }
     }
 
     /// The inputs of the decoder layers for a batch without a cache (training, evaluation).
@@ -348,7 +362,7 @@ impl CausalLm {
     /// - hidden: `[rows, hidden]`
     /// - output: `[rows, vocab]`
     pub fn head(&self, hidden: Tensor<2>) -> Tensor<2> {
-        self.lm_head.forward(self.model.norm.forward(hidden))
+        self.head_of(self.model.norm.forward(hidden))
     }
 
     /// Checks a batch, and builds the embeddings, rotary tables and mask of its new positions, with

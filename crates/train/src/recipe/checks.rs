@@ -53,6 +53,16 @@ impl Recipe {
                 format!("\"{}\" starts a new adapter; init_from continues one: choose one", l.init),
             );
         }
+        if l.trainable_token_indices.as_ref().is_some_and(Vec::is_empty) {
+            return err("lora", "trainable_token_indices", "must list at least one token id".into());
+        }
+        if l.trainable_token_indices.is_some() && !matches!(self.method(), super::Method::Sft) {
+            return err(
+                "lora",
+                "trainable_token_indices",
+                "trains with SFT only for now (a preference method's reference would see the trained rows)".into(),
+            );
+        }
         if let Targets::Names(n) = &l.targets
             && n.is_empty()
         {

@@ -37,6 +37,7 @@ impl Recipe {
                 )));
             }
         };
+        let token_ids = cfg.trainable_token_indices.as_ref().and_then(|t| t.embed_ids().ok()).map(<[u32]>::to_vec);
         let l = &mut self.lora;
         let adopted = [
             ("r", l.r.to_string(), cfg.r.to_string()),
@@ -45,6 +46,7 @@ impl Recipe {
             ("targets", format!("{:?}", l.targets), format!("{targets:?}")),
             ("rslora", l.rslora.to_string(), cfg.use_rslora.to_string()),
             ("use_dora", l.use_dora.to_string(), cfg.use_dora.to_string()),
+            ("trainable_token_indices", format!("{:?}", l.trainable_token_indices), format!("{token_ids:?}")),
             (
                 "layers",
                 format!("{:?}", l.layers),
@@ -65,6 +67,7 @@ impl Recipe {
         l.targets = targets;
         l.rslora = cfg.use_rslora;
         l.use_dora = cfg.use_dora;
+        l.trainable_token_indices = token_ids;
         l.layers = cfg.layers_to_transform.as_ref().map(|x| x.to_vec());
         Ok(())
     }

@@ -143,6 +143,10 @@ pub struct LoraSection {
     /// layer, saved as PEFT saves it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub use_dora: bool,
+    /// Token ids whose input-embedding rows are trained in full (PEFT's `trainable_token_indices`;
+    /// on a tied model the head's rows with them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trainable_token_indices: Option<Vec<u32>>,
     /// Start from this PEFT adapter (a folder) instead of a fresh one: its configuration (rank,
     /// alpha, targets, dropout) is the run's. A DPO run's reference is then this adapter, as TRL's
     /// is when it is given a PEFT model to go on training.
@@ -174,6 +178,7 @@ impl Default for LoraSection {
             init: d_init(),
             layers: None,
             use_dora: false,
+            trainable_token_indices: None,
             init_from: None,
         }
     }

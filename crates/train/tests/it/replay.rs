@@ -125,6 +125,17 @@ fn dora_replay_matches_peft() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// Trainable tokens (`trainable_token_indices`) beside LoRA, on an untied and a tied model
+/// (scripts/make_trainable_tokens_fixtures.py): the rows learn from the embedding and, tied, from the
+/// head's columns, as PEFT's.
+#[test]
+fn trainable_tokens_replay_matches_peft() {
+    for fixture in ["lora/tokens-llama", "lora/tokens-llama-tied"] {
+        let model = replay_on(&default_device(), fixture, None);
+        assert!(model.model.embed_tokens.tokens.is_some(), "{fixture}");
+    }
+}
+
 /// 20 AdamW steps of the full forward and backward from PEFT's initial adapter: every loss within
 /// 1e-4 relative of PEFT's, the final adapter within 1e-4, the base untouched.
 fn adamw_replay_on(device: &Device) {
@@ -142,7 +153,10 @@ fn replay_on(device: &Device, fixture: &str, loraplus: Option<f64>) -> CausalLm 
         serde_json::from_str(&std::fs::read_to_string(fixtures().join(fixture).join("golden.json")).unwrap()).unwrap();
     let expected: Vec<f64> = meta["replay"]["losses"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
 
-    let mut model = base_on(device);
+    // The fixture's base (golden.json "base"), else the tiny Llama.
+    let base_dir = fixtures().join(meta["base"].as_str().unwrap_or("models/llama"));
+    let load_base = || CausalLm::load_dir(&base_dir, device).unwrap();
+    let mut model = load_base();
     let init = fixtures().join(fixture).join("adapter-init");
     let init = if init.is_dir() { init } else { fixtures().join("lora/adapter-init") };
     load_adapter(&mut model, &init, 1.0, true).unwrap();
@@ -167,7 +181,7 @@ fn replay_on(device: &Device, fixture: &str, loraplus: Option<f64>) -> CausalLm 
     // The final adapter equals PEFT's.
     let trained_dir = fixtures().join(fixture).join("adapter-trained");
     let trained = SafetensorsFile::open(trained_dir.join("adapter_model.safetensors")).unwrap();
-    let mut reference = base_on(device);
+    let mut reference = load_base();
     load_adapter(&mut reference, &trained_dir, 1.0, false).unwrap();
     let ours = adapter_tensors(&model);
     let theirs = adapter_tensors(&reference);

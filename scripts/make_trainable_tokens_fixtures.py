@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""PEFT's trainable tokens beside LoRA (`LoraConfig(trainable_token_indices=[...])`): a 10-step replay on
+an untied and a tied model, for lora's `[lora] trainable_token_indices` to equal.
+
+Writes tests/fixtures/lora/tokens-<model>/ for model in llama (untied head), llama-tied (committed, small):
+  adapter-init/      LoRA r 4, alpha 8 on q_proj and v_proj with lora_A and lora_B of
+                     tests/fixtures/lora/adapter-init where they fit (llama; llama-tied: PEFT's A, B drawn
+                     0.1·N(0, 1), seeded), and the embedding rows of the batch's three most
+                     frequent input ids trained (`...embed_tokens.token_adapter.trainable_tokens_delta`,
+                     the rows' values, starting from the table's); on the tied model PEFT ties the head's
+                     columns to them
+  adapter-trained/   after 10 AdamW steps on the replay batch of tests/fixtures/lora/golden.safetensors
+                     (lr 1e-3, weight decay 0.01, betas (0.9, 0.999), eps 1e-8)
+  golden.json        the per-step losses, the token ids, the base model
+  provenance.json    versions
+
+Run after scripts/make_lora_fixtures.py: python scripts/make_trainable_tokens_fixtures.py
+Needs: torch, transformers 5.x, peft 0.21, safetensors.
+"""
+
+import json
+import os
+import shutil
+import sys
+from collections import Counter
+
+import peft
+import safetensors.torch
+import torch
+import transformers
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
+STEPS, LR, WEIGHT_DECAY, SEED = 10, 1e-3, 0.01, 4321
+
+
+def base(name):
+    return AutoModelForCausalLM.from_pretrained(os.path.join(ROOT, "models", name), dtype=torch.float32,
+                                                attn_implementation="eager")
+
+
+def save(model, d, name):
+    model.save_pretrained(d)
+    os.remove(os.path.join(d, "README.md"))
+    cfg_path = os.path.join(d, "adapter_config.json")
+    cfg = json.load(open(cfg_path))
+    cfg["base_model_name_or_path"] = f"tests/fixtures/models/{name}"
+    cfg["target_modules"] = sorted(cfg["target_modules"])
+    json.dump(cfg, open(cfg_path, "w"), indent=2, sort_keys=True)
+
+
+def main():
+    golden = safetensors.torch.load_file(os.path.join(ROOT, "lora", "golden.safetensors"))
+    ids, labels = golden["input_ids"], golden["labels"]
+    tokens = sorted(t for t, _ in Counter(ids.flatten().tolist()).most_common(3))
+    init = safetensors.torch.load_file(os.path.join(ROOT, "lora", "adapter-init", "adapter_model.safetensors"))
+    for name in ["llama", "llama-tied"]:
+        out = os.path.join(ROOT, "lora", f"tokens-{name}")
+        shutil.rmtree(out, ignore_errors=True)
+        os.makedirs(out)
+        model = get_peft_model(base(name), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
+                                                      target_modules=["q_proj", "v_proj"],
+                                                      trainable_token_indices=tokens))
+        g = torch.Generator().manual_seed(SEED)
+        with torch.no_grad():
+            for key, p in model.named_parameters():
+                k = key.replace(".default", "")
+                if k in init and init[k].shape == p.shape:
+                    p.copy_(init[k])
+                elif "lora_B" in k:
+                    # adapter-init is for models/llama; elsewhere B is drawn (seeded), non-zero.
+                    p.copy_(0.1 * torch.randn(p.shape, generator=g))
+        save(model, os.path.join(out, "adapter-init"), name)
+        model = PeftModel.from_pretrained(base(name), os.path.join(out, "adapter-init"), is_trainable=True)
+        trained = [n for n, p in model.named_parameters() if p.requires_grad]
+        assert any("trainable_tokens_delta" in n for n in trained), trained
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR,
+                                weight_decay=WEIGHT_DECAY, betas=(0.9, 0.999), eps=1e-8)
+        model.train()
+        losses = []
+        for _ in range(STEPS):
+            opt.zero_grad()
+            loss = model(ids, labels=labels).loss
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        model.eval()
+        save(model, os.path.join(out, "adapter-trained"), name)
+        meta = {"replay": {"steps": STEPS, "lr": LR, "weight_decay": WEIGHT_DECAY, "betas": [0.9, 0.999],
+                           "eps": 1e-8, "losses": losses}, "base": f"models/{name}", "tokens": tokens}
+        json.dump(meta, open(os.path.join(out, "golden.json"), "w"), indent=2)
+        prov = {"script": "scripts/make_trainable_tokens_fixtures.py", "python": sys.version.split()[0],
+                "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__, "seed": SEED}
+        json.dump(prov, open(os.path.join(out, "provenance.json"), "w"), indent=2)
+        print(name, tokens, losses[0], losses[-1], trained[-1])
+
+
+if __name__ == "__main__":
+    main()
