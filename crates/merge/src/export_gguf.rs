@@ -216,6 +216,14 @@ fn export_inner(adapter_dir: &Path, base: &Path, out: &Path, ggml_type: GgmlType
             adapter_dir.display()
         )));
     }
+    if let Some(t) = &adapter.token_rows {
+        return Err(MergeError::Mismatch(format!(
+            "{}: its trainable tokens {:?} replace rows of the embedding, which a llama.cpp LoRA adapter cannot \
+             carry (it adds B·A products only); fold it (`lora merge BASE ADAPTER -o OUT`), then export OUT",
+            adapter_dir.display(),
+            t.ids
+        )));
+    }
     if !adapter.replacements.is_empty() {
         let names: Vec<&String> = adapter.replacements.keys().collect();
         return Err(MergeError::Mismatch(format!(

@@ -103,6 +103,8 @@ pub struct FoldPlan<'a> {
     expert_factors: ExpertFactors,
     /// Base tensor → adapter index and name of the saved copy that replaces it.
     replaced: BTreeMap<String, (usize, String)>,
+    /// Base vocabulary tensor → its rows replaced by trainable tokens (row → values).
+    token_rows: BTreeMap<String, BTreeMap<usize, Vec<f32>>>,
     /// Per adapter whose module names were mapped to the base's checkpoint form: what was done.
     pub relayouts: Vec<String>,
 }
@@ -116,6 +118,7 @@ impl<'a> FoldPlan<'a> {
         let mut expert_factors = ExpertFactors::new();
         let mut replaced = BTreeMap::new();
         let mut relayouts = Vec::new();
+        let mut token_rows: BTreeMap<String, BTreeMap<usize, Vec<f32>>> = BTreeMap::new();
         for (k, (adapter, w)) in adapters.iter().enumerate() {
             if adapter.config.use_dora && *w != 1.0 {
                 return Err(MergeError::Parameter(format!(
@@ -170,6 +173,34 @@ impl<'a> FoldPlan<'a> {
                 }
                 expert_factors.insert((k, module.clone()), (adapter.tensor_f32(a), adapter.tensor_f32(b)));
             }
+            if let Some(t) = &adapter.token_rows {
+                let target = to_base(&t.target);
+                let shape = base.logical_shape(&target).map_err(|_| {
+                    MergeError::Mismatch(format!(
+                        "{}: its trainable tokens replace rows of '{target}', which the base model {} lacks",
+                        adapter.dir().display(),
+                        base.path().display()
+                    ))
+                })?;
+                let (vocab, width) = (shape[0], shape[1..].iter().product::<usize>());
+                if t.info.shape[1] != width || t.ids.iter().any(|&id| id as usize >= vocab) {
+                    return Err(MergeError::Mismatch(format!(
+                        "{}: trainable tokens {:?} of width {} do not fit '{target}' {shape:?}",
+                        adapter.dir().display(),
+                        t.ids,
+                        t.info.shape[1]
+                    )));
+                }
+                let values = adapter.tensor_f32(&t.info);
+                let rows = token_rows.entry(target.clone()).or_default();
+                for (k, &id) in t.ids.iter().enumerate() {
+                    if rows.insert(id as usize, values[k * width..(k + 1) * width].to_vec()).is_some() {
+                        return Err(MergeError::Mismatch(format!(
+                            "token {id} of '{target}' is trained by two adapters; PEFT refuses overlapping tokens too"
+                        )));
+                    }
+                }
+            }
             for (saved, info) in &adapter.replacements {
                 let name = &to_base(saved);
                 let t = base.get(name).ok_or_else(|| {
@@ -203,12 +234,21 @@ impl<'a> FoldPlan<'a> {
                 )));
             }
         }
-        Ok(Self { base, adapters, updates, expert_updates, expert_factors, replaced, relayouts })
+        Ok(Self { base, adapters, updates, expert_updates, expert_factors, replaced, token_rows, relayouts })
     }
 
     /// The input for base tensor `name`: the base's tensor, an adapter's saved copy, or the base
     /// with its updates folded in.
     pub fn source(&self, name: &str) -> Result<Source<'a>> {
+        let source = self.updated_source(name)?;
+        Ok(match self.token_rows.get(name) {
+            Some(rows) => Source::RowsReplaced { inner: Box::new(source), rows: rows.clone() },
+            None => source,
+        })
+    }
+
+    /// [`Self::source`] before the trainable tokens' rows.
+    fn updated_source(&self, name: &str) -> Result<Source<'a>> {
         if let Some((k, saved)) = self.replaced.get(name) {
             let adapter = self.adapters[*k].0;
             let info = &adapter.replacements[saved];
@@ -239,7 +279,10 @@ impl<'a> FoldPlan<'a> {
 
     /// Whether `name` changes in the fold.
     pub fn touches(&self, name: &str) -> bool {
-        self.updates.contains_key(name) || self.expert_updates.contains_key(name) || self.replaced.contains_key(name)
+        self.updates.contains_key(name)
+            || self.expert_updates.contains_key(name)
+            || self.replaced.contains_key(name)
+            || self.token_rows.contains_key(name)
     }
 }
 

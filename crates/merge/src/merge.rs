@@ -306,7 +306,7 @@ fn dtype_size(s: &Source<'_>) -> usize {
         Source::Mapped(t) | Source::Folded { base: t, .. } | Source::Requantized { base: t, .. } => t.info.dtype.size(),
         // Half a byte per value, as stored.
         Source::Stored4Bit { .. } => 1,
-        Source::Resized { inner, .. } => dtype_size(inner),
+        Source::Resized { inner, .. } | Source::RowsReplaced { inner, .. } => dtype_size(inner),
     }
 }
 

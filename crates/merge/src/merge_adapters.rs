@@ -103,6 +103,13 @@ fn merge_adapters_inner(adapters: &[PathBuf], out: &Path, opts: &AdapterMergeOpt
         )));
     }
     for a in &loaded {
+        if a.token_rows.is_some() {
+            return Err(MergeError::Mismatch(format!(
+                "{}: has trainable tokens (embedding rows trained in full); merge-adapters only combines LoRA \
+                 factors: fold it with `lora merge BASE ADAPTER`",
+                a.dir().display()
+            )));
+        }
         if let Some(name) = a.replacements.keys().next() {
             return Err(MergeError::Mismatch(format!(
                 "{}: saves tensor '{name}' whole (modules_to_save); merge-adapters only combines LoRA factors",

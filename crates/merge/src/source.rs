@@ -45,6 +45,13 @@ pub enum Source<'a> {
         /// Updates to add, already weighted and scaled.
         deltas: Vec<LoraDelta>,
     },
+    /// A vocabulary tensor with some rows replaced (PEFT's trainable tokens).
+    RowsReplaced {
+        /// The tensor the other rows come from.
+        inner: Box<Source<'a>>,
+        /// Row → its values.
+        rows: std::collections::BTreeMap<usize, Vec<f32>>,
+    },
     /// A base tensor as a QLoRA adapter saw it, dequant(NF4(W)), plus low-rank updates.
     Requantized {
         /// The base tensor.
@@ -78,6 +85,7 @@ impl Source<'_> {
             | Source::Requantized { base: t, .. }
             | Source::Stored4Bit { codes: t, .. } => t,
             Source::Resized { fill, .. } => fill.base(),
+            Source::RowsReplaced { inner, .. } => inner.base(),
         }
     }
 
@@ -90,6 +98,7 @@ impl Source<'_> {
             // Already the NF4 a QLoRA adapter was trained against.
             stored @ Source::Stored4Bit { .. } => return stored,
             resized @ Source::Resized { .. } => return resized,
+            replaced @ Source::RowsReplaced { .. } => return replaced,
         };
         let mut values = vec![0.0f32; base.info.numel()];
         Source::Mapped(base).read(0, &mut values);
@@ -99,6 +108,16 @@ impl Source<'_> {
 
     /// Fills `out` with elements `start..start + out.len()` (flattened, row-major) as f32.
     pub fn read(&self, start: usize, out: &mut [f32]) {
+        if let Source::RowsReplaced { inner, rows } = self {
+            inner.read(start, out);
+            let cols = self.shape()[1..].iter().product::<usize>();
+            let end = start + out.len();
+            for (&r, values) in rows.range(start / cols..end.div_ceil(cols)) {
+                let (lo, hi) = ((r * cols).max(start), ((r + 1) * cols).min(end));
+                out[lo - start..hi - start].copy_from_slice(&values[lo - r * cols..hi - r * cols]);
+            }
+            return;
+        }
         if let Source::Resized { inner, rows, fill } = self {
             // Same row width: element i of the output is element i of the model's tensor below the
             // model's last row, and of the base's above it.
@@ -159,6 +178,9 @@ impl Source<'_> {
             inner.release();
             fill.release();
             return;
+        }
+        if let Source::RowsReplaced { inner, .. } = self {
+            return inner.release();
         }
         let t = self.base();
         t.file.release(t.info);

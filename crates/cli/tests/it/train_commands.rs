@@ -434,3 +434,41 @@ fn pissa_and_olora_runs_save_the_converted_adapter() {
     let o = train_tiny(&d.join("bad2"), &["lora.init=\"pissa_niter_x\""]);
     assert_user_error(&o, "pissa_niter_N");
 }
+
+/// `[lora] trainable_token_indices`: the rows are saved as PEFT saves them, the run verifies, `lora
+/// merge --check` folds them (also a PEFT adapter of a tied model, whose head reads the same rows),
+/// and llama.cpp export of the adapter itself says to fold first.
+#[test]
+fn trainable_tokens_train_fold_and_refuse_adapter_gguf() {
+    let d = temp_dir("tokens-train");
+    let run = d.join("run");
+    let o = train_tiny(&run, &["train.max_steps=2", "lora.trainable_token_indices=[5, 17]"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["trainable_token_indices"], serde_json::json!([5, 17]));
+    let file = lora_formats::safetensors::SafetensorsFile::open(run.join("adapter_model.safetensors")).unwrap();
+    let key = "base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta";
+    assert_eq!(file.info(key).unwrap().shape, vec![2, 32]);
+    let o = lora(&["verify", s(&run)]);
+    assert!(o.status.success() && stdout(&o).contains("reproduced byte for byte"), "{}", stderr(&o));
+    let fx = root().join("tests/fixtures");
+    for (base, adapter, out) in [
+        (fx.join("models/llama"), run.clone(), d.join("merged")),
+        (fx.join("models/llama-tied"), fx.join("lora/tokens-llama-tied/adapter-trained"), d.join("merged-tied")),
+    ] {
+        let o = lora(&["merge", s(&base), s(&adapter), "-o", s(&out), "--check"]);
+        assert!(o.status.success(), "{}: {}", adapter.display(), stderr(&o));
+        let merged = lora_formats::safetensors::SafetensorsFile::open(out.join("model.safetensors")).unwrap();
+        let (rows, _) = merged.to_f32("model.embed_tokens.weight").unwrap();
+        let (trained, _) = lora_formats::safetensors::SafetensorsFile::open(adapter.join("adapter_model.safetensors"))
+            .unwrap()
+            .to_f32(key)
+            .unwrap();
+        assert_eq!(&rows[17 * 32..18 * 32], &trained[32..64], "{}: row 17 is the trained one", adapter.display());
+    }
+    let o = lora(&["export", s(&run), "--base", s(&fx.join("models/llama")), "-o", s(&d.join("a.gguf"))]);
+    assert_user_error(&o, "fold it");
+    let o = train_tiny(&d.join("bad"), &["lora.trainable_token_indices=[5000]"]);
+    assert_user_error(&o, "outside the vocabulary");
+}

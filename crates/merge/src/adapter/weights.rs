@@ -59,6 +59,20 @@ pub struct Adapter {
     /// Adapters on routed experts in PEFT's flattened layout (`…mlp.experts[.base_layer]`), by
     /// module name: (lora_A, lora_B). [`crate::fold_experts`] maps them onto the base's experts.
     pub experts: BTreeMap<String, (TensorInfo, TensorInfo)>,
+    /// PEFT's trainable tokens: the embedding rows `ids` replaced by the saved values
+    /// (`<module>.token_adapter.trainable_tokens_delta`, `[ids, hidden]`).
+    pub token_rows: Option<TokenRows>,
+}
+
+/// An adapter's trained token rows.
+#[derive(Debug, Clone)]
+pub struct TokenRows {
+    /// The embedding tensor they replace rows of (`model.embed_tokens.weight`).
+    pub target: String,
+    /// The rows, in the saved order.
+    pub ids: Vec<u32>,
+    /// The saved values.
+    pub info: TensorInfo,
 }
 
 impl Adapter {
@@ -82,6 +96,7 @@ impl Adapter {
         let mut b_of: BTreeMap<String, (TensorInfo, bool)> = BTreeMap::new();
         let mut replacements = BTreeMap::new();
         let mut magnitudes: BTreeMap<String, TensorInfo> = BTreeMap::new();
+        let mut token_rows = None;
         for (key, info) in file.tensors() {
             let name = key.strip_prefix(PEFT_PREFIX).unwrap_or(key);
             let name = name.replace(".default.", ".");
@@ -89,6 +104,18 @@ impl Adapter {
             let bad = |m: String| MergeError::safetensors(&weights, format!("tensor '{key}': {m}"));
             if !info.dtype.is_float() {
                 return Err(bad(format!("{:?} factors; expected a float type", info.dtype)));
+            }
+            if let Some(m) = name.strip_suffix(".token_adapter.trainable_tokens_delta") {
+                let ids = match config.trainable_token_indices.as_ref().map(|t| t.embed_ids()) {
+                    Some(Ok(ids)) => ids.to_vec(),
+                    Some(Err(other)) => return Err(bad(format!("trainable tokens on '{other}' are not folded"))),
+                    None => return Err(bad("trained token rows without trainable_token_indices".into())),
+                };
+                if info.shape.len() != 2 || info.shape[0] != ids.len() {
+                    return Err(bad(format!("shape {:?} for {} trainable tokens", info.shape, ids.len())));
+                }
+                token_rows = Some(TokenRows { target: format!("{m}.weight"), ids, info: info.clone() });
+                continue;
             }
             if let Some(m) = name.strip_suffix(".lora_magnitude_vector") {
                 if !config.use_dora {
@@ -169,7 +196,7 @@ impl Adapter {
         if let Some(module) = magnitudes.keys().next() {
             return Err(MergeError::safetensors(&weights, format!("'{module}' has a magnitude vector but no lora_A")));
         }
-        Ok(Self { dir, config, file, modules, replacements, experts })
+        Ok(Self { dir, config, file, modules, replacements, experts, token_rows })
     }
 
     /// The adapter folder.
