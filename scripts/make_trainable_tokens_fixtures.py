@@ -2,7 +2,9 @@
 """PEFT's trainable tokens beside LoRA (`LoraConfig(trainable_token_indices=[...])`): a 10-step replay on
 an untied and a tied model, for lora's `[lora] trainable_token_indices` to equal.
 
-Writes tests/fixtures/lora/tokens-<model>/ for model in llama (untied head), llama-tied (committed, small):
+Writes tests/fixtures/lora/tokens-<case>/ for case llama (untied head), llama-tied, and llama-head (the
+untied head's rows of the four most frequent labels trained too, PEFT's {"embed_tokens": [...],
+"lm_head": [...]} form) (committed, small):
   adapter-init/      LoRA r 4, alpha 8 on q_proj and v_proj with lora_A and lora_B of
                      tests/fixtures/lora/adapter-init where they fit (llama; llama-tied: PEFT's A, B drawn
                      0.1·N(0, 1), seeded), and the embedding rows of the batch's three most
@@ -55,13 +57,16 @@ def main():
     ids, labels = golden["input_ids"], golden["labels"]
     tokens = sorted(t for t, _ in Counter(ids.flatten().tolist()).most_common(3))
     init = safetensors.torch.load_file(os.path.join(ROOT, "lora", "adapter-init", "adapter_model.safetensors"))
-    for name in ["llama", "llama-tied"]:
-        out = os.path.join(ROOT, "lora", f"tokens-{name}")
+    head = sorted(t for t, _ in Counter(l for l in labels.flatten().tolist() if l >= 0).most_common(4))
+    cases = [("llama", "llama", tokens), ("llama-tied", "llama-tied", tokens),
+             ("llama-head", "llama", {"embed_tokens": tokens, "lm_head": head})]
+    for case, name, indices in cases:
+        out = os.path.join(ROOT, "lora", f"tokens-{case}")
         shutil.rmtree(out, ignore_errors=True)
         os.makedirs(out)
         model = get_peft_model(base(name), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
                                                       target_modules=["q_proj", "v_proj"],
-                                                      trainable_token_indices=tokens))
+                                                      trainable_token_indices=indices))
         g = torch.Generator().manual_seed(SEED)
         with torch.no_grad():
             for key, p in model.named_parameters():
@@ -74,7 +79,7 @@ def main():
         save(model, os.path.join(out, "adapter-init"), name)
         model = PeftModel.from_pretrained(base(name), os.path.join(out, "adapter-init"), is_trainable=True)
         trained = [n for n, p in model.named_parameters() if p.requires_grad]
-        assert any("trainable_tokens_delta" in n for n in trained), trained
+        assert sum("trainable_tokens_delta" in n for n in trained) == (2 if case == "llama-head" else 1), trained
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR,
                                 weight_decay=WEIGHT_DECAY, betas=(0.9, 0.999), eps=1e-8)
         model.train()
@@ -88,12 +93,12 @@ def main():
         model.eval()
         save(model, os.path.join(out, "adapter-trained"), name)
         meta = {"replay": {"steps": STEPS, "lr": LR, "weight_decay": WEIGHT_DECAY, "betas": [0.9, 0.999],
-                           "eps": 1e-8, "losses": losses}, "base": f"models/{name}", "tokens": tokens}
+                           "eps": 1e-8, "losses": losses}, "base": f"models/{name}", "tokens": indices}
         json.dump(meta, open(os.path.join(out, "golden.json"), "w"), indent=2)
         prov = {"script": "scripts/make_trainable_tokens_fixtures.py", "python": sys.version.split()[0],
                 "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__, "seed": SEED}
         json.dump(prov, open(os.path.join(out, "provenance.json"), "w"), indent=2)
-        print(name, tokens, losses[0], losses[-1], trained[-1])
+        print(case, indices, losses[0], losses[-1])
 
 
 if __name__ == "__main__":

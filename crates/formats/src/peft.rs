@@ -102,15 +102,22 @@ pub enum TokenIndices {
 }
 
 impl TokenIndices {
-    /// The ids of the input embedding (`embed_tokens`), if any; other modules' ids are `Err` with
-    /// their name.
-    pub fn embed_ids(&self) -> std::result::Result<&[u32], String> {
+    /// The ids of the module named `name` (`embed_tokens`, `lm_head`): a plain list is the input
+    /// embedding's; a module name matches as the last part of a path.
+    pub fn ids_for(&self, name: &str) -> Option<&[u32]> {
         match self {
-            Self::Ids(ids) => Ok(ids),
-            Self::ByModule(m) => match m.iter().find(|(k, _)| !k.ends_with("embed_tokens")) {
-                Some((k, _)) => Err(k.clone()),
-                None => Ok(m.values().next().map_or(&[], Vec::as_slice)),
-            },
+            Self::Ids(ids) => (name == "embed_tokens").then_some(ids.as_slice()),
+            Self::ByModule(m) => m.iter().find(|(k, _)| k.rsplit('.').next() == Some(name)).map(|(_, v)| v.as_slice()),
+        }
+    }
+
+    /// A module other than the input embedding and the head, if one is named.
+    pub fn unsupported(&self) -> Option<&str> {
+        match self {
+            Self::Ids(_) => None,
+            Self::ByModule(m) => {
+                m.keys().find(|k| !matches!(k.rsplit('.').next(), Some("embed_tokens" | "lm_head"))).map(String::as_str)
+            }
         }
     }
 }

@@ -216,7 +216,7 @@ fn export_inner(adapter_dir: &Path, base: &Path, out: &Path, ggml_type: GgmlType
             adapter_dir.display()
         )));
     }
-    if let Some(t) = &adapter.token_rows {
+    if let Some(t) = adapter.token_rows.first() {
         return Err(MergeError::Mismatch(format!(
             "{}: its trainable tokens {:?} replace rows of the embedding, which a llama.cpp LoRA adapter cannot \
              carry (it adds B·A products only); fold it (`lora merge BASE ADAPTER -o OUT`), then export OUT",

@@ -173,7 +173,7 @@ impl<'a> FoldPlan<'a> {
                 }
                 expert_factors.insert((k, module.clone()), (adapter.tensor_f32(a), adapter.tensor_f32(b)));
             }
-            if let Some(t) = &adapter.token_rows {
+            for t in &adapter.token_rows {
                 let target = to_base(&t.target);
                 let shape = base.logical_shape(&target).map_err(|_| {
                     MergeError::Mismatch(format!(

@@ -103,7 +103,7 @@ fn merge_adapters_inner(adapters: &[PathBuf], out: &Path, opts: &AdapterMergeOpt
         )));
     }
     for a in &loaded {
-        if a.token_rows.is_some() {
+        if !a.token_rows.is_empty() {
             return Err(MergeError::Mismatch(format!(
                 "{}: has trainable tokens (embedding rows trained in full); merge-adapters only combines LoRA \
                  factors: fold it with `lora merge BASE ADAPTER`",

@@ -168,11 +168,12 @@ pub(crate) fn micro_batch_with(
 }
 
 /// Adds the embedding's part of the token rows' gradient (each row's positions' ∂L/∂input of the
-/// first layer) to theirs, the last of `acc`.
+/// first layer) to theirs: the last of `acc`, or the one before an untied head's rows.
 fn embed_tokens_grad(model: &CausalLm, ids: &[Vec<u32>], grad: Tensor<3>, acc: &mut [Option<Tensor<2>>]) {
     let t = model.model.embed_tokens.tokens.as_ref().expect("checked by the caller");
     let g = t.embed_grad(grad.inner(), ids);
-    let last = acc.last_mut().expect("the token rows are a trainable tensor");
+    let slot = acc.len() - 1 - usize::from(model.head_tokens.is_some());
+    let last = &mut acc[slot];
     *last = Some(match last.take() {
         Some(a) => a + g,
         None => g,

@@ -14,7 +14,8 @@ pub enum Role {
     B,
     /// DoRA's `lora_magnitude_vector`, held as [1, out].
     Magnitude,
-    /// The input embedding's trained token rows (`trainable_tokens_delta`): [n, hidden], last.
+    /// Trained token rows (`trainable_tokens_delta`): [n, hidden], the input embedding's then an
+    /// untied head's, after every adapter.
     Tokens,
 }
 
@@ -42,6 +43,9 @@ fn each_slot(model: &mut CausalLm, mut f: impl FnMut(&mut Tensor<2>)) {
     if let Some(t) = model.model.embed_tokens.tokens.as_mut() {
         f(&mut t.values);
     }
+    if let Some(t) = model.head_tokens.as_mut() {
+        f(&mut t.values);
+    }
 }
 
 /// The adapter tensors of `model` in a fixed order (module path order; A, B, then any magnitude).
@@ -57,6 +61,7 @@ pub fn adapter_tensors(model: &CausalLm) -> Vec<Tensor<2>> {
         }
     }
     out.extend(model.model.embed_tokens.tokens.as_ref().map(|t| t.values.clone()));
+    out.extend(model.head_tokens.as_ref().map(|t| t.values.clone()));
     out
 }
 
@@ -68,6 +73,7 @@ pub fn adapter_roles(model: &CausalLm) -> Vec<Role> {
         .flat_map(|(_, lin)| lin.lora.iter().flat_map(|a| roles(a).iter().copied()))
         .collect();
     out.extend(model.model.embed_tokens.tokens.as_ref().map(|_| Role::Tokens));
+    out.extend(model.head_tokens.as_ref().map(|_| Role::Tokens));
     out
 }
 
@@ -85,6 +91,9 @@ pub fn tensor_names(model: &CausalLm) -> Vec<String> {
     }
     if model.model.embed_tokens.tokens.is_some() {
         out.push(lora_core::adapter::tokens::tokens_key(model));
+    }
+    if model.head_tokens.is_some() {
+        out.push(lora_core::adapter::tokens::head_tokens_key());
     }
     out
 }
@@ -152,6 +161,7 @@ pub fn adapter_layers(model: &CausalLm) -> Vec<Option<usize>> {
     // The token rows go with the head (tied: the head reads them) and get the embedding's part of
     // their gradient from the first layer's input (step.rs).
     out.extend(model.model.embed_tokens.tokens.as_ref().map(|_| None));
+    out.extend(model.head_tokens.as_ref().map(|_| None));
     out
 }
 

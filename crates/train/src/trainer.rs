@@ -332,7 +332,7 @@ pub fn adapter_config(recipe: &Recipe) -> AdapterConfig {
         alpha_pattern: Default::default(),
         modules_to_save: None,
         use_dora: l.use_dora,
-        trainable_token_indices: l.trainable_token_indices.clone().map(lora_core::adapter::config::TokenIndices::Ids),
+        trainable_token_indices: l.trainable_token_indices.clone(),
         extra: Default::default(),
     }
 }

@@ -467,6 +467,18 @@ fn trainable_tokens_train_fold_and_refuse_adapter_gguf() {
             .unwrap();
         assert_eq!(&rows[17 * 32..18 * 32], &trained[32..64], "{}: row 17 is the trained one", adapter.display());
     }
+    // An untied head's trained rows (PEFT's {"embed_tokens": [...], "lm_head": [...]}) fold into lm_head.
+    let (adapter, out) = (fx.join("lora/tokens-llama-head/adapter-trained"), d.join("merged-head"));
+    let o = lora(&["merge", s(&fx.join("models/llama")), s(&adapter), "-o", s(&out), "--check"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let merged = lora_formats::safetensors::SafetensorsFile::open(out.join("model.safetensors")).unwrap();
+    let (head, _) = merged.to_f32("lm_head.weight").unwrap();
+    let (trained, _) = lora_formats::safetensors::SafetensorsFile::open(adapter.join("adapter_model.safetensors"))
+        .unwrap()
+        .to_f32("base_model.model.lm_head.token_adapter.trainable_tokens_delta")
+        .unwrap();
+    // lm_head's ids are [0, 17, 33, 250]: row 33 is the third trained one.
+    assert_eq!(&head[33 * 32..34 * 32], &trained[64..96]);
     let o = lora(&["export", s(&run), "--base", s(&fx.join("models/llama")), "-o", s(&d.join("a.gguf"))]);
     assert_user_error(&o, "fold it");
     let o = train_tiny(&d.join("bad"), &["lora.trainable_token_indices=[5000]"]);

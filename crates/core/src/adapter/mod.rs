@@ -340,10 +340,10 @@ pub fn load_adapter_mapped(
     let mut modules: BTreeMap<String, (Option<String>, Option<String>)> = BTreeMap::new();
     // DoRA's magnitude vectors (`...<module>.lora_magnitude_vector`), by module.
     let mut magnitudes: BTreeMap<String, String> = BTreeMap::new();
-    let mut token_rows = None;
+    let mut token_rows = Vec::new();
     for name in file.tensors().keys() {
         if name.ends_with(tokens::TOKENS_SUFFIX) {
-            token_rows = Some(name.clone());
+            token_rows.push(name.clone());
             continue;
         }
         let inner = name.strip_prefix(PEFT_PREFIX).unwrap_or(name);
@@ -446,8 +446,8 @@ pub fn load_adapter_mapped(
     if let Some(m) = magnitudes.keys().next() {
         return Err(CoreError::safetensors(path, format!("magnitude vector '{m}' has no lora_A / lora_B")));
     }
-    if let Some(name) = token_rows {
-        tokens::attach_from_file(model, &file, &name, &cfg, trainable)?;
+    if !token_rows.is_empty() {
+        tokens::attach_from_file(model, &file, &token_rows, &cfg, trainable)?;
     }
     Ok((cfg, relayout))
 }

@@ -1,14 +1,16 @@
 //! PEFT's trainable tokens beside LoRA (`LoraConfig(trainable_token_indices=[...])`): the trained rows
-//! of the input embedding ([`crate::network::token_rows`]), saved as PEFT saves them,
-//! `base_model.model.<prefix>.embed_tokens.token_adapter.trainable_tokens_delta` `[n, hidden]` (the
-//! rows' values), with the ids in `adapter_config.json`. On a tied model PEFT ties the head's token
-//! adapter to the embedding's and saves it once; so does lora.
+//! of the input embedding and, on an untied model when named (`{"embed_tokens": [...], "lm_head":
+//! [...]}`), of the head ([`crate::network::token_rows`]), saved as PEFT saves them,
+//! `base_model.model.<prefix>.embed_tokens.token_adapter.trainable_tokens_delta` and
+//! `base_model.model.lm_head.token_adapter.trainable_tokens_delta` `[n, hidden]` (the rows' values),
+//! with the ids in `adapter_config.json`. On a tied model PEFT ties the head's token adapter to the
+//! embedding's and saves it once; so does lora.
 
 use burn::tensor::{Tensor, TensorData};
 use lora_formats::safetensors::SafetensorsFile;
 
 use crate::adapter::PEFT_PREFIX;
-use crate::adapter::config::AdapterConfig;
+use crate::adapter::config::{AdapterConfig, TokenIndices};
 use crate::error::{CoreError, Result};
 use crate::network::model::CausalLm;
 use crate::network::token_rows::TokenRows;
@@ -19,6 +21,11 @@ pub const TOKENS_SUFFIX: &str = ".token_adapter.trainable_tokens_delta";
 /// The key of the input embedding's trained rows in an adapter file of `model`.
 pub fn tokens_key(model: &CausalLm) -> String {
     format!("{PEFT_PREFIX}{}.embed_tokens{TOKENS_SUFFIX}", model.config.text_prefix)
+}
+
+/// The key of an untied head's trained rows.
+pub fn head_tokens_key() -> String {
+    format!("{PEFT_PREFIX}lm_head{TOKENS_SUFFIX}")
 }
 
 /// Checks ids for the embedding of `model`: some, each once, each in the vocabulary.
@@ -38,55 +45,103 @@ fn check_ids(model: &CausalLm, ids: &[u32]) -> Result<()> {
     Ok(())
 }
 
-/// Makes the rows `ids` of the input embedding trainable, starting from the table's values (PEFT's
-/// `init_weights=True`).
-pub fn attach_new_tokens(model: &mut CausalLm, ids: &[u32], trainable: bool) -> Result<()> {
-    check_ids(model, ids)?;
+/// Makes the rows of `indices` trainable (the input embedding's; an untied head's when named),
+/// starting from the tables' values (PEFT's `init_weights=True`).
+pub fn attach_new_tokens(model: &mut CausalLm, indices: &TokenIndices, trainable: bool) -> Result<()> {
+    let (embed, head) = split(model, indices)?;
     let device = model.device();
-    let values = model.model.embed_tokens.rows(ids, &device)?;
-    attach(model, ids, values, trainable);
+    if let Some(ids) = embed {
+        let values = model.model.embed_tokens.rows(ids, &device)?;
+        model.model.embed_tokens.tokens = Some(rows(ids, values, trainable));
+    }
+    if let Some(ids) = head {
+        // The head's rows are its weight's rows: [vocab, hidden] as the embedding's.
+        let weight = model.lm_head.weight.to_f32(&device);
+        let idx = Tensor::<1, burn::tensor::Int>::from_data(
+            TensorData::new(ids.iter().map(|&i| i64::from(i)).collect::<Vec<_>>(), [ids.len()]),
+            &device,
+        );
+        model.head_tokens = Some(rows(ids, weight.select(0, idx), trainable));
+    }
     Ok(())
 }
 
-fn attach(model: &mut CausalLm, ids: &[u32], values: Tensor<2>, trainable: bool) {
-    let values = if trainable { values.autodiff().require_grad() } else { values };
-    model.model.embed_tokens.tokens = Some(TokenRows { indices: ids.to_vec(), values });
+/// The embedding's and the head's ids of `indices`, checked against `model`.
+fn split<'a>(model: &CausalLm, indices: &'a TokenIndices) -> Result<(Option<&'a [u32]>, Option<&'a [u32]>)> {
+    if let Some(other) = indices.unsupported() {
+        return Err(CoreError::Invalid(format!(
+            "trainable tokens on '{other}': lora trains those of embed_tokens and lm_head"
+        )));
+    }
+    let (embed, head) = (indices.ids_for("embed_tokens"), indices.ids_for("lm_head"));
+    if head.is_some() && model.config.tie_word_embeddings {
+        return Err(CoreError::Invalid(
+            "trainable tokens on lm_head of a model whose head is its embedding (tie_word_embeddings): the \
+             embed_tokens rows train both"
+                .into(),
+        ));
+    }
+    for ids in embed.iter().chain(head.iter()) {
+        check_ids(model, ids)?;
+    }
+    Ok((embed, head))
 }
 
-/// Attaches the trained rows of an adapter file (`name`, the ids from `cfg`).
+fn rows(ids: &[u32], values: Tensor<2>, trainable: bool) -> TokenRows {
+    let values = if trainable { values.autodiff().require_grad() } else { values };
+    TokenRows { indices: ids.to_vec(), values }
+}
+
+/// Attaches the trained rows of an adapter file (`names`, the ids from `cfg`).
 pub(crate) fn attach_from_file(
     model: &mut CausalLm,
     file: &SafetensorsFile,
-    name: &str,
+    names: &[String],
     cfg: &AdapterConfig,
     trainable: bool,
 ) -> Result<()> {
     let path = file.path().to_path_buf();
-    let bad = |m: String| CoreError::safetensors(path.clone(), format!("'{name}': {m}"));
-    let ids = match &cfg.trainable_token_indices {
-        None => return Err(bad("trained token rows, but adapter_config.json has no trainable_token_indices".into())),
-        Some(t) => t
-            .embed_ids()
-            .map_err(|m| bad(format!("trainable tokens on '{m}': lora trains those of the input embedding")))?,
+    let bad = |name: &str, m: String| CoreError::safetensors(path.clone(), format!("'{name}': {m}"));
+    let Some(indices) = &cfg.trainable_token_indices else {
+        return Err(bad(
+            &names[0],
+            "trained token rows, but adapter_config.json has no trainable_token_indices".into(),
+        ));
     };
-    if name != tokens_key(model) {
-        return Err(bad(format!("expected the input embedding's, '{}'", tokens_key(model))));
-    }
-    check_ids(model, ids).map_err(|e| bad(e.to_string()))?;
-    let (values, shape) = file.to_f32(name)?;
+    let (embed, head) = split(model, indices).map_err(|e| bad(&names[0], e.to_string()))?;
     let h = model.config.hidden_size;
-    if shape != [ids.len(), h] {
-        return Err(bad(format!("shape {shape:?} for {} tokens of width {h}", ids.len())));
+    let device = model.device();
+    for name in names {
+        let ids = if *name == tokens_key(model) {
+            embed
+        } else if *name == head_tokens_key() {
+            head
+        } else {
+            return Err(bad(name, format!("expected '{}' or '{}'", tokens_key(model), head_tokens_key())));
+        };
+        let ids = ids.ok_or_else(|| bad(name, "trainable_token_indices names no ids for it".into()))?;
+        let (values, shape) = file.to_f32(name)?;
+        if shape != [ids.len(), h] {
+            return Err(bad(name, format!("shape {shape:?} for {} tokens of width {h}", ids.len())));
+        }
+        let t = rows(ids, Tensor::<2>::from_data(TensorData::new(values, [ids.len(), h]), &device), trainable);
+        if *name == head_tokens_key() {
+            model.head_tokens = Some(t);
+        } else {
+            model.model.embed_tokens.tokens = Some(t);
+        }
     }
-    let values = Tensor::<2>::from_data(TensorData::new(values, [ids.len(), h]), &model.device());
-    attach(model, ids, values, trainable);
     Ok(())
 }
 
-/// The trained rows to save: (key, shape, values), if any.
-pub(crate) fn saved(model: &CausalLm) -> Result<Option<(String, Vec<usize>, Vec<f32>)>> {
-    let Some(t) = &model.model.embed_tokens.tokens else { return Ok(None) };
-    let dims = t.values.dims().to_vec();
-    let values = crate::kernels::host::to_f32_vec(t.values.clone().inner())?;
-    Ok(Some((tokens_key(model), dims, values)))
+/// The trained rows to save: (key, shape, values) of the embedding's and the head's.
+pub(crate) fn saved(model: &CausalLm) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    let mut out = Vec::new();
+    for (key, t) in [(tokens_key(model), &model.model.embed_tokens.tokens), (head_tokens_key(), &model.head_tokens)] {
+        if let Some(t) = t {
+            let values = crate::kernels::host::to_f32_vec(t.values.clone().inner())?;
+            out.push((key, t.values.dims().to_vec(), values));
+        }
+    }
+    Ok(out)
 }

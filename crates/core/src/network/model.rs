@@ -23,6 +23,7 @@ use crate::network::gated_delta_net::SequenceLayout;
 use crate::network::linear::Linear;
 use crate::network::norm::RmsNorm;
 use crate::network::rope::Rope;
+use crate::network::token_rows::TokenRows;
 
 /// `model`: the transformer body.
 #[derive(Module, Debug)]
@@ -42,6 +43,8 @@ pub struct CausalLm {
     pub model: DecoderStack,
     /// `lm_head`: hidden -> vocab; shares `embed_tokens` when the config ties them.
     pub lm_head: Linear,
+    /// An untied head's rows trained in full (PEFT's trainable tokens on `lm_head`).
+    pub head_tokens: Option<TokenRows>,
     /// The resolved configuration.
     #[module(skip)]
     pub config: ModelConfig,
@@ -207,6 +210,7 @@ impl CausalLm {
         Ok(Self {
             model: DecoderStack { embed_tokens: embed, layers, norm },
             lm_head,
+            head_tokens: None,
             rope: Rope::new(cfg),
             config,
             load_options: *opts,
@@ -333,9 +337,10 @@ impl CausalLm {
     /// - output: `[.., vocab]`
     fn head_of<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let y = self.lm_head.forward(x.clone());
-        match &self.model.embed_tokens.tokens {
-            Some(t) if self.config.tie_word_embeddings => t.head(y, x),
-            _ => y,
+        let tokens = if self.config.tie_word_embeddings { &self.model.embed_tokens.tokens } else { &self.head_tokens };
+        match tokens {
+            Some(t) => t.head(y, x),
+            None => y,
         }
     }
 

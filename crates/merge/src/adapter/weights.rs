@@ -59,9 +59,9 @@ pub struct Adapter {
     /// Adapters on routed experts in PEFT's flattened layout (`…mlp.experts[.base_layer]`), by
     /// module name: (lora_A, lora_B). [`crate::fold_experts`] maps them onto the base's experts.
     pub experts: BTreeMap<String, (TensorInfo, TensorInfo)>,
-    /// PEFT's trainable tokens: the embedding rows `ids` replaced by the saved values
-    /// (`<module>.token_adapter.trainable_tokens_delta`, `[ids, hidden]`).
-    pub token_rows: Option<TokenRows>,
+    /// PEFT's trainable tokens: rows `ids` of the embedding (and of an untied head) replaced by the
+    /// saved values (`<module>.token_adapter.trainable_tokens_delta`, `[ids, hidden]`).
+    pub token_rows: Vec<TokenRows>,
 }
 
 /// An adapter's trained token rows.
@@ -96,7 +96,7 @@ impl Adapter {
         let mut b_of: BTreeMap<String, (TensorInfo, bool)> = BTreeMap::new();
         let mut replacements = BTreeMap::new();
         let mut magnitudes: BTreeMap<String, TensorInfo> = BTreeMap::new();
-        let mut token_rows = None;
+        let mut token_rows = Vec::new();
         for (key, info) in file.tensors() {
             let name = key.strip_prefix(PEFT_PREFIX).unwrap_or(key);
             let name = name.replace(".default.", ".");
@@ -106,15 +106,16 @@ impl Adapter {
                 return Err(bad(format!("{:?} factors; expected a float type", info.dtype)));
             }
             if let Some(m) = name.strip_suffix(".token_adapter.trainable_tokens_delta") {
-                let ids = match config.trainable_token_indices.as_ref().map(|t| t.embed_ids()) {
-                    Some(Ok(ids)) => ids.to_vec(),
-                    Some(Err(other)) => return Err(bad(format!("trainable tokens on '{other}' are not folded"))),
+                let module = m.rsplit('.').next().unwrap_or(m);
+                let ids = match config.trainable_token_indices.as_ref().map(|t| t.ids_for(module)) {
+                    Some(Some(ids)) => ids.to_vec(),
+                    Some(None) => return Err(bad(format!("trainable_token_indices names no ids for '{module}'"))),
                     None => return Err(bad("trained token rows without trainable_token_indices".into())),
                 };
                 if info.shape.len() != 2 || info.shape[0] != ids.len() {
                     return Err(bad(format!("shape {:?} for {} trainable tokens", info.shape, ids.len())));
                 }
-                token_rows = Some(TokenRows { target: format!("{m}.weight"), ids, info: info.clone() });
+                token_rows.push(TokenRows { target: format!("{m}.weight"), ids, info: info.clone() });
                 continue;
             }
             if let Some(m) = name.strip_suffix(".lora_magnitude_vector") {

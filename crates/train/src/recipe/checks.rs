@@ -53,8 +53,18 @@ impl Recipe {
                 format!("\"{}\" starts a new adapter; init_from continues one: choose one", l.init),
             );
         }
-        if l.trainable_token_indices.as_ref().is_some_and(Vec::is_empty) {
-            return err("lora", "trainable_token_indices", "must list at least one token id".into());
+        if let Some(t) = &l.trainable_token_indices {
+            if let Some(m) = t.unsupported() {
+                return err(
+                    "lora",
+                    "trainable_token_indices",
+                    format!("names '{m}'; lora trains embed_tokens and lm_head rows"),
+                );
+            }
+            let ids = [t.ids_for("embed_tokens"), t.ids_for("lm_head")];
+            if ids.iter().all(Option::is_none) || ids.iter().flatten().any(|v| v.is_empty()) {
+                return err("lora", "trainable_token_indices", "must list at least one token id".into());
+            }
         }
         if l.trainable_token_indices.is_some() && !matches!(self.method(), super::Method::Sft) {
             return err(

@@ -37,7 +37,7 @@ impl Recipe {
                 )));
             }
         };
-        let token_ids = cfg.trainable_token_indices.as_ref().and_then(|t| t.embed_ids().ok()).map(<[u32]>::to_vec);
+        let token_ids = cfg.trainable_token_indices.clone();
         let l = &mut self.lora;
         let adopted = [
             ("r", l.r.to_string(), cfg.r.to_string()),

@@ -144,9 +144,10 @@ pub struct LoraSection {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub use_dora: bool,
     /// Token ids whose input-embedding rows are trained in full (PEFT's `trainable_token_indices`;
-    /// on a tied model the head's rows with them).
+    /// on a tied model the head's rows with them), or ids per module on an untied model
+    /// (`{ embed_tokens = [...], lm_head = [...] }`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trainable_token_indices: Option<Vec<u32>>,
+    pub trainable_token_indices: Option<lora_formats::peft::TokenIndices>,
     /// Start from this PEFT adapter (a folder) instead of a fresh one: its configuration (rank,
     /// alpha, targets, dropout) is the run's. A DPO run's reference is then this adapter, as TRL's
     /// is when it is given a PEFT model to go on training.

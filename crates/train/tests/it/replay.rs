@@ -125,14 +125,15 @@ fn dora_replay_matches_peft() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-/// Trainable tokens (`trainable_token_indices`) beside LoRA, on an untied and a tied model
-/// (scripts/make_trainable_tokens_fixtures.py): the rows learn from the embedding and, tied, from the
-/// head's columns, as PEFT's.
+/// Trainable tokens (`trainable_token_indices`) beside LoRA, on an untied and a tied model, and on the
+/// untied model's head too (scripts/make_trainable_tokens_fixtures.py): the rows learn from the
+/// embedding and, tied, from the head's columns, as PEFT's.
 #[test]
 fn trainable_tokens_replay_matches_peft() {
-    for fixture in ["lora/tokens-llama", "lora/tokens-llama-tied"] {
+    for fixture in ["lora/tokens-llama", "lora/tokens-llama-tied", "lora/tokens-llama-head"] {
         let model = replay_on(&default_device(), fixture, None);
         assert!(model.model.embed_tokens.tokens.is_some(), "{fixture}");
+        assert_eq!(model.head_tokens.is_some(), fixture.ends_with("head"), "{fixture}");
     }
 }
 

@@ -114,7 +114,7 @@ fn moe_replays_match_peft_through_the_routing_weights() {
 /// head's, as PEFT's.
 #[test]
 fn trainable_tokens_step_replays_peft() {
-    assert_f32_replays(&["lora/tokens-llama", "lora/tokens-llama-tied"]);
+    assert_f32_replays(&["lora/tokens-llama", "lora/tokens-llama-tied", "lora/tokens-llama-head"]);
 }
 
 /// Each f32 replay within 1e-4 (loss, relative; adapter), with and without recomputation.
