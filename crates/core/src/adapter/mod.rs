@@ -342,7 +342,7 @@ pub fn load_adapter_mapped(
     let mut magnitudes: BTreeMap<String, String> = BTreeMap::new();
     let mut token_rows = Vec::new();
     for name in file.tensors().keys() {
-        if name.ends_with(tokens::TOKENS_SUFFIX) {
+        if name.ends_with(tokens::TOKENS_SUFFIX) || name.ends_with(tokens::TABLE_SUFFIX) {
             token_rows.push(name.clone());
             continue;
         }
@@ -447,7 +447,7 @@ pub fn load_adapter_mapped(
         return Err(CoreError::safetensors(path, format!("magnitude vector '{m}' has no lora_A / lora_B")));
     }
     if !token_rows.is_empty() {
-        tokens::attach_from_file(model, &file, &token_rows, &cfg, trainable)?;
+        tokens::attach_from_file(model, dir, &file, &token_rows, &cfg, trainable)?;
     }
     Ok((cfg, relayout))
 }

@@ -28,6 +28,9 @@ pub fn head_tokens_key() -> String {
     format!("{PEFT_PREFIX}lm_head{TOKENS_SUFFIX}")
 }
 
+/// The end of the key PEFT saves a resized vocabulary table under (`save_embedding_layers`).
+pub const TABLE_SUFFIX: &str = ".token_adapter.base_layer.weight";
+
 /// Checks ids for the embedding of `model`: some, each once, each in the vocabulary.
 fn check_ids(model: &CausalLm, ids: &[u32]) -> Result<()> {
     let vocab = model.config.vocab_size;
@@ -92,9 +95,13 @@ fn rows(ids: &[u32], values: Tensor<2>, trainable: bool) -> TokenRows {
     TokenRows { indices: ids.to_vec(), values }
 }
 
-/// Attaches the trained rows of an adapter file (`names`, the ids from `cfg`).
+/// Attaches the trained rows of an adapter file (`names`, the ids from `cfg`) in folder `dir`. Ids
+/// beyond the base's vocabulary are tokens added to the tokenizer the adapter folder carries: the
+/// model grows to that tokenizer's size first, as transformers' `resize_token_embeddings` before
+/// PEFT loads such an adapter.
 pub(crate) fn attach_from_file(
     model: &mut CausalLm,
+    dir: &std::path::Path,
     file: &SafetensorsFile,
     names: &[String],
     cfg: &AdapterConfig,
@@ -108,12 +115,61 @@ pub(crate) fn attach_from_file(
             "trained token rows, but adapter_config.json has no trainable_token_indices".into(),
         ));
     };
+    // PEFT saves the resized tables whole beside the rows when the vocabulary grew.
+    let tables: Vec<&String> = names.iter().filter(|n| n.ends_with(TABLE_SUFFIX)).collect();
+    let names: Vec<&String> = names.iter().filter(|n| n.ends_with(TOKENS_SUFFIX)).collect();
+    if !tables.is_empty() {
+        let table = |key: String| -> Result<Option<Tensor<2>>> {
+            if !tables.contains(&&key) {
+                return Ok(None);
+            }
+            let (values, shape) = file.to_f32(&key)?;
+            if shape.len() != 2 {
+                return Err(bad(&key, format!("shape {shape:?}; a vocabulary table is 2-D")));
+            }
+            Ok(Some(Tensor::<2>::from_data(TensorData::new(values, [shape[0], shape[1]]), &model.device())))
+        };
+        let embed_key = format!("{PEFT_PREFIX}{}.embed_tokens{TABLE_SUFFIX}", model.config.text_prefix);
+        let head_key = format!("{PEFT_PREFIX}lm_head{TABLE_SUFFIX}");
+        if let Some(other) = tables.iter().find(|k| ***k != embed_key && ***k != head_key) {
+            return Err(bad(other, format!("expected '{embed_key}' or '{head_key}'")));
+        }
+        let Some(embed) = table(embed_key.clone())? else {
+            return Err(bad(&head_key, "a saved head without the embedding".into()));
+        };
+        model.take_vocab_tables(embed, table(head_key)?).map_err(|e| bad(&embed_key, e.to_string()))?;
+    }
+    let needed = ["embed_tokens", "lm_head"]
+        .iter()
+        .filter_map(|m| indices.ids_for(m))
+        .flatten()
+        .map(|&id| id as usize + 1)
+        .max()
+        .unwrap_or(0);
+    if needed > model.config.vocab_size {
+        let tokenizer = dir.join("tokenizer.json");
+        let size = tokenizers::Tokenizer::from_file(&tokenizer).map(|t| t.get_vocab_size(true)).map_err(|e| {
+            bad(
+                &names[0],
+                format!(
+                    "token {} is beyond the base's vocabulary of {}, and {} cannot tell the added tokens: {e}",
+                    needed - 1,
+                    model.config.vocab_size,
+                    tokenizer.display()
+                ),
+            )
+        })?;
+        model.grow_vocab(needed.max(size))?;
+    }
     let (embed, head) = split(model, indices).map_err(|e| bad(&names[0], e.to_string()))?;
     let h = model.config.hidden_size;
     let device = model.device();
     for name in names {
         let ids = if *name == tokens_key(model) {
             embed
+        } else if *name == head_tokens_key() && model.config.tie_word_embeddings {
+            // PEFT saves a tied head's rows too: the embedding's, which train both.
+            continue;
         } else if *name == head_tokens_key() {
             head
         } else {

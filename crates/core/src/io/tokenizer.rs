@@ -188,6 +188,54 @@ impl Tokenizer {
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
     }
+
+    /// Adds the `tokens` the vocabulary lacks as special tokens, at the next ids, as transformers'
+    /// `add_special_tokens` does (the same `tokenizers` call); returns every token's id.
+    pub fn add_special_tokens(&mut self, tokens: &[String]) -> Vec<u32> {
+        let new: Vec<tokenizers::AddedToken> = tokens
+            .iter()
+            .filter(|t| self.inner.token_to_id(t).is_none())
+            .map(|t| tokenizers::AddedToken::from(t.clone(), true))
+            .collect();
+        self.inner.add_special_tokens(&new);
+        tokens.iter().map(|t| self.inner.token_to_id(t).expect("just added")).collect()
+    }
+
+    /// Writes `tokenizer.json` and `tokenizer_config.json` into `dir`: this tokenizer, and the
+    /// model's config with the special tokens `added` (ids, strings) in its `added_tokens_decoder`,
+    /// as transformers saves a tokenizer after `add_special_tokens`.
+    pub fn save_with_added(&self, dir: &Path, added: &[(u32, String)]) -> Result<()> {
+        let io = |e: std::io::Error| CoreError::io(dir, e);
+        let json = self
+            .inner
+            .to_string(true)
+            .map_err(|e| CoreError::Tokenizer { path: self.path.clone(), message: e.to_string() })?;
+        crate::io::safetensors_write::write_atomic(&dir.join("tokenizer.json"), json.as_bytes())?;
+        let config_path = self.path.with_file_name("tokenizer_config.json");
+        let mut config: Value = match std::fs::read(&config_path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|e| CoreError::config(&config_path, format!("not JSON: {e}")))?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Value::Object(Default::default()),
+            Err(e) => return Err(io(e)),
+        };
+        let decoder = config
+            .as_object_mut()
+            .ok_or_else(|| CoreError::config(&config_path, "not a JSON object"))?
+            .entry("added_tokens_decoder")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Some(map) = decoder.as_object_mut() {
+            for (id, content) in added {
+                map.insert(
+                    id.to_string(),
+                    serde_json::json!({"content": content, "lstrip": false, "normalized": false,
+                                       "rstrip": false, "single_word": false, "special": true}),
+                );
+            }
+        }
+        let text = serde_json::to_string_pretty(&config).expect("json");
+        crate::io::safetensors_write::write_atomic(&dir.join("tokenizer_config.json"), text.as_bytes())
+    }
 }
 
 /// The folder of a GGUF file when a `tokenizer.json` sits beside it: that tokenizer is the model's,

@@ -15,6 +15,7 @@ pub mod dora;
 pub mod embedding;
 pub mod experts;
 pub mod gated_delta_net;
+pub mod grow_vocab;
 pub mod linear;
 pub mod lora;
 pub mod mlp;

@@ -117,6 +117,15 @@ fn trainable_tokens_step_replays_peft() {
     assert_f32_replays(&["lora/tokens-llama", "lora/tokens-llama-tied", "lora/tokens-llama-head"]);
 }
 
+/// New special tokens (scripts/make_added_tokens_fixtures.py): PEFT's adapter for a tokenizer grown
+/// by two tokens loads on the original base, which grows to the adapter's tokenizer as transformers'
+/// `resize_token_embeddings` does, and 10 steps on text with the new tokens replay PEFT's, tied and
+/// untied (the head's new rows trained too).
+#[test]
+fn added_tokens_grow_the_base_and_replay_peft() {
+    assert_f32_replays(&["lora/added-llama-tied", "lora/added-llama"]);
+}
+
 /// Each f32 replay within 1e-4 (loss, relative; adapter), with and without recomputation.
 fn assert_f32_replays(fixtures: &[&str]) {
     for fixture in fixtures {
