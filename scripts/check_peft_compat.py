@@ -4,8 +4,11 @@
 Usage: python scripts/check_peft_compat.py RUN_DIR DATA.jsonl LORA_MEAN_LOSS
 Loads the base named in RUN_DIR/adapter_config.json with transformers, the adapter with
 PeftModel.from_pretrained, and prints the mean loss per predicted token over the {"text"} lines
-(as `lora eval --adapter RUN_DIR --data DATA.jsonl` computes it) next to lora's figure.
+(as `lora eval --adapter RUN_DIR --data DATA.jsonl` computes it) next to lora's figure. A run trained
+with `[data] add_special_tokens` carries its grown tokenizer: the base is resized to it first
+(`resize_token_embeddings`), as PEFT's documentation says to.
 """
+import os
 import json
 import sys
 
@@ -17,9 +20,12 @@ run, data, ours = sys.argv[1], sys.argv[2], float(sys.argv[3])
 cfg = json.load(open(f"{run}/adapter_config.json"))
 base = cfg["base_model_name_or_path"]
 model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, attn_implementation="eager")
+grown = os.path.exists(f"{run}/tokenizer.json")
+tok = PreTrainedTokenizerFast(tokenizer_file=f"{run if grown else base}/tokenizer.json")
+if grown:
+    model.resize_token_embeddings(len(tok))
 model = PeftModel.from_pretrained(model, run)
 model.eval()
-tok = PreTrainedTokenizerFast(tokenizer_file=f"{base}/tokenizer.json")
 total, count = 0.0, 0
 for line in open(data):
     text = json.loads(line)["text"]

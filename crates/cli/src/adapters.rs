@@ -18,10 +18,13 @@ pub struct AdapterArgs {
 
 impl AdapterArgs {
     /// Attaches the adapters to `model`.
-    pub fn apply(&self, model: &mut CausalLm, offline: bool) -> Result<()> {
+    /// Returns the folder of the last adapter that carries a `tokenizer.json` and grew the
+    /// vocabulary (special tokens added in training): its tokenizer is the model's now.
+    pub fn apply(&self, model: &mut CausalLm, offline: bool) -> Result<Option<std::path::PathBuf>> {
         if !self.adapter_weights.is_empty() && self.adapter_weights.len() != self.adapters.len() {
             bail!("--adapter-weights has {} values for {} adapters", self.adapter_weights.len(), self.adapters.len());
         }
+        let mut tokenizer = None;
         for (i, reference) in self.adapters.iter().enumerate() {
             let w = self.adapter_weights.get(i).copied().unwrap_or(1.0);
             let path = std::path::Path::new(reference);
@@ -31,12 +34,16 @@ impl AdapterArgs {
             } else {
                 crate::hub_refs::adapter(reference, offline)?
             };
+            let vocab = model.config.vocab_size;
             let (_, relayout) = load_adapter_mapped(model, &dir, w, false)
                 .with_context(|| format!("loading adapter {}", dir.display()))?;
             if let Some(r) = relayout {
                 eprintln!("adapter {}: {}", dir.display(), r.describe());
             }
+            if model.config.vocab_size > vocab && dir.join("tokenizer.json").is_file() {
+                tokenizer = Some(dir);
+            }
         }
-        Ok(())
+        Ok(tokenizer)
     }
 }

@@ -37,8 +37,16 @@ impl ModelArgs {
         let dir = if gguf { PathBuf::from(&self.model) } else { crate::hub_refs::model(&self.model, self.offline)? };
         let mut model = CausalLm::load_dir_with(&dir, &device, &self.load_options()?)
             .with_context(|| format!("loading {}", dir.display()))?;
-        self.adapters.apply(&mut model, self.offline)?;
-        let tok = if gguf { gguf_tokenizer(&dir, &model)? } else { Tokenizer::load_dir(&dir, &model.config)? };
+        let grown = self.adapters.apply(&mut model, self.offline)?;
+        let tok = match grown {
+            // An adapter trained with added special tokens carries the grown tokenizer.
+            Some(adapter) => {
+                eprintln!("tokenizer: {} (the adapter's, with its added tokens)", adapter.display());
+                Tokenizer::load_dir(&adapter, &model.config)?
+            }
+            None if gguf => gguf_tokenizer(&dir, &model)?,
+            None => Tokenizer::load_dir(&dir, &model.config)?,
+        };
         Ok((model, tok, dir))
     }
 

@@ -105,6 +105,8 @@ pub struct FoldPlan<'a> {
     replaced: BTreeMap<String, (usize, String)>,
     /// Base vocabulary tensor → its rows replaced by trainable tokens (row → values).
     token_rows: BTreeMap<String, BTreeMap<usize, Vec<f32>>>,
+    /// The vocabulary size when adapters grew it (special tokens added in training).
+    pub vocab: Option<usize>,
     /// Per adapter whose module names were mapped to the base's checkpoint form: what was done.
     pub relayouts: Vec<String>,
 }
@@ -119,6 +121,8 @@ impl<'a> FoldPlan<'a> {
         let mut replaced = BTreeMap::new();
         let mut relayouts = Vec::new();
         let mut token_rows: BTreeMap<String, BTreeMap<usize, Vec<f32>>> = BTreeMap::new();
+        // The vocabulary grown by tokens added in training, when any adapter has some.
+        let mut vocab: Option<usize> = None;
         for (k, (adapter, w)) in adapters.iter().enumerate() {
             if adapter.config.use_dora && *w != 1.0 {
                 return Err(MergeError::Parameter(format!(
@@ -173,34 +177,7 @@ impl<'a> FoldPlan<'a> {
                 }
                 expert_factors.insert((k, module.clone()), (adapter.tensor_f32(a), adapter.tensor_f32(b)));
             }
-            for t in &adapter.token_rows {
-                let target = to_base(&t.target);
-                let shape = base.logical_shape(&target).map_err(|_| {
-                    MergeError::Mismatch(format!(
-                        "{}: its trainable tokens replace rows of '{target}', which the base model {} lacks",
-                        adapter.dir().display(),
-                        base.path().display()
-                    ))
-                })?;
-                let (vocab, width) = (shape[0], shape[1..].iter().product::<usize>());
-                if t.info.shape[1] != width || t.ids.iter().any(|&id| id as usize >= vocab) {
-                    return Err(MergeError::Mismatch(format!(
-                        "{}: trainable tokens {:?} of width {} do not fit '{target}' {shape:?}",
-                        adapter.dir().display(),
-                        t.ids,
-                        t.info.shape[1]
-                    )));
-                }
-                let values = adapter.tensor_f32(&t.info);
-                let rows = token_rows.entry(target.clone()).or_default();
-                for (k, &id) in t.ids.iter().enumerate() {
-                    if rows.insert(id as usize, values[k * width..(k + 1) * width].to_vec()).is_some() {
-                        return Err(MergeError::Mismatch(format!(
-                            "token {id} of '{target}' is trained by two adapters; PEFT refuses overlapping tokens too"
-                        )));
-                    }
-                }
-            }
+            rows_of_tokens(base, adapter, &to_base, &mut token_rows, &mut vocab)?;
             for (saved, info) in &adapter.replacements {
                 let name = &to_base(saved);
                 let t = base.get(name).ok_or_else(|| {
@@ -234,7 +211,10 @@ impl<'a> FoldPlan<'a> {
                 )));
             }
         }
-        Ok(Self { base, adapters, updates, expert_updates, expert_factors, replaced, token_rows, relayouts })
+        if let Some(v) = vocab {
+            check_grown_rows(base, &token_rows, v)?;
+        }
+        Ok(Self { base, adapters, updates, expert_updates, expert_factors, replaced, token_rows, vocab, relayouts })
     }
 
     /// The input for base tensor `name`: the base's tensor, an adapter's saved copy, or the base
@@ -242,7 +222,11 @@ impl<'a> FoldPlan<'a> {
     pub fn source(&self, name: &str) -> Result<Source<'a>> {
         let source = self.updated_source(name)?;
         Ok(match self.token_rows.get(name) {
-            Some(rows) => Source::RowsReplaced { inner: Box::new(source), rows: rows.clone() },
+            Some(rows) => {
+                let mut shape = source.shape().to_vec();
+                shape[0] = self.vocab.unwrap_or(shape[0]).max(shape[0]);
+                Source::RowsReplaced { inner: Box::new(source), rows: rows.clone(), shape }
+            }
             None => source,
         })
     }
@@ -277,6 +261,16 @@ impl<'a> FoldPlan<'a> {
         if deltas.is_empty() { Ok(Source::Mapped(base)) } else { Ok(Source::Folded { base, deltas }) }
     }
 
+    /// The shape of output tensor `name` whose base shape is `shape`: more rows for a vocabulary
+    /// tensor the adapters grew.
+    pub fn output_shape(&self, name: &str, shape: &[usize]) -> Vec<usize> {
+        let mut shape = shape.to_vec();
+        if let (Some(v), true) = (self.vocab, self.token_rows.contains_key(name)) {
+            shape[0] = shape[0].max(v);
+        }
+        shape
+    }
+
     /// Whether `name` changes in the fold.
     pub fn touches(&self, name: &str) -> bool {
         self.updates.contains_key(name)
@@ -284,6 +278,109 @@ impl<'a> FoldPlan<'a> {
             || self.replaced.contains_key(name)
             || self.token_rows.contains_key(name)
     }
+}
+
+/// The tokenizer files an adapter trained with added tokens carries.
+const TOKENIZER_FILES: [&str; 4] =
+    ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"];
+
+/// Sets the vocabulary size of a config.json (the text config's in a multimodal one).
+fn set_vocab_size(config: &mut serde_json::Value, vocab: usize) {
+    let target = if config.get("text_config").and_then(|t| t.get("vocab_size")).is_some() {
+        &mut config["text_config"]
+    } else {
+        config
+    };
+    if let Some(map) = target.as_object_mut() {
+        map.insert("vocab_size".into(), vocab.into());
+    }
+}
+
+/// Collects one adapter's trained token rows (and the rows of the vocabulary tables PEFT saved whole
+/// beyond the base's) by base tensor, and the vocabulary they grow to.
+fn rows_of_tokens(
+    base: &ModelDir,
+    adapter: &Adapter,
+    to_base: &dyn Fn(&str) -> String,
+    token_rows: &mut BTreeMap<String, BTreeMap<usize, Vec<f32>>>,
+    vocab: &mut Option<usize>,
+) -> Result<()> {
+    let dir = adapter.dir().display();
+    // The base tensor's (rows, width); None for a tied head the base does not store (its embedding's
+    // rows train it: PEFT saves them twice).
+    let shape_of = |target: &str| -> Result<Option<(usize, usize)>> {
+        match base.logical_shape(target) {
+            Ok(s) => Ok(Some((s[0], s[1..].iter().product()))),
+            Err(_) if target == "lm_head.weight" => Ok(None),
+            Err(_) => Err(MergeError::Mismatch(format!(
+                "{dir}: its trainable tokens replace rows of '{target}', which the base model {} lacks",
+                base.path().display()
+            ))),
+        }
+    };
+    let mut grow = |rows: usize, base_rows: usize| {
+        if rows > base_rows {
+            *vocab = Some(vocab.unwrap_or(0).max(rows).max(adapter.tokenizer_size().unwrap_or(0)));
+        }
+    };
+    for t in &adapter.token_rows {
+        let target = to_base(&t.target);
+        let Some((base_rows, width)) = shape_of(&target)? else { continue };
+        if t.info.shape[1] != width {
+            return Err(MergeError::Mismatch(format!(
+                "{dir}: trainable tokens {:?} of width {} do not fit '{target}' of width {width}",
+                t.ids, t.info.shape[1]
+            )));
+        }
+        let values = adapter.tensor_f32(&t.info);
+        let rows = token_rows.entry(target.clone()).or_default();
+        for (k, &id) in t.ids.iter().enumerate() {
+            if rows.insert(id as usize, values[k * width..(k + 1) * width].to_vec()).is_some() {
+                return Err(MergeError::Mismatch(format!(
+                    "token {id} of '{target}' is trained by two adapters; PEFT refuses overlapping tokens too"
+                )));
+            }
+        }
+        grow(t.ids.iter().map(|&i| i as usize + 1).max().unwrap_or(0), base_rows);
+    }
+    for (saved, info) in &adapter.tables {
+        let target = to_base(saved);
+        let Some((base_rows, width)) = shape_of(&target)? else { continue };
+        if info.shape[1] != width || info.shape[0] < base_rows {
+            return Err(MergeError::Mismatch(format!(
+                "{dir}: its saved '{target}' is {:?}, the base's {:?}",
+                info.shape,
+                [base_rows, width]
+            )));
+        }
+        // The rows beyond the base's (the ones below are the base's own): trained rows take precedence.
+        let values = adapter.tensor_f32(info);
+        let rows = token_rows.entry(target.clone()).or_default();
+        for r in base_rows..info.shape[0] {
+            rows.entry(r).or_insert_with(|| values[r * width..(r + 1) * width].to_vec());
+        }
+        grow(info.shape[0], base_rows);
+    }
+    Ok(())
+}
+
+/// Every row of a grown vocabulary tensor beyond the base's has values (trained, or saved whole).
+fn check_grown_rows(
+    base: &ModelDir,
+    token_rows: &BTreeMap<String, BTreeMap<usize, Vec<f32>>>,
+    vocab: usize,
+) -> Result<()> {
+    for name in base.names().filter(|n| n.ends_with("embed_tokens.weight") || *n == "lm_head.weight") {
+        let base_rows = base.logical_shape(name)?[0];
+        let rows = token_rows.get(name);
+        if let Some(r) = (base_rows..vocab).find(|r| !rows.is_some_and(|m| m.contains_key(r))) {
+            return Err(MergeError::Mismatch(format!(
+                "the adapters grow the vocabulary to {vocab}, but row {r} of '{name}' has no values (neither \
+                 trained nor saved): train the added tokens' rows of it too"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The float dtype most of a model's float tensors have (its "model dtype").
@@ -384,7 +481,7 @@ fn fold_adapters_inner(base: &Path, adapters: &[PathBuf], out: &Path, opts: &Fol
             Ok(PlannedTensor {
                 name: n.to_string(),
                 dtype: policy.dtype_of(n, t.info.dtype),
-                shape: t.info.shape.clone(),
+                shape: plan.output_shape(n, &t.info.shape),
             })
         })
         .collect::<Result<_>>()?;
@@ -410,11 +507,20 @@ fn fold_adapters_inner(base: &Path, adapters: &[PathBuf], out: &Path, opts: &Fol
     }
     writer.finish()?;
     out_dir.copy_side_files(base)?;
+    if plan.vocab.is_some() {
+        // Tokens added in training: the tokenizer the adapter carries is the merged model's.
+        for a in loaded.iter().filter(|a| a.tokenizer_size().is_some()) {
+            out_dir.copy_files(a.dir(), &TOKENIZER_FILES)?;
+        }
+    }
     if let Some(config) = base_model.config() {
         // The output is dense: a 4-bit base's quantization_config does not describe it.
         let mut config = config.clone();
         if let Some(map) = config.as_object_mut() {
             map.remove("quantization_config");
+        }
+        if let Some(v) = plan.vocab {
+            set_vocab_size(&mut config, v);
         }
         out_dir.write_config(&config, dtype)?;
     }

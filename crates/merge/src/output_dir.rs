@@ -96,6 +96,18 @@ impl OutputDir {
         Ok(copied)
     }
 
+    /// Copies the files `names` of the folder `from` that exist there over the folder's own (an
+    /// adapter's grown tokenizer over the base's).
+    pub fn copy_files(&self, from: &Path, names: &[&str]) -> Result<()> {
+        for name in names {
+            let src = from.join(name);
+            if src.is_file() {
+                std::fs::copy(&src, self.tmp.join(name)).map_err(|e| MergeError::io(&src, e))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Writes `config` as `config.json`, with its dtype set to `dtype` (transformers 5 reads `dtype`;
     /// older checkpoints carry `torch_dtype`, which is updated when present).
     pub fn write_config(&self, config: &Value, dtype: DType) -> Result<()> {

@@ -45,12 +45,15 @@ pub enum Source<'a> {
         /// Updates to add, already weighted and scaled.
         deltas: Vec<LoraDelta>,
     },
-    /// A vocabulary tensor with some rows replaced (PEFT's trainable tokens).
+    /// A vocabulary tensor with some rows replaced (PEFT's trainable tokens), grown to `shape` when
+    /// tokens were added (the rows beyond `inner`'s are all in `rows`).
     RowsReplaced {
         /// The tensor the other rows come from.
         inner: Box<Source<'a>>,
         /// Row → its values.
         rows: std::collections::BTreeMap<usize, Vec<f32>>,
+        /// The output's shape: `inner`'s, or more rows.
+        shape: Vec<usize>,
     },
     /// A base tensor as a QLoRA adapter saw it, dequant(NF4(W)), plus low-rank updates.
     Requantized {
@@ -73,6 +76,7 @@ impl Source<'_> {
     pub fn shape(&self) -> &[usize] {
         match self {
             Source::Stored4Bit { nf4, .. } => &nf4.shape,
+            Source::RowsReplaced { shape, .. } => shape,
             _ => &self.base().info.shape,
         }
     }
@@ -108,8 +112,12 @@ impl Source<'_> {
 
     /// Fills `out` with elements `start..start + out.len()` (flattened, row-major) as f32.
     pub fn read(&self, start: usize, out: &mut [f32]) {
-        if let Source::RowsReplaced { inner, rows } = self {
-            inner.read(start, out);
+        if let Source::RowsReplaced { inner, rows, .. } = self {
+            // The inner tensor's part of the range; rows beyond it are all replaced ones.
+            let own = inner.numel().saturating_sub(start).min(out.len());
+            if own > 0 {
+                inner.read(start, &mut out[..own]);
+            }
             let cols = self.shape()[1..].iter().product::<usize>();
             let end = start + out.len();
             for (&r, values) in rows.range(start / cols..end.div_ceil(cols)) {

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use lora_core::adapter::base_init::{InitialFactors, MovingInit};
+use lora_core::adapter::config::TokenIndices;
 use lora_core::adapter::config::{AdapterConfig, LayerIndices, TargetModules};
 use lora_core::adapter::{LoraInit, LoraSpec, attach_new_moving, load_adapter, save_adapter_converted};
 use lora_core::burn::tensor::Device;
@@ -128,6 +129,9 @@ pub struct Prepared {
     /// The factors the adapters started from when `[lora] init` moved the base (PiSSA, OLoRA): the
     /// adapter is saved against the original base through them (empty otherwise).
     pub initial: Vec<InitialFactors>,
+    /// Tokens `[data] add_special_tokens` added to the tokenizer (id, token): the adapter folder
+    /// carries the grown tokenizer.
+    pub added_tokens: Vec<(u32, String)>,
 }
 
 impl Prepared {
@@ -163,6 +167,9 @@ pub fn prepare(recipe: &Recipe) -> Result<Prepared> {
         (config, tokenizer)
     };
     let d = &recipe.data;
+    // Special tokens added before any text is tokenized, so that the data's spell them as one token.
+    let mut tokenizer = tokenizer;
+    let (special_ids, added_tokens) = add_special_tokens(&mut tokenizer, &d.add_special_tokens);
     // The chat template: the recipe's (inline or a .jinja file), else the model's.
     let template_source = match &d.chat_template {
         Some(t) if !t.contains("{%") && !t.contains("{{") => Some(
@@ -231,6 +238,9 @@ pub fn prepare(recipe: &Recipe) -> Result<Prepared> {
         train_summary.packed_rows = train.len();
     }
     let mut model = CausalLm::load_dir_with(&recipe.model.base, &device, &recipe.model.load_options(backend))?;
+    if !added_tokens.is_empty() {
+        model.grow_vocab(tokenizer.vocab_size())?;
+    }
     let l = &recipe.lora;
     let spec = LoraSpec {
         r: l.r,
@@ -253,11 +263,13 @@ pub fn prepare(recipe: &Recipe) -> Result<Prepared> {
         None => {
             let (targets, initial) = attach_new_moving(&mut model, &spec, recipe.train.seed, true)
                 .map_err(|e| TrainError::Recipe(format!("lora.targets: {e}")))?;
-            if let Some(ids) = &l.trainable_token_indices {
+            let indices = with_special_tokens(l.trainable_token_indices.clone(), &special_ids, &model);
+            if let Some(ids) = &indices {
                 lora_core::adapter::tokens::attach_new_tokens(&mut model, ids, true)
                     .map_err(|e| TrainError::Recipe(format!("lora.trainable_token_indices: {e}")))?;
             }
             let mut cfg = adapter_config(recipe);
+            cfg.trainable_token_indices = indices;
             lora_core::adapter::experts::peft_config_for_experts(&mut cfg, &targets);
             (targets, cfg, initial)
         }
@@ -304,7 +316,40 @@ pub fn prepare(recipe: &Recipe) -> Result<Prepared> {
         pairs,
         adapter,
         initial,
+        added_tokens,
     })
+}
+
+/// Adds `tokens` to the tokenizer as special tokens; returns every token's id and the (id, token)
+/// of those the vocabulary lacked.
+fn add_special_tokens(tokenizer: &mut Tokenizer, tokens: &[String]) -> (Vec<u32>, Vec<(u32, String)>) {
+    if tokens.is_empty() {
+        return (Vec::new(), Vec::new());
+    }
+    let before = tokenizer.vocab_size();
+    let ids = tokenizer.add_special_tokens(tokens);
+    let added =
+        ids.iter().zip(tokens).filter(|(id, _)| **id as usize >= before).map(|(id, t)| (*id, t.clone())).collect();
+    (ids, added)
+}
+
+/// The recipe's trainable token rows with the special tokens' added: the embedding's, and an untied
+/// head's too, so that the model learns to emit them.
+fn with_special_tokens(indices: Option<TokenIndices>, special: &[u32], model: &CausalLm) -> Option<TokenIndices> {
+    if special.is_empty() {
+        return indices;
+    }
+    let union = |ids: Option<&[u32]>| -> Vec<u32> {
+        let mut v: Vec<u32> = ids.unwrap_or_default().to_vec();
+        v.extend(special.iter().filter(|id| !ids.unwrap_or_default().contains(id)));
+        v
+    };
+    let embed = union(indices.as_ref().and_then(|t| t.ids_for("embed_tokens")));
+    if model.config.tie_word_embeddings {
+        return Some(TokenIndices::Ids(embed));
+    }
+    let head = union(indices.as_ref().and_then(|t| t.ids_for("lm_head")));
+    Some(TokenIndices::ByModule([("embed_tokens".to_string(), embed), ("lm_head".to_string(), head)].into()))
 }
 
 /// The adapter_config.json of a recipe's adapter.
@@ -522,6 +567,9 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
     drop(opt);
     let dtype = StoredDtype::parse(&t.dtype).expect("validated");
     save_adapter_converted(&p.model, &dir, &p.adapter, dtype, &p.initial)?;
+    if !p.added_tokens.is_empty() {
+        p.tokenizer.save_with_added(&dir, &p.added_tokens)?;
+    }
     let metrics = run_files::read_metrics(&dir, total);
     write_atomic(&dir.join("loss.svg"), run_files::loss_svg(&metrics).as_bytes())?;
     let s = &p.train_summary;

@@ -484,3 +484,53 @@ fn trainable_tokens_train_fold_and_refuse_adapter_gguf() {
     let o = train_tiny(&d.join("bad"), &["lora.trainable_token_indices=[5000]"]);
     assert_user_error(&o, "outside the vocabulary");
 }
+
+/// `[data] add_special_tokens`: the tokenizer and the vocabulary grow, the new rows train (the
+/// untied head's too), the run carries the grown tokenizer; `lora merge --check` writes a model of
+/// the grown vocabulary with that tokenizer (PEFT's adapter with its saved tables too), and `lora
+/// export` carries the new tokens into GGUF.
+#[test]
+fn added_special_tokens_grow_train_merge_and_export() {
+    let d = temp_dir("added-tokens");
+    let run = d.join("run");
+    let o = train_tiny(&run, &["train.max_steps=2", r#"data.add_special_tokens=["<|tool_call|>", "<|tool_result|>"]"#]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["trainable_token_indices"], serde_json::json!({"embed_tokens": [384, 385], "lm_head": [384, 385]}));
+    let tok = std::fs::read_to_string(run.join("tokenizer.json")).unwrap();
+    assert!(tok.contains("<|tool_call|>") && tok.contains("<|tool_result|>"));
+    let o = lora(&["verify", s(&run)]);
+    assert!(o.status.success() && stdout(&o).contains("reproduced byte for byte"), "{}", stderr(&o));
+    let fx = root().join("tests/fixtures");
+    for (base, adapter, out) in [
+        (fx.join("models/llama"), run.clone(), d.join("merged")),
+        (fx.join("models/llama-tied"), fx.join("lora/added-llama-tied/adapter-trained"), d.join("merged-peft")),
+    ] {
+        let o = lora(&["merge", s(&base), s(&adapter), "-o", s(&out), "--check"]);
+        assert!(o.status.success(), "{}: {}", adapter.display(), stderr(&o));
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+        assert_eq!(config["vocab_size"], 386, "{}", adapter.display());
+        let merged = lora_formats::safetensors::SafetensorsFile::open(out.join("model.safetensors")).unwrap();
+        assert_eq!(merged.info("model.embed_tokens.weight").unwrap().shape, vec![386, 32]);
+        assert!(std::fs::read_to_string(out.join("tokenizer.json")).unwrap().contains("<|tool_call|>"));
+    }
+    let gguf = d.join("merged.gguf");
+    let o = lora(&["export", s(&d.join("merged")), "-o", s(&gguf)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bytes = std::fs::read(&gguf).unwrap();
+    assert!(bytes.windows(13).any(|w| w == b"<|tool_call|>"), "the GGUF file's vocabulary lacks the added token");
+    let o = lora(&[
+        "generate",
+        "--model",
+        s(&fx.join("models/llama")),
+        "--adapter",
+        s(&run),
+        "--prompt",
+        "hello <|tool_call|>",
+        "--max-new-tokens",
+        "2",
+    ]);
+    assert!(o.status.success() && stderr(&o).contains("the adapter's, with its added tokens"), "{}", stderr(&o));
+}

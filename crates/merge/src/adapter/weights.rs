@@ -62,6 +62,9 @@ pub struct Adapter {
     /// PEFT's trainable tokens: rows `ids` of the embedding (and of an untied head) replaced by the
     /// saved values (`<module>.token_adapter.trainable_tokens_delta`, `[ids, hidden]`).
     pub token_rows: Vec<TokenRows>,
+    /// Vocabulary tables PEFT saved whole beside the rows when the vocabulary grew
+    /// (`<module>.token_adapter.base_layer.weight`), by the base tensor they stand for.
+    pub tables: BTreeMap<String, TensorInfo>,
 }
 
 /// An adapter's trained token rows.
@@ -97,6 +100,7 @@ impl Adapter {
         let mut replacements = BTreeMap::new();
         let mut magnitudes: BTreeMap<String, TensorInfo> = BTreeMap::new();
         let mut token_rows = Vec::new();
+        let mut tables = BTreeMap::new();
         for (key, info) in file.tensors() {
             let name = key.strip_prefix(PEFT_PREFIX).unwrap_or(key);
             let name = name.replace(".default.", ".");
@@ -105,13 +109,24 @@ impl Adapter {
             if !info.dtype.is_float() {
                 return Err(bad(format!("{:?} factors; expected a float type", info.dtype)));
             }
+            if let Some(m) = name.strip_suffix(".token_adapter.base_layer.weight") {
+                if info.shape.len() != 2 {
+                    return Err(bad(format!("shape {:?}; a vocabulary table is 2-D", info.shape)));
+                }
+                tables.insert(format!("{m}.weight"), info.clone());
+                continue;
+            }
             if let Some(m) = name.strip_suffix(".token_adapter.trainable_tokens_delta") {
                 let module = m.rsplit('.').next().unwrap_or(m);
-                let ids = match config.trainable_token_indices.as_ref().map(|t| t.ids_for(module)) {
-                    Some(Some(ids)) => ids.to_vec(),
-                    Some(None) => return Err(bad(format!("trainable_token_indices names no ids for '{module}'"))),
-                    None => return Err(bad("trained token rows without trainable_token_indices".into())),
-                };
+                // A tied head's rows (PEFT saves them beside the embedding's) have the embedding's ids.
+                let ids =
+                    match config.trainable_token_indices.as_ref().map(|t| {
+                        t.ids_for(module).or(if module == "lm_head" { t.ids_for("embed_tokens") } else { None })
+                    }) {
+                        Some(Some(ids)) => ids.to_vec(),
+                        Some(None) => return Err(bad(format!("trainable_token_indices names no ids for '{module}'"))),
+                        None => return Err(bad("trained token rows without trainable_token_indices".into())),
+                    };
                 if info.shape.len() != 2 || info.shape[0] != ids.len() {
                     return Err(bad(format!("shape {:?} for {} trainable tokens", info.shape, ids.len())));
                 }
@@ -197,12 +212,22 @@ impl Adapter {
         if let Some(module) = magnitudes.keys().next() {
             return Err(MergeError::safetensors(&weights, format!("'{module}' has a magnitude vector but no lora_A")));
         }
-        Ok(Self { dir, config, file, modules, replacements, experts, token_rows })
+        Ok(Self { dir, config, file, modules, replacements, experts, token_rows, tables })
     }
 
     /// The adapter folder.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The size of the vocabulary of the `tokenizer.json` the folder carries (an adapter trained with
+    /// added special tokens), if it has one: one more than its largest id.
+    pub fn tokenizer_size(&self) -> Option<usize> {
+        let text = std::fs::read(self.dir.join("tokenizer.json")).ok()?;
+        let json: serde_json::Value = serde_json::from_slice(&text).ok()?;
+        let added = json["added_tokens"].as_array().into_iter().flatten().filter_map(|t| t["id"].as_u64());
+        let vocab = json["model"]["vocab"].as_object().into_iter().flatten().filter_map(|(_, id)| id.as_u64());
+        added.chain(vocab).max().map(|m| m as usize + 1)
     }
 
     /// The weights file.

@@ -66,6 +66,19 @@ impl Recipe {
                 return err("lora", "trainable_token_indices", "must list at least one token id".into());
             }
         }
+        if !d.add_special_tokens.is_empty() && !matches!(self.method(), super::Method::Sft) {
+            return err("data", "add_special_tokens", "trains with SFT only for now".into());
+        }
+        if !d.add_special_tokens.is_empty() && l.init_from.is_some() {
+            return err(
+                "data",
+                "add_special_tokens",
+                "cannot grow the tokenizer of an init_from adapter; its own tokenizer decides".into(),
+            );
+        }
+        if let Some(t) = d.add_special_tokens.iter().find(|t| t.is_empty()) {
+            return err("data", "add_special_tokens", format!("holds an empty token {t:?}"));
+        }
         if l.trainable_token_indices.is_some() && !matches!(self.method(), super::Method::Sft) {
             return err(
                 "lora",

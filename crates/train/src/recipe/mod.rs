@@ -294,6 +294,11 @@ pub struct DataSection {
     /// `reasoning_content` (`"reasoning"`, `"thinking"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_field: Option<String>,
+    /// Special tokens to add to the tokenizer (a chat template's `<|im_start|>` on a base that lacks
+    /// them), as transformers' `add_special_tokens`: the vocabulary grows, and every listed token's
+    /// rows are trained in full (PEFT's trainable tokens); the adapter folder carries the tokenizer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add_special_tokens: Vec<String>,
     /// Preference methods: the dataset's own names of TRL's fields, by TRL's name (`{ prompt =
     /// "question" }` for orca_dpo_pairs; `prompt = ""` to ignore a prompt field and take the
     /// prompt from the beginning the chosen and rejected conversations share).
