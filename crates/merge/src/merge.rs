@@ -76,7 +76,14 @@ impl Input {
         let adapter = r.adapter.as_ref().map(Adapter::open).transpose()?;
         if let Some(a) = &adapter {
             a.refuse_experts("a merge recipe's model+adapter input")?;
-            a.refuse_dora("a merge recipe's model+adapter input")?;
+            if a.tokenizer_size().is_some() {
+                return Err(MergeError::Mismatch(format!(
+                    "{}: trained with added tokens (it carries its tokenizer), which a merge recipe's \
+                     model+adapter input does not grow the vocabulary for yet; fold it first (`lora merge BASE \
+                     ADAPTER -o FOLDED`) and name FOLDED",
+                    a.dir().display()
+                )));
+            }
         }
         Ok(Self { label: label.to_string(), dir, adapter })
     }

@@ -86,30 +86,37 @@ fn dare_keeps_density_and_is_seeded() {
     assert!((frac - 0.3).abs() < 0.02, "kept {frac}");
 }
 
+/// A recipe's `model+adapter` input is the fold of that adapter: plain LoRA, DoRA (whole rows rescaled
+/// to the magnitudes) and trainable tokens (rows replaced) alike.
 #[test]
 fn folder_plus_adapter_input_equals_the_fold() {
     let fx = fixtures();
     let dir = temp_dir("plus");
-    let fold = dir.join("fold");
-    lora_merge::fold_adapters(
-        &fx.join("models/llama"),
-        &[merge_fixtures().join("adapters/a1")],
-        &fold,
-        &Default::default(),
-    )
-    .unwrap();
-    let cfg = dir.join("m.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "merge_method = \"linear\"\n[[models]]\nmodel = \"{}+{}\"\nparameters = {{ weight = 1.0 }}\n",
-            fx.join("models/llama").display(),
-            merge_fixtures().join("adapters/a1").display()
-        ),
-    )
-    .unwrap();
-    merge_models(&cfg, &dir.join("lin"), &MergeOptions::default()).unwrap();
-    assert_same(&dir.join("lin"), &fold, 0.0);
+    for (k, adapter) in [
+        merge_fixtures().join("adapters/a1"),
+        fx.join("lora/dora/adapter"),
+        fx.join("lora/tokens-llama/adapter-trained"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let fold = dir.join(format!("fold{k}"));
+        lora_merge::fold_adapters(&fx.join("models/llama"), std::slice::from_ref(adapter), &fold, &Default::default())
+            .unwrap();
+        let cfg = dir.join(format!("m{k}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "merge_method = \"linear\"\n[[models]]\nmodel = \"{}+{}\"\nparameters = {{ weight = 1.0 }}\n",
+                fx.join("models/llama").display(),
+                adapter.display()
+            ),
+        )
+        .unwrap();
+        let lin = dir.join(format!("lin{k}"));
+        merge_models(&cfg, &lin, &MergeOptions::default()).unwrap();
+        assert_same(&lin, &fold, 0.0);
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
