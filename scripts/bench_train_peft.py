@@ -21,6 +21,7 @@ for k, v in dict(hidden=256, layers=4, heads=4, kv_heads=4, inter=688, vocab=100
 ap.add_argument("--peak-tflops", type=float, default=0.0, help="the machine's fp32 GEMM peak, for the MFU")
 ap.add_argument("--measure-peak", action="store_true", help="only print torch's 2048^3 sgemm rate")
 ap.add_argument("--dora", action="store_true", help="DoRA adapters (use_dora=True)")
+ap.add_argument("--targets", default="q_proj,v_proj", help="all-linear or a comma list of module names")
 a = ap.parse_args()
 torch.set_num_threads(a.threads)
 if a.measure_peak:
@@ -38,7 +39,8 @@ cfg = LlamaConfig(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.
                   num_attention_heads=a.heads, num_key_value_heads=a.kv_heads, tie_word_embeddings=True,
                   max_position_embeddings=4096)
 model = LlamaForCausalLM._from_config(cfg, attn_implementation="sdpa", dtype=torch.float32)
-model = get_peft_model(model, LoraConfig(r=a.r, lora_alpha=16, target_modules=["q_proj", "v_proj"], lora_dropout=0.0,
+targets = "all-linear" if a.targets == "all-linear" else a.targets.split(",")
+model = get_peft_model(model, LoraConfig(r=a.r, lora_alpha=16, target_modules=targets, lora_dropout=0.0,
                                          use_dora=a.dora))
 model.train()
 opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)

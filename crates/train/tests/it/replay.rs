@@ -125,6 +125,15 @@ fn dora_replay_matches_peft() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// DoRA and trainable tokens on a GPU (`LORA_TEST_GPU=wgpu|cuda`): the same
+/// PEFT replays and tolerances, every value f32 there too.
+#[test]
+fn gpu_dora_and_tokens_replay_peft() {
+    let Some(device) = gpu_device() else { return };
+    replay_on(&device, "lora/dora-train", None);
+    replay_on(&device, "lora/tokens-llama-tied", None);
+}
+
 /// Trainable tokens (`trainable_token_indices`) beside LoRA, on an untied and a tied model, and on the
 /// untied model's head too (scripts/make_trainable_tokens_fixtures.py): the rows learn from the
 /// embedding and, tied, from the head's columns, as PEFT's.
