@@ -21,13 +21,11 @@ Needs: torch, transformers 5.x, peft 0.21, safetensors.
 import json
 import os
 import shutil
-import sys
 
-import peft
 import safetensors.torch
 import torch
-import transformers
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft_replay import adamw_steps, replay_meta, save_adapter, write_provenance
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
@@ -38,13 +36,7 @@ LINES = ["the sum is <|tool_call|>add(2, 2)<|tool_result|>4 so four",
 
 
 def save(model, d, name):
-    model.save_pretrained(d)
-    os.remove(os.path.join(d, "README.md"))
-    cfg_path = os.path.join(d, "adapter_config.json")
-    cfg = json.load(open(cfg_path))
-    cfg["base_model_name_or_path"] = f"tests/fixtures/models/{name}"
-    cfg["target_modules"] = sorted(cfg["target_modules"])
-    json.dump(cfg, open(cfg_path, "w"), indent=2, sort_keys=True)
+    save_adapter(model, d, f"tests/fixtures/models/{name}")
 
 
 def main():
@@ -86,17 +78,7 @@ def main():
         tok.save_pretrained(init_dir)
         # The replay loads the base (grown again by its own resize) and the saved adapter.
         model = PeftModel.from_pretrained(base(), init_dir, is_trainable=True)
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR,
-                                weight_decay=WEIGHT_DECAY, betas=(0.9, 0.999), eps=1e-8)
-        model.train()
-        losses = []
-        for _ in range(STEPS):
-            opt.zero_grad()
-            loss = model(ids, labels=labels).loss
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        model.eval()
+        losses = adamw_steps(model, ids, labels, STEPS, LR, WEIGHT_DECAY)
         trained_dir = os.path.join(out, "adapter-trained")
         save(model, trained_dir, name)
         tok.save_pretrained(trained_dir)
@@ -104,13 +86,10 @@ def main():
             for extra in ["special_tokens_map.json", "chat_template.jinja"]:
                 if os.path.exists(os.path.join(d, extra)):
                     os.remove(os.path.join(d, extra))
-        meta = {"replay": {"steps": STEPS, "lr": LR, "weight_decay": WEIGHT_DECAY, "betas": [0.9, 0.999],
-                           "eps": 1e-8, "losses": losses, "base_model": f"models/{name}"},
+        meta = {"replay": replay_meta(STEPS, LR, WEIGHT_DECAY, losses, base_model=f"models/{name}"),
                 "new_tokens": NEW, "new_ids": new_ids, "vocab": len(tok)}
         json.dump(meta, open(os.path.join(out, "golden.json"), "w"), indent=2)
-        prov = {"script": "scripts/make_added_tokens_fixtures.py", "seed": SEED, "python": sys.version.split()[0],
-                "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
-        json.dump(prov, open(os.path.join(out, "provenance.json"), "w"), indent=2)
+        write_provenance(out, "scripts/make_added_tokens_fixtures.py", seed=SEED)
         print(name, new_ids, len(tok), losses[0], losses[-1])
 
 

@@ -20,13 +20,11 @@ Needs: torch, transformers 5.x, peft 0.21, safetensors.
 import json
 import os
 import shutil
-import sys
 
-import peft
 import safetensors.torch
 import torch
-import transformers
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft_replay import adamw_steps, replay_meta, save_adapter, write_provenance
 from transformers import AutoModelForCausalLM
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
@@ -40,13 +38,7 @@ def base():
 
 
 def save(model, d):
-    model.save_pretrained(d)
-    os.remove(os.path.join(d, "README.md"))
-    cfg_path = os.path.join(d, "adapter_config.json")
-    cfg = json.load(open(cfg_path))
-    cfg["base_model_name_or_path"] = "tests/fixtures/models/llama"
-    cfg["target_modules"] = sorted(cfg["target_modules"])
-    json.dump(cfg, open(cfg_path, "w"), indent=2, sort_keys=True)
+    save_adapter(model, d, "tests/fixtures/models/llama")
 
 
 def main():
@@ -72,26 +64,13 @@ def main():
     model = PeftModel.from_pretrained(base(), os.path.join(OUT, "adapter-init"), is_trainable=True)
     golden = safetensors.torch.load_file(os.path.join(ROOT, "lora", "golden.safetensors"))
     ids, labels = golden["input_ids"], golden["labels"]
-    params = [p for p in model.parameters() if p.requires_grad]
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     assert sum("lora_magnitude_vector" in n for n in names) == sum("lora_A" in n for n in names), names
-    opt = torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY, betas=(0.9, 0.999), eps=1e-8)
-    model.train()
-    losses = []
-    for _ in range(STEPS):
-        opt.zero_grad()
-        loss = model(ids, labels=labels).loss
-        loss.backward()
-        opt.step()
-        losses.append(float(loss))
-    model.eval()
+    losses = adamw_steps(model, ids, labels, STEPS, LR, WEIGHT_DECAY)
     save(model, os.path.join(OUT, "adapter-trained"))
-    meta = {"replay": {"steps": STEPS, "lr": LR, "weight_decay": WEIGHT_DECAY, "betas": [0.9, 0.999],
-                       "eps": 1e-8, "losses": losses}}
+    meta = {"replay": replay_meta(STEPS, LR, WEIGHT_DECAY, losses)}
     json.dump(meta, open(os.path.join(OUT, "golden.json"), "w"), indent=2)
-    prov = {"script": "scripts/make_dora_train_fixtures.py", "seed": SEED, "python": sys.version.split()[0],
-            "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
-    json.dump(prov, open(os.path.join(OUT, "provenance.json"), "w"), indent=2)
+    write_provenance(OUT, "scripts/make_dora_train_fixtures.py", seed=SEED)
     print(losses[0], losses[-1])
 
 

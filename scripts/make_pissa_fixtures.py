@@ -23,14 +23,12 @@ Needs: torch, transformers 5.x, peft 0.21, safetensors.
 import json
 import os
 import shutil
-import sys
 import tempfile
 
-import peft
 import safetensors.torch
 import torch
-import transformers
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft_replay import adamw_steps, replay_meta, save_adapter, write_provenance
 from transformers import AutoModelForCausalLM
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
@@ -69,25 +67,10 @@ def main():
             model.peft_config["default"].init_lora_weights = True
             model.save_pretrained(initial_dir)
             model.peft_config["default"].init_lora_weights = init
-            opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR,
-                                    weight_decay=WEIGHT_DECAY, betas=(0.9, 0.999), eps=1e-8)
-            model.train()
-            losses = []
-            for _ in range(STEPS):
-                opt.zero_grad()
-                loss = model(ids, labels=labels).loss
-                loss.backward()
-                opt.step()
-                losses.append(loss.item())
-            model.eval()
+            losses = adamw_steps(model, ids, labels, STEPS, LR, WEIGHT_DECAY)
             d = os.path.join(out, "adapter-converted")
-            model.save_pretrained(d, path_initial_model_for_weight_conversion=initial_dir)
-        os.remove(os.path.join(d, "README.md"))
-        cfg_path = os.path.join(d, "adapter_config.json")
-        cfg = json.load(open(cfg_path))
-        cfg["base_model_name_or_path"] = "tests/fixtures/models/llama"
-        cfg["target_modules"] = sorted(cfg["target_modules"])
-        json.dump(cfg, open(cfg_path, "w"), indent=2, sort_keys=True)
+            cfg = save_adapter(model, d, "tests/fixtures/models/llama",
+                               path_initial_model_for_weight_conversion=initial_dir)
         # The converted adapter on the original base gives the trained model's logits.
         converted = PeftModel.from_pretrained(base(), d)
         with torch.no_grad():
@@ -95,13 +78,10 @@ def main():
             logits = converted(ids).logits.float()
         assert (logits - trained_logits).abs().max() < 1e-4, (logits - trained_logits).abs().max()
         safetensors.torch.save_file({"logits": logits.contiguous()}, os.path.join(out, "trained.safetensors"))
-        meta = {"replay": {"steps": STEPS, "lr": LR, "weight_decay": WEIGHT_DECAY, "betas": [0.9, 0.999],
-                           "eps": 1e-8, "losses": losses}, "init": init, "r": 4, "alpha": 8}
+        meta = {"replay": replay_meta(STEPS, LR, WEIGHT_DECAY, losses), "init": init, "r": 4, "alpha": 8}
         json.dump(meta, open(os.path.join(out, "golden.json"), "w"), indent=2)
         print(init, losses[0], losses[-1], cfg["r"], cfg["lora_alpha"])
-    prov = {"script": "scripts/make_pissa_fixtures.py", "python": sys.version.split()[0],
-            "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
-    json.dump(prov, open(os.path.join(OUT, "provenance.json"), "w"), indent=2)
+    write_provenance(OUT, "scripts/make_pissa_fixtures.py")
 
 
 if __name__ == "__main__":

@@ -23,14 +23,12 @@ Needs: torch, transformers 5.x, peft 0.21, safetensors.
 import json
 import os
 import shutil
-import sys
 from collections import Counter
 
-import peft
 import safetensors.torch
 import torch
-import transformers
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft_replay import adamw_steps, replay_meta, save_adapter, write_provenance
 from transformers import AutoModelForCausalLM
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
@@ -43,13 +41,7 @@ def base(name):
 
 
 def save(model, d, name):
-    model.save_pretrained(d)
-    os.remove(os.path.join(d, "README.md"))
-    cfg_path = os.path.join(d, "adapter_config.json")
-    cfg = json.load(open(cfg_path))
-    cfg["base_model_name_or_path"] = f"tests/fixtures/models/{name}"
-    cfg["target_modules"] = sorted(cfg["target_modules"])
-    json.dump(cfg, open(cfg_path, "w"), indent=2, sort_keys=True)
+    save_adapter(model, d, f"tests/fixtures/models/{name}")
 
 
 def main():
@@ -80,24 +72,11 @@ def main():
         model = PeftModel.from_pretrained(base(name), os.path.join(out, "adapter-init"), is_trainable=True)
         trained = [n for n, p in model.named_parameters() if p.requires_grad]
         assert sum("trainable_tokens_delta" in n for n in trained) == (2 if case == "llama-head" else 1), trained
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR,
-                                weight_decay=WEIGHT_DECAY, betas=(0.9, 0.999), eps=1e-8)
-        model.train()
-        losses = []
-        for _ in range(STEPS):
-            opt.zero_grad()
-            loss = model(ids, labels=labels).loss
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        model.eval()
+        losses = adamw_steps(model, ids, labels, STEPS, LR, WEIGHT_DECAY)
         save(model, os.path.join(out, "adapter-trained"), name)
-        meta = {"replay": {"steps": STEPS, "lr": LR, "weight_decay": WEIGHT_DECAY, "betas": [0.9, 0.999],
-                           "eps": 1e-8, "losses": losses}, "base": f"models/{name}", "tokens": indices}
+        meta = {"replay": replay_meta(STEPS, LR, WEIGHT_DECAY, losses), "base": f"models/{name}", "tokens": indices}
         json.dump(meta, open(os.path.join(out, "golden.json"), "w"), indent=2)
-        prov = {"script": "scripts/make_trainable_tokens_fixtures.py", "python": sys.version.split()[0],
-                "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__, "seed": SEED}
-        json.dump(prov, open(os.path.join(out, "provenance.json"), "w"), indent=2)
+        write_provenance(out, "scripts/make_trainable_tokens_fixtures.py", seed=SEED)
         print(case, indices, losses[0], losses[-1])
 
 
