@@ -41,35 +41,56 @@ pub struct InitialFactors {
     pub lora_b: Vec<f32>,
 }
 
-/// Replaces `lin`'s base by the residual of `init` (in the base's own form: its dtype, or NF4 quantized
-/// again from the dequantized residual, as PEFT does for OLoRA on a 4-bit base and documents as
-/// QPiSSA) and returns (A₀, B₀).
-pub(crate) fn move_base(
-    lin: &mut Linear,
+/// Replaces each layer's base by the residual of `init` (in the base's own form: its dtype, or NF4
+/// quantized again from the dequantized residual, as PEFT does for OLoRA on a 4-bit base and documents
+/// as QPiSSA) and returns each one's (A₀, B₀). `layers` are (path, layer, seed); as many decompositions
+/// run at once as rayon has threads, each single-threaded, so that the result does not depend on the
+/// thread count.
+pub(crate) fn move_bases(
+    layers: Vec<(String, &mut Linear, u64)>,
     init: MovingInit,
     r: usize,
     s: f64,
-    seed: u64,
     device: &Device,
-) -> Result<(Vec<f32>, Vec<f32>)> {
-    let dims = lin.weight.dims();
-    let w = crate::kernels::host::to_f32_vec(lin.weight.to_f32(device))?;
-    let (a, b) = initial_factors(init, &w, dims, r, s, seed)?;
-    let res = residual(&w, &a, &b, dims, r, s);
-    lin.weight = match &lin.weight {
-        BaseWeight::Dense(t) => BaseWeight::Dense(crate::io::weights::held_from_f32(res, dims, t.dtype(), device)),
-        BaseWeight::Nf4(q) => {
-            let double = matches!(q.absmax, Absmax::Double { .. });
-            BaseWeight::Nf4(Arc::new(Nf4Tensor::quantize(&res, &dims, double)))
+) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
+    use rayon::prelude::*;
+    let mut out = Vec::with_capacity(layers.len());
+    let mut layers = layers;
+    let at_once = rayon::current_num_threads().max(1);
+    for chunk in layers.chunks_mut(at_once) {
+        let weights = chunk
+            .iter()
+            .map(|(_, lin, _)| Ok((crate::kernels::host::to_f32_vec(lin.weight.to_f32(device))?, lin.weight.dims())))
+            .collect::<Result<Vec<_>>>()?;
+        let seeds: Vec<(&str, u64)> = chunk.iter().map(|(p, _, seed)| (p.as_str(), *seed)).collect();
+        let factors = weights
+            .par_iter()
+            .zip(&seeds)
+            .map(|((w, dims), (path, seed))| {
+                initial_factors(init, w, *dims, r, s, *seed).map_err(|e| CoreError::Invalid(format!("{path}: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for (((_, lin, _), (w, dims)), (a, b)) in chunk.iter_mut().zip(weights).zip(factors) {
+            let res = residual(&w, &a, &b, dims, r, s);
+            lin.weight = match &lin.weight {
+                BaseWeight::Dense(t) => {
+                    BaseWeight::Dense(crate::io::weights::held_from_f32(res, dims, t.dtype(), device))
+                }
+                BaseWeight::Nf4(q) => {
+                    let double = matches!(q.absmax, Absmax::Double { .. });
+                    BaseWeight::Nf4(Arc::new(Nf4Tensor::quantize(&res, &dims, double)))
+                }
+                BaseWeight::Nf4Device(_) => {
+                    return Err(CoreError::Invalid(format!(
+                        "{} on a 4-bit base is done on the CPU for now; initialise there, or use a 16-bit base",
+                        init.name()
+                    )));
+                }
+            };
+            out.push((a, b));
         }
-        BaseWeight::Nf4Device(_) => {
-            return Err(CoreError::Invalid(format!(
-                "{} on a 4-bit base is done on the CPU for now; initialise there, or use a 16-bit base",
-                init.name()
-            )));
-        }
-    };
-    Ok((a, b))
+    }
+    Ok(out)
 }
 
 /// The configuration of the adapter a run with a moving start saves: PEFT's conversion

@@ -15,12 +15,13 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use regex::Regex;
 
-use crate::adapter::base_init::{InitialFactors, MovingInit, move_base};
+use crate::adapter::base_init::{InitialFactors, MovingInit, move_bases};
 use crate::adapter::config::{AdapterConfig, TargetModules};
 use crate::error::{CoreError, Result};
 use crate::io::safetensors_write::{StoredDtype, write_safetensors};
 use crate::network::config::{Relayout, expert_path, layer_index};
 use crate::network::dora::Dora;
+use crate::network::linear::Linear;
 use crate::network::lora::{LoraAdapter, lora_scaling};
 use crate::network::model::CausalLm;
 use lora_formats::safetensors::SafetensorsFile;
@@ -228,9 +229,31 @@ pub fn attach_new_moving(
         )));
     }
     let device = model.device();
+    if let LoraInit::Moving(m) = spec.init {
+        let scaling = lora_scaling(spec.alpha, spec.r, spec.use_rslora);
+        let layers: Vec<(String, &mut Linear, u64)> = model
+            .linear_modules_mut()
+            .into_iter()
+            .enumerate()
+            .filter(|(_, (path, _))| targets.contains(path))
+            .map(|(k, (path, lin))| (path, lin, seed ^ (k as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+            .collect();
+        let paths: Vec<String> = layers.iter().map(|(p, _, _)| p.clone()).collect();
+        let factors = move_bases(layers, m, spec.r, scaling, &device)?;
+        let mut linears = model.linear_modules_mut();
+        let mut initial = Vec::new();
+        for (path, (a, b)) in paths.into_iter().zip(factors) {
+            let lin = &mut linears.iter_mut().find(|(p, _)| *p == path).expect("a target").1;
+            let (d_in, d_out) = lin.dims();
+            let adapter =
+                make_adapter(a.clone(), b.clone(), spec.r, d_in, d_out, scaling, spec.dropout, &device, trainable);
+            lin.lora.push(adapter);
+            initial.push(InitialFactors { module: path, lora_a: a, lora_b: b });
+        }
+        return Ok((targets, initial));
+    }
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut initial = Vec::new();
-    for (k, (path, lin)) in model.linear_modules_mut().into_iter().enumerate() {
+    for (path, lin) in model.linear_modules_mut() {
         if !targets.contains(&path) {
             continue;
         }
@@ -239,18 +262,8 @@ pub fn attach_new_moving(
         let scaling = lora_scaling(spec.alpha * (r / spec.r) as f64, r, spec.use_rslora);
         let spec = &LoraSpec { r, ..spec.clone() };
         let (d_in, d_out) = lin.dims();
-        if let LoraInit::Moving(m) = spec.init {
-            let module_seed = seed ^ (k as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            let (a, b) = move_base(lin, m, spec.r, scaling, module_seed, &device)
-                .map_err(|e| CoreError::Invalid(format!("{path}: {e}")))?;
-            let adapter =
-                make_adapter(a.clone(), b.clone(), spec.r, d_in, d_out, scaling, spec.dropout, &device, trainable);
-            lin.lora.push(adapter);
-            initial.push(InitialFactors { module: path, lora_a: a, lora_b: b });
-            continue;
-        }
         let a: Vec<f32> = match spec.init {
-            LoraInit::Moving(_) => unreachable!("handled above"),
+            LoraInit::Moving(_) => unreachable!("attached above"),
             LoraInit::KaimingUniform => {
                 let bound = 1.0 / (d_in as f64).sqrt();
                 (0..spec.r * d_in).map(|_| rng.random_range(-bound..bound) as f32).collect()
@@ -274,7 +287,7 @@ pub fn attach_new_moving(
         }
         lin.lora.push(adapter);
     }
-    Ok((targets, initial))
+    Ok((targets, Vec::new()))
 }
 
 #[allow(clippy::too_many_arguments)]
