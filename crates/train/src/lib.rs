@@ -11,6 +11,7 @@
 pub mod batching;
 pub mod checkpoint;
 pub mod data;
+pub mod distributed;
 pub mod error;
 pub mod evaluation;
 pub mod memory_plan;
