@@ -48,6 +48,9 @@ pub enum TrainError {
     /// A reproducibility check found a difference.
     #[error("{0}")]
     Verify(String),
+    /// A collective of distributed training failed (a rank died, timed out or disagreed).
+    #[error("distributed training: {0}")]
+    Distributed(#[from] crate::distributed::CommError),
 }
 
 /// Result alias of lora-train.

@@ -49,27 +49,54 @@ pub struct StepOptions {
     pub gradient_checkpointing: bool,
 }
 
+/// Where a step's gradient contributions go, per trainable tensor (slot) in [`adapter_tensors`] order.
+pub(crate) enum Acc<'a> {
+    /// Added in place, in order, the first taken as is (one process).
+    Sum(&'a mut [Option<Tensor<2>>]),
+    /// Kept in order, for a distributed reduction to add them as one process would.
+    Record(&'a mut [Vec<Tensor<2>>]),
+}
+
+impl Acc<'_> {
+    /// Adds (or records) a contribution to slot `slot`.
+    fn add(&mut self, slot: usize, g: Tensor<2>) {
+        match self {
+            Acc::Sum(acc) => {
+                acc[slot] = Some(match acc[slot].take() {
+                    Some(a) => a + g,
+                    None => g,
+                })
+            }
+            Acc::Record(rec) => rec[slot].push(g),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Acc::Sum(acc) => acc.len(),
+            Acc::Record(rec) => rec.len(),
+        }
+    }
+}
+
 /// Adds each tracked leaf's gradient to its accumulator.
-fn collect(leaves: &[Option<Tensor<2>>], grads: &Gradients, acc: &mut [Option<Tensor<2>>]) {
-    for (leaf, slot) in leaves.iter().zip(acc.iter_mut()) {
+fn collect(leaves: &[Option<Tensor<2>>], grads: &Gradients, acc: &mut Acc<'_>) {
+    for (slot, leaf) in leaves.iter().enumerate() {
         if let Some(g) = leaf.as_ref().and_then(|l| l.grad(grads)) {
-            *slot = Some(match slot.take() {
-                Some(a) => a + g,
-                None => g,
-            });
+            acc.add(slot, g);
         }
     }
 }
 
 /// Forward, loss and backward of one micro-batch; gradients (of the loss times `scale`) added to
 /// `acc`. Returns the summed loss.
-fn micro_batch(
+pub(crate) fn micro_batch(
     model: &mut CausalLm,
     batch: &TokenBatch,
     labels: &[Vec<Option<u32>>],
     scale: f64,
     checkpointing: bool,
-    acc: &mut [Option<Tensor<2>>],
+    acc: &mut Acc<'_>,
 ) -> Result<f64> {
     micro_batch_with(model, batch, checkpointing, acc, |model, hidden, on_grads| {
         Ok(head_loss(model, hidden, labels, Some(scale), on_grads)?)
@@ -88,7 +115,7 @@ pub(crate) fn micro_batch_with(
     model: &mut CausalLm,
     batch: &TokenBatch,
     checkpointing: bool,
-    acc: &mut [Option<Tensor<2>>],
+    acc: &mut Acc<'_>,
     head: impl FnOnce(&mut CausalLm, Tensor<3>, HeadPass<'_>) -> Result<HeadLoss>,
 ) -> Result<f64> {
     // Every pass runs burn's autodiff operations, tracked or not: the plain backend's attention is
@@ -169,15 +196,11 @@ pub(crate) fn micro_batch_with(
 
 /// Adds the embedding's part of the token rows' gradient (each row's positions' ∂L/∂input of the
 /// first layer) to theirs: the last of `acc`, or the one before an untied head's rows.
-fn embed_tokens_grad(model: &CausalLm, ids: &[Vec<u32>], grad: Tensor<3>, acc: &mut [Option<Tensor<2>>]) {
+fn embed_tokens_grad(model: &CausalLm, ids: &[Vec<u32>], grad: Tensor<3>, acc: &mut Acc<'_>) {
     let t = model.model.embed_tokens.tokens.as_ref().expect("checked by the caller");
     let g = t.embed_grad(grad.inner(), ids);
     let slot = acc.len() - 1 - usize::from(model.head_tokens.is_some());
-    let last = &mut acc[slot];
-    *last = Some(match last.take() {
-        Some(a) => a + g,
-        None => g,
-    });
+    acc.add(slot, g);
 }
 
 /// One optimizer step over `batches` (the micro-batches of the step, collated): forward and
@@ -199,7 +222,7 @@ pub fn train_step(
     let mut loss_sum = 0.0f64;
     for (i, (batch, labels)) in batches.iter().enumerate() {
         set_dropout_seeds(model, dropout_seed_of(i));
-        loss_sum += micro_batch(model, batch, labels, scale, options.gradient_checkpointing, &mut acc)?;
+        loss_sum += micro_batch(model, batch, labels, scale, options.gradient_checkpointing, &mut Acc::Sum(&mut acc))?;
     }
     let loss = loss_sum / step_tokens.max(1) as f64;
     let grad_norm = apply_gradients(model, opt, acc, loss, lr, options)?;

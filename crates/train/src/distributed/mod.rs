@@ -10,6 +10,7 @@
 pub mod comm;
 pub mod plan;
 pub mod reduce;
+pub mod step;
 pub mod thread_comm;
 
 pub use comm::{CommError, Communicator};

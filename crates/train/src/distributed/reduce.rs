@@ -114,6 +114,27 @@ pub fn fast<C: Communicator + ?Sized>(
     Ok(decode(&msg, sizes))
 }
 
+/// The sum of every rank's `own` values in rank order, from 0, as one process sums them in f64
+/// (`loss_sum += x`), on every rank. The f64s travel as their bits in two f32 slots each.
+pub fn exact_sum_f64<C: Communicator + ?Sized>(comm: &mut C, own: &[f64]) -> Result<f64, CommError> {
+    let (rank, world) = (comm.rank(), comm.world());
+    let split = |x: f64| {
+        let b = x.to_bits();
+        [f32::from_bits((b >> 32) as u32), f32::from_bits(b as u32)]
+    };
+    let join = |m: &[f32]| f64::from_bits((u64::from(m[0].to_bits()) << 32) | u64::from(m[1].to_bits()));
+    let mut sum = if rank == 0 { 0.0 } else { join(&comm.recv(rank - 1, 2)?) };
+    for x in own {
+        sum += x;
+    }
+    let mut msg = split(sum);
+    if rank + 1 < world {
+        comm.send(rank + 1, &msg)?;
+    }
+    comm.broadcast(world - 1, &mut msg)?;
+    Ok(join(&msg))
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

@@ -19,7 +19,7 @@ use crate::data::Example;
 use crate::error::Result;
 use crate::optimizer::AdamW;
 use crate::preference::loss::{Dpo, DpoLoss, PairLogProbs, PreferenceMetrics};
-use crate::step::{StepOptions, StepOutcome, apply_gradients, micro_batch_with};
+use crate::step::{Acc, StepOptions, StepOutcome, apply_gradients, micro_batch_with};
 use crate::trainable::{adapter_layers, set_dropout_seeds};
 
 /// A preference pair as token ids: the prompt, and the two completions that follow it.
@@ -320,32 +320,38 @@ pub fn dpo_step(
         };
         set_dropout_seeds(model, dropout_seed_of(i));
         let mut pairs = Vec::new();
-        micro_batch_with(model, &batch.batch, options.gradient_checkpointing, &mut acc, |model, hidden, on_grads| {
-            let values = head_log_probs(model, hidden.clone(), &batch.labels)?;
-            let (policy, batch_nll) = per_row_sums(batch, &values);
-            nll += batch_nll;
-            pairs = pairs_of(batch, &policy, &reference);
-            // ∂loss/∂π per row, for the step's mean; a position weighs −∂loss/∂(its log p), since the
-            // weighted pass sums w·(−log p): its completion's derivative, plus the SFT term's on
-            // the chosen rows.
-            let n = pairs.len();
-            let mut d = vec![0.0f64; 2 * n];
-            for (k, p) in pairs.iter().enumerate() {
-                let l = dpo.pair(p);
-                d[k] = l.d_chosen / total_pairs;
-                d[n + k] = l.d_rejected / total_pairs;
-            }
-            let weights: Vec<f32> = batch
-                .positions()
-                .into_iter()
-                .map(|(row, completion)| {
-                    let pair = if completion { d[row] } else { 0.0 };
-                    let sft = if row < n { d_sft } else { 0.0 };
-                    -(pair + sft) as f32
-                })
-                .collect();
-            Ok(head_loss_weighted(model, hidden, &batch.labels, &weights, 1.0, on_grads)?)
-        })?;
+        micro_batch_with(
+            model,
+            &batch.batch,
+            options.gradient_checkpointing,
+            &mut Acc::Sum(&mut acc),
+            |model, hidden, on_grads| {
+                let values = head_log_probs(model, hidden.clone(), &batch.labels)?;
+                let (policy, batch_nll) = per_row_sums(batch, &values);
+                nll += batch_nll;
+                pairs = pairs_of(batch, &policy, &reference);
+                // ∂loss/∂π per row, for the step's mean; a position weighs −∂loss/∂(its log p), since the
+                // weighted pass sums w·(−log p): its completion's derivative, plus the SFT term's on
+                // the chosen rows.
+                let n = pairs.len();
+                let mut d = vec![0.0f64; 2 * n];
+                for (k, p) in pairs.iter().enumerate() {
+                    let l = dpo.pair(p);
+                    d[k] = l.d_chosen / total_pairs;
+                    d[n + k] = l.d_rejected / total_pairs;
+                }
+                let weights: Vec<f32> = batch
+                    .positions()
+                    .into_iter()
+                    .map(|(row, completion)| {
+                        let pair = if completion { d[row] } else { 0.0 };
+                        let sft = if row < n { d_sft } else { 0.0 };
+                        -(pair + sft) as f32
+                    })
+                    .collect();
+                Ok(head_loss_weighted(model, hidden, &batch.labels, &weights, 1.0, on_grads)?)
+            },
+        )?;
         all_pairs.extend(pairs);
     }
     let metrics = PreferenceMetrics::of(dpo, &all_pairs, nll / nll_tokens.max(1) as f64);

@@ -2,6 +2,7 @@
 
 mod common;
 mod data;
+mod distributed;
 mod dpo;
 mod kto;
 mod pissa;

@@ -18,7 +18,7 @@ use crate::error::Result;
 use crate::optimizer::AdamW;
 use crate::preference::kto::loss::{Kto, KtoMetrics, MicroBatchKto, UnpairedLogProbs};
 use crate::preference::step::{Reference, ReferenceLogProbs, completion_example, with_reference};
-use crate::step::{StepOptions, StepOutcome, apply_gradients, micro_batch_with};
+use crate::step::{Acc, StepOptions, StepOutcome, apply_gradients, micro_batch_with};
 use crate::trainable::{adapter_layers, set_dropout_seeds};
 
 /// An unpaired example as token ids.
@@ -191,7 +191,7 @@ pub fn kto_step(
             model,
             &batch.rows.batch,
             options.gradient_checkpointing,
-            &mut acc,
+            &mut Acc::Sum(&mut acc),
             |model, hidden, on_grads| {
                 let policy = batch.rows.sums(&head_log_probs(model, hidden.clone(), &batch.rows.labels)?);
                 examples = examples_of(batch, &policy, &reference);

@@ -1,0 +1,108 @@
+//! Data-parallel steps (issue 24) through the in-memory communicator between threads: the `exact`
+//! reduction trains the single process's adapter byte for byte, whatever the world size (uneven
+//! blocks, a rank without micro-batches included); `fast` stays within float tolerance.
+
+use std::time::Duration;
+
+use lora_core::adapter::load_adapter;
+use lora_core::default_device;
+use lora_core::kernels::host::to_f32_vec;
+use lora_core::network::model::{CausalLm, TokenBatch};
+use lora_train::distributed::step::{Reduce, train_step_on_rank};
+use lora_train::distributed::thread_comm::ThreadComm;
+use lora_train::optimizer::{AdamW, AdamWConfig};
+use lora_train::step::{StepOptions, train_step};
+use lora_train::trainable::{adapter_tensors, set_training};
+
+use crate::common::*;
+
+type Batches = Vec<(TokenBatch, Vec<Vec<Option<u32>>>)>;
+
+/// The tiny Llama with PEFT's step-0 adapter, trainable, with dropout on (its masks come from each
+/// micro-batch's global seed).
+fn model() -> CausalLm {
+    let mut m = CausalLm::load_dir(fixtures().join("models/llama"), &default_device()).unwrap();
+    load_adapter(&mut m, &fixtures().join("lora/adapter-init"), 1.0, true).unwrap();
+    for (_, lin) in m.linear_modules_mut() {
+        for a in lin.lora.iter_mut() {
+            a.dropout = 0.1;
+        }
+    }
+    set_training(&mut m, true);
+    m
+}
+
+/// `micro` micro-batches of 2 rows × 12 tokens, every position labelled.
+fn batches(micro: usize) -> (Batches, usize) {
+    let out: Batches = (0..micro)
+        .map(|k| {
+            let rows: Vec<Vec<u32>> =
+                (0..2).map(|r| (0..12).map(|i| ((i * 31 + r * 97 + k * 13 + 5) % 384) as u32).collect()).collect();
+            let labels = rows.iter().map(|row| row.iter().map(|&t| Some(t)).collect()).collect();
+            (TokenBatch::rows(rows), labels)
+        })
+        .collect();
+    (out, micro * 2 * 11)
+}
+
+const OPTIONS: StepOptions = StepOptions { max_grad_norm: 1.0, gradient_checkpointing: false };
+const STEPS: usize = 3;
+
+fn seed(i: usize) -> u64 {
+    0xABCD_0000 + i as u64
+}
+
+fn adapter(m: &CausalLm) -> Vec<Vec<u32>> {
+    adapter_tensors(m)
+        .into_iter()
+        .map(|t| to_f32_vec(t.inner()).unwrap().iter().map(|x| x.to_bits()).collect())
+        .collect()
+}
+
+fn single(micro: usize) -> Vec<Vec<u32>> {
+    let (b, tokens) = batches(micro);
+    let mut m = model();
+    let mut opt = AdamW::new(AdamWConfig::default(), &adapter_tensors(&m));
+    for _ in 0..STEPS {
+        train_step(&mut m, &mut opt, &b, tokens, 1e-3, OPTIONS, seed).unwrap();
+    }
+    adapter(&m)
+}
+
+fn ranks(world: usize, micro: usize, reduce: Reduce) -> Vec<Vec<Vec<u32>>> {
+    let handles: Vec<_> = ThreadComm::group(world, Duration::from_secs(60))
+        .into_iter()
+        .map(|mut comm| {
+            std::thread::spawn(move || {
+                let (b, tokens) = batches(micro);
+                let mut m = model();
+                let mut opt = AdamW::new(AdamWConfig::default(), &adapter_tensors(&m));
+                for _ in 0..STEPS {
+                    train_step_on_rank(&mut m, &mut opt, &b, tokens, 1e-3, OPTIONS, seed, &mut comm, reduce).unwrap();
+                }
+                adapter(&m)
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+#[test]
+fn exact_reduction_trains_the_single_process_adapter_byte_for_byte() {
+    for (world, micro) in [(2, 4), (3, 4), (3, 2)] {
+        let want = single(micro);
+        for (r, got) in ranks(world, micro, Reduce::Exact).iter().enumerate() {
+            assert!(*got == want, "world {world}, {micro} micro-batches: rank {r}'s adapter differs");
+        }
+    }
+}
+
+#[test]
+fn fast_reduction_is_replicated_and_within_tolerance() {
+    let want = single(4);
+    let got = ranks(3, 4, Reduce::Fast);
+    assert!(got.iter().all(|g| *g == got[0]), "the ranks' adapters differ");
+    let value = |bits: &Vec<Vec<u32>>| bits.iter().flatten().map(|b| f32::from_bits(*b)).collect::<Vec<_>>();
+    let d = value(&got[0]).iter().zip(value(&want)).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    assert!(d <= 1e-6, "fast reduction {d:e} from the single process");
+}
