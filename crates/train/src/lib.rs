@@ -8,6 +8,7 @@
 //! peak memory before loading; [`preference`] is DPO's loss and step.
 #![warn(missing_docs)]
 
+pub mod adapter_files;
 pub mod batching;
 pub mod checkpoint;
 pub mod data;
