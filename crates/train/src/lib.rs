@@ -21,6 +21,7 @@ pub mod pool;
 pub mod preference;
 pub mod preview;
 pub mod recipe;
+pub mod run_card;
 pub mod run_files;
 pub mod schedule;
 pub mod step;

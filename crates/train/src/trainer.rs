@@ -21,6 +21,7 @@ use crate::checkpoint::{self, CheckpointState};
 use crate::data::chat_template::{ChatTemplate, FIXED_DATE_UNIX};
 use crate::data::turns::TurnMode;
 use crate::data::{DataOptions, DataSummary, Example, Overflow, load_examples, packing};
+use crate::distributed::step::train_step_on_rank;
 use crate::error::{Result, TrainError};
 use crate::evaluation::evaluate;
 use crate::optimizer::{AdamW, AdamWConfig};
@@ -72,6 +73,8 @@ pub struct RunOptions {
     /// Worker threads; none: as many as the current rayon pool (`RAYON_NUM_THREADS`, or the
     /// cores). `lora verify` asks for the manifest's count, and gets an error if it cannot have it.
     pub threads: Option<usize>,
+    /// This process's rank in a data-parallel run (none: the run is this process's alone).
+    pub distributed: Option<crate::distributed::DistributedRun>,
 }
 
 /// The outcome of a finished run.
@@ -356,6 +359,12 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
         opt.lr_scales = loraplus_scales(&p.model, ratio);
     }
 
+    // A data-parallel rank: rank 0 alone writes the run folder; every rank reads a checkpoint.
+    let dist = opts.distributed.clone();
+    let writer = dist.as_ref().is_none_or(|d| d.rank == 0);
+    if dist.is_some() && p.recipe.method() != Method::Sft {
+        return Err(TrainError::Recipe("distributed training runs SFT recipes for now".into()));
+    }
     // The run folder: refuse to overwrite, or pick up the newest checkpoint.
     let mut first_step = 0u64;
     let mut micro_done = 0u64;
@@ -375,19 +384,25 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
             set_adapter_tensors(&mut p.model, params);
             first_step = state.step;
             micro_done = state.micro_batches;
-            run_files::write_metrics(&dir, &run_files::read_metrics(&dir, first_step))?;
+            if writer {
+                run_files::write_metrics(&dir, &run_files::read_metrics(&dir, first_step))?;
+            }
         } else if opts.force {
-            std::fs::remove_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
-        } else {
+            if writer {
+                std::fs::remove_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
+            }
+        } else if writer {
             return Err(TrainError::OutputExists(dir));
         }
     } else if opts.resume {
         return Err(TrainError::Recipe(format!("{}: nothing to resume (the folder does not exist)", dir.display())));
     }
-    std::fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
-    write_atomic(&dir.join("recipe.toml"), recipe_text.as_bytes())?;
-    if first_step == 0 {
-        let _ = std::fs::remove_file(dir.join("metrics.jsonl"));
+    if writer {
+        std::fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
+        write_atomic(&dir.join("recipe.toml"), recipe_text.as_bytes())?;
+        if first_step == 0 {
+            let _ = std::fs::remove_file(dir.join("metrics.jsonl"));
+        }
     }
 
     let total = p.total_steps();
@@ -428,7 +443,14 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
                 let batches: Vec<_> = micros.iter().map(|m| collate(m, pad_id, left)).collect();
                 let outcome = on_pool(pool.as_ref(), poll, || {
                     let seeds = |i| dropout_seed(t.seed, step, i);
-                    train_step(&mut p.model, &mut opt, &batches, step_tokens, lr, options, seeds)
+                    match &dist {
+                        None => train_step(&mut p.model, &mut opt, &batches, step_tokens, lr, options, seeds),
+                        Some(d) => {
+                            let mut comm = d.comm.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                            let (m, o) = (&mut p.model, &mut opt);
+                            train_step_on_rank(m, o, &batches, step_tokens, lr, options, seeds, &mut *comm, d.reduce)
+                        }
+                    }
                 })?;
                 (outcome, seen_tokens, None)
             }
@@ -476,7 +498,9 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
             first_loss = loss;
         }
         last_loss = loss;
-        run_files::append_metrics(&dir, &metrics)?;
+        if writer {
+            run_files::append_metrics(&dir, &metrics)?;
+        }
         observe(Event::Step(&metrics, total));
 
         let interrupted = opts.interrupt.load(Ordering::SeqCst);
@@ -487,8 +511,16 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
                 seed: t.seed,
                 recipe_sha256: recipe_sha.clone(),
             };
-            let ck = checkpoint::save(&dir, &names, &adapter_tensors(&p.model), &opt, &state)?;
-            observe(Event::Checkpoint(&ck));
+            let ck = if writer {
+                let ck = checkpoint::save(&dir, &names, &adapter_tensors(&p.model), &opt, &state)?;
+                observe(Event::Checkpoint(&ck));
+                ck
+            } else {
+                checkpoint::checkpoints_dir(&dir)
+            };
+            if let Some(d) = &dist {
+                d.barrier()?; // the checkpoint is complete before any rank goes on (or stops)
+            }
             if interrupted {
                 return Err(TrainError::Interrupted { step: done, checkpoint: ck });
             }
@@ -499,6 +531,12 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
     // are not needed any more: freed first, the copy the file is written from takes their place
     // (on a 27B shape the end of the run was its peak by 0.35 GB).
     drop(opt);
+    if let Some(d) = dist.as_ref().filter(|_| !writer) {
+        // Rank 0 writes the run folder; the others return once it is complete.
+        d.barrier()?;
+        let adapter_sha256 = sha256_file(&dir.join("adapter_model.safetensors"))?;
+        return Ok(RunSummary { dir, steps: total, first_loss, last_loss, eval_loss, adapter_sha256 });
+    }
     let dtype = StoredDtype::parse(&t.dtype).expect("validated");
     save_adapter_converted(&p.model, &dir, &p.adapter, dtype, &p.initial)?;
     if !p.added_tokens.is_empty() {
@@ -506,52 +544,7 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
     }
     let metrics = run_files::read_metrics(&dir, total);
     write_atomic(&dir.join("loss.svg"), run_files::loss_svg(&metrics).as_bytes())?;
-    let s = &p.train_summary;
-    let data_desc = format!(
-        "Training files: {} (format {}). {} examples, {} tokens, {} trained tokens; {} truncated and {} dropped at {} tokens; {} invalid skipped.{}",
-        p.recipe.data.train.to_vec().iter().map(|f| format!("`{}`", f.display())).collect::<Vec<_>>().join(", "),
-        p.recipe.data.format,
-        s.examples,
-        s.tokens,
-        s.trained_tokens,
-        s.truncated,
-        s.dropped,
-        p.recipe.data.max_seq_len,
-        s.skipped,
-        p.validation_summary.as_ref().map(|v| format!(" Validation: {} examples.", v.examples)).unwrap_or_default()
-    );
-    let data_desc = match p.recipe.method() {
-        Method::Sft => data_desc,
-        Method::Preference => format!("{} {data_desc}", crate::preference::card::method_text(&p.recipe)),
-    };
-    let opts = p.model.load_options;
-    let data_desc = match opts.quantize {
-        lora_core::Quantize::None => format!("{data_desc}\n\nThe base was held in {} while training.", opts.dtype),
-        q => format!(
-            "{data_desc}\n\nTrained as QLoRA: the base's decoder linear layers were stored as {q} (bitsandbytes' \
-             NF4, blocks of 64), the rest in {}. Evaluate on the same base (`lora eval --quantize {q}`, or \
-             transformers with `BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=\"nf4\"{})`); to merge \
-             into the weights it was trained against, use `lora merge --quantized-base {q}`.",
-            opts.dtype,
-            if matches!(q, lora_core::Quantize::Nf4 { double_quant: true }) {
-                ", bnb_4bit_use_double_quant=True"
-            } else {
-                ""
-            }
-        ),
-    };
-    let results = format!(
-        "| steps | final train loss | validation loss | validation perplexity |\n|---|---|---|---|\n| {} | {:.4} | {} | {} |",
-        total,
-        metrics.last().map_or(f64::NAN, |m| m.loss),
-        eval_loss.map_or("-".into(), |l| format!("{l:.4}")),
-        eval_loss.filter(|_| p.recipe.method() == Method::Sft).map_or("-".into(), |l| format!("{:.3}", l.exp()))
-    );
-    let mut data_desc = data_desc;
-    if !p.initial.is_empty() {
-        data_desc.push_str(&run_files::moving_init_text(&p.recipe.lora.init, p.recipe.lora.r));
-    }
-    let card = run_files::model_card(&base_model_name(&p.recipe), &recipe_text, &data_desc, &results);
+    let card = crate::run_card::card(&p, &recipe_text, &metrics, total, eval_loss);
     write_atomic(&dir.join("README.md"), card.as_bytes())?;
     let adapter_sha256 = sha256_file(&dir.join("adapter_model.safetensors"))?;
     let manifest = Manifest {
@@ -567,6 +560,9 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
     };
     write_atomic(&dir.join("manifest.json"), serde_json::to_string_pretty(&manifest).expect("serializes").as_bytes())?;
     let _ = std::fs::remove_dir_all(checkpoint::checkpoints_dir(&dir));
+    if let Some(d) = &dist {
+        d.barrier()?;
+    }
     let summary = RunSummary { dir, steps: total, first_loss, last_loss, eval_loss, adapter_sha256 };
     observe(Event::Done(&summary));
     Ok(summary)

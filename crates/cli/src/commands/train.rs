@@ -201,7 +201,7 @@ pub fn run_cmd(a: Args) -> Result<()> {
         // loses that convenience.
         let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
     }
-    let opts = RunOptions { resume: a.resume, force: a.force, interrupt, threads: None };
+    let opts = RunOptions { resume: a.resume, force: a.force, interrupt, threads: None, distributed: None };
     let turns = recipe.data.turns.clone();
     let tty = std::io::stderr().is_terminal();
     let method = recipe.method();

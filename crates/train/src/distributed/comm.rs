@@ -60,6 +60,22 @@ pub trait Communicator {
         }
         Ok(())
     }
+    /// Returns on every rank once every rank has called it.
+    fn barrier(&mut self) -> Result<(), CommError> {
+        if self.rank() == 0 {
+            for r in 1..self.world() {
+                self.recv(r, 0)?;
+            }
+            for r in 1..self.world() {
+                self.send(r, &[])?;
+            }
+        } else {
+            self.send(0, &[])?;
+            self.recv(0, 0)?;
+        }
+        Ok(())
+    }
+
     /// Sums `data` over the ranks, the result on every rank (the engine's order: within float
     /// tolerance of a sequential sum, identical across ranks).
     fn all_reduce_sum(&mut self, data: &mut [f32]) -> Result<(), CommError> {

@@ -14,3 +14,39 @@ pub mod step;
 pub mod thread_comm;
 
 pub use comm::{CommError, Communicator};
+pub use step::Reduce;
+
+use std::sync::{Arc, Mutex};
+
+/// A rank's part in a distributed run ([`crate::trainer::RunOptions::distributed`]): its
+/// communicator and the reduction. Rank 0 alone writes the run folder; the others wait for it.
+#[derive(Clone)]
+pub struct DistributedRun {
+    /// This rank.
+    pub rank: usize,
+    /// How many ranks.
+    pub world: usize,
+    /// The engine.
+    pub comm: Arc<Mutex<dyn Communicator + Send>>,
+    /// `exact` or `fast`.
+    pub reduce: Reduce,
+}
+
+impl std::fmt::Debug for DistributedRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DistributedRun(rank {} of {}, {:?})", self.rank, self.world, self.reduce)
+    }
+}
+
+impl DistributedRun {
+    /// Rank `comm.rank()` of a run reducing as `reduce`.
+    pub fn new(comm: impl Communicator + Send + 'static, reduce: Reduce) -> Self {
+        let (rank, world) = (comm.rank(), comm.world());
+        Self { rank, world, comm: Arc::new(Mutex::new(comm)), reduce }
+    }
+
+    /// Waits for every rank.
+    pub fn barrier(&self) -> Result<(), CommError> {
+        self.comm.lock().unwrap_or_else(std::sync::PoisonError::into_inner).barrier()
+    }
+}

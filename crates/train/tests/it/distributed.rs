@@ -106,3 +106,46 @@ fn fast_reduction_is_replicated_and_within_tolerance() {
     let d = value(&got[0]).iter().zip(value(&want)).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
     assert!(d <= 1e-6, "fast reduction {d:e} from the single process");
 }
+
+/// The tiny recipe (2 micro-batches a step, a checkpoint every 4 steps, validation at 6 and 12) into
+/// `out`.
+fn tiny(out: &std::path::Path) -> lora_train::recipe::Recipe {
+    let set = [format!("output.dir=\"{}\"", out.display()), "train.save_every=4".to_string()];
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../recipes/tiny.toml");
+    lora_train::recipe::Recipe::load(&path, &set).unwrap()
+}
+
+/// Whole runs: every rank runs `lora train`'s loop, rank 0 alone writes the folder; in `exact` mode
+/// the adapter file is the single process's, byte for byte, on 2 ranks and on 3 (one of them without
+/// micro-batches).
+#[test]
+fn exact_runs_write_the_single_process_adapter() {
+    use lora_train::distributed::DistributedRun;
+    use lora_train::trainer::{RunOptions, prepare, run};
+    let d = temp_dir("dist-run");
+    let single = d.join("single");
+    run(prepare(&tiny(&single)).unwrap(), &RunOptions::default(), &mut |_| {}).unwrap();
+    let want = std::fs::read(single.join("adapter_model.safetensors")).unwrap();
+    for world in [2, 3] {
+        let out = d.join(format!("world{world}"));
+        let handles: Vec<_> = ThreadComm::group(world, Duration::from_secs(120))
+            .into_iter()
+            .map(|comm| {
+                let recipe = tiny(&out);
+                std::thread::spawn(move || {
+                    let opts = RunOptions {
+                        distributed: Some(DistributedRun::new(comm, Reduce::Exact)),
+                        ..RunOptions::default()
+                    };
+                    run(prepare(&recipe).unwrap(), &opts, &mut |_| {}).unwrap()
+                })
+            })
+            .collect();
+        let summaries: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(std::fs::read(out.join("adapter_model.safetensors")).unwrap(), want, "world {world}");
+        assert!(summaries.iter().all(|s| s.adapter_sha256 == summaries[0].adapter_sha256));
+        let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+        assert_eq!(metrics.lines().count(), 12, "rank 0 alone wrote the metrics, once per step");
+        assert!(out.join("manifest.json").is_file() && !out.join("checkpoints").exists());
+    }
+}
