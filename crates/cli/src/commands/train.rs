@@ -201,7 +201,8 @@ pub fn run_cmd(a: Args) -> Result<()> {
         // loses that convenience.
         let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
     }
-    let opts = RunOptions { resume: a.resume, force: a.force, interrupt, threads: None, distributed: None };
+    let distributed = distributed_run(&recipe)?;
+    let opts = RunOptions { resume: a.resume, force: a.force, interrupt, threads: None, distributed };
     let turns = recipe.data.turns.clone();
     let tty = std::io::stderr().is_terminal();
     let method = recipe.method();
@@ -349,4 +350,35 @@ fn data_unit(recipe: &Recipe) -> &'static str {
         Method::Preference if recipe.is_kto() => "KTO examples",
         Method::Preference => "preference pairs",
     }
+}
+
+/// This process's rank of a data-parallel run when an MPI launcher started it (`mpirun -np N lora
+/// train`), with the recipe's reduction; none for a single process.
+fn distributed_run(recipe: &lora_train::Recipe) -> Result<Option<lora_train::distributed::DistributedRun>> {
+    let reduce = if recipe.train.grad_reduce == "fast" {
+        lora_train::distributed::Reduce::Fast
+    } else {
+        lora_train::distributed::Reduce::Exact
+    };
+    let _ = reduce;
+    #[cfg(feature = "mpi")]
+    if lora_train::distributed::mpi_comm::launched_by_mpi() {
+        use lora_train::distributed::Communicator as _;
+        let timeout = std::time::Duration::from_secs(recipe.train.distributed_timeout.unwrap_or(600));
+        let comm = lora_train::distributed::mpi_comm::MpiComm::init(timeout).map_err(anyhow::Error::msg)?;
+        if comm.world() > 1 {
+            eprintln!("distributed: rank {} of {} (MPI), {:?} reduction", comm.rank(), comm.world(), reduce);
+            return Ok(Some(lora_train::distributed::DistributedRun::new(comm, reduce)));
+        }
+        return Ok(None);
+    }
+    #[cfg(not(feature = "mpi"))]
+    if let Some(n) = std::env::var("OMPI_COMM_WORLD_SIZE").ok().and_then(|v| v.parse::<usize>().ok()).filter(|&n| n > 1)
+    {
+        anyhow::bail!(
+            "started by mpirun with {n} ranks, but this lora was built without the `mpi` feature: build it with \
+             `cargo build --release -p lora-cli --features mpi` (Open MPI's libopenmpi-dev and libclang installed)"
+        );
+    }
+    Ok(None)
 }

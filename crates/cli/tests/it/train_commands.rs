@@ -534,3 +534,23 @@ fn added_special_tokens_grow_train_merge_and_export() {
     ]);
     assert!(o.status.success() && stderr(&o).contains("the adapter's, with its added tokens"), "{}", stderr(&o));
 }
+
+/// A run that `mpirun` starts on several ranks needs the `mpi` feature: without it the error says so
+/// (the default build runs a single process); a bad `grad_reduce` names the key.
+#[test]
+fn mpi_ranks_without_the_mpi_feature_and_bad_reductions_are_refused() {
+    let d = temp_dir("mpi-refused");
+    let recipe = root().join("recipes/tiny.toml");
+    let set = format!("output.dir=\"{}\"", d.join("run").display());
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_lora"))
+        .args(["train", s(&recipe), "--set", &set])
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .output()
+        .unwrap();
+    if cfg!(not(feature = "mpi")) {
+        assert_user_error(&o, "`mpi` feature");
+        assert!(!d.join("run").exists(), "nothing written");
+    }
+    let o = train_tiny(&d.join("bad"), &["train.grad_reduce=\"slow\""]);
+    assert_user_error(&o, "train.grad_reduce");
+}

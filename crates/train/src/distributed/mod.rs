@@ -8,6 +8,8 @@
 //! NCCL (GPUs) and MPI (CPU clusters), never this.
 
 pub mod comm;
+#[cfg(feature = "mpi")]
+pub mod mpi_comm;
 pub mod plan;
 pub mod reduce;
 pub mod step;

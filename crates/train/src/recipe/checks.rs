@@ -158,6 +158,12 @@ impl Recipe {
         if !["constant", "linear", "cosine"].contains(&t.schedule.as_str()) {
             return err("train", "schedule", format!("must be constant, linear or cosine, got \"{}\"", t.schedule));
         }
+        if !["exact", "fast"].contains(&t.grad_reduce.as_str()) {
+            return err("train", "grad_reduce", format!("must be \"exact\" or \"fast\", got \"{}\"", t.grad_reduce));
+        }
+        if t.distributed_timeout == Some(0) {
+            return err("train", "distributed_timeout", "must be at least 1 second".into());
+        }
         if let Some(r) = t.loraplus_lr_ratio
             && !(r.is_finite() && r > 0.0)
         {

@@ -372,6 +372,14 @@ pub struct TrainSection {
     /// `loraplus_weight_decay`, on A and B alike. Unset: plain LoRA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loraplus_lr_ratio: Option<f64>,
+    /// How a data-parallel run (`mpirun -np N lora train`) reduces the ranks' gradients: `"exact"`
+    /// (default: a chain in rank order, the single-process adapter byte for byte) or `"fast"` (one
+    /// all-reduce, within float tolerance). Ignored by a single process.
+    #[serde(default = "d_grad_reduce", skip_serializing_if = "is_exact")]
+    pub grad_reduce: String,
+    /// Seconds a rank of a data-parallel run waits for a peer before the run fails (default 600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distributed_timeout: Option<u64>,
     /// Clip the global gradient norm to this (default 1; 0 disables).
     #[serde(default = "d_clip")]
     pub max_grad_norm: f64,
@@ -435,6 +443,13 @@ fn d_device() -> String {
 }
 fn d_dtype() -> String {
     "f32".into()
+}
+
+fn d_grad_reduce() -> String {
+    "exact".into()
+}
+fn is_exact(s: &str) -> bool {
+    s == "exact"
 }
 
 impl Default for TrainSection {
