@@ -78,6 +78,12 @@ pub struct Manifest {
     /// reproduced byte for byte with the same thread count, so `lora verify` re-runs with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,
+    /// Ranks of a data-parallel run (none: one process); `threads` is then each rank's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub world_size: Option<usize>,
+    /// A data-parallel run's reduction (`exact` or `fast`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_reduce: Option<String>,
 }
 
 /// Files of the base model that determine the numbers.

@@ -365,6 +365,18 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
     if dist.is_some() && p.recipe.method() != Method::Sft {
         return Err(TrainError::Recipe("distributed training runs SFT recipes for now".into()));
     }
+    if let Some(d) = &dist {
+        // Every rank runs the same recipe on the same examples, or none starts.
+        let ids: Vec<u8> = p.train.iter().flat_map(|e| e.ids.iter().flat_map(|i| i.to_le_bytes())).collect();
+        let digest = sha256_bytes(&[recipe_text.as_bytes(), &ids].concat());
+        let mut comm = d.comm.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(r) = crate::distributed::agree::first_differing(&mut *comm, &digest)? {
+            return Err(TrainError::Recipe(format!(
+                "rank {r} runs another recipe or other data than rank 0 (their sha256 differ); every rank needs \
+                 the same recipe, data and base"
+            )));
+        }
+    }
     // The run folder: refuse to overwrite, or pick up the newest checkpoint.
     let mut first_step = 0u64;
     let mut micro_done = 0u64;
@@ -557,6 +569,8 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
         base_dtype: p.model.load_options.dtype.to_string(),
         base_quantization: p.model.load_options.quantize.to_string(),
         threads: Some(pool.as_ref().map_or_else(rayon::current_num_threads, rayon::ThreadPool::current_num_threads)),
+        world_size: dist.as_ref().map(|d| d.world),
+        grad_reduce: dist.as_ref().map(|d| format!("{:?}", d.reduce).to_lowercase()),
     };
     write_atomic(&dir.join("manifest.json"), serde_json::to_string_pretty(&manifest).expect("serializes").as_bytes())?;
     let _ = std::fs::remove_dir_all(checkpoint::checkpoints_dir(&dir));

@@ -7,6 +7,7 @@
 //! [`thread_comm`] is an in-memory communicator between threads, for tests only: the engines are
 //! NCCL (GPUs) and MPI (CPU clusters), never this.
 
+pub mod agree;
 pub mod comm;
 #[cfg(feature = "mpi")]
 pub mod mpi_comm;

@@ -8,6 +8,7 @@ use lora_core::adapter::load_adapter;
 use lora_core::default_device;
 use lora_core::kernels::host::to_f32_vec;
 use lora_core::network::model::{CausalLm, TokenBatch};
+use lora_train::distributed::Communicator;
 use lora_train::distributed::step::{Reduce, train_step_on_rank};
 use lora_train::distributed::thread_comm::ThreadComm;
 use lora_train::optimizer::{AdamW, AdamWConfig};
@@ -147,5 +148,39 @@ fn exact_runs_write_the_single_process_adapter() {
         let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
         assert_eq!(metrics.lines().count(), 12, "rank 0 alone wrote the metrics, once per step");
         assert!(out.join("manifest.json").is_file() && !out.join("checkpoints").exists());
+        let manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+        assert_eq!(
+            (manifest["world_size"].as_u64(), manifest["grad_reduce"].as_str()),
+            (Some(world as u64), Some("exact"))
+        );
     }
+}
+
+/// Ranks that would run different recipes (here a seed) stop before any step, with the same error.
+#[test]
+fn ranks_with_different_recipes_refuse_to_start() {
+    use lora_train::distributed::DistributedRun;
+    use lora_train::trainer::{RunOptions, prepare, run};
+    let d = temp_dir("dist-differ");
+    let out = d.join("run");
+    let handles: Vec<_> = ThreadComm::group(2, Duration::from_secs(60))
+        .into_iter()
+        .map(|comm| {
+            let mut recipe = tiny(&out);
+            if comm.rank() == 1 {
+                recipe.train.seed = 8;
+            }
+            std::thread::spawn(move || {
+                let opts =
+                    RunOptions { distributed: Some(DistributedRun::new(comm, Reduce::Exact)), ..RunOptions::default() };
+                run(prepare(&recipe).unwrap(), &opts, &mut |_| {}).unwrap_err().to_string()
+            })
+        })
+        .collect();
+    for h in handles {
+        let e = h.join().unwrap();
+        assert!(e.contains("rank 1 runs another recipe or other data"), "{e}");
+    }
+    assert!(!out.join("metrics.jsonl").exists(), "no step was taken");
 }
