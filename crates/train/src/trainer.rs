@@ -515,7 +515,14 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
         }
         observe(Event::Step(&metrics, total));
 
-        let interrupted = opts.interrupt.load(Ordering::SeqCst);
+        let mut interrupted = opts.interrupt.load(Ordering::SeqCst);
+        if let Some(d) = &dist {
+            // Ranks stop at the same step: one interrupted rank (Ctrl-C reaches them at different
+            // moments) interrupts all.
+            let mut any = [f32::from(u8::from(interrupted))];
+            d.comm.lock().unwrap_or_else(std::sync::PoisonError::into_inner).all_reduce_sum(&mut any)?;
+            interrupted = any[0] > 0.0;
+        }
         if (t.save_every > 0 && done % t.save_every == 0 && done < total) || (interrupted && done < total) {
             let state = CheckpointState {
                 step: done,

@@ -184,3 +184,69 @@ fn ranks_with_different_recipes_refuse_to_start() {
     }
     assert!(!out.join("metrics.jsonl").exists(), "no step was taken");
 }
+
+/// Interrupted on one rank, a 2-rank run stops on both at the same step with a checkpoint; resumed on
+/// 3 ranks, it ends with the uninterrupted single process's adapter byte for byte.
+#[test]
+fn an_interrupted_run_resumes_on_another_world_size() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use lora_train::distributed::DistributedRun;
+    use lora_train::trainer::{Event, RunOptions, prepare, run};
+    let d = temp_dir("dist-resume");
+    let single = d.join("single");
+    run(prepare(&tiny(&single)).unwrap(), &RunOptions::default(), &mut |_| {}).unwrap();
+    let out = d.join("run");
+    let handles: Vec<_> = ThreadComm::group(2, Duration::from_secs(60))
+        .into_iter()
+        .map(|comm| {
+            let recipe = tiny(&out);
+            std::thread::spawn(move || {
+                let rank = comm.rank();
+                let interrupt = Arc::new(AtomicBool::new(false));
+                let opts = RunOptions {
+                    distributed: Some(DistributedRun::new(comm, Reduce::Exact)),
+                    interrupt: interrupt.clone(),
+                    ..RunOptions::default()
+                };
+                // Rank 1 alone is interrupted, after its fifth step.
+                run(prepare(&recipe).unwrap(), &opts, &mut |e| {
+                    if let Event::Step(m, _) = e
+                        && rank == 1
+                        && m.step == 5
+                    {
+                        interrupt.store(true, Ordering::SeqCst);
+                    }
+                })
+                .unwrap_err()
+                .to_string()
+            })
+        })
+        .collect();
+    for h in handles {
+        let e = h.join().unwrap();
+        assert!(e.contains("step 5") || e.contains("resume"), "{e}");
+    }
+    let handles: Vec<_> = ThreadComm::group(3, Duration::from_secs(60))
+        .into_iter()
+        .map(|comm| {
+            let recipe = tiny(&out);
+            std::thread::spawn(move || {
+                let opts = RunOptions {
+                    distributed: Some(DistributedRun::new(comm, Reduce::Exact)),
+                    resume: true,
+                    ..RunOptions::default()
+                };
+                run(prepare(&recipe).unwrap(), &opts, &mut |_| {}).unwrap()
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(
+        std::fs::read(out.join("adapter_model.safetensors")).unwrap(),
+        std::fs::read(single.join("adapter_model.safetensors")).unwrap()
+    );
+}
