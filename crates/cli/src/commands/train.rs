@@ -208,103 +208,113 @@ pub fn run_cmd(a: Args) -> Result<()> {
     let method = recipe.method();
     let unit = data_unit(&recipe);
     let mut bar: Option<ProgressBar> = None;
-    let summary = run(prepared, &opts, &mut |e| match e {
-        Event::Start { train, validation, total_steps, first_step, trainable, targets } => {
-            eprintln!(
-                "data: {} {unit}, {} tokens, {} trained tokens, {} truncated, {} dropped, {} invalid skipped{}{}",
-                train.examples,
-                train.tokens,
-                train.trained_tokens,
-                train.truncated,
-                train.dropped,
-                train.skipped,
-                format!(
-                    "{}{}",
-                    turns_note(train, &turns),
-                    if train.packed_rows > 0 {
-                        format!(", packed into {} rows", train.packed_rows)
-                    } else {
-                        String::new()
-                    }
-                ),
-                validation.map(|v| format!("; validation: {} {unit}", v.examples)).unwrap_or_default()
-            );
-            eprintln!(
-                "adapters on {} modules ({trainable} trainable parameters): {}",
-                targets.len(),
-                summarize_targets(targets)
-            );
-            if first_step > 0 {
-                eprintln!("resuming at step {first_step} of {total_steps}");
-            }
-            if tty {
-                let pb = ProgressBar::new(total_steps);
-                pb.set_style(
-                    ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]")
-                        .expect("valid template"),
+    // Rank 0 of a data-parallel run speaks for it; the other ranks train quietly.
+    let quiet = opts.distributed.as_ref().is_some_and(|d| d.rank != 0);
+    let summary = run(prepared, &opts, &mut |e| {
+        if quiet {
+            return;
+        }
+        match e {
+            Event::Start { train, validation, total_steps, first_step, trainable, targets } => {
+                eprintln!(
+                    "data: {} {unit}, {} tokens, {} trained tokens, {} truncated, {} dropped, {} invalid skipped{}{}",
+                    train.examples,
+                    train.tokens,
+                    train.trained_tokens,
+                    train.truncated,
+                    train.dropped,
+                    train.skipped,
+                    format!(
+                        "{}{}",
+                        turns_note(train, &turns),
+                        if train.packed_rows > 0 {
+                            format!(", packed into {} rows", train.packed_rows)
+                        } else {
+                            String::new()
+                        }
+                    ),
+                    validation.map(|v| format!("; validation: {} {unit}", v.examples)).unwrap_or_default()
                 );
-                pb.set_position(first_step);
-                bar = Some(pb);
-            }
-        }
-        Event::Step(m, total) => {
-            let eval = m.eval_loss.map(|l| format!(" eval_loss {l:.4}")).unwrap_or_default();
-            // A preference run: the reward margin and how many pairs the policy ranks right.
-            let pref = m
-                .preference
-                .map(|p| {
-                    // KTO has a KL estimate where DPO has an accuracy; a step without both sides
-                    // of KTO's examples has no margin.
-                    let mut s = String::new();
-                    if p.rewards_margins.is_finite() {
-                        s += &format!(" margin {:.4}", p.rewards_margins);
-                    }
-                    if p.rewards_accuracies.is_finite() {
-                        s += &format!(" accuracy {:.2}", p.rewards_accuracies);
-                    }
-                    if p.kl.is_finite() {
-                        s += &format!(" kl {:.4}", p.kl);
-                    }
-                    s
-                })
-                .unwrap_or_default();
-            let line = format!(
-                "loss {:.4}{pref} lr {:.2e} grad_norm {:.3} {:.0} tok/s{eval}",
-                m.loss, m.lr, m.grad_norm, m.tokens_per_s
-            );
-            match &bar {
-                Some(pb) => {
-                    pb.set_message(line);
-                    pb.set_position(m.step);
+                eprintln!(
+                    "adapters on {} modules ({trainable} trainable parameters): {}",
+                    targets.len(),
+                    summarize_targets(targets)
+                );
+                if first_step > 0 {
+                    eprintln!("resuming at step {first_step} of {total_steps}");
                 }
-                None => eprintln!("step {}/{total} {line}", m.step),
+                if tty {
+                    let pb = ProgressBar::new(total_steps);
+                    pb.set_style(
+                        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]")
+                            .expect("valid template"),
+                    );
+                    pb.set_position(first_step);
+                    bar = Some(pb);
+                }
             }
-        }
-        Event::Checkpoint(p) => {
-            let msg = format!("checkpoint: {}", p.display());
-            match &bar {
-                Some(pb) => pb.println(msg),
-                None => eprintln!("{msg}"),
-            }
-        }
-        Event::Done(s) => {
-            if let Some(pb) = &bar {
-                pb.finish_and_clear();
-            }
-            eprintln!(
-                "done: {} steps, loss {:.4} -> {:.4}{}",
-                s.steps,
-                s.first_loss,
-                s.last_loss,
-                s.eval_loss
-                    .map(|l| match method {
-                        Method::Sft => format!(", validation loss {l:.4} (perplexity {:.3})", l.exp()),
-                        Method::Preference => format!(", validation loss {l:.4}"),
+            Event::Step(m, total) => {
+                let eval = m.eval_loss.map(|l| format!(" eval_loss {l:.4}")).unwrap_or_default();
+                // A preference run: the reward margin and how many pairs the policy ranks right.
+                let pref = m
+                    .preference
+                    .map(|p| {
+                        // KTO has a KL estimate where DPO has an accuracy; a step without both sides
+                        // of KTO's examples has no margin.
+                        let mut s = String::new();
+                        if p.rewards_margins.is_finite() {
+                            s += &format!(" margin {:.4}", p.rewards_margins);
+                        }
+                        if p.rewards_accuracies.is_finite() {
+                            s += &format!(" accuracy {:.2}", p.rewards_accuracies);
+                        }
+                        if p.kl.is_finite() {
+                            s += &format!(" kl {:.4}", p.kl);
+                        }
+                        s
                     })
-                    .unwrap_or_default()
-            );
+                    .unwrap_or_default();
+                let line = format!(
+                    "loss {:.4}{pref} lr {:.2e} grad_norm {:.3} {:.0} tok/s{eval}",
+                    m.loss, m.lr, m.grad_norm, m.tokens_per_s
+                );
+                match &bar {
+                    Some(pb) => {
+                        pb.set_message(line);
+                        pb.set_position(m.step);
+                    }
+                    None => eprintln!("step {}/{total} {line}", m.step),
+                }
+            }
+            Event::Checkpoint(p) => {
+                let msg = format!("checkpoint: {}", p.display());
+                match &bar {
+                    Some(pb) => pb.println(msg),
+                    None => eprintln!("{msg}"),
+                }
+            }
+            Event::Done(s) => {
+                if let Some(pb) = &bar {
+                    pb.finish_and_clear();
+                }
+                eprintln!(
+                    "done: {} steps, loss {:.4} -> {:.4}{}",
+                    s.steps,
+                    s.first_loss,
+                    s.last_loss,
+                    s.eval_loss
+                        .map(|l| match method {
+                            Method::Sft => format!(", validation loss {l:.4} (perplexity {:.3})", l.exp()),
+                            Method::Preference => format!(", validation loss {l:.4}"),
+                        })
+                        .unwrap_or_default()
+                );
+            }
         }
     })?;
+    if quiet {
+        return Ok(());
+    }
     if let (Some(repo), Some(hub)) = (&recipe.output.push_to_hub, &hub) {
         let mut opts = lora_hub::PublishOptions::new(repo.clone());
         opts.base_model = recipe.model.hub_id.clone();
