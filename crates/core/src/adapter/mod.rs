@@ -402,6 +402,11 @@ pub fn load_adapter_mapped(
             }
         })
         .collect::<Result<_>>()?;
+    // Token rows first: an adapter for a grown vocabulary grows the model before its factors (an
+    // untied head's among them) are checked against it.
+    if !token_rows.is_empty() {
+        tokens::attach_from_file(model, dir, &file, &token_rows, &cfg, trainable)?;
+    }
     experts::attach_from_file(model, &file, &mut modules, &cfg, weight, trainable)?;
     let device = model.device();
     let paths: Vec<String> = model.linear_modules().into_iter().map(|(p, _)| p).collect();
@@ -461,9 +466,6 @@ pub fn load_adapter_mapped(
     }
     if let Some(m) = magnitudes.keys().next() {
         return Err(CoreError::safetensors(path, format!("magnitude vector '{m}' has no lora_A / lora_B")));
-    }
-    if !token_rows.is_empty() {
-        tokens::attach_from_file(model, dir, &file, &token_rows, &cfg, trainable)?;
     }
     Ok((cfg, relayout))
 }

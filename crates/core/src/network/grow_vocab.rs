@@ -27,46 +27,52 @@ impl CausalLm {
     /// Takes the vocabulary tables a PEFT adapter saved with its added tokens
     /// (`save_embedding_layers`: `…token_adapter.base_layer.weight`, the resized tables whole):
     /// `embed` ([vocab, hidden], at least the base's rows) becomes the embedding, `head` an untied
-    /// head (grown by the mean when absent); a tied head is the embedding.
+    /// head (grown by the mean when absent); a tied head is the embedding. Every refusal comes
+    /// before anything changes.
     pub fn take_vocab_tables(&mut self, embed: Tensor<2>, head: Option<Tensor<2>>) -> Result<()> {
         let [vocab, hidden] = embed.dims();
-        if vocab < self.config.vocab_size || hidden != self.config.hidden_size {
+        let old = self.config.vocab_size;
+        if vocab < old || hidden != self.config.hidden_size {
             return Err(CoreError::Invalid(format!(
-                "a saved embedding of {vocab} x {hidden} for a model of {} x {}",
-                self.config.vocab_size, self.config.hidden_size
+                "a saved embedding of {vocab} x {hidden} for a model of {old} x {}",
+                self.config.hidden_size
             )));
         }
-        let dtype = self.model.embed_tokens.weight.val().dtype();
-        let dtype = if self.model.embed_tokens.in_file.is_some() { DType::F32 } else { dtype };
+        let head = if self.config.tie_word_embeddings {
+            None
+        } else {
+            if !self.lm_head.lora.is_empty() {
+                return Err(CoreError::Invalid(
+                    "an adapter on lm_head and a vocabulary to grow: grow it before attaching the adapter".into(),
+                ));
+            }
+            let BaseWeight::Dense(w) = &self.lm_head.weight else {
+                return Err(CoreError::Invalid("the head is not held dense: its vocabulary cannot grow".into()));
+            };
+            Some(match head {
+                Some(h) if h.dims() == [vocab, hidden] => h.cast(w.dtype()),
+                Some(h) => {
+                    return Err(CoreError::Invalid(format!(
+                        "a saved head of {:?} beside an embedding of {vocab} x {hidden}",
+                        h.dims()
+                    )));
+                }
+                None => grown(w.clone(), vocab - old),
+            })
+        };
+        // A table that was read from its file is held in memory now, in f32.
+        let dtype = match self.model.embed_tokens.in_file {
+            Some(_) => DType::F32,
+            None => self.model.embed_tokens.weight.val().dtype(),
+        };
         let tokens = self.model.embed_tokens.tokens.take();
         self.model.embed_tokens = Embedding::resident(embed.cast(dtype));
         self.model.embed_tokens.tokens = tokens;
-        let old = self.config.vocab_size;
-        self.config.vocab_size = vocab;
-        if self.config.tie_word_embeddings {
-            self.lm_head.weight = BaseWeight::Dense(self.model.embed_tokens.weight.val());
-            return Ok(());
+        match head {
+            None => self.lm_head.weight = BaseWeight::Dense(self.model.embed_tokens.weight.val()),
+            Some(h) => self.lm_head = Linear { compute: self.lm_head.compute, ..Linear::from_weight(h) },
         }
-        let head = match head {
-            Some(h) if h.dims() == [vocab, hidden] => h,
-            Some(h) => {
-                return Err(CoreError::Invalid(format!(
-                    "a saved head of {:?} beside an embedding of {vocab} x {hidden}",
-                    h.dims()
-                )));
-            }
-            None => {
-                let BaseWeight::Dense(w) = &self.lm_head.weight else {
-                    return Err(CoreError::Invalid("the head is not held dense: its vocabulary cannot grow".into()));
-                };
-                grown(w.clone(), vocab - old)
-            }
-        };
-        let head_dtype = match &self.lm_head.weight {
-            BaseWeight::Dense(w) => w.dtype(),
-            _ => DType::F32,
-        };
-        self.lm_head = Linear { compute: self.lm_head.compute, ..Linear::from_weight(head.cast(head_dtype)) };
+        self.config.vocab_size = vocab;
         Ok(())
     }
 
@@ -76,32 +82,11 @@ impl CausalLm {
         if vocab <= old {
             return Ok(());
         }
-        let extra = vocab - old;
-        let device = self.device();
-        let embed = &mut self.model.embed_tokens;
-        // A table read from its file is taken into memory to grow.
+        let embed = &self.model.embed_tokens;
         let table = match &embed.in_file {
-            Some(rows) => rows.gather(&(0..old).collect::<Vec<_>>(), &device)?,
+            Some(rows) => rows.gather(&(0..old).collect::<Vec<_>>(), &self.device())?,
             None => embed.weight.val(),
         };
-        let tokens = embed.tokens.take();
-        *embed = Embedding::resident(grown(table, extra));
-        embed.tokens = tokens;
-        if self.config.tie_word_embeddings {
-            self.lm_head.weight = BaseWeight::Dense(embed.weight.val());
-        } else {
-            let BaseWeight::Dense(w) = &self.lm_head.weight else {
-                return Err(CoreError::Invalid("the head is not held dense: its vocabulary cannot grow".into()));
-            };
-            let lora = std::mem::take(&mut self.lm_head.lora);
-            if !lora.is_empty() {
-                return Err(CoreError::Invalid(
-                    "an adapter on lm_head and added tokens: add the tokens before attaching it".into(),
-                ));
-            }
-            self.lm_head = Linear { compute: self.lm_head.compute, ..Linear::from_weight(grown(w.clone(), extra)) };
-        }
-        self.config.vocab_size = vocab;
-        Ok(())
+        self.take_vocab_tables(grown(table, vocab - old), None)
     }
 }

@@ -134,11 +134,7 @@ impl Linear {
                 // DoRA without dropout: g ⊙ (W·x + s·B·A·x) is the fused layer's output scaled per row.
                 (Some(dora), None) => {
                     let g = dora.scale(&self.weight, &adapter.lora_a, &adapter.lora_b, adapter.scaling);
-                    let y = self.rows(x, |x| fused(x, None)) * g.unsqueeze::<D>();
-                    return match &self.bias {
-                        Some(b) => y + b.val().unsqueeze(),
-                        None => y,
-                    };
+                    return self.plus_bias(self.rows(x, |x| fused(x, None)) * g.unsqueeze::<D>());
                 }
                 (Some(_), Some(_)) => {}
             }
@@ -181,10 +177,7 @@ impl Linear {
                 wx + wx_dropped * (g.clone() - 1.0) + a.product(dropped) * g
             }
         };
-        match &self.bias {
-            Some(b) => y + b.val().unsqueeze(),
-            None => y,
-        }
+        self.plus_bias(y)
     }
 
     /// x·Wᵀ through the frozen matmul.
@@ -209,7 +202,11 @@ impl Linear {
     /// `product` of the rows of x (`[rows, in]` → `[rows, out]`), back in x's leading shape, plus the
     /// bias.
     fn on_rows<const D: usize>(&self, x: Tensor<D>, product: impl FnOnce(Tensor<2>) -> Tensor<2>) -> Tensor<D> {
-        let y = self.rows(x, product);
+        self.plus_bias(self.rows(x, product))
+    }
+
+    /// y plus the bias, when the layer has one.
+    fn plus_bias<const D: usize>(&self, y: Tensor<D>) -> Tensor<D> {
         match &self.bias {
             Some(b) => y + b.val().unsqueeze(),
             None => y,
