@@ -364,16 +364,16 @@ fn data_unit(recipe: &Recipe) -> &'static str {
 
 /// This process's rank of a data-parallel run when an MPI launcher started it (`mpirun -np N lora
 /// train`), with the recipe's reduction; none for a single process.
+#[cfg_attr(not(feature = "mpi"), allow(unused_variables))] // the recipe's reduction is MPI's to use
 fn distributed_run(recipe: &lora_train::Recipe) -> Result<Option<lora_train::distributed::DistributedRun>> {
-    let reduce = if recipe.train.grad_reduce == "fast" {
-        lora_train::distributed::Reduce::Fast
-    } else {
-        lora_train::distributed::Reduce::Exact
-    };
-    let _ = reduce;
     #[cfg(feature = "mpi")]
     if lora_train::distributed::mpi_comm::launched_by_mpi() {
         use lora_train::distributed::Communicator as _;
+        let reduce = if recipe.train.grad_reduce == "fast" {
+            lora_train::distributed::Reduce::Fast
+        } else {
+            lora_train::distributed::Reduce::Exact
+        };
         let timeout = std::time::Duration::from_secs(recipe.train.distributed_timeout.unwrap_or(600));
         let comm = lora_train::distributed::mpi_comm::MpiComm::init(timeout).map_err(anyhow::Error::msg)?;
         if comm.world() > 1 {

@@ -65,6 +65,9 @@ pub struct Adapter {
     /// Vocabulary tables PEFT saved whole beside the rows when the vocabulary grew
     /// (`<module>.token_adapter.base_layer.weight`), by the base tensor they stand for.
     pub tables: BTreeMap<String, TensorInfo>,
+    /// The vocabulary size of the `tokenizer.json` the folder carries, read once (see
+    /// [`Adapter::tokenizer_size`]).
+    tokenizer_size: Option<usize>,
 }
 
 /// An adapter's trained token rows.
@@ -212,7 +215,8 @@ impl Adapter {
         if let Some(module) = magnitudes.keys().next() {
             return Err(MergeError::safetensors(&weights, format!("'{module}' has a magnitude vector but no lora_A")));
         }
-        Ok(Self { dir, config, file, modules, replacements, experts, token_rows, tables })
+        let tokenizer_size = read_tokenizer_size(&dir);
+        Ok(Self { dir, config, file, modules, replacements, experts, token_rows, tables, tokenizer_size })
     }
 
     /// The adapter folder.
@@ -223,11 +227,7 @@ impl Adapter {
     /// The size of the vocabulary of the `tokenizer.json` the folder carries (an adapter trained with
     /// added special tokens), if it has one: one more than its largest id.
     pub fn tokenizer_size(&self) -> Option<usize> {
-        let text = std::fs::read(self.dir.join("tokenizer.json")).ok()?;
-        let json: serde_json::Value = serde_json::from_slice(&text).ok()?;
-        let added = json["added_tokens"].as_array().into_iter().flatten().filter_map(|t| t["id"].as_u64());
-        let vocab = json["model"]["vocab"].as_object().into_iter().flatten().filter_map(|(_, id)| id.as_u64());
-        added.chain(vocab).max().map(|m| m as usize + 1)
+        self.tokenizer_size
     }
 
     /// The weights file.
@@ -299,4 +299,13 @@ impl Adapter {
     pub fn dtype(&self) -> Option<DType> {
         self.modules.values().next().map(|m| m.a.dtype)
     }
+}
+
+/// One more than the largest id of the `tokenizer.json` in `dir`, if it has a readable one.
+fn read_tokenizer_size(dir: &Path) -> Option<usize> {
+    let text = std::fs::read(dir.join("tokenizer.json")).ok()?;
+    let json: serde_json::Value = serde_json::from_slice(&text).ok()?;
+    let added = json["added_tokens"].as_array().into_iter().flatten().filter_map(|t| t["id"].as_u64());
+    let vocab = json["model"]["vocab"].as_object().into_iter().flatten().filter_map(|(_, id)| id.as_u64());
+    added.chain(vocab).max().map(|m| m as usize + 1)
 }
