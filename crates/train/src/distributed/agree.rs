@@ -35,22 +35,16 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::distributed::thread_comm::ThreadComm;
+    use crate::distributed::thread_comm::{ThreadComm, on_ranks};
 
     #[test]
     fn a_rank_with_other_inputs_is_named_on_every_rank() {
         for (digests, want) in [(["ab12", "ab12", "ab12"], None), (["ab12", "ab12", "cd34"], Some(2))] {
-            let handles: Vec<_> = ThreadComm::group(3, Duration::from_secs(10))
-                .into_iter()
-                .zip(digests)
-                .map(|(mut c, d)| {
-                    let d = format!("{d:0<64}");
-                    std::thread::spawn(move || first_differing(&mut c, &d).unwrap())
-                })
-                .collect();
-            for h in handles {
-                assert_eq!(h.join().unwrap(), want);
-            }
+            let got = on_ranks(ThreadComm::group(3, Duration::from_secs(10)), move |mut c| {
+                let d = format!("{:0<64}", digests[c.rank()]);
+                first_differing(&mut c, &d).unwrap()
+            });
+            assert!(got.iter().all(|g| *g == want), "{got:?}");
         }
     }
 }

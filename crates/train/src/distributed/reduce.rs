@@ -141,7 +141,7 @@ mod tests {
 
     use super::*;
     use crate::distributed::plan::block;
-    use crate::distributed::thread_comm::ThreadComm;
+    use crate::distributed::thread_comm::{ThreadComm, on_ranks};
 
     /// A step's contributions: `micro` micro-batches, each 1 to 3 contributions to some of 3 slots.
     fn step(micro: usize, sizes: &[usize]) -> Vec<Vec<(usize, Vec<f32>)>> {
@@ -182,23 +182,17 @@ mod tests {
                 add_into(&mut single[*slot], v);
             }
         }
-        let comms = ThreadComm::group(world, Duration::from_secs(10));
-        let handles: Vec<_> = comms
-            .into_iter()
-            .map(|mut comm| {
-                let (all, sizes) = (all.clone(), sizes.to_vec());
-                std::thread::spawn(move || {
-                    let mut own = Contributions::new(sizes.len());
-                    for mb in &all[block(micro, world, comm.rank())] {
-                        for (slot, v) in mb {
-                            own.push(*slot, v.clone());
-                        }
-                    }
-                    reduce(&mut comm, &own, &sizes).unwrap()
-                })
-            })
-            .collect();
-        (handles.into_iter().map(|h| h.join().unwrap()).collect(), single)
+        let sizes = sizes.to_vec();
+        let ranks = on_ranks(ThreadComm::group(world, Duration::from_secs(10)), move |mut comm| {
+            let mut own = Contributions::new(sizes.len());
+            for mb in &all[block(micro, world, comm.rank())] {
+                for (slot, v) in mb {
+                    own.push(*slot, v.clone());
+                }
+            }
+            reduce(&mut comm, &own, &sizes).unwrap()
+        });
+        (ranks, single)
     }
 
     fn bits(v: &[Option<Vec<f32>>]) -> Vec<Option<Vec<u32>>> {
@@ -241,18 +235,12 @@ mod tests {
     fn a_dead_rank_is_an_error_on_the_others() {
         let mut comms = ThreadComm::group(3, Duration::from_millis(300));
         drop(comms.remove(1));
-        let handles: Vec<_> = comms
-            .into_iter()
-            .map(|mut comm| {
-                std::thread::spawn(move || {
-                    let t = std::time::Instant::now();
-                    let r = exact(&mut comm, &Contributions::new(1), &[4]);
-                    (r.map(|_| ()), t.elapsed())
-                })
-            })
-            .collect();
-        for h in handles {
-            let (r, took) = h.join().unwrap();
+        let results = on_ranks(comms, |mut comm| {
+            let t = std::time::Instant::now();
+            let r = exact(&mut comm, &Contributions::new(1), &[4]);
+            (r.map(|_| ()), t.elapsed())
+        });
+        for (r, took) in results {
             let e = r.unwrap_err();
             assert!(matches!(e, CommError::PeerGone { .. } | CommError::Timeout { .. }), "{e}");
             assert!(took < Duration::from_secs(5), "took {took:?}");

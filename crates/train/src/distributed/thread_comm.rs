@@ -36,6 +36,23 @@ impl ThreadComm {
     }
 }
 
+/// Runs `job` on a thread per communicator of `comms`; the results in their order (rank order for a
+/// whole group).
+pub fn on_ranks<T: Send + 'static>(
+    comms: Vec<ThreadComm>,
+    job: impl Fn(ThreadComm) -> T + Send + Sync + 'static,
+) -> Vec<T> {
+    let job = std::sync::Arc::new(job);
+    let handles: Vec<_> = comms
+        .into_iter()
+        .map(|comm| {
+            let job = job.clone();
+            std::thread::spawn(move || job(comm))
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().expect("a rank panicked")).collect()
+}
+
 impl Communicator for ThreadComm {
     fn rank(&self) -> usize {
         self.rank

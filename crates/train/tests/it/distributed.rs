@@ -8,16 +8,34 @@ use lora_core::adapter::load_adapter;
 use lora_core::default_device;
 use lora_core::kernels::host::to_f32_vec;
 use lora_core::network::model::{CausalLm, TokenBatch};
-use lora_train::distributed::Communicator;
 use lora_train::distributed::step::{Reduce, train_step_on_rank};
-use lora_train::distributed::thread_comm::ThreadComm;
+use lora_train::distributed::thread_comm::{self, ThreadComm};
+use lora_train::distributed::{Communicator, DistributedRun};
 use lora_train::optimizer::{AdamW, AdamWConfig};
+use lora_train::recipe::Recipe;
 use lora_train::step::{StepOptions, train_step};
 use lora_train::trainable::{adapter_tensors, set_training};
+use lora_train::trainer::{Event, RunOptions, RunSummary, prepare, run};
 
 use crate::common::*;
 
 type Batches = Vec<(TokenBatch, Vec<Vec<Option<u32>>>)>;
+
+/// Runs `job` on `world` thread-ranks, each with its communicator; the results in rank order.
+fn on_ranks<T: Send + 'static>(world: usize, job: impl Fn(ThreadComm) -> T + Send + Sync + 'static) -> Vec<T> {
+    thread_comm::on_ranks(ThreadComm::group(world, Duration::from_secs(60)), job)
+}
+
+/// `lora train`'s loop of `recipe` on one rank (exact reduction), with `opts` otherwise.
+fn run_rank(
+    comm: ThreadComm,
+    recipe: &Recipe,
+    opts: RunOptions,
+    observe: &mut dyn FnMut(Event<'_>),
+) -> Result<RunSummary, lora_train::TrainError> {
+    let opts = RunOptions { distributed: Some(DistributedRun::new(comm, Reduce::Exact)), ..opts };
+    run(prepare(recipe).unwrap(), &opts, observe)
+}
 
 /// The tiny Llama with PEFT's step-0 adapter, trainable, with dropout on (its masks come from each
 /// micro-batch's global seed).
@@ -71,21 +89,15 @@ fn single(micro: usize) -> Vec<Vec<u32>> {
 }
 
 fn ranks(world: usize, micro: usize, reduce: Reduce) -> Vec<Vec<Vec<u32>>> {
-    let handles: Vec<_> = ThreadComm::group(world, Duration::from_secs(60))
-        .into_iter()
-        .map(|mut comm| {
-            std::thread::spawn(move || {
-                let (b, tokens) = batches(micro);
-                let mut m = model();
-                let mut opt = AdamW::new(AdamWConfig::default(), &adapter_tensors(&m));
-                for _ in 0..STEPS {
-                    train_step_on_rank(&mut m, &mut opt, &b, tokens, 1e-3, OPTIONS, seed, &mut comm, reduce).unwrap();
-                }
-                adapter(&m)
-            })
-        })
-        .collect();
-    handles.into_iter().map(|h| h.join().unwrap()).collect()
+    on_ranks(world, move |mut comm| {
+        let (b, tokens) = batches(micro);
+        let mut m = model();
+        let mut opt = AdamW::new(AdamWConfig::default(), &adapter_tensors(&m));
+        for _ in 0..STEPS {
+            train_step_on_rank(&mut m, &mut opt, &b, tokens, 1e-3, OPTIONS, seed, &mut comm, reduce).unwrap();
+        }
+        adapter(&m)
+    })
 }
 
 #[test]
@@ -110,10 +122,10 @@ fn fast_reduction_is_replicated_and_within_tolerance() {
 
 /// The tiny recipe (2 micro-batches a step, a checkpoint every 4 steps, validation at 6 and 12) into
 /// `out`.
-fn tiny(out: &std::path::Path) -> lora_train::recipe::Recipe {
+fn tiny(out: &std::path::Path) -> Recipe {
     let set = [format!("output.dir=\"{}\"", out.display()), "train.save_every=4".to_string()];
     let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../recipes/tiny.toml");
-    lora_train::recipe::Recipe::load(&path, &set).unwrap()
+    Recipe::load(&path, &set).unwrap()
 }
 
 /// Whole runs: every rank runs `lora train`'s loop, rank 0 alone writes the folder; in `exact` mode
@@ -121,28 +133,15 @@ fn tiny(out: &std::path::Path) -> lora_train::recipe::Recipe {
 /// micro-batches).
 #[test]
 fn exact_runs_write_the_single_process_adapter() {
-    use lora_train::distributed::DistributedRun;
-    use lora_train::trainer::{RunOptions, prepare, run};
     let d = temp_dir("dist-run");
     let single = d.join("single");
     run(prepare(&tiny(&single)).unwrap(), &RunOptions::default(), &mut |_| {}).unwrap();
     let want = std::fs::read(single.join("adapter_model.safetensors")).unwrap();
     for world in [2, 3] {
         let out = d.join(format!("world{world}"));
-        let handles: Vec<_> = ThreadComm::group(world, Duration::from_secs(120))
-            .into_iter()
-            .map(|comm| {
-                let recipe = tiny(&out);
-                std::thread::spawn(move || {
-                    let opts = RunOptions {
-                        distributed: Some(DistributedRun::new(comm, Reduce::Exact)),
-                        ..RunOptions::default()
-                    };
-                    run(prepare(&recipe).unwrap(), &opts, &mut |_| {}).unwrap()
-                })
-            })
-            .collect();
-        let summaries: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let recipe = tiny(&out);
+        let summaries =
+            on_ranks(world, move |comm| run_rank(comm, &recipe, RunOptions::default(), &mut |_| {}).unwrap());
         assert_eq!(std::fs::read(out.join("adapter_model.safetensors")).unwrap(), want, "world {world}");
         assert!(summaries.iter().all(|s| s.adapter_sha256 == summaries[0].adapter_sha256));
         let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
@@ -160,26 +159,17 @@ fn exact_runs_write_the_single_process_adapter() {
 /// Ranks that would run different recipes (here a seed) stop before any step, with the same error.
 #[test]
 fn ranks_with_different_recipes_refuse_to_start() {
-    use lora_train::distributed::DistributedRun;
-    use lora_train::trainer::{RunOptions, prepare, run};
     let d = temp_dir("dist-differ");
     let out = d.join("run");
-    let handles: Vec<_> = ThreadComm::group(2, Duration::from_secs(60))
-        .into_iter()
-        .map(|comm| {
-            let mut recipe = tiny(&out);
-            if comm.rank() == 1 {
-                recipe.train.seed = 8;
-            }
-            std::thread::spawn(move || {
-                let opts =
-                    RunOptions { distributed: Some(DistributedRun::new(comm, Reduce::Exact)), ..RunOptions::default() };
-                run(prepare(&recipe).unwrap(), &opts, &mut |_| {}).unwrap_err().to_string()
-            })
-        })
-        .collect();
-    for h in handles {
-        let e = h.join().unwrap();
+    let recipe = tiny(&out);
+    let errors = on_ranks(2, move |comm| {
+        let mut recipe = recipe.clone();
+        if comm.rank() == 1 {
+            recipe.train.seed = 8;
+        }
+        run_rank(comm, &recipe, RunOptions::default(), &mut |_| {}).unwrap_err().to_string()
+    });
+    for e in errors {
         assert!(e.contains("rank 1 runs another recipe or other data"), "{e}");
     }
     assert!(!out.join("metrics.jsonl").exists(), "no step was taken");
@@ -192,59 +182,34 @@ fn an_interrupted_run_resumes_on_another_world_size() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    use lora_train::distributed::DistributedRun;
-    use lora_train::trainer::{Event, RunOptions, prepare, run};
     let d = temp_dir("dist-resume");
     let single = d.join("single");
     run(prepare(&tiny(&single)).unwrap(), &RunOptions::default(), &mut |_| {}).unwrap();
     let out = d.join("run");
-    let handles: Vec<_> = ThreadComm::group(2, Duration::from_secs(60))
-        .into_iter()
-        .map(|comm| {
-            let recipe = tiny(&out);
-            std::thread::spawn(move || {
-                let rank = comm.rank();
-                let interrupt = Arc::new(AtomicBool::new(false));
-                let opts = RunOptions {
-                    distributed: Some(DistributedRun::new(comm, Reduce::Exact)),
-                    interrupt: interrupt.clone(),
-                    ..RunOptions::default()
-                };
-                // Rank 1 alone is interrupted, after its fifth step.
-                run(prepare(&recipe).unwrap(), &opts, &mut |e| {
-                    if let Event::Step(m, _) = e
-                        && rank == 1
-                        && m.step == 5
-                    {
-                        interrupt.store(true, Ordering::SeqCst);
-                    }
-                })
-                .unwrap_err()
-                .to_string()
-            })
+    let recipe = tiny(&out);
+    let errors = on_ranks(2, move |comm| {
+        let rank = comm.rank();
+        let interrupt = Arc::new(AtomicBool::new(false));
+        let opts = RunOptions { interrupt: interrupt.clone(), ..RunOptions::default() };
+        // Rank 1 alone is interrupted, after its fifth step.
+        run_rank(comm, &recipe, opts, &mut |e| {
+            if let Event::Step(m, _) = e
+                && rank == 1
+                && m.step == 5
+            {
+                interrupt.store(true, Ordering::SeqCst);
+            }
         })
-        .collect();
-    for h in handles {
-        let e = h.join().unwrap();
+        .unwrap_err()
+        .to_string()
+    });
+    for e in errors {
         assert!(e.contains("step 5") || e.contains("resume"), "{e}");
     }
-    let handles: Vec<_> = ThreadComm::group(3, Duration::from_secs(60))
-        .into_iter()
-        .map(|comm| {
-            let recipe = tiny(&out);
-            std::thread::spawn(move || {
-                let opts = RunOptions {
-                    distributed: Some(DistributedRun::new(comm, Reduce::Exact)),
-                    resume: true,
-                    ..RunOptions::default()
-                };
-                run(prepare(&recipe).unwrap(), &opts, &mut |_| {}).unwrap()
-            })
-        })
-        .collect();
-    for h in handles {
-        h.join().unwrap();
-    }
+    let recipe = tiny(&out);
+    on_ranks(3, move |comm| {
+        run_rank(comm, &recipe, RunOptions { resume: true, ..RunOptions::default() }, &mut |_| {}).unwrap();
+    });
     assert_eq!(
         std::fs::read(out.join("adapter_model.safetensors")).unwrap(),
         std::fs::read(single.join("adapter_model.safetensors")).unwrap()
