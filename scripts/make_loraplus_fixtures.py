@@ -17,14 +17,12 @@ Needs: torch, transformers 5.x, peft 0.21, safetensors.
 import json
 import os
 import shutil
-import sys
 
-import peft
 import safetensors.torch
 import torch
-import transformers
 from peft import PeftModel
 from peft.optimizers import create_loraplus_optimizer
+from peft_replay import optimizer_steps, save_adapter, write_provenance
 from transformers import AutoModelForCausalLM
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
@@ -42,28 +40,12 @@ def main():
     ids, labels = golden["input_ids"], golden["labels"]
     opt = create_loraplus_optimizer(model, torch.optim.AdamW, lr=LR, loraplus_lr_ratio=RATIO,
                                     loraplus_weight_decay=WEIGHT_DECAY, betas=(0.9, 0.999), eps=1e-8)
-    model.train()
-    losses = []
-    for _ in range(STEPS):
-        opt.zero_grad()
-        loss = model(ids, labels=labels).loss
-        loss.backward()
-        opt.step()
-        losses.append(float(loss))
-    model.eval()
-    d = os.path.join(OUT, "adapter-trained")
-    model.save_pretrained(d)
-    os.remove(os.path.join(d, "README.md"))
-    cfg_path = os.path.join(d, "adapter_config.json")
-    cfg = json.load(open(cfg_path))
-    cfg["base_model_name_or_path"] = "tests/fixtures/models/llama"
-    json.dump(cfg, open(cfg_path, "w"), indent=2, sort_keys=True)
+    losses = optimizer_steps(model, ids, labels, STEPS, opt)
+    save_adapter(model, os.path.join(OUT, "adapter-trained"), "tests/fixtures/models/llama")
     meta = {"replay": {"steps": STEPS, "lr": LR, "loraplus_lr_ratio": RATIO, "weight_decay": WEIGHT_DECAY,
                        "betas": [0.9, 0.999], "eps": 1e-8, "losses": losses}}
     json.dump(meta, open(os.path.join(OUT, "golden.json"), "w"), indent=2)
-    prov = {"script": "scripts/make_loraplus_fixtures.py", "python": sys.version.split()[0],
-            "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
-    json.dump(prov, open(os.path.join(OUT, "provenance.json"), "w"), indent=2)
+    write_provenance(OUT, "scripts/make_loraplus_fixtures.py")
     print(losses[0], losses[-1])
 
 

@@ -27,6 +27,11 @@ def adamw_steps(model, ids, labels, steps, lr, weight_decay):
     """`steps` of torch's AdamW (betas (0.9, 0.999), eps 1e-8) on every trainable parameter; the losses."""
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
                             weight_decay=weight_decay, betas=(0.9, 0.999), eps=1e-8)
+    return optimizer_steps(model, ids, labels, steps, opt)
+
+
+def optimizer_steps(model, ids, labels, steps, opt):
+    """`steps` of `opt` on the batch's next-token loss, the model in training mode; the losses."""
     model.train()
     losses = []
     for _ in range(steps):
