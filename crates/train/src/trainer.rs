@@ -367,8 +367,12 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
     }
     if let Some(d) = &dist {
         // Every rank runs the same recipe on the same examples, or none starts.
-        let ids: Vec<u8> = p.train.iter().flat_map(|e| e.ids.iter().flat_map(|i| i.to_le_bytes())).collect();
-        let digest = sha256_bytes(&[recipe_text.as_bytes(), &ids].concat());
+        // The recipe's text, then every training id (little-endian), streamed: no copy of the data.
+        let mut hasher = <sha2::Sha256 as sha2::Digest>::new_with_prefix(recipe_text.as_bytes());
+        for id in p.train.iter().flat_map(|e| &e.ids) {
+            sha2::Digest::update(&mut hasher, id.to_le_bytes());
+        }
+        let digest = format!("{:x}", sha2::Digest::finalize(hasher));
         let mut comm = d.comm.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(r) = crate::distributed::agree::first_differing(&mut *comm, &digest)? {
             return Err(TrainError::Recipe(format!(
