@@ -49,8 +49,15 @@ pub enum TrainError {
     #[error("{0}")]
     Verify(String),
     /// A collective of distributed training failed (a rank died, timed out or disagreed).
+    /// (Not `#[from]`: that would make it the source too, and error chains would say it twice.)
     #[error("distributed training: {0}")]
-    Distributed(#[from] crate::distributed::CommError),
+    Distributed(crate::distributed::CommError),
+}
+
+impl From<crate::distributed::CommError> for TrainError {
+    fn from(e: crate::distributed::CommError) -> Self {
+        Self::Distributed(e)
+    }
 }
 
 /// Result alias of lora-train.

@@ -154,8 +154,14 @@ impl Prepared {
 /// Loads the model and data of a recipe and attaches the adapters: every error a recipe can cause
 /// surfaces here, before a run folder exists.
 pub fn prepare(recipe: &Recipe) -> Result<Prepared> {
+    prepare_on(recipe, 0)
+}
+
+/// [`prepare`] on GPU `gpu` of this machine (a data-parallel rank's local rank) when the recipe's
+/// device is `cuda`.
+pub fn prepare_on(recipe: &Recipe, gpu: usize) -> Result<Prepared> {
     let backend: Backend = recipe.train.device.parse()?;
-    let device = backend.device()?;
+    let device = backend.device_at(gpu)?;
     // Config and tokenizer first: bad data is reported before the weights are read.
     let base = &recipe.model.base;
     let (_config, tokenizer) = if base.is_file() {

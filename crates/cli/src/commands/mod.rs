@@ -6,6 +6,7 @@ pub mod export;
 pub mod extract;
 pub mod generate;
 pub mod inspect;
+pub mod launch;
 pub mod merge;
 pub mod merge_adapters;
 pub mod publish;

@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lora_train::Recipe;
 use lora_train::preference::PreferenceExamples;
 use lora_train::recipe::Method;
-use lora_train::trainer::{Event, RunOptions, prepare, run};
+use lora_train::trainer::{Event, RunOptions, prepare_on, run};
 
 /// Fine-tune a LoRA adapter from a TOML recipe; writes a PEFT adapter and a reproducible run folder.
 #[derive(clap::Args, Debug)]
@@ -91,28 +91,34 @@ pub fn run_cmd(a: Args) -> Result<()> {
             gb(p.total())
         );
     }
-    let prepared = prepare(&recipe)?;
+    // The ranks meet before the model loads: a rank's GPU is its local rank.
+    let started = if a.dry_run { None } else { distributed_run(&recipe)? };
+    let quiet = started.as_ref().is_some_and(|s| s.run.rank != 0);
+    let prepared = prepare_on(&recipe, started.as_ref().map_or(0, |s| s.gpu))?;
     let trainable = lora_train::trainable::trainable_parameters(&prepared.model);
-    for w in lora_train::preview::warnings(
-        &prepared.train,
-        &prepared.tokenizer.eos_token_ids,
-        prepared.tokenizer.pad_token_id,
-        &prepared.targets,
-        &prepared.model.linear_modules().into_iter().map(|(path, _)| path).collect::<Vec<_>>(),
-        recipe.lora.layers.is_some(),
-    ) {
-        eprintln!("warning: {w}");
-    }
-    for w in [&prepared.frozen_experts, &prepared.no_aux_loss].into_iter().flatten() {
-        eprintln!("warning: {w}");
-    }
-    if let Some(w) = &prepared.template_differs {
-        eprintln!("warning: {w}");
-    }
-    for w in &prepared.train_summary.untrained_warnings {
-        eprintln!(
-            "warning: {w}; raise max_seq_len or choose [data] turns (untrained_turns = \"error\" makes this an error)"
-        );
+    // The other ranks would repeat rank 0's warnings word for word.
+    if !quiet {
+        for w in lora_train::preview::warnings(
+            &prepared.train,
+            &prepared.tokenizer.eos_token_ids,
+            prepared.tokenizer.pad_token_id,
+            &prepared.targets,
+            &prepared.model.linear_modules().into_iter().map(|(path, _)| path).collect::<Vec<_>>(),
+            recipe.lora.layers.is_some(),
+        ) {
+            eprintln!("warning: {w}");
+        }
+        for w in [&prepared.frozen_experts, &prepared.no_aux_loss].into_iter().flatten() {
+            eprintln!("warning: {w}");
+        }
+        if let Some(w) = &prepared.template_differs {
+            eprintln!("warning: {w}");
+        }
+        for w in &prepared.train_summary.untrained_warnings {
+            eprintln!(
+                "warning: {w}; raise max_seq_len or choose [data] turns (untrained_turns = \"error\" makes this an error)"
+            );
+        }
     }
     if a.dry_run {
         print!("{}", recipe.to_toml());
@@ -201,7 +207,7 @@ pub fn run_cmd(a: Args) -> Result<()> {
         // loses that convenience.
         let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
     }
-    let distributed = distributed_run(&recipe)?;
+    let distributed = started.map(|s| s.run);
     let opts = RunOptions { resume: a.resume, force: a.force, interrupt, threads: None, distributed };
     let turns = recipe.data.turns.clone();
     let tty = std::io::stderr().is_terminal();
@@ -209,7 +215,6 @@ pub fn run_cmd(a: Args) -> Result<()> {
     let unit = data_unit(&recipe);
     let mut bar: Option<ProgressBar> = None;
     // Rank 0 of a data-parallel run speaks for it; the other ranks train quietly.
-    let quiet = opts.distributed.as_ref().is_some_and(|d| d.rank != 0);
     let summary = run(prepared, &opts, &mut |e| {
         if quiet {
             return;
@@ -362,33 +367,28 @@ fn data_unit(recipe: &Recipe) -> &'static str {
     }
 }
 
-/// This process's rank of a data-parallel run when an MPI launcher started it (`mpirun -np N lora
-/// train`), with the recipe's reduction; none for a single process.
-#[cfg_attr(not(feature = "mpi"), allow(unused_variables))] // the recipe's reduction is MPI's to use
-fn distributed_run(recipe: &lora_train::Recipe) -> Result<Option<lora_train::distributed::DistributedRun>> {
-    #[cfg(feature = "mpi")]
-    if lora_train::distributed::mpi_comm::launched_by_mpi() {
-        use lora_train::distributed::Communicator as _;
-        let reduce = if recipe.train.grad_reduce == "fast" {
-            lora_train::distributed::Reduce::Fast
-        } else {
-            lora_train::distributed::Reduce::Exact
-        };
-        let timeout = std::time::Duration::from_secs(recipe.train.distributed_timeout.unwrap_or(600));
-        let comm = lora_train::distributed::mpi_comm::MpiComm::init(timeout).map_err(anyhow::Error::msg)?;
-        if comm.world() > 1 {
-            eprintln!("distributed: rank {} of {} (MPI), {:?} reduction", comm.rank(), comm.world(), reduce);
-            return Ok(Some(lora_train::distributed::DistributedRun::new(comm, reduce)));
-        }
-        return Ok(None);
-    }
-    #[cfg(not(feature = "mpi"))]
-    if let Some(n) = std::env::var("OMPI_COMM_WORLD_SIZE").ok().and_then(|v| v.parse::<usize>().ok()).filter(|&n| n > 1)
-    {
-        anyhow::bail!(
-            "started by mpirun with {n} ranks, but this lora was built without the `mpi` feature: build it with \
-             `cargo build --release -p lora-cli --features mpi` (Open MPI's libopenmpi-dev and libclang installed)"
+/// This process's rank of a data-parallel run when a launcher started several (`lora launch`,
+/// torchrun, `mpirun`, `srun`), on the engine the recipe picks; none for a single process.
+fn distributed_run(recipe: &lora_train::Recipe) -> Result<Option<lora_train::distributed::engine::Started>> {
+    let reduce = if recipe.train.grad_reduce == "fast" {
+        lora_train::distributed::Reduce::Fast
+    } else {
+        lora_train::distributed::Reduce::Exact
+    };
+    let t = &recipe.train;
+    let timeout = std::time::Duration::from_secs(t.distributed_timeout.unwrap_or(600));
+    let started = lora_train::distributed::engine::start(&t.distributed, &t.device, reduce, timeout)
+        .context("starting the data-parallel run")?;
+    // Rank 0 speaks for the run (the ranks' lines would interleave).
+    if let Some(s) = started.as_ref().filter(|s| s.run.rank == 0) {
+        eprintln!(
+            "distributed: {} ranks ({} engine, started by {}{}), {} reduction",
+            s.run.world,
+            s.engine,
+            s.launcher,
+            if t.device == "cuda" { ", each on its machine's GPU LOCAL_RANK" } else { "" },
+            t.grad_reduce
         );
     }
-    Ok(None)
+    Ok(started)
 }

@@ -69,6 +69,18 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
+/// A checkpoint's tensors as f32, by name.
+pub fn f32_tensors(path: &std::path::Path) -> std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    let f = lora_formats::safetensors::SafetensorsFile::open(path).unwrap();
+    f.tensors()
+        .keys()
+        .map(|n| {
+            let (values, shape) = f.to_f32(n).unwrap();
+            (n.clone(), (shape, values))
+        })
+        .collect()
+}
+
 /// Removes a file or folder.
 fn remove(p: &Path) {
     let _ = if p.is_dir() { std::fs::remove_dir_all(p) } else { std::fs::remove_file(p) };

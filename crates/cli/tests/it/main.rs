@@ -9,6 +9,7 @@ mod gguf_moe;
 mod gguf_qwen35;
 mod gpu_commands;
 mod hub_commands;
+mod launch_commands;
 mod merge_commands;
 mod moe_commands;
 mod train_commands;

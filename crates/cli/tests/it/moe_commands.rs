@@ -111,18 +111,6 @@ fn moe_models_generate_transformers_tokens_and_train_experts_in_peft_s_layout() 
     assert_user_error(&o, "gate_proj and up_proj are one projection");
 }
 
-/// A checkpoint's tensors as f32, by name.
-fn f32_tensors(path: &std::path::Path) -> std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)> {
-    let f = lora_formats::safetensors::SafetensorsFile::open(path).unwrap();
-    f.tensors()
-        .keys()
-        .map(|n| {
-            let (values, shape) = f.to_f32(n).unwrap();
-            (n.clone(), (shape, values))
-        })
-        .collect()
-}
-
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }

@@ -544,7 +544,8 @@ fn mpi_ranks_without_the_mpi_feature_and_bad_reductions_are_refused() {
     let set = format!("output.dir=\"{}\"", d.join("run").display());
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_lora"))
         .args(["train", s(&recipe), "--set", &set])
-        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .envs([("OMPI_COMM_WORLD_SIZE", "2"), ("OMPI_COMM_WORLD_RANK", "0")])
+        .env_remove("MASTER_ADDR")
         .output()
         .unwrap();
     if cfg!(not(feature = "mpi")) {
@@ -553,4 +554,6 @@ fn mpi_ranks_without_the_mpi_feature_and_bad_reductions_are_refused() {
     }
     let o = train_tiny(&d.join("bad"), &["train.grad_reduce=\"slow\""]);
     assert_user_error(&o, "train.grad_reduce");
+    let o = train_tiny(&d.join("bad"), &["train.distributed=\"gloo\""]);
+    assert_user_error(&o, "train.distributed");
 }

@@ -59,6 +59,14 @@ impl Backend {
 
     /// The device for this backend, or an error saying which cargo feature it needs.
     pub fn device(self) -> Result<Device> {
+        self.device_at(0)
+    }
+
+    /// [`Self::device`], on GPU `gpu` of this machine for `cuda` (a data-parallel rank's local
+    /// rank); the CPU backends and wgpu's default adapter ignore it.
+    pub fn device_at(self, gpu: usize) -> Result<Device> {
+        #[cfg(not(feature = "cuda"))]
+        let _ = gpu;
         match self {
             Self::Cpu => Ok(Device::flex()),
             #[cfg(feature = "ndarray")]
@@ -78,7 +86,7 @@ impl Backend {
                             .into(),
                     ));
                 }
-                Ok(Device::cuda(0))
+                Ok(Device::cuda(gpu))
             }
             #[cfg(not(feature = "cuda"))]
             Self::Cuda => Err(CoreError::Invalid(

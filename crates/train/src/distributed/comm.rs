@@ -6,6 +6,9 @@ use thiserror::Error;
 /// A collective that could not complete.
 #[derive(Debug, Error)]
 pub enum CommError {
+    /// The ranks could not form the run (rendezvous, engine start-up).
+    #[error("{0}")]
+    Setup(String),
     /// A peer sent nothing within the timeout (it died, or never arrived).
     #[error("rank {peer} sent nothing within {seconds} s (it died or never started); rank {rank} gives up")]
     Timeout {

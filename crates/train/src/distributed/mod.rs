@@ -4,16 +4,23 @@
 //! micro-batches' gradient contributions in exactly the order one process adds them, so that the
 //! adapter is the single-process one byte for byte; and `fast`, one all-reduce.
 //!
-//! [`thread_comm`] is an in-memory communicator between threads, for tests only: the engines are
-//! NCCL (GPUs) and MPI (CPU clusters), never this.
+//! The engines: NCCL for GPUs ([`nccl_comm`], feature `cuda`), MPI for CPU clusters ([`mpi_comm`],
+//! feature `mpi`), and TCP sockets for CPU machines without MPI ([`tcp_comm`]); [`engine`] starts the
+//! one the recipe and the launcher's environment ([`launch_env`]) pick. [`thread_comm`] is an
+//! in-memory communicator between threads, for tests only, never offered as an engine.
 
 pub mod agree;
 pub mod comm;
+pub mod engine;
+pub mod launch_env;
 #[cfg(feature = "mpi")]
 pub mod mpi_comm;
+#[cfg(feature = "cuda")]
+pub mod nccl_comm;
 pub mod plan;
 pub mod reduce;
 pub mod step;
+pub mod tcp_comm;
 pub mod thread_comm;
 
 pub use comm::{CommError, Communicator};

@@ -161,6 +161,13 @@ impl Recipe {
         if !["exact", "fast"].contains(&t.grad_reduce.as_str()) {
             return err("train", "grad_reduce", format!("must be \"exact\" or \"fast\", got \"{}\"", t.grad_reduce));
         }
+        if !crate::distributed::engine::SETTINGS.contains(&t.distributed.as_str()) {
+            return err(
+                "train",
+                "distributed",
+                format!("must be one of {:?}, got \"{}\"", crate::distributed::engine::SETTINGS, t.distributed),
+            );
+        }
         if t.distributed_timeout == Some(0) {
             return err("train", "distributed_timeout", "must be at least 1 second".into());
         }

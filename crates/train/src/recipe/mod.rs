@@ -372,11 +372,16 @@ pub struct TrainSection {
     /// `loraplus_weight_decay`, on A and B alike. Unset: plain LoRA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loraplus_lr_ratio: Option<f64>,
-    /// How a data-parallel run (`mpirun -np N lora train`) reduces the ranks' gradients: `"exact"`
+    /// How a data-parallel run (`lora launch`, torchrun, `mpirun`, `srun`) reduces the ranks' gradients: `"exact"`
     /// (default: a chain in rank order, the single-process adapter byte for byte) or `"fast"` (one
     /// all-reduce, within float tolerance). Ignored by a single process.
     #[serde(default = "d_grad_reduce", skip_serializing_if = "is_exact")]
     pub grad_reduce: String,
+    /// The engine of a data-parallel run: `"auto"` (default: MPI under mpirun in an `mpi` build, NCCL
+    /// on `cuda`, TCP otherwise), `"tcp"`, `"nccl"`, `"mpi"`, or `"off"` (train as a single process
+    /// whatever the launcher's environment says).
+    #[serde(default = "d_distributed", skip_serializing_if = "is_auto")]
+    pub distributed: String,
     /// Seconds a rank of a data-parallel run waits for a peer before the run fails (default 600).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub distributed_timeout: Option<u64>,
@@ -445,6 +450,9 @@ fn d_dtype() -> String {
     "f32".into()
 }
 
+fn d_distributed() -> String {
+    "auto".into()
+}
 fn d_grad_reduce() -> String {
     "exact".into()
 }
