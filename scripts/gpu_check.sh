@@ -17,7 +17,10 @@
 #     table: tokens/s, model TFLOP/s, MFU against PEAK_TFLOPS, peak GPU memory (nvidia-smi's
 #     highest `memory.used` of the run, polled every 0.2 s; burn's memory pool included) and peak RSS;
 #  4. one Llama-3.1-8B-shaped attention layer (seq 2048, 32/8 heads), forward and backward: burn's
-#     own attention against lora's tiled one (f32, and bf16 products), time and peak memory.
+#     own attention against lora's tiled one (f32, and bf16 products), time and peak memory;
+#  5. on cuda, data-parallel training over NCCL (recipes/tiny.toml): `lora launch` of one rank with
+#     the NCCL engine against the plain run on the same GPU, and of 2 ranks (exact and fast) when the
+#     machine has 2 GPUs or more; libnccl.so.2 missing is a skip, said so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 device="${1:-cuda}"
@@ -98,6 +101,53 @@ for which in "burn" "tiled" "tiled bf16"; do
     "${gmem:+$(awk -v m="$gmem" 'BEGIN { printf "%.1f GiB", m / 1024 }')}" "$rss" >>"$attn"
   rm -f "$log" "$mem"
 done
+
+nccl_check() {
+  local lora="$work/bin/lora" runs="$work/nccl"
+  rm -rf "$runs"
+  tiny() { # tiny OUT [lora launch args --] [--set ...]: recipes/tiny.toml on the GPU into OUT
+    local out=$1; shift
+    "$lora" "$@" train recipes/tiny.toml --set "output.dir=\"$out\"" --set 'train.device="cuda"' \
+      "${sets[@]}" >"$out.log" 2>&1
+  }
+  local sets=()
+  tiny "$runs/single" || { cat "$runs/single.log" >&2; return 1; }
+  tiny "$runs/single-again" || { cat "$runs/single-again.log" >&2; return 1; }
+  local same=yes
+  cmp -s "$runs/single/adapter_model.safetensors" "$runs/single-again/adapter_model.safetensors" || same=no
+  echo "two plain runs on the GPU: identical adapters: $same"
+  sets=(--set 'train.distributed="nccl"')
+  if ! tiny "$runs/nccl1" launch --nproc-per-node 1 --; then
+    if grep -q "libnccl.so.2" "$runs/nccl1.log"; then
+      echo "skip: libnccl.so.2 is not loadable here; the NCCL engine was not run"
+      return 0
+    fi
+    cat "$runs/nccl1.log" >&2; return 1
+  fi
+  if cmp -s "$runs/single/adapter_model.safetensors" "$runs/nccl1/adapter_model.safetensors"; then
+    echo "NCCL, 1 rank: the plain run's adapter byte for byte"
+  elif [ "$same" = yes ]; then
+    echo "error: the 1-rank NCCL run's adapter differs from the plain run's" >&2; return 1
+  else
+    echo "NCCL, 1 rank: trained (the GPU's runs are not bit-reproducible, so no byte comparison)"
+  fi
+  local gpus
+  gpus=$(nvidia-smi -L | wc -l)
+  if [ "$gpus" -lt 2 ]; then echo "skip: 1 GPU, no 2-rank NCCL run"; return 0; fi
+  tiny "$runs/nccl2" launch --nproc-per-node 2 -- || { cat "$runs/nccl2.log" >&2; return 1; }
+  if cmp -s "$runs/single/adapter_model.safetensors" "$runs/nccl2/adapter_model.safetensors"; then
+    echo "NCCL, 2 ranks on 2 GPUs, exact: the plain run's adapter byte for byte"
+  else
+    echo "NCCL, 2 ranks on 2 GPUs, exact: the adapter differs from the plain run's on GPU 0 (same=$same)"
+  fi
+  sets=(--set 'train.distributed="nccl"' --set 'train.grad_reduce="fast"')
+  tiny "$runs/nccl2-fast" launch --nproc-per-node 2 -- || { cat "$runs/nccl2-fast.log" >&2; return 1; }
+  echo "NCCL, 2 ranks, fast: trained"
+}
+if [ "$device" = cuda ]; then
+  echo "== 5. data-parallel training over NCCL"
+  nccl_check
+fi
 
 echo
 echo "LoRA r8 on q_proj, v_proj, batch 1, recomputation on, $steps timed steps after 1 warm-up, device $device"

@@ -382,8 +382,9 @@ fn distributed_run(recipe: &lora_train::Recipe) -> Result<Option<lora_train::dis
     // Rank 0 speaks for the run (the ranks' lines would interleave).
     if let Some(s) = started.as_ref().filter(|s| s.run.rank == 0) {
         eprintln!(
-            "distributed: {} ranks ({} engine, started by {}{}), {} reduction",
+            "distributed: {} rank{} ({} engine, started by {}{}), {} reduction",
             s.run.world,
+            if s.run.world == 1 { "" } else { "s" },
             s.engine,
             s.launcher,
             if t.device == "cuda" { ", each on its machine's GPU LOCAL_RANK" } else { "" },

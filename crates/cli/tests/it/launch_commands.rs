@@ -42,14 +42,15 @@ fn adapter(run: &Path) -> Vec<u8> {
 fn launched_ranks_write_the_single_process_adapter() {
     let dir = temp_dir("launch-exact");
     run(None, &dir.join("single"), &[]);
-    for n in [2, 3] {
+    // One rank of a named engine (gpu_check.sh's NCCL run of one GPU, here on TCP), then 2 and 3.
+    for n in [1, 2, 3] {
         let out = dir.join(format!("ranks{n}"));
-        let o = run(Some(n), &out, &[]);
+        let o = run(Some(n), &out, &["train.distributed=\"tcp\""][..usize::from(n == 1)]);
         assert!(adapter(&out) == adapter(&dir.join("single")), "{n} ranks wrote another adapter");
         // Rank 0 speaks for the run; the run folder is printed once.
         let err = stderr(&o);
         assert_eq!(err.matches("distributed:").count(), 1, "{err}");
-        assert!(err.contains(&format!("{n} ranks (tcp engine")), "{err}");
+        assert!(err.contains(&format!("distributed: {n} rank")) && err.contains("(tcp engine"), "{err}");
         assert_eq!(stdout(&o).lines().count(), 1, "{}", stdout(&o));
     }
     // A distributed run reproduces on one process.

@@ -87,8 +87,8 @@ fn master(env: &LaunchEnv) -> Result<(&str, u16), CommError> {
     }
 }
 
-/// Starts this process's rank when a launcher started several (`None`: a single process, or
-/// `setting` is `"off"`). `device` is the recipe's `[train] device`.
+/// Starts this process's rank when a launcher started several, or one with an engine named (`None`:
+/// a single process, or `setting` is `"off"`). `device` is the recipe's `[train] device`.
 pub fn start(
     setting: &str,
     device: &str,
@@ -101,6 +101,11 @@ pub fn start(
     let Some(env) = super::launch_env::from_env().map_err(setup)? else {
         return Ok(None);
     };
+    // A launcher's single rank trains as one process, unless the recipe names an engine (a check
+    // of the engine on one GPU).
+    if env.world == 1 && setting == "auto" {
+        return Ok(None);
+    }
     let engine = choose(setting, &env, device)?;
     let (launcher, gpu) = (env.launcher, env.local_rank);
     let run = match engine {

@@ -43,8 +43,8 @@ pub struct LaunchEnv {
 /// The default `MASTER_PORT`, torch's.
 pub const DEFAULT_PORT: u16 = 29500;
 
-/// The launch environment of this process; `None` for a single process (no launcher, or a world of
-/// one). An error names the variable that is malformed.
+/// The launch environment of this process; `None` when no launcher started it (a world of one is
+/// one: the engine may still be asked for). An error names the variable that is malformed.
 pub fn from_env() -> Result<Option<LaunchEnv>, String> {
     from_vars(|k| std::env::var(k).ok())
 }
@@ -77,9 +77,6 @@ pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Option<LaunchEn
         };
         if world == 0 || rank >= world {
             return Err(format!("{rank_var}={rank} is not a rank of {world_var}={world}"));
-        }
-        if world == 1 {
-            return Ok(None);
         }
         let local_rank = num(local_var)?.unwrap_or(0);
         let master = match get("MASTER_ADDR").filter(|a| !a.trim().is_empty()) {
@@ -135,7 +132,7 @@ mod tests {
     #[test]
     fn a_single_process_is_not_distributed() {
         assert_eq!(env(&[]).unwrap(), None);
-        assert_eq!(env(&[("RANK", "0"), ("WORLD_SIZE", "1")]).unwrap(), None);
+        assert_eq!(env(&[("RANK", "0"), ("WORLD_SIZE", "1")]).unwrap().map(|e| e.world), Some(1));
         // A batch script's one process: SLURM_NTASKS without srun's step.
         assert_eq!(env(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "4")]).unwrap(), None);
     }
