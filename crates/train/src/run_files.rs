@@ -29,6 +29,10 @@ pub struct StepMetrics {
     /// A preference run's metrics of the step, under TRL's names (`rewards/margins`, ...).
     #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
     pub preference: Option<crate::preference::PreferenceMetrics>,
+    /// A data-parallel run's seconds of the step spent in the reductions on this rank (transfers,
+    /// and waiting for the slower ranks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comm_s: Option<f64>,
 }
 
 /// sha256 of a file, in hex.

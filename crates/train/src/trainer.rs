@@ -452,7 +452,7 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
         set_training(&mut p.model, true);
         let lr = schedule.lr(t.lr, step, t.warmup_steps, total);
         let options = StepOptions { max_grad_norm: t.max_grad_norm, gradient_checkpointing: t.gradient_checkpointing };
-        let (StepOutcome { loss, grad_norm }, seen_tokens, step_preference) = match &preference {
+        let (StepOutcome { loss, grad_norm }, seen_tokens, step_preference, comm_s) = match &preference {
             None => {
                 // 1) The micro-batches of this step and their target-token count.
                 let micros: Vec<Vec<&Example>> = (0..t.grad_accum as u64)
@@ -463,18 +463,21 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
                 // 2) Forward/backward each; the loss is divided by the whole step's token count, so
                 //    the accumulated gradient is that of the mean over every target token of the step.
                 let batches: Vec<_> = micros.iter().map(|m| collate(m, pad_id, left)).collect();
-                let outcome = on_pool(pool.as_ref(), poll, || {
+                let (outcome, comm_s) = on_pool(pool.as_ref(), poll, || {
                     let seeds = |i| dropout_seed(t.seed, step, i);
                     match &dist {
-                        None => train_step(&mut p.model, &mut opt, &batches, step_tokens, lr, options, seeds),
+                        None => train_step(&mut p.model, &mut opt, &batches, step_tokens, lr, options, seeds)
+                            .map(|o| (o, None)),
                         Some(d) => {
                             let mut comm = d.comm.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                            let mut timed = crate::distributed::comm::Timed::new(&mut *comm);
                             let (m, o) = (&mut p.model, &mut opt);
-                            train_step_on_rank(m, o, &batches, step_tokens, lr, options, seeds, &mut *comm, d.reduce)
+                            train_step_on_rank(m, o, &batches, step_tokens, lr, options, seeds, &mut timed, d.reduce)
+                                .map(|o| (o, Some(timed.spent.as_secs_f64())))
                         }
                     }
                 })?;
-                (outcome, seen_tokens, None)
+                (outcome, seen_tokens, None, comm_s)
             }
             Some(pref) => {
                 let micros: Vec<Vec<usize>> = (0..t.grad_accum as u64)
@@ -484,7 +487,7 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
                     let seeds = |i| dropout_seed(t.seed, step, i);
                     pref.step(&mut p.model, &mut opt, &p.pairs.train, &micros, lr, options, seeds)
                 })?;
-                (out, seen, Some(metrics))
+                (out, seen, Some(metrics), None)
             }
         };
         if !loss.is_finite() {
@@ -502,6 +505,7 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
             tokens_per_s: seen_tokens as f64 / elapsed.max(1e-9),
             eval_loss: None,
             preference: step_preference,
+            comm_s,
         };
         if (t.eval_every > 0 && done % t.eval_every == 0) || done == total {
             metrics.eval_loss = match &preference {

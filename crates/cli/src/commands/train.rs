@@ -279,8 +279,9 @@ pub fn run_cmd(a: Args) -> Result<()> {
                         s
                     })
                     .unwrap_or_default();
+                let comm = m.comm_s.map(|c| format!(" comm {:.0} ms", c * 1e3)).unwrap_or_default();
                 let line = format!(
-                    "loss {:.4}{pref} lr {:.2e} grad_norm {:.3} {:.0} tok/s{eval}",
+                    "loss {:.4}{pref} lr {:.2e} grad_norm {:.3} {:.0} tok/s{comm}{eval}",
                     m.loss, m.lr, m.grad_norm, m.tokens_per_s
                 );
                 match &bar {

@@ -52,7 +52,15 @@ fn launched_ranks_write_the_single_process_adapter() {
         assert_eq!(err.matches("distributed:").count(), 1, "{err}");
         assert!(err.contains(&format!("distributed: {n} rank")) && err.contains("(tcp engine"), "{err}");
         assert_eq!(stdout(&o).lines().count(), 1, "{}", stdout(&o));
+        // Each step's metrics say how long its reductions took.
+        let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+        for line in metrics.lines() {
+            let m: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert!(m["comm_s"].as_f64().is_some_and(|c| c >= 0.0), "{line}");
+        }
     }
+    let single = std::fs::read_to_string(dir.join("single/metrics.jsonl")).unwrap();
+    assert!(!single.contains("comm_s"), "a single process has no communication");
     // A distributed run reproduces on one process.
     let o = lora_1t(&["verify", s(&dir.join("ranks3"))]);
     assert!(o.status.success() && stdout(&o).contains("byte for byte"), "{}", stderr(&o));

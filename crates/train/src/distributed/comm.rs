@@ -94,3 +94,49 @@ pub trait Communicator {
         self.broadcast(0, data)
     }
 }
+
+/// A communicator that adds up the time its calls take (a step's communication, for its metrics):
+/// every call goes to the engine's own, timed.
+pub struct Timed<'a, C: Communicator + ?Sized> {
+    inner: &'a mut C,
+    /// Time spent in calls so far.
+    pub spent: std::time::Duration,
+}
+
+impl<'a, C: Communicator + ?Sized> Timed<'a, C> {
+    /// Times the calls to `inner`.
+    pub fn new(inner: &'a mut C) -> Self {
+        Self { inner, spent: std::time::Duration::ZERO }
+    }
+
+    fn timed<T>(&mut self, f: impl FnOnce(&mut C) -> T) -> T {
+        let t = std::time::Instant::now();
+        let out = f(self.inner);
+        self.spent += t.elapsed();
+        out
+    }
+}
+
+impl<C: Communicator + ?Sized> Communicator for Timed<'_, C> {
+    fn rank(&self) -> usize {
+        self.inner.rank()
+    }
+    fn world(&self) -> usize {
+        self.inner.world()
+    }
+    fn send(&mut self, to: usize, data: &[f32]) -> Result<(), CommError> {
+        self.timed(|c| c.send(to, data))
+    }
+    fn recv(&mut self, from: usize, len: usize) -> Result<Vec<f32>, CommError> {
+        self.timed(|c| c.recv(from, len))
+    }
+    fn broadcast(&mut self, root: usize, data: &mut [f32]) -> Result<(), CommError> {
+        self.timed(|c| c.broadcast(root, data))
+    }
+    fn barrier(&mut self) -> Result<(), CommError> {
+        self.timed(|c| c.barrier())
+    }
+    fn all_reduce_sum(&mut self, data: &mut [f32]) -> Result<(), CommError> {
+        self.timed(|c| c.all_reduce_sum(data))
+    }
+}
