@@ -368,8 +368,10 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
     // A data-parallel rank: rank 0 alone writes the run folder; every rank reads a checkpoint.
     let dist = opts.distributed.clone();
     let writer = dist.as_ref().is_none_or(|d| d.rank == 0);
-    if dist.is_some() && p.recipe.method() != Method::Sft {
-        return Err(TrainError::Recipe("distributed training runs SFT recipes for now".into()));
+    if dist.is_some() && p.recipe.is_kto() {
+        return Err(TrainError::Recipe(
+            "distributed training runs SFT and the pair methods (DPO, SimPO, ORPO); KTO trains on one process".into(),
+        ));
     }
     if let Some(d) = &dist {
         // Every rank runs the same recipe on the same examples, or none starts.
@@ -377,6 +379,15 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
         let mut hasher = <sha2::Sha256 as sha2::Digest>::new_with_prefix(recipe_text.as_bytes());
         for id in p.train.iter().flat_map(|e| &e.ids) {
             sha2::Digest::update(&mut hasher, id.to_le_bytes());
+        }
+        // A preference run's pairs: each sequence's length, then its ids.
+        if let crate::preference::PreferenceExamples::Pairs(pairs) = &p.pairs.train {
+            for seq in pairs.iter().flat_map(|q| [&q.prompt, &q.chosen, &q.rejected]) {
+                sha2::Digest::update(&mut hasher, (seq.len() as u64).to_le_bytes());
+                for id in seq {
+                    sha2::Digest::update(&mut hasher, id.to_le_bytes());
+                }
+            }
         }
         let digest = format!("{:x}", sha2::Digest::finalize(hasher));
         let mut comm = d.comm.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -441,7 +452,9 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
     let preference = match p.recipe.method() {
         Method::Sft => None,
         Method::Preference => Some(on_pool(pool.as_ref(), poll, || {
-            PreferenceTraining::new(&p.recipe, &mut p.model, &p.pairs.train, pad_id)
+            let mut comm = dist.as_ref().map(|d| d.comm.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+            let comm = comm.as_deref_mut().map(|c| c as &mut dyn crate::distributed::Communicator);
+            PreferenceTraining::new(&p.recipe, &mut p.model, &p.pairs.train, pad_id, comm)
         })?),
     };
     let mut first_loss = f64::NAN;
@@ -483,11 +496,21 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
                 let micros: Vec<Vec<usize>> = (0..t.grad_accum as u64)
                     .map(|i| PreferenceTraining::micro_batch(&p.recipe, p.pairs.train.len(), micro_done + i))
                     .collect();
-                let (out, metrics, seen) = on_pool(pool.as_ref(), poll, || {
+                let ((out, metrics, seen), comm_s) = on_pool(pool.as_ref(), poll, || {
                     let seeds = |i| dropout_seed(t.seed, step, i);
-                    pref.step(&mut p.model, &mut opt, &p.pairs.train, &micros, lr, options, seeds)
+                    let (m, o, examples) = (&mut p.model, &mut opt, &p.pairs.train);
+                    match &dist {
+                        None => pref.step(m, o, examples, &micros, lr, options, seeds, None).map(|r| (r, None)),
+                        Some(d) => {
+                            let mut comm = d.comm.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                            let mut timed = crate::distributed::comm::Timed::new(&mut *comm);
+                            let rank = Some((&mut timed as &mut dyn crate::distributed::Communicator, d.reduce));
+                            let r = pref.step(m, o, examples, &micros, lr, options, seeds, rank);
+                            r.map(|r| (r, Some(timed.spent.as_secs_f64())))
+                        }
+                    }
                 })?;
-                (out, seen, Some(metrics), None)
+                (out, seen, Some(metrics), comm_s)
             }
         };
         if !loss.is_finite() {

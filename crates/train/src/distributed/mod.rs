@@ -18,6 +18,7 @@ pub mod mpi_comm;
 #[cfg(feature = "cuda")]
 pub mod nccl_comm;
 pub mod plan;
+pub mod preference;
 pub mod reduce;
 pub mod step;
 pub mod tcp_comm;

@@ -114,25 +114,47 @@ pub fn fast<C: Communicator + ?Sized>(
     Ok(decode(&msg, sizes))
 }
 
+/// An f64 as its bits in two f32 slots (moved, never added).
+fn split_f64(x: f64) -> [f32; 2] {
+    let b = x.to_bits();
+    [f32::from_bits((b >> 32) as u32), f32::from_bits(b as u32)]
+}
+
+/// The f64 of [`split_f64`]'s two slots.
+fn join_f64(m: &[f32]) -> f64 {
+    f64::from_bits((u64::from(m[0].to_bits()) << 32) | u64::from(m[1].to_bits()))
+}
+
+/// Every rank's `own` values, concatenated in rank order, on every rank; `counts[r]` is how many rank
+/// r has (every rank knows them). The f64s travel as their bits.
+pub fn gather_f64<C: Communicator + ?Sized>(comm: &mut C, own: &[f64], counts: &[usize]) -> Result<Vec<f64>, CommError> {
+    let mut all = Vec::with_capacity(counts.iter().sum());
+    for (r, &n) in counts.iter().enumerate() {
+        if n == 0 {
+            continue;
+        }
+        let mut msg: Vec<f32> =
+            if r == comm.rank() { own.iter().flat_map(|&x| split_f64(x)).collect() } else { vec![0.0; 2 * n] };
+        comm.broadcast(r, &mut msg)?;
+        all.extend(msg.chunks_exact(2).map(join_f64));
+    }
+    Ok(all)
+}
+
 /// The sum of every rank's `own` values in rank order, from 0, as one process sums them in f64
 /// (`loss_sum += x`), on every rank. The f64s travel as their bits in two f32 slots each.
 pub fn exact_sum_f64<C: Communicator + ?Sized>(comm: &mut C, own: &[f64]) -> Result<f64, CommError> {
     let (rank, world) = (comm.rank(), comm.world());
-    let split = |x: f64| {
-        let b = x.to_bits();
-        [f32::from_bits((b >> 32) as u32), f32::from_bits(b as u32)]
-    };
-    let join = |m: &[f32]| f64::from_bits((u64::from(m[0].to_bits()) << 32) | u64::from(m[1].to_bits()));
-    let mut sum = if rank == 0 { 0.0 } else { join(&comm.recv(rank - 1, 2)?) };
+    let mut sum = if rank == 0 { 0.0 } else { join_f64(&comm.recv(rank - 1, 2)?) };
     for x in own {
         sum += x;
     }
-    let mut msg = split(sum);
+    let mut msg = split_f64(sum);
     if rank + 1 < world {
         comm.send(rank + 1, &msg)?;
     }
     comm.broadcast(world - 1, &mut msg)?;
-    Ok(join(&msg))
+    Ok(join_f64(&msg))
 }
 
 #[cfg(test)]
@@ -231,6 +253,21 @@ mod tests {
     }
 
     /// A rank that dies makes the others fail within the timeout, not hang.
+    #[test]
+    fn gather_puts_every_ranks_values_in_rank_order_bit_for_bit() {
+        // Rank 1 has none; the values need all of f64's bits.
+        let counts = [2usize, 0, 3];
+        let got = on_ranks(ThreadComm::group(3, Duration::from_secs(10)), move |mut c| {
+            let first: usize = counts[..c.rank()].iter().sum();
+            let own: Vec<f64> = (0..counts[c.rank()]).map(|i| 1.0 / (first + i + 3) as f64).collect();
+            gather_f64(&mut c, &own, &counts).unwrap()
+        });
+        let want: Vec<u64> = (0..5).map(|i| (1.0 / (i + 3) as f64).to_bits()).collect();
+        for g in got {
+            assert_eq!(g.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want);
+        }
+    }
+
     #[test]
     fn a_dead_rank_is_an_error_on_the_others() {
         let mut comms = ThreadComm::group(3, Duration::from_millis(300));

@@ -49,7 +49,21 @@ pub fn train_step_on_rank<C: Communicator + ?Sized>(
         let mut acc = Acc::Record(&mut recorded);
         losses.push(micro_batch(model, batch, labels, scale, options.gradient_checkpointing, &mut acc)?);
     }
-    let mut own = Contributions::new(n);
+    let acc = reduce_recorded(model, recorded, comm, reduce)?;
+    let loss = exact_sum_f64(comm, &losses)? / step_tokens.max(1) as f64;
+    let grad_norm = apply_gradients(model, opt, acc, loss, lr, options)?;
+    Ok(StepOutcome { loss, grad_norm })
+}
+
+/// This rank's recorded gradient contributions (per adapter tensor, in the order one process would
+/// add them) reduced over the ranks: the step's gradients, the same on every rank.
+pub(crate) fn reduce_recorded<C: Communicator + ?Sized>(
+    model: &CausalLm,
+    recorded: Vec<Vec<Tensor<2>>>,
+    comm: &mut C,
+    reduce: Reduce,
+) -> Result<Vec<Option<Tensor<2>>>> {
+    let mut own = Contributions::new(recorded.len());
     for (slot, gs) in recorded.into_iter().enumerate() {
         for g in gs {
             own.push(slot, to_f32_vec(g)?);
@@ -61,13 +75,9 @@ pub fn train_step_on_rank<C: Communicator + ?Sized>(
         Reduce::Exact => exact(comm, &own, &sizes)?,
         Reduce::Fast => fast(comm, &own, &sizes)?,
     };
-    let loss = exact_sum_f64(comm, &losses)? / step_tokens.max(1) as f64;
-    let acc = sums
+    Ok(sums
         .into_iter()
         .zip(&params)
         .map(|(s, p)| s.map(|v| Tensor::<2>::from_data(TensorData::new(v, p.dims()), &p.device())))
-        .collect();
-    drop(params);
-    let grad_norm = apply_gradients(model, opt, acc, loss, lr, options)?;
-    Ok(StepOutcome { loss, grad_norm })
+        .collect())
 }

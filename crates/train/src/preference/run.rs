@@ -5,7 +5,10 @@
 use lora_core::CausalLm;
 
 use crate::batching::micro_batch_indices;
-use crate::error::Result;
+use crate::distributed::Communicator;
+use crate::distributed::preference::{dpo_step_on_rank, shared_chunks};
+use crate::distributed::step::Reduce;
+use crate::error::{Result, TrainError};
 use crate::optimizer::AdamW;
 use crate::preference::data::PreferenceExamples;
 use crate::preference::kto::{
@@ -66,8 +69,15 @@ fn unpaired_of(examples: &PreferenceExamples) -> &[UnpairedIds] {
 
 impl PreferenceTraining {
     /// The method's settings from the recipe; with `precompute_reference`, the reference's
-    /// log-probabilities of every training example, `batch_size` at a time.
-    pub fn new(recipe: &Recipe, model: &mut CausalLm, examples: &PreferenceExamples, pad_id: u32) -> Result<Self> {
+    /// log-probabilities of every training example, `batch_size` at a time (a data-parallel rank,
+    /// given its communicator, computes its share of a pair method's and gets the others').
+    pub fn new(
+        recipe: &Recipe,
+        model: &mut CausalLm,
+        examples: &PreferenceExamples,
+        pad_id: u32,
+        comm: Option<&mut dyn Communicator>,
+    ) -> Result<Self> {
         let objective =
             if recipe.is_kto() { Objective::Unpaired(recipe.kto()) } else { Objective::Pairs(recipe.dpo()) };
         // The recipe's reference adapter, else the adapter the policy started from (read again from
@@ -84,13 +94,18 @@ impl PreferenceTraining {
         let precomputed = match (precompute, objective) {
             (false, _) => None,
             (true, Objective::Pairs(_)) => {
-                let mut all = Vec::with_capacity(examples.len());
-                for chunk in pairs_of(examples).chunks(bs) {
-                    let values = reference_log_probs(model, &reference, &PairBatch::new(chunk, pad_id))?;
-                    let n = chunk.len();
-                    all.extend((0..n).map(|i| (values[i], values[n + i])));
-                }
-                Some(all)
+                let chunks: Vec<&[PairIds]> = pairs_of(examples).chunks(bs).collect();
+                // A chunk's (chosen, rejected) values, pair by pair.
+                let compute = |c: usize| -> Result<Vec<f64>> {
+                    let values = reference_log_probs(model, &reference, &PairBatch::new(chunks[c], pad_id))?;
+                    let n = chunks[c].len();
+                    Ok((0..n).flat_map(|i| [values[i], values[n + i]]).collect())
+                };
+                let flat = match comm {
+                    Some(comm) => shared_chunks(comm, chunks.len(), |c| 2 * chunks[c].len(), compute)?,
+                    None => (0..chunks.len()).map(compute).collect::<Result<Vec<_>>>()?.concat(),
+                };
+                Some(flat.chunks_exact(2).map(|v| (v[0], v[1])).collect())
             }
             (true, Objective::Unpaired(kto)) => {
                 let mut all = Vec::with_capacity(examples.len());
@@ -111,8 +126,9 @@ impl PreferenceTraining {
         micro_batch_indices(examples, recipe.train.batch_size, recipe.train.seed, index)
     }
 
-    /// One optimizer step over the micro-batches `micros` (indices into `examples`). Returns the
-    /// outcome, the step's metrics and the tokens the step saw (padding excluded).
+    /// One optimizer step over the micro-batches `micros` (indices into `examples`); a data-parallel
+    /// rank passes its communicator and reduction. Returns the outcome, the step's metrics and the
+    /// tokens the step saw (padding excluded).
     #[allow(clippy::too_many_arguments)]
     pub fn step(
         &self,
@@ -123,6 +139,7 @@ impl PreferenceTraining {
         lr: f64,
         options: StepOptions,
         dropout_seed_of: impl Fn(usize) -> u64,
+        rank: Option<(&mut dyn Communicator, Reduce)>,
     ) -> Result<(StepOutcome, PreferenceMetrics, usize)> {
         // The precomputed values of each micro-batch: its first sequences', then its second ones'.
         let kl = matches!(self.objective, Objective::Unpaired(k) if k.loss.needs_kl());
@@ -154,8 +171,17 @@ impl PreferenceTraining {
                     .flatten()
                     .map(|&i| 2 * pairs[i].prompt.len() + pairs[i].chosen.len() + pairs[i].rejected.len())
                     .sum();
-                let out = dpo_step(model, opt, &batches, reference, &dpo, lr, options, dropout_seed_of)?;
+                let out = match rank {
+                    None => dpo_step(model, opt, &batches, reference, &dpo, lr, options, dropout_seed_of)?,
+                    Some((comm, reduce)) => {
+                        let seeds = dropout_seed_of;
+                        dpo_step_on_rank(model, opt, &batches, reference, &dpo, lr, options, seeds, comm, reduce)?
+                    }
+                };
                 Ok((out.step, out.metrics, seen))
+            }
+            Objective::Unpaired(_) if rank.is_some() => {
+                Err(TrainError::Recipe("KTO does not train on several ranks yet".into()))
             }
             Objective::Unpaired(kto) => {
                 let all = unpaired_of(examples);

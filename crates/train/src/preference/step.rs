@@ -293,6 +293,7 @@ pub struct DpoStepOutcome {
 /// all the step's pairs, so accumulation over micro-batches equals one batch of them all.
 /// The reference's log-probabilities are each micro-batch's precomputed ones (as
 /// [`reference_log_probs`] gives them) or computed here from `reference`.
+#[allow(clippy::too_many_arguments)]
 pub fn dpo_step(
     model: &mut CausalLm,
     opt: &mut AdamW,
@@ -303,16 +304,51 @@ pub fn dpo_step(
     options: StepOptions,
     dropout_seed_of: impl Fn(usize) -> u64,
 ) -> Result<DpoStepOutcome> {
-    let n_adapters = adapter_layers(model).len();
-    let mut acc: Vec<Option<Tensor<2>>> = vec![None; n_adapters];
+    let mut acc: Vec<Option<Tensor<2>>> = vec![None; adapter_layers(model).len()];
+    let all = 0..batches.len();
+    let part = dpo_micro_batches(model, batches, all, reference, dpo, options, dropout_seed_of, &mut Acc::Sum(&mut acc))?;
+    let nll = part.nll.iter().fold(0.0, |sum, x| sum + x);
+    let metrics = PreferenceMetrics::of(dpo, &part.pairs, nll / nll_tokens(batches).max(1) as f64);
+    let grad_norm = apply_gradients(model, opt, acc, metrics.loss, lr, options)?;
+    Ok(DpoStepOutcome { step: StepOutcome { loss: metrics.loss, grad_norm }, metrics })
+}
+
+/// The chosen rows' labelled positions over the step (the SFT term's mean is over them).
+pub(crate) fn nll_tokens(batches: &[PairBatch]) -> usize {
+    batches.iter().map(PairBatch::chosen_labelled).sum()
+}
+
+/// What the forward and backward passes of some of a step's micro-batches give.
+#[derive(Debug, Default)]
+pub(crate) struct DpoPart {
+    /// Their pairs' log-probabilities, in order.
+    pub pairs: Vec<PairLogProbs>,
+    /// Each micro-batch's summed −log p of its chosen rows.
+    pub nll: Vec<f64>,
+}
+
+/// The forward and backward passes of the micro-batches `which` of a DPO step over `batches` (the
+/// whole step: the loss's means are over all of its pairs and positions, whichever micro-batches
+/// this call runs), their gradients into `acc`. One process runs them all; a data-parallel rank its
+/// block.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn dpo_micro_batches(
+    model: &mut CausalLm,
+    batches: &[PairBatch],
+    which: std::ops::Range<usize>,
+    reference: ReferenceLogProbs<'_>,
+    dpo: &Dpo,
+    options: StepOptions,
+    dropout_seed_of: impl Fn(usize) -> u64,
+    acc: &mut Acc<'_>,
+) -> Result<DpoPart> {
     let total_pairs = batches.iter().map(PairBatch::pairs).sum::<usize>().max(1) as f64;
     // The SFT term: α times the chosen rows' mean −log p over the step's labelled positions; its
     // derivative by each such position's log p is −α over their count.
-    let nll_tokens: usize = batches.iter().map(PairBatch::chosen_labelled).sum();
-    let d_sft = -dpo.sft_weight / nll_tokens.max(1) as f64;
-    let mut all_pairs = Vec::new();
-    let mut nll = 0.0f64;
-    for (i, batch) in batches.iter().enumerate() {
+    let d_sft = -dpo.sft_weight / nll_tokens(batches).max(1) as f64;
+    let mut part = DpoPart::default();
+    for i in which {
+        let batch = &batches[i];
         let reference = match reference {
             ReferenceLogProbs::Precomputed(r) => r[i].clone(),
             ReferenceLogProbs::Compute(r) => reference_log_probs(model, r, batch)?,
@@ -320,41 +356,35 @@ pub fn dpo_step(
         };
         set_dropout_seeds(model, dropout_seed_of(i));
         let mut pairs = Vec::new();
-        micro_batch_with(
-            model,
-            &batch.batch,
-            options.gradient_checkpointing,
-            &mut Acc::Sum(&mut acc),
-            |model, hidden, on_grads| {
-                let values = head_log_probs(model, hidden.clone(), &batch.labels)?;
-                let (policy, batch_nll) = per_row_sums(batch, &values);
-                nll += batch_nll;
-                pairs = pairs_of(batch, &policy, &reference);
-                // ∂loss/∂π per row, for the step's mean; a position weighs −∂loss/∂(its log p), since the
-                // weighted pass sums w·(−log p): its completion's derivative, plus the SFT term's on
-                // the chosen rows.
-                let n = pairs.len();
-                let mut d = vec![0.0f64; 2 * n];
-                for (k, p) in pairs.iter().enumerate() {
-                    let l = dpo.pair(p);
-                    d[k] = l.d_chosen / total_pairs;
-                    d[n + k] = l.d_rejected / total_pairs;
-                }
-                let weights: Vec<f32> = batch
-                    .positions()
-                    .into_iter()
-                    .map(|(row, completion)| {
-                        let pair = if completion { d[row] } else { 0.0 };
-                        let sft = if row < n { d_sft } else { 0.0 };
-                        -(pair + sft) as f32
-                    })
-                    .collect();
-                Ok(head_loss_weighted(model, hidden, &batch.labels, &weights, 1.0, on_grads)?)
-            },
-        )?;
-        all_pairs.extend(pairs);
+        let mut nll = 0.0;
+        micro_batch_with(model, &batch.batch, options.gradient_checkpointing, acc, |model, hidden, on_grads| {
+            let values = head_log_probs(model, hidden.clone(), &batch.labels)?;
+            let (policy, batch_nll) = per_row_sums(batch, &values);
+            nll = batch_nll;
+            pairs = pairs_of(batch, &policy, &reference);
+            // ∂loss/∂π per row, for the step's mean; a position weighs −∂loss/∂(its log p), since the
+            // weighted pass sums w·(−log p): its completion's derivative, plus the SFT term's on
+            // the chosen rows.
+            let n = pairs.len();
+            let mut d = vec![0.0f64; 2 * n];
+            for (k, p) in pairs.iter().enumerate() {
+                let l = dpo.pair(p);
+                d[k] = l.d_chosen / total_pairs;
+                d[n + k] = l.d_rejected / total_pairs;
+            }
+            let weights: Vec<f32> = batch
+                .positions()
+                .into_iter()
+                .map(|(row, completion)| {
+                    let pair = if completion { d[row] } else { 0.0 };
+                    let sft = if row < n { d_sft } else { 0.0 };
+                    -(pair + sft) as f32
+                })
+                .collect();
+            Ok(head_loss_weighted(model, hidden, &batch.labels, &weights, 1.0, on_grads)?)
+        })?;
+        part.pairs.extend(pairs);
+        part.nll.push(nll);
     }
-    let metrics = PreferenceMetrics::of(dpo, &all_pairs, nll / nll_tokens.max(1) as f64);
-    let grad_norm = apply_gradients(model, opt, acc, metrics.loss, lr, options)?;
-    Ok(DpoStepOutcome { step: StepOutcome { loss: metrics.loss, grad_norm }, metrics })
+    Ok(part)
 }

@@ -215,3 +215,68 @@ fn an_interrupted_run_resumes_on_another_world_size() {
         std::fs::read(single.join("adapter_model.safetensors")).unwrap()
     );
 }
+
+/// A preference recipe on the tiny Llama and the TRL fixture's four pairs, 4 micro-batches of one
+/// pair a step (dropout on), into `out`.
+fn preference(dir: &std::path::Path, out: &std::path::Path, method: &str, extra: &str) -> Recipe {
+    let fx = fixtures();
+    let text = format!(
+        "[model]\nbase = \"{}\"\n[lora]\nr = 4\nalpha = 8\ndropout = 0.1\ntargets = [\"q_proj\", \"v_proj\", \"down_proj\"]\n\
+         [data]\ntrain = \"{}\"\nmax_seq_len = 64\n[train]\nmethod = \"{method}\"\nmax_steps = 3\nbatch_size = 1\n\
+         grad_accum = 4\nlr = 1e-3\nschedule = \"constant\"\n[output]\ndir = \"{}\"\n{extra}",
+        fx.join("models/llama").display(),
+        fx.join(if method == "kto" { "dpo/kto_data.jsonl" } else { "dpo/data.jsonl" }).display(),
+        out.display()
+    );
+    // KTO's KL estimate needs two examples a micro-batch.
+    let text = if method == "kto" { text.replace("batch_size = 1", "batch_size = 2") } else { text };
+    let path = dir.join(format!("{method}-{}.toml", out.file_name().unwrap().to_string_lossy()));
+    std::fs::write(&path, text).unwrap();
+    Recipe::load(&path, &[]).unwrap()
+}
+
+/// The metrics of a run without its timings, a line per step.
+fn metrics_without_timings(run: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut m: serde_json::Value = serde_json::from_str(l).unwrap();
+            let o = m.as_object_mut().unwrap();
+            o.remove("tokens_per_s");
+            o.remove("comm_s");
+            m
+        })
+        .collect()
+}
+
+/// The pair methods on 2 and 3 ranks: DPO with the reference precomputed (each rank its share) and
+/// computed in the step, and SimPO (no reference), each the single process's adapter byte for byte
+/// and its metrics (loss, rewards, accuracies) bit for bit. KTO is refused on several ranks.
+#[test]
+fn pair_methods_train_the_single_process_adapter_on_ranks() {
+    let d = temp_dir("dist-dpo");
+    let cases = [
+        ("dpo", "[preference]\nbeta = 0.1\nsft_weight = 0.5\n"),
+        ("dpo", "[preference]\nbeta = 0.1\nprecompute_reference = false\n"),
+        ("simpo", "[preference]\nbeta = 2.0\ngamma = 0.3\n"),
+    ];
+    for (k, (method, extra)) in cases.into_iter().enumerate() {
+        let single = d.join(format!("single{k}"));
+        run(prepare(&preference(&d, &single, method, extra)).unwrap(), &RunOptions::default(), &mut |_| {}).unwrap();
+        let want = std::fs::read(single.join("adapter_model.safetensors")).unwrap();
+        for world in [2, 3] {
+            let out = d.join(format!("case{k}-world{world}"));
+            let recipe = preference(&d, &out, method, extra);
+            on_ranks(world, move |comm| run_rank(comm, &recipe, RunOptions::default(), &mut |_| {}).unwrap());
+            let got = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
+            assert!(got == want, "{method} {extra:?} on {world} ranks wrote another adapter");
+            assert_eq!(metrics_without_timings(&out), metrics_without_timings(&single), "{method} on {world} ranks");
+        }
+    }
+    let kto = preference(&d, &d.join("kto"), "kto", "");
+    let errors = on_ranks(2, move |comm| run_rank(comm, &kto, RunOptions::default(), &mut |_| {}).unwrap_err().to_string());
+    for e in errors {
+        assert!(e.contains("KTO trains on one process"), "{e}");
+    }
+}

@@ -1,0 +1,87 @@
+//! A data-parallel rank's step of the pair methods (DPO and its variants, SimPO, ORPO), and its share
+//! of the reference's log-probabilities computed before training. As for SFT, every rank has the
+//! whole step and runs its block of micro-batches; the pair losses' means are over the whole step's
+//! pairs, which every rank knows, so each micro-batch's gradient is what one process computes for it.
+//! The gradients are reduced as SFT's; the pairs' log-probabilities (for the metrics and the loss
+//! every rank checks) and the SFT term's sums are gathered in rank order, bit for bit.
+
+use lora_core::CausalLm;
+
+use super::comm::Communicator;
+use super::plan::block;
+use super::reduce::{exact_sum_f64, gather_f64};
+use super::step::{Reduce, reduce_recorded};
+use crate::error::Result;
+use crate::optimizer::AdamW;
+use crate::preference::loss::{Dpo, PairLogProbs, PreferenceMetrics};
+use crate::preference::step::{DpoStepOutcome, PairBatch, ReferenceLogProbs, dpo_micro_batches, nll_tokens};
+use crate::step::{Acc, StepOptions, StepOutcome, apply_gradients};
+use crate::trainable::adapter_layers;
+
+/// Values a pair carries between ranks.
+const PAIR_VALUES: usize = 6;
+
+/// [`crate::preference::step::dpo_step`] on rank `comm.rank()`: every rank calls it with the whole
+/// step (`batches`, in global order) and ends with the same adapter and metrics.
+#[allow(clippy::too_many_arguments)]
+pub fn dpo_step_on_rank<C: Communicator + ?Sized>(
+    model: &mut CausalLm,
+    opt: &mut AdamW,
+    batches: &[PairBatch],
+    reference: ReferenceLogProbs<'_>,
+    dpo: &Dpo,
+    lr: f64,
+    options: StepOptions,
+    dropout_seed_of: impl Fn(usize) -> u64,
+    comm: &mut C,
+    reduce: Reduce,
+) -> Result<DpoStepOutcome> {
+    let (rank, world) = (comm.rank(), comm.world());
+    let mut recorded = vec![Vec::new(); adapter_layers(model).len()];
+    let mine = block(batches.len(), world, rank);
+    let part =
+        dpo_micro_batches(model, batches, mine, reference, dpo, options, dropout_seed_of, &mut Acc::Record(&mut recorded))?;
+    let acc = reduce_recorded(model, recorded, comm, reduce)?;
+    let nll = exact_sum_f64(comm, &part.nll)?;
+    let counts: Vec<usize> = (0..world)
+        .map(|r| block(batches.len(), world, r).map(|i| PAIR_VALUES * batches[i].pairs()).sum())
+        .collect();
+    let own: Vec<f64> = part
+        .pairs
+        .iter()
+        .flat_map(|p| {
+            [p.chosen, p.rejected, p.ref_chosen, p.ref_rejected, p.chosen_tokens as f64, p.rejected_tokens as f64]
+        })
+        .collect();
+    let pairs: Vec<PairLogProbs> = gather_f64(comm, &own, &counts)?
+        .chunks_exact(PAIR_VALUES)
+        .map(|v| PairLogProbs {
+            chosen: v[0],
+            rejected: v[1],
+            ref_chosen: v[2],
+            ref_rejected: v[3],
+            chosen_tokens: v[4] as usize,
+            rejected_tokens: v[5] as usize,
+        })
+        .collect();
+    let metrics = PreferenceMetrics::of(dpo, &pairs, nll / nll_tokens(batches).max(1) as f64);
+    let grad_norm = apply_gradients(model, opt, acc, metrics.loss, lr, options)?;
+    Ok(DpoStepOutcome { step: StepOutcome { loss: metrics.loss, grad_norm }, metrics })
+}
+
+/// The reference's values of `chunks` of work (each giving `values_of(chunk)` values), every rank
+/// computing its block of the chunks and all of them gathered in order on every rank.
+pub(crate) fn shared_chunks<C: Communicator + ?Sized>(
+    comm: &mut C,
+    chunks: usize,
+    values_per_chunk: impl Fn(usize) -> usize,
+    mut compute: impl FnMut(usize) -> Result<Vec<f64>>,
+) -> Result<Vec<f64>> {
+    let (rank, world) = (comm.rank(), comm.world());
+    let mut own = Vec::new();
+    for c in block(chunks, world, rank) {
+        own.extend(compute(c)?);
+    }
+    let counts: Vec<usize> = (0..world).map(|r| block(chunks, world, r).map(&values_per_chunk).sum()).collect();
+    Ok(gather_f64(comm, &own, &counts)?)
+}
