@@ -368,11 +368,6 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
     // A data-parallel rank: rank 0 alone writes the run folder; every rank reads a checkpoint.
     let dist = opts.distributed.clone();
     let writer = dist.as_ref().is_none_or(|d| d.rank == 0);
-    if dist.is_some() && p.recipe.is_kto() {
-        return Err(TrainError::Recipe(
-            "distributed training runs SFT and the pair methods (DPO, SimPO, ORPO); KTO trains on one process".into(),
-        ));
-    }
     if let Some(d) = &dist {
         // Every rank runs the same recipe on the same examples, or none starts.
         // The recipe's text, then every training id (little-endian), streamed: no copy of the data.
@@ -380,13 +375,23 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
         for id in p.train.iter().flat_map(|e| &e.ids) {
             sha2::Digest::update(&mut hasher, id.to_le_bytes());
         }
-        // A preference run's pairs: each sequence's length, then its ids.
-        if let crate::preference::PreferenceExamples::Pairs(pairs) = &p.pairs.train {
-            for seq in pairs.iter().flat_map(|q| [&q.prompt, &q.chosen, &q.rejected]) {
-                sha2::Digest::update(&mut hasher, (seq.len() as u64).to_le_bytes());
-                for id in seq {
-                    sha2::Digest::update(&mut hasher, id.to_le_bytes());
+        // A preference run's pairs or examples: each sequence's length, then its ids (and a KTO
+        // example's label).
+        let sequences: Vec<&Vec<u32>> = match &p.pairs.train {
+            crate::preference::PreferenceExamples::Pairs(pairs) => {
+                pairs.iter().flat_map(|q| [&q.prompt, &q.chosen, &q.rejected]).collect()
+            }
+            crate::preference::PreferenceExamples::Unpaired(examples) => {
+                for e in examples {
+                    sha2::Digest::update(&mut hasher, [u8::from(e.desirable)]);
                 }
+                examples.iter().flat_map(|e| [&e.prompt, &e.completion, &e.kl_completion]).collect()
+            }
+        };
+        for seq in sequences {
+            sha2::Digest::update(&mut hasher, (seq.len() as u64).to_le_bytes());
+            for id in seq {
+                sha2::Digest::update(&mut hasher, id.to_le_bytes());
             }
         }
         let digest = format!("{:x}", sha2::Digest::finalize(hasher));

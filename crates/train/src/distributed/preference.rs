@@ -1,9 +1,10 @@
-//! A data-parallel rank's step of the pair methods (DPO and its variants, SimPO, ORPO), and its share
-//! of the reference's log-probabilities computed before training. As for SFT, every rank has the
-//! whole step and runs its block of micro-batches; the pair losses' means are over the whole step's
-//! pairs, which every rank knows, so each micro-batch's gradient is what one process computes for it.
-//! The gradients are reduced as SFT's; the pairs' log-probabilities (for the metrics and the loss
-//! every rank checks) and the SFT term's sums are gathered in rank order, bit for bit.
+//! A data-parallel rank's step of the preference methods (DPO and its variants, SimPO, ORPO; KTO),
+//! and its share of the reference's log-probabilities computed before training. As for SFT, every
+//! rank has the whole step and runs its block of micro-batches; the losses' means are over the whole
+//! step (its pairs, or its micro-batches for KTO, each with its own KL estimate), which every rank
+//! knows, so each micro-batch's gradient is what one process computes for it. The gradients are
+//! reduced as SFT's; what the metrics and the loss every rank checks need (the pairs' or examples'
+//! log-probabilities, KTO's KL estimates, the SFT term's sums) is gathered in rank order, bit for bit.
 
 use lora_core::CausalLm;
 
@@ -13,6 +14,9 @@ use super::reduce::{exact_sum_f64, gather_f64};
 use super::step::{Reduce, reduce_recorded};
 use crate::error::Result;
 use crate::optimizer::AdamW;
+use crate::preference::kto::loss::{KtoMetrics, MicroBatchKto, UnpairedLogProbs};
+use crate::preference::kto::step::{KtoStepOutcome, UnpairedBatch, kto_micro_batches};
+use crate::preference::kto::Kto;
 use crate::preference::loss::{Dpo, PairLogProbs, PreferenceMetrics};
 use crate::preference::step::{DpoStepOutcome, PairBatch, ReferenceLogProbs, dpo_micro_batches, nll_tokens};
 use crate::step::{Acc, StepOptions, StepOutcome, apply_gradients};
@@ -67,6 +71,54 @@ pub fn dpo_step_on_rank<C: Communicator + ?Sized>(
     let metrics = PreferenceMetrics::of(dpo, &pairs, nll / nll_tokens(batches).max(1) as f64);
     let grad_norm = apply_gradients(model, opt, acc, metrics.loss, lr, options)?;
     Ok(DpoStepOutcome { step: StepOutcome { loss: metrics.loss, grad_norm }, metrics })
+}
+
+/// [`crate::preference::kto::kto_step`] on rank `comm.rank()`: every rank calls it with the whole
+/// step and ends with the same adapter and metrics.
+#[allow(clippy::too_many_arguments)]
+pub fn kto_step_on_rank<C: Communicator + ?Sized>(
+    model: &mut CausalLm,
+    opt: &mut AdamW,
+    batches: &[UnpairedBatch],
+    reference: ReferenceLogProbs<'_>,
+    kto: &Kto,
+    lr: f64,
+    options: StepOptions,
+    dropout_seed_of: impl Fn(usize) -> u64,
+    comm: &mut C,
+    reduce: Reduce,
+) -> Result<KtoStepOutcome> {
+    let (rank, world) = (comm.rank(), comm.world());
+    let mut recorded = vec![Vec::new(); adapter_layers(model).len()];
+    let mine = block(batches.len(), world, rank);
+    let done =
+        kto_micro_batches(model, batches, mine, reference, kto, options, dropout_seed_of, &mut Acc::Record(&mut recorded))?;
+    let acc = reduce_recorded(model, recorded, comm, reduce)?;
+    // A micro-batch travels as its KL estimate, then (policy, reference, desirable) per example.
+    let counts: Vec<usize> =
+        (0..world).map(|r| block(batches.len(), world, r).map(|i| 1 + 3 * batches[i].len()).sum()).collect();
+    let own: Vec<f64> = done
+        .iter()
+        .flat_map(|m| {
+            std::iter::once(m.kl)
+                .chain(m.examples.iter().flat_map(|e| [e.policy, e.reference, f64::from(u8::from(e.desirable))]))
+        })
+        .collect();
+    let values = gather_f64(comm, &own, &counts)?;
+    let mut all = Vec::with_capacity(batches.len());
+    let mut at = 0;
+    for batch in batches {
+        let kl = values[at];
+        let examples = values[at + 1..at + 1 + 3 * batch.len()]
+            .chunks_exact(3)
+            .map(|v| UnpairedLogProbs { policy: v[0], reference: v[1], desirable: v[2] != 0.0 })
+            .collect();
+        at += 1 + 3 * batch.len();
+        all.push(MicroBatchKto { examples, kl });
+    }
+    let metrics = KtoMetrics::of(kto, &all);
+    let grad_norm = apply_gradients(model, opt, acc, metrics.loss, lr, options)?;
+    Ok(KtoStepOutcome { step: StepOutcome { loss: metrics.loss, grad_norm }, metrics })
 }
 
 /// The reference's values of `chunks` of work (each giving `values_of(chunk)` values), every rank

@@ -6,9 +6,9 @@ use lora_core::CausalLm;
 
 use crate::batching::micro_batch_indices;
 use crate::distributed::Communicator;
-use crate::distributed::preference::{dpo_step_on_rank, shared_chunks};
+use crate::distributed::preference::{dpo_step_on_rank, kto_step_on_rank, shared_chunks};
 use crate::distributed::step::Reduce;
-use crate::error::{Result, TrainError};
+use crate::error::Result;
 use crate::optimizer::AdamW;
 use crate::preference::data::PreferenceExamples;
 use crate::preference::kto::{
@@ -108,14 +108,19 @@ impl PreferenceTraining {
                 Some(flat.chunks_exact(2).map(|v| (v[0], v[1])).collect())
             }
             (true, Objective::Unpaired(kto)) => {
-                let mut all = Vec::with_capacity(examples.len());
-                for chunk in unpaired_of(examples).chunks(bs) {
-                    let batch = UnpairedBatch::new(chunk, pad_id, &kto);
+                let chunks: Vec<&[UnpairedIds]> = unpaired_of(examples).chunks(bs).collect();
+                // A chunk's (completion, mismatched completion) values, example by example.
+                let compute = |c: usize| -> Result<Vec<f64>> {
+                    let batch = UnpairedBatch::new(chunks[c], pad_id, &kto);
                     let values = unpaired_reference_log_probs(model, &reference, &batch)?;
-                    let n = chunk.len();
-                    all.extend((0..n).map(|i| (values[i], values.get(n + i).copied().unwrap_or(0.0))));
-                }
-                Some(all)
+                    let n = chunks[c].len();
+                    Ok((0..n).flat_map(|i| [values[i], values.get(n + i).copied().unwrap_or(0.0)]).collect())
+                };
+                let flat = match comm {
+                    Some(comm) => shared_chunks(comm, chunks.len(), |c| 2 * chunks[c].len(), compute)?,
+                    None => (0..chunks.len()).map(compute).collect::<Result<Vec<_>>>()?.concat(),
+                };
+                Some(flat.chunks_exact(2).map(|v| (v[0], v[1])).collect())
             }
         };
         Ok(Self { objective, reference, precomputed, pad_id })
@@ -180,9 +185,6 @@ impl PreferenceTraining {
                 };
                 Ok((out.step, out.metrics, seen))
             }
-            Objective::Unpaired(_) if rank.is_some() => {
-                Err(TrainError::Recipe("KTO does not train on several ranks yet".into()))
-            }
             Objective::Unpaired(kto) => {
                 let all = unpaired_of(examples);
                 let batches: Vec<UnpairedBatch> = micros
@@ -201,7 +203,13 @@ impl PreferenceTraining {
                             + if kl { e.prompt.len() + e.kl_completion.len() } else { 0 }
                     })
                     .sum();
-                let out = kto_step(model, opt, &batches, reference, &kto, lr, options, dropout_seed_of)?;
+                let out = match rank {
+                    None => kto_step(model, opt, &batches, reference, &kto, lr, options, dropout_seed_of)?,
+                    Some((comm, reduce)) => {
+                        let seeds = dropout_seed_of;
+                        kto_step_on_rank(model, opt, &batches, reference, &kto, lr, options, seeds, comm, reduce)?
+                    }
+                };
                 Ok((out.step, out.metrics.into(), seen))
             }
         }

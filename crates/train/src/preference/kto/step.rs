@@ -176,9 +176,33 @@ pub fn kto_step(
     dropout_seed_of: impl Fn(usize) -> u64,
 ) -> Result<KtoStepOutcome> {
     let mut acc: Vec<Option<Tensor<2>>> = vec![None; adapter_layers(model).len()];
+    let all = 0..batches.len();
+    let done = kto_micro_batches(model, batches, all, reference, kto, options, dropout_seed_of, &mut Acc::Sum(&mut acc))?;
+    let metrics = KtoMetrics::of(kto, &done);
+    let grad_norm = apply_gradients(model, opt, acc, metrics.loss, lr, options)?;
+    Ok(KtoStepOutcome { step: StepOutcome { loss: metrics.loss, grad_norm }, metrics })
+}
+
+/// The forward and backward passes of the micro-batches `which` of a KTO step over `batches` (the
+/// whole step: the loss is the mean of all its micro-batches' means), their gradients into `acc`;
+/// each micro-batch's examples and KL estimate, in order. One process runs them all; a
+/// data-parallel rank its block (each micro-batch has its own KL estimate, so the blocks are
+/// independent).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn kto_micro_batches(
+    model: &mut CausalLm,
+    batches: &[UnpairedBatch],
+    which: std::ops::Range<usize>,
+    reference: ReferenceLogProbs<'_>,
+    kto: &Kto,
+    options: StepOptions,
+    dropout_seed_of: impl Fn(usize) -> u64,
+    acc: &mut Acc<'_>,
+) -> Result<Vec<MicroBatchKto>> {
     let micro = batches.len().max(1) as f64;
-    let mut done = Vec::with_capacity(batches.len());
-    for (i, batch) in batches.iter().enumerate() {
+    let mut done = Vec::with_capacity(which.len());
+    for i in which {
+        let batch = &batches[i];
         let reference = match reference {
             ReferenceLogProbs::Precomputed(r) => r[i].clone(),
             ReferenceLogProbs::Compute(r) => unpaired_reference_log_probs(model, r, batch)?,
@@ -187,27 +211,19 @@ pub fn kto_step(
         set_dropout_seeds(model, dropout_seed_of(i));
         let kl = kl_estimate(model, kto, batch, &reference)?;
         let mut examples = Vec::new();
-        micro_batch_with(
-            model,
-            &batch.rows.batch,
-            options.gradient_checkpointing,
-            &mut Acc::Sum(&mut acc),
-            |model, hidden, on_grads| {
-                let policy = batch.rows.sums(&head_log_probs(model, hidden.clone(), &batch.rows.labels)?);
-                examples = examples_of(batch, &policy, &reference);
-                // A position weighs −∂loss/∂(its log p): its example's ∂loss/∂π, for the step's mean of
-                // micro-batch means.
-                let scale = 1.0 / (batch.len().max(1) as f64 * micro);
-                let d: Vec<f64> = examples.iter().map(|e| kto.example(e, kl).1 * scale).collect();
-                let weights: Vec<f32> = batch.rows.position_rows().into_iter().map(|r| -d[r] as f32).collect();
-                Ok(head_loss_weighted(model, hidden, &batch.rows.labels, &weights, 1.0, on_grads)?)
-            },
-        )?;
+        micro_batch_with(model, &batch.rows.batch, options.gradient_checkpointing, acc, |model, hidden, on_grads| {
+            let policy = batch.rows.sums(&head_log_probs(model, hidden.clone(), &batch.rows.labels)?);
+            examples = examples_of(batch, &policy, &reference);
+            // A position weighs −∂loss/∂(its log p): its example's ∂loss/∂π, for the step's mean of
+            // micro-batch means.
+            let scale = 1.0 / (batch.len().max(1) as f64 * micro);
+            let d: Vec<f64> = examples.iter().map(|e| kto.example(e, kl).1 * scale).collect();
+            let weights: Vec<f32> = batch.rows.position_rows().into_iter().map(|r| -d[r] as f32).collect();
+            Ok(head_loss_weighted(model, hidden, &batch.rows.labels, &weights, 1.0, on_grads)?)
+        })?;
         done.push(MicroBatchKto { examples, kl });
     }
-    let metrics = KtoMetrics::of(kto, &done);
-    let grad_norm = apply_gradients(model, opt, acc, metrics.loss, lr, options)?;
-    Ok(KtoStepOutcome { step: StepOutcome { loss: metrics.loss, grad_norm }, metrics })
+    Ok(done)
 }
 
 /// The loss and metrics of held-out examples, in micro-batches of `batch_size` (each with its own
