@@ -370,31 +370,7 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
     let writer = dist.as_ref().is_none_or(|d| d.rank == 0);
     if let Some(d) = &dist {
         // Every rank runs the same recipe on the same examples, or none starts.
-        // The recipe's text, then every training id (little-endian), streamed: no copy of the data.
-        let mut hasher = <sha2::Sha256 as sha2::Digest>::new_with_prefix(recipe_text.as_bytes());
-        for id in p.train.iter().flat_map(|e| &e.ids) {
-            sha2::Digest::update(&mut hasher, id.to_le_bytes());
-        }
-        // A preference run's pairs or examples: each sequence's length, then its ids (and a KTO
-        // example's label).
-        let sequences: Vec<&Vec<u32>> = match &p.pairs.train {
-            crate::preference::PreferenceExamples::Pairs(pairs) => {
-                pairs.iter().flat_map(|q| [&q.prompt, &q.chosen, &q.rejected]).collect()
-            }
-            crate::preference::PreferenceExamples::Unpaired(examples) => {
-                for e in examples {
-                    sha2::Digest::update(&mut hasher, [u8::from(e.desirable)]);
-                }
-                examples.iter().flat_map(|e| [&e.prompt, &e.completion, &e.kl_completion]).collect()
-            }
-        };
-        for seq in sequences {
-            sha2::Digest::update(&mut hasher, (seq.len() as u64).to_le_bytes());
-            for id in seq {
-                sha2::Digest::update(&mut hasher, id.to_le_bytes());
-            }
-        }
-        let digest = format!("{:x}", sha2::Digest::finalize(hasher));
+        let digest = crate::distributed::agree::run_digest(&recipe_text, &p.train, &p.pairs.train);
         let mut comm = d.comm.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(r) = crate::distributed::agree::first_differing(&mut *comm, &digest)? {
             return Err(TrainError::Recipe(format!(
@@ -457,9 +433,11 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
     let preference = match p.recipe.method() {
         Method::Sft => None,
         Method::Preference => Some(on_pool(pool.as_ref(), poll, || {
-            let mut comm = dist.as_ref().map(|d| d.comm.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
-            let comm = comm.as_deref_mut().map(|c| c as &mut dyn crate::distributed::Communicator);
-            PreferenceTraining::new(&p.recipe, &mut p.model, &p.pairs.train, pad_id, comm)
+            let (recipe, model, examples) = (&p.recipe, &mut p.model, &p.pairs.train);
+            match &dist {
+                None => PreferenceTraining::new(recipe, model, examples, pad_id, None),
+                Some(d) => d.timed(|comm| PreferenceTraining::new(recipe, model, examples, pad_id, Some(comm))).0,
+            }
         })?),
     };
     let mut first_loss = f64::NAN;
@@ -487,11 +465,11 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
                         None => train_step(&mut p.model, &mut opt, &batches, step_tokens, lr, options, seeds)
                             .map(|o| (o, None)),
                         Some(d) => {
-                            let mut comm = d.comm.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                            let mut timed = crate::distributed::comm::Timed::new(&mut *comm);
                             let (m, o) = (&mut p.model, &mut opt);
-                            train_step_on_rank(m, o, &batches, step_tokens, lr, options, seeds, &mut timed, d.reduce)
-                                .map(|o| (o, Some(timed.spent.as_secs_f64())))
+                            let (r, comm_s) = d.timed(|comm| {
+                                train_step_on_rank(m, o, &batches, step_tokens, lr, options, seeds, comm, d.reduce)
+                            });
+                            r.map(|o| (o, Some(comm_s)))
                         }
                     }
                 })?;
@@ -507,11 +485,9 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
                     match &dist {
                         None => pref.step(m, o, examples, &micros, lr, options, seeds, None).map(|r| (r, None)),
                         Some(d) => {
-                            let mut comm = d.comm.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                            let mut timed = crate::distributed::comm::Timed::new(&mut *comm);
-                            let rank = Some((&mut timed as &mut dyn crate::distributed::Communicator, d.reduce));
-                            let r = pref.step(m, o, examples, &micros, lr, options, seeds, rank);
-                            r.map(|r| (r, Some(timed.spent.as_secs_f64())))
+                            let (r, comm_s) =
+                                d.timed(|comm| pref.step(m, o, examples, &micros, lr, options, seeds, Some((comm, d.reduce))));
+                            r.map(|r| (r, Some(comm_s)))
                         }
                     }
                 })?;

@@ -1,7 +1,37 @@
 //! The start-up check of a data-parallel run: every rank must run the same recipe on the same data,
 //! or the run is one error on every rank before any step.
 
+use sha2::{Digest, Sha256};
+
 use super::comm::{CommError, Communicator};
+use crate::data::Example;
+use crate::preference::PreferenceExamples;
+
+/// The hex sha256 the ranks compare: the recipe's text, then every training id (little-endian) —
+/// an SFT run's examples, a preference run's pairs or KTO examples (each sequence's length, then its
+/// ids, and a KTO example's label) — streamed into the hasher, no copy of the data.
+pub fn run_digest(recipe_text: &str, train: &[Example], preference: &PreferenceExamples) -> String {
+    let mut hasher = Sha256::new_with_prefix(recipe_text.as_bytes());
+    for id in train.iter().flat_map(|e| &e.ids) {
+        hasher.update(id.to_le_bytes());
+    }
+    let sequences: Vec<&Vec<u32>> = match preference {
+        PreferenceExamples::Pairs(pairs) => pairs.iter().flat_map(|q| [&q.prompt, &q.chosen, &q.rejected]).collect(),
+        PreferenceExamples::Unpaired(examples) => {
+            for e in examples {
+                hasher.update([u8::from(e.desirable)]);
+            }
+            examples.iter().flat_map(|e| [&e.prompt, &e.completion, &e.kl_completion]).collect()
+        }
+    };
+    for seq in sequences {
+        hasher.update((seq.len() as u64).to_le_bytes());
+        for id in seq {
+            hasher.update(id.to_le_bytes());
+        }
+    }
+    format!("{:x}", hasher.finalize())
+}
 
 /// Compares `digest` (a hex sha256 of the rank's recipe and data) across the ranks; `Ok(None)` when
 /// every rank has rank 0's, `Ok(Some(r))` naming the first rank that differs, on every rank.

@@ -29,11 +29,6 @@ impl std::fmt::Debug for MpiComm {
     }
 }
 
-/// Whether this process was started by an MPI launcher (`mpirun`, `srun` with PMI).
-pub fn launched_by_mpi() -> bool {
-    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"].iter().any(|k| std::env::var_os(k).is_some())
-}
-
 impl MpiComm {
     /// Initialises MPI (once per process), waiting at most `timeout` for any message.
     pub fn init(timeout: Duration) -> Result<Self, String> {
