@@ -485,8 +485,9 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
                     match &dist {
                         None => pref.step(m, o, examples, &micros, lr, options, seeds, None).map(|r| (r, None)),
                         Some(d) => {
-                            let (r, comm_s) =
-                                d.timed(|comm| pref.step(m, o, examples, &micros, lr, options, seeds, Some((comm, d.reduce))));
+                            let (r, comm_s) = d.timed(|comm| {
+                                pref.step(m, o, examples, &micros, lr, options, seeds, Some((comm, d.reduce)))
+                            });
                             r.map(|r| (r, Some(comm_s)))
                         }
                     }

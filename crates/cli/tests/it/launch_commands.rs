@@ -66,8 +66,10 @@ fn launched_ranks_write_the_single_process_adapter() {
     assert!(o.status.success() && stdout(&o).contains("byte for byte"), "{}", stderr(&o));
     // `fast`: one all-reduce, within float tolerance of the single process.
     run(Some(2), &dir.join("fast"), &["train.grad_reduce=\"fast\""]);
-    let (one, fast) =
-        (f32_tensors(&dir.join("single/adapter_model.safetensors")), f32_tensors(&dir.join("fast/adapter_model.safetensors")));
+    let (one, fast) = (
+        f32_tensors(&dir.join("single/adapter_model.safetensors")),
+        f32_tensors(&dir.join("fast/adapter_model.safetensors")),
+    );
     assert_eq!(one.len(), fast.len());
     for (name, (shape, v)) in &one {
         assert_eq!(shape, &fast[name].0);

@@ -8,11 +8,11 @@
 
 use std::time::Duration;
 
+use super::DistributedRun;
 use super::comm::CommError;
 use super::launch_env::{LaunchEnv, Launcher};
 use super::step::Reduce;
 use super::tcp_comm::TcpComm;
-use super::DistributedRun;
 
 /// The engines, by their recipe names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,12 +89,7 @@ fn master(env: &LaunchEnv) -> Result<(&str, u16), CommError> {
 
 /// Starts this process's rank when a launcher started several, or one with an engine named (`None`:
 /// a single process, or `setting` is `"off"`). `device` is the recipe's `[train] device`.
-pub fn start(
-    setting: &str,
-    device: &str,
-    reduce: Reduce,
-    timeout: Duration,
-) -> Result<Option<Started>, CommError> {
+pub fn start(setting: &str, device: &str, reduce: Reduce, timeout: Duration) -> Result<Option<Started>, CommError> {
     if setting == "off" {
         return Ok(None);
     }

@@ -106,20 +106,34 @@ mod tests {
 
     #[test]
     fn reads_each_launchers_variables() {
-        let t = env(&[("RANK", "3"), ("WORLD_SIZE", "4"), ("LOCAL_RANK", "1"), ("MASTER_ADDR", "node0"), ("MASTER_PORT", "1234")])
-            .unwrap()
-            .unwrap();
+        let t = env(&[
+            ("RANK", "3"),
+            ("WORLD_SIZE", "4"),
+            ("LOCAL_RANK", "1"),
+            ("MASTER_ADDR", "node0"),
+            ("MASTER_PORT", "1234"),
+        ])
+        .unwrap()
+        .unwrap();
         assert_eq!(
             t,
-            LaunchEnv { launcher: Launcher::Torchrun, rank: 3, world: 4, local_rank: 1, master: Some(("node0".into(), 1234)) }
+            LaunchEnv {
+                launcher: Launcher::Torchrun,
+                rank: 3,
+                world: 4,
+                local_rank: 1,
+                master: Some(("node0".into(), 1234))
+            }
         );
-        let m = env(&[("OMPI_COMM_WORLD_RANK", "1"), ("OMPI_COMM_WORLD_SIZE", "2"), ("OMPI_COMM_WORLD_LOCAL_RANK", "1")])
-            .unwrap()
-            .unwrap();
+        let m =
+            env(&[("OMPI_COMM_WORLD_RANK", "1"), ("OMPI_COMM_WORLD_SIZE", "2"), ("OMPI_COMM_WORLD_LOCAL_RANK", "1")])
+                .unwrap()
+                .unwrap();
         assert_eq!((m.launcher, m.rank, m.world, m.local_rank, m.master), (Launcher::Mpi, 1, 2, 1, None));
-        let s = env(&[("SLURM_PROCID", "5"), ("SLURM_STEP_NUM_TASKS", "8"), ("SLURM_LOCALID", "1"), ("MASTER_ADDR", "n1")])
-            .unwrap()
-            .unwrap();
+        let s =
+            env(&[("SLURM_PROCID", "5"), ("SLURM_STEP_NUM_TASKS", "8"), ("SLURM_LOCALID", "1"), ("MASTER_ADDR", "n1")])
+                .unwrap()
+                .unwrap();
         assert_eq!((s.launcher, s.rank, s.world, s.local_rank), (Launcher::Slurm, 5, 8, 1));
         assert_eq!(s.master, Some(("n1".into(), DEFAULT_PORT)));
         // torchrun inside srun: torchrun's ranks.

@@ -74,23 +74,22 @@ impl NcclComm {
                 // Every rank has arrived once the rendezvous returns: NCCL's own start-up, which
                 // waits without a timeout, then finds them all.
                 let mut tcp = TcpComm::join(rank, world, master, None, timeout)?;
-                let id = if rank == 0 {
-                    let id = Id::new().map_err(nccl)?;
-                    let bytes: Vec<u8> = id.internal().iter().map(|&c| c as u8).collect();
-                    for r in 1..world {
-                        tcp.send_bytes(r, &bytes)?;
-                    }
-                    id
-                } else {
-                    let bytes = tcp.recv_bytes(0)?;
-                    let internal: [std::ffi::c_char; 128] = bytes
-                        .iter()
-                        .map(|&b| b as std::ffi::c_char)
-                        .collect::<Vec<_>>()
-                        .try_into()
-                        .map_err(|_| setup(format!("rank 0 sent an NCCL id of {} bytes, not 128", bytes.len())))?;
-                    Id::uninit(internal)
-                };
+                let id =
+                    if rank == 0 {
+                        let id = Id::new().map_err(nccl)?;
+                        let bytes: Vec<u8> = id.internal().iter().map(|&c| c as u8).collect();
+                        for r in 1..world {
+                            tcp.send_bytes(r, &bytes)?;
+                        }
+                        id
+                    } else {
+                        let bytes = tcp.recv_bytes(0)?;
+                        let internal: [std::ffi::c_char; 128] =
+                            bytes.iter().map(|&b| b as std::ffi::c_char).collect::<Vec<_>>().try_into().map_err(
+                                |_| setup(format!("rank 0 sent an NCCL id of {} bytes, not 128", bytes.len())),
+                            )?;
+                        Id::uninit(internal)
+                    };
                 (id, Some(tcp))
             }
             // NCCL builds the same id from NCCL_COMM_ID on every rank, and rank 0 listens there.

@@ -14,9 +14,9 @@ use super::reduce::{exact_sum_f64, gather_f64};
 use super::step::{Reduce, reduce_recorded};
 use crate::error::Result;
 use crate::optimizer::AdamW;
+use crate::preference::kto::Kto;
 use crate::preference::kto::loss::{KtoMetrics, MicroBatchKto, UnpairedLogProbs};
 use crate::preference::kto::step::{KtoStepOutcome, UnpairedBatch, kto_micro_batches};
-use crate::preference::kto::Kto;
 use crate::preference::loss::{Dpo, PairLogProbs, PreferenceMetrics};
 use crate::preference::step::{DpoStepOutcome, PairBatch, ReferenceLogProbs, dpo_micro_batches, nll_tokens};
 use crate::step::{Acc, StepOptions, StepOutcome, apply_gradients};
@@ -43,13 +43,20 @@ pub fn dpo_step_on_rank<C: Communicator + ?Sized>(
     let (rank, world) = (comm.rank(), comm.world());
     let mut recorded = vec![Vec::new(); adapter_layers(model).len()];
     let mine = block(batches.len(), world, rank);
-    let part =
-        dpo_micro_batches(model, batches, mine, reference, dpo, options, dropout_seed_of, &mut Acc::Record(&mut recorded))?;
+    let part = dpo_micro_batches(
+        model,
+        batches,
+        mine,
+        reference,
+        dpo,
+        options,
+        dropout_seed_of,
+        &mut Acc::Record(&mut recorded),
+    )?;
     let acc = reduce_recorded(model, recorded, comm, reduce)?;
     let nll = exact_sum_f64(comm, &part.nll)?;
-    let counts: Vec<usize> = (0..world)
-        .map(|r| block(batches.len(), world, r).map(|i| PAIR_VALUES * batches[i].pairs()).sum())
-        .collect();
+    let counts: Vec<usize> =
+        (0..world).map(|r| block(batches.len(), world, r).map(|i| PAIR_VALUES * batches[i].pairs()).sum()).collect();
     let own: Vec<f64> = part
         .pairs
         .iter()
@@ -91,8 +98,16 @@ pub fn kto_step_on_rank<C: Communicator + ?Sized>(
     let (rank, world) = (comm.rank(), comm.world());
     let mut recorded = vec![Vec::new(); adapter_layers(model).len()];
     let mine = block(batches.len(), world, rank);
-    let done =
-        kto_micro_batches(model, batches, mine, reference, kto, options, dropout_seed_of, &mut Acc::Record(&mut recorded))?;
+    let done = kto_micro_batches(
+        model,
+        batches,
+        mine,
+        reference,
+        kto,
+        options,
+        dropout_seed_of,
+        &mut Acc::Record(&mut recorded),
+    )?;
     let acc = reduce_recorded(model, recorded, comm, reduce)?;
     // A micro-batch travels as its KL estimate, then (policy, reference, desirable) per example.
     let counts: Vec<usize> =

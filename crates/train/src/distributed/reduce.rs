@@ -127,7 +127,11 @@ fn join_f64(m: &[f32]) -> f64 {
 
 /// Every rank's `own` values, concatenated in rank order, on every rank; `counts[r]` is how many rank
 /// r has (every rank knows them). The f64s travel as their bits.
-pub fn gather_f64<C: Communicator + ?Sized>(comm: &mut C, own: &[f64], counts: &[usize]) -> Result<Vec<f64>, CommError> {
+pub fn gather_f64<C: Communicator + ?Sized>(
+    comm: &mut C,
+    own: &[f64],
+    counts: &[usize],
+) -> Result<Vec<f64>, CommError> {
     let mut all = Vec::with_capacity(counts.iter().sum());
     for (r, &n) in counts.iter().enumerate() {
         if n == 0 {

@@ -37,10 +37,8 @@ fn setup(m: impl Into<String>) -> CommError {
 
 /// The addresses `host:port` names.
 fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, CommError> {
-    let addrs: Vec<SocketAddr> = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| setup(format!("cannot resolve MASTER_ADDR {host}: {e}")))?
-        .collect();
+    let addrs: Vec<SocketAddr> =
+        (host, port).to_socket_addrs().map_err(|e| setup(format!("cannot resolve MASTER_ADDR {host}: {e}")))?.collect();
     if addrs.is_empty() {
         return Err(setup(format!("MASTER_ADDR {host} names no address")));
     }
@@ -163,7 +161,9 @@ impl TcpComm {
                     return Err(setup(format!("rank {r} was started for {w} ranks, rank 0 for {world}")));
                 }
                 if r == 0 || r >= world || peers[r].is_some() {
-                    return Err(setup(format!("two processes of this run claim rank {r} (or it is not a rank of {world})")));
+                    return Err(setup(format!(
+                        "two processes of this run claim rank {r} (or it is not a rank of {world})"
+                    )));
                 }
                 let ip = s.peer_addr().map_err(|e| setup(e.to_string()))?.ip();
                 table[r] = SocketAddr::new(ip, port).to_string();

@@ -306,7 +306,8 @@ pub fn dpo_step(
 ) -> Result<DpoStepOutcome> {
     let mut acc: Vec<Option<Tensor<2>>> = vec![None; adapter_layers(model).len()];
     let all = 0..batches.len();
-    let part = dpo_micro_batches(model, batches, all, reference, dpo, options, dropout_seed_of, &mut Acc::Sum(&mut acc))?;
+    let part =
+        dpo_micro_batches(model, batches, all, reference, dpo, options, dropout_seed_of, &mut Acc::Sum(&mut acc))?;
     let nll = part.nll.iter().fold(0.0, |sum, x| sum + x);
     let metrics = PreferenceMetrics::of(dpo, &part.pairs, nll / nll_tokens(batches).max(1) as f64);
     let grad_norm = apply_gradients(model, opt, acc, metrics.loss, lr, options)?;

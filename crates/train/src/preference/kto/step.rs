@@ -177,7 +177,8 @@ pub fn kto_step(
 ) -> Result<KtoStepOutcome> {
     let mut acc: Vec<Option<Tensor<2>>> = vec![None; adapter_layers(model).len()];
     let all = 0..batches.len();
-    let done = kto_micro_batches(model, batches, all, reference, kto, options, dropout_seed_of, &mut Acc::Sum(&mut acc))?;
+    let done =
+        kto_micro_batches(model, batches, all, reference, kto, options, dropout_seed_of, &mut Acc::Sum(&mut acc))?;
     let metrics = KtoMetrics::of(kto, &done);
     let grad_norm = apply_gradients(model, opt, acc, metrics.loss, lr, options)?;
     Ok(KtoStepOutcome { step: StepOutcome { loss: metrics.loss, grad_norm }, metrics })
