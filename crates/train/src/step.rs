@@ -216,17 +216,36 @@ pub fn train_step(
     options: StepOptions,
     dropout_seed_of: impl Fn(usize) -> u64,
 ) -> Result<StepOutcome> {
-    let n = adapter_layers(model).len();
-    let mut acc: Vec<Option<Tensor<2>>> = vec![None; n];
-    let scale = 1.0 / step_tokens.max(1) as f64;
-    let mut loss_sum = 0.0f64;
-    for (i, (batch, labels)) in batches.iter().enumerate() {
-        set_dropout_seeds(model, dropout_seed_of(i));
-        loss_sum += micro_batch(model, batch, labels, scale, options.gradient_checkpointing, &mut Acc::Sum(&mut acc))?;
-    }
-    let loss = loss_sum / step_tokens.max(1) as f64;
+    let mut acc: Vec<Option<Tensor<2>>> = vec![None; adapter_layers(model).len()];
+    let all = 0..batches.len();
+    let losses =
+        sft_micro_batches(model, batches, all, step_tokens, options, dropout_seed_of, &mut Acc::Sum(&mut acc))?;
+    let loss = losses.iter().fold(0.0, |sum, l| sum + l) / step_tokens.max(1) as f64;
     let grad_norm = apply_gradients(model, opt, acc, loss, lr, options)?;
     Ok(StepOutcome { loss, grad_norm })
+}
+
+/// The forward and backward passes of the micro-batches `which` of an SFT step over `batches` (the
+/// whole step, whose target-token count `step_tokens` scales every loss), their gradients into
+/// `acc`; each micro-batch's summed loss, in order. One process runs them all; a data-parallel rank
+/// its block.
+pub(crate) fn sft_micro_batches(
+    model: &mut CausalLm,
+    batches: &[(TokenBatch, Vec<Vec<Option<u32>>>)],
+    which: std::ops::Range<usize>,
+    step_tokens: usize,
+    options: StepOptions,
+    dropout_seed_of: impl Fn(usize) -> u64,
+    acc: &mut Acc<'_>,
+) -> Result<Vec<f64>> {
+    let scale = 1.0 / step_tokens.max(1) as f64;
+    let mut losses = Vec::with_capacity(which.len());
+    for i in which {
+        set_dropout_seeds(model, dropout_seed_of(i));
+        let (batch, labels) = &batches[i];
+        losses.push(micro_batch(model, batch, labels, scale, options.gradient_checkpointing, acc)?);
+    }
+    Ok(losses)
 }
 
 /// The end of a step: the accumulated gradients clipped by global norm and handed to AdamW (skipped

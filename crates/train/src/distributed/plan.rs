@@ -14,6 +14,12 @@ pub fn block(micro_batches: usize, world: usize, rank: usize) -> Range<usize> {
     start..start + len
 }
 
+/// For each rank of `world`, the sum of `size_of(i)` over its block of `items`: what each rank
+/// sends when it shares per-item values (every rank can compute it).
+pub fn block_sums(items: usize, world: usize, size_of: impl Fn(usize) -> usize) -> Vec<usize> {
+    (0..world).map(|r| block(items, world, r).map(&size_of).sum()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

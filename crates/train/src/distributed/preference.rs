@@ -9,9 +9,9 @@
 use lora_core::CausalLm;
 
 use super::comm::Communicator;
-use super::plan::block;
+use super::plan::{block, block_sums};
 use super::reduce::{exact_sum_f64, gather_f64};
-use super::step::{Reduce, reduce_recorded};
+use super::step::{Reduce, on_block};
 use crate::error::Result;
 use crate::optimizer::AdamW;
 use crate::preference::kto::Kto;
@@ -19,8 +19,7 @@ use crate::preference::kto::loss::{KtoMetrics, MicroBatchKto, UnpairedLogProbs};
 use crate::preference::kto::step::{KtoStepOutcome, UnpairedBatch, kto_micro_batches};
 use crate::preference::loss::{Dpo, PairLogProbs, PreferenceMetrics};
 use crate::preference::step::{DpoStepOutcome, PairBatch, ReferenceLogProbs, dpo_micro_batches, nll_tokens};
-use crate::step::{Acc, StepOptions, StepOutcome, apply_gradients};
-use crate::trainable::adapter_layers;
+use crate::step::{StepOptions, StepOutcome, apply_gradients};
 
 /// Values a pair carries between ranks.
 const PAIR_VALUES: usize = 6;
@@ -40,23 +39,12 @@ pub fn dpo_step_on_rank<C: Communicator + ?Sized>(
     comm: &mut C,
     reduce: Reduce,
 ) -> Result<DpoStepOutcome> {
-    let (rank, world) = (comm.rank(), comm.world());
-    let mut recorded = vec![Vec::new(); adapter_layers(model).len()];
-    let mine = block(batches.len(), world, rank);
-    let part = dpo_micro_batches(
-        model,
-        batches,
-        mine,
-        reference,
-        dpo,
-        options,
-        dropout_seed_of,
-        &mut Acc::Record(&mut recorded),
-    )?;
-    let acc = reduce_recorded(model, recorded, comm, reduce)?;
+    let world = comm.world();
+    let (part, acc) = on_block(model, batches.len(), comm, reduce, |model, which, acc| {
+        dpo_micro_batches(model, batches, which, reference, dpo, options, dropout_seed_of, acc)
+    })?;
     let nll = exact_sum_f64(comm, &part.nll)?;
-    let counts: Vec<usize> =
-        (0..world).map(|r| block(batches.len(), world, r).map(|i| PAIR_VALUES * batches[i].pairs()).sum()).collect();
+    let counts = block_sums(batches.len(), world, |i| PAIR_VALUES * batches[i].pairs());
     let own: Vec<f64> = part
         .pairs
         .iter()
@@ -95,23 +83,12 @@ pub fn kto_step_on_rank<C: Communicator + ?Sized>(
     comm: &mut C,
     reduce: Reduce,
 ) -> Result<KtoStepOutcome> {
-    let (rank, world) = (comm.rank(), comm.world());
-    let mut recorded = vec![Vec::new(); adapter_layers(model).len()];
-    let mine = block(batches.len(), world, rank);
-    let done = kto_micro_batches(
-        model,
-        batches,
-        mine,
-        reference,
-        kto,
-        options,
-        dropout_seed_of,
-        &mut Acc::Record(&mut recorded),
-    )?;
-    let acc = reduce_recorded(model, recorded, comm, reduce)?;
+    let world = comm.world();
+    let (done, acc) = on_block(model, batches.len(), comm, reduce, |model, which, acc| {
+        kto_micro_batches(model, batches, which, reference, kto, options, dropout_seed_of, acc)
+    })?;
     // A micro-batch travels as its KL estimate, then (policy, reference, desirable) per example.
-    let counts: Vec<usize> =
-        (0..world).map(|r| block(batches.len(), world, r).map(|i| 1 + 3 * batches[i].len()).sum()).collect();
+    let counts = block_sums(batches.len(), world, |i| 1 + 3 * batches[i].len());
     let own: Vec<f64> = done
         .iter()
         .flat_map(|m| {
@@ -149,6 +126,6 @@ pub(crate) fn shared_chunks<C: Communicator + ?Sized>(
     for c in block(chunks, world, rank) {
         own.extend(compute(c)?);
     }
-    let counts: Vec<usize> = (0..world).map(|r| block(chunks, world, r).map(&values_per_chunk).sum()).collect();
+    let counts = block_sums(chunks, world, values_per_chunk);
     Ok(gather_f64(comm, &own, &counts)?)
 }

@@ -3,6 +3,8 @@
 //! the step's global token count, the gradients reduced ([`super::reduce`]), then the clipping and
 //! AdamW every rank applies alike (so that the adapters stay replicated).
 
+use std::ops::Range;
+
 use lora_core::CausalLm;
 use lora_core::TokenBatch;
 use lora_core::burn::tensor::{Tensor, TensorData};
@@ -13,8 +15,8 @@ use super::plan::block;
 use super::reduce::{Contributions, exact, exact_sum_f64, fast};
 use crate::error::Result;
 use crate::optimizer::AdamW;
-use crate::step::{Acc, StepOptions, StepOutcome, apply_gradients, micro_batch};
-use crate::trainable::{adapter_layers, adapter_tensors, set_dropout_seeds};
+use crate::step::{Acc, StepOptions, StepOutcome, apply_gradients, sft_micro_batches};
+use crate::trainable::{adapter_layers, adapter_tensors};
 
 /// How the ranks' gradients are reduced (`[train] grad_reduce`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,25 +41,34 @@ pub fn train_step_on_rank<C: Communicator + ?Sized>(
     comm: &mut C,
     reduce: Reduce,
 ) -> Result<StepOutcome> {
-    let n = adapter_layers(model).len();
-    let scale = 1.0 / step_tokens.max(1) as f64;
-    let mut recorded: Vec<Vec<Tensor<2>>> = vec![Vec::new(); n];
-    let mut losses = Vec::new();
-    for i in block(batches.len(), comm.world(), comm.rank()) {
-        set_dropout_seeds(model, dropout_seed_of(i));
-        let (batch, labels) = &batches[i];
-        let mut acc = Acc::Record(&mut recorded);
-        losses.push(micro_batch(model, batch, labels, scale, options.gradient_checkpointing, &mut acc)?);
-    }
-    let acc = reduce_recorded(model, recorded, comm, reduce)?;
+    let (losses, acc) = on_block(model, batches.len(), comm, reduce, |model, which, acc| {
+        sft_micro_batches(model, batches, which, step_tokens, options, dropout_seed_of, acc)
+    })?;
     let loss = exact_sum_f64(comm, &losses)? / step_tokens.max(1) as f64;
     let grad_norm = apply_gradients(model, opt, acc, loss, lr, options)?;
     Ok(StepOutcome { loss, grad_norm })
 }
 
+/// Runs this rank's block of a step's `micro_batches` through `run` (given the block's range and an
+/// accumulator that records each gradient contribution in the order one process would add it), then
+/// reduces the contributions over the ranks: `run`'s result and the step's gradients, the same on
+/// every rank.
+pub(crate) fn on_block<C: Communicator + ?Sized, T>(
+    model: &mut CausalLm,
+    micro_batches: usize,
+    comm: &mut C,
+    reduce: Reduce,
+    run: impl FnOnce(&mut CausalLm, Range<usize>, &mut Acc<'_>) -> Result<T>,
+) -> Result<(T, Vec<Option<Tensor<2>>>)> {
+    let mut recorded: Vec<Vec<Tensor<2>>> = vec![Vec::new(); adapter_layers(model).len()];
+    let mine = block(micro_batches, comm.world(), comm.rank());
+    let out = run(model, mine, &mut Acc::Record(&mut recorded))?;
+    Ok((out, reduce_recorded(model, recorded, comm, reduce)?))
+}
+
 /// This rank's recorded gradient contributions (per adapter tensor, in the order one process would
 /// add them) reduced over the ranks: the step's gradients, the same on every rank.
-pub(crate) fn reduce_recorded<C: Communicator + ?Sized>(
+fn reduce_recorded<C: Communicator + ?Sized>(
     model: &CausalLm,
     recorded: Vec<Vec<Tensor<2>>>,
     comm: &mut C,
