@@ -371,8 +371,7 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
     if let Some(d) = &dist {
         // Every rank runs the same recipe on the same examples, or none starts.
         let digest = crate::distributed::agree::run_digest(&recipe_text, &p.train, &p.pairs.train);
-        let mut comm = d.comm.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(r) = crate::distributed::agree::first_differing(&mut *comm, &digest)? {
+        if let Some(r) = d.with(|comm| crate::distributed::agree::first_differing(comm, &digest))? {
             return Err(TrainError::Recipe(format!(
                 "rank {r} runs another recipe or other data than rank 0 (their sha256 differ); every rank needs \
                  the same recipe, data and base"
@@ -436,7 +435,7 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
             let (recipe, model, examples) = (&p.recipe, &mut p.model, &p.pairs.train);
             match &dist {
                 None => PreferenceTraining::new(recipe, model, examples, pad_id, None),
-                Some(d) => d.timed(|comm| PreferenceTraining::new(recipe, model, examples, pad_id, Some(comm))).0,
+                Some(d) => d.with(|comm| PreferenceTraining::new(recipe, model, examples, pad_id, Some(comm))),
             }
         })?),
     };
@@ -539,7 +538,7 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
             // Ranks stop at the same step: one interrupted rank (Ctrl-C reaches them at different
             // moments) interrupts all.
             let mut any = [f32::from(u8::from(interrupted))];
-            d.comm.lock().unwrap_or_else(std::sync::PoisonError::into_inner).all_reduce_sum(&mut any)?;
+            d.with(|comm| comm.all_reduce_sum(&mut any))?;
             interrupted = any[0] > 0.0;
         }
         if (t.save_every > 0 && done % t.save_every == 0 && done < total) || (interrupted && done < total) {

@@ -58,15 +58,21 @@ impl DistributedRun {
 
     /// Waits for every rank.
     pub fn barrier(&self) -> Result<(), CommError> {
-        self.comm.lock().unwrap_or_else(std::sync::PoisonError::into_inner).barrier()
+        self.with(|c| c.barrier())
     }
 
-    /// Runs `f` with this rank's communicator; its result and the seconds `f` spent in it (a step's
+    /// Runs `f` with this rank's communicator.
+    pub fn with<T>(&self, f: impl FnOnce(&mut dyn Communicator) -> T) -> T {
+        f(&mut *self.comm.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// [`Self::with`], also returning the seconds `f` spent in the communicator (a step's
     /// communication, for its metrics).
     pub fn timed<T>(&self, f: impl FnOnce(&mut dyn Communicator) -> T) -> (T, f64) {
-        let mut comm = self.comm.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut timed = comm::Timed::new(&mut *comm);
-        let out = f(&mut timed);
-        (out, timed.spent.as_secs_f64())
+        self.with(|comm| {
+            let mut timed = comm::Timed::new(comm);
+            let out = f(&mut timed);
+            (out, timed.spent.as_secs_f64())
+        })
     }
 }

@@ -113,14 +113,18 @@ pub fn kto_step_on_rank<C: Communicator + ?Sized>(
     Ok(KtoStepOutcome { step: StepOutcome { loss: metrics.loss, grad_norm }, metrics })
 }
 
-/// The reference's values of `chunks` of work (each giving `values_of(chunk)` values), every rank
-/// computing its block of the chunks and all of them gathered in order on every rank.
-pub(crate) fn shared_chunks<C: Communicator + ?Sized>(
-    comm: &mut C,
+/// The values of `chunks` of work (each giving `values_per_chunk(chunk)` values), in chunk order: on
+/// one process (`comm` none) it computes them all; a data-parallel rank computes its block of the
+/// chunks and gathers the others', so that every rank has them all.
+pub(crate) fn chunk_values(
+    comm: Option<&mut dyn Communicator>,
     chunks: usize,
     values_per_chunk: impl Fn(usize) -> usize,
     mut compute: impl FnMut(usize) -> Result<Vec<f64>>,
 ) -> Result<Vec<f64>> {
+    let Some(comm) = comm else {
+        return Ok((0..chunks).map(compute).collect::<Result<Vec<_>>>()?.concat());
+    };
     let (rank, world) = (comm.rank(), comm.world());
     let mut own = Vec::new();
     for c in block(chunks, world, rank) {

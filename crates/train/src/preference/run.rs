@@ -6,7 +6,7 @@ use lora_core::CausalLm;
 
 use crate::batching::micro_batch_indices;
 use crate::distributed::Communicator;
-use crate::distributed::preference::{dpo_step_on_rank, kto_step_on_rank, shared_chunks};
+use crate::distributed::preference::{chunk_values, dpo_step_on_rank, kto_step_on_rank};
 use crate::distributed::step::Reduce;
 use crate::error::Result;
 use crate::optimizer::AdamW;
@@ -101,10 +101,7 @@ impl PreferenceTraining {
                     let n = chunks[c].len();
                     Ok((0..n).flat_map(|i| [values[i], values[n + i]]).collect())
                 };
-                let flat = match comm {
-                    Some(comm) => shared_chunks(comm, chunks.len(), |c| 2 * chunks[c].len(), compute)?,
-                    None => (0..chunks.len()).map(compute).collect::<Result<Vec<_>>>()?.concat(),
-                };
+                let flat = chunk_values(comm, chunks.len(), |c| 2 * chunks[c].len(), compute)?;
                 Some(flat.chunks_exact(2).map(|v| (v[0], v[1])).collect())
             }
             (true, Objective::Unpaired(kto)) => {
@@ -116,10 +113,7 @@ impl PreferenceTraining {
                     let n = chunks[c].len();
                     Ok((0..n).flat_map(|i| [values[i], values.get(n + i).copied().unwrap_or(0.0)]).collect())
                 };
-                let flat = match comm {
-                    Some(comm) => shared_chunks(comm, chunks.len(), |c| 2 * chunks[c].len(), compute)?,
-                    None => (0..chunks.len()).map(compute).collect::<Result<Vec<_>>>()?.concat(),
-                };
+                let flat = chunk_values(comm, chunks.len(), |c| 2 * chunks[c].len(), compute)?;
                 Some(flat.chunks_exact(2).map(|v| (v[0], v[1])).collect())
             }
         };
