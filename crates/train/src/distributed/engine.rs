@@ -56,15 +56,15 @@ fn setup(m: impl Into<String>) -> CommError {
 }
 
 /// The engine `setting` picks for `env` on `device`.
-pub fn choose(setting: &str, env: &LaunchEnv, device: &str) -> Result<Engine, CommError> {
-    Ok(match setting {
+pub fn choose(setting: &str, env: &LaunchEnv, device: &str) -> Engine {
+    match setting {
         "tcp" => Engine::Tcp,
         "nccl" => Engine::Nccl,
         "mpi" => Engine::Mpi,
         _ if env.launcher == Launcher::Mpi && cfg!(feature = "mpi") => Engine::Mpi,
         _ if device == "cuda" => Engine::Nccl,
         _ => Engine::Tcp,
-    })
+    }
 }
 
 /// Where rank 0 listens, or an error saying how to tell this launcher.
@@ -101,7 +101,7 @@ pub fn start(setting: &str, device: &str, reduce: Reduce, timeout: Duration) -> 
     if env.world == 1 && setting == "auto" {
         return Ok(None);
     }
-    let engine = choose(setting, &env, device)?;
+    let engine = choose(setting, &env, device);
     let (launcher, gpu) = (env.launcher, env.local_rank);
     let run = match engine {
         Engine::Tcp => DistributedRun::new(TcpComm::join(env.rank, env.world, master(&env)?, None, timeout)?, reduce),
@@ -120,10 +120,7 @@ pub fn start(setting: &str, device: &str, reduce: Reduce, timeout: Duration) -> 
 
 #[cfg(feature = "cuda")]
 fn nccl(env: &LaunchEnv, timeout: Duration, reduce: Reduce) -> Result<DistributedRun, CommError> {
-    let master = match &env.master {
-        Some(_) => Some(master(env)?),
-        None => None,
-    };
+    let master = env.master.as_ref().map(|(host, port)| (host.as_str(), *port));
     let comm = super::nccl_comm::NcclComm::start(env.rank, env.world, env.local_rank, master, timeout)?;
     Ok(DistributedRun::new(comm, reduce))
 }
@@ -166,12 +163,12 @@ mod tests {
 
     #[test]
     fn auto_picks_nccl_on_cuda_and_tcp_on_the_cpu() {
-        assert_eq!(choose("auto", &env(Launcher::Torchrun), "cuda").unwrap(), Engine::Nccl);
-        assert_eq!(choose("auto", &env(Launcher::Torchrun), "cpu").unwrap(), Engine::Tcp);
-        assert_eq!(choose("auto", &env(Launcher::Slurm), "wgpu").unwrap(), Engine::Tcp);
-        let under_mpi = choose("auto", &env(Launcher::Mpi), "cpu").unwrap();
+        assert_eq!(choose("auto", &env(Launcher::Torchrun), "cuda"), Engine::Nccl);
+        assert_eq!(choose("auto", &env(Launcher::Torchrun), "cpu"), Engine::Tcp);
+        assert_eq!(choose("auto", &env(Launcher::Slurm), "wgpu"), Engine::Tcp);
+        let under_mpi = choose("auto", &env(Launcher::Mpi), "cpu");
         assert_eq!(under_mpi, if cfg!(feature = "mpi") { Engine::Mpi } else { Engine::Tcp });
-        assert_eq!(choose("tcp", &env(Launcher::Mpi), "cuda").unwrap(), Engine::Tcp);
+        assert_eq!(choose("tcp", &env(Launcher::Mpi), "cuda"), Engine::Tcp);
     }
 
     #[test]
