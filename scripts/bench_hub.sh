@@ -3,8 +3,11 @@
 # is not counted): `lora publish` of a folder with one SIZE_MB safetensors file (default 100), then
 # `lora download` of it into an empty cache. Time and peak RSS of each command, ROUNDS times
 # (default 2). Issue 26 measures the Hub client before and after moving onto hf-hub with it.
+# STORAGE=xet makes the fake speak Xet (uploads and downloads through a local Xet CAS server);
+# the default is Git LFS behind a storage redirect.
 #
 #   scripts/bench_hub.sh
+#   STORAGE=xet scripts/bench_hub.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/lora-ci-target}"
@@ -14,7 +17,7 @@ size_mb="${SIZE_MB:-100}"
 rounds="${ROUNDS:-2}"
 token=hf_BenchTokenNeverPrinted0123456789
 dir=$(mktemp -d /var/tmp/lora-bench-hub.XXXX)
-exec 3> >("$target/examples/fake_hub_server" "$token" >"$dir/url")
+exec 3> >("$target/examples/fake_hub_server" "$token" "${STORAGE:-lfs}" >"$dir/url")
 server=$!
 trap 'exec 3>&-; rm -rf "$dir"' EXIT
 for _ in $(seq 1 100); do [ -s "$dir/url" ] && break; sleep 0.1; done
@@ -35,13 +38,13 @@ with open(path, "wb") as f:
 PY
 hub() { # hub HF_HOME LOG lora args...: one command against the fake, timed
   local home=$1 log=$2; shift 2
-  HF_ENDPOINT="$url" HF_HOME="$home" HF_TOKEN="$token" /usr/bin/time -v -o "$log" "$target/lora" "$@" >/dev/null 2>"$log.err" || { cat "$log.err"; exit 1; }
+  HF_ENDPOINT="$url" HF_HOME="$home" HF_XET_CACHE="$home/xet" HF_TOKEN="$token" /usr/bin/time -v -o "$log" "$target/lora" "$@" >/dev/null 2>"$log.err" || { cat "$log.err"; exit 1; }
 }
 report() { # report NAME LOG
   awk -v n="$1" -F': ' '/Elapsed \(wall clock\)/ { t = $2 } /Maximum resident/ { r = $2 }
     END { printf "%-10s %s wall, peak RSS %.1f MB\n", n, t, r / 1024 }' "$2"
 }
-echo "$size_mb MB folder, fake Hub at $url"
+echo "$size_mb MB folder, fake Hub (${STORAGE:-lfs}) at $url"
 for r in $(seq 1 "$rounds"); do
   # A new random file each round: the fake (as the Hub) skips objects it already has.
   dd if=/dev/urandom of="$dir/run/adapter_model.safetensors" bs=1M seek=1 count=1 conv=notrunc status=none

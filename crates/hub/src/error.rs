@@ -79,8 +79,8 @@ pub enum HubError {
         url: String,
         /// How many attempts were made.
         attempts: u32,
-        /// The last transport error.
-        error: ureq::Error,
+        /// The last transport error, with its causes.
+        error: String,
     },
 
     /// A response that does not follow the Hub's protocol.

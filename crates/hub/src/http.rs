@@ -16,8 +16,6 @@ use crate::token::Token;
 /// A request body; files are re-opened on each attempt so that a retry sends them whole again.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Body<'a> {
-    /// No body.
-    Empty,
     /// Bytes in memory.
     Bytes(&'a [u8]),
     /// A file, sent with its length as Content-Length (S3-style storage refuses chunked uploads).
@@ -32,6 +30,17 @@ pub(crate) enum Attempt<T> {
     Fatal(HubError),
     /// Success.
     Done(T),
+}
+
+impl<T> Attempt<T> {
+    /// Maps the success value.
+    pub(crate) fn map_done<U>(self, f: impl FnOnce(T) -> U) -> Attempt<U> {
+        match self {
+            Attempt::Done(t) => Attempt::Done(f(t)),
+            Attempt::Transient(e) => Attempt::Transient(e),
+            Attempt::Fatal(e) => Attempt::Fatal(e),
+        }
+    }
 }
 
 /// The Hub client.
@@ -92,7 +101,6 @@ impl Client {
             b = b.header("Authorization", token.bearer());
         }
         let sent = match body {
-            Body::Empty => b.body(()).map(|r| self.agent.run(r)),
             Body::Bytes(bytes) => b.body(bytes).map(|r| self.agent.run(r)),
             Body::File(path) => match std::fs::File::open(path) {
                 Ok(f) => b.body(f).map(|r| self.agent.run(r)),
@@ -102,9 +110,11 @@ impl Client {
         match sent {
             Err(e) => Attempt::Fatal(HubError::Protocol { url: url.into(), message: format!("bad request: {e}") }),
             Ok(Err(e)) if is_transient(&e) => {
-                Attempt::Transient(HubError::Connection { method, url: url.into(), attempts: 1, error: e })
+                Attempt::Transient(HubError::Connection { method, url: url.into(), attempts: 1, error: e.to_string() })
             }
-            Ok(Err(e)) => Attempt::Fatal(HubError::Connection { method, url: url.into(), attempts: 1, error: e }),
+            Ok(Err(e)) => {
+                Attempt::Fatal(HubError::Connection { method, url: url.into(), attempts: 1, error: e.to_string() })
+            }
             Ok(Ok(resp)) => {
                 let status = resp.status().as_u16();
                 if status == 429 || status >= 500 {
@@ -254,11 +264,6 @@ pub(crate) fn encode_revision(rev: &str) -> String {
     out
 }
 
-/// Percent-encodes a file path for a URL, keeping its `/` separators.
-pub(crate) fn encode_path(path: &str) -> String {
-    path.split('/').map(encode_revision).collect::<Vec<_>>().join("/")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,10 +278,9 @@ mod tests {
     }
 
     #[test]
-    fn revisions_and_paths_are_percent_encoded() {
+    fn revisions_are_percent_encoded() {
         assert_eq!(encode_revision("refs/pr/1"), "refs%2Fpr%2F1");
         assert_eq!(encode_revision("v1.0-rc_2"), "v1.0-rc_2");
-        assert_eq!(encode_path("sub dir/a+b.json"), "sub%20dir/a%2Bb.json");
     }
 
     #[test]

@@ -5,11 +5,13 @@
 //! - [`resolve_model`] / [`resolve_adapter`]: a reference (`DIR`, `org/name`, `org/name@rev`) to a
 //!   local folder.
 //! - [`download`]: fetch a repository into the cache ([`cached`] looks without the network).
-//! - [`publish_folder`]: upload an adapter folder (create repo, preupload, LFS batch, commit).
+//! - [`publish_folder`]: upload an adapter folder in one commit (Xet through hf-hub, or the LFS
+//!   basic transfer for Hubs without Xet).
 //!
 //! The library never prints: progress comes through a [`ProgressFn`] callback. The token is sent
 //! only to the configured endpoint and never appears in errors or reports ([`Token`] prints as
-//! `***`). Everything is synchronous, on `ureq` with rustls (no OpenSSL, no async runtime).
+//! `***`). The API is synchronous: Hub calls go through hf-hub 1.0's blocking client (its tokio
+//! runtime on a thread of its own), the LFS basic transfer through `ureq`; rustls, no OpenSSL.
 
 #![warn(missing_docs)]
 
@@ -18,6 +20,7 @@ mod config;
 mod download;
 mod error;
 mod files;
+mod hf;
 mod http;
 mod model_card;
 mod progress;

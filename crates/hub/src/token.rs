@@ -28,6 +28,12 @@ impl Token {
         Token::new(text.lines().next().unwrap_or(""))
     }
 
+    /// The value itself, for hf-hub's client, which builds the `Authorization` header for the
+    /// configured endpoint only (and reqwest drops it on a redirect to another host).
+    pub(crate) fn secret(&self) -> &str {
+        &self.0
+    }
+
     /// The `Authorization` header value. Only `http::Client` calls this, and only for URLs on the
     /// configured endpoint.
     pub(crate) fn bearer(&self) -> String {

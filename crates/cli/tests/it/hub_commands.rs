@@ -302,3 +302,68 @@ fn a_merge_recipe_with_hub_ids_merges_as_the_local_folders() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("merge-org/ft1"), "{err}");
 }
+
+#[test]
+fn publish_and_download_through_xet_send_the_bytes_to_the_cas_and_bring_them_back_identical() {
+    let d = temp_dir("xet");
+    let mut outputs = Vec::new();
+    // An adapter folder with ~1 MB of weights (several Xet chunks) and a model card.
+    let adapter = d.join("adapter");
+    std::fs::create_dir_all(&adapter).unwrap();
+    let weights: Vec<u8> = (0..1_000_003u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    std::fs::write(adapter.join("adapter_model.safetensors"), &weights).unwrap();
+    std::fs::write(
+        adapter.join("adapter_config.json"),
+        br#"{"peft_type":"LORA","r":4,"lora_alpha":8,"target_modules":["q_proj"],"base_model_name_or_path":"tiny-org/tiny-llama"}"#,
+    )
+    .unwrap();
+
+    let hub = FakeHub::start_xet(TOKEN);
+    let home = d.join("home");
+    let url = ok(&lora_hub(
+        &["publish", s(&adapter), "--repo", "me/xet-adapter"],
+        &hub.url,
+        &home,
+        Some(TOKEN),
+        &mut outputs,
+    ));
+    let commits = hub.commits("me/xet-adapter");
+    assert_eq!(url, format!("{}/me/xet-adapter/commit/{}", hub.url, commits[0].oid));
+    // The weights were committed by sha256 and their bytes went to the CAS, not to the LFS storage.
+    let oid: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&weights).iter().map(|b| format!("{b:02x}")).collect()
+    };
+    assert_eq!(
+        commits[0].files["adapter_model.safetensors"],
+        lora_hub::fake_hub::FakeFile::Lfs { oid: oid.clone(), size: weights.len() as u64 }
+    );
+    assert!(hub.xet_hash(&oid).is_some(), "the weights did not come through Xet");
+    assert_eq!(hub.file("me/xet-adapter", "adapter_model.safetensors").unwrap(), weights);
+    let paths = |hub: &FakeHub, from: usize| -> Vec<String> {
+        hub.log()[from..].iter().map(|l| format!("{} {} {}", l.server, l.request.method, l.request.path)).collect()
+    };
+    let published = paths(&hub, 0);
+    assert!(published.iter().any(|p| p.contains("/xet-write-token/main")), "{published:?}");
+    assert!(published.iter().all(|p| !p.starts_with("storage")), "{published:?}");
+
+    // Download by id into an empty cache: through Xet, byte for byte, in the cache's layout.
+    let before = hub.log().len();
+    let fresh = d.join("fresh-home");
+    let path = PathBuf::from(ok(&lora_hub(&["download", "me/xet-adapter"], &hub.url, &fresh, None, &mut outputs)));
+    assert!(path.starts_with(fresh.join("hub/models--me--xet-adapter/snapshots")), "{}", path.display());
+    assert_eq!(std::fs::read(path.join("adapter_model.safetensors")).unwrap(), weights);
+    assert_eq!(
+        std::fs::read(path.join("adapter_config.json")).unwrap(),
+        std::fs::read(adapter.join("adapter_config.json")).unwrap()
+    );
+    let target = std::fs::read_link(path.join("adapter_model.safetensors")).unwrap();
+    assert_eq!(target.file_name().unwrap().to_str().unwrap(), oid, "the blob is named by the sha256");
+    let downloaded = paths(&hub, before);
+    assert!(downloaded.iter().any(|p| p.contains("/xet-read-token/")), "{downloaded:?}");
+    assert!(downloaded.iter().all(|p| !p.starts_with("storage")), "{downloaded:?}");
+
+    for text in &outputs {
+        assert!(!text.contains(TOKEN), "token printed: {text}");
+    }
+}

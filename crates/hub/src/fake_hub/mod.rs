@@ -9,6 +9,7 @@
 
 mod routes;
 mod wire;
+mod xet;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::BufReader;
@@ -37,6 +38,8 @@ pub enum Route {
     Info,
     /// `HEAD`/`GET /{repo}/resolve/{rev}/{file}`
     Resolve,
+    /// `GET /api/models/{repo}/xet-write-token/{rev}` and `.../xet-read-token/{rev}`
+    XetToken,
     /// `GET` of an object from the storage
     Object,
 }
@@ -104,6 +107,10 @@ struct State {
     faults: Vec<(Route, FaultKind, usize)>,
     log: Vec<Logged>,
     counter: u64,
+    /// The Xet storage, when the fake speaks Xet ([`FakeHub::start_xet`]).
+    xet: Option<Arc<xet::XetCas>>,
+    /// Xet hashes of the objects uploaded through Xet, by sha256 oid.
+    xet_hashes: HashMap<String, String>,
 }
 
 /// The running fake; stops when dropped.
@@ -146,6 +153,21 @@ impl FakeHub {
             });
         }
         FakeHub { state, stop, addrs, url, storage_url }
+    }
+
+    /// Starts a fake that also speaks Xet, as the Hub does today: the LFS batch answers `xet` to
+    /// clients that offer it, the token endpoints hand out a local CAS server (xet-client's own),
+    /// commits may name files uploaded there, and resolve announces their `X-Xet-Hash`.
+    pub fn start_xet(token: &str) -> FakeHub {
+        let hub = FakeHub::start(token);
+        let cas = xet::XetCas::start().expect("start the local Xet CAS server");
+        hub.state.lock().unwrap().xet = Some(Arc::new(cas));
+        hub
+    }
+
+    /// The Xet hash the fake announces for the LFS object `oid`, if it came through Xet.
+    pub fn xet_hash(&self, oid: &str) -> Option<String> {
+        self.state.lock().unwrap().xet_hashes.get(oid).cloned()
     }
 
     /// Makes `route` fail `times` times with `kind`.

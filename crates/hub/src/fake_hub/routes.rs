@@ -29,6 +29,7 @@ pub fn route_of(server: &str, req: &Request) -> Option<Route> {
         ("hub", "POST", [_, _, "info", "lfs", "objects", "batch"]) => Route::Batch,
         ("hub", "POST", [_, _, "info", "lfs", "objects", "verify"]) => Route::Verify,
         ("hub", "HEAD" | "GET", [_, _, "resolve", _, ..]) => Route::Resolve,
+        ("hub", "GET", ["api", "models", _, _, "xet-write-token" | "xet-read-token", _]) => Route::XetToken,
         _ => return None,
     })
 }
@@ -100,6 +101,7 @@ pub fn handle(server: &str, req: &Request, st: &mut State) -> Response {
         Some(Route::Batch) => batch(req, st, &format!("{}/{}", s[0], s[1].trim_end_matches(".git"))),
         Some(Route::Verify) => verify(req, st),
         Some(Route::Resolve) => resolve(req, st, &format!("{}/{}", s[0], s[1]), s[3], &s[4..].join("/")),
+        Some(Route::XetToken) => xet_token(req, st, &format!("{}/{}", s[2], s[3]), s[4] == "xet-write-token"),
     };
     result.unwrap_or_else(|e| e)
 }
@@ -168,7 +170,15 @@ fn batch(req: &Request, st: &mut State, repo: &str) -> Result<Response, Response
     if o["operation"] != "upload" {
         return Err(bad("batch: only the upload operation here"));
     }
-    let offers_basic = o.get("transfers").and_then(Value::as_array).is_none_or(|t| t.iter().any(|x| x == "basic"));
+    let offers = |name: &str| o.get("transfers").and_then(Value::as_array).is_some_and(|t| t.iter().any(|x| x == name));
+    if st.xet.is_some() && offers("xet") {
+        // As the Hub: Xet-capable clients send their bytes to the CAS, not through actions.
+        let objects: Vec<Value> = o["objects"].as_array().into_iter().flatten().cloned().collect();
+        let mut resp = Response::json(200, &json!({ "transfer": "xet", "objects": objects }));
+        resp.headers = vec![("Content-Type".into(), LFS_JSON.into())];
+        return Ok(resp);
+    }
+    let offers_basic = o.get("transfers").is_none() || offers("basic");
     if !offers_basic || o.get("hash_algo").is_some_and(|h| h != "sha256") {
         return Err(Response::error(422, "batch: basic transfer and sha256 only"));
     }
@@ -277,6 +287,13 @@ fn commit(req: &Request, st: &mut State, repo: &str, rev: &str) -> Result<Respon
                 let oid =
                     f["oid"].as_str().filter(|s| is_oid(s)).ok_or_else(|| bad("commit: bad LFS oid"))?.to_string();
                 let size = f["size"].as_u64().ok_or_else(|| bad("commit: size must be an integer"))?;
+                if !st.objects.contains_key(&oid)
+                    && let Some((hash, bytes)) = st.xet.as_ref().and_then(|cas| cas.file_by_sha256(&oid))
+                {
+                    // Uploaded through Xet: the CAS has it; keep the bytes for `file()`.
+                    st.xet_hashes.insert(oid.clone(), hash);
+                    st.objects.insert(oid.clone(), bytes);
+                }
                 if st.objects.get(&oid).map(|b| b.len() as u64) != Some(size) {
                     return Err(Response::error(
                         422,
@@ -340,13 +357,40 @@ fn resolve(req: &Request, st: &mut State, repo: &str, rev: &str, file: &str) -> 
                 .with("ETag", format!("\"{etag}\""))
                 .with("X-Repo-Commit", c.oid.clone())
         }
-        FakeFile::Lfs { oid, size } => Response { status: 302, headers: vec![], body: vec![] }
-            .with("Location", format!("{}/objects/{oid}", st.storage_url))
-            .with("ETag", "\"not-the-blob\"")
-            .with("X-Linked-Etag", format!("\"{oid}\""))
-            .with("X-Linked-Size", size.to_string())
-            .with("X-Repo-Commit", c.oid.clone()),
+        FakeFile::Lfs { oid, size } => {
+            let resp = Response { status: 302, headers: vec![], body: vec![] }
+                .with("Location", format!("{}/objects/{oid}", st.storage_url))
+                .with("ETag", "\"not-the-blob\"")
+                .with("X-Linked-Etag", format!("\"{oid}\""))
+                .with("X-Linked-Size", size.to_string())
+                .with("X-Repo-Commit", c.oid.clone());
+            match st.xet_hashes.get(oid) {
+                Some(hash) => resp.with("X-Xet-Hash", hash.clone()),
+                None => resp,
+            }
+        }
     })
+}
+
+/// `GET /api/models/{repo}/xet-{write,read}-token/{rev}`: where the CAS is and a token for it
+/// (`accessToken`, `exp` in Unix seconds, `casUrl`), as the Hub answers; writing needs the Hub
+/// token, reading what the repository's reads need.
+fn xet_token(req: &Request, st: &mut State, repo: &str, write: bool) -> Result<Response, Response> {
+    if write {
+        require_auth(req, st)?;
+        if !st.repos.contains_key(repo) {
+            return Err(Response::error(404, "Repository not found"));
+        }
+    } else {
+        require_read(req, st, repo)?;
+    }
+    let cas = st.xet.as_ref().ok_or_else(|| Response::error(404, "this Hub does not use Xet"))?;
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    st.counter += 1;
+    Ok(Response::json(
+        200,
+        &json!({ "accessToken": format!("xet-{}", st.counter), "exp": exp + 3600, "casUrl": cas.url }),
+    ))
 }
 
 fn object_get(req: &Request, st: &mut State, oid: &str) -> Result<Response, Response> {

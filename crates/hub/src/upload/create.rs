@@ -1,17 +1,18 @@
-//! `POST {endpoint}/api/repos/create`: creates the model repository; 409 (it exists) is fine.
-//! Reference: huggingface_hub `HfApi.create_repo`.
+//! Creating the model repository through hf-hub (`POST {endpoint}/api/repos/create`, as
+//! huggingface_hub's `HfApi.create_repo`); a 409 (it exists) is fine.
 
+use hf_hub::{HFClientSync, HFError, RepoTypeModel};
+
+use crate::config::HubConfig;
 use crate::error::Result;
-use crate::http::{Body, Client};
+use crate::hf;
 use crate::reference::RepoId;
 
 /// Creates `repo` (private or public) unless it exists; returns whether it was created.
-pub fn create_repo(client: &Client, repo: &RepoId, private: bool) -> Result<bool> {
-    let url = format!("{}/api/repos/create", client.endpoint);
-    let (organization, name) = repo.id.split_once('/').expect("RepoId has org/name");
-    let body = serde_json::json!({ "name": name, "organization": organization, "private": private });
-    let body = serde_json::to_vec(&body).expect("json");
-    let resp = client.send("POST", &url, &[("Content-Type", "application/json")], Body::Bytes(&body))?;
-    let resp = client.expect("POST", &url, resp, &[409])?;
-    Ok(resp.status().as_u16() != 409)
+pub fn create_repo(client: &HFClientSync, hub: &HubConfig, repo: &RepoId, private: bool) -> Result<bool> {
+    match client.create_repository().repo_id(&repo.id).repo_type(RepoTypeModel).private(private).send() {
+        Ok(_) => Ok(true),
+        Err(HFError::Conflict { .. }) => Ok(false),
+        Err(e) => Err(hf::error(e, "POST", hub.retry.attempts, hub.token.is_some())),
+    }
 }

@@ -8,6 +8,11 @@
 //! 3) `POST` `{oid, size}` to `verify.href` when the server asks for it.
 //!
 //! Reference: huggingface_hub `lfs.py` (`post_lfs_batch_info`, `lfs_upload`).
+//!
+//! The batch offers `xet` too: a server that picks it (huggingface.co) gets the commit through
+//! hf-hub's Xet upload instead (`upload::xet`). hf-hub itself speaks only Xet, and would commit
+//! the files inline, whole in memory, to a server that does not; this path is for those servers
+//! (self-hosted and older Hubs).
 
 use std::collections::BTreeMap;
 
@@ -52,16 +57,25 @@ struct Batch {
     objects: Vec<Object>,
 }
 
-/// Uploads the LFS `files` the server lacks; returns how many were sent.
-pub fn upload_lfs(client: &Client, repo: &RepoId, files: &[&LocalFile], progress: &ProgressFn) -> Result<usize> {
+/// What the LFS batch decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transfer {
+    /// The server took the files through basic transfers (this many were sent; the others it had).
+    Basic(usize),
+    /// The server stores files in Xet: nothing was sent, the commit goes through hf-hub.
+    Xet,
+}
+
+/// Uploads the LFS `files` the server lacks, unless the server chooses Xet.
+pub fn upload_lfs(client: &Client, repo: &RepoId, files: &[&LocalFile], progress: &ProgressFn) -> Result<Transfer> {
     if files.is_empty() {
-        return Ok(0);
+        return Ok(Transfer::Basic(0));
     }
     let url = format!("{}/{}.git/info/lfs/objects/batch", client.endpoint, repo.id);
     let objects: Vec<_> = files.iter().map(|f| serde_json::json!({ "oid": f.sha256, "size": f.size })).collect();
     let body = serde_json::json!({
         "operation": "upload",
-        "transfers": ["basic"],
+        "transfers": ["basic", "xet"],
         "objects": objects,
         "hash_algo": "sha256",
         "ref": { "name": repo.revision },
@@ -71,8 +85,10 @@ pub fn upload_lfs(client: &Client, repo: &RepoId, files: &[&LocalFile], progress
     let resp = client.send("POST", &url, &headers, Body::Bytes(&body))?;
     let batch: Batch = client.json("POST", &url, resp)?;
     let protocol = |message: String| HubError::Protocol { url: url.clone(), message };
-    if let Some(t) = batch.transfer.as_deref().filter(|t| *t != "basic") {
-        return Err(protocol(format!("transfer '{t}' was chosen, but only 'basic' was offered")));
+    match batch.transfer.as_deref() {
+        None | Some("basic") => {}
+        Some("xet") => return Ok(Transfer::Xet),
+        Some(t) => return Err(protocol(format!("transfer '{t}' was chosen, but only 'basic' and 'xet' were offered"))),
     }
     let mut sent = 0;
     for f in files {
@@ -108,7 +124,7 @@ pub fn upload_lfs(client: &Client, repo: &RepoId, files: &[&LocalFile], progress
         }
         progress(Progress::Finish { file: &f.path });
     }
-    Ok(sent)
+    Ok(Transfer::Basic(sent))
 }
 
 /// Step 2 for one file, retried whole on transient failures.

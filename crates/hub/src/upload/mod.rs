@@ -1,6 +1,8 @@
 //! Publishing an adapter folder to the Hub in one commit, as huggingface_hub's `upload_folder`
-//! does: create the repo (409 = exists), ask the upload mode of each file (preupload), send the
-//! LFS files through the batch API, then commit every file at once. The commit comes last and
+//! does: create the repo (409 = exists; through hf-hub), ask the upload mode of each file
+//! (preupload), then either hand the commit to hf-hub's Xet upload when the LFS batch picks Xet
+//! (huggingface.co), or send the LFS files through basic transfers and commit every file at once
+//! (Hubs without Xet, which hf-hub cannot upload large files to). The commit comes last and
 //! only after every upload succeeded, so a failure never leaves a commit with missing files.
 
 mod commit;
@@ -8,6 +10,7 @@ mod create;
 mod folder;
 mod lfs;
 mod preupload;
+mod xet;
 
 use std::path::Path;
 
@@ -116,18 +119,21 @@ pub fn publish_folder(
     files.sort_by(|a, b| a.path.cmp(&b.path));
 
     let client = Client::new(hub);
-    let created = create::create_repo(&client, &repo, opts.private)?;
+    let hf_client = crate::hf::client(hub)?;
+    let created = create::create_repo(&hf_client, hub, &repo, opts.private)?;
     let modes = preupload::upload_modes(&client, &repo, &files)?;
     let lfs_files: Vec<&LocalFile> = files.iter().filter(|f| modes[&f.path] == UploadMode::Lfs).collect();
-    lfs::upload_lfs(&client, &repo, &lfs_files, progress)?;
-    let committed: Vec<(&LocalFile, bool)> = files
-        .iter()
-        .filter(|f| modes[&f.path] != UploadMode::Ignore)
-        .map(|f| (f, modes[&f.path] == UploadMode::Lfs))
-        .collect();
+    let kept: Vec<&LocalFile> = files.iter().filter(|f| modes[&f.path] != UploadMode::Ignore).collect();
     let message =
-        opts.message.clone().unwrap_or_else(|| format!("Upload LoRA adapter ({} files) with lora", committed.len()));
-    let commit = commit::commit(&client, &repo, &message, &committed)?;
+        opts.message.clone().unwrap_or_else(|| format!("Upload LoRA adapter ({} files) with lora", kept.len()));
+    let commit = match lfs::upload_lfs(&client, &repo, &lfs_files, progress)? {
+        lfs::Transfer::Xet => xet::commit(&hf_client, hub, &repo, &message, &kept, progress)?,
+        lfs::Transfer::Basic(_) => {
+            let committed: Vec<(&LocalFile, bool)> =
+                kept.iter().map(|f| (*f, modes[&f.path] == UploadMode::Lfs)).collect();
+            commit::commit(&client, &repo, &message, &committed)?
+        }
+    };
 
     // Which LFS objects were actually sent is not worth a second round trip: the batch answer
     // already decided it; report the modes.
