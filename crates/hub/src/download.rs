@@ -90,7 +90,7 @@ pub fn download(repo: &RepoId, kind: RepoKind, config: &HubConfig, progress: &Pr
         if local.is_file() {
             progress(Progress::Skip { direction: Direction::Download, file: &file });
         } else {
-            fetch_file(&remote, &commit, &file, config, progress).map_err(failed)?;
+            fetch_file(&remote, repo, &commit, &file, config, progress)?;
         }
         if file == files::INDEX {
             let bytes = std::fs::read(&local).map_err(crate::error::io(&local))?;
@@ -116,11 +116,12 @@ pub fn download(repo: &RepoId, kind: RepoKind, config: &HubConfig, progress: &Pr
 /// retried by hf-hub).
 fn fetch_file(
     remote: &hf_hub::HFRepositorySync<hf_hub::RepoTypeModel>,
+    repo: &RepoId,
     commit: &str,
     file: &str,
     config: &HubConfig,
     progress: &ProgressFn,
-) -> std::result::Result<PathBuf, HFError> {
+) -> Result<PathBuf> {
     let mut attempt = 1;
     loop {
         let relay = hf::Relay::new(Direction::Download, progress.clone());
@@ -130,12 +131,27 @@ fn fetch_file(
             .revision(commit.to_string())
             .progress(hf_hub::progress::Progress::new(relay))
             .send();
+        let broken =
+            |e: &HFError| matches!(e, HFError::Request { source, .. } if source.is_body() || source.is_decode());
         match got {
-            Err(HFError::Request { source, .. }) if source.is_body() && attempt < config.retry.attempts => {
+            Err(e) if broken(&e) && attempt < config.retry.attempts => {
                 std::thread::sleep(config.retry.delay(attempt));
                 attempt += 1;
             }
-            other => return other,
+            Ok(path) => return Ok(path),
+            Err(e) => {
+                // A body error carries no URL: name the file's.
+                let attempts = if broken(&e) { attempt } else { config.retry.attempts };
+                return Err(match hf::error(e, "GET", attempts, config.token.is_some()) {
+                    HubError::Connection { method, url, attempts, error } if url.is_empty() => HubError::Connection {
+                        method,
+                        url: format!("{}/{}/resolve/{commit}/{file}", config.endpoint, repo.id),
+                        attempts,
+                        error,
+                    },
+                    other => other,
+                });
+            }
         }
     }
 }

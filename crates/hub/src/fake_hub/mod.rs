@@ -51,6 +51,8 @@ pub enum FaultKind {
     Status(u16),
     /// Read half of the request body, then close the connection without an answer.
     HangUp,
+    /// Answer, but close the connection half-way through the response body.
+    CutBody,
 }
 
 /// A file in a fake commit.
@@ -276,7 +278,8 @@ fn serve(conn: TcpStream, server: &'static str, state: &Arc<Mutex<State>>) {
         Some(FaultKind::Status(s)) => Response::error(s, "injected failure"),
         _ => routes::handle(server, &req, &mut state.lock().unwrap()),
     };
-    let _ = wire::write(&mut writer, req.method == "HEAD", &resp);
+    let sent = if fault == Some(FaultKind::CutBody) { resp.body.len() / 2 } else { resp.body.len() };
+    let _ = wire::write_cut(&mut writer, req.method == "HEAD", &resp, sent);
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

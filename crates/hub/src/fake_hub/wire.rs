@@ -102,8 +102,9 @@ pub fn read_body(reader: &mut BufReader<TcpStream>, req: &mut Request, limit: Op
     reader.read_exact(&mut req.body)
 }
 
-/// Writes a response and closes.
-pub fn write(stream: &mut TcpStream, head_only: bool, resp: &Response) -> std::io::Result<()> {
+/// Writes a response announcing its whole body but sending only `sent` bytes of it (all of it,
+/// unless a fault cuts it), and closes.
+pub fn write_cut(stream: &mut TcpStream, head_only: bool, resp: &Response, sent: usize) -> std::io::Result<()> {
     let reason = match resp.status {
         200 => "OK",
         201 => "Created",
@@ -125,7 +126,7 @@ pub fn write(stream: &mut TcpStream, head_only: bool, resp: &Response) -> std::i
     out.push_str(&format!("Content-Length: {}\r\nConnection: close\r\n\r\n", resp.body.len()));
     stream.write_all(out.as_bytes())?;
     if !head_only {
-        stream.write_all(&resp.body)?;
+        stream.write_all(&resp.body[..sent.min(resp.body.len())])?;
     }
     stream.flush()
 }

@@ -174,6 +174,23 @@ fn downloads_retry_transient_failures() {
     hub.fail(Route::Object, FaultKind::Status(500), 2);
     lora_hub::resolve_model("o/m", &opts(&cfg)).unwrap();
 
+    // The storage closes the connection half-way through a body: the file is fetched again, whole.
+    let dir = temp_dir("dl-retry-cut");
+    let cfg = config(&hub.url, &dir, None);
+    hub.fail(Route::Object, FaultKind::CutBody, 2);
+    let path = lora_hub::resolve_model("o/m", &opts(&cfg)).unwrap();
+    for (name, bytes) in model_files().iter().filter(|(n, _)| n.starts_with("model-")) {
+        assert_eq!(&std::fs::read(path.join(name)).unwrap(), bytes, "{name}");
+    }
+    // Cut on every attempt: an error, and no file in the snapshot.
+    let dir = temp_dir("dl-retry-cut-2");
+    let cfg = config(&hub.url, &dir, None);
+    hub.fail(Route::Object, FaultKind::CutBody, 100);
+    let msg = lora_hub::resolve_model("o/m", &opts(&cfg)).unwrap_err().to_string();
+    assert!(msg.contains("/o/m/resolve/") && msg.contains("after 3 attempts"), "{msg}");
+    let snapshots = dir.join("hub/models--o--m/snapshots");
+    assert!(all_files(&snapshots).iter().all(|(p, _)| !p.to_string_lossy().contains("model-0000")));
+
     // Past the retry budget, the error says how many attempts were made.
     let dir = temp_dir("dl-retry-2");
     let cfg = config(&hub.url, &dir, None);
