@@ -74,9 +74,8 @@ pub fn download(repo: &RepoId, kind: RepoKind, config: &HubConfig, progress: &Pr
 
     // 1) the commit and the file list.
     let info = remote.info().revision(repo.revision.clone()).send().map_err(failed)?;
-    let info_url = format!("{}/api/models/{}/revision/{}", config.endpoint, repo.id, repo.revision);
     let commit = info.sha.filter(|sha| crate::cache::is_commit_sha(sha)).ok_or_else(|| HubError::Protocol {
-        url: info_url.clone(),
+        url: format!("{}/api/models/{}/revision/{}", config.endpoint, repo.id, repo.revision),
         message: "the repository info has no commit sha".into(),
     })?;
     let listing: Vec<String> = info.siblings.unwrap_or_default().into_iter().map(|s| s.rfilename).collect();

@@ -16,6 +16,7 @@ use hf_hub::{HFClientBuilder, HFClientSync, HFError};
 
 use crate::config::HubConfig;
 use crate::error::{HubError, io};
+use crate::http::one_line;
 use crate::progress::{Direction, Progress, ProgressFn};
 
 /// hf-hub's blocking client for `config`. A configuration without a token gives a client that
@@ -87,12 +88,6 @@ fn transport_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     parts.join(": ")
-}
-
-/// A server message on one line and short.
-fn one_line(msg: &str) -> String {
-    let line = msg.split_whitespace().collect::<Vec<_>>().join(" ");
-    if line.chars().count() > 300 { line.chars().take(300).collect::<String>() + "..." } else { line }
 }
 
 /// hf-hub's progress events as lora's: per-file bytes become `Advance` deltas; a file's first

@@ -218,8 +218,13 @@ fn message_of(body: &str) -> String {
         .ok()
         .and_then(|v| v.get("error").and_then(|e| e.as_str().map(str::to_string)))
         .unwrap_or_else(|| body.to_string());
-    let one_line = msg.split_whitespace().collect::<Vec<_>>().join(" ");
-    if one_line.chars().count() > 300 { one_line.chars().take(300).collect::<String>() + "..." } else { one_line }
+    one_line(&msg)
+}
+
+/// A server message on one line, cut at 300 characters.
+pub(crate) fn one_line(msg: &str) -> String {
+    let line = msg.split_whitespace().collect::<Vec<_>>().join(" ");
+    if line.chars().count() > 300 { line.chars().take(300).collect::<String>() + "..." } else { line }
 }
 
 /// Failures worth retrying: the connection was refused, reset, timed out or closed early.
