@@ -9,6 +9,8 @@
 //!   snapshots/<commit>/<path>      relative symlinks to ../../blobs/<etag>
 //! ```
 //!
+//! hf-hub writes the blobs and the snapshot links; lora reads snapshots and refs, and writes refs.
+//!
 //! Reference: huggingface_hub `file_download.py` (`hf_hub_download`, `_create_symlink`) and
 //! `constants.py` (`REPO_ID_SEPARATOR = "--"`).
 
@@ -33,11 +35,6 @@ impl CacheRepo {
     /// `refs/<revision>`.
     pub fn ref_path(&self, revision: &str) -> PathBuf {
         self.root.join("refs").join(revision)
-    }
-
-    /// `blobs/<etag>`.
-    pub fn blob_path(&self, etag: &str) -> PathBuf {
-        self.root.join("blobs").join(etag)
     }
 
     /// `snapshots/<commit>`.
@@ -66,30 +63,6 @@ impl CacheRepo {
         let parent = path.parent().expect("refs/<rev> has a parent");
         std::fs::create_dir_all(parent).map_err(io(parent))?;
         write_atomic(&path, commit.as_bytes())
-    }
-
-    /// Points `snapshots/<commit>/<file>` at `blobs/<etag>` with a relative symlink (a copy where
-    /// symlinks are unavailable), replacing whatever was there.
-    pub fn link(&self, commit: &str, file: &str, etag: &str) -> Result<PathBuf> {
-        let pointer = self.snapshot_dir(commit).join(file);
-        let parent = pointer.parent().expect("snapshot file has a parent").to_path_buf();
-        std::fs::create_dir_all(&parent).map_err(io(&parent))?;
-        // `file` may have sub-folders: one `..` per level up to `snapshots/`, then `../blobs`.
-        let depth = file.split('/').count() + 1;
-        let mut target = PathBuf::new();
-        for _ in 0..depth {
-            target.push("..");
-        }
-        target.push("blobs");
-        target.push(etag);
-        if pointer.symlink_metadata().is_ok() {
-            std::fs::remove_file(&pointer).map_err(io(&pointer))?;
-        }
-        #[cfg(unix)]
-        std::os::unix::fs::symlink(&target, &pointer).map_err(io(&pointer))?;
-        #[cfg(not(unix))]
-        std::fs::copy(self.blob_path(etag), &pointer).map_err(io(&pointer))?;
-        Ok(pointer)
     }
 }
 

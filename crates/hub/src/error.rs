@@ -92,15 +92,6 @@ pub enum HubError {
         message: String,
     },
 
-    /// A downloaded file that is not what the Hub announced.
-    #[error("{url}: downloaded file is corrupt: {message}")]
-    Corrupt {
-        /// The URL.
-        url: String,
-        /// Size or hash mismatch.
-        message: String,
-    },
-
     /// A repository without what lora needs.
     #[error("{repo}@{revision}: {message}")]
     Repo {
