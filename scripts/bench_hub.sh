@@ -4,10 +4,13 @@
 # `lora download` of it into an empty cache. Time and peak RSS of each command, ROUNDS times
 # (default 2). Issue 26 measures the Hub client before and after moving onto hf-hub with it.
 # STORAGE=xet makes the fake speak Xet (uploads and downloads through a local Xet CAS server);
-# the default is Git LFS behind a storage redirect.
+# the default is Git LFS behind a storage redirect. lora bounds Xet's buffers (crates/hub's
+# xet_memory.rs); XET_BUFFERS=hf-xet sets hf-xet's own defaults for this machine's memory instead
+# (download buffer usable/16 + usable/64 per file up to usable/4, 64 xorb uploads at once).
 #
 #   scripts/bench_hub.sh
-#   STORAGE=xet scripts/bench_hub.sh
+#   STORAGE=xet SIZE_MB=400 scripts/bench_hub.sh
+#   STORAGE=xet SIZE_MB=400 XET_BUFFERS=hf-xet scripts/bench_hub.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/lora-ci-target}"
@@ -36,6 +39,13 @@ with open(path, "wb") as f:
     for _ in range(mb):
         f.write(os.urandom(1 << 20))
 PY
+if [ "${XET_BUFFERS:-lora}" = hf-xet ]; then
+  mem_kb=$(awk '/MemTotal/ { print $2 }' /proc/meminfo)
+  export HF_XET_RECONSTRUCTION_DOWNLOAD_BUFFER_SIZE="$((mem_kb / 16))kib"
+  export HF_XET_RECONSTRUCTION_DOWNLOAD_BUFFER_PERFILE_SIZE="$((mem_kb / 64))kib"
+  export HF_XET_RECONSTRUCTION_DOWNLOAD_BUFFER_LIMIT="$((mem_kb / 4))kib"
+  export HF_XET_CLIENT_AC_MAX_UPLOAD_CONCURRENCY=64
+fi
 hub() { # hub HF_HOME LOG lora args...: one command against the fake, timed
   local home=$1 log=$2; shift 2
   HF_ENDPOINT="$url" HF_HOME="$home" HF_XET_CACHE="$home/xet" HF_TOKEN="$token" /usr/bin/time -v -o "$log" "$target/lora" "$@" >/dev/null 2>"$log.err" || { cat "$log.err"; exit 1; }
@@ -44,10 +54,11 @@ report() { # report NAME LOG
   awk -v n="$1" -F': ' '/Elapsed \(wall clock\)/ { t = $2 } /Maximum resident/ { r = $2 }
     END { printf "%-10s %s wall, peak RSS %.1f MB\n", n, t, r / 1024 }' "$2"
 }
-echo "$size_mb MB folder, fake Hub (${STORAGE:-lfs}) at $url"
+echo "$size_mb MB folder, fake Hub (${STORAGE:-lfs}, ${XET_BUFFERS:-lora} Xet buffers) at $url"
 for r in $(seq 1 "$rounds"); do
-  # A new random file each round: the fake (as the Hub) skips objects it already has.
-  dd if=/dev/urandom of="$dir/run/adapter_model.safetensors" bs=1M seek=1 count=1 conv=notrunc status=none
+  # New random data each round: the fake (as the Hub) skips objects it already has, and Xet skips
+  # every chunk it has seen (its shard cache under HF_XET_CACHE stays between rounds).
+  dd if=/dev/urandom of="$dir/run/adapter_model.safetensors" bs=1M seek=1 count=$((size_mb - 1)) conv=notrunc status=none
   hub "$dir/home-up" "$dir/up.time" publish "$dir/run" --repo "me/bench-$r" --base-model tiny-org/tiny-llama
   report "publish" "$dir/up.time"
   rm -rf "$dir/home-down"

@@ -46,7 +46,7 @@ static ALLOCATOR: lora_core::kernels::large_blocks::KeepLargeBlocks =
     lora_core::kernels::large_blocks::KeepLargeBlocks::new();
 
 fn main() -> ExitCode {
-    lora_core::kernels::cpu_kernel::keep_freed_memory();
+    bound_xet_memory();
     // A panic is a bug in lora or a dependency: say so in one line instead of a backtrace.
     std::panic::set_hook(Box::new(|info| {
         let msg = info
@@ -59,6 +59,12 @@ fn main() -> ExitCode {
         eprintln!("error: internal error{at}: {msg} (please report this)");
     }));
     let cli = Cli::parse();
+    // Parsing starts no thread, so the allocator settings still apply to every allocation. They
+    // keep freed memory for the compute commands' next step; a Hub transfer's many freed buffers
+    // (Xet's, on tokio threads) would stay resident under them, up to 1 GiB.
+    if !matches!(cli.command, Command::Download(_) | Command::Publish(_)) {
+        lora_core::kernels::cpu_kernel::keep_freed_memory();
+    }
     let result = std::panic::catch_unwind(|| match cli.command {
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Generate(a) => commands::generate::run(a),
@@ -88,6 +94,18 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
         Err(_) => ExitCode::from(101),
+    }
+}
+
+/// lora's bounds on Xet's transfer buffers (see `lora_hub::xet_memory_defaults`), for every
+/// variable the user left unset. hf-hub reads them when its first Xet transfer starts.
+fn bound_xet_memory() {
+    for (name, value) in
+        lora_hub::xet_memory_defaults(|v| std::env::var_os(v).map(|s| s.to_string_lossy().into_owned()))
+    {
+        // SAFETY: called first thing in `main`, before any thread exists that could read the
+        // environment at the same time.
+        unsafe { std::env::set_var(name, value) };
     }
 }
 

@@ -51,7 +51,10 @@ pub struct HubConfig {
     pub cache_dir: PathBuf,
     /// Where the token file is (reported when a token is needed and missing).
     pub token_file: PathBuf,
-    /// The access token, sent only to `endpoint`.
+    /// The access token, sent only to `endpoint`. `None` sends no token of lora's; hf-hub, which
+    /// makes the Hub requests, then looks for one itself in `HF_TOKEN`, `HF_TOKEN_PATH` and
+    /// `$HF_HOME/token` (the places [`HubConfig::from_env`] reads, so the CLI's two readings agree),
+    /// unless `HF_HUB_DISABLE_IMPLICIT_TOKEN` is set, as huggingface_hub does.
     pub token: Option<Token>,
     /// Never touch the network.
     pub offline: bool,

@@ -21,7 +21,8 @@ use crate::progress::{Direction, Progress, ProgressFn};
 
 /// hf-hub's blocking client for `config`. A configuration without a token gives a client that
 /// finds none of its own only when the environment has none either (hf-hub reads `HF_TOKEN` and
-/// the token files itself); `HubConfig::from_env` reads the same places, so the two agree.
+/// the token files itself, see `HubConfig::token`); `HubConfig::from_env` reads the same places,
+/// so the two agree.
 pub(crate) fn client(config: &HubConfig) -> Result<HFClientSync, HubError> {
     let mut builder = HFClientBuilder::new()
         .endpoint(config.endpoint.clone())

@@ -28,6 +28,7 @@ mod reference;
 mod resolve;
 mod token;
 mod upload;
+mod xet_memory;
 
 #[cfg(feature = "fake-hub")]
 pub mod fake_hub;
@@ -43,3 +44,4 @@ pub use reference::{Reference, RepoId};
 pub use resolve::{ResolveOptions, resolve, resolve_adapter, resolve_model};
 pub use token::Token;
 pub use upload::{Commit, PublishOptions, Published, PublishedFile, UploadMode, publish_folder};
+pub use xet_memory::{XET_MEMORY_SETTINGS, xet_memory_defaults, xet_variable};

@@ -236,6 +236,10 @@ impl Drop for FakeHub {
         for a in &self.addrs {
             let _ = TcpStream::connect(a);
         }
+        // The serving threads hold the state past this point (a process may exit first), so the
+        // Xet CAS is stopped and its folder removed here.
+        let cas = self.state.lock().unwrap_or_else(|p| p.into_inner()).xet.take();
+        drop(cas);
     }
 }
 
