@@ -8,6 +8,9 @@
 # xet_memory.rs); XET_BUFFERS=hf-xet sets hf-xet's own defaults for this machine's memory instead
 # (download buffer usable/16 + usable/64 per file up to usable/4, 64 xorb uploads at once).
 #
+# LORA=path/to/lora times another build of the client (e.g. one from before a change) against the
+# same fake.
+#
 #   scripts/bench_hub.sh
 #   STORAGE=xet SIZE_MB=400 scripts/bench_hub.sh
 #   STORAGE=xet SIZE_MB=400 XET_BUFFERS=hf-xet scripts/bench_hub.sh
@@ -48,13 +51,13 @@ if [ "${XET_BUFFERS:-lora}" = hf-xet ]; then
 fi
 hub() { # hub HF_HOME LOG lora args...: one command against the fake, timed
   local home=$1 log=$2; shift 2
-  HF_ENDPOINT="$url" HF_HOME="$home" HF_XET_CACHE="$home/xet" HF_TOKEN="$token" /usr/bin/time -v -o "$log" "$target/lora" "$@" >/dev/null 2>"$log.err" || { cat "$log.err"; exit 1; }
+  HF_ENDPOINT="$url" HF_HOME="$home" HF_XET_CACHE="$home/xet" HF_TOKEN="$token" /usr/bin/time -v -o "$log" "${LORA:-$target/lora}" "$@" >/dev/null 2>"$log.err" || { cat "$log.err"; exit 1; }
 }
 report() { # report NAME LOG
   awk -v n="$1" -F': ' '/Elapsed \(wall clock\)/ { t = $2 } /Maximum resident/ { r = $2 }
     END { printf "%-10s %s wall, peak RSS %.1f MB\n", n, t, r / 1024 }' "$2"
 }
-echo "$size_mb MB folder, fake Hub (${STORAGE:-lfs}, ${XET_BUFFERS:-lora} Xet buffers) at $url"
+echo "$size_mb MB folder, fake Hub (${STORAGE:-lfs}, ${XET_BUFFERS:-lora} Xet buffers) at $url, ${LORA:-$target/lora}"
 for r in $(seq 1 "$rounds"); do
   # New random data each round: the fake (as the Hub) skips objects it already has, and Xet skips
   # every chunk it has seen (its shard cache under HF_XET_CACHE stays between rounds).

@@ -23,6 +23,7 @@ pub mod preview;
 pub mod recipe;
 pub mod run_card;
 pub mod run_files;
+mod run_step;
 pub mod schedule;
 pub mod step;
 pub mod trainable;

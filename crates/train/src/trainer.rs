@@ -16,19 +16,18 @@ use lora_core::{Backend, CausalLm, Tokenizer};
 
 pub use crate::adapter_files::{adapter_config, base_model_name};
 use crate::adapter_files::{add_special_tokens, with_special_tokens};
-use crate::batching::{collate, hold_out, micro_batch, micro_batches_per_epoch};
+use crate::batching::{hold_out, micro_batches_per_epoch};
 use crate::checkpoint::{self, CheckpointState};
 use crate::data::chat_template::{ChatTemplate, FIXED_DATE_UNIX};
 use crate::data::turns::TurnMode;
 use crate::data::{DataOptions, DataSummary, Example, Overflow, load_examples, packing};
-use crate::distributed::step::train_step_on_rank;
 use crate::error::{Result, TrainError};
-use crate::evaluation::evaluate;
 use crate::optimizer::{AdamW, AdamWConfig};
 use crate::pool::{on_pool, worker_pool};
 use crate::preference::{PreferenceData, PreferenceTraining, load_preference_data};
 use crate::recipe::{Method, Recipe, Targets};
 use crate::run_files::{self, Manifest, StepMetrics, sha256_bytes, sha256_file};
+use crate::run_step::{Runner, StepDone};
 use crate::schedule::Schedule;
 pub use crate::step::{StepOptions, StepOutcome, train_step};
 use crate::trainable::{
@@ -330,13 +329,6 @@ pub fn prepare_on(recipe: &Recipe, gpu: usize) -> Result<Prepared> {
     })
 }
 
-/// A seed for the dropout masks of one micro-batch: a function of the step, so resumable.
-fn dropout_seed(seed: u64, step: u64, micro: usize) -> u64 {
-    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        ^ step.wrapping_mul(0xBF58_476D_1CE4_E5B9)
-        ^ (micro as u64).wrapping_mul(0x94D0_49BB_1331_11EB)
-}
-
 /// Runs a prepared recipe to the end (or to an interruption), writing the run folder.
 pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>)) -> Result<RunSummary> {
     // The loss chunks' logits are re-allocated every step: keep their block (large_blocks.rs).
@@ -347,7 +339,6 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
     let t = p.recipe.train.clone();
     let schedule = Schedule::parse(&t.schedule).expect("validated");
     let pad_id = p.tokenizer.pad_token_id.unwrap_or(0); // the tokenizer already falls back to EOS
-    let left = p.tokenizer.padding_left;
     let names = tensor_names(&p.model);
     let threads = opts.threads.unwrap_or_else(rayon::current_num_threads);
     let poll = p.backend.is_cpu();
@@ -439,6 +430,7 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
             }
         })?),
     };
+    let runner = Runner { pool: pool.as_ref(), poll, dist: dist.as_ref() };
     let mut first_loss = f64::NAN;
     let mut last_loss = f64::NAN;
     let mut eval_loss = None;
@@ -447,53 +439,8 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
         set_training(&mut p.model, true);
         let lr = schedule.lr(t.lr, step, t.warmup_steps, total);
         let options = StepOptions { max_grad_norm: t.max_grad_norm, gradient_checkpointing: t.gradient_checkpointing };
-        let (StepOutcome { loss, grad_norm }, seen_tokens, step_preference, comm_s) = match &preference {
-            None => {
-                // 1) The micro-batches of this step and their target-token count.
-                let micros: Vec<Vec<&Example>> = (0..t.grad_accum as u64)
-                    .map(|i| micro_batch(&p.train, t.batch_size, t.seed, micro_done + i))
-                    .collect();
-                let step_tokens: usize = micros.iter().flatten().map(|e| e.trained_tokens()).sum();
-                let seen_tokens: usize = micros.iter().flatten().map(|e| e.ids.len()).sum();
-                // 2) Forward/backward each; the loss is divided by the whole step's token count, so
-                //    the accumulated gradient is that of the mean over every target token of the step.
-                let batches: Vec<_> = micros.iter().map(|m| collate(m, pad_id, left)).collect();
-                let (outcome, comm_s) = on_pool(pool.as_ref(), poll, || {
-                    let seeds = |i| dropout_seed(t.seed, step, i);
-                    match &dist {
-                        None => train_step(&mut p.model, &mut opt, &batches, step_tokens, lr, options, seeds)
-                            .map(|o| (o, None)),
-                        Some(d) => {
-                            let (m, o) = (&mut p.model, &mut opt);
-                            let (r, comm_s) = d.timed(|comm| {
-                                train_step_on_rank(m, o, &batches, step_tokens, lr, options, seeds, comm, d.reduce)
-                            });
-                            r.map(|o| (o, Some(comm_s)))
-                        }
-                    }
-                })?;
-                (outcome, seen_tokens, None, comm_s)
-            }
-            Some(pref) => {
-                let micros: Vec<Vec<usize>> = (0..t.grad_accum as u64)
-                    .map(|i| PreferenceTraining::micro_batch(&p.recipe, p.pairs.train.len(), micro_done + i))
-                    .collect();
-                let ((out, metrics, seen), comm_s) = on_pool(pool.as_ref(), poll, || {
-                    let seeds = |i| dropout_seed(t.seed, step, i);
-                    let (m, o, examples) = (&mut p.model, &mut opt, &p.pairs.train);
-                    match &dist {
-                        None => pref.step(m, o, examples, &micros, lr, options, seeds, None).map(|r| (r, None)),
-                        Some(d) => {
-                            let (r, comm_s) = d.timed(|comm| {
-                                pref.step(m, o, examples, &micros, lr, options, seeds, Some((comm, d.reduce)))
-                            });
-                            r.map(|r| (r, Some(comm_s)))
-                        }
-                    }
-                })?;
-                (out, seen, Some(metrics), comm_s)
-            }
-        };
+        let StepDone { outcome: StepOutcome { loss, grad_norm }, seen_tokens, preference: step_preference, comm_s } =
+            runner.step(&mut p, &mut opt, preference.as_ref(), step, micro_done, lr, options)?;
         if !loss.is_finite() {
             return Err(TrainError::NonFinite { step: step + 1, value: loss });
         }
@@ -512,16 +459,7 @@ pub fn run(mut p: Prepared, opts: &RunOptions, observe: &mut dyn FnMut(Event<'_>
             comm_s,
         };
         if (t.eval_every > 0 && done % t.eval_every == 0) || done == total {
-            metrics.eval_loss = match &preference {
-                None => {
-                    on_pool(pool.as_ref(), poll, || evaluate(&mut p.model, &p.validation, t.batch_size, pad_id, left))?
-                }
-                Some(_) if p.pairs.validation.is_empty() => None,
-                Some(pref) => Some(
-                    on_pool(pool.as_ref(), poll, || pref.evaluate(&mut p.model, &p.pairs.validation, t.batch_size))?
-                        .loss,
-                ),
-            };
+            metrics.eval_loss = runner.evaluate(&mut p, preference.as_ref())?;
             eval_loss = metrics.eval_loss.or(eval_loss);
         }
         if first_loss.is_nan() {
