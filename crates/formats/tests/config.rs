@@ -1,13 +1,16 @@
 //! config.json through the architecture declarations: lookups, README's table, and the values that
 //! must be errors naming their key rather than silent defaults.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use lora_formats::hf_config::{ARCHITECTURES, Architecture, ModelConfig, architectures_table};
 use serde_json::{Value, json};
 
+/// The workspace root, read at run time (see the CLI tests' `common::root`).
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("../..")
 }
 
 fn fixture_config(model: &str) -> Value {

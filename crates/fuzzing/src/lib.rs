@@ -8,7 +8,7 @@
 //! through them as ordinary tests, checking that `seed-bad-*` inputs are refused and the other seeds
 //! accepted.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 /// One reader's entry point: arbitrary bytes in, whether the reader accepted them out.
@@ -113,7 +113,10 @@ pub fn merge_config(data: &[u8]) -> bool {
 fn quickstart() -> &'static (lora_core::Tokenizer, lora_train::data::chat_template::ChatTemplate) {
     static TOK: OnceLock<(lora_core::Tokenizer, lora_train::data::chat_template::ChatTemplate)> = OnceLock::new();
     TOK.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/quickstart");
+        // The package folder at run time: a test binary of another checkout's build may run here.
+        let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+            .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+        let dir = manifest.join("../../models/quickstart");
         let config = lora_core::ModelConfig::from_file(dir.join("config.json")).expect("quickstart config");
         let tok = lora_core::Tokenizer::load_dir(&dir, &config).expect("quickstart tokenizer");
         let source = tok.chat_template.clone().expect("quickstart chat template");

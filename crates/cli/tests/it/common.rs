@@ -3,9 +3,13 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// The workspace root.
+/// The workspace root: the package folder `cargo test` runs this binary for (read at run time: CI
+/// builds its own checkout into the same target folder, and cargo keeps a test binary whose sources
+/// did not change, with the other checkout's path compiled in), else the one it was built in.
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("../..")
 }
 
 /// `tests/fixtures`.

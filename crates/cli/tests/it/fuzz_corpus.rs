@@ -15,7 +15,7 @@ fn files(dir: &Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn seed_corpora_and_fuzz_regressions_read_without_panics() {
-    let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
+    let fuzz = crate::common::root().join("fuzz");
     for (name, read) in lora_fuzzing::TARGETS {
         let seeds: Vec<_> = files(&fuzz.join("corpus").join(name))
             .into_iter()

@@ -6,7 +6,7 @@ use lora_core::{CausalLm, Tokenizer, default_device};
 use crate::common::*;
 
 fn tiny_recipe() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../recipes/tiny.toml")
+    root().join("recipes/tiny.toml")
 }
 
 #[test]

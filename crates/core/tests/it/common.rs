@@ -4,12 +4,21 @@ use std::path::PathBuf;
 
 use lora_formats::safetensors::SafetensorsFile;
 
-/// `tests/fixtures` at the workspace root: the build's checkout, or `LORA_REPO` (a test binary
-/// carried to another machine by scripts/gpu_check.sh).
+/// The workspace root: `LORA_REPO` (a test binary carried to another machine by
+/// scripts/gpu_check.sh), else the package folder `cargo test` runs this binary for (read at run time:
+/// CI builds its own checkout into the same target folder, and cargo keeps a test binary whose sources
+/// did not change, with the other checkout's path compiled in), else the one it was built in.
+pub fn repo() -> PathBuf {
+    std::env::var_os("LORA_REPO").map(PathBuf::from).unwrap_or_else(|| {
+        std::env::var_os("CARGO_MANIFEST_DIR")
+            .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+            .join("../..")
+    })
+}
+
+/// `tests/fixtures` at the workspace root.
 pub fn fixtures() -> PathBuf {
-    let repo = std::env::var_os("LORA_REPO")
-        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."), PathBuf::from);
-    repo.join("tests/fixtures")
+    repo().join("tests/fixtures")
 }
 
 /// A model folder under `tests/fixtures/models`.

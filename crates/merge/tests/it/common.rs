@@ -6,8 +6,13 @@ use std::path::{Path, PathBuf};
 use lora_merge::ModelDir;
 use lora_merge::dtype::decode_f32;
 
+/// `tests/fixtures` at the workspace root of the package folder `cargo test` runs this binary for
+/// (read at run time: CI builds its own checkout into the same target folder, and cargo keeps a test
+/// binary whose sources did not change, with the other checkout's path compiled in).
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("../../tests/fixtures")
 }
 
 pub fn merge_fixtures() -> PathBuf {

@@ -124,7 +124,7 @@ fn fast_reduction_is_replicated_and_within_tolerance() {
 /// `out`.
 fn tiny(out: &std::path::Path) -> Recipe {
     let set = [format!("output.dir=\"{}\"", out.display()), "train.save_every=4".to_string()];
-    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../recipes/tiny.toml");
+    let path = repo().join("recipes/tiny.toml");
     Recipe::load(&path, &set).unwrap()
 }
 

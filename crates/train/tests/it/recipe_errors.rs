@@ -23,13 +23,7 @@ fn write(tag: &str, text: &str) -> std::path::PathBuf {
     let d = temp_dir(tag);
     let text = text
         .replace("MODEL", &fixtures().join("models/llama").display().to_string())
-        .replace(
-            "DATA",
-            &std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../datasets/tiny-text.jsonl")
-                .display()
-                .to_string(),
-        )
+        .replace("DATA", &repo().join("datasets/tiny-text.jsonl").display().to_string())
         .replace("OUT", &d.join("out").display().to_string());
     let p = d.join("recipe.toml");
     std::fs::write(&p, text).unwrap();

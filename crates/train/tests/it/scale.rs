@@ -2,7 +2,7 @@
 //! NF4), gradient checkpointing giving the same adapter bytes, bf16 / f16 / NF4 bases training, and
 //! the recipe keys' errors.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use lora_core::adapter::load_adapter;
 use lora_core::kernels::host::to_f32_vec;
@@ -181,7 +181,7 @@ fn gpu_staged_step_replays_peft_f32_and_qlora() {
 fn tiny(out: &Path, extra: &[&str]) -> Recipe {
     let mut set = vec![format!("output.dir=\"{}\"", out.display())];
     set.extend(extra.iter().map(|s| s.to_string()));
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../recipes/tiny.toml");
+    let path = repo().join("recipes/tiny.toml");
     Recipe::load(&path, &set).unwrap()
 }
 
@@ -230,7 +230,7 @@ fn gradient_checkpointing_gives_identical_adapter_bytes() {
 #[test]
 fn scale_keys_are_validated_by_name() {
     let d = temp_dir("scale-keys");
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../recipes/tiny.toml");
+    let path = repo().join("recipes/tiny.toml");
     let out = format!("output.dir=\"{}\"", d.join("x").display());
     for (set, want) in [
         ("model.quantize=\"int4\"", "model.quantize must be \"none\" or \"nf4\", got \"int4\"; did you mean \"nf4\"?"),

@@ -1,7 +1,7 @@
 //! End-to-end training on the tiny fixture model: loss decreases, runs are byte-for-byte
 //! reproducible, an interrupted and resumed run equals an uninterrupted one, verify catches changes.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use lora_train::TrainError;
@@ -14,7 +14,7 @@ use crate::common::*;
 fn tiny(out: &Path, extra: &[&str]) -> Recipe {
     let mut set = vec![format!("output.dir=\"{}\"", out.display())];
     set.extend(extra.iter().map(|s| s.to_string()));
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../recipes/tiny.toml");
+    let path = repo().join("recipes/tiny.toml");
     Recipe::load(&path, &set).unwrap()
 }
 
@@ -117,7 +117,7 @@ fn verify_reproduces_and_catches_changed_data() {
     let d = temp_dir("verify");
     // A private copy of the data, so that the test can change a byte.
     let data = d.join("data.jsonl");
-    std::fs::copy(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../datasets/tiny-text.jsonl"), &data).unwrap();
+    std::fs::copy(repo().join("datasets/tiny-text.jsonl"), &data).unwrap();
     let r = tiny(&d.join("run"), &[&format!("data.train=\"{}\"", data.display())]);
     train(&r, &RunOptions::default()).unwrap();
     let report = lora_train::verify::verify(&d.join("run")).unwrap();
