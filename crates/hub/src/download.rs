@@ -67,7 +67,7 @@ pub fn download(repo: &RepoId, kind: RepoKind, config: &HubConfig, progress: &Pr
     }
     let client = hf::client(config)?;
     let failed = |e: HFError| hf::error(e, "GET", config.retry.attempts, config.token.is_some());
-    let (owner, name) = repo.id.split_once('/').expect("RepoId has org/name");
+    let (owner, name) = hf_hub::split_id(&repo.id);
     let remote = client.model(owner, name);
     let cache = CacheRepo::new(&config.cache_dir, repo);
     let repo_err = |message: String| HubError::Repo { repo: repo.id.clone(), revision: repo.revision.clone(), message };
@@ -120,7 +120,7 @@ fn fetch_file(
     file: &str,
     config: &HubConfig,
     progress: &ProgressFn,
-) -> Result<PathBuf> {
+) -> Result<()> {
     let mut attempt = 1;
     loop {
         let relay = hf::Relay::new(Direction::Download, progress.clone());
@@ -137,7 +137,7 @@ fn fetch_file(
                 std::thread::sleep(config.retry.delay(attempt));
                 attempt += 1;
             }
-            Ok(path) => return Ok(path),
+            Ok(_) => return Ok(()),
             Err(e) => {
                 // A body error carries no URL: name the file's.
                 let attempts = if broken(&e) { attempt } else { config.retry.attempts };

@@ -240,7 +240,7 @@ fn is_transient(e: &ureq::Error) -> bool {
 }
 
 /// `scheme://host:port` of a URL, lower-cased, with the default port made explicit.
-pub(crate) fn origin(url: &str) -> String {
+fn origin(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     // Drop any userinfo: it is not part of the origin.

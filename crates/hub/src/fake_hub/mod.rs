@@ -288,5 +288,5 @@ fn serve(conn: TcpStream, server: &'static str, state: &Arc<Mutex<State>>) {
 
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    format!("{:x}", sha2::Sha256::digest(bytes))
 }

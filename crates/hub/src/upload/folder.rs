@@ -39,7 +39,7 @@ pub struct LocalFile {
 impl LocalFile {
     /// Describes bytes in memory.
     pub fn from_memory(path: &str, bytes: Vec<u8>) -> LocalFile {
-        let sha256 = hex(&Sha256::digest(&bytes));
+        let sha256 = format!("{:x}", Sha256::digest(&bytes));
         let sample = bytes[..bytes.len().min(512)].to_vec();
         LocalFile { path: path.into(), size: bytes.len() as u64, sha256, sample, source: Source::Memory(bytes) }
     }
@@ -67,7 +67,7 @@ impl LocalFile {
             path: path_in_repo.into(),
             source: Source::File(file.to_path_buf()),
             size,
-            sha256: hex(&hasher.finalize()),
+            sha256: format!("{:x}", hasher.finalize()),
             sample,
         })
     }
@@ -99,9 +99,4 @@ pub fn publishable(folder: &Path) -> Result<Vec<String>> {
     }
     names.sort();
     Ok(names)
-}
-
-/// Lower-case hex.
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

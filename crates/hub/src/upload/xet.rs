@@ -24,7 +24,7 @@ pub fn commit(
     files: &[&LocalFile],
     progress: &ProgressFn,
 ) -> Result<Commit> {
-    let (owner, name) = repo.id.split_once('/').expect("RepoId has org/name");
+    let (owner, name) = hf_hub::split_id(&repo.id);
     let operations = files
         .iter()
         .map(|f| match &f.source {
